@@ -1,0 +1,282 @@
+//! The first instructions of the kernel: from the firmware's hand-off to Rust.
+//!
+//! Where it runs: at the first byte of the image (0x400000), in real mode, on
+//! the firmware's stack, with the CPU big-endian and in 32-bit mode (MSR is
+//! 0x2000 under SLOF and 0 under VOF). Registers from the firmware: r3/r4 =
+//! initrd start/size, r5 = Open Firmware client interface entry.
+//!
+//! What it does: switches the CPU to little-endian (a trampoline that reads as
+//! a branch in either endianness), sets 64-bit mode, points r2 at the kernel
+//! TOC, clears BSS, moves to the boot thread's THREAD_SIZE-aligned stack, points
+//! r13 at CPU 0's per-CPU area and calls the kernel's `boot_main`.
+
+#![no_std]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+use core::cell::UnsafeCell;
+use core::mem::offset_of;
+use portable::instruction::{self, spr};
+
+/// Size and alignment of every kernel thread stack; `thread_info` sits at its base.
+pub const THREAD_SIZE: usize = 16 * 1024;
+/// Most CPUs the kernel brings up.
+pub const MAX_CPUS: usize = 8;
+/// ELFv2 minimal stack frame: back chain, CR save, LR save, TOC save.
+pub const MINIMAL_FRAME: usize = 32;
+
+/// Data private to one CPU, reached through r13 at all times in the kernel.
+///
+/// r13 is the ELFv2 thread pointer, which compiled code never allocates, so it
+/// stays valid in every function and in the ftrace and exception stubs.
+#[repr(C)]
+pub struct PerCpu {
+    /// The kernel TOC pointer, for stubs entered while r2 holds another TOC.
+    pub toc: u64,
+    /// This CPU's number (0 is the boot CPU).
+    pub cpu_id: u64,
+    /// Address of the running thread's `thread_info` (0 before threads exist).
+    pub current_thread: u64,
+    /// Exception entry spills registers here before it has a stack frame.
+    pub exception_scratch: [u64; 4],
+    /// Top of this CPU's emergency stack, used when a thread's stack overflowed.
+    pub emergency_stack: u64,
+    /// Kernel-owned per-CPU words (scheduler and tracer bookkeeping).
+    pub kernel: [u64; 8],
+}
+
+/// The per-CPU areas, indexed by CPU number.
+#[repr(C, align(128))]
+pub struct CpuAreas(pub UnsafeCell<[PerCpu; MAX_CPUS]>);
+
+// Safety: each CPU touches only its own area, found through its own r13.
+unsafe impl Sync for CpuAreas {}
+
+const EMPTY_AREA: PerCpu = PerCpu {
+    toc: 0,
+    cpu_id: 0,
+    current_thread: 0,
+    exception_scratch: [0; 4],
+    emergency_stack: 0,
+    kernel: [0; 8],
+};
+
+/// All CPUs' per-CPU areas.
+pub static CPU_AREAS: CpuAreas = CpuAreas(UnsafeCell::new([EMPTY_AREA; MAX_CPUS]));
+
+/// A THREAD_SIZE-aligned stack; the linker script places the boot thread's first in BSS.
+#[repr(C, align(16384))]
+pub struct ThreadStack(pub UnsafeCell<[u8; THREAD_SIZE]>);
+
+// Safety: only the boot thread uses the boot stack.
+unsafe impl Sync for ThreadStack {}
+
+/// Stack of the boot thread, which becomes the kernel's first thread.
+#[unsafe(link_section = ".bss.boot_stack")]
+pub static BOOT_STACK: ThreadStack = ThreadStack(UnsafeCell::new([0; THREAD_SIZE]));
+
+const _: () = assert!(core::mem::align_of::<ThreadStack>() == THREAD_SIZE);
+
+unsafe extern "C" {
+    /// The kernel's Rust entry: never returns.
+    fn boot_main(client_interface: u64, initrd_start: u64, initrd_size: u64) -> !;
+}
+
+/// A big-endian CPU decodes these little-endian-stored words as the byte-swapped instruction.
+const fn big_endian(word: u32) -> u32 {
+    word.swap_bytes()
+}
+
+unsafe extern "C" {
+    /// Calls the Open Firmware client interface at `entry` with the big-endian
+    /// argument block `arguments` (service name, argument and result counts,
+    /// then the cells), in the firmware's 32-bit big-endian mode, and returns
+    /// its status. Interrupts must be off. Only for boot-time use.
+    pub fn enter_openfirmware(arguments: u64, entry: u64) -> i64;
+}
+
+/// Bytes of the frame `enter_openfirmware` keeps r2, r13-r31 and the MSR in.
+const FIRMWARE_FRAME: usize = MINIMAL_FRAME + 21 * 8;
+
+core::arch::global_asm!(
+    r#"
+    # fixup_endian: run little-endian from here on, whatever the CPU's current
+    # endianness. Stored little-endian, `tdi 0,0,0x48` reads as `b .+8` on a
+    # big-endian CPU, which lands in the byte-swapped sequence that flips
+    # MSR[LE] with rfid; a little-endian CPU runs tdi (never traps) and
+    # branches over it. Clobbers r10, r11 (and MSR[EE,RI] when it flips).
+    .macro fixup_endian
+    tdi 0, 0, 0x48
+    b 191f
+    .long {be_mfmsr_r11}          # r11 = MSR
+    .long {be_xori_r11_le}        # r11 ^= MSR[LE]
+    .long {be_li_r10_0}           # r10 = 0
+    .long {be_mtmsrd_r10}         # MSR[EE,RI] = 0
+    .long {be_bcl_next}           # LR = address of the next word
+    .long {be_mflr_r10}           # r10 = that address
+    .long {be_addi_r10_20}        # r10 = label 191 (5 words further)
+    .long {be_mtsrr0_r10}         # SRR0 = label 191
+    .long {be_mtsrr1_r11}         # SRR1 = MSR with LE flipped
+    .long {be_rfid}               # continue at label 191, little-endian
+191:
+    .endm
+
+    # set_64bit_mode: MSR[SF] = 1. Clobbers r11, r12.
+    .macro set_64bit_mode
+    mfmsr   11                    # r11 = MSR
+    li      12, 1
+    rldicr  12, 12, 63, 0         # r12 = MSR[SF] (bit 0, value 1 << 63)
+    or      11, 11, 12            # r11 = MSR | SF
+    mtmsrd  11                    # MSR = r11
+    isync
+    .endm
+
+    .section .text.boot, "ax"
+    .globl _start
+    .type _start, @function
+_start:
+    fixup_endian
+    set_64bit_mode
+
+    # Keep the firmware's arguments in non-volatile registers.
+    mr      14, 3                 # r14 = initrd start
+    mr      15, 4                 # r15 = initrd size
+    mr      16, 5                 # r16 = client interface entry
+
+    # r2 = .TOC., computed from our own address (link address = run address).
+    bcl     20, 31, 2f
+2:  mflr    12                    # r12 = address of label 2
+    addis   2, 12, (.TOC. - 2b)@ha
+    addi    2, 2, (.TOC. - 2b)@l  # r2 = .TOC.
+
+    # Clear BSS, 8 bytes at a time (both ends are 4096-aligned).
+    addis   3, 2, __bss_start@toc@ha
+    addi    3, 3, __bss_start@toc@l   # r3 = start of BSS
+    addis   4, 2, __bss_end@toc@ha
+    addi    4, 4, __bss_end@toc@l     # r4 = end of BSS
+    li      0, 0
+3:  cmpld   3, 4
+    bge     4f
+    std     0, 0(3)               # *r3 = 0
+    addi    3, 3, 8               # r3 += 8
+    b       3b
+4:
+    # r1 = top of the boot thread's stack, less one minimal frame whose back
+    # chain is 0 (the end of every backtrace).
+    addis   1, 2, {boot_stack}@toc@ha
+    addi    1, 1, {boot_stack}@toc@l  # r1 = base of the boot stack
+    addi    1, 1, {stack_top}         # r1 = top - MINIMAL_FRAME
+    std     0, 0(1)               # back chain = 0
+
+    # r13 = CPU 0's per-CPU area; record the kernel TOC and the CPU number in it.
+    addis   13, 2, {cpu_areas}@toc@ha
+    addi    13, 13, {cpu_areas}@toc@l # r13 = &CPU_AREAS[0]
+    std     2, {percpu_toc}(13)       # per_cpu.toc = r2
+    std     0, {percpu_cpu_id}(13)    # per_cpu.cpu_id = 0
+
+    mr      3, 16                 # arg 1: client interface entry
+    mr      4, 14                 # arg 2: initrd start
+    mr      5, 15                 # arg 3: initrd size
+    bl      {boot_main}           # never returns
+5:  b       5b
+    .size _start, . - _start
+
+    # enter_openfirmware(r3 = argument block, r4 = firmware entry) -> r3
+    #
+    # On entry: 64-bit little-endian kernel, interrupts off, real mode.
+    # Calls the firmware in 32-bit big-endian mode with r3 = argument block and
+    # LR = a return point that begins with fixup_endian. Firmware code keeps
+    # only the low halves of non-volatile registers, so r2 and r13-r31 are kept
+    # whole in our frame. On exit: r3 = firmware status; r0, r4-r12, CTR, XER,
+    # CR0-1, CR5-7 clobbered; everything else preserved.
+    .text
+    .globl enter_openfirmware
+    .type enter_openfirmware, @function
+enter_openfirmware:
+    mflr    0
+    std     0, 16(1)              # LR save slot of the caller's frame
+    stdu    1, -{frame}(1)        # our frame: back chain + 21 doublewords
+    std     2, {save}+0*8(1)      # save r2, then r13..r31
+    std     13, {save}+1*8(1)
+    std     14, {save}+2*8(1)
+    std     15, {save}+3*8(1)
+    std     16, {save}+4*8(1)
+    std     17, {save}+5*8(1)
+    std     18, {save}+6*8(1)
+    std     19, {save}+7*8(1)
+    std     20, {save}+8*8(1)
+    std     21, {save}+9*8(1)
+    std     22, {save}+10*8(1)
+    std     23, {save}+11*8(1)
+    std     24, {save}+12*8(1)
+    std     25, {save}+13*8(1)
+    std     26, {save}+14*8(1)
+    std     27, {save}+15*8(1)
+    std     28, {save}+16*8(1)
+    std     29, {save}+17*8(1)
+    std     30, {save}+18*8(1)
+    std     31, {save}+19*8(1)
+    mfmsr   11
+    std     11, {save}+20*8(1)    # save the kernel's MSR
+    li      12, 1
+    rldicr  12, 12, 63, 0         # r12 = MSR[SF]
+    ori     12, 12, 1             # r12 = MSR[SF] | MSR[LE]
+    andc    11, 11, 12            # r11 = MSR without SF and LE: 32-bit big-endian
+    mtsrr0  4                     # SRR0 = firmware entry
+    mtsrr1  11                    # SRR1 = firmware MSR
+    bcl     20, 31, 6f
+6:  mflr    12                    # r12 = address of label 6
+    addi    12, 12, 7f - 6b       # r12 = return point
+    mtlr    12                    # the firmware returns there with blr
+    rfid                          # enter the firmware
+7:  fixup_endian                  # back big-endian: become little-endian again
+    set_64bit_mode
+    clrldi  1, 1, 32              # r1 is below 4 GiB: drop any stale high half
+    ld      2, {save}+0*8(1)      # restore r2, then r13..r31
+    ld      13, {save}+1*8(1)
+    ld      14, {save}+2*8(1)
+    ld      15, {save}+3*8(1)
+    ld      16, {save}+4*8(1)
+    ld      17, {save}+5*8(1)
+    ld      18, {save}+6*8(1)
+    ld      19, {save}+7*8(1)
+    ld      20, {save}+8*8(1)
+    ld      21, {save}+9*8(1)
+    ld      22, {save}+10*8(1)
+    ld      23, {save}+11*8(1)
+    ld      24, {save}+12*8(1)
+    ld      25, {save}+13*8(1)
+    ld      26, {save}+14*8(1)
+    ld      27, {save}+15*8(1)
+    ld      28, {save}+16*8(1)
+    ld      29, {save}+17*8(1)
+    ld      30, {save}+18*8(1)
+    ld      31, {save}+19*8(1)
+    ld      11, {save}+20*8(1)
+    mtmsrd  11                    # the kernel's MSR again
+    isync
+    extsw   3, 3                  # r3 = the firmware's 32-bit status, sign-extended
+    addi    1, 1, {frame}         # pop our frame
+    ld      0, 16(1)
+    mtlr    0                     # LR = our caller
+    blr
+    .size enter_openfirmware, . - enter_openfirmware
+    "#,
+    be_mfmsr_r11 = const big_endian(instruction::mfmsr(11)),
+    be_xori_r11_le = const big_endian(instruction::xor_immediate(11, 11, 1)),
+    be_li_r10_0 = const big_endian(instruction::load_immediate(10, 0)),
+    be_mtmsrd_r10 = const big_endian(instruction::mtmsrd(10, 1)),
+    be_bcl_next = const big_endian(instruction::BCL_NEXT),
+    be_mflr_r10 = const big_endian(instruction::mfspr(10, spr::LR)),
+    be_addi_r10_20 = const big_endian(instruction::add_immediate(10, 10, 20)),
+    be_mtsrr0_r10 = const big_endian(instruction::mtspr(spr::SRR0, 10)),
+    be_mtsrr1_r11 = const big_endian(instruction::mtspr(spr::SRR1, 11)),
+    be_rfid = const big_endian(instruction::RFID),
+    boot_stack = sym BOOT_STACK,
+    stack_top = const THREAD_SIZE - MINIMAL_FRAME,
+    cpu_areas = sym CPU_AREAS,
+    percpu_toc = const offset_of!(PerCpu, toc),
+    percpu_cpu_id = const offset_of!(PerCpu, cpu_id),
+    boot_main = sym boot_main,
+    frame = const FIRMWARE_FRAME,
+    save = const MINIMAL_FRAME,
+);

@@ -1,0 +1,50 @@
+//! Hypervisor calls (PAPR `sc 1`): r3 = call number, arguments in r4.., results back in r3..
+use macros::notrace;
+
+/// H_BUSY: try again.
+pub const BUSY: i64 = 1;
+/// H_SUCCESS.
+pub const SUCCESS: i64 = 0;
+/// H_CEDE: idle this CPU until an interrupt arrives (sets MSR[EE]).
+pub const CEDE: u64 = 0xe0;
+/// H_GET_TERM_CHAR: read up to 16 bytes from a virtual terminal.
+pub const GET_TERM_CHAR: u64 = 0x54;
+/// H_PUT_TERM_CHAR: write up to 16 bytes to a virtual terminal.
+pub const PUT_TERM_CHAR: u64 = 0x58;
+/// H_SET_MODE: here, to make interrupts run little-endian.
+pub const SET_MODE: u64 = 0x31c;
+/// KVMPPC_H_RTAS: QEMU's entry for RTAS calls.
+pub const RTAS: u64 = 0xf000;
+
+/// Returns r3 (the status) and r4..r7 (the results).
+#[notrace]
+pub fn hcall(number: u64, arguments: [u64; 6]) -> (i64, [u64; 4]) {
+    let status: u64;
+    let mut results = [0u64; 4];
+    // Safety: `sc 1` enters the hypervisor, which only reads r3..r10 and writes
+    // r3..r12, cr0 and ctr; all of them are declared as clobbered or outputs.
+    unsafe {
+        core::arch::asm!(
+            "sc 1",
+            inlateout("r3") number => status,
+            inlateout("r4") arguments[0] => results[0],
+            inlateout("r5") arguments[1] => results[1],
+            inlateout("r6") arguments[2] => results[2],
+            inlateout("r7") arguments[3] => results[3],
+            inlateout("r8") arguments[4] => _,
+            inlateout("r9") arguments[5] => _,
+            out("r10") _, out("r11") _, out("r12") _, out("r0") _,
+            out("ctr") _, out("cr0") _,
+            options(nostack),
+        );
+    }
+    (status as i64, results)
+}
+
+/// Makes every interrupt enter in little-endian mode (H_SET_MODE, resource 4).
+#[notrace]
+pub fn set_little_endian_interrupts() -> i64 {
+    const MODE_FLAGS_LITTLE_ENDIAN: u64 = 1;
+    const RESOURCE_INTERRUPT_ENDIANNESS: u64 = 4;
+    hcall(SET_MODE, [MODE_FLAGS_LITTLE_ENDIAN, RESOURCE_INTERRUPT_ENDIANNESS, 0, 0, 0, 0]).0
+}

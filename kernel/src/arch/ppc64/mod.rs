@@ -1,0 +1,11 @@
+//! ppc64le on the PAPR pseries platform: registers, hypervisor calls, RTAS,
+//! Open Firmware, exceptions and the context switch.
+pub mod cache;
+pub mod context;
+pub mod exceptions;
+pub mod hcall;
+pub mod interrupts;
+pub mod openfirmware;
+pub mod registers;
+pub mod rtas;
+pub mod vectors;

@@ -1,0 +1,36 @@
+//! The real-mode exception vectors at physical 0x100..0x1000, written at boot.
+//!
+//! The kernel runs at 0x400000, within a relative branch's reach of the vector
+//! area, so each slot is three instructions generated here:
+//! `mtsprg2 r12; li r12,VECTOR; b exception_common`.
+use super::{cache, exceptions::exception_common};
+use portable::instruction::{self, spr};
+
+/// First and last vector slot; slots are 0x20 bytes apart (0x100, 0x120, ...).
+const FIRST_VECTOR: u64 = 0x100;
+const END_OF_VECTORS: u64 = 0x1000;
+const SLOT: u64 = 0x20;
+
+/// Writes every vector slot and makes the instruction cache see them.
+///
+/// # Safety
+/// Must run once at boot, after the firmware is no longer needed (it lives in
+/// low memory), with interrupts off.
+pub unsafe fn install() {
+    let target = exception_common as usize as u64;
+    let mut vector = FIRST_VECTOR;
+    while vector < END_OF_VECTORS {
+        let slot = vector as *mut u32;
+        let words = [
+            instruction::mtspr(spr::SPRG2, 12),
+            instruction::load_immediate(12, vector as i16),
+            instruction::branch(vector + 8, target, false).expect("vectors are within branch reach of the kernel"),
+        ];
+        for (index, word) in words.iter().enumerate() {
+            // Safety: low memory below the kernel is RAM reserved for the vectors.
+            unsafe { slot.add(index).write_volatile(*word) };
+        }
+        cache::synchronize_instructions(vector, 12);
+        vector += SLOT;
+    }
+}

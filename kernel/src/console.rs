@@ -1,0 +1,74 @@
+//! The hypervisor console: `print!`/`println!` through H_PUT_TERM_CHAR, input through H_GET_TERM_CHAR.
+use crate::arch::ppc64::hcall;
+use macros::notrace;
+use spin::Mutex;
+
+/// Virtual terminal number of the default spapr-vty.
+const TERMINAL: u64 = 0;
+
+/// Serialises writers so lines from different threads do not interleave.
+pub static CONSOLE: Mutex<Console> = Mutex::new(Console);
+
+/// The hypervisor virtual terminal 0.
+pub struct Console;
+
+impl Console {
+    /// Writes all of `bytes`, 16 at a time, retrying while the hypervisor is busy.
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(16) {
+            let mut packed = [0u8; 16];
+            packed[..chunk.len()].copy_from_slice(chunk);
+            // The bytes travel in r6/r7, packed big-endian.
+            let high = u64::from_be_bytes(packed[..8].try_into().unwrap());
+            let low = u64::from_be_bytes(packed[8..].try_into().unwrap());
+            loop {
+                let (status, _) =
+                    hcall::hcall(hcall::PUT_TERM_CHAR, [TERMINAL, chunk.len() as u64, high, low, 0, 0]);
+                if status != hcall::BUSY {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl core::fmt::Write for Console {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        self.write_bytes(text.as_bytes());
+        Ok(())
+    }
+}
+
+/// Reads whatever input is waiting, up to 16 bytes; returns how many were read.
+#[notrace]
+pub fn read(buffer: &mut [u8; 16]) -> usize {
+    let (status, results) = hcall::hcall(hcall::GET_TERM_CHAR, [TERMINAL, 0, 0, 0, 0, 0]);
+    if status != hcall::SUCCESS {
+        return 0;
+    }
+    let count = (results[0] as usize).min(16);
+    buffer[..8].copy_from_slice(&results[1].to_be_bytes());
+    buffer[8..].copy_from_slice(&results[2].to_be_bytes());
+    count
+}
+
+#[doc(hidden)]
+pub fn print_arguments(arguments: core::fmt::Arguments) {
+    use core::fmt::Write;
+    // Interrupt handlers print too (reports, BUG): keep them out while we hold the lock.
+    let _guard = crate::arch::ppc64::interrupts::disable();
+    let _ = CONSOLE.lock().write_fmt(arguments);
+}
+
+/// Prints to the hypervisor console.
+#[macro_export]
+macro_rules! print {
+    ($($argument:tt)*) => ($crate::console::print_arguments(format_args!($($argument)*)));
+}
+
+/// Prints to the hypervisor console, with a newline.
+#[macro_export]
+macro_rules! println {
+    () => ($crate::print!("\n"));
+    ($($argument:tt)*) => ($crate::console::print_arguments(format_args!("{}\n", format_args!($($argument)*))));
+}

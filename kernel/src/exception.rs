@@ -1,0 +1,108 @@
+//! What the kernel does with each exception: timer ticks, BUG traps, and reports of the unexpected.
+use crate::arch::ppc64::exceptions::PtRegs;
+use crate::arch::ppc64::registers::ProgramCheckReason;
+use crate::{bug, println, symbols, thread, time};
+use macros::notrace;
+
+/// Vector numbers.
+pub mod vector {
+    pub const SYSTEM_RESET: u64 = 0x100;
+    pub const MACHINE_CHECK: u64 = 0x200;
+    pub const DATA_STORAGE: u64 = 0x300;
+    pub const DATA_SEGMENT: u64 = 0x380;
+    pub const INSTRUCTION_STORAGE: u64 = 0x400;
+    pub const INSTRUCTION_SEGMENT: u64 = 0x480;
+    pub const EXTERNAL: u64 = 0x500;
+    pub const ALIGNMENT: u64 = 0x600;
+    pub const PROGRAM: u64 = 0x700;
+    pub const FLOATING_POINT_UNAVAILABLE: u64 = 0x800;
+    pub const DECREMENTER: u64 = 0x900;
+    pub const SYSTEM_CALL: u64 = 0xc00;
+    pub const TRACE: u64 = 0xd00;
+}
+
+/// A readable name for a vector.
+pub fn vector_name(trap: u64) -> &'static str {
+    match trap {
+        vector::SYSTEM_RESET => "system reset",
+        vector::MACHINE_CHECK => "machine check",
+        vector::DATA_STORAGE => "data storage",
+        vector::DATA_SEGMENT => "data segment",
+        vector::INSTRUCTION_STORAGE => "instruction storage",
+        vector::INSTRUCTION_SEGMENT => "instruction segment",
+        vector::EXTERNAL => "external interrupt",
+        vector::ALIGNMENT => "alignment",
+        vector::PROGRAM => "program check",
+        vector::FLOATING_POINT_UNAVAILABLE => "floating point unavailable",
+        vector::DECREMENTER => "decrementer",
+        vector::SYSTEM_CALL => "system call",
+        vector::TRACE => "trace",
+        _ => "unknown",
+    }
+}
+
+/// Entered from `exception_common` with the saved registers; returning resumes them.
+#[notrace]
+#[unsafe(no_mangle)]
+pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
+    if regs.result != 0 {
+        regs.result = 0;
+        stack_overflow(regs);
+    }
+    match regs.trap {
+        vector::DECREMENTER => time::tick(),
+        vector::PROGRAM => program_check(regs),
+        _ => unexpected(regs, "unexpected exception"),
+    }
+}
+
+#[notrace]
+fn program_check(regs: &mut PtRegs) {
+    let reason = ProgramCheckReason::from_bits_truncate(regs.msr);
+    if reason.contains(ProgramCheckReason::TRAP) {
+        if let Some(location) = bug::find(regs.nip) {
+            println!("------------[ cut here ]------------");
+            println!("kernel BUG at {}:{}!", location.file(), location.line);
+            report(regs, "BUG");
+            thread::kill_current("BUG");
+        }
+    }
+    unexpected(regs, "program check");
+}
+
+#[notrace]
+fn stack_overflow(regs: &PtRegs) -> ! {
+    let current = thread::current_id();
+    println!("kernel: stack overflow in thread {current}: r1 {:#x} reached its livepatch stack", regs.gpr[1]);
+    report(regs, "stack overflow");
+    thread::kill_current("stack overflow");
+}
+
+/// Reports an exception nobody handles and ends the thread that took it; in
+/// the boot thread or an interrupt-critical spot, the kernel panics instead.
+#[notrace]
+fn unexpected(regs: &PtRegs, what: &str) -> ! {
+    println!("Oops: {what}: vector {:#x} ({})", regs.trap, vector_name(regs.trap));
+    report(regs, "Oops");
+    thread::kill_current("Oops")
+}
+
+/// Prints registers and a backtrace.
+#[notrace]
+pub fn report(regs: &PtRegs, what: &str) {
+    println!("{what} in thread {} on CPU {}", thread::current_id(), crate::arch::ppc64::registers::per_cpu().cpu_id);
+    println!("NIP:  {:#018x} {}", regs.nip, symbols::Symbolized(regs.nip));
+    println!("LR:   {:#018x} {}", regs.link, symbols::Symbolized(regs.link));
+    println!("MSR:  {:#018x}  CR: {:08x}  XER: {:08x}  CTR: {:#x}", regs.msr, regs.ccr, regs.xer, regs.ctr);
+    if matches!(regs.trap, vector::DATA_STORAGE | vector::ALIGNMENT) {
+        println!("DAR:  {:#018x}  DSISR: {:08x}", regs.dar, regs.dsisr);
+    }
+    for row in 0..8 {
+        let base = row * 4;
+        println!(
+            "GPR{:02}: {:016x} {:016x} {:016x} {:016x}",
+            base, regs.gpr[base], regs.gpr[base + 1], regs.gpr[base + 2], regs.gpr[base + 3]
+        );
+    }
+    crate::backtrace::print_from(regs.gpr[1], Some(regs.nip));
+}

@@ -1,0 +1,83 @@
+//! A ppc64le kernel for QEMU pseries whose reason to exist is live patching.
+//!
+//! Boot order (see docs/ARCHITECTURE.md): `boot` hands over in 64-bit
+//! little-endian mode with a stack, the TOC and r13; `boot_main` then flattens
+//! the firmware's device tree (the firmware is still alive), makes interrupts
+//! little-endian, installs the vectors, sets up the heap, threads and the
+//! timer, and runs the shell (or the test suite in the test kernel).
+#![no_std]
+#![no_main]
+#![feature(patchable_function_entry)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod arch;
+mod backtrace;
+mod bug;
+mod console;
+mod devicetree;
+mod exception;
+#[cfg(feature = "ktest")]
+mod ktest;
+mod memory;
+mod panic;
+mod shell;
+mod symbols;
+#[cfg(feature = "ktest")]
+mod tests;
+mod thread;
+mod time;
+
+use arch::ppc64::{hcall, interrupts, vectors};
+use macros::notrace;
+
+/// Emergency stack of the boot CPU: exceptions run here when a thread's stack overflowed.
+static EMERGENCY_STACK: boot::ThreadStack = boot::ThreadStack(core::cell::UnsafeCell::new([0; boot::THREAD_SIZE]));
+
+/// The Rust entry, called by `boot` on the boot thread's stack with interrupts off.
+#[notrace]
+#[unsafe(no_mangle)]
+pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_size: u64) -> ! {
+    println!();
+    println!("klp: a ppc64le kernel for live patching, built in Rust (QEMU pseries)");
+    // The firmware lives in low memory: read everything from it before the vectors go there.
+    let tree = devicetree::flatten_from_firmware(client_interface);
+    let status = hcall::set_little_endian_interrupts();
+    if status != hcall::SUCCESS {
+        panic!("H_SET_MODE (little-endian interrupts) failed: {status}");
+    }
+    // Safety: boot CPU, interrupts off, firmware no longer needed.
+    unsafe {
+        (*arch::ppc64::registers::per_cpu_mut()).emergency_stack =
+            EMERGENCY_STACK.0.get() as u64 + boot::THREAD_SIZE as u64 - boot::MINIMAL_FRAME as u64;
+        vectors::install();
+    }
+    memory::init_early();
+    let machine = devicetree::Machine::read(tree);
+    memory::extend_to(machine.memory_end);
+    arch::ppc64::rtas::init(machine.rtas_tokens());
+    thread::init();
+    time::init(machine.timebase_frequency);
+    interrupts::enable();
+    println!(
+        "klp: {} MiB RAM, {} CPU(s), heap {} KiB, {} kernel symbols",
+        machine.memory_end >> 20,
+        machine.cpu_count,
+        memory::usage().1 >> 10,
+        symbols::table().map_or(0, |table| table.len())
+    );
+    let arguments = machine.bootargs;
+    #[cfg(feature = "ktest")]
+    ktest::run(arguments);
+    #[cfg(not(feature = "ktest"))]
+    shell::run(arguments);
+    power_off()
+}
+
+/// Powers the machine off; QEMU exits 0.
+pub fn power_off() -> ! {
+    println!("klp: powering off");
+    arch::ppc64::rtas::power_off();
+    panic!("RTAS power-off returned");
+}

@@ -1,0 +1,119 @@
+//! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `poweroff`.
+use crate::{console, memory, print, println, thread, time};
+use alloc::string::String;
+
+/// The prompt.
+pub const PROMPT: &str = "klp> ";
+/// End of transmission: xtask sends it when its standard input ends.
+const END_OF_INPUT: u8 = 0x04;
+
+struct Command {
+    name: &'static str,
+    help: &'static str,
+    run: fn(&str),
+}
+
+const COMMANDS: &[Command] = &[
+    Command { name: "help", help: "list the commands", run: help },
+    Command { name: "threads", help: "list threads: state, switches, stack and livepatch stack use", run: threads },
+    Command { name: "mem", help: "heap usage", run: mem },
+    Command { name: "uptime", help: "time since boot and timer ticks", run: uptime },
+    Command { name: "poweroff", help: "power the machine off", run: poweroff },
+];
+
+/// Reads and runs commands until input ends (EOT) or `poweroff`.
+pub fn run(_arguments: &str) {
+    println!("Type 'help' for the commands.");
+    let mut line = String::new();
+    print!("{PROMPT}");
+    loop {
+        let mut buffer = [0u8; 16];
+        let count = console::read(&mut buffer);
+        if count == 0 {
+            thread::sleep_milliseconds(10);
+            continue;
+        }
+        for &byte in &buffer[..count] {
+            match byte {
+                END_OF_INPUT => {
+                    println!();
+                    println!("end of input");
+                    return;
+                }
+                b'\r' | b'\n' => {
+                    println!();
+                    execute(line.trim());
+                    line.clear();
+                    print!("{PROMPT}");
+                }
+                0x7f | 0x08 => {
+                    if line.pop().is_some() {
+                        print!("\x08 \x08");
+                    }
+                }
+                byte if byte.is_ascii_graphic() || byte == b' ' => {
+                    line.push(byte as char);
+                    print!("{}", byte as char);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs one command line.
+pub fn execute(line: &str) {
+    let (name, arguments) = line.split_once(' ').unwrap_or((line, ""));
+    if name.is_empty() {
+        return;
+    }
+    match COMMANDS.iter().find(|command| command.name == name) {
+        Some(command) => (command.run)(arguments.trim()),
+        None => println!("{name}: unknown command (try 'help')"),
+    }
+}
+
+fn help(_: &str) {
+    for command in COMMANDS {
+        println!("  {:<10} {}", command.name, command.help);
+    }
+}
+
+fn threads(_: &str) {
+    println!("  {:>3} {:<24} {:<12} {:>9} {:>11} {:>10}", "id", "name", "state", "switches", "stack used", "lp stack");
+    for summary in thread::snapshot() {
+        let state = match summary.state {
+            thread::State::Running => "running",
+            thread::State::Ready => "ready",
+            thread::State::Sleeping(_) => "sleeping",
+            thread::State::Joining => "joining",
+            thread::State::Dead(_) => "dead",
+        };
+        println!(
+            "  {:>3} {:<24} {:<12} {:>9} {:>11} {:>10}",
+            summary.id, summary.name, state, summary.switches, summary.stack_used, summary.livepatch_depth
+        );
+    }
+}
+
+fn mem(_: &str) {
+    let (used, total) = memory::usage();
+    println!("heap: {} KiB used of {} KiB ({} KiB free)", used >> 10, total >> 10, (total - used) >> 10);
+    println!("kernel image: {:#x}..{:#x}", 0x400000, memory::heap_start());
+}
+
+fn uptime(_: &str) {
+    let nanoseconds = time::uptime_nanoseconds();
+    println!(
+        "up {}.{:03} s, {} timer ticks ({} Hz), timebase {} Hz",
+        nanoseconds / 1_000_000_000,
+        (nanoseconds / 1_000_000) % 1000,
+        time::ticks(),
+        time::TICK_HZ,
+        time::frequency()
+    );
+}
+
+fn poweroff(_: &str) {
+    crate::power_off();
+}

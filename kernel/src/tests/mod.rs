@@ -1,0 +1,7 @@
+//! In-kernel test cases (`#[ktest]`) and benchmarks, compiled into the test kernel.
+pub mod bench;
+mod console;
+mod devicetree;
+mod exceptions;
+mod memory;
+mod threads;

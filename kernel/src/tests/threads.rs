@@ -1,0 +1,102 @@
+//! Tests of threads: life cycle, thread_info placement, preemption, preempt_disable.
+use crate::arch::ppc64::registers::{stack_pointer, timebase};
+use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STACK_END_MAGIC};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use boot::THREAD_SIZE;
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::ktest;
+
+#[ktest]
+fn threads_spawn_sleep_yield_join() {
+    let total = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (1..=4u64)
+        .map(|value| {
+            let total = total.clone();
+            thread::spawn("worker", move || {
+                thread::sleep_milliseconds(5 * value);
+                thread::yield_now();
+                total.fetch_add(value, Ordering::SeqCst);
+            })
+            .unwrap()
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join(), ExitStatus::Returned);
+    }
+    assert_eq!(total.load(Ordering::SeqCst), 10);
+}
+
+#[ktest]
+fn thread_info_sits_at_the_stack_base() {
+    let handle = thread::spawn("placement", || {
+        let info = thread::current_thread_info() as u64;
+        let base = stack_pointer() & !(THREAD_SIZE as u64 - 1);
+        assert_eq!(info, base);
+        assert_eq!(info % THREAD_SIZE as u64, 0);
+        // Safety: our own thread_info and magic word.
+        let (livepatch_sp, thread_id, magic) = unsafe {
+            let info = &*thread::current_thread_info();
+            (info.livepatch_sp, info.thread_id, *((base + MAGIC_OFFSET as u64) as *const u64))
+        };
+        assert_eq!(thread_id, thread::current_id());
+        assert_eq!(magic, STACK_END_MAGIC);
+        assert_eq!(livepatch_sp, base + LIVEPATCH_STACK_OFFSET as u64, "livepatch stack starts above the magic");
+        assert!(stack_pointer() > base + THREAD_SIZE as u64 / 2, "the normal stack grows down from the top");
+    })
+    .unwrap();
+    assert_eq!(handle.join(), ExitStatus::Returned);
+}
+
+/// Spins without yielding until `other` moves or the deadline passes.
+fn spin_until_other_moves(mine: &AtomicU64, other: &AtomicU64) -> bool {
+    let deadline = timebase() + crate::time::milliseconds_to_timebase(2000);
+    while timebase() < deadline {
+        mine.fetch_add(1, Ordering::SeqCst);
+        if other.load(Ordering::SeqCst) > 1000 && mine.load(Ordering::SeqCst) > 1000 {
+            return true;
+        }
+    }
+    false
+}
+
+#[ktest]
+fn timer_preempts_threads_that_never_yield() {
+    let first = Arc::new(AtomicU64::new(0));
+    let second = Arc::new(AtomicU64::new(0));
+    let (a, b) = (first.clone(), second.clone());
+    let one = thread::spawn("spinner-1", move || assert!(spin_until_other_moves(&a, &b))).unwrap();
+    let (a, b) = (first.clone(), second.clone());
+    let two = thread::spawn("spinner-2", move || assert!(spin_until_other_moves(&b, &a))).unwrap();
+    assert_eq!(one.join(), ExitStatus::Returned);
+    assert_eq!(two.join(), ExitStatus::Returned);
+}
+
+#[ktest]
+fn preempt_disable_holds_off_other_threads() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let watched = counter.clone();
+    let handle = thread::spawn("counter", move || {
+        while watched.load(Ordering::SeqCst) != u64::MAX {
+            watched.fetch_add(1, Ordering::SeqCst);
+            if watched.load(Ordering::SeqCst) > 1 << 40 {
+                break;
+            }
+        }
+    })
+    .unwrap();
+    thread::yield_now();
+    {
+        let _guard = thread::preempt_disable();
+        let before = counter.load(Ordering::SeqCst);
+        let ticks = crate::time::ticks();
+        while crate::time::ticks() < ticks + 3 {}
+        assert_eq!(counter.load(Ordering::SeqCst), before, "no other thread ran during 3 ticks");
+    }
+    let ticks = crate::time::ticks();
+    while crate::time::ticks() < ticks + 3 {}
+    let moved = counter.load(Ordering::SeqCst);
+    counter.store(u64::MAX, Ordering::SeqCst);
+    assert_eq!(handle.join(), ExitStatus::Returned);
+    assert!(moved > 0, "the other thread runs again once preemption is enabled");
+}

@@ -1,0 +1,84 @@
+//! `thread_info`: the block at the base of every thread stack, found from r1 by masking.
+//!
+//! ```text
+//!  base + THREAD_SIZE  +----------------------+
+//!                      | normal stack         |  grows down from the top
+//!                      |          |           |
+//!                      |          v           |
+//!                      |          ^           |
+//!                      |          |           |
+//!                      | livepatch stack      |  grows up; livepatch_sp = its top
+//!  start of lp stack   +----------------------+
+//!                      | STACK_END_MAGIC      |  overwritten only by an overflow
+//!                      +----------------------+
+//!                      | ThreadInfo           |
+//!  base                +----------------------+
+//! ```
+use boot::THREAD_SIZE;
+use core::mem::{offset_of, size_of};
+use macros::notrace;
+
+/// Marks the end of the normal stack (Linux's value).
+pub const STACK_END_MAGIC: u64 = 0x57ac_6e9d;
+
+/// Per-thread state at the stack base. Assembly reaches fields with `offset_of!`.
+#[repr(C)]
+pub struct ThreadInfo {
+    /// Top of the livepatch stack: the address where the next frame goes.
+    pub livepatch_sp: u64,
+    /// Preemption is allowed only at 0.
+    pub preempt_count: u64,
+    /// Kernel thread number.
+    pub thread_id: u64,
+    /// Reserved for the tracer's per-thread state (recursion guard, return stack).
+    pub tracing: [u64; 5],
+}
+
+/// Offset of the magic word from the stack base.
+pub const MAGIC_OFFSET: usize = size_of::<ThreadInfo>();
+/// Offset of the first livepatch stack byte from the stack base.
+pub const LIVEPATCH_STACK_OFFSET: usize = MAGIC_OFFSET + size_of::<u64>();
+
+const _: () = assert!(offset_of!(ThreadInfo, livepatch_sp) == 0);
+const _: () = assert!(LIVEPATCH_STACK_OFFSET % 16 == 0 || LIVEPATCH_STACK_OFFSET % 8 == 0);
+
+/// The `thread_info` of the stack containing `stack_pointer` (Linux's CURRENT_THREAD_INFO).
+#[notrace]
+#[inline(always)]
+pub fn thread_info_of(stack_pointer: u64) -> *mut ThreadInfo {
+    (stack_pointer & !(THREAD_SIZE as u64 - 1)) as *mut ThreadInfo
+}
+
+/// The running thread's `thread_info`.
+#[notrace]
+#[inline(always)]
+pub fn current_thread_info() -> *mut ThreadInfo {
+    thread_info_of(crate::arch::ppc64::registers::stack_pointer())
+}
+
+/// Prepares `thread_info`, the magic word and an empty livepatch stack at `base`.
+///
+/// # Safety
+/// `base` is a THREAD_SIZE-aligned stack owned by a thread that is not running
+/// (or the caller's own stack, during boot, before anything uses it).
+#[notrace]
+pub unsafe fn initialise(base: u64, thread_id: u64) {
+    let info = base as *mut ThreadInfo;
+    // Safety: the caller owns the stack base.
+    unsafe {
+        info.write(ThreadInfo {
+            livepatch_sp: base + LIVEPATCH_STACK_OFFSET as u64,
+            preempt_count: 0,
+            thread_id,
+            tracing: [0; 5],
+        });
+        ((base + MAGIC_OFFSET as u64) as *mut u64).write(STACK_END_MAGIC);
+    }
+}
+
+/// Whether the magic word above the `thread_info` at `base` is intact.
+#[notrace]
+pub fn magic_intact(base: u64) -> bool {
+    // Safety: `base` is a thread stack base; the word is inside the stack.
+    unsafe { ((base + MAGIC_OFFSET as u64) as *const u64).read_volatile() == STACK_END_MAGIC }
+}

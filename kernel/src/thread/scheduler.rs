@@ -1,0 +1,403 @@
+//! The round-robin scheduler: a ready queue, sleepers, joiners, and the switch.
+use super::info::{self, ThreadInfo};
+use super::stack::Stack;
+use crate::arch::ppc64::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context, thread_start};
+use crate::arch::ppc64::interrupts;
+use crate::arch::ppc64::registers::{per_cpu_mut, timebase, toc_pointer};
+use crate::{println, time};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use boot::{MINIMAL_FRAME, THREAD_SIZE};
+use macros::notrace;
+use spin::Mutex;
+
+/// How a thread ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Its function returned.
+    Returned,
+    /// The kernel ended it (BUG, Oops, stack overflow).
+    Killed(&'static str),
+}
+
+/// A thread's scheduling state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Ready,
+    /// Asleep until the timebase reaches this value.
+    Sleeping(u64),
+    /// Waiting in `join` for another thread.
+    Joining,
+    Dead(ExitStatus),
+}
+
+struct Thread {
+    name: String,
+    state: State,
+    /// None for the boot thread, whose stack is static.
+    stack: Option<Stack>,
+    stack_base: u64,
+    saved_stack_pointer: u64,
+    /// The thread waiting in `join` for this one.
+    joiner: Option<u64>,
+    /// Nobody will join: free it as soon as it is dead.
+    detached: bool,
+    switches: u64,
+}
+
+struct Scheduler {
+    threads: BTreeMap<u64, Box<Thread>>,
+    ready: VecDeque<u64>,
+    current: u64,
+    idle: u64,
+    next_id: u64,
+    /// Dead detached threads whose stacks can be freed once we are off them.
+    reapable: Vec<u64>,
+}
+
+static SCHEDULER: Mutex<Option<Scheduler>> = Mutex::new(None);
+
+/// The boot thread's number.
+pub const BOOT_THREAD: u64 = 0;
+
+fn with_scheduler<R>(action: impl FnOnce(&mut Scheduler) -> R) -> R {
+    let _guard = interrupts::disable();
+    let mut scheduler = SCHEDULER.lock();
+    action(scheduler.as_mut().expect("threads are initialised at boot"))
+}
+
+/// Turns the boot flow into thread 0 ("main") and starts the idle thread.
+pub fn init() {
+    let base = boot::BOOT_STACK.0.get() as u64;
+    // Safety: the boot stack is ours; its base is below everything in use.
+    unsafe { info::initialise(base, BOOT_THREAD) };
+    let main = Box::new(Thread {
+        name: String::from("main"),
+        state: State::Running,
+        stack: None,
+        stack_base: base,
+        saved_stack_pointer: 0,
+        joiner: None,
+        detached: false,
+        switches: 0,
+    });
+    let mut threads = BTreeMap::new();
+    threads.insert(BOOT_THREAD, main);
+    *SCHEDULER.lock() = Some(Scheduler {
+        threads,
+        ready: VecDeque::new(),
+        current: BOOT_THREAD,
+        idle: u64::MAX,
+        next_id: 1,
+        reapable: Vec::new(),
+    });
+    // Safety: boot CPU, interrupts off.
+    unsafe { (*per_cpu_mut()).current_thread = base };
+    let idle = spawn("idle", idle_loop).expect("heap has room for the idle thread");
+    with_scheduler(|scheduler| {
+        scheduler.idle = idle.id;
+        scheduler.ready.retain(|&id| id != idle.id);
+        scheduler.threads.get_mut(&idle.id).expect("idle exists").detached = true;
+    });
+    core::mem::forget(idle);
+}
+
+fn idle_loop() {
+    loop {
+        interrupts::wait();
+        yield_now();
+    }
+}
+
+/// A thread that can be joined. Dropping it detaches the thread.
+pub struct JoinHandle {
+    pub id: u64,
+}
+
+impl JoinHandle {
+    /// Waits for the thread to end and returns how it ended.
+    pub fn join(self) -> ExitStatus {
+        let id = self.id;
+        core::mem::forget(self);
+        loop {
+            let done = with_scheduler(|scheduler| {
+                let current = scheduler.current;
+                let thread = scheduler.threads.get_mut(&id).expect("joined thread exists");
+                if let State::Dead(status) = thread.state {
+                    let thread = scheduler.threads.remove(&id).expect("exists");
+                    drop(thread); // frees the stack
+                    return Some(status);
+                }
+                thread.joiner = Some(current);
+                scheduler.threads.get_mut(&current).expect("current exists").state = State::Joining;
+                None
+            });
+            if let Some(status) = done {
+                return status;
+            }
+            schedule();
+        }
+    }
+}
+
+impl Drop for JoinHandle {
+    fn drop(&mut self) {
+        let id = self.id;
+        with_scheduler(|scheduler| {
+            if let Some(thread) = scheduler.threads.get_mut(&id) {
+                thread.detached = true;
+                if matches!(thread.state, State::Dead(_)) && id != scheduler.current {
+                    scheduler.reapable.push(id);
+                }
+            }
+        });
+        reap();
+    }
+}
+
+/// Starts a thread running `function`; None if the heap has no room for its stack.
+pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<JoinHandle> {
+    let stack = Stack::allocate()?;
+    let closure: Box<Box<dyn FnOnce()>> = Box::new(Box::new(function));
+    let id = with_scheduler(|scheduler| {
+        let id = scheduler.next_id;
+        scheduler.next_id += 1;
+        id
+    });
+    // Safety: the stack is new and not running.
+    unsafe { info::initialise(stack.base(), id) };
+    let saved_stack_pointer = prepare_first_switch(&stack, Box::into_raw(closure) as u64);
+    with_scheduler(|scheduler| {
+        scheduler.threads.insert(
+            id,
+            Box::new(Thread {
+                name: String::from(name),
+                state: State::Ready,
+                stack_base: stack.base(),
+                stack: Some(stack),
+                saved_stack_pointer,
+                joiner: None,
+                detached: false,
+                switches: 0,
+            }),
+        );
+        scheduler.ready.push_back(id);
+    });
+    Some(JoinHandle { id })
+}
+
+/// Builds the SwitchFrame that makes the first switch to a thread "return" into `thread_start`.
+fn prepare_first_switch(stack: &Stack, closure: u64) -> u64 {
+    let top_frame = stack.top() - MINIMAL_FRAME as u64;
+    let frame = top_frame - SWITCH_FRAME_SIZE as u64;
+    let mut nonvolatile = [0u64; 18];
+    nonvolatile[0] = thread_entry as usize as u64; // r14: entry
+    nonvolatile[1] = closure; // r15: its argument
+    let mut header = [0u64; MINIMAL_FRAME / 8];
+    header[0] = top_frame; // back chain to the outermost frame
+    // Safety: both frames lie inside the new, unused stack.
+    unsafe {
+        (top_frame as *mut [u64; MINIMAL_FRAME / 8]).write([0; MINIMAL_FRAME / 8]);
+        (frame as *mut SwitchFrame).write(SwitchFrame {
+            header,
+            nonvolatile,
+            toc: toc_pointer(),
+            condition: 0,
+            link: thread_start as usize as u64,
+            padding: 0,
+        });
+    }
+    frame
+}
+
+/// First Rust code of every new thread.
+extern "C" fn thread_entry(closure: *mut Box<dyn FnOnce()>) -> ! {
+    interrupts::enable();
+    // Safety: `spawn` leaked exactly this box for this thread.
+    let function = unsafe { Box::from_raw(closure) };
+    function();
+    exit(ExitStatus::Returned)
+}
+
+/// Ends the current thread.
+pub fn exit(status: ExitStatus) -> ! {
+    with_scheduler(|scheduler| {
+        let current = scheduler.current;
+        let thread = scheduler.threads.get_mut(&current).expect("current exists");
+        thread.state = State::Dead(status);
+        let (joiner, detached) = (thread.joiner.take(), thread.detached);
+        if detached {
+            scheduler.reapable.push(current);
+        }
+        if let Some(joiner) = joiner {
+            make_ready(scheduler, joiner);
+        }
+    });
+    schedule();
+    unreachable!("a dead thread was scheduled")
+}
+
+/// Ends the current thread after a BUG, Oops or overflow; the boot and idle
+/// threads cannot die, so there the kernel panics.
+#[notrace]
+pub fn kill_current(reason: &'static str) -> ! {
+    let (current, idle) = with_scheduler(|scheduler| (scheduler.current, scheduler.idle));
+    if current == BOOT_THREAD || current == idle {
+        panic!("{reason} in thread {current}, which cannot be killed");
+    }
+    println!("kernel: killed thread {current} ({reason})");
+    exit(ExitStatus::Killed(reason))
+}
+
+fn make_ready(scheduler: &mut Scheduler, id: u64) {
+    if let Some(thread) = scheduler.threads.get_mut(&id) {
+        if matches!(thread.state, State::Sleeping(_) | State::Joining) {
+            thread.state = State::Ready;
+            scheduler.ready.push_back(id);
+        }
+    }
+}
+
+/// The running thread's number.
+#[notrace]
+pub fn current_id() -> u64 {
+    // Safety: the current thread's own thread_info.
+    unsafe { (*super::current_thread_info()).thread_id }
+}
+
+/// Gives the CPU to the next ready thread, if any.
+pub fn yield_now() {
+    schedule();
+}
+
+/// Sleeps at least `milliseconds`.
+pub fn sleep_milliseconds(milliseconds: u64) {
+    let until = timebase() + time::milliseconds_to_timebase(milliseconds);
+    with_scheduler(|scheduler| {
+        let current = scheduler.current;
+        scheduler.threads.get_mut(&current).expect("current exists").state = State::Sleeping(until);
+    });
+    schedule();
+}
+
+/// From the decrementer interrupt: preempt the current thread if allowed.
+#[notrace]
+pub fn timer_tick() {
+    if super::preempt_count() == 0 {
+        schedule();
+    }
+}
+
+fn wake_sleepers(scheduler: &mut Scheduler) {
+    let now = timebase();
+    let due: Vec<u64> = scheduler
+        .threads
+        .iter()
+        .filter(|(_, thread)| matches!(thread.state, State::Sleeping(until) if until <= now))
+        .map(|(&id, _)| id)
+        .collect();
+    for id in due {
+        make_ready(scheduler, id);
+    }
+}
+
+/// Picks the next thread and switches to it (interrupts off throughout).
+pub fn schedule() {
+    let _guard = interrupts::disable();
+    check_current_stack();
+    let switch = {
+        let mut scheduler = SCHEDULER.lock();
+        let scheduler = scheduler.as_mut().expect("threads are initialised at boot");
+        wake_sleepers(scheduler);
+        let current = scheduler.current;
+        let current_thread = scheduler.threads.get_mut(&current).expect("current exists");
+        let still_runnable = current_thread.state == State::Running;
+        let next = match scheduler.ready.pop_front() {
+            Some(next) => next,
+            None if still_runnable => return,
+            None => scheduler.idle,
+        };
+        if still_runnable && current != scheduler.idle {
+            scheduler.threads.get_mut(&current).expect("current exists").state = State::Ready;
+            scheduler.ready.push_back(current);
+        } else if still_runnable {
+            scheduler.threads.get_mut(&current).expect("current exists").state = State::Ready;
+        }
+        let save: *mut u64 = &mut scheduler.threads.get_mut(&current).expect("current exists").saved_stack_pointer;
+        let next_thread = scheduler.threads.get_mut(&next).expect("next exists");
+        next_thread.state = State::Running;
+        next_thread.switches += 1;
+        scheduler.current = next;
+        // Safety: interrupts are off; this CPU's own area.
+        unsafe { (*per_cpu_mut()).current_thread = next_thread.stack_base };
+        (save, next_thread.saved_stack_pointer)
+    };
+    // Safety: both stacks belong to live threads; the saved pointer of the next
+    // thread came from its own switch_context or from prepare_first_switch.
+    unsafe { switch_context(switch.0, switch.1) };
+    reap();
+}
+
+/// Frees the stacks of dead detached threads other than the current one.
+fn reap() {
+    let dead: Vec<Box<Thread>> = with_scheduler(|scheduler| {
+        let current = scheduler.current;
+        let ids: Vec<u64> = scheduler.reapable.iter().copied().filter(|&id| id != current).collect();
+        scheduler.reapable.retain(|&id| id == current);
+        ids.iter().filter_map(|id| scheduler.threads.remove(id)).collect()
+    });
+    drop(dead);
+}
+
+/// Catches a stack that ran into its livepatch stack or thread_info.
+#[notrace]
+fn check_current_stack() {
+    let info = super::current_thread_info();
+    let base = info as u64;
+    let stack_pointer = crate::arch::ppc64::registers::stack_pointer();
+    // Safety: the current thread's own thread_info.
+    let livepatch_top = unsafe { (*info).livepatch_sp };
+    if !info::magic_intact(base) || stack_pointer < livepatch_top {
+        println!("kernel: stack of thread {} corrupted: STACK_END_MAGIC overwritten", current_id());
+        kill_current("stack corrupted");
+    }
+}
+
+/// What `threads` shows for one thread.
+pub struct ThreadSummary {
+    pub id: u64,
+    pub name: String,
+    pub state: State,
+    pub switches: u64,
+    pub stack_used: u64,
+    pub livepatch_depth: u64,
+}
+
+/// A copy of every thread's state.
+pub fn snapshot() -> Vec<ThreadSummary> {
+    let current_stack_pointer = crate::arch::ppc64::registers::stack_pointer();
+    with_scheduler(|scheduler| {
+        scheduler
+            .threads
+            .iter()
+            .map(|(&id, thread)| {
+                let stack_pointer =
+                    if id == scheduler.current { current_stack_pointer } else { thread.saved_stack_pointer };
+                let top = thread.stack_base + THREAD_SIZE as u64;
+                // Safety: every live thread's stack base holds its thread_info.
+                let livepatch_sp = unsafe { (*(thread.stack_base as *const ThreadInfo)).livepatch_sp };
+                ThreadSummary {
+                    id,
+                    name: thread.name.clone(),
+                    state: thread.state,
+                    switches: thread.switches,
+                    stack_used: top.saturating_sub(stack_pointer),
+                    livepatch_depth: livepatch_sp - thread.stack_base - super::LIVEPATCH_STACK_OFFSET as u64,
+                }
+            })
+            .collect()
+    })
+}

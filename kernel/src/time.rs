@@ -1,0 +1,59 @@
+//! Time: the timebase clock and the periodic decrementer tick that drives preemption.
+use crate::arch::ppc64::registers::{set_decrementer, timebase};
+use crate::thread;
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::notrace;
+
+/// Timebase ticks per second; read from the device tree at boot (512 MHz on QEMU).
+static TIMEBASE_FREQUENCY: AtomicU64 = AtomicU64::new(512_000_000);
+/// Timer interrupts taken since boot.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+/// Timebase at boot.
+static BOOT_TIMEBASE: AtomicU64 = AtomicU64::new(0);
+/// Timer interrupts per second.
+pub const TICK_HZ: u64 = 100;
+
+/// Records the clock rate and starts the periodic tick.
+pub fn init(timebase_frequency: u64) {
+    TIMEBASE_FREQUENCY.store(timebase_frequency, Ordering::Relaxed);
+    BOOT_TIMEBASE.store(timebase(), Ordering::Relaxed);
+    set_decrementer(tick_interval());
+}
+
+#[notrace]
+fn tick_interval() -> u32 {
+    (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / TICK_HZ) as u32
+}
+
+/// The decrementer interrupt: re-arm, count, and let the scheduler preempt.
+#[notrace]
+pub fn tick() {
+    set_decrementer(tick_interval());
+    TICKS.fetch_add(1, Ordering::Relaxed);
+    thread::timer_tick();
+}
+
+/// Timer interrupts taken so far.
+#[notrace]
+pub fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// Timebase ticks per second.
+#[notrace]
+pub fn frequency() -> u64 {
+    TIMEBASE_FREQUENCY.load(Ordering::Relaxed)
+}
+
+/// Nanoseconds since boot.
+#[notrace]
+pub fn uptime_nanoseconds() -> u64 {
+    let elapsed = timebase() - BOOT_TIMEBASE.load(Ordering::Relaxed);
+    (elapsed as u128 * 1_000_000_000 / frequency() as u128) as u64
+}
+
+/// Converts milliseconds to timebase ticks.
+#[notrace]
+pub fn milliseconds_to_timebase(milliseconds: u64) -> u64 {
+    milliseconds * frequency() / 1000
+}

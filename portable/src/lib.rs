@@ -1,0 +1,13 @@
+//! Kernel logic that needs no hardware, so that `cargo test` runs it on the host.
+//!
+//! Everything here is `no_std` when built for the kernel. Modules hold data
+//! formats shared by the kernel and the host tools (symbol table, BUG table),
+//! the Power ISA instruction encodings the kernel patches into its own text, and
+//! the device tree code.
+
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod devicetree;
+pub mod instruction;
+pub mod symbols;

@@ -1,0 +1,172 @@
+//! The kernel symbol table format: written by xtask after linking, read by the kernel.
+//!
+//! Layout (all little-endian):
+//! ```text
+//! header   magic "KSYM" u32 | count u32 | strings_offset u32 | used_bytes u32
+//! entries  count x { address u64 | size u32 | name_offset u32 }, sorted by address
+//! strings  the names, each preceded by its length as a u16
+//! ```
+//! The kernel reserves a fixed-size `.kernel_symbols` section; xtask fills it in
+//! the linked ELF file, so that adding the table moves no address.
+
+/// First word of a filled table.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"KSYM");
+const HEADER_SIZE: usize = 16;
+const ENTRY_SIZE: usize = 16;
+
+/// One function of the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    pub name: &'a str,
+    pub address: u64,
+    pub size: u32,
+}
+
+/// A read-only view of an encoded table.
+#[derive(Clone, Copy)]
+pub struct SymbolTable<'a> {
+    bytes: &'a [u8],
+    count: usize,
+    strings_offset: usize,
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(offset..offset + 4)?.try_into().ok()?))
+}
+
+fn read_u64(bytes: &[u8], offset: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(offset..offset + 8)?.try_into().ok()?))
+}
+
+impl<'a> SymbolTable<'a> {
+    /// Checks the header; `None` if the table was never filled or is malformed.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        if read_u32(bytes, 0)? != MAGIC {
+            return None;
+        }
+        let count = read_u32(bytes, 4)? as usize;
+        let strings_offset = read_u32(bytes, 8)? as usize;
+        let used = read_u32(bytes, 12)? as usize;
+        if used > bytes.len() || HEADER_SIZE + count * ENTRY_SIZE > strings_offset || strings_offset > used {
+            return None;
+        }
+        Some(SymbolTable { bytes: &bytes[..used], count, strings_offset })
+    }
+
+    /// Number of symbols.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The symbol at `index` in address order.
+    pub fn get(&self, index: usize) -> Option<Symbol<'a>> {
+        if index >= self.count {
+            return None;
+        }
+        let entry = HEADER_SIZE + index * ENTRY_SIZE;
+        let address = read_u64(self.bytes, entry)?;
+        let size = read_u32(self.bytes, entry + 8)?;
+        let name_offset = self.strings_offset + read_u32(self.bytes, entry + 12)? as usize;
+        let length = u16::from_le_bytes(self.bytes.get(name_offset..name_offset + 2)?.try_into().ok()?);
+        let name = self.bytes.get(name_offset + 2..name_offset + 2 + length as usize)?;
+        Some(Symbol { name: core::str::from_utf8(name).ok()?, address, size })
+    }
+
+    /// All symbols in address order.
+    pub fn iter(&self) -> impl Iterator<Item = Symbol<'a>> + '_ {
+        (0..self.count).filter_map(|index| self.get(index))
+    }
+
+    /// The symbol containing `address`, with the offset of `address` into it.
+    pub fn lookup(&self, address: u64) -> Option<(Symbol<'a>, u64)> {
+        // Binary search for the last symbol starting at or before `address`.
+        let (mut low, mut high) = (0, self.count);
+        while low < high {
+            let middle = (low + high) / 2;
+            if self.get(middle)?.address <= address {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        let symbol = self.get(low.checked_sub(1)?)?;
+        let offset = address - symbol.address;
+        (offset < symbol.size.max(1) as u64).then_some((symbol, offset))
+    }
+
+    /// The symbols named exactly `name` (a name may be defined more than once).
+    pub fn find<'b>(&'b self, name: &'b str) -> impl Iterator<Item = Symbol<'a>> + 'b {
+        self.iter().filter(move |symbol| symbol.name == name)
+    }
+}
+
+/// Encodes `symbols` (any order) into a table; `None` if it exceeds `capacity`.
+#[cfg(any(test, feature = "std"))]
+pub fn encode(symbols: &[(String, u64, u32)], capacity: usize) -> Option<Vec<u8>> {
+    let mut sorted: Vec<&(String, u64, u32)> = symbols.iter().collect();
+    sorted.sort_by_key(|(name, address, _)| (*address, name.clone()));
+    let strings_offset = HEADER_SIZE + sorted.len() * ENTRY_SIZE;
+    let mut entries = Vec::new();
+    let mut strings = Vec::new();
+    for (name, address, size) in sorted {
+        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        entries.extend_from_slice(&address.to_le_bytes());
+        entries.extend_from_slice(&size.to_le_bytes());
+        entries.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        strings.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        strings.extend_from_slice(name);
+    }
+    let used = strings_offset + strings.len();
+    if used > capacity {
+        return None;
+    }
+    let mut table = Vec::with_capacity(used);
+    table.extend_from_slice(&MAGIC.to_le_bytes());
+    table.extend_from_slice(&((entries.len() / ENTRY_SIZE) as u32).to_le_bytes());
+    table.extend_from_slice(&(strings_offset as u32).to_le_bytes());
+    table.extend_from_slice(&(used as u32).to_le_bytes());
+    table.extend_from_slice(&entries);
+    table.extend_from_slice(&strings);
+    Some(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let symbols = vec![
+            ("kernel::main".to_string(), 0x400100, 0x40),
+            ("_start".to_string(), 0x400000, 0x100),
+            ("memcpy".to_string(), 0x400200, 0x20),
+            ("memcpy".to_string(), 0x400300, 0x20),
+        ];
+        encode(&symbols, 4096).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_lookup() {
+        let bytes = sample();
+        let table = SymbolTable::parse(&bytes).unwrap();
+        assert_eq!(table.len(), 4);
+        assert_eq!(table.get(0).unwrap().name, "_start");
+        let (symbol, offset) = table.lookup(0x400108).unwrap();
+        assert_eq!((symbol.name, offset), ("kernel::main", 8));
+        // In the gap after kernel::main (size 0x40) and before memcpy.
+        assert!(table.lookup(0x400150).is_none());
+        assert!(table.lookup(0x3fffff).is_none());
+        assert_eq!(table.find("memcpy").count(), 2);
+    }
+
+    #[test]
+    fn refuses_unfilled_truncated_and_oversized() {
+        assert!(SymbolTable::parse(&[0; 64]).is_none());
+        let bytes = sample();
+        assert!(SymbolTable::parse(&bytes[..bytes.len() - 1]).is_none());
+        assert!(encode(&[("x".repeat(100), 0, 0)], 64).is_none());
+    }
+}

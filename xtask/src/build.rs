@@ -1,0 +1,63 @@
+//! `build`: compiles the kernel for its custom target and fills its symbol table.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::symbols::{self, Filled};
+use crate::{command, packages, run_checked, workspace_root};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Build the test kernel (feature ktest) into target/kernel/kernel-test.elf.
+    #[arg(long)]
+    pub test: bool,
+}
+
+/// Where cargo leaves the linked kernel (its own target dir, so that host builds never wait on it).
+const TARGET_DIR: &str = "target/kernel";
+const LINKED: &str = "target/kernel/ppc64le-kernel/release/kernel";
+
+/// The kernel image that QEMU boots.
+pub fn image(test: bool) -> PathBuf {
+    workspace_root().join(TARGET_DIR).join(if test { "kernel-test.elf" } else { "kernel.elf" })
+}
+
+/// Builds the kernel and returns the path of the image with its symbol table filled.
+pub fn main(options: &Options) -> Result<PathBuf> {
+    packages::require_rust_source()?;
+    let mut cargo = command("cargo");
+    cargo.env("RUSTC_BOOTSTRAP", "1").args([
+        "build",
+        "--release",
+        "-p",
+        "kernel",
+        "--bin",
+        "kernel",
+        "--target",
+        "kernel/ppc64le-kernel.json",
+        "-Zbuild-std=core,alloc,compiler_builtins",
+        "-Zbuild-std-features=compiler-builtins-mem",
+        "-Zjson-target-spec",
+        "--target-dir",
+        TARGET_DIR,
+    ]);
+    if options.test {
+        cargo.args(["--features", "ktest"]);
+    }
+    run_checked(&mut cargo)?;
+
+    let linked = workspace_root().join(LINKED);
+    let image = image(options.test);
+    let mut data = fs::read(&linked).with_context(|| format!("reading {}", linked.display()))?;
+    match symbols::fill(&mut data)? {
+        Filled::Table { count, used, capacity } => {
+            eprintln!("symbols: {count} functions, {used} of {capacity} bytes used in {}", symbols::SECTION)
+        }
+        Filled::NoSection => eprintln!("warning: the kernel has no {} section; symbol table skipped", symbols::SECTION),
+    }
+    fs::write(&image, &data).with_context(|| format!("writing {}", image.display()))?;
+    eprintln!("kernel: {}", image.display());
+    Ok(image)
+}

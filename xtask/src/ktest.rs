@@ -1,0 +1,161 @@
+//! The in-kernel test protocol: what the test kernel prints, and how a boot is judged.
+//!
+//! ```text
+//! test NAME ... ok                 a case passed (or `test NAME ... ` then, later, a line `ok`)
+//! test NAME ... FAILED             a case failed (or a later line `FAILED`)
+//! ktest: isolated NAME             NAME must run alone, in a boot with ktest.only=NAME
+//! ktest: expected panic [in NAME]  a should_panic case panicked as it should (exit status 1)
+//! ktest: finished                  every case ran; the kernel powers off
+//! ```
+
+use crate::qemu::Outcome;
+
+/// What one boot of the test kernel reported so far.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    pub isolated: Vec<String>,
+    /// The case whose result line has not come yet.
+    pub running: Option<String>,
+    pub finished: bool,
+    pub panicked: bool,
+    pub expected_panic: bool,
+}
+
+impl Report {
+    /// Takes one console line.
+    pub fn line(&mut self, line: &str) {
+        let trimmed = line.trim();
+        if let Some(case) = line.strip_prefix("test ")
+            && let Some((name, rest)) = case.split_once(" ...")
+        {
+            // A case that never printed its result before the next one started has failed.
+            if let Some(previous) = self.running.take() {
+                self.failed.push(previous);
+            }
+            self.result(name.trim().to_string(), rest.trim());
+        } else if let Some(name) = self.running.take() {
+            self.result(name, trimmed);
+        }
+        if let Some(name) = trimmed.strip_prefix("ktest: isolated ") {
+            self.isolated.push(name.trim().to_string());
+        }
+        if trimmed == "ktest: finished" {
+            self.finished = true;
+        }
+        // `ktest: expected panic` may name the case: `ktest: expected panic in NAME`.
+        if trimmed.starts_with("ktest: expected panic") {
+            self.expected_panic = true;
+        }
+        if line.contains("panicked at") {
+            self.panicked = true;
+        }
+    }
+
+    /// Records `name`'s result if `text` is one; otherwise the case is still running.
+    fn result(&mut self, name: String, text: &str) {
+        match text {
+            "ok" => self.passed.push(name),
+            "FAILED" => self.failed.push(name),
+            _ => self.running = Some(name),
+        }
+    }
+
+    /// Why the boot that ran every case failed, if it did.
+    pub fn boot_failure(&self, outcome: &Outcome) -> Option<String> {
+        if outcome.timed_out() || outcome.code() != Some(0) {
+            Some(outcome.describe())
+        } else if self.panicked {
+            Some("the kernel panicked".into())
+        } else if !self.finished {
+            Some("the kernel never printed `ktest: finished`".into())
+        } else {
+            None
+        }
+    }
+
+    /// Whether the isolated boot of `name` passed: its `ok` line was printed and QEMU
+    /// exited 0, or 1 after a should_panic case's `ktest: expected panic`.
+    pub fn isolated_verdict(&self, name: &str, outcome: &Outcome) -> Result<(), String> {
+        if !self.passed.iter().any(|passed| passed == name) {
+            return Err(format!("`test {name} ... ok` was not printed ({})", outcome.describe()));
+        }
+        match outcome.code() {
+            Some(0) => Ok(()),
+            Some(1) if self.expected_panic => Ok(()),
+            _ => Err(format!("{} after `test {name} ... ok`", outcome.describe())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+    use std::time::Duration;
+
+    fn report(text: &str) -> Report {
+        let mut report = Report::default();
+        text.lines().for_each(|line| report.line(line));
+        report
+    }
+
+    fn exited(code: i32) -> Outcome {
+        Outcome { status: Some(ExitStatus::from_raw(code << 8)), timeout: Duration::from_secs(60) }
+    }
+
+    #[test]
+    fn reads_results_on_one_line_or_after_output() {
+        let report = report(
+            "kernel banner\n\
+             test alloc::vec ... ok\n\
+             test sched::yield ... hello from the test\n\
+             more output\n\
+             ok\n\
+             test patch::apply ... \n\
+             FAILED\n\
+             test bug::table ... FAILED\n\
+             ktest: isolated panic::oops\n\
+             ktest: finished\n",
+        );
+        assert_eq!(report.passed, ["alloc::vec", "sched::yield"]);
+        assert_eq!(report.failed, ["patch::apply", "bug::table"]);
+        assert_eq!(report.isolated, ["panic::oops"]);
+        assert!(report.finished && !report.panicked && report.running.is_none());
+        assert_eq!(report.boot_failure(&exited(0)), None);
+    }
+
+    #[test]
+    fn a_boot_fails_on_panic_status_timeout_or_missing_end() {
+        let crashed = report("test mm::map ... \npanicked at kernel/src/mm.rs:3:5\n");
+        assert_eq!(crashed.running.as_deref(), Some("mm::map"));
+        assert!(crashed.boot_failure(&exited(0)).unwrap().contains("panicked"));
+        assert!(crashed.boot_failure(&exited(1)).unwrap().contains("exit status: 1"));
+        let timeout = Outcome { status: None, timeout: Duration::from_secs(60) };
+        assert!(report("ktest: finished\n").boot_failure(&timeout).unwrap().contains("timed out"));
+        assert!(report("test a ... ok\n").boot_failure(&exited(0)).unwrap().contains("ktest: finished"));
+    }
+
+    #[test]
+    fn a_case_without_result_fails_when_the_next_starts() {
+        let report = report("test a ... \ntest b ... ok\n");
+        assert_eq!(report.failed, ["a"]);
+        assert_eq!(report.passed, ["b"]);
+    }
+
+    #[test]
+    fn isolated_boots_allow_status_one_only_after_an_expected_panic() {
+        let plain = report("test solo ... ok\n");
+        assert!(plain.isolated_verdict("solo", &exited(0)).is_ok());
+        assert!(plain.isolated_verdict("solo", &exited(1)).is_err());
+        let panicked = report("panicked at x.rs:1:1: boom\ntest solo ... ok\nktest: expected panic\n");
+        assert!(panicked.isolated_verdict("solo", &exited(1)).is_ok());
+        // The kernel's own words: the panic message interrupts the case line.
+        let named = report("test solo ... kernel panicked at t.rs:2:3: boom\nok\nktest: expected panic in solo\n");
+        assert!(named.isolated_verdict("solo", &exited(1)).is_ok());
+        assert!(report("test solo ... FAILED\n").isolated_verdict("solo", &exited(0)).is_err());
+        assert!(report("").isolated_verdict("solo", &exited(0)).unwrap_err().contains("was not printed"));
+    }
+}

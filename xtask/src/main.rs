@@ -1,0 +1,141 @@
+//! The project's task runner: `cargo xtask build|run|test|bench|gdb|objdump`.
+
+mod bench;
+mod build;
+mod gdb;
+mod ktest;
+mod objdump;
+mod packages;
+mod qemu;
+mod run;
+mod scenario;
+mod symbols;
+mod test;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Builds, boots, tests, benchmarks and debugs the kernel under QEMU pseries.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Builds the kernel into target/kernel/kernel.elf and fills its symbol table.
+    Build(build::Options),
+    /// Builds the kernel and boots it in QEMU with the console on this terminal.
+    Run(run::Options),
+    /// Runs the host tests, the in-kernel tests and the console scenarios.
+    Test(test::Options),
+    /// Boots the test kernel with a deterministic clock and prints its benchmarks.
+    Bench(bench::Options),
+    /// Boots the kernel paused in QEMU and attaches gdb-multiarch to it.
+    Gdb(gdb::Options),
+    /// Disassembles the kernel, or one of its functions.
+    Objdump(objdump::Options),
+}
+
+fn main() -> Result<ExitCode> {
+    match Cli::parse().task {
+        Task::Build(options) => build::main(&options).map(|_| ExitCode::SUCCESS),
+        Task::Run(options) => run::main(&options),
+        Task::Test(options) => test::main(&options),
+        Task::Bench(options) => bench::main(&options),
+        Task::Gdb(options) => gdb::main(&options),
+        Task::Objdump(options) => objdump::main(&options),
+    }
+}
+
+/// The workspace root, where every command runs.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// A command that runs in the workspace root.
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.current_dir(workspace_root());
+    command
+}
+
+/// The command line as a shell would take it, with the variables it sets.
+pub fn display(command: &Command) -> String {
+    let variables = command
+        .get_envs()
+        .filter_map(|(key, value)| Some(format!("{}={}", key.to_string_lossy(), quote(&value?.to_string_lossy()))));
+    let words = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| quote(&word.to_string_lossy()));
+    variables.chain(words).collect::<Vec<_>>().join(" ")
+}
+
+/// Quotes `word` for a POSIX shell when it needs it.
+pub fn quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Prints the command that is about to run (on stderr, so that stdout stays data).
+pub fn announce(command: &Command) {
+    eprintln!("$ {}", display(command));
+}
+
+/// Prints and runs `command`, failing unless it exits successfully.
+pub fn run_checked(command: &mut Command) -> Result<()> {
+    announce(command);
+    let status = command.status().with_context(|| format!("could not start {}", display(command)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", display(command));
+    }
+    Ok(())
+}
+
+/// Prints and runs `command`, returning its trimmed standard output.
+pub fn output_checked(command: &mut Command) -> Result<String> {
+    announce(command);
+    let output = command.output().with_context(|| format!("could not start {}", display(command)))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed with {}: {}",
+            display(command),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_only_what_the_shell_would_split() {
+        assert_eq!(quote("target/kernel/kernel.elf"), "target/kernel/kernel.elf");
+        assert_eq!(quote("ktest.filter=a b"), "'ktest.filter=a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn displays_variables_before_the_program() {
+        let mut command = Command::new("cargo");
+        command.env("RUSTC_BOOTSTRAP", "1").args(["build", "--release"]);
+        assert_eq!(display(&command), "RUSTC_BOOTSTRAP=1 cargo build --release");
+    }
+}

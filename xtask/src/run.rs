@@ -1,0 +1,58 @@
+//! `run`: builds the kernel and boots it with its console on this terminal or pipe.
+
+use std::io::IsTerminal;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitCode, ExitStatus, Stdio};
+
+use anyhow::Result;
+
+use crate::build;
+use crate::qemu::{self, Firmware, Guard, Machine};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Firmware that loads the kernel.
+    #[arg(long, value_enum, default_value_t)]
+    pub firmware: Firmware,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub smp: u32,
+    /// Guest memory, in QEMU's syntax (512M, 1G).
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+    /// Kernel command line, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn main(options: &Options) -> Result<ExitCode> {
+    let image = build::main(&build::Options { test: false })?;
+    let interactive = std::io::stdin().is_terminal();
+    // On a terminal QEMU reads the keys itself (mon: adds Ctrl-A X to quit); from a pipe or
+    // file, xtask copies the input and ends it with the byte that makes the shell power off.
+    let serial = if interactive { "mon:stdio" } else { "stdio" };
+    let machine = Machine {
+        cpus: options.smp,
+        memory: options.memory.clone(),
+        append: options.args.join(" "),
+        ..Machine::new(image, options.firmware).with(&["-serial", serial])
+    };
+    let mut qemu = machine.command()?;
+    if interactive {
+        eprintln!("(Ctrl-A X quits QEMU, Ctrl-A H lists the other keys)");
+    } else {
+        qemu.stdin(Stdio::piped());
+    }
+    let mut guard = Guard::spawn(&mut qemu)?;
+    if let Some(stdin) = guard.child().stdin.take() {
+        qemu::feed(stdin, std::io::stdin());
+    }
+    let status = guard.child().wait()?;
+    Ok(exit_code(status))
+}
+
+/// QEMU's exit code, or 128 + the signal that killed it, as a shell reports it.
+pub fn exit_code(status: ExitStatus) -> ExitCode {
+    let code = status.code().or_else(|| status.signal().map(|signal| 128 + signal)).unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

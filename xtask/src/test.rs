@@ -1,0 +1,254 @@
+//! `test`: host tests, then the in-kernel tests, then the console scenarios, with one total.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::ktest::Report;
+use crate::qemu::{self, Firmware, Guard, Machine};
+use crate::scenario::Scenario;
+use crate::{build, command, workspace_root};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Run only the tests whose names contain FILTER (host, kernel and scenario tests).
+    pub filter: Option<String>,
+    /// Firmware for the kernel boots (a scenario may choose its own).
+    #[arg(long, value_enum, default_value_t)]
+    pub firmware: Firmware,
+    /// Seconds one boot may take before QEMU is killed.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Boots that may run at once (the machines have two cores).
+const PARALLEL_BOOTS: usize = 2;
+
+/// One part of the run; it adds its results to the tally.
+type Phase = fn(&Options, &mut Tally) -> Result<()>;
+
+/// Passed and failed counts, with the names of the failures.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, verdict: &Result<(), String>) {
+        match verdict {
+            Ok(()) => self.passed += 1,
+            Err(reason) => self.failed.push(format!("{name}: {reason}")),
+        }
+    }
+}
+
+pub fn main(options: &Options) -> Result<ExitCode> {
+    let mut tally = Tally::default();
+    let mut times = Vec::new();
+    let phases: [(&str, Phase); 3] = [("host tests", host_tests), ("kernel tests", kernel_tests), ("scenarios", scenarios)];
+    for (phase, run) in phases {
+        println!("\n=== {phase} ===");
+        let start = Instant::now();
+        if let Err(error) = run(options, &mut tally) {
+            println!("{phase} could not run: {error:#}");
+            tally.failed.push(format!("{phase}: {error:#}"));
+        }
+        times.push(format!("{phase} {:.1} s", start.elapsed().as_secs_f64()));
+    }
+    println!();
+    if !tally.failed.is_empty() {
+        println!("failures:");
+        tally.failed.iter().for_each(|failure| println!("    {failure}"));
+    }
+    println!("time: {}", times.join(", "));
+    println!("{} passed, {} failed", tally.passed, tally.failed.len());
+    Ok(if tally.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `cargo test` on the host crates, echoing its output and adding up libtest's summaries.
+fn host_tests(options: &Options, tally: &mut Tally) -> Result<()> {
+    let mut cargo = command("cargo");
+    cargo.args(["test", "--workspace", "--exclude", "kernel", "--exclude", "boot"]);
+    cargo.args(&options.filter).stdout(Stdio::piped());
+    let mut guard = Guard::spawn(&mut cargo)?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(guard.child().stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((ok, bad)) = libtest_summary(&line) {
+            passed += ok;
+            failed += bad;
+        }
+    }
+    let status = guard.child().wait()?;
+    tally.passed += passed;
+    tally.failed.extend((0..failed).map(|_| "host test (see its output above)".to_string()));
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed ({status}) with no failed test: see its output");
+    }
+    Ok(())
+}
+
+/// The counts of a line `test result: ok. N passed; M failed; ...`.
+fn libtest_summary(line: &str) -> Option<(usize, usize)> {
+    let counts = line.trim().strip_prefix("test result: ")?;
+    let count = |label: &str| {
+        counts.split(';').find_map(|part| part.trim().trim_start_matches(|c: char| !c.is_ascii_digit()).strip_suffix(label))
+    };
+    Some((count(" passed")?.trim().parse().ok()?, count(" failed")?.trim().parse().ok()?))
+}
+
+/// The test kernel: one boot running every case, then one boot per isolated case.
+fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
+    let image = build::main(&build::Options { test: true })?;
+    let timeout = Duration::from_secs(options.timeout);
+    let machine = Machine {
+        append: options.filter.as_ref().map(|filter| format!("ktest.filter={filter}")).unwrap_or_default(),
+        ..Machine::new(image.clone(), options.firmware).with(&["-serial", "stdio"])
+    };
+    let mut report = Report::default();
+    let outcome = qemu::boot(&mut machine.command()?, None, timeout, |line| {
+        println!("{line}");
+        report.line(line);
+    })?;
+    tally.passed += report.passed.len();
+    tally.failed.extend(report.failed.iter().map(|name| format!("{name}: FAILED")));
+    let failure = report.boot_failure(&outcome);
+    match (report.running.take(), &failure) {
+        (Some(name), Some(reason)) => {
+            println!("test {name} ... FAILED (the boot failed: {reason})");
+            tally.failed.push(format!("{name}: the boot failed while it ran: {reason}"));
+        }
+        (Some(name), None) => tally.failed.push(format!("{name}: printed no result")),
+        // A failed boot counts once, unless a failed case already counts for it.
+        (None, Some(reason)) if report.failed.is_empty() => tally.failed.push(format!("kernel test boot: {reason}")),
+        (None, _) => {}
+    }
+    if let Some(reason) = failure {
+        println!("kernel test boot FAILED: {reason}");
+    }
+    for (name, verdict) in parallel(&report.isolated, |name| isolated(&image, name, options)) {
+        tally.record(&name, &verdict);
+    }
+    Ok(())
+}
+
+/// One boot running only `name`; prints its output and result as one block.
+fn isolated(image: &Path, name: &str, options: &Options) -> (String, Result<(), String>) {
+    let machine = Machine {
+        append: format!("ktest.only={name}"),
+        ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"])
+    };
+    let mut report = Report::default();
+    let mut output = Vec::new();
+    let verdict = machine
+        .command()
+        .and_then(|mut qemu| {
+            qemu::boot(&mut qemu, None, Duration::from_secs(options.timeout), |line| {
+                output.push(line.to_string());
+                report.line(line);
+            })
+        })
+        .map_err(|error| format!("{error:#}"))
+        .and_then(|outcome| report.isolated_verdict(name, &outcome));
+    print_block(&format!("isolated boot of {name}"), &output, &format!("test {name} (isolated)"), &verdict);
+    (name.to_string(), verdict)
+}
+
+/// The console scenarios, run against the normal kernel.
+fn scenarios(options: &Options, tally: &mut Tally) -> Result<()> {
+    let directory = workspace_root().join("tests/scenarios");
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(&directory) {
+        Ok(entries) => entries.filter_map(|entry| Some(entry.ok()?.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    paths.retain(|path| path.extension().is_some_and(|extension| extension == "scenario"));
+    paths.sort();
+    let scenarios = paths.iter().map(|path| Scenario::load(path)).collect::<Result<Vec<_>>>()?;
+    let scenarios: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|scenario| options.filter.as_ref().is_none_or(|filter| format!("scenario::{}", scenario.name).contains(filter)))
+        .collect();
+    if scenarios.is_empty() {
+        println!("no scenario in {}", directory.display());
+        return Ok(());
+    }
+    let image = build::main(&build::Options { test: false })?;
+    let timeout = Duration::from_secs(options.timeout);
+    for (name, verdict) in parallel(&scenarios, |scenario| {
+        let name = format!("scenario::{}", scenario.name);
+        let (output, verdict) = match scenario.run(&image, options.firmware, timeout) {
+            Ok((output, verdict)) => (output.lines().map(String::from).collect(), verdict),
+            Err(error) => (Vec::new(), Err(format!("{error:#}"))),
+        };
+        print_block(&format!("console of {name}"), &output, &format!("test {name}"), &verdict);
+        (name, verdict)
+    }) {
+        tally.record(&name, &verdict);
+    }
+    Ok(())
+}
+
+/// Prints a boot's console output, indented, then its `test NAME ... ok|FAILED` line.
+fn print_block(title: &str, output: &[String], test: &str, verdict: &Result<(), String>) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "--- {title} ---");
+    output.iter().for_each(|line| drop(writeln!(stdout, "    {line}")));
+    let _ = match verdict {
+        Ok(()) => writeln!(stdout, "{test} ... ok"),
+        Err(reason) => writeln!(stdout, "{test} ... FAILED: {reason}"),
+    };
+}
+
+/// Runs `work` on every item, [`PARALLEL_BOOTS`] at a time; results in the items' order.
+fn parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..PARALLEL_BOOTS.min(items.len()) {
+            scope.spawn(|| {
+                let mut index = next.fetch_add(1, Ordering::Relaxed);
+                while let Some(item) = items.get(index) {
+                    let result = work(item);
+                    results.lock().expect("a worker panicked").push((index, result));
+                    index = next.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("a worker panicked");
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libtest_summaries() {
+        let line = "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(libtest_summary(line), Some((12, 0)));
+        let line = "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s";
+        assert_eq!(libtest_summary(line), Some((3, 2)));
+        assert_eq!(libtest_summary("test foo ... ok"), None);
+        assert_eq!(libtest_summary("running 3 tests"), None);
+    }
+
+    #[test]
+    fn parallel_keeps_the_order_of_items() {
+        let items: Vec<u64> = (0..7).collect();
+        let results = parallel(&items, |item| {
+            thread::sleep(Duration::from_millis(10 * (7 - item)));
+            item * 2
+        });
+        assert_eq!(results, [0, 2, 4, 6, 8, 10, 12]);
+    }
+}
