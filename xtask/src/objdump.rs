@@ -1,11 +1,12 @@
 //! `objdump`: disassembles the kernel, or some of its functions, with llvm-objdump.
 
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 use object::{Object, ObjectSymbol};
 
-use crate::qemu::relative;
+use crate::qemu::{Guard, relative};
 use crate::symbols::demangle;
 use crate::{build, command, output_checked, packages, run_checked};
 
@@ -38,11 +39,26 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     let llvm_objdump = packages::sysroot()?.join("lib/rustlib").join(host).join("bin/llvm-objdump");
     if llvm_objdump.exists() {
         let mut objdump = command(&llvm_objdump);
-        objdump.args(["-d", "--no-show-raw-insn=false", "--demangle", "--print-imm-hex", "--symbolize-operands"]);
+        // Raw instruction words are shown by default (this llvm-objdump refuses
+        // `--no-show-raw-insn=false`). Names stay mangled, so that the symbols
+        // given are the mangled ones, and are demangled (without hash) here.
+        objdump.args(["-d", "--print-imm-hex", "--symbolize-operands"]);
         if !symbols.is_empty() {
             objdump.arg(format!("--disassemble-symbols={}", symbols.join(",")));
         }
-        run_checked(objdump.arg(image))?;
+        objdump.arg(image).stdout(Stdio::piped());
+        let mut guard = Guard::spawn(&mut objdump)?;
+        let mut stdout = std::io::stdout().lock();
+        for line in BufReader::new(guard.child().stdout.take().expect("piped")).lines() {
+            // A closed pager or `head` ends the listing early: not an error.
+            if writeln!(stdout, "{}", demangle_line(&line?)).is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let status = guard.child().wait()?;
+        if !status.success() {
+            bail!("llvm-objdump failed with {status}");
+        }
     } else if packages::find_program("powerpc64le-linux-gnu-objdump").is_some() {
         eprintln!("{} is missing (rustup component add llvm-tools); using binutils", llvm_objdump.display());
         let plain = |objdump: &mut std::process::Command| {
@@ -91,6 +107,23 @@ pub fn resolve(names: &[String], query: &str) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// `line` with each Rust symbol name (`_R...`, `_ZN...`) demangled, without hash.
+pub fn demangle_line(line: &str) -> String {
+    let symbol_character = |c: char| c.is_ascii_alphanumeric() || "_$.".contains(c);
+    let mut result = String::with_capacity(line.len());
+    let mut rest = line;
+    while !rest.is_empty() {
+        let length = rest.find(|c| !symbol_character(c)).unwrap_or(rest.len()).max(1);
+        let (word, tail) = rest.split_at(rest.ceil_char_boundary(length));
+        match rustc_demangle::try_demangle(word) {
+            Ok(name) if word.starts_with("_R") || word.starts_with("_ZN") => result.push_str(&format!("{name:#}")),
+            _ => result.push_str(word),
+        }
+        rest = tail;
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +132,16 @@ mod tests {
         ["_start", "_ZN6kernel9boot_main17h0123456789abcdefE", "_ZN6kernel5sched9boot_main17hfedcba9876543210E", "memcpy"]
             .map(String::from)
             .to_vec()
+    }
+
+    #[test]
+    fn demangles_names_inside_disassembly() {
+        assert_eq!(
+            demangle_line("  402230: 48 00 00 01  bl 0x402230 <_RNvCsayIFwoTj0hd_6kernel9power_off+0x8>"),
+            "  402230: 48 00 00 01  bl 0x402230 <kernel::power_off+0x8>"
+        );
+        assert_eq!(demangle_line("0000 <_ZN6kernel9boot_main17h0123456789abcdefE>:"), "0000 <kernel::boot_main>:");
+        assert_eq!(demangle_line("<memcpy> é _Rnot"), "<memcpy> é _Rnot");
     }
 
     #[test]

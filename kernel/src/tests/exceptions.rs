@@ -50,13 +50,15 @@ fn panic_prints_and_ends_the_kernel() {
     panic!("this panic is expected");
 }
 
-/// Recurses with a 512-byte frame, slowly enough for the timer to look at r1.
+/// Recurses with a 512-byte frame, each level lasting longer than a timer
+/// tick, so that an exception entry sees r1 at every depth.
 #[inline(never)]
 fn descend(depth: u64) -> u64 {
     let mut frame = [depth; 64];
     core::hint::black_box(&mut frame);
     let start = crate::arch::ppc64::registers::timebase();
-    while crate::arch::ppc64::registers::timebase() - start < 20_000 {}
+    let level = time::milliseconds_to_timebase(1000 / time::TICK_HZ * 3 / 2);
+    while crate::arch::ppc64::registers::timebase() - start < level {}
     frame[depth as usize % 64] + descend(depth + 1)
 }
 

@@ -261,11 +261,14 @@ fn make_ready(scheduler: &mut Scheduler, id: u64) {
     }
 }
 
-/// The running thread's number.
+/// The running thread's number (from the per-CPU area, so that it is right
+/// on the emergency stack too).
 #[notrace]
 pub fn current_id() -> u64 {
-    // Safety: the current thread's own thread_info.
-    unsafe { (*super::current_thread_info()).thread_id }
+    let info = crate::arch::ppc64::registers::per_cpu().current_thread as *const ThreadInfo;
+    // Safety: per_cpu.current_thread is the running thread's stack base,
+    // which holds its thread_info.
+    unsafe { (*info).thread_id }
 }
 
 /// Gives the CPU to the next ready thread, if any.
@@ -352,17 +355,29 @@ fn reap() {
     drop(dead);
 }
 
-/// Catches a stack that ran into its livepatch stack or thread_info.
+/// Catches a stack that ran into its livepatch stack or thread_info, at every
+/// switch away from a thread that is not already dying.
 #[notrace]
 fn check_current_stack() {
-    let info = super::current_thread_info();
-    let base = info as u64;
+    let dying = with_scheduler(|scheduler| {
+        matches!(scheduler.threads.get(&scheduler.current).map(|thread| thread.state), Some(State::Dead(_)))
+    });
+    if dying {
+        return;
+    }
+    let base = crate::arch::ppc64::registers::per_cpu().current_thread;
     let stack_pointer = crate::arch::ppc64::registers::stack_pointer();
+    // On the emergency stack r1 lies elsewhere; only the magic word can be checked.
+    let on_own_stack = super::stack_bounds(stack_pointer).0 == base;
     // Safety: the current thread's own thread_info.
-    let livepatch_top = unsafe { (*info).livepatch_sp };
-    if !info::magic_intact(base) || stack_pointer < livepatch_top {
+    let livepatch_top = unsafe { (*(base as *const ThreadInfo)).livepatch_sp };
+    if !info::magic_intact(base) {
         println!("kernel: stack of thread {} corrupted: STACK_END_MAGIC overwritten", current_id());
         kill_current("stack corrupted");
+    }
+    if on_own_stack && stack_pointer < livepatch_top {
+        println!("kernel: stack of thread {} ran into its livepatch stack", current_id());
+        kill_current("stack overflow");
     }
 }
 
