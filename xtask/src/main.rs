@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 /// Builds, boots, tests, benchmarks and debugs the kernel under QEMU pseries.
 #[derive(Parser)]
-#[command(name = "cargo xtask")]
+#[command(name = "xtask", bin_name = "cargo xtask")]
 struct Cli {
     #[command(subcommand)]
     task: Task,

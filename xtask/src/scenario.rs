@@ -76,7 +76,12 @@ impl Scenario {
         for expect in &self.expects {
             match rest.find(expect.as_str()) {
                 Some(at) => rest = &rest[at + expect.len()..],
-                None => return Err(format!("expected {expect:?} in the output (after the previous expectations)")),
+                None => {
+                    return Err(format!(
+                        "expected {expect:?} in the output (after the previous expectations); {}",
+                        outcome.describe()
+                    ));
+                }
             }
         }
         match outcome.code() {
@@ -149,7 +154,7 @@ mod tests {
     fn expectations_must_appear_in_order() {
         let scenario = Scenario::parse("x", "expect: b\nexpect: a\n").unwrap();
         assert!(scenario.verdict("a b a", &exited(0)).is_ok());
-        assert!(scenario.verdict("a b", &exited(0)).is_err());
+        assert!(scenario.verdict("a b", &exited(0)).unwrap_err().contains("\"a\" in the output"));
         assert!(scenario.verdict("b a", &exited(1)).unwrap_err().contains("exit status 0"));
         let timeout = Outcome { status: None, timeout: Duration::from_secs(5) };
         assert!(scenario.verdict("b a", &timeout).unwrap_err().contains("timed out"));

@@ -117,7 +117,8 @@ impl OpenFirmware {
         let mut path = [0u8; 256];
         let name = if root { &[][..] } else { self.node_name(node, &mut path) };
         writer.begin_node(name)?;
-        self.flatten_properties(node, writer)?;
+        let aliases = depth == 1 && name == b"aliases";
+        self.flatten_properties(node, writer, aliases)?;
         let mut child = self.relative(b"child\0", node);
         while let Some(current) = child {
             self.flatten_node(current, writer, depth + 1, false)?;
@@ -127,7 +128,9 @@ impl OpenFirmware {
         Ok(())
     }
 
-    fn flatten_properties(&self, node: Phandle, writer: &mut FdtWriter) -> Result<(), FlattenError> {
+    /// Copies a node's properties. In /aliases only paths are kept: a flattened
+    /// tree resolves aliases as paths, and SLOF keeps other values there.
+    fn flatten_properties(&self, node: Phandle, writer: &mut FdtWriter, aliases: bool) -> Result<(), FlattenError> {
         let mut previous = [0u8; NAME_CAPACITY];
         let mut name = [0u8; NAME_CAPACITY];
         let mut has_phandle = false;
@@ -142,6 +145,12 @@ impl OpenFirmware {
             let name_length = name.iter().position(|&byte| byte == 0).unwrap_or(NAME_CAPACITY - 1);
             let property_name = &name[..name_length];
             has_phandle |= property_name == b"phandle";
+            // Version 17 trees carry the name in the node itself; Linux drops
+            // "name" too (and in /aliases it would not be a path).
+            if property_name == b"name" {
+                previous = name;
+                continue;
+            }
             let length = self.call(b"getproplen\0", &[node.0, name.as_ptr() as u32]).unwrap_or(u32::MAX);
             // Safety: boot is single-threaded; nothing else holds the scratch buffer.
             let value = unsafe { &mut *PROPERTY.0.get() };
@@ -149,13 +158,15 @@ impl OpenFirmware {
                 let length = length as usize;
                 self.call(b"getprop\0", &[node.0, name.as_ptr() as u32, value.as_mut_ptr() as u32, length as u32])
                     .map_err(FlattenError::Firmware)?;
-                writer.property(property_name, &value[..length])?;
+                if !aliases || value[..length].starts_with(b"/") {
+                    writer.property(property_name, &value[..length])?;
+                }
             } else if length != u32::MAX {
                 crate::println!("devicetree: skipping a {length}-byte property");
             }
             previous = name;
         }
-        if !has_phandle {
+        if !has_phandle && !aliases {
             writer.property(b"phandle", &node.0.to_be_bytes())?;
         }
         Ok(())
