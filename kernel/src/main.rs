@@ -28,6 +28,7 @@ mod symbols;
 mod tests;
 mod thread;
 mod time;
+mod trace;
 
 use arch::ppc64::{hcall, interrupts, vectors};
 use macros::notrace;
@@ -57,6 +58,7 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
     let machine = devicetree::Machine::read(tree);
     memory::extend_to(machine.memory_end);
     arch::ppc64::rtas::init(machine.rtas_tokens());
+    trace::init();
     thread::init();
     time::init(machine.timebase_frequency);
     interrupts::enable();

@@ -5,7 +5,7 @@ use macros::notrace;
 use portable::symbols::SymbolTable;
 
 /// Bytes reserved for the table in the image (xtask fails if it does not fit).
-pub const CAPACITY: usize = 1024 * 1024;
+pub const CAPACITY: usize = 256 * 1024;
 
 /// The reserved bytes; interior mutability tells the compiler their contents
 /// are not the zeros written here (xtask rewrites them in the linked file).

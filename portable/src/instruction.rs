@@ -116,6 +116,18 @@ pub mod spr {
     pub const SPRG3: u32 = 275;
 }
 
+/// `addis r2,r12,HIGH` and `addi r2,r2,LOW` with their immediates masked off:
+/// the ELFv2 global entry prologue that computes a function's TOC from r12.
+const TOC_SETUP_HIGH: u32 = 0x3c4c_0000;
+const TOC_SETUP_LOW: u32 = 0x3842_0000;
+
+/// Bytes from a function's global entry point to its local entry point, given
+/// its first two instructions: 8 when they compute the TOC from r12, else 0.
+/// A caller that already holds the kernel TOC in r2 branches to the local entry.
+pub fn local_entry_offset(first: u32, second: u32) -> u64 {
+    if first & 0xffff_0000 == TOC_SETUP_HIGH && second & 0xffff_0000 == TOC_SETUP_LOW { 8 } else { 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +169,14 @@ mod tests {
         // Misaligned source or target.
         assert_eq!(branch(source + 2, source + 64, false), Err(BranchError::Misaligned));
         assert_eq!(branch(source, source + 65, false), Err(BranchError::Misaligned));
+    }
+
+    #[test]
+    fn local_entry_follows_the_toc_setup_pair() {
+        // addis r2,r12,7 ; addi r2,r2,3336 (from the kernel's own text)
+        assert_eq!(local_entry_offset(0x3c4c_0007, 0x3842_0d08), 8);
+        assert_eq!(local_entry_offset(NOP, NOP), 0);
+        assert_eq!(local_entry_offset(0x3c4c_0007, NOP), 0);
     }
 
     #[test]

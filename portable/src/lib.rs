@@ -8,6 +8,11 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+extern crate alloc;
+
 pub mod devicetree;
+pub mod ftrace;
+pub mod graph;
 pub mod instruction;
+pub mod ring;
 pub mod symbols;

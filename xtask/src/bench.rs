@@ -56,7 +56,12 @@ pub fn table(measurements: &[Measurement]) -> String {
     let width = |field: fn(&Measurement) -> &str| rows.iter().map(|row| field(row).len()).max().unwrap_or(0);
     let (name, value, unit) = (width(|m| &m.name), width(|m| &m.value), width(|m| &m.unit));
     rows.iter()
-        .map(|row| format!("{:name$}  {:>value$}  {:unit$}  {}", row.name, row.value, row.unit, row.note).trim_end().to_string() + "\n")
+        .map(|row| {
+            format!("{:name$}  {:>value$}  {:unit$}  {}", row.name, row.value, row.unit, row.note)
+                .trim_end()
+                .to_string()
+                + "\n"
+        })
         .collect()
 }
 
@@ -79,8 +84,12 @@ pub fn to_json(measurements: &[Measurement]) -> Value {
 
 pub fn main(options: &Options) -> Result<ExitCode> {
     let image = build::main(&build::Options { test: true })?;
-    let machine = Machine { append: "bench".into(), ..Machine::new(image, Firmware::Vof) }
-        .with(&["-icount", "shift=0,align=off,sleep=off", "-serial", "stdio"]);
+    let machine = Machine { append: "bench".into(), ..Machine::new(image, Firmware::Vof) }.with(&[
+        "-icount",
+        "shift=0,align=off,sleep=off",
+        "-serial",
+        "stdio",
+    ]);
     let (mut measurements, mut done) = (Vec::new(), false);
     // The console goes to stderr so that stdout holds only the table or the JSON.
     let outcome = qemu::boot(&mut machine.command()?, None, TIMEOUT, |line| {

@@ -31,7 +31,7 @@ struct Cli {
 enum Task {
     /// Builds the kernel into target/kernel/kernel.elf and fills its symbol table.
     Build(build::Options),
-    /// Builds the kernel and boots it in QEMU with the console on this terminal.
+    /// Builds the kernel and boots it in QEMU, its console on this terminal (or pipe).
     Run(run::Options),
     /// Runs the host tests, the in-kernel tests and the console scenarios.
     Test(test::Options),
@@ -56,10 +56,7 @@ fn main() -> Result<ExitCode> {
 
 /// The workspace root, where every command runs.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives inside the workspace").to_path_buf()
 }
 
 /// A command that runs in the workspace root.
@@ -74,9 +71,8 @@ pub fn display(command: &Command) -> String {
     let variables = command
         .get_envs()
         .filter_map(|(key, value)| Some(format!("{}={}", key.to_string_lossy(), quote(&value?.to_string_lossy()))));
-    let words = std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(|word| quote(&word.to_string_lossy()));
+    let words =
+        std::iter::once(command.get_program()).chain(command.get_args()).map(|word| quote(&word.to_string_lossy()));
     variables.chain(words).collect::<Vec<_>>().join(" ")
 }
 
@@ -110,12 +106,7 @@ pub fn output_checked(command: &mut Command) -> Result<String> {
     announce(command);
     let output = command.output().with_context(|| format!("could not start {}", display(command)))?;
     if !output.status.success() {
-        bail!(
-            "{} failed with {}: {}",
-            display(command),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("{} failed with {}: {}", display(command), output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }

@@ -26,7 +26,8 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         Some(query) => {
             let data = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
             let file = object::File::parse(&*data)?;
-            let names: Vec<String> = file.symbols().filter_map(|symbol| Some(symbol.name().ok()?.to_string())).collect();
+            let names: Vec<String> =
+                file.symbols().filter_map(|symbol| Some(symbol.name().ok()?.to_string())).collect();
             resolve(&names, query)?
         }
         None => Vec::new(),
@@ -90,7 +91,8 @@ pub fn resolve(names: &[String], query: &str) -> Result<Vec<String>> {
         return Ok(vec![query.to_string()]);
     }
     let full = |name: &String| format!("{}", rustc_demangle::demangle(name));
-    let mut found: Vec<String> = names.iter().filter(|name| demangle(name) == query || full(name) == query).cloned().collect();
+    let mut found: Vec<String> =
+        names.iter().filter(|name| demangle(name) == query || full(name) == query).cloned().collect();
     if found.is_empty() {
         let suffix = format!("::{query}");
         found = names.iter().filter(|name| demangle(name).ends_with(&suffix)).cloned().collect();
@@ -98,11 +100,15 @@ pub fn resolve(names: &[String], query: &str) -> Result<Vec<String>> {
     found.sort();
     found.dedup();
     if found.is_empty() {
-        let mut similar: Vec<String> = names.iter().map(|name| demangle(name)).filter(|name| name.contains(query)).collect();
+        let mut similar: Vec<String> =
+            names.iter().map(|name| demangle(name)).filter(|name| name.contains(query)).collect();
         similar.sort();
         similar.dedup();
         similar.truncate(10);
-        bail!("no symbol {query:?} in the kernel; similar names: {}", if similar.is_empty() { "none".into() } else { similar.join(", ") });
+        bail!(
+            "no symbol {query:?} in the kernel; similar names: {}",
+            if similar.is_empty() { "none".into() } else { similar.join(", ") }
+        );
     }
     Ok(found)
 }
@@ -129,9 +135,14 @@ mod tests {
     use super::*;
 
     fn names() -> Vec<String> {
-        ["_start", "_ZN6kernel9boot_main17h0123456789abcdefE", "_ZN6kernel5sched9boot_main17hfedcba9876543210E", "memcpy"]
-            .map(String::from)
-            .to_vec()
+        [
+            "_start",
+            "_ZN6kernel9boot_main17h0123456789abcdefE",
+            "_ZN6kernel5sched9boot_main17hfedcba9876543210E",
+            "memcpy",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! QEMU pseries: its command line, a guard that kills it, and a console reader with a timeout.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::{announce, command, display, packages, workspace_root};
+
+/// The kernel shell's prompt: console input is typed once it appears.
+pub const SHELL_PROMPT: &str = "klp> ";
 
 /// The byte that tells the kernel shell its input has ended (it then powers off).
 pub const END_OF_INPUT: u8 = 0x04;
@@ -109,6 +112,44 @@ pub fn feed(mut stdin: ChildStdin, mut source: impl Read + Send + 'static) {
     });
 }
 
+/// Watches a byte stream for a text, which may arrive split across reads.
+pub struct Watch {
+    needle: Vec<u8>,
+    seen: Vec<u8>,
+    found: bool,
+}
+
+impl Watch {
+    pub fn new(needle: &str) -> Self {
+        Watch { needle: needle.as_bytes().to_vec(), seen: Vec::new(), found: needle.is_empty() }
+    }
+
+    pub fn found(&self) -> bool {
+        self.found
+    }
+
+    /// Takes more of the stream; true at the moment the text is first seen.
+    pub fn push(&mut self, bytes: &[u8]) -> bool {
+        if self.found {
+            return false;
+        }
+        self.seen.extend_from_slice(bytes);
+        self.found = self.seen.windows(self.needle.len()).any(|window| window == self.needle);
+        // Keep only what could begin the text.
+        let keep = self.seen.len().min(self.needle.len() - 1);
+        self.seen.drain(..self.seen.len() - keep);
+        self.found
+    }
+}
+
+/// Text typed into the console of a boot.
+pub struct Input {
+    pub bytes: Vec<u8>,
+    /// Typing starts once the console printed this (empty: at once). Firmware such as
+    /// SLOF reads and drops what is typed before the kernel runs.
+    pub after: String,
+}
+
 /// How a boot ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
@@ -135,59 +176,80 @@ impl Outcome {
     }
 }
 
-/// Boots `qemu` (whose console must be `-serial stdio`), writes `input` and then
-/// [`END_OF_INPUT`] to the console if given, and passes each line that QEMU prints
-/// (console and QEMU's own messages) to `on_line`. Kills QEMU after `timeout`.
-pub fn boot(qemu: &mut Command, input: Option<Vec<u8>>, timeout: Duration, mut on_line: impl FnMut(&str)) -> Result<Outcome> {
+/// Boots `qemu` (whose console must be `-serial stdio`), types `input` and then
+/// [`END_OF_INPUT`] into the console if given, and passes each line that QEMU prints
+/// (console and QEMU's own messages; an unfinished last line too) to `on_line`.
+/// Kills QEMU after `timeout`.
+pub fn boot(
+    qemu: &mut Command,
+    input: Option<Input>,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<Outcome> {
     qemu.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
     qemu.stdout(Stdio::piped()).stderr(Stdio::piped());
     let deadline = Instant::now() + timeout;
     let mut guard = Guard::spawn(qemu)?;
     let child = guard.child();
-    if let (Some(input), Some(stdin)) = (input, child.stdin.take()) {
-        feed(stdin, std::io::Cursor::new(input));
-    }
-    let (sender, lines) = mpsc::channel();
-    for stream in [child.stdout.take().map(|out| Box::new(out) as Box<dyn Read + Send>), child.stderr.take().map(|err| Box::new(err) as _)]
-        .into_iter()
-        .flatten()
-    {
+    let mut stdin = child.stdin.take();
+    let (sender, chunks) = mpsc::channel();
+    let streams: [Option<Box<dyn Read + Send>>; 2] =
+        [child.stdout.take().map(|out| Box::new(out) as _), child.stderr.take().map(|err| Box::new(err) as _)];
+    for (index, stream) in streams.into_iter().enumerate() {
         let sender = sender.clone();
-        thread::spawn(move || send_lines(stream, sender));
+        if let Some(stream) = stream {
+            thread::spawn(move || send_chunks(index, stream, sender));
+        }
     }
     drop(sender);
-    let timed_out = Outcome { status: None, timeout };
+    let (mut bytes, mut watch) = match input {
+        Some(Input { bytes, after }) => (bytes, Watch::new(&after)),
+        None => (Vec::new(), Watch::new("")),
+    };
+    let mut partial = [Vec::new(), Vec::new()];
+    let mut status = None;
     loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => on_line(&line),
-            Err(RecvTimeoutError::Timeout) => return Ok(timed_out),
-            Err(RecvTimeoutError::Disconnected) => break,
+        if watch.found()
+            && let Some(stdin) = stdin.take()
+        {
+            feed(stdin, std::io::Cursor::new(std::mem::take(&mut bytes)));
         }
-    }
-    // Both streams are closed: QEMU is exiting.
-    while Instant::now() < deadline {
-        if let Some(status) = guard.child().try_wait()? {
-            return Ok(Outcome { status: Some(status), timeout });
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    Ok(timed_out)
-}
-
-/// Sends each line of `stream` (without its line ending), and a last unterminated one.
-fn send_lines(stream: Box<dyn Read + Send>, sender: mpsc::Sender<String>) {
-    let mut reader = BufReader::new(stream);
-    let mut bytes = Vec::new();
-    loop {
-        bytes.clear();
-        match reader.read_until(b'\n', &mut bytes) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&bytes);
-                if sender.send(line.trim_end_matches(['\n', '\r']).to_string()).is_err() {
-                    return;
+        match chunks.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((stream, chunk)) => {
+                if stream == 0 {
+                    watch.push(&chunk);
+                }
+                let pending = &mut partial[stream];
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|byte| *byte == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    on_line(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
                 }
             }
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                // Both streams are closed: QEMU is exiting.
+                status = guard.child().try_wait()?;
+                while status.is_none() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(10));
+                    status = guard.child().try_wait()?;
+                }
+                break;
+            }
+        }
+    }
+    for pending in partial.iter().filter(|pending| !pending.is_empty()) {
+        on_line(String::from_utf8_lossy(pending).trim_end_matches('\r'));
+    }
+    Ok(Outcome { status, timeout })
+}
+
+/// Sends what `stream` delivers, as it comes, tagged with `index`.
+fn send_chunks(index: usize, mut stream: Box<dyn Read + Send>, sender: mpsc::Sender<(usize, Vec<u8>)>) {
+    let mut buffer = [0; 4096];
+    while let Ok(count @ 1..) = stream.read(&mut buffer) {
+        if sender.send((index, buffer[..count].to_vec())).is_err() {
+            return;
         }
     }
 }
@@ -198,7 +260,10 @@ mod tests {
 
     #[test]
     fn vof_command_line_matches_the_platform_notes() {
-        let machine = Machine { append: "ktest.filter=x".into(), ..Machine::new(workspace_root().join("target/kernel/kernel.elf"), Firmware::Vof) };
+        let machine = Machine {
+            append: "ktest.filter=x".into(),
+            ..Machine::new(workspace_root().join("target/kernel/kernel.elf"), Firmware::Vof)
+        };
         assert_eq!(
             display(&machine.command_line()),
             "qemu-system-ppc64 -M pseries,x-vof=on,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off \
@@ -209,18 +274,35 @@ mod tests {
 
     #[test]
     fn boot_reads_lines_feeds_input_and_times_out() {
-        // `cat` stands in for QEMU: it echoes the console input, then EOT.
+        // `sh` stands in for QEMU: it prints a prompt without a newline, then echoes the console.
         let mut lines = Vec::new();
-        let outcome = boot(&mut Command::new("cat"), Some(b"one\r\ntwo".to_vec()), Duration::from_secs(5), |line| {
+        let script = "printf 'ready> '; cat";
+        let input = Input { bytes: b"one\r\ntwo".to_vec(), after: "ready> ".into() };
+        let outcome = boot(Command::new("sh").args(["-c", script]), Some(input), Duration::from_secs(5), |line| {
             lines.push(line.to_string())
         });
         // The feeder closes the pipe after the end-of-input byte, so cat ends by itself.
         let outcome = outcome.unwrap();
-        assert_eq!(lines, ["one", "two\u{4}"]);
+        assert_eq!(lines, ["ready> one", "two\u{4}"]);
         assert_eq!(outcome.code(), Some(0));
 
-        let outcome = boot(Command::new("sleep").arg("10"), None, Duration::from_millis(200), |_| {}).unwrap();
-        assert!(outcome.timed_out());
-        assert!(outcome.describe().contains("timed out"));
+        // The unfinished last line still arrives when QEMU is killed at the timeout.
+        let mut lines = Vec::new();
+        let script = "printf 'klp> '; sleep 10";
+        let outcome = boot(Command::new("sh").args(["-c", script]), None, Duration::from_millis(300), |line| {
+            lines.push(line.to_string())
+        });
+        let outcome = outcome.unwrap();
+        assert!(outcome.timed_out() && outcome.describe().contains("timed out"));
+        assert_eq!(lines, ["klp> "]);
+    }
+
+    #[test]
+    fn watch_finds_text_split_across_reads() {
+        let mut watch = Watch::new("klp> ");
+        assert!(!watch.push(b"booting\nkl"));
+        assert!(watch.push(b"p> "));
+        assert!(watch.found() && !watch.push(b"klp> "));
+        assert!(Watch::new("").found());
     }
 }

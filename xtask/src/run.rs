@@ -1,13 +1,13 @@
 //! `run`: builds the kernel and boots it with its console on this terminal or pipe.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitCode, ExitStatus, Stdio};
+use std::process::{ChildStdin, ExitCode, ExitStatus, Stdio};
 
 use anyhow::Result;
 
 use crate::build;
-use crate::qemu::{self, Firmware, Guard, Machine};
+use crate::qemu::{self, Firmware, Guard, Machine, SHELL_PROMPT, Watch};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -29,7 +29,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     let image = build::main(&build::Options { test: false })?;
     let interactive = std::io::stdin().is_terminal();
     // On a terminal QEMU reads the keys itself (mon: adds Ctrl-A X to quit); from a pipe or
-    // file, xtask copies the input and ends it with the byte that makes the shell power off.
+    // file, xtask types the input and ends it with the byte that makes the shell power off.
     let serial = if interactive { "mon:stdio" } else { "stdio" };
     let machine = Machine {
         cpus: options.smp,
@@ -41,14 +41,32 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     if interactive {
         eprintln!("(Ctrl-A X quits QEMU, Ctrl-A H lists the other keys)");
     } else {
-        qemu.stdin(Stdio::piped());
+        qemu.stdin(Stdio::piped()).stdout(Stdio::piped());
     }
     let mut guard = Guard::spawn(&mut qemu)?;
-    if let Some(stdin) = guard.child().stdin.take() {
-        qemu::feed(stdin, std::io::stdin());
+    if let (Some(stdin), Some(console)) = (guard.child().stdin.take(), guard.child().stdout.take()) {
+        relay(console, stdin);
     }
     let status = guard.child().wait()?;
     Ok(exit_code(status))
+}
+
+/// Copies QEMU's console to stdout as it comes and, once the shell prompt appears
+/// (firmware such as SLOF drops what is typed earlier), types xtask's stdin into it.
+fn relay(mut console: impl Read, stdin: ChildStdin) {
+    let mut stdin = Some(stdin);
+    let mut watch = Watch::new(SHELL_PROMPT);
+    let mut output = std::io::stdout();
+    let mut buffer = [0; 4096];
+    while let Ok(count @ 1..) = console.read(&mut buffer) {
+        // Nobody reading our output (`| head`) must not stop the machine.
+        let _ = output.write_all(&buffer[..count]).and_then(|()| output.flush());
+        if watch.push(&buffer[..count])
+            && let Some(stdin) = stdin.take()
+        {
+            qemu::feed(stdin, std::io::stdin());
+        }
+    }
 }
 
 /// QEMU's exit code, or 128 + the signal that killed it, as a shell reports it.

@@ -4,6 +4,7 @@
 //! # a comment
 //! args: loglevel=debug      kernel command line (optional)
 //! firmware: slof            vof or slof (optional; default: the one given to `test`)
+//! ready: "klp> "            typing starts once this was printed (default: the shell prompt)
 //! input: threads            a console line; all are sent in order, then end of input
 //! expect: "klp> "           must appear in the output, after the previous expectation
 //! expect-exit: 0            QEMU's exit status (default 0)
@@ -15,13 +16,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::qemu::{self, Firmware, Machine, Outcome};
+use crate::qemu::{self, Firmware, Input, Machine, Outcome};
 
 #[derive(Debug, PartialEq)]
 pub struct Scenario {
     pub name: String,
     pub args: String,
     pub firmware: Option<Firmware>,
+    pub ready: String,
     pub inputs: Vec<String>,
     pub expects: Vec<String>,
     pub exit: i32,
@@ -35,8 +37,15 @@ impl Scenario {
     }
 
     pub fn parse(name: &str, text: &str) -> Result<Self> {
-        let mut scenario =
-            Scenario { name: name.into(), args: String::new(), firmware: None, inputs: vec![], expects: vec![], exit: 0 };
+        let mut scenario = Scenario {
+            name: name.into(),
+            args: String::new(),
+            firmware: None,
+            ready: qemu::SHELL_PROMPT.into(),
+            inputs: vec![],
+            expects: vec![],
+            exit: 0,
+        };
         for (number, line) in text.lines().enumerate().map(|(index, line)| (index + 1, line.trim_end_matches('\r'))) {
             if line.trim().is_empty() || line.trim_start().starts_with('#') {
                 continue;
@@ -49,6 +58,7 @@ impl Scenario {
                 "input" => scenario.inputs.push(value),
                 "expect" => scenario.expects.push(value),
                 "args" => scenario.args = value,
+                "ready" => scenario.ready = value,
                 "firmware" => {
                     scenario.firmware = Some(match value.trim() {
                         "vof" => Firmware::Vof,
@@ -59,7 +69,9 @@ impl Scenario {
                 "expect-exit" => {
                     scenario.exit = value.trim().parse().with_context(|| format!("line {number}: bad exit status"))?
                 }
-                other => bail!("line {number}: unknown key {other:?} (input, expect, args, firmware, expect-exit)"),
+                other => {
+                    bail!("line {number}: unknown key {other:?} (input, expect, ready, args, firmware, expect-exit)")
+                }
             }
         }
         Ok(scenario)
@@ -91,13 +103,19 @@ impl Scenario {
     }
 
     /// Boots `kernel` as the scenario says; returns the console output and the verdict.
-    pub fn run(&self, kernel: &Path, default_firmware: Firmware, timeout: Duration) -> Result<(String, Result<(), String>)> {
+    pub fn run(
+        &self,
+        kernel: &Path,
+        default_firmware: Firmware,
+        timeout: Duration,
+    ) -> Result<(String, Result<(), String>)> {
         let machine = Machine {
             append: self.args.clone(),
             ..Machine::new(kernel.to_path_buf(), self.firmware.unwrap_or(default_firmware)).with(&["-serial", "stdio"])
         };
         let mut output = String::new();
-        let outcome = qemu::boot(&mut machine.command()?, Some(self.console_input()), timeout, |line| {
+        let input = Input { bytes: self.console_input(), after: self.ready.clone() };
+        let outcome = qemu::boot(&mut machine.command()?, Some(input), timeout, |line| {
             output.push_str(line);
             output.push('\n');
         })?;
@@ -134,12 +152,14 @@ mod tests {
                 name: "shell".into(),
                 args: "a=1 b".into(),
                 firmware: Some(Firmware::Slof),
+                ready: "klp> ".into(),
                 inputs: vec!["threads".into(), "mem".into()],
                 expects: vec!["klp> ".into(), "powering off".into()],
                 exit: 1,
             }
         );
         assert_eq!(scenario.console_input(), b"threads\nmem\n");
+        assert_eq!(Scenario::parse("x", "ready: \"\"\n").unwrap().ready, "");
     }
 
     #[test]

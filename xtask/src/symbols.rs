@@ -43,15 +43,13 @@ pub fn fill(data: &mut [u8]) -> Result<Filled> {
         let Some(section) = file.section_by_name(SECTION) else {
             return Ok(Filled::NoSection);
         };
-        let (offset, size) = section
-            .file_range()
-            .ok_or_else(|| anyhow!("section {SECTION} has no bytes in the file (NOBITS); it must be initialized data"))?;
+        let (offset, size) = section.file_range().ok_or_else(|| {
+            anyhow!("section {SECTION} has no bytes in the file (NOBITS); it must be initialized data")
+        })?;
         (usize::try_from(offset)?, usize::try_from(size)?)
     };
-    let symbols: Vec<(String, u64, u32)> = functions(data)?
-        .into_iter()
-        .map(|(name, address, size)| (demangle(&name), address, size))
-        .collect();
+    let symbols: Vec<(String, u64, u32)> =
+        functions(data)?.into_iter().map(|(name, address, size)| (demangle(&name), address, size)).collect();
     let Some(table) = portable::symbols::encode(&symbols, capacity) else {
         let needed = portable::symbols::encode(&symbols, usize::MAX).map_or(0, |table| table.len());
         bail!(
@@ -136,6 +134,10 @@ mod tests {
         // The running test binary is an ELF file with plenty of sized functions.
         let data = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let functions = functions(&data).unwrap();
-        assert!(functions.iter().any(|(name, _, size)| demangle(name).contains("reads_functions_of_a_real_elf") && *size > 0));
+        assert!(
+            functions
+                .iter()
+                .any(|(name, _, size)| demangle(name).contains("reads_functions_of_a_real_elf") && *size > 0)
+        );
     }
 }

@@ -52,7 +52,8 @@ impl Tally {
 pub fn main(options: &Options) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let mut times = Vec::new();
-    let phases: [(&str, Phase); 3] = [("host tests", host_tests), ("kernel tests", kernel_tests), ("scenarios", scenarios)];
+    let phases: [(&str, Phase); 3] =
+        [("host tests", host_tests), ("kernel tests", kernel_tests), ("scenarios", scenarios)];
     for (phase, run) in phases {
         println!("\n=== {phase} ===");
         let start = Instant::now();
@@ -100,7 +101,9 @@ fn host_tests(options: &Options, tally: &mut Tally) -> Result<()> {
 fn libtest_summary(line: &str) -> Option<(usize, usize)> {
     let counts = line.trim().strip_prefix("test result: ")?;
     let count = |label: &str| {
-        counts.split(';').find_map(|part| part.trim().trim_start_matches(|c: char| !c.is_ascii_digit()).strip_suffix(label))
+        counts
+            .split(';')
+            .find_map(|part| part.trim().trim_start_matches(|c: char| !c.is_ascii_digit()).strip_suffix(label))
     };
     Some((count(" passed")?.trim().parse().ok()?, count(" failed")?.trim().parse().ok()?))
 }
@@ -110,7 +113,7 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     let image = build::main(&build::Options { test: true })?;
     let timeout = Duration::from_secs(options.timeout);
     let machine = Machine {
-        append: options.filter.as_ref().map(|filter| format!("ktest.filter={filter}")).unwrap_or_default(),
+        append: format!("ktest.filter={}", options.filter.as_deref().unwrap_or_default()),
         ..Machine::new(image.clone(), options.firmware).with(&["-serial", "stdio"])
     };
     let mut report = Report::default();
@@ -174,7 +177,9 @@ fn scenarios(options: &Options, tally: &mut Tally) -> Result<()> {
     let scenarios = paths.iter().map(|path| Scenario::load(path)).collect::<Result<Vec<_>>>()?;
     let scenarios: Vec<Scenario> = scenarios
         .into_iter()
-        .filter(|scenario| options.filter.as_ref().is_none_or(|filter| format!("scenario::{}", scenario.name).contains(filter)))
+        .filter(|scenario| {
+            options.filter.as_ref().is_none_or(|filter| format!("scenario::{}", scenario.name).contains(filter))
+        })
         .collect();
     if scenarios.is_empty() {
         println!("no scenario in {}", directory.display());

@@ -30,8 +30,12 @@ pub struct ThreadInfo {
     pub preempt_count: u64,
     /// Kernel thread number.
     pub thread_id: u64,
-    /// Reserved for the tracer's per-thread state (recursion guard, return stack).
-    pub tracing: [u64; 5],
+    /// Bit set while an ftrace handler runs in this thread (recursion guard).
+    pub trace_recursion: u64,
+    /// Entries in use on the function-graph return stack.
+    pub graph_depth: u64,
+    /// The function-graph return stack (`trace::graph::ReturnStack`), 0 if none.
+    pub graph_stack: u64,
 }
 
 /// Offset of the magic word from the stack base.
@@ -70,7 +74,9 @@ pub unsafe fn initialise(base: u64, thread_id: u64) {
             livepatch_sp: base + LIVEPATCH_STACK_OFFSET as u64,
             preempt_count: 0,
             thread_id,
-            tracing: [0; 5],
+            trace_recursion: 0,
+            graph_depth: 0,
+            graph_stack: 0,
         });
         ((base + MAGIC_OFFSET as u64) as *mut u64).write(STACK_END_MAGIC);
     }

@@ -4,6 +4,7 @@ use super::stack::Stack;
 use crate::arch::ppc64::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context, thread_start};
 use crate::arch::ppc64::interrupts;
 use crate::arch::ppc64::registers::{per_cpu_mut, timebase, toc_pointer};
+use crate::trace::graph::ReturnStack;
 use crate::{println, time};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -39,6 +40,8 @@ struct Thread {
     state: State,
     /// None for the boot thread, whose stack is static.
     stack: Option<Stack>,
+    /// The function-graph tracer's return stack (thread_info points at it).
+    return_stack: Box<ReturnStack>,
     stack_base: u64,
     saved_stack_pointer: u64,
     /// The thread waiting in `join` for this one.
@@ -74,10 +77,14 @@ pub fn init() {
     let base = boot::BOOT_STACK.0.get() as u64;
     // Safety: the boot stack is ours; its base is below everything in use.
     unsafe { info::initialise(base, BOOT_THREAD) };
+    let return_stack = Box::new(ReturnStack::new());
+    // Safety: as above.
+    unsafe { (*(base as *mut ThreadInfo)).graph_stack = &*return_stack as *const ReturnStack as u64 };
     let main = Box::new(Thread {
         name: String::from("main"),
         state: State::Running,
         stack: None,
+        return_stack,
         stack_base: base,
         saved_stack_pointer: 0,
         joiner: None,
@@ -167,8 +174,12 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
         scheduler.next_id += 1;
         id
     });
+    let return_stack = Box::new(ReturnStack::new());
     // Safety: the stack is new and not running.
-    unsafe { info::initialise(stack.base(), id) };
+    unsafe {
+        info::initialise(stack.base(), id);
+        (*(stack.base() as *mut ThreadInfo)).graph_stack = &*return_stack as *const ReturnStack as u64;
+    }
     let saved_stack_pointer = prepare_first_switch(&stack, Box::into_raw(closure) as u64);
     with_scheduler(|scheduler| {
         scheduler.threads.insert(
@@ -178,6 +189,7 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
                 state: State::Ready,
                 stack_base: stack.base(),
                 stack: Some(stack),
+                return_stack,
                 saved_stack_pointer,
                 joiner: None,
                 detached: false,

@@ -1,0 +1,333 @@
+//! The -mprofile-kernel ftrace stubs: `ftrace_caller`, `ftrace_regs_caller`, `ftrace_stub`,
+//! the function-graph hooks, and the record they hand to handlers.
+//!
+//! A traced function B starts, after its local entry point, with the site
+//! `mflr r0; bl ftrace_caller` (or `bl ftrace_regs_caller`). B has not built
+//! a frame yet: r1 is still its caller A's stack pointer, and A may have put
+//! arguments 9 and up in its own parameter save area above r1. The stubs
+//! build their frame below r1, so they never touch those.
+use super::exceptions::PtRegs;
+use boot::{MINIMAL_FRAME, PerCpu, THREAD_SIZE};
+use core::mem::{offset_of, size_of};
+
+/// What a handler gets: the registers of the traced call. After the light
+/// stub only r2-r10, `link` (the return address into the caller) and `nip`
+/// (where execution resumes) are valid; after `ftrace_regs_caller` every
+/// field of `regs` is ([`FtraceRegs::FULL`]).
+#[repr(C)]
+pub struct FtraceRegs {
+    pub regs: PtRegs,
+    /// FULL, REDIRECT.
+    pub flags: u64,
+}
+
+impl FtraceRegs {
+    /// Every field of `regs` was saved (SAVE_REGS).
+    pub const FULL: u64 = 1;
+    /// The livepatch core redirected `nip`: continue through `livepatch_handler`.
+    pub const REDIRECT: u64 = 2;
+}
+
+/// The frame both stubs push: an ELFv2 header, then the record.
+#[repr(C)]
+struct FtraceFrame {
+    header: [u64; MINIMAL_FRAME / 8],
+    record: FtraceRegs,
+}
+
+const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
+const RECORD: usize = offset_of!(FtraceFrame, record);
+const REGS: usize = RECORD + offset_of!(FtraceRegs, regs);
+const FLAGS: usize = RECORD + offset_of!(FtraceRegs, flags);
+const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
+
+/// Frame of `return_to_handler`: a header and the three registers it keeps.
+const RETURN_FRAME_SIZE: usize = MINIMAL_FRAME + 4 * 8;
+
+macro_rules! gpr {
+    ($number:expr) => {
+        REGS + offset_of!(PtRegs, gpr) + 8 * $number
+    };
+}
+
+core::arch::global_asm!(
+    r#"
+    .text
+    # ftrace_caller: the light entry stub.
+    #
+    # On entry (from a site in function B): r0 = LR at B's entry, the return
+    # address into the caller A; LR = the word after the site's bl; r1 = A's
+    # stack pointer (B has no frame); r2 = A's or B's TOC; r3-r10 = B's
+    # arguments; r11, r12 free; r13 = per-CPU area.
+    # Calls: ftrace_call's target (r3 = ip of the site's bl, r4 = parent ip,
+    # r5 = function_trace_op, r6 = &FtraceRegs) with the kernel TOC and
+    # preemption disabled; then ftrace_graph_call.
+    # On exit: branches to regs.nip with LR = r0 = regs.link, r1 as on entry,
+    # r2-r10 from the record; r11, r12, CTR clobbered. If the record's flags
+    # say REDIRECT, branches to livepatch_handler instead, with CTR = nip.
+    .globl ftrace_caller
+    .type ftrace_caller, @function
+ftrace_caller:
+    std     0, 16(1)                  # A's LR save slot = return address into A
+    stdu    1, -{frame}(1)            # push our frame below A's
+    std     0, {link}(1)              # regs.link = parent ip
+    std     2, {gpr2}(1)              # regs.gpr[2] = caller's TOC
+    std     3, {gpr3}(1)              # arguments 1-8
+    std     4, {gpr4}(1)
+    std     5, {gpr5}(1)
+    std     6, {gpr6}(1)
+    std     7, {gpr7}(1)
+    std     8, {gpr8}(1)
+    std     9, {gpr9}(1)
+    std     10, {gpr10}(1)
+    li      11, 0
+    std     11, {flags}(1)            # flags = light record, not redirected
+    mflr    12                        # r12 = resume point in B
+    std     12, {nip}(1)              # regs.nip = resume point
+    addi    3, 12, -4                 # r3 = ip: the site's bl
+    mr      4, 0                      # r4 = parent ip
+    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
+    ld      12, {preempt}(11)
+    addi    12, 12, 1
+    std     12, {preempt}(11)         # preempt_count += 1
+    ld      2, {percpu_toc}(13)       # r2 = kernel TOC
+    addis   5, 2, {trace_op}@toc@ha
+    ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
+    addi    6, 1, {record}            # r6 = &FtraceRegs
+    .globl ftrace_call
+ftrace_call:
+    bl      ftrace_stub               # patched: the handler, or the list walker
+    .globl ftrace_graph_call
+ftrace_graph_call:
+    nop                               # patched: bl ftrace_graph_caller
+    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
+    ld      12, {preempt}(11)
+    addi    12, 12, -1
+    std     12, {preempt}(11)         # preempt_count -= 1
+    ld      12, {nip}(1)
+    mtctr   12                        # CTR = where to continue
+    ld      0, {link}(1)
+    mtlr    0                         # LR = r0 = return address into A
+    ld      2, {gpr2}(1)              # caller's TOC and B's arguments
+    ld      3, {gpr3}(1)
+    ld      4, {gpr4}(1)
+    ld      5, {gpr5}(1)
+    ld      6, {gpr6}(1)
+    ld      7, {gpr7}(1)
+    ld      8, {gpr8}(1)
+    ld      9, {gpr9}(1)
+    ld      10, {gpr10}(1)
+    ld      11, {flags}(1)
+    addi    1, 1, {frame}             # pop our frame
+    andi.   11, 11, {redirect}        # did the livepatch core redirect the call?
+    bne-    livepatch_handler
+    bctr                              # continue in B (or where a handler sent us)
+    .size ftrace_caller, . - ftrace_caller
+
+    # ftrace_regs_caller: the full entry stub (SAVE_REGS).
+    #
+    # On entry: as ftrace_caller.
+    # Calls: ftrace_regs_call's target, as ftrace_caller, with a complete
+    # pt_regs (flags = FULL); then ftrace_regs_graph_call.
+    # On exit: every GPR but r1 restored from pt_regs (a handler may change
+    # any of them), CR and XER restored, LR = r0 = regs.link, continue at
+    # regs.nip through CTR (or livepatch_handler when REDIRECT).
+    .globl ftrace_regs_caller
+    .type ftrace_regs_caller, @function
+ftrace_regs_caller:
+    std     0, 16(1)                  # A's LR save slot = return address into A
+    stdu    1, -{frame}(1)            # push our frame below A's
+    std     0, {gpr0}(1)
+    std     0, {link}(1)              # regs.link = parent ip
+    addi    0, 1, {frame}
+    std     0, {gpr1}(1)              # regs.gpr[1] = A's stack pointer
+    std     2, {gpr2}(1)
+    std     3, {gpr3}(1)
+    std     4, {gpr4}(1)
+    std     5, {gpr5}(1)
+    std     6, {gpr6}(1)
+    std     7, {gpr7}(1)
+    std     8, {gpr8}(1)
+    std     9, {gpr9}(1)
+    std     10, {gpr10}(1)
+    std     11, {gpr11}(1)
+    std     12, {gpr12}(1)
+    std     13, {gpr13}(1)
+    std     14, {gpr14}(1)
+    std     15, {gpr15}(1)
+    std     16, {gpr16}(1)
+    std     17, {gpr17}(1)
+    std     18, {gpr18}(1)
+    std     19, {gpr19}(1)
+    std     20, {gpr20}(1)
+    std     21, {gpr21}(1)
+    std     22, {gpr22}(1)
+    std     23, {gpr23}(1)
+    std     24, {gpr24}(1)
+    std     25, {gpr25}(1)
+    std     26, {gpr26}(1)
+    std     27, {gpr27}(1)
+    std     28, {gpr28}(1)
+    std     29, {gpr29}(1)
+    std     30, {gpr30}(1)
+    std     31, {gpr31}(1)
+    mfctr   11
+    std     11, {ctr}(1)
+    mfxer   11
+    std     11, {xer}(1)
+    mfcr    11
+    std     11, {ccr}(1)
+    mfmsr   11
+    std     11, {msr}(1)
+    li      11, {full}
+    std     11, {flags}(1)            # flags = full pt_regs, not redirected
+    mflr    12                        # r12 = resume point in B
+    std     12, {nip}(1)              # regs.nip = resume point
+    addi    3, 12, -4                 # r3 = ip: the site's bl
+    ld      4, {link}(1)              # r4 = parent ip
+    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
+    ld      12, {preempt}(11)
+    addi    12, 12, 1
+    std     12, {preempt}(11)         # preempt_count += 1
+    ld      2, {percpu_toc}(13)       # r2 = kernel TOC
+    addis   5, 2, {trace_op}@toc@ha
+    ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
+    addi    6, 1, {record}            # r6 = &FtraceRegs
+    .globl ftrace_regs_call
+ftrace_regs_call:
+    bl      ftrace_stub               # patched: the handler, or the list walker
+    .globl ftrace_regs_graph_call
+ftrace_regs_graph_call:
+    nop                               # patched: bl ftrace_graph_caller
+    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
+    ld      12, {preempt}(11)
+    addi    12, 12, -1
+    std     12, {preempt}(11)         # preempt_count -= 1
+    ld      12, {nip}(1)
+    mtctr   12                        # CTR = where to continue
+    ld      0, {xer}(1)
+    mtxer   0
+    ld      0, {ccr}(1)
+    mtcr    0
+    ld      0, {link}(1)
+    mtlr    0                         # LR = r0 = return address into A
+    ld      2, {gpr2}(1)
+    ld      3, {gpr3}(1)
+    ld      4, {gpr4}(1)
+    ld      5, {gpr5}(1)
+    ld      6, {gpr6}(1)
+    ld      7, {gpr7}(1)
+    ld      8, {gpr8}(1)
+    ld      9, {gpr9}(1)
+    ld      10, {gpr10}(1)
+    ld      12, {gpr12}(1)
+    ld      13, {gpr13}(1)
+    ld      14, {gpr14}(1)
+    ld      15, {gpr15}(1)
+    ld      16, {gpr16}(1)
+    ld      17, {gpr17}(1)
+    ld      18, {gpr18}(1)
+    ld      19, {gpr19}(1)
+    ld      20, {gpr20}(1)
+    ld      21, {gpr21}(1)
+    ld      22, {gpr22}(1)
+    ld      23, {gpr23}(1)
+    ld      24, {gpr24}(1)
+    ld      25, {gpr25}(1)
+    ld      26, {gpr26}(1)
+    ld      27, {gpr27}(1)
+    ld      28, {gpr28}(1)
+    ld      29, {gpr29}(1)
+    ld      30, {gpr30}(1)
+    ld      31, {gpr31}(1)
+    ld      11, {flags}(1)
+    andi.   11, 11, {redirect}        # cr0.eq = not redirected
+    ld      11, {gpr11}(1)            # (ld leaves cr0 alone)
+    addi    1, 1, {frame}             # pop our frame (addi leaves cr0 alone)
+    bne-    livepatch_handler
+    bctr                              # continue in B (or where a handler sent us)
+    .size ftrace_regs_caller, . - ftrace_regs_caller
+
+    # ftrace_stub: what ftrace_call and ftrace_regs_call call when no handler is registered.
+    .globl ftrace_stub
+    .type ftrace_stub, @function
+ftrace_stub:
+    blr
+    .size ftrace_stub, . - ftrace_stub
+
+    # ftrace_graph_caller: target of the graph call sites.
+    # On entry: r1 = a stub's frame, r2 = kernel TOC, LR = back into the stub.
+    # Tail-calls ftrace_graph_entry(&FtraceRegs), which may replace
+    # regs.link with return_to_handler; it returns straight to the stub.
+    .globl ftrace_graph_caller
+    .type ftrace_graph_caller, @function
+ftrace_graph_caller:
+    addi    3, 1, {record}            # r3 = &FtraceRegs
+    b       {graph_entry}
+    .size ftrace_graph_caller, . - ftrace_graph_caller
+
+    # return_to_handler: where a function hooked by the graph tracer returns.
+    #
+    # On entry: r3, r4 = the function's return values; r1 = its caller's
+    # stack pointer; r2 = the TOC the caller expects; LR meaningless.
+    # Calls ftrace_return_to_handler() (kernel TOC), which pops the thread's
+    # return stack and gives the real return address.
+    # On exit: returns there with r2, r3, r4 preserved; r0, r5-r12, CTR clobbered.
+    .globl return_to_handler
+    .type return_to_handler, @function
+return_to_handler:
+    stdu    1, -{return_frame}(1)     # a frame below the caller's
+    std     2, {minimal}+0(1)         # keep the caller's TOC
+    std     3, {minimal}+8(1)         # and the return values
+    std     4, {minimal}+16(1)
+    ld      2, {percpu_toc}(13)       # r2 = kernel TOC
+    bl      {graph_return}            # r3 = the real return address
+    mtlr    3                         # LR = real return address
+    ld      2, {minimal}+0(1)
+    ld      3, {minimal}+8(1)
+    ld      4, {minimal}+16(1)
+    addi    1, 1, {return_frame}
+    blr
+    .size return_to_handler, . - return_to_handler
+    "#,
+    frame = const FRAME_SIZE,
+    record = const RECORD,
+    flags = const FLAGS,
+    full = const FtraceRegs::FULL,
+    redirect = const FtraceRegs::REDIRECT,
+    thread_shift = const THREAD_SHIFT,
+    preempt = const offset_of!(crate::thread::ThreadInfo, preempt_count),
+    percpu_toc = const offset_of!(PerCpu, toc),
+    trace_op = sym crate::trace::FUNCTION_TRACE_OP,
+    graph_entry = sym crate::trace::graph::ftrace_graph_entry,
+    graph_return = sym crate::trace::graph::ftrace_return_to_handler,
+    return_frame = const RETURN_FRAME_SIZE,
+    minimal = const MINIMAL_FRAME,
+    nip = const REGS + offset_of!(PtRegs, nip),
+    link = const REGS + offset_of!(PtRegs, link),
+    ctr = const REGS + offset_of!(PtRegs, ctr),
+    xer = const REGS + offset_of!(PtRegs, xer),
+    ccr = const REGS + offset_of!(PtRegs, ccr),
+    msr = const REGS + offset_of!(PtRegs, msr),
+    gpr0 = const gpr!(0), gpr1 = const gpr!(1), gpr2 = const gpr!(2), gpr3 = const gpr!(3),
+    gpr4 = const gpr!(4), gpr5 = const gpr!(5), gpr6 = const gpr!(6), gpr7 = const gpr!(7),
+    gpr8 = const gpr!(8), gpr9 = const gpr!(9), gpr10 = const gpr!(10), gpr11 = const gpr!(11),
+    gpr12 = const gpr!(12), gpr13 = const gpr!(13), gpr14 = const gpr!(14), gpr15 = const gpr!(15),
+    gpr16 = const gpr!(16), gpr17 = const gpr!(17), gpr18 = const gpr!(18), gpr19 = const gpr!(19),
+    gpr20 = const gpr!(20), gpr21 = const gpr!(21), gpr22 = const gpr!(22), gpr23 = const gpr!(23),
+    gpr24 = const gpr!(24), gpr25 = const gpr!(25), gpr26 = const gpr!(26), gpr27 = const gpr!(27),
+    gpr28 = const gpr!(28), gpr29 = const gpr!(29), gpr30 = const gpr!(30), gpr31 = const gpr!(31),
+);
+
+unsafe extern "C" {
+    pub fn ftrace_caller();
+    pub fn ftrace_regs_caller();
+    pub fn ftrace_stub();
+    pub fn ftrace_graph_caller();
+    pub fn return_to_handler();
+    /// The patchable call sites inside the stubs (labels, not functions).
+    pub static ftrace_call: u32;
+    pub static ftrace_regs_call: u32;
+    pub static ftrace_graph_call: u32;
+    pub static ftrace_regs_graph_call: u32;
+}

@@ -1,0 +1,98 @@
+//! `livepatch_handler`: the seed's trampoline between a caller and a replacement function.
+//!
+//! When a function A calls B and B is replaced by C, `ftrace_caller` leaves
+//! through here instead of jumping to C. Two facts shape it (see
+//! docs/livepatch.md): A may have called B's local entry without saving its
+//! TOC, and C may run with another TOC, so A's r2 must be kept and restored
+//! around the call; and A may have stored C's arguments 9 and up (or variadic
+//! ones) in its own frame at r1+96.., so no stack frame can be pushed below
+//! r1 while C runs. The TOC and the return address therefore go on the
+//! per-thread livepatch stack, which grows up from just above
+//! `STACK_END_MAGIC` in `thread_info`.
+use crate::thread::{STACK_END_MAGIC, ThreadInfo};
+use boot::THREAD_SIZE;
+use core::mem::{offset_of, size_of};
+
+/// One frame on the livepatch stack, pushed per call of a replaced function.
+#[repr(C)]
+pub struct LivepatchFrame {
+    /// A's r2 at the call.
+    pub toc: u64,
+    /// The return address into A (or `return_to_handler` under the graph tracer).
+    pub link: u64,
+    /// STACK_END_MAGIC: checked on the way back.
+    pub marker: u64,
+}
+
+/// Bytes the livepatch stack must leave free below r1 when it grows: an
+/// exception entry needs its red zone, frame and guard above the livepatch stack.
+pub const LIVEPATCH_STACK_MARGIN: usize = 1024;
+
+const FRAME: usize = size_of::<LivepatchFrame>();
+const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
+
+core::arch::global_asm!(
+    crate::bug_entry_macro!(),
+    r#"
+    .text
+    # livepatch_handler
+    #
+    # On entry (from ftrace_caller when the livepatch core redirected the
+    # call): no stack frame and none may be created; r1 = A's stack pointer;
+    # LR = r0 = the return address into A; CTR = C's global entry point;
+    # r2 = the TOC at B's entry (A's when A called B's local entry);
+    # r3-r10 = the arguments; r0, r11, r12 free.
+    # Calls C with r12 = CTR (C computes its own TOC from r12).
+    # On exit (return to A): r2 and LR as on entry, r3/r4 = C's results,
+    # the livepatch frame popped; r0, r11, r12, CTR clobbered; r1 unchanged.
+    # Traps (BUG) when the livepatch stack would come within
+    # LIVEPATCH_STACK_MARGIN of r1, and when a frame's marker was overwritten.
+    .globl livepatch_handler
+    .type livepatch_handler, @function
+livepatch_handler:
+    clrrdi  12, 1, {thread_shift}     # r12 = thread_info (CURRENT_THREAD_INFO from r1)
+    ld      11, {livepatch_sp}(12)    # r11 = livepatch stack top
+    addi    11, 11, {frame}           # r11 = top after pushing one frame
+    addi    0, 11, {margin}           # r0 = highest byte the stack may then reach
+    "#,
+    // BUG: the livepatch stack would meet the normal stack (trap if r0 >= r1, unsigned).
+    "1: tdlge 0, 1", concat!("bug_entry 1b, \"", file!(), "\", ", line!()),
+    r#"
+    std     11, {livepatch_sp}(12)    # livepatch_sp += frame
+    std     2, {toc}-{frame}(11)      # frame.toc = A's TOC
+    mflr    0
+    std     0, {link}-{frame}(11)     # frame.link = return address into A
+    lis     0, {magic_high}
+    ori     0, 0, {magic_low}         # r0 = STACK_END_MAGIC
+    std     0, {marker}-{frame}(11)   # frame.marker = STACK_END_MAGIC
+    mfctr   12                        # r12 = C's global entry
+    bctrl                             # C(arguments); r1 untouched, A's frame intact
+
+    # Back from C: r3/r4 = results; r2 = C's TOC or anything; r0, r11, r12 free.
+    clrrdi  12, 1, {thread_shift}     # r12 = thread_info
+    ld      11, {livepatch_sp}(12)    # r11 = top of the livepatch stack
+    ld      0, {marker}-{frame}(11)   # r0 = frame.marker
+    lis     2, {magic_high}
+    ori     2, 2, {magic_low}         # r2 = STACK_END_MAGIC (r2 is restored below)
+    "#,
+    // BUG: the frame's marker was overwritten while C ran.
+    "2: tdne 0, 2", concat!("bug_entry 2b, \"", file!(), "\", ", line!()),
+    r#"
+    ld      0, {link}-{frame}(11)
+    mtlr    0                         # LR = return address into A
+    ld      2, {toc}-{frame}(11)      # r2 = A's TOC
+    addi    11, 11, -{frame}
+    std     11, {livepatch_sp}(12)    # livepatch_sp -= frame
+    blr                               # back to A
+    .size livepatch_handler, . - livepatch_handler
+    "#,
+    thread_shift = const THREAD_SHIFT,
+    livepatch_sp = const offset_of!(ThreadInfo, livepatch_sp),
+    frame = const FRAME,
+    margin = const LIVEPATCH_STACK_MARGIN,
+    toc = const offset_of!(LivepatchFrame, toc),
+    link = const offset_of!(LivepatchFrame, link),
+    marker = const offset_of!(LivepatchFrame, marker),
+    magic_high = const STACK_END_MAGIC >> 16,
+    magic_low = const STACK_END_MAGIC & 0xffff,
+);

@@ -1,0 +1,52 @@
+//! The one way to change kernel text: check the old instruction, write the new one, flush.
+use super::cache;
+use core::fmt;
+use macros::notrace;
+
+/// Why an instruction was not changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextError {
+    /// The word in memory is not the one the caller expected; nothing was written.
+    Mismatch { address: u64, expected: u32, found: u32 },
+    /// The address is not 4-byte aligned.
+    Misaligned { address: u64 },
+}
+
+impl fmt::Display for TextError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            TextError::Mismatch { address, expected, found } => write!(
+                formatter,
+                "text at {address:#x} ({}): expected {expected:08x} != found {found:08x}",
+                crate::symbols::Symbolized(address)
+            ),
+            TextError::Misaligned { address } => write!(formatter, "text address {address:#x} is not 4-byte aligned"),
+        }
+    }
+}
+
+/// Reads the instruction at `address`.
+#[notrace]
+pub fn read(address: u64) -> u32 {
+    // Safety: callers pass addresses of kernel text (aligned, mapped: real mode).
+    unsafe { (address as *const u32).read_volatile() }
+}
+
+/// Replaces the instruction at `address` with `new` if it currently is `old`,
+/// then makes instruction fetch see it. On a mismatch nothing is written.
+/// The caller keeps other threads off the instruction (preemption disabled:
+/// on one CPU a single aligned store is seen whole by every later fetch).
+#[notrace]
+pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
+    if address % 4 != 0 {
+        return Err(TextError::Misaligned { address });
+    }
+    let found = read(address);
+    if found != old {
+        return Err(TextError::Mismatch { address, expected: old, found });
+    }
+    // Safety: aligned kernel text; the caller owns the change (see above).
+    unsafe { (address as *mut u32).write_volatile(new) };
+    cache::synchronize_instructions(address, 4);
+    Ok(())
+}

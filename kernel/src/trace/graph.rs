@@ -1,0 +1,221 @@
+//! The function-graph tracer: hooks the return of traced calls to time them and draw the call tree.
+//!
+//! On entry (`ftrace_graph_call` in the stubs, then `ftrace_graph_entry`)
+//! the return address into the caller is pushed on the thread's return stack
+//! and replaced by `return_to_handler`; when the function returns there,
+//! `ftrace_return_to_handler` pops it and records the exit. This works on a
+//! function that is also livepatched: `livepatch_handler` saves and restores
+//! whatever return address it finds, `return_to_handler` included.
+use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, ops::traces, register, unregister};
+use crate::arch::ppc64::ftrace::{ftrace_graph_call, ftrace_graph_caller, ftrace_regs_graph_call, return_to_handler};
+use crate::arch::ppc64::interrupts;
+use crate::arch::ppc64::registers::{per_cpu, timebase};
+use crate::arch::ppc64::text;
+use crate::symbols;
+use crate::thread::{self, current_thread_info};
+use alloc::string::String;
+use alloc::vec::Vec;
+use boot::MAX_CPUS;
+use core::cell::UnsafeCell;
+use macros::notrace;
+use portable::graph::{GraphLine, Kind};
+use portable::instruction::{self, NOP};
+use portable::ring::RingBuffer;
+
+/// Nested traced calls one thread can have hooked at once.
+pub const RETURN_STACK_DEPTH: usize = 64;
+
+/// A hooked call: where it really returns, which site, and when it started.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReturnEntry {
+    pub return_address: u64,
+    pub ip: u64,
+    pub entry_timebase: u64,
+}
+
+/// A thread's return stack (its address is in `thread_info.graph_stack`).
+#[repr(C)]
+pub struct ReturnStack(pub [ReturnEntry; RETURN_STACK_DEPTH]);
+
+impl ReturnStack {
+    pub const fn new() -> Self {
+        ReturnStack([ReturnEntry { return_address: 0, ip: 0, entry_timebase: 0 }; RETURN_STACK_DEPTH])
+    }
+}
+
+/// One recorded entry or exit.
+#[derive(Clone, Copy)]
+pub struct GraphEvent {
+    pub kind: Kind,
+    pub ip: u64,
+    pub depth: u32,
+    pub thread: u64,
+    pub timebase: u64,
+    pub duration: u64,
+}
+
+const EMPTY: GraphEvent = GraphEvent { kind: Kind::Entry, ip: 0, depth: 0, thread: 0, timebase: 0, duration: 0 };
+/// Events kept per CPU.
+pub const CAPACITY: usize = 4096;
+
+struct Buffers([UnsafeCell<RingBuffer<GraphEvent, CAPACITY>>; MAX_CPUS]);
+// Safety: one writer per CPU (recursion guard held, so interrupts on the same
+// CPU skip rather than interleave); readers disable interrupts.
+unsafe impl Sync for Buffers {}
+static BUFFERS: Buffers = Buffers([const { UnsafeCell::new(RingBuffer::new(EMPTY)) }; MAX_CPUS]);
+
+/// The graph tracer's ops: its handler does nothing, it only switches the
+/// sites of the filtered functions on; the work happens at ftrace_graph_call.
+pub static GRAPH_OPS: FtraceOps = FtraceOps::new("function_graph", graph_site_handler, OpsFlags::RECURSION_SAFE);
+
+#[notrace]
+extern "C" fn graph_site_handler(_ip: u64, _parent_ip: u64, _ops: &FtraceOps, _regs: &mut FtraceRegs) {}
+
+#[notrace]
+#[inline(always)]
+fn record(event: GraphEvent) {
+    // Safety: see Buffers.
+    let buffer = unsafe { &mut *BUFFERS.0[per_cpu().cpu_id as usize].get() };
+    buffer.push(event);
+}
+
+/// Called from `ftrace_graph_caller` for every traced call while the graph
+/// tracer is on: hooks the return of the calls it filters.
+#[notrace]
+#[unsafe(no_mangle)]
+pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
+    let ip = regs.regs.nip - 4;
+    if !traces(&GRAPH_OPS, ip) {
+        return;
+    }
+    // Safety: the current thread's own thread_info.
+    let info = unsafe { &mut *current_thread_info() };
+    if info.trace_recursion != 0 || info.graph_stack == 0 || info.graph_depth as usize >= RETURN_STACK_DEPTH {
+        return;
+    }
+    info.trace_recursion = 1;
+    let depth = info.graph_depth as usize;
+    let now = timebase();
+    // Safety: graph_stack points at this thread's ReturnStack.
+    let stack = unsafe { &mut *(info.graph_stack as *mut ReturnStack) };
+    stack.0[depth] = ReturnEntry { return_address: regs.regs.link, ip, entry_timebase: now };
+    info.graph_depth += 1;
+    regs.regs.link = return_to_handler as *const () as u64;
+    record(GraphEvent { kind: Kind::Entry, ip, depth: depth as u32, thread: info.thread_id, timebase: now, duration: 0 });
+    info.trace_recursion = 0;
+}
+
+/// Called by `return_to_handler`: pops the thread's return stack, records the
+/// exit and returns the real return address.
+#[notrace]
+#[unsafe(no_mangle)]
+pub extern "C" fn ftrace_return_to_handler() -> u64 {
+    let now = timebase();
+    // Safety: the current thread's own thread_info.
+    let info = unsafe { &mut *current_thread_info() };
+    if info.graph_depth == 0 || info.graph_stack == 0 {
+        panic!("function graph: return with an empty return stack");
+    }
+    info.graph_depth -= 1;
+    let depth = info.graph_depth as usize;
+    // Safety: as in ftrace_graph_entry.
+    let entry = unsafe { (*(info.graph_stack as *const ReturnStack)).0[depth] };
+    if info.trace_recursion == 0 {
+        info.trace_recursion = 1;
+        let duration = now - entry.entry_timebase;
+        record(GraphEvent { kind: Kind::Exit, ip: entry.ip, depth: depth as u32, thread: info.thread_id, timebase: now, duration });
+        info.trace_recursion = 0;
+    }
+    entry.return_address
+}
+
+fn graph_call_word(site: u64, on: bool) -> u32 {
+    if on {
+        instruction::branch(site, ftrace_graph_caller as *const () as u64, true).expect("stubs are adjacent")
+    } else {
+        NOP
+    }
+}
+
+fn set_graph_calls(on: bool) -> Result<(), FtraceError> {
+    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
+        text::modify_code(site, graph_call_word(site, !on), graph_call_word(site, on)).map_err(FtraceError::Text)?;
+    }
+    Ok(())
+}
+
+/// Starts the graph tracer on the functions matching `glob`.
+pub fn start(glob: &str) -> Result<usize, FtraceError> {
+    if super::registered().contains(&GRAPH_OPS.name) {
+        stop()?;
+    }
+    clear();
+    let _preempt = thread::preempt_disable();
+    let count = register(&GRAPH_OPS, Filter::Glob(glob))?;
+    if let Err(error) = set_graph_calls(true) {
+        let _ = unregister(&GRAPH_OPS);
+        return Err(error);
+    }
+    Ok(count)
+}
+
+/// Stops hooking new calls. Calls already hooked still return through
+/// `return_to_handler`, which stays valid, so no return is lost.
+pub fn stop() -> Result<(), FtraceError> {
+    let _preempt = thread::preempt_disable();
+    set_graph_calls(false)?;
+    unregister(&GRAPH_OPS)
+}
+
+/// Empties every buffer.
+pub fn clear() {
+    let _guard = interrupts::disable();
+    for buffer in &BUFFERS.0 {
+        // Safety: interrupts off: no handler on this CPU.
+        unsafe { (*buffer.get()).clear() };
+    }
+}
+
+/// A copy of all recorded events (cpu, event), oldest first, and how many were lost.
+pub fn events() -> (Vec<(usize, GraphEvent)>, u64) {
+    let _guard = interrupts::disable();
+    let mut events = Vec::new();
+    let mut lost = 0;
+    for (cpu, buffer) in BUFFERS.0.iter().enumerate() {
+        // Safety: interrupts off.
+        let buffer = unsafe { &*buffer.get() };
+        events.extend(buffer.iter().map(|event| (cpu, *event)));
+        lost += buffer.lost();
+    }
+    (events, lost)
+}
+
+/// Renders events in the function_graph layout; `thread` limits it to one thread.
+pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
+    let (events, _) = events();
+    let names: Vec<String> = events.iter().map(|(_, event)| function_name(event.ip)).collect();
+    let frequency = crate::time::frequency();
+    let lines: Vec<GraphLine> = events
+        .iter()
+        .zip(&names)
+        .filter(|((_, event), _)| thread.is_none_or(|thread| event.thread == thread))
+        .map(|((cpu, event), name)| GraphLine {
+            kind: event.kind,
+            name,
+            depth: event.depth,
+            thread: event.thread,
+            cpu: *cpu as u32,
+            duration_nanoseconds: (event.duration as u128 * 1_000_000_000 / frequency as u128) as u64,
+        })
+        .collect();
+    let mut output: Vec<String> = portable::graph::HEADER.iter().map(|line| String::from(*line)).collect();
+    output.extend(portable::graph::render(&lines, show_durations));
+    output
+}
+
+fn function_name(ip: u64) -> String {
+    super::function_of(ip)
+        .and_then(|function| symbols::table()?.lookup(function))
+        .map_or_else(|| alloc::format!("{ip:#x}"), |(symbol, _)| String::from(symbol.name))
+}

@@ -1,0 +1,25 @@
+//! Dynamic ftrace: entry sites patched at run time to call the stubs, and the handlers they reach.
+//!
+//! `sites` builds and validates the site table at boot; `ops` registers
+//! handlers (`FtraceOps`) and patches exactly the sites their filters name;
+//! `function` and `graph` are the two tracers built on it.
+pub mod function;
+pub mod graph;
+mod ops;
+mod sites;
+
+pub use crate::arch::ppc64::ftrace::FtraceRegs;
+pub use ops::{Filter, FtraceError, FtraceOps, Handler, OpsFlags, register, registered, unregister};
+pub use sites::{Site, SiteSummary, function_of, site_summaries};
+
+use core::sync::atomic::AtomicUsize;
+
+/// The ops whose handler `ftrace_call` calls directly (read by the stubs).
+#[unsafe(no_mangle)]
+pub static FUNCTION_TRACE_OP: AtomicUsize = AtomicUsize::new(0);
+
+/// Builds the site table (call once at boot, before any thread other than boot runs).
+pub fn init() {
+    let (valid, rejected) = sites::init();
+    crate::println!("ftrace: {valid} entry sites validated, {rejected} rejected");
+}

@@ -1,0 +1,325 @@
+//! Registering ftrace handlers (`FtraceOps`): filters, flags, and what `ftrace_call` calls.
+//!
+//! `ftrace_call` (and `ftrace_regs_call`) branch to `ftrace_stub` when no ops
+//! is registered, straight to the handler when one RECURSION_SAFE ops is, to
+//! `ftrace_ops_assist` (recursion guard, then the handler) when one other ops
+//! is, and to `ftrace_ops_list` (each ops whose filter holds the ip) when
+//! several are. Registration runs with preemption disabled: on this
+//! uniprocessor kernel no other thread runs while text and tables change, and
+//! no thread can be preempted inside a handler (the stubs raise the preempt
+//! count around the call), so after `unregister` returns nobody is in it.
+use super::sites::{self, ApplyError};
+use super::{FUNCTION_TRACE_OP, FtraceRegs};
+use crate::arch::ppc64::ftrace::{ftrace_call, ftrace_regs_call, ftrace_stub};
+use crate::arch::ppc64::text::{self, TextError};
+use crate::thread::{self, current_thread_info};
+use crate::symbols::Symbolized;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bitflags::bitflags;
+use core::fmt;
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use macros::notrace;
+use portable::ftrace::{Demand, SiteError};
+use portable::instruction;
+use spin::Mutex;
+
+/// A handler: `ip` is the traced site, `parent_ip` the return address into the caller.
+pub type Handler = extern "C" fn(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs);
+
+bitflags! {
+    /// What an ops needs from ftrace.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct OpsFlags: u32 {
+        /// The handler needs a complete pt_regs (`ftrace_regs_caller`).
+        const SAVE_REGS = 1;
+        /// The handler changes `regs.nip`; at most one such ops per function.
+        const IPMODIFY = 2;
+        /// The handler protects itself from recursion; call it without the guard.
+        const RECURSION_SAFE = 4;
+    }
+}
+
+/// A registered (or registrable) handler with its flags and filter.
+pub struct FtraceOps {
+    pub name: &'static str,
+    pub handler: Handler,
+    pub flags: OpsFlags,
+    /// Free for the owner's use (the livepatch core keeps its function state here).
+    pub private: AtomicUsize,
+    /// Sorted site addresses this ops traces (a leaked `Vec`), null when unregistered.
+    sites: AtomicPtr<Vec<u64>>,
+}
+
+impl FtraceOps {
+    /// An unregistered ops.
+    pub const fn new(name: &'static str, handler: Handler, flags: OpsFlags) -> Self {
+        FtraceOps { name, handler, flags, private: AtomicUsize::new(0), sites: AtomicPtr::new(core::ptr::null_mut()) }
+    }
+
+    /// Number of sites it traces (0 when unregistered).
+    pub fn site_count(&self) -> usize {
+        let sites = self.sites.load(Ordering::Acquire);
+        // Safety: non-null pointers come from Box::into_raw in `register` and
+        // are freed only after being swapped out, with preemption disabled.
+        if sites.is_null() { 0 } else { unsafe { (*sites).len() } }
+    }
+
+    fn demand(&self) -> Demand {
+        Demand {
+            ops: self as *const FtraceOps as usize,
+            save_regs: self.flags.contains(OpsFlags::SAVE_REGS),
+            ipmodify: self.flags.contains(OpsFlags::IPMODIFY),
+        }
+    }
+}
+
+/// Whether `ops` traces the site at `ip`.
+#[notrace]
+#[inline(always)]
+pub fn traces(ops: &FtraceOps, ip: u64) -> bool {
+    let sites = ops.sites.load(Ordering::Acquire);
+    // Safety: as in `site_count`.
+    !sites.is_null() && unsafe { (*sites).binary_search(&ip).is_ok() }
+}
+
+/// Which functions an ops traces.
+pub enum Filter<'a> {
+    /// Functions whose name matches a glob (`*`, `?`).
+    Glob(&'a str),
+    /// Functions with exactly these names; each must exist.
+    Names(&'a [&'a str]),
+    /// Functions at these addresses (global entry or site); each must have a site.
+    Addresses(&'a [u64]),
+}
+
+/// Why a registration changed nothing.
+#[derive(Debug)]
+pub enum FtraceError {
+    NoMatch(String),
+    UnknownFunction(String),
+    NotTraceable(u64),
+    Busy { function: u64, owner: &'static str },
+    AlreadyRegistered(&'static str),
+    NotRegistered(&'static str),
+    Text(TextError),
+}
+
+impl fmt::Display for FtraceError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FtraceError::NoMatch(glob) => write!(formatter, "no traceable function matches '{glob}'"),
+            FtraceError::UnknownFunction(name) => write!(formatter, "no traceable function named '{name}'"),
+            FtraceError::NotTraceable(address) => {
+                write!(formatter, "{address:#x} ({}) has no ftrace site (notrace?)", Symbolized(*address))
+            }
+            FtraceError::Busy { function, owner } => write!(
+                formatter,
+                "{} is busy: its instruction pointer is already modified by '{owner}'",
+                Symbolized(*function)
+            ),
+            FtraceError::AlreadyRegistered(name) => write!(formatter, "ftrace ops '{name}' is already registered"),
+            FtraceError::NotRegistered(name) => write!(formatter, "ftrace ops '{name}' is not registered"),
+            FtraceError::Text(error) => write!(formatter, "{error}"),
+        }
+    }
+}
+
+/// Registered ops, in registration order (changed only with preemption off).
+static REGISTRY: Mutex<Vec<&'static FtraceOps>> = Mutex::new(Vec::new());
+/// The same list for `ftrace_ops_list`, which must not take locks.
+static LIST: AtomicPtr<Vec<&'static FtraceOps>> = AtomicPtr::new(core::ptr::null_mut());
+/// The function `ftrace_call` and `ftrace_regs_call` branch to now (0 = ftrace_stub).
+static CALL_TARGET: AtomicU64 = AtomicU64::new(0);
+
+/// Registers `ops` for the functions `filter` names and patches their sites.
+/// Returns the number of sites. On error nothing has changed.
+pub fn register(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceError> {
+    let _preempt = thread::preempt_disable();
+    let mut registry = REGISTRY.lock();
+    if registry.iter().any(|other| core::ptr::eq(*other, ops)) {
+        return Err(FtraceError::AlreadyRegistered(ops.name));
+    }
+    let indices = resolve(&filter)?;
+    let old_sites = ops.sites.swap(Box::into_raw(Box::new(sites::addresses(&indices))), Ordering::AcqRel);
+    debug_assert!(old_sites.is_null());
+    let mut list = registry.clone();
+    list.push(ops);
+    if let Err(error) = set_call_target(&list) {
+        release_sites(ops);
+        return Err(FtraceError::Text(error));
+    }
+    if let Err(error) = sites::apply(&indices, ops.demand(), true) {
+        let _ = set_call_target(&registry);
+        release_sites(ops);
+        return Err(apply_error(&registry, error));
+    }
+    registry.push(ops);
+    Ok(indices.len())
+}
+
+/// Unpatches the sites of `ops` and removes it. When it returns, no thread is
+/// inside the handler.
+pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
+    let _preempt = thread::preempt_disable();
+    let mut registry = REGISTRY.lock();
+    let position = registry
+        .iter()
+        .position(|other| core::ptr::eq(*other, ops))
+        .ok_or(FtraceError::NotRegistered(ops.name))?;
+    let addresses: Vec<u64> = {
+        let sites = ops.sites.load(Ordering::Acquire);
+        // Safety: registered ops always hold a site list.
+        unsafe { (*sites).clone() }
+    };
+    let indices: Vec<usize> = addresses.iter().filter_map(|&address| sites::index_of(address)).collect();
+    sites::apply(&indices, ops.demand(), false).map_err(|error| apply_error(&registry, error))?;
+    let mut list = registry.clone();
+    list.remove(position);
+    set_call_target(&list).map_err(FtraceError::Text)?;
+    registry.remove(position);
+    release_sites(ops);
+    Ok(())
+}
+
+/// Names of the registered ops.
+pub fn registered() -> Vec<&'static str> {
+    REGISTRY.lock().iter().map(|ops| ops.name).collect()
+}
+
+fn release_sites(ops: &FtraceOps) {
+    let sites = ops.sites.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !sites.is_null() {
+        // Safety: from Box::into_raw in `register`; no handler can be reading
+        // it (preemption is off and this CPU is here).
+        drop(unsafe { Box::from_raw(sites) });
+    }
+}
+
+fn apply_error(registry: &[&'static FtraceOps], error: ApplyError) -> FtraceError {
+    match error {
+        ApplyError::Site(function, SiteError::IpModifyBusy { owner }) => FtraceError::Busy {
+            function,
+            owner: registry
+                .iter()
+                .find(|ops| **ops as *const FtraceOps as usize == owner)
+                .map_or("unknown", |ops| ops.name),
+        },
+        ApplyError::Site(function, _) => FtraceError::NotTraceable(function),
+        ApplyError::Text(error) => FtraceError::Text(error),
+    }
+}
+
+fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
+    let mut indices = match filter {
+        Filter::Glob(glob) => {
+            let indices = sites::matching(glob);
+            if indices.is_empty() {
+                return Err(FtraceError::NoMatch(String::from(*glob)));
+            }
+            indices
+        }
+        Filter::Names(names) => {
+            let mut indices = Vec::new();
+            for name in names.iter() {
+                let found = sites::matching(name);
+                if found.is_empty() {
+                    return Err(FtraceError::UnknownFunction(String::from(*name)));
+                }
+                indices.extend(found);
+            }
+            indices
+        }
+        Filter::Addresses(addresses) => addresses
+            .iter()
+            .map(|&address| sites::index_of(address).ok_or(FtraceError::NotTraceable(address)))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    indices.sort_unstable();
+    indices.dedup();
+    Ok(indices)
+}
+
+/// Points `ftrace_call` and `ftrace_regs_call` at the right function for `list`.
+fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
+    let target = match list {
+        [] => ftrace_stub as *const () as u64,
+        [only] if only.flags.contains(OpsFlags::RECURSION_SAFE) => only.handler as *const () as u64,
+        [_] => ftrace_ops_assist as *const () as u64,
+        _ => ftrace_ops_list as *const () as u64,
+    };
+    let target = target + instruction::local_entry_offset(text::read(target), text::read(target + 4));
+    let current = match CALL_TARGET.load(Ordering::Acquire) {
+        0 => ftrace_stub as *const () as u64,
+        current => current,
+    };
+    for site in [&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64] {
+        let old = instruction::branch(site, current, true).expect("stubs and handlers are in the kernel text");
+        let new = instruction::branch(site, target, true).expect("stubs and handlers are in the kernel text");
+        text::modify_code(site, old, new)?;
+    }
+    CALL_TARGET.store(target, Ordering::Release);
+    FUNCTION_TRACE_OP.store(list.first().map_or(0, |ops| *ops as *const FtraceOps as usize), Ordering::Release);
+    let old = LIST.swap(Box::into_raw(Box::new(list.to_vec())), Ordering::AcqRel);
+    if !old.is_null() {
+        // Safety: from Box::into_raw above; walkers run only with preemption
+        // disabled, and this thread is not walking.
+        drop(unsafe { Box::from_raw(old) });
+    }
+    Ok(())
+}
+
+/// Per-thread recursion guard: true if this thread was not already in a handler.
+#[notrace]
+#[inline(always)]
+fn recursion_enter() -> bool {
+    // Safety: the current thread's own thread_info.
+    let info = unsafe { &mut *current_thread_info() };
+    if info.trace_recursion != 0 {
+        return false;
+    }
+    info.trace_recursion = 1;
+    true
+}
+
+#[notrace]
+#[inline(always)]
+fn recursion_exit() {
+    // Safety: as in recursion_enter.
+    unsafe { (*current_thread_info()).trace_recursion = 0 };
+}
+
+/// One ops that is not RECURSION_SAFE: the guard, then its handler.
+#[notrace]
+extern "C" fn ftrace_ops_assist(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs) {
+    if recursion_enter() {
+        (ops.handler)(ip, parent_ip, ops, regs);
+        recursion_exit();
+    }
+}
+
+/// Several ops: call each one that traces `ip`.
+#[notrace]
+extern "C" fn ftrace_ops_list(ip: u64, parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
+    let list = LIST.load(Ordering::Acquire);
+    if list.is_null() {
+        return;
+    }
+    // Safety: published by set_call_target and freed only with preemption off
+    // while no walker runs.
+    let list = unsafe { &*list };
+    let mut index = 0;
+    while index < list.len() {
+        let ops = list[index];
+        if traces(ops, ip) {
+            if ops.flags.contains(OpsFlags::RECURSION_SAFE) {
+                (ops.handler)(ip, parent_ip, ops, regs);
+            } else if recursion_enter() {
+                (ops.handler)(ip, parent_ip, ops, regs);
+                recursion_exit();
+            }
+        }
+        index += 1;
+    }
+}

@@ -1,0 +1,181 @@
+//! The entry-site table: every `__patchable_function_entries` record, validated and named.
+use crate::arch::ppc64::ftrace::{ftrace_caller, ftrace_regs_caller};
+use crate::arch::ppc64::text::{self, TextError};
+use crate::{println, symbols};
+use alloc::string::String;
+use alloc::vec::Vec;
+use macros::notrace;
+use portable::ftrace::{Caller, Demand, SiteError, SiteState, Stubs, site_word};
+use portable::instruction::{self, MFLR_R0, NOP};
+use spin::Mutex;
+
+/// One traceable function.
+#[derive(Clone)]
+pub struct Site {
+    /// The function's global entry point (its symbol address).
+    pub function: u64,
+    /// The site's second word, the one that becomes `bl stub`: the ip handlers see.
+    pub address: u64,
+    pub state: SiteState,
+}
+
+pub(super) static SITES: Mutex<Vec<Site>> = Mutex::new(Vec::new());
+
+unsafe extern "C" {
+    static __patchable_entries_start: u64;
+    static __patchable_entries_end: u64;
+}
+
+fn records() -> &'static [u64] {
+    // Safety: the linker script brackets the compiler's records, one u64 each.
+    unsafe {
+        let start = &raw const __patchable_entries_start;
+        let end = &raw const __patchable_entries_end;
+        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
+    }
+}
+
+/// The stub addresses the sites branch to.
+pub fn stubs() -> Stubs {
+    Stubs { light: ftrace_caller as *const () as u64, regs: ftrace_regs_caller as *const () as u64 }
+}
+
+/// Validates every record and turns each site's first nop into `mflr r0`.
+/// Returns (valid, rejected).
+pub(super) fn init() -> (usize, usize) {
+    let mut sites = Vec::with_capacity(records().len());
+    let mut rejected = 0;
+    for &function in records() {
+        let offset = instruction::local_entry_offset(text::read(function), text::read(function + 4));
+        let first = function + offset;
+        let words = (text::read(first), text::read(first + 4));
+        if words != (NOP, NOP) {
+            println!(
+                "ftrace: rejected site of {} at {first:#x}: expected {NOP:08x} {NOP:08x}, found {:08x} {:08x}",
+                symbols::Symbolized(function),
+                words.0,
+                words.1
+            );
+            rejected += 1;
+            continue;
+        }
+        if let Err(error) = text::modify_code(first, NOP, MFLR_R0) {
+            println!("ftrace: rejected site: {error}");
+            rejected += 1;
+            continue;
+        }
+        sites.push(Site { function, address: first + 4, state: SiteState::default() });
+    }
+    sites.sort_by_key(|site| site.address);
+    let valid = sites.len();
+    *SITES.lock() = sites;
+    (valid, rejected)
+}
+
+/// The function (global entry) whose site is at `ip`.
+#[notrace]
+pub fn function_of(ip: u64) -> Option<u64> {
+    let sites = SITES.lock();
+    sites.binary_search_by_key(&ip, |site| site.address).ok().map(|index| sites[index].function)
+}
+
+/// Moves one site from `state` to `new_state`, rewriting its word if the stub changes.
+pub(super) fn retarget(site: &Site, new_state: SiteState) -> Result<(), TextError> {
+    let (old, new) = (site.state.caller(), new_state.caller());
+    if old == new {
+        return Ok(());
+    }
+    let word = |caller: Caller| site_word(site.address, caller, stubs()).expect("stubs are within branch reach");
+    text::modify_code(site.address, word(old), word(new))
+}
+
+/// Applies `demand` (add or remove) to the sites at `indices`, patching as
+/// needed; on any failure undoes what it did and reports the first error.
+pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(), ApplyError> {
+    let mut sites = SITES.lock();
+    for &index in indices {
+        let mut state = sites[index].state;
+        let checked = if adding { state.add(demand) } else { state.remove(demand) };
+        if let Err(error) = checked {
+            return Err(ApplyError::Site(sites[index].function, error));
+        }
+    }
+    for (done, &index) in indices.iter().enumerate() {
+        let mut state = sites[index].state;
+        let _ = if adding { state.add(demand) } else { state.remove(demand) };
+        if let Err(error) = retarget(&sites[index], state) {
+            for &undo in indices[..done].iter().rev() {
+                let mut previous = sites[undo].state;
+                let _ = if adding { previous.remove(demand) } else { previous.add(demand) };
+                let current = sites[undo].clone();
+                let _ = retarget(&current, previous);
+                sites[undo].state = previous;
+            }
+            return Err(ApplyError::Text(error));
+        }
+        sites[index].state = state;
+    }
+    Ok(())
+}
+
+/// Why `apply` changed nothing.
+pub(super) enum ApplyError {
+    Site(u64, SiteError),
+    Text(TextError),
+}
+
+/// Indices of the sites whose function name matches `glob`.
+pub(super) fn matching(glob: &str) -> Vec<usize> {
+    let table = symbols::table();
+    let sites = SITES.lock();
+    sites
+        .iter()
+        .enumerate()
+        .filter(|(_, site)| {
+            table
+                .and_then(|table| table.lookup(site.function))
+                .is_some_and(|(symbol, offset)| offset == 0 && portable::ftrace::glob_match(glob, symbol.name))
+        })
+        .map(|(index, _)| index)
+        .collect()
+}
+
+/// Index of the site of the function at `address` (its global entry or site word).
+pub(super) fn index_of(address: u64) -> Option<usize> {
+    SITES.lock().iter().position(|site| site.function == address || site.address == address)
+}
+
+/// Site addresses of `indices`, sorted.
+pub(super) fn addresses(indices: &[usize]) -> Vec<u64> {
+    let sites = SITES.lock();
+    let mut addresses: Vec<u64> = indices.iter().map(|&index| sites[index].address).collect();
+    addresses.sort_unstable();
+    addresses
+}
+
+/// A site as the shell and tests see it.
+pub struct SiteSummary {
+    pub name: String,
+    pub function: u64,
+    pub address: u64,
+    pub caller: Caller,
+    pub users: u32,
+}
+
+/// Every site with its current state.
+pub fn site_summaries() -> Vec<SiteSummary> {
+    let table = symbols::table();
+    SITES
+        .lock()
+        .iter()
+        .map(|site| SiteSummary {
+            name: table
+                .and_then(|table| table.lookup(site.function))
+                .map_or_else(|| String::from("?"), |(symbol, _)| String::from(symbol.name)),
+            function: site.function,
+            address: site.address,
+            caller: site.state.caller(),
+            users: site.state.users,
+        })
+        .collect()
+}

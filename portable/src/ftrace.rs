@@ -1,0 +1,214 @@
+//! The ftrace entry-site state machine: who traces a site, and what its patchable word must hold.
+//!
+//! A site is the two-word -mprofile-kernel sequence after a function's local
+//! entry: `mflr r0` (written once at boot) then either `nop` (not traced),
+//! `bl ftrace_caller` (light record) or `bl ftrace_regs_caller` (full
+//! pt_regs). Each registered ops that traces a site counts as one user; the
+//! stub is the full one when any user asked for SAVE_REGS; at most one user
+//! may modify the instruction pointer.
+use crate::instruction::{self, BranchError};
+
+/// Which stub a site's second word calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// `nop`: the site is off.
+    None,
+    /// `bl ftrace_caller`: argument registers, TOC, LR and NIP only.
+    Light,
+    /// `bl ftrace_regs_caller`: a full pt_regs.
+    Regs,
+}
+
+/// What an ops asks of a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// Identifies the ops (for IPMODIFY ownership).
+    pub ops: usize,
+    pub save_regs: bool,
+    pub ipmodify: bool,
+}
+
+/// Why a site refused a new user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteError {
+    /// Another ops already modifies the instruction pointer here.
+    IpModifyBusy { owner: usize },
+    /// This ops already traces the site.
+    AlreadyTraced,
+    /// This ops does not trace the site.
+    NotTraced,
+}
+
+/// The users of one site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SiteState {
+    pub users: u32,
+    pub regs_users: u32,
+    pub ipmodify_owner: Option<usize>,
+}
+
+impl SiteState {
+    /// The stub the site must call now.
+    pub fn caller(&self) -> Caller {
+        match (self.users, self.regs_users) {
+            (0, _) => Caller::None,
+            (_, 0) => Caller::Light,
+            _ => Caller::Regs,
+        }
+    }
+
+    /// Checks that `demand` can be added without changing anything.
+    pub fn check_add(&self, demand: Demand) -> Result<(), SiteError> {
+        match self.ipmodify_owner {
+            Some(owner) if demand.ipmodify && owner != demand.ops => Err(SiteError::IpModifyBusy { owner }),
+            Some(owner) if demand.ipmodify && owner == demand.ops => Err(SiteError::AlreadyTraced),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a user (after `check_add`).
+    pub fn add(&mut self, demand: Demand) -> Result<(), SiteError> {
+        self.check_add(demand)?;
+        self.users += 1;
+        self.regs_users += demand.save_regs as u32;
+        if demand.ipmodify {
+            self.ipmodify_owner = Some(demand.ops);
+        }
+        Ok(())
+    }
+
+    /// Removes a user added with the same demand.
+    pub fn remove(&mut self, demand: Demand) -> Result<(), SiteError> {
+        if self.users == 0 || (demand.save_regs && self.regs_users == 0) {
+            return Err(SiteError::NotTraced);
+        }
+        if demand.ipmodify {
+            if self.ipmodify_owner != Some(demand.ops) {
+                return Err(SiteError::NotTraced);
+            }
+            self.ipmodify_owner = None;
+        }
+        self.users -= 1;
+        self.regs_users -= demand.save_regs as u32;
+        Ok(())
+    }
+}
+
+/// Addresses of the two entry stubs.
+#[derive(Debug, Clone, Copy)]
+pub struct Stubs {
+    pub light: u64,
+    pub regs: u64,
+}
+
+/// The word the site's second instruction (at `address`) must hold for `caller`.
+pub fn site_word(address: u64, caller: Caller, stubs: Stubs) -> Result<u32, BranchError> {
+    match caller {
+        Caller::None => Ok(instruction::NOP),
+        Caller::Light => instruction::branch(address, stubs.light, true),
+        Caller::Regs => instruction::branch(address, stubs.regs, true),
+    }
+}
+
+/// Matches `name` against a glob with `*` (any run) and `?` (one character).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and how much of `name` it has swallowed.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((star_p, star_n)) => {
+                    p = star_p + 1;
+                    n = star_n + 1;
+                    star = Some((star_p, star_n + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIGHT: Demand = Demand { ops: 1, save_regs: false, ipmodify: false };
+    const REGS: Demand = Demand { ops: 2, save_regs: true, ipmodify: false };
+    const PATCH: Demand = Demand { ops: 3, save_regs: false, ipmodify: true };
+    const OTHER_PATCH: Demand = Demand { ops: 4, save_regs: true, ipmodify: true };
+
+    #[test]
+    fn caller_follows_users() {
+        let mut site = SiteState::default();
+        assert_eq!(site.caller(), Caller::None);
+        site.add(LIGHT).unwrap();
+        assert_eq!(site.caller(), Caller::Light);
+        site.add(REGS).unwrap();
+        assert_eq!(site.caller(), Caller::Regs);
+        site.remove(REGS).unwrap();
+        assert_eq!(site.caller(), Caller::Light);
+        site.remove(LIGHT).unwrap();
+        assert_eq!(site.caller(), Caller::None);
+        assert_eq!(site, SiteState::default());
+    }
+
+    #[test]
+    fn one_ipmodify_user_only() {
+        let mut site = SiteState::default();
+        site.add(PATCH).unwrap();
+        let before = site;
+        assert_eq!(site.add(OTHER_PATCH), Err(SiteError::IpModifyBusy { owner: 3 }));
+        assert_eq!(site, before, "a refused add changes nothing");
+        assert_eq!(site.add(PATCH), Err(SiteError::AlreadyTraced));
+        site.add(LIGHT).unwrap();
+        assert_eq!(site.remove(OTHER_PATCH), Err(SiteError::NotTraced));
+        site.remove(PATCH).unwrap();
+        site.add(OTHER_PATCH).unwrap();
+        assert_eq!(site.caller(), Caller::Regs);
+    }
+
+    #[test]
+    fn removing_what_was_never_added_is_refused() {
+        let mut site = SiteState::default();
+        assert_eq!(site.remove(LIGHT), Err(SiteError::NotTraced));
+        site.add(LIGHT).unwrap();
+        assert_eq!(site.remove(REGS), Err(SiteError::NotTraced));
+    }
+
+    #[test]
+    fn site_words() {
+        let stubs = Stubs { light: 0x40_0100, regs: 0x40_0200 };
+        assert_eq!(site_word(0x40_1000, Caller::None, stubs), Ok(instruction::NOP));
+        let word = site_word(0x40_1000, Caller::Light, stubs).unwrap();
+        assert_eq!(instruction::branch_target(0x40_1000, word), Some((0x40_0100, true)));
+        let word = site_word(0x40_1000, Caller::Regs, stubs).unwrap();
+        assert_eq!(instruction::branch_target(0x40_1000, word), Some((0x40_0200, true)));
+        // A site beyond branch reach of the stubs is refused, not mis-encoded.
+        assert!(site_word(0x4000_0000, Caller::Light, stubs).is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("kernel::shell::*", "kernel::shell::execute"));
+        assert!(glob_match("*execute", "kernel::shell::execute"));
+        assert!(glob_match("*::shell::*e", "kernel::shell::execute"));
+        assert!(glob_match("k?rnel*", "kernel::x"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(!glob_match("*shell", "kernel::shell::execute"));
+        assert!(!glob_match("", "a"));
+        assert!(glob_match("a*b*c", "aXXbYYbc"));
+    }
+}
