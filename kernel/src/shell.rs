@@ -1,5 +1,5 @@
 //! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `poweroff`.
-use crate::{console, memory, print, println, thread, time};
+use crate::{console, memory, print, println, thread, time, trace};
 use alloc::string::String;
 
 /// The prompt.
@@ -18,6 +18,7 @@ const COMMANDS: &[Command] = &[
     Command { name: "threads", help: "list threads: state, switches, stack and livepatch stack use", run: threads },
     Command { name: "mem", help: "heap usage", run: mem },
     Command { name: "uptime", help: "time since boot and timer ticks", run: uptime },
+    Command { name: "trace", help: "function tracer: trace on GLOB | off | show | graph GLOB | sites [GLOB]", run: trace },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
 ];
 
@@ -112,6 +113,54 @@ fn uptime(_: &str) {
         time::TICK_HZ,
         time::frequency()
     );
+}
+
+fn trace(arguments: &str) {
+    let (verb, rest) = arguments.split_once(' ').unwrap_or((arguments, ""));
+    let rest = rest.trim();
+    match verb {
+        "on" if !rest.is_empty() => match trace::function::start(rest) {
+            Ok(count) => println!("function tracer on: {count} functions match '{rest}'"),
+            Err(error) => println!("trace on: {error}"),
+        },
+        "graph" if !rest.is_empty() => match trace::graph::start(rest) {
+            Ok(count) => println!("function_graph tracer on: {count} functions match '{rest}'"),
+            Err(error) => println!("trace graph: {error}"),
+        },
+        "off" => {
+            let registered = trace::registered();
+            if registered.contains(&trace::function::FUNCTION_OPS.name) {
+                report("trace off", trace::function::stop());
+            }
+            if registered.contains(&trace::graph::GRAPH_OPS.name) {
+                report("trace off", trace::graph::stop());
+            }
+            println!("tracing off");
+        }
+        "show" => {
+            for line in trace::function::render() {
+                println!("{line}");
+            }
+            if !trace::graph::events().0.is_empty() {
+                for line in trace::graph::render(None, true) {
+                    println!("{line}");
+                }
+            }
+        }
+        "sites" => {
+            let glob = if rest.is_empty() { "*" } else { rest };
+            for site in trace::site_summaries().iter().filter(|site| portable::ftrace::glob_match(glob, &site.name)) {
+                println!("  {:#x} {:?} users {} {}", site.address, site.caller, site.users, site.name);
+            }
+        }
+        _ => println!("usage: trace on GLOB | off | show | graph GLOB | sites [GLOB]"),
+    }
+}
+
+fn report(what: &str, result: Result<(), trace::FtraceError>) {
+    if let Err(error) = result {
+        println!("{what}: {error}");
+    }
 }
 
 fn poweroff(_: &str) {

@@ -3,5 +3,6 @@ pub mod bench;
 mod console;
 mod devicetree;
 mod exceptions;
+mod ftrace;
 mod memory;
 mod threads;

@@ -46,6 +46,7 @@ extern "C" fn function_handler(ip: u64, parent_ip: u64, _ops: &FtraceOps, _regs:
 
 /// Starts tracing the functions matching `glob` (restarting if already on);
 /// returns how many functions.
+#[notrace]
 pub fn start(glob: &str) -> Result<usize, FtraceError> {
     if super::registered().contains(&FUNCTION_OPS.name) {
         unregister(&FUNCTION_OPS)?;
@@ -55,11 +56,13 @@ pub fn start(glob: &str) -> Result<usize, FtraceError> {
 }
 
 /// Stops the tracer (the buffer keeps its events).
+#[notrace]
 pub fn stop() -> Result<(), FtraceError> {
     unregister(&FUNCTION_OPS)
 }
 
 /// Empties every buffer.
+#[notrace]
 pub fn clear() {
     let _guard = interrupts::disable();
     for buffer in &BUFFERS.0 {
@@ -69,6 +72,7 @@ pub fn clear() {
 }
 
 /// A copy of the events of every CPU (cpu, event), and how many were lost.
+#[notrace]
 pub fn events() -> (Vec<(usize, FunctionEvent)>, u64) {
     let _guard = interrupts::disable();
     let mut events = Vec::new();
@@ -82,6 +86,7 @@ pub fn events() -> (Vec<(usize, FunctionEvent)>, u64) {
     (events, lost)
 }
 
+#[notrace]
 fn name(address: u64) -> String {
     match super::function_of(address).and_then(|function| symbols::table()?.lookup(function)) {
         Some((symbol, _)) => String::from(symbol.name),
@@ -90,6 +95,7 @@ fn name(address: u64) -> String {
 }
 
 /// The buffer as lines of Linux's trace file layout.
+#[notrace]
 pub fn render() -> Vec<String> {
     let (events, lost) = events();
     let frequency = crate::time::frequency();

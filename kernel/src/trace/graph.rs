@@ -130,6 +130,7 @@ pub extern "C" fn ftrace_return_to_handler() -> u64 {
     entry.return_address
 }
 
+#[notrace]
 fn graph_call_word(site: u64, on: bool) -> u32 {
     if on {
         instruction::branch(site, ftrace_graph_caller as *const () as u64, true).expect("stubs are adjacent")
@@ -138,6 +139,7 @@ fn graph_call_word(site: u64, on: bool) -> u32 {
     }
 }
 
+#[notrace]
 fn set_graph_calls(on: bool) -> Result<(), FtraceError> {
     for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
         text::modify_code(site, graph_call_word(site, !on), graph_call_word(site, on)).map_err(FtraceError::Text)?;
@@ -146,6 +148,7 @@ fn set_graph_calls(on: bool) -> Result<(), FtraceError> {
 }
 
 /// Starts the graph tracer on the functions matching `glob`.
+#[notrace]
 pub fn start(glob: &str) -> Result<usize, FtraceError> {
     if super::registered().contains(&GRAPH_OPS.name) {
         stop()?;
@@ -162,6 +165,7 @@ pub fn start(glob: &str) -> Result<usize, FtraceError> {
 
 /// Stops hooking new calls. Calls already hooked still return through
 /// `return_to_handler`, which stays valid, so no return is lost.
+#[notrace]
 pub fn stop() -> Result<(), FtraceError> {
     let _preempt = thread::preempt_disable();
     set_graph_calls(false)?;
@@ -169,6 +173,7 @@ pub fn stop() -> Result<(), FtraceError> {
 }
 
 /// Empties every buffer.
+#[notrace]
 pub fn clear() {
     let _guard = interrupts::disable();
     for buffer in &BUFFERS.0 {
@@ -178,6 +183,7 @@ pub fn clear() {
 }
 
 /// A copy of all recorded events (cpu, event), oldest first, and how many were lost.
+#[notrace]
 pub fn events() -> (Vec<(usize, GraphEvent)>, u64) {
     let _guard = interrupts::disable();
     let mut events = Vec::new();
@@ -192,6 +198,7 @@ pub fn events() -> (Vec<(usize, GraphEvent)>, u64) {
 }
 
 /// Renders events in the function_graph layout; `thread` limits it to one thread.
+#[notrace]
 pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
     let (events, _) = events();
     let names: Vec<String> = events.iter().map(|(_, event)| function_name(event.ip)).collect();
@@ -214,6 +221,7 @@ pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
     output
 }
 
+#[notrace]
 fn function_name(ip: u64) -> String {
     super::function_of(ip)
         .and_then(|function| symbols::table()?.lookup(function))

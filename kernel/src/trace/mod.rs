@@ -12,6 +12,7 @@ pub use crate::arch::ppc64::ftrace::FtraceRegs;
 pub use ops::{Filter, FtraceError, FtraceOps, Handler, OpsFlags, register, registered, unregister};
 pub use sites::{Site, SiteSummary, function_of, site_summaries};
 
+use macros::notrace;
 use core::sync::atomic::AtomicUsize;
 
 /// The ops whose handler `ftrace_call` calls directly (read by the stubs).
@@ -19,6 +20,7 @@ use core::sync::atomic::AtomicUsize;
 pub static FUNCTION_TRACE_OP: AtomicUsize = AtomicUsize::new(0);
 
 /// Builds the site table (call once at boot, before any thread other than boot runs).
+#[notrace]
 pub fn init() {
     let (valid, rejected) = sites::init();
     crate::println!("ftrace: {valid} entry sites validated, {rejected} rejected");

@@ -135,6 +135,7 @@ static CALL_TARGET: AtomicU64 = AtomicU64::new(0);
 
 /// Registers `ops` for the functions `filter` names and patches their sites.
 /// Returns the number of sites. On error nothing has changed.
+#[notrace]
 pub fn register(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceError> {
     let _preempt = thread::preempt_disable();
     let mut registry = REGISTRY.lock();
@@ -161,6 +162,7 @@ pub fn register(ops: &'static FtraceOps, filter: Filter) -> Result<usize, Ftrace
 
 /// Unpatches the sites of `ops` and removes it. When it returns, no thread is
 /// inside the handler.
+#[notrace]
 pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
     let _preempt = thread::preempt_disable();
     let mut registry = REGISTRY.lock();
@@ -184,10 +186,12 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
 }
 
 /// Names of the registered ops.
+#[notrace]
 pub fn registered() -> Vec<&'static str> {
     REGISTRY.lock().iter().map(|ops| ops.name).collect()
 }
 
+#[notrace]
 fn release_sites(ops: &FtraceOps) {
     let sites = ops.sites.swap(core::ptr::null_mut(), Ordering::AcqRel);
     if !sites.is_null() {
@@ -197,6 +201,7 @@ fn release_sites(ops: &FtraceOps) {
     }
 }
 
+#[notrace]
 fn apply_error(registry: &[&'static FtraceOps], error: ApplyError) -> FtraceError {
     match error {
         ApplyError::Site(function, SiteError::IpModifyBusy { owner }) => FtraceError::Busy {
@@ -211,6 +216,7 @@ fn apply_error(registry: &[&'static FtraceOps], error: ApplyError) -> FtraceErro
     }
 }
 
+#[notrace]
 fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
     let mut indices = match filter {
         Filter::Glob(glob) => {
@@ -242,6 +248,7 @@ fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
 }
 
 /// Points `ftrace_call` and `ftrace_regs_call` at the right function for `list`.
+#[notrace]
 fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
     let target = match list {
         [] => ftrace_stub as *const () as u64,

@@ -26,6 +26,7 @@ unsafe extern "C" {
     static __patchable_entries_end: u64;
 }
 
+#[notrace]
 fn records() -> &'static [u64] {
     // Safety: the linker script brackets the compiler's records, one u64 each.
     unsafe {
@@ -36,12 +37,14 @@ fn records() -> &'static [u64] {
 }
 
 /// The stub addresses the sites branch to.
+#[notrace]
 pub fn stubs() -> Stubs {
     Stubs { light: ftrace_caller as *const () as u64, regs: ftrace_regs_caller as *const () as u64 }
 }
 
 /// Validates every record and turns each site's first nop into `mflr r0`.
 /// Returns (valid, rejected).
+#[notrace]
 pub(super) fn init() -> (usize, usize) {
     let mut sites = Vec::with_capacity(records().len());
     let mut rejected = 0;
@@ -80,6 +83,7 @@ pub fn function_of(ip: u64) -> Option<u64> {
 }
 
 /// Moves one site from `state` to `new_state`, rewriting its word if the stub changes.
+#[notrace]
 pub(super) fn retarget(site: &Site, new_state: SiteState) -> Result<(), TextError> {
     let (old, new) = (site.state.caller(), new_state.caller());
     if old == new {
@@ -91,6 +95,7 @@ pub(super) fn retarget(site: &Site, new_state: SiteState) -> Result<(), TextErro
 
 /// Applies `demand` (add or remove) to the sites at `indices`, patching as
 /// needed; on any failure undoes what it did and reports the first error.
+#[notrace]
 pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(), ApplyError> {
     let mut sites = SITES.lock();
     for &index in indices {
@@ -125,6 +130,7 @@ pub(super) enum ApplyError {
 }
 
 /// Indices of the sites whose function name matches `glob`.
+#[notrace]
 pub(super) fn matching(glob: &str) -> Vec<usize> {
     let table = symbols::table();
     let sites = SITES.lock();
@@ -141,11 +147,13 @@ pub(super) fn matching(glob: &str) -> Vec<usize> {
 }
 
 /// Index of the site of the function at `address` (its global entry or site word).
+#[notrace]
 pub(super) fn index_of(address: u64) -> Option<usize> {
     SITES.lock().iter().position(|site| site.function == address || site.address == address)
 }
 
 /// Site addresses of `indices`, sorted.
+#[notrace]
 pub(super) fn addresses(indices: &[usize]) -> Vec<u64> {
     let sites = SITES.lock();
     let mut addresses: Vec<u64> = indices.iter().map(|&index| sites[index].address).collect();
@@ -163,6 +171,7 @@ pub struct SiteSummary {
 }
 
 /// Every site with its current state.
+#[notrace]
 pub fn site_summaries() -> Vec<SiteSummary> {
     let table = symbols::table();
     SITES
