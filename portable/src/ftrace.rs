@@ -118,6 +118,8 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {
         match pattern.get(p) {
+            // A trailing `*` matches whatever is left.
+            Some(b'*') if p + 1 == pattern.len() => return true,
             Some(b'*') => {
                 star = Some((p, n));
                 p += 1;

@@ -16,6 +16,8 @@ pub struct Site {
     pub function: u64,
     /// The site's second word, the one that becomes `bl stub`: the ip handlers see.
     pub address: u64,
+    /// The function's name from the embedded symbol table, looked up once at boot.
+    pub name: &'static str,
     pub state: SiteState,
 }
 
@@ -67,7 +69,8 @@ pub(super) fn init() -> (usize, usize) {
             rejected += 1;
             continue;
         }
-        sites.push(Site { function, address: first + 4, state: SiteState::default() });
+        let name = symbols::table().and_then(|table| table.lookup(function)).map_or("?", |(symbol, _)| symbol.name);
+        sites.push(Site { function, address: first + 4, name, state: SiteState::default() });
     }
     sites.sort_by_key(|site| site.address);
     let valid = sites.len();
@@ -129,19 +132,16 @@ pub(super) enum ApplyError {
     Text(TextError),
 }
 
-/// Indices of the sites whose function name matches `glob`.
+/// Indices of the sites whose function name matches `glob` (a plain name
+/// without `*` or `?` is compared exactly, which is much cheaper).
 #[notrace]
 pub(super) fn matching(glob: &str) -> Vec<usize> {
-    let table = symbols::table();
+    let exact = !glob.contains(['*', '?']);
     let sites = SITES.lock();
     sites
         .iter()
         .enumerate()
-        .filter(|(_, site)| {
-            table
-                .and_then(|table| table.lookup(site.function))
-                .is_some_and(|(symbol, offset)| offset == 0 && portable::ftrace::glob_match(glob, symbol.name))
-        })
+        .filter(|(_, site)| if exact { site.name == glob } else { portable::ftrace::glob_match(glob, site.name) })
         .map(|(index, _)| index)
         .collect()
 }
@@ -173,14 +173,11 @@ pub struct SiteSummary {
 /// Every site with its current state.
 #[notrace]
 pub fn site_summaries() -> Vec<SiteSummary> {
-    let table = symbols::table();
     SITES
         .lock()
         .iter()
         .map(|site| SiteSummary {
-            name: table
-                .and_then(|table| table.lookup(site.function))
-                .map_or_else(|| String::from("?"), |(symbol, _)| String::from(symbol.name)),
+            name: String::from(site.name),
             function: site.function,
             address: site.address,
             caller: site.state.caller(),
