@@ -20,6 +20,7 @@ mod devicetree;
 mod exception;
 #[cfg(feature = "ktest")]
 mod ktest;
+mod livepatch;
 mod memory;
 mod panic;
 mod shell;
@@ -59,6 +60,7 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
     memory::extend_to(machine.memory_end);
     arch::ppc64::rtas::init(machine.rtas_tokens());
     trace::init();
+    livepatch::register_builtin();
     thread::init();
     time::init(machine.timebase_frequency);
     interrupts::enable();

@@ -1,5 +1,5 @@
 //! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `poweroff`.
-use crate::{console, memory, print, println, thread, time, trace};
+use crate::{console, livepatch, memory, print, println, thread, time, trace};
 use alloc::string::String;
 
 /// The prompt.
@@ -18,6 +18,8 @@ const COMMANDS: &[Command] = &[
     Command { name: "threads", help: "list threads: state, switches, stack and livepatch stack use", run: threads },
     Command { name: "mem", help: "heap usage", run: mem },
     Command { name: "uptime", help: "time since boot and timer ticks", run: uptime },
+    Command { name: "hello", help: "print the greeting (the built-in patch 'greeting' replaces it)", run: hello },
+    Command { name: "klp", help: "livepatch: klp list | enable NAME | disable NAME", run: klp },
     Command { name: "trace", help: "function tracer: trace on GLOB | off | show | graph GLOB | sites [GLOB]", run: trace },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
 ];
@@ -113,6 +115,44 @@ fn uptime(_: &str) {
         time::TICK_HZ,
         time::frequency()
     );
+}
+
+/// What `hello` prints: the function the built-in patch replaces. The
+/// black_box keeps the compiler from folding the constant into the caller
+/// (interprocedural constant propagation would leave nothing to patch).
+#[inline(never)]
+pub fn greeting() -> &'static str {
+    core::hint::black_box("hello from the original kernel")
+}
+
+fn hello(_: &str) {
+    println!("{}", greeting());
+}
+
+fn klp(arguments: &str) {
+    let (verb, name) = arguments.split_once(' ').unwrap_or((arguments, ""));
+    let name = name.trim();
+    let result = match verb {
+        "list" => {
+            for patch in livepatch::list() {
+                println!("{} [{}]", patch.name, if patch.enabled { "enabled" } else { "disabled" });
+                for (old_name, old, new, active) in patch.functions {
+                    let state = if active { "active" } else { "inactive" };
+                    println!("  {old_name} {old:#x} -> {new:#x} {} ({state})", crate::symbols::Symbolized(new));
+                }
+            }
+            Ok(())
+        }
+        "enable" if !name.is_empty() => livepatch::enable(name).map(|()| println!("patch '{name}' enabled")),
+        "disable" if !name.is_empty() => livepatch::disable(name).map(|()| println!("patch '{name}' disabled")),
+        _ => {
+            println!("usage: klp list | enable NAME | disable NAME");
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        println!("klp {verb}: {error}");
+    }
 }
 
 fn trace(arguments: &str) {

@@ -10,7 +10,7 @@ mod sites;
 
 pub use crate::arch::ppc64::ftrace::FtraceRegs;
 pub use ops::{Filter, FtraceError, FtraceOps, Handler, OpsFlags, register, registered, unregister};
-pub use sites::{Site, SiteSummary, function_of, site_summaries};
+pub use sites::{Site, SiteSummary, function_of, function_of_entry, site_summaries};
 
 use macros::notrace;
 use core::sync::atomic::AtomicUsize;

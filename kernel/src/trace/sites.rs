@@ -85,6 +85,12 @@ pub fn function_of(ip: u64) -> Option<u64> {
     sites.binary_search_by_key(&ip, |site| site.address).ok().map(|index| sites[index].function)
 }
 
+/// The site of the function whose global entry point is `address`.
+#[notrace]
+pub fn function_of_entry(address: u64) -> Option<u64> {
+    SITES.lock().iter().find(|site| site.function == address).map(|site| site.address)
+}
+
 /// Moves one site from `state` to `new_state`, rewriting its word if the stub changes.
 #[notrace]
 pub(super) fn retarget(site: &Site, new_state: SiteState) -> Result<(), TextError> {
