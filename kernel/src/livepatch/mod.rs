@@ -7,14 +7,13 @@
 //! disabling it (only the topmost may be disabled) falls back to the previous
 //! one, then to the original. Every error leaves everything as it was.
 mod builtin;
-mod function;
+mod redirect;
 
 pub use builtin::register_builtin;
-pub use function::PatchedFunction;
+pub use redirect::LIVEPATCH_OPS;
 
 use crate::symbols;
 use crate::trace::{self, FtraceError};
-use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -101,8 +100,14 @@ struct Entry {
 
 struct Registry {
     patches: Vec<Entry>,
-    functions: BTreeMap<u64, Box<PatchedFunction>>,
+    /// Per replaced function (old global entry): (patch id, replacement), oldest first.
+    functions: BTreeMap<u64, Vec<(u64, u64)>>,
     next_id: u64,
+}
+
+/// What each replaced function runs now: the newest replacement.
+fn redirects(functions: &BTreeMap<u64, Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
+    functions.iter().filter_map(|(old, stack)| stack.last().map(|(_, new)| (*old, *new))).collect()
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry { patches: Vec::new(), functions: BTreeMap::new(), next_id: 1 });
@@ -140,10 +145,16 @@ fn position(registry: &Registry, name: &str) -> Result<usize, LivepatchError> {
 /// The address of the function `function` names, checked to be patchable.
 pub fn resolve(function: &Function) -> Result<u64, LivepatchError> {
     let name = &function.old_name;
-    let table = symbols::table().ok_or_else(|| LivepatchError::UnknownFunction(name.clone()))?;
-    let candidates: Vec<u64> = table.find(name).map(|symbol| symbol.address).collect();
+    let candidates: Vec<u64> = trace::named(name).into_iter().map(trace::entry_of).collect();
     let address = match (candidates.len(), function.old_position) {
-        (0, _) => return Err(LivepatchError::UnknownFunction(name.clone())),
+        (0, _) => {
+            let exists = symbols::table().is_some_and(|table| table.find(name).next().is_some());
+            return Err(if exists {
+                LivepatchError::NotTraceable(name.clone())
+            } else {
+                LivepatchError::UnknownFunction(name.clone())
+            });
+        }
         (1, None) => candidates[0],
         (count, None) => return Err(LivepatchError::Ambiguous { name: name.clone(), count }),
         (count, Some(position)) if position == 0 || position > count => {
@@ -151,10 +162,15 @@ pub fn resolve(function: &Function) -> Result<u64, LivepatchError> {
         }
         (_, Some(position)) => candidates[position - 1],
     };
-    if trace::function_of_entry(address).is_none() {
-        return Err(LivepatchError::NotTraceable(name.clone()));
-    }
     Ok(address)
+}
+
+fn ftrace_error(name: &str, error: FtraceError) -> LivepatchError {
+    match error {
+        FtraceError::Busy { owner, .. } => LivepatchError::Busy { name: String::from(name), owner },
+        FtraceError::NotTraceable(_) => LivepatchError::NotTraceable(String::from(name)),
+        other => LivepatchError::Ftrace(other),
+    }
 }
 
 /// Enables a patch: its replacements run from the next call on.
@@ -176,43 +192,25 @@ pub fn enable(name: &str) -> Result<(), LivepatchError> {
             resolved.push((resolve(function)?, function.new_address, function.old_name.clone()));
         }
     }
-    for (done, (old, new, function_name)) in resolved.iter().enumerate() {
-        if let Err(error) = attach(&mut registry, id, *old, *new) {
-            for (undo_old, _, _) in resolved[..done].iter().rev() {
-                detach(&mut registry, *undo_old);
-            }
-            return Err(match error {
-                FtraceError::Busy { owner, .. } => LivepatchError::Busy { name: function_name.clone(), owner },
-                FtraceError::NotTraceable(_) => LivepatchError::NotTraceable(function_name.clone()),
-                other => LivepatchError::Ftrace(other),
-            });
-        }
+    let mut functions = registry.functions.clone();
+    for (old, new, _) in &resolved {
+        functions.entry(*old).or_default().push((id, *new));
     }
+    if let Err(error) = redirect::apply(&redirects(&functions)) {
+        let culprit = match &error {
+            FtraceError::Busy { function, .. } | FtraceError::NotTraceable(function) => resolved
+                .iter()
+                .find(|(old, _, _)| trace::function_of_entry(*old) == Some(*function) || old == function)
+                .map_or_else(String::new, |(_, _, name)| name.clone()),
+            _ => String::new(),
+        };
+        return Err(ftrace_error(&culprit, error));
+    }
+    registry.functions = functions;
     let entry = &mut registry.patches[index];
     entry.enabled = true;
     entry.resolved = resolved;
     Ok(())
-}
-
-fn attach(registry: &mut Registry, patch: u64, old: u64, new: u64) -> Result<(), FtraceError> {
-    if let Some(function) = registry.functions.get_mut(&old) {
-        function.push(patch, new);
-        return Ok(());
-    }
-    let function = PatchedFunction::install(old, patch, new)?;
-    registry.functions.insert(old, function);
-    Ok(())
-}
-
-/// Undoes the newest `attach` on `old`.
-fn detach(registry: &mut Registry, old: u64) {
-    let Some(mut function) = registry.functions.remove(&old) else { return };
-    if function.pop() {
-        registry.functions.insert(old, function);
-    } else if let Err((function, error)) = function.remove() {
-        crate::println!("livepatch: could not restore {}: {error}", symbols::Symbolized(old));
-        registry.functions.insert(old, function);
-    }
 }
 
 /// Disables a patch; it must be the topmost on each of its functions.
@@ -225,18 +223,30 @@ pub fn disable(name: &str) -> Result<(), LivepatchError> {
         return Err(LivepatchError::NotEnabled(String::from(name)));
     }
     for (old, _, function_name) in &entry.resolved {
-        let topmost = registry.functions.get(old).map_or(0, |function| function.topmost_patch());
+        let topmost = registry.functions.get(old).and_then(|stack| stack.last()).map_or(0, |(patch, _)| *patch);
         if topmost != entry.id {
-            let topmost =
-                registry.patches.iter().find(|other| other.id == topmost).map_or_else(String::new, |other| other.patch.name.clone());
+            let topmost = registry
+                .patches
+                .iter()
+                .find(|other| other.id == topmost)
+                .map_or_else(String::new, |other| other.patch.name.clone());
             return Err(LivepatchError::NotTopmost { patch: String::from(name), function: function_name.clone(), topmost });
         }
     }
-    let resolved = core::mem::take(&mut registry.patches[index].resolved);
-    for (old, _, _) in resolved.iter().rev() {
-        detach(&mut registry, *old);
+    let mut functions = registry.functions.clone();
+    for (old, _, _) in &entry.resolved {
+        if let Some(stack) = functions.get_mut(old) {
+            stack.pop();
+            if stack.is_empty() {
+                functions.remove(old);
+            }
+        }
     }
-    registry.patches[index].enabled = false;
+    redirect::apply(&redirects(&functions)).map_err(|error| ftrace_error(name, error))?;
+    registry.functions = functions;
+    let entry = &mut registry.patches[index];
+    entry.enabled = false;
+    entry.resolved.clear();
     Ok(())
 }
 
@@ -264,9 +274,11 @@ pub fn list() -> Vec<PatchSummary> {
                 .flat_map(|object| object.functions.iter())
                 .map(|function| {
                     let old = resolve(function).unwrap_or(0);
-                    let active = registry.functions.get(&old).is_some_and(|patched| {
-                        patched.topmost_patch() == entry.id && patched.current_target() == function.new_address
-                    });
+                    let active = registry
+                        .functions
+                        .get(&old)
+                        .and_then(|stack| stack.last())
+                        .is_some_and(|(patch, new)| *patch == entry.id && *new == function.new_address);
                     (function.old_name.clone(), old, function.new_address, active)
                 })
                 .collect(),

@@ -81,7 +81,29 @@ impl FtraceOps {
 pub fn traces(ops: &FtraceOps, ip: u64) -> bool {
     let sites = ops.sites.load(Ordering::Acquire);
     // Safety: as in `site_count`.
-    !sites.is_null() && unsafe { (*sites).binary_search(&ip).is_ok() }
+    !sites.is_null() && search_sorted(unsafe { &*sites }, ip).is_some()
+}
+
+/// Index of `key` in the ascending `sorted`, by a binary search written out by
+/// hand: it runs inside handlers, where a call into a traced generic helper
+/// (such as `<[T]>::binary_search` or a closure, if not inlined) would
+/// re-enter ftrace.
+#[notrace]
+#[inline(always)]
+pub fn search_sorted(sorted: &[u64], key: u64) -> Option<usize> {
+    let (mut low, mut high) = (0, sorted.len());
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let candidate = sorted[middle];
+        if candidate == key {
+            return Some(middle);
+        } else if candidate < key {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    None
 }
 
 /// Which functions an ops traces.
@@ -160,6 +182,56 @@ pub fn register(ops: &'static FtraceOps, filter: Filter) -> Result<usize, Ftrace
     Ok(indices.len())
 }
 
+/// Changes the functions a registered `ops` traces to those `filter` names:
+/// sites that join are checked (IPMODIFY) and patched, sites that leave are
+/// restored. An unregistered ops is registered. On error nothing changed.
+#[notrace]
+pub fn update(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceError> {
+    let _preempt = thread::preempt_disable();
+    let registry = REGISTRY.lock();
+    if !registry.iter().any(|other| core::ptr::eq(*other, ops)) {
+        drop(registry);
+        return register(ops, filter);
+    }
+    let new = resolve(&filter)?;
+    let old: Vec<usize> = current_sites(ops).iter().filter_map(|&address| sites::index_of(address)).collect();
+    let added: Vec<usize> = new.iter().copied().filter(|index| !old.contains(index)).collect();
+    let removed: Vec<usize> = old.iter().copied().filter(|index| !new.contains(index)).collect();
+    // Publish the union first, so a site switched on below is recognised at once.
+    let mut union = new.clone();
+    union.extend(removed.iter().copied());
+    publish_sites(ops, sites::addresses(&union));
+    if let Err(error) = sites::apply(&added, ops.demand(), true) {
+        publish_sites(ops, sites::addresses(&old));
+        return Err(apply_error(&registry, error));
+    }
+    if let Err(error) = sites::apply(&removed, ops.demand(), false) {
+        let _ = sites::apply(&added, ops.demand(), false);
+        publish_sites(ops, sites::addresses(&old));
+        return Err(apply_error(&registry, error));
+    }
+    publish_sites(ops, sites::addresses(&new));
+    Ok(new.len())
+}
+
+/// A copy of the site addresses `ops` traces.
+#[notrace]
+fn current_sites(ops: &FtraceOps) -> Vec<u64> {
+    let sites = ops.sites.load(Ordering::Acquire);
+    // Safety: as in `site_count`.
+    if sites.is_null() { Vec::new() } else { unsafe { (*sites).clone() } }
+}
+
+/// Replaces the site set of `ops`, freeing the old one.
+#[notrace]
+fn publish_sites(ops: &FtraceOps, addresses: Vec<u64>) {
+    let old = ops.sites.swap(Box::into_raw(Box::new(addresses)), Ordering::AcqRel);
+    if !old.is_null() {
+        // Safety: from Box::into_raw; no handler runs meanwhile (preemption off, one CPU).
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
+
 /// Unpatches the sites of `ops` and removes it. When it returns, no thread is
 /// inside the handler.
 #[notrace]
@@ -170,11 +242,7 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
         .iter()
         .position(|other| core::ptr::eq(*other, ops))
         .ok_or(FtraceError::NotRegistered(ops.name))?;
-    let addresses: Vec<u64> = {
-        let sites = ops.sites.load(Ordering::Acquire);
-        // Safety: registered ops always hold a site list.
-        unsafe { (*sites).clone() }
-    };
+    let addresses = current_sites(ops);
     let indices: Vec<usize> = addresses.iter().filter_map(|&address| sites::index_of(address)).collect();
     sites::apply(&indices, ops.demand(), false).map_err(|error| apply_error(&registry, error))?;
     let mut list = registry.clone();
