@@ -18,7 +18,7 @@ use core::mem::offset_of;
 use portable::instruction::{self, spr};
 
 /// Size and alignment of every kernel thread stack; `thread_info` sits at its base.
-pub const THREAD_SIZE: usize = 16 * 1024;
+pub const THREAD_SIZE: usize = 32 * 1024;
 /// Most CPUs the kernel brings up.
 pub const MAX_CPUS: usize = 8;
 /// ELFv2 minimal stack frame: back chain, CR save, LR save, TOC save.
@@ -64,7 +64,7 @@ const EMPTY_AREA: PerCpu = PerCpu {
 pub static CPU_AREAS: CpuAreas = CpuAreas(UnsafeCell::new([EMPTY_AREA; MAX_CPUS]));
 
 /// A THREAD_SIZE-aligned stack; the linker script places the boot thread's first in BSS.
-#[repr(C, align(16384))]
+#[repr(C, align(32768))]
 pub struct ThreadStack(pub UnsafeCell<[u8; THREAD_SIZE]>);
 
 // Safety: only the boot thread uses the boot stack.

@@ -51,6 +51,21 @@ pub fn entries() -> &'static [BugEntry] {
     }
 }
 
+/// The most recent BUG taken, for tests and the shell.
+static LAST: core::sync::atomic::AtomicPtr<BugLocation> = core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Remembers `location` as the most recent BUG.
+#[notrace]
+pub fn record_last(location: &'static BugLocation) {
+    LAST.store(location as *const BugLocation as *mut BugLocation, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// The most recent BUG taken, if any.
+pub fn last() -> Option<&'static BugLocation> {
+    // Safety: only `record_last` stores, with a 'static location.
+    unsafe { LAST.load(core::sync::atomic::Ordering::SeqCst).as_ref() }
+}
+
 /// The location recorded for a trap at `address`.
 #[notrace]
 pub fn find(address: u64) -> Option<&'static BugLocation> {

@@ -61,6 +61,7 @@ fn program_check(regs: &mut PtRegs) {
     let reason = ProgramCheckReason::from_bits_truncate(regs.msr);
     if reason.contains(ProgramCheckReason::TRAP) {
         if let Some(location) = bug::find(regs.nip) {
+            bug::record_last(location);
             println!("------------[ cut here ]------------");
             println!("kernel BUG at {}:{}!", location.file(), location.line);
             report(regs, "BUG");

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 #![feature(patchable_function_entry)]
+#![cfg_attr(feature = "ktest", feature(c_variadic))]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 extern crate alloc;

@@ -120,7 +120,7 @@ fn uptime(_: &str) {
 /// What `hello` prints: the function the built-in patch replaces. The
 /// black_box keeps the compiler from folding the constant into the caller
 /// (interprocedural constant propagation would leave nothing to patch).
-#[inline(never)]
+#[macros::livepatchable]
 pub fn greeting() -> &'static str {
     core::hint::black_box("hello from the original kernel")
 }

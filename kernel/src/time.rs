@@ -12,6 +12,14 @@ static TICKS: AtomicU64 = AtomicU64::new(0);
 static BOOT_TIMEBASE: AtomicU64 = AtomicU64::new(0);
 /// Timer interrupts per second.
 pub const TICK_HZ: u64 = 100;
+/// While set, each tick comes after a pseudo-random 1-64 microseconds instead
+/// of 1/TICK_HZ: tests use it to preempt threads at many different points.
+static JITTER: AtomicU64 = AtomicU64::new(0);
+
+/// Turns random short tick intervals on (with a seed) or off (0).
+pub fn set_jitter(seed: u64) {
+    JITTER.store(seed, Ordering::Relaxed);
+}
 
 /// Records the clock rate and starts the periodic tick.
 pub fn init(timebase_frequency: u64) {
@@ -22,6 +30,17 @@ pub fn init(timebase_frequency: u64) {
 
 #[notrace]
 fn tick_interval() -> u32 {
+    let seed = JITTER.load(Ordering::Relaxed);
+    if seed != 0 {
+        // xorshift64: cheap, deterministic for a given seed.
+        let mut next = seed;
+        next ^= next << 13;
+        next ^= next >> 7;
+        next ^= next << 17;
+        JITTER.store(next, Ordering::Relaxed);
+        let microseconds = 1 + next % 64;
+        return (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / 1_000_000 * microseconds) as u32;
+    }
     (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / TICK_HZ) as u32
 }
 

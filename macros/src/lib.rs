@@ -23,6 +23,34 @@ pub fn notrace(attribute: TokenStream, item: TokenStream) -> TokenStream {
     .into()
 }
 
+/// Keeps a function patchable: never inlined, and its address taken in a
+/// `#[used]` static, so the optimiser keeps the standard ELFv2 calling
+/// convention. Without it, a function internal to the kernel may lose
+/// constant or unused arguments (interprocedural constant propagation, dead
+/// argument elimination) or have its result folded into callers, and a
+/// replacement written against its source signature would then receive the
+/// wrong registers. This is the Rust counterpart of what GCC's
+/// `-flive-patching=inline-clone` guarantees for Linux.
+#[proc_macro_attribute]
+pub fn livepatchable(attribute: TokenStream, item: TokenStream) -> TokenStream {
+    if !attribute.is_empty() {
+        return syn::Error::new(proc_macro2::Span::call_site(), "#[livepatchable] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    let anchor = quote::format_ident!("__LIVEPATCHABLE_{}", name.to_string().to_uppercase());
+    quote! {
+        #[inline(never)]
+        #function
+
+        #[used]
+        static #anchor: crate::livepatch::Anchor = crate::livepatch::Anchor(#name as *const ());
+    }
+    .into()
+}
+
 /// Registers an in-kernel test case, collected into the test kernel.
 ///
 /// `#[ktest]` runs the function in its own kernel thread during the suite;

@@ -49,7 +49,10 @@ pub fn main(options: &Options) -> Result<PathBuf> {
     // Only the kernel crate gets ftrace entry sites (two nops after each
     // function's local entry); `cargo rustc` passes flags to that crate alone,
     // so boot, portable, core and alloc stay untraced.
-    cargo.args(["--", "-Zpatchable-function-entry=2"]);
+    // -Zmerge-functions=disabled: identical functions stay distinct, so that
+    // patching one never silently patches its twins (the livepatch hazard
+    // GCC's -flive-patching guards against).
+    cargo.args(["--", "-Zpatchable-function-entry=2", "-Zmerge-functions=disabled"]);
     run_checked(&mut cargo)?;
 
     let linked = workspace_root().join(LINKED);

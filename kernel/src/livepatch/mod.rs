@@ -20,6 +20,12 @@ use alloc::vec::Vec;
 use core::fmt;
 use spin::Mutex;
 
+/// The address of a `#[livepatchable]` function, kept so that its
+/// calling convention stays the standard one (see `macros::livepatchable`).
+pub struct Anchor(pub *const ());
+// Safety: only an address, never dereferenced.
+unsafe impl Sync for Anchor {}
+
 /// A function to replace.
 #[derive(Clone)]
 pub struct Function {

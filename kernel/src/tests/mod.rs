@@ -4,5 +4,6 @@ mod console;
 mod devicetree;
 mod exceptions;
 mod ftrace;
+mod livepatch;
 mod memory;
 mod threads;

@@ -85,7 +85,8 @@ fn record(event: GraphEvent) {
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
-    let ip = regs.regs.nip - 4;
+    // The site, not regs.nip - 4: a livepatch may have redirected nip already.
+    let ip = regs.ip;
     if !traces(&GRAPH_OPS, ip) {
         return;
     }

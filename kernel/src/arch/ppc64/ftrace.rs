@@ -19,6 +19,8 @@ pub struct FtraceRegs {
     pub regs: PtRegs,
     /// FULL, REDIRECT.
     pub flags: u64,
+    /// The traced site (the `bl` word): stays put when a handler changes `regs.nip`.
+    pub ip: u64,
 }
 
 impl FtraceRegs {
@@ -39,6 +41,7 @@ const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
 const RECORD: usize = offset_of!(FtraceFrame, record);
 const REGS: usize = RECORD + offset_of!(FtraceRegs, regs);
 const FLAGS: usize = RECORD + offset_of!(FtraceRegs, flags);
+const IP: usize = RECORD + offset_of!(FtraceRegs, ip);
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
 /// Frame of `return_to_handler`: a header and the three registers it keeps.
@@ -85,6 +88,7 @@ ftrace_caller:
     mflr    12                        # r12 = resume point in B
     std     12, {nip}(1)              # regs.nip = resume point
     addi    3, 12, -4                 # r3 = ip: the site's bl
+    std     3, {ip}(1)                # record.ip = ip
     mr      4, 0                      # r4 = parent ip
     clrrdi  11, 1, {thread_shift}     # r11 = thread_info
     ld      12, {preempt}(11)
@@ -184,6 +188,7 @@ ftrace_regs_caller:
     mflr    12                        # r12 = resume point in B
     std     12, {nip}(1)              # regs.nip = resume point
     addi    3, 12, -4                 # r3 = ip: the site's bl
+    std     3, {ip}(1)                # record.ip = ip
     ld      4, {link}(1)              # r4 = parent ip
     clrrdi  11, 1, {thread_shift}     # r11 = thread_info
     ld      12, {preempt}(11)
@@ -293,6 +298,7 @@ return_to_handler:
     frame = const FRAME_SIZE,
     record = const RECORD,
     flags = const FLAGS,
+    ip = const IP,
     full = const FtraceRegs::FULL,
     redirect = const FtraceRegs::REDIRECT,
     thread_shift = const THREAD_SHIFT,

@@ -26,7 +26,7 @@ pub struct LivepatchFrame {
 
 /// Bytes the livepatch stack must leave free below r1 when it grows: an
 /// exception entry needs its red zone, frame and guard above the livepatch stack.
-pub const LIVEPATCH_STACK_MARGIN: usize = 1024;
+pub const LIVEPATCH_STACK_MARGIN: usize = 2048;
 
 const FRAME: usize = size_of::<LivepatchFrame>();
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
