@@ -2,13 +2,15 @@
 //!
 //! Every replaced function is claimed by this single ops (so no other
 //! IPMODIFY user can take it). The handler looks the traced site up in a
-//! sorted (site, replacement) table and sets `nip` to the replacement's
-//! global entry with `FtraceRegs::REDIRECT`, so `ftrace_caller` leaves
-//! through `livepatch_handler`. Only this handler sets the flag: another
-//! NIP-modifying handler is never taken for a livepatch (decided by who
-//! changed nip, not by whether it changed). One shared ops keeps the traced
+//! sorted (site, replacement) table, sets `nip` to `livepatch_handler` and
+//! hands it the replacement's global entry in `FtraceRegs::target`, so
+//! `ftrace_caller` continues into `livepatch_handler`. Only this handler
+//! sends calls there: another NIP-modifying handler is never taken for a
+//! livepatch (decided by who changed nip, not by whether it changed). One
+//! shared ops keeps the traced
 //! call cheap however many functions are patched: a direct call and a
 //! binary search, not a walk over one ops per function.
+use crate::arch::ppc64::livepatch::livepatch_handler;
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -27,18 +29,35 @@ struct Targets {
 
 static TARGETS: AtomicPtr<Targets> = AtomicPtr::new(core::ptr::null_mut());
 
+/// Runs on every call of a patched function: kept a leaf with no bounds
+/// checks (the search stays within the table), so it needs no stack frame.
 #[notrace]
 extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
-    let targets = TARGETS.load(Ordering::Acquire);
+    // Relaxed is enough: one CPU, and the table is published before the sites
+    // that lead here are switched on.
+    let targets = TARGETS.load(Ordering::Relaxed);
     if targets.is_null() {
         return;
     }
     // Safety: published by `publish`, freed only after being replaced, with
-    // preemption off on this one CPU, while no handler runs.
+    // no handler running (handlers are never preempted, one CPU).
     let targets = unsafe { &*targets };
-    if let Some(index) = trace::search_sorted(&targets.sites, ip) {
-        regs.regs.nip = targets.replacements[index];
-        regs.flags |= FtraceRegs::REDIRECT;
+    let (mut low, mut high) = (0, targets.sites.len());
+    while low < high {
+        let middle = low + (high - low) / 2;
+        // Safety: low <= middle < high <= len.
+        let site = unsafe { *targets.sites.get_unchecked(middle) };
+        if site == ip {
+            regs.regs.nip = livepatch_handler as *const () as u64;
+            // Safety: replacements has the same length as sites.
+            regs.target = unsafe { *targets.replacements.get_unchecked(middle) };
+            return;
+        }
+        if site < ip {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
     }
 }
 

@@ -11,12 +11,12 @@ use macros::notrace;
 
 const ITERATIONS: u64 = 10_000;
 
-fn instructions(ticks: u64) -> u64 {
+pub fn instructions(ticks: u64) -> u64 {
     ticks * 1_000_000_000 / crate::time::frequency()
 }
 
 /// Guest instructions for `ITERATIONS` runs of `body`, per run.
-fn per_call(mut body: impl FnMut()) -> u64 {
+fn per_call(body: fn()) -> u64 {
     let start = timebase();
     for _ in 0..ITERATIONS {
         body();
@@ -106,6 +106,11 @@ pub fn run_all() {
     trace::unregister(&EVERYWHERE).expect("registered");
     report("enable_all_per_site", enable_all / sites as u64, "instructions", "register on every site, per site (target <= 300, Linux ~2400)");
     report("sites", sites as u64, "sites", "traceable functions in the kernel");
+
+    let (patched_call, enable_one_patch, enable_hundred) = super::bench_livepatch::measure(per_call, instructions);
+    report("livepatched_call", patched_call, "instructions", "patched call minus a direct call of the replacement (target <= 80)");
+    report("livepatch_enable_one", enable_one_patch, "instructions", "enable a one-function patch, whole operation (target <= 30000)");
+    report("livepatch_enable_hundred", enable_hundred, "instructions", "enable a 100-function patch, per function (target <= 1000)");
 
     drop(_preempt);
     report("thread_switch", measure_thread_switch(), "instructions", "one yield from a thread to another");

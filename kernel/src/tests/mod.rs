@@ -1,5 +1,6 @@
 //! In-kernel test cases (`#[ktest]`) and benchmarks, compiled into the test kernel.
 pub mod bench;
+mod bench_livepatch;
 mod console;
 mod devicetree;
 mod exceptions;

@@ -301,7 +301,8 @@ pub fn sleep_milliseconds(milliseconds: u64) {
 /// From the decrementer interrupt: preempt the current thread if allowed.
 #[notrace]
 pub fn timer_tick() {
-    if super::preempt_count() == 0 {
+    // Never park a thread inside an ftrace handler: unregistering relies on it.
+    if super::preempt_count() == 0 && crate::arch::ppc64::registers::per_cpu().ftrace_depth == 0 {
         schedule();
     }
 }

@@ -7,27 +7,23 @@
 //! arguments 9 and up in its own parameter save area above r1. The stubs
 //! build their frame below r1, so they never touch those.
 use super::exceptions::PtRegs;
-use boot::{MINIMAL_FRAME, PerCpu, THREAD_SIZE};
+use boot::{MINIMAL_FRAME, PerCpu};
 use core::mem::{offset_of, size_of};
 
 /// What a handler gets: the registers of the traced call. After the light
 /// stub only r2-r10, `link` (the return address into the caller) and `nip`
-/// (where execution resumes) are valid; after `ftrace_regs_caller` every
-/// field of `regs` is ([`FtraceRegs::FULL`]).
+/// (where execution resumes) are valid; an ops with SAVE_REGS is always called
+/// from `ftrace_regs_caller`, which fills every field of `regs`.
 #[repr(C)]
 pub struct FtraceRegs {
     pub regs: PtRegs,
-    /// FULL, REDIRECT.
-    pub flags: u64,
     /// The traced site (the `bl` word): stays put when a handler changes `regs.nip`.
     pub ip: u64,
-}
-
-impl FtraceRegs {
-    /// Every field of `regs` was saved (SAVE_REGS).
-    pub const FULL: u64 = 1;
-    /// The livepatch core redirected `nip`: continue through `livepatch_handler`.
-    pub const REDIRECT: u64 = 2;
+    /// Handed to `livepatch_handler` in r11 when `nip` is set to it: the
+    /// replacement's global entry. Only the livepatch core sets nip to
+    /// `livepatch_handler`, so another NIP-modifying handler is never taken
+    /// for a livepatch: the decision is by who changed nip, not whether.
+    pub target: u64,
 }
 
 /// The frame both stubs push: an ELFv2 header, then the record.
@@ -40,9 +36,8 @@ struct FtraceFrame {
 const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
 const RECORD: usize = offset_of!(FtraceFrame, record);
 const REGS: usize = RECORD + offset_of!(FtraceRegs, regs);
-const FLAGS: usize = RECORD + offset_of!(FtraceRegs, flags);
 const IP: usize = RECORD + offset_of!(FtraceRegs, ip);
-const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
+const TARGET: usize = RECORD + offset_of!(FtraceRegs, target);
 
 /// Frame of `return_to_handler`: a header and the three registers it keeps.
 const RETURN_FRAME_SIZE: usize = MINIMAL_FRAME + 4 * 8;
@@ -64,10 +59,10 @@ core::arch::global_asm!(
     # arguments; r11, r12 free; r13 = per-CPU area.
     # Calls: ftrace_call's target (r3 = ip of the site's bl, r4 = parent ip,
     # r5 = function_trace_op, r6 = &FtraceRegs) with the kernel TOC and
-    # preemption disabled; then ftrace_graph_call.
+    # per_cpu.ftrace_depth raised (no preemption); then ftrace_graph_call.
     # On exit: branches to regs.nip with LR = r0 = regs.link, r1 as on entry,
-    # r2-r10 from the record; r11, r12, CTR clobbered. If the record's flags
-    # say REDIRECT, branches to livepatch_handler instead, with CTR = nip.
+    # r2-r10 from the record, r11 = record.target (for livepatch_handler when
+    # nip is it); r12, CTR clobbered.
     .globl ftrace_caller
     .type ftrace_caller, @function
 ftrace_caller:
@@ -83,17 +78,14 @@ ftrace_caller:
     std     8, {gpr8}(1)
     std     9, {gpr9}(1)
     std     10, {gpr10}(1)
-    li      11, 0
-    std     11, {flags}(1)            # flags = light record, not redirected
     mflr    12                        # r12 = resume point in B
     std     12, {nip}(1)              # regs.nip = resume point
     addi    3, 12, -4                 # r3 = ip: the site's bl
     std     3, {ip}(1)                # record.ip = ip
     mr      4, 0                      # r4 = parent ip
-    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
-    ld      12, {preempt}(11)
-    addi    12, 12, 1
-    std     12, {preempt}(11)         # preempt_count += 1
+    ld      11, {depth}(13)
+    addi    11, 11, 1
+    std     11, {depth}(13)           # per_cpu.ftrace_depth += 1: no preemption
     ld      2, {percpu_toc}(13)       # r2 = kernel TOC
     addis   5, 2, {trace_op}@toc@ha
     ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
@@ -104,10 +96,9 @@ ftrace_call:
     .globl ftrace_graph_call
 ftrace_graph_call:
     nop                               # patched: bl ftrace_graph_caller
-    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
-    ld      12, {preempt}(11)
-    addi    12, 12, -1
-    std     12, {preempt}(11)         # preempt_count -= 1
+    ld      11, {depth}(13)
+    addi    11, 11, -1
+    std     11, {depth}(13)           # per_cpu.ftrace_depth -= 1
     ld      12, {nip}(1)
     mtctr   12                        # CTR = where to continue
     ld      0, {link}(1)
@@ -121,21 +112,19 @@ ftrace_graph_call:
     ld      8, {gpr8}(1)
     ld      9, {gpr9}(1)
     ld      10, {gpr10}(1)
-    ld      11, {flags}(1)
+    ld      11, {target}(1)           # r11 = the replacement, if nip = livepatch_handler
     addi    1, 1, {frame}             # pop our frame
-    andi.   11, 11, {redirect}        # did the livepatch core redirect the call?
-    bne-    livepatch_handler
-    bctr                              # continue in B (or where a handler sent us)
+    bctr                              # continue in B, or where a handler sent us
     .size ftrace_caller, . - ftrace_caller
 
     # ftrace_regs_caller: the full entry stub (SAVE_REGS).
     #
     # On entry: as ftrace_caller.
     # Calls: ftrace_regs_call's target, as ftrace_caller, with a complete
-    # pt_regs (flags = FULL); then ftrace_regs_graph_call.
-    # On exit: every GPR but r1 restored from pt_regs (a handler may change
-    # any of them), CR and XER restored, LR = r0 = regs.link, continue at
-    # regs.nip through CTR (or livepatch_handler when REDIRECT).
+    # pt_regs; then ftrace_regs_graph_call.
+    # On exit: every GPR but r1 and r11 restored from pt_regs (a handler may
+    # change any of them), CR and XER restored, LR = r0 = regs.link,
+    # r11 = record.target, continue at regs.nip through CTR.
     .globl ftrace_regs_caller
     .type ftrace_regs_caller, @function
 ftrace_regs_caller:
@@ -183,17 +172,14 @@ ftrace_regs_caller:
     std     11, {ccr}(1)
     mfmsr   11
     std     11, {msr}(1)
-    li      11, {full}
-    std     11, {flags}(1)            # flags = full pt_regs, not redirected
     mflr    12                        # r12 = resume point in B
     std     12, {nip}(1)              # regs.nip = resume point
     addi    3, 12, -4                 # r3 = ip: the site's bl
     std     3, {ip}(1)                # record.ip = ip
     ld      4, {link}(1)              # r4 = parent ip
-    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
-    ld      12, {preempt}(11)
-    addi    12, 12, 1
-    std     12, {preempt}(11)         # preempt_count += 1
+    ld      11, {depth}(13)
+    addi    11, 11, 1
+    std     11, {depth}(13)           # per_cpu.ftrace_depth += 1: no preemption
     ld      2, {percpu_toc}(13)       # r2 = kernel TOC
     addis   5, 2, {trace_op}@toc@ha
     ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
@@ -204,10 +190,9 @@ ftrace_regs_call:
     .globl ftrace_regs_graph_call
 ftrace_regs_graph_call:
     nop                               # patched: bl ftrace_graph_caller
-    clrrdi  11, 1, {thread_shift}     # r11 = thread_info
-    ld      12, {preempt}(11)
-    addi    12, 12, -1
-    std     12, {preempt}(11)         # preempt_count -= 1
+    ld      11, {depth}(13)
+    addi    11, 11, -1
+    std     11, {depth}(13)           # per_cpu.ftrace_depth -= 1
     ld      12, {nip}(1)
     mtctr   12                        # CTR = where to continue
     ld      0, {xer}(1)
@@ -245,12 +230,9 @@ ftrace_regs_graph_call:
     ld      29, {gpr29}(1)
     ld      30, {gpr30}(1)
     ld      31, {gpr31}(1)
-    ld      11, {flags}(1)
-    andi.   11, 11, {redirect}        # cr0.eq = not redirected
-    ld      11, {gpr11}(1)            # (ld leaves cr0 alone)
-    addi    1, 1, {frame}             # pop our frame (addi leaves cr0 alone)
-    bne-    livepatch_handler
-    bctr                              # continue in B (or where a handler sent us)
+    ld      11, {target}(1)           # r11 = the replacement, if nip = livepatch_handler
+    addi    1, 1, {frame}             # pop our frame
+    bctr                              # continue in B, or where a handler sent us
     .size ftrace_regs_caller, . - ftrace_regs_caller
 
     # ftrace_stub: what ftrace_call and ftrace_regs_call call when no handler is registered.
@@ -297,12 +279,9 @@ return_to_handler:
     "#,
     frame = const FRAME_SIZE,
     record = const RECORD,
-    flags = const FLAGS,
     ip = const IP,
-    full = const FtraceRegs::FULL,
-    redirect = const FtraceRegs::REDIRECT,
-    thread_shift = const THREAD_SHIFT,
-    preempt = const offset_of!(crate::thread::ThreadInfo, preempt_count),
+    target = const TARGET,
+    depth = const offset_of!(PerCpu, ftrace_depth),
     percpu_toc = const offset_of!(PerCpu, toc),
     trace_op = sym crate::trace::FUNCTION_TRACE_OP,
     graph_entry = sym crate::trace::graph::ftrace_graph_entry,

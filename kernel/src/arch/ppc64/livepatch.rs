@@ -9,8 +9,8 @@
 //! r1 while C runs. The TOC and the return address therefore go on the
 //! per-thread livepatch stack, which grows up from just above
 //! `STACK_END_MAGIC` in `thread_info`.
-use crate::thread::{STACK_END_MAGIC, ThreadInfo};
-use boot::THREAD_SIZE;
+use crate::thread::ThreadInfo;
+use boot::{PerCpu, THREAD_SIZE};
 use core::mem::{offset_of, size_of};
 
 /// One frame on the livepatch stack, pushed per call of a replaced function.
@@ -29,6 +29,11 @@ pub struct LivepatchFrame {
 pub const LIVEPATCH_STACK_MARGIN: usize = 2048;
 
 const FRAME: usize = size_of::<LivepatchFrame>();
+
+unsafe extern "C" {
+    /// The trampoline below; the livepatch core's ftrace handler sets nip to it.
+    pub fn livepatch_handler();
+}
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
 core::arch::global_asm!(
@@ -37,11 +42,11 @@ core::arch::global_asm!(
     .text
     # livepatch_handler
     #
-    # On entry (from ftrace_caller when the livepatch core redirected the
-    # call): no stack frame and none may be created; r1 = A's stack pointer;
-    # LR = r0 = the return address into A; CTR = C's global entry point;
+    # On entry (from ftrace_caller, whose handler set nip to this address):
+    # no stack frame and none may be created; r1 = A's stack pointer;
+    # LR = r0 = the return address into A; r11 = C's global entry point;
     # r2 = the TOC at B's entry (A's when A called B's local entry);
-    # r3-r10 = the arguments; r0, r11, r12 free.
+    # r3-r10 = the arguments; r0, r12, CTR free; r13 = per-CPU area.
     # Calls C with r12 = CTR (C computes its own TOC from r12).
     # On exit (return to A): r2 and LR as on entry, r3/r4 = C's results,
     # the livepatch frame popped; r0, r11, r12, CTR clobbered; r1 unchanged.
@@ -50,6 +55,7 @@ core::arch::global_asm!(
     .globl livepatch_handler
     .type livepatch_handler, @function
 livepatch_handler:
+    mtctr   11                        # CTR = C's global entry
     clrrdi  12, 1, {thread_shift}     # r12 = thread_info (CURRENT_THREAD_INFO from r1)
     ld      11, {livepatch_sp}(12)    # r11 = livepatch stack top
     addi    11, 11, {frame}           # r11 = top after pushing one frame
@@ -62,8 +68,7 @@ livepatch_handler:
     std     2, {toc}-{frame}(11)      # frame.toc = A's TOC
     mflr    0
     std     0, {link}-{frame}(11)     # frame.link = return address into A
-    lis     0, {magic_high}
-    ori     0, 0, {magic_low}         # r0 = STACK_END_MAGIC
+    ld      0, {magic}(13)            # r0 = STACK_END_MAGIC (per-CPU copy: one load)
     std     0, {marker}-{frame}(11)   # frame.marker = STACK_END_MAGIC
     mfctr   12                        # r12 = C's global entry
     bctrl                             # C(arguments); r1 untouched, A's frame intact
@@ -72,8 +77,7 @@ livepatch_handler:
     clrrdi  12, 1, {thread_shift}     # r12 = thread_info
     ld      11, {livepatch_sp}(12)    # r11 = top of the livepatch stack
     ld      0, {marker}-{frame}(11)   # r0 = frame.marker
-    lis     2, {magic_high}
-    ori     2, 2, {magic_low}         # r2 = STACK_END_MAGIC (r2 is restored below)
+    ld      2, {magic}(13)            # r2 = STACK_END_MAGIC (r2 is restored below)
     "#,
     // BUG: the frame's marker was overwritten while C ran.
     "2: tdne 0, 2", concat!("bug_entry 2b, \"", file!(), "\", ", line!()),
@@ -93,6 +97,5 @@ livepatch_handler:
     toc = const offset_of!(LivepatchFrame, toc),
     link = const offset_of!(LivepatchFrame, link),
     marker = const offset_of!(LivepatchFrame, marker),
-    magic_high = const STACK_END_MAGIC >> 16,
-    magic_low = const STACK_END_MAGIC & 0xffff,
+    magic = const offset_of!(PerCpu, stack_end_magic),
 );
