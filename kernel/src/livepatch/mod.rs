@@ -13,11 +13,11 @@ pub use builtin::register_builtin;
 pub use redirect::LIVEPATCH_OPS;
 
 use crate::symbols;
-use crate::trace::{self, FtraceError};
-use alloc::collections::BTreeMap;
+use crate::trace::{self, FtraceError, NameError};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use smallvec::{SmallVec, smallvec};
 use spin::Mutex;
 
 /// The address of a `#[livepatchable]` function, kept so that its
@@ -62,6 +62,7 @@ pub enum LivepatchError {
     NotTraceable(String),
     Busy { name: String, owner: &'static str },
     AlreadyEnabled(String),
+    DuplicateFunction(String),
     NotEnabled(String),
     NotTopmost { patch: String, function: String, topmost: String },
     UnknownObject(String),
@@ -85,6 +86,7 @@ impl fmt::Display for LivepatchError {
                 write!(formatter, "'{name}' is busy: its calls are already redirected by '{owner}'")
             }
             LivepatchError::AlreadyEnabled(name) => write!(formatter, "patch '{name}' is already enabled"),
+            LivepatchError::DuplicateFunction(name) => write!(formatter, "the patch replaces '{name}' twice"),
             LivepatchError::NotEnabled(name) => write!(formatter, "patch '{name}' is not enabled"),
             LivepatchError::NotTopmost { patch, function, topmost } => write!(
                 formatter,
@@ -96,37 +98,68 @@ impl fmt::Display for LivepatchError {
     }
 }
 
+/// A function of an enabled patch, resolved.
+struct Resolved {
+    entry: u64,
+    site: u64,
+    new: u64,
+}
+
 struct Entry {
     id: u64,
     patch: Patch,
     enabled: bool,
-    /// Resolved (old address, new address) per function, while enabled.
-    resolved: Vec<(u64, u64, String)>,
+    /// Its functions, resolved when the patch was added.
+    resolved: Vec<Resolved>,
+}
+
+/// The replacements of one function, oldest first: the last one runs.
+pub struct Stack {
+    /// The function's ftrace site.
+    pub site: u64,
+    /// (patch id, replacement global entry); two fit without an allocation.
+    pub replacements: SmallVec<[(u64, u64); 2]>,
 }
 
 struct Registry {
     patches: Vec<Entry>,
-    /// Per replaced function (old global entry): (patch id, replacement), oldest first.
-    functions: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// Per replaced function, sorted by global entry (stacks may be empty
+    /// for a moment inside `disable`).
+    functions: Vec<(u64, Stack)>,
     next_id: u64,
 }
 
-/// What each replaced function runs now: the newest replacement.
-fn redirects(functions: &BTreeMap<u64, Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
-    functions.iter().filter_map(|(old, stack)| stack.last().map(|(_, new)| (*old, *new))).collect()
+/// Where `entry`'s stack is in `functions`, or where it would go.
+fn stack_index(functions: &[(u64, Stack)], entry: u64) -> Result<usize, usize> {
+    functions.binary_search_by_key(&entry, |(function, _)| *function)
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { patches: Vec::new(), functions: BTreeMap::new(), next_id: 1 });
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { patches: Vec::new(), functions: Vec::new(), next_id: 1 });
 
-/// Adds a patch (disabled). Names are unique.
+/// Adds a patch (disabled), after resolving every function it names: an
+/// unknown, ambiguous or notrace target, or a function named twice, refuses
+/// the whole patch here, before anything could run. Names are unique.
 pub fn add(patch: Patch) -> Result<(), LivepatchError> {
+    let mut resolved: Vec<Resolved> = Vec::new();
+    for object in &patch.objects {
+        if let Some(module) = &object.module {
+            return Err(LivepatchError::UnknownObject(module.clone()));
+        }
+        for function in &object.functions {
+            let (entry, site) = resolve(function)?;
+            if resolved.iter().any(|other| other.entry == entry) {
+                return Err(LivepatchError::DuplicateFunction(function.old_name.clone()));
+            }
+            resolved.push(Resolved { entry, site, new: function.new_address });
+        }
+    }
     let mut registry = REGISTRY.lock();
     if registry.patches.iter().any(|entry| entry.patch.name == patch.name) {
         return Err(LivepatchError::DuplicatePatch(patch.name));
     }
     let id = registry.next_id;
     registry.next_id += 1;
-    registry.patches.push(Entry { id, patch, enabled: false, resolved: Vec::new() });
+    registry.patches.push(Entry { id, patch, enabled: false, resolved });
     Ok(())
 }
 
@@ -148,27 +181,27 @@ fn position(registry: &Registry, name: &str) -> Result<usize, LivepatchError> {
         .ok_or_else(|| LivepatchError::UnknownPatch(String::from(name)))
 }
 
-/// The address of the function `function` names, checked to be patchable.
-pub fn resolve(function: &Function) -> Result<u64, LivepatchError> {
+/// The (global entry, ftrace site) of the function `function` names,
+/// checked to be patchable.
+pub fn resolve(function: &Function) -> Result<(u64, u64), LivepatchError> {
     let name = &function.old_name;
-    let candidates: Vec<u64> = trace::named(name).into_iter().map(trace::entry_of).collect();
-    let address = match (candidates.len(), function.old_position) {
-        (0, _) => {
+    match trace::named_entry(name, function.old_position) {
+        Ok(found) => Ok(found),
+        Err(NameError::Missing) => {
             let exists = symbols::table().is_some_and(|table| table.find(name).next().is_some());
-            return Err(if exists {
+            Err(if exists {
                 LivepatchError::NotTraceable(name.clone())
             } else {
                 LivepatchError::UnknownFunction(name.clone())
-            });
+            })
         }
-        (1, None) => candidates[0],
-        (count, None) => return Err(LivepatchError::Ambiguous { name: name.clone(), count }),
-        (count, Some(position)) if position == 0 || position > count => {
-            return Err(LivepatchError::BadPosition { name: name.clone(), position, count });
-        }
-        (_, Some(position)) => candidates[position - 1],
-    };
-    Ok(address)
+        Err(NameError::Ambiguous { count }) => Err(LivepatchError::Ambiguous { name: name.clone(), count }),
+        Err(NameError::BadPosition { count }) => Err(LivepatchError::BadPosition {
+            name: name.clone(),
+            position: function.old_position.unwrap_or(0),
+            count,
+        }),
+    }
 }
 
 fn ftrace_error(name: &str, error: FtraceError) -> LivepatchError {
@@ -177,6 +210,21 @@ fn ftrace_error(name: &str, error: FtraceError) -> LivepatchError {
         FtraceError::NotTraceable(_) => LivepatchError::NotTraceable(String::from(name)),
         other => LivepatchError::Ftrace(other),
     }
+}
+
+/// The old name of the function of `patch` whose entry or site is `address`.
+fn name_at(patch: &Patch, resolved: &[Resolved], address: u64) -> String {
+    let functions = patch.objects.iter().flat_map(|object| object.functions.iter());
+    resolved
+        .iter()
+        .zip(functions)
+        .find(|(function, _)| function.entry == address || function.site == address)
+        .map_or_else(String::new, |(_, function)| function.old_name.clone())
+}
+
+/// The old name of the `index`th function of `patch`.
+fn name_of(patch: &Patch, index: usize) -> String {
+    patch.objects.iter().flat_map(|object| object.functions.iter()).nth(index).map_or_else(String::new, |function| function.old_name.clone())
 }
 
 /// Enables a patch: its replacements run from the next call on.
@@ -189,34 +237,58 @@ pub fn enable(name: &str) -> Result<(), LivepatchError> {
         return Err(LivepatchError::AlreadyEnabled(String::from(name)));
     }
     let id = registry.patches[index].id;
-    let mut resolved = Vec::new();
-    for object in &registry.patches[index].patch.objects {
-        if let Some(module) = &object.module {
-            return Err(LivepatchError::UnknownObject(module.clone()));
-        }
-        for function in &object.functions {
-            resolved.push((resolve(function)?, function.new_address, function.old_name.clone()));
+    let resolved = core::mem::take(&mut registry.patches[index].resolved);
+    // Push onto existing stacks; new stacks are merged in sorted, in one pass.
+    let mut added: Vec<(u64, Stack)> = Vec::new();
+    for function in &resolved {
+        match stack_index(&registry.functions, function.entry) {
+            Ok(position) => registry.functions[position].1.replacements.push((id, function.new)),
+            Err(_) => added.push((function.entry, Stack { site: function.site, replacements: smallvec![(id, function.new)] })),
         }
     }
-    let mut functions = registry.functions.clone();
-    for (old, new, _) in &resolved {
-        functions.entry(*old).or_default().push((id, *new));
-    }
-    if let Err(error) = redirect::apply(&redirects(&functions)) {
+    added.sort_unstable_by_key(|(entry, _)| *entry);
+    let existing = core::mem::take(&mut registry.functions);
+    registry.functions = merge(existing, added);
+    if let Err(error) = redirect::apply(&registry.functions) {
+        // Undo the pushes so every stack is as it was.
+        for function in &resolved {
+            if let Ok(position) = stack_index(&registry.functions, function.entry) {
+                registry.functions[position].1.replacements.pop();
+            }
+        }
+        registry.functions.retain(|(_, stack)| !stack.replacements.is_empty());
         let culprit = match &error {
-            FtraceError::Busy { function, .. } | FtraceError::NotTraceable(function) => resolved
-                .iter()
-                .find(|(old, _, _)| trace::function_of_entry(*old) == Some(*function) || old == function)
-                .map_or_else(String::new, |(_, _, name)| name.clone()),
+            FtraceError::Busy { function, .. } | FtraceError::NotTraceable(function) => {
+                name_at(&registry.patches[index].patch, &resolved, *function)
+            }
             _ => String::new(),
         };
+        registry.patches[index].resolved = resolved;
         return Err(ftrace_error(&culprit, error));
     }
-    registry.functions = functions;
     let entry = &mut registry.patches[index];
     entry.enabled = true;
     entry.resolved = resolved;
     Ok(())
+}
+
+/// Merges two lists sorted by entry with no entry in both.
+fn merge(existing: Vec<(u64, Stack)>, added: Vec<(u64, Stack)>) -> Vec<(u64, Stack)> {
+    if added.is_empty() {
+        return existing;
+    }
+    let mut merged = Vec::with_capacity(existing.len() + added.len());
+    let (mut left, mut right) = (existing.into_iter().peekable(), added.into_iter().peekable());
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (Some((a, _)), Some((b, _))) => a < b,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        merged.extend(if take_left { left.next() } else { right.next() });
+    }
+    merged
 }
 
 /// Disables a patch; it must be the topmost on each of its functions.
@@ -228,31 +300,39 @@ pub fn disable(name: &str) -> Result<(), LivepatchError> {
     if !entry.enabled {
         return Err(LivepatchError::NotEnabled(String::from(name)));
     }
-    for (old, _, function_name) in &entry.resolved {
-        let topmost = registry.functions.get(old).and_then(|stack| stack.last()).map_or(0, |(patch, _)| *patch);
+    for (position, function) in entry.resolved.iter().enumerate() {
+        let topmost = stack_index(&registry.functions, function.entry)
+            .ok()
+            .and_then(|at| registry.functions[at].1.replacements.last())
+            .map_or(0, |(patch, _)| *patch);
         if topmost != entry.id {
             let topmost = registry
                 .patches
                 .iter()
                 .find(|other| other.id == topmost)
                 .map_or_else(String::new, |other| other.patch.name.clone());
-            return Err(LivepatchError::NotTopmost { patch: String::from(name), function: function_name.clone(), topmost });
+            let function = name_of(&entry.patch, position);
+            return Err(LivepatchError::NotTopmost { patch: String::from(name), function, topmost });
         }
     }
-    let mut functions = registry.functions.clone();
-    for (old, _, _) in &entry.resolved {
-        if let Some(stack) = functions.get_mut(old) {
-            stack.pop();
-            if stack.is_empty() {
-                functions.remove(old);
-            }
-        }
+    let resolved = core::mem::take(&mut registry.patches[index].resolved);
+    // Pop in place (stacks may go empty: apply skips them), retain after success.
+    let mut popped = Vec::with_capacity(resolved.len());
+    for function in &resolved {
+        let at = stack_index(&registry.functions, function.entry).expect("enabled functions have stacks");
+        popped.push(registry.functions[at].1.replacements.pop().expect("topmost checked above"));
     }
-    redirect::apply(&redirects(&functions)).map_err(|error| ftrace_error(name, error))?;
-    registry.functions = functions;
-    let entry = &mut registry.patches[index];
-    entry.enabled = false;
-    entry.resolved.clear();
+    if let Err(error) = redirect::apply(&registry.functions) {
+        for (function, replacement) in resolved.iter().zip(popped) {
+            let at = stack_index(&registry.functions, function.entry).expect("still there");
+            registry.functions[at].1.replacements.push(replacement);
+        }
+        registry.patches[index].resolved = resolved;
+        return Err(ftrace_error(name, error));
+    }
+    registry.functions.retain(|(_, stack)| !stack.replacements.is_empty());
+    registry.patches[index].resolved = resolved;
+    registry.patches[index].enabled = false;
     Ok(())
 }
 
@@ -279,11 +359,10 @@ pub fn list() -> Vec<PatchSummary> {
                 .iter()
                 .flat_map(|object| object.functions.iter())
                 .map(|function| {
-                    let old = resolve(function).unwrap_or(0);
-                    let active = registry
-                        .functions
-                        .get(&old)
-                        .and_then(|stack| stack.last())
+                    let old = resolve(function).map_or(0, |(entry, _)| entry);
+                    let active = stack_index(&registry.functions, old)
+                        .ok()
+                        .and_then(|at| registry.functions[at].1.replacements.last())
                         .is_some_and(|(patch, new)| *patch == entry.id && *new == function.new_address);
                     (function.old_name.clone(), old, function.new_address, active)
                 })

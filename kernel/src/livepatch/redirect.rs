@@ -12,6 +12,7 @@
 //! binary search, not a walk over one ops per function.
 use crate::arch::ppc64::livepatch::livepatch_handler;
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
+use super::Stack;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -61,25 +62,25 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
     }
 }
 
-/// Makes calls of each function (global entry) in `redirects` go to its
-/// replacement, and every other function run its original code. Either all
-/// of it takes effect or, on error, nothing does. Call with preemption off.
-pub fn apply(redirects: &[(u64, u64)]) -> Result<(), FtraceError> {
-    let mut pairs: Vec<(u64, u64)> = redirects
+/// Makes every function in `functions` run its newest replacement, and every
+/// other function its original code. Either all of it takes effect or, on
+/// error, nothing does. Call with preemption off.
+pub fn apply(functions: &[(u64, Stack)]) -> Result<(), FtraceError> {
+    // Sites follow their functions' entries, so this is already sorted by site.
+    let pairs: Vec<(u64, u64)> = functions
         .iter()
-        .map(|&(old, new)| (trace::function_of_entry(old).ok_or(FtraceError::NotTraceable(old)), new))
-        .map(|(site, new)| site.map(|site| (site, new)))
-        .collect::<Result<_, _>>()?;
-    pairs.sort_unstable();
+        .filter_map(|(_, stack)| stack.replacements.last().map(|(_, new)| (stack.site, *new)))
+        .collect();
     let previous = publish(Targets {
         sites: pairs.iter().map(|(site, _)| *site).collect(),
         replacements: pairs.iter().map(|(_, new)| *new).collect(),
     });
-    let functions: Vec<u64> = redirects.iter().map(|(old, _)| *old).collect();
-    let result = if functions.is_empty() {
+    let entries: Vec<u64> =
+        functions.iter().filter(|(_, stack)| !stack.replacements.is_empty()).map(|(entry, _)| *entry).collect();
+    let result = if entries.is_empty() {
         if trace::registered().contains(&LIVEPATCH_OPS.name) { trace::unregister(&LIVEPATCH_OPS) } else { Ok(()) }
     } else {
-        trace::update(&LIVEPATCH_OPS, Filter::Addresses(&functions)).map(|_| ())
+        trace::update(&LIVEPATCH_OPS, Filter::Addresses(&entries)).map(|_| ())
     };
     match result {
         Ok(()) => {

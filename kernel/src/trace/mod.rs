@@ -11,7 +11,7 @@ mod sites;
 pub use crate::arch::ppc64::ftrace::FtraceRegs;
 pub use ops::{Filter, FtraceError, FtraceOps, Handler, OpsFlags, register, registered, unregister, update};
 pub use ops::search_sorted;
-pub use sites::{Site, SiteSummary, entry_of, function_of, function_of_entry, named, site_summaries};
+pub use sites::{NameError, Site, SiteSummary, entry_of, function_of, function_of_entry, named, named_entry, site_summaries};
 
 use macros::notrace;
 use core::sync::atomic::AtomicUsize;

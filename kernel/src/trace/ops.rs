@@ -194,9 +194,10 @@ pub fn update(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceEr
         return register(ops, filter);
     }
     let new = resolve(&filter)?;
-    let old: Vec<usize> = current_sites(ops).iter().filter_map(|&address| sites::index_of(address)).collect();
-    let added: Vec<usize> = new.iter().copied().filter(|index| !old.contains(index)).collect();
-    let removed: Vec<usize> = old.iter().copied().filter(|index| !new.contains(index)).collect();
+    let mut old = sites::indices_of(&current_sites(ops)).map_err(FtraceError::NotTraceable)?;
+    old.sort_unstable();
+    // Both lists are sorted: one merge pass finds what joins and what leaves.
+    let (added, removed) = difference(&new, &old);
     // Publish the union first, so a site switched on below is recognised at once.
     let mut union = new.clone();
     union.extend(removed.iter().copied());
@@ -212,6 +213,35 @@ pub fn update(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceEr
     }
     publish_sites(ops, sites::addresses(&new));
     Ok(new.len())
+}
+
+/// (in `new` but not `old`, in `old` but not `new`), both inputs sorted.
+#[notrace]
+fn difference(new: &[usize], old: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < new.len() || j < old.len() {
+        match (new.get(i), old.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                added.push(*a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                added.push(*a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                removed.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (added, removed)
 }
 
 /// A copy of the site addresses `ops` traces.
@@ -305,10 +335,7 @@ fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
             }
             indices
         }
-        Filter::Addresses(addresses) => addresses
-            .iter()
-            .map(|&address| sites::index_of(address).ok_or(FtraceError::NotTraceable(address)))
-            .collect::<Result<Vec<_>, _>>()?,
+        Filter::Addresses(addresses) => sites::indices_of(addresses).map_err(FtraceError::NotTraceable)?,
     };
     indices.sort_unstable();
     indices.dedup();

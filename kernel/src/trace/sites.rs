@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use macros::notrace;
 use portable::ftrace::{Caller, Demand, SiteError, SiteState, Stubs, site_word};
 use portable::instruction::{self, MFLR_R0, NOP};
-use spin::Mutex;
+use spin::{Mutex, Once};
 
 /// One traceable function.
 #[derive(Clone)]
@@ -22,8 +22,42 @@ pub struct Site {
 }
 
 pub(super) static SITES: Mutex<Vec<Site>> = Mutex::new(Vec::new());
-/// (name, site index) sorted by name then address: exact-name lookups in O(log n).
-static NAMES: Mutex<Vec<(&'static str, usize)>> = Mutex::new(Vec::new());
+/// (hash of the name, site index), sorted by hash then address: an exact-name
+/// lookup is a binary search over integers and one string comparison, where
+/// a search over the names themselves compares long common prefixes
+/// ("kernel::...") byte by byte at every step.
+static NAMES: Once<Vec<(u64, usize)>> = Once::new();
+
+/// What never changes after boot, per site (same order as SITES): lookups by
+/// name or address read it without taking the lock.
+struct SiteInfo {
+    function: u64,
+    address: u64,
+    name: &'static str,
+}
+static INFO: Once<Vec<SiteInfo>> = Once::new();
+
+#[notrace]
+fn info() -> &'static [SiteInfo] {
+    INFO.get().map_or(&[], |info| info.as_slice())
+}
+
+/// A word-at-a-time multiplicative hash (the FxHash step): eight bytes per
+/// round, good enough to spread symbol names, which are verified anyway.
+#[notrace]
+fn name_hash(name: &str) -> u64 {
+    const SEED: u64 = 0x517c_c1b7_2722_0a95;
+    let bytes = name.as_bytes();
+    let mut hash = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        hash = (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+    // The last 0-7 bytes, gathered without a memcpy call.
+    let tail = chunks.remainder().iter().rev().fold(0u64, |word, &byte| (word << 8) | byte as u64);
+    (hash.rotate_left(5) ^ tail).wrapping_mul(SEED)
+}
 
 unsafe extern "C" {
     static __patchable_entries_start: u64;
@@ -76,9 +110,10 @@ pub(super) fn init() -> (usize, usize) {
     }
     sites.sort_by_key(|site| site.address);
     let valid = sites.len();
-    let mut names: Vec<(&'static str, usize)> = sites.iter().enumerate().map(|(index, site)| (site.name, index)).collect();
-    names.sort();
-    *NAMES.lock() = names;
+    let mut names: Vec<(u64, usize)> = sites.iter().enumerate().map(|(index, site)| (name_hash(site.name), index)).collect();
+    names.sort_unstable();
+    NAMES.call_once(|| names);
+    INFO.call_once(|| sites.iter().map(|site| SiteInfo { function: site.function, address: site.address, name: site.name }).collect());
     *SITES.lock() = sites;
     (valid, rejected)
 }
@@ -177,15 +212,100 @@ pub(super) fn index_of(address: u64) -> Option<usize> {
 /// Site indices of the functions named exactly `name`, in address order.
 #[notrace]
 pub fn named(name: &str) -> Vec<usize> {
-    let index = NAMES.lock();
-    let first = index.partition_point(|(other, _)| *other < name);
-    index[first..].iter().take_while(|(other, _)| *other == name).map(|(_, site)| *site).collect()
+    let hash = name_hash(name);
+    let index = NAMES.get().map_or(&[][..], |names| names.as_slice());
+    let sites = info();
+    let first = index.partition_point(|(other, _)| *other < hash);
+    index[first..]
+        .iter()
+        .take_while(|(other, _)| *other == hash)
+        .filter(|(_, site)| sites[*site].name == name)
+        .map(|(_, site)| *site)
+        .collect()
+}
+
+/// Why `named_entry` found no single function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    /// No traceable function has the name.
+    Missing,
+    /// Several have it and no position was given.
+    Ambiguous { count: usize },
+    /// The position is not in 1..=count.
+    BadPosition { count: usize },
+}
+
+/// The (global entry, site) of the function named exactly `name`; with a
+/// 1-based `position` among several of that name, in address order. No
+/// allocation: this runs once per function of a patch being enabled.
+#[notrace]
+pub fn named_entry(name: &str, position: Option<usize>) -> Result<(u64, u64), NameError> {
+    let hash = name_hash(name);
+    let index = NAMES.get().map_or(&[][..], |names| names.as_slice());
+    let sites = info();
+    let first = index.partition_point(|(other, _)| *other < hash);
+    // One pass: count the functions of that name, keep the wanted one.
+    let wanted = position.unwrap_or(1);
+    let (mut count, mut chosen) = (0, None);
+    for (other, site) in &index[first..] {
+        if *other != hash {
+            break;
+        }
+        if same_bytes(sites[*site].name.as_bytes(), name.as_bytes()) {
+            count += 1;
+            if count == wanted {
+                chosen = Some(*site);
+            }
+        }
+    }
+    match (count, position, chosen) {
+        (0, _, _) => Err(NameError::Missing),
+        (1, None, Some(site)) | (_, Some(_), Some(site)) => Ok((sites[site].function, sites[site].address)),
+        (count, None, _) => Err(NameError::Ambiguous { count }),
+        (count, Some(_), None) => Err(NameError::BadPosition { count }),
+    }
+}
+
+/// Byte equality, eight bytes at a time (the compiler_builtins memcmp the
+/// kernel links compares one byte per iteration).
+#[notrace]
+fn same_bytes(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    let (left_words, left_tail) = left.split_at(left.len() / 8 * 8);
+    let (right_words, right_tail) = right.split_at(left_words.len());
+    for (a, b) in left_words.chunks_exact(8).zip(right_words.chunks_exact(8)) {
+        if u64::from_ne_bytes(a.try_into().expect("8 bytes")) != u64::from_ne_bytes(b.try_into().expect("8 bytes")) {
+            return false;
+        }
+    }
+    left_tail.iter().zip(right_tail).all(|(a, b)| a == b)
 }
 
 /// The global entry of the site at `index`.
 #[notrace]
 pub fn entry_of(index: usize) -> u64 {
     SITES.lock()[index].function
+}
+
+/// Indices of the sites of `addresses` (global entries or site words), under
+/// one lock; the first address without a site is the error.
+#[notrace]
+pub(super) fn indices_of(addresses: &[u64]) -> Result<Vec<usize>, u64> {
+    let sites = info();
+    addresses
+        .iter()
+        .map(|&address| {
+            let first = sites.partition_point(|site| site.address < address);
+            sites[first..]
+                .iter()
+                .take(2)
+                .position(|site| site.function == address || site.address == address)
+                .map(|offset| first + offset)
+                .ok_or(address)
+        })
+        .collect()
 }
 
 /// Site addresses of `indices`, sorted.
