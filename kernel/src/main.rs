@@ -26,6 +26,7 @@ mod memory;
 mod panic;
 mod shell;
 mod symbols;
+mod sync;
 #[cfg(feature = "ktest")]
 mod tests;
 mod thread;

@@ -12,7 +12,7 @@ static TICKS: AtomicU64 = AtomicU64::new(0);
 static BOOT_TIMEBASE: AtomicU64 = AtomicU64::new(0);
 /// Timer interrupts per second.
 pub const TICK_HZ: u64 = 100;
-/// While set, each tick comes after a pseudo-random 1-64 microseconds instead
+/// While set, each tick comes after a pseudo-random 2-64 microseconds instead
 /// of 1/TICK_HZ: tests use it to preempt threads at many different points.
 static JITTER: AtomicU64 = AtomicU64::new(0);
 
@@ -38,18 +38,22 @@ fn tick_interval() -> u32 {
         next ^= next >> 7;
         next ^= next << 17;
         JITTER.store(next, Ordering::Relaxed);
-        let microseconds = 1 + next % 64;
+        let microseconds = 2 + next % 63;
         return (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / 1_000_000 * microseconds) as u32;
     }
     (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / TICK_HZ) as u32
 }
 
-/// The decrementer interrupt: re-arm, count, and let the scheduler preempt.
+/// The decrementer interrupt: count, let the scheduler preempt, then re-arm.
+/// Arming last (in whichever thread the tick returns to) guarantees that
+/// thread a whole interval of progress, however short the interval and
+/// however slow the host: an interval shorter than the tick's own work would
+/// otherwise take the next interrupt at once, forever.
 #[notrace]
 pub fn tick() {
-    set_decrementer(tick_interval());
     TICKS.fetch_add(1, Ordering::Relaxed);
     thread::timer_tick();
+    set_decrementer(tick_interval());
 }
 
 /// Timer interrupts taken so far.

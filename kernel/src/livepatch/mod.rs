@@ -18,7 +18,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use smallvec::{SmallVec, smallvec};
-use spin::Mutex;
+use crate::sync::Mutex;
 
 /// The address of a `#[livepatchable]` function, kept so that its
 /// calling convention stays the standard one (see `macros::livepatchable`).

@@ -5,9 +5,12 @@ use macros::ktest;
 
 #[ktest]
 fn console_writes_long_lines_in_chunks() {
-    // More than one 16-byte hcall chunk, with a multi-byte UTF-8 character on the boundary.
+    // More than one 16-byte hcall chunk, with a multi-byte UTF-8 character on
+    // the boundary. The lock is taken as print! takes it: interrupts off.
+    let _interrupts = crate::arch::ppc64::interrupts::disable();
     let mut console = CONSOLE.lock();
     console.write_bytes("console: 0123456789abcde\u{e9}0123456789 done\n".as_bytes());
+    assert!(CONSOLE.is_locked());
 }
 
 #[ktest]

@@ -307,16 +307,15 @@ pub fn timer_tick() {
     }
 }
 
+/// Makes every sleeper whose time has come ready, without allocating: this
+/// runs on every tick.
 fn wake_sleepers(scheduler: &mut Scheduler) {
     let now = timebase();
-    let due: Vec<u64> = scheduler
-        .threads
-        .iter()
-        .filter(|(_, thread)| matches!(thread.state, State::Sleeping(until) if until <= now))
-        .map(|(&id, _)| id)
-        .collect();
-    for id in due {
-        make_ready(scheduler, id);
+    for (&id, thread) in scheduler.threads.iter_mut() {
+        if matches!(thread.state, State::Sleeping(until) if until <= now) {
+            thread.state = State::Ready;
+            scheduler.ready.push_back(id);
+        }
     }
 }
 

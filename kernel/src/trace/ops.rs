@@ -23,7 +23,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
 use portable::instruction;
-use spin::Mutex;
+use crate::sync::Mutex;
 
 /// A handler: `ip` is the traced site, `parent_ip` the return address into the caller.
 pub type Handler = extern "C" fn(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs);

@@ -7,7 +7,8 @@ use alloc::vec::Vec;
 use macros::notrace;
 use portable::ftrace::{Caller, Demand, SiteError, SiteState, Stubs, site_word};
 use portable::instruction::{self, MFLR_R0, NOP};
-use spin::{Mutex, Once};
+use crate::sync::Mutex;
+use spin::Once;
 
 /// One traceable function.
 #[derive(Clone)]
