@@ -6,6 +6,7 @@
 //! patches may replace the same function: the newest enabled one runs, and
 //! disabling it (only the topmost may be disabled) falls back to the previous
 //! one, then to the original. Every error leaves everything as it was.
+pub mod api;
 mod builtin;
 mod redirect;
 

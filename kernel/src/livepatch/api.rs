@@ -1,0 +1,120 @@
+//! What patch modules may call and read in the kernel: the exported symbols.
+//!
+//! Like Linux's EXPORT_SYMBOL, a module links only against names recorded
+//! here (in the `.klp_exports` section), never against arbitrary kernel
+//! internals: an undefined symbol outside this list refuses the module.
+use crate::{console, thread};
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::{livepatchable, notrace};
+
+/// One exported name and its address.
+#[repr(C)]
+pub struct KernelExport {
+    pub name: &'static str,
+    pub address: *const (),
+}
+
+// Safety: addresses of functions and statics, never written through.
+unsafe impl Sync for KernelExport {}
+
+/// Records `$symbol` (a function or static in scope) as exported under its own name.
+macro_rules! export {
+    ($symbol:ident) => {
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".klp_exports")]
+            static EXPORT: KernelExport = KernelExport { name: stringify!($symbol), address: &raw const $symbol as *const () };
+        };
+    };
+    (function $symbol:ident) => {
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".klp_exports")]
+            static EXPORT: KernelExport = KernelExport { name: stringify!($symbol), address: $symbol as *const () };
+        };
+    };
+}
+
+unsafe extern "C" {
+    static __klp_exports_start: KernelExport;
+    static __klp_exports_end: KernelExport;
+    fn memcpy(destination: *mut u8, source: *const u8, length: usize) -> *mut u8;
+    fn memmove(destination: *mut u8, source: *const u8, length: usize) -> *mut u8;
+    fn memset(destination: *mut u8, value: i32, length: usize) -> *mut u8;
+    fn memcmp(left: *const u8, right: *const u8, length: usize) -> i32;
+}
+
+/// Every exported symbol.
+pub fn exports() -> &'static [KernelExport] {
+    // Safety: the linker script brackets `.klp_exports`, which holds only KernelExport records.
+    unsafe {
+        let start = &raw const __klp_exports_start;
+        let end = &raw const __klp_exports_end;
+        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
+    }
+}
+
+/// The address of the exported symbol `name`.
+pub fn lookup(name: &str) -> Option<u64> {
+    exports().iter().find(|export| export.name == name).map(|export| export.address as u64)
+}
+
+/// Prints `length` bytes at `bytes` (UTF-8 expected; invalid bytes print as '?').
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_print(bytes: *const u8, length: usize) {
+    // Safety: the module passes a buffer it owns, of that length.
+    let bytes = unsafe { core::slice::from_raw_parts(bytes, length) };
+    let _interrupts = crate::arch::ppc64::interrupts::disable();
+    let mut console = console::CONSOLE.lock();
+    for chunk in bytes.utf8_chunks() {
+        console.write_bytes(chunk.valid().as_bytes());
+        if !chunk.invalid().is_empty() {
+            console.write_bytes(b"?");
+        }
+    }
+}
+
+/// Timer ticks since boot.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_uptime_ticks() -> u64 {
+    crate::time::ticks()
+}
+
+/// The calling thread's number.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_thread_id() -> u64 {
+    thread::current_id()
+}
+
+/// The r2 a module function last reported (tests read it).
+pub static REPORTED_TOC: AtomicU64 = AtomicU64::new(0);
+
+/// Lets a replacement report the TOC pointer it runs with.
+#[notrace]
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_report_toc(toc: u64) {
+    REPORTED_TOC.store(toc, Ordering::SeqCst);
+}
+
+/// A kernel static modules may read.
+#[unsafe(no_mangle)]
+pub static klp_kernel_version: u64 = 1;
+
+/// A ten-argument kernel function that the sample patch `ten` replaces.
+#[livepatchable]
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub fn klp_demo_ten(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64, i: u64, j: u64) -> u64 {
+    core::hint::black_box(a + b + c + d + e + f + g + h + i + j)
+}
+
+export!(function klp_print);
+export!(function klp_uptime_ticks);
+export!(function klp_thread_id);
+export!(function klp_report_toc);
+export!(function klp_demo_ten);
+export!(klp_kernel_version);
+export!(function memcpy);
+export!(function memmove);
+export!(function memset);
+export!(function memcmp);
