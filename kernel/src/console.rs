@@ -3,7 +3,7 @@ use crate::arch::ppc64::hcall;
 use macros::notrace;
 use spin::Mutex;
 
-/// Virtual terminal number of the default spapr-vty.
+/// Virtual terminal number of the default spapr-vty (0 names the first one).
 const TERMINAL: u64 = 0;
 
 /// Serialises writers so lines from different threads do not interleave.
@@ -15,21 +15,32 @@ pub struct Console;
 impl Console {
     /// Writes all of `bytes`, 16 at a time, retrying while the hypervisor is busy.
     pub fn write_bytes(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(16) {
-            let mut packed = [0u8; 16];
-            packed[..chunk.len()].copy_from_slice(chunk);
-            // The bytes travel in r6/r7, packed big-endian.
-            let high = u64::from_be_bytes(packed[..8].try_into().unwrap());
-            let low = u64::from_be_bytes(packed[8..].try_into().unwrap());
-            loop {
-                let (status, _) =
-                    hcall::hcall(hcall::PUT_TERM_CHAR, [TERMINAL, chunk.len() as u64, high, low, 0, 0]);
-                if status != hcall::BUSY {
-                    break;
-                }
+        write_terminal(TERMINAL, bytes);
+    }
+}
+
+/// Writes all of `bytes` to virtual terminal `terminal` (its unit address, or
+/// 0 for the first), 16 at a time, retrying while the hypervisor is busy.
+/// Returns false if the hypervisor refuses the terminal.
+#[notrace]
+pub fn write_terminal(terminal: u64, bytes: &[u8]) -> bool {
+    for chunk in bytes.chunks(16) {
+        let mut packed = [0u8; 16];
+        packed[..chunk.len()].copy_from_slice(chunk);
+        // The bytes travel in r6/r7, packed big-endian.
+        let high = u64::from_be_bytes(packed[..8].try_into().unwrap());
+        let low = u64::from_be_bytes(packed[8..].try_into().unwrap());
+        loop {
+            let (status, _) = hcall::hcall(hcall::PUT_TERM_CHAR, [terminal, chunk.len() as u64, high, low, 0, 0]);
+            if status == hcall::SUCCESS {
+                break;
+            }
+            if status != hcall::BUSY {
+                return false;
             }
         }
     }
+    true
 }
 
 impl core::fmt::Write for Console {
@@ -42,14 +53,21 @@ impl core::fmt::Write for Console {
 /// Reads whatever input is waiting, up to 16 bytes; returns how many were read.
 #[notrace]
 pub fn read(buffer: &mut [u8; 16]) -> usize {
-    let (status, results) = hcall::hcall(hcall::GET_TERM_CHAR, [TERMINAL, 0, 0, 0, 0, 0]);
+    read_terminal(TERMINAL, buffer).unwrap_or(0)
+}
+
+/// Reads up to 16 waiting bytes from virtual terminal `terminal`; None if the
+/// hypervisor refuses the terminal (it does not exist).
+#[notrace]
+pub fn read_terminal(terminal: u64, buffer: &mut [u8; 16]) -> Option<usize> {
+    let (status, results) = hcall::hcall(hcall::GET_TERM_CHAR, [terminal, 0, 0, 0, 0, 0]);
     if status != hcall::SUCCESS {
-        return 0;
+        return None;
     }
     let count = (results[0] as usize).min(16);
     buffer[..8].copy_from_slice(&results[1].to_be_bytes());
     buffer[8..].copy_from_slice(&results[2].to_be_bytes());
-    count
+    Some(count)
 }
 
 #[doc(hidden)]

@@ -40,6 +40,8 @@ pub struct Machine {
     pub cpu_count: usize,
     pub timebase_frequency: u64,
     pub bootargs: &'static str,
+    /// A second virtual terminal carries the patch channel (xtask adds it).
+    pub has_patch_channel: bool,
     power_off: u32,
     os_term: Option<u32>,
     start_cpu: Option<u32>,
@@ -55,6 +57,7 @@ impl Machine {
             cpu_count: tree.cpu_count(),
             timebase_frequency: tree.timebase_frequency().unwrap_or(512_000_000),
             bootargs: tree.bootargs().unwrap_or(""),
+            has_patch_channel: tree.raw().find_node("/vdevice/vty@71000100").is_some(),
             power_off: tree.rtas_token("power-off").expect("device tree: no RTAS power-off token"),
             os_term: tree.rtas_token("ibm,os-term"),
             start_cpu: tree.rtas_token("start-cpu"),

@@ -17,12 +17,14 @@ mod arch;
 mod backtrace;
 mod bug;
 mod console;
+mod debug;
 mod devicetree;
 mod exception;
 #[cfg(feature = "ktest")]
 mod ktest;
 mod livepatch;
 mod memory;
+mod module;
 mod panic;
 mod shell;
 mod symbols;
@@ -67,6 +69,7 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
     thread::init();
     time::init(machine.timebase_frequency);
     interrupts::enable();
+    module::channel::start(machine.has_patch_channel);
     println!(
         "klp: {} MiB RAM, {} CPU(s), heap {} KiB, {} kernel symbols",
         machine.memory_end >> 20,

@@ -1,5 +1,5 @@
 //! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `poweroff`.
-use crate::{console, livepatch, memory, print, println, thread, time, trace};
+use crate::{console, livepatch, memory, module, print, println, thread, time, trace};
 use alloc::string::String;
 
 /// The prompt.
@@ -18,8 +18,12 @@ const COMMANDS: &[Command] = &[
     Command { name: "threads", help: "list threads: state, switches, stack and livepatch stack use", run: threads },
     Command { name: "mem", help: "heap usage", run: mem },
     Command { name: "uptime", help: "time since boot and timer ticks", run: uptime },
-    Command { name: "hello", help: "print the greeting (the built-in patch 'greeting' replaces it)", run: hello },
-    Command { name: "klp", help: "livepatch: klp list | enable NAME | disable NAME", run: klp },
+    Command { name: "hello", help: "print the greeting (the built-in patch 'builtin-greeting' and the module 'greeting' replace it)", run: hello },
+    Command {
+        name: "klp",
+        help: "livepatch: klp list | enable NAME | disable NAME | load MODULE | unload MODULE",
+        run: klp,
+    },
     Command { name: "trace", help: "function tracer: trace on GLOB | off | show | graph GLOB | sites [GLOB]", run: trace },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
 ];
@@ -134,6 +138,9 @@ fn klp(arguments: &str) {
     let name = name.trim();
     let result = match verb {
         "list" => {
+            for (module, address, size, toc) in module::summaries() {
+                println!("module {module}: {size} bytes at {address:#x}, TOC {toc:#x}");
+            }
             for patch in livepatch::list() {
                 println!("{} [{}]", patch.name, if patch.enabled { "enabled" } else { "disabled" });
                 for (old_name, old, new, active) in patch.functions {
@@ -145,8 +152,25 @@ fn klp(arguments: &str) {
         }
         "enable" if !name.is_empty() => livepatch::enable(name).map(|()| println!("patch '{name}' enabled")),
         "disable" if !name.is_empty() => livepatch::disable(name).map(|()| println!("patch '{name}' disabled")),
+        "load" if !name.is_empty() => {
+            match module::embedded::find(name) {
+                Some(file) => match module::load(file) {
+                    Ok(patch) => println!("module '{name}' loaded: patch '{patch}' enabled"),
+                    Err(error) => println!("klp load: {error}"),
+                },
+                None => println!("klp load: no module '{name}' is built into this kernel"),
+            }
+            Ok(())
+        }
+        "unload" if !name.is_empty() => {
+            match module::unload(name) {
+                Ok(()) => println!("module '{name}' unloaded"),
+                Err(error) => println!("klp unload: {error}"),
+            }
+            Ok(())
+        }
         _ => {
-            println!("usage: klp list | enable NAME | disable NAME");
+            println!("usage: klp list | enable NAME | disable NAME | load MODULE | unload MODULE");
             Ok(())
         }
     };

@@ -10,9 +10,11 @@
 
 extern crate alloc;
 
+pub mod channel;
 pub mod devicetree;
 pub mod ftrace;
 pub mod graph;
 pub mod instruction;
+pub mod module;
 pub mod ring;
 pub mod symbols;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::symbols::{self, Filled};
-use crate::{command, packages, run_checked, workspace_root};
+use crate::{command, packages, patch, run_checked, signing, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -27,7 +27,11 @@ pub fn image(test: bool) -> PathBuf {
 /// Builds the kernel and returns the path of the image with its symbol table filled.
 pub fn main(options: &Options) -> Result<PathBuf> {
     packages::require_rust_source()?;
+    // The kernel embeds the public key that patch modules must be signed with
+    // (kernel/build.rs reads it from KLP_PATCH_PUBLIC_KEY); made on first use.
+    signing::ensure_key_pair()?;
     let mut cargo = command("cargo");
+    cargo.env("KLP_PATCH_PUBLIC_KEY", signing::public_key_path());
     cargo.env("RUSTC_BOOTSTRAP", "1").args([
         "rustc",
         "--release",
@@ -44,6 +48,10 @@ pub fn main(options: &Options) -> Result<PathBuf> {
         TARGET_DIR,
     ]);
     if options.test {
+        // The in-kernel tests load the signed sample modules, which kernel/build.rs
+        // copies from KLP_TEST_MODULES_DIR into the build.
+        patch::build_all()?;
+        cargo.env("KLP_TEST_MODULES_DIR", workspace_root().join(patch::TARGET_DIR));
         cargo.args(["--features", "ktest"]);
     }
     // Only the kernel crate gets ftrace entry sites (two nops after each

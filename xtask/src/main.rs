@@ -1,4 +1,4 @@
-//! The project's task runner: `cargo xtask build|run|test|bench|gdb|objdump`.
+//! The project's task runner: `cargo xtask build|run|test|bench|gdb|objdump|patch`.
 
 mod bench;
 mod build;
@@ -6,9 +6,13 @@ mod gdb;
 mod ktest;
 mod objdump;
 mod packages;
+mod patch;
+mod patch_channel;
+mod patch_object;
 mod qemu;
 mod run;
 mod scenario;
+mod signing;
 mod symbols;
 mod test;
 
@@ -41,6 +45,8 @@ enum Task {
     Gdb(gdb::Options),
     /// Disassembles the kernel, or one of its functions.
     Objdump(objdump::Options),
+    /// Builds and signs live patch modules (patches/NAME); loads and unloads them in a running kernel.
+    Patch(patch::Options),
 }
 
 fn main() -> Result<ExitCode> {
@@ -51,6 +57,7 @@ fn main() -> Result<ExitCode> {
         Task::Bench(options) => bench::main(&options),
         Task::Gdb(options) => gdb::main(&options),
         Task::Objdump(options) => objdump::main(&options),
+        Task::Patch(options) => patch::main(&options),
     }
 }
 

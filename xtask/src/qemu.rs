@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::{announce, command, display, packages, workspace_root};
+use crate::{announce, command, display, packages, patch_channel, workspace_root};
 
 /// The kernel shell's prompt: console input is typed once it appears.
 pub const SHELL_PROMPT: &str = "klp> ";
@@ -37,11 +37,21 @@ pub struct Machine {
     pub append: String,
     /// Options added at the end (console, gdb, icount).
     pub extra: Vec<String>,
+    /// The unix socket of the patch channel (a second vty), relative to the workspace root.
+    pub patch_channel: Option<PathBuf>,
 }
 
 impl Machine {
     pub fn new(kernel: PathBuf, firmware: Firmware) -> Self {
-        Machine { firmware, cpus: 1, memory: "512M".into(), kernel, append: String::new(), extra: Vec::new() }
+        Machine {
+            firmware,
+            cpus: 1,
+            memory: "512M".into(),
+            kernel,
+            append: String::new(),
+            extra: Vec::new(),
+            patch_channel: None,
+        }
     }
 
     /// Adds options (e.g. `-serial stdio`).
@@ -71,6 +81,9 @@ impl Machine {
             qemu.args(["-append", &self.append]);
         }
         qemu.args(&self.extra);
+        if let Some(socket) = &self.patch_channel {
+            qemu.args(patch_channel::qemu_options(socket));
+        }
         qemu
     }
 }
@@ -270,6 +283,18 @@ mod tests {
              -m 512M -smp 1 -nodefaults -display none -action panic=exit-failure -kernel target/kernel/kernel.elf \
              -append ktest.filter=x"
         );
+    }
+
+    #[test]
+    fn patch_channel_is_a_second_vty_on_a_unix_socket() {
+        let machine = Machine {
+            patch_channel: Some(PathBuf::from(patch_channel::SOCKET)),
+            ..Machine::new(workspace_root().join("target/kernel/kernel.elf"), Firmware::Vof).with(&["-serial", "stdio"])
+        };
+        assert!(display(&machine.command_line()).ends_with(
+            "-serial stdio -chardev socket,id=patchchannel,path=target/kernel/patch-channel.sock,server=on,wait=off \
+             -device spapr-vty,chardev=patchchannel,reg=0x71000010"
+        ));
     }
 
     #[test]

@@ -2,12 +2,13 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ChildStdin, ExitCode, ExitStatus, Stdio};
 
 use anyhow::Result;
 
-use crate::build;
 use crate::qemu::{self, Firmware, Guard, Machine, SHELL_PROMPT, Watch};
+use crate::{build, patch_channel};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -35,6 +36,8 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         cpus: options.smp,
         memory: options.memory.clone(),
         append: options.args.join(" "),
+        // `cargo xtask patch load|unload` reach the kernel through this socket.
+        patch_channel: Some(PathBuf::from(patch_channel::SOCKET)),
         ..Machine::new(image, options.firmware).with(&["-serial", serial])
     };
     let mut qemu = machine.command()?;

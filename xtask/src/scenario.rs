@@ -11,7 +11,7 @@
 //! ```
 //! A value may be put in double quotes to keep its surrounding spaces.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -111,6 +111,8 @@ impl Scenario {
     ) -> Result<(String, Result<(), String>)> {
         let machine = Machine {
             append: self.args.clone(),
+            // As under `cargo xtask run`, with a socket of its own: scenarios boot in parallel.
+            patch_channel: Some(PathBuf::from(format!("target/kernel/patch-channel-{}.sock", self.name))),
             ..Machine::new(kernel.to_path_buf(), self.firmware.unwrap_or(default_firmware)).with(&["-serial", "stdio"])
         };
         let mut output = String::new();

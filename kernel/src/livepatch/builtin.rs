@@ -12,7 +12,7 @@ fn patched_greeting() -> &'static str {
 /// Adds the built-in patches (disabled).
 pub fn register_builtin() {
     let greeting = Patch {
-        name: String::from("greeting"),
+        name: String::from("builtin-greeting"),
         objects: vec![Object {
             module: None,
             functions: vec![Function {

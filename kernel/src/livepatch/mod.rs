@@ -160,6 +160,8 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
     }
     let id = registry.next_id;
     registry.next_id += 1;
+    let pairs: Vec<(u64, u64)> = resolved.iter().map(|function| (function.entry, function.new)).collect();
+    crate::debug::patch_changed(&patch.name, Some(false), &pairs);
     registry.patches.push(Entry { id, patch, enabled: false, resolved });
     Ok(())
 }
@@ -171,6 +173,7 @@ pub fn remove(name: &str) -> Result<Patch, LivepatchError> {
     if registry.patches[index].enabled {
         return Err(LivepatchError::AlreadyEnabled(String::from(name)));
     }
+    crate::debug::patch_changed(name, None, &[]);
     Ok(registry.patches.remove(index).patch)
 }
 
@@ -267,6 +270,8 @@ pub fn enable(name: &str) -> Result<(), LivepatchError> {
         registry.patches[index].resolved = resolved;
         return Err(ftrace_error(&culprit, error));
     }
+    let pairs: Vec<(u64, u64)> = resolved.iter().map(|function| (function.entry, function.new)).collect();
+    crate::debug::patch_changed(name, Some(true), &pairs);
     let entry = &mut registry.patches[index];
     entry.enabled = true;
     entry.resolved = resolved;
@@ -332,6 +337,8 @@ pub fn disable(name: &str) -> Result<(), LivepatchError> {
         return Err(ftrace_error(name, error));
     }
     registry.functions.retain(|(_, stack)| !stack.replacements.is_empty());
+    let pairs: Vec<(u64, u64)> = resolved.iter().map(|function| (function.entry, function.new)).collect();
+    crate::debug::patch_changed(name, Some(false), &pairs);
     registry.patches[index].resolved = resolved;
     registry.patches[index].enabled = false;
     Ok(())

@@ -522,7 +522,7 @@ fn bad_patches_get_clear_errors_and_change_nothing() {
     retire("twice");
     assert!(matches!(livepatch::disable("nope"), Err(LivepatchError::UnknownPatch(_))));
     assert_eq!(site_words(), before, "no site changed");
-    assert!(livepatch::list().iter().all(|patch| patch.name == "greeting"), "only the built-in patch is left");
+    assert!(livepatch::list().iter().all(|patch| patch.name == "builtin-greeting"), "only the built-in patch is left");
     let _ = FtraceError::NoMatch(String::new());
 }
 

@@ -7,4 +7,5 @@ mod exceptions;
 mod ftrace;
 mod livepatch;
 mod memory;
+mod modules;
 mod threads;

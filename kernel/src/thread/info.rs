@@ -36,6 +36,13 @@ pub struct ThreadInfo {
     pub graph_depth: u64,
     /// The function-graph return stack (`trace::graph::ReturnStack`), 0 if none.
     pub graph_stack: u64,
+    /// r1 of the thread while it is switched out (`switch_context` stores it here).
+    pub saved_stack_pointer: u64,
+    /// Scheduling state as a number, for the debugger: 0 running, 1 ready,
+    /// 2 sleeping, 3 joining, 4 dead.
+    pub state: u64,
+    /// The thread's name, NUL-padded, for the debugger.
+    pub name: [u8; 24],
 }
 
 /// Offset of the magic word from the stack base.
@@ -77,6 +84,9 @@ pub unsafe fn initialise(base: u64, thread_id: u64) {
             trace_recursion: 0,
             graph_depth: 0,
             graph_stack: 0,
+            saved_stack_pointer: 0,
+            state: 1,
+            name: [0; 24],
         });
         ((base + MAGIC_OFFSET as u64) as *mut u64).write(STACK_END_MAGIC);
     }

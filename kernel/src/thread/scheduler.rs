@@ -43,12 +43,34 @@ struct Thread {
     /// The function-graph tracer's return stack (thread_info points at it).
     return_stack: Box<ReturnStack>,
     stack_base: u64,
-    saved_stack_pointer: u64,
     /// The thread waiting in `join` for this one.
     joiner: Option<u64>,
     /// Nobody will join: free it as soon as it is dead.
     detached: bool,
     switches: u64,
+}
+
+impl Thread {
+    /// Changes the state, mirrored into thread_info for the debugger.
+    fn set_state(&mut self, state: State) {
+        self.state = state;
+        let code = match state {
+            State::Running => 0,
+            State::Ready => 1,
+            State::Sleeping(_) => 2,
+            State::Joining => 3,
+            State::Dead(_) => 4,
+        };
+        // Safety: the thread's stack (and so its thread_info) lives as long as the Thread.
+        unsafe { (*(self.stack_base as *mut ThreadInfo)).state = code };
+    }
+}
+
+/// Copies `name` (truncated, NUL-padded) into thread_info for the debugger.
+fn set_name(info: &mut ThreadInfo, name: &str) {
+    let length = name.len().min(info.name.len() - 1);
+    info.name = [0; 24];
+    info.name[..length].copy_from_slice(&name.as_bytes()[..length]);
 }
 
 struct Scheduler {
@@ -79,14 +101,19 @@ pub fn init() {
     unsafe { info::initialise(base, BOOT_THREAD) };
     let return_stack = Box::new(ReturnStack::new());
     // Safety: as above.
-    unsafe { (*(base as *mut ThreadInfo)).graph_stack = &*return_stack as *const ReturnStack as u64 };
+    unsafe {
+        let info = &mut *(base as *mut ThreadInfo);
+        info.graph_stack = &*return_stack as *const ReturnStack as u64;
+        info.state = 0;
+        set_name(info, "main");
+    }
+    crate::debug::thread_created(base);
     let main = Box::new(Thread {
         name: String::from("main"),
         state: State::Running,
         stack: None,
         return_stack,
         stack_base: base,
-        saved_stack_pointer: 0,
         joiner: None,
         detached: false,
         switches: 0,
@@ -135,11 +162,12 @@ impl JoinHandle {
                 let thread = scheduler.threads.get_mut(&id).expect("joined thread exists");
                 if let State::Dead(status) = thread.state {
                     let thread = scheduler.threads.remove(&id).expect("exists");
+                    crate::debug::thread_removed(thread.stack_base);
                     drop(thread); // frees the stack
                     return Some(status);
                 }
                 thread.joiner = Some(current);
-                scheduler.threads.get_mut(&current).expect("current exists").state = State::Joining;
+                scheduler.threads.get_mut(&current).expect("current exists").set_state(State::Joining);
                 None
             });
             if let Some(status) = done {
@@ -175,12 +203,19 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
         id
     });
     let return_stack = Box::new(ReturnStack::new());
+    let base = stack.base();
     // Safety: the stack is new and not running.
     unsafe {
         info::initialise(stack.base(), id);
         (*(stack.base() as *mut ThreadInfo)).graph_stack = &*return_stack as *const ReturnStack as u64;
     }
     let saved_stack_pointer = prepare_first_switch(&stack, Box::into_raw(closure) as u64);
+    // Safety: the new thread's own thread_info, not running yet.
+    unsafe {
+        let info = &mut *(stack.base() as *mut ThreadInfo);
+        info.saved_stack_pointer = saved_stack_pointer;
+        set_name(info, name);
+    }
     with_scheduler(|scheduler| {
         scheduler.threads.insert(
             id,
@@ -190,7 +225,6 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
                 stack_base: stack.base(),
                 stack: Some(stack),
                 return_stack,
-                saved_stack_pointer,
                 joiner: None,
                 detached: false,
                 switches: 0,
@@ -198,6 +232,7 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
         );
         scheduler.ready.push_back(id);
     });
+    crate::debug::thread_created(base);
     Some(JoinHandle { id })
 }
 
@@ -239,7 +274,7 @@ pub fn exit(status: ExitStatus) -> ! {
     with_scheduler(|scheduler| {
         let current = scheduler.current;
         let thread = scheduler.threads.get_mut(&current).expect("current exists");
-        thread.state = State::Dead(status);
+        thread.set_state(State::Dead(status));
         let (joiner, detached) = (thread.joiner.take(), thread.detached);
         if detached {
             scheduler.reapable.push(current);
@@ -267,7 +302,7 @@ pub fn kill_current(reason: &'static str) -> ! {
 fn make_ready(scheduler: &mut Scheduler, id: u64) {
     if let Some(thread) = scheduler.threads.get_mut(&id) {
         if matches!(thread.state, State::Sleeping(_) | State::Joining) {
-            thread.state = State::Ready;
+            thread.set_state(State::Ready);
             scheduler.ready.push_back(id);
         }
     }
@@ -293,7 +328,7 @@ pub fn sleep_milliseconds(milliseconds: u64) {
     let until = timebase() + time::milliseconds_to_timebase(milliseconds);
     with_scheduler(|scheduler| {
         let current = scheduler.current;
-        scheduler.threads.get_mut(&current).expect("current exists").state = State::Sleeping(until);
+        scheduler.threads.get_mut(&current).expect("current exists").set_state(State::Sleeping(until));
     });
     schedule();
 }
@@ -313,7 +348,7 @@ fn wake_sleepers(scheduler: &mut Scheduler) {
     let now = timebase();
     for (&id, thread) in scheduler.threads.iter_mut() {
         if matches!(thread.state, State::Sleeping(until) if until <= now) {
-            thread.state = State::Ready;
+            thread.set_state(State::Ready);
             scheduler.ready.push_back(id);
         }
     }
@@ -336,19 +371,22 @@ pub fn schedule() {
             None => scheduler.idle,
         };
         if still_runnable && current != scheduler.idle {
-            scheduler.threads.get_mut(&current).expect("current exists").state = State::Ready;
+            scheduler.threads.get_mut(&current).expect("current exists").set_state(State::Ready);
             scheduler.ready.push_back(current);
         } else if still_runnable {
-            scheduler.threads.get_mut(&current).expect("current exists").state = State::Ready;
+            scheduler.threads.get_mut(&current).expect("current exists").set_state(State::Ready);
         }
-        let save: *mut u64 = &mut scheduler.threads.get_mut(&current).expect("current exists").saved_stack_pointer;
+        let current_base = scheduler.threads.get(&current).expect("current exists").stack_base;
+        // Safety: every live thread's stack base holds its thread_info.
+        let save: *mut u64 = unsafe { &raw mut (*(current_base as *mut ThreadInfo)).saved_stack_pointer };
         let next_thread = scheduler.threads.get_mut(&next).expect("next exists");
-        next_thread.state = State::Running;
+        next_thread.set_state(State::Running);
         next_thread.switches += 1;
         scheduler.current = next;
         // Safety: interrupts are off; this CPU's own area.
         unsafe { (*per_cpu_mut()).current_thread = next_thread.stack_base };
-        (save, next_thread.saved_stack_pointer)
+        // Safety: as above, for the next thread.
+        (save, unsafe { (*(next_thread.stack_base as *const ThreadInfo)).saved_stack_pointer })
     };
     // Safety: both stacks belong to live threads; the saved pointer of the next
     // thread came from its own switch_context or from prepare_first_switch.
@@ -362,7 +400,11 @@ fn reap() {
         let current = scheduler.current;
         let ids: Vec<u64> = scheduler.reapable.iter().copied().filter(|&id| id != current).collect();
         scheduler.reapable.retain(|&id| id == current);
-        ids.iter().filter_map(|id| scheduler.threads.remove(id)).collect()
+        let dead: Vec<Box<Thread>> = ids.iter().filter_map(|id| scheduler.threads.remove(id)).collect();
+        for thread in &dead {
+            crate::debug::thread_removed(thread.stack_base);
+        }
+        dead
     });
     drop(dead);
 }
@@ -411,8 +453,9 @@ pub fn snapshot() -> Vec<ThreadSummary> {
             .threads
             .iter()
             .map(|(&id, thread)| {
-                let stack_pointer =
-                    if id == scheduler.current { current_stack_pointer } else { thread.saved_stack_pointer };
+                // Safety: every live thread's stack base holds its thread_info.
+                let saved = unsafe { (*(thread.stack_base as *const ThreadInfo)).saved_stack_pointer };
+                let stack_pointer = if id == scheduler.current { current_stack_pointer } else { saved };
                 let top = thread.stack_base + THREAD_SIZE as u64;
                 // Safety: every live thread's stack base holds its thread_info.
                 let livepatch_sp = unsafe { (*(thread.stack_base as *const ThreadInfo)).livepatch_sp };

@@ -1,0 +1,177 @@
+//! What the debugger reads: one fixed-layout anchor with the kernel's live tables (see gdb/kernel.py).
+//!
+//! gdb finds `klp_debug_anchor` by name and reads it as plain memory, so the
+//! script depends on this layout only (`version` changes when it changes),
+//! not on how Rust lays out the kernel's own collections.
+use crate::arch::ppc64::livepatch::LivepatchFrame;
+use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
+use boot::THREAD_SIZE;
+use core::cell::UnsafeCell;
+use core::mem::{offset_of, size_of};
+use macros::notrace;
+
+pub const MAX_THREADS: usize = 64;
+pub const MAX_PATCHES: usize = 16;
+pub const MAX_FUNCTIONS: usize = 16;
+pub const MAX_MODULES: usize = 8;
+pub const MAX_SECTIONS: usize = 48;
+
+/// A patch as the debugger sees it.
+#[repr(C)]
+pub struct DebugPatch {
+    pub name: [u8; 32],
+    /// 0 free slot, 1 disabled, 2 enabled.
+    pub state: u64,
+    pub count: u64,
+    /// (old global entry, new global entry).
+    pub functions: [[u64; 2]; MAX_FUNCTIONS],
+}
+
+/// A loaded module: where each of its sections went, for add-symbol-file.
+#[repr(C)]
+pub struct DebugModule {
+    pub name: [u8; 32],
+    pub address: u64,
+    pub size: u64,
+    pub toc: u64,
+    pub section_count: u64,
+    /// (name, address) per section.
+    pub sections: [([u8; 32], u64); MAX_SECTIONS],
+}
+
+/// The anchor.
+#[repr(C)]
+pub struct DebugAnchor {
+    pub magic: [u8; 8],
+    pub version: u64,
+    pub thread_size: u64,
+    pub livepatch_stack_offset: u64,
+    pub livepatch_frame_size: u64,
+    pub thread_info_livepatch_sp: u64,
+    pub thread_info_thread_id: u64,
+    pub thread_info_saved_stack_pointer: u64,
+    pub thread_info_state: u64,
+    pub thread_info_name: u64,
+    /// Bumped on every module load and unload, so the script knows to reload symbols.
+    pub module_generation: u64,
+    pub threads: [u64; MAX_THREADS],
+    pub patches: [DebugPatch; MAX_PATCHES],
+    pub modules: [DebugModule; MAX_MODULES],
+}
+
+struct Anchor(UnsafeCell<DebugAnchor>);
+// Safety: written only with preemption off (callers hold the registries' locks
+// or run during thread creation and removal under the scheduler), read by gdb.
+unsafe impl Sync for Anchor {}
+
+const EMPTY_PATCH: DebugPatch = DebugPatch { name: [0; 32], state: 0, count: 0, functions: [[0; 2]; MAX_FUNCTIONS] };
+const EMPTY_MODULE: DebugModule =
+    DebugModule { name: [0; 32], address: 0, size: 0, toc: 0, section_count: 0, sections: [([0; 32], 0); MAX_SECTIONS] };
+
+#[unsafe(no_mangle)]
+#[used]
+static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
+    magic: *b"KLPDEBUG",
+    version: 1,
+    thread_size: THREAD_SIZE as u64,
+    livepatch_stack_offset: LIVEPATCH_STACK_OFFSET as u64,
+    livepatch_frame_size: size_of::<LivepatchFrame>() as u64,
+    thread_info_livepatch_sp: offset_of!(ThreadInfo, livepatch_sp) as u64,
+    thread_info_thread_id: offset_of!(ThreadInfo, thread_id) as u64,
+    thread_info_saved_stack_pointer: offset_of!(ThreadInfo, saved_stack_pointer) as u64,
+    thread_info_state: offset_of!(ThreadInfo, state) as u64,
+    thread_info_name: offset_of!(ThreadInfo, name) as u64,
+    module_generation: 0,
+    threads: [0; MAX_THREADS],
+    patches: [EMPTY_PATCH; MAX_PATCHES],
+    modules: [EMPTY_MODULE; MAX_MODULES],
+}));
+
+#[notrace]
+fn anchor() -> &'static mut DebugAnchor {
+    // Safety: see `Anchor`: writers are serialised by their callers.
+    unsafe { &mut *klp_debug_anchor.0.get() }
+}
+
+fn copy_name(target: &mut [u8; 32], name: &str) {
+    let length = name.len().min(31);
+    *target = [0; 32];
+    target[..length].copy_from_slice(&name.as_bytes()[..length]);
+}
+
+/// A thread (its thread_info at `base`) exists.
+pub fn thread_created(base: u64) {
+    let _interrupts = crate::arch::ppc64::interrupts::disable();
+    if let Some(slot) = anchor().threads.iter_mut().find(|slot| **slot == 0) {
+        *slot = base;
+    }
+}
+
+/// The thread whose thread_info was at `base` is gone.
+pub fn thread_removed(base: u64) {
+    let _interrupts = crate::arch::ppc64::interrupts::disable();
+    if let Some(slot) = anchor().threads.iter_mut().find(|slot| **slot == base) {
+        *slot = 0;
+    }
+}
+
+/// Records a patch's state (`None` removes it) and its (old, new) functions.
+pub fn patch_changed(name: &str, state: Option<bool>, functions: &[(u64, u64)]) {
+    let patches = &mut anchor().patches;
+    let mut stored = [0u8; 32];
+    copy_name(&mut stored, name);
+    let existing = patches.iter().position(|patch| patch.state != 0 && patch.name == stored);
+    let index = match (existing, state) {
+        (Some(index), _) => index,
+        (None, Some(_)) => match patches.iter().position(|patch| patch.state == 0) {
+            Some(free) => free,
+            None => return,
+        },
+        (None, None) => return,
+    };
+    let patch = &mut patches[index];
+    match state {
+        None => *patch = EMPTY_PATCH,
+        Some(enabled) => {
+            copy_name(&mut patch.name, name);
+            patch.state = if enabled { 2 } else { 1 };
+            patch.count = functions.len().min(MAX_FUNCTIONS) as u64;
+            for (slot, (old, new)) in patch.functions.iter_mut().zip(functions) {
+                *slot = [*old, *new];
+            }
+        }
+    }
+}
+
+/// Records a loaded module and its sections.
+pub fn module_loaded(name: &str, address: u64, size: u64, toc: u64, sections: &[(&str, u64)]) {
+    let anchor = anchor();
+    anchor.module_generation += 1;
+    let Some(module) = anchor.modules.iter_mut().find(|module| module.address == 0) else { return };
+    copy_name(&mut module.name, name);
+    module.address = address;
+    module.size = size;
+    module.toc = toc;
+    module.section_count = sections.len().min(MAX_SECTIONS) as u64;
+    for (slot, (section, section_address)) in module.sections.iter_mut().zip(sections) {
+        copy_name(&mut slot.0, section);
+        slot.1 = *section_address;
+    }
+}
+
+/// Forgets a module that was at `address`.
+pub fn module_unloaded(address: u64) {
+    let anchor = anchor();
+    anchor.module_generation += 1;
+    if let Some(module) = anchor.modules.iter_mut().find(|module| module.address == address) {
+        *module = EMPTY_MODULE;
+    }
+}
+
+/// Called after every module load; gdb/kernel.py breaks here to add the module's symbols.
+#[notrace]
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_debug_module_event() {
+    core::hint::black_box(());
+}

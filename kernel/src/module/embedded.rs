@@ -1,0 +1,16 @@
+//! Signed sample modules built into the image by xtask, so the shell and tests can load them.
+//!
+//! xtask builds `patches/*` and hands their `.klp` files to the kernel build
+//! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
+
+/// (name, signed module file) for each sample; an empty file was not built in.
+pub static EMBEDDED: [(&str, &[u8]); 3] = [
+    ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
+    ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
+    ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
+];
+
+/// The signed file of the embedded module `name`, if built in.
+pub fn find(name: &str) -> Option<&'static [u8]> {
+    EMBEDDED.iter().find(|(embedded, file)| *embedded == name && !file.is_empty()).map(|(_, file)| *file)
+}

@@ -1,0 +1,43 @@
+//! Memory for a loaded module: one aligned heap block, returned to the heap on drop.
+use alloc::alloc::{Layout, alloc_zeroed, dealloc};
+
+/// An aligned, zeroed heap block holding a module's sections and stubs.
+pub struct ModuleMemory {
+    pointer: *mut u8,
+    layout: Layout,
+}
+
+// Safety: the block is owned; the module registry serialises access.
+unsafe impl Send for ModuleMemory {}
+
+impl ModuleMemory {
+    /// A zeroed block; None if the heap has no room or the layout is invalid.
+    pub fn allocate(size: usize, alignment: usize) -> Option<ModuleMemory> {
+        let layout = Layout::from_size_align(size.max(1), alignment.max(16)).ok()?;
+        // Safety: nonzero size.
+        let pointer = unsafe { alloc_zeroed(layout) };
+        (!pointer.is_null()).then_some(ModuleMemory { pointer, layout })
+    }
+
+    /// The block's address (real mode: also its physical address).
+    pub fn address(&self) -> u64 {
+        self.pointer as u64
+    }
+
+    pub fn size(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// The block, for the linker to write.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // Safety: owned block of `size` bytes.
+        unsafe { core::slice::from_raw_parts_mut(self.pointer, self.layout.size()) }
+    }
+}
+
+impl Drop for ModuleMemory {
+    fn drop(&mut self) {
+        // Safety: allocated in `allocate` with this layout.
+        unsafe { dealloc(self.pointer, self.layout) };
+    }
+}

@@ -1,0 +1,153 @@
+//! Patch modules: verify a signed object, link it into kernel memory, and hand its patch to the livepatch core.
+//!
+//! A module is a relocatable ELF object built apart from the kernel (see
+//! `patches/`), with its own TOC, signed with the project's key. Loading:
+//! check the ed25519 signature against the public key built into the kernel,
+//! parse and link it (`portable::module`: sections placed, `.TOC.` defined,
+//! kernel calls through stubs that keep r2), flush the instruction cache, then
+//! add and enable its patch. Every failure frees what was allocated and
+//! leaves the kernel as it was.
+pub mod channel;
+pub mod embedded;
+mod memory;
+
+use crate::arch::ppc64::cache;
+use crate::livepatch::{self, Function, LivepatchError, Object, Patch};
+use crate::sync::Mutex;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use memory::ModuleMemory;
+use portable::module::{self, LinkedModule, ModuleError};
+
+/// The public half of the project's signing key (xtask generates the pair).
+static PUBLIC_KEY: &[u8; 32] = include_bytes!(concat!(env!("OUT_DIR"), "/patch_public_key.bin"));
+
+/// A module in memory, with its patch.
+pub struct LoadedModule {
+    pub name: String,
+    pub memory: ModuleMemory,
+    pub linked: LinkedModule,
+}
+
+/// Loaded modules, for `klp list`, unloading and the debugger.
+static MODULES: Mutex<Vec<LoadedModule>> = Mutex::new(Vec::new());
+
+/// Why a module was refused or could not be unloaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Signature(&'static str),
+    Format(ModuleError),
+    NoMemory(usize),
+    AlreadyLoaded(String),
+    NotLoaded(String),
+    Busy(String),
+    Livepatch(LivepatchError),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Signature(why) => write!(formatter, "module refused: {why}"),
+            LoadError::Format(error) => write!(formatter, "module refused: {error}"),
+            LoadError::NoMemory(bytes) => write!(formatter, "no memory for a {bytes}-byte module"),
+            LoadError::AlreadyLoaded(name) => write!(formatter, "a patch named '{name}' is already loaded"),
+            LoadError::NotLoaded(name) => write!(formatter, "no module named '{name}' is loaded"),
+            LoadError::Busy(name) => {
+                write!(formatter, "module '{name}' is in use: a thread is inside a replacement; try again")
+            }
+            LoadError::Livepatch(error) => write!(formatter, "{error}"),
+        }
+    }
+}
+
+/// Checks the signature of a signed module file; returns the object bytes.
+pub fn verify(file: &[u8]) -> Result<&[u8], LoadError> {
+    let (object, signature) = module::split_signed(file).map_err(LoadError::Format)?;
+    let key = ed25519_compact::PublicKey::new(*PUBLIC_KEY);
+    let signature = ed25519_compact::Signature::new(*signature);
+    key.verify(object, &signature).map_err(|_| LoadError::Signature("bad signature (not signed with this kernel's key, or altered)"))?;
+    Ok(object)
+}
+
+/// Verifies, links, and enables the patch in a signed module file. Returns the patch name.
+pub fn load(file: &[u8]) -> Result<String, LoadError> {
+    let object = verify(file)?;
+    let image = module::parse(object).map_err(LoadError::Format)?;
+    let mut memory = ModuleMemory::allocate(image.memory_size(), image.memory_alignment())
+        .ok_or(LoadError::NoMemory(image.memory_size()))?;
+    let base = memory.address();
+    let linked = image
+        .link(memory.bytes_mut(), base, &mut |name| livepatch::api::lookup(name))
+        .map_err(LoadError::Format)?;
+    cache::synchronize_instructions(base, memory.size() as u64);
+    let name = linked.description.name.clone();
+    if MODULES.lock().iter().any(|module| module.name == name) {
+        return Err(LoadError::AlreadyLoaded(name));
+    }
+    let patch = patch_of(&linked)?;
+    livepatch::add(patch).map_err(|error| match error {
+        LivepatchError::DuplicatePatch(name) => LoadError::AlreadyLoaded(name),
+        other => LoadError::Livepatch(other),
+    })?;
+    if let Err(error) = livepatch::enable(&name) {
+        let _ = livepatch::remove(&name);
+        return Err(LoadError::Livepatch(error));
+    }
+    let sections: Vec<(&str, u64)> = linked.sections.iter().map(|section| (section.name.as_str(), section.address)).collect();
+    crate::debug::module_loaded(&name, base, memory.size() as u64, linked.toc, &sections);
+    drop(sections);
+    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked });
+    crate::debug::klp_debug_module_event();
+    Ok(name)
+}
+
+/// The livepatch description of a linked module: kernel functions replaced by module symbols.
+fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
+    let mut functions = Vec::new();
+    for replaced in &linked.description.functions {
+        let symbol = linked
+            .symbol(&replaced.new_symbol)
+            .ok_or_else(|| LoadError::Format(ModuleError::ReplacementNotFunction(replaced.new_symbol.clone())))?;
+        functions.push(Function {
+            old_name: replaced.old_name.clone(),
+            old_position: replaced.old_position,
+            new_address: symbol.address,
+        });
+    }
+    Ok(Patch { name: linked.description.name.clone(), objects: alloc::vec![Object { module: None, functions }] })
+}
+
+/// Disables a module's patch and frees it. Refused while any thread is
+/// inside a replacement (its livepatch stack is not empty).
+pub fn unload(name: &str) -> Result<(), LoadError> {
+    let _preempt = crate::thread::preempt_disable();
+    let position = MODULES
+        .lock()
+        .iter()
+        .position(|module| module.name == name)
+        .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
+    if crate::thread::snapshot().iter().any(|thread| thread.livepatch_depth != 0) {
+        return Err(LoadError::Busy(String::from(name)));
+    }
+    match livepatch::disable(name) {
+        Ok(()) | Err(LivepatchError::NotEnabled(_)) => {}
+        Err(error) => return Err(LoadError::Livepatch(error)),
+    }
+    livepatch::remove(name).map_err(LoadError::Livepatch)?;
+    let module = MODULES.lock().remove(position);
+    crate::debug::module_unloaded(module.memory.address());
+    drop(module);
+    crate::debug::klp_debug_module_event();
+    Ok(())
+}
+
+/// Names, addresses and sizes of the loaded modules' sections, for `klp list` and gdb.
+pub fn summaries() -> Vec<(String, u64, usize, u64)> {
+    MODULES.lock().iter().map(|module| (module.name.clone(), module.memory.address(), module.memory.size(), module.linked.toc)).collect()
+}
+
+/// The TOC pointer of a loaded module.
+pub fn toc_of(name: &str) -> Option<u64> {
+    MODULES.lock().iter().find(|module| module.name == name).map(|module| module.linked.toc)
+}

@@ -1,0 +1,98 @@
+//! Tests of patch modules: the seed's case with a real separately built module, signatures, unloading.
+use crate::livepatch::api::REPORTED_TOC;
+use crate::arch::ppc64::registers::toc_pointer;
+use crate::module::{self, LoadError};
+use crate::memory;
+use core::hint::black_box;
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::ktest;
+
+fn embedded(name: &str) -> &'static [u8] {
+    module::embedded::find(name).expect("xtask builds the sample modules into the test kernel")
+}
+
+static CALLER_GLOBAL: AtomicU64 = AtomicU64::new(0);
+
+/// A: calls kernel::shell::greeting at its local entry (same TOC, no TOC
+/// save), then reads a global through r2.
+#[inline(never)]
+fn greeting_caller() -> (usize, u64) {
+    let text = crate::shell::greeting();
+    (text.len(), CALLER_GLOBAL.load(Ordering::Relaxed))
+}
+
+#[ktest]
+fn module_replacement_runs_with_its_own_toc_and_the_caller_gets_its_toc_back() {
+    CALLER_GLOBAL.store(black_box(0x5eed), Ordering::Relaxed);
+    let before = crate::shell::greeting();
+    let name = module::load(embedded("counter")).expect("the counter module loads");
+    assert_eq!(name, "counter");
+    REPORTED_TOC.store(0, Ordering::SeqCst);
+    let (length, global) = greeting_caller();
+    let text = crate::shell::greeting();
+    let module_toc = module::toc_of("counter").expect("loaded");
+    let seen = REPORTED_TOC.load(Ordering::SeqCst);
+    module::unload("counter").expect("unloads");
+    assert_eq!(global, 0x5eed, "A read its global through the kernel TOC after the call");
+    assert_eq!(seen, module_toc, "inside C, r2 was the module's TOC");
+    assert_ne!(seen, toc_pointer(), "not the kernel's");
+    assert_ne!(text, before, "the module's replacement ran");
+    assert!(length > 0);
+    assert_eq!(crate::shell::greeting(), before, "unloading restored the original");
+}
+
+#[inline(never)]
+fn ten_caller() -> u64 {
+    crate::livepatch::api::klp_demo_ten(black_box(1), 2, 3, 4, 5, 6, 7, 8, black_box(9), black_box(10))
+}
+
+#[ktest]
+fn module_replacement_of_a_ten_argument_function_gets_all_ten() {
+    assert_eq!(ten_caller(), 55);
+    module::load(embedded("ten")).expect("the ten module loads");
+    REPORTED_TOC.store(0, Ordering::SeqCst);
+    let patched = ten_caller();
+    let module_toc = module::toc_of("ten").expect("loaded");
+    let seen = REPORTED_TOC.load(Ordering::SeqCst);
+    module::unload("ten").expect("unloads");
+    // The sample computes the sum of i * argument_i: 1*1 + 2*2 + ... + 10*10.
+    assert_eq!(patched, (1..=10).map(|i| i * i).sum::<u64>(), "arguments 9 and 10 arrived unchanged");
+    assert_eq!(seen, module_toc);
+    assert_eq!(ten_caller(), 55);
+}
+
+#[ktest]
+fn load_enable_disable_unload_100_times_returns_all_memory() {
+    let file = embedded("greeting");
+    // Warm up once: first-use allocations (tables that stay) are not leaks.
+    module::load(file).expect("loads");
+    module::unload("greeting").expect("unloads");
+    let (before, _) = memory::usage();
+    for _ in 0..100 {
+        module::load(file).expect("loads");
+        assert_eq!(crate::shell::greeting(), "hello from the greeting patch module");
+        module::unload("greeting").expect("unloads");
+    }
+    assert_eq!(memory::usage().0, before, "heap usage back to where it started");
+}
+
+#[ktest]
+fn altered_or_unsigned_modules_are_refused_and_nothing_changes() {
+    let file = embedded("greeting");
+    let before = crate::shell::greeting();
+    let mut altered = file.to_vec();
+    let middle = altered.len() / 2;
+    altered[middle] ^= 0x40;
+    assert!(matches!(module::load(&altered), Err(LoadError::Signature(_))));
+    let unsigned = &file[..file.len() - 80];
+    assert!(module::load(unsigned).is_err());
+    assert!(module::load(&[]).is_err());
+    assert!(module::load(b"not a module at all").is_err());
+    assert_eq!(crate::shell::greeting(), before);
+    assert!(module::summaries().is_empty());
+    // A second load of the same patch is refused while the first is loaded.
+    module::load(file).expect("loads");
+    assert!(matches!(module::load(file), Err(LoadError::AlreadyLoaded(_))));
+    module::unload("greeting").expect("unloads");
+    assert!(matches!(module::unload("greeting"), Err(LoadError::NotLoaded(_))));
+}

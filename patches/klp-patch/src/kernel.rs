@@ -1,0 +1,64 @@
+//! The kernel services a patch module may call: `#[no_mangle]` kernel exports.
+//!
+//! The loader resolves these names against the kernel's symbol table. The
+//! wrappers are `#[inline(always)]`, so they are compiled into the module's own
+//! object and leave only the kernel's symbols undefined.
+
+unsafe extern "C" {
+    /// Prints `length` bytes at `bytes` to the console.
+    pub fn klp_print(bytes: *const u8, length: usize);
+    /// Timer ticks since boot.
+    pub fn klp_uptime_ticks() -> u64;
+    /// The id of the calling thread.
+    pub fn klp_thread_id() -> u64;
+    /// Records the r2 (TOC pointer) a replacement saw; the kernel's tests check it.
+    pub fn klp_report_toc(toc: u64);
+    /// A kernel static a module may read.
+    pub static klp_kernel_version: u64;
+}
+
+/// Prints `text` to the console.
+#[inline(always)]
+pub fn print(text: &[u8]) {
+    // Safety: the kernel reads `text.len()` bytes from a valid slice and keeps no reference.
+    unsafe { klp_print(text.as_ptr(), text.len()) }
+}
+
+/// Timer ticks since boot.
+#[inline(always)]
+pub fn uptime_ticks() -> u64 {
+    // Safety: a plain query without arguments.
+    unsafe { klp_uptime_ticks() }
+}
+
+/// The id of the calling thread.
+#[inline(always)]
+pub fn thread_id() -> u64 {
+    // Safety: a plain query without arguments.
+    unsafe { klp_thread_id() }
+}
+
+/// Tells the kernel which TOC pointer the replacement ran with.
+#[inline(always)]
+pub fn report_toc(toc: u64) {
+    // Safety: the kernel only records the value.
+    unsafe { klp_report_toc(toc) }
+}
+
+/// The kernel's `klp_kernel_version` static.
+#[inline(always)]
+pub fn kernel_version() -> u64 {
+    // Safety: the kernel never writes this static after boot.
+    unsafe { klp_kernel_version }
+}
+
+/// The TOC pointer (r2) of the running code: the module's own TOC inside a
+/// replacement, which computed it from r12 in its global entry.
+#[cfg(target_arch = "powerpc64")]
+#[inline(always)]
+pub fn toc() -> u64 {
+    let toc: u64;
+    // Safety: copies r2 into a register; no memory, no side effects.
+    unsafe { core::arch::asm!("mr {}, 2", out(reg) toc, options(nomem, nostack, preserves_flags)) };
+    toc
+}

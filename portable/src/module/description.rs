@@ -1,0 +1,128 @@
+//! The `.klp.patch` text: which kernel functions a patch module replaces, and with what.
+//!
+//! ```text
+//! klp-patch 1                                   version, the first line that counts
+//! name greeting                                 the patch's name, exactly once
+//! replace kernel::hello new_hello               one or more: OLD_NAME NEW_SYMBOL
+//! replace kernel::util::parse@2 new_parse       OLD_NAME@N: the Nth function of that name (from 1)
+//! # a comment                                   blank lines and '#' lines are ignored
+//! ```
+//!
+//! Trailing NUL bytes (padding of the section) are ignored. Names are runs of
+//! printable ASCII without spaces.
+
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use super::ModuleError;
+
+/// The version line every description starts with.
+pub const DESCRIPTION_HEADER: &str = "klp-patch 1";
+
+/// What a patch module replaces, read from its `.klp.patch` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchDescription {
+    /// The patch's name (for `klp enable NAME`).
+    pub name: String,
+    /// The replaced functions, in the order of their `replace` lines.
+    pub functions: Vec<ReplacedFunction>,
+}
+
+/// One `replace` line: a kernel function and the module symbol that replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedFunction {
+    /// The kernel function's name, as the kernel symbol table spells it.
+    pub old_name: String,
+    /// Which of several kernel functions with that name (1-based), from an `@N` suffix.
+    pub old_position: Option<usize>,
+    /// The module symbol (a function defined in the module) that replaces it.
+    pub new_symbol: String,
+}
+
+/// An error at 1-based `line`.
+fn error(line: usize, reason: impl Into<String>) -> ModuleError {
+    ModuleError::Description { line, reason: reason.into() }
+}
+
+/// Whether `word` is a usable name: non-empty printable ASCII without spaces.
+fn is_name(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
+/// Splits `OLD_NAME@N` into the name and the position.
+fn old_function(line: usize, word: &str) -> Result<(String, Option<usize>), ModuleError> {
+    let Some((name, position)) = word.rsplit_once('@') else {
+        return Ok((word.to_string(), None));
+    };
+    let number = match position.parse::<usize>() {
+        Ok(number) if number >= 1 && position.bytes().all(|byte| byte.is_ascii_digit()) => number,
+        _ => return Err(error(line, format!("position {position:?} of {name} is not a number from 1"))),
+    };
+    if !is_name(name) {
+        return Err(error(line, format!("{word:?} has no function name before '@'")));
+    }
+    Ok((name.to_string(), Some(number)))
+}
+
+/// Parses the text of a `.klp.patch` section (see the module documentation for the format).
+pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
+    let end = text.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    let text = core::str::from_utf8(&text[..end]).map_err(|_| error(0, "not UTF-8 text"))?;
+    if text.contains('\0') {
+        return Err(error(0, "NUL byte inside the text"));
+    }
+    let mut seen_header = false;
+    let mut name: Option<String> = None;
+    let mut functions: Vec<ReplacedFunction> = Vec::new();
+    let mut replaced: BTreeSet<(String, Option<usize>)> = BTreeSet::new();
+    for (index, line) in text.split('\n').enumerate() {
+        let number = index + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        if !seen_header {
+            if words.as_slice() != ["klp-patch", "1"] {
+                return Err(match words.as_slice() {
+                    ["klp-patch", version] => error(number, format!("unsupported version {version}")),
+                    _ => error(number, format!("expected {DESCRIPTION_HEADER:?} first, found {line:?}")),
+                });
+            }
+            seen_header = true;
+            continue;
+        }
+        match words.as_slice() {
+            ["name", patch] if is_name(patch) => {
+                if name.is_some() {
+                    return Err(error(number, "a second name line"));
+                }
+                name = Some(patch.to_string());
+            }
+            ["replace", old, new] if is_name(old) && is_name(new) => {
+                let (old_name, old_position) = old_function(number, old)?;
+                if !replaced.insert((old_name.clone(), old_position)) {
+                    return Err(error(number, format!("{old} is replaced twice")));
+                }
+                functions.push(ReplacedFunction { old_name, old_position, new_symbol: new.to_string() });
+            }
+            ["name", ..] => return Err(error(number, "expected \"name NAME\"")),
+            ["replace", ..] => return Err(error(number, "expected \"replace OLD_NAME[@N] NEW_SYMBOL\"")),
+            ["klp-patch", ..] => return Err(error(number, "a second version line")),
+            [keyword, ..] => return Err(error(number, format!("unknown keyword {keyword:?}"))),
+            [] => {}
+        }
+    }
+    if !seen_header {
+        return Err(error(0, format!("empty, expected {DESCRIPTION_HEADER:?}")));
+    }
+    let Some(name) = name else {
+        return Err(error(0, "no name line"));
+    };
+    if functions.is_empty() {
+        return Err(error(0, "no replace line"));
+    }
+    Ok(PatchDescription { name, functions })
+}

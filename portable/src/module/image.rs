@@ -1,0 +1,131 @@
+//! A parsed and validated patch module object, ready to be linked at an address.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::description::{PatchDescription, parse_description};
+use super::elf::{Section, read_sections};
+use super::layout::{Layout, layout};
+use super::relocations::{self, Branch, Relocation, RelocationSection};
+use super::symbols::{Definition, Symbol, SymbolTable};
+use super::{DESCRIPTION_SECTION, ModuleError};
+
+/// A stub's identity: the external function's name and the call's addend.
+pub(super) type StubKey<'a> = (&'a str, i64);
+
+/// A patch module object that passed every check that needs no address: ELF header,
+/// sections, symbols, relocations (types, bounds, call sites), the patch description.
+/// [`link`](ModuleImage::link) places it in memory.
+pub struct ModuleImage<'a> {
+    pub(super) sections: Vec<Section<'a>>,
+    pub(super) symbols: SymbolTable<'a>,
+    pub(super) relocations: Vec<RelocationSection<'a>>,
+    /// The stub slot of each distinct external call target, numbered in order of first use.
+    pub(super) stubs: BTreeMap<StubKey<'a>, usize>,
+    pub(super) layout: Layout,
+    pub(super) description: PatchDescription,
+}
+
+/// Parses and validates a patch module: a ppc64le ELFv2 relocatable object with a
+/// `.klp.patch` section. Never panics, whatever the input; see [`ModuleError`] for what is
+/// refused.
+pub fn parse(bytes: &[u8]) -> Result<ModuleImage<'_>, ModuleError> {
+    let sections = read_sections(bytes)?;
+    let symbols = SymbolTable::read(&sections)?;
+    let relocations = relocations::read(&sections, &symbols)?;
+    let mut stubs = BTreeMap::new();
+    for group in &relocations {
+        for entry in group.entries {
+            let Some(relocation) = relocations::decode(group, entry, &sections, &symbols)? else {
+                continue;
+            };
+            if relocation.branch == Branch::External {
+                let next = stubs.len();
+                stubs.entry((relocation.symbol.name, relocation.addend)).or_insert(next);
+            }
+        }
+    }
+    let layout = layout(&sections, stubs.len())?;
+    let description = read_description(&sections)?;
+    let image = ModuleImage { sections, symbols, relocations, stubs, layout, description };
+    let functions = image.functions();
+    for function in &image.description.functions {
+        if !functions.contains_key(function.new_symbol.as_str()) {
+            return Err(ModuleError::ReplacementNotFunction(function.new_symbol.clone()));
+        }
+    }
+    Ok(image)
+}
+
+/// Finds and parses the `.klp.patch` section.
+fn read_description(sections: &[Section<'_>]) -> Result<PatchDescription, ModuleError> {
+    let Some(section) = sections.iter().find(|section| section.name == DESCRIPTION_SECTION) else {
+        return Err(ModuleError::MissingDescription);
+    };
+    if !section.has_file_bytes() {
+        return Err(ModuleError::Description { line: 0, reason: String::from("the section has no contents") });
+    }
+    parse_description(section.bytes)
+}
+
+impl<'a> ModuleImage<'a> {
+    /// Bytes of memory the module needs once loaded: every SHF_ALLOC section (each at its
+    /// alignment; NOBITS zero-filled), then the call stubs area (one 32-byte stub per distinct
+    /// external function called through R_PPC64_REL24), laid out deterministically:
+    /// executable, read-only, writable, NOBITS sections, then stubs.
+    pub fn memory_size(&self) -> usize {
+        self.layout.size as usize
+    }
+
+    /// Alignment the memory handed to [`link`](Self::link) must have: at least 16, and the
+    /// largest section alignment.
+    pub fn memory_alignment(&self) -> usize {
+        self.layout.alignment as usize
+    }
+
+    /// The patch description read from `.klp.patch`.
+    pub fn description(&self) -> &PatchDescription {
+        &self.description
+    }
+
+    /// The relocations of every patched section, in file order, each checked again.
+    pub(super) fn each_relocation(
+        &self,
+        mut visit: impl FnMut(Relocation<'a>) -> Result<(), ModuleError>,
+    ) -> Result<(), ModuleError> {
+        for group in &self.relocations {
+            for entry in group.entries {
+                if let Some(relocation) = relocations::decode(group, entry, &self.sections, &self.symbols)? {
+                    visit(relocation)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every symbol after the null one, in table order (parse checked them all).
+    pub(super) fn each_symbol(&self) -> impl Iterator<Item = Symbol<'a>> + '_ {
+        (1..self.symbols.len()).filter_map(|index| self.symbols.get(index, &self.sections).ok())
+    }
+
+    /// The functions defined in executable sections of the module, by name (a global one
+    /// where a name has several).
+    pub(super) fn functions(&self) -> BTreeMap<&'a str, Symbol<'a>> {
+        let executable = |symbol: &Symbol<'a>| match symbol.definition {
+            Definition::Loaded(index) => self
+                .sections
+                .get(index)
+                .is_some_and(|section| section.flags & u64::from(object::elf::SHF_EXECINSTR) != 0),
+            _ => false,
+        };
+        let mut functions: BTreeMap<&'a str, Symbol<'a>> = BTreeMap::new();
+        for symbol in self.each_symbol().filter(Symbol::is_defined_function).filter(executable) {
+            let known = functions.get(symbol.name).is_some_and(|known| known.global || !symbol.global);
+            if !known {
+                functions.insert(symbol.name, symbol);
+            }
+        }
+        functions
+    }
+}

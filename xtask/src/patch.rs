@@ -1,0 +1,195 @@
+//! `patch`: builds, signs, loads and unloads live patch modules (`patches/NAME`).
+//!
+//! A patch is a `no_std` library crate under `patches/` (see `patches/README.md`).
+//! `patch build NAME` compiles it for the kernel's target like the kernel itself,
+//! takes its one relocatable object, checks it (`patch_object`) and signs it
+//! into `target/patches/NAME.klp` (`signing`). `patch load NAME` and `patch
+//! unload NAME` talk to a kernel booted by `cargo xtask run` over its patch
+//! channel (`patch_channel`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::patch_object::{self, Inspection};
+use crate::{announce, command, display, packages, patch_channel, signing, workspace_root};
+
+#[derive(clap::Args)]
+pub struct Options {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Builds and signs patches/NAME into target/patches/NAME.klp.
+    Build {
+        /// The patch (a folder under patches/).
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Build every patch under patches/.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
+    /// Builds patches/NAME if needed and loads it into the kernel that `cargo xtask run` booted.
+    Load {
+        /// The patch (a folder under patches/), or the path of a signed .klp file.
+        name: String,
+        /// Seconds to wait for the kernel's reply.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Unloads the patch module NAME from the kernel that `cargo xtask run` booted.
+    Unload {
+        /// The module's name.
+        name: String,
+        /// Seconds to wait for the kernel's reply.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+/// Where patches are built, and where their signed modules end up.
+pub const TARGET_DIR: &str = "target/patches";
+
+/// The helper crate under patches/ that is not itself a patch.
+const HELPER_CRATE: &str = "klp-patch";
+
+pub fn main(options: &Options) -> Result<ExitCode> {
+    match &options.command {
+        Command::Build { name: Some(name), .. } => build(name).map(|_| ExitCode::SUCCESS),
+        Command::Build { name: None, .. } => build_all().map(|_| ExitCode::SUCCESS),
+        Command::Load { name, timeout } => {
+            let (module_name, module) = signed_module(name)?;
+            let request = portable::channel::Message::Load { name: &module_name, module: &module };
+            patch_channel::request(&request, Duration::from_secs(*timeout))
+        }
+        Command::Unload { name, timeout } => {
+            let request = portable::channel::Message::Unload { name };
+            patch_channel::request(&request, Duration::from_secs(*timeout))
+        }
+    }
+}
+
+/// The signed module file of patch `name`.
+pub fn signed_path(name: &str) -> PathBuf {
+    workspace_root().join(TARGET_DIR).join(format!("{name}.klp"))
+}
+
+/// The names of the patches under patches/, sorted.
+pub fn names() -> Result<Vec<String>> {
+    let directory = workspace_root().join("patches");
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&directory).with_context(|| format!("reading {}", directory.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != HELPER_CRATE && entry.path().join("Cargo.toml").is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Builds every patch; returns their signed module files.
+pub fn build_all() -> Result<Vec<PathBuf>> {
+    names()?.iter().map(|name| build(name)).collect()
+}
+
+/// Builds, checks and signs patch `name`; returns `target/patches/NAME.klp`.
+pub fn build(name: &str) -> Result<PathBuf> {
+    let manifest = workspace_root().join("patches").join(name).join("Cargo.toml");
+    if name == HELPER_CRATE || !manifest.is_file() {
+        bail!("no patch {name:?}: the patches are {}", names()?.join(", "));
+    }
+    packages::require_rust_source()?;
+    let pair = signing::ensure_key_pair()?;
+    let rlib = compile(&manifest)?;
+    let archive = fs::read(&rlib).with_context(|| format!("reading {}", rlib.display()))?;
+    let object = patch_object::object_from_rlib(&archive).with_context(|| format!("in {}", rlib.display()))?;
+    let inspection = patch_object::inspect(&object).with_context(|| format!("patch {name}"))?;
+    if inspection.description.name != name {
+        bail!("patches/{name} declares the module name {:?}: they must be the same", inspection.description.name);
+    }
+    let directory = workspace_root().join(TARGET_DIR);
+    let object_path = directory.join(format!("{name}.o"));
+    fs::write(&object_path, &object).with_context(|| format!("writing {}", object_path.display()))?;
+    let signed = signing::sign(&object, &pair);
+    signing::verify(&signed, &pair.pk).context("the module just signed does not verify")?;
+    let signed_path = signed_path(name);
+    fs::write(&signed_path, &signed).with_context(|| format!("writing {}", signed_path.display()))?;
+    report(name, &inspection, &object_path, &signed_path, signed.len());
+    Ok(signed_path)
+}
+
+/// Compiles the patch crate of `manifest` for the kernel's target; returns its rlib.
+///
+/// Why the rlib: the library's one codegen unit is exactly the relocatable object
+/// a module needs, and cargo keeps the rlib up to date. `--emit obj=PATH` would
+/// give the same object, but cargo does not track that extra output: when the
+/// crate is fresh, rustc does not run and a deleted object would not come back.
+fn compile(manifest: &Path) -> Result<PathBuf> {
+    let mut cargo = command("cargo");
+    cargo
+        .env("RUSTC_BOOTSTRAP", "1")
+        // One object per patch, no unwinding: whatever the patch's own profile says.
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .args(["build", "--release", "--lib", "--manifest-path"])
+        .arg(manifest)
+        .args([
+            "--target",
+            "kernel/ppc64le-kernel.json",
+            "-Zbuild-std=core",
+            "-Zjson-target-spec",
+            "--target-dir",
+            TARGET_DIR,
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit());
+    announce(&cargo);
+    let output = cargo.output().with_context(|| format!("could not start {}", display(&cargo)))?;
+    if !output.status.success() {
+        bail!("{} failed with {}", display(&cargo), output.status);
+    }
+    let manifest = manifest.canonicalize()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["manifest_path"].as_str().is_some_and(|path| Path::new(path) == manifest))
+        .flat_map(|message| message["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|file| file.as_str().map(PathBuf::from))
+        .find(|file| file.extension().is_some_and(|extension| extension == "rlib"))
+        .with_context(|| format!("cargo reported no rlib for {}: is it a [lib] crate?", manifest.display()))
+}
+
+fn report(name: &str, inspection: &Inspection, object: &Path, signed: &Path, size: usize) {
+    eprintln!("patch {name}: {} ({size} bytes, signed), object {}", relative(signed), relative(object));
+    for replacement in &inspection.description.replacements {
+        eprintln!("    replaces {} with {}", replacement.old_name, replacement.new_symbol);
+    }
+    eprintln!("    kernel symbols: {}", inspection.undefined.join(", "));
+    let relocations: Vec<String> =
+        inspection.relocations.iter().map(|(kind, count)| format!("{kind} x{count}")).collect();
+    eprintln!("    relocations: {}", relocations.join(", "));
+}
+
+fn relative(path: &Path) -> String {
+    crate::qemu::relative(path).display().to_string()
+}
+
+/// The module name and signed bytes for `patch load NAME`: patches/NAME built
+/// (cargo skips what is fresh), or NAME itself when it is a `.klp` file.
+fn signed_module(name: &str) -> Result<(String, Vec<u8>)> {
+    let path = if name.ends_with(".klp") && Path::new(name).is_file() { PathBuf::from(name) } else { build(name)? };
+    let signed = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let public_key = signing::ensure_key_pair()?.pk;
+    let object = signing::verify(&signed, &public_key)
+        .with_context(|| format!("{} is not signed with {}", path.display(), signing::public_key_path().display()))?;
+    let inspection = patch_object::inspect(object).with_context(|| format!("in {}", path.display()))?;
+    Ok((inspection.description.name, signed))
+}
