@@ -54,6 +54,11 @@ pub struct DebugAnchor {
     pub thread_info_name: u64,
     /// Bumped on every module load and unload, so the script knows to reload symbols.
     pub module_generation: u64,
+    /// The ftrace site table: address, entries, bytes per entry (function,
+    /// site word address, name pointer, name length).
+    pub sites: u64,
+    pub site_count: u64,
+    pub site_entry_size: u64,
     pub threads: [u64; MAX_THREADS],
     pub patches: [DebugPatch; MAX_PATCHES],
     pub modules: [DebugModule; MAX_MODULES],
@@ -82,6 +87,9 @@ static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     thread_info_state: offset_of!(ThreadInfo, state) as u64,
     thread_info_name: offset_of!(ThreadInfo, name) as u64,
     module_generation: 0,
+    sites: 0,
+    site_count: 0,
+    site_entry_size: 0,
     threads: [0; MAX_THREADS],
     patches: [EMPTY_PATCH; MAX_PATCHES],
     modules: [EMPTY_MODULE; MAX_MODULES],
@@ -97,6 +105,14 @@ fn copy_name(target: &mut [u8; 32], name: &str) {
     let length = name.len().min(31);
     *target = [0; 32];
     target[..length].copy_from_slice(&name.as_bytes()[..length]);
+}
+
+/// Records where the ftrace site table is (once, at boot).
+pub fn sites_known(table: u64, count: u64, entry_size: u64) {
+    let anchor = anchor();
+    anchor.sites = table;
+    anchor.site_count = count;
+    anchor.site_entry_size = entry_size;
 }
 
 /// A thread (its thread_info at `base`) exists.

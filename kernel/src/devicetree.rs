@@ -57,7 +57,10 @@ impl Machine {
             cpu_count: tree.cpu_count(),
             timebase_frequency: tree.timebase_frequency().unwrap_or(512_000_000),
             bootargs: tree.bootargs().unwrap_or(""),
-            has_patch_channel: tree.raw().find_node("/vdevice/vty@71000100").is_some(),
+            has_patch_channel: tree
+                .raw()
+                .find_node(&alloc::format!("/vdevice/vty@{:x}", portable::channel::VTY_REG))
+                .is_some(),
             power_off: tree.rtas_token("power-off").expect("device tree: no RTAS power-off token"),
             os_term: tree.rtas_token("ibm,os-term"),
             start_cpu: tree.rtas_token("start-cpu"),

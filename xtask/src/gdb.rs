@@ -2,8 +2,8 @@
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,19 +30,47 @@ pub struct Options {
 const CONSOLE_LOG: &str = "target/kernel/gdb-console.log";
 
 pub fn main(options: &Options) -> Result<ExitCode> {
-    packages::require("gdb-multiarch")?;
     let batch = match &options.batch {
         Some(file) => Some(file.canonicalize().with_context(|| format!("gdb script {}", file.display()))?),
         None => None,
     };
-    let image = build::main(&build::Options { test: options.test.is_some() })?;
+    let (guard, mut gdb) = start(options.test.as_deref(), batch.as_deref(), options.firmware)?;
+    let mut gdb = gdb.spawn().context("could not start gdb-multiarch")?;
+    if batch.is_none() {
+        // Ctrl-C is gdb's; xtask must outlive it to stop QEMU afterwards.
+        ctrlc::set_handler(|| {}).context("could not catch Ctrl-C")?;
+    }
+    let status = gdb.wait()?;
+    drop(guard);
+    if batch.is_some() {
+        eprintln!("console output: {CONSOLE_LOG}");
+    }
+    Ok(exit_code(status))
+}
+
+/// Runs the gdb `script` against the test kernel running only `test`, and
+/// returns what gdb printed (for `cargo xtask test`).
+pub fn batch_output(test: &str, script: &Path) -> Result<String> {
+    let (guard, mut gdb) = start(Some(test), Some(script), Firmware::default())?;
+    let output = gdb.stdin(Stdio::null()).output().context("could not start gdb-multiarch")?;
+    drop(guard);
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok(text)
+}
+
+/// Builds the kernel, starts QEMU paused with its gdb stub, and returns the
+/// guard that kills QEMU with the gdb command to run against it.
+fn start(test: Option<&str>, batch: Option<&Path>, firmware: Firmware) -> Result<(Guard, Command)> {
+    packages::require("gdb-multiarch")?;
+    let image = build::main(&build::Options { test: test.is_some() })?;
     let port = free_port()?;
     // Interactively the console shares the terminal with gdb, which alone reads the keys.
     let serial = if batch.is_some() { format!("file:{CONSOLE_LOG}") } else { "stdio".into() };
     let gdb_stub = format!("tcp:127.0.0.1:{port}");
     let machine = Machine {
-        append: options.test.as_ref().map(|name| format!("ktest.only={name}")).unwrap_or_default(),
-        ..Machine::new(image.clone(), options.firmware).with(&["-S", "-gdb", &gdb_stub, "-serial", &serial])
+        append: test.map(|name| format!("ktest.only={name}")).unwrap_or_default(),
+        ..Machine::new(image.clone(), firmware).with(&["-S", "-gdb", &gdb_stub, "-serial", &serial])
     };
     let mut qemu = machine.command()?;
     // Its own process group: Ctrl-C in gdb interrupts the kernel instead of killing QEMU.
@@ -57,7 +85,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     if workspace_root().join("gdb/kernel.py").exists() {
         gdb.args(["-x", "gdb/kernel.py"]);
     }
-    match &batch {
+    match batch {
         Some(file) => {
             gdb.arg("-batch").arg("-x").arg(file);
         }
@@ -67,17 +95,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         }
     }
     announce(&gdb);
-    let mut gdb = gdb.spawn().context("could not start gdb-multiarch")?;
-    if batch.is_none() {
-        // Ctrl-C is gdb's; xtask must outlive it to stop QEMU afterwards.
-        ctrlc::set_handler(|| {}).context("could not catch Ctrl-C")?;
-    }
-    let status = gdb.wait()?;
-    drop(guard);
-    if batch.is_some() {
-        eprintln!("console output: {CONSOLE_LOG}");
-    }
-    Ok(exit_code(status))
+    Ok((guard, gdb))
 }
 
 /// A TCP port that is free now on 127.0.0.1.

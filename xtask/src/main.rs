@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod gdb;
+mod gdb_test;
 mod ktest;
 mod objdump;
 mod packages;

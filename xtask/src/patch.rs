@@ -172,7 +172,8 @@ fn report(name: &str, inspection: &Inspection, object: &Path, signed: &Path, siz
     for replacement in &inspection.description.replacements {
         eprintln!("    replaces {} with {}", replacement.old_name, replacement.new_symbol);
     }
-    eprintln!("    kernel symbols: {}", inspection.undefined.join(", "));
+    let symbols = if inspection.undefined.is_empty() { "(none)".to_string() } else { inspection.undefined.join(", ") };
+    eprintln!("    kernel symbols: {symbols}");
     let relocations: Vec<String> =
         inspection.relocations.iter().map(|(kind, count)| format!("{kind} x{count}")).collect();
     eprintln!("    relocations: {}", relocations.join(", "));

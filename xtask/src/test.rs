@@ -31,17 +31,17 @@ pub struct Options {
 const PARALLEL_BOOTS: usize = 2;
 
 /// One part of the run; it adds its results to the tally.
-type Phase = fn(&Options, &mut Tally) -> Result<()>;
+pub type Phase = fn(&Options, &mut Tally) -> Result<()>;
 
 /// Passed and failed counts, with the names of the failures.
 #[derive(Default)]
-struct Tally {
+pub struct Tally {
     passed: usize,
     failed: Vec<String>,
 }
 
 impl Tally {
-    fn record(&mut self, name: &str, verdict: &Result<(), String>) {
+    pub fn record(&mut self, name: &str, verdict: &Result<(), String>) {
         match verdict {
             Ok(()) => self.passed += 1,
             Err(reason) => self.failed.push(format!("{name}: {reason}")),
@@ -52,8 +52,12 @@ impl Tally {
 pub fn main(options: &Options) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let mut times = Vec::new();
-    let phases: [(&str, Phase); 3] =
-        [("host tests", host_tests), ("kernel tests", kernel_tests), ("scenarios", scenarios)];
+    let phases: [(&str, Phase); 4] = [
+        ("host tests", host_tests),
+        ("kernel tests", kernel_tests),
+        ("scenarios", scenarios),
+        ("debugger", crate::gdb_test::debugger_tests),
+    ];
     for (phase, run) in phases {
         println!("\n=== {phase} ===");
         let start = Instant::now();

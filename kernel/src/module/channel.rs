@@ -12,10 +12,12 @@ use alloc::format;
 use alloc::string::String;
 use portable::channel::{FrameDecoder, Message};
 
-/// Unit address of the channel's virtual terminal (see xtask's QEMU command).
-pub const CHANNEL_TERMINAL: u64 = 0x7100_0100;
+/// Unit address of the channel's virtual terminal (xtask's QEMU command uses the same constant).
+pub const CHANNEL_TERMINAL: u64 = portable::channel::VTY_REG;
 /// How long the listener sleeps when no byte is waiting.
 const POLL_MILLISECONDS: u64 = 20;
+/// Empty polls after which an unfinished frame is given up (2 s of silence).
+const ABANDON_AFTER_POLLS: u32 = 100;
 
 /// Starts the listener if the machine has the channel terminal.
 pub fn start(has_channel: bool) {
@@ -31,28 +33,44 @@ pub fn start(has_channel: bool) {
 fn listen() {
     let mut decoder = FrameDecoder::new();
     let mut buffer = [0u8; 16];
+    let mut quiet_polls = 0;
     loop {
         let Some(count) = read_terminal(CHANNEL_TERMINAL, &mut buffer) else {
             println!("klp: the patch channel terminal went away");
             return;
         };
         if count == 0 {
+            quiet_polls += 1;
+            // A frame cut short (an interrupted `patch load`) must not swallow
+            // the next request: after a long silence, give it up.
+            if quiet_polls >= ABANDON_AFTER_POLLS && !decoder.is_idle() {
+                while let Some(result) = decoder.flush() {
+                    deliver(result);
+                }
+            }
             thread::sleep_milliseconds(POLL_MILLISECONDS);
             continue;
         }
+        quiet_polls = 0;
         for &byte in &buffer[..count] {
-            match decoder.push(byte) {
-                None => {}
-                Some(Ok(frame)) => {
-                    let (ok, message) = match Message::parse(&frame) {
-                        Ok(message) => handle(message),
-                        Err(error) => (false, format!("bad request: {error}")),
-                    };
-                    reply(ok, &message);
-                }
-                Some(Err(error)) => reply(false, &format!("broken frame: {error}")),
+            if let Some(result) = decoder.push(byte) {
+                deliver(result);
             }
         }
+    }
+}
+
+/// Answers one decoded frame (or decoding error).
+fn deliver(result: Result<portable::channel::Frame, portable::channel::FrameError>) {
+    match result {
+        Ok(frame) => {
+            let (ok, message) = match Message::parse(&frame) {
+                Ok(message) => handle(message),
+                Err(error) => (false, format!("bad request: {error}")),
+            };
+            reply(ok, &message);
+        }
+        Err(error) => reply(false, &format!("broken frame: {error}")),
     }
 }
 

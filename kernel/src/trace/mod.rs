@@ -11,7 +11,7 @@ mod sites;
 pub use crate::arch::ppc64::ftrace::FtraceRegs;
 pub use ops::{Filter, FtraceError, FtraceOps, Handler, OpsFlags, register, registered, unregister, update};
 pub use ops::search_sorted;
-pub use sites::{NameError, Site, SiteSummary, entry_of, function_of, function_of_entry, named, named_entry, site_summaries};
+pub use sites::{debug_table, NameError, Site, SiteSummary, entry_of, function_of, function_of_entry, named, named_entry, site_summaries};
 
 use macros::notrace;
 use core::sync::atomic::AtomicUsize;
@@ -24,5 +24,7 @@ pub static FUNCTION_TRACE_OP: AtomicUsize = AtomicUsize::new(0);
 #[notrace]
 pub fn init() {
     let (valid, rejected) = sites::init();
+    let (table, count, entry) = sites::debug_table();
+    crate::debug::sites_known(table, count, entry);
     crate::println!("ftrace: {valid} entry sites validated, {rejected} rejected");
 }

@@ -31,10 +31,19 @@ static NAMES: Once<Vec<(u64, usize)>> = Once::new();
 
 /// What never changes after boot, per site (same order as SITES): lookups by
 /// name or address read it without taking the lock.
-struct SiteInfo {
+#[repr(C)]
+pub struct SiteInfo {
     function: u64,
     address: u64,
     name: &'static str,
+}
+
+/// (address of the site table, entries, bytes per entry), for the debugger:
+/// each entry is the function, the site word's address, then the name as a
+/// pointer and a length.
+pub fn debug_table() -> (u64, u64, u64) {
+    let info = info();
+    (info.as_ptr() as u64, info.len() as u64, core::mem::size_of::<SiteInfo>() as u64)
 }
 static INFO: Once<Vec<SiteInfo>> = Once::new();
 

@@ -89,6 +89,8 @@ livepatch_handler:
     std     11, {livepatch_sp}(12)    # livepatch_sp -= frame
     blr                               # back to A
     .size livepatch_handler, . - livepatch_handler
+    .globl livepatch_handler_end      # for debuggers: where the handler ends
+livepatch_handler_end:
     "#,
     thread_shift = const THREAD_SHIFT,
     livepatch_sp = const offset_of!(ThreadInfo, livepatch_sp),

@@ -1,0 +1,341 @@
+"""gdb support for the klp kernel: threads, livepatch stacks, patches, ftrace sites,
+patch-module symbols, and backtraces through livepatch_handler.
+
+Loaded by `cargo xtask gdb` (or `source gdb/kernel.py`). It reads the kernel's
+fixed-layout debug anchor, `klp_debug_anchor` (kernel/src/debug.rs), as plain
+memory, so it does not depend on how Rust lays out the kernel's collections.
+
+Commands: kthreads, lp-stack [THREAD], klp-list, ftrace-sites [GLOB].
+"""
+
+import fnmatch
+import os
+import struct
+
+import gdb
+from gdb.unwinder import Unwinder, register_unwinder
+
+ANCHOR_VERSION = 1
+MAX_THREADS, MAX_PATCHES, MAX_FUNCTIONS, MAX_MODULES, MAX_SECTIONS = 64, 16, 16, 8, 48
+HEADER_WORDS = 14                      # magic .. site_entry_size
+PATCH_SIZE = 32 + 8 + 8 + MAX_FUNCTIONS * 16
+MODULE_SIZE = 32 + 4 * 8 + MAX_SECTIONS * 40
+STACK_END_MAGIC = 0x57AC6E9D
+NOP = 0x60000000
+STATES = {0: "running", 1: "ready", 2: "sleeping", 3: "joining", 4: "dead"}
+PATCH_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "patches")
+
+
+def read(address, size):
+    return bytes(gdb.selected_inferior().read_memory(address, size))
+
+
+def word(address):
+    return struct.unpack("<Q", read(address, 8))[0]
+
+
+def text(raw):
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def address_of(name):
+    """The address of a linker symbol, whatever the current language."""
+    language = gdb.parameter("language")
+    gdb.execute("set language c", to_string=True)
+    try:
+        return int(gdb.parse_and_eval("(unsigned long)&%s" % name))
+    finally:
+        gdb.execute("set language %s" % language, to_string=True)
+
+
+def symbolize(address):
+    if address == 0:
+        return "0"
+    answer = gdb.execute("info symbol 0x%x" % address, to_string=True).strip()
+    if answer.startswith("No symbol"):
+        return "0x%x" % address
+    return "0x%x %s" % (address, answer.split(" in section")[0])
+
+
+class Anchor:
+    """The kernel's debug anchor, read afresh."""
+
+    def __init__(self):
+        self.address = address_of("klp_debug_anchor")
+        header = read(self.address, HEADER_WORDS * 8)
+        if header[:8] != b"KLPDEBUG":
+            raise gdb.GdbError("klp_debug_anchor: bad magic (is this the klp kernel?)")
+        words = struct.unpack("<%dQ" % (HEADER_WORDS - 1), header[8:])
+        (self.version, self.thread_size, self.livepatch_stack_offset, self.livepatch_frame_size,
+         self.info_livepatch_sp, self.info_thread_id, self.info_saved_sp, self.info_state, self.info_name,
+         self.module_generation, self.sites, self.site_count, self.site_entry_size) = words
+        if self.version != ANCHOR_VERSION:
+            raise gdb.GdbError("klp_debug_anchor version %d, script knows %d" % (self.version, ANCHOR_VERSION))
+        self.threads_at = self.address + HEADER_WORDS * 8
+        self.patches_at = self.threads_at + MAX_THREADS * 8
+        self.modules_at = self.patches_at + MAX_PATCHES * PATCH_SIZE
+
+    def threads(self):
+        bases = struct.unpack("<%dQ" % MAX_THREADS, read(self.threads_at, MAX_THREADS * 8))
+        return [base for base in bases if base]
+
+    def thread(self, base):
+        return {
+            "base": base,
+            "id": word(base + self.info_thread_id),
+            "state": STATES.get(word(base + self.info_state), "?"),
+            "name": text(read(base + self.info_name, 24)),
+            "livepatch_sp": word(base + self.info_livepatch_sp),
+            "saved_sp": word(base + self.info_saved_sp),
+        }
+
+    def livepatch_frames(self, base):
+        """(address, toc, link, marker) from the oldest frame to the newest."""
+        start = base + self.livepatch_stack_offset
+        top = word(base + self.info_livepatch_sp)
+        frames = []
+        address = start
+        while address + self.livepatch_frame_size <= top and len(frames) < 4096:
+            toc, link, marker = struct.unpack("<QQQ", read(address, 24))
+            frames.append((address, toc, link, marker))
+            address += self.livepatch_frame_size
+        return frames
+
+    def patches(self):
+        result = []
+        for index in range(MAX_PATCHES):
+            raw = read(self.patches_at + index * PATCH_SIZE, PATCH_SIZE)
+            state, count = struct.unpack("<QQ", raw[32:48])
+            if state == 0:
+                continue
+            pairs = struct.unpack("<%dQ" % (2 * MAX_FUNCTIONS), raw[48:])
+            functions = [(pairs[2 * n], pairs[2 * n + 1]) for n in range(min(count, MAX_FUNCTIONS))]
+            result.append((text(raw[:32]), state == 2, functions))
+        return result
+
+    def modules(self):
+        result = []
+        for index in range(MAX_MODULES):
+            raw = read(self.modules_at + index * MODULE_SIZE, MODULE_SIZE)
+            address, size, toc, count = struct.unpack("<QQQQ", raw[32:64])
+            if address == 0:
+                continue
+            sections = []
+            for number in range(min(count, MAX_SECTIONS)):
+                entry = raw[64 + number * 40: 64 + (number + 1) * 40]
+                sections.append((text(entry[:32]), struct.unpack("<Q", entry[32:])[0]))
+            result.append({"name": text(raw[:32]), "address": address, "size": size, "toc": toc, "sections": sections})
+        return result
+
+
+def current_base(anchor):
+    return int(gdb.parse_and_eval("$r1")) & ~(anchor.thread_size - 1)
+
+
+class KernelThreads(gdb.Command):
+    """kthreads: every kernel thread with its state, stack use and livepatch stack depth."""
+
+    def __init__(self):
+        super().__init__("kthreads", gdb.COMMAND_STATUS)
+
+    def invoke(self, argument, from_tty):
+        anchor = Anchor()
+        current = current_base(anchor)
+        print("  %4s %-24s %-9s %11s %9s  %s" % ("id", "name", "state", "stack used", "lp depth", "r1"))
+        for base in anchor.threads():
+            thread = anchor.thread(base)
+            stack_pointer = int(gdb.parse_and_eval("$r1")) if base == current else thread["saved_sp"]
+            used = base + anchor.thread_size - stack_pointer if stack_pointer else 0
+            depth = (thread["livepatch_sp"] - base - anchor.livepatch_stack_offset) // anchor.livepatch_frame_size
+            marker = "*" if base == current else " "
+            print("%s %4d %-24s %-9s %11d %9d  0x%x" % (marker, thread["id"], thread["name"], thread["state"], used,
+                                                     depth, stack_pointer))
+
+
+class LivepatchStack(gdb.Command):
+    """lp-stack [THREAD]: the livepatch stack frames of a thread (default: the current one):
+saved TOC, saved return address, and whether the marker is intact."""
+
+    def __init__(self):
+        super().__init__("lp-stack", gdb.COMMAND_STACK)
+
+    def invoke(self, argument, from_tty):
+        anchor = Anchor()
+        base = current_base(anchor)
+        if argument.strip():
+            wanted = int(argument.strip(), 0)
+            matches = [b for b in anchor.threads() if anchor.thread(b)["id"] == wanted]
+            if not matches:
+                raise gdb.GdbError("no thread %d" % wanted)
+            base = matches[0]
+        frames = anchor.livepatch_frames(base)
+        thread = anchor.thread(base)
+        print("thread %d (%s): %d livepatch frame(s)" % (thread["id"], thread["name"], len(frames)))
+        for number, (address, toc, link, marker) in enumerate(reversed(frames)):
+            state = "marker ok" if marker == STACK_END_MAGIC else "MARKER CORRUPT (0x%x)" % marker
+            print("  #%d at 0x%x: toc 0x%x, lr %s, %s" % (number, address, toc, symbolize(link), state))
+
+
+class LivepatchList(gdb.Command):
+    """klp-list: patches with their functions (old and new addresses) and state, and loaded modules."""
+
+    def __init__(self):
+        super().__init__("klp-list", gdb.COMMAND_STATUS)
+
+    def invoke(self, argument, from_tty):
+        anchor = Anchor()
+        for name, enabled, functions in anchor.patches():
+            print("%s [%s]" % (name, "enabled" if enabled else "disabled"))
+            for old, new in functions:
+                print("  %s -> %s" % (symbolize(old), symbolize(new)))
+        for module in anchor.modules():
+            print("module %s: %d bytes at 0x%x, TOC 0x%x, %d sections" % (module["name"], module["size"],
+                                                                        module["address"], module["toc"],
+                                                                        len(module["sections"])))
+
+
+class FtraceSites(gdb.Command):
+    """ftrace-sites [GLOB]: every ftrace entry site (or those whose function matches GLOB) and what it calls now."""
+
+    def __init__(self):
+        super().__init__("ftrace-sites", gdb.COMMAND_STATUS)
+
+    def invoke(self, argument, from_tty):
+        anchor = Anchor()
+        pattern = argument.strip() or "*"
+        shown = 0
+        for index in range(anchor.site_count):
+            entry = read(anchor.sites + index * anchor.site_entry_size, 32)
+            function, address, name_pointer, name_length = struct.unpack("<QQQQ", entry)
+            name = read(name_pointer, min(name_length, 512)).decode("utf-8", "replace")
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            instruction = struct.unpack("<I", read(address, 4))[0]
+            if instruction == NOP:
+                calls = "off"
+            elif instruction >> 26 == 18 and instruction & 3 == 1:
+                displacement = instruction & 0x03FFFFFC
+                if displacement & 0x02000000:
+                    displacement -= 0x04000000
+                calls = "bl " + symbolize(address + displacement)
+            else:
+                calls = "word 0x%08x (not a site state!)" % instruction
+            print("  0x%x %-40s %s" % (address, name, calls))
+            shown += 1
+        print("%d of %d sites" % (shown, anchor.site_count))
+
+
+class ModuleSymbols:
+    """Adds and removes patch-module symbol files as modules come and go."""
+
+    def __init__(self):
+        self.loaded = {}        # name -> first section address given to add-symbol-file
+        self.generation = None
+
+    def refresh(self):
+        try:
+            anchor = Anchor()
+        except (gdb.error, gdb.MemoryError):
+            return
+        if anchor.module_generation == self.generation:
+            return
+        self.generation = anchor.module_generation
+        present = {module["name"]: module for module in anchor.modules()}
+        for name in [name for name in self.loaded if name not in present]:
+            gdb.execute("remove-symbol-file -a 0x%x" % self.loaded.pop(name), to_string=True)
+        for name, module in present.items():
+            if name in self.loaded:
+                continue
+            path = os.path.join(PATCH_DIRECTORY, name + ".o")
+            if not os.path.exists(path) or not module["sections"]:
+                print("klp: no object file %s for module %s" % (path, name))
+                continue
+            text_sections = [s for s in module["sections"] if s[0].startswith(".text")] or module["sections"]
+            first = text_sections[0]
+            arguments = " ".join("-s %s 0x%x" % (section, address) for section, address in module["sections"]
+                                 if section != first[0])
+            gdb.execute("add-symbol-file %s 0x%x -s %s 0x%x %s" % (path, first[1], first[0], first[1], arguments),
+                        to_string=True)
+            self.loaded[name] = first[1]
+            print("klp: symbols of module %s added from %s" % (name, path))
+
+
+MODULE_SYMBOLS = ModuleSymbols()
+
+
+class ModuleEvent(gdb.Breakpoint):
+    """Silent breakpoint on klp_debug_module_event: refresh module symbols, keep running."""
+
+    def __init__(self):
+        super().__init__("*0x%x" % address_of("klp_debug_module_event"), gdb.BP_BREAKPOINT, internal=True)
+        self.silent = True
+
+    def stop(self):
+        MODULE_SYMBOLS.refresh()
+        return False
+
+
+class FrameId:
+    """A frame identity for create_unwind_info (gdb 13 takes any object whose
+    sp and pc attributes are gdb.Values; gdb 14 added gdb.unwinder.FrameId)."""
+
+    def __init__(self, sp, pc):
+        self.sp = sp
+        self.pc = pc
+
+
+class LivepatchUnwinder(Unwinder):
+    """Unwinds a frame stopped in livepatch_handler (that is, the return address
+    of a replacement C): its caller is the original caller A, whose return
+    address and TOC are in the thread's livepatch stack, with r1 unchanged."""
+
+    def __init__(self):
+        super().__init__("klp livepatch_handler")
+        self.start = address_of("livepatch_handler")
+        self.end = address_of("livepatch_handler_end")
+        self.levels = {}
+
+    def __call__(self, pending):
+        pc = int(pending.read_register("pc"))
+        if not (self.start <= pc < self.end):
+            return None
+        anchor = Anchor()
+        sp = int(pending.read_register("r1"))
+        base = sp & ~(anchor.thread_size - 1)
+        frames = anchor.livepatch_frames(base)
+        level = pending.level()
+        # The n-th livepatch_handler frame from the newest uses the n-th newest livepatch frame.
+        index = len([known for known in self.levels if known < level])
+        self.levels.setdefault(level, index)
+        index = self.levels[level]
+        if index >= len(frames):
+            return None
+        _, toc, link, _ = frames[len(frames) - 1 - index]
+        unwind = pending.create_unwind_info(FrameId(pending.read_register("r1"),
+                                                    gdb.Value(self.start).cast(pending.read_register("pc").type)))
+        unwind.add_saved_register("pc", gdb.Value(link).cast(pending.read_register("pc").type))
+        unwind.add_saved_register("r1", gdb.Value(sp).cast(pending.read_register("r1").type))
+        unwind.add_saved_register("r2", gdb.Value(toc).cast(pending.read_register("r2").type))
+        return unwind
+
+    def reset(self, event=None):
+        self.levels = {}
+
+
+def install():
+    KernelThreads()
+    LivepatchStack()
+    LivepatchList()
+    FtraceSites()
+    try:
+        unwinder = LivepatchUnwinder()
+        register_unwinder(None, unwinder, replace=True)
+        gdb.events.stop.connect(unwinder.reset)
+        gdb.events.cont.connect(unwinder.reset)
+        ModuleEvent()
+    except gdb.error as error:
+        print("klp: kernel symbols not loaded yet (%s); load the kernel, then source this file" % error)
+    gdb.events.stop.connect(lambda event: MODULE_SYMBOLS.refresh())
+
+
+install()

@@ -1,0 +1,45 @@
+# Breaks in a replacement function from a separately loaded patch module and
+# checks what gdb shows there; run by `cargo xtask test` (xtask/src/gdb_test.rs).
+# test: kernel::tests::modules::module_replacement_runs_with_its_own_toc_and_the_caller_gets_its_toc_back
+# The module's symbols were added when it loaded, so the pending breakpoint resolved.
+# expect: symbols of module counter added
+# expect: in counter_greeting
+# The backtrace goes from C through livepatch_handler to the real caller A.
+# expect: === bt ===
+# expect: counter_greeting
+# expect: livepatch_handler
+# expect: greeting_caller
+# expect: module_replacement_runs_with_its_own_toc
+# expect: === lp-stack ===
+# expect: 1 livepatch frame(s)
+# expect: greeting_caller
+# expect: marker ok
+# expect: === klp-list ===
+# expect: counter [enabled]
+# expect: counter_greeting
+# expect: === info symbol ===
+# expect: counter_greeting in section .text.counter_greeting
+# expect: === kthreads ===
+# expect: running
+# expect: === ftrace-sites ===
+# expect: kernel::shell::greeting
+# expect: bl 0x
+# expect: === end ===
+set pagination off
+set confirm off
+set breakpoint pending on
+break counter_greeting
+continue
+echo === bt ===\n
+bt
+echo === lp-stack ===\n
+lp-stack
+echo === klp-list ===\n
+klp-list
+echo === info symbol ===\n
+info symbol counter_greeting
+echo === kthreads ===\n
+kthreads
+echo === ftrace-sites ===\n
+ftrace-sites *greeting*
+echo === end ===\n
