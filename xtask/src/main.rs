@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod end_to_end;
 mod gdb;
 mod gdb_test;
 mod ktest;

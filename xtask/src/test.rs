@@ -52,11 +52,12 @@ impl Tally {
 pub fn main(options: &Options) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let mut times = Vec::new();
-    let phases: [(&str, Phase); 4] = [
+    let phases: [(&str, Phase); 5] = [
         ("host tests", host_tests),
         ("kernel tests", kernel_tests),
         ("scenarios", scenarios),
         ("debugger", crate::gdb_test::debugger_tests),
+        ("end to end", crate::end_to_end::end_to_end_tests),
     ];
     for (phase, run) in phases {
         println!("\n=== {phase} ===");
