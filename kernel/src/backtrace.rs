@@ -1,5 +1,13 @@
 //! Back-chain stack walking: every ELFv2 frame starts with a pointer to its caller's frame.
+//!
+//! A replacement function C is called by `livepatch_handler`, which has no
+//! frame: the return address C saved points into the handler, and the real
+//! caller A is only on the thread's livepatch stack. The walk shows both
+//! sides: the handler, then A from the livepatch frame, newest first.
+use crate::arch::ppc64::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end};
+use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use crate::{println, symbols, thread};
+use core::mem::size_of;
 use macros::notrace;
 
 /// Offset of the link register save slot in an ELFv2 frame.
@@ -14,7 +22,24 @@ pub fn print_from(stack_pointer: u64, first: Option<u64>) {
     if let Some(address) = first {
         println!("  [{address:#018x}] {}", symbols::Symbolized(address));
     }
+    walk(stack_pointer, |address, from_livepatch_stack| {
+        if from_livepatch_stack {
+            println!(
+                "  [{address:#018x}] {} (caller of the replaced function, from the livepatch stack)",
+                symbols::Symbolized(address)
+            );
+        } else {
+            println!("  [{address:#018x}] {}", symbols::Symbolized(address));
+        }
+    });
+}
+
+/// Calls `visit` with each return address from the frame at `stack_pointer`
+/// outwards, and whether it came from the livepatch stack.
+#[notrace]
+pub fn walk(stack_pointer: u64, mut visit: impl FnMut(u64, bool)) {
     let (low, high) = thread::stack_bounds(stack_pointer);
+    let mut livepatch_frames_used = 0;
     let mut frame = stack_pointer;
     for _ in 0..MAXIMUM_FRAMES {
         if frame < low || frame + LINK_SAVE + 8 > high || frame % 16 != 0 {
@@ -28,10 +53,36 @@ pub fn print_from(stack_pointer: u64, first: Option<u64>) {
         // Safety: as above, for the caller's frame.
         let address = unsafe { *((caller + LINK_SAVE) as *const u64) };
         if address != 0 {
-            println!("  [{address:#018x}] {}", symbols::Symbolized(address));
+            visit(address, false);
+            if in_livepatch_handler(address) {
+                if let Some(link) = livepatch_link(low, livepatch_frames_used) {
+                    visit(link, true);
+                }
+                livepatch_frames_used += 1;
+            }
         }
         frame = caller;
     }
+}
+
+#[notrace]
+fn in_livepatch_handler(address: u64) -> bool {
+    (livepatch_handler as *const () as u64..&raw const livepatch_handler_end as u64).contains(&address)
+}
+
+/// The return address saved in the `index`th livepatch frame from the top of
+/// the livepatch stack of the thread whose stack starts at `base`.
+#[notrace]
+fn livepatch_link(base: u64, index: usize) -> Option<u64> {
+    // Safety: `base` is the current thread's stack base, holding its thread_info.
+    let top = unsafe { (*(base as *const ThreadInfo)).livepatch_sp };
+    let frame_size = size_of::<LivepatchFrame>() as u64;
+    let frame = top.checked_sub(frame_size * (index as u64 + 1))?;
+    if frame < base + LIVEPATCH_STACK_OFFSET as u64 {
+        return None;
+    }
+    // Safety: between the livepatch stack's start and its top, inside the stack.
+    Some(unsafe { (*(frame as *const LivepatchFrame)).link })
 }
 
 /// Prints the calling thread's backtrace.

@@ -48,7 +48,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     }
     let mut guard = Guard::spawn(&mut qemu)?;
     if let (Some(stdin), Some(console)) = (guard.child().stdin.take(), guard.child().stdout.take()) {
-        relay(console, stdin);
+        relay(console, stdin, crate::symbolize::Symbolizer::new(&machine.kernel));
     }
     let status = guard.child().wait()?;
     Ok(exit_code(status))
@@ -56,14 +56,27 @@ pub fn main(options: &Options) -> Result<ExitCode> {
 
 /// Copies QEMU's console to stdout as it comes and, once the shell prompt appears
 /// (firmware such as SLOF drops what is typed earlier), types xtask's stdin into it.
-fn relay(mut console: impl Read, stdin: ChildStdin) {
+fn relay(mut console: impl Read, stdin: ChildStdin, symbolizer: Option<crate::symbolize::Symbolizer>) {
     let mut stdin = Some(stdin);
     let mut watch = Watch::new(SHELL_PROMPT);
     let mut output = std::io::stdout();
     let mut buffer = [0; 4096];
+    let mut line = Vec::new();
     while let Ok(count @ 1..) = console.read(&mut buffer) {
         // Nobody reading our output (`| head`) must not stop the machine.
         let _ = output.write_all(&buffer[..count]).and_then(|()| output.flush());
+        // After each complete report line, where it is in the source.
+        for &byte in &buffer[..count] {
+            if byte != b'\n' {
+                line.push(byte);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            if let Some(annotation) = symbolizer.as_ref().and_then(|symbolizer| symbolizer.annotation(&text)) {
+                let _ = writeln!(output, "{annotation}");
+            }
+            line.clear();
+        }
         if watch.push(&buffer[..count])
             && let Some(stdin) = stdin.take()
         {

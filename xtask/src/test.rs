@@ -122,8 +122,12 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
         ..Machine::new(image.clone(), options.firmware).with(&["-serial", "stdio"])
     };
     let mut report = Report::default();
+    let symbolizer = crate::symbolize::Symbolizer::new(&image);
     let outcome = qemu::boot(&mut machine.command()?, None, timeout, |line| {
         println!("{line}");
+        if let Some(annotation) = symbolizer.as_ref().and_then(|symbolizer| symbolizer.annotation(line)) {
+            println!("{annotation}");
+        }
         report.line(line);
     })?;
     tally.passed += report.passed.len();

@@ -596,3 +596,52 @@ fn function_graph_keeps_working_on_a_patched_function() {
     // Safety: own thread_info.
     assert_eq!(unsafe { (*current_thread_info()).graph_depth }, 0);
 }
+
+// ---- Backtraces cross livepatch frames -------------------------------------------
+
+static BACKTRACE: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+#[livepatchable]
+fn traced_for_backtrace() -> u64 {
+    black_box(1)
+}
+
+/// Records the backtrace from its own frame (a real frame, so that the
+/// replacement that calls it must have one too and save its return address).
+#[inline(never)]
+fn record_backtrace() {
+    let mut index = 0;
+    crate::backtrace::walk(crate::arch::ppc64::registers::stack_pointer(), |address, _| {
+        if index < BACKTRACE.len() {
+            BACKTRACE[index].store(address, Ordering::SeqCst);
+            index += 1;
+        }
+    });
+}
+
+#[inline(never)]
+fn backtrace_replacement() -> u64 {
+    record_backtrace();
+    black_box(2)
+}
+
+#[inline(never)]
+fn backtrace_caller() -> u64 {
+    traced_for_backtrace() + black_box(0)
+}
+
+#[ktest]
+fn backtrace_inside_a_replacement_shows_the_handler_and_the_real_caller() {
+    enable("backtrace", &[("kernel::tests::livepatch::traced_for_backtrace", None, address(backtrace_replacement as *const ()))]).unwrap();
+    assert_eq!(backtrace_caller(), 2);
+    retire("backtrace");
+    let table = crate::symbols::table().unwrap();
+    let names: Vec<&str> = BACKTRACE
+        .iter()
+        .map(|slot| slot.load(Ordering::SeqCst))
+        .take_while(|&address| address != 0)
+        .map(|address| table.lookup(address).map_or("?", |(symbol, _)| symbol.name))
+        .collect();
+    let handler = names.iter().position(|name| *name == "livepatch_handler").unwrap_or_else(|| panic!("no handler in {names:?}"));
+    assert_eq!(names.get(handler + 1).copied(), Some("kernel::tests::livepatch::backtrace_caller"), "{names:?}");
+}

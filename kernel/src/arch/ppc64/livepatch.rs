@@ -33,6 +33,8 @@ const FRAME: usize = size_of::<LivepatchFrame>();
 unsafe extern "C" {
     /// The trampoline below; the livepatch core's ftrace handler sets nip to it.
     pub fn livepatch_handler();
+    /// The label just after it (for backtraces and debuggers).
+    pub static livepatch_handler_end: u8;
 }
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
