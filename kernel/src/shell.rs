@@ -24,7 +24,7 @@ const COMMANDS: &[Command] = &[
         help: "livepatch: klp list | enable NAME | disable NAME | load MODULE | unload MODULE",
         run: klp,
     },
-    Command { name: "trace", help: "function tracer: trace on GLOB | off | show | graph GLOB | sites [GLOB]", run: trace },
+    Command { name: "trace", help: "tracers: trace on GLOB | off | show | graph GLOB | dump | sites [GLOB]", run: trace },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
 ];
 
@@ -211,13 +211,31 @@ fn trace(arguments: &str) {
                 }
             }
         }
+        "dump" => {
+            // One line per function_graph event, for `cargo xtask trace` to draw.
+            let (events, lost) = trace::graph::events();
+            let frequency = time::frequency();
+            for (cpu, event) in events {
+                let nanoseconds = |ticks: u64| (ticks as u128 * 1_000_000_000 / frequency as u128) as u64;
+                println!(
+                    "graph-event {} {cpu} {} {} {} {} {}",
+                    if event.kind == portable::graph::Kind::Entry { "E" } else { "X" },
+                    event.thread,
+                    event.depth,
+                    nanoseconds(event.timebase),
+                    nanoseconds(event.duration),
+                    trace::graph::function_name(event.ip)
+                );
+            }
+            println!("graph-events-lost {lost}");
+        }
         "sites" => {
             let glob = if rest.is_empty() { "*" } else { rest };
             for site in trace::site_summaries().iter().filter(|site| portable::ftrace::glob_match(glob, &site.name)) {
                 println!("  {:#x} {:?} users {} {}", site.address, site.caller, site.users, site.name);
             }
         }
-        _ => println!("usage: trace on GLOB | off | show | graph GLOB | sites [GLOB]"),
+        _ => println!("usage: trace on GLOB | off | show | graph GLOB | dump | sites [GLOB]"),
     }
 }
 

@@ -18,6 +18,7 @@ mod signing;
 mod symbolize;
 mod symbols;
 mod test;
+mod trace;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ enum Task {
     Objdump(objdump::Options),
     /// Builds and signs live patch modules (patches/NAME); loads and unloads them in a running kernel.
     Patch(patch::Options),
+    /// Records a function_graph trace of shell commands; draws a flame graph and a Perfetto trace.
+    Trace(trace::Options),
 }
 
 fn main() -> Result<ExitCode> {
@@ -61,6 +64,7 @@ fn main() -> Result<ExitCode> {
         Task::Gdb(options) => gdb::main(&options),
         Task::Objdump(options) => objdump::main(&options),
         Task::Patch(options) => patch::main(&options),
+        Task::Trace(options) => trace::main(&options),
     }
 }
 

@@ -222,8 +222,9 @@ pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
     output
 }
 
+/// The name of the function whose site is `ip`.
 #[notrace]
-fn function_name(ip: u64) -> String {
+pub fn function_name(ip: u64) -> String {
     super::function_of(ip)
         .and_then(|function| symbols::table()?.lookup(function))
         .map_or_else(|| alloc::format!("{ip:#x}"), |(symbol, _)| String::from(symbol.name))
