@@ -18,7 +18,7 @@ pub fn flatten_from_firmware(client_interface: u64) -> &'static [u8] {
     let buffer = unsafe { &mut *TREE.0.get() };
     let mut writer = FdtWriter::new(buffer);
     if let Err(error) = OpenFirmware::new(client_interface).flatten(&mut writer) {
-        panic!("flattening the device tree failed: {error:?}");
+        panic!("flattening the device tree failed: {error}");
     }
     let size = writer.finish(0).unwrap_or_else(|error| panic!("finishing the device tree failed: {error:?}"));
     // Safety: as above; the writer is done with the buffer.
@@ -44,7 +44,6 @@ pub struct Machine {
     pub has_patch_channel: bool,
     power_off: u32,
     os_term: Option<u32>,
-    start_cpu: Option<u32>,
 }
 
 impl Machine {
@@ -63,12 +62,11 @@ impl Machine {
                 .is_some(),
             power_off: tree.rtas_token("power-off").expect("device tree: no RTAS power-off token"),
             os_term: tree.rtas_token("ibm,os-term"),
-            start_cpu: tree.rtas_token("start-cpu"),
         }
     }
 
     /// The RTAS tokens the kernel uses.
     pub fn rtas_tokens(&self) -> Tokens {
-        Tokens { power_off: self.power_off, os_term: self.os_term, start_cpu: self.start_cpu }
+        Tokens { power_off: self.power_off, os_term: self.os_term }
     }
 }

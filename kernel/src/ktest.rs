@@ -2,7 +2,7 @@
 //!
 //! Boot arguments select what runs: `ktest.filter=TEXT` (cases whose name
 //! contains TEXT), `ktest.only=NAME` (exactly one case, alone in this boot),
-//! `bench` (the benchmarks instead of the tests). Isolated cases are listed
+//! `bench` (the benchmarks instead of the tests), `shell` (the shell). Isolated cases are listed
 //! as `ktest: isolated NAME` for xtask to boot one by one.
 use crate::{println, thread};
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -18,6 +18,8 @@ pub struct KernelTest {
     pub should_panic: bool,
 }
 
+// Rust data (KernelTest holds a &str): only the addresses cross the "C" boundary.
+#[allow(improper_ctypes)]
 unsafe extern "C" {
     static __ktests_start: KernelTest;
     static __ktests_end: KernelTest;
@@ -42,6 +44,11 @@ fn argument<'a>(arguments: &'a str, key: &str) -> Option<&'a str> {
 
 /// Runs what the boot arguments ask for, then returns (the kernel powers off).
 pub fn run(arguments: &str) {
+    if arguments.split_whitespace().any(|word| word == "shell") {
+        // The test kernel's shell, for exploring it (e.g. under `cargo xtask gdb --test`).
+        crate::shell::run(arguments);
+        return;
+    }
     if arguments.split_whitespace().any(|word| word == "bench") {
         crate::tests::bench::run_all();
         println!("bench: done");

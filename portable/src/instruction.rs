@@ -40,7 +40,7 @@ impl core::fmt::Display for BranchError {
 
 /// Encodes `b target` (`link == false`) or `bl target` placed at `source`.
 pub fn branch(source: u64, target: u64, link: bool) -> Result<u32, BranchError> {
-    if source % 4 != 0 || target % 4 != 0 {
+    if !source.is_multiple_of(4) || !target.is_multiple_of(4) {
         return Err(BranchError::Misaligned);
     }
     let displacement = target.wrapping_sub(source) as i64;

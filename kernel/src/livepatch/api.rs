@@ -35,6 +35,9 @@ macro_rules! export {
     };
 }
 
+// The bracketing symbols are Rust data (KernelExport holds a &str), only
+// their addresses cross the "C" boundary.
+#[allow(improper_ctypes)]
 unsafe extern "C" {
     static __klp_exports_start: KernelExport;
     static __klp_exports_end: KernelExport;

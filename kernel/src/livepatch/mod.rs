@@ -11,7 +11,6 @@ mod builtin;
 mod redirect;
 
 pub use builtin::register_builtin;
-pub use redirect::LIVEPATCH_OPS;
 
 use crate::symbols;
 use crate::trace::{self, FtraceError, NameError};
@@ -23,7 +22,7 @@ use crate::sync::Mutex;
 
 /// The address of a `#[livepatchable]` function, kept so that its
 /// calling convention stays the standard one (see `macros::livepatchable`).
-pub struct Anchor(pub *const ());
+pub struct Anchor(#[allow(dead_code)] pub *const ());
 // Safety: only an address, never dereferenced.
 unsafe impl Sync for Anchor {}
 

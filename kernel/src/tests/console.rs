@@ -17,7 +17,7 @@ fn console_writes_long_lines_in_chunks() {
 fn symbol_table_names_kernel_functions() {
     let table = symbols::table().expect("xtask filled the symbol table");
     assert!(table.len() > 100, "only {} symbols", table.len());
-    let address = crate::boot_main as usize as u64;
+    let address = crate::boot_main as *const () as u64;
     let (symbol, offset) = table.lookup(address + 8).expect("boot_main is in the table");
     assert_eq!(symbol.name, "boot_main");
     assert_eq!(offset, 8);

@@ -3,17 +3,16 @@ mod info;
 mod scheduler;
 mod stack;
 
-pub use info::{
-    LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STACK_END_MAGIC, ThreadInfo, current_thread_info, magic_intact,
-    thread_info_of,
-};
-pub use scheduler::{
-    ExitStatus, JoinHandle, State, ThreadSummary, current_id, exit, init, kill_current, sleep_milliseconds,
-    snapshot, spawn, timer_tick, yield_now,
+pub use info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, current_thread_info};
+pub use scheduler::{State, current_id, init, kill_current, sleep_milliseconds, snapshot, spawn, timer_tick};
+// Used by the in-kernel tests.
+#[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
+pub use {
+    info::MAGIC_OFFSET,
+    scheduler::{ExitStatus, exit, yield_now},
 };
 pub use stack::stack_bounds;
 
-use crate::arch::ppc64::registers::stack_pointer;
 use macros::notrace;
 
 /// Makes the current thread non-preemptible until the guard is dropped; nests.
@@ -41,9 +40,3 @@ pub fn preempt_count() -> u64 {
     unsafe { (*current_thread_info()).preempt_count }
 }
 
-/// Bytes of the current stack in use, from the top down to r1.
-#[notrace]
-pub fn current_stack_usage() -> u64 {
-    let (_, high) = stack_bounds(stack_pointer());
-    high - stack_pointer()
-}

@@ -38,9 +38,11 @@ pub enum State {
 struct Thread {
     name: String,
     state: State,
-    /// None for the boot thread, whose stack is static.
+    /// None for the boot thread, whose stack is static. Owned: freed on drop.
+    #[allow(dead_code)]
     stack: Option<Stack>,
-    /// The function-graph tracer's return stack (thread_info points at it).
+    /// The function-graph tracer's return stack (thread_info points at it). Owned: freed on drop.
+    #[allow(dead_code)]
     return_stack: Box<ReturnStack>,
     stack_base: u64,
     /// The thread waiting in `join` for this one.
@@ -241,7 +243,7 @@ fn prepare_first_switch(stack: &Stack, closure: u64) -> u64 {
     let top_frame = stack.top() - MINIMAL_FRAME as u64;
     let frame = top_frame - SWITCH_FRAME_SIZE as u64;
     let mut nonvolatile = [0u64; 18];
-    nonvolatile[0] = thread_entry as usize as u64; // r14: entry
+    nonvolatile[0] = thread_entry as *const () as u64; // r14: entry
     nonvolatile[1] = closure; // r15: its argument
     let mut header = [0u64; MINIMAL_FRAME / 8];
     header[0] = top_frame; // back chain to the outermost frame
@@ -253,7 +255,7 @@ fn prepare_first_switch(stack: &Stack, closure: u64) -> u64 {
             nonvolatile,
             toc: toc_pointer(),
             condition: 0,
-            link: thread_start as usize as u64,
+            link: thread_start as *const () as u64,
             padding: 0,
         });
     }

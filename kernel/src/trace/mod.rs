@@ -9,9 +9,8 @@ mod ops;
 mod sites;
 
 pub use crate::arch::ppc64::ftrace::FtraceRegs;
-pub use ops::{Filter, FtraceError, FtraceOps, Handler, OpsFlags, register, registered, unregister, update};
-pub use ops::search_sorted;
-pub use sites::{debug_table, NameError, Site, SiteSummary, entry_of, function_of, function_of_entry, named, named_entry, site_summaries};
+pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
+pub use sites::{NameError, function_of, named_entry, site_summaries};
 
 use macros::notrace;
 use core::sync::atomic::AtomicUsize;

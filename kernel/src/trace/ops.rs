@@ -19,7 +19,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::fmt;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
 use portable::instruction;
@@ -46,8 +46,6 @@ pub struct FtraceOps {
     pub name: &'static str,
     pub handler: Handler,
     pub flags: OpsFlags,
-    /// Free for the owner's use (the livepatch core keeps its function state here).
-    pub private: AtomicUsize,
     /// Sorted site addresses this ops traces (a leaked `Vec`), null when unregistered.
     sites: AtomicPtr<Vec<u64>>,
 }
@@ -55,7 +53,7 @@ pub struct FtraceOps {
 impl FtraceOps {
     /// An unregistered ops.
     pub const fn new(name: &'static str, handler: Handler, flags: OpsFlags) -> Self {
-        FtraceOps { name, handler, flags, private: AtomicUsize::new(0), sites: AtomicPtr::new(core::ptr::null_mut()) }
+        FtraceOps { name, handler, flags, sites: AtomicPtr::new(core::ptr::null_mut()) }
     }
 
     /// Number of sites it traces (0 when unregistered).

@@ -135,14 +135,6 @@ pub fn function_of(ip: u64) -> Option<u64> {
     sites.binary_search_by_key(&ip, |site| site.address).ok().map(|index| sites[index].function)
 }
 
-/// The site of the function whose global entry point is `address`.
-#[notrace]
-pub fn function_of_entry(address: u64) -> Option<u64> {
-    let index = index_of(address)?;
-    let sites = SITES.lock();
-    (sites[index].function == address).then_some(sites[index].address)
-}
-
 /// Moves one site from `state` to `new_state`, rewriting its word if the stub changes.
 #[notrace]
 pub(super) fn retarget(site: &Site, new_state: SiteState) -> Result<(), TextError> {
@@ -291,12 +283,6 @@ fn same_bytes(left: &[u8], right: &[u8]) -> bool {
         }
     }
     left_tail.iter().zip(right_tail).all(|(a, b)| a == b)
-}
-
-/// The global entry of the site at `index`.
-#[notrace]
-pub fn entry_of(index: usize) -> u64 {
-    SITES.lock()[index].function
 }
 
 /// Indices of the sites of `addresses` (global entries or site words), under

@@ -35,12 +35,6 @@ pub fn enable() {
     unsafe { core::arch::asm!("mtmsrd {}, 1", in(reg) (Msr::EE | Msr::RI).bits(), options(nostack)) };
 }
 
-/// Whether interrupts are enabled.
-#[notrace]
-#[inline(always)]
-pub fn enabled() -> bool {
-    msr().contains(Msr::EE)
-}
 
 /// Gives the CPU to the hypervisor until the next interrupt (H_CEDE), which
 /// also enables interrupts.

@@ -5,7 +5,6 @@
 //! with `finddevice`/`child`/`peer`/`nextprop`/`getprop` and writes a
 //! flattened copy, before it takes over the low memory the firmware lives in.
 use core::cell::UnsafeCell;
-use macros::notrace;
 use portable::devicetree::{FdtError, FdtWriter};
 
 /// The longest property value the walk copies (longer ones are skipped with a note).
@@ -30,6 +29,16 @@ pub enum FlattenError {
     Writer(FdtError),
     /// The tree is deeper than MAXIMUM_DEPTH.
     TooDeep,
+}
+
+impl core::fmt::Display for FlattenError {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FlattenError::Firmware(what) => write!(formatter, "Open Firmware: {what}"),
+            FlattenError::Writer(error) => write!(formatter, "writing the flattened tree: {error}"),
+            FlattenError::TooDeep => write!(formatter, "the firmware tree is deeper than {MAXIMUM_DEPTH} levels"),
+        }
+    }
 }
 
 impl From<FdtError> for FlattenError {

@@ -6,7 +6,6 @@ use spin::Once;
 pub struct Tokens {
     pub power_off: u32,
     pub os_term: Option<u32>,
-    pub start_cpu: Option<u32>,
 }
 
 static TOKENS: Once<Tokens> = Once::new();
@@ -48,9 +47,4 @@ pub fn terminate(message: &[u8]) {
     if let Some(os_term) = TOKENS.get().and_then(|tokens| tokens.os_term) {
         call(os_term, &[message.as_ptr() as u32], &mut [0]);
     }
-}
-
-/// The start-cpu token, for bringing up secondary CPUs.
-pub fn start_cpu_token() -> Option<u32> {
-    TOKENS.get().and_then(|tokens| tokens.start_cpu)
 }

@@ -17,7 +17,7 @@ const SLOT: u64 = 0x20;
 /// Must run once at boot, after the firmware is no longer needed (it lives in
 /// low memory), with interrupts off.
 pub unsafe fn install() {
-    let target = exception_common as usize as u64;
+    let target = exception_common as *const () as u64;
     let mut vector = FIRST_VECTOR;
     while vector < END_OF_VECTORS {
         let slot = vector as *mut u32;
