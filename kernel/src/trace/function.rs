@@ -1,16 +1,13 @@
 //! The function tracer: one ring-buffer record per traced call, shown like Linux's trace file.
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, register, unregister};
-use crate::arch::ppc64::registers::{per_cpu, timebase};
-use crate::arch::ppc64::interrupts;
+use crate::arch::ppc64::registers::timebase;
 use crate::symbols::{self, Symbolized};
 use crate::thread::current_thread_info;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use boot::MAX_CPUS;
-use core::cell::UnsafeCell;
+use super::buffers::PerCpuBuffers;
 use macros::notrace;
-use portable::ring::RingBuffer;
 
 /// One traced call.
 #[derive(Clone, Copy, Debug)]
@@ -25,23 +22,17 @@ const EMPTY: FunctionEvent = FunctionEvent { timebase: 0, ip: 0, parent_ip: 0, t
 /// Events kept per CPU.
 pub const CAPACITY: usize = 4096;
 
-/// Per-CPU buffers, written only by their own CPU inside the handler (guarded
-/// against recursion, preemption off) and read with interrupts off.
-struct Buffers([UnsafeCell<RingBuffer<FunctionEvent, CAPACITY>>; MAX_CPUS]);
-// Safety: see above: one writer per CPU, readers exclude it.
-unsafe impl Sync for Buffers {}
-static BUFFERS: Buffers = Buffers([const { UnsafeCell::new(RingBuffer::new(EMPTY)) }; MAX_CPUS]);
+/// The tracer's per-CPU rings.
+static BUFFERS: PerCpuBuffers<FunctionEvent, CAPACITY> = PerCpuBuffers::new(EMPTY);
 
 /// The tracer's ops.
 pub static FUNCTION_OPS: FtraceOps = FtraceOps::new("function", function_handler, OpsFlags::empty());
 
 #[notrace]
 extern "C" fn function_handler(ip: u64, parent_ip: u64, _ops: &FtraceOps, _regs: &mut FtraceRegs) {
-    // Safety: this CPU's buffer; we are its only writer now (see Buffers).
-    let buffer = unsafe { &mut *BUFFERS.0[per_cpu().cpu_id as usize].get() };
     // Safety: the current thread's own thread_info.
     let thread = unsafe { (*current_thread_info()).thread_id };
-    buffer.push(FunctionEvent { timebase: timebase(), ip, parent_ip, thread });
+    BUFFERS.push(FunctionEvent { timebase: timebase(), ip, parent_ip, thread });
 }
 
 /// Starts tracing the functions matching `glob` (restarting if already on);
@@ -64,26 +55,13 @@ pub fn stop() -> Result<(), FtraceError> {
 /// Empties every buffer.
 #[notrace]
 pub fn clear() {
-    let _guard = interrupts::disable();
-    for buffer in &BUFFERS.0 {
-        // Safety: interrupts off and no handler is running on this CPU.
-        unsafe { (*buffer.get()).clear() };
-    }
+    BUFFERS.clear();
 }
 
 /// A copy of the events of every CPU (cpu, event), and how many were lost.
 #[notrace]
 pub fn events() -> (Vec<(usize, FunctionEvent)>, u64) {
-    let _guard = interrupts::disable();
-    let mut events = Vec::new();
-    let mut lost = 0;
-    for (cpu, buffer) in BUFFERS.0.iter().enumerate() {
-        // Safety: interrupts off: no handler writes while we copy.
-        let buffer = unsafe { &*buffer.get() };
-        events.extend(buffer.iter().map(|event| (cpu, *event)));
-        lost += buffer.lost();
-    }
-    (events, lost)
+    BUFFERS.events()
 }
 
 #[notrace]

@@ -8,19 +8,16 @@
 //! whatever return address it finds, `return_to_handler` included.
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, ops::traces, register, unregister};
 use crate::arch::ppc64::ftrace::{ftrace_graph_call, ftrace_graph_caller, ftrace_regs_graph_call, return_to_handler};
-use crate::arch::ppc64::interrupts;
-use crate::arch::ppc64::registers::{per_cpu, timebase};
+use super::buffers::PerCpuBuffers;
+use crate::arch::ppc64::registers::timebase;
 use crate::arch::ppc64::text;
 use crate::symbols;
 use crate::thread::{self, current_thread_info};
 use alloc::string::String;
 use alloc::vec::Vec;
-use boot::MAX_CPUS;
-use core::cell::UnsafeCell;
 use macros::notrace;
 use portable::graph::{GraphLine, Kind};
 use portable::instruction::{self, NOP};
-use portable::ring::RingBuffer;
 
 /// Nested traced calls one thread can have hooked at once.
 pub const RETURN_STACK_DEPTH: usize = 64;
@@ -59,11 +56,8 @@ const EMPTY: GraphEvent = GraphEvent { kind: Kind::Entry, ip: 0, depth: 0, threa
 /// Events kept per CPU.
 pub const CAPACITY: usize = 4096;
 
-struct Buffers([UnsafeCell<RingBuffer<GraphEvent, CAPACITY>>; MAX_CPUS]);
-// Safety: one writer per CPU (recursion guard held, so interrupts on the same
-// CPU skip rather than interleave); readers disable interrupts.
-unsafe impl Sync for Buffers {}
-static BUFFERS: Buffers = Buffers([const { UnsafeCell::new(RingBuffer::new(EMPTY)) }; MAX_CPUS]);
+/// The tracer's per-CPU rings.
+static BUFFERS: PerCpuBuffers<GraphEvent, CAPACITY> = PerCpuBuffers::new(EMPTY);
 
 /// The graph tracer's ops: its handler does nothing, it only switches the
 /// sites of the filtered functions on; the work happens at ftrace_graph_call.
@@ -75,9 +69,7 @@ extern "C" fn graph_site_handler(_ip: u64, _parent_ip: u64, _ops: &FtraceOps, _r
 #[notrace]
 #[inline(always)]
 fn record(event: GraphEvent) {
-    // Safety: see Buffers.
-    let buffer = unsafe { &mut *BUFFERS.0[per_cpu().cpu_id as usize].get() };
-    buffer.push(event);
+    BUFFERS.push(event);
 }
 
 /// Called from `ftrace_graph_caller` for every traced call while the graph
@@ -176,26 +168,13 @@ pub fn stop() -> Result<(), FtraceError> {
 /// Empties every buffer.
 #[notrace]
 pub fn clear() {
-    let _guard = interrupts::disable();
-    for buffer in &BUFFERS.0 {
-        // Safety: interrupts off: no handler on this CPU.
-        unsafe { (*buffer.get()).clear() };
-    }
+    BUFFERS.clear();
 }
 
 /// A copy of all recorded events (cpu, event), oldest first, and how many were lost.
 #[notrace]
 pub fn events() -> (Vec<(usize, GraphEvent)>, u64) {
-    let _guard = interrupts::disable();
-    let mut events = Vec::new();
-    let mut lost = 0;
-    for (cpu, buffer) in BUFFERS.0.iter().enumerate() {
-        // Safety: interrupts off.
-        let buffer = unsafe { &*buffer.get() };
-        events.extend(buffer.iter().map(|event| (cpu, *event)));
-        lost += buffer.lost();
-    }
-    (events, lost)
+    BUFFERS.events()
 }
 
 /// Renders events in the function_graph layout; `thread` limits it to one thread.

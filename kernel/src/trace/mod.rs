@@ -3,6 +3,7 @@
 //! `sites` builds and validates the site table at boot; `ops` registers
 //! handlers (`FtraceOps`) and patches exactly the sites their filters name;
 //! `function` and `graph` are the two tracers built on it.
+mod buffers;
 pub mod function;
 pub mod graph;
 mod ops;

@@ -202,7 +202,11 @@ pub(super) fn matching(glob: &str) -> Vec<usize> {
 /// word): a binary search, since a site lies 4 or 12 bytes after its entry.
 #[notrace]
 pub(super) fn index_of(address: u64) -> Option<usize> {
-    let sites = SITES.lock();
+    index_in(info(), address)
+}
+
+#[notrace]
+fn index_in(sites: &[SiteInfo], address: u64) -> Option<usize> {
     let first = sites.partition_point(|site| site.address < address);
     sites[first..]
         .iter()
@@ -285,23 +289,12 @@ fn same_bytes(left: &[u8], right: &[u8]) -> bool {
     left_tail.iter().zip(right_tail).all(|(a, b)| a == b)
 }
 
-/// Indices of the sites of `addresses` (global entries or site words), under
-/// one lock; the first address without a site is the error.
+/// Indices of the sites of `addresses` (global entries or site words); the
+/// first address without a site is the error.
 #[notrace]
 pub(super) fn indices_of(addresses: &[u64]) -> Result<Vec<usize>, u64> {
     let sites = info();
-    addresses
-        .iter()
-        .map(|&address| {
-            let first = sites.partition_point(|site| site.address < address);
-            sites[first..]
-                .iter()
-                .take(2)
-                .position(|site| site.function == address || site.address == address)
-                .map(|offset| first + offset)
-                .ok_or(address)
-        })
-        .collect()
+    addresses.iter().map(|&address| index_in(sites, address).ok_or(address)).collect()
 }
 
 /// Site addresses of `indices`, sorted.

@@ -89,36 +89,16 @@ exception_common:
     std     2, {gpr2}(1)
     std     3, {gpr3}(1)
     std     3, {orig_gpr3}(1)
-    std     4, {gpr4}(1)
-    std     5, {gpr5}(1)
-    std     6, {gpr6}(1)
-    std     7, {gpr7}(1)
-    std     8, {gpr8}(1)
-    std     9, {gpr9}(1)
-    std     10, {gpr10}(1)
+    .irp number, 4,5,6,7,8,9,10
+    std     \number, {gprs}+8*\number(1)     # regs.gpr[4..=10]
+    .endr
     ld      0, {scratch}+0(13)
     std     0, {gpr11}(1)                 # regs.gpr[11] = interrupted r11
     mfspr   0, {sprg2}
     std     0, {gpr12}(1)                 # regs.gpr[12] = interrupted r12
-    std     13, {gpr13}(1)
-    std     14, {gpr14}(1)
-    std     15, {gpr15}(1)
-    std     16, {gpr16}(1)
-    std     17, {gpr17}(1)
-    std     18, {gpr18}(1)
-    std     19, {gpr19}(1)
-    std     20, {gpr20}(1)
-    std     21, {gpr21}(1)
-    std     22, {gpr22}(1)
-    std     23, {gpr23}(1)
-    std     24, {gpr24}(1)
-    std     25, {gpr25}(1)
-    std     26, {gpr26}(1)
-    std     27, {gpr27}(1)
-    std     28, {gpr28}(1)
-    std     29, {gpr29}(1)
-    std     30, {gpr30}(1)
-    std     31, {gpr31}(1)
+    .irp number, 13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    std     \number, {gprs}+8*\number(1)     # regs.gpr[13..=31]
+    .endr
     ld      0, {scratch}+8(13)
     std     0, {trap}(1)                  # regs.trap = vector
     mfsrr0  0
@@ -158,36 +138,9 @@ exception_common:
     ld      0, {ccr}(1)
     mtcr    0
     ld      0, {gpr0}(1)
-    ld      2, {gpr2}(1)
-    ld      3, {gpr3}(1)
-    ld      4, {gpr4}(1)
-    ld      5, {gpr5}(1)
-    ld      6, {gpr6}(1)
-    ld      7, {gpr7}(1)
-    ld      8, {gpr8}(1)
-    ld      9, {gpr9}(1)
-    ld      10, {gpr10}(1)
-    ld      11, {gpr11}(1)
-    ld      12, {gpr12}(1)
-    ld      13, {gpr13}(1)
-    ld      14, {gpr14}(1)
-    ld      15, {gpr15}(1)
-    ld      16, {gpr16}(1)
-    ld      17, {gpr17}(1)
-    ld      18, {gpr18}(1)
-    ld      19, {gpr19}(1)
-    ld      20, {gpr20}(1)
-    ld      21, {gpr21}(1)
-    ld      22, {gpr22}(1)
-    ld      23, {gpr23}(1)
-    ld      24, {gpr24}(1)
-    ld      25, {gpr25}(1)
-    ld      26, {gpr26}(1)
-    ld      27, {gpr27}(1)
-    ld      28, {gpr28}(1)
-    ld      29, {gpr29}(1)
-    ld      30, {gpr30}(1)
-    ld      31, {gpr31}(1)
+    .irp number, 2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    ld      \number, {gprs}+8*\number(1)     # every GPR but r0 and r1 from regs
+    .endr
     ld      1, {gpr1}(1)                  # r1 = interrupted r1, last
     rfid
     .size exception_common, . - exception_common
@@ -204,14 +157,13 @@ exception_common:
     sprg2 = const spr::SPRG2,
     msr_ri = const 2,
     dispatch = sym crate::exception::exception_dispatch,
-    gpr0 = const gpr!(0), gpr1 = const gpr!(1), gpr2 = const gpr!(2), gpr3 = const gpr!(3),
-    gpr4 = const gpr!(4), gpr5 = const gpr!(5), gpr6 = const gpr!(6), gpr7 = const gpr!(7),
-    gpr8 = const gpr!(8), gpr9 = const gpr!(9), gpr10 = const gpr!(10), gpr11 = const gpr!(11),
-    gpr12 = const gpr!(12), gpr13 = const gpr!(13), gpr14 = const gpr!(14), gpr15 = const gpr!(15),
-    gpr16 = const gpr!(16), gpr17 = const gpr!(17), gpr18 = const gpr!(18), gpr19 = const gpr!(19),
-    gpr20 = const gpr!(20), gpr21 = const gpr!(21), gpr22 = const gpr!(22), gpr23 = const gpr!(23),
-    gpr24 = const gpr!(24), gpr25 = const gpr!(25), gpr26 = const gpr!(26), gpr27 = const gpr!(27),
-    gpr28 = const gpr!(28), gpr29 = const gpr!(29), gpr30 = const gpr!(30), gpr31 = const gpr!(31),
+    gprs = const gpr!(0),
+    gpr0 = const gpr!(0),
+    gpr1 = const gpr!(1),
+    gpr2 = const gpr!(2),
+    gpr3 = const gpr!(3),
+    gpr11 = const gpr!(11),
+    gpr12 = const gpr!(12),
     orig_gpr3 = const REGS + offset_of!(PtRegs, orig_gpr3),
     trap = const REGS + offset_of!(PtRegs, trap),
     nip = const REGS + offset_of!(PtRegs, nip),
