@@ -40,9 +40,6 @@ pub struct PerCpu {
     pub exception_scratch: [u64; 4],
     /// Top of this CPU's emergency stack, used when a thread's stack overflowed.
     pub emergency_stack: u64,
-    /// Nesting of ftrace handler calls on this CPU: the timer does not preempt
-    /// while it is nonzero (so no thread is ever parked inside a handler).
-    pub ftrace_depth: u64,
     /// STACK_END_MAGIC, so that `livepatch_handler` loads it in one instruction.
     pub stack_end_magic: u64,
     /// Kernel-owned per-CPU words (scheduler and tracer bookkeeping).
@@ -62,7 +59,6 @@ const EMPTY_AREA: PerCpu = PerCpu {
     current_thread: 0,
     exception_scratch: [0; 4],
     emergency_stack: 0,
-    ftrace_depth: 0,
     stack_end_magic: 0,
     kernel: [0; 8],
 };

@@ -50,7 +50,10 @@ pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
         stack_overflow(regs);
     }
     match regs.trap {
-        vector::DECREMENTER => time::tick(),
+        vector::DECREMENTER => {
+            let in_ftrace = crate::arch::ppc64::ftrace::in_ftrace(regs.nip, regs.link, regs.gpr[1]);
+            time::tick(!in_ftrace)
+        }
         vector::PROGRAM => program_check(regs),
         _ => unexpected(regs, "unexpected exception"),
     }

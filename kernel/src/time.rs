@@ -44,15 +44,16 @@ fn tick_interval() -> u32 {
     (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / TICK_HZ) as u32
 }
 
-/// The decrementer interrupt: count, let the scheduler preempt, then re-arm.
+/// The decrementer interrupt: count, let the scheduler preempt (unless the
+/// interrupted context must not be preempted), then re-arm.
 /// Arming last (in whichever thread the tick returns to) guarantees that
 /// thread a whole interval of progress, however short the interval and
 /// however slow the host: an interval shorter than the tick's own work would
 /// otherwise take the next interrupt at once, forever.
 #[notrace]
-pub fn tick() {
+pub fn tick(preemptible: bool) {
     TICKS.fetch_add(1, Ordering::Relaxed);
-    thread::timer_tick();
+    thread::timer_tick(preemptible);
     set_decrementer(tick_interval());
 }
 

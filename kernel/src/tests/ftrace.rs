@@ -319,3 +319,42 @@ fn tracing_toggles_while_other_threads_call_traced_functions() {
     assert!(trace::registered().is_empty(), "{:?}", trace::registered());
     assert!(trace::site_summaries().iter().all(|site| site.caller == Caller::None));
 }
+
+static HANDLER_TICKS: AtomicU64 = AtomicU64::new(0);
+static BYSTANDER: AtomicU64 = AtomicU64::new(0);
+static BYSTANDER_DURING_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Spins for three timer ticks inside the handler.
+#[notrace]
+extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    let before = BYSTANDER.load(Ordering::SeqCst);
+    let start = crate::time::ticks();
+    while crate::time::ticks() < start + 3 {}
+    HANDLER_TICKS.store(crate::time::ticks() - start, Ordering::SeqCst);
+    BYSTANDER_DURING_HANDLER.store(BYSTANDER.load(Ordering::SeqCst) - before, Ordering::SeqCst);
+}
+static SLOW: FtraceOps = FtraceOps::new("test-slow", slow_handler, OpsFlags::RECURSION_SAFE);
+
+#[ktest]
+fn the_timer_never_preempts_a_thread_inside_a_handler() {
+    static STOP: AtomicU64 = AtomicU64::new(0);
+    let bystander = thread::spawn("bystander", || {
+        while STOP.load(Ordering::SeqCst) == 0 {
+            BYSTANDER.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    thread::sleep_milliseconds(20);
+    trace::register(&SLOW, Filter::Addresses(&[golden_leaf as *const () as u64])).unwrap();
+    golden_leaf(black_box(1));
+    trace::unregister(&SLOW).unwrap();
+    // Outside a handler the bystander runs again.
+    let before = BYSTANDER.load(Ordering::SeqCst);
+    thread::sleep_milliseconds(30);
+    let after = BYSTANDER.load(Ordering::SeqCst);
+    STOP.store(1, Ordering::SeqCst);
+    assert_eq!(bystander.join(), ExitStatus::Returned);
+    assert!(HANDLER_TICKS.load(Ordering::SeqCst) >= 3, "three ticks passed inside the handler");
+    assert_eq!(BYSTANDER_DURING_HANDLER.load(Ordering::SeqCst), 0, "nobody else ran meanwhile");
+    assert!(after > before, "preemption works outside handlers: {before} -> {after}");
+}

@@ -335,11 +335,11 @@ pub fn sleep_milliseconds(milliseconds: u64) {
     schedule();
 }
 
-/// From the decrementer interrupt: preempt the current thread if allowed.
+/// From the decrementer interrupt: preempt the current thread if allowed
+/// (`preemptible` is false inside ftrace, see `arch::ppc64::ftrace::in_ftrace`).
 #[notrace]
-pub fn timer_tick() {
-    // Never park a thread inside an ftrace handler: unregistering relies on it.
-    if super::preempt_count() == 0 && crate::arch::ppc64::registers::per_cpu().ftrace_depth == 0 {
+pub fn timer_tick(preemptible: bool) {
+    if preemptible && super::preempt_count() == 0 {
         schedule();
     }
 }

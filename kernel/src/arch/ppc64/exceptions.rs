@@ -64,12 +64,16 @@ core::arch::global_asm!(
     # (always valid in the kernel); every other register is the interrupted
     # context's. MSR[EE] = 0.
     # On exit (rfid): every register restored from PtRegs, NIP = regs.nip,
-    # MSR = regs.msr. Per-CPU scratch words 0-1 clobbered.
+    # MSR = regs.msr. Per-CPU scratch words 0-2 clobbered. CR is saved before
+    # the stack check's compare, which would otherwise corrupt the
+    # interrupted code's CR0.
     .globl exception_common
     .type exception_common, @function
 exception_common:
     std     11, {scratch}+0(13)           # scratch[0] = interrupted r11
     std     12, {scratch}+8(13)           # scratch[1] = vector
+    mfcr    11
+    std     11, {scratch}+16(13)          # scratch[2] = interrupted CR, before the compare below
     mr      11, 1                         # r11 = interrupted r1
     clrrdi  12, 1, {thread_shift}         # r12 = thread_info (base of the stack)
     ld      12, {ti_livepatch_sp}(12)     # r12 = top of the livepatch stack
@@ -111,8 +115,8 @@ exception_common:
     std     0, {link}(1)
     mfxer   0
     std     0, {xer}(1)
-    mfcr    0
-    std     0, {ccr}(1)
+    ld      0, {scratch}+16(13)
+    std     0, {ccr}(1)                   # regs.ccr = interrupted CR
     mfdar   0
     std     0, {dar}(1)
     mfdsisr 0

@@ -9,6 +9,7 @@
 use super::exceptions::PtRegs;
 use boot::{MINIMAL_FRAME, PerCpu};
 use core::mem::{offset_of, size_of};
+use macros::notrace;
 
 /// What a handler gets: the registers of the traced call. After the light
 /// stub only r2-r10, `link` (the return address into the caller) and `nip`
@@ -59,10 +60,12 @@ core::arch::global_asm!(
     # arguments; r11, r12 free; r13 = per-CPU area.
     # Calls: ftrace_call's target (r3 = ip of the site's bl, r4 = parent ip,
     # r5 = function_trace_op, r6 = &FtraceRegs) with the kernel TOC and
-    # per_cpu.ftrace_depth raised (no preemption); then ftrace_graph_call.
+    # the timer never preempting inside (see `in_ftrace`); then ftrace_graph_call.
     # On exit: branches to regs.nip with LR = r0 = regs.link, r1 as on entry,
     # r2-r10 from the record, r11 = record.target (for livepatch_handler when
     # nip is it); r12, CTR clobbered.
+    .globl ftrace_stubs_start         # the stubs below, up to ftrace_stubs_end
+ftrace_stubs_start:
     .globl ftrace_caller
     .type ftrace_caller, @function
 ftrace_caller:
@@ -79,9 +82,6 @@ ftrace_caller:
     addi    3, 12, -4                 # r3 = ip: the site's bl
     std     3, {ip}(1)                # record.ip = ip
     mr      4, 0                      # r4 = parent ip
-    ld      11, {depth}(13)
-    addi    11, 11, 1
-    std     11, {depth}(13)           # per_cpu.ftrace_depth += 1: no preemption
     ld      2, {percpu_toc}(13)       # r2 = kernel TOC
     addis   5, 2, {trace_op}@toc@ha
     ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
@@ -92,9 +92,6 @@ ftrace_call:
     .globl ftrace_graph_call
 ftrace_graph_call:
     nop                               # patched: bl ftrace_graph_caller
-    ld      11, {depth}(13)
-    addi    11, 11, -1
-    std     11, {depth}(13)           # per_cpu.ftrace_depth -= 1
     ld      12, {nip}(1)
     mtctr   12                        # CTR = where to continue
     ld      0, {link}(1)
@@ -141,9 +138,6 @@ ftrace_regs_caller:
     addi    3, 12, -4                 # r3 = ip: the site's bl
     std     3, {ip}(1)                # record.ip = ip
     ld      4, {link}(1)              # r4 = parent ip
-    ld      11, {depth}(13)
-    addi    11, 11, 1
-    std     11, {depth}(13)           # per_cpu.ftrace_depth += 1: no preemption
     ld      2, {percpu_toc}(13)       # r2 = kernel TOC
     addis   5, 2, {trace_op}@toc@ha
     ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
@@ -154,9 +148,6 @@ ftrace_regs_call:
     .globl ftrace_regs_graph_call
 ftrace_regs_graph_call:
     nop                               # patched: bl ftrace_graph_caller
-    ld      11, {depth}(13)
-    addi    11, 11, -1
-    std     11, {depth}(13)           # per_cpu.ftrace_depth -= 1
     ld      12, {nip}(1)
     mtctr   12                        # CTR = where to continue
     ld      0, {xer}(1)
@@ -207,6 +198,8 @@ return_to_handler:
     std     4, {minimal}+16(1)
     ld      2, {percpu_toc}(13)       # r2 = kernel TOC
     bl      {graph_return}            # r3 = the real return address
+    .globl return_to_handler_call_return
+return_to_handler_call_return:
     mtlr    3                         # LR = real return address
     ld      2, {minimal}+0(1)
     ld      3, {minimal}+8(1)
@@ -214,12 +207,13 @@ return_to_handler:
     addi    1, 1, {return_frame}
     blr
     .size return_to_handler, . - return_to_handler
+    .globl ftrace_stubs_end
+ftrace_stubs_end:
     "#,
     frame = const FRAME_SIZE,
     record = const RECORD,
     ip = const IP,
     target = const TARGET,
-    depth = const offset_of!(PerCpu, ftrace_depth),
     percpu_toc = const offset_of!(PerCpu, toc),
     trace_op = sym crate::trace::FUNCTION_TRACE_OP,
     graph_entry = sym crate::trace::graph::ftrace_graph_entry,
@@ -240,6 +234,9 @@ return_to_handler:
 );
 
 unsafe extern "C" {
+    static ftrace_stubs_start: u8;
+    static ftrace_stubs_end: u8;
+    static return_to_handler_call_return: u8;
     pub fn ftrace_caller();
     pub fn ftrace_regs_caller();
     pub fn ftrace_stub();
@@ -250,4 +247,49 @@ unsafe extern "C" {
     pub static ftrace_regs_call: u32;
     pub static ftrace_graph_call: u32;
     pub static ftrace_regs_graph_call: u32;
+}
+
+/// Frames `in_ftrace` looks at, at most.
+const WALK_FRAMES: usize = 64;
+
+/// Whether the interrupted context (its nip, LR and r1) is inside ftrace:
+/// in a stub, in a handler called from one, or in the graph tracer's return
+/// path. The timer does not preempt such a context, so no thread is ever
+/// parked in a handler (unregistering relies on it) or half way through a
+/// ring buffer write; it costs the traced call nothing. Handlers are found by
+/// the return addresses of the stubs' calls in LR or in a frame's LR slot
+/// (an old value there only delays a preemption by one tick).
+#[notrace]
+pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
+    let stubs = &raw const ftrace_stubs_start as u64..&raw const ftrace_stubs_end as u64;
+    if stubs.contains(&nip) {
+        return true;
+    }
+    let returns = [
+        &raw const ftrace_graph_call as u64,
+        &raw const ftrace_regs_graph_call as u64,
+        &raw const ftrace_graph_call as u64 + 4,
+        &raw const ftrace_regs_graph_call as u64 + 4,
+        &raw const return_to_handler_call_return as u64,
+    ];
+    if returns.contains(&link) {
+        return true;
+    }
+    let (low, high) = crate::thread::stack_bounds(stack_pointer);
+    let mut frame = stack_pointer;
+    for _ in 0..WALK_FRAMES {
+        if frame < low || frame + 24 > high || frame % 16 != 0 {
+            return false;
+        }
+        // Safety: inside the interrupted thread's stack, checked above.
+        let (back_chain, saved_link) = unsafe { (*(frame as *const u64), *((frame + 16) as *const u64)) };
+        if returns.contains(&saved_link) {
+            return true;
+        }
+        if back_chain <= frame {
+            return false;
+        }
+        frame = back_chain;
+    }
+    false
 }
