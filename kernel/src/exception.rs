@@ -95,9 +95,9 @@ fn unexpected(regs: &PtRegs, what: &str) -> ! {
 #[notrace]
 pub fn report(regs: &PtRegs, what: &str) {
     println!("{what} in thread {} on CPU {}", thread::current_id(), crate::arch::ppc64::registers::per_cpu().cpu_id);
-    println!("NIP:  {:#018x} {}", regs.nip, symbols::Symbolized(regs.nip));
+    println!("NIP:  {:#018x} {}   (SRR0)", regs.nip, symbols::Symbolized(regs.nip));
     println!("LR:   {:#018x} {}", regs.link, symbols::Symbolized(regs.link));
-    println!("MSR:  {:#018x}  CR: {:08x}  XER: {:08x}  CTR: {:#x}", regs.msr, regs.ccr, regs.xer, regs.ctr);
+    println!("MSR:  {:#018x} (SRR1)  CR: {:08x}  XER: {:08x}  CTR: {:#x}", regs.msr, regs.ccr, regs.xer, regs.ctr);
     if matches!(regs.trap, vector::DATA_STORAGE | vector::ALIGNMENT) {
         println!("DAR:  {:#018x}  DSISR: {:08x}", regs.dar, regs.dsisr);
     }
