@@ -53,8 +53,17 @@ fn tick_interval() -> u32 {
 #[notrace]
 pub fn tick(preemptible: bool) {
     TICKS.fetch_add(1, Ordering::Relaxed);
-    thread::timer_tick(preemptible);
-    set_decrementer(tick_interval());
+    let deferred = !thread::timer_tick(preemptible);
+    // A preemption that had to wait (inside ftrace, or preemption disabled) is
+    // retried soon rather than a whole tick later: a thread that spends most
+    // of its time in tracing code would otherwise keep the CPU for many ticks.
+    set_decrementer(if deferred { retry_interval() } else { tick_interval() });
+}
+
+/// 20 microseconds: how soon a deferred preemption is tried again.
+#[notrace]
+fn retry_interval() -> u32 {
+    (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / 50_000) as u32
 }
 
 /// Timer interrupts taken so far.

@@ -337,11 +337,14 @@ pub fn sleep_milliseconds(milliseconds: u64) {
 
 /// From the decrementer interrupt: preempt the current thread if allowed
 /// (`preemptible` is false inside ftrace, see `arch::ppc64::ftrace::in_ftrace`).
+/// Returns false if the preemption had to be deferred.
 #[notrace]
-pub fn timer_tick(preemptible: bool) {
+pub fn timer_tick(preemptible: bool) -> bool {
     if preemptible && super::preempt_count() == 0 {
         schedule();
+        return true;
     }
+    false
 }
 
 /// Makes every sleeper whose time has come ready, without allocating: this
