@@ -23,6 +23,8 @@ pub const THREAD_SIZE: usize = 32 * 1024;
 pub const MAX_CPUS: usize = 8;
 /// ELFv2 minimal stack frame: back chain, CR save, LR save, TOC save.
 pub const MINIMAL_FRAME: usize = 32;
+/// ELFv2: where a function saves its return address, in its caller's frame.
+pub const LINK_SAVE: usize = 16;
 
 /// Data private to one CPU, reached through r13 at all times in the kernel.
 ///
@@ -196,7 +198,7 @@ _start:
     .type enter_openfirmware, @function
 enter_openfirmware:
     mflr    0
-    std     0, 16(1)              # LR save slot of the caller's frame
+    std     0, {link_save}(1)     # LR save slot of the caller's frame
     stdu    1, -{frame}(1)        # our frame: back chain + 21 doublewords
     std     2, {save}+0*8(1)      # save r2, then r13..r31
     std     13, {save}+1*8(1)
@@ -259,7 +261,7 @@ enter_openfirmware:
     isync
     extsw   3, 3                  # r3 = the firmware's 32-bit status, sign-extended
     addi    1, 1, {frame}         # pop our frame
-    ld      0, 16(1)
+    ld      0, {link_save}(1)
     mtlr    0                     # LR = our caller
     blr
     .size enter_openfirmware, . - enter_openfirmware
@@ -281,5 +283,6 @@ enter_openfirmware:
     percpu_cpu_id = const offset_of!(PerCpu, cpu_id),
     boot_main = sym boot_main,
     frame = const FIRMWARE_FRAME,
+    link_save = const LINK_SAVE,
     save = const MINIMAL_FRAME,
 );

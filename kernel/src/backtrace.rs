@@ -11,7 +11,7 @@ use core::mem::size_of;
 use macros::notrace;
 
 /// Offset of the link register save slot in an ELFv2 frame.
-const LINK_SAVE: u64 = 16;
+const LINK_SAVE: u64 = boot::LINK_SAVE as u64;
 /// Frames printed at most.
 const MAXIMUM_FRAMES: usize = 32;
 

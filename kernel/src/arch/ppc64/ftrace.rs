@@ -41,7 +41,14 @@ const IP: usize = RECORD + offset_of!(FtraceRegs, ip);
 const TARGET: usize = RECORD + offset_of!(FtraceRegs, target);
 
 /// Frame of `return_to_handler`: a header and the three registers it keeps.
-const RETURN_FRAME_SIZE: usize = MINIMAL_FRAME + 4 * 8;
+#[repr(C)]
+struct ReturnFrame {
+    header: [u64; MINIMAL_FRAME / 8],
+    toc: u64,
+    results: [u64; 2],
+    padding: u64,
+}
+const RETURN_FRAME_SIZE: usize = size_of::<ReturnFrame>();
 
 macro_rules! gpr {
     ($number:expr) => {
@@ -69,7 +76,7 @@ ftrace_stubs_start:
     .globl ftrace_caller
     .type ftrace_caller, @function
 ftrace_caller:
-    std     0, 16(1)                  # A's LR save slot = return address into A
+    std     0, {link_save}(1)         # A's LR save slot = return address into A
     stdu    1, -{frame}(1)            # push our frame below A's
     std     0, {link}(1)              # regs.link = parent ip
     std     2, {gpr2}(1)              # regs.gpr[2] = caller's TOC
@@ -116,7 +123,7 @@ ftrace_graph_call:
     .globl ftrace_regs_caller
     .type ftrace_regs_caller, @function
 ftrace_regs_caller:
-    std     0, 16(1)                  # A's LR save slot = return address into A
+    std     0, {link_save}(1)         # A's LR save slot = return address into A
     stdu    1, -{frame}(1)            # push our frame below A's
     std     0, {gpr0}(1)
     std     0, {link}(1)              # regs.link = parent ip
@@ -193,17 +200,17 @@ ftrace_graph_caller:
     .type return_to_handler, @function
 return_to_handler:
     stdu    1, -{return_frame}(1)     # a frame below the caller's
-    std     2, {minimal}+0(1)         # keep the caller's TOC
-    std     3, {minimal}+8(1)         # and the return values
-    std     4, {minimal}+16(1)
+    std     2, {return_toc}(1)        # keep the caller's TOC
+    std     3, {return_results}(1)    # and the return values
+    std     4, {return_results}+8(1)
     ld      2, {percpu_toc}(13)       # r2 = kernel TOC
     bl      {graph_return}            # r3 = the real return address
     .globl return_to_handler_call_return
 return_to_handler_call_return:
     mtlr    3                         # LR = real return address
-    ld      2, {minimal}+0(1)
-    ld      3, {minimal}+8(1)
-    ld      4, {minimal}+16(1)
+    ld      2, {return_toc}(1)
+    ld      3, {return_results}(1)
+    ld      4, {return_results}+8(1)
     addi    1, 1, {return_frame}
     blr
     .size return_to_handler, . - return_to_handler
@@ -219,7 +226,9 @@ ftrace_stubs_end:
     graph_entry = sym crate::trace::graph::ftrace_graph_entry,
     graph_return = sym crate::trace::graph::ftrace_return_to_handler,
     return_frame = const RETURN_FRAME_SIZE,
-    minimal = const MINIMAL_FRAME,
+    return_toc = const offset_of!(ReturnFrame, toc),
+    return_results = const offset_of!(ReturnFrame, results),
+    link_save = const boot::LINK_SAVE,
     nip = const REGS + offset_of!(PtRegs, nip),
     link = const REGS + offset_of!(PtRegs, link),
     ctr = const REGS + offset_of!(PtRegs, ctr),
@@ -278,11 +287,12 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     let (low, high) = crate::thread::stack_bounds(stack_pointer);
     let mut frame = stack_pointer;
     for _ in 0..WALK_FRAMES {
-        if frame < low || frame + 24 > high || frame % 16 != 0 {
+        let link_slot = frame + boot::LINK_SAVE as u64;
+        if frame < low || link_slot + 8 > high || frame % 16 != 0 {
             return false;
         }
         // Safety: inside the interrupted thread's stack, checked above.
-        let (back_chain, saved_link) = unsafe { (*(frame as *const u64), *((frame + 16) as *const u64)) };
+        let (back_chain, saved_link) = unsafe { (*(frame as *const u64), *(link_slot as *const u64)) };
         if returns.contains(&saved_link) {
             return true;
         }
