@@ -5,15 +5,16 @@
 //!   that patch modules must be signed with (`.keys/patch-signing.pub`, made by
 //!   xtask on first use); copied to `$OUT_DIR/patch_public_key.bin`.
 //! - `KLP_TEST_MODULES_DIR` (test kernel only): the folder of the signed sample
-//!   modules (`target/patches`); `greeting.klp`, `counter.klp` and `ten.klp` are
-//!   copied to `$OUT_DIR`. Without it those files are written empty.
+//!   modules (`target/patches`); the files in TEST_MODULES are copied to
+//!   `$OUT_DIR`. Without it those files are written empty.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 3] = ["greeting.klp", "counter.klp", "ten.klp"];
+const TEST_MODULES: [&str; 5] =
+    ["greeting.klp", "counter.klp", "ten.klp", "missing-target.klp", "notrace-target.klp"];
 
 fn main() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../linker/kernel.ld");

@@ -96,3 +96,26 @@ fn altered_or_unsigned_modules_are_refused_and_nothing_changes() {
     module::unload("greeting").expect("unloads");
     assert!(matches!(module::unload("greeting"), Err(LoadError::NotLoaded(_))));
 }
+
+#[ktest]
+fn patches_naming_missing_or_notrace_functions_are_refused() {
+    use crate::livepatch::LivepatchError;
+    let before = crate::shell::greeting();
+    // Warm up the allocations that stay (registry tables) before measuring.
+    let _ = module::load(embedded("missing-target"));
+    let (used_before, _) = memory::usage();
+    match module::load(embedded("missing-target")) {
+        Err(LoadError::Livepatch(LivepatchError::UnknownFunction(name))) => {
+            assert_eq!(name, "kernel::shell::no_such_function")
+        }
+        other => panic!("expected an unknown function, got {other:?}"),
+    }
+    match module::load(embedded("notrace-target")) {
+        Err(LoadError::Livepatch(LivepatchError::NotTraceable(name))) => assert_eq!(name, "exception_dispatch"),
+        other => panic!("expected a notrace target, got {other:?}"),
+    }
+    assert_eq!(memory::usage().0, used_before, "the refused modules' memory went back to the heap");
+    assert!(module::summaries().is_empty(), "nothing loaded");
+    assert!(crate::livepatch::list().iter().all(|patch| patch.name == "builtin-greeting"), "no patch added");
+    assert_eq!(crate::shell::greeting(), before);
+}
