@@ -44,8 +44,6 @@ pub struct PerCpu {
     pub emergency_stack: u64,
     /// STACK_END_MAGIC, so that `livepatch_handler` loads it in one instruction.
     pub stack_end_magic: u64,
-    /// Kernel-owned per-CPU words (scheduler and tracer bookkeeping).
-    pub kernel: [u64; 8],
 }
 
 /// The per-CPU areas, indexed by CPU number.
@@ -62,7 +60,6 @@ const EMPTY_AREA: PerCpu = PerCpu {
     exception_scratch: [0; 4],
     emergency_stack: 0,
     stack_end_magic: 0,
-    kernel: [0; 8],
 };
 
 /// All CPUs' per-CPU areas.
