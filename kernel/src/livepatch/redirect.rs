@@ -22,13 +22,16 @@ use macros::notrace;
 pub static LIVEPATCH_OPS: FtraceOps =
     FtraceOps::new("livepatch", livepatch_ftrace_handler, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));
 
-/// Site addresses (sorted) and, at the same index, the replacement to run.
+/// (site, replacement) pairs sorted by site.
 struct Targets {
-    sites: Vec<u64>,
-    replacements: Vec<u64>,
+    pairs: Vec<(u64, u64)>,
 }
 
-static TARGETS: AtomicPtr<Targets> = AtomicPtr::new(core::ptr::null_mut());
+/// The table before the first patch: empty, never freed, so the handler
+/// needs no null check.
+static NO_TARGETS: Targets = Targets { pairs: Vec::new() };
+
+static TARGETS: AtomicPtr<Targets> = AtomicPtr::new(&raw const NO_TARGETS as *mut Targets);
 
 /// Runs on every call of a patched function: kept a leaf with no bounds
 /// checks (the search stays within the table), so it needs no stack frame.
@@ -36,22 +39,17 @@ static TARGETS: AtomicPtr<Targets> = AtomicPtr::new(core::ptr::null_mut());
 extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
     // Relaxed is enough: one CPU, and the table is published before the sites
     // that lead here are switched on.
-    let targets = TARGETS.load(Ordering::Relaxed);
-    if targets.is_null() {
-        return;
-    }
-    // Safety: published by `publish`, freed only after being replaced, with
-    // no handler running (handlers are never preempted, one CPU).
-    let targets = unsafe { &*targets };
-    let (mut low, mut high) = (0, targets.sites.len());
+    // Safety: NO_TARGETS or a table published by `publish`, freed only after
+    // being replaced, with no handler running (never preempted, one CPU).
+    let pairs = unsafe { &(*TARGETS.load(Ordering::Relaxed)).pairs };
+    let (mut low, mut high) = (0, pairs.len());
     while low < high {
         let middle = low + (high - low) / 2;
         // Safety: low <= middle < high <= len.
-        let site = unsafe { *targets.sites.get_unchecked(middle) };
+        let (site, replacement) = unsafe { *pairs.get_unchecked(middle) };
         if site == ip {
             regs.regs.nip = livepatch_handler as *const () as u64;
-            // Safety: replacements has the same length as sites.
-            regs.target = unsafe { *targets.replacements.get_unchecked(middle) };
+            regs.target = replacement;
             return;
         }
         if site < ip {
@@ -71,10 +69,7 @@ pub fn apply(functions: &[(u64, Stack)]) -> Result<(), FtraceError> {
         .iter()
         .filter_map(|(_, stack)| stack.replacements.last().map(|(_, new)| (stack.site, *new)))
         .collect();
-    let previous = publish(Targets {
-        sites: pairs.iter().map(|(site, _)| *site).collect(),
-        replacements: pairs.iter().map(|(_, new)| *new).collect(),
-    });
+    let previous = publish(Targets { pairs });
     let entries: Vec<u64> =
         functions.iter().filter(|(_, stack)| !stack.replacements.is_empty()).map(|(entry, _)| *entry).collect();
     let result = if entries.is_empty() {
@@ -103,7 +98,7 @@ fn publish_raw(targets: *mut Targets) -> *mut Targets {
 }
 
 fn free(targets: *mut Targets) {
-    if !targets.is_null() {
+    if !targets.is_null() && !core::ptr::eq(targets, &NO_TARGETS) {
         // Safety: from Box::into_raw in `publish`, no longer published, and no
         // handler is running (preemption off, one CPU).
         drop(unsafe { Box::from_raw(targets) });
