@@ -365,8 +365,10 @@ pub fn list() -> Vec<PatchSummary> {
                 .objects
                 .iter()
                 .flat_map(|object| object.functions.iter())
-                .map(|function| {
-                    let old = resolve(function).map_or(0, |(entry, _)| entry);
+                .zip(&entry.resolved)
+                .map(|(function, resolved)| {
+                    // Resolved once, when the patch was added.
+                    let old = resolved.entry;
                     let active = stack_index(&registry.functions, old)
                         .ok()
                         .and_then(|at| registry.functions[at].1.replacements.last())

@@ -177,7 +177,7 @@ fn replacement(value: u64) -> u64 {
 extern "C" fn redirecting_handler(_: u64, _: u64, _: &FtraceOps, regs: &mut FtraceRegs) {
     // Same TOC: continue at the replacement's local entry (after its TOC set-up).
     let target = replacement as *const () as u64;
-    regs.regs.nip = target + instruction::local_entry_offset(text::read(target), text::read(target + 4));
+    regs.regs.nip = text::local_entry(target);
 }
 static REDIRECTING: FtraceOps =
     FtraceOps::new("test-redirect", redirecting_handler, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));

@@ -95,7 +95,7 @@ unsafe extern "C" {
 
 /// The words of A from its local entry to its first `blr`.
 fn body_of(function: u64) -> Vec<(u64, u32)> {
-    let start = function + instruction::local_entry_offset(text::read(function), text::read(function + 4));
+    let start = text::local_entry(function);
     (0..256u64).map(|index| start + 4 * index).map(|at| (at, text::read(at))).take_while(|(_, word)| *word != instruction::BLR).collect()
 }
 
@@ -104,7 +104,7 @@ fn same_toc_caller_survives_a_replacement_with_another_toc() {
     // The generated code is the hard case: A calls B's local entry and does
     // not restore r2 after the call, and reads its global through r2 after it.
     let callee = address(toc_callee as *const ());
-    let callee_local = callee + instruction::local_entry_offset(text::read(callee), text::read(callee + 4));
+    let callee_local = text::local_entry(callee);
     let body = body_of(address(toc_caller as *const ()));
     let call = body
         .iter()
@@ -558,7 +558,7 @@ fn redirected_target() -> u64 {
 #[notrace]
 extern "C" fn plain_redirect(_: u64, _: u64, _: &FtraceOps, regs: &mut FtraceRegs) {
     let target = redirected_target as *const () as u64;
-    regs.regs.nip = target + instruction::local_entry_offset(text::read(target), text::read(target + 4));
+    regs.regs.nip = text::local_entry(target);
 }
 static PLAIN_REDIRECT: FtraceOps =
     FtraceOps::new("plain-redirect", plain_redirect, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));

@@ -349,7 +349,7 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
         [_] => ftrace_ops_assist as *const () as u64,
         _ => ftrace_ops_list as *const () as u64,
     };
-    let target = target + instruction::local_entry_offset(text::read(target), text::read(target + 4));
+    let target = text::local_entry(target);
     let current = match CALL_TARGET.load(Ordering::Acquire) {
         0 => ftrace_stub as *const () as u64,
         current => current,

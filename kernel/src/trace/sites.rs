@@ -6,7 +6,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use macros::notrace;
 use portable::ftrace::{Caller, Demand, SiteError, SiteState, Stubs, site_word};
-use portable::instruction::{self, MFLR_R0, NOP};
+use portable::instruction::{MFLR_R0, NOP};
 use crate::sync::Mutex;
 use spin::Once;
 
@@ -97,8 +97,7 @@ pub(super) fn init() -> (usize, usize) {
     let mut sites = Vec::with_capacity(records().len());
     let mut rejected = 0;
     for &function in records() {
-        let offset = instruction::local_entry_offset(text::read(function), text::read(function + 4));
-        let first = function + offset;
+        let first = text::local_entry(function);
         let words = (text::read(first), text::read(first + 4));
         if words != (NOP, NOP) {
             println!(

@@ -32,6 +32,14 @@ pub fn read(address: u64) -> u32 {
     unsafe { (address as *const u32).read_volatile() }
 }
 
+/// The local entry point of the function whose global entry is `function`
+/// (8 bytes further when it starts with the TOC set-up pair): where a caller
+/// that already holds the kernel TOC branches.
+#[notrace]
+pub fn local_entry(function: u64) -> u64 {
+    function + portable::instruction::local_entry_offset(read(function), read(function + 4))
+}
+
 /// Replaces the instruction at `address` with `new` if it currently is `old`,
 /// then makes instruction fetch see it. On a mismatch nothing is written.
 /// The caller keeps other threads off the instruction (preemption disabled:
