@@ -26,7 +26,7 @@ pub fn image(test: bool) -> PathBuf {
 
 /// Builds the kernel and returns the path of the image with its symbol table filled.
 pub fn main(options: &Options) -> Result<PathBuf> {
-    packages::require_rust_source()?;
+    packages::require_toolchain()?;
     // The kernel embeds the public key that patch modules must be signed with
     // (kernel/build.rs reads it from KLP_PATCH_PUBLIC_KEY); made on first use.
     signing::ensure_key_pair()?;

@@ -105,7 +105,7 @@ pub fn build(name: &str) -> Result<PathBuf> {
     if name == HELPER_CRATE || !manifest.is_file() {
         bail!("no patch {name:?}: the patches are {}", names()?.join(", "));
     }
-    packages::require_rust_source()?;
+    packages::require_toolchain()?;
     let pair = signing::ensure_key_pair()?;
     let rlib = compile(&manifest)?;
     let archive = fs::read(&rlib).with_context(|| format!("reading {}", rlib.display()))?;

@@ -81,7 +81,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
 /// `cargo test` on the host crates, echoing its output and adding up libtest's summaries.
 fn host_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     let mut cargo = command("cargo");
-    cargo.args(["test", "--workspace", "--exclude", "kernel", "--exclude", "boot"]);
+    cargo.args(["test", "--no-fail-fast", "--workspace", "--exclude", "kernel", "--exclude", "boot"]);
     cargo.args(&options.filter).stdout(Stdio::piped());
     let mut guard = Guard::spawn(&mut cargo)?;
     let (mut passed, mut failed) = (0, 0);
