@@ -6,6 +6,7 @@ mod devicetree;
 mod exceptions;
 mod ftrace;
 mod livepatch;
+mod livepatchable;
 mod memory;
 mod modules;
 mod threads;

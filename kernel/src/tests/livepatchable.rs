@@ -1,0 +1,220 @@
+//! Tests that `#[livepatchable]` keeps every call and the calling convention a replacement relies on.
+//!
+//! Each original below is as simple as the optimiser likes them: a constant
+//! result, a pure computation, an unused argument, an argument returned
+//! unchanged, a pointer argument only read. For each, the callers' machine
+//! code is read (every source-level call is a `bl` to the original) and the
+//! original is replaced (every call reaches the replacement, with the
+//! arguments in the registers the source signature gives them).
+use crate::arch::ppc64::text;
+use crate::livepatch::{self, Function, Object, Patch};
+use alloc::string::String;
+use alloc::vec;
+use core::hint::black_box;
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::{ktest, livepatchable};
+use portable::instruction;
+
+/// How often a replacement in this file ran.
+static REPLACEMENT_CALLS: AtomicU64 = AtomicU64::new(0);
+
+fn address(function: *const ()) -> u64 {
+    function as u64
+}
+
+/// The number of `bl` instructions in `caller` that reach `callee` (its local or global entry).
+fn calls_from(caller: u64, callee: u64) -> usize {
+    let table = crate::symbols::table().expect("the kernel carries its symbol table");
+    let (symbol, _) = table.lookup(caller).expect("the caller has a symbol");
+    let entries = [callee, text::local_entry(callee)];
+    (symbol.address..symbol.address + u64::from(symbol.size))
+        .step_by(4)
+        .filter(|&at| {
+            instruction::branch_target(at, text::read(at)).is_some_and(|(target, link)| link && entries.contains(&target))
+        })
+        .count()
+}
+
+/// Replaces the function `old_name` with `new` for the duration of `body`, counting the replacement's calls from zero.
+fn replaced<T>(old_name: &str, new: u64, body: impl FnOnce() -> T) -> T {
+    let name = String::from("livepatchable-test");
+    let functions = vec![Function { old_name: String::from(old_name), old_position: None, new_address: new }];
+    livepatch::add(Patch { name: name.clone(), objects: vec![Object { module: None, functions }] }).expect("a livepatchable target");
+    livepatch::enable(&name).expect("enables");
+    REPLACEMENT_CALLS.store(0, Ordering::SeqCst);
+    let result = body();
+    livepatch::disable(&name).expect("disables");
+    livepatch::remove(&name).expect("removes");
+    result
+}
+
+// ---- Constant result: propagated into the caller, calls deleted -----------------
+
+#[livepatchable]
+fn probe() -> u64 {
+    7
+}
+
+#[inline(never)]
+fn probe_twice() -> u64 {
+    probe() + probe()
+}
+
+#[inline(never)]
+fn probe_replacement() -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    100
+}
+
+#[ktest]
+fn constant_result_is_not_propagated_into_callers() {
+    let calls = calls_from(address(probe_twice as *const ()), address(probe as *const ()));
+    assert_eq!(calls, 2, "probe_twice calls probe twice in its machine code");
+    assert_eq!(probe_twice(), 14);
+    let patched = replaced("kernel::tests::livepatchable::probe", address(probe_replacement as *const ()), probe_twice);
+    assert_eq!(patched, 200, "both calls see the replacement");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 2);
+    assert_eq!(probe_twice(), 14, "the original is back");
+}
+
+// ---- Pure function: identical calls merged, an unused result's call deleted -------
+
+#[livepatchable]
+fn pure_probe(value: u64) -> u64 {
+    value.wrapping_mul(3)
+}
+
+#[inline(never)]
+fn pure_caller(value: u64) -> u64 {
+    let first = pure_probe(value);
+    let _ = pure_probe(value + 1);
+    let second = pure_probe(value);
+    first + second
+}
+
+#[inline(never)]
+fn pure_replacement(value: u64) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    value + 1000
+}
+
+#[ktest]
+fn calls_of_a_pure_function_are_neither_merged_nor_deleted() {
+    let calls = calls_from(address(pure_caller as *const ()), address(pure_probe as *const ()));
+    assert_eq!(calls, 3, "three calls in pure_caller's machine code, the unused one included");
+    assert_eq!(pure_caller(black_box(5)), 30);
+    let patched = replaced("kernel::tests::livepatchable::pure_probe", address(pure_replacement as *const ()), || {
+        pure_caller(black_box(5))
+    });
+    assert_eq!(patched, 2010);
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 3, "every call ran, the unused one too");
+}
+
+// ---- Arguments: an unused one, one returned unchanged, one passed by reference ----
+
+#[livepatchable]
+fn unused_argument(used: u64, unused: u64) -> u64 {
+    let _ = unused;
+    used
+}
+
+#[inline(never)]
+fn unused_argument_caller() -> u64 {
+    unused_argument(1, 42)
+}
+
+#[inline(never)]
+fn unused_argument_replacement(used: u64, unused: u64) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    used * 1000 + unused
+}
+
+#[livepatchable]
+fn echo(value: u64) -> u64 {
+    value
+}
+
+#[inline(never)]
+fn echo_caller(value: u64) -> u64 {
+    echo(value) * 2
+}
+
+#[inline(never)]
+fn echo_replacement(value: u64) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    value + 5
+}
+
+/// Two words: bigger than one register, so a `&Pair` is a pointer in r3.
+pub struct Pair {
+    first: u64,
+    second: u64,
+}
+
+#[livepatchable]
+fn by_reference(pair: &Pair) -> u64 {
+    pair.first + pair.second
+}
+
+#[inline(never)]
+fn by_reference_caller(first: u64) -> u64 {
+    let pair = Pair { first, second: 20 };
+    by_reference(&pair)
+}
+
+#[inline(never)]
+fn by_reference_replacement(pair: &Pair) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    pair.first * 100 + pair.second
+}
+
+#[ktest]
+fn arguments_reach_the_replacement_as_the_source_signature_says() {
+    let unused = address(unused_argument as *const ());
+    assert_eq!(calls_from(address(unused_argument_caller as *const ()), unused), 1);
+    assert_eq!(unused_argument_caller(), 1);
+    let patched = replaced("kernel::tests::livepatchable::unused_argument", address(unused_argument_replacement as *const ()), || {
+        unused_argument_caller()
+    });
+    assert_eq!(patched, 1042, "the unused argument is still passed, in r4");
+
+    assert_eq!(calls_from(address(echo_caller as *const ()), address(echo as *const ())), 1);
+    assert_eq!(echo_caller(black_box(4)), 8);
+    let patched = replaced("kernel::tests::livepatchable::echo", address(echo_replacement as *const ()), || echo_caller(black_box(4)));
+    assert_eq!(patched, 18, "the caller uses the result, not its own argument");
+
+    assert_eq!(calls_from(address(by_reference_caller as *const ()), address(by_reference as *const ())), 1);
+    assert_eq!(by_reference_caller(black_box(3)), 23);
+    let patched = replaced("kernel::tests::livepatchable::by_reference", address(by_reference_replacement as *const ()), || {
+        by_reference_caller(black_box(3))
+    });
+    assert_eq!(patched, 320, "the pair is passed by reference");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+}
+
+// ---- Inlining ----------------------------------------------------------------------
+
+#[livepatchable]
+fn small(value: u64) -> u64 {
+    value + 1
+}
+
+#[inline(never)]
+fn small_caller(value: u64) -> u64 {
+    small(value) ^ 0x10
+}
+
+#[inline(never)]
+fn small_replacement(value: u64) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    value + 2
+}
+
+#[ktest]
+fn livepatchable_function_is_never_inlined() {
+    assert_eq!(calls_from(address(small_caller as *const ()), address(small as *const ())), 1, "a call, not a copy of the body");
+    assert_eq!(small_caller(black_box(1)), 2 ^ 0x10);
+    let patched = replaced("kernel::tests::livepatchable::small", address(small_replacement as *const ()), || small_caller(black_box(1)));
+    assert_eq!(patched, 3 ^ 0x10);
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+}
