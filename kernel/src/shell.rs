@@ -121,12 +121,13 @@ fn uptime(_: &str) {
     );
 }
 
-/// What `hello` prints: the function the built-in patch replaces. The
-/// black_box keeps the compiler from folding the constant into the caller
-/// (interprocedural constant propagation would leave nothing to patch).
+/// What `hello` prints: the function the built-in patch and the sample
+/// modules replace. `#[livepatchable]` keeps `hello` from folding the
+/// constant in (interprocedural constant propagation would leave nothing to
+/// patch) and lets the livepatch core accept it as a target.
 #[macros::livepatchable]
 pub fn greeting() -> &'static str {
-    core::hint::black_box("hello from the original kernel")
+    "hello from the original kernel"
 }
 
 fn hello(_: &str) {

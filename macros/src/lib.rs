@@ -1,8 +1,9 @@
-//! Attribute macros of the kernel: `#[notrace]` and `#[ktest]`.
+//! Attribute macros of the kernel: `#[notrace]`, `#[livepatchable]` and `#[ktest]`.
 
 use proc_macro::TokenStream;
 use quote::quote;
-use syn::{ItemFn, parse_macro_input};
+use syn::spanned::Spanned;
+use syn::{Block, FnArg, ItemFn, Pat, PatIdent, ReturnType, Type, parse_macro_input};
 
 /// Gives a function no ftrace entry site: the compiler emits no patchable nops
 /// for it, so tracing can never call into it. Used by the ftrace machinery,
@@ -23,14 +24,36 @@ pub fn notrace(attribute: TokenStream, item: TokenStream) -> TokenStream {
     .into()
 }
 
-/// Keeps a function patchable: never inlined, and its address taken in a
-/// `#[used]` static, so the optimiser keeps the standard ELFv2 calling
-/// convention. Without it, a function internal to the kernel may lose
-/// constant or unused arguments (interprocedural constant propagation, dead
-/// argument elimination) or have its result folded into callers, and a
-/// replacement written against its source signature would then receive the
-/// wrong registers. This is the Rust counterpart of what GCC's
-/// `-flive-patching=inline-clone` guarantees for Linux.
+/// Makes a function a target live patches may replace, and keeps every
+/// caller honest about it: the callers' machine code must call the function
+/// with the registers its source signature gives, and must assume nothing
+/// about what it does or returns, because a replacement may do anything the
+/// signature allows. The expansion:
+///
+/// - `#[inline(never)]`: every call stays a call;
+/// - each argument passes through `core::hint::black_box` on entry, an empty
+///   `asm!` that reads and writes memory and takes the value: no argument is
+///   dead (dead argument elimination would stop setting its register at
+///   call sites), none is returned unchanged, none points at memory the
+///   function only reads (callers would keep values in registers across the
+///   call);
+/// - the result passes through `black_box` too (the body runs in a closure,
+///   so `return` and `?` go through it): callers cannot propagate a constant
+///   result (interprocedural constant propagation), and with the barrier's
+///   memory effects the function is never "pure", so no call is merged with
+///   another or deleted when its result is unused;
+/// - its address is taken in a `#[used]` static in the `.klp_livepatchable`
+///   section: the function stays "address taken" (LLVM then never rewrites
+///   its signature: no argument promotion, no specialised clones), and the
+///   livepatch core accepts as a target only a function listed there.
+///
+/// The calling convention stays the one the signature declares (the Rust ABI
+/// of this compiler, or `extern "C"` when written so); a replacement must have
+/// exactly the same signature. This is the Rust counterpart of what GCC's
+/// `-flive-patching=inline-clone` guarantees for Linux. Only plain
+/// non-generic free functions qualify (a generic has no single address, a
+/// method's replacement could not be named, a `const` or `async` body is not
+/// a call).
 #[proc_macro_attribute]
 pub fn livepatchable(attribute: TokenStream, item: TokenStream) -> TokenStream {
     if !attribute.is_empty() {
@@ -39,16 +62,71 @@ pub fn livepatchable(attribute: TokenStream, item: TokenStream) -> TokenStream {
             .into();
     }
     let function = parse_macro_input!(item as ItemFn);
+    match livepatchable_expansion(function) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// The expansion of `#[livepatchable]` (see there).
+fn livepatchable_expansion(mut function: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    let signature = &function.sig;
+    let refuse = |span: proc_macro2::Span, what: &str| {
+        Err(syn::Error::new(span, format!("#[livepatchable] cannot apply to {what}: it must be a plain free function")))
+    };
+    if let Some(token) = &signature.constness {
+        return refuse(token.span, "a const fn");
+    }
+    if let Some(token) = &signature.asyncness {
+        return refuse(token.span, "an async fn");
+    }
+    if !signature.generics.params.is_empty() {
+        return refuse(signature.generics.span(), "a generic function (it has no single address)");
+    }
+    let output = match &signature.output {
+        ReturnType::Default => quote! { () },
+        ReturnType::Type(_, ty) => {
+            if let Type::ImplTrait(_) = **ty {
+                return refuse(ty.span(), "a function returning `impl Trait`");
+            }
+            quote! { #ty }
+        }
+    };
+    // Every argument gets a fresh name and is bound to its pattern through the barrier.
+    let mut bindings = Vec::new();
+    for (index, input) in function.sig.inputs.iter_mut().enumerate() {
+        let FnArg::Typed(argument) = input else {
+            return refuse(input.span(), "a method");
+        };
+        let fresh = quote::format_ident!("livepatchable_argument_{}", index);
+        let pattern = core::mem::replace(
+            &mut *argument.pat,
+            Pat::Ident(PatIdent { attrs: Vec::new(), by_ref: None, mutability: None, ident: fresh.clone(), subpat: None }),
+        );
+        let pattern = match pattern {
+            Pat::Wild(_) => quote! { _ },
+            other => quote! { #other },
+        };
+        bindings.push(quote! { let #pattern = ::core::hint::black_box(#fresh); });
+    }
+    let body = &function.block;
+    let block: Block = syn::parse2(quote! {{
+        #(#bindings)*
+        #[allow(clippy::redundant_closure_call)]
+        let livepatchable_result: #output = (|| -> #output #body)();
+        ::core::hint::black_box(livepatchable_result)
+    }})?;
+    *function.block = block;
     let name = &function.sig.ident;
     let anchor = quote::format_ident!("__LIVEPATCHABLE_{}", name.to_string().to_uppercase());
-    quote! {
+    Ok(quote! {
         #[inline(never)]
         #function
 
         #[used]
+        #[unsafe(link_section = ".klp_livepatchable")]
         static #anchor: crate::livepatch::Anchor = crate::livepatch::Anchor(#name as *const ());
-    }
-    .into()
+    })
 }
 
 /// Registers an in-kernel test case, collected into the test kernel.

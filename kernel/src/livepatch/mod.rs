@@ -6,10 +6,12 @@
 //! patches may replace the same function: the newest enabled one runs, and
 //! disabling it (only the topmost may be disabled) falls back to the previous
 //! one, then to the original. Every error leaves everything as it was.
+mod allowed;
 pub mod api;
 mod builtin;
 mod redirect;
 
+pub use allowed::{Anchor, is_livepatchable};
 pub use builtin::register_builtin;
 
 use crate::symbols;
@@ -19,12 +21,6 @@ use alloc::vec::Vec;
 use core::fmt;
 use smallvec::{SmallVec, smallvec};
 use crate::sync::Mutex;
-
-/// The address of a `#[livepatchable]` function, kept so that its
-/// calling convention stays the standard one (see `macros::livepatchable`).
-pub struct Anchor(#[allow(dead_code)] pub *const ());
-// Safety: only an address, never dereferenced.
-unsafe impl Sync for Anchor {}
 
 /// A function to replace.
 #[derive(Clone)]
@@ -60,6 +56,7 @@ pub enum LivepatchError {
     Ambiguous { name: String, count: usize },
     BadPosition { name: String, position: usize, count: usize },
     NotTraceable(String),
+    NotLivepatchable(String),
     Busy { name: String, owner: &'static str },
     AlreadyEnabled(String),
     DuplicateFunction(String),
@@ -82,6 +79,10 @@ impl fmt::Display for LivepatchError {
                 write!(formatter, "'{name}' has {count} functions, no position {position}")
             }
             LivepatchError::NotTraceable(name) => write!(formatter, "'{name}' has no ftrace site (notrace) and cannot be patched"),
+            LivepatchError::NotLivepatchable(name) => write!(
+                formatter,
+                "'{name}' is not marked #[livepatchable]: the compiler may have changed how its callers call it, so it cannot be replaced"
+            ),
             LivepatchError::Busy { name, owner } => {
                 write!(formatter, "'{name}' is busy: its calls are already redirected by '{owner}'")
             }
@@ -137,7 +138,8 @@ fn stack_index(functions: &[(u64, Stack)], entry: u64) -> Result<usize, usize> {
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry { patches: Vec::new(), functions: Vec::new(), next_id: 1 });
 
 /// Adds a patch (disabled), after resolving every function it names: an
-/// unknown, ambiguous or notrace target, or a function named twice, refuses
+/// unknown, ambiguous, notrace or not `#[livepatchable]` target, or a
+/// function named twice, refuses
 /// the whole patch here, before anything could run. Names are unique.
 pub fn add(patch: Patch) -> Result<(), LivepatchError> {
     let mut resolved: Vec<Resolved> = Vec::new();
@@ -185,10 +187,12 @@ fn position(registry: &Registry, name: &str) -> Result<usize, LivepatchError> {
 }
 
 /// The (global entry, ftrace site) of the function `function` names,
-/// checked to be patchable.
+/// checked to be patchable: it exists, has an ftrace site and is marked
+/// `#[livepatchable]` (see `allowed`).
 pub fn resolve(function: &Function) -> Result<(u64, u64), LivepatchError> {
     let name = &function.old_name;
     match trace::named_entry(name, function.old_position) {
+        Ok((entry, _)) if !is_livepatchable(entry) => Err(LivepatchError::NotLivepatchable(name.clone())),
         Ok(found) => Ok(found),
         Err(NameError::Missing) => {
             let exists = symbols::table().is_some_and(|table| table.find(name).next().is_some());

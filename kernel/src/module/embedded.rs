@@ -4,13 +4,14 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 5] = [
+pub static EMBEDDED: [(&str, &[u8]); 6] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
     // Refused on purpose (tests of bad patches).
     ("missing-target", include_bytes!(concat!(env!("OUT_DIR"), "/missing-target.klp"))),
     ("notrace-target", include_bytes!(concat!(env!("OUT_DIR"), "/notrace-target.klp"))),
+    ("unmarked-target", include_bytes!(concat!(env!("OUT_DIR"), "/unmarked-target.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

@@ -3,7 +3,7 @@
 //! Each original below is as simple as the optimiser likes them: a constant
 //! result, a pure computation, an unused argument, an argument returned
 //! unchanged, a pointer argument only read. For each, the callers' machine
-//! code is read (every source-level call is a `bl` to the original) and the
+//! code is read (every source-level call is a branch to the original) and the
 //! original is replaced (every call reaches the replacement, with the
 //! arguments in the registers the source signature gives them).
 use crate::arch::ppc64::text;
@@ -22,7 +22,8 @@ fn address(function: *const ()) -> u64 {
     function as u64
 }
 
-/// The number of `bl` instructions in `caller` that reach `callee` (its local or global entry).
+/// The number of branches in `caller` that reach `callee` (its local or
+/// global entry): `bl`, or `b` for a call in tail position.
 fn calls_from(caller: u64, callee: u64) -> usize {
     let table = crate::symbols::table().expect("the kernel carries its symbol table");
     let (symbol, _) = table.lookup(caller).expect("the caller has a symbol");
@@ -30,7 +31,7 @@ fn calls_from(caller: u64, callee: u64) -> usize {
     (symbol.address..symbol.address + u64::from(symbol.size))
         .step_by(4)
         .filter(|&at| {
-            instruction::branch_target(at, text::read(at)).is_some_and(|(target, link)| link && entries.contains(&target))
+            instruction::branch_target(at, text::read(at)).is_some_and(|(target, _)| entries.contains(&target))
         })
         .count()
 }
@@ -217,4 +218,55 @@ fn livepatchable_function_is_never_inlined() {
     let patched = replaced("kernel::tests::livepatchable::small", address(small_replacement as *const ()), || small_caller(black_box(1)));
     assert_eq!(patched, 3 ^ 0x10);
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+}
+
+// ---- Only #[livepatchable] functions may be replaced --------------------------------
+
+/// Traceable (it has an ftrace site) but not marked: its callers may rely on
+/// what the compiler saw of it, so no patch may replace it.
+#[inline(never)]
+fn unmarked(value: u64) -> u64 {
+    black_box(value + 1)
+}
+
+#[inline(never)]
+fn unmarked_replacement(value: u64) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    value + 2
+}
+
+/// (name, enabled) of every patch.
+fn patch_states() -> alloc::vec::Vec<(String, bool)> {
+    livepatch::list().into_iter().map(|patch| (patch.name, patch.enabled)).collect()
+}
+
+fn site_words() -> alloc::vec::Vec<u32> {
+    crate::trace::site_summaries().iter().map(|site| text::read(site.address)).collect()
+}
+
+#[ktest]
+fn function_not_marked_livepatchable_is_refused_by_name_and_nothing_changes() {
+    let name = "kernel::tests::livepatchable::unmarked";
+    assert!(crate::trace::named_entry(name, None).is_ok(), "unmarked has an ftrace site");
+    let (patches, sites) = (patch_states(), site_words());
+    let marked = address(small as *const ());
+    assert!(livepatch::is_livepatchable(marked));
+    assert!(!livepatch::is_livepatchable(address(unmarked as *const ())));
+    // A marked function and the unmarked one in one patch: the whole patch is refused.
+    let functions = vec![
+        Function { old_name: String::from("kernel::tests::livepatchable::small"), old_position: None, new_address: address(small_replacement as *const ()) },
+        Function { old_name: String::from(name), old_position: None, new_address: address(unmarked_replacement as *const ()) },
+    ];
+    let error = livepatch::add(Patch { name: String::from("unmarked"), objects: vec![Object { module: None, functions }] })
+        .expect_err("a target not marked #[livepatchable] is refused");
+    let message = alloc::format!("{error}");
+    assert!(matches!(&error, livepatch::LivepatchError::NotLivepatchable(refused) if refused == name), "{message}");
+    assert!(message.contains("'kernel::tests::livepatchable::unmarked' is not marked #[livepatchable]"), "{message}");
+    assert_eq!(patch_states(), patches, "no patch was added");
+    assert!(matches!(livepatch::enable("unmarked"), Err(livepatch::LivepatchError::UnknownPatch(_))));
+    assert_eq!(site_words(), sites, "no site changed");
+    REPLACEMENT_CALLS.store(0, Ordering::SeqCst);
+    assert_eq!(unmarked(black_box(1)), 2);
+    assert_eq!(small_caller(black_box(1)), 2 ^ 0x10);
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 0, "no replacement ran");
 }

@@ -98,7 +98,7 @@ fn altered_or_unsigned_modules_are_refused_and_nothing_changes() {
 }
 
 #[ktest]
-fn patches_naming_missing_or_notrace_functions_are_refused() {
+fn patches_naming_missing_notrace_or_unmarked_functions_are_refused() {
     use crate::livepatch::LivepatchError;
     let before = crate::shell::greeting();
     // Warm up the allocations that stay (registry tables) before measuring.
@@ -113,6 +113,15 @@ fn patches_naming_missing_or_notrace_functions_are_refused() {
     match module::load(embedded("notrace-target")) {
         Err(LoadError::Livepatch(LivepatchError::NotTraceable(name))) => assert_eq!(name, "exception_dispatch"),
         other => panic!("expected a notrace target, got {other:?}"),
+    }
+    // Traceable, so refused only because it is not marked #[livepatchable].
+    assert!(crate::trace::named_entry("kernel::shell::uptime", None).is_ok(), "uptime has an ftrace site");
+    match module::load(embedded("unmarked-target")) {
+        Err(LoadError::Livepatch(error @ LivepatchError::NotLivepatchable(_))) => {
+            let message = alloc::format!("{error}");
+            assert!(message.contains("'kernel::shell::uptime' is not marked #[livepatchable]"), "{message}");
+        }
+        other => panic!("expected a target not marked #[livepatchable], got {other:?}"),
     }
     assert_eq!(memory::usage().0, used_before, "the refused modules' memory went back to the heap");
     assert!(module::summaries().is_empty(), "nothing loaded");
