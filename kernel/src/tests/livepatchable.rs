@@ -78,6 +78,39 @@ fn constant_result_is_not_propagated_into_callers() {
     assert_eq!(probe_twice(), 14, "the original is back");
 }
 
+/// Every exit is a `return`, which must pass the result barrier too.
+#[livepatchable]
+#[allow(clippy::needless_return)]
+fn early_return(value: u64) -> u64 {
+    if value == 0 {
+        return 9;
+    }
+    return 9;
+}
+
+#[inline(never)]
+fn early_return_caller(value: u64) -> u64 {
+    early_return(value) + 1
+}
+
+#[inline(never)]
+fn early_return_replacement(value: u64) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    value + 50
+}
+
+#[ktest]
+fn constant_returned_by_return_statements_is_not_propagated_either() {
+    let calls = calls_from(address(early_return_caller as *const ()), address(early_return as *const ()));
+    assert_eq!(calls, 1, "early_return_caller calls early_return in its machine code");
+    assert_eq!(early_return_caller(black_box(1)), 10);
+    let patched = replaced("kernel::tests::livepatchable::early_return", address(early_return_replacement as *const ()), || {
+        early_return_caller(black_box(1))
+    });
+    assert_eq!(patched, 52, "the caller uses the replacement's result");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+}
+
 // ---- Pure function: identical calls merged, an unused result's call deleted -------
 
 #[livepatchable]
