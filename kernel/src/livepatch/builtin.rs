@@ -22,5 +22,5 @@ pub fn register_builtin() {
             }],
         }],
     };
-    add(greeting).expect("built-in patch names are unique");
+    add(greeting).expect("built-in patches have unique names and #[livepatchable] targets");
 }
