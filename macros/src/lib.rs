@@ -103,10 +103,6 @@ fn livepatchable_expansion(mut function: ItemFn) -> syn::Result<proc_macro2::Tok
             &mut *argument.pat,
             Pat::Ident(PatIdent { attrs: Vec::new(), by_ref: None, mutability: None, ident: fresh.clone(), subpat: None }),
         );
-        let pattern = match pattern {
-            Pat::Wild(_) => quote! { _ },
-            other => quote! { #other },
-        };
         bindings.push(quote! { let #pattern = ::core::hint::black_box(#fresh); });
     }
     let body = &function.block;
