@@ -202,8 +202,28 @@ fn by_reference_replacement(pair: &Pair) -> u64 {
     pair.first * 100 + pair.second
 }
 
+/// Does nothing with the counter: the compiler could mark the pointer
+/// "not written", and callers would then keep the counter in a register.
+#[livepatchable]
+fn maybe_bump(counter: &mut u64) {
+    let _ = counter;
+}
+
+#[inline(never)]
+fn maybe_bump_caller(start: u64) -> u64 {
+    let mut counter = start;
+    maybe_bump(&mut counter);
+    counter
+}
+
+#[inline(never)]
+fn maybe_bump_replacement(counter: &mut u64) {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    *counter += 10;
+}
+
 #[ktest]
-fn arguments_reach_the_replacement_as_the_source_signature_says() {
+fn unused_argument_is_still_passed() {
     let unused = address(unused_argument as *const ());
     assert_eq!(calls_from(address(unused_argument_caller as *const ()), unused), 1);
     assert_eq!(unused_argument_caller(), 1);
@@ -211,18 +231,34 @@ fn arguments_reach_the_replacement_as_the_source_signature_says() {
         unused_argument_caller()
     });
     assert_eq!(patched, 1042, "the unused argument is still passed, in r4");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+}
 
+#[ktest]
+fn argument_returned_unchanged_is_not_assumed_to_be_the_result() {
     assert_eq!(calls_from(address(echo_caller as *const ()), address(echo as *const ())), 1);
     assert_eq!(echo_caller(black_box(4)), 8);
     let patched = replaced("kernel::tests::livepatchable::echo", address(echo_replacement as *const ()), || echo_caller(black_box(4)));
     assert_eq!(patched, 18, "the caller uses the result, not its own argument");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+}
 
+#[ktest]
+fn pointer_arguments_stay_pointers_that_the_replacement_may_write_through() {
     assert_eq!(calls_from(address(by_reference_caller as *const ()), address(by_reference as *const ())), 1);
     assert_eq!(by_reference_caller(black_box(3)), 23);
     let patched = replaced("kernel::tests::livepatchable::by_reference", address(by_reference_replacement as *const ()), || {
         by_reference_caller(black_box(3))
     });
     assert_eq!(patched, 320, "the pair is passed by reference");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+
+    assert_eq!(calls_from(address(maybe_bump_caller as *const ()), address(maybe_bump as *const ())), 1);
+    assert_eq!(maybe_bump_caller(black_box(5)), 5);
+    let patched = replaced("kernel::tests::livepatchable::maybe_bump", address(maybe_bump_replacement as *const ()), || {
+        maybe_bump_caller(black_box(5))
+    });
+    assert_eq!(patched, 15, "the caller reads the counter back after the call");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 }
 
