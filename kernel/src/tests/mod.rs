@@ -8,4 +8,5 @@ mod ftrace;
 mod livepatch;
 mod memory;
 mod modules;
+mod stack;
 mod threads;

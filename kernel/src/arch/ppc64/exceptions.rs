@@ -44,7 +44,11 @@ pub struct InterruptFrame {
 pub const RED_ZONE: usize = 288;
 /// Free space kept between the livepatch stack top and the lowest exception frame.
 pub const STACK_GUARD: usize = 256;
-const FRAME_SIZE: usize = size_of::<InterruptFrame>().next_multiple_of(16);
+/// Bytes the entry pushes for an `InterruptFrame`.
+pub const FRAME_SIZE: usize = size_of::<InterruptFrame>().next_multiple_of(16);
+/// The lowest r1, above `livepatch_sp`, at which an exception may stay on the
+/// thread's stack: red zone, frame, then the guard for what the handler calls.
+pub const EXCEPTION_STACK_ROOM: usize = STACK_GUARD + RED_ZONE + FRAME_SIZE;
 const REGS: usize = offset_of!(InterruptFrame, regs);
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
@@ -154,7 +158,7 @@ exception_common:
     percpu_toc = const offset_of!(PerCpu, toc),
     thread_shift = const THREAD_SHIFT,
     ti_livepatch_sp = const offset_of!(ThreadInfo, livepatch_sp),
-    lowest = const STACK_GUARD + RED_ZONE + FRAME_SIZE,
+    lowest = const EXCEPTION_STACK_ROOM,
     below = const RED_ZONE + FRAME_SIZE,
     frame = const FRAME_SIZE,
     regs = const REGS,
