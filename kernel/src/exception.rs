@@ -1,5 +1,5 @@
 //! What the kernel does with each exception: timer ticks, BUG traps, and reports of the unexpected.
-use crate::arch::ppc64::exceptions::PtRegs;
+use crate::arch::ppc64::exceptions::{self, PtRegs};
 use crate::arch::ppc64::registers::ProgramCheckReason;
 use crate::{bug, println, symbols, thread, time};
 use macros::notrace;
@@ -45,9 +45,12 @@ pub fn vector_name(trap: u64) -> &'static str {
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
-    if regs.result != 0 {
-        regs.result = 0;
-        stack_overflow(regs);
+    match core::mem::take(&mut regs.result) {
+        exceptions::THREAD_STACK_OVERFLOW => stack_overflow(regs),
+        exceptions::EMERGENCY_STACK_OVERFLOW => {
+            panic!("stack overflow on the emergency stack: r1 {:#x}, NIP {}", regs.gpr[1], symbols::Symbolized(regs.nip))
+        }
+        _ => {}
     }
     match regs.trap {
         vector::DECREMENTER => {

@@ -278,6 +278,7 @@ fn patched_call_on_the_emergency_stack_uses_its_livepatch_stack() {
     );
     assert_eq!(low(), low_before, "low memory untouched");
     assert_eq!(word(base + MAGIC_OFFSET as u64), STACK_END_MAGIC, "the emergency stack has its STACK_END_MAGIC");
+    assert_eq!(word(base + offset_of!(ThreadInfo, thread_id) as u64), thread::EMERGENCY_THREAD_ID);
 }
 
 /// The entry of the runaway recursion: the handler starts it from this function's site.
