@@ -205,6 +205,16 @@ fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
     assert!(bystander_ran, "the ticks switched to the bystander and back");
 }
 
+/// Waits (up to 2 s) until thread `id` is dead; its stack stays until it is joined.
+fn wait_until_dead(id: u64) {
+    for _ in 0..400 {
+        if thread::snapshot().iter().any(|summary| summary.id == id && matches!(summary.state, State::Dead(_))) {
+            return;
+        }
+        thread::sleep_milliseconds(5);
+    }
+}
+
 static VICTIM_BASE: AtomicU64 = AtomicU64::new(0);
 static VICTIM_INFO: [AtomicU64; INFO_WORDS] = [const { AtomicU64::new(0) }; INFO_WORDS];
 
@@ -221,13 +231,7 @@ fn bug_just_above_the_guard_touches_nothing_below_it() {
     })
     .unwrap();
     // The victim is dead but not yet joined: its stack is still there to inspect.
-    for _ in 0..400 {
-        let dead = thread::snapshot().iter().any(|summary| summary.id == victim.id && matches!(summary.state, State::Dead(_)));
-        if dead {
-            break;
-        }
-        thread::sleep_milliseconds(5);
-    }
+    wait_until_dead(victim.id);
     let base = VICTIM_BASE.load(Ordering::SeqCst);
     let before: [u64; INFO_WORDS] = core::array::from_fn(|index| VICTIM_INFO[index].load(Ordering::SeqCst));
     let nothing_touched = check_nothing_below_the_guard_touched(base, &before);
@@ -318,4 +322,50 @@ fn runaway_recursion_in_a_traced_handler_is_reported_as_a_stack_overflow() {
     let status = victim.join();
     trace::unregister(&RUNAWAY).unwrap();
     assert_eq!(status, ExitStatus::Killed("stack overflow"));
+}
+
+/// Moves r1 to `stack_pointer` and calls `thread::kill_current(reason)` there.
+#[notrace]
+fn kill_at(stack_pointer: u64, reason: &'static str) -> ! {
+    // Safety: the borrowed r1 lies in this thread's own free stack;
+    // kill_current never returns.
+    unsafe {
+        core::arch::asm!(
+            "std 1, 0({stack})",  // the borrowed frame's back chain = our r1
+            "mr 1, {stack}",      // r1 = the test's stack pointer
+            "bl {kill}",          // kill_current(reason): never returns
+            "trap",
+            stack = in(reg_nonzero) stack_pointer,
+            kill = sym thread::kill_current,
+            in("r3") reason.as_ptr(),
+            in("r4") reason.len(),
+            options(noreturn),
+        );
+    }
+}
+
+/// How far above `livepatch_sp` the kill test calls `kill_current`: less
+/// than the kill's message and scheduling need, more than its own frame and
+/// the move to the emergency stack.
+const KILL_ROOM: u64 = 512;
+
+#[ktest]
+fn kill_just_above_the_livepatch_stack_touches_nothing_below_it() {
+    VICTIM_BASE.store(0, Ordering::SeqCst);
+    let victim = thread::spawn("kill-at-guard", || {
+        let (before, _) = arm_canary();
+        for (slot, value) in VICTIM_INFO.iter().zip(before) {
+            slot.store(value, Ordering::SeqCst);
+        }
+        let base = thread::current_thread_info() as u64;
+        VICTIM_BASE.store(base, Ordering::SeqCst);
+        kill_at(base + FAKE_LIVEPATCH_TOP + KILL_ROOM, "killed at the guard")
+    })
+    .unwrap();
+    wait_until_dead(victim.id);
+    let base = VICTIM_BASE.load(Ordering::SeqCst);
+    let before: [u64; INFO_WORDS] = core::array::from_fn(|index| VICTIM_INFO[index].load(Ordering::SeqCst));
+    let nothing_touched = check_nothing_below_the_guard_touched(base, &before);
+    assert_eq!(victim.join(), ExitStatus::Killed("killed at the guard"));
+    nothing_touched.unwrap();
 }
