@@ -42,7 +42,8 @@ fn word(address: u64) -> u64 {
 }
 
 /// Makes the current thread's livepatch stack look FAKE_LIVEPATCH_TOP deep,
-/// fills it with canary frames and paints the guard band above it. Returns
+/// fills it with canary frames and paints the band above it up to the r1 it
+/// returns (guard, exception frame, red zone). Returns
 /// the thread_info words as they are now and the r1 just above the guard.
 /// The caller restores `livepatch_sp` if the thread goes on.
 #[notrace]
@@ -58,7 +59,7 @@ fn arm_canary() -> ([u64; INFO_WORDS], u64) {
             (address as *mut u64).write_volatile(canary_word((address - base) / 8));
             address += 8;
         }
-        while address < top + STACK_GUARD as u64 {
+        while address < top + EXCEPTION_STACK_ROOM as u64 {
             (address as *mut u64).write_volatile(PAINT);
             address += 8;
         }
@@ -104,6 +105,16 @@ fn check_nothing_below_the_guard_touched(base: u64, before: &[u64; INFO_WORDS]) 
         return Err(format!("{overwritten} livepatch stack words overwritten, down to {} bytes below livepatch_sp", top - lowest));
     }
     Ok(())
+}
+
+/// Bytes of the painted band, from r1 down, that something wrote.
+fn band_used(base: u64) -> u64 {
+    let top = base + FAKE_LIVEPATCH_TOP;
+    let mut address = top;
+    while address < top + EXCEPTION_STACK_ROOM as u64 && word(address) == PAINT {
+        address += 8;
+    }
+    top + EXCEPTION_STACK_ROOM as u64 - address
 }
 
 /// Bytes of the painted guard band written below the exception frame.
@@ -235,8 +246,10 @@ fn bug_just_above_the_guard_touches_nothing_below_it() {
     let base = VICTIM_BASE.load(Ordering::SeqCst);
     let before: [u64; INFO_WORDS] = core::array::from_fn(|index| VICTIM_INFO[index].load(Ordering::SeqCst));
     let nothing_touched = check_nothing_below_the_guard_touched(base, &before);
+    let written_below_r1 = band_used(base);
     assert_eq!(victim.join(), ExitStatus::Killed("BUG"));
     nothing_touched.unwrap();
+    assert_eq!(written_below_r1, 0, "bytes written below r1 on the thread's stack: the report belongs on the emergency stack");
 }
 
 #[livepatchable]

@@ -110,16 +110,16 @@ core::arch::global_asm!(
 exception_common:
     std     11, {scratch}+0(13)           # scratch[0] = interrupted r11
     std     12, {scratch}+8(13)           # scratch[1] = vector
-    mfcr    11
+    mfcr    11                            # r11 = interrupted CR
     std     11, {scratch}+16(13)          # scratch[2] = interrupted CR, before the compare below
     mr      11, 1                         # r11 = interrupted r1
     clrrdi  12, 1, {thread_shift}         # r12 = thread_info (base of the stack)
     ld      12, {ti_livepatch_sp}(12)     # r12 = top of the livepatch stack
     addi    12, 12, {lowest}              # r12 = lowest r1 that leaves the guard intact
-    cmpld   1, 12
+    cmpld   1, 12                         # CR0 = r1 against that limit (CR was saved above)
     blt-    3f                            # r1 too low: the stack has overflowed
     ld      12, {scratch}+8(13)           # r12 = vector
-    cmpldi  12, {decrementer}
+    cmpldi  12, {decrementer}             # CR0.eq = the timer
     beq+    4f                            # the timer stays on this stack: it may switch threads
     ld      12, {emergency}(13)           # r12 = emergency stack top
     xor     12, 12, 1                     # r12 = the address bits where r1 differs from it
@@ -136,7 +136,7 @@ exception_common:
     xor     12, 12, 1                     # r12 = the address bits where r1 differs from it
     srdi.   12, 12, {thread_shift}        # CR0.eq = the emergency stack itself overflowed
     li      12, {thread_overflow}         # r12 = a thread's stack overflowed (li keeps CR0)
-    bne+    5f
+    bne+    5f                            # a thread's stack: keep r12
     li      12, {emergency_overflow}      # r12 = the emergency stack overflowed
 5:  ld      1, {emergency}(13)            # r1 = this CPU's emergency stack top
     addi    1, 1, -{frame}                # r1 = frame
