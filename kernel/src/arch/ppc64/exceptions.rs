@@ -61,7 +61,7 @@ pub const RED_ZONE: usize = 288;
 /// then `reap`) uses below its frame. Measured (docs/ARCHITECTURE.md, "The
 /// exception stack budget"): 1,712 bytes by summing frame sizes along its
 /// calls plus the red zone (`cargo xtask test`'s stack budget check, which
-/// fails if the sum exceeds this), 1,080 bytes written in
+/// fails if the sum exceeds this), 1,000-1,080 bytes written in
 /// `tests::stack::timer_ticks_just_above_the_guard_touch_nothing_below_it`,
 /// which fails if that path ever writes below the guard.
 pub const STACK_GUARD: usize = 2048;
