@@ -96,8 +96,26 @@ unsafe extern "C" {
     pub fn enter_openfirmware(arguments: u64, entry: u64) -> i64;
 }
 
-/// Bytes of the frame `enter_openfirmware` keeps r2, r13-r31 and the MSR in.
-const FIRMWARE_FRAME: usize = MINIMAL_FRAME + 21 * 8;
+/// The frame `enter_openfirmware` pushes while the firmware runs: the ELFv2
+/// header, then what firmware code (which keeps only the low halves of
+/// non-volatile registers) would lose.
+#[repr(C)]
+struct FirmwareFrame {
+    header: [u64; MINIMAL_FRAME / 8],
+    /// The kernel TOC.
+    toc: u64,
+    /// r13 (the per-CPU pointer) to r31.
+    nonvolatile: [u64; 19],
+    /// The kernel's MSR (64-bit, little-endian).
+    msr: u64,
+    /// Pads the frame to a multiple of 16 bytes: ELFv2 keeps r1 16-byte aligned
+    /// at every call, and the firmware is called from this frame.
+    padding: u64,
+}
+
+/// Bytes `enter_openfirmware` pushes.
+const FIRMWARE_FRAME: usize = core::mem::size_of::<FirmwareFrame>();
+const _: () = assert!(FIRMWARE_FRAME % 16 == 0, "r1 must stay 16-byte aligned during the firmware call");
 
 core::arch::global_asm!(
     r#"
@@ -190,35 +208,39 @@ _start:
     # only the low halves of non-volatile registers, so r2 and r13-r31 are kept
     # whole in our frame. On exit: r3 = firmware status; r0, r4-r12, CTR, XER,
     # CR0-1, CR5-7 clobbered; everything else preserved.
+    # The frame is a FirmwareFrame (offsets from offset_of!); its size is a
+    # multiple of 16 (checked at compile time), so r1 stays 16-byte aligned
+    # while the firmware runs on it. Interrupts are off throughout: nothing
+    # can observe the half-saved frame or the big-endian 32-bit stretch.
     .text
     .globl enter_openfirmware
     .type enter_openfirmware, @function
 enter_openfirmware:
     mflr    0
     std     0, {link_save}(1)     # LR save slot of the caller's frame
-    stdu    1, -{frame}(1)        # our frame: back chain + 21 doublewords
-    std     2, {save}+0*8(1)      # save r2, then r13..r31
-    std     13, {save}+1*8(1)
-    std     14, {save}+2*8(1)
-    std     15, {save}+3*8(1)
-    std     16, {save}+4*8(1)
-    std     17, {save}+5*8(1)
-    std     18, {save}+6*8(1)
-    std     19, {save}+7*8(1)
-    std     20, {save}+8*8(1)
-    std     21, {save}+9*8(1)
-    std     22, {save}+10*8(1)
-    std     23, {save}+11*8(1)
-    std     24, {save}+12*8(1)
-    std     25, {save}+13*8(1)
-    std     26, {save}+14*8(1)
-    std     27, {save}+15*8(1)
-    std     28, {save}+16*8(1)
-    std     29, {save}+17*8(1)
-    std     30, {save}+18*8(1)
-    std     31, {save}+19*8(1)
+    stdu    1, -{frame}(1)        # push a FirmwareFrame (16-byte multiple), back chain = r1
+    std     2, {toc}(1)           # frame.toc = r2
+    std     13, {nonvolatile}+0*8(1)  # frame.nonvolatile[0] = r13
+    std     14, {nonvolatile}+1*8(1)  # frame.nonvolatile[1] = r14
+    std     15, {nonvolatile}+2*8(1)  # frame.nonvolatile[2] = r15
+    std     16, {nonvolatile}+3*8(1)  # frame.nonvolatile[3] = r16
+    std     17, {nonvolatile}+4*8(1)  # frame.nonvolatile[4] = r17
+    std     18, {nonvolatile}+5*8(1)  # frame.nonvolatile[5] = r18
+    std     19, {nonvolatile}+6*8(1)  # frame.nonvolatile[6] = r19
+    std     20, {nonvolatile}+7*8(1)  # frame.nonvolatile[7] = r20
+    std     21, {nonvolatile}+8*8(1)  # frame.nonvolatile[8] = r21
+    std     22, {nonvolatile}+9*8(1)  # frame.nonvolatile[9] = r22
+    std     23, {nonvolatile}+10*8(1)  # frame.nonvolatile[10] = r23
+    std     24, {nonvolatile}+11*8(1)  # frame.nonvolatile[11] = r24
+    std     25, {nonvolatile}+12*8(1)  # frame.nonvolatile[12] = r25
+    std     26, {nonvolatile}+13*8(1)  # frame.nonvolatile[13] = r26
+    std     27, {nonvolatile}+14*8(1)  # frame.nonvolatile[14] = r27
+    std     28, {nonvolatile}+15*8(1)  # frame.nonvolatile[15] = r28
+    std     29, {nonvolatile}+16*8(1)  # frame.nonvolatile[16] = r29
+    std     30, {nonvolatile}+17*8(1)  # frame.nonvolatile[17] = r30
+    std     31, {nonvolatile}+18*8(1)  # frame.nonvolatile[18] = r31
     mfmsr   11
-    std     11, {save}+20*8(1)    # save the kernel's MSR
+    std     11, {msr}(1)          # frame.msr = the kernel's MSR
     li      12, 1
     rldicr  12, 12, 63, 0         # r12 = MSR[SF]
     ori     12, 12, 1             # r12 = MSR[SF] | MSR[LE]
@@ -233,27 +255,27 @@ enter_openfirmware:
 7:  fixup_endian                  # back big-endian: become little-endian again
     set_64bit_mode
     clrldi  1, 1, 32              # r1 is below 4 GiB: drop any stale high half
-    ld      2, {save}+0*8(1)      # restore r2, then r13..r31
-    ld      13, {save}+1*8(1)
-    ld      14, {save}+2*8(1)
-    ld      15, {save}+3*8(1)
-    ld      16, {save}+4*8(1)
-    ld      17, {save}+5*8(1)
-    ld      18, {save}+6*8(1)
-    ld      19, {save}+7*8(1)
-    ld      20, {save}+8*8(1)
-    ld      21, {save}+9*8(1)
-    ld      22, {save}+10*8(1)
-    ld      23, {save}+11*8(1)
-    ld      24, {save}+12*8(1)
-    ld      25, {save}+13*8(1)
-    ld      26, {save}+14*8(1)
-    ld      27, {save}+15*8(1)
-    ld      28, {save}+16*8(1)
-    ld      29, {save}+17*8(1)
-    ld      30, {save}+18*8(1)
-    ld      31, {save}+19*8(1)
-    ld      11, {save}+20*8(1)
+    ld      2, {toc}(1)           # r2 = frame.toc
+    ld      13, {nonvolatile}+0*8(1)  # r13 = frame.nonvolatile[0]
+    ld      14, {nonvolatile}+1*8(1)  # r14 = frame.nonvolatile[1]
+    ld      15, {nonvolatile}+2*8(1)  # r15 = frame.nonvolatile[2]
+    ld      16, {nonvolatile}+3*8(1)  # r16 = frame.nonvolatile[3]
+    ld      17, {nonvolatile}+4*8(1)  # r17 = frame.nonvolatile[4]
+    ld      18, {nonvolatile}+5*8(1)  # r18 = frame.nonvolatile[5]
+    ld      19, {nonvolatile}+6*8(1)  # r19 = frame.nonvolatile[6]
+    ld      20, {nonvolatile}+7*8(1)  # r20 = frame.nonvolatile[7]
+    ld      21, {nonvolatile}+8*8(1)  # r21 = frame.nonvolatile[8]
+    ld      22, {nonvolatile}+9*8(1)  # r22 = frame.nonvolatile[9]
+    ld      23, {nonvolatile}+10*8(1)  # r23 = frame.nonvolatile[10]
+    ld      24, {nonvolatile}+11*8(1)  # r24 = frame.nonvolatile[11]
+    ld      25, {nonvolatile}+12*8(1)  # r25 = frame.nonvolatile[12]
+    ld      26, {nonvolatile}+13*8(1)  # r26 = frame.nonvolatile[13]
+    ld      27, {nonvolatile}+14*8(1)  # r27 = frame.nonvolatile[14]
+    ld      28, {nonvolatile}+15*8(1)  # r28 = frame.nonvolatile[15]
+    ld      29, {nonvolatile}+16*8(1)  # r29 = frame.nonvolatile[16]
+    ld      30, {nonvolatile}+17*8(1)  # r30 = frame.nonvolatile[17]
+    ld      31, {nonvolatile}+18*8(1)  # r31 = frame.nonvolatile[18]
+    ld      11, {msr}(1)          # r11 = frame.msr
     mtmsrd  11                    # the kernel's MSR again
     isync
     extsw   3, 3                  # r3 = the firmware's 32-bit status, sign-extended
@@ -281,5 +303,7 @@ enter_openfirmware:
     boot_main = sym boot_main,
     frame = const FIRMWARE_FRAME,
     link_save = const LINK_SAVE,
-    save = const MINIMAL_FRAME,
+    toc = const offset_of!(FirmwareFrame, toc),
+    nonvolatile = const offset_of!(FirmwareFrame, nonvolatile),
+    msr = const offset_of!(FirmwareFrame, msr),
 );

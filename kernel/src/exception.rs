@@ -1,5 +1,5 @@
 //! What the kernel does with each exception: timer ticks, BUG traps, and reports of the unexpected.
-use crate::arch::ppc64::exceptions::PtRegs;
+use crate::arch::ppc64::exceptions::{self, PtRegs};
 use crate::arch::ppc64::registers::ProgramCheckReason;
 use crate::{bug, println, symbols, thread, time};
 use macros::notrace;
@@ -42,12 +42,19 @@ pub fn vector_name(trap: u64) -> &'static str {
 }
 
 /// Entered from `exception_common` with the saved registers; returning resumes them.
+///
+/// Only the decrementer runs here on the thread's own stack; what it calls
+/// must fit in `STACK_GUARD`, which `cargo xtask test` checks by summing frame
+/// sizes along the calls (xtask/src/stack.rs). Every other branch runs on the
+/// emergency stack and lives in a function of its own, never inlined, that
+/// the check leaves out by name: keep it so.
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
-    if regs.result != 0 {
-        regs.result = 0;
-        stack_overflow(regs);
+    match core::mem::take(&mut regs.result) {
+        exceptions::THREAD_STACK_OVERFLOW => stack_overflow(regs),
+        exceptions::EMERGENCY_STACK_OVERFLOW => emergency_stack_overflow(regs),
+        _ => {}
     }
     match regs.trap {
         vector::DECREMENTER => {
@@ -60,6 +67,7 @@ pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
 }
 
 #[notrace]
+#[inline(never)]
 fn program_check(regs: &mut PtRegs) {
     let reason = ProgramCheckReason::from_bits_truncate(regs.msr);
     if reason.contains(ProgramCheckReason::TRAP) {
@@ -75,6 +83,13 @@ fn program_check(regs: &mut PtRegs) {
 }
 
 #[notrace]
+#[inline(never)]
+fn emergency_stack_overflow(regs: &PtRegs) -> ! {
+    panic!("stack overflow on the emergency stack: r1 {:#x}, NIP {}", regs.gpr[1], symbols::Symbolized(regs.nip))
+}
+
+#[notrace]
+#[inline(never)]
 fn stack_overflow(regs: &PtRegs) -> ! {
     let current = thread::current_id();
     println!("kernel: stack overflow in thread {current}: r1 {:#x} reached its livepatch stack", regs.gpr[1]);
@@ -85,6 +100,7 @@ fn stack_overflow(regs: &PtRegs) -> ! {
 /// Reports an exception nobody handles and ends the thread that took it; in
 /// the boot thread or an interrupt-critical spot, the kernel panics instead.
 #[notrace]
+#[inline(never)]
 fn unexpected(regs: &PtRegs, what: &str) -> ! {
     println!("Oops: {what}: vector {:#x} ({})", regs.trap, vector_name(regs.trap));
     report(regs, "Oops");
@@ -93,6 +109,7 @@ fn unexpected(regs: &PtRegs, what: &str) -> ! {
 
 /// Prints registers and a backtrace.
 #[notrace]
+#[inline(never)]
 pub fn report(regs: &PtRegs, what: &str) {
     println!("{what} in thread {} on CPU {}", thread::current_id(), crate::arch::ppc64::registers::per_cpu().cpu_id);
     println!("NIP:  {:#018x} {}   (SRR0)", regs.nip, symbols::Symbolized(regs.nip));

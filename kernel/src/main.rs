@@ -59,8 +59,10 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
     // Safety: boot CPU, interrupts off, firmware no longer needed.
     unsafe {
         (*arch::ppc64::registers::per_cpu_mut()).stack_end_magic = thread::STACK_END_MAGIC;
+        let emergency_base = EMERGENCY_STACK.0.get() as u64;
+        thread::initialise_emergency(emergency_base);
         (*arch::ppc64::registers::per_cpu_mut()).emergency_stack =
-            EMERGENCY_STACK.0.get() as u64 + boot::THREAD_SIZE as u64 - boot::MINIMAL_FRAME as u64;
+            emergency_base + boot::THREAD_SIZE as u64 - boot::MINIMAL_FRAME as u64;
         vectors::install();
     }
     memory::init_early();

@@ -72,6 +72,11 @@ pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
 }
 
+/// The tick counter itself, for tests that wait for ticks in assembly.
+pub fn ticks_counter() -> &'static AtomicU64 {
+    &TICKS
+}
+
 /// Timebase ticks per second.
 #[notrace]
 pub fn frequency() -> u64 {

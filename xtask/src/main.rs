@@ -15,6 +15,7 @@ mod qemu;
 mod run;
 mod scenario;
 mod signing;
+mod stack;
 mod symbolize;
 mod symbols;
 mod test;

@@ -33,11 +33,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         None => Vec::new(),
     };
     let image = relative(&image);
-    let host = output_checked(command("rustc").arg("-vV"))?
-        .lines()
-        .find_map(|line| line.strip_prefix("host: ").map(str::to_string))
-        .context("rustc -vV printed no host")?;
-    let llvm_objdump = packages::sysroot()?.join("lib/rustlib").join(host).join("bin/llvm-objdump");
+    let llvm_objdump = llvm_objdump()?;
     if llvm_objdump.exists() {
         let mut objdump = command(&llvm_objdump);
         // Raw instruction words are shown by default (this llvm-objdump refuses
@@ -82,6 +78,15 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the llvm-tools component keeps llvm-objdump (it may be missing).
+pub fn llvm_objdump() -> Result<std::path::PathBuf> {
+    let host = output_checked(command("rustc").arg("-vV"))?
+        .lines()
+        .find_map(|line| line.strip_prefix("host: ").map(str::to_string))
+        .context("rustc -vV printed no host")?;
+    Ok(packages::sysroot()?.join("lib/rustlib").join(host).join("bin/llvm-objdump"))
 }
 
 /// The mangled names that `query` designates: itself if it is a symbol, else every symbol

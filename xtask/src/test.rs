@@ -52,8 +52,9 @@ impl Tally {
 pub fn main(options: &Options) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let mut times = Vec::new();
-    let phases: [(&str, Phase); 5] = [
+    let phases: [(&str, Phase); 6] = [
         ("host tests", host_tests),
+        ("stack budget", crate::stack::budget_test),
         ("kernel tests", kernel_tests),
         ("scenarios", scenarios),
         ("debugger", crate::gdb_test::debugger_tests),

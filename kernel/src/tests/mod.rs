@@ -9,4 +9,5 @@ mod livepatch;
 mod livepatchable;
 mod memory;
 mod modules;
+mod stack;
 mod threads;

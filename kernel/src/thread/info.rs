@@ -92,6 +92,28 @@ pub unsafe fn initialise(base: u64, thread_id: u64) {
     }
 }
 
+/// `thread_id` in the emergency stack's `thread_info` (the function tracer
+/// shows events recorded while a report runs under it).
+pub const EMERGENCY_THREAD_ID: u64 = u64::MAX;
+
+/// Prepares the `thread_info` of a CPU's emergency stack, as for a thread, so
+/// that a traced or patched function called during a report finds a livepatch
+/// stack, the magic word and a recursion bit of its own there (a zeroed one
+/// would put livepatch frames at address 0).
+///
+/// # Safety
+/// `base` is the THREAD_SIZE-aligned emergency stack, not in use yet.
+#[notrace]
+pub unsafe fn initialise_emergency(base: u64) {
+    // Safety: the caller owns the stack.
+    unsafe {
+        initialise(base, EMERGENCY_THREAD_ID);
+        let info = &mut *(base as *mut ThreadInfo);
+        info.state = 0;
+        info.name[..9].copy_from_slice(b"emergency");
+    }
+}
+
 /// Whether the magic word above the `thread_info` at `base` is intact.
 #[notrace]
 pub fn magic_intact(base: u64) -> bool {

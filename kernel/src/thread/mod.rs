@@ -3,12 +3,12 @@ mod info;
 mod scheduler;
 mod stack;
 
-pub use info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, current_thread_info};
+pub use info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, current_thread_info, initialise_emergency};
 pub use scheduler::{State, current_id, init, kill_current, sleep_milliseconds, snapshot, spawn, timer_tick};
 // Used by the in-kernel tests.
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use {
-    info::MAGIC_OFFSET,
+    info::{EMERGENCY_THREAD_ID, MAGIC_OFFSET},
     scheduler::{ExitStatus, exit, yield_now},
 };
 pub use stack::stack_bounds;

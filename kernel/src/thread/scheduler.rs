@@ -290,15 +290,35 @@ pub fn exit(status: ExitStatus) -> ! {
 }
 
 /// Ends the current thread after a BUG, Oops or overflow; the boot and idle
-/// threads cannot die, so there the kernel panics.
+/// threads cannot die, so there the kernel panics. Runs on the per-CPU
+/// emergency stack (moving there first if need be): the thread's own stack
+/// may have no room left for the message and the switch away.
 #[notrace]
 pub fn kill_current(reason: &'static str) -> ! {
+    let kill = Kill { reason, detail: None };
+    crate::arch::ppc64::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
+}
+
+/// Why a thread is killed, and what to print about its stack first.
+struct Kill {
+    reason: &'static str,
+    detail: Option<&'static str>,
+}
+
+#[notrace]
+extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
+    // Safety: a Kill in the frame of kill_current or check_current_stack,
+    // which stays in place: this thread never returns there.
+    let kill = unsafe { &*(kill as *const Kill) };
+    if let Some(detail) = kill.detail {
+        println!("kernel: stack of thread {} {detail}", current_id());
+    }
     let (current, idle) = with_scheduler(|scheduler| (scheduler.current, scheduler.idle));
     if current == BOOT_THREAD || current == idle {
-        panic!("{reason} in thread {current}, which cannot be killed");
+        panic!("{} in thread {current}, which cannot be killed", kill.reason);
     }
-    println!("kernel: killed thread {current} ({reason})");
-    exit(ExitStatus::Killed(reason))
+    println!("kernel: killed thread {current} ({})", kill.reason);
+    exit(ExitStatus::Killed(kill.reason))
 }
 
 fn make_ready(scheduler: &mut Scheduler, id: u64) {
@@ -430,14 +450,15 @@ fn check_current_stack() {
     let on_own_stack = super::stack_bounds(stack_pointer).0 == base;
     // Safety: the current thread's own thread_info.
     let livepatch_top = unsafe { (*(base as *const ThreadInfo)).livepatch_sp };
-    if !info::magic_intact(base) {
-        println!("kernel: stack of thread {} corrupted: STACK_END_MAGIC overwritten", current_id());
-        kill_current("stack corrupted");
-    }
-    if on_own_stack && stack_pointer < livepatch_top {
-        println!("kernel: stack of thread {} ran into its livepatch stack", current_id());
-        kill_current("stack overflow");
-    }
+    let kill = if !info::magic_intact(base) {
+        Kill { reason: "stack corrupted", detail: Some("corrupted: STACK_END_MAGIC overwritten") }
+    } else if on_own_stack && stack_pointer < livepatch_top {
+        Kill { reason: "stack overflow", detail: Some("ran into its livepatch stack") }
+    } else {
+        return;
+    };
+    // The message and the kill run on the emergency stack (see kill_current).
+    crate::arch::ppc64::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
 }
 
 /// What `threads` shows for one thread.

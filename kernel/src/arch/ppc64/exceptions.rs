@@ -1,11 +1,19 @@
 //! Exception entry and exit: the full register save in `PtRegs` layout, and dispatch to Rust.
 //!
 //! Every vector slot (see `vectors.rs`) holds `mtsprg2 r12; li r12,VECTOR;
-//! b exception_common`. `exception_common` builds an `InterruptFrame` below
-//! the interrupted stack's red zone (or on the per-CPU emergency stack when
-//! the thread's stack has run into its livepatch stack), saves every register
-//! into its `PtRegs`, calls `exception_dispatch(&mut PtRegs)` with the kernel
-//! TOC, and returns with rfid to the possibly changed NIP/MSR.
+//! b exception_common`. `exception_common` builds an `InterruptFrame`, saves
+//! every register into its `PtRegs`, calls `exception_dispatch(&mut PtRegs)`
+//! with the kernel TOC, and returns with rfid to the possibly changed NIP/MSR.
+//!
+//! Where the frame goes (docs/ARCHITECTURE.md, "The exception stack budget"):
+//! - the decrementer, the only handler that switches threads and comes back,
+//!   stays on the thread's stack, below the red zone; everything it calls
+//!   (measured by `tests::stack`) must fit in the `STACK_GUARD` bytes left
+//!   above `livepatch_sp`;
+//! - every other vector (BUG, Oops: they report and kill) moves to the per-CPU
+//!   emergency stack, so a report never eats into the thread's stack;
+//! - r1 already within the guard (overflow): the emergency stack, with
+//!   `result` saying which stack overflowed.
 use crate::thread::ThreadInfo;
 use boot::{MINIMAL_FRAME, PerCpu, THREAD_SIZE};
 use core::mem::{offset_of, size_of};
@@ -29,7 +37,7 @@ pub struct PtRegs {
     pub trap: u64,
     pub dar: u64,
     pub dsisr: u64,
-    /// Set by the entry code to 1 when it had to move to the emergency stack.
+    /// Set by the entry code: 0, THREAD_STACK_OVERFLOW or EMERGENCY_STACK_OVERFLOW.
     pub result: u64,
 }
 
@@ -40,11 +48,33 @@ pub struct InterruptFrame {
     pub regs: PtRegs,
 }
 
+/// `PtRegs::result` when the interrupted thread's r1 was within the guard.
+pub const THREAD_STACK_OVERFLOW: u64 = 1;
+/// `PtRegs::result` when r1 was within the guard of the emergency stack itself.
+pub const EMERGENCY_STACK_OVERFLOW: u64 = 2;
+
 /// ELFv2 red zone below r1 that leaf functions may use without a frame.
 pub const RED_ZONE: usize = 288;
-/// Free space kept between the livepatch stack top and the lowest exception frame.
-pub const STACK_GUARD: usize = 256;
-const FRAME_SIZE: usize = size_of::<InterruptFrame>().next_multiple_of(16);
+/// Free space kept between the livepatch stack top and the lowest exception
+/// frame on a thread's stack: room for what the timer path
+/// (`exception_dispatch` -> `time::tick` -> `schedule` -> `switch_context`,
+/// then `reap`) uses below its frame. Measured (docs/ARCHITECTURE.md, "The
+/// exception stack budget"): 1,712 bytes by summing frame sizes along its
+/// calls plus the red zone (`cargo xtask test`'s stack budget check, which
+/// fails if the sum exceeds this), 1,000-1,080 bytes written in
+/// `tests::stack::timer_ticks_just_above_the_guard_touch_nothing_below_it`,
+/// which fails if that path ever writes below the guard.
+pub const STACK_GUARD: usize = 2048;
+/// STACK_GUARD in the image, where `cargo xtask test` reads it to check that the
+/// timer path's frames, summed along its calls, fit (xtask/src/stack.rs).
+#[used]
+#[unsafe(no_mangle)]
+static EXCEPTION_STACK_GUARD: u64 = STACK_GUARD as u64;
+/// Bytes the entry pushes for an `InterruptFrame`.
+pub const FRAME_SIZE: usize = size_of::<InterruptFrame>().next_multiple_of(16);
+/// The lowest r1, above `livepatch_sp`, at which an exception may stay on the
+/// thread's stack: red zone, frame, then the guard for what the handler calls.
+pub const EXCEPTION_STACK_ROOM: usize = STACK_GUARD + RED_ZONE + FRAME_SIZE;
 const REGS: usize = offset_of!(InterruptFrame, regs);
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
@@ -67,28 +97,52 @@ core::arch::global_asm!(
     # MSR = regs.msr. Per-CPU scratch words 0-2 clobbered. CR is saved before
     # the stack check's compare, which would otherwise corrupt the
     # interrupted code's CR0.
+    # The frame: below the red zone of the interrupted r1 for the decrementer
+    # and for exceptions nested on the emergency stack; at the top of the
+    # per-CPU emergency stack for every other vector and whenever r1 was
+    # within the guard above livepatch_sp (regs.result says which stack
+    # overflowed). EE is 0 from the vector to rfid, so no interrupt can
+    # arrive in between; RI stays 0 until SRR0/1 are saved. A synchronous
+    # exception here (a store through a wild r1 before the mtmsrd) would
+    # overwrite SRR0/1 and scratch: unrecoverable, and RI = 0 says so.
     .globl exception_common
     .type exception_common, @function
 exception_common:
     std     11, {scratch}+0(13)           # scratch[0] = interrupted r11
     std     12, {scratch}+8(13)           # scratch[1] = vector
-    mfcr    11
+    mfcr    11                            # r11 = interrupted CR
     std     11, {scratch}+16(13)          # scratch[2] = interrupted CR, before the compare below
     mr      11, 1                         # r11 = interrupted r1
     clrrdi  12, 1, {thread_shift}         # r12 = thread_info (base of the stack)
     ld      12, {ti_livepatch_sp}(12)     # r12 = top of the livepatch stack
     addi    12, 12, {lowest}              # r12 = lowest r1 that leaves the guard intact
-    cmpld   1, 12
-    blt-    1f                            # r1 too low: the stack has overflowed
-    addi    1, 1, -{below}                # r1 = frame, below the red zone
-    li      12, 0                         # r12 = 0: on the thread's own stack
+    cmpld   1, 12                         # CR0 = r1 against that limit (CR was saved above)
+    blt-    3f                            # r1 too low: the stack has overflowed
+    ld      12, {scratch}+8(13)           # r12 = vector
+    cmpldi  12, {decrementer}             # CR0.eq = the timer
+    beq+    4f                            # the timer stays on this stack: it may switch threads
+    ld      12, {emergency}(13)           # r12 = emergency stack top
+    xor     12, 12, 1                     # r12 = the address bits where r1 differs from it
+    srdi.   12, 12, {thread_shift}        # CR0.eq = r1 is on the emergency stack already
+    beq-    4f                            # a nested exception: stay below r1 there
+    ld      1, {emergency}(13)            # r1 = this CPU's emergency stack top
+    addi    1, 1, -{frame}                # r1 = frame: the report runs here, not on the thread's stack
+    li      12, 0                         # r12 = 0: no overflow
     b       2f
-1:  ld      1, {emergency}(13)            # r1 = this CPU's emergency stack top
+4:  addi    1, 1, -{below}                # r1 = frame, below the red zone
+    li      12, 0                         # r12 = 0: no overflow
+    b       2f
+3:  ld      12, {emergency}(13)           # r12 = emergency stack top
+    xor     12, 12, 1                     # r12 = the address bits where r1 differs from it
+    srdi.   12, 12, {thread_shift}        # CR0.eq = the emergency stack itself overflowed
+    li      12, {thread_overflow}         # r12 = a thread's stack overflowed (li keeps CR0)
+    bne+    5f                            # a thread's stack: keep r12
+    li      12, {emergency_overflow}      # r12 = the emergency stack overflowed
+5:  ld      1, {emergency}(13)            # r1 = this CPU's emergency stack top
     addi    1, 1, -{frame}                # r1 = frame
-    li      12, 1                         # r12 = 1: stack overflow
 2:  std     11, 0(1)                      # back chain = interrupted r1
     std     11, {gpr1}(1)                 # regs.gpr[1] = interrupted r1
-    std     12, {result}(1)               # regs.result = overflow flag
+    std     12, {result}(1)               # regs.result = what overflowed, if anything
     std     0, {gpr0}(1)
     std     2, {gpr2}(1)
     std     3, {gpr3}(1)
@@ -151,10 +205,13 @@ exception_common:
     "#,
     scratch = const offset_of!(PerCpu, exception_scratch),
     emergency = const offset_of!(PerCpu, emergency_stack),
+    decrementer = const crate::exception::vector::DECREMENTER,
+    thread_overflow = const THREAD_STACK_OVERFLOW,
+    emergency_overflow = const EMERGENCY_STACK_OVERFLOW,
     percpu_toc = const offset_of!(PerCpu, toc),
     thread_shift = const THREAD_SHIFT,
     ti_livepatch_sp = const offset_of!(ThreadInfo, livepatch_sp),
-    lowest = const STACK_GUARD + RED_ZONE + FRAME_SIZE,
+    lowest = const EXCEPTION_STACK_ROOM,
     below = const RED_ZONE + FRAME_SIZE,
     frame = const FRAME_SIZE,
     regs = const REGS,

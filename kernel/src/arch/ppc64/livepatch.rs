@@ -25,8 +25,11 @@ pub struct LivepatchFrame {
 }
 
 /// Bytes the livepatch stack must leave free below r1 when it grows: an
-/// exception entry needs its red zone, frame and guard above the livepatch stack.
-pub const LIVEPATCH_STACK_MARGIN: usize = 2048;
+/// exception entry needs its red zone, frame and guard above the livepatch
+/// stack (EXCEPTION_STACK_ROOM), and the replacement its own frames below r1
+/// (1 KiB), so that runaway recursion through a patched function meets this
+/// check (a BUG naming livepatch.rs) before a tick finds the stack overflowed.
+pub const LIVEPATCH_STACK_MARGIN: usize = super::exceptions::EXCEPTION_STACK_ROOM + 1024;
 
 const FRAME: usize = size_of::<LivepatchFrame>();
 

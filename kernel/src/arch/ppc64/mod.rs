@@ -2,6 +2,7 @@
 //! Open Firmware, exceptions and the context switch.
 pub mod cache;
 pub mod context;
+pub mod emergency;
 pub mod exceptions;
 pub mod hcall;
 pub mod ftrace;

@@ -1,0 +1,384 @@
+//! Tests of the exception path's stack budget: ticks and BUGs at the guard, the emergency stack, runaway recursion.
+//!
+//! The guard tests make the current thread's livepatch stack look 8 KiB deep
+//! (`livepatch_sp` moved up, the space below filled with canary frames), put
+//! r1 exactly at the lowest value the exception entry accepts on the thread's
+//! own stack (`livepatch_sp + EXCEPTION_STACK_ROOM`), take exceptions there and
+//! then check every word below the guard: `thread_info`, `STACK_END_MAGIC` and
+//! the canary frames.
+use crate::arch::ppc64::emergency;
+use crate::arch::ppc64::exceptions::{EXCEPTION_STACK_ROOM, FRAME_SIZE, RED_ZONE, STACK_GUARD};
+use crate::bug::BugLocation;
+use crate::livepatch::{self, Function, Object, Patch};
+use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STACK_END_MAGIC, State, ThreadInfo};
+use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
+use crate::{println, time};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use boot::THREAD_SIZE;
+use core::hint::black_box;
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use macros::{ktest, livepatchable, notrace};
+
+/// Where the pretend livepatch stack ends, from the stack base.
+const FAKE_LIVEPATCH_TOP: u64 = 8192;
+/// Words in `ThreadInfo`.
+const INFO_WORDS: usize = size_of::<ThreadInfo>() / 8;
+/// What the guard band is painted with, to find how deep the handler went.
+const PAINT: u64 = 0x9a17_7ed0_9a17_7ed0;
+
+/// Word `index` of the canary frames: LivepatchFrame-shaped (toc, link, marker).
+fn canary_word(index: u64) -> u64 {
+    if index % 3 == 2 { STACK_END_MAGIC } else { 0xca4a_0000_0000_0000 | index }
+}
+
+/// Reads a word of a (possibly dead, not yet joined) thread's stack.
+#[notrace]
+fn word(address: u64) -> u64 {
+    // Safety: callers pass addresses inside a stack that stays allocated.
+    unsafe { (address as *const u64).read_volatile() }
+}
+
+/// Makes the current thread's livepatch stack look FAKE_LIVEPATCH_TOP deep,
+/// fills it with canary frames and paints the band above it up to the r1 it
+/// returns (guard, exception frame, red zone). Returns
+/// the thread_info words as they are now and the r1 just above the guard.
+/// The caller restores `livepatch_sp` if the thread goes on.
+#[notrace]
+fn arm_canary() -> ([u64; INFO_WORDS], u64) {
+    let info = thread::current_thread_info();
+    let base = info as u64;
+    let top = base + FAKE_LIVEPATCH_TOP;
+    // Safety: the current thread's own stack, far below anything in use.
+    unsafe {
+        (*info).livepatch_sp = top;
+        let mut address = base + LIVEPATCH_STACK_OFFSET as u64;
+        while address < top {
+            (address as *mut u64).write_volatile(canary_word((address - base) / 8));
+            address += 8;
+        }
+        while address < top + EXCEPTION_STACK_ROOM as u64 {
+            (address as *mut u64).write_volatile(PAINT);
+            address += 8;
+        }
+    }
+    let mut words = [0; INFO_WORDS];
+    for (index, slot) in words.iter_mut().enumerate() {
+        *slot = word(base + 8 * index as u64);
+    }
+    (words, top + EXCEPTION_STACK_ROOM as u64)
+}
+
+/// The first word below the guard of the stack at `base` that differs from
+/// what `arm_canary` left, as a message (the scheduler's own writes to `state`
+/// and `saved_stack_pointer` aside: the latter must point above the guard or
+/// off this stack).
+fn check_nothing_below_the_guard_touched(base: u64, before: &[u64; INFO_WORDS]) -> Result<(), String> {
+    let scheduler_words = [offset_of!(ThreadInfo, saved_stack_pointer) / 8, offset_of!(ThreadInfo, state) / 8];
+    for (index, &expected) in before.iter().enumerate() {
+        let found = word(base + 8 * index as u64);
+        if !scheduler_words.contains(&index) && found != expected {
+            return Err(format!("thread_info word {index} was overwritten: {expected:#x} -> {found:#x}"));
+        }
+    }
+    let saved = word(base + offset_of!(ThreadInfo, saved_stack_pointer) as u64);
+    let top = base + FAKE_LIVEPATCH_TOP;
+    if saved < top && (base..base + THREAD_SIZE as u64).contains(&saved) {
+        return Err(format!("saved r1 {saved:#x} is below the guard"));
+    }
+    if word(base + MAGIC_OFFSET as u64) != STACK_END_MAGIC {
+        return Err(String::from("STACK_END_MAGIC was overwritten"));
+    }
+    let mut overwritten = 0;
+    let mut lowest = top;
+    let mut address = base + LIVEPATCH_STACK_OFFSET as u64;
+    while address < top {
+        if word(address) != canary_word((address - base) / 8) {
+            overwritten += 1;
+            lowest = lowest.min(address);
+        }
+        address += 8;
+    }
+    if overwritten != 0 {
+        return Err(format!("{overwritten} livepatch stack words overwritten, down to {} bytes below livepatch_sp", top - lowest));
+    }
+    Ok(())
+}
+
+/// Bytes of the painted band, from r1 down, that something wrote.
+fn band_used(base: u64) -> u64 {
+    let top = base + FAKE_LIVEPATCH_TOP;
+    let mut address = top;
+    while address < top + EXCEPTION_STACK_ROOM as u64 && word(address) == PAINT {
+        address += 8;
+    }
+    top + EXCEPTION_STACK_ROOM as u64 - address
+}
+
+/// Bytes of the painted guard band written below the exception frame.
+fn guard_used(base: u64) -> u64 {
+    let top = base + FAKE_LIVEPATCH_TOP;
+    let mut address = top;
+    while address < top + STACK_GUARD as u64 && word(address) == PAINT {
+        address += 8;
+    }
+    top + STACK_GUARD as u64 - address
+}
+
+/// Spins with r1 = `stack_pointer` and no frame until `count` timer ticks have
+/// been taken there, then returns with r1 as before.
+#[notrace]
+fn wait_for_ticks_at(stack_pointer: u64, count: u64) {
+    let ticks = time::ticks_counter().as_ptr();
+    // Safety: the borrowed r1 lies in this thread's own free stack; the loop
+    // stores nothing below it (interrupts save and restore every register).
+    unsafe {
+        core::arch::asm!(
+            "std 1, 0({stack})",          // the borrowed frame's back chain = our r1
+            "mr {saved}, 1",              // saved = our r1
+            "mr 1, {stack}",              // r1 = the test's stack pointer
+            "ld {start}, 0({ticks})",     // start = ticks
+            "2: ld {now}, 0({ticks})",    // now = ticks
+            "subf {now}, {start}, {now}", // now = ticks taken here
+            "cmpld {now}, {count}",
+            "blt 2b",                     // until count ticks were taken
+            "mr 1, {saved}",              // r1 = ours again
+            stack = in(reg_nonzero) stack_pointer,
+            ticks = in(reg_nonzero) ticks,
+            count = in(reg) count,
+            saved = out(reg) _,
+            start = out(reg) _,
+            now = out(reg) _,
+            out("cr0") _,
+        );
+    }
+}
+
+/// Moves r1 to `stack_pointer` and executes a BUG trap there.
+#[notrace]
+fn bug_at(stack_pointer: u64) -> ! {
+    static LOCATION: BugLocation = BugLocation { file_pointer: file!().as_ptr(), file_length: file!().len(), line: line!(), flags: 0 };
+    // Safety: the borrowed r1 lies in this thread's own free stack; the BUG
+    // handler kills the thread, so nothing returns here.
+    unsafe {
+        core::arch::asm!(
+            "std 1, 0({stack})",  // the borrowed frame's back chain = our r1
+            "mr 1, {stack}",      // r1 = the test's stack pointer
+            "1: trap",            // BUG
+            ".pushsection .bug_table, \"a\"",
+            ".balign 8",
+            ".quad 1b",
+            ".quad {location}",
+            ".popsection",
+            stack = in(reg_nonzero) stack_pointer,
+            location = sym LOCATION,
+            options(noreturn),
+        );
+    }
+}
+
+static BYSTANDER_SPINS: AtomicU64 = AtomicU64::new(0);
+static STOP: AtomicBool = AtomicBool::new(false);
+
+#[ktest]
+fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
+    STOP.store(false, Ordering::SeqCst);
+    let bystander = thread::spawn("bystander", || {
+        while !STOP.load(Ordering::SeqCst) {
+            BYSTANDER_SPINS.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    // Threads that die while we wait: our timer path reaps their stacks.
+    for _ in 0..4 {
+        drop(thread::spawn("short", || {}).unwrap());
+    }
+    let base = thread::current_thread_info() as u64;
+    // Safety: the current thread's own thread_info.
+    let livepatch_sp = unsafe { (*thread::current_thread_info()).livepatch_sp };
+    let (before, stack_pointer) = arm_canary();
+    let spins = BYSTANDER_SPINS.load(Ordering::SeqCst);
+    time::set_jitter(0x2545_f491_4f6c_dd1d);
+    wait_for_ticks_at(stack_pointer, 300);
+    time::set_jitter(0);
+    let bystander_ran = BYSTANDER_SPINS.load(Ordering::SeqCst) > spins;
+    let used = guard_used(base);
+    let nothing_touched = check_nothing_below_the_guard_touched(base, &before);
+    // Safety: as above; the livepatch stack was empty before.
+    unsafe { (*thread::current_thread_info()).livepatch_sp = livepatch_sp };
+    STOP.store(true, Ordering::SeqCst);
+    assert_eq!(bystander.join(), ExitStatus::Returned);
+    println!("stack: the timer path used {used} of {STACK_GUARD} guard bytes below its {FRAME_SIZE}-byte frame and {RED_ZONE}-byte red zone");
+    nothing_touched.unwrap();
+    assert!(used > 0, "the timer path ran below its frame");
+    assert!(bystander_ran, "the ticks switched to the bystander and back");
+}
+
+/// Waits (up to 2 s) until thread `id` is dead; its stack stays until it is joined.
+fn wait_until_dead(id: u64) {
+    for _ in 0..400 {
+        if thread::snapshot().iter().any(|summary| summary.id == id && matches!(summary.state, State::Dead(_))) {
+            return;
+        }
+        thread::sleep_milliseconds(5);
+    }
+}
+
+static VICTIM_BASE: AtomicU64 = AtomicU64::new(0);
+static VICTIM_INFO: [AtomicU64; INFO_WORDS] = [const { AtomicU64::new(0) }; INFO_WORDS];
+
+#[ktest]
+fn bug_just_above_the_guard_touches_nothing_below_it() {
+    VICTIM_BASE.store(0, Ordering::SeqCst);
+    let victim = thread::spawn("bug-at-guard", || {
+        let (before, stack_pointer) = arm_canary();
+        for (slot, value) in VICTIM_INFO.iter().zip(before) {
+            slot.store(value, Ordering::SeqCst);
+        }
+        VICTIM_BASE.store(thread::current_thread_info() as u64, Ordering::SeqCst);
+        bug_at(stack_pointer)
+    })
+    .unwrap();
+    // The victim is dead but not yet joined: its stack is still there to inspect.
+    wait_until_dead(victim.id);
+    let base = VICTIM_BASE.load(Ordering::SeqCst);
+    let before: [u64; INFO_WORDS] = core::array::from_fn(|index| VICTIM_INFO[index].load(Ordering::SeqCst));
+    let nothing_touched = check_nothing_below_the_guard_touched(base, &before);
+    let written_below_r1 = band_used(base);
+    assert_eq!(victim.join(), ExitStatus::Killed("BUG"));
+    nothing_touched.unwrap();
+    assert_eq!(written_below_r1, 0, "bytes written below r1 on the thread's stack: the report belongs on the emergency stack");
+}
+
+#[livepatchable]
+fn emergency_original(value: u64) -> u64 {
+    black_box(value + 1)
+}
+
+static EMERGENCY_LIVEPATCH_SP: AtomicU64 = AtomicU64::new(0);
+static EMERGENCY_RESULT: AtomicU64 = AtomicU64::new(0);
+
+#[inline(never)]
+fn emergency_replacement(value: u64) -> u64 {
+    // Safety: the thread_info of the stack this runs on.
+    EMERGENCY_LIVEPATCH_SP.store(unsafe { (*thread::current_thread_info()).livepatch_sp }, Ordering::SeqCst);
+    black_box(value * 10)
+}
+
+/// Runs on the emergency stack, as a report would: calls the patched function, then ends the thread.
+extern "C" fn call_patched_on_the_emergency_stack(argument: u64) -> ! {
+    EMERGENCY_RESULT.store(emergency_original(black_box(argument)), Ordering::SeqCst);
+    thread::exit(ExitStatus::Returned)
+}
+
+#[ktest]
+fn patched_call_on_the_emergency_stack_uses_its_livepatch_stack() {
+    // Low memory where a frame pushed with livepatch_sp = 0 would land.
+    let low = || (word(8), word(16));
+    let low_before = low();
+    let name = "kernel::tests::stack::emergency_original";
+    let function = Function { old_name: String::from(name), old_position: None, new_address: emergency_replacement as *const () as u64 };
+    livepatch::add(Patch { name: String::from("emergency"), objects: vec![Object { module: None, functions: vec![function] }] }).unwrap();
+    livepatch::enable("emergency").unwrap();
+    let status = thread::spawn("emergency", || emergency::run(call_patched_on_the_emergency_stack, 4)).unwrap().join();
+    livepatch::disable("emergency").unwrap();
+    livepatch::remove("emergency").unwrap();
+    assert_eq!(status, ExitStatus::Returned);
+    assert_eq!(EMERGENCY_RESULT.load(Ordering::SeqCst), 40, "the replacement ran");
+    let (base, top) = emergency::bounds();
+    let livepatch_sp = EMERGENCY_LIVEPATCH_SP.load(Ordering::SeqCst);
+    assert!(
+        (base + LIVEPATCH_STACK_OFFSET as u64..top).contains(&livepatch_sp),
+        "the frame went on the emergency stack's own livepatch stack: livepatch_sp {livepatch_sp:#x}, stack {base:#x}..{top:#x}"
+    );
+    assert_eq!(low(), low_before, "low memory untouched");
+    assert_eq!(word(base + MAGIC_OFFSET as u64), STACK_END_MAGIC, "the emergency stack has its STACK_END_MAGIC");
+    assert_eq!(word(base + offset_of!(ThreadInfo, thread_id) as u64), thread::EMERGENCY_THREAD_ID);
+}
+
+/// The entry of the runaway recursion: the handler starts it from this function's site.
+#[inline(never)]
+fn runaway_start(value: u64) -> u64 {
+    black_box(value)
+}
+
+/// Traced (it has a site and the ops below traces it), recursing without end.
+#[inline(never)]
+#[allow(unconditional_recursion)] // on purpose: the stack must run out
+fn runaway(depth: u64) -> u64 {
+    let mut frame = [depth; 32];
+    black_box(&mut frame);
+    let below = black_box(runaway(depth + 1));
+    frame[depth as usize % 32] + below
+}
+
+/// An ftrace handler with a bug: from `runaway_start`'s site it recurses until the stack runs out.
+#[notrace]
+extern "C" fn runaway_handler(ip: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    let start = runaway_start as *const () as u64;
+    if (start..start + 64).contains(&ip) {
+        black_box(runaway(0));
+    }
+}
+static RUNAWAY: FtraceOps = FtraceOps::new("test-runaway", runaway_handler, OpsFlags::empty());
+
+#[ktest(isolated)]
+fn runaway_recursion_in_a_traced_handler_is_reported_as_a_stack_overflow() {
+    let functions = [runaway_start as *const () as u64, runaway as *const () as u64];
+    trace::register(&RUNAWAY, Filter::Addresses(&functions)).unwrap();
+    let victim = thread::spawn("runaway", || {
+        black_box(runaway_start(black_box(1)));
+    })
+    .unwrap();
+    let status = victim.join();
+    trace::unregister(&RUNAWAY).unwrap();
+    assert_eq!(status, ExitStatus::Killed("stack overflow"));
+}
+
+/// Moves r1 to `stack_pointer` and calls `thread::kill_current(reason)` there.
+#[notrace]
+fn kill_at(stack_pointer: u64, reason: &'static str) -> ! {
+    // Safety: the borrowed r1 lies in this thread's own free stack;
+    // kill_current never returns.
+    unsafe {
+        core::arch::asm!(
+            "std 1, 0({stack})",  // the borrowed frame's back chain = our r1
+            "mr 1, {stack}",      // r1 = the test's stack pointer
+            "bl {kill}",          // kill_current(reason): never returns
+            "trap",
+            stack = in(reg_nonzero) stack_pointer,
+            kill = sym thread::kill_current,
+            in("r3") reason.as_ptr(),
+            in("r4") reason.len(),
+            options(noreturn),
+        );
+    }
+}
+
+/// How far above `livepatch_sp` the kill test calls `kill_current`: less
+/// than the kill's message and scheduling need, more than its own frame and
+/// the move to the emergency stack.
+const KILL_ROOM: u64 = 512;
+
+#[ktest]
+fn kill_just_above_the_livepatch_stack_touches_nothing_below_it() {
+    VICTIM_BASE.store(0, Ordering::SeqCst);
+    let victim = thread::spawn("kill-at-guard", || {
+        let (before, _) = arm_canary();
+        for (slot, value) in VICTIM_INFO.iter().zip(before) {
+            slot.store(value, Ordering::SeqCst);
+        }
+        let base = thread::current_thread_info() as u64;
+        VICTIM_BASE.store(base, Ordering::SeqCst);
+        kill_at(base + FAKE_LIVEPATCH_TOP + KILL_ROOM, "killed at the guard")
+    })
+    .unwrap();
+    wait_until_dead(victim.id);
+    let base = VICTIM_BASE.load(Ordering::SeqCst);
+    let before: [u64; INFO_WORDS] = core::array::from_fn(|index| VICTIM_INFO[index].load(Ordering::SeqCst));
+    let nothing_touched = check_nothing_below_the_guard_touched(base, &before);
+    assert_eq!(victim.join(), ExitStatus::Killed("killed at the guard"));
+    nothing_touched.unwrap();
+}
