@@ -1,9 +1,11 @@
-//! Cases the debugger phase stops in (tests/gdb/): nested livepatched calls for the unwinder.
+//! Cases the debugger phase watches (tests/gdb/): nested livepatched calls, switches of ftrace_call's target.
 use super::livepatch::{enable, retire};
 use crate::arch::ppc64::livepatch::{livepatch_handler, livepatch_handler_end, livepatch_handler_windows};
 use crate::arch::ppc64::text;
+use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
 use core::hint::black_box;
-use macros::{ktest, livepatchable};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use macros::{ktest, livepatchable, notrace};
 use portable::instruction;
 
 #[livepatchable]
@@ -73,4 +75,55 @@ fn livepatch_handler_windows_point_at_the_call_and_the_return() {
     let calls_c = (pushed..popped).step_by(4).any(|address| text::read(address) == 0x4e80_0421); // bctrl
     assert!(calls_c, "the call of C lies between pushed and popped");
     assert_eq!(text::read(popped), instruction::BLR, "popped is the return to A");
+}
+
+#[inline(never)]
+fn debugger_traced(value: u64) -> u64 {
+    black_box(value * 3)
+}
+
+/// Calls a handler was given an ops other than its own.
+static WRONG_OPS: AtomicUsize = AtomicUsize::new(0);
+/// Calls of either handler.
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+#[notrace]
+extern "C" fn debugger_first_handler(_: u64, _: u64, ops: &FtraceOps, _: &mut FtraceRegs) {
+    if !core::ptr::eq(ops, &DEBUGGER_FIRST) {
+        WRONG_OPS.fetch_add(1, Ordering::SeqCst);
+    }
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+}
+
+#[notrace]
+extern "C" fn debugger_second_handler(_: u64, _: u64, ops: &FtraceOps, _: &mut FtraceRegs) {
+    if !core::ptr::eq(ops, &DEBUGGER_SECOND) {
+        WRONG_OPS.fetch_add(1, Ordering::SeqCst);
+    }
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+}
+
+static DEBUGGER_FIRST: FtraceOps = FtraceOps::new("debugger-first", debugger_first_handler, OpsFlags::RECURSION_SAFE);
+static DEBUGGER_SECOND: FtraceOps = FtraceOps::new("debugger-second", debugger_second_handler, OpsFlags::RECURSION_SAFE);
+
+/// Switches `ftrace_call` between the stub, one handler called directly, the
+/// list walker and the other handler. tests/gdb/ftrace-call-target.gdb
+/// watches the instruction and checks that `FUNCTION_TRACE_OP` already holds
+/// the right ops whenever the branch changes (stored first, then patched), so
+/// that no traced call can reach a handler with another handler's ops.
+#[ktest]
+fn ftrace_call_target_switches_for_the_debugger() {
+    let function = [debugger_traced as *const () as u64];
+    WRONG_OPS.store(0, Ordering::SeqCst);
+    HANDLED.store(0, Ordering::SeqCst);
+    trace::register(&DEBUGGER_FIRST, Filter::Addresses(&function)).unwrap();
+    debugger_traced(black_box(1));
+    trace::register(&DEBUGGER_SECOND, Filter::Addresses(&function)).unwrap();
+    debugger_traced(black_box(2));
+    trace::unregister(&DEBUGGER_FIRST).unwrap();
+    debugger_traced(black_box(3));
+    trace::unregister(&DEBUGGER_SECOND).unwrap();
+    debugger_traced(black_box(4));
+    assert_eq!(HANDLED.load(Ordering::SeqCst), 1 + 2 + 1, "each registered handler saw each call");
+    assert_eq!(WRONG_OPS.load(Ordering::SeqCst), 0, "every handler was given its own ops");
 }

@@ -341,32 +341,66 @@ fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
 }
 
 /// Points `ftrace_call` and `ftrace_regs_call` at the right function for `list`.
+///
+/// The stubs pass `FUNCTION_TRACE_OP` to whatever `ftrace_call` reaches, so it
+/// must name the right ops at every instant a handler (or `ftrace_ops_assist`)
+/// can be reached directly. As in Linux's `ftrace_modify_all_code`: the new op
+/// is stored before the branch to a handler is written, and a branch away from
+/// a handler is written before the op changes. The registry grows or shrinks
+/// by one ops at a time, so one side of every switch is `ftrace_stub` or
+/// `ftrace_ops_list`, which ignore the op (Linux passes through the list
+/// function for a switch between two handlers; none happens here, and an
+/// assertion says so). The list `ftrace_ops_list` walks is published first,
+/// so it is the new one at every step.
 #[notrace]
 fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
+    let stub = text::local_entry(ftrace_stub as *const () as u64);
+    let walker = text::local_entry(ftrace_ops_list as *const () as u64);
     let target = match list {
-        [] => ftrace_stub as *const () as u64,
-        [only] if only.flags.contains(OpsFlags::RECURSION_SAFE) => only.handler as *const () as u64,
-        [_] => ftrace_ops_assist as *const () as u64,
-        _ => ftrace_ops_list as *const () as u64,
+        [] => stub,
+        [only] if only.flags.contains(OpsFlags::RECURSION_SAFE) => text::local_entry(only.handler as *const () as u64),
+        [_] => text::local_entry(ftrace_ops_assist as *const () as u64),
+        _ => walker,
     };
-    let target = text::local_entry(target);
+    let op = list.first().map_or(0, |ops| *ops as *const FtraceOps as usize);
+    let uses_op = |function: u64| function != stub && function != walker;
+    let old_list = LIST.swap(Box::into_raw(Box::new(list.to_vec())), Ordering::AcqRel);
     let current = match CALL_TARGET.load(Ordering::Acquire) {
-        0 => ftrace_stub as *const () as u64,
+        0 => stub,
         current => current,
     };
+    assert!(
+        !(uses_op(current) && uses_op(target)),
+        "ftrace_call would switch between two op users ({current:#x} -> {target:#x}) without the list walker"
+    );
+    if uses_op(target) {
+        FUNCTION_TRACE_OP.store(op, Ordering::Release);
+        branch_call_sites(current, target)?;
+    } else {
+        branch_call_sites(current, target)?;
+        FUNCTION_TRACE_OP.store(op, Ordering::Release);
+    }
+    if !old_list.is_null() {
+        // Safety: from Box::into_raw above; walkers run only with preemption
+        // disabled, and this thread is not walking.
+        drop(unsafe { Box::from_raw(old_list) });
+    }
+    Ok(())
+}
+
+/// Rewrites the branches at `ftrace_call` and `ftrace_regs_call` from
+/// `current` to `target` (local entries) and records the new target.
+#[notrace]
+fn branch_call_sites(current: u64, target: u64) -> Result<(), TextError> {
+    if current == target {
+        return Ok(());
+    }
     for site in [&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64] {
         let old = instruction::branch(site, current, true).expect("stubs and handlers are in the kernel text");
         let new = instruction::branch(site, target, true).expect("stubs and handlers are in the kernel text");
         text::modify_code(site, old, new)?;
     }
     CALL_TARGET.store(target, Ordering::Release);
-    FUNCTION_TRACE_OP.store(list.first().map_or(0, |ops| *ops as *const FtraceOps as usize), Ordering::Release);
-    let old = LIST.swap(Box::into_raw(Box::new(list.to_vec())), Ordering::AcqRel);
-    if !old.is_null() {
-        // Safety: from Box::into_raw above; walkers run only with preemption
-        // disabled, and this thread is not walking.
-        drop(unsafe { Box::from_raw(old) });
-    }
     Ok(())
 }
 
