@@ -61,7 +61,12 @@ mod tests {
     fn reads_outputs_clobbers_and_the_whole_cr() {
         let partial = r#"asm!("sc 1", inlateout("r3") a => b, out("r4") _, out("cr0") _, options(nostack));"#;
         let missing = &undeclared(partial)[0];
-        assert!(missing.contains(&"cr1") && missing.contains(&"lr") && !missing.contains(&"r3") && !missing.contains(&"cr0"));
+        assert!(
+            missing.contains(&"cr1")
+                && missing.contains(&"lr")
+                && !missing.contains(&"r3")
+                && !missing.contains(&"cr0")
+        );
         let whole = r#"asm!("sc 1", out("r0") _, out("r3") _, out("r4") _, out("r5") _, out("r6") _, out("r7") _,
             out("r8") _, out("r9") _, out("r10") _, out("r11") _, out("r12") _, out("lr") _, out("ctr") _,
             out("xer") _, out("cr") _);"#;

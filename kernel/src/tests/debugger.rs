@@ -104,7 +104,8 @@ extern "C" fn debugger_second_handler(_: u64, _: u64, ops: &FtraceOps, _: &mut F
 }
 
 static DEBUGGER_FIRST: FtraceOps = FtraceOps::new("debugger-first", debugger_first_handler, OpsFlags::RECURSION_SAFE);
-static DEBUGGER_SECOND: FtraceOps = FtraceOps::new("debugger-second", debugger_second_handler, OpsFlags::RECURSION_SAFE);
+static DEBUGGER_SECOND: FtraceOps =
+    FtraceOps::new("debugger-second", debugger_second_handler, OpsFlags::RECURSION_SAFE);
 
 /// Switches `ftrace_call` between the stub, one handler called directly, the
 /// list walker and the other handler. tests/gdb/ftrace-call-target.gdb
