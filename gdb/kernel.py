@@ -48,6 +48,16 @@ def address_of(name):
         gdb.execute("set language %s" % language, to_string=True)
 
 
+def livepatch_handler_window():
+    """(pushed, popped): the addresses in livepatch_handler from which the call's
+    own livepatch frame is complete, and from which it is gone again. Read from
+    the kernel's `livepatch_handler_windows`, which the assembler computes from
+    labels (kernel/src/arch/ppc64/livepatch.rs), so no offset is typed here."""
+    start = address_of("livepatch_handler")
+    table = address_of("livepatch_handler_windows")
+    return start + word(table), start + word(table + 8)
+
+
 def symbolize(address):
     if address == 0:
         return "0"
@@ -285,41 +295,61 @@ class FrameId:
 
 
 class LivepatchUnwinder(Unwinder):
-    """Unwinds a frame stopped in livepatch_handler (that is, the return address
-    of a replacement C): its caller is the original caller A, whose return
-    address and TOC are in the thread's livepatch stack, with r1 unchanged."""
+    """Unwinds a frame stopped in livepatch_handler. Its caller is the original
+    caller A, with r1 unchanged; where A's return address and TOC are depends
+    on where in the handler the pc is:
+
+    - before the call's own livepatch frame is complete (pc < pushed) and once
+      it is popped (pc >= popped): in LR and r2 (the newest livepatch frame, if
+      any, belongs to an outer patched call);
+    - in between (the return address of a replacement C, or just before the
+      call of C): in this call's frame on the thread's livepatch stack.
+
+    `pushed` and `popped` come from the kernel's window table, not from offsets
+    typed here (see livepatch_handler_window)."""
 
     def __init__(self):
         super().__init__("klp livepatch_handler")
         self.start = address_of("livepatch_handler")
         self.end = address_of("livepatch_handler_end")
-        self.levels = {}
+        self.pushed, self.popped = livepatch_handler_window()
+        self.consumes = {}      # level -> whether that livepatch_handler frame uses a livepatch frame
 
     def __call__(self, pending):
         pc = int(pending.read_register("pc"))
         if not (self.start <= pc < self.end):
             return None
+        pc_type = pending.read_register("pc").type
+        level = pending.level()
+        frame_id = FrameId(pending.read_register("r1"), gdb.Value(self.start).cast(pc_type))
+        if not (self.pushed <= pc < self.popped):
+            # The call's frame is not (or no longer) on the livepatch stack: A's
+            # return address is in LR and its TOC in r2; nothing to take.
+            self.consumes[level] = False
+            unwind = pending.create_unwind_info(frame_id)
+            unwind.add_saved_register("pc", gdb.Value(int(pending.read_register("lr"))).cast(pc_type))
+            unwind.add_saved_register("r1", pending.read_register("r1"))
+            unwind.add_saved_register("r2", pending.read_register("r2"))
+            return unwind
         anchor = Anchor()
         sp = int(pending.read_register("r1"))
         base = sp & ~(anchor.thread_size - 1)
         frames = anchor.livepatch_frames(base)
-        level = pending.level()
-        # The n-th livepatch_handler frame from the newest uses the n-th newest livepatch frame.
-        index = len([known for known in self.levels if known < level])
-        self.levels.setdefault(level, index)
-        index = self.levels[level]
+        # Each inner livepatch_handler frame that used a livepatch frame took the
+        # newest one left: this one takes the next.
+        self.consumes[level] = True
+        index = len([known for known, took in self.consumes.items() if known < level and took])
         if index >= len(frames):
             return None
         _, toc, link, _ = frames[len(frames) - 1 - index]
-        unwind = pending.create_unwind_info(FrameId(pending.read_register("r1"),
-                                                    gdb.Value(self.start).cast(pending.read_register("pc").type)))
-        unwind.add_saved_register("pc", gdb.Value(link).cast(pending.read_register("pc").type))
+        unwind = pending.create_unwind_info(frame_id)
+        unwind.add_saved_register("pc", gdb.Value(link).cast(pc_type))
         unwind.add_saved_register("r1", gdb.Value(sp).cast(pending.read_register("r1").type))
         unwind.add_saved_register("r2", gdb.Value(toc).cast(pending.read_register("r2").type))
         return unwind
 
     def reset(self, event=None):
-        self.levels = {}
+        self.consumes = {}
 
 
 def install():

@@ -110,6 +110,18 @@ fn run_one(test: &'static KernelTest) -> bool {
     }
 }
 
+/// Announces that the running case will print `line` as a whole console line
+/// before its result: xtask fails the case if it never does. The line travels
+/// hex-encoded, so the announcement cannot itself be taken for the line.
+pub fn expect_line(line: &str) {
+    use core::fmt::Write;
+    let mut announcement = alloc::string::String::from("\nktest: expect line ");
+    for byte in line.bytes() {
+        let _ = write!(announcement, "{byte:02x}");
+    }
+    println!("{announcement}");
+}
+
 /// Called by the panic handler. A panic in a test thread fails that case only
 /// (the thread is killed; the suite goes on); a panic expected by a
 /// should_panic case on the boot thread passes it.

@@ -5,6 +5,8 @@
 //! test NAME ... FAILED             a case failed (or a later line `FAILED`)
 //! ktest: isolated NAME             NAME must run alone, in a boot with ktest.only=NAME
 //! ktest: expected panic [in NAME]  a should_panic case panicked as it should (exit status 1)
+//! ktest: expect line HEX           the running case will print this line (hex of its UTF-8)
+//!                                  before its result; if it does not, the case fails
 //! ktest: finished                  every case ran; the kernel powers off
 //! ```
 
@@ -21,6 +23,10 @@ pub struct Report {
     pub finished: bool,
     pub panicked: bool,
     pub expected_panic: bool,
+    /// Lines the running case announced and has not printed yet.
+    pub announced: Vec<String>,
+    /// Why a case that printed `ok` failed all the same: (case, reason).
+    pub reasons: Vec<(String, String)>,
 }
 
 impl Report {
@@ -34,8 +40,11 @@ impl Report {
             if let Some(previous) = self.running.take() {
                 self.failed.push(previous);
             }
+            self.announced.clear();
+            self.output(rest.trim());
             self.result(name.trim().to_string(), rest.trim());
         } else if let Some(name) = self.running.take() {
+            self.output(trimmed);
             self.result(name, trimmed);
         }
         if let Some(name) = trimmed.strip_prefix("ktest: isolated ") {
@@ -53,13 +62,32 @@ impl Report {
         }
     }
 
+    /// A line the running case printed: an announcement, or perhaps an announced line.
+    fn output(&mut self, text: &str) {
+        if let Some(hex) = text.strip_prefix("ktest: expect line ") {
+            self.announced.push(decode_hex(hex.trim()).unwrap_or_else(|| format!("(undecodable announcement {hex})")));
+        } else {
+            self.announced.retain(|line| line != text);
+        }
+    }
+
     /// Records `name`'s result if `text` is one; otherwise the case is still running.
     fn result(&mut self, name: String, text: &str) {
         match text {
+            "ok" if !self.announced.is_empty() => {
+                let missing = std::mem::take(&mut self.announced);
+                self.reasons.push((name.clone(), format!("announced but never printed the line(s) {missing:?}")));
+                self.failed.push(name);
+            }
             "ok" => self.passed.push(name),
             "FAILED" => self.failed.push(name),
             _ => self.running = Some(name),
         }
+    }
+
+    /// Why `name` failed, as far as this report knows.
+    pub fn reason(&self, name: &str) -> &str {
+        self.reasons.iter().find(|(case, _)| case == name).map_or("FAILED", |(_, reason)| reason)
     }
 
     /// Why the boot that ran every case failed, if it did.
@@ -78,6 +106,9 @@ impl Report {
     /// Whether the isolated boot of `name` passed: its `ok` line was printed and QEMU
     /// exited 0, or 1 after a should_panic case's `ktest: expected panic`.
     pub fn isolated_verdict(&self, name: &str, outcome: &Outcome) -> Result<(), String> {
+        if self.failed.iter().any(|failed| failed == name) {
+            return Err(format!("{} ({})", self.reason(name), outcome.describe()));
+        }
         if !self.passed.iter().any(|passed| passed == name) {
             return Err(format!("`test {name} ... ok` was not printed ({})", outcome.describe()));
         }
@@ -87,6 +118,18 @@ impl Report {
             _ => Err(format!("{} after `test {name} ... ok`", outcome.describe())),
         }
     }
+}
+
+/// The bytes of `hex` (two digits each) as UTF-8 text.
+fn decode_hex(hex: &str) -> Option<String> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]
@@ -136,6 +179,20 @@ mod tests {
         let timeout = Outcome { status: None, timeout: Duration::from_secs(60) };
         assert!(report("ktest: finished\n").boot_failure(&timeout).unwrap().contains("timed out"));
         assert!(report("test a ... ok\n").boot_failure(&exited(0)).unwrap().contains("ktest: finished"));
+    }
+
+    #[test]
+    fn a_case_fails_when_it_never_prints_a_line_it_announced() {
+        // "é done" in hex: the announcement itself never counts as the line.
+        let printed = report("test c::say ... \nktest: expect line c3a920646f6e65\né done\nok\n");
+        assert_eq!((printed.passed.as_slice(), printed.failed.len()), (&["c::say".to_string()][..], 0));
+        let silent = report("test c::say ... \nktest: expect line c3a920646f6e65\né don\nok\ntest c::next ... ok\n");
+        assert_eq!(silent.failed, ["c::say"]);
+        assert!(silent.reason("c::say").contains("\"é done\""), "{}", silent.reason("c::say"));
+        assert_eq!(silent.passed, ["c::next"], "an announcement belongs to its case only");
+        assert!(silent.isolated_verdict("c::say", &exited(0)).unwrap_err().contains("never printed"));
+        assert_eq!(decode_hex("c3a9"), Some("é".to_string()));
+        assert_eq!(decode_hex("c3a"), None);
     }
 
     #[test]

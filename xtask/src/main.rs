@@ -5,6 +5,8 @@ mod build;
 mod end_to_end;
 mod gdb;
 mod gdb_test;
+#[cfg(test)]
+mod hcall_contract;
 mod ktest;
 mod objdump;
 mod packages;

@@ -132,7 +132,10 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
         report.line(line);
     })?;
     tally.passed += report.passed.len();
-    tally.failed.extend(report.failed.iter().map(|name| format!("{name}: FAILED")));
+    tally.failed.extend(report.failed.iter().map(|name| format!("{name}: {}", report.reason(name))));
+    for (name, reason) in &report.reasons {
+        println!("test {name} FAILED after its ok: {reason}");
+    }
     let failure = report.boot_failure(&outcome);
     match (report.running.take(), &failure) {
         (Some(name), Some(reason)) => {

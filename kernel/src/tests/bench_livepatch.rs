@@ -1,5 +1,5 @@
 //! Livepatch benchmarks: the cost of a patched call and of enabling patches.
-use crate::arch::ppc64::registers::timebase;
+use super::bench::Tenths;
 use crate::livepatch::{self, Function, Object, Patch};
 use alloc::string::String;
 use alloc::vec;
@@ -35,8 +35,13 @@ fn patch(name: &str, targets: &[&str]) -> Patch {
     Patch { name: String::from(name), objects: vec![Object { module: None, functions }] }
 }
 
-/// (patched call minus direct call of the replacement, enable one, enable hundred per function)
-pub fn measure(per_call: fn(fn()) -> u64, instructions: fn(u64) -> u64) -> (u64, u64, u64) {
+/// (patched call minus direct call of the replacement, enable one, enable
+/// hundred per function), each measured with interrupts masked by `bench`.
+pub fn measure(
+    loop_ticks: fn(fn()) -> u64,
+    per_call_difference: fn(u64, u64) -> Tenths,
+    once: fn(&mut dyn FnMut()) -> u64,
+) -> (Tenths, u64, u64) {
     fn call_original() {
         black_box(target_000(black_box(1)));
     }
@@ -44,22 +49,18 @@ pub fn measure(per_call: fn(fn()) -> u64, instructions: fn(u64) -> u64) -> (u64,
         black_box(replacement(black_box(1)));
     }
     livepatch::add(patch("bench-one", &TARGETS[..1])).expect("unique name");
-    let start = timebase();
-    livepatch::enable("bench-one").expect("patchable");
-    let enable_one = instructions(timebase() - start);
-    let direct = per_call(call_replacement);
-    let patched = per_call(call_original);
+    let enable_one = once(&mut || livepatch::enable("bench-one").expect("patchable"));
+    let direct = loop_ticks(call_replacement);
+    let patched = loop_ticks(call_original);
     assert_eq!(target_000(1), 3, "the patch is active");
     livepatch::disable("bench-one").expect("enabled");
     livepatch::remove("bench-one").expect("disabled");
 
     livepatch::add(patch("bench-hundred", TARGETS)).expect("unique name");
-    let start = timebase();
-    livepatch::enable("bench-hundred").expect("patchable");
-    let enable_hundred = instructions(timebase() - start) / TARGETS.len() as u64;
+    let enable_hundred = once(&mut || livepatch::enable("bench-hundred").expect("patchable")) / TARGETS.len() as u64;
     let results: Vec<u64> = [target_000, target_050, target_099].iter().map(|target| target(1)).collect();
     assert_eq!(results, [3, 3, 3]);
     livepatch::disable("bench-hundred").expect("enabled");
     livepatch::remove("bench-hundred").expect("disabled");
-    (patched - direct, enable_one, enable_hundred)
+    (per_call_difference(patched, direct), enable_one, enable_hundred)
 }

@@ -5,12 +5,18 @@ use macros::ktest;
 
 #[ktest]
 fn console_writes_long_lines_in_chunks() {
-    // More than one 16-byte hcall chunk, with a multi-byte UTF-8 character on
-    // the boundary. The lock is taken as print! takes it: interrupts off.
-    let _interrupts = crate::arch::ppc64::interrupts::disable();
-    let mut console = CONSOLE.lock();
-    console.write_bytes("console: 0123456789abcde\u{e9}0123456789 done\n".as_bytes());
-    assert!(CONSOLE.is_locked());
+    // Three 16-byte hcall chunks, with the two bytes of a UTF-8 character on
+    // either side of the first boundary (bytes 15 and 16). xtask checks that
+    // the line arrives whole, as announced.
+    const LINE: &str = "console: 012345\u{e9}6789abcdef0123456789 done\n";
+    assert_eq!(LINE.find('\u{e9}'), Some(15));
+    crate::ktest::expect_line(LINE.trim_end());
+    {
+        // The lock is taken as print! takes it: interrupts off.
+        let _interrupts = crate::arch::ppc64::interrupts::disable();
+        CONSOLE.lock().write_bytes(LINE.as_bytes());
+    }
+    assert!(!CONSOLE.is_locked(), "the console lock is free again");
 }
 
 #[ktest]

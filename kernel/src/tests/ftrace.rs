@@ -301,6 +301,11 @@ fn tracing_toggles_while_other_threads_call_traced_functions() {
             .unwrap()
         })
         .collect();
+    let me = thread::current_id();
+    let top = golden_top as *const () as u64;
+    let ten = traced_ten as *const () as u64;
+    // On-phases in which a worker's call was recorded by each tracer.
+    let (mut graphed_phases, mut recorded_phases) = (0, 0);
     for round in 0..40 {
         if round % 2 == 0 {
             trace::graph::start("*tests::ftrace::golden_*").unwrap();
@@ -308,6 +313,17 @@ fn tracing_toggles_while_other_threads_call_traced_functions() {
         } else {
             trace::graph::stop().unwrap();
             trace::function::stop().unwrap();
+            // Both buffers were emptied by `start` and keep what this on-phase recorded.
+            let (graph_events, _) = trace::graph::events();
+            let (function_events, _) = trace::function::events();
+            if graph_events.iter().any(|(_, event)| {
+                event.kind == portable::graph::Kind::Entry && event.thread != me && trace::function_of(event.ip) == Some(top)
+            }) {
+                graphed_phases += 1;
+            }
+            if function_events.iter().any(|(_, event)| event.thread != me && trace::function_of(event.ip) == Some(ten)) {
+                recorded_phases += 1;
+            }
         }
         thread::sleep_milliseconds(3);
     }
@@ -316,6 +332,9 @@ fn tracing_toggles_while_other_threads_call_traced_functions() {
         assert_eq!(worker.join(), ExitStatus::Returned);
     }
     assert_eq!(WRONG.load(Ordering::SeqCst), 0);
+    // Every on-phase let a worker run (this thread slept): each tracer saw its calls.
+    assert_eq!(graphed_phases, 20, "on-phases in which function_graph recorded a worker's golden_top");
+    assert_eq!(recorded_phases, 20, "on-phases in which the function tracer recorded a worker's traced_ten");
     assert!(trace::registered().is_empty(), "{:?}", trace::registered());
     assert!(trace::site_summaries().iter().all(|site| site.caller == Caller::None));
 }
@@ -324,12 +343,14 @@ static HANDLER_TICKS: AtomicU64 = AtomicU64::new(0);
 static BYSTANDER: AtomicU64 = AtomicU64::new(0);
 static BYSTANDER_DURING_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Spins for three timer ticks inside the handler.
+/// Spins inside the handler for three tick intervals of timebase time (not
+/// for three ticks: the count of ticks taken meanwhile is the measurement).
 #[notrace]
 extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
     let before = BYSTANDER.load(Ordering::SeqCst);
     let start = crate::time::ticks();
-    while crate::time::ticks() < start + 3 {}
+    let until = crate::arch::ppc64::registers::timebase() + 3 * crate::time::frequency() / crate::time::TICK_HZ;
+    while crate::arch::ppc64::registers::timebase() < until {}
     HANDLER_TICKS.store(crate::time::ticks() - start, Ordering::SeqCst);
     BYSTANDER_DURING_HANDLER.store(BYSTANDER.load(Ordering::SeqCst) - before, Ordering::SeqCst);
 }
@@ -354,7 +375,10 @@ fn the_timer_never_preempts_a_thread_inside_a_handler() {
     let after = BYSTANDER.load(Ordering::SeqCst);
     STOP.store(1, Ordering::SeqCst);
     assert_eq!(bystander.join(), ExitStatus::Returned);
-    assert!(HANDLER_TICKS.load(Ordering::SeqCst) >= 3, "three ticks passed inside the handler");
+    // The timer did interrupt the handler (at least once per tick interval),
+    // and yet nobody else ran.
+    let ticks = HANDLER_TICKS.load(Ordering::SeqCst);
+    assert!(ticks >= 3, "only {ticks} timer interrupts were taken inside the handler in three tick intervals");
     assert_eq!(BYSTANDER_DURING_HANDLER.load(Ordering::SeqCst), 0, "nobody else ran meanwhile");
     assert!(after > before, "preemption works outside handlers: {before} -> {after}");
 }

@@ -15,7 +15,7 @@ use macros::{ktest, livepatchable, notrace};
 use portable::instruction;
 
 /// Adds a patch replacing each (name, position, replacement) and enables it.
-fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Result<(), LivepatchError> {
+pub(super) fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Result<(), LivepatchError> {
     let functions = functions
         .iter()
         .map(|&(old_name, old_position, new_address)| Function { old_name: String::from(old_name), old_position, new_address })
@@ -27,7 +27,7 @@ fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Result<(), Li
 }
 
 /// Disables and removes a patch.
-fn retire(name: &str) {
+pub(super) fn retire(name: &str) {
     livepatch::disable(name).expect("patch enabled");
     livepatch::remove(name).expect("patch disabled");
 }

@@ -2,6 +2,7 @@
 pub mod bench;
 mod bench_livepatch;
 mod console;
+mod debugger;
 mod devicetree;
 mod exceptions;
 mod ftrace;

@@ -20,7 +20,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::fmt;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
 use portable::instruction;
@@ -153,6 +153,8 @@ static REGISTRY: Mutex<Vec<&'static FtraceOps>> = Mutex::new(Vec::new());
 static LIST: AtomicPtr<Vec<&'static FtraceOps>> = AtomicPtr::new(core::ptr::null_mut());
 /// The function `ftrace_call` and `ftrace_regs_call` branch to now (0 = ftrace_stub).
 static CALL_TARGET: AtomicU64 = AtomicU64::new(0);
+/// Whether that function uses `FUNCTION_TRACE_OP` (a single ops's handler, or `ftrace_ops_assist`).
+static CALL_TARGET_USES_OP: AtomicBool = AtomicBool::new(false);
 
 /// Registers `ops` for the functions `filter` names and patches their sites.
 /// Returns the number of sites. On error nothing has changed.
@@ -342,8 +344,23 @@ fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
 }
 
 /// Points `ftrace_call` and `ftrace_regs_call` at the right function for `list`.
+///
+/// The stubs pass `FUNCTION_TRACE_OP` to whatever `ftrace_call` reaches, so it
+/// must name the right ops at every instant a handler (or `ftrace_ops_assist`)
+/// can be reached directly. As in Linux's `ftrace_modify_all_code`: the new op
+/// is stored before the branch to a handler is written, and a branch away from
+/// a handler is written before the op changes. The registry grows or shrinks
+/// by one ops at a time, so one side of every switch is `ftrace_stub` or
+/// `ftrace_ops_list`, which ignore the op (Linux passes through the list
+/// function for a switch between two handlers; none happens here, and an
+/// assertion says so). The list `ftrace_ops_list` walks is replaced last, as
+/// before: an ops joining has no site patched yet, and one leaving still has
+/// its site set until the caller releases it.
 #[notrace]
 fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
+    // Only a single ops is called straight from ftrace_call (alone or through
+    // the recursion guard); the stub and the list walker ignore the op.
+    let target_uses_op = list.len() == 1;
     let target = match list {
         [] => ftrace_stub as *const () as u64,
         [only] if only.flags.contains(OpsFlags::RECURSION_SAFE) => only.handler as *const () as u64,
@@ -351,6 +368,32 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
         _ => ftrace_ops_list as *const () as u64,
     };
     let target = text::local_entry(target);
+    let op = list.first().map_or(0, |ops| *ops as *const FtraceOps as usize);
+    assert!(
+        !(target_uses_op && CALL_TARGET_USES_OP.load(Ordering::Acquire)),
+        "ftrace_call would switch from one op user to another without the list walker"
+    );
+    if target_uses_op {
+        FUNCTION_TRACE_OP.store(op, Ordering::Release);
+        branch_call_sites(target, target_uses_op)?;
+    } else {
+        branch_call_sites(target, target_uses_op)?;
+        FUNCTION_TRACE_OP.store(op, Ordering::Release);
+    }
+    let old_list = LIST.swap(Box::into_raw(Box::new(list.to_vec())), Ordering::AcqRel);
+    if !old_list.is_null() {
+        // Safety: from Box::into_raw above; walkers run only with preemption
+        // disabled, and this thread is not walking.
+        drop(unsafe { Box::from_raw(old_list) });
+    }
+    Ok(())
+}
+
+/// Rewrites the branches at `ftrace_call` and `ftrace_regs_call` to `target`
+/// (a local entry) and records it, with whether it uses the op.
+#[notrace]
+#[inline(always)]
+fn branch_call_sites(target: u64, uses_op: bool) -> Result<(), TextError> {
     let current = match CALL_TARGET.load(Ordering::Acquire) {
         0 => ftrace_stub as *const () as u64,
         current => current,
@@ -361,13 +404,7 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
         text::modify_code(site, old, new)?;
     }
     CALL_TARGET.store(target, Ordering::Release);
-    FUNCTION_TRACE_OP.store(list.first().map_or(0, |ops| *ops as *const FtraceOps as usize), Ordering::Release);
-    let old = LIST.swap(Box::into_raw(Box::new(list.to_vec())), Ordering::AcqRel);
-    if !old.is_null() {
-        // Safety: from Box::into_raw above; walkers run only with preemption
-        // disabled, and this thread is not walking.
-        drop(unsafe { Box::from_raw(old) });
-    }
+    CALL_TARGET_USES_OP.store(uses_op, Ordering::Release);
     Ok(())
 }
 

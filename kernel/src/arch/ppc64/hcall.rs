@@ -17,12 +17,21 @@ pub const SET_MODE: u64 = 0x31c;
 pub const RTAS: u64 = 0xf000;
 
 /// Returns r3 (the status) and r4..r7 (the results).
+///
+/// Register contract of `sc 1` (PAPR, LoPAPR 14.5.3; Linux's
+/// Documentation/arch/powerpc/papr_hcalls.rst): on entry r3 = the call
+/// number, r4.. = the arguments. The hypervisor may change r0, r3-r12, LR,
+/// CTR, XER and CR fields 0, 1, 5, 6, 7; it preserves r1, r2, r13-r31 and CR
+/// fields 2-4. Every volatile register is declared below, so the compiler
+/// keeps nothing in one of them across the call (checked on the host by
+/// xtask's `hcall_contract` test).
 #[notrace]
 pub fn hcall(number: u64, arguments: [u64; 6]) -> (i64, [u64; 4]) {
     let status: u64;
     let mut results = [0u64; 4];
-    // Safety: `sc 1` enters the hypervisor, which only reads r3..r10 and writes
-    // r3..r12, cr0 and ctr; all of them are declared as clobbered or outputs.
+    // Safety: `sc 1` enters the hypervisor, which reads r3..r10 and may change
+    // only the registers PAPR makes volatile; all of them are declared as
+    // outputs or clobbers.
     unsafe {
         core::arch::asm!(
             "sc 1",
@@ -34,7 +43,8 @@ pub fn hcall(number: u64, arguments: [u64; 6]) -> (i64, [u64; 4]) {
             inlateout("r8") arguments[4] => _,
             inlateout("r9") arguments[5] => _,
             out("r10") _, out("r11") _, out("r12") _, out("r0") _,
-            out("ctr") _, out("cr0") _,
+            out("lr") _, out("ctr") _, out("xer") _,
+            out("cr0") _, out("cr1") _, out("cr5") _, out("cr6") _, out("cr7") _,
             options(nostack),
         );
     }

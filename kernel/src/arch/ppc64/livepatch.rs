@@ -38,6 +38,21 @@ unsafe extern "C" {
     pub fn livepatch_handler();
     /// The label just after it (for backtraces and debuggers).
     pub static livepatch_handler_end: u8;
+    /// Where this call's livepatch frame exists, for debuggers (gdb/kernel.py).
+    pub static livepatch_handler_windows: LivepatchHandlerWindows;
+}
+
+/// Offsets from `livepatch_handler` of the stretch in which the call's own
+/// livepatch frame is on the livepatch stack and complete: from `pushed` (the
+/// first instruction after the frame is written) up to `popped` (the first
+/// instruction after `livepatch_sp` is lowered again). Before `pushed` and from
+/// `popped` on, LR and r2 hold A's return address and TOC and the newest
+/// livepatch frame, if any, belongs to an outer call. Computed by the assembler
+/// from labels, so they follow any change to the code.
+#[repr(C)]
+pub struct LivepatchHandlerWindows {
+    pub pushed: u64,
+    pub popped: u64,
 }
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
@@ -75,6 +90,7 @@ livepatch_handler:
     std     0, {link}-{frame}(11)     # frame.link = return address into A
     ld      0, {magic}(13)            # r0 = STACK_END_MAGIC (per-CPU copy: one load)
     std     0, {marker}-{frame}(11)   # frame.marker = STACK_END_MAGIC
+.Llivepatch_handler_pushed:           # from here the frame is complete (see LivepatchHandlerWindows)
     mfctr   12                        # r12 = C's global entry
     bctrl                             # C(arguments); r1 untouched, A's frame intact
 
@@ -92,10 +108,22 @@ livepatch_handler:
     ld      2, {toc}-{frame}(11)      # r2 = A's TOC
     addi    11, 11, -{frame}
     std     11, {livepatch_sp}(12)    # livepatch_sp -= frame
+.Llivepatch_handler_popped:           # from here the frame is gone; LR and r2 are A's again
     blr                               # back to A
     .size livepatch_handler, . - livepatch_handler
     .globl livepatch_handler_end      # for debuggers: where the handler ends
 livepatch_handler_end:
+
+    # For debuggers: the stretch in which this call's frame is on the
+    # livepatch stack, as offsets from livepatch_handler (LivepatchHandlerWindows).
+    # Kept in this text section, which the handler's users keep linked.
+    .balign 8
+    .globl livepatch_handler_windows
+    .type livepatch_handler_windows, @object
+livepatch_handler_windows:
+    .quad   .Llivepatch_handler_pushed - livepatch_handler
+    .quad   .Llivepatch_handler_popped - livepatch_handler
+    .size livepatch_handler_windows, . - livepatch_handler_windows
     "#,
     thread_shift = const THREAD_SHIFT,
     livepatch_sp = const offset_of!(ThreadInfo, livepatch_sp),
