@@ -9,3 +9,4 @@ mod livepatch;
 mod memory;
 mod modules;
 mod threads;
+mod unload;

@@ -35,6 +35,23 @@ unsafe extern "C" {
     pub fn livepatch_handler();
     /// The label just after it (for backtraces and debuggers).
     pub static livepatch_handler_end: u8;
+    /// Where C returns to in it: the instruction after its `bctrl`.
+    pub static livepatch_handler_call_return: u8;
+}
+
+/// Whether `nip` lies in `livepatch_handler` before C is called: from its
+/// first instruction up to and including the `bctrl`. There C's address is
+/// only in r11 or CTR, and for the first five instructions the livepatch
+/// frame is not even pushed, so nothing on the thread's stacks shows that it
+/// is about to run module code. The timer does not preempt there (see
+/// `ftrace::in_ftrace`): a thread is switched out either before
+/// `ftrace_caller`'s handler chose C (and then chooses again when it
+/// resumes) or inside C (and then its saved NIP or a return address shows
+/// it), never in between. Unloading relies on it.
+#[macros::notrace]
+#[inline(always)]
+pub fn entering(nip: u64) -> bool {
+    (livepatch_handler as *const () as u64..&raw const livepatch_handler_call_return as u64).contains(&nip)
 }
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
@@ -74,6 +91,8 @@ livepatch_handler:
     std     0, {marker}-{frame}(11)   # frame.marker = STACK_END_MAGIC
     mfctr   12                        # r12 = C's global entry
     bctrl                             # C(arguments); r1 untouched, A's frame intact
+    .globl livepatch_handler_call_return
+livepatch_handler_call_return:        # NIP before this label: not preemptible (see `entering`)
 
     # Back from C: r3/r4 = results; r2 = C's TOC or anything; r0, r11, r12 free.
     clrrdi  12, 1, {thread_shift}     # r12 = thread_info
