@@ -293,3 +293,110 @@ fn module_memory_outlives_a_reader_that_holds_a_pointer_across_one_switch() {
     assert!(READS.load(Ordering::SeqCst) > 10, "{} reads", READS.load(Ordering::SeqCst));
     assert_eq!(CHANGED.load(Ordering::SeqCst), 0, "module memory was freed (poisoned) under a reader");
 }
+
+// ---- 4. What the scan reads: an interrupted NIP, a return address on the stack ----------
+
+core::arch::global_asm!(
+    r#"
+    .text
+    # unload_test_return_with_tick: stands in for klp_uptime_ticks (a
+    # NIP-changing ftrace handler sends the call here).
+    #
+    # On entry (from ftrace_caller): LR = r0 = the return address into the
+    # caller (module code here); no arguments; r12 and CTR free.
+    # Returns 7 to the caller with a decrementer tick pending, so the tick is
+    # taken at the return address: the thread is switched out with NIP in
+    # the module, and LR pointing at the rfid below, not into the module.
+    # On exit: r3 = 7; r12, LR, SRR0, SRR1 clobbered.
+    .globl unload_test_return_with_tick
+    .type unload_test_return_with_tick, @function
+unload_test_return_with_tick:
+    li      3, 7                      # r3 = the result
+    mflr    12
+    mtsrr0  12                        # SRR0 = the return address into the caller
+    li      12, {msr_ri}
+    mtmsrd  12, 1                     # MSR[EE] = 0, RI stays 1
+    li      12, 1
+    mtdec   12                        # DEC = 1: the tick is raised now, pending while EE = 0
+    mfmsr   12
+    ori     12, 12, {msr_ee}          # r12 = this MSR with EE on
+    mtsrr1  12                        # SRR1 = r12
+    bl      1f                        # LR = the rfid: no module address left in LR
+1:  rfid                              # return, EE on: the tick is taken at the return address
+    .size unload_test_return_with_tick, . - unload_test_return_with_tick
+    "#,
+    msr_ri = const 2,
+    msr_ee = const 0x8000,
+);
+
+unsafe extern "C" {
+    fn unload_test_return_with_tick() -> u64;
+}
+
+/// Where the probe on the kernel exports the counter module calls sends the call: 1 = return with a
+/// tick pending, 2 = park in `parked_in_kernel`.
+static DIVERSION: AtomicU64 = AtomicU64::new(0);
+/// Calls the probe diverted.
+static DIVERTED: AtomicU64 = AtomicU64::new(0);
+
+/// Stands in for `klp_uptime_ticks`, entered as if its caller had called it:
+/// saves the return address into the module in the caller's LR slot, then
+/// sleeps until RELEASE. Only that stack slot shows the module is in use.
+#[inline(never)]
+extern "C" fn parked_in_kernel() -> u64 {
+    while RELEASE.load(Ordering::SeqCst) == 0 {
+        thread::sleep_milliseconds(1);
+    }
+    black_box(7)
+}
+
+#[notrace]
+extern "C" fn divert_uptime_ticks(_ip: u64, _parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
+    let target = match DIVERSION.load(Ordering::Relaxed) {
+        1 => unload_test_return_with_tick as *const () as u64,
+        2 => parked_in_kernel as *const () as u64,
+        _ => return,
+    };
+    regs.regs.nip = target;
+    DIVERTED.fetch_add(1, Ordering::Relaxed);
+}
+
+static UPTIME_PROBE: FtraceOps =
+    FtraceOps::new("unload-uptime-probe", divert_uptime_ticks, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));
+
+#[ktest]
+fn a_thread_switched_out_in_module_code_or_below_it_keeps_the_module() {
+    for diversion in [1, 2] {
+        DIVERSION.store(diversion, Ordering::SeqCst);
+        DIVERTED.store(0, Ordering::SeqCst);
+        RELEASE.store(0, Ordering::SeqCst);
+        module::load(embedded("counter")).expect("counter loads");
+        // The counter module calls these one after the other: with diversion 1
+        // its thread is switched out in the module three times, so a grace
+        // period alone (one more time slice) would not see it out of the module.
+        let names = ["klp_uptime_ticks", "klp_thread_id", "klp_print"];
+        trace::register(&UPTIME_PROBE, Filter::Names(&names)).expect("the probe registers");
+        let victim = thread::spawn("in-counter", || {
+            assert_eq!(crate::shell::greeting(), COUNTER_GREETING);
+        })
+        .expect("room for a thread");
+        // The victim runs when this thread yields, and is switched out where the probe put it.
+        while DIVERTED.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        let first = module::unload("counter");
+        RELEASE.store(1, Ordering::SeqCst);
+        let status = victim.join();
+        trace::unregister(&UPTIME_PROBE).expect("registered");
+        let _ = module::unload("counter");
+        assert_eq!(status, ExitStatus::Returned, "diversion {diversion}: the victim came back from the module");
+        match diversion {
+            // Preempted with NIP in the module: unload waits for it, then succeeds.
+            1 => assert!(first.is_ok(), "{first:?}"),
+            // Asleep below the module (a return address into it on its stack): Busy.
+            _ => assert!(matches!(&first, Err(LoadError::Busy(_))), "{first:?}"),
+        }
+        assert!(module::summaries().is_empty());
+    }
+    DIVERSION.store(0, Ordering::SeqCst);
+}
