@@ -62,15 +62,20 @@ core::arch::global_asm!(
     # Makes a decrementer interrupt pending with MSR[EE] off, then enters
     # livepatch_handler by rfid with EE on, so the tick is taken with NIP =
     # livepatch_handler: the worst moment, C's address only in r11.
-    # On exit: at livepatch_handler, every register but r12 as on entry;
-    # SRR0 and SRR1 clobbered.
+    # On exit: at livepatch_handler, every register but r0, r12 and CR0 as
+    # on entry (all free there); SRR0 and SRR1 clobbered.
     .globl unload_test_tick_probe
     .type unload_test_tick_probe, @function
 unload_test_tick_probe:
     li      12, {msr_ri}
     mtmsrd  12, 1                     # MSR[EE] = 0, RI stays 1
-    li      12, 1
-    mtdec   12                        # DEC = 1: QEMU raises the tick now; pending while EE = 0
+    li      12, 3
+    mtdec   12                        # DEC = 3: expires at once, as a tick does (one interrupt)
+    mftb    0
+    addis   0, 0, 1                   # r0 = timebase + 65536 (128 us)
+1:  mftb    12
+    cmpld   12, 0
+    blt     1b                        # wait with EE = 0 until QEMU has raised the tick
     ld      12, {percpu_toc}(13)      # r12 = kernel TOC
     addis   12, 12, livepatch_handler@toc@ha
     addi    12, 12, livepatch_handler@toc@l     # r12 = livepatch_handler
@@ -307,7 +312,7 @@ core::arch::global_asm!(
     # Returns 7 to the caller with a decrementer tick pending, so the tick is
     # taken at the return address: the thread is switched out with NIP in
     # the module, and LR pointing at the rfid below, not into the module.
-    # On exit: r3 = 7; r12, LR, SRR0, SRR1 clobbered.
+    # On exit: r3 = 7; r0, r12, CR0, LR, SRR0, SRR1 clobbered.
     .globl unload_test_return_with_tick
     .type unload_test_return_with_tick, @function
 unload_test_return_with_tick:
@@ -316,8 +321,13 @@ unload_test_return_with_tick:
     mtsrr0  12                        # SRR0 = the return address into the caller
     li      12, {msr_ri}
     mtmsrd  12, 1                     # MSR[EE] = 0, RI stays 1
-    li      12, 1
-    mtdec   12                        # DEC = 1: the tick is raised now, pending while EE = 0
+    li      12, 3
+    mtdec   12                        # DEC = 3: expires at once, as a tick does (one interrupt)
+    mftb    0
+    addis   0, 0, 1                   # r0 = timebase + 65536 (128 us)
+2:  mftb    12
+    cmpld   12, 0
+    blt     2b                        # wait with EE = 0 until QEMU has raised the tick
     mfmsr   12
     ori     12, 12, {msr_ee}          # r12 = this MSR with EE on
     mtsrr1  12                        # SRR1 = r12
