@@ -19,6 +19,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use memory::ModuleMemory;
+pub use memory::POISON;
 use portable::module::{self, LinkedModule, ModuleError};
 
 /// The public half of the project's signing key (xtask generates the pair).

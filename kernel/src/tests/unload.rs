@@ -410,3 +410,21 @@ fn a_thread_switched_out_in_module_code_or_below_it_keeps_the_module() {
     }
     DIVERSION.store(0, Ordering::SeqCst);
 }
+
+// ---- 5. Freed module memory is poisoned ----------------------------------------------
+
+#[ktest]
+fn unloaded_module_memory_is_filled_with_trap_instructions() {
+    module::load(embedded("greeting")).expect("greeting loads");
+    let (_, address, size, _) = module::summaries().into_iter().next().expect("loaded");
+    module::unload("greeting").expect("unloads");
+    // Nothing else allocates in this test; the allocator keeps its own
+    // bookkeeping at the start of a free block, so look at the second half.
+    let _preempt = thread::preempt_disable();
+    let middle = (address + size as u64 / 2) & !3;
+    let words: Vec<u32> = (0..8u64)
+        // Safety: the freed block, not reused yet (see above); plain word reads.
+        .map(|index| unsafe { ((middle + 4 * index) as *const u32).read_volatile() })
+        .collect();
+    assert!(words.iter().all(|&word| word == module::POISON), "a branch into it traps: {words:x?}");
+}
