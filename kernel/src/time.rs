@@ -50,9 +50,14 @@ fn tick_interval() -> u32 {
 /// thread a whole interval of progress, however short the interval and
 /// however slow the host: an interval shorter than the tick's own work would
 /// otherwise take the next interrupt at once, forever.
+/// It also arms before switching, for the thread the tick switches to:
+/// otherwise a thread that had given up the CPU itself (yield, sleep)
+/// resumed with the decrementer still expired, took a tick at once and lost
+/// its time slice to the thread just preempted.
 #[notrace]
 pub fn tick(preemptible: bool) {
     TICKS.fetch_add(1, Ordering::Relaxed);
+    set_decrementer(tick_interval());
     let deferred = !thread::timer_tick(preemptible);
     // A preemption that had to wait (inside ftrace, or preemption disabled) is
     // retried soon rather than a whole tick later: a thread that spends most

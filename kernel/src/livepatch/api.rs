@@ -3,7 +3,10 @@
 //! Like Linux's EXPORT_SYMBOL, a module links only against names recorded
 //! here (in the `.klp_exports` section), never against arbitrary kernel
 //! internals: an undefined symbol outside this list refuses the module.
+use crate::sync::Mutex;
 use crate::{console, thread};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use macros::{livepatchable, notrace};
 
@@ -99,6 +102,28 @@ pub extern "C" fn klp_report_toc(toc: u64) {
     REPORTED_TOC.store(toc, Ordering::SeqCst);
 }
 
+/// The kernel-owned copies `klp_intern_text` has handed out, one per distinct text.
+static INTERNED: Mutex<Vec<&'static [u8]>> = Mutex::new(Vec::new());
+
+/// Returns the address of a copy of the `length` bytes at `bytes` in kernel
+/// memory that is never freed; equal texts share one copy. A replacement
+/// returns such a copy instead of a reference into its own module, whose
+/// memory goes away with the module (docs/modules.md: "What a replacement
+/// may return"). Meant for constant texts: each distinct text stays for the
+/// kernel's lifetime.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_intern_text(bytes: *const u8, length: usize) -> *const u8 {
+    // Safety: the module passes a buffer it owns, of that length.
+    let text = unsafe { core::slice::from_raw_parts(bytes, length) };
+    let mut interned = INTERNED.lock();
+    if let Some(copy) = interned.iter().find(|copy| **copy == text) {
+        return copy.as_ptr();
+    }
+    let copy: &'static [u8] = Box::leak(Box::from(text));
+    interned.push(copy);
+    copy.as_ptr()
+}
+
 /// A kernel static modules may read.
 #[unsafe(no_mangle)]
 pub static klp_kernel_version: u64 = 1;
@@ -115,6 +140,7 @@ export!(function klp_print);
 export!(function klp_uptime_ticks);
 export!(function klp_thread_id);
 export!(function klp_report_toc);
+export!(function klp_intern_text);
 export!(function klp_demo_ten);
 export!(klp_kernel_version);
 export!(function memcpy);

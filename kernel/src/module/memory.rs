@@ -1,5 +1,11 @@
-//! Memory for a loaded module: one aligned heap block, returned to the heap on drop.
+//! Memory for a loaded module: one aligned heap block, poisoned and returned to the heap on drop.
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
+
+/// What a freed module block is filled with: the `trap` instruction, so a
+/// thread that still branches into it takes a program check (an Oops naming
+/// the address) instead of running stale or foreign code, and a reader of
+/// stale module data sees this pattern instead of the old text.
+pub const POISON: u32 = 0x7fe0_0008;
 
 /// An aligned, zeroed heap block holding a module's sections and stubs.
 pub struct ModuleMemory {
@@ -37,6 +43,10 @@ impl ModuleMemory {
 
 impl Drop for ModuleMemory {
     fn drop(&mut self) {
+        let words = self.layout.size() / 4;
+        // Safety: the owned block, 16-byte aligned, `words` whole words long.
+        unsafe { core::slice::from_raw_parts_mut(self.pointer as *mut u32, words).fill(POISON) };
+        crate::arch::ppc64::cache::synchronize_instructions(self.address(), self.layout.size() as u64);
         // Safety: allocated in `allocate` with this layout.
         unsafe { dealloc(self.pointer, self.layout) };
     }

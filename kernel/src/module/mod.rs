@@ -7,6 +7,7 @@
 //! kernel calls through stubs that keep r2), flush the instruction cache, then
 //! add and enable its patch. Every failure frees what was allocated and
 //! leaves the kernel as it was.
+pub mod busy;
 pub mod channel;
 pub mod embedded;
 mod memory;
@@ -18,6 +19,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use memory::ModuleMemory;
+pub use memory::POISON;
 use portable::module::{self, LinkedModule, ModuleError};
 
 /// The public half of the project's signing key (xtask generates the pair).
@@ -54,7 +56,7 @@ impl fmt::Display for LoadError {
             LoadError::AlreadyLoaded(name) => write!(formatter, "a patch named '{name}' is already loaded"),
             LoadError::NotLoaded(name) => write!(formatter, "no module named '{name}' is loaded"),
             LoadError::Busy(name) => {
-                write!(formatter, "module '{name}' is in use: a thread is inside a replacement; try again")
+                write!(formatter, "module '{name}' is in use: a thread is running or will return into its code (its patch is disabled now); try again")
             }
             LoadError::Livepatch(error) => write!(formatter, "{error}"),
         }
@@ -118,25 +120,55 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
     Ok(Patch { name: linked.description.name.clone(), objects: alloc::vec![Object { module: None, functions }] })
 }
 
-/// Disables a module's patch and frees it. Refused while any thread is
-/// inside a replacement (its livepatch stack is not empty).
+/// How long `unload` waits for the threads inside a module to leave it.
+pub const UNLOAD_WAIT_MILLISECONDS: u64 = 50;
+
+/// Disables a module's patch, waits until no thread is inside the module,
+/// and frees its memory.
+///
+/// First the patch is disabled (with preemption off; the window in which a
+/// thread has chosen a replacement but not yet entered it is not preemptible,
+/// so no thread is in it): from then on no call reaches the module. Then,
+/// for up to `UNLOAD_WAIT_MILLISECONDS`, it checks with preemption off
+/// whether any thread that can still run is inside this module
+/// (`busy::inside`: a return address, a saved NIP or a livepatch return
+/// target in its memory); other modules, built-in patches and dead threads do
+/// not count. If one still is, it returns `Busy`, leaving the patch disabled
+/// and the module loaded: unloading again retries. Otherwise the module is
+/// removed, and its memory freed (poisoned first) only after a grace period
+/// (`thread::synchronize`): a caller handed a pointer into the module just
+/// before, and preempted before using it, gets its time slice first. The
+/// rule for patch authors is still to return copies (docs/modules.md).
 pub fn unload(name: &str) -> Result<(), LoadError> {
-    let _preempt = crate::thread::preempt_disable();
-    let position = MODULES
-        .lock()
-        .iter()
-        .position(|module| module.name == name)
-        .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
-    if crate::thread::snapshot().iter().any(|thread| thread.livepatch_depth != 0) {
-        return Err(LoadError::Busy(String::from(name)));
-    }
-    match livepatch::disable(name) {
-        Ok(()) | Err(LivepatchError::NotEnabled(_)) => {}
-        Err(error) => return Err(LoadError::Livepatch(error)),
-    }
-    livepatch::remove(name).map_err(LoadError::Livepatch)?;
-    let module = MODULES.lock().remove(position);
+    let deadline = crate::arch::ppc64::registers::timebase() + crate::time::milliseconds_to_timebase(UNLOAD_WAIT_MILLISECONDS);
+    let module = loop {
+        {
+            let _preempt = crate::thread::preempt_disable();
+            let memory = MODULES
+                .lock()
+                .iter()
+                .find(|module| module.name == name)
+                .map(|module| module.memory.address()..module.memory.address() + module.memory.size() as u64)
+                .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
+            // Again on every round: another thread may have enabled it meanwhile.
+            match livepatch::disable(name) {
+                Ok(()) | Err(LivepatchError::NotEnabled(_)) => {}
+                Err(error) => return Err(LoadError::Livepatch(error)),
+            }
+            if !busy::inside(memory) {
+                livepatch::remove(name).map_err(LoadError::Livepatch)?;
+                let mut modules = MODULES.lock();
+                let position = modules.iter().position(|module| module.name == name).expect("found above, preemption off since");
+                break modules.remove(position);
+            }
+        }
+        if crate::arch::ppc64::registers::timebase() >= deadline {
+            return Err(LoadError::Busy(String::from(name)));
+        }
+        crate::thread::sleep_milliseconds(1);
+    };
     crate::debug::module_unloaded(module.memory.address());
+    crate::thread::synchronize();
     drop(module);
     crate::debug::klp_debug_module_event();
     Ok(())
@@ -145,6 +177,11 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
 /// Names, addresses and sizes of the loaded modules' sections, for `klp list` and gdb.
 pub fn summaries() -> Vec<(String, u64, usize, u64)> {
     MODULES.lock().iter().map(|module| (module.name.clone(), module.memory.address(), module.memory.size(), module.linked.toc)).collect()
+}
+
+/// Whether `address` lies in the memory of a loaded module.
+pub fn contains(address: u64) -> bool {
+    MODULES.lock().iter().any(|module| (module.memory.address()..module.memory.address() + module.memory.size() as u64).contains(&address))
 }
 
 /// The TOC pointer of a loaded module.

@@ -407,15 +407,32 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
     static DONE: AtomicU64 = AtomicU64::new(0);
     static WRONG: AtomicU64 = AtomicU64::new(0);
     static CALLS: AtomicU64 = AtomicU64::new(0);
-    DONE.store(0, Ordering::SeqCst);
+    static OLD: AtomicU64 = AtomicU64::new(0);
+    static NEW: AtomicU64 = AtomicU64::new(0);
+    static FROM_MODULE: AtomicU64 = AtomicU64::new(0);
+    for counter in [&DONE, &WRONG, &CALLS, &OLD, &NEW, &FROM_MODULE] {
+        counter.store(0, Ordering::SeqCst);
+    }
+    let original_greeting = crate::shell::greeting();
     let workers: Vec<_> = (0..4u64)
         .map(|worker| {
             thread::spawn("caller", move || {
                 let mut value = worker;
                 while DONE.load(Ordering::SeqCst) == 0 {
-                    value = value.wrapping_add(7) % 1000;
+                    value = value.wrapping_add(7) % 1000 + 1;
                     let result = contended_original(black_box(value));
-                    if result != value * 2 && result != value * 3 {
+                    if result == value * 2 {
+                        OLD.fetch_add(1, Ordering::SeqCst);
+                    } else if result == value * 3 {
+                        NEW.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        WRONG.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // The function the greeting module replaces, loaded and unloaded meanwhile.
+                    let text = crate::shell::greeting();
+                    if text == "hello from the greeting patch module" {
+                        FROM_MODULE.fetch_add(1, Ordering::SeqCst);
+                    } else if text != original_greeting {
                         WRONG.fetch_add(1, Ordering::SeqCst);
                     }
                     CALLS.fetch_add(1, Ordering::SeqCst);
@@ -434,12 +451,19 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
         }],
     })
     .unwrap();
-    let toggler = thread::spawn("toggler", || {
+    let greeting = crate::module::embedded::find("greeting").expect("the test kernel embeds the samples");
+    let toggler = thread::spawn("toggler", move || {
         crate::time::set_jitter(0x9e37_79b9_7f4a_7c15);
-        for _ in 0..500 {
+        for round in 0..500 {
             livepatch::enable("contended").unwrap();
+            if round % 10 == 0 {
+                crate::module::load(greeting).expect("the greeting module loads");
+            }
             thread::yield_now();
             livepatch::disable("contended").unwrap();
+            if round % 10 == 0 {
+                crate::module::unload("greeting").expect("the greeting module unloads");
+            }
             thread::yield_now();
         }
         crate::time::set_jitter(0);
@@ -451,8 +475,12 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
         assert_eq!(worker.join(), ExitStatus::Returned);
     }
     livepatch::remove("contended").unwrap();
+    let (old, new, from_module) = (OLD.load(Ordering::SeqCst), NEW.load(Ordering::SeqCst), FROM_MODULE.load(Ordering::SeqCst));
     assert_eq!(WRONG.load(Ordering::SeqCst), 0);
     assert!(CALLS.load(Ordering::SeqCst) > 1000, "{} calls", CALLS.load(Ordering::SeqCst));
+    assert!(old > 0 && new > 0, "both the original and the replacement ran: {old} old, {new} new");
+    assert!(from_module > 0, "the module's replacement ran");
+    assert!(crate::module::summaries().is_empty());
     assert!(thread::snapshot().iter().all(|summary| summary.livepatch_depth == 0));
 }
 

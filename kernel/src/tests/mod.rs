@@ -12,3 +12,4 @@ mod memory;
 mod modules;
 mod stack;
 mod threads;
+mod unload;

@@ -98,3 +98,39 @@ fn preempt_disable_holds_off_other_threads() {
     assert_eq!(handle.join(), ExitStatus::Returned);
     assert!(moved > 0, "the other thread runs again once preemption is enabled");
 }
+
+#[ktest]
+fn a_thread_a_tick_switches_to_after_it_yielded_keeps_its_time_slice() {
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    static EXTRA: AtomicU64 = AtomicU64::new(0);
+    DONE.store(0, Ordering::SeqCst);
+    EXTRA.store(0, Ordering::SeqCst);
+    // Never yields: only a tick takes the CPU from it, and that tick switches to the yielder.
+    let spinner = thread::spawn("spinner", || {
+        while DONE.load(Ordering::SeqCst) == 0 {
+            core::hint::spin_loop();
+        }
+    })
+    .unwrap();
+    let spinner_id = spinner.id;
+    let spinner_switches = move || {
+        thread::snapshot().iter().find(|summary| summary.id == spinner_id).map_or(0, |summary| summary.switches)
+    };
+    let yielder = thread::spawn("yielder", move || {
+        for _ in 0..5 {
+            let before = spinner_switches();
+            // The spinner runs until a tick switches back here. The decrementer
+            // is still expired then: unless the tick re-armed it before
+            // switching, this thread takes another tick at once and the
+            // spinner gets a second slice before this one has run at all.
+            thread::yield_now();
+            EXTRA.fetch_add(spinner_switches() - before - 1, Ordering::SeqCst);
+        }
+        DONE.store(1, Ordering::SeqCst);
+    })
+    .unwrap();
+    assert_eq!(yielder.join(), ExitStatus::Returned);
+    DONE.store(1, Ordering::SeqCst);
+    assert_eq!(spinner.join(), ExitStatus::Returned);
+    assert_eq!(EXTRA.load(Ordering::SeqCst), 0, "slices the spinner got in place of the yielder");
+}

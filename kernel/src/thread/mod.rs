@@ -4,7 +4,9 @@ mod scheduler;
 mod stack;
 
 pub use info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, current_thread_info, initialise_emergency};
-pub use scheduler::{State, current_id, init, kill_current, sleep_milliseconds, snapshot, spawn, timer_tick};
+pub use scheduler::{
+    State, current_id, init, kill_current, live_stacks, sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
+};
 // Used by the in-kernel tests.
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use {

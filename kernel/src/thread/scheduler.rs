@@ -497,3 +497,60 @@ pub fn snapshot() -> Vec<ThreadSummary> {
             .collect()
     })
 }
+
+/// The stack base and stack pointer of every thread that can still run: the
+/// caller's own r1 for the current thread, the r1 `switch_context` saved for
+/// the others. Dead threads are left out: they never run again, so whatever
+/// their stacks still hold (a killed thread's livepatch frames, return
+/// addresses into a module) refers to nothing in use.
+pub fn live_stacks(current_stack_pointer: u64) -> Vec<(u64, u64)> {
+    with_scheduler(|scheduler| {
+        scheduler
+            .threads
+            .iter()
+            .filter(|(_, thread)| !matches!(thread.state, State::Dead(_)))
+            .map(|(&id, thread)| {
+                // Safety: every live thread's stack base holds its thread_info.
+                let saved = unsafe { (*(thread.stack_base as *const ThreadInfo)).saved_stack_pointer };
+                (thread.stack_base, if id == scheduler.current { current_stack_pointer } else { saved })
+            })
+            .collect()
+    })
+}
+
+/// Waits for a grace period, RCU style: returns once every other thread
+/// that was ready to run when it was called has been switched in again
+/// since, has blocked, or has ended. The idle thread is not waited for.
+///
+/// A thread switched out by the timer may be anywhere, including between
+/// receiving a pointer and using it; after the grace period it has had a
+/// time slice to finish with it. What it guarantees exactly: a value
+/// published before the call (a module's memory, a table) and no longer
+/// reachable for new readers is no longer used by a reader that holds it
+/// across at most one preemption or yield. Callers: `module::unload`, before
+/// it frees a module's memory.
+pub fn synchronize() {
+    let waiting: Vec<(u64, u64)> = with_scheduler(|scheduler| {
+        scheduler
+            .threads
+            .iter()
+            .filter(|&(&id, thread)| {
+                id != scheduler.current && id != scheduler.idle && matches!(thread.state, State::Ready | State::Running)
+            })
+            .map(|(&id, thread)| (id, thread.switches))
+            .collect()
+    });
+    loop {
+        let pending = with_scheduler(|scheduler| {
+            waiting.iter().any(|(id, switches)| {
+                scheduler.threads.get(id).is_some_and(|thread| {
+                    matches!(thread.state, State::Ready | State::Running) && thread.switches == *switches
+                })
+            })
+        });
+        if !pending {
+            return;
+        }
+        yield_now();
+    }
+}

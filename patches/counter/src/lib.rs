@@ -18,7 +18,8 @@ klp_patch::klp_patch!(name = "counter", replace = ["kernel::shell::greeting" => 
 /// How often the replacement ran: module data, reached through the module's TOC.
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// What the replacement returns: a `&'static str` stored in a module static.
+/// What the replacement returns, as a kernel-owned copy (`kernel::intern`):
+/// the caller may still hold it after this module is unloaded.
 static GREETING: &str = "hello from the counter patch module";
 
 /// The line printed on each call, formatted in module memory.
@@ -56,7 +57,7 @@ pub fn counter_greeting() -> &'static str {
         kernel::print(line.written());
         LINE.busy.store(0, Ordering::Release);
     }
-    GREETING
+    kernel::intern(GREETING)
 }
 
 /// Appends text and decimal numbers to a byte buffer, dropping what does not fit.

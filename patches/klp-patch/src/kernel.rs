@@ -13,8 +13,20 @@ unsafe extern "C" {
     pub fn klp_thread_id() -> u64;
     /// Records the r2 (TOC pointer) a replacement saw; the kernel's tests check it.
     pub fn klp_report_toc(toc: u64);
+    /// A kernel-owned copy of `length` bytes at `bytes`, never freed (equal texts share one).
+    pub fn klp_intern_text(bytes: *const u8, length: usize) -> *const u8;
     /// A kernel static a module may read.
     pub static klp_kernel_version: u64;
+}
+
+/// `text` copied into kernel memory that outlives this module. What a
+/// replacement returns must not point into the module: its memory is freed
+/// when it is unloaded, while the caller may still hold the result.
+#[inline(always)]
+pub fn intern(text: &str) -> &'static str {
+    // Safety: the kernel returns a copy of exactly these `text.len()` bytes
+    // (so valid UTF-8), which it never frees or changes.
+    unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(klp_intern_text(text.as_ptr(), text.len()), text.len())) }
 }
 
 /// Prints `text` to the console.

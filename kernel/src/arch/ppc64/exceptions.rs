@@ -180,6 +180,8 @@ exception_common:
     ld      2, {percpu_toc}(13)           # r2 = kernel TOC
     addi    3, 1, {regs}                  # r3 = &regs
     bl      {dispatch}                    # exception_dispatch(&mut regs)
+    .globl exception_dispatch_return
+exception_dispatch_return:                # in the LR slot of every InterruptFrame below a running handler
 
     li      0, 0
     mtmsrd  0, 1                          # MSR[RI] = 0 while SRR0/1 are live
@@ -241,4 +243,15 @@ exception_common:
 unsafe extern "C" {
     /// The common exception entry (assembly above); vector slots branch here.
     pub fn exception_common();
+    /// Where `exception_dispatch` returns to: the value its prologue saves in
+    /// the LR slot of the `InterruptFrame`, which is how a stack walk
+    /// recognises that frame.
+    pub static exception_dispatch_return: u8;
+}
+
+/// Whether a stack frame whose LR save slot holds `saved_link` is an
+/// `InterruptFrame` (and so holds the interrupted context's `PtRegs`).
+#[macros::notrace]
+pub fn is_interrupt_frame(saved_link: u64) -> bool {
+    saved_link == &raw const exception_dispatch_return as u64
 }

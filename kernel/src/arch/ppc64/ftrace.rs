@@ -262,8 +262,10 @@ unsafe extern "C" {
 const WALK_FRAMES: usize = 64;
 
 /// Whether the interrupted context (its nip, LR and r1) is inside ftrace:
-/// in a stub, in a handler called from one, or in the graph tracer's return
-/// path. The timer does not preempt such a context, so no thread is ever
+/// in a stub, in a handler called from one, in the graph tracer's return
+/// path, or in `livepatch_handler` before it calls the replacement (the
+/// stub's handler chose C and C's address is only in r11/CTR:
+/// `livepatch::entering`). The timer does not preempt such a context, so no thread is ever
 /// parked in a handler (unregistering relies on it) or half way through a
 /// ring buffer write; it costs the traced call nothing. Handlers are found by
 /// the return addresses of the stubs' calls in LR or in a frame's LR slot
@@ -271,7 +273,7 @@ const WALK_FRAMES: usize = 64;
 #[notrace]
 pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     let stubs = &raw const ftrace_stubs_start as u64..&raw const ftrace_stubs_end as u64;
-    if stubs.contains(&nip) {
+    if stubs.contains(&nip) || super::livepatch::entering(nip) {
         return true;
     }
     let returns = [

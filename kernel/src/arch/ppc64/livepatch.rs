@@ -40,6 +40,8 @@ unsafe extern "C" {
     pub static livepatch_handler_end: u8;
     /// Where this call's livepatch frame exists, for debuggers (gdb/kernel.py).
     pub static livepatch_handler_windows: LivepatchHandlerWindows;
+    /// Where C returns to in it: the instruction after its `bctrl`.
+    pub static livepatch_handler_call_return: u8;
 }
 
 /// Offsets from `livepatch_handler` of the stretch in which the call's own
@@ -53,6 +55,21 @@ unsafe extern "C" {
 pub struct LivepatchHandlerWindows {
     pub pushed: u64,
     pub popped: u64,
+}
+
+/// Whether `nip` lies in `livepatch_handler` before C is called: from its
+/// first instruction up to and including the `bctrl`. There C's address is
+/// only in r11 or CTR, and for the first five instructions the livepatch
+/// frame is not even pushed, so nothing on the thread's stacks shows that it
+/// is about to run module code. The timer does not preempt there (see
+/// `ftrace::in_ftrace`): a thread is switched out either before
+/// `ftrace_caller`'s handler chose C (and then chooses again when it
+/// resumes) or inside C (and then its saved NIP or a return address shows
+/// it), never in between. Unloading relies on it.
+#[macros::notrace]
+#[inline(always)]
+pub fn entering(nip: u64) -> bool {
+    (livepatch_handler as *const () as u64..&raw const livepatch_handler_call_return as u64).contains(&nip)
 }
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
@@ -72,10 +89,18 @@ core::arch::global_asm!(
     # the livepatch frame popped; r0, r11, r12, CTR clobbered; r1 unchanged.
     # Traps (BUG) when the livepatch stack would come within
     # LIVEPATCH_STACK_MARGIN of r1, and when a frame's marker was overwritten.
+    # Preemption: from the first instruction up to and including the bctrl
+    # the timer never switches this thread out (`entering`, asked by
+    # in_ftrace): C's address is only in r11/CTR there, and unloading C's
+    # module relies on no switched-out thread holding it like that (a tick
+    # is deferred 20 us; a BUG trap kills the thread, whose frames then no
+    # longer count). After the bctrl a tick may preempt anywhere: C's NIP,
+    # return addresses into C and the frame's link (into A) are what
+    # module::busy reads (docs/livepatch.md, "Unloading").
     .globl livepatch_handler
     .type livepatch_handler, @function
 livepatch_handler:
-    mtctr   11                        # CTR = C's global entry
+    mtctr   11                        # CTR = C's global entry (no frame yet: not preemptible)
     clrrdi  12, 1, {thread_shift}     # r12 = thread_info (CURRENT_THREAD_INFO from r1)
     ld      11, {livepatch_sp}(12)    # r11 = livepatch stack top
     addi    11, 11, {frame}           # r11 = top after pushing one frame
@@ -84,15 +109,17 @@ livepatch_handler:
     // BUG: the livepatch stack would meet the normal stack (trap if r0 >= r1, unsigned).
     "1: tdlge 0, 1", concat!("bug_entry 1b, \"", file!(), "\", ", line!()),
     r#"
-    std     11, {livepatch_sp}(12)    # livepatch_sp += frame
+    std     11, {livepatch_sp}(12)    # livepatch_sp += frame (fields filled below, still not preemptible)
     std     2, {toc}-{frame}(11)      # frame.toc = A's TOC
-    mflr    0
-    std     0, {link}-{frame}(11)     # frame.link = return address into A
+    mflr    0                         # r0 = LR = return address into A
+    std     0, {link}-{frame}(11)     # frame.link = return address into A (A's module is busy from here)
     ld      0, {magic}(13)            # r0 = STACK_END_MAGIC (per-CPU copy: one load)
     std     0, {marker}-{frame}(11)   # frame.marker = STACK_END_MAGIC
 .Llivepatch_handler_pushed:           # from here the frame is complete (see LivepatchHandlerWindows)
     mfctr   12                        # r12 = C's global entry
-    bctrl                             # C(arguments); r1 untouched, A's frame intact
+    bctrl                             # C(arguments); r1 untouched, A's frame intact; preemptible in C
+    .globl livepatch_handler_call_return
+livepatch_handler_call_return:        # NIP before this label: not preemptible (see `entering`)
 
     # Back from C: r3/r4 = results; r2 = C's TOC or anything; r0, r11, r12 free.
     clrrdi  12, 1, {thread_shift}     # r12 = thread_info
@@ -103,8 +130,8 @@ livepatch_handler:
     // BUG: the frame's marker was overwritten while C ran.
     "2: tdne 0, 2", concat!("bug_entry 2b, \"", file!(), "\", ", line!()),
     r#"
-    ld      0, {link}-{frame}(11)
-    mtlr    0                         # LR = return address into A
+    ld      0, {link}-{frame}(11)     # r0 = frame.link
+    mtlr    0                         # LR = return address into A (an interrupt frame keeps it: still busy)
     ld      2, {toc}-{frame}(11)      # r2 = A's TOC
     addi    11, 11, -{frame}
     std     11, {livepatch_sp}(12)    # livepatch_sp -= frame

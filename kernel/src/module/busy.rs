@@ -1,0 +1,114 @@
+//! Whether any thread is inside a module: the code addresses each live thread may still return or resume to.
+//!
+//! Per module, not per thread: a thread is inside module M when one of these
+//! addresses lies in M's memory:
+//! - the return address of every frame on its normal stack (the LR save
+//!   slots along the back chain), and for a thread the timer interrupted, the
+//!   NIP and LR saved in its `InterruptFrame`;
+//! - the return target (`link`) of every frame on its livepatch stack: a
+//!   replacement running on behalf of a caller in M returns into M;
+//! - every hooked return address on its function-graph return stack.
+//!
+//! The replacement address "in flight" (in r11 or CTR between
+//! `ftrace_caller` and `livepatch_handler`'s `bctrl`) is never seen in a
+//! thread that is switched out: that window is not preemptible
+//! (`livepatch::entering`). Should the timer ever stop there anyway, the
+//! interrupted r11 and CTR are counted as well and the event is recorded in
+//! `PARKED_ENTERING`, which tests require to stay 0.
+//!
+//! Dead threads are not looked at (they never run again), nor is a frame
+//! that lies outside its thread's stack. The innermost frame of each walk
+//! (the scanning function's own, or `switch_context`'s) and the frame just
+//! above an interrupt frame have LR slots their owners have not written yet;
+//! they are skipped, the interrupted NIP and LR stand for them.
+use crate::arch::ppc64::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
+use crate::arch::ppc64::livepatch::{LivepatchFrame, entering};
+use crate::arch::ppc64::registers::stack_pointer;
+use crate::thread::{self, LIVEPATCH_STACK_OFFSET, ThreadInfo};
+use crate::trace::graph::{RETURN_STACK_DEPTH, ReturnStack};
+use boot::{LINK_SAVE, THREAD_SIZE};
+use core::mem::{offset_of, size_of};
+use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::notrace;
+
+/// Times a scan found a thread switched out inside `livepatch_handler` before
+/// its call of the replacement (it must never happen; tests check it).
+pub static PARKED_ENTERING: AtomicU64 = AtomicU64::new(0);
+
+/// Whether any thread that can still run holds a code address inside `memory`.
+/// Call with preemption disabled, so that no thread moves while it looks.
+pub fn inside(memory: Range<u64>) -> bool {
+    let mut found = false;
+    for (base, stack_pointer) in thread::live_stacks(stack_pointer()) {
+        code_addresses(base, stack_pointer, &mut |address| found |= memory.contains(&address));
+    }
+    found
+}
+
+/// Calls `visit` with every code address the thread whose stack starts at
+/// `base`, with r1 = `stack_pointer`, may still return or resume to.
+#[notrace]
+fn code_addresses(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
+    // Safety: `base` is a live thread's stack base, holding its thread_info.
+    let info = unsafe { &*(base as *const ThreadInfo) };
+    livepatch_links(base, info.livepatch_sp, visit);
+    if info.graph_stack != 0 {
+        // Safety: thread_info.graph_stack points at the thread's own return stack.
+        let returns = unsafe { &*(info.graph_stack as *const ReturnStack) };
+        let depth = (info.graph_depth as usize).min(RETURN_STACK_DEPTH);
+        returns.0.iter().take(depth).for_each(|entry| visit(entry.return_address));
+    }
+    stack_frames(base, stack_pointer, visit);
+}
+
+/// The `link` of every frame on the livepatch stack between its start and `top`.
+#[notrace]
+fn livepatch_links(base: u64, top: u64, visit: &mut dyn FnMut(u64)) {
+    let frame_size = size_of::<LivepatchFrame>() as u64;
+    let mut frame = base + LIVEPATCH_STACK_OFFSET as u64;
+    while frame + frame_size <= top && top <= base + THREAD_SIZE as u64 {
+        // Safety: between the livepatch stack's start and its top, inside the stack.
+        visit(unsafe { (*(frame as *const LivepatchFrame)).link });
+        frame += frame_size;
+    }
+}
+
+/// The return addresses along the back chain from `stack_pointer`, and the
+/// saved NIP and LR of every interrupt frame on the way.
+#[notrace]
+fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
+    let high = base + THREAD_SIZE as u64;
+    let link_slot = LINK_SAVE as u64;
+    let regs_offset = offset_of!(InterruptFrame, regs) as u64;
+    let mut frame = stack_pointer;
+    let mut link_written = false;
+    for _ in 0..THREAD_SIZE / 32 {
+        if frame < base || frame + link_slot + 8 > high || frame % 16 != 0 {
+            return;
+        }
+        // Safety: inside the thread's stack, checked above.
+        let (back_chain, link) = unsafe { (*(frame as *const u64), *((frame + link_slot) as *const u64)) };
+        if link_written {
+            visit(link);
+        }
+        link_written = true;
+        if is_interrupt_frame(link) && frame + regs_offset + size_of::<PtRegs>() as u64 <= high {
+            // Safety: an InterruptFrame inside the stack, checked above.
+            let regs = unsafe { &*((frame + regs_offset) as *const PtRegs) };
+            visit(regs.nip);
+            visit(regs.link);
+            if entering(regs.nip) {
+                PARKED_ENTERING.fetch_add(1, Ordering::Relaxed);
+                visit(regs.gpr[11]);
+                visit(regs.ctr);
+            }
+            // The interrupted function may not have written its frame's LR slot yet.
+            link_written = false;
+        }
+        if back_chain <= frame {
+            return;
+        }
+        frame = back_chain;
+    }
+}

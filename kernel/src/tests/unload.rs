@@ -1,0 +1,430 @@
+//! Tests of module unloading under concurrency: the window at `livepatch_handler`'s entry, per-module busy checks, the grace period.
+use crate::arch::ppc64::livepatch::livepatch_handler;
+use crate::livepatch::{self, Function, Object, Patch};
+use crate::module::{self, LoadError};
+use crate::thread::{self, ExitStatus};
+use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use boot::PerCpu;
+use core::hint::black_box;
+use core::mem::offset_of;
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::{ktest, livepatchable, notrace};
+
+fn embedded(name: &str) -> &'static [u8] {
+    module::embedded::find(name).expect("xtask builds the sample modules into the test kernel")
+}
+
+/// What `kernel::shell::greeting` returns without a patch, and with the counter module.
+const ORIGINAL_GREETING: &str = "hello from the original kernel";
+const COUNTER_GREETING: &str = "hello from the counter patch module";
+
+/// Adds and enables a kernel patch replacing `old_name` by `new_address`.
+fn enable_kernel_patch(name: &str, old_name: &str, new_address: u64) {
+    let functions = vec![Function { old_name: String::from(old_name), old_position: None, new_address }];
+    livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] }).expect("adds");
+    livepatch::enable(name).expect("enables");
+}
+
+/// Disables and removes a kernel patch.
+fn retire(name: &str) {
+    livepatch::disable(name).expect("enabled");
+    livepatch::remove(name).expect("disabled");
+}
+
+/// Unloads `name`, retrying while it is busy; returns how often it was busy.
+fn unload_when_idle(name: &str) -> u64 {
+    let mut busy = 0;
+    loop {
+        match module::unload(name) {
+            Ok(()) => return busy,
+            Err(LoadError::Busy(_)) => {
+                busy += 1;
+                thread::yield_now();
+            }
+            Err(other) => panic!("unload {name}: {other}"),
+        }
+    }
+}
+
+// ---- 1. The window between ftrace_caller and the push ---------------------------
+
+core::arch::global_asm!(
+    r#"
+    .text
+    # unload_test_tick_probe: a way into livepatch_handler with a timer tick pending.
+    #
+    # On entry: exactly as livepatch_handler (r11 = C's global entry, LR = r0 =
+    # the return address into A, r1 = A's stack pointer, r2-r10 as at B's
+    # entry); r12 and CTR free.
+    # Makes a decrementer interrupt pending with MSR[EE] off, then enters
+    # livepatch_handler by rfid with EE on, so the tick is taken with NIP =
+    # livepatch_handler: the worst moment, C's address only in r11.
+    # On exit: at livepatch_handler, every register but r0, r12 and CR0 as
+    # on entry (all free there); SRR0 and SRR1 clobbered.
+    .globl unload_test_tick_probe
+    .type unload_test_tick_probe, @function
+unload_test_tick_probe:
+    li      12, {msr_ri}
+    mtmsrd  12, 1                     # MSR[EE] = 0, RI stays 1
+    li      12, 3
+    mtdec   12                        # DEC = 3: expires at once, as a tick does (one interrupt)
+    mftb    0
+    addis   0, 0, 1                   # r0 = timebase + 65536 (128 us)
+1:  mftb    12
+    cmpld   12, 0
+    blt     1b                        # wait with EE = 0 until QEMU has raised the tick
+    ld      12, {percpu_toc}(13)      # r12 = kernel TOC
+    addis   12, 12, livepatch_handler@toc@ha
+    addi    12, 12, livepatch_handler@toc@l     # r12 = livepatch_handler
+    mtsrr0  12                        # SRR0 = livepatch_handler
+    mfmsr   12
+    ori     12, 12, {msr_ee}          # r12 = this MSR with EE on
+    mtsrr1  12                        # SRR1 = r12
+    rfid                              # to livepatch_handler, EE on: the tick is taken there
+    .size unload_test_tick_probe, . - unload_test_tick_probe
+    "#,
+    msr_ri = const 2,
+    msr_ee = const 0x8000,
+    percpu_toc = const offset_of!(PerCpu, toc),
+);
+
+unsafe extern "C" {
+    fn unload_test_tick_probe();
+}
+
+/// Calls the probe diverted into `unload_test_tick_probe`.
+static PROBED_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs after the livepatch handler on `kernel::shell::greeting`: a call it
+/// sent to `livepatch_handler` goes through the probe instead.
+#[notrace]
+extern "C" fn divert_through_tick_probe(_ip: u64, _parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
+    if regs.regs.nip == livepatch_handler as *const () as u64 {
+        regs.regs.nip = unload_test_tick_probe as *const () as u64;
+        PROBED_CALLS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+static TICK_PROBE: FtraceOps = FtraceOps::new("unload-tick-probe", divert_through_tick_probe, OpsFlags::RECURSION_SAFE);
+
+/// Patched for the length of a test so that the livepatch ops stays first
+/// in the ftrace list (it is unregistered whenever no patch is enabled).
+#[livepatchable]
+fn anchor_original() -> u64 {
+    black_box(1)
+}
+
+#[inline(never)]
+fn anchor_replacement() -> u64 {
+    black_box(2)
+}
+
+#[ktest]
+fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_freed_code() {
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    DONE.store(0, Ordering::SeqCst);
+    WRONG.store(0, Ordering::SeqCst);
+    CALLS.store(0, Ordering::SeqCst);
+    PROBED_CALLS.store(0, Ordering::SeqCst);
+    enable_kernel_patch("unload-anchor", "kernel::tests::unload::anchor_original", anchor_replacement as *const () as u64);
+    trace::register(&TICK_PROBE, Filter::Names(&["kernel::shell::greeting"])).expect("the probe registers");
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            thread::spawn("greeter", || {
+                while DONE.load(Ordering::SeqCst) == 0 {
+                    let text = crate::shell::greeting();
+                    if text != ORIGINAL_GREETING && text != COUNTER_GREETING {
+                        WRONG.fetch_add(1, Ordering::SeqCst);
+                    }
+                    CALLS.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .expect("room for a thread")
+        })
+        .collect();
+    crate::time::set_jitter(0x2545_f491_4f6c_dd1d);
+    let mut busy = 0;
+    for _ in 0..30 {
+        module::load(embedded("counter")).expect("the counter module loads");
+        thread::sleep_milliseconds(1);
+        busy += unload_when_idle("counter");
+    }
+    crate::time::set_jitter(0);
+    DONE.store(1, Ordering::SeqCst);
+    let statuses: Vec<ExitStatus> = workers.into_iter().map(|worker| worker.join()).collect();
+    trace::unregister(&TICK_PROBE).expect("registered");
+    retire("unload-anchor");
+    crate::println!("unload test: {} calls, {} through the probe, unload busy {busy} times", CALLS.load(Ordering::SeqCst), PROBED_CALLS.load(Ordering::SeqCst));
+    assert!(statuses.iter().all(|status| *status == ExitStatus::Returned), "callers: {statuses:?}");
+    assert_eq!(module::busy::PARKED_ENTERING.load(Ordering::SeqCst), 0, "no caller was ever switched out before its call of C");
+    assert_eq!(WRONG.load(Ordering::SeqCst), 0, "every call returned one of the two greetings");
+    assert!(PROBED_CALLS.load(Ordering::SeqCst) > 30, "the probe put callers at the window");
+    assert!(module::summaries().is_empty());
+}
+
+// ---- 2. Busy per module ------------------------------------------------------------
+
+/// Threads parked in `parked_uptime_ticks`, and the flag that lets them go.
+static PARKED: AtomicU64 = AtomicU64::new(0);
+static RELEASE: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `klp_uptime_ticks` (which the counter module calls): waits,
+/// sleeping, until RELEASE is set. A thread that called it from the module
+/// has the module's code as the return target of its livepatch frame.
+#[inline(never)]
+extern "C" fn parked_uptime_ticks() -> u64 {
+    PARKED.fetch_add(1, Ordering::SeqCst);
+    while RELEASE.load(Ordering::SeqCst) == 0 {
+        thread::sleep_milliseconds(1);
+    }
+    black_box(7)
+}
+
+/// Sleeps until `count` threads are parked.
+fn wait_for_parked(count: u64) {
+    while PARKED.load(Ordering::SeqCst) < count {
+        thread::sleep_milliseconds(1);
+    }
+}
+
+/// Calls `klp_uptime_ticks` through a pointer, as a module does (its global entry).
+fn uptime_ticks_indirectly() -> u64 {
+    let function: extern "C" fn() -> u64 = black_box(crate::livepatch::api::klp_uptime_ticks);
+    function()
+}
+
+#[ktest]
+fn a_thread_inside_one_module_makes_only_that_module_busy() {
+    PARKED.store(0, Ordering::SeqCst);
+    RELEASE.store(0, Ordering::SeqCst);
+    module::load(embedded("counter")).expect("counter loads");
+    module::load(embedded("ten")).expect("ten loads");
+    enable_kernel_patch("park", "klp_uptime_ticks", parked_uptime_ticks as *const () as u64);
+    // Inside the counter module: greeting -> counter_greeting -> klp_uptime_ticks -> parked.
+    let in_module = thread::spawn("in-counter", || {
+        black_box(crate::shell::greeting());
+    })
+    .expect("room for a thread");
+    // Inside a built-in (kernel) patch only: its livepatch frame returns into the kernel.
+    let in_kernel_patch = thread::spawn("in-kernel-patch", || {
+        black_box(uptime_ticks_indirectly());
+    })
+    .expect("room for a thread");
+    wait_for_parked(2);
+    let ten = module::unload("ten");
+    let counter = module::unload("counter");
+    RELEASE.store(1, Ordering::SeqCst);
+    assert_eq!(in_module.join(), ExitStatus::Returned);
+    assert_eq!(in_kernel_patch.join(), ExitStatus::Returned);
+    retire("park");
+    let counter_after = module::unload("counter");
+    let _ = module::unload("ten");
+    assert!(ten.is_ok(), "a thread inside another module and one inside a built-in patch do not block 'ten': {ten:?}");
+    assert!(matches!(&counter, Err(LoadError::Busy(name)) if name == "counter"), "a thread really inside 'counter': {counter:?}");
+    assert!(counter_after.is_ok(), "once that thread left: {counter_after:?}");
+    assert!(module::summaries().is_empty());
+}
+
+/// Replaces `klp_uptime_ticks`: the calling thread is killed here, as a BUG
+/// or an Oops would kill it.
+#[inline(never)]
+extern "C" fn dying_uptime_ticks() -> u64 {
+    PARKED.fetch_add(1, Ordering::SeqCst);
+    thread::kill_current("killed inside a replacement on purpose");
+}
+
+#[ktest]
+fn a_thread_killed_inside_a_module_does_not_keep_it_loaded() {
+    PARKED.store(0, Ordering::SeqCst);
+    module::load(embedded("counter")).expect("counter loads");
+    enable_kernel_patch("die", "klp_uptime_ticks", dying_uptime_ticks as *const () as u64);
+    let victim = thread::spawn("killed-in-counter", || {
+        black_box(crate::shell::greeting());
+    })
+    .expect("room for a thread");
+    wait_for_parked(1);
+    thread::sleep_milliseconds(5);
+    // Dead but not joined: its stack, livepatch frames included, is still there.
+    let unloaded = module::unload("counter");
+    retire("die");
+    assert_eq!(victim.join(), ExitStatus::Killed("killed inside a replacement on purpose"));
+    assert!(unloaded.is_ok(), "a dead thread's frames do not count: {unloaded:?}");
+    assert!(module::summaries().is_empty());
+}
+
+// ---- 3. The grace period -------------------------------------------------------------
+
+#[ktest]
+fn module_memory_outlives_a_reader_that_holds_a_pointer_across_one_switch() {
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    static CHANGED: AtomicU64 = AtomicU64::new(0);
+    static READS: AtomicU64 = AtomicU64::new(0);
+    DONE.store(0, Ordering::SeqCst);
+    CHANGED.store(0, Ordering::SeqCst);
+    READS.store(0, Ordering::SeqCst);
+    let reader = thread::spawn("module-reader", || {
+        while DONE.load(Ordering::SeqCst) == 0 {
+            // A pointer into the module, taken while it is loaded ...
+            let Some((_, address, _, _)) = module::summaries().into_iter().find(|(name, ..)| name == "greeting") else {
+                thread::yield_now();
+                continue;
+            };
+            // Safety: the module is loaded now; the word is inside its block.
+            let before = unsafe { (address as *const u64).read_volatile() };
+            // ... held across one context switch, then used again.
+            thread::yield_now();
+            // Safety: what the test checks: the block is still the module's.
+            let after = unsafe { (address as *const u64).read_volatile() };
+            if after != before {
+                CHANGED.fetch_add(1, Ordering::SeqCst);
+            }
+            READS.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .expect("room for a thread");
+    for _ in 0..50 {
+        module::load(embedded("greeting")).expect("greeting loads");
+        thread::yield_now();
+        module::unload("greeting").expect("nobody runs the greeting module's code");
+        thread::yield_now();
+    }
+    DONE.store(1, Ordering::SeqCst);
+    assert_eq!(reader.join(), ExitStatus::Returned);
+    assert!(READS.load(Ordering::SeqCst) > 10, "{} reads", READS.load(Ordering::SeqCst));
+    assert_eq!(CHANGED.load(Ordering::SeqCst), 0, "module memory was freed (poisoned) under a reader");
+}
+
+// ---- 4. What the scan reads: an interrupted NIP, a return address on the stack ----------
+
+core::arch::global_asm!(
+    r#"
+    .text
+    # unload_test_return_with_tick: stands in for klp_uptime_ticks (a
+    # NIP-changing ftrace handler sends the call here).
+    #
+    # On entry (from ftrace_caller): LR = r0 = the return address into the
+    # caller (module code here); no arguments; r12 and CTR free.
+    # Returns 7 to the caller with a decrementer tick pending, so the tick is
+    # taken at the return address: the thread is switched out with NIP in
+    # the module, and LR pointing at the rfid below, not into the module.
+    # On exit: r3 = 7; r0, r12, CR0, LR, SRR0, SRR1 clobbered.
+    .globl unload_test_return_with_tick
+    .type unload_test_return_with_tick, @function
+unload_test_return_with_tick:
+    li      3, 7                      # r3 = the result
+    mflr    12
+    mtsrr0  12                        # SRR0 = the return address into the caller
+    li      12, {msr_ri}
+    mtmsrd  12, 1                     # MSR[EE] = 0, RI stays 1
+    li      12, 3
+    mtdec   12                        # DEC = 3: expires at once, as a tick does (one interrupt)
+    mftb    0
+    addis   0, 0, 1                   # r0 = timebase + 65536 (128 us)
+2:  mftb    12
+    cmpld   12, 0
+    blt     2b                        # wait with EE = 0 until QEMU has raised the tick
+    mfmsr   12
+    ori     12, 12, {msr_ee}          # r12 = this MSR with EE on
+    mtsrr1  12                        # SRR1 = r12
+    bl      1f                        # LR = the rfid: no module address left in LR
+1:  rfid                              # return, EE on: the tick is taken at the return address
+    .size unload_test_return_with_tick, . - unload_test_return_with_tick
+    "#,
+    msr_ri = const 2,
+    msr_ee = const 0x8000,
+);
+
+unsafe extern "C" {
+    fn unload_test_return_with_tick() -> u64;
+}
+
+/// Where the probe on the kernel exports the counter module calls sends the call: 1 = return with a
+/// tick pending, 2 = park in `parked_in_kernel`.
+static DIVERSION: AtomicU64 = AtomicU64::new(0);
+/// Calls the probe diverted.
+static DIVERTED: AtomicU64 = AtomicU64::new(0);
+
+/// Stands in for `klp_uptime_ticks`, entered as if its caller had called it:
+/// saves the return address into the module in the caller's LR slot, then
+/// sleeps until RELEASE. Only that stack slot shows the module is in use.
+#[inline(never)]
+extern "C" fn parked_in_kernel() -> u64 {
+    while RELEASE.load(Ordering::SeqCst) == 0 {
+        thread::sleep_milliseconds(1);
+    }
+    black_box(7)
+}
+
+#[notrace]
+extern "C" fn divert_uptime_ticks(_ip: u64, _parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
+    let target = match DIVERSION.load(Ordering::Relaxed) {
+        1 => unload_test_return_with_tick as *const () as u64,
+        2 => parked_in_kernel as *const () as u64,
+        _ => return,
+    };
+    regs.regs.nip = target;
+    DIVERTED.fetch_add(1, Ordering::Relaxed);
+}
+
+static UPTIME_PROBE: FtraceOps =
+    FtraceOps::new("unload-uptime-probe", divert_uptime_ticks, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));
+
+#[ktest]
+fn a_thread_switched_out_in_module_code_or_below_it_keeps_the_module() {
+    for diversion in [1, 2] {
+        DIVERSION.store(diversion, Ordering::SeqCst);
+        DIVERTED.store(0, Ordering::SeqCst);
+        RELEASE.store(0, Ordering::SeqCst);
+        module::load(embedded("counter")).expect("counter loads");
+        // The counter module calls these one after the other: with diversion 1
+        // its thread is switched out in the module three times, so a grace
+        // period alone (one more time slice) would not see it out of the module.
+        let names = ["klp_uptime_ticks", "klp_thread_id", "klp_print"];
+        trace::register(&UPTIME_PROBE, Filter::Names(&names)).expect("the probe registers");
+        let victim = thread::spawn("in-counter", || {
+            assert_eq!(crate::shell::greeting(), COUNTER_GREETING);
+        })
+        .expect("room for a thread");
+        // The victim runs when this thread yields, and is switched out where the probe put it.
+        while DIVERTED.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        let first = module::unload("counter");
+        RELEASE.store(1, Ordering::SeqCst);
+        let status = victim.join();
+        trace::unregister(&UPTIME_PROBE).expect("registered");
+        let _ = module::unload("counter");
+        assert_eq!(status, ExitStatus::Returned, "diversion {diversion}: the victim came back from the module");
+        match diversion {
+            // Preempted with NIP in the module: unload waits for it, then succeeds.
+            1 => assert!(first.is_ok(), "{first:?}"),
+            // Asleep below the module (a return address into it on its stack): Busy.
+            _ => assert!(matches!(&first, Err(LoadError::Busy(_))), "{first:?}"),
+        }
+        assert!(module::summaries().is_empty());
+    }
+    DIVERSION.store(0, Ordering::SeqCst);
+}
+
+// ---- 5. Freed module memory is poisoned ----------------------------------------------
+
+#[ktest]
+fn unloaded_module_memory_is_filled_with_trap_instructions() {
+    module::load(embedded("greeting")).expect("greeting loads");
+    let (_, address, size, _) = module::summaries().into_iter().next().expect("loaded");
+    module::unload("greeting").expect("unloads");
+    // Nothing else allocates in this test; the allocator keeps its own
+    // bookkeeping at the start of a free block, so look at the second half.
+    let _preempt = thread::preempt_disable();
+    let middle = (address + size as u64 / 2) & !3;
+    let words: Vec<u32> = (0..8u64)
+        // Safety: the freed block, not reused yet (see above); plain word reads.
+        .map(|index| unsafe { ((middle + 4 * index) as *const u32).read_volatile() })
+        .collect();
+    assert!(words.iter().all(|&word| word == module::POISON), "a branch into it traps: {words:x?}");
+}
