@@ -80,7 +80,9 @@ pub extern "C" fn klp_print(bytes: *const u8, length: usize) {
     }
 }
 
-/// Timer ticks since boot.
+/// Timer ticks since boot. Livepatchable: the unload tests replace it with
+/// module code that a thread then sits in.
+#[livepatchable]
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_uptime_ticks() -> u64 {
     crate::time::ticks()

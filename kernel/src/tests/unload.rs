@@ -58,7 +58,8 @@ core::arch::global_asm!(
     #
     # On entry: exactly as livepatch_handler (r11 = C's global entry, LR = r0 =
     # the return address into A, r1 = A's stack pointer, r2-r10 as at B's
-    # entry); r12 and CTR free.
+    # entry); r12 and CTR free; MSR[EE] = 0 already (the diverting handler
+    # cleared it, so no tick lands before livepatch_handler).
     # Makes a decrementer interrupt pending with MSR[EE] off, then enters
     # livepatch_handler by rfid with EE on, so the tick is taken with NIP =
     # livepatch_handler: the worst moment, C's address only in r11.
@@ -68,7 +69,7 @@ core::arch::global_asm!(
     .type unload_test_tick_probe, @function
 unload_test_tick_probe:
     li      12, {msr_ri}
-    mtmsrd  12, 1                     # MSR[EE] = 0, RI stays 1
+    mtmsrd  12, 1                     # MSR[EE] = 0, RI stays 1 (already so; kept for a direct entry)
     li      12, 3
     mtdec   12                        # DEC = 3: expires at once, as a tick does (one interrupt)
     mftb    0
@@ -105,6 +106,13 @@ extern "C" fn divert_through_tick_probe(_ip: u64, _parent_ip: u64, _ops: &Ftrace
     if regs.regs.nip == livepatch_handler as *const () as u64 {
         regs.regs.nip = unload_test_tick_probe as *const () as u64;
         PROBED_CALLS.fetch_add(1, Ordering::Relaxed);
+        // MSR[EE] = 0 from here to the probe's rfid: the stubs leave the MSR
+        // alone, and the probe's first instructions, unlike livepatch_handler's,
+        // are not covered by `livepatch::entering`, so a tick taken there would
+        // switch the thread out with C's address only in r11, a window the
+        // kernel does not have and the test must not add.
+        // Safety: clears EE only (RI stays 1); the probe's rfid turns it back on.
+        unsafe { core::arch::asm!("mtmsrd {0}, 1", in(reg) 2u64, options(nostack)) };
     }
 }
 
