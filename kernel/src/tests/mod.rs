@@ -7,5 +7,6 @@ mod exceptions;
 mod ftrace;
 mod livepatch;
 mod memory;
+mod registers;
 mod modules;
 mod threads;
