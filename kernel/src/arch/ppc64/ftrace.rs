@@ -76,6 +76,7 @@ ftrace_stubs_start:
     .globl ftrace_caller
     .type ftrace_caller, @function
 ftrace_caller:
+    std     0, {link_save}(1)         # A's LR save slot = return address into A
     stdu    1, -{frame}(1)            # push our frame below A's
     std     0, {link}(1)              # regs.link = parent ip
     std     2, {gpr2}(1)              # regs.gpr[2] = caller's TOC
