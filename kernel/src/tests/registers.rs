@@ -70,6 +70,8 @@ registers_test_call_with_registers:
     mfcr    0
     std     0, {save_condition}(1)
     std     5, {save_output}(1)       # keep &out
+    li      0, -1
+    std     0, {link_save}(1)         # poison our own LR save slot: only a stub may fill it
     mr      12, 3                     # r12 = function (global entry convention)
     mtctr   3
     ld      0, {in_condition}(4)
@@ -160,6 +162,27 @@ registers_test_soak:
     blr
     .size registers_test_soak, . - registers_test_soak
 
+    # coroutine: what a crafted SwitchFrame resumes. On entry (from
+    # switch_context): r14 = &Coroutine, r2, r15-r31 and CR as the frame
+    # held. Inverts r2, r15-r31 and CR (so a register switch_context failed
+    # to save or load shows), then switches back to the thread whose stack
+    # pointer Coroutine.caller holds; never resumed itself.
+    .globl registers_test_coroutine
+    .type registers_test_coroutine, @function
+registers_test_coroutine:
+    not     2, 2
+    .irp number, 15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    not     \number, \number
+    .endr
+    mfcr    0
+    not     0, 0
+    mtcr    0                         # every CR field inverted
+    addi    3, 14, {coroutine_own}    # r3 = &Coroutine.own: where our r1 goes
+    ld      4, {coroutine_caller}(14) # r4 = the caller's saved r1
+    bl      switch_context            # back to the caller, for good
+0:  b       0b
+    .size registers_test_coroutine, . - registers_test_coroutine
+
     # clobbering_handler: an ftrace handler that records its call (through
     # registers_record, kernel TOC), then clobbers every register a handler
     # may: r0, r3-r12, CTR, XER and CR0, CR1, CR5-CR7 all become -1.
@@ -196,6 +219,8 @@ registers_test_clobbering_handler:
     in_ctr = const offset_of!(Registers, ctr),
     in_link = const offset_of!(Registers, link),
     record = sym registers_record,
+    coroutine_own = const offset_of!(Coroutine, own),
+    coroutine_caller = const offset_of!(Coroutine, caller),
 );
 
 // FtraceOps is Rust data: only its address crosses the "C" boundary.
@@ -203,7 +228,17 @@ registers_test_clobbering_handler:
 unsafe extern "C" {
     fn registers_test_call_with_registers(function: u64, input: *const Registers, output: *mut Registers);
     fn registers_test_soak(iterations: u64, input: *const Registers, output: *mut Registers);
+    fn registers_test_coroutine();
     safe fn registers_test_clobbering_handler(ip: u64, parent: u64, ops: &FtraceOps, regs: &mut FtraceRegs);
+}
+
+/// The two saved stack pointers of the switch_context test.
+#[repr(C)]
+struct Coroutine {
+    /// Where switch_context stores the test thread's r1 (the coroutine resumes it from here).
+    caller: u64,
+    /// Where the coroutine's r1 goes when it switches back (never used again).
+    own: u64,
 }
 
 /// Calls `function` with `input`'s registers; returns what came back.
@@ -232,6 +267,8 @@ fn pattern(seed: u64) -> Registers {
 static RECORDED_CALLS: AtomicUsize = AtomicUsize::new(0);
 static RECORDED_TOC: AtomicU64 = AtomicU64::new(0);
 static RECORDED_ARGUMENTS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+/// Calls whose backtrace, walked from inside the handler, reached the asm caller.
+static RECORDED_CALLER_FOUND: AtomicUsize = AtomicUsize::new(0);
 
 /// Called by the clobbering handler: counts the call and keeps r2 and the arguments it saw.
 #[notrace]
@@ -240,6 +277,14 @@ extern "C" fn registers_record(_ip: u64, _parent: u64, _ops: &FtraceOps, regs: &
     for (slot, value) in RECORDED_ARGUMENTS.iter().zip(&regs.regs.gpr[3..=10]) {
         slot.store(*value, Ordering::SeqCst);
     }
+    // The stubs store the return address into the caller in the caller's
+    // frame (B has none yet), so a backtrace from here reaches the caller.
+    let mut found = false;
+    crate::backtrace::walk(crate::arch::ppc64::registers::stack_pointer(), |address, _| {
+        let symbol = crate::symbols::table().and_then(|table| table.lookup(address));
+        found |= symbol.is_some_and(|(symbol, _)| symbol.name == "registers_test_call_with_registers");
+    });
+    RECORDED_CALLER_FOUND.fetch_add(usize::from(found), Ordering::SeqCst);
     RECORDED_CALLS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -302,11 +347,13 @@ fn both_stubs_keep_r2_nonvolatiles_and_arguments_under_a_clobbering_handler() {
     for (seed, ops) in [(2, &CLOBBERING), (3, &CLOBBERING_REGS)] {
         let input = traced_call_input(seed);
         let calls = RECORDED_CALLS.load(Ordering::SeqCst);
+        let found = RECORDED_CALLER_FOUND.load(Ordering::SeqCst);
         trace::register(ops, Filter::Addresses(&[target_address()])).unwrap();
         let output = call_with(target_address(), &input);
         let direct = register_target(black_box(1), 2, 3, 4, 5, 6, 7, 8);
         trace::unregister(ops).unwrap();
         assert_eq!(RECORDED_CALLS.load(Ordering::SeqCst), calls + 2, "{}: the handler ran", ops.name);
+        assert_eq!(RECORDED_CALLER_FOUND.load(Ordering::SeqCst), found + 1, "{}: a backtrace reached the asm caller", ops.name);
         assert_eq!(direct, register_target(1, 2, 3, 4, 5, 6, 7, 8), "{}: a direct call's arguments", ops.name);
         assert_eq!(RECORDED_TOC.load(Ordering::SeqCst), toc_pointer(), "{}: the direct call's r2", ops.name);
         let seen: Vec<u64> = RECORDED_ARGUMENTS.iter().map(|slot| slot.load(Ordering::SeqCst)).collect();
@@ -318,7 +365,7 @@ fn both_stubs_keep_r2_nonvolatiles_and_arguments_under_a_clobbering_handler() {
 /// Changes every non-volatile GPR, CR2-4 and XER[CA] in pt_regs, after checking what it was given.
 #[notrace]
 extern "C" fn rewriting_handler(_: u64, _: u64, _: &FtraceOps, regs: &mut FtraceRegs) {
-    let expected = traced_call_input(4);
+    let expected = traced_call_input(REWRITE_SEED.load(Ordering::SeqCst));
     let regs = &mut regs.regs;
     let mut wrong = 0;
     for number in (2..=10).chain(14..32) {
@@ -337,23 +384,30 @@ extern "C" fn rewriting_handler(_: u64, _: u64, _: &FtraceOps, regs: &mut Ftrace
     RECORDED_CALLS.fetch_add(1, Ordering::SeqCst);
 }
 static REWRITE_MISMATCHES: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The pattern the caller used (even seeds set XER[CA], odd ones clear it).
+static REWRITE_SEED: AtomicU64 = AtomicU64::new(0);
 static REWRITING: FtraceOps =
     FtraceOps::new("test-rewriting", rewriting_handler, OpsFlags::RECURSION_SAFE.union(OpsFlags::SAVE_REGS));
 
 #[ktest]
 fn full_stub_saves_every_register_and_applies_what_a_handler_writes() {
-    let input = traced_call_input(4);
-    trace::register(&REWRITING, Filter::Addresses(&[target_address()])).unwrap();
-    let output = call_with(target_address(), &input);
-    trace::unregister(&REWRITING).unwrap();
-    assert_eq!(REWRITE_MISMATCHES.load(Ordering::SeqCst), 0, "pt_regs held the caller's registers");
-    assert_eq!(output.gpr[2], POISONED_TOC);
-    assert_eq!(output.gpr[3], expected_target_result(&input));
-    for number in 14..32 {
-        assert_eq!(output.gpr[number], !input.gpr[number], "r{number} as the handler wrote it");
+    // Both XER[CA] values: whatever CA the code after the handler leaves, one of them shows a lost restore.
+    for seed in [4, 5] {
+        REWRITE_SEED.store(seed, Ordering::SeqCst);
+        REWRITE_MISMATCHES.store(u64::MAX, Ordering::SeqCst);
+        let input = traced_call_input(seed);
+        trace::register(&REWRITING, Filter::Addresses(&[target_address()])).unwrap();
+        let output = call_with(target_address(), &input);
+        trace::unregister(&REWRITING).unwrap();
+        assert_eq!(REWRITE_MISMATCHES.load(Ordering::SeqCst), 0, "pt_regs held the caller's registers (seed {seed})");
+        assert_eq!(output.gpr[2], POISONED_TOC);
+        assert_eq!(output.gpr[3], expected_target_result(&input));
+        for number in 14..32 {
+            assert_eq!(output.gpr[number], !input.gpr[number], "r{number} as the handler wrote it");
+        }
+        assert_eq!(output.condition & NONVOLATILE_CR, (input.condition ^ NONVOLATILE_CR) & NONVOLATILE_CR, "CR2-4");
+        assert_eq!(output.xer & XER_CARRY, (input.xer ^ XER_CARRY) & XER_CARRY, "XER[CA] (seed {seed})");
     }
-    assert_eq!(output.condition & NONVOLATILE_CR, (input.condition ^ NONVOLATILE_CR) & NONVOLATILE_CR, "CR2-4");
-    assert_eq!(output.xer & XER_CARRY, (input.xer ^ XER_CARRY) & XER_CARRY, "XER[CA]");
 }
 
 /// Returns 128 bits: two result registers, r3 and r4.
@@ -398,15 +452,19 @@ fn livepatch_handler_gives_back_a_poisoned_r2_and_every_nonvolatile() {
     livepatch::add(Patch { name: String::from("registers"), objects: vec![Object { module: None, functions: vec![function] }] })
         .unwrap();
     livepatch::enable("registers").unwrap();
-    let input = traced_call_input(6);
     let address = livepatched_target as *const () as u64;
     assert_eq!(text::local_entry(address), address, "the patched function needs no TOC");
-    let output = call_with(address, &input);
+    let input = traced_call_input(6);
+    let light = call_with(address, &input);
+    // A SAVE_REGS user of the same site moves it to ftrace_regs_caller, which must hand r11 over too.
+    trace::register(&CLOBBERING_REGS, Filter::Addresses(&[address])).unwrap();
+    let full = call_with(address, &input);
+    trace::unregister(&CLOBBERING_REGS).unwrap();
     livepatch::disable("registers").unwrap();
     livepatch::remove("registers").unwrap();
-    assert_call_kept(&input, &output, "livepatch");
+    assert_call_kept(&input, &light, "livepatch through ftrace_caller");
+    assert_call_kept(&input, &full, "livepatch through ftrace_regs_caller");
 }
-
 /// Jittered ticks (2-64 us) until dropped.
 struct Jitter;
 impl Jitter {
@@ -485,4 +543,40 @@ fn yielding_threads_keep_their_own_nonvolatile_registers() {
     for worker in workers {
         assert_eq!(worker.join(), ExitStatus::Returned);
     }
+}
+
+#[ktest]
+fn switch_context_saves_and_loads_every_nonvolatile_register() {
+    use crate::arch::ppc64::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context};
+    // A second context on a stack of our own: a SwitchFrame that resumes the coroutine above.
+    let mut stack = vec![0u64; 1024];
+    let mut coroutine = Coroutine { caller: 0, own: 0 };
+    let top = (stack.as_mut_ptr() as u64 + 8 * 1024) & !15;
+    let frame_address = top - SWITCH_FRAME_SIZE as u64 - MINIMAL_FRAME as u64;
+    let theirs = pattern(32);
+    // Safety: the frame lies inside `stack`, 16-byte aligned.
+    let frame = unsafe { &mut *(frame_address as *mut SwitchFrame) };
+    frame.header = [0; MINIMAL_FRAME / 8];
+    frame.nonvolatile.copy_from_slice(&theirs.gpr[14..32]);
+    frame.nonvolatile[0] = &raw mut coroutine as u64;
+    frame.toc = !POISONED_TOC;
+    frame.condition = theirs.condition;
+    frame.link = registers_test_coroutine as *const () as u64;
+    // Ours: a poisoned r2, the pattern in r14-r31 and CR; r3 = where our r1 goes, r4 = theirs.
+    let mut input = pattern(31);
+    input.gpr[2] = POISONED_TOC;
+    input.gpr[3] = &raw mut coroutine.caller as u64;
+    input.gpr[4] = frame_address;
+    let output = {
+        // switch_context wants interrupts off; nothing may run on the coroutine's stack.
+        let _interrupts = crate::arch::ppc64::interrupts::disable();
+        call_with(switch_context as *const () as u64, &input)
+    };
+    assert_ne!(coroutine.own, 0, "the coroutine ran and switched back");
+    assert_eq!(output.gpr[2], POISONED_TOC, "r2");
+    for number in 14..32 {
+        assert_eq!(output.gpr[number], input.gpr[number], "r{number}");
+    }
+    assert_eq!(output.condition & NONVOLATILE_CR, input.condition & NONVOLATILE_CR, "CR2-4");
+    drop(stack);
 }
