@@ -8,5 +8,6 @@ mod ftrace;
 mod livepatch;
 mod memory;
 mod registers;
+mod runner;
 mod modules;
 mod threads;
