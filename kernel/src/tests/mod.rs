@@ -7,7 +7,7 @@ mod exceptions;
 mod ftrace;
 mod livepatch;
 mod memory;
-mod registers;
+pub mod registers;
 mod runner;
 mod modules;
 mod threads;

@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use boot::MINIMAL_FRAME;
 use core::hint::black_box;
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use macros::{ktest, livepatchable, notrace};
 
 /// The registers the helpers below load before and store after the call.
@@ -579,4 +579,43 @@ fn switch_context_saves_and_loads_every_nonvolatile_register() {
     }
     assert_eq!(output.condition & NONVOLATILE_CR, input.condition & NONVOLATILE_CR, "CR2-4");
     drop(stack);
+}
+
+/// Set once `check_openfirmware_call` ran at boot.
+static OPENFIRMWARE_CHECKED: AtomicBool = AtomicBool::new(false);
+/// Bit n: rn differed after the firmware call; bit 32: CR2-4; bit 33: the call failed.
+static OPENFIRMWARE_MISMATCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Called by boot_main in the test kernel, before the device tree is
+/// flattened (the firmware is still alive): one harmless client interface
+/// call (`finddevice "/"`) through `enter_openfirmware` with a poisoned r2 and
+/// r14-r31 patterned in both halves. The firmware runs in 32-bit mode and keeps
+/// only the low halves of non-volatile registers, so each high half that
+/// comes back was restored by `enter_openfirmware` itself.
+pub fn check_openfirmware_call(entry: u64) {
+    let path = b"/\0";
+    let service = b"finddevice\0";
+    // Big-endian cells: service, one argument, one result, the path, the result.
+    let mut block: [u32; 5] = [(service.as_ptr() as u32).to_be(), 1u32.to_be(), 1u32.to_be(), (path.as_ptr() as u32).to_be(), 0];
+    let mut input = pattern(41);
+    input.gpr[2] = POISONED_TOC;
+    input.gpr[3] = block.as_mut_ptr() as u64;
+    input.gpr[4] = entry;
+    let output = call_with(boot::enter_openfirmware as *const () as u64, &input);
+    let mut mismatches = 0;
+    for number in (14..32).chain([2]) {
+        mismatches |= u64::from(output.gpr[number] != input.gpr[number]) << number;
+    }
+    mismatches |= u64::from(output.condition & NONVOLATILE_CR != input.condition & NONVOLATILE_CR) << 32;
+    // Safety: the firmware wrote the result cell behind the compiler's back.
+    let phandle = u32::from_be(unsafe { core::ptr::read_volatile(&block[4]) });
+    mismatches |= u64::from(output.gpr[3] != 0 || phandle == 0) << 33;
+    OPENFIRMWARE_MISMATCHES.store(mismatches, Ordering::SeqCst);
+    OPENFIRMWARE_CHECKED.store(true, Ordering::SeqCst);
+}
+
+#[ktest]
+fn open_firmware_call_gives_back_r2_and_both_halves_of_every_nonvolatile_register() {
+    assert!(OPENFIRMWARE_CHECKED.load(Ordering::SeqCst), "boot_main ran the check");
+    assert_eq!(OPENFIRMWARE_MISMATCHES.load(Ordering::SeqCst), 0, "bit n: rn, bit 32: CR2-4, bit 33: the call failed");
 }
