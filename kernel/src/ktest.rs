@@ -1,11 +1,23 @@
 //! The in-kernel test runner: runs each `#[ktest]` case in its own thread and reports like libtest.
 //!
 //! Boot arguments select what runs: `ktest.filter=TEXT` (cases whose name
-//! contains TEXT), `ktest.only=NAME` (exactly one case, alone in this boot),
+//! contains TEXT), `ktest.after=NAME` (only the selected cases after NAME, in a
+//! fresh boot after NAME hung or crashed), `ktest.deadline=SECONDS` (each case's
+//! watchdog), `ktest.only=NAME` (exactly one case, alone in this boot),
 //! `bench` (the benchmarks instead of the tests), `shell` (the shell). Isolated cases are listed
-//! as `ktest: isolated NAME` for xtask to boot one by one.
+//! as `ktest: isolated NAME` for xtask to boot one by one. Cases whose name contains
+//! [`SELFTEST`] fail or hang on purpose and run only in a boot with the word
+//! `ktest.selftest` (xtask's runner self-test), never in the suite.
 use crate::{println, thread};
 use core::sync::atomic::{AtomicPtr, Ordering};
+
+mod isolation;
+mod watchdog;
+
+pub use watchdog::check as watchdog_check;
+
+/// The word in the names of the runner's own self-test cases (tests/runner.rs).
+pub const SELFTEST: &str = "runner_selftest";
 
 /// One registered test case (placed in `.ktests` by `#[ktest]`).
 #[repr(C)]
@@ -54,10 +66,11 @@ pub fn run(arguments: &str) {
         println!("bench: done");
         return;
     }
+    let deadline = argument(arguments, "ktest.deadline").and_then(|text| text.parse().ok()).unwrap_or(watchdog::DEFAULT_SECONDS);
     if let Some(name) = argument(arguments, "ktest.only") {
         match all().iter().find(|test| test.name == name) {
             Some(test) => {
-                run_one(test);
+                run_one(test, deadline);
             }
             None => println!("ktest: no test named {name}"),
         }
@@ -65,13 +78,15 @@ pub fn run(arguments: &str) {
         return;
     }
     let filter = argument(arguments, "ktest.filter").unwrap_or("");
-    let selected = all().iter().filter(|test| test.name.contains(filter));
+    let after = argument(arguments, "ktest.after");
+    let selftest = arguments.split_whitespace().any(|word| word == "ktest.selftest");
+    let selected = select(all(), filter, after, selftest);
     let (mut passed, mut failed) = (0, 0);
     println!("ktest: running {} tests", selected.clone().filter(|test| !test.isolated).count());
     for test in selected {
         if test.isolated {
             println!("ktest: isolated {}", test.name);
-        } else if run_one(test) {
+        } else if run_one(test, deadline) {
             passed += 1;
         } else {
             failed += 1;
@@ -81,8 +96,25 @@ pub fn run(arguments: &str) {
     println!("ktest: finished");
 }
 
-/// Runs one case: in its own thread, or on this thread for should_panic cases.
-fn run_one(test: &'static KernelTest) -> bool {
+/// The cases whose name contains `filter` (only the self-tests when
+/// `selftest`, never them otherwise), and only those after the case named
+/// `after`, if any.
+fn select<'a>(
+    tests: &'static [KernelTest],
+    filter: &'a str,
+    after: Option<&'a str>,
+    selftest: bool,
+) -> impl Iterator<Item = &'static KernelTest> + Clone + 'a {
+    let start = after.and_then(|name| tests.iter().position(|test| test.name == name)).map_or(0, |index| index + 1);
+    tests[start..]
+        .iter()
+        .filter(move |test| test.name.contains(filter) && test.name.contains(SELFTEST) == selftest)
+}
+
+/// Runs one case: on this thread for should_panic cases, otherwise in its
+/// own thread under the watchdog; then removes whatever it left registered
+/// (failing it if it passed anyway), and prints its result.
+fn run_one(test: &'static KernelTest, deadline: u64) -> bool {
     crate::print!("test {} ... ", test.name);
     if test.should_panic {
         RUNNING_ON_BOOT_THREAD.store(test as *const KernelTest as *mut KernelTest, Ordering::SeqCst);
@@ -92,22 +124,30 @@ fn run_one(test: &'static KernelTest) -> bool {
         println!("ktest: {} did not panic", test.name);
         return false;
     }
-    let function = test.function;
-    let status = match thread::spawn(test.name, function) {
+    let before = isolation::snapshot();
+    watchdog::arm(test, deadline);
+    let status = match thread::spawn(test.name, test.function) {
         Some(handle) => handle.join(),
         None => thread::ExitStatus::Killed("no memory for the test thread"),
     };
-    match status {
-        thread::ExitStatus::Returned => {
-            println!("ok");
-            true
-        }
-        thread::ExitStatus::Killed(reason) => {
+    watchdog::disarm();
+    let undone = isolation::restore(&before);
+    let verdict = match status {
+        thread::ExitStatus::Returned if undone.is_empty() => Ok(()),
+        thread::ExitStatus::Returned => Err("it passed but left registrations behind"),
+        thread::ExitStatus::Killed(reason) => Err(reason),
+    };
+    match verdict {
+        Ok(()) => println!("ok"),
+        Err(reason) => {
             println!("FAILED");
             println!("ktest: {} ended: {reason}", test.name);
-            false
         }
     }
+    for line in &undone {
+        println!("ktest: {} left {line}", test.name);
+    }
+    verdict.is_ok()
 }
 
 /// Announces that the running case will print `line` as a whole console line

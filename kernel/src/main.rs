@@ -51,6 +51,8 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
     println!();
     println!("klp: a ppc64le kernel for live patching, built in Rust (QEMU pseries)");
     // The firmware lives in low memory: read everything from it before the vectors go there.
+    #[cfg(feature = "ktest")]
+    tests::registers::check_openfirmware_call(client_interface);
     let tree = devicetree::flatten_from_firmware(client_interface);
     let status = hcall::set_little_endian_interrupts();
     if status != hcall::SUCCESS {

@@ -58,6 +58,8 @@ fn tick_interval() -> u32 {
 pub fn tick(preemptible: bool) {
     TICKS.fetch_add(1, Ordering::Relaxed);
     set_decrementer(tick_interval());
+    #[cfg(feature = "ktest")]
+    crate::ktest::watchdog_check();
     let deferred = !thread::timer_tick(preemptible);
     // A preemption that had to wait (inside ftrace, or preemption disabled) is
     // retried soon rather than a whole tick later: a thread that spends most

@@ -20,6 +20,8 @@ pub struct Report {
     pub isolated: Vec<String>,
     /// The case whose result line has not come yet.
     pub running: Option<String>,
+    /// The last case that started, with or without a result.
+    pub last: Option<String>,
     pub finished: bool,
     pub panicked: bool,
     pub expected_panic: bool,
@@ -40,6 +42,7 @@ impl Report {
             if let Some(previous) = self.running.take() {
                 self.failed.push(previous);
             }
+            self.last = Some(name.trim().to_string());
             self.announced.clear();
             self.output(rest.trim());
             self.result(name.trim().to_string(), rest.trim());
@@ -101,6 +104,14 @@ impl Report {
         } else {
             None
         }
+    }
+
+    /// After a boot that failed (see [`Report::boot_failure`]): the case a
+    /// fresh boot must continue after (`ktest.after=NAME`), or None when no
+    /// case started since the boot that began after `after` (nothing to skip:
+    /// another boot would fail the same way).
+    pub fn continue_after(&self, after: Option<&str>) -> Option<String> {
+        self.last.clone().filter(|last| Some(last.as_str()) != after)
     }
 
     /// Whether the isolated boot of `name` passed: its `ok` line was printed and QEMU
@@ -200,6 +211,21 @@ mod tests {
         let report = report("test a ... \ntest b ... ok\n");
         assert_eq!(report.failed, ["a"]);
         assert_eq!(report.passed, ["b"]);
+    }
+
+    #[test]
+    fn a_fresh_boot_continues_after_the_case_that_hung_or_crashed() {
+        // The kernel's watchdog ends the hung case's line with FAILED, then powers off.
+        let watchdog = report("test a ... ok\ntest b ... FAILED\nktest: watchdog: b still running after its 2 s deadline\n");
+        assert_eq!(watchdog.failed, ["b"]);
+        assert_eq!(watchdog.continue_after(None).as_deref(), Some("b"));
+        // Interrupts off: only the host's timeout ends it, with the case still running.
+        let timeout = report("test a ... ok\ntest c ... \n");
+        assert_eq!(timeout.running.as_deref(), Some("c"));
+        assert_eq!(timeout.continue_after(Some("a")).as_deref(), Some("c"));
+        // A boot that died before its first case cannot be continued.
+        assert_eq!(report("klp: banner\n").continue_after(None), None);
+        assert_eq!(report("").continue_after(Some("b")), None);
     }
 
     #[test]

@@ -227,6 +227,10 @@ pub fn boot(
         {
             feed(stdin, std::io::Cursor::new(std::mem::take(&mut bytes)));
         }
+        // A guest that never stops printing must still end at the deadline.
+        if Instant::now() >= deadline {
+            break;
+        }
         match chunks.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok((stream, chunk)) => {
                 if stream == 0 {
@@ -237,6 +241,11 @@ pub fn boot(
                 while let Some(end) = pending.iter().position(|byte| *byte == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();
                     on_line(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
+                }
+                // Output without newlines (a runaway print) is passed on in pieces,
+                // not searched again and again as it grows.
+                if pending.len() > LONGEST_LINE {
+                    on_line(&String::from_utf8_lossy(&std::mem::take(pending)));
                 }
             }
             Err(RecvTimeoutError::Timeout) => break,
@@ -256,6 +265,9 @@ pub fn boot(
     }
     Ok(Outcome { status, timeout })
 }
+
+/// Bytes of console output without a newline passed on as one line.
+const LONGEST_LINE: usize = 64 * 1024;
 
 /// Sends what `stream` delivers, as it comes, tagged with `index`.
 fn send_chunks(index: usize, mut stream: Box<dyn Read + Send>, sender: mpsc::Sender<(usize, Vec<u8>)>) {

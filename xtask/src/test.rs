@@ -114,46 +114,137 @@ fn libtest_summary(line: &str) -> Option<(usize, usize)> {
     Some((count(" passed")?.trim().parse().ok()?, count(" failed")?.trim().parse().ok()?))
 }
 
-/// The test kernel: one boot running every case, then one boot per isolated case.
+/// The test kernel: boots running every selected case (a fresh boot goes on
+/// after a case that hung or crashed its boot), one boot per isolated case,
+/// then the runner's self-test.
 fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     let image = build::main(&build::Options { test: true })?;
-    let timeout = Duration::from_secs(options.timeout);
-    let machine = Machine {
-        append: format!("ktest.filter={}", options.filter.as_deref().unwrap_or_default()),
-        ..Machine::new(image.clone(), options.firmware).with(&["-serial", "stdio"])
-    };
-    let mut report = Report::default();
     let symbolizer = crate::symbolize::Symbolizer::new(&image);
-    let outcome = qemu::boot(&mut machine.command()?, None, timeout, |line| {
+    let filter = options.filter.as_deref().unwrap_or_default();
+    let cases = run_cases(&image, filter, "", options, &mut |line| {
         println!("{line}");
         if let Some(annotation) = symbolizer.as_ref().and_then(|symbolizer| symbolizer.annotation(line)) {
             println!("{annotation}");
         }
-        report.line(line);
-    })?;
-    tally.passed += report.passed.len();
-    tally.failed.extend(report.failed.iter().map(|name| format!("{name}: {}", report.reason(name))));
-    for (name, reason) in &report.reasons {
-        println!("test {name} FAILED after its ok: {reason}");
-    }
-    let failure = report.boot_failure(&outcome);
-    match (report.running.take(), &failure) {
-        (Some(name), Some(reason)) => {
-            println!("test {name} ... FAILED (the boot failed: {reason})");
-            tally.failed.push(format!("{name}: the boot failed while it ran: {reason}"));
-        }
-        (Some(name), None) => tally.failed.push(format!("{name}: printed no result")),
-        // A failed boot counts once, unless a failed case already counts for it.
-        (None, Some(reason)) if report.failed.is_empty() => tally.failed.push(format!("kernel test boot: {reason}")),
-        (None, _) => {}
-    }
-    if let Some(reason) = failure {
-        println!("kernel test boot FAILED: {reason}");
-    }
-    for (name, verdict) in parallel(&report.isolated, |name| isolated(&image, name, options)) {
+    });
+    tally.passed += cases.passed.len();
+    cases.failed.iter().for_each(|(name, reason)| tally.failed.push(format!("{name}: {reason}")));
+    for (name, verdict) in parallel(&cases.isolated, |name| isolated(&image, name, options)) {
         tally.record(&name, &verdict);
     }
+    if options.filter.as_ref().is_none_or(|filter| RUNNER_SELFTEST.contains(filter.as_str())) {
+        let mut output = Vec::new();
+        let verdict = runner_selftest(&image, options, &mut output);
+        print_block("runner self-test boots", &output, &format!("test {RUNNER_SELFTEST}"), &verdict);
+        tally.record(RUNNER_SELFTEST, &verdict);
+    }
     Ok(())
+}
+
+/// What the boots of the test kernel reported, every selected case counted once.
+#[derive(Default)]
+struct Cases {
+    passed: Vec<String>,
+    failed: Vec<(String, String)>,
+    isolated: Vec<String>,
+    boots: usize,
+}
+
+/// Boots the test kernel with `ktest.filter=FILTER` and `extra` arguments;
+/// when a boot ends early (a case hung past its deadline, crashed the
+/// kernel, or the boot timed out), the case it was running fails and a fresh
+/// boot runs the cases after it. Every console line goes to `on_line`.
+fn run_cases(image: &Path, filter: &str, extra: &str, options: &Options, on_line: &mut dyn FnMut(&str)) -> Cases {
+    let mut cases = Cases::default();
+    let mut after: Option<String> = None;
+    loop {
+        let mut append = format!("ktest.filter={filter} {extra}");
+        if let Some(name) = &after {
+            append.push_str(&format!(" ktest.after={name}"));
+        }
+        let machine = Machine { append, ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"]) };
+        let mut report = Report::default();
+        let outcome = machine.command().and_then(|mut qemu| {
+            qemu::boot(&mut qemu, None, Duration::from_secs(options.timeout), |line| {
+                on_line(line);
+                report.line(line);
+            })
+        });
+        cases.boots += 1;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                cases.failed.push(("kernel test boot".into(), format!("{error:#}")));
+                return cases;
+            }
+        };
+        cases.passed.append(&mut report.passed);
+        cases.failed.extend(report.failed.iter().map(|name| (name.clone(), report.reason(name).to_string())));
+        for (name, reason) in &report.reasons {
+            on_line(&format!("test {name} FAILED after its ok: {reason}"));
+        }
+        cases.isolated.append(&mut report.isolated);
+        let Some(reason) = report.boot_failure(&outcome) else {
+            if let Some(name) = report.running.take() {
+                cases.failed.push((name, "printed no result".to_string()));
+            }
+            return cases;
+        };
+        on_line(&format!("kernel test boot FAILED: {reason}"));
+        if report.finished {
+            // Every case ran (a case's panic, say, failed only that case): a
+            // failed boot counts once, unless a failed case already counts for it.
+            if report.failed.is_empty() {
+                cases.failed.push(("kernel test boot".into(), reason));
+            }
+            return cases;
+        }
+        if let Some(name) = report.running.take() {
+            on_line(&format!("test {name} ... FAILED (the boot failed: {reason})"));
+            cases.failed.push((name, format!("the boot failed while it ran: {reason}")));
+        }
+        match report.continue_after(after.as_deref()) {
+            Some(name) => {
+                on_line(&format!("kernel tests: a fresh boot runs the cases after {name}"));
+                after = Some(name);
+            }
+            None => {
+                cases.failed.push(("kernel test boot".into(), reason));
+                return cases;
+            }
+        }
+    }
+}
+
+/// Name of the runner's self-test, and the word that selects its kernel cases.
+const RUNNER_SELFTEST: &str = "runner_selftest";
+
+/// Boots the kernel's deliberately failing and hanging cases (tests/runner.rs)
+/// with a 2 s deadline: the case that fails with registrations in place and
+/// the one that hangs must fail by name, the cases after each must pass (the
+/// first finds nothing left registered, the second runs in a fresh boot), and
+/// every case must be counted.
+fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) -> Result<(), String> {
+    let cases = run_cases(image, RUNNER_SELFTEST, "ktest.selftest ktest.deadline=2", options, &mut |line| output.push(line.to_string()));
+    let short = |name: &String| name.rsplit("::").next().unwrap_or(name).to_string();
+    let mut passed: Vec<String> = cases.passed.iter().map(short).collect();
+    let mut failed: Vec<String> = cases.failed.iter().map(|(name, _)| short(name)).collect();
+    passed.sort();
+    failed.sort();
+    let expected_passed = ["runner_selftest_finds_nothing_left_registered", "runner_selftest_runs_after_the_hang"];
+    let expected_failed = ["runner_selftest_fails_leaving_registrations", "runner_selftest_hangs"];
+    if passed != expected_passed || failed != expected_failed || cases.boots != 2 {
+        return Err(format!("passed {passed:?}, failed {failed:?} in {} boots; expected passed {expected_passed:?}, failed {expected_failed:?} in 2 boots", cases.boots));
+    }
+    let expected_lines = [
+        "ktest: watchdog: kernel::tests::runner::runner_selftest_hangs still running after its 2 s deadline",
+        "left live patch runner-selftest (remove: done)",
+        "left ftrace ops runner-selftest-left-behind (unregister: done)",
+    ];
+    match expected_lines.iter().find(|expected| !output.iter().any(|line| line.contains(*expected))) {
+        Some(missing) => Err(format!("no line `{missing}`")),
+        None => Ok(()),
+    }
 }
 
 /// One boot running only `name`; prints its output and result as one block.

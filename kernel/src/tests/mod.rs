@@ -9,6 +9,8 @@ mod ftrace;
 mod livepatch;
 mod livepatchable;
 mod memory;
+pub mod registers;
+mod runner;
 mod modules;
 mod stack;
 mod threads;

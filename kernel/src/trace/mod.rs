@@ -11,6 +11,8 @@ mod sites;
 
 pub use crate::arch::ppc64::ftrace::FtraceRegs;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
+#[cfg(feature = "ktest")]
+pub use ops::registered_ops;
 pub use sites::{NameError, function_of, named_entry, site_summaries};
 
 use macros::notrace;

@@ -290,6 +290,12 @@ pub fn registered() -> Vec<&'static str> {
     REGISTRY.lock().iter().map(|ops| ops.name).collect()
 }
 
+/// The registered ops themselves (the test runner unregisters what a failed test left).
+#[notrace]
+pub fn registered_ops() -> Vec<&'static FtraceOps> {
+    REGISTRY.lock().clone()
+}
+
 #[notrace]
 fn release_sites(ops: &FtraceOps) {
     let sites = ops.sites.swap(core::ptr::null_mut(), Ordering::AcqRel);

@@ -1,0 +1,77 @@
+//! Test isolation: whatever a test left registered (ftrace ops, live patches, modules, tick jitter) is removed after it, whether it passed or failed.
+use crate::livepatch::{self, LivepatchError};
+use crate::{module, trace};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// What was registered before a test ran.
+pub struct Registrations {
+    ops: Vec<&'static str>,
+    /// Patch names and whether each was enabled.
+    patches: Vec<(String, bool)>,
+    modules: Vec<String>,
+}
+
+/// Takes the picture a test's leftovers are measured against.
+pub fn snapshot() -> Registrations {
+    Registrations {
+        ops: trace::registered(),
+        patches: livepatch::list().into_iter().map(|patch| (patch.name, patch.enabled)).collect(),
+        modules: module::summaries().into_iter().map(|(name, ..)| name).collect(),
+    }
+}
+
+/// Puts everything back as it was in `before`: unloads new modules, removes
+/// new patches, re-enables or disables the old ones, stops tracers and
+/// unregisters ops added since. Returns one line per thing it had to undo.
+pub fn restore(before: &Registrations) -> Vec<String> {
+    let mut undone = Vec::new();
+    crate::time::set_jitter(0);
+    for name in module::summaries().into_iter().map(|(name, ..)| name) {
+        if !before.modules.contains(&name) {
+            let result = module::unload(&name);
+            undone.push(format!("module {name} (unload: {})", outcome(result.map_err(|error| format!("{error:?}")))));
+        }
+    }
+    for patch in livepatch::list() {
+        match before.patches.iter().find(|(name, _)| *name == patch.name) {
+            None => {
+                let disabled = match livepatch::disable(&patch.name) {
+                    Ok(()) | Err(LivepatchError::NotEnabled(_)) => Ok(()),
+                    Err(error) => Err(format!("{error:?}")),
+                };
+                let removed = disabled.and_then(|()| livepatch::remove(&patch.name).map(drop).map_err(|error| format!("{error:?}")));
+                undone.push(format!("live patch {} (remove: {})", patch.name, outcome(removed)));
+            }
+            Some((_, enabled)) if *enabled != patch.enabled => {
+                let result = if *enabled { livepatch::enable(&patch.name) } else { livepatch::disable(&patch.name) };
+                let verb = if *enabled { "enable again" } else { "disable again" };
+                undone.push(format!("live patch {} state ({verb}: {})", patch.name, outcome(result.map_err(|error| format!("{error:?}")))));
+            }
+            Some(_) => {}
+        }
+    }
+    for ops in trace::registered_ops() {
+        // The livepatch core's own ops comes and goes with the patches restored above.
+        if before.ops.contains(&ops.name) || ops.name == "livepatch" {
+            continue;
+        }
+        let result = if core::ptr::eq(ops, &trace::graph::GRAPH_OPS) {
+            trace::graph::stop()
+        } else if core::ptr::eq(ops, &trace::function::FUNCTION_OPS) {
+            trace::function::stop()
+        } else {
+            trace::unregister(ops)
+        };
+        undone.push(format!("ftrace ops {} (unregister: {})", ops.name, outcome(result.map_err(|error| format!("{error:?}")))));
+    }
+    undone
+}
+
+fn outcome(result: Result<(), String>) -> String {
+    match result {
+        Ok(()) => String::from("done"),
+        Err(error) => format!("failed: {error}"),
+    }
+}
