@@ -14,13 +14,19 @@
 //! thread that is switched out: that window is not preemptible
 //! (`livepatch::entering`). Should the timer ever stop there anyway, the
 //! interrupted r11 and CTR are counted as well and the event is recorded in
-//! `PARKED_ENTERING`, which tests require to stay 0.
+//! `PARKED_ENTERING`, which tests require to stay 0 (every interrupted
+//! register is visited anyway, r11 and CTR among them).
 //!
 //! Dead threads are not looked at (they never run again), nor is a frame
 //! that lies outside its thread's stack. The innermost frame of each walk
-//! (the scanning function's own, or `switch_context`'s) and the frame just
-//! above an interrupt frame have LR slots their owners have not written yet;
-//! they are skipped, the interrupted NIP and LR stand for them.
+//! (the scanning function's own, or `switch_context`'s) has an LR slot its
+//! owner has not written yet; it is skipped. For an interrupt frame, every
+//! saved register is visited (NIP, LR, CTR, r0-r31) and so is the LR slot of
+//! the interrupted r1's frame, stale or not: a function interrupted in its
+//! epilogue, after popping its frame and loading r0 from that slot, holds
+//! its return address only there and in r0
+//! (`a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside`). Stale
+//! values only err toward "busy", and unload retries.
 use crate::arch::ppc64::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
 use crate::arch::ppc64::livepatch::{LivepatchFrame, entering};
 use crate::arch::ppc64::registers::stack_pointer;
@@ -98,13 +104,20 @@ fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
             let regs = unsafe { &*((frame + regs_offset) as *const PtRegs) };
             visit(regs.nip);
             visit(regs.link);
+            // Every register of the interrupted context: a function in its
+            // epilogue has the return into its caller only in r0 (loaded
+            // from the slot below, LR still stale), a caller may hold a
+            // module address in any register. A stale value only makes the
+            // module look busy for a while: unload tries again.
+            regs.gpr.iter().for_each(|&register| visit(register));
+            visit(regs.ctr);
             if entering(regs.nip) {
                 PARKED_ENTERING.fetch_add(1, Ordering::Relaxed);
-                visit(regs.gpr[11]);
-                visit(regs.ctr);
             }
-            // The interrupted function may not have written its frame's LR slot yet.
-            link_written = false;
+            // The interrupted r1's LR slot is visited like any other: it may
+            // be stale (written by an earlier callee), which only errs toward
+            // busy, or hold the return address of a function whose epilogue
+            // was interrupted after its frame was popped.
         }
         if back_chain <= frame {
             return;

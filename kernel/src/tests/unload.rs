@@ -419,6 +419,96 @@ fn a_thread_switched_out_in_module_code_or_below_it_keeps_the_module() {
     DIVERSION.store(0, Ordering::SeqCst);
 }
 
+// ---- 4b. A tick in a callee's epilogue: the return address only in r0 and the caller's LR slot ----
+
+core::arch::global_asm!(
+    r#"
+    .text
+    # unload_test_stand_in_module: plays module code (C) for the scan: a
+    # function with a frame that calls a kernel function.
+    #
+    # On entry: r3 = &PARKED (the flag the callee sets); LR = the return
+    # address into the Rust caller. On exit: r3 = 7; r0, r12, CR0
+    # clobbered; non-volatile registers kept.
+    .globl unload_test_stand_in_module
+    .type unload_test_stand_in_module, @function
+unload_test_stand_in_module:
+    mflr    0
+    std     0, 16(1)                  # caller's LR slot = the return address into Rust
+    stdu    1, -32(1)                 # C's frame
+    bl      unload_test_epilogue_tick # the kernel callee; returns here, into "module code"
+    addi    1, 1, 32                  # pop C's frame
+    ld      0, 16(1)
+    mtlr    0                         # LR = the return address into Rust
+    blr
+    .size unload_test_stand_in_module, . - unload_test_stand_in_module
+    .globl unload_test_stand_in_module_end
+unload_test_stand_in_module_end:
+
+    # unload_test_epilogue_tick: the kernel callee; waits in its epilogue,
+    # after its frame is popped, until the test has looked.
+    #
+    # On entry: LR = the return address into C; r1 = C's frame; r3 = &PARKED.
+    # Saves the return address in C's LR slot and pushes a frame, as a
+    # prologue does; makes LR a stale kernel address, as a call would; then
+    # pops the frame and loads r0 from C's LR slot, as an epilogue does, and
+    # spins before its `mtlr` (EE on, a tick made pending to switch it out
+    # soon) with PARKED = 1 until the test sets it to 2: wherever a tick lands
+    # in the loop, NIP and LR are kernel addresses and the return into C is
+    # only in r0 and in C's LR slot, the slot just above the interrupt frame.
+    # On exit: r3 = 7; r0, r12, CR0, LR clobbered.
+    .globl unload_test_epilogue_tick
+    .type unload_test_epilogue_tick, @function
+unload_test_epilogue_tick:
+    mflr    0
+    std     0, 16(1)                  # C's LR slot = the return address into C
+    stdu    1, -32(1)                 # a frame of its own
+    bl      3f                        # LR = 3f: a stale kernel address, as after a call
+3:  li      12, 3
+    mtdec   12                        # DEC = 3: a tick soon, to switch this thread out
+    addi    1, 1, 32                  # epilogue: pop the frame (r1 = C's frame)
+    ld      0, 16(1)                  # r0 = the return address into C
+    li      12, 1
+    std     12, 0(3)                  # PARKED = 1: in the window from here to the `mtlr`
+4:  ld      12, 0(3)
+    cmpdi   12, 1
+    beq     4b                        # wait for the test (PARKED = 2)
+    li      3, 7                      # r3 = the result
+    mtlr    0                         # LR = the return address into C
+    blr
+    .size unload_test_epilogue_tick, . - unload_test_epilogue_tick
+    "#,
+);
+
+unsafe extern "C" {
+    fn unload_test_stand_in_module(parked: *const AtomicU64) -> u64;
+    static unload_test_stand_in_module_end: u8;
+}
+
+#[ktest]
+fn a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside() {
+    static PARKED: AtomicU64 = AtomicU64::new(0);
+    let code = unload_test_stand_in_module as *const () as u64..&raw const unload_test_stand_in_module_end as u64;
+    PARKED.store(0, Ordering::SeqCst);
+    let victim = thread::spawn("epilogue", || {
+        // Safety: the asm above, with the flag it sets and waits on.
+        assert_eq!(unsafe { unload_test_stand_in_module(&PARKED) }, 7);
+    })
+    .expect("room for a thread");
+    // This thread runs again only once the victim is switched out, and the
+    // victim spins in the window until PARKED = 2: it is there now.
+    while PARKED.load(Ordering::SeqCst) != 1 {
+        thread::yield_now();
+    }
+    let inside = {
+        let _preempt = thread::preempt_disable();
+        module::busy::inside(code.clone())
+    };
+    PARKED.store(2, Ordering::SeqCst);
+    assert_eq!(victim.join(), ExitStatus::Returned);
+    assert!(inside, "a thread about to return into C (only r0 and C's LR slot hold it) is not seen inside C");
+}
+
 // ---- 5. Freed module memory is poisoned ----------------------------------------------
 
 #[ktest]
