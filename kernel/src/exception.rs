@@ -51,6 +51,11 @@ pub fn vector_name(trap: u64) -> &'static str {
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
+    let (base, top) = crate::arch::ppc64::emergency::bounds();
+    if !(base..top).contains(&regs.gpr[1]) && crate::arch::ppc64::emergency::on_emergency_stack() {
+        // Entered the emergency stack afresh: nothing on it belongs to anyone.
+        crate::arch::ppc64::emergency::reset_thread_info();
+    }
     match core::mem::take(&mut regs.result) {
         exceptions::THREAD_STACK_OVERFLOW => stack_overflow(regs),
         exceptions::EMERGENCY_STACK_OVERFLOW => emergency_stack_overflow(regs),

@@ -382,3 +382,36 @@ fn kill_just_above_the_livepatch_stack_touches_nothing_below_it() {
     assert_eq!(victim.join(), ExitStatus::Killed("killed at the guard"));
     nothing_touched.unwrap();
 }
+
+static LEFT_OVER: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+extern "C" fn look_at_the_emergency_thread_info(_: u64) -> ! {
+    let (base, _) = emergency::bounds();
+    // Safety: this CPU's emergency stack's thread_info, which this code runs under.
+    let info = unsafe { &*(base as *const ThreadInfo) };
+    LEFT_OVER[0].store(info.livepatch_sp - (base + LIVEPATCH_STACK_OFFSET as u64), Ordering::SeqCst);
+    LEFT_OVER[1].store(info.graph_depth, Ordering::SeqCst);
+    LEFT_OVER[2].store(info.trace_recursion, Ordering::SeqCst);
+    thread::exit(ExitStatus::Returned)
+}
+
+#[ktest]
+fn entering_the_emergency_stack_afresh_clears_what_an_earlier_report_left() {
+    let (base, _) = emergency::bounds();
+    {
+        let _interrupts = crate::arch::ppc64::interrupts::disable();
+        // Safety: the emergency stack is not in use (interrupts are off, and
+        // this thread is not on it); this is what a report killed inside a
+        // patched, graph-traced and traced call leaves behind.
+        unsafe {
+            let info = base as *mut ThreadInfo;
+            (*info).livepatch_sp += 2 * core::mem::size_of::<crate::arch::ppc64::livepatch::LivepatchFrame>() as u64;
+            (*info).graph_depth = 3;
+            (*info).trace_recursion = 1;
+        }
+    }
+    let status = thread::spawn("emergency-reset", || emergency::run(look_at_the_emergency_thread_info, 0)).unwrap().join();
+    assert_eq!(status, ExitStatus::Returned);
+    let left: [u64; 3] = core::array::from_fn(|index| LEFT_OVER[index].load(Ordering::SeqCst));
+    assert_eq!(left, [0, 0, 0], "livepatch stack bytes, graph depth and recursion bit left from an earlier report");
+}

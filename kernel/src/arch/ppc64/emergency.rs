@@ -9,6 +9,7 @@
 //! resumes the interrupted thread) or ends the thread it runs for; it never
 //! switches away and comes back, so one stack per CPU is enough. Interrupts are
 //! off throughout.
+use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use boot::{PerCpu, THREAD_SIZE};
 use core::mem::offset_of;
 use macros::notrace;
@@ -63,6 +64,29 @@ pub fn on_emergency_stack() -> bool {
     base != 0 && (base..top).contains(&stack_pointer)
 }
 
+/// Empties what per-thread state the emergency stack's `thread_info` holds:
+/// its livepatch stack, function_graph depth and tracer recursion bit.
+/// Called whenever the stack is entered afresh (not nested): an earlier
+/// report that ended its thread half way through a patched, graph-traced or
+/// traced call left them set, and nothing on the stack belongs to anyone now.
+/// Otherwise every later report would skip non-RECURSION_SAFE handlers and
+/// pile livepatch frames on dead ones.
+#[notrace]
+pub fn reset_thread_info() {
+    let (base, _) = bounds();
+    if base == 0 {
+        return;
+    }
+    // Safety: this CPU's emergency stack, entered afresh with interrupts off:
+    // nothing else uses its thread_info now.
+    unsafe {
+        let info = base as *mut ThreadInfo;
+        (*info).livepatch_sp = base + LIVEPATCH_STACK_OFFSET as u64;
+        (*info).graph_depth = 0;
+        (*info).trace_recursion = 0;
+    }
+}
+
 /// Runs `function(argument)` on this CPU's emergency stack, with interrupts
 /// off; there already, it just calls it. `function` must end the thread.
 #[notrace]
@@ -71,6 +95,7 @@ pub fn run(function: extern "C" fn(u64) -> !, argument: u64) -> ! {
     if on_emergency_stack() {
         function(argument)
     }
+    reset_thread_info();
     // Safety: interrupts are off, so nothing else uses the emergency stack
     // until `function` has ended this thread and switched away for good.
     unsafe { call_on_emergency_stack(argument, function) }
