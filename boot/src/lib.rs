@@ -108,9 +108,11 @@ struct FirmwareFrame {
     nonvolatile: [u64; 19],
     /// The kernel's MSR (64-bit, little-endian).
     msr: u64,
-    /// Pads the frame to a multiple of 16 bytes: ELFv2 keeps r1 16-byte aligned
-    /// at every call, and the firmware is called from this frame.
-    padding: u64,
+    /// CR: its fields cr2-cr4 are non-volatile in ELFv2, and the firmware
+    /// need not keep them (Linux's enter_prom saves it too). It also pads
+    /// the frame to a multiple of 16 bytes: ELFv2 keeps r1 16-byte aligned at
+    /// every call, and the firmware is called from this frame.
+    condition: u64,
 }
 
 /// Bytes `enter_openfirmware` pushes.
@@ -239,6 +241,8 @@ enter_openfirmware:
     std     29, {nonvolatile}+16*8(1)  # frame.nonvolatile[16] = r29
     std     30, {nonvolatile}+17*8(1)  # frame.nonvolatile[17] = r30
     std     31, {nonvolatile}+18*8(1)  # frame.nonvolatile[18] = r31
+    mfcr    11
+    std     11, {condition}(1)    # frame.condition = CR (cr2-cr4 are the caller's)
     mfmsr   11
     std     11, {msr}(1)          # frame.msr = the kernel's MSR
     li      12, 1
@@ -279,6 +283,8 @@ enter_openfirmware:
     mtmsrd  11                    # the kernel's MSR again
     isync
     extsw   3, 3                  # r3 = the firmware's 32-bit status, sign-extended
+    ld      0, {condition}(1)
+    mtcrf   0xff, 0               # CR = frame.condition
     addi    1, 1, {frame}         # pop our frame
     ld      0, {link_save}(1)
     mtlr    0                     # LR = our caller
@@ -306,4 +312,5 @@ enter_openfirmware:
     toc = const offset_of!(FirmwareFrame, toc),
     nonvolatile = const offset_of!(FirmwareFrame, nonvolatile),
     msr = const offset_of!(FirmwareFrame, msr),
+    condition = const offset_of!(FirmwareFrame, condition),
 );

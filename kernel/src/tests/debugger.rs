@@ -112,6 +112,11 @@ static DEBUGGER_SECOND: FtraceOps =
 /// watches the instruction and checks that `FUNCTION_TRACE_OP` already holds
 /// the right ops whenever the branch changes (stored first, then patched), so
 /// that no traced call can reach a handler with another handler's ops.
+/// On its own, this case checks only the end states (each handler saw its
+/// calls with its own ops): with one CPU and preemption off around the two
+/// stores, no traced call runs between them, so the store order is visible
+/// only to the debugger; the gdb phase of `cargo xtask test` is what catches
+/// the wrong order.
 #[ktest]
 fn ftrace_call_target_switches_for_the_debugger() {
     let function = [debugger_traced as *const () as u64];

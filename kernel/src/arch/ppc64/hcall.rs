@@ -20,11 +20,14 @@ pub const RTAS: u64 = 0xf000;
 ///
 /// Register contract of `sc 1` (PAPR, LoPAPR 14.5.3; Linux's
 /// Documentation/arch/powerpc/papr_hcalls.rst): on entry r3 = the call
-/// number, r4.. = the arguments. The hypervisor may change r0, r3-r12, LR,
+/// number, r4.. = the arguments. The hypervisor may change r0, r3-r12,
 /// CTR, XER and CR fields 0, 1, 5, 6, 7; it preserves r1, r2, r13-r31 and CR
-/// fields 2-4. Every volatile register is declared below, so the compiler
-/// keeps nothing in one of them across the call (checked on the host by
-/// xtask's `hcall_contract` test).
+/// fields 2-4. LR is declared clobbered as well, though the hypervisor keeps
+/// it in practice (Linux's hvCall.S returns with `blr` right after `sc 1`):
+/// a conservative choice that costs nothing, since a function making a call
+/// has saved LR already. Every volatile register is declared below, so the
+/// compiler keeps nothing in one of them across the call (checked on the
+/// host by xtask's `hcall_contract` test).
 #[notrace]
 pub fn hcall(number: u64, arguments: [u64; 6]) -> (i64, [u64; 4]) {
     let status: u64;
