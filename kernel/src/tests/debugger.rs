@@ -62,8 +62,9 @@ fn nested_livepatched_calls_for_the_debugger() {
     assert_eq!(result, ((1 + 100) + 1) * 10 + 1);
 }
 
-/// The window table the unwinder reads points where it says: the frame is
-/// complete just before the call of C, and gone at the return to A.
+/// The window table the unwinder and `livepatch::entering` read points where
+/// it says: the frame is complete just before the call of C, C returns just
+/// after the `bctrl`, and the frame is gone at the return to A.
 #[ktest]
 fn livepatch_handler_windows_point_at_the_call_and_the_return() {
     let start = livepatch_handler as *const () as u64;
@@ -75,6 +76,12 @@ fn livepatch_handler_windows_point_at_the_call_and_the_return() {
     let calls_c = (pushed..popped).step_by(4).any(|address| text::read(address) == 0x4e80_0421); // bctrl
     assert!(calls_c, "the call of C lies between pushed and popped");
     assert_eq!(text::read(popped), instruction::BLR, "popped is the return to A");
+    // The stretch the timer must not preempt (`livepatch::entering`) ends
+    // just after the call of C: C's address is in CTR up to the `bctrl` itself.
+    let returned = start + windows.returned;
+    assert_eq!(text::read(returned - 4), 0x4e80_0421, "returned follows the bctrl");
+    assert!(crate::arch::ppc64::livepatch::entering(returned - 4) && !crate::arch::ppc64::livepatch::entering(returned));
+    assert!(crate::arch::ppc64::livepatch::entering(start) && !crate::arch::ppc64::livepatch::entering(start - 4));
 }
 
 #[inline(never)]

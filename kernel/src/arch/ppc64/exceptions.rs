@@ -180,8 +180,7 @@ exception_common:
     ld      2, {percpu_toc}(13)           # r2 = kernel TOC
     addi    3, 1, {regs}                  # r3 = &regs
     bl      {dispatch}                    # exception_dispatch(&mut regs)
-    .globl exception_dispatch_return
-exception_dispatch_return:                # in the LR slot of every InterruptFrame below a running handler
+.Lexception_dispatch_return:              # in the LR slot of every InterruptFrame below a running handler
 
     li      0, 0
     mtmsrd  0, 1                          # MSR[RI] = 0 while SRR0/1 are live
@@ -204,6 +203,16 @@ exception_dispatch_return:                # in the LR slot of every InterruptFra
     ld      1, {gpr1}(1)                  # r1 = interrupted r1, last
     rfid
     .size exception_common, . - exception_common
+
+    # Where exception_dispatch returns to, as data: a local label, so that
+    # debuggers and backtraces name every address here exception_common.
+    .section .rodata.exception_dispatch_return, "a"
+    .balign 8
+    .globl exception_dispatch_return
+    .type exception_dispatch_return, @object
+exception_dispatch_return:
+    .quad   .Lexception_dispatch_return
+    .size exception_dispatch_return, . - exception_dispatch_return
     "#,
     scratch = const offset_of!(PerCpu, exception_scratch),
     emergency = const offset_of!(PerCpu, emergency_stack),
@@ -246,12 +255,13 @@ unsafe extern "C" {
     /// Where `exception_dispatch` returns to: the value its prologue saves in
     /// the LR slot of the `InterruptFrame`, which is how a stack walk
     /// recognises that frame.
-    pub static exception_dispatch_return: u8;
+    pub static exception_dispatch_return: u64;
 }
 
 /// Whether a stack frame whose LR save slot holds `saved_link` is an
 /// `InterruptFrame` (and so holds the interrupted context's `PtRegs`).
 #[macros::notrace]
 pub fn is_interrupt_frame(saved_link: u64) -> bool {
-    saved_link == &raw const exception_dispatch_return as u64
+    // Safety: a word the assembler wrote, never changed.
+    saved_link == unsafe { exception_dispatch_return }
 }

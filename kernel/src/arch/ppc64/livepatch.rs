@@ -40,8 +40,6 @@ unsafe extern "C" {
     pub static livepatch_handler_end: u8;
     /// Where this call's livepatch frame exists, for debuggers (gdb/kernel.py).
     pub static livepatch_handler_windows: LivepatchHandlerWindows;
-    /// Where C returns to in it: the instruction after its `bctrl`.
-    pub static livepatch_handler_call_return: u8;
 }
 
 /// Offsets from `livepatch_handler` of the stretch in which the call's own
@@ -55,6 +53,9 @@ unsafe extern "C" {
 pub struct LivepatchHandlerWindows {
     pub pushed: u64,
     pub popped: u64,
+    /// Where C returns to: the instruction after the `bctrl`. From the first
+    /// instruction up to here the handler is not preemptible (`entering`).
+    pub returned: u64,
 }
 
 /// Whether `nip` lies in `livepatch_handler` before C is called: from its
@@ -69,7 +70,10 @@ pub struct LivepatchHandlerWindows {
 #[macros::notrace]
 #[inline(always)]
 pub fn entering(nip: u64) -> bool {
-    (livepatch_handler as *const () as u64..&raw const livepatch_handler_call_return as u64).contains(&nip)
+    let start = livepatch_handler as *const () as u64;
+    // Safety: a table the assembler wrote, never changed.
+    let returned = unsafe { livepatch_handler_windows.returned };
+    (start..start + returned).contains(&nip)
 }
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
@@ -118,8 +122,7 @@ livepatch_handler:
 .Llivepatch_handler_pushed:           # from here the frame is complete (see LivepatchHandlerWindows)
     mfctr   12                        # r12 = C's global entry
     bctrl                             # C(arguments); r1 untouched, A's frame intact; preemptible in C
-    .globl livepatch_handler_call_return
-livepatch_handler_call_return:        # NIP before this label: not preemptible (see `entering`)
+.Llivepatch_handler_returned:         # NIP before this label: not preemptible (see `entering`)
 
     # Back from C: r3/r4 = results; r2 = C's TOC or anything; r0, r11, r12 free.
     clrrdi  12, 1, {thread_shift}     # r12 = thread_info
@@ -150,6 +153,7 @@ livepatch_handler_end:
 livepatch_handler_windows:
     .quad   .Llivepatch_handler_pushed - livepatch_handler
     .quad   .Llivepatch_handler_popped - livepatch_handler
+    .quad   .Llivepatch_handler_returned - livepatch_handler
     .size livepatch_handler_windows, . - livepatch_handler_windows
     "#,
     thread_shift = const THREAD_SHIFT,
