@@ -106,11 +106,22 @@ fn livepatchable_expansion(mut function: ItemFn) -> syn::Result<proc_macro2::Tok
         bindings.push(quote! { let #pattern = ::core::hint::black_box(#fresh); });
     }
     let body = &function.block;
+    // The body runs only if `black_box(true)`, which LLVM cannot evaluate: as
+    // far as it can tell, a path skips the body and returns whatever the
+    // barrier on `livepatchable_result` left in it. So the function returns
+    // even if its body never does (no `noreturn` inferred, callers keep the
+    // code after the call), and its result is never known. At run time the
+    // body always runs and writes the result.
     let block: Block = syn::parse2(quote! {{
         #(#bindings)*
-        #[allow(clippy::redundant_closure_call)]
-        let livepatchable_result: #output = (|| -> #output #body)();
-        ::core::hint::black_box(livepatchable_result)
+        let mut livepatchable_result = ::core::mem::MaybeUninit::<#output>::uninit();
+        if ::core::hint::black_box(true) {
+            #[allow(clippy::redundant_closure_call)]
+            livepatchable_result.write((|| -> #output #body)());
+        }
+        ::core::hint::black_box(&mut livepatchable_result);
+        // SAFETY: `black_box` returns its argument, so the body ran and wrote the result.
+        unsafe { livepatchable_result.assume_init() }
     }})?;
     *function.block = block;
     let name = &function.sig.ident;
