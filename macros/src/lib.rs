@@ -37,11 +37,17 @@ pub fn notrace(attribute: TokenStream, item: TokenStream) -> TokenStream {
 ///   call sites), none is returned unchanged, none points at memory the
 ///   function only reads (callers would keep values in registers across the
 ///   call);
-/// - the result passes through `black_box` too (the body runs in a closure,
-///   so `return` and `?` go through it): callers cannot propagate a constant
-///   result (interprocedural constant propagation), and with the barrier's
-///   memory effects the function is never "pure", so no call is merged with
-///   another or deleted when its result is unused;
+/// - the body runs in a closure (so `return` and `?` leave the closure, not
+///   the function) under `if black_box(true)`, and writes its result into a
+///   `MaybeUninit` slot that then passes through `black_box(&mut slot)`; the
+///   function returns what the slot holds. LLVM sees a path that skips the
+///   body and returns whatever the barrier left: callers cannot propagate a
+///   constant result (interprocedural constant propagation), a body that
+///   always diverges (`loop {}`, `panic!`) does not make the function
+///   `noreturn` (callers keep the code after the call, which a replacement
+///   returns to), and with the barriers' memory effects the function is never
+///   "pure", so no call is merged with another or deleted when its result is
+///   unused. At run time `black_box(true)` is `true`: the body always runs;
 /// - its address is taken in a `#[used]` static in the `.klp_livepatchable`
 ///   section: the function stays "address taken" (LLVM then never rewrites
 ///   its signature: no argument promotion, no specialised clones), and the
@@ -106,11 +112,22 @@ fn livepatchable_expansion(mut function: ItemFn) -> syn::Result<proc_macro2::Tok
         bindings.push(quote! { let #pattern = ::core::hint::black_box(#fresh); });
     }
     let body = &function.block;
+    // The body runs only if `black_box(true)`, which LLVM cannot evaluate: as
+    // far as it can tell, a path skips the body and returns whatever the
+    // barrier on `livepatchable_result` left in it. So the function returns
+    // even if its body never does (no `noreturn` inferred, callers keep the
+    // code after the call), and its result is never known. At run time the
+    // body always runs and writes the result.
     let block: Block = syn::parse2(quote! {{
         #(#bindings)*
-        #[allow(clippy::redundant_closure_call)]
-        let livepatchable_result: #output = (|| -> #output #body)();
-        ::core::hint::black_box(livepatchable_result)
+        let mut livepatchable_result = ::core::mem::MaybeUninit::<#output>::uninit();
+        if ::core::hint::black_box(true) {
+            #[allow(clippy::redundant_closure_call)]
+            livepatchable_result.write((|| -> #output #body)());
+        }
+        ::core::hint::black_box(&mut livepatchable_result);
+        // SAFETY: `black_box` returns its argument, so the body ran and wrote the result.
+        unsafe { livepatchable_result.assume_init() }
     }})?;
     *function.block = block;
     let name = &function.sig.ident;

@@ -339,3 +339,98 @@ fn function_not_marked_livepatchable_is_refused_by_name_and_nothing_changes() {
     assert_eq!(small_caller(black_box(1)), 2 ^ 0x10);
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 0, "no replacement ran");
 }
+
+// ---- A body that never returns: the function inferred `noreturn` ------------------
+
+/// A placeholder to be replaced later: its body never returns. The callers
+/// must still be compiled to continue after the call, because a replacement
+/// returns.
+#[livepatchable]
+fn never_yet(value: u64) -> u64 {
+    let _ = value;
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[inline(never)]
+fn never_yet_caller(value: u64) -> u64 {
+    never_yet(value) * 3 + 1
+}
+
+/// The other placeholder: a body that panics.
+#[livepatchable]
+fn not_written(value: u64) -> u64 {
+    panic!("not_written({value}) is to be replaced by a live patch")
+}
+
+#[inline(never)]
+fn not_written_caller(value: u64) -> u64 {
+    not_written(value) * 3 + 1
+}
+
+#[inline(never)]
+fn never_yet_replacement(value: u64) -> u64 {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+    value + 10
+}
+
+/// Whether `caller` has a `blr` after its first branch to `callee`: the
+/// caller returns once the call does (a caller compiled against a `noreturn`
+/// callee ends at the call, with a trap or the next function after it).
+fn returns_after_call(caller: u64, callee: u64) -> bool {
+    let table = crate::symbols::table().expect("the kernel carries its symbol table");
+    let (symbol, _) = table.lookup(caller).expect("the caller has a symbol");
+    let entries = [callee, text::local_entry(callee)];
+    let mut words = (symbol.address..symbol.address + u64::from(symbol.size)).step_by(4).map(|at| (at, text::read(at)));
+    let called = words
+        .by_ref()
+        .any(|(at, word)| instruction::branch_target(at, word).is_some_and(|(target, _)| entries.contains(&target)));
+    called && words.any(|(_, word)| word == instruction::BLR)
+}
+
+#[ktest]
+fn body_that_never_returns_does_not_make_callers_stop_after_the_call() {
+    let (caller, callee) = (address(never_yet_caller as *const ()), address(never_yet as *const ()));
+    assert_eq!(calls_from(caller, callee), 1, "never_yet_caller calls never_yet in its machine code");
+    assert!(returns_after_call(caller, callee), "never_yet_caller continues after its call to never_yet (a blr follows the bl)");
+    // Called through an opaque pointer, so this test's own code after the call stays whatever the caller became.
+    let call = black_box(never_yet_caller as fn(u64) -> u64);
+    let patched = replaced("kernel::tests::livepatchable::never_yet", address(never_yet_replacement as *const ()), || call(black_box(4)));
+    assert_eq!(patched, 43, "the caller goes on with the replacement's result");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+
+    let (caller, callee) = (address(not_written_caller as *const ()), address(not_written as *const ()));
+    assert_eq!(calls_from(caller, callee), 1, "not_written_caller calls not_written in its machine code");
+    assert!(returns_after_call(caller, callee), "not_written_caller continues after its call to not_written (a blr follows the bl)");
+    let call = black_box(not_written_caller as fn(u64) -> u64);
+    let patched = replaced("kernel::tests::livepatchable::not_written", address(never_yet_replacement as *const ()), || call(black_box(5)));
+    assert_eq!(patched, 46, "the caller goes on with the replacement's result");
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
+}
+
+// ---- No argument, no result: only the barriers' memory effects keep the calls ------
+
+/// Nothing goes in or out, so only `black_box(())` (an empty `asm!` that may
+/// read and write memory even for a zero-sized value) keeps LLVM from
+/// inferring the function has no effect and deleting its calls.
+#[livepatchable]
+fn nothing() {}
+
+#[inline(never)]
+fn nothing_twice() {
+    nothing();
+    nothing();
+}
+
+#[inline(never)]
+fn nothing_replacement() {
+    REPLACEMENT_CALLS.fetch_add(1, Ordering::SeqCst);
+}
+
+#[ktest]
+fn calls_of_a_function_without_arguments_or_result_are_kept() {
+    assert_eq!(calls_from(address(nothing_twice as *const ()), address(nothing as *const ())), 2, "nothing_twice calls nothing twice");
+    replaced("kernel::tests::livepatchable::nothing", address(nothing_replacement as *const ()), nothing_twice);
+    assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 2, "both calls reach the replacement");
+}
