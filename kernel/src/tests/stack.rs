@@ -182,8 +182,11 @@ fn bug_at(stack_pointer: u64) -> ! {
 static BYSTANDER_SPINS: AtomicU64 = AtomicU64::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
 
-#[ktest]
-fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
+/// Takes `ticks` timer ticks with r1 exactly at the lowest value the entry
+/// accepts on this thread's stack, switching to a bystander and back and
+/// reaping dead threads; returns how many guard bytes the timer path wrote
+/// below its frame, or what it damaged below the guard.
+fn ticks_at_the_guard(ticks: u64) -> Result<u64, String> {
     STOP.store(false, Ordering::SeqCst);
     let bystander = thread::spawn("bystander", || {
         while !STOP.load(Ordering::SeqCst) {
@@ -201,7 +204,7 @@ fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
     let (before, stack_pointer) = arm_canary();
     let spins = BYSTANDER_SPINS.load(Ordering::SeqCst);
     time::set_jitter(0x2545_f491_4f6c_dd1d);
-    wait_for_ticks_at(stack_pointer, 300);
+    wait_for_ticks_at(stack_pointer, ticks);
     time::set_jitter(0);
     let bystander_ran = BYSTANDER_SPINS.load(Ordering::SeqCst) > spins;
     let used = guard_used(base);
@@ -209,11 +212,100 @@ fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
     // Safety: as above; the livepatch stack was empty before.
     unsafe { (*thread::current_thread_info()).livepatch_sp = livepatch_sp };
     STOP.store(true, Ordering::SeqCst);
-    assert_eq!(bystander.join(), ExitStatus::Returned);
+    let bystander = bystander.join();
+    nothing_touched?;
+    if bystander != ExitStatus::Returned {
+        return Err(format!("the bystander ended {bystander:?}"));
+    }
+    if used == 0 {
+        return Err(String::from("the timer path wrote nothing below its frame: did the ticks happen?"));
+    }
+    if !bystander_ran {
+        return Err(String::from("the ticks never switched to the bystander and back"));
+    }
+    Ok(used)
+}
+
+#[ktest]
+fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
+    let used = ticks_at_the_guard(300).unwrap();
     println!("stack: the timer path used {used} of {STACK_GUARD} guard bytes below its {FRAME_SIZE}-byte frame and {RED_ZONE}-byte red zone");
-    nothing_touched.unwrap();
-    assert!(used > 0, "the timer path ran below its frame");
-    assert!(bystander_ran, "the ticks switched to the bystander and back");
+}
+
+/// A RECURSION_SAFE ops that does nothing: the stub calls it straight from `ftrace_call`, with no stack check.
+#[notrace]
+extern "C" fn nothing_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {}
+static NOTHING: FtraceOps = FtraceOps::new("test-nothing-at-the-guard", nothing_handler, OpsFlags::RECURSION_SAFE);
+
+/// What the thread taking ticks at the guard found.
+static TICKS_RESULT: spin::Mutex<Option<Result<u64, String>>> = spin::Mutex::new(None);
+
+/// Runs `ticks_at_the_guard` in a thread of its own (a kill must not end the
+/// test): its result, or how the thread ended.
+fn ticks_at_the_guard_in_a_thread(ticks: u64) -> Result<u64, String> {
+    *TICKS_RESULT.lock() = None;
+    let status = thread::spawn("ticks-at-guard", move || {
+        let result = ticks_at_the_guard(ticks);
+        *TICKS_RESULT.lock() = Some(result);
+    })
+    .unwrap()
+    .join();
+    // A killed thread left its bystander spinning.
+    STOP.store(true, Ordering::SeqCst);
+    if status != ExitStatus::Returned {
+        return Err(format!("the healthy thread taking ticks at the guard ended {status:?}"));
+    }
+    TICKS_RESULT.lock().take().unwrap_or_else(|| Err(String::from("no result")))
+}
+
+/// Which tracers are on while the ticks run, every one on every site.
+const TRACING: [(&str, bool, bool, bool); 4] = [
+    ("the function tracer", true, false, false),
+    ("function_graph", false, true, false),
+    ("a RECURSION_SAFE do-nothing ops", false, false, true),
+    ("all three (the list walker and the graph hook)", true, true, true),
+];
+
+/// Calls the function tracer recorded, kept or lost.
+fn recorded() -> u64 {
+    let (events, lost) = trace::function::events();
+    events.len() as u64 + lost
+}
+
+#[ktest]
+fn traced_timer_ticks_just_above_the_guard_touch_nothing_below_it() {
+    let mut failures = String::new();
+    for (name, function, graph, nothing) in TRACING {
+        if function {
+            trace::function::start("*").unwrap();
+        }
+        if graph {
+            trace::graph::start("*").unwrap();
+        }
+        if nothing {
+            trace::register(&NOTHING, Filter::Glob("*")).unwrap();
+        }
+        let traced_before = recorded();
+        let result = ticks_at_the_guard_in_a_thread(100);
+        let traced = recorded();
+        if nothing {
+            trace::unregister(&NOTHING).unwrap();
+        }
+        if graph {
+            trace::graph::stop().unwrap();
+        }
+        if function {
+            trace::function::stop().unwrap();
+        }
+        match result {
+            Ok(used) => println!("stack: with {name} on every site the timer path used {used} of {STACK_GUARD} guard bytes"),
+            Err(error) => failures += &format!("\n  with {name} on every site: {error}"),
+        }
+        if function && traced <= traced_before {
+            failures += &format!("\n  with {name}: nothing was traced");
+        }
+    }
+    assert!(failures.is_empty(), "ticks at the guard with tracing on:{failures}");
 }
 
 /// Waits (up to 2 s) until thread `id` is dead; its stack stays until it is joined.
