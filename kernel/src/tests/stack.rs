@@ -7,6 +7,7 @@
 //! then check every word below the guard: `thread_info`, `STACK_END_MAGIC` and
 //! the canary frames.
 use crate::arch::ppc64::emergency;
+use crate::arch::ppc64::registers::timebase;
 use crate::arch::ppc64::exceptions::{EXCEPTION_STACK_ROOM, FRAME_SIZE, RED_ZONE, STACK_GUARD};
 use crate::bug::BugLocation;
 use crate::livepatch::{self, Function, Object, Patch};
@@ -74,7 +75,9 @@ fn arm_canary() -> ([u64; INFO_WORDS], u64) {
 /// The first word below the guard of the stack at `base` that differs from
 /// what `arm_canary` left, as a message (the scheduler's own writes to `state`
 /// and `saved_stack_pointer` aside: the latter must point above the guard or
-/// off this stack).
+/// off this stack). Not traceable, like `arm_canary`: with function_graph on,
+/// a hooked call between the two would change the thread's `graph_depth`.
+#[notrace]
 fn check_nothing_below_the_guard_touched(base: u64, before: &[u64; INFO_WORDS]) -> Result<(), String> {
     let scheduler_words = [offset_of!(ThreadInfo, saved_stack_pointer) / 8, offset_of!(ThreadInfo, state) / 8];
     for (index, &expected) in before.iter().enumerate() {
@@ -108,6 +111,7 @@ fn check_nothing_below_the_guard_touched(base: u64, before: &[u64; INFO_WORDS]) 
 }
 
 /// Bytes of the painted band, from r1 down, that something wrote.
+#[notrace]
 fn band_used(base: u64) -> u64 {
     let top = base + FAKE_LIVEPATCH_TOP;
     let mut address = top;
@@ -118,6 +122,7 @@ fn band_used(base: u64) -> u64 {
 }
 
 /// Bytes of the painted guard band written below the exception frame.
+#[notrace]
 fn guard_used(base: u64) -> u64 {
     let top = base + FAKE_LIVEPATCH_TOP;
     let mut address = top;
@@ -182,8 +187,15 @@ fn bug_at(stack_pointer: u64) -> ! {
 static BYSTANDER_SPINS: AtomicU64 = AtomicU64::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
 
-#[ktest]
-fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
+/// The thread that last took ticks at the guard, and the timebase
+/// before and after: only its timer path ran on it then.
+static AT_THE_GUARD: spin::Mutex<(u64, u64, u64)> = spin::Mutex::new((0, 0, 0));
+
+/// Takes `ticks` timer ticks with r1 exactly at the lowest value the entry
+/// accepts on this thread's stack, switching to a bystander and back and
+/// reaping dead threads; returns how many guard bytes the timer path wrote
+/// below its frame, or what it damaged below the guard.
+fn ticks_at_the_guard(ticks: u64) -> Result<u64, String> {
     STOP.store(false, Ordering::SeqCst);
     let bystander = thread::spawn("bystander", || {
         while !STOP.load(Ordering::SeqCst) {
@@ -201,19 +213,117 @@ fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
     let (before, stack_pointer) = arm_canary();
     let spins = BYSTANDER_SPINS.load(Ordering::SeqCst);
     time::set_jitter(0x2545_f491_4f6c_dd1d);
-    wait_for_ticks_at(stack_pointer, 300);
+    let start = timebase();
+    wait_for_ticks_at(stack_pointer, ticks);
+    let end = timebase();
     time::set_jitter(0);
+    *AT_THE_GUARD.lock() = (thread::current_id(), start, end);
     let bystander_ran = BYSTANDER_SPINS.load(Ordering::SeqCst) > spins;
     let used = guard_used(base);
     let nothing_touched = check_nothing_below_the_guard_touched(base, &before);
     // Safety: as above; the livepatch stack was empty before.
     unsafe { (*thread::current_thread_info()).livepatch_sp = livepatch_sp };
     STOP.store(true, Ordering::SeqCst);
-    assert_eq!(bystander.join(), ExitStatus::Returned);
+    let bystander = bystander.join();
+    nothing_touched?;
+    if bystander != ExitStatus::Returned {
+        return Err(format!("the bystander ended {bystander:?}"));
+    }
+    if used == 0 {
+        return Err(String::from("the timer path wrote nothing below its frame: did the ticks happen?"));
+    }
+    if !bystander_ran {
+        return Err(String::from("the ticks never switched to the bystander and back"));
+    }
+    Ok(used)
+}
+
+#[ktest]
+fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
+    let used = ticks_at_the_guard(300).unwrap();
     println!("stack: the timer path used {used} of {STACK_GUARD} guard bytes below its {FRAME_SIZE}-byte frame and {RED_ZONE}-byte red zone");
-    nothing_touched.unwrap();
-    assert!(used > 0, "the timer path ran below its frame");
-    assert!(bystander_ran, "the ticks switched to the bystander and back");
+}
+
+/// A RECURSION_SAFE ops that does nothing: the stub calls it straight from `ftrace_call`, with no stack check.
+#[notrace]
+extern "C" fn nothing_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {}
+static NOTHING: FtraceOps = FtraceOps::new("test-nothing-at-the-guard", nothing_handler, OpsFlags::RECURSION_SAFE);
+
+/// What the thread taking ticks at the guard found.
+static TICKS_RESULT: spin::Mutex<Option<Result<u64, String>>> = spin::Mutex::new(None);
+
+/// Runs `ticks_at_the_guard` in a thread of its own (a kill must not end the
+/// test): its result, or how the thread ended.
+fn ticks_at_the_guard_in_a_thread(ticks: u64) -> Result<u64, String> {
+    *TICKS_RESULT.lock() = None;
+    let status = thread::spawn("ticks-at-guard", move || {
+        let result = ticks_at_the_guard(ticks);
+        *TICKS_RESULT.lock() = Some(result);
+    })
+    .unwrap()
+    .join();
+    // A killed thread left its bystander spinning.
+    STOP.store(true, Ordering::SeqCst);
+    if status != ExitStatus::Returned {
+        return Err(format!("the healthy thread taking ticks at the guard ended {status:?}"));
+    }
+    TICKS_RESULT.lock().take().unwrap_or_else(|| Err(String::from("no result")))
+}
+
+/// Which tracers are on while the ticks run, every one on every site.
+const TRACING: [(&str, bool, bool, bool); 4] = [
+    ("the function tracer", true, false, false),
+    ("function_graph", false, true, false),
+    ("a RECURSION_SAFE do-nothing ops", false, false, true),
+    ("all three (the list walker and the graph hook)", true, true, true),
+];
+
+/// Calls the function tracer recorded in the thread that took ticks at the
+/// guard while it was there: calls of traced functions on its timer path.
+fn traced_at_the_guard() -> usize {
+    let (thread, start, end) = *AT_THE_GUARD.lock();
+    let (events, _) = trace::function::events();
+    events.iter().filter(|(_, event)| event.thread == thread && (start..=end).contains(&event.timebase)).count()
+}
+
+#[ktest]
+fn traced_timer_ticks_just_above_the_guard_touch_nothing_below_it() {
+    let mut failures = String::new();
+    for (name, function, graph, nothing) in TRACING {
+        if function {
+            trace::function::start("*").unwrap();
+        }
+        if graph {
+            trace::graph::start("*").unwrap();
+        }
+        if nothing {
+            trace::register(&NOTHING, Filter::Glob("*")).unwrap();
+        }
+        *AT_THE_GUARD.lock() = (0, 0, 0);
+        let result = ticks_at_the_guard_in_a_thread(100);
+        let traced = traced_at_the_guard();
+        if nothing {
+            trace::unregister(&NOTHING).unwrap();
+        }
+        if graph {
+            trace::graph::stop().unwrap();
+        }
+        if function {
+            trace::function::stop().unwrap();
+        }
+        match result {
+            Ok(used) => {
+                // Only the function tracer records calls to count.
+                let calls = if function { format!(", {traced} calls recorded on it") } else { String::new() };
+                println!("stack: with {name} on every site the timer path used {used} of {STACK_GUARD} guard bytes{calls}");
+            }
+            Err(error) => failures += &format!("\n  with {name} on every site: {error}"),
+        }
+        if function && traced == 0 {
+            failures += &format!("\n  with {name}: no traced call on the timer path at the guard");
+        }
+    }
+    assert!(failures.is_empty(), "ticks at the guard with tracing on:{failures}");
 }
 
 /// Waits (up to 2 s) until thread `id` is dead; its stack stays until it is joined.

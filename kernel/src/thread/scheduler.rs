@@ -54,6 +54,9 @@ struct Thread {
 
 impl Thread {
     /// Changes the state, mirrored into thread_info for the debugger.
+    /// Always inlined (a method cannot be `#[notrace]`): the scheduler's
+    /// timer path calls it, and it must have no ftrace site of its own.
+    #[inline(always)]
     fn set_state(&mut self, state: State) {
         self.state = state;
         let code = match state {
@@ -90,6 +93,7 @@ static SCHEDULER: Mutex<Option<Scheduler>> = Mutex::new(None);
 /// The boot thread's number.
 pub const BOOT_THREAD: u64 = 0;
 
+#[notrace]
 fn with_scheduler<R>(action: impl FnOnce(&mut Scheduler) -> R) -> R {
     let _guard = interrupts::disable();
     let mut scheduler = SCHEDULER.lock();
@@ -321,6 +325,7 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
     exit(ExitStatus::Killed(kill.reason))
 }
 
+#[notrace]
 fn make_ready(scheduler: &mut Scheduler, id: u64) {
     if let Some(thread) = scheduler.threads.get_mut(&id) {
         if matches!(thread.state, State::Sleeping(_) | State::Joining) {
@@ -369,6 +374,7 @@ pub fn timer_tick(preemptible: bool) -> bool {
 
 /// Makes every sleeper whose time has come ready, without allocating: this
 /// runs on every tick.
+#[notrace]
 fn wake_sleepers(scheduler: &mut Scheduler) {
     let now = timebase();
     for (&id, thread) in scheduler.threads.iter_mut() {
@@ -380,6 +386,10 @@ fn wake_sleepers(scheduler: &mut Scheduler) {
 }
 
 /// Picks the next thread and switches to it (interrupts off throughout).
+/// Not traceable, like Linux's `__schedule`: the timer path runs it below an
+/// exception frame, within the stack guard (docs/ARCHITECTURE.md, "The
+/// exception stack budget"), and a tracer here would see every switch.
+#[notrace]
 pub fn schedule() {
     let _guard = interrupts::disable();
     check_current_stack();
@@ -420,6 +430,8 @@ pub fn schedule() {
 }
 
 /// Frees the stacks of dead detached threads other than the current one.
+/// Not traceable: it runs on the timer path, after the switch back.
+#[notrace]
 fn reap() {
     let dead: Vec<Box<Thread>> = with_scheduler(|scheduler| {
         let current = scheduler.current;

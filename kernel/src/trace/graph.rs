@@ -77,8 +77,8 @@ fn record(event: GraphEvent) {
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
+    super::ops::check_stack_room(regs);
     // The site, not regs.nip - 4: a livepatch may have redirected nip already.
-    super::ops::check_stack_room();
     let ip = regs.ip;
     if !traces(&GRAPH_OPS, ip) {
         return;

@@ -12,7 +12,7 @@ use super::sites::{self, ApplyError};
 use super::{FUNCTION_TRACE_OP, FtraceRegs};
 use crate::arch::ppc64::ftrace::{ftrace_call, ftrace_regs_call, ftrace_stub};
 use crate::arch::ppc64::text::{self, TextError};
-use crate::arch::ppc64::exceptions::EXCEPTION_STACK_ROOM;
+use crate::arch::ppc64::ftrace::FTRACE_REGS_LOWEST;
 use crate::thread::{self, current_thread_info};
 use crate::symbols::Symbolized;
 use alloc::boxed::Box;
@@ -434,27 +434,36 @@ fn recursion_exit() {
     unsafe { (*current_thread_info()).trace_recursion = 0 };
 }
 
-/// Traps when r1 has come within EXCEPTION_STACK_ROOM of the livepatch stack:
-/// the exception entry then finds r1 within the guard and reports a stack
-/// overflow from the emergency stack. Every call that reaches a guarded
-/// handler passes here, so a handler that recurses through traced functions
-/// is stopped at the first level that ends within the guard, before it writes
-/// below `livepatch_sp` (each level must take less than the room: the stub's
-/// frame and a function's are far smaller). Recursion through untraced code
-/// only meets the timer's check (docs/ARCHITECTURE.md).
+/// Traps when the traced call has less than `FTRACE_STACK_ROOM` left above
+/// the livepatch stack: the stub that passed `regs` sits so low that the
+/// deepest handler chain could write below `livepatch_sp`. The exception
+/// entry then finds r1 within the guard and reports a stack overflow from the
+/// emergency stack. The room is what the ftrace machinery itself needs (the
+/// stub's frame and the deepest handler chain, measured), not the whole
+/// exception guard: the timer path runs traced functions within the guard
+/// (`STACK_GUARD` is sized to hold this room at every one of them), and a
+/// healthy thread taking a tick near the guard must pass. Every call that
+/// reaches a guarded handler passes here, so a handler that recurses through
+/// traced functions is stopped at the first level that leaves less than the
+/// room, before it writes below `livepatch_sp` (each level must take less
+/// than the room: the stub's frame and a function's are far smaller; the
+/// stub's r1 is taken from `regs`, so where the caller's prologue put its
+/// own frame does not matter). Recursion through untraced code only meets
+/// the timer's check (docs/ARCHITECTURE.md).
 #[notrace]
 #[inline(always)]
-pub(crate) fn check_stack_room() {
+pub(crate) fn check_stack_room(regs: &FtraceRegs) {
     // Safety: the current thread's own thread_info.
-    let limit = unsafe { (*current_thread_info()).livepatch_sp } + EXCEPTION_STACK_ROOM as u64;
+    let limit = unsafe { (*current_thread_info()).livepatch_sp } + FTRACE_REGS_LOWEST as u64;
+    let record = regs as *const FtraceRegs as u64;
     // Safety: `td` only traps; the exception entry reports and kills.
-    unsafe { core::arch::asm!("td 2, 1, {limit}", limit = in(reg) limit, options(nomem, nostack)) };
+    unsafe { core::arch::asm!("td 2, {record}, {limit}", record = in(reg) record, limit = in(reg) limit, options(nomem, nostack)) };
 }
 
 /// One ops that is not RECURSION_SAFE: the guard, then its handler.
 #[notrace]
 extern "C" fn ftrace_ops_assist(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs) {
-    check_stack_room();
+    check_stack_room(regs);
     if recursion_enter() {
         (ops.handler)(ip, parent_ip, ops, regs);
         recursion_exit();
@@ -464,7 +473,7 @@ extern "C" fn ftrace_ops_assist(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: 
 /// Several ops: call each one that traces `ip`.
 #[notrace]
 extern "C" fn ftrace_ops_list(ip: u64, parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
-    check_stack_room();
+    check_stack_room(regs);
     let list = LIST.load(Ordering::Acquire);
     if list.is_null() {
         return;

@@ -36,6 +36,32 @@ struct FtraceFrame {
 
 const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
 const RECORD: usize = offset_of!(FtraceFrame, record);
+
+/// Bytes a call through an ftrace site may use below the traced function's
+/// entry r1 (its caller's r1): the stub's frame (400), the deepest chain of
+/// what the stub calls (a handler, `ftrace_ops_assist` or `ftrace_ops_list`
+/// and a handler, the graph hook), and the red zone of the deepest function;
+/// or the graph tracer's `return_to_handler` path, which runs at the same
+/// depth. Measured by `cargo xtask test`'s stack budget check from the
+/// disassembly: 816 (stub 400, `ftrace_ops_list` 96, `function_handler` 32,
+/// red zone 288); it fails if the measure exceeds this figure, and it counts
+/// this figure at every ftrace site on the timer path against `STACK_GUARD`.
+/// The handlers' room check traps only when less than this is left
+/// (docs/ARCHITECTURE.md, "The exception stack budget").
+pub const FTRACE_STACK_ROOM: usize = 1024;
+/// FTRACE_STACK_ROOM in the image, where `cargo xtask test` reads it (xtask/src/stack.rs).
+#[used]
+#[unsafe(no_mangle)]
+static FTRACE_STACK_ROOM_BYTES: u64 = FTRACE_STACK_ROOM as u64;
+/// The lowest address, above `livepatch_sp`, at which a handler's
+/// `&FtraceRegs` leaves FTRACE_STACK_ROOM below the traced function's entry
+/// r1 (the record lies RECORD bytes above the stub's r1, which is FRAME_SIZE
+/// below the entry r1).
+pub const FTRACE_REGS_LOWEST: usize = FTRACE_STACK_ROOM - FRAME_SIZE + RECORD;
+// The room holds at least the stub's frame; and a trap from the room check
+// has r1 below the stub's frame, within the exception guard, so the entry
+// reports it as a stack overflow from the emergency stack.
+const _: () = assert!(FTRACE_STACK_ROOM > FRAME_SIZE && FTRACE_STACK_ROOM <= super::exceptions::STACK_GUARD);
 const REGS: usize = RECORD + offset_of!(FtraceRegs, regs);
 const IP: usize = RECORD + offset_of!(FtraceRegs, ip);
 const TARGET: usize = RECORD + offset_of!(FtraceRegs, target);
