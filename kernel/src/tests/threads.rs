@@ -134,3 +134,15 @@ fn a_thread_a_tick_switches_to_after_it_yielded_keeps_its_time_slice() {
     assert_eq!(spinner.join(), ExitStatus::Returned);
     assert_eq!(EXTRA.load(Ordering::SeqCst), 0, "slices the spinner got in place of the yielder");
 }
+
+/// A thread killed while it holds the scheduler lock (a trap in traced code
+/// inside the scheduler's critical section) cannot be killed the usual way:
+/// that takes the same lock. The kernel must end with a report, not hang.
+#[ktest(should_panic)]
+fn a_kill_inside_the_scheduler_lock_ends_the_kernel_instead_of_hanging() {
+    let killed = thread::spawn("killed-under-lock", || {
+        thread::with_scheduler_locked(|| thread::kill_current("test kill under the scheduler lock"));
+    })
+    .expect("room for a thread");
+    let _ = killed.join();
+}

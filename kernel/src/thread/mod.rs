@@ -14,6 +14,8 @@ pub use {
     scheduler::{ExitStatus, exit, yield_now},
 };
 pub use stack::stack_bounds;
+#[cfg(feature = "ktest")]
+pub use scheduler::with_scheduler_locked;
 
 use macros::notrace;
 

@@ -100,6 +100,13 @@ fn with_scheduler<R>(action: impl FnOnce(&mut Scheduler) -> R) -> R {
     action(scheduler.as_mut().expect("threads are initialised at boot"))
 }
 
+/// Runs `action` with the scheduler lock held (interrupts off), for the
+/// test of a kill taken inside the scheduler's critical section.
+#[cfg(feature = "ktest")]
+pub fn with_scheduler_locked(action: impl FnOnce()) {
+    with_scheduler(|_| action())
+}
+
 /// Turns the boot flow into thread 0 ("main") and starts the idle thread.
 pub fn init() {
     let base = boot::BOOT_STACK.0.get() as u64;
@@ -314,6 +321,13 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
     // Safety: a Kill in the frame of kill_current or check_current_stack,
     // which stays in place: this thread never returns there.
     let kill = unsafe { &*(kill as *const Kill) };
+    if SCHEDULER.is_locked() {
+        // One CPU, and interrupts are off while the lock is held: only the
+        // context being killed can hold it (a trap inside `with_scheduler`,
+        // e.g. a stack-room check in traced allocator code). Killing it would
+        // wait for itself forever; end the kernel with a report instead.
+        panic!("{} in thread {} while it held the scheduler lock", kill.reason, current_id());
+    }
     if let Some(detail) = kill.detail {
         println!("kernel: stack of thread {} {detail}", current_id());
     }
