@@ -105,12 +105,12 @@ exceptions_test_emulated_trap:
 );
 
 unsafe extern "C" {
-    fn exceptions_test_trap_probe(out: &mut [u64; 18]);
+    pub(crate) fn exceptions_test_trap_probe(out: &mut [u64; 18]);
     static exceptions_test_emulated_trap: u8;
 }
 
 /// What the emulation writes into regs.gpr[number].
-fn emulated_value(number: usize) -> u64 {
+pub(crate) fn emulated_value(number: usize) -> u64 {
     0xe000_0000_0000_0000 | (number as u64) << 32 | 0x5a5a
 }
 

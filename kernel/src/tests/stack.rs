@@ -382,3 +382,32 @@ fn kill_just_above_the_livepatch_stack_touches_nothing_below_it() {
     assert_eq!(victim.join(), ExitStatus::Killed("killed at the guard"));
     nothing_touched.unwrap();
 }
+
+static NESTED_WRONG: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Runs on the emergency stack: takes a program check there (the emulated
+/// trap of `tests::exceptions`, which the handler steps over), then checks
+/// that its own frame and locals survived the nested exception's frame.
+extern "C" fn trap_on_the_emergency_stack(argument: u64) -> ! {
+    let locals: [u64; 16] = core::array::from_fn(|index| black_box(argument ^ index as u64));
+    let mut registers = [0u64; 18];
+    // Safety: the probe keeps the ABI (it saves and restores r14-r31).
+    unsafe { crate::tests::exceptions::exceptions_test_trap_probe(&mut registers) };
+    let mut wrong = 0;
+    for (index, local) in black_box(&locals).iter().enumerate() {
+        wrong += u64::from(*local != argument ^ index as u64);
+    }
+    for number in 14..=31 {
+        wrong += u64::from(registers[number - 14] != crate::tests::exceptions::emulated_value(number));
+    }
+    NESTED_WRONG.store(wrong, Ordering::SeqCst);
+    thread::exit(ExitStatus::Returned)
+}
+
+#[ktest]
+fn a_nested_exception_on_the_emergency_stack_stays_below_the_code_it_interrupts() {
+    NESTED_WRONG.store(u64::MAX, Ordering::SeqCst);
+    let status = thread::spawn("nested", || emergency::run(trap_on_the_emergency_stack, 0x5eed_0000)).unwrap().join();
+    assert_eq!(status, ExitStatus::Returned, "the code on the emergency stack came back from the trap and ended");
+    assert_eq!(NESTED_WRONG.load(Ordering::SeqCst), 0, "locals intact and r14-r31 as the handler wrote them after a program check on the emergency stack");
+}
