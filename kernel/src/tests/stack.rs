@@ -411,3 +411,32 @@ fn a_nested_exception_on_the_emergency_stack_stays_below_the_code_it_interrupts(
     assert_eq!(status, ExitStatus::Returned, "the code on the emergency stack came back from the trap and ended");
     assert_eq!(NESTED_WRONG.load(Ordering::SeqCst), 0, "locals intact and r14-r31 as the handler wrote them after a program check on the emergency stack");
 }
+
+/// Recurses on the emergency stack, taking the emulated trap of
+/// `tests::exceptions` at every level (interrupts are off there, so only a
+/// synchronous exception lets the entry look at r1), until the entry finds r1
+/// within the emergency stack's own guard.
+#[inline(never)]
+fn descend_with_traps(depth: u64) -> u64 {
+    let mut frame = [depth; 32];
+    black_box(&mut frame);
+    let mut registers = [0u64; 18];
+    // Safety: the probe keeps the ABI (it saves and restores r14-r31).
+    unsafe { crate::tests::exceptions::exceptions_test_trap_probe(&mut registers) };
+    frame[depth as usize % 32] + descend_with_traps(black_box(depth + 1))
+}
+
+extern "C" fn overflow_the_emergency_stack(_: u64) -> ! {
+    black_box(descend_with_traps(0));
+    thread::exit(ExitStatus::Returned)
+}
+
+/// An overflow of the emergency stack itself ends the kernel ("stack overflow
+/// on the emergency stack"): there is no other stack left to report from.
+/// Reported as a thread's overflow instead, the thread would be killed and
+/// this test would return: a failure for a should_panic case.
+#[ktest(should_panic)]
+fn an_overflow_of_the_emergency_stack_itself_panics() {
+    let status = thread::spawn("emergency-overflow", || emergency::run(overflow_the_emergency_stack, 0)).unwrap().join();
+    println!("the emergency stack overflowed and the kernel went on: {status:?}");
+}
