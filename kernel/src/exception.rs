@@ -74,6 +74,12 @@ pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
 #[notrace]
 #[inline(never)]
 fn program_check(regs: &mut PtRegs) {
+    // A test's trap that the handler "emulates" by writing pt_regs (the
+    // interrupted code must see what a handler writes there).
+    #[cfg(feature = "ktest")]
+    if crate::tests::exceptions::emulate_trap(regs) {
+        return;
+    }
     let reason = ProgramCheckReason::from_bits_truncate(regs.msr);
     if reason.contains(ProgramCheckReason::TRAP) {
         if let Some(location) = bug::find(regs.nip) {

@@ -4,7 +4,7 @@ mod bench_livepatch;
 mod console;
 mod debugger;
 mod devicetree;
-mod exceptions;
+pub(crate) mod exceptions;
 mod ftrace;
 mod livepatch;
 mod livepatchable;

@@ -525,3 +525,64 @@ fn entering_the_emergency_stack_afresh_clears_what_an_earlier_report_left() {
     let left: [u64; 3] = core::array::from_fn(|index| LEFT_OVER[index].load(Ordering::SeqCst));
     assert_eq!(left, [0, 0, 0], "livepatch stack bytes, graph depth and recursion bit left from an earlier report");
 }
+
+static NESTED_WRONG: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Runs on the emergency stack: takes a program check there (the emulated
+/// trap of `tests::exceptions`, which the handler steps over), then checks
+/// that its own frame and locals survived the nested exception's frame.
+extern "C" fn trap_on_the_emergency_stack(argument: u64) -> ! {
+    let locals: [u64; 16] = core::array::from_fn(|index| black_box(argument ^ index as u64));
+    let mut registers = [0u64; 18];
+    // Safety: the probe keeps the ABI (it saves and restores r14-r31).
+    unsafe { crate::tests::exceptions::exceptions_test_trap_probe(&mut registers) };
+    let mut wrong = 0;
+    for (index, local) in black_box(&locals).iter().enumerate() {
+        wrong += u64::from(*local != argument ^ index as u64);
+    }
+    for number in 14..=31 {
+        wrong += u64::from(registers[number - 14] != crate::tests::exceptions::emulated_value(number));
+    }
+    NESTED_WRONG.store(wrong, Ordering::SeqCst);
+    thread::exit(ExitStatus::Returned)
+}
+
+#[ktest]
+fn a_nested_exception_on_the_emergency_stack_stays_below_the_code_it_interrupts() {
+    NESTED_WRONG.store(u64::MAX, Ordering::SeqCst);
+    let status = thread::spawn("nested", || emergency::run(trap_on_the_emergency_stack, 0x5eed_0000)).unwrap().join();
+    assert_eq!(status, ExitStatus::Returned, "the code on the emergency stack came back from the trap and ended");
+    assert_eq!(NESTED_WRONG.load(Ordering::SeqCst), 0, "locals intact and r14-r31 as the handler wrote them after a program check on the emergency stack");
+}
+
+/// Recurses on the emergency stack, taking the emulated trap of
+/// `tests::exceptions` at every level (interrupts are off there, so only a
+/// synchronous exception lets the entry look at r1), until the entry finds r1
+/// within the emergency stack's own guard.
+#[inline(never)]
+fn descend_with_traps(depth: u64) -> u64 {
+    if depth > 100_000 {
+        return depth; // not reached: the emergency stack overflows long before
+    }
+    let mut frame = [depth; 32];
+    black_box(&mut frame);
+    let mut registers = [0u64; 18];
+    // Safety: the probe keeps the ABI (it saves and restores r14-r31).
+    unsafe { crate::tests::exceptions::exceptions_test_trap_probe(&mut registers) };
+    frame[depth as usize % 32] + descend_with_traps(black_box(depth + 1))
+}
+
+extern "C" fn overflow_the_emergency_stack(_: u64) -> ! {
+    black_box(descend_with_traps(0));
+    thread::exit(ExitStatus::Returned)
+}
+
+/// An overflow of the emergency stack itself ends the kernel ("stack overflow
+/// on the emergency stack"): there is no other stack left to report from.
+/// Reported as a thread's overflow instead, the thread would be killed and
+/// this test would return: a failure for a should_panic case.
+#[ktest(should_panic)]
+fn an_overflow_of_the_emergency_stack_itself_panics() {
+    let status = thread::spawn("emergency-overflow", || emergency::run(overflow_the_emergency_stack, 0)).unwrap().join();
+    println!("the emergency stack overflowed and the kernel went on: {status:?}");
+}

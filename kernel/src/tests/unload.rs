@@ -130,6 +130,30 @@ fn anchor_replacement() -> u64 {
     black_box(2)
 }
 
+/// `bctrl`: branch to CTR and link.
+const BCTRL: u32 = 0x4e80_0421;
+
+/// The window the timer must not preempt, read from the code itself rather
+/// than from the labels `entering` uses: every instruction of
+/// `livepatch_handler` from the first up to and including the `bctrl` (C's
+/// address is only in r11 or CTR there), and nothing after it or before it.
+/// The unload test above parks the tick exactly at the first instruction,
+/// but it counts such a switch through `entering` too, so it cannot see
+/// `entering` itself shrink.
+#[ktest]
+fn entering_covers_livepatch_handler_up_to_and_including_its_bctrl() {
+    use crate::arch::ppc64::livepatch::entering;
+    let start = livepatch_handler as *const () as u64;
+    // Safety: reads the kernel's own text, up to the bctrl within the handler.
+    let bctrl = (0..64u64).map(|index| start + 4 * index).find(|&address| unsafe { *(address as *const u32) } == BCTRL);
+    let bctrl = bctrl.expect("livepatch_handler calls C with bctrl");
+    assert!(!entering(start - 4), "the instruction before livepatch_handler is not in the window");
+    for address in (start..=bctrl).step_by(4) {
+        assert!(entering(address), "livepatch_handler+{:#x} (C only in r11/CTR) is in the window", address - start);
+    }
+    assert!(!entering(bctrl + 4), "after the bctrl (C returned) the window is over");
+}
+
 #[ktest]
 fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_freed_code() {
     static DONE: AtomicU64 = AtomicU64::new(0);

@@ -99,7 +99,7 @@ core::arch::global_asm!(
     # interrupted r12; SRR0/SRR1 = interrupted NIP/MSR; r13 = per-CPU area
     # (always valid in the kernel); every other register is the interrupted
     # context's. MSR[EE] = 0.
-    # On exit (rfid): every register restored from PtRegs, NIP = regs.nip,
+    # On exit (rfid): every register but r13 restored from PtRegs, NIP = regs.nip,
     # MSR = regs.msr. Per-CPU scratch words 0-2 clobbered. CR is saved before
     # the stack check's compare, which would otherwise corrupt the
     # interrupted code's CR0.
@@ -203,8 +203,13 @@ exception_common:
     ld      0, {ccr}(1)
     mtcr    0
     ld      0, {gpr0}(1)
-    .irp number, 2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    ld      \number, {gprs}+8*\number(1)     # every GPR but r0 and r1 from regs
+    # r13 is not reloaded: it is the per-CPU pointer, which the entry relies
+    # on and nothing changes (no handler writes regs.gpr[13]); the interrupted
+    # kernel code already holds the same value. Linux's kernel-mode interrupt
+    # return leaves r13 (the PACA) alone too: only its return to user
+    # reloads r13 from pt_regs (arch/powerpc/kernel/interrupt_64.S).
+    .irp number, 2,3,4,5,6,7,8,9,10,11,12,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    ld      \number, {gprs}+8*\number(1)     # every GPR but r0, r1 and r13 from regs
     .endr
     ld      1, {gpr1}(1)                  # r1 = interrupted r1, last
     rfid
