@@ -31,12 +31,6 @@ impl<T> Mutex<T> {
         let preempt = preempt_disable();
         MutexGuard { guard: self.inner.lock(), _preempt: preempt }
     }
-
-    /// Whether someone holds the lock now (a snapshot: for reports and
-    /// for paths that must not wait on a lock their own context may hold).
-    pub fn is_locked(&self) -> bool {
-        self.inner.is_locked()
-    }
 }
 
 impl<T> Deref for MutexGuard<'_, T> {

@@ -19,6 +19,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use memory::ModuleMemory;
+// The pattern freed module memory is filled with, for the in-kernel tests.
+#[cfg(feature = "ktest")]
 pub use memory::POISON;
 use portable::module::{self, LinkedModule, ModuleError};
 
