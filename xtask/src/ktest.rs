@@ -133,7 +133,7 @@ impl Report {
 
 /// The bytes of `hex` (two digits each) as UTF-8 text.
 fn decode_hex(hex: &str) -> Option<String> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..hex.len())
