@@ -1,6 +1,6 @@
 //! The BUG table: trap addresses recorded with the source location that placed them.
 //!
-//! `bug!()` in Rust and the `bug_entry` assembler macro (see `BUG_ENTRY_MACRO`)
+//! `bug!()` in Rust and the `bug_entry` assembler macro (see `bug_entry_macro!`)
 //! both emit a trap instruction and a `BugEntry` in the `.bug_table` section.
 //! A program check at a recorded address prints `kernel BUG at FILE:LINE!` and
 //! kills only the current thread.
@@ -110,8 +110,8 @@ macro_rules! bug_on {
 }
 
 /// Assembler macro `bug_entry TRAP_LABEL, "FILE", LINE` for `global_asm!` code:
-/// records the trap instruction at TRAP_LABEL. Prepend it to an asm block with
-/// `concat!(bug::BUG_ENTRY_MACRO, ...)`-style text or include it once per block.
+/// records the trap instruction at TRAP_LABEL. Pass `crate::bug_entry_macro!()`
+/// as the first template string of each `global_asm!` block that uses it.
 #[macro_export]
 macro_rules! bug_entry_macro {
     () => {

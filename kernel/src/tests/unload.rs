@@ -1,5 +1,6 @@
 //! Tests of module unloading under concurrency: the window at `livepatch_handler`'s entry, per-module busy checks, the grace period.
 use crate::arch::ppc64::livepatch::livepatch_handler;
+use crate::arch::ppc64::registers::Msr;
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::module::{self, LoadError};
 use crate::thread::{self, ExitStatus};
@@ -87,8 +88,8 @@ unload_test_tick_probe:
     rfid                              # to livepatch_handler, EE on: the tick is taken there
     .size unload_test_tick_probe, . - unload_test_tick_probe
     "#,
-    msr_ri = const 2,
-    msr_ee = const 0x8000,
+    msr_ri = const Msr::RI.bits(),
+    msr_ee = const Msr::EE.bits(),
     percpu_toc = const offset_of!(PerCpu, toc),
 );
 
@@ -367,8 +368,8 @@ unload_test_return_with_tick:
 1:  rfid                              # return, EE on: the tick is taken at the return address
     .size unload_test_return_with_tick, . - unload_test_return_with_tick
     "#,
-    msr_ri = const 2,
-    msr_ee = const 0x8000,
+    msr_ri = const Msr::RI.bits(),
+    msr_ee = const Msr::EE.bits(),
 );
 
 unsafe extern "C" {

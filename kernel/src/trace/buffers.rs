@@ -8,7 +8,8 @@ use portable::ring::RingBuffer;
 
 /// One ring of `N` events per CPU. A handler writes only its own CPU's ring,
 /// under the tracer's recursion guard (so an interrupt on the same CPU skips
-/// instead of interleaving) with preemption held off by the stub; readers
+/// instead of interleaving), never preempted there (the timer does not
+/// preempt inside ftrace: `arch::ppc64::ftrace::in_ftrace`); readers
 /// disable interrupts while they copy.
 pub struct PerCpuBuffers<T: Copy, const N: usize>([UnsafeCell<RingBuffer<T, N>>; MAX_CPUS]);
 

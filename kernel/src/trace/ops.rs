@@ -6,8 +6,9 @@
 //! is, and to `ftrace_ops_list` (each ops whose filter holds the ip) when
 //! several are. Registration runs with preemption disabled: on this
 //! uniprocessor kernel no other thread runs while text and tables change, and
-//! no thread can be preempted inside a handler (the stubs raise the preempt
-//! count around the call), so after `unregister` returns nobody is in it.
+//! no thread can be preempted inside a handler (the timer does not preempt a
+//! context `arch::ppc64::ftrace::in_ftrace` places in a stub or a handler),
+//! so after `unregister` returns nobody is in it.
 use super::sites::{self, ApplyError};
 use super::{FUNCTION_TRACE_OP, FtraceRegs};
 use crate::arch::ppc64::ftrace::{ftrace_call, ftrace_regs_call, ftrace_stub};

@@ -238,7 +238,7 @@ exception_dispatch_return:
     frame = const FRAME_SIZE,
     regs = const REGS,
     sprg2 = const spr::SPRG2,
-    msr_ri = const 2,
+    msr_ri = const super::registers::Msr::RI.bits(),
     dispatch = sym crate::exception::exception_dispatch,
     gprs = const gpr!(0),
     gpr0 = const gpr!(0),
