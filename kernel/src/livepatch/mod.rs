@@ -50,19 +50,36 @@ pub struct Patch {
 /// Why a livepatch operation changed nothing.
 #[derive(Debug)]
 pub enum LivepatchError {
+    /// `enable`, `disable` or `remove` named no added patch.
     UnknownPatch(String),
+    /// `add` of a patch whose name is taken.
     DuplicatePatch(String),
+    /// `add`: no kernel function has this name.
     UnknownFunction(String),
+    /// `add`: the name is shared by `count` functions and no position was given.
     Ambiguous { name: String, count: usize },
+    /// `add`: the position is outside 1..=`count`.
     BadPosition { name: String, position: usize, count: usize },
+    /// `add`: the function has no ftrace entry site (`#[notrace]`).
     NotTraceable(String),
+    /// `add`: the function is not marked `#[livepatchable]`.
     NotLivepatchable(String),
+    /// `enable`: another IPMODIFY ftrace user (`owner`) already redirects the function.
     Busy { name: String, owner: &'static str },
+    /// `enable` of a patch that is enabled.
     AlreadyEnabled(String),
+    /// `remove` of a patch that is still enabled.
+    StillEnabled(String),
+    /// `add`: the patch replaces one function twice.
     DuplicateFunction(String),
+    /// `disable` of a patch that is not enabled.
     NotEnabled(String),
+    /// `disable` of a patch that a newer enabled patch (`topmost`) stacks on.
     NotTopmost { patch: String, function: String, topmost: String },
+    /// `add`: an object names a module; only kernel functions (object
+    /// `module: None`) can be patched, module objects are not supported.
     UnknownObject(String),
+    /// Text patching or ftrace registration failed; nothing was changed.
     Ftrace(FtraceError),
 }
 
@@ -87,6 +104,9 @@ impl fmt::Display for LivepatchError {
                 write!(formatter, "'{name}' is busy: its calls are already redirected by '{owner}'")
             }
             LivepatchError::AlreadyEnabled(name) => write!(formatter, "patch '{name}' is already enabled"),
+            LivepatchError::StillEnabled(name) => {
+                write!(formatter, "patch '{name}' is enabled: disable it before removing it")
+            }
             LivepatchError::DuplicateFunction(name) => write!(formatter, "the patch replaces '{name}' twice"),
             LivepatchError::NotEnabled(name) => write!(formatter, "patch '{name}' is not enabled"),
             LivepatchError::NotTopmost { patch, function, topmost } => write!(
@@ -172,7 +192,7 @@ pub fn remove(name: &str) -> Result<Patch, LivepatchError> {
     let mut registry = REGISTRY.lock();
     let index = position(&registry, name)?;
     if registry.patches[index].enabled {
-        return Err(LivepatchError::AlreadyEnabled(String::from(name)));
+        return Err(LivepatchError::StillEnabled(String::from(name)));
     }
     crate::debug::patch_changed(name, None, &[]);
     Ok(registry.patches.remove(index).patch)

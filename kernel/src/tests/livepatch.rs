@@ -546,6 +546,12 @@ fn bad_patches_get_clear_errors_and_change_nothing() {
     assert!(matches!(livepatch::enable("never-added"), Err(LivepatchError::UnknownPatch(_))));
     enable("twice", &[("kernel::tests::livepatch::stacked_original", None, replacement)]).unwrap();
     assert!(matches!(livepatch::enable("twice"), Err(LivepatchError::AlreadyEnabled(_))));
+    match livepatch::remove("twice") {
+        Err(LivepatchError::StillEnabled(name)) => assert_eq!(name, "twice"),
+        Err(other) => panic!("removing an enabled patch: expected StillEnabled, got {other}"),
+        Ok(_) => panic!("an enabled patch was removed"),
+    }
+    assert_eq!(stacked_original(), 2, "the enabled patch still runs after the refused remove");
     assert!(matches!(livepatch::add(Patch { name: String::from("twice"), objects: Vec::new() }), Err(LivepatchError::DuplicatePatch(_))));
     retire("twice");
     assert!(matches!(livepatch::disable("nope"), Err(LivepatchError::UnknownPatch(_))));
