@@ -143,9 +143,9 @@ ftrace_graph_call:
     # On entry: as ftrace_caller.
     # Calls: ftrace_regs_call's target, as ftrace_caller, with a complete
     # pt_regs; then ftrace_regs_graph_call.
-    # On exit: every GPR but r1 and r11 restored from pt_regs (a handler may
-    # change any of them), CR and XER restored, LR = r0 = regs.link,
-    # r11 = record.target, continue at regs.nip through CTR.
+    # On exit: every GPR but r0, r1 and r11 restored from pt_regs (a handler
+    # may change any of them), CR and XER restored, LR = r0 = regs.link,
+    # r11 = record.target, CTR = regs.nip, continue there.
     .globl ftrace_regs_caller
     .type ftrace_regs_caller, @function
 ftrace_regs_caller:
