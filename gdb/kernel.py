@@ -15,14 +15,14 @@ import struct
 import gdb
 from gdb.unwinder import Unwinder, register_unwinder
 
-ANCHOR_VERSION = 1
+ANCHOR_VERSION = 2
 MAX_THREADS, MAX_PATCHES, MAX_FUNCTIONS, MAX_MODULES, MAX_SECTIONS = 64, 16, 16, 8, 48
 HEADER_WORDS = 14                      # magic .. site_entry_size
 PATCH_SIZE = 32 + 8 + 8 + MAX_FUNCTIONS * 16
 MODULE_SIZE = 32 + 4 * 8 + MAX_SECTIONS * 40
 STACK_END_MAGIC = 0x57AC6E9D
 NOP = 0x60000000
-STATES = {0: "running", 1: "ready", 2: "sleeping", 3: "joining", 4: "dead"}
+STATE_NAME_SIZE = 16                  # each ThreadState name in the anchor, NUL-padded
 PATCH_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "patches")
 
 
@@ -84,6 +84,15 @@ class Anchor:
         self.threads_at = self.address + HEADER_WORDS * 8
         self.patches_at = self.threads_at + MAX_THREADS * 8
         self.modules_at = self.patches_at + MAX_PATCHES * PATCH_SIZE
+        state_count_at = self.modules_at + MAX_MODULES * MODULE_SIZE
+        self.state_count = word(state_count_at)
+        self.state_names_at = state_count_at + 8
+
+    def state_name(self, value):
+        """The kernel's name of ThreadState `value` (kept in the anchor, in value order)."""
+        if value >= self.state_count:
+            return "?"
+        return text(read(self.state_names_at + value * STATE_NAME_SIZE, STATE_NAME_SIZE))
 
     def threads(self):
         bases = struct.unpack("<%dQ" % MAX_THREADS, read(self.threads_at, MAX_THREADS * 8))
@@ -93,7 +102,7 @@ class Anchor:
         return {
             "base": base,
             "id": word(base + self.info_thread_id),
-            "state": STATES.get(word(base + self.info_state), "?"),
+            "state": self.state_name(word(base + self.info_state)),
             "name": text(read(base + self.info_name, 24)),
             "livepatch_sp": word(base + self.info_livepatch_sp),
             "saved_sp": word(base + self.info_saved_sp),

@@ -4,7 +4,7 @@
 //! script depends on this layout only (`version` changes when it changes),
 //! not on how Rust lays out the kernel's own collections.
 use crate::arch::ppc64::livepatch::LivepatchFrame;
-use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
+use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo, ThreadState};
 use boot::THREAD_SIZE;
 use core::cell::UnsafeCell;
 use core::mem::{offset_of, size_of};
@@ -62,6 +62,26 @@ pub struct DebugAnchor {
     pub threads: [u64; MAX_THREADS],
     pub patches: [DebugPatch; MAX_PATCHES],
     pub modules: [DebugModule; MAX_MODULES],
+    /// How many `ThreadState`s there are, and the name of each (NUL-padded),
+    /// indexed by its value.
+    pub state_count: u64,
+    pub state_names: [[u8; 16]; ThreadState::NAMES.len()],
+}
+
+/// `ThreadState::NAMES`, NUL-padded to 16 bytes each.
+const fn state_names() -> [[u8; 16]; ThreadState::NAMES.len()] {
+    let mut names = [[0u8; 16]; ThreadState::NAMES.len()];
+    let mut state = 0;
+    while state < names.len() {
+        let name = ThreadState::NAMES[state].as_bytes();
+        let mut byte = 0;
+        while byte < name.len() {
+            names[state][byte] = name[byte];
+            byte += 1;
+        }
+        state += 1;
+    }
+    names
 }
 
 struct Anchor(UnsafeCell<DebugAnchor>);
@@ -77,7 +97,7 @@ const EMPTY_MODULE: DebugModule =
 #[used]
 static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     magic: *b"KLPDEBUG",
-    version: 1,
+    version: 2,
     thread_size: THREAD_SIZE as u64,
     livepatch_stack_offset: LIVEPATCH_STACK_OFFSET as u64,
     livepatch_frame_size: size_of::<LivepatchFrame>() as u64,
@@ -93,6 +113,8 @@ static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     threads: [0; MAX_THREADS],
     patches: [EMPTY_PATCH; MAX_PATCHES],
     modules: [EMPTY_MODULE; MAX_MODULES],
+    state_count: ThreadState::NAMES.len() as u64,
+    state_names: state_names(),
 }));
 
 #[notrace]

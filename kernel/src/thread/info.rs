@@ -21,6 +21,24 @@ use macros::notrace;
 /// Marks the end of the normal stack (Linux's value).
 pub const STACK_END_MAGIC: u64 = 0x57ac_6e9d;
 
+/// A thread's scheduling state as `thread_info` records it for the debugger.
+/// The debug anchor exports `NAMES` in this order, so gdb/kernel.py reads the
+/// names from the kernel instead of repeating the numbers.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadState {
+    Running = 0,
+    Ready = 1,
+    Sleeping = 2,
+    Joining = 3,
+    Dead = 4,
+}
+
+impl ThreadState {
+    /// The names of the states, indexed by their values.
+    pub const NAMES: [&'static str; 5] = ["running", "ready", "sleeping", "joining", "dead"];
+}
+
 /// Per-thread state at the stack base. Assembly reaches fields with `offset_of!`.
 #[repr(C)]
 pub struct ThreadInfo {
@@ -38,8 +56,7 @@ pub struct ThreadInfo {
     pub graph_stack: u64,
     /// r1 of the thread while it is switched out (`switch_context` stores it here).
     pub saved_stack_pointer: u64,
-    /// Scheduling state as a number, for the debugger: 0 running, 1 ready,
-    /// 2 sleeping, 3 joining, 4 dead.
+    /// Scheduling state, a `ThreadState` as a number, for the debugger.
     pub state: u64,
     /// The thread's name, NUL-padded, for the debugger.
     pub name: [u8; 24],
@@ -85,7 +102,7 @@ pub unsafe fn initialise(base: u64, thread_id: u64) {
             graph_depth: 0,
             graph_stack: 0,
             saved_stack_pointer: 0,
-            state: 1,
+            state: ThreadState::Ready as u64,
             name: [0; 24],
         });
         ((base + MAGIC_OFFSET as u64) as *mut u64).write(STACK_END_MAGIC);
@@ -109,7 +126,7 @@ pub unsafe fn initialise_emergency(base: u64) {
     unsafe {
         initialise(base, EMERGENCY_THREAD_ID);
         let info = &mut *(base as *mut ThreadInfo);
-        info.state = 0;
+        info.state = ThreadState::Running as u64;
         info.name[..9].copy_from_slice(b"emergency");
     }
 }

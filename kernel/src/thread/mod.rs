@@ -3,7 +3,7 @@ mod info;
 mod scheduler;
 mod stack;
 
-pub use info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, current_thread_info, initialise_emergency};
+pub use info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, ThreadState, current_thread_info, initialise_emergency};
 pub use scheduler::{
     State, current_id, init, kill_current, live_stacks, sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
 };

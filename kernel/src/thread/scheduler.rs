@@ -1,5 +1,5 @@
 //! The round-robin scheduler: a ready queue, sleepers, joiners, and the switch.
-use super::info::{self, ThreadInfo};
+use super::info::{self, ThreadInfo, ThreadState};
 use super::stack::Stack;
 use crate::arch::ppc64::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context, thread_start};
 use crate::arch::ppc64::interrupts;
@@ -60,14 +60,14 @@ impl Thread {
     fn set_state(&mut self, state: State) {
         self.state = state;
         let code = match state {
-            State::Running => 0,
-            State::Ready => 1,
-            State::Sleeping(_) => 2,
-            State::Joining => 3,
-            State::Dead(_) => 4,
+            State::Running => ThreadState::Running,
+            State::Ready => ThreadState::Ready,
+            State::Sleeping(_) => ThreadState::Sleeping,
+            State::Joining => ThreadState::Joining,
+            State::Dead(_) => ThreadState::Dead,
         };
         // Safety: the thread's stack (and so its thread_info) lives as long as the Thread.
-        unsafe { (*(self.stack_base as *mut ThreadInfo)).state = code };
+        unsafe { (*(self.stack_base as *mut ThreadInfo)).state = code as u64 };
     }
 }
 
