@@ -1,4 +1,4 @@
-//! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `poweroff`.
+//! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `hello`, `klp`, `trace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
 use crate::{console, livepatch, memory, module, print, println, thread, time, trace};
 use alloc::string::String;
 

@@ -16,6 +16,7 @@ mod patch_object;
 mod qemu;
 mod run;
 mod scenario;
+mod shell_docs;
 mod signing;
 mod stack;
 mod symbolize;
