@@ -44,11 +44,7 @@ unsafe extern "C" {
 pub fn entries() -> &'static [BugEntry] {
     // Safety: the linker script brackets `.bug_table` with these symbols and
     // the section holds only `BugEntry` records (8-byte aligned).
-    unsafe {
-        let start = &raw const __bug_table_start;
-        let end = &raw const __bug_table_end;
-        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
-    }
+    unsafe { crate::section::records(&raw const __bug_table_start, &raw const __bug_table_end) }
 }
 
 /// The most recent BUG taken, for tests and the shell.

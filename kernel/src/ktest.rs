@@ -40,11 +40,7 @@ unsafe extern "C" {
 /// Every registered case.
 pub fn all() -> &'static [KernelTest] {
     // Safety: the linker script brackets `.ktests`, which holds only KernelTest records.
-    unsafe {
-        let start = &raw const __ktests_start;
-        let end = &raw const __ktests_end;
-        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
-    }
+    unsafe { crate::section::records(&raw const __ktests_start, &raw const __ktests_end) }
 }
 
 /// The case running on the boot thread, for the panic handler.

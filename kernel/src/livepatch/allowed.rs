@@ -27,11 +27,7 @@ unsafe extern "C" {
 pub fn anchors() -> &'static [Anchor] {
     // Safety: the linker script brackets `.klp_livepatchable`, which holds
     // only the Anchor records the macro emits.
-    unsafe {
-        let start = &raw const __klp_livepatchable_start;
-        let end = &raw const __klp_livepatchable_end;
-        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
-    }
+    unsafe { crate::section::records(&raw const __klp_livepatchable_start, &raw const __klp_livepatchable_end) }
 }
 
 /// Whether the function whose global entry is `entry` is marked `#[livepatchable]`.

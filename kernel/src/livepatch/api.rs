@@ -53,11 +53,7 @@ unsafe extern "C" {
 /// Every exported symbol.
 pub fn exports() -> &'static [KernelExport] {
     // Safety: the linker script brackets `.klp_exports`, which holds only KernelExport records.
-    unsafe {
-        let start = &raw const __klp_exports_start;
-        let end = &raw const __klp_exports_end;
-        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
-    }
+    unsafe { crate::section::records(&raw const __klp_exports_start, &raw const __klp_exports_end) }
 }
 
 /// The address of the exported symbol `name`.

@@ -77,11 +77,7 @@ unsafe extern "C" {
 #[notrace]
 fn records() -> &'static [u64] {
     // Safety: the linker script brackets the compiler's records, one u64 each.
-    unsafe {
-        let start = &raw const __patchable_entries_start;
-        let end = &raw const __patchable_entries_end;
-        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
-    }
+    unsafe { crate::section::records(&raw const __patchable_entries_start, &raw const __patchable_entries_end) }
 }
 
 /// The stub addresses the sites branch to.
