@@ -53,14 +53,8 @@ pub struct CpuAreas(pub UnsafeCell<[PerCpu; MAX_CPUS]>);
 // Safety: each CPU touches only its own area, found through its own r13.
 unsafe impl Sync for CpuAreas {}
 
-const EMPTY_AREA: PerCpu = PerCpu {
-    toc: 0,
-    cpu_id: 0,
-    current_thread: 0,
-    exception_scratch: [0; 4],
-    emergency_stack: 0,
-    stack_end_magic: 0,
-};
+const EMPTY_AREA: PerCpu =
+    PerCpu { toc: 0, cpu_id: 0, current_thread: 0, exception_scratch: [0; 4], emergency_stack: 0, stack_end_magic: 0 };
 
 /// All CPUs' per-CPU areas.
 pub static CPU_AREAS: CpuAreas = CpuAreas(UnsafeCell::new([EMPTY_AREA; MAX_CPUS]));
@@ -117,7 +111,7 @@ struct FirmwareFrame {
 
 /// Bytes `enter_openfirmware` pushes.
 const FIRMWARE_FRAME: usize = core::mem::size_of::<FirmwareFrame>();
-const _: () = assert!(FIRMWARE_FRAME % 16 == 0, "r1 must stay 16-byte aligned during the firmware call");
+const _: () = assert!(FIRMWARE_FRAME.is_multiple_of(16), "r1 must stay 16-byte aligned during the firmware call");
 
 core::arch::global_asm!(
     r#"

@@ -42,7 +42,7 @@ pub fn walk(stack_pointer: u64, mut visit: impl FnMut(u64, bool)) {
     let mut livepatch_frames_used = 0;
     let mut frame = stack_pointer;
     for _ in 0..MAXIMUM_FRAMES {
-        if frame < low || frame + LINK_SAVE + 8 > high || frame % 16 != 0 {
+        if frame < low || frame + LINK_SAVE + 8 > high || !frame.is_multiple_of(16) {
             break;
         }
         // Safety: `frame` lies within the current thread's stack, checked above.

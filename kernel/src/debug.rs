@@ -90,8 +90,14 @@ struct Anchor(UnsafeCell<DebugAnchor>);
 unsafe impl Sync for Anchor {}
 
 const EMPTY_PATCH: DebugPatch = DebugPatch { name: [0; 32], state: 0, count: 0, functions: [[0; 2]; MAX_FUNCTIONS] };
-const EMPTY_MODULE: DebugModule =
-    DebugModule { name: [0; 32], address: 0, size: 0, toc: 0, section_count: 0, sections: [([0; 32], 0); MAX_SECTIONS] };
+const EMPTY_MODULE: DebugModule = DebugModule {
+    name: [0; 32],
+    address: 0,
+    size: 0,
+    toc: 0,
+    section_count: 0,
+    sections: [([0; 32], 0); MAX_SECTIONS],
+};
 
 #[unsafe(no_mangle)]
 #[used]

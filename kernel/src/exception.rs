@@ -81,14 +81,14 @@ fn program_check(regs: &mut PtRegs) {
         return;
     }
     let reason = ProgramCheckReason::from_bits_truncate(regs.msr);
-    if reason.contains(ProgramCheckReason::TRAP) {
-        if let Some(location) = bug::find(regs.nip) {
-            bug::record_last(location);
-            println!("------------[ cut here ]------------");
-            println!("kernel BUG at {}:{}!", location.file(), location.line);
-            report(regs, "BUG");
-            thread::kill_current("BUG");
-        }
+    if reason.contains(ProgramCheckReason::TRAP)
+        && let Some(location) = bug::find(regs.nip)
+    {
+        bug::record_last(location);
+        println!("------------[ cut here ]------------");
+        println!("kernel BUG at {}:{}!", location.file(), location.line);
+        report(regs, "BUG");
+        thread::kill_current("BUG");
     }
     unexpected(regs, "program check");
 }
@@ -133,7 +133,11 @@ pub fn report(regs: &PtRegs, what: &str) {
         let base = row * 4;
         println!(
             "GPR{:02}: {:016x} {:016x} {:016x} {:016x}",
-            base, regs.gpr[base], regs.gpr[base + 1], regs.gpr[base + 2], regs.gpr[base + 3]
+            base,
+            regs.gpr[base],
+            regs.gpr[base + 1],
+            regs.gpr[base + 2],
+            regs.gpr[base + 3]
         );
     }
     crate::backtrace::print_from(regs.gpr[1], Some(regs.nip));

@@ -62,7 +62,8 @@ pub fn run(arguments: &str) {
         println!("bench: done");
         return;
     }
-    let deadline = argument(arguments, "ktest.deadline").and_then(|text| text.parse().ok()).unwrap_or(watchdog::DEFAULT_SECONDS);
+    let deadline =
+        argument(arguments, "ktest.deadline").and_then(|text| text.parse().ok()).unwrap_or(watchdog::DEFAULT_SECONDS);
     if let Some(name) = argument(arguments, "ktest.only") {
         match all().iter().find(|test| test.name == name) {
             Some(test) => {
@@ -102,9 +103,7 @@ fn select<'a>(
     selftest: bool,
 ) -> impl Iterator<Item = &'static KernelTest> + Clone + 'a {
     let start = after.and_then(|name| tests.iter().position(|test| test.name == name)).map_or(0, |index| index + 1);
-    tests[start..]
-        .iter()
-        .filter(move |test| test.name.contains(filter) && test.name.contains(SELFTEST) == selftest)
+    tests[start..].iter().filter(move |test| test.name.contains(filter) && test.name.contains(SELFTEST) == selftest)
 }
 
 /// Runs one case: on this thread for should_panic cases, otherwise in its

@@ -18,13 +18,21 @@ const COMMANDS: &[Command] = &[
     Command { name: "threads", help: "list threads: state, switches, stack and livepatch stack use", run: threads },
     Command { name: "mem", help: "heap usage", run: mem },
     Command { name: "uptime", help: "time since boot and timer ticks", run: uptime },
-    Command { name: "hello", help: "print the greeting (the built-in patch 'builtin-greeting' and the module 'greeting' replace it)", run: hello },
+    Command {
+        name: "hello",
+        help: "print the greeting (the built-in patch 'builtin-greeting' and the module 'greeting' replace it)",
+        run: hello,
+    },
     Command {
         name: "klp",
         help: "livepatch: klp list | enable NAME | disable NAME | load MODULE | unload MODULE",
         run: klp,
     },
-    Command { name: "trace", help: "tracers: trace on GLOB | off | show | graph GLOB | dump | sites [GLOB]", run: trace },
+    Command {
+        name: "trace",
+        help: "tracers: trace on GLOB | off | show | graph GLOB | dump | sites [GLOB]",
+        run: trace,
+    },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
 ];
 
@@ -53,10 +61,8 @@ pub fn run(_arguments: &str) {
                     line.clear();
                     print!("{PROMPT}");
                 }
-                0x7f | 0x08 => {
-                    if line.pop().is_some() {
-                        print!("\x08 \x08");
-                    }
+                0x7f | 0x08 if line.pop().is_some() => {
+                    print!("\x08 \x08");
                 }
                 byte if byte.is_ascii_graphic() || byte == b' ' => {
                     line.push(byte as char);

@@ -107,7 +107,13 @@ fn livepatchable_expansion(mut function: ItemFn) -> syn::Result<proc_macro2::Tok
         let fresh = quote::format_ident!("livepatchable_argument_{}", index);
         let pattern = core::mem::replace(
             &mut *argument.pat,
-            Pat::Ident(PatIdent { attrs: Vec::new(), by_ref: None, mutability: None, ident: fresh.clone(), subpat: None }),
+            Pat::Ident(PatIdent {
+                attrs: Vec::new(),
+                by_ref: None,
+                mutability: None,
+                ident: fresh.clone(),
+                subpat: None,
+            }),
         );
         bindings.push(quote! { let #pattern = ::core::hint::black_box(#fresh); });
     }

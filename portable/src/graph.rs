@@ -24,14 +24,11 @@ pub struct GraphLine<'a> {
 }
 
 /// The two header lines Linux prints.
-pub const HEADER: [&str; 2] = ["# CPU  DURATION                  FUNCTION CALLS", "# |     |   |                     |   |   |   |"];
+pub const HEADER: [&str; 2] =
+    ["# CPU  DURATION                  FUNCTION CALLS", "# |     |   |                     |   |   |   |"];
 
 fn duration(nanoseconds: u64, show: bool) -> String {
-    if show {
-        format!("{}.{:03} us", nanoseconds / 1000, nanoseconds % 1000)
-    } else {
-        String::new()
-    }
+    if show { format!("{}.{:03} us", nanoseconds / 1000, nanoseconds % 1000) } else { String::new() }
 }
 
 /// Renders events as Linux does: a call with no traced callee becomes one

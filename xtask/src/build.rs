@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{Context, Result};
 
@@ -24,16 +25,15 @@ pub fn image(test: bool) -> PathBuf {
     workspace_root().join(TARGET_DIR).join(if test { "kernel-test.elf" } else { "kernel.elf" })
 }
 
-/// Builds the kernel and returns the path of the image with its symbol table filled.
-pub fn main(options: &Options) -> Result<PathBuf> {
-    packages::require_toolchain()?;
-    // The kernel embeds the public key that patch modules must be signed with
-    // (kernel/build.rs reads it from KLP_PATCH_PUBLIC_KEY); made on first use.
-    signing::ensure_key_pair()?;
+/// `cargo SUBCOMMAND` for the kernel crate on its own target (rebuilding core
+/// and alloc) into `target_directory`; with `test`, the ktest feature and the
+/// sample modules' folder, which kernel/build.rs embeds. Shared by the build
+/// and by clippy, so that both see the same code.
+pub fn kernel_cargo(subcommand: &str, test: bool, target_directory: &str) -> Command {
     let mut cargo = command("cargo");
     cargo.env("KLP_PATCH_PUBLIC_KEY", signing::public_key_path());
     cargo.env("RUSTC_BOOTSTRAP", "1").args([
-        "rustc",
+        subcommand,
         "--release",
         "-p",
         "kernel",
@@ -45,15 +45,27 @@ pub fn main(options: &Options) -> Result<PathBuf> {
         "-Zbuild-std-features=compiler-builtins-mem",
         "-Zjson-target-spec",
         "--target-dir",
-        TARGET_DIR,
+        target_directory,
     ]);
+    if test {
+        cargo.env("KLP_TEST_MODULES_DIR", workspace_root().join(patch::TARGET_DIR));
+        cargo.args(["--features", "ktest"]);
+    }
+    cargo
+}
+
+/// Builds the kernel and returns the path of the image with its symbol table filled.
+pub fn main(options: &Options) -> Result<PathBuf> {
+    packages::require_toolchain()?;
+    // The kernel embeds the public key that patch modules must be signed with
+    // (kernel/build.rs reads it from KLP_PATCH_PUBLIC_KEY); made on first use.
+    signing::ensure_key_pair()?;
     if options.test {
         // The in-kernel tests load the signed sample modules, which kernel/build.rs
         // copies from KLP_TEST_MODULES_DIR into the build.
         patch::build_all()?;
-        cargo.env("KLP_TEST_MODULES_DIR", workspace_root().join(patch::TARGET_DIR));
-        cargo.args(["--features", "ktest"]);
     }
+    let mut cargo = kernel_cargo("rustc", options.test, TARGET_DIR);
     // Only the kernel crate gets ftrace entry sites (two nops after each
     // function's local entry); `cargo rustc` passes flags to that crate alone,
     // so boot, portable, core and alloc stay untraced.

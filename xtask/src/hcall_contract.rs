@@ -33,7 +33,7 @@ pub fn undeclared(source: &str) -> Vec<Vec<&'static str>> {
                 PAPR_VOLATILE
                     .iter()
                     .copied()
-                    .filter(|register| !declared.contains(register) && !(whole_cr && register.starts_with("cr")))
+                    .filter(|register| !(declared.contains(register) || whole_cr && register.starts_with("cr")))
                     .collect(),
             );
         }

@@ -216,7 +216,8 @@ mod tests {
     #[test]
     fn a_fresh_boot_continues_after_the_case_that_hung_or_crashed() {
         // The kernel's watchdog ends the hung case's line with FAILED, then powers off.
-        let watchdog = report("test a ... ok\ntest b ... FAILED\nktest: watchdog: b still running after its 2 s deadline\n");
+        let watchdog =
+            report("test a ... ok\ntest b ... FAILED\nktest: watchdog: b still running after its 2 s deadline\n");
         assert_eq!(watchdog.failed, ["b"]);
         assert_eq!(watchdog.continue_after(None).as_deref(), Some("b"));
         // Interrupts off: only the host's timeout ends it, with the case still running.

@@ -1,4 +1,4 @@
-//! The project's task runner: `cargo xtask build|run|test|bench|gdb|objdump|patch`.
+//! The project's task runner: `cargo xtask build|run|test|lint|bench|gdb|objdump|patch|trace`.
 
 mod bench;
 mod build;
@@ -8,6 +8,7 @@ mod gdb_test;
 #[cfg(test)]
 mod hcall_contract;
 mod ktest;
+mod lint;
 mod objdump;
 mod packages;
 mod patch;
@@ -47,6 +48,8 @@ enum Task {
     Run(run::Options),
     /// Runs the host tests, the in-kernel tests and the console scenarios.
     Test(test::Options),
+    /// Checks formatting (rustfmt) and lints (clippy, warnings are errors) on every crate.
+    Lint,
     /// Boots the test kernel with a deterministic clock and prints its benchmarks.
     Bench(bench::Options),
     /// Boots the kernel paused in QEMU and attaches gdb-multiarch to it.
@@ -64,6 +67,7 @@ fn main() -> Result<ExitCode> {
         Task::Build(options) => build::main(&options).map(|_| ExitCode::SUCCESS),
         Task::Run(options) => run::main(&options),
         Task::Test(options) => test::main(&options),
+        Task::Lint => lint::main(),
         Task::Bench(options) => bench::main(&options),
         Task::Gdb(options) => gdb::main(&options),
         Task::Objdump(options) => objdump::main(&options),

@@ -65,7 +65,10 @@ impl PinnedToolchain {
     /// Reads the `[toolchain]` table of a rust-toolchain.toml.
     pub fn parse(text: &str) -> Result<PinnedToolchain> {
         let table: toml::Table = text.parse().context("rust-toolchain.toml is not valid TOML")?;
-        let toolchain = table.get("toolchain").and_then(|value| value.as_table()).context("rust-toolchain.toml has no [toolchain]")?;
+        let toolchain = table
+            .get("toolchain")
+            .and_then(|value| value.as_table())
+            .context("rust-toolchain.toml has no [toolchain]")?;
         let strings = |key: &str| -> Result<Vec<String>> {
             match toolchain.get(key) {
                 None => Ok(Vec::new()),
@@ -73,12 +76,21 @@ impl PinnedToolchain {
                     .as_array()
                     .with_context(|| format!("rust-toolchain.toml: `{key}` is not a list"))?
                     .iter()
-                    .map(|item| item.as_str().map(str::to_string).with_context(|| format!("rust-toolchain.toml: `{key}` holds a non-string")))
+                    .map(|item| {
+                        item.as_str()
+                            .map(str::to_string)
+                            .with_context(|| format!("rust-toolchain.toml: `{key}` holds a non-string"))
+                    })
                     .collect(),
             }
         };
-        let channel = toolchain.get("channel").and_then(|value| value.as_str()).context("rust-toolchain.toml has no channel")?;
-        Ok(PinnedToolchain { channel: channel.to_string(), components: strings("components")?, targets: strings("targets")? })
+        let channel =
+            toolchain.get("channel").and_then(|value| value.as_str()).context("rust-toolchain.toml has no channel")?;
+        Ok(PinnedToolchain {
+            channel: channel.to_string(),
+            components: strings("components")?,
+            targets: strings("targets")?,
+        })
     }
 
     /// The pinned toolchain of this workspace.
@@ -132,11 +144,17 @@ pub fn require_toolchain() -> Result<()> {
     let missing_components = missing(&pinned.components, &components, &host);
     let missing_targets = missing(&pinned.targets, &targets, &host);
     if !missing_components.is_empty() {
-        eprintln!("toolchain {channel} lacks {} (listed in rust-toolchain.toml); installing", missing_components.join(", "));
+        eprintln!(
+            "toolchain {channel} lacks {} (listed in rust-toolchain.toml); installing",
+            missing_components.join(", ")
+        );
         run_checked(command("rustup").args(["component", "add", "--toolchain", channel]).args(&missing_components))?;
     }
     if !missing_targets.is_empty() {
-        eprintln!("toolchain {channel} lacks the target {} (listed in rust-toolchain.toml); installing", missing_targets.join(", "));
+        eprintln!(
+            "toolchain {channel} lacks the target {} (listed in rust-toolchain.toml); installing",
+            missing_targets.join(", ")
+        );
         run_checked(command("rustup").args(["target", "add", "--toolchain", channel]).args(&missing_targets))?;
     }
     if !sysroot()?.join("lib/rustlib/src/rust/library").exists() {
@@ -172,7 +190,8 @@ mod tests {
     fn finds_what_rustup_does_not_list() {
         let host = "x86_64-unknown-linux-gnu";
         let wanted = ["rust-src".to_string(), "llvm-tools".to_string(), "clippy".to_string()];
-        let installed = "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\nrustc-x86_64-unknown-linux-gnu\n";
+        let installed =
+            "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\nrustc-x86_64-unknown-linux-gnu\n";
         assert_eq!(missing(&wanted, installed, host), ["rust-src", "llvm-tools"]);
         let installed = "rust-src\nllvm-tools-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\n";
         assert!(missing(&wanted, installed, host).is_empty());

@@ -56,7 +56,7 @@ pub enum Command {
 pub const TARGET_DIR: &str = "target/patches";
 
 /// The helper crate under patches/ that is not itself a patch.
-const HELPER_CRATE: &str = "klp-patch";
+pub const HELPER_CRATE: &str = "klp-patch";
 
 pub fn main(options: &Options) -> Result<ExitCode> {
     match &options.command {

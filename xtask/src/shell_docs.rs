@@ -66,7 +66,8 @@ mod tests {
     fn readme_items(readme: &str) -> Vec<String> {
         let start = readme.find("In the shell (`klp> `):").expect("README has the shell paragraph");
         let paragraph = &readme[start + "In the shell (`klp> `):".len()..];
-        let paragraph = &paragraph[..paragraph.find("`poweroff`").expect("the paragraph ends with poweroff") + "`poweroff`".len()];
+        let paragraph =
+            &paragraph[..paragraph.find("`poweroff`").expect("the paragraph ends with poweroff") + "`poweroff`".len()];
         paragraph.split('`').skip(1).step_by(2).map(str::to_string).collect()
     }
 

@@ -206,14 +206,19 @@ impl Walker<'_> {
         if chain.iter().any(|caller| caller == name) {
             bail!("recursion through {}: no bound", demangle(name));
         }
-        let function =
-            self.functions.get(name).with_context(|| format!("{} is called but not in the disassembly", demangle(name)))?;
+        let function = self
+            .functions
+            .get(name)
+            .with_context(|| format!("{} is called but not in the disassembly", demangle(name)))?;
         let site = self.ftrace.sites.contains(name);
         if site {
             self.traced.insert(demangle(name));
         }
         if site && !self.count_sites {
-            bail!("the ftrace handlers reach {}, which has an ftrace site: no bound (make it #[notrace])", demangle(name));
+            bail!(
+                "the ftrace handlers reach {}, which has an ftrace site: no bound (make it #[notrace])",
+                demangle(name)
+            );
         }
         let through_register = self.ftrace.indirect.get(name);
         if function.indirect && through_register.is_none() {
@@ -241,7 +246,8 @@ impl Walker<'_> {
         if site && self.ftrace.site_bytes > result.0 {
             // The stub's frame is popped before the body runs: the ftrace
             // cost is an alternative at this function's entry depth.
-            result = (self.ftrace.site_bytes, vec![(format!("ftrace site of {}", demangle(name)), self.ftrace.site_bytes)]);
+            result =
+                (self.ftrace.site_bytes, vec![(format!("ftrace site of {}", demangle(name)), self.ftrace.site_bytes)]);
         }
         self.memo.insert(name.to_string(), result.clone());
         Ok(result)

@@ -15,7 +15,7 @@ use crate::qemu::{self, Firmware, Guard, Machine};
 use crate::scenario::Scenario;
 use crate::{build, command, workspace_root};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Options {
     /// Run only the tests whose names contain FILTER (host, kernel and scenario tests).
     pub filter: Option<String>,
@@ -41,6 +41,16 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Prints the failures and the totals; the exit code says whether all passed.
+    pub fn summary(&self) -> ExitCode {
+        if !self.failed.is_empty() {
+            println!("failures:");
+            self.failed.iter().for_each(|failure| println!("    {failure}"));
+        }
+        println!("{} passed, {} failed", self.passed, self.failed.len());
+        if self.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    }
+
     pub fn record(&mut self, name: &str, verdict: &Result<(), String>) {
         match verdict {
             Ok(()) => self.passed += 1,
@@ -52,7 +62,8 @@ impl Tally {
 pub fn main(options: &Options) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let mut times = Vec::new();
-    let phases: [(&str, Phase); 6] = [
+    let phases: [(&str, Phase); 7] = [
+        ("lint", crate::lint::lint_tests),
         ("host tests", host_tests),
         ("stack budget", crate::stack::budget_test),
         ("kernel tests", kernel_tests),
@@ -69,14 +80,8 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         }
         times.push(format!("{phase} {:.1} s", start.elapsed().as_secs_f64()));
     }
-    println!();
-    if !tally.failed.is_empty() {
-        println!("failures:");
-        tally.failed.iter().for_each(|failure| println!("    {failure}"));
-    }
-    println!("time: {}", times.join(", "));
-    println!("{} passed, {} failed", tally.passed, tally.failed.len());
-    Ok(if tally.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!("\ntime: {}", times.join(", "));
+    Ok(tally.summary())
 }
 
 /// `cargo test` on the host crates, echoing its output and adding up libtest's summaries.
@@ -162,7 +167,8 @@ fn run_cases(image: &Path, filter: &str, extra: &str, options: &Options, on_line
         if let Some(name) = &after {
             append.push_str(&format!(" ktest.after={name}"));
         }
-        let machine = Machine { append, ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"]) };
+        let machine =
+            Machine { append, ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"]) };
         let mut report = Report::default();
         let outcome = machine.command().and_then(|mut qemu| {
             qemu::boot(&mut qemu, None, Duration::from_secs(options.timeout), |line| {
@@ -225,7 +231,9 @@ const RUNNER_SELFTEST: &str = "runner_selftest";
 /// first finds nothing left registered, the second runs in a fresh boot), and
 /// every case must be counted.
 fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) -> Result<(), String> {
-    let cases = run_cases(image, RUNNER_SELFTEST, "ktest.selftest ktest.deadline=2", options, &mut |line| output.push(line.to_string()));
+    let cases = run_cases(image, RUNNER_SELFTEST, "ktest.selftest ktest.deadline=2", options, &mut |line| {
+        output.push(line.to_string())
+    });
     let short = |name: &String| name.rsplit("::").next().unwrap_or(name).to_string();
     let mut passed: Vec<String> = cases.passed.iter().map(short).collect();
     let mut failed: Vec<String> = cases.failed.iter().map(|(name, _)| short(name)).collect();
@@ -234,7 +242,10 @@ fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) ->
     let expected_passed = ["runner_selftest_finds_nothing_left_registered", "runner_selftest_runs_after_the_hang"];
     let expected_failed = ["runner_selftest_fails_leaving_registrations", "runner_selftest_hangs"];
     if passed != expected_passed || failed != expected_failed || cases.boots != 2 {
-        return Err(format!("passed {passed:?}, failed {failed:?} in {} boots; expected passed {expected_passed:?}, failed {expected_failed:?} in 2 boots", cases.boots));
+        return Err(format!(
+            "passed {passed:?}, failed {failed:?} in {} boots; expected passed {expected_passed:?}, failed {expected_failed:?} in 2 boots",
+            cases.boots
+        ));
     }
     let expected_lines = [
         "ktest: watchdog: kernel::tests::runner::runner_selftest_hangs still running after its 2 s deadline",

@@ -79,7 +79,11 @@ pub fn folded(events: &[Event]) -> Vec<String> {
         }
         let (_, children) = stack.pop().expect("checked");
         let path: Vec<&str> = stack.iter().map(|(name, _)| name.as_str()).collect();
-        let key = format!("thread-{};{}", event.thread, path.iter().chain([&event.name.as_str()]).copied().collect::<Vec<_>>().join(";"));
+        let key = format!(
+            "thread-{};{}",
+            event.thread,
+            path.iter().chain([&event.name.as_str()]).copied().collect::<Vec<_>>().join(";")
+        );
         *totals.entry(key).or_default() += event.duration_nanoseconds.saturating_sub(children);
         if let Some((_, parent_children)) = stack.last_mut() {
             *parent_children += event.duration_nanoseconds;
@@ -162,19 +166,25 @@ mod tests {
     #[test]
     fn parses_dump_lines() {
         let parsed = parse_event("graph-event X 0 3 1 12000 500 kernel::shell::mem").unwrap();
-        assert_eq!(parsed, Event { entry: false, thread: 3, depth: 1, time_nanoseconds: 12000, duration_nanoseconds: 500, name: "kernel::shell::mem".into() });
+        assert_eq!(
+            parsed,
+            Event {
+                entry: false,
+                thread: 3,
+                depth: 1,
+                time_nanoseconds: 12000,
+                duration_nanoseconds: 500,
+                name: "kernel::shell::mem".into()
+            }
+        );
         assert!(parse_event("klp> threads").is_none());
         assert!(parse_event("graph-event Q 0 0 0 0 0 x").is_none());
     }
 
     #[test]
     fn folds_self_time() {
-        let events = [
-            event(true, "a", 0, 0),
-            event(true, "b", 10, 0),
-            event(false, "b", 40, 30),
-            event(false, "a", 100, 100),
-        ];
+        let events =
+            [event(true, "a", 0, 0), event(true, "b", 10, 0), event(false, "b", 40, 30), event(false, "a", 100, 100)];
         assert_eq!(folded(&events), ["thread-0;a 70", "thread-0;a;b 30"]);
         let json = trace_events(&events);
         assert_eq!(json["traceEvents"].as_array().unwrap().len(), 4);

@@ -41,13 +41,18 @@ pub fn restore(before: &Registrations) -> Vec<String> {
                     Ok(()) | Err(LivepatchError::NotEnabled(_)) => Ok(()),
                     Err(error) => Err(format!("{error:?}")),
                 };
-                let removed = disabled.and_then(|()| livepatch::remove(&patch.name).map(drop).map_err(|error| format!("{error:?}")));
+                let removed = disabled
+                    .and_then(|()| livepatch::remove(&patch.name).map(drop).map_err(|error| format!("{error:?}")));
                 undone.push(format!("live patch {} (remove: {})", patch.name, outcome(removed)));
             }
             Some((_, enabled)) if *enabled != patch.enabled => {
                 let result = if *enabled { livepatch::enable(&patch.name) } else { livepatch::disable(&patch.name) };
                 let verb = if *enabled { "enable again" } else { "disable again" };
-                undone.push(format!("live patch {} state ({verb}: {})", patch.name, outcome(result.map_err(|error| format!("{error:?}")))));
+                undone.push(format!(
+                    "live patch {} state ({verb}: {})",
+                    patch.name,
+                    outcome(result.map_err(|error| format!("{error:?}")))
+                ));
             }
             Some(_) => {}
         }
@@ -64,7 +69,11 @@ pub fn restore(before: &Registrations) -> Vec<String> {
         } else {
             trace::unregister(ops)
         };
-        undone.push(format!("ftrace ops {} (unregister: {})", ops.name, outcome(result.map_err(|error| format!("{error:?}")))));
+        undone.push(format!(
+            "ftrace ops {} (unregister: {})",
+            ops.name,
+            outcome(result.map_err(|error| format!("{error:?}")))
+        ));
     }
     undone
 }

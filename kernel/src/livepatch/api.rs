@@ -26,7 +26,8 @@ macro_rules! export {
         const _: () = {
             #[used]
             #[unsafe(link_section = ".klp_exports")]
-            static EXPORT: KernelExport = KernelExport { name: stringify!($symbol), address: &raw const $symbol as *const () };
+            static EXPORT: KernelExport =
+                KernelExport { name: stringify!($symbol), address: &raw const $symbol as *const () };
         };
     };
     (function $symbol:ident) => {

@@ -15,12 +15,12 @@ pub use allowed::{Anchor, is_livepatchable};
 pub use builtin::register_builtin;
 
 use crate::symbols;
+use crate::sync::Mutex;
 use crate::trace::{self, FtraceError, NameError};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use smallvec::{SmallVec, smallvec};
-use crate::sync::Mutex;
 
 /// A function to replace.
 #[derive(Clone)]
@@ -95,7 +95,9 @@ impl fmt::Display for LivepatchError {
             LivepatchError::BadPosition { name, position, count } => {
                 write!(formatter, "'{name}' has {count} functions, no position {position}")
             }
-            LivepatchError::NotTraceable(name) => write!(formatter, "'{name}' has no ftrace site (notrace) and cannot be patched"),
+            LivepatchError::NotTraceable(name) => {
+                write!(formatter, "'{name}' has no ftrace site (notrace) and cannot be patched")
+            }
             LivepatchError::NotLivepatchable(name) => write!(
                 formatter,
                 "'{name}' is not marked #[livepatchable]: the compiler may have changed how its callers call it, so it cannot be replaced"
@@ -109,10 +111,9 @@ impl fmt::Display for LivepatchError {
             }
             LivepatchError::DuplicateFunction(name) => write!(formatter, "the patch replaces '{name}' twice"),
             LivepatchError::NotEnabled(name) => write!(formatter, "patch '{name}' is not enabled"),
-            LivepatchError::NotTopmost { patch, function, topmost } => write!(
-                formatter,
-                "patch '{patch}' is not the topmost on '{function}': disable '{topmost}' first"
-            ),
+            LivepatchError::NotTopmost { patch, function, topmost } => {
+                write!(formatter, "patch '{patch}' is not the topmost on '{function}': disable '{topmost}' first")
+            }
             LivepatchError::UnknownObject(name) => write!(formatter, "object '{name}' is not loaded"),
             LivepatchError::Ftrace(error) => write!(formatter, "{error}"),
         }
@@ -223,11 +224,9 @@ pub fn resolve(function: &Function) -> Result<(u64, u64), LivepatchError> {
             })
         }
         Err(NameError::Ambiguous { count }) => Err(LivepatchError::Ambiguous { name: name.clone(), count }),
-        Err(NameError::BadPosition { count }) => Err(LivepatchError::BadPosition {
-            name: name.clone(),
-            position: function.old_position.unwrap_or(0),
-            count,
-        }),
+        Err(NameError::BadPosition { count }) => {
+            Err(LivepatchError::BadPosition { name: name.clone(), position: function.old_position.unwrap_or(0), count })
+        }
     }
 }
 
@@ -251,7 +250,12 @@ fn name_at(patch: &Patch, resolved: &[Resolved], address: u64) -> String {
 
 /// The old name of the `index`th function of `patch`.
 fn name_of(patch: &Patch, index: usize) -> String {
-    patch.objects.iter().flat_map(|object| object.functions.iter()).nth(index).map_or_else(String::new, |function| function.old_name.clone())
+    patch
+        .objects
+        .iter()
+        .flat_map(|object| object.functions.iter())
+        .nth(index)
+        .map_or_else(String::new, |function| function.old_name.clone())
 }
 
 /// Enables a patch: its replacements run from the next call on.
@@ -270,7 +274,9 @@ pub fn enable(name: &str) -> Result<(), LivepatchError> {
     for function in &resolved {
         match stack_index(&registry.functions, function.entry) {
             Ok(position) => registry.functions[position].1.replacements.push((id, function.new)),
-            Err(_) => added.push((function.entry, Stack { site: function.site, replacements: smallvec![(id, function.new)] })),
+            Err(_) => {
+                added.push((function.entry, Stack { site: function.site, replacements: smallvec![(id, function.new)] }))
+            }
         }
     }
     added.sort_unstable_by_key(|(entry, _)| *entry);

@@ -10,9 +10,9 @@
 //! shared ops keeps the traced
 //! call cheap however many functions are patched: a direct call and a
 //! binary search, not a walk over one ops per function.
+use super::Stack;
 use crate::arch::ppc64::livepatch::livepatch_handler;
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
-use super::Stack;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};

@@ -90,7 +90,7 @@ fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
     let mut frame = stack_pointer;
     let mut link_written = false;
     for _ in 0..THREAD_SIZE / 32 {
-        if frame < base || frame + link_slot + 8 > high || frame % 16 != 0 {
+        if frame < base || frame + link_slot + 8 > high || !frame.is_multiple_of(16) {
             return;
         }
         // Safety: inside the thread's stack, checked above.

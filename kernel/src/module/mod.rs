@@ -58,7 +58,10 @@ impl fmt::Display for LoadError {
             LoadError::AlreadyLoaded(name) => write!(formatter, "a patch named '{name}' is already loaded"),
             LoadError::NotLoaded(name) => write!(formatter, "no module named '{name}' is loaded"),
             LoadError::Busy(name) => {
-                write!(formatter, "module '{name}' is in use: a thread is running or will return into its code (its patch is disabled now); try again")
+                write!(
+                    formatter,
+                    "module '{name}' is in use: a thread is running or will return into its code (its patch is disabled now); try again"
+                )
             }
             LoadError::Livepatch(error) => write!(formatter, "{error}"),
         }
@@ -70,7 +73,8 @@ pub fn verify(file: &[u8]) -> Result<&[u8], LoadError> {
     let (object, signature) = module::split_signed(file).map_err(LoadError::Format)?;
     let key = ed25519_compact::PublicKey::new(*PUBLIC_KEY);
     let signature = ed25519_compact::Signature::new(*signature);
-    key.verify(object, &signature).map_err(|_| LoadError::Signature("bad signature (not signed with this kernel's key, or altered)"))?;
+    key.verify(object, &signature)
+        .map_err(|_| LoadError::Signature("bad signature (not signed with this kernel's key, or altered)"))?;
     Ok(object)
 }
 
@@ -81,9 +85,8 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     let mut memory = ModuleMemory::allocate(image.memory_size(), image.memory_alignment())
         .ok_or(LoadError::NoMemory(image.memory_size()))?;
     let base = memory.address();
-    let linked = image
-        .link(memory.bytes_mut(), base, &mut |name| livepatch::api::lookup(name))
-        .map_err(LoadError::Format)?;
+    let linked =
+        image.link(memory.bytes_mut(), base, &mut |name| livepatch::api::lookup(name)).map_err(LoadError::Format)?;
     cache::synchronize_instructions(base, memory.size() as u64);
     let name = linked.description.name.clone();
     if MODULES.lock().iter().any(|module| module.name == name) {
@@ -98,7 +101,8 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
         let _ = livepatch::remove(&name);
         return Err(LoadError::Livepatch(error));
     }
-    let sections: Vec<(&str, u64)> = linked.sections.iter().map(|section| (section.name.as_str(), section.address)).collect();
+    let sections: Vec<(&str, u64)> =
+        linked.sections.iter().map(|section| (section.name.as_str(), section.address)).collect();
     crate::debug::module_loaded(&name, base, memory.size() as u64, linked.toc, &sections);
     drop(sections);
     MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked });
@@ -142,7 +146,8 @@ pub const UNLOAD_WAIT_MILLISECONDS: u64 = 50;
 /// before, and preempted before using it, gets its time slice first. The
 /// rule for patch authors is still to return copies (docs/modules.md).
 pub fn unload(name: &str) -> Result<(), LoadError> {
-    let deadline = crate::arch::ppc64::registers::timebase() + crate::time::milliseconds_to_timebase(UNLOAD_WAIT_MILLISECONDS);
+    let deadline =
+        crate::arch::ppc64::registers::timebase() + crate::time::milliseconds_to_timebase(UNLOAD_WAIT_MILLISECONDS);
     let module = loop {
         {
             let _preempt = crate::thread::preempt_disable();
@@ -160,7 +165,8 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
             if !busy::inside(memory) {
                 livepatch::remove(name).map_err(LoadError::Livepatch)?;
                 let mut modules = MODULES.lock();
-                let position = modules.iter().position(|module| module.name == name).expect("found above, preemption off since");
+                let position =
+                    modules.iter().position(|module| module.name == name).expect("found above, preemption off since");
                 break modules.remove(position);
             }
         }
@@ -178,12 +184,18 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
 
 /// Names, addresses and sizes of the loaded modules' sections, for `klp list` and gdb.
 pub fn summaries() -> Vec<(String, u64, usize, u64)> {
-    MODULES.lock().iter().map(|module| (module.name.clone(), module.memory.address(), module.memory.size(), module.linked.toc)).collect()
+    MODULES
+        .lock()
+        .iter()
+        .map(|module| (module.name.clone(), module.memory.address(), module.memory.size(), module.linked.toc))
+        .collect()
 }
 
 /// Whether `address` lies in the memory of a loaded module.
 pub fn contains(address: u64) -> bool {
-    MODULES.lock().iter().any(|module| (module.memory.address()..module.memory.address() + module.memory.size() as u64).contains(&address))
+    MODULES.lock().iter().any(|module| {
+        (module.memory.address()..module.memory.address() + module.memory.size() as u64).contains(&address)
+    })
 }
 
 /// The TOC pointer of a loaded module.

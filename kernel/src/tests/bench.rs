@@ -91,8 +91,7 @@ fn call_untraced() {
 #[notrace]
 extern "C" fn do_nothing(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {}
 static LIGHT: FtraceOps = FtraceOps::new("bench-light", do_nothing, OpsFlags::RECURSION_SAFE);
-static FULL: FtraceOps =
-    FtraceOps::new("bench-full", do_nothing, OpsFlags::RECURSION_SAFE.union(OpsFlags::SAVE_REGS));
+static FULL: FtraceOps = FtraceOps::new("bench-full", do_nothing, OpsFlags::RECURSION_SAFE.union(OpsFlags::SAVE_REGS));
 static EVERYWHERE: FtraceOps = FtraceOps::new("bench-everywhere", do_nothing, OpsFlags::RECURSION_SAFE);
 
 const TRACED: &str = "kernel::tests::bench::traced_function";
@@ -106,47 +105,103 @@ pub fn run_all() {
     let _preempt = thread::preempt_disable();
     let untraced = loop_ticks(call_untraced);
     let off = loop_ticks(call_traced);
-    report("plain_call", per_call_difference(untraced, 0), "instructions", "call of a function without an ftrace site, loop included");
-    report("site_off", per_call_difference(off, untraced), "instructions", "site present but off, minus no site (target <= 2)");
+    report(
+        "plain_call",
+        per_call_difference(untraced, 0),
+        "instructions",
+        "call of a function without an ftrace site, loop included",
+    );
+    report(
+        "site_off",
+        per_call_difference(off, untraced),
+        "instructions",
+        "site present but off, minus no site (target <= 2)",
+    );
 
     trace::register(&LIGHT, Filter::Names(&[TRACED])).expect("bench function is traceable");
     let light = loop_ticks(call_traced);
     trace::unregister(&LIGHT).expect("registered");
-    report("traced_light", per_call_difference(light, untraced), "instructions", "one do-nothing handler, no SAVE_REGS (target <= 60; Linux reference, measured elsewhere: ~195)");
+    report(
+        "traced_light",
+        per_call_difference(light, untraced),
+        "instructions",
+        "one do-nothing handler, no SAVE_REGS (target <= 60; Linux reference, measured elsewhere: ~195)",
+    );
 
     trace::register(&FULL, Filter::Names(&[TRACED])).expect("bench function is traceable");
     let full = loop_ticks(call_traced);
     trace::unregister(&FULL).expect("registered");
-    report("traced_save_regs", per_call_difference(full, untraced), "instructions", "one do-nothing handler with full pt_regs (target <= 120)");
+    report(
+        "traced_save_regs",
+        per_call_difference(full, untraced),
+        "instructions",
+        "one do-nothing handler with full pt_regs (target <= 120)",
+    );
 
     trace::function::start(TRACED).expect("bench function is traceable");
     let recorded = loop_ticks(call_traced);
     trace::function::stop().expect("tracer on");
-    report("function_tracer", per_call_difference(recorded, untraced), "instructions", "call recorded by the function tracer (target <= 150; Linux reference, measured elsewhere: ~760)");
+    report(
+        "function_tracer",
+        per_call_difference(recorded, untraced),
+        "instructions",
+        "call recorded by the function tracer (target <= 150; Linux reference, measured elsewhere: ~760)",
+    );
 
     trace::graph::start(TRACED).expect("bench function is traceable");
     let graphed = loop_ticks(call_traced);
     trace::graph::stop().expect("tracer on");
-    report("function_graph", per_call_difference(graphed, untraced), "instructions", "entry and return recorded (target <= 350; Linux reference, measured elsewhere: ~1880)");
+    report(
+        "function_graph",
+        per_call_difference(graphed, untraced),
+        "instructions",
+        "entry and return recorded (target <= 350; Linux reference, measured elsewhere: ~1880)",
+    );
 
     let enable = once(&mut || {
         trace::register(&LIGHT, Filter::Names(&[TRACED])).expect("traceable");
     });
     trace::unregister(&LIGHT).expect("registered");
-    report("enable_one", enable, "instructions", "register a handler on one function by name, whole operation (target <= 20000; Linux reference, measured elsewhere: ~4.1M)");
+    report(
+        "enable_one",
+        enable,
+        "instructions",
+        "register a handler on one function by name, whole operation (target <= 20000; Linux reference, measured elsewhere: ~4.1M)",
+    );
 
     let mut sites = 0;
     let enable_all = once(&mut || {
         sites = trace::register(&EVERYWHERE, Filter::Glob("*")).expect("sites exist");
     });
     trace::unregister(&EVERYWHERE).expect("registered");
-    report("enable_all_per_site", enable_all / sites as u64, "instructions", "register on every site, per site (target <= 300; Linux reference, measured elsewhere: ~2400)");
+    report(
+        "enable_all_per_site",
+        enable_all / sites as u64,
+        "instructions",
+        "register on every site, per site (target <= 300; Linux reference, measured elsewhere: ~2400)",
+    );
     report("sites", sites as u64, "sites", "traceable functions in the kernel");
 
-    let (patched_call, enable_one_patch, enable_hundred) = super::bench_livepatch::measure(loop_ticks, per_call_difference, once);
-    report("livepatched_call", patched_call, "instructions", "patched call minus a direct call of the replacement (target <= 80; Linux reference, measured elsewhere: 274)");
-    report("livepatch_enable_one", enable_one_patch, "instructions", "enable a one-function patch, whole operation (target <= 30000; Linux reference, measured elsewhere: ~3.7M)");
-    report("livepatch_enable_hundred", enable_hundred, "instructions", "enable a 100-function patch, per function (target <= 1000)");
+    let (patched_call, enable_one_patch, enable_hundred) =
+        super::bench_livepatch::measure(loop_ticks, per_call_difference, once);
+    report(
+        "livepatched_call",
+        patched_call,
+        "instructions",
+        "patched call minus a direct call of the replacement (target <= 80; Linux reference, measured elsewhere: 274)",
+    );
+    report(
+        "livepatch_enable_one",
+        enable_one_patch,
+        "instructions",
+        "enable a one-function patch, whole operation (target <= 30000; Linux reference, measured elsewhere: ~3.7M)",
+    );
+    report(
+        "livepatch_enable_hundred",
+        enable_hundred,
+        "instructions",
+        "enable a 100-function patch, per function (target <= 1000)",
+    );
 
     drop(_preempt);
     report("thread_switch", measure_thread_switch(), "instructions", "one yield from a thread to another");

@@ -20,7 +20,20 @@ macro_rules! targets {
     };
 }
 
-targets!(target_000, target_001, target_002, target_003, target_004, target_005, target_006, target_007, target_008, target_009, target_010, target_011, target_012, target_013, target_014, target_015, target_016, target_017, target_018, target_019, target_020, target_021, target_022, target_023, target_024, target_025, target_026, target_027, target_028, target_029, target_030, target_031, target_032, target_033, target_034, target_035, target_036, target_037, target_038, target_039, target_040, target_041, target_042, target_043, target_044, target_045, target_046, target_047, target_048, target_049, target_050, target_051, target_052, target_053, target_054, target_055, target_056, target_057, target_058, target_059, target_060, target_061, target_062, target_063, target_064, target_065, target_066, target_067, target_068, target_069, target_070, target_071, target_072, target_073, target_074, target_075, target_076, target_077, target_078, target_079, target_080, target_081, target_082, target_083, target_084, target_085, target_086, target_087, target_088, target_089, target_090, target_091, target_092, target_093, target_094, target_095, target_096, target_097, target_098, target_099);
+targets!(
+    target_000, target_001, target_002, target_003, target_004, target_005, target_006, target_007, target_008,
+    target_009, target_010, target_011, target_012, target_013, target_014, target_015, target_016, target_017,
+    target_018, target_019, target_020, target_021, target_022, target_023, target_024, target_025, target_026,
+    target_027, target_028, target_029, target_030, target_031, target_032, target_033, target_034, target_035,
+    target_036, target_037, target_038, target_039, target_040, target_041, target_042, target_043, target_044,
+    target_045, target_046, target_047, target_048, target_049, target_050, target_051, target_052, target_053,
+    target_054, target_055, target_056, target_057, target_058, target_059, target_060, target_061, target_062,
+    target_063, target_064, target_065, target_066, target_067, target_068, target_069, target_070, target_071,
+    target_072, target_073, target_074, target_075, target_076, target_077, target_078, target_079, target_080,
+    target_081, target_082, target_083, target_084, target_085, target_086, target_087, target_088, target_089,
+    target_090, target_091, target_092, target_093, target_094, target_095, target_096, target_097, target_098,
+    target_099
+);
 
 #[inline(never)]
 fn replacement(value: u64) -> u64 {
@@ -30,7 +43,11 @@ fn replacement(value: u64) -> u64 {
 fn patch(name: &str, targets: &[&str]) -> Patch {
     let functions = targets
         .iter()
-        .map(|target| Function { old_name: String::from(*target), old_position: None, new_address: replacement as *const () as u64 })
+        .map(|target| Function {
+            old_name: String::from(*target),
+            old_position: None,
+            new_address: replacement as *const () as u64,
+        })
         .collect();
     Patch { name: String::from(name), objects: vec![Object { module: None, functions }] }
 }

@@ -70,7 +70,7 @@ fn livepatch_handler_windows_point_at_the_call_and_the_return() {
     let start = livepatch_handler as *const () as u64;
     let end = &raw const livepatch_handler_end as u64;
     // Safety: a static the assembler filled in.
-    let windows = unsafe { &*(&raw const livepatch_handler_windows) };
+    let windows = unsafe { &livepatch_handler_windows };
     let (pushed, popped) = (start + windows.pushed, start + windows.popped);
     assert!(start < pushed && pushed < popped && popped < end, "{start:#x} {pushed:#x} {popped:#x} {end:#x}");
     let calls_c = (pushed..popped).step_by(4).any(|address| text::read(address) == 0x4e80_0421); // bctrl
@@ -80,7 +80,9 @@ fn livepatch_handler_windows_point_at_the_call_and_the_return() {
     // just after the call of C: C's address is in CTR up to the `bctrl` itself.
     let returned = start + windows.returned;
     assert_eq!(text::read(returned - 4), 0x4e80_0421, "returned follows the bctrl");
-    assert!(crate::arch::ppc64::livepatch::entering(returned - 4) && !crate::arch::ppc64::livepatch::entering(returned));
+    assert!(
+        crate::arch::ppc64::livepatch::entering(returned - 4) && !crate::arch::ppc64::livepatch::entering(returned)
+    );
     assert!(crate::arch::ppc64::livepatch::entering(start) && !crate::arch::ppc64::livepatch::entering(start - 4));
 }
 

@@ -11,7 +11,10 @@ use portable::instruction::{self, MFLR_R0, NOP};
 
 /// Every site's two words, in table order.
 fn site_words() -> Vec<(u64, u32, u32)> {
-    trace::site_summaries().iter().map(|site| (site.address, text::read(site.address - 4), text::read(site.address))).collect()
+    trace::site_summaries()
+        .iter()
+        .map(|site| (site.address, text::read(site.address - 4), text::read(site.address)))
+        .collect()
 }
 
 fn site_of(function: u64) -> u64 {
@@ -19,6 +22,7 @@ fn site_of(function: u64) -> u64 {
 }
 
 #[inline(never)]
+#[allow(clippy::too_many_arguments, reason = "eight arguments fill r3-r10, the case under test")]
 fn traced_eight(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64) -> u64 {
     black_box(a + 2 * b + 3 * c + 4 * d + 5 * e + 6 * f + 7 * g + 8 * h)
 }
@@ -258,7 +262,9 @@ fn function_tracer_records_calls_with_parents() {
     assert_eq!(lost, 0);
     let names: Vec<_> = events
         .iter()
-        .map(|(_, event)| crate::symbols::table().unwrap().lookup(trace::function_of(event.ip).unwrap()).unwrap().0.name)
+        .map(|(_, event)| {
+            crate::symbols::table().unwrap().lookup(trace::function_of(event.ip).unwrap()).unwrap().0.name
+        })
         .collect();
     // top, leaf, middle, leaf (inside middle), leaf: in call order.
     assert_eq!(names.len(), 5, "{names:?}");
@@ -317,11 +323,14 @@ fn tracing_toggles_while_other_threads_call_traced_functions() {
             let (graph_events, _) = trace::graph::events();
             let (function_events, _) = trace::function::events();
             if graph_events.iter().any(|(_, event)| {
-                event.kind == portable::graph::Kind::Entry && event.thread != me && trace::function_of(event.ip) == Some(top)
+                event.kind == portable::graph::Kind::Entry
+                    && event.thread != me
+                    && trace::function_of(event.ip) == Some(top)
             }) {
                 graphed_phases += 1;
             }
-            if function_events.iter().any(|(_, event)| event.thread != me && trace::function_of(event.ip) == Some(ten)) {
+            if function_events.iter().any(|(_, event)| event.thread != me && trace::function_of(event.ip) == Some(ten))
+            {
                 recorded_phases += 1;
             }
         }

@@ -18,7 +18,11 @@ use portable::instruction;
 pub(super) fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Result<(), LivepatchError> {
     let functions = functions
         .iter()
-        .map(|&(old_name, old_position, new_address)| Function { old_name: String::from(old_name), old_position, new_address })
+        .map(|&(old_name, old_position, new_address)| Function {
+            old_name: String::from(old_name),
+            old_position,
+            new_address,
+        })
         .collect();
     livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })?;
     livepatch::enable(name).inspect_err(|_| {
@@ -96,7 +100,11 @@ unsafe extern "C" {
 /// The words of A from its local entry to its first `blr`.
 fn body_of(function: u64) -> Vec<(u64, u32)> {
     let start = text::local_entry(function);
-    (0..256u64).map(|index| start + 4 * index).map(|at| (at, text::read(at))).take_while(|(_, word)| *word != instruction::BLR).collect()
+    (0..256u64)
+        .map(|index| start + 4 * index)
+        .map(|at| (at, text::read(at)))
+        .take_while(|(_, word)| *word != instruction::BLR)
+        .collect()
 }
 
 #[ktest]
@@ -120,7 +128,11 @@ fn same_toc_caller_survives_a_replacement_with_another_toc() {
     CALLER_GLOBAL.store(black_box(0x1234), Ordering::Relaxed);
     let expected_original = 5 + 1 + 0x1234;
     assert_eq!(toc_caller(5), expected_original);
-    enable("foreign-toc", &[("kernel::tests::livepatch::toc_callee", None, address(livepatch_test_foreign_toc_replacement as *const ()))]).unwrap();
+    enable(
+        "foreign-toc",
+        &[("kernel::tests::livepatch::toc_callee", None, address(livepatch_test_foreign_toc_replacement as *const ()))],
+    )
+    .unwrap();
     let patched = toc_caller(5);
     let seen = unsafe { core::ptr::read_volatile(&raw const livepatch_test_foreign_toc) };
     retire("foreign-toc");
@@ -180,10 +192,10 @@ unsafe extern "C" fn variadic_original(count: usize, mut arguments: ...) -> u64 
 #[inline(never)]
 unsafe extern "C" fn variadic_replacement(count: usize, mut arguments: ...) -> u64 {
     let mut weighted = 0;
-    for index in 0..count.min(12) {
+    for (index, received) in RECEIVED.iter().enumerate().take(count) {
         // Safety: as above.
         let value = unsafe { arguments.arg::<u64>() };
-        RECEIVED[index].store(value, Ordering::SeqCst);
+        received.store(value, Ordering::SeqCst);
         weighted += value * (index as u64 + 1);
     }
     black_box(weighted)
@@ -192,13 +204,19 @@ unsafe extern "C" fn variadic_replacement(count: usize, mut arguments: ...) -> u
 #[inline(never)]
 fn variadic_caller() -> u64 {
     // Safety: twelve u64 values, as the count says.
-    unsafe { variadic_original(12, 1u64, 2u64, 3u64, 4u64, 5u64, 6u64, 7u64, 8u64, 9u64, 10u64, 11u64, black_box(12u64)) }
+    unsafe {
+        variadic_original(12, 1u64, 2u64, 3u64, 4u64, 5u64, 6u64, 7u64, 8u64, 9u64, 10u64, 11u64, black_box(12u64))
+    }
 }
 
 #[ktest]
 fn variadic_call_with_twelve_arguments_reaches_the_replacement() {
     assert_eq!(variadic_caller(), 78);
-    enable("variadic", &[("kernel::tests::livepatch::variadic_original", None, address(variadic_replacement as *const ()))]).unwrap();
+    enable(
+        "variadic",
+        &[("kernel::tests::livepatch::variadic_original", None, address(variadic_replacement as *const ()))],
+    )
+    .unwrap();
     let patched = variadic_caller();
     retire("variadic");
     let received: Vec<u64> = RECEIVED.iter().map(|slot| slot.load(Ordering::SeqCst)).collect();
@@ -339,7 +357,8 @@ fn livepatch_bug_lines() -> (u32, u32) {
 
 #[ktest]
 fn overwritten_marker_is_a_bug_that_kills_only_its_thread() {
-    enable("marker", &[("kernel::tests::livepatch::marker_original", None, address(marker_replacement as *const ()))]).unwrap();
+    enable("marker", &[("kernel::tests::livepatch::marker_original", None, address(marker_replacement as *const ()))])
+        .unwrap();
     let victim = thread::spawn("marker-victim", || {
         black_box(marker_original());
     })
@@ -369,7 +388,11 @@ fn runaway_replacement(depth: u64) -> u64 {
 
 #[ktest(isolated)]
 fn livepatch_stack_overflow_is_caught_before_it_overwrites_anything() {
-    enable("runaway", &[("kernel::tests::livepatch::runaway_original", None, address(runaway_replacement as *const ()))]).unwrap();
+    enable(
+        "runaway",
+        &[("kernel::tests::livepatch::runaway_original", None, address(runaway_replacement as *const ()))],
+    )
+    .unwrap();
     let victim = thread::spawn("runaway", || {
         OVERFLOW_BASE.store(current_thread_info() as u64, Ordering::SeqCst);
         black_box(runaway_original(0));
@@ -447,7 +470,11 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
         name: String::from("contended"),
         objects: vec![Object {
             module: None,
-            functions: vec![Function { old_name: String::from(name), old_position: None, new_address: address(contended_replacement as *const ()) }],
+            functions: vec![Function {
+                old_name: String::from(name),
+                old_position: None,
+                new_address: address(contended_replacement as *const ()),
+            }],
         }],
     })
     .unwrap();
@@ -475,7 +502,8 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
         assert_eq!(worker.join(), ExitStatus::Returned);
     }
     livepatch::remove("contended").unwrap();
-    let (old, new, from_module) = (OLD.load(Ordering::SeqCst), NEW.load(Ordering::SeqCst), FROM_MODULE.load(Ordering::SeqCst));
+    let (old, new, from_module) =
+        (OLD.load(Ordering::SeqCst), NEW.load(Ordering::SeqCst), FROM_MODULE.load(Ordering::SeqCst));
     assert_eq!(WRONG.load(Ordering::SeqCst), 0);
     assert!(CALLS.load(Ordering::SeqCst) > 1000, "{} calls", CALLS.load(Ordering::SeqCst));
     assert!(old > 0 && new > 0, "both the original and the replacement ran: {old} old, {new} new");
@@ -552,7 +580,10 @@ fn bad_patches_get_clear_errors_and_change_nothing() {
         Ok(_) => panic!("an enabled patch was removed"),
     }
     assert_eq!(stacked_original(), 2, "the enabled patch still runs after the refused remove");
-    assert!(matches!(livepatch::add(Patch { name: String::from("twice"), objects: Vec::new() }), Err(LivepatchError::DuplicatePatch(_))));
+    assert!(matches!(
+        livepatch::add(Patch { name: String::from("twice"), objects: Vec::new() }),
+        Err(LivepatchError::DuplicatePatch(_))
+    ));
     retire("twice");
     assert!(matches!(livepatch::disable("nope"), Err(LivepatchError::UnknownPatch(_))));
     assert_eq!(site_words(), before, "no site changed");
@@ -603,7 +634,11 @@ fn another_nip_changing_handler_is_not_taken_for_a_livepatch() {
     let plain = redirected_original();
     trace::unregister(&PLAIN_REDIRECT).unwrap();
     assert_eq!(plain, 1000, "redirected without a livepatch frame");
-    enable("redirect", &[("kernel::tests::livepatch::redirected_original", None, address(redirected_target as *const ()))]).unwrap();
+    enable(
+        "redirect",
+        &[("kernel::tests::livepatch::redirected_original", None, address(redirected_target as *const ()))],
+    )
+    .unwrap();
     let patched = redirected_original();
     retire("redirect");
     assert_eq!(patched, 1000 + size_of::<LivepatchFrame>() as u64, "a livepatch call runs with one frame");
@@ -611,7 +646,8 @@ fn another_nip_changing_handler_is_not_taken_for_a_livepatch() {
 
 #[ktest]
 fn function_graph_keeps_working_on_a_patched_function() {
-    enable("graphed", &[("kernel::tests::livepatch::stacked_original", None, address(stacked_second as *const ()))]).unwrap();
+    enable("graphed", &[("kernel::tests::livepatch::stacked_original", None, address(stacked_second as *const ()))])
+        .unwrap();
     trace::graph::start("kernel::tests::livepatch::stacked_*").unwrap();
     let result = stacked_original();
     trace::graph::stop().unwrap();
@@ -666,7 +702,11 @@ fn backtrace_caller() -> u64 {
 
 #[ktest]
 fn backtrace_inside_a_replacement_shows_the_handler_and_the_real_caller() {
-    enable("backtrace", &[("kernel::tests::livepatch::traced_for_backtrace", None, address(backtrace_replacement as *const ()))]).unwrap();
+    enable(
+        "backtrace",
+        &[("kernel::tests::livepatch::traced_for_backtrace", None, address(backtrace_replacement as *const ()))],
+    )
+    .unwrap();
     assert_eq!(backtrace_caller(), 2);
     retire("backtrace");
     let table = crate::symbols::table().unwrap();
@@ -676,6 +716,7 @@ fn backtrace_inside_a_replacement_shows_the_handler_and_the_real_caller() {
         .take_while(|&address| address != 0)
         .map(|address| table.lookup(address).map_or("?", |(symbol, _)| symbol.name))
         .collect();
-    let handler = names.iter().position(|name| *name == "livepatch_handler").unwrap_or_else(|| panic!("no handler in {names:?}"));
+    let handler =
+        names.iter().position(|name| *name == "livepatch_handler").unwrap_or_else(|| panic!("no handler in {names:?}"));
     assert_eq!(names.get(handler + 1).copied(), Some("kernel::tests::livepatch::backtrace_caller"), "{names:?}");
 }

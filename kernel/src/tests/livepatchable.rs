@@ -40,7 +40,8 @@ fn calls_from(caller: u64, callee: u64) -> usize {
 fn replaced<T>(old_name: &str, new: u64, body: impl FnOnce() -> T) -> T {
     let name = String::from("livepatchable-test");
     let functions = vec![Function { old_name: String::from(old_name), old_position: None, new_address: new }];
-    livepatch::add(Patch { name: name.clone(), objects: vec![Object { module: None, functions }] }).expect("a livepatchable target");
+    livepatch::add(Patch { name: name.clone(), objects: vec![Object { module: None, functions }] })
+        .expect("a livepatchable target");
     livepatch::enable(&name).expect("enables");
     REPLACEMENT_CALLS.store(0, Ordering::SeqCst);
     let result = body();
@@ -104,9 +105,10 @@ fn constant_returned_by_return_statements_is_not_propagated_either() {
     let calls = calls_from(address(early_return_caller as *const ()), address(early_return as *const ()));
     assert_eq!(calls, 1, "early_return_caller calls early_return in its machine code");
     assert_eq!(early_return_caller(black_box(1)), 10);
-    let patched = replaced("kernel::tests::livepatchable::early_return", address(early_return_replacement as *const ()), || {
-        early_return_caller(black_box(1))
-    });
+    let patched =
+        replaced("kernel::tests::livepatchable::early_return", address(early_return_replacement as *const ()), || {
+            early_return_caller(black_box(1))
+        });
     assert_eq!(patched, 52, "the caller uses the replacement's result");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 }
@@ -227,9 +229,11 @@ fn unused_argument_is_still_passed() {
     let unused = address(unused_argument as *const ());
     assert_eq!(calls_from(address(unused_argument_caller as *const ()), unused), 1);
     assert_eq!(unused_argument_caller(), 1);
-    let patched = replaced("kernel::tests::livepatchable::unused_argument", address(unused_argument_replacement as *const ()), || {
-        unused_argument_caller()
-    });
+    let patched = replaced(
+        "kernel::tests::livepatchable::unused_argument",
+        address(unused_argument_replacement as *const ()),
+        unused_argument_caller,
+    );
     assert_eq!(patched, 1042, "the unused argument is still passed, in r4");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 }
@@ -238,7 +242,9 @@ fn unused_argument_is_still_passed() {
 fn argument_returned_unchanged_is_not_assumed_to_be_the_result() {
     assert_eq!(calls_from(address(echo_caller as *const ()), address(echo as *const ())), 1);
     assert_eq!(echo_caller(black_box(4)), 8);
-    let patched = replaced("kernel::tests::livepatchable::echo", address(echo_replacement as *const ()), || echo_caller(black_box(4)));
+    let patched = replaced("kernel::tests::livepatchable::echo", address(echo_replacement as *const ()), || {
+        echo_caller(black_box(4))
+    });
     assert_eq!(patched, 18, "the caller uses the result, not its own argument");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 }
@@ -247,17 +253,19 @@ fn argument_returned_unchanged_is_not_assumed_to_be_the_result() {
 fn pointer_arguments_stay_pointers_that_the_replacement_may_write_through() {
     assert_eq!(calls_from(address(by_reference_caller as *const ()), address(by_reference as *const ())), 1);
     assert_eq!(by_reference_caller(black_box(3)), 23);
-    let patched = replaced("kernel::tests::livepatchable::by_reference", address(by_reference_replacement as *const ()), || {
-        by_reference_caller(black_box(3))
-    });
+    let patched =
+        replaced("kernel::tests::livepatchable::by_reference", address(by_reference_replacement as *const ()), || {
+            by_reference_caller(black_box(3))
+        });
     assert_eq!(patched, 320, "the pair is passed by reference");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 
     assert_eq!(calls_from(address(maybe_bump_caller as *const ()), address(maybe_bump as *const ())), 1);
     assert_eq!(maybe_bump_caller(black_box(5)), 5);
-    let patched = replaced("kernel::tests::livepatchable::maybe_bump", address(maybe_bump_replacement as *const ()), || {
-        maybe_bump_caller(black_box(5))
-    });
+    let patched =
+        replaced("kernel::tests::livepatchable::maybe_bump", address(maybe_bump_replacement as *const ()), || {
+            maybe_bump_caller(black_box(5))
+        });
     assert_eq!(patched, 15, "the caller reads the counter back after the call");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 }
@@ -282,9 +290,15 @@ fn small_replacement(value: u64) -> u64 {
 
 #[ktest]
 fn livepatchable_function_is_never_inlined() {
-    assert_eq!(calls_from(address(small_caller as *const ()), address(small as *const ())), 1, "a call, not a copy of the body");
+    assert_eq!(
+        calls_from(address(small_caller as *const ()), address(small as *const ())),
+        1,
+        "a call, not a copy of the body"
+    );
     assert_eq!(small_caller(black_box(1)), 2 ^ 0x10);
-    let patched = replaced("kernel::tests::livepatchable::small", address(small_replacement as *const ()), || small_caller(black_box(1)));
+    let patched = replaced("kernel::tests::livepatchable::small", address(small_replacement as *const ()), || {
+        small_caller(black_box(1))
+    });
     assert_eq!(patched, 3 ^ 0x10);
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 }
@@ -323,11 +337,20 @@ fn function_not_marked_livepatchable_is_refused_by_name_and_nothing_changes() {
     assert!(!livepatch::is_livepatchable(address(unmarked as *const ())));
     // A marked function and the unmarked one in one patch: the whole patch is refused.
     let functions = vec![
-        Function { old_name: String::from("kernel::tests::livepatchable::small"), old_position: None, new_address: address(small_replacement as *const ()) },
-        Function { old_name: String::from(name), old_position: None, new_address: address(unmarked_replacement as *const ()) },
+        Function {
+            old_name: String::from("kernel::tests::livepatchable::small"),
+            old_position: None,
+            new_address: address(small_replacement as *const ()),
+        },
+        Function {
+            old_name: String::from(name),
+            old_position: None,
+            new_address: address(unmarked_replacement as *const ()),
+        },
     ];
-    let error = livepatch::add(Patch { name: String::from("unmarked"), objects: vec![Object { module: None, functions }] })
-        .expect_err("a target not marked #[livepatchable] is refused");
+    let error =
+        livepatch::add(Patch { name: String::from("unmarked"), objects: vec![Object { module: None, functions }] })
+            .expect_err("a target not marked #[livepatchable] is refused");
     let message = alloc::format!("{error}");
     assert!(matches!(&error, livepatch::LivepatchError::NotLivepatchable(refused) if refused == name), "{message}");
     assert!(message.contains("'kernel::tests::livepatchable::unmarked' is not marked #[livepatchable]"), "{message}");
@@ -393,18 +416,30 @@ fn returns_after_call(caller: u64, callee: u64) -> bool {
 fn body_that_never_returns_does_not_make_callers_stop_after_the_call() {
     let (caller, callee) = (address(never_yet_caller as *const ()), address(never_yet as *const ()));
     assert_eq!(calls_from(caller, callee), 1, "never_yet_caller calls never_yet in its machine code");
-    assert!(returns_after_call(caller, callee), "never_yet_caller continues after its call to never_yet (a blr follows the bl)");
+    assert!(
+        returns_after_call(caller, callee),
+        "never_yet_caller continues after its call to never_yet (a blr follows the bl)"
+    );
     // Called through an opaque pointer, so this test's own code after the call stays whatever the caller became.
     let call = black_box(never_yet_caller as fn(u64) -> u64);
-    let patched = replaced("kernel::tests::livepatchable::never_yet", address(never_yet_replacement as *const ()), || call(black_box(4)));
+    let patched =
+        replaced("kernel::tests::livepatchable::never_yet", address(never_yet_replacement as *const ()), || {
+            call(black_box(4))
+        });
     assert_eq!(patched, 43, "the caller goes on with the replacement's result");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 
     let (caller, callee) = (address(not_written_caller as *const ()), address(not_written as *const ()));
     assert_eq!(calls_from(caller, callee), 1, "not_written_caller calls not_written in its machine code");
-    assert!(returns_after_call(caller, callee), "not_written_caller continues after its call to not_written (a blr follows the bl)");
+    assert!(
+        returns_after_call(caller, callee),
+        "not_written_caller continues after its call to not_written (a blr follows the bl)"
+    );
     let call = black_box(not_written_caller as fn(u64) -> u64);
-    let patched = replaced("kernel::tests::livepatchable::not_written", address(never_yet_replacement as *const ()), || call(black_box(5)));
+    let patched =
+        replaced("kernel::tests::livepatchable::not_written", address(never_yet_replacement as *const ()), || {
+            call(black_box(5))
+        });
     assert_eq!(patched, 46, "the caller goes on with the replacement's result");
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 1);
 }
@@ -430,7 +465,11 @@ fn nothing_replacement() {
 
 #[ktest]
 fn calls_of_a_function_without_arguments_or_result_are_kept() {
-    assert_eq!(calls_from(address(nothing_twice as *const ()), address(nothing as *const ())), 2, "nothing_twice calls nothing twice");
+    assert_eq!(
+        calls_from(address(nothing_twice as *const ()), address(nothing as *const ())),
+        2,
+        "nothing_twice calls nothing twice"
+    );
     replaced("kernel::tests::livepatchable::nothing", address(nothing_replacement as *const ()), nothing_twice);
     assert_eq!(REPLACEMENT_CALLS.load(Ordering::SeqCst), 2, "both calls reach the replacement");
 }

@@ -1,8 +1,8 @@
 //! Tests of patch modules: the seed's case with a real separately built module, signatures, unloading.
-use crate::livepatch::api::REPORTED_TOC;
 use crate::arch::ppc64::registers::toc_pointer;
-use crate::module::{self, LoadError};
+use crate::livepatch::api::REPORTED_TOC;
 use crate::memory;
+use crate::module::{self, LoadError};
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
 use macros::ktest;

@@ -257,7 +257,7 @@ fn pattern(seed: u64) -> Registers {
         *value = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(number as u32 * 2) ^ (number as u64 * 0x0101);
     }
     registers.condition = (seed.wrapping_mul(0x2545_f491) & 0xffff_ffff) | 0x0050_a000;
-    registers.xer = if seed % 2 == 0 { XER_CARRY } else { 0 };
+    registers.xer = if seed.is_multiple_of(2) { XER_CARRY } else { 0 };
     registers.ctr = seed.wrapping_mul(0x1234_5678_9abc_def1);
     registers.link = seed.wrapping_mul(0x0fed_cba9_8765_4321) & !3;
     registers
@@ -353,7 +353,12 @@ fn both_stubs_keep_r2_nonvolatiles_and_arguments_under_a_clobbering_handler() {
         let direct = register_target(black_box(1), 2, 3, 4, 5, 6, 7, 8);
         trace::unregister(ops).unwrap();
         assert_eq!(RECORDED_CALLS.load(Ordering::SeqCst), calls + 2, "{}: the handler ran", ops.name);
-        assert_eq!(RECORDED_CALLER_FOUND.load(Ordering::SeqCst), found + 1, "{}: a backtrace reached the asm caller", ops.name);
+        assert_eq!(
+            RECORDED_CALLER_FOUND.load(Ordering::SeqCst),
+            found + 1,
+            "{}: a backtrace reached the asm caller",
+            ops.name
+        );
         assert_eq!(direct, register_target(1, 2, 3, 4, 5, 6, 7, 8), "{}: a direct call's arguments", ops.name);
         assert_eq!(RECORDED_TOC.load(Ordering::SeqCst), toc_pointer(), "{}: the direct call's r2", ops.name);
         let seen: Vec<u64> = RECORDED_ARGUMENTS.iter().map(|slot| slot.load(Ordering::SeqCst)).collect();
@@ -374,7 +379,7 @@ extern "C" fn rewriting_handler(_: u64, _: u64, _: &FtraceOps, regs: &mut Ftrace
     wrong += u64::from(regs.ccr & NONVOLATILE_CR != expected.condition & NONVOLATILE_CR);
     wrong += u64::from(regs.xer & XER_CARRY != expected.xer & XER_CARRY);
     wrong += u64::from(regs.ctr != target_address());
-    wrong += u64::from(regs.gpr[1] % 16 != 0 || regs.gpr[0] != regs.link);
+    wrong += u64::from(!regs.gpr[1].is_multiple_of(16) || regs.gpr[0] != regs.link);
     REWRITE_MISMATCHES.store(wrong, Ordering::SeqCst);
     for number in 14..32 {
         regs.gpr[number] = !regs.gpr[number];
@@ -449,8 +454,11 @@ fn livepatch_handler_gives_back_a_poisoned_r2_and_every_nonvolatile() {
         old_position: None,
         new_address: livepatched_replacement as *const () as u64,
     };
-    livepatch::add(Patch { name: String::from("registers"), objects: vec![Object { module: None, functions: vec![function] }] })
-        .unwrap();
+    livepatch::add(Patch {
+        name: String::from("registers"),
+        objects: vec![Object { module: None, functions: vec![function] }],
+    })
+    .unwrap();
     livepatch::enable("registers").unwrap();
     let address = livepatched_target as *const () as u64;
     assert_eq!(text::local_entry(address), address, "the patched function needs no TOC");
@@ -496,27 +504,30 @@ fn interrupts_and_preemption_give_back_every_register() {
     let _jitter = Jitter::on(0x5eed);
     let workers: Vec<_> = [11u64, 12]
         .into_iter()
-        .map(|seed| thread::spawn("soak", move || {
-            // Soak until at least 100 ticks have hit the loop (the host may be fast or slow).
-            let (mut total, mut rounds) = (0, 0);
-            while total < 100 {
-                let (reference, soaked, ticks) = soak(seed, 200_000);
-                let input = pattern(seed);
-                for number in (0..32).filter(|number| ![1, 3, 13].contains(number)) {
-                    assert_eq!(reference.gpr[number], input.gpr[number], "the helper loaded r{number}");
+        .map(|seed| {
+            thread::spawn("soak", move || {
+                // Soak until at least 100 ticks have hit the loop (the host may be fast or slow).
+                let (mut total, mut rounds) = (0, 0);
+                while total < 100 {
+                    let (reference, soaked, ticks) = soak(seed, 200_000);
+                    let input = pattern(seed);
+                    for number in (0..32).filter(|number| ![1, 3, 13].contains(number)) {
+                        assert_eq!(reference.gpr[number], input.gpr[number], "the helper loaded r{number}");
+                    }
+                    for number in (0..32).filter(|number| ![1, 13].contains(number)) {
+                        assert_eq!(soaked.gpr[number], reference.gpr[number], "r{number} after {ticks} ticks");
+                    }
+                    assert_eq!(soaked.condition, reference.condition, "CR after {ticks} ticks");
+                    assert_eq!(soaked.xer, reference.xer, "XER after {ticks} ticks");
+                    assert_eq!(soaked.ctr, reference.ctr, "CTR after {ticks} ticks");
+                    assert_eq!(soaked.link, reference.link, "LR after {ticks} ticks");
+                    total += ticks;
+                    rounds += 1;
+                    assert!(rounds < 100_000, "only {total} ticks in {rounds} soaks");
                 }
-                for number in (0..32).filter(|number| ![1, 13].contains(number)) {
-                    assert_eq!(soaked.gpr[number], reference.gpr[number], "r{number} after {ticks} ticks");
-                }
-                assert_eq!(soaked.condition, reference.condition, "CR after {ticks} ticks");
-                assert_eq!(soaked.xer, reference.xer, "XER after {ticks} ticks");
-                assert_eq!(soaked.ctr, reference.ctr, "CTR after {ticks} ticks");
-                assert_eq!(soaked.link, reference.link, "LR after {ticks} ticks");
-                total += ticks;
-                rounds += 1;
-                assert!(rounds < 100_000, "only {total} ticks in {rounds} soaks");
-            }
-        }).unwrap())
+            })
+            .unwrap()
+        })
         .collect();
     for worker in workers {
         assert_eq!(worker.join(), ExitStatus::Returned);
@@ -527,18 +538,25 @@ fn interrupts_and_preemption_give_back_every_register() {
 fn yielding_threads_keep_their_own_nonvolatile_registers() {
     let workers: Vec<_> = [21u64, 22]
         .into_iter()
-        .map(|seed| thread::spawn("yielder", move || {
-            let mut input = pattern(seed);
-            input.gpr[2] = toc_pointer();
-            for round in 0..200 {
-                let output = call_with(thread::yield_now as *const () as u64, &input);
-                assert_eq!(output.gpr[2], input.gpr[2], "r2 after yield {round}");
-                for number in 14..32 {
-                    assert_eq!(output.gpr[number], input.gpr[number], "r{number} after yield {round}");
+        .map(|seed| {
+            thread::spawn("yielder", move || {
+                let mut input = pattern(seed);
+                input.gpr[2] = toc_pointer();
+                for round in 0..200 {
+                    let output = call_with(thread::yield_now as *const () as u64, &input);
+                    assert_eq!(output.gpr[2], input.gpr[2], "r2 after yield {round}");
+                    for number in 14..32 {
+                        assert_eq!(output.gpr[number], input.gpr[number], "r{number} after yield {round}");
+                    }
+                    assert_eq!(
+                        output.condition & NONVOLATILE_CR,
+                        input.condition & NONVOLATILE_CR,
+                        "CR2-4 after yield {round}"
+                    );
                 }
-                assert_eq!(output.condition & NONVOLATILE_CR, input.condition & NONVOLATILE_CR, "CR2-4 after yield {round}");
-            }
-        }).unwrap())
+            })
+            .unwrap()
+        })
         .collect();
     for worker in workers {
         assert_eq!(worker.join(), ExitStatus::Returned);
@@ -596,7 +614,8 @@ pub fn check_openfirmware_call(entry: u64) {
     let path = b"/\0";
     let service = b"finddevice\0";
     // Big-endian cells: service, one argument, one result, the path, the result.
-    let mut block: [u32; 5] = [(service.as_ptr() as u32).to_be(), 1u32.to_be(), 1u32.to_be(), (path.as_ptr() as u32).to_be(), 0];
+    let mut block: [u32; 5] =
+        [(service.as_ptr() as u32).to_be(), 1u32.to_be(), 1u32.to_be(), (path.as_ptr() as u32).to_be(), 0];
     let mut input = pattern(41);
     input.gpr[2] = POISONED_TOC;
     input.gpr[3] = block.as_mut_ptr() as u64;

@@ -28,8 +28,11 @@ fn runner_selftest_fails_leaving_registrations() {
         old_position: None,
         new_address: selftest_replacement as *const () as u64,
     };
-    livepatch::add(Patch { name: String::from("runner-selftest"), objects: vec![Object { module: None, functions: vec![function] }] })
-        .unwrap();
+    livepatch::add(Patch {
+        name: String::from("runner-selftest"),
+        objects: vec![Object { module: None, functions: vec![function] }],
+    })
+    .unwrap();
     livepatch::enable("runner-selftest").unwrap();
     crate::time::set_jitter(0x5e1f);
     assert_eq!(selftest_original(black_box(1)), 3);

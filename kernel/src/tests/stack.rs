@@ -7,8 +7,8 @@
 //! then check every word below the guard: `thread_info`, `STACK_END_MAGIC` and
 //! the canary frames.
 use crate::arch::ppc64::emergency;
-use crate::arch::ppc64::registers::timebase;
 use crate::arch::ppc64::exceptions::{EXCEPTION_STACK_ROOM, FRAME_SIZE, RED_ZONE, STACK_GUARD};
+use crate::arch::ppc64::registers::timebase;
 use crate::bug::BugLocation;
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STACK_END_MAGIC, State, ThreadInfo};
@@ -105,7 +105,10 @@ fn check_nothing_below_the_guard_touched(base: u64, before: &[u64; INFO_WORDS]) 
         address += 8;
     }
     if overwritten != 0 {
-        return Err(format!("{overwritten} livepatch stack words overwritten, down to {} bytes below livepatch_sp", top - lowest));
+        return Err(format!(
+            "{overwritten} livepatch stack words overwritten, down to {} bytes below livepatch_sp",
+            top - lowest
+        ));
     }
     Ok(())
 }
@@ -164,7 +167,9 @@ fn wait_for_ticks_at(stack_pointer: u64, count: u64) {
 /// Moves r1 to `stack_pointer` and executes a BUG trap there.
 #[notrace]
 fn bug_at(stack_pointer: u64) -> ! {
-    static LOCATION: BugLocation = BugLocation { file_pointer: file!().as_ptr(), file_length: file!().len(), line: line!(), flags: 0 };
+    #[allow(clippy::manual_c_str_literals, reason = "a BUG record holds a pointer and a length, not a C string")]
+    static LOCATION: BugLocation =
+        BugLocation { file_pointer: file!().as_ptr(), file_length: file!().len(), line: line!(), flags: 0 };
     // Safety: the borrowed r1 lies in this thread's own free stack; the BUG
     // handler kills the thread, so nothing returns here.
     unsafe {
@@ -241,7 +246,9 @@ fn ticks_at_the_guard(ticks: u64) -> Result<u64, String> {
 #[ktest]
 fn timer_ticks_just_above_the_guard_touch_nothing_below_it() {
     let used = ticks_at_the_guard(300).unwrap();
-    println!("stack: the timer path used {used} of {STACK_GUARD} guard bytes below its {FRAME_SIZE}-byte frame and {RED_ZONE}-byte red zone");
+    println!(
+        "stack: the timer path used {used} of {STACK_GUARD} guard bytes below its {FRAME_SIZE}-byte frame and {RED_ZONE}-byte red zone"
+    );
 }
 
 /// A RECURSION_SAFE ops that does nothing: the stub calls it straight from `ftrace_call`, with no stack check.
@@ -315,7 +322,9 @@ fn traced_timer_ticks_just_above_the_guard_touch_nothing_below_it() {
             Ok(used) => {
                 // Only the function tracer records calls to count.
                 let calls = if function { format!(", {traced} calls recorded on it") } else { String::new() };
-                println!("stack: with {name} on every site the timer path used {used} of {STACK_GUARD} guard bytes{calls}");
+                println!(
+                    "stack: with {name} on every site the timer path used {used} of {STACK_GUARD} guard bytes{calls}"
+                );
             }
             Err(error) => failures += &format!("\n  with {name} on every site: {error}"),
         }
@@ -359,7 +368,10 @@ fn bug_just_above_the_guard_touches_nothing_below_it() {
     let written_below_r1 = band_used(base);
     assert_eq!(victim.join(), ExitStatus::Killed("BUG"));
     nothing_touched.unwrap();
-    assert_eq!(written_below_r1, 0, "bytes written below r1 on the thread's stack: the report belongs on the emergency stack");
+    assert_eq!(
+        written_below_r1, 0,
+        "bytes written below r1 on the thread's stack: the report belongs on the emergency stack"
+    );
 }
 
 #[livepatchable]
@@ -389,8 +401,16 @@ fn patched_call_on_the_emergency_stack_uses_its_livepatch_stack() {
     let low = || (word(8), word(16));
     let low_before = low();
     let name = "kernel::tests::stack::emergency_original";
-    let function = Function { old_name: String::from(name), old_position: None, new_address: emergency_replacement as *const () as u64 };
-    livepatch::add(Patch { name: String::from("emergency"), objects: vec![Object { module: None, functions: vec![function] }] }).unwrap();
+    let function = Function {
+        old_name: String::from(name),
+        old_position: None,
+        new_address: emergency_replacement as *const () as u64,
+    };
+    livepatch::add(Patch {
+        name: String::from("emergency"),
+        objects: vec![Object { module: None, functions: vec![function] }],
+    })
+    .unwrap();
     livepatch::enable("emergency").unwrap();
     let status = thread::spawn("emergency", || emergency::run(call_patched_on_the_emergency_stack, 4)).unwrap().join();
     livepatch::disable("emergency").unwrap();
@@ -520,7 +540,8 @@ fn entering_the_emergency_stack_afresh_clears_what_an_earlier_report_left() {
             (*info).trace_recursion = 1;
         }
     }
-    let status = thread::spawn("emergency-reset", || emergency::run(look_at_the_emergency_thread_info, 0)).unwrap().join();
+    let status =
+        thread::spawn("emergency-reset", || emergency::run(look_at_the_emergency_thread_info, 0)).unwrap().join();
     assert_eq!(status, ExitStatus::Returned);
     let left: [u64; 3] = core::array::from_fn(|index| LEFT_OVER[index].load(Ordering::SeqCst));
     assert_eq!(left, [0, 0, 0], "livepatch stack bytes, graph depth and recursion bit left from an earlier report");
@@ -552,7 +573,11 @@ fn a_nested_exception_on_the_emergency_stack_stays_below_the_code_it_interrupts(
     NESTED_WRONG.store(u64::MAX, Ordering::SeqCst);
     let status = thread::spawn("nested", || emergency::run(trap_on_the_emergency_stack, 0x5eed_0000)).unwrap().join();
     assert_eq!(status, ExitStatus::Returned, "the code on the emergency stack came back from the trap and ended");
-    assert_eq!(NESTED_WRONG.load(Ordering::SeqCst), 0, "locals intact and r14-r31 as the handler wrote them after a program check on the emergency stack");
+    assert_eq!(
+        NESTED_WRONG.load(Ordering::SeqCst),
+        0,
+        "locals intact and r14-r31 as the handler wrote them after a program check on the emergency stack"
+    );
 }
 
 /// Recurses on the emergency stack, taking the emulated trap of
@@ -583,6 +608,7 @@ extern "C" fn overflow_the_emergency_stack(_: u64) -> ! {
 /// this test would return: a failure for a should_panic case.
 #[ktest(should_panic)]
 fn an_overflow_of_the_emergency_stack_itself_panics() {
-    let status = thread::spawn("emergency-overflow", || emergency::run(overflow_the_emergency_stack, 0)).unwrap().join();
+    let status =
+        thread::spawn("emergency-overflow", || emergency::run(overflow_the_emergency_stack, 0)).unwrap().join();
     println!("the emergency stack overflowed and the kernel went on: {status:?}");
 }

@@ -25,7 +25,8 @@ const COUNTER_GREETING: &str = "hello from the counter patch module";
 /// Adds and enables a kernel patch replacing `old_name` by `new_address`.
 fn enable_kernel_patch(name: &str, old_name: &str, new_address: u64) {
     let functions = vec![Function { old_name: String::from(old_name), old_position: None, new_address }];
-    livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] }).expect("adds");
+    livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })
+        .expect("adds");
     livepatch::enable(name).expect("enables");
 }
 
@@ -164,7 +165,11 @@ fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_fre
     WRONG.store(0, Ordering::SeqCst);
     CALLS.store(0, Ordering::SeqCst);
     PROBED_CALLS.store(0, Ordering::SeqCst);
-    enable_kernel_patch("unload-anchor", "kernel::tests::unload::anchor_original", anchor_replacement as *const () as u64);
+    enable_kernel_patch(
+        "unload-anchor",
+        "kernel::tests::unload::anchor_original",
+        anchor_replacement as *const () as u64,
+    );
     trace::register(&TICK_PROBE, Filter::Names(&["kernel::shell::greeting"])).expect("the probe registers");
     let workers: Vec<_> = (0..3)
         .map(|_| {
@@ -192,9 +197,17 @@ fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_fre
     let statuses: Vec<ExitStatus> = workers.into_iter().map(|worker| worker.join()).collect();
     trace::unregister(&TICK_PROBE).expect("registered");
     retire("unload-anchor");
-    crate::println!("unload test: {} calls, {} through the probe, unload busy {busy} times", CALLS.load(Ordering::SeqCst), PROBED_CALLS.load(Ordering::SeqCst));
+    crate::println!(
+        "unload test: {} calls, {} through the probe, unload busy {busy} times",
+        CALLS.load(Ordering::SeqCst),
+        PROBED_CALLS.load(Ordering::SeqCst)
+    );
     assert!(statuses.iter().all(|status| *status == ExitStatus::Returned), "callers: {statuses:?}");
-    assert_eq!(module::busy::PARKED_ENTERING.load(Ordering::SeqCst), 0, "no caller was ever switched out before its call of C");
+    assert_eq!(
+        module::busy::PARKED_ENTERING.load(Ordering::SeqCst),
+        0,
+        "no caller was ever switched out before its call of C"
+    );
     assert_eq!(WRONG.load(Ordering::SeqCst), 0, "every call returned one of the two greetings");
     assert!(PROBED_CALLS.load(Ordering::SeqCst) > 30, "the probe put callers at the window");
     assert!(module::summaries().is_empty());
@@ -258,7 +271,10 @@ fn a_thread_inside_one_module_makes_only_that_module_busy() {
     let counter_after = module::unload("counter");
     let _ = module::unload("ten");
     assert!(ten.is_ok(), "a thread inside another module and one inside a built-in patch do not block 'ten': {ten:?}");
-    assert!(matches!(&counter, Err(LoadError::Busy(name)) if name == "counter"), "a thread really inside 'counter': {counter:?}");
+    assert!(
+        matches!(&counter, Err(LoadError::Busy(name)) if name == "counter"),
+        "a thread really inside 'counter': {counter:?}"
+    );
     assert!(counter_after.is_ok(), "once that thread left: {counter_after:?}");
     assert!(module::summaries().is_empty());
 }

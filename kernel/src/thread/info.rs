@@ -68,7 +68,7 @@ pub const MAGIC_OFFSET: usize = size_of::<ThreadInfo>();
 pub const LIVEPATCH_STACK_OFFSET: usize = MAGIC_OFFSET + size_of::<u64>();
 
 const _: () = assert!(offset_of!(ThreadInfo, livepatch_sp) == 0);
-const _: () = assert!(LIVEPATCH_STACK_OFFSET % 16 == 0 || LIVEPATCH_STACK_OFFSET % 8 == 0);
+const _: () = assert!(LIVEPATCH_STACK_OFFSET.is_multiple_of(16) || LIVEPATCH_STACK_OFFSET.is_multiple_of(8));
 
 /// The `thread_info` of the stack containing `stack_pointer` (Linux's CURRENT_THREAD_INFO).
 #[notrace]

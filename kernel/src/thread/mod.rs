@@ -3,19 +3,21 @@ mod info;
 mod scheduler;
 mod stack;
 
-pub use info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, ThreadState, current_thread_info, initialise_emergency};
+pub use info::{
+    LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, ThreadState, current_thread_info, initialise_emergency,
+};
 pub use scheduler::{
     State, current_id, init, kill_current, live_stacks, sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
 };
 // Used by the in-kernel tests.
+#[cfg(feature = "ktest")]
+pub use scheduler::with_scheduler_locked;
+pub use stack::stack_bounds;
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use {
     info::{EMERGENCY_THREAD_ID, MAGIC_OFFSET},
     scheduler::{ExitStatus, exit, yield_now},
 };
-pub use stack::stack_bounds;
-#[cfg(feature = "ktest")]
-pub use scheduler::with_scheduler_locked;
 
 use macros::notrace;
 
@@ -43,4 +45,3 @@ pub fn preempt_count() -> u64 {
     // Safety: reads the current thread's own thread_info.
     unsafe { (*current_thread_info()).preempt_count }
 }
-

@@ -341,11 +341,11 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
 
 #[notrace]
 fn make_ready(scheduler: &mut Scheduler, id: u64) {
-    if let Some(thread) = scheduler.threads.get_mut(&id) {
-        if matches!(thread.state, State::Sleeping(_) | State::Joining) {
-            thread.set_state(State::Ready);
-            scheduler.ready.push_back(id);
-        }
+    if let Some(thread) = scheduler.threads.get_mut(&id)
+        && matches!(thread.state, State::Sleeping(_) | State::Joining)
+    {
+        thread.set_state(State::Ready);
+        scheduler.ready.push_back(id);
     }
 }
 

@@ -63,4 +63,3 @@ impl<T: Copy, const N: usize> PerCpuBuffers<T, N> {
         (events, lost)
     }
 }
-

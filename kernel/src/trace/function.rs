@@ -1,4 +1,5 @@
 //! The function tracer: one ring-buffer record per traced call, shown like Linux's trace file.
+use super::buffers::PerCpuBuffers;
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, register, unregister};
 use crate::arch::ppc64::registers::timebase;
 use crate::symbols::{self, Symbolized};
@@ -6,7 +7,6 @@ use crate::thread::current_thread_info;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use super::buffers::PerCpuBuffers;
 use macros::notrace;
 
 /// One traced call.

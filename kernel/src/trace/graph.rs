@@ -6,9 +6,9 @@
 //! `ftrace_return_to_handler` pops it and records the exit. This works on a
 //! function that is also livepatched: `livepatch_handler` saves and restores
 //! whatever return address it finds, `return_to_handler` included.
+use super::buffers::PerCpuBuffers;
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, ops::traces, register, unregister};
 use crate::arch::ppc64::ftrace::{ftrace_graph_call, ftrace_graph_caller, ftrace_regs_graph_call, return_to_handler};
-use super::buffers::PerCpuBuffers;
 use crate::arch::ppc64::registers::timebase;
 use crate::arch::ppc64::text;
 use crate::symbols;
@@ -96,7 +96,14 @@ pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
     stack.0[depth] = ReturnEntry { return_address: regs.regs.link, ip, entry_timebase: now };
     info.graph_depth += 1;
     regs.regs.link = return_to_handler as *const () as u64;
-    record(GraphEvent { kind: Kind::Entry, ip, depth: depth as u32, thread: info.thread_id, timebase: now, duration: 0 });
+    record(GraphEvent {
+        kind: Kind::Entry,
+        ip,
+        depth: depth as u32,
+        thread: info.thread_id,
+        timebase: now,
+        duration: 0,
+    });
     info.trace_recursion = 0;
 }
 
@@ -118,7 +125,14 @@ pub extern "C" fn ftrace_return_to_handler() -> u64 {
     if info.trace_recursion == 0 {
         info.trace_recursion = 1;
         let duration = now - entry.entry_timebase;
-        record(GraphEvent { kind: Kind::Exit, ip: entry.ip, depth: depth as u32, thread: info.thread_id, timebase: now, duration });
+        record(GraphEvent {
+            kind: Kind::Exit,
+            ip: entry.ip,
+            depth: depth as u32,
+            thread: info.thread_id,
+            timebase: now,
+            duration,
+        });
         info.trace_recursion = 0;
     }
     entry.return_address

@@ -10,13 +10,13 @@ mod ops;
 mod sites;
 
 pub use crate::arch::ppc64::ftrace::FtraceRegs;
-pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
+pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
 pub use sites::{NameError, function_of, named_entry, site_summaries};
 
-use macros::notrace;
 use core::sync::atomic::AtomicUsize;
+use macros::notrace;
 
 /// The ops whose handler `ftrace_call` calls directly (read by the stubs).
 #[unsafe(no_mangle)]

@@ -11,11 +11,12 @@
 //! so after `unregister` returns nobody is in it.
 use super::sites::{self, ApplyError};
 use super::{FUNCTION_TRACE_OP, FtraceRegs};
+use crate::arch::ppc64::ftrace::FTRACE_REGS_LOWEST;
 use crate::arch::ppc64::ftrace::{ftrace_call, ftrace_regs_call, ftrace_stub};
 use crate::arch::ppc64::text::{self, TextError};
-use crate::arch::ppc64::ftrace::FTRACE_REGS_LOWEST;
-use crate::thread::{self, current_thread_info};
 use crate::symbols::Symbolized;
+use crate::sync::Mutex;
+use crate::thread::{self, current_thread_info};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -25,7 +26,6 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
 use portable::instruction;
-use crate::sync::Mutex;
 
 /// A handler: `ip` is the traced site, `parent_ip` the return address into the caller.
 pub type Handler = extern "C" fn(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs);
@@ -270,10 +270,8 @@ fn publish_sites(ops: &FtraceOps, addresses: Vec<u64>) {
 pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
     let _preempt = thread::preempt_disable();
     let mut registry = REGISTRY.lock();
-    let position = registry
-        .iter()
-        .position(|other| core::ptr::eq(*other, ops))
-        .ok_or(FtraceError::NotRegistered(ops.name))?;
+    let position =
+        registry.iter().position(|other| core::ptr::eq(*other, ops)).ok_or(FtraceError::NotRegistered(ops.name))?;
     let addresses = current_sites(ops);
     let indices: Vec<usize> = addresses.iter().filter_map(|&address| sites::index_of(address)).collect();
     sites::apply(&indices, ops.demand(), false).map_err(|error| apply_error(&registry, error))?;
@@ -458,7 +456,9 @@ pub(crate) fn check_stack_room(regs: &FtraceRegs) {
     let limit = unsafe { (*current_thread_info()).livepatch_sp } + FTRACE_REGS_LOWEST as u64;
     let record = regs as *const FtraceRegs as u64;
     // Safety: `td` only traps; the exception entry reports and kills.
-    unsafe { core::arch::asm!("td 2, {record}, {limit}", record = in(reg) record, limit = in(reg) limit, options(nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("td 2, {record}, {limit}", record = in(reg) record, limit = in(reg) limit, options(nomem, nostack))
+    };
 }
 
 /// One ops that is not RECURSION_SAFE: the guard, then its handler.

@@ -1,13 +1,13 @@
 //! The entry-site table: every `__patchable_function_entries` record, validated and named.
 use crate::arch::ppc64::ftrace::{ftrace_caller, ftrace_regs_caller};
 use crate::arch::ppc64::text::{self, TextError};
+use crate::sync::Mutex;
 use crate::{println, symbols};
 use alloc::string::String;
 use alloc::vec::Vec;
 use macros::notrace;
 use portable::ftrace::{Caller, Demand, SiteError, SiteState, Stubs, site_word};
 use portable::instruction::{MFLR_R0, NOP};
-use crate::sync::Mutex;
 use spin::Once;
 
 /// One traceable function.
@@ -115,10 +115,13 @@ pub(super) fn init() -> (usize, usize) {
     }
     sites.sort_by_key(|site| site.address);
     let valid = sites.len();
-    let mut names: Vec<(u64, usize)> = sites.iter().enumerate().map(|(index, site)| (name_hash(site.name), index)).collect();
+    let mut names: Vec<(u64, usize)> =
+        sites.iter().enumerate().map(|(index, site)| (name_hash(site.name), index)).collect();
     names.sort_unstable();
     NAMES.call_once(|| names);
-    INFO.call_once(|| sites.iter().map(|site| SiteInfo { function: site.function, address: site.address, name: site.name }).collect());
+    INFO.call_once(|| {
+        sites.iter().map(|site| SiteInfo { function: site.function, address: site.address, name: site.name }).collect()
+    });
     *SITES.lock() = sites;
     (valid, rejected)
 }

@@ -26,7 +26,12 @@ unsafe extern "C" {
 pub fn intern(text: &str) -> &'static str {
     // Safety: the kernel returns a copy of exactly these `text.len()` bytes
     // (so valid UTF-8), which it never frees or changes.
-    unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(klp_intern_text(text.as_ptr(), text.len()), text.len())) }
+    unsafe {
+        core::str::from_utf8_unchecked(core::slice::from_raw_parts(
+            klp_intern_text(text.as_ptr(), text.len()),
+            text.len(),
+        ))
+    }
 }
 
 /// Prints `text` to the console.

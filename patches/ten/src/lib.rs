@@ -17,11 +17,7 @@ klp_patch::klp_patch!(name = "ten", replace = ["klp_demo_ten" => ten_demo_ten]);
 #[allow(clippy::too_many_arguments)]
 pub fn ten_demo_ten(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64, i: u64, j: u64) -> u64 {
     kernel::report_toc(kernel::toc());
-    let mut sum = 0u64;
-    let mut position = 1u64;
-    for argument in [a, b, c, d, e, f, g, h, i, j] {
-        sum = sum.wrapping_add(position.wrapping_mul(argument));
-        position += 1;
-    }
-    sum
+    (1u64..)
+        .zip([a, b, c, d, e, f, g, h, i, j])
+        .fold(0, |sum, (position, argument)| sum.wrapping_add(position.wrapping_mul(argument)))
 }

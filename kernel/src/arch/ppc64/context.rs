@@ -18,7 +18,7 @@ pub struct SwitchFrame {
 
 /// Bytes `switch_context` pushes.
 pub const SWITCH_FRAME_SIZE: usize = size_of::<SwitchFrame>();
-const _: () = assert!(SWITCH_FRAME_SIZE % 16 == 0);
+const _: () = assert!(SWITCH_FRAME_SIZE.is_multiple_of(16));
 
 unsafe extern "C" {
     /// Saves the current thread's context on its stack, stores its stack

@@ -316,7 +316,7 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     let mut frame = stack_pointer;
     for _ in 0..WALK_FRAMES {
         let link_slot = frame + boot::LINK_SAVE as u64;
-        if frame < low || link_slot + 8 > high || frame % 16 != 0 {
+        if frame < low || link_slot + 8 > high || !frame.is_multiple_of(16) {
             return false;
         }
         // Safety: inside the interrupted thread's stack, checked above.

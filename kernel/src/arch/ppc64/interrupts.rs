@@ -35,7 +35,6 @@ pub fn enable() {
     unsafe { core::arch::asm!("mtmsrd {}, 1", in(reg) (Msr::EE | Msr::RI).bits(), options(nostack)) };
 }
 
-
 /// Gives the CPU to the hypervisor until the next interrupt (H_CEDE), which
 /// also enables interrupts.
 #[notrace]

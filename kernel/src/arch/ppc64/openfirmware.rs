@@ -119,7 +119,13 @@ impl OpenFirmware {
         self.flatten_node(root, writer, 0, true)
     }
 
-    fn flatten_node(&self, node: Phandle, writer: &mut FdtWriter, depth: usize, root: bool) -> Result<(), FlattenError> {
+    fn flatten_node(
+        &self,
+        node: Phandle,
+        writer: &mut FdtWriter,
+        depth: usize,
+        root: bool,
+    ) -> Result<(), FlattenError> {
         if depth > MAXIMUM_DEPTH {
             return Err(FlattenError::TooDeep);
         }
@@ -145,9 +151,8 @@ impl OpenFirmware {
         let mut has_phandle = false;
         loop {
             name.fill(0);
-            let found = self
-                .call(b"nextprop\0", &[node.0, previous.as_ptr() as u32, name.as_mut_ptr() as u32])
-                .unwrap_or(0);
+            let found =
+                self.call(b"nextprop\0", &[node.0, previous.as_ptr() as u32, name.as_mut_ptr() as u32]).unwrap_or(0);
             if found != 1 {
                 break;
             }

@@ -46,7 +46,7 @@ pub fn local_entry(function: u64) -> u64 {
 /// on one CPU a single aligned store is seen whole by every later fetch).
 #[notrace]
 pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
-    if address % 4 != 0 {
+    if !address.is_multiple_of(4) {
         return Err(TextError::Misaligned { address });
     }
     let found = read(address);
