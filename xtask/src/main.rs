@@ -62,8 +62,21 @@ enum Task {
     Trace(trace::Options),
 }
 
-fn main() -> Result<ExitCode> {
-    match Cli::parse().task {
+/// Runs the task. A failure is a user error (a missing tool, a failed build,
+/// a refused patch): it prints as one line of causes, whatever RUST_BACKTRACE
+/// says; backtraces are for bugs, which panic.
+fn main() -> ExitCode {
+    match task(Cli::parse().task) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn task(task: Task) -> Result<ExitCode> {
+    match task {
         Task::Build(options) => build::main(&options).map(|_| ExitCode::SUCCESS),
         Task::Run(options) => run::main(&options),
         Task::Test(options) => test::main(&options),
