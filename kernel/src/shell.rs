@@ -209,14 +209,18 @@ fn trace(arguments: &str) {
             println!("tracing off");
         }
         "show" => {
-            for line in trace::function::render() {
-                println!("{line}");
+            // Each tracer that recorded something, under its own header; the
+            // function tracer's (empty) table when neither did.
+            let graphed = !trace::graph::events().0.is_empty();
+            let (functions, lost) = trace::function::events();
+            let mut lines = alloc::vec::Vec::new();
+            if !functions.is_empty() || lost != 0 || !graphed {
+                lines.extend(trace::function::render());
             }
-            if !trace::graph::events().0.is_empty() {
-                for line in trace::graph::render(None, true) {
-                    println!("{line}");
-                }
+            if graphed {
+                lines.extend(trace::graph::render(None, true));
             }
+            lines.iter().for_each(|line| println!("{line}"));
         }
         "dump" => {
             // One line per function_graph event, for `cargo xtask trace` to draw.

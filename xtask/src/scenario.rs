@@ -7,6 +7,7 @@
 //! ready: "klp> "            typing starts once this was printed (default: the shell prompt)
 //! input: threads            a console line; all are sent in order, then end of input
 //! expect: "klp> "           must appear in the output, after the previous expectation
+//! reject: "# tracer"        must not appear between the previous expectation and the next (or the end)
 //! expect-exit: 0            QEMU's exit status (default 0)
 //! ```
 //! A value may be put in double quotes to keep its surrounding spaces.
@@ -25,8 +26,15 @@ pub struct Scenario {
     pub firmware: Option<Firmware>,
     pub ready: String,
     pub inputs: Vec<String>,
-    pub expects: Vec<String>,
+    pub checks: Vec<Check>,
     pub exit: i32,
+}
+
+/// One line of output the scenario looks for, or must not see.
+#[derive(Debug, PartialEq)]
+pub enum Check {
+    Expect(String),
+    Reject(String),
 }
 
 impl Scenario {
@@ -43,7 +51,7 @@ impl Scenario {
             firmware: None,
             ready: qemu::SHELL_PROMPT.into(),
             inputs: vec![],
-            expects: vec![],
+            checks: vec![],
             exit: 0,
         };
         for (number, line) in text.lines().enumerate().map(|(index, line)| (index + 1, line.trim_end_matches('\r'))) {
@@ -56,7 +64,8 @@ impl Scenario {
             let value = unquote(value.strip_prefix(' ').unwrap_or(value));
             match key.trim() {
                 "input" => scenario.inputs.push(value),
-                "expect" => scenario.expects.push(value),
+                "expect" => scenario.checks.push(Check::Expect(value)),
+                "reject" => scenario.checks.push(Check::Reject(value)),
                 "args" => scenario.args = value,
                 "ready" => scenario.ready = value,
                 "firmware" => {
@@ -70,7 +79,9 @@ impl Scenario {
                     scenario.exit = value.trim().parse().with_context(|| format!("line {number}: bad exit status"))?
                 }
                 other => {
-                    bail!("line {number}: unknown key {other:?} (input, expect, ready, args, firmware, expect-exit)")
+                    bail!(
+                        "line {number}: unknown key {other:?} (input, expect, reject, ready, args, firmware, expect-exit)"
+                    )
                 }
             }
         }
@@ -82,20 +93,35 @@ impl Scenario {
         self.inputs.iter().flat_map(|input| format!("{input}\n").into_bytes()).collect()
     }
 
-    /// Why the run failed, if it did: each expectation is searched after the previous one.
+    /// Why the run failed, if it did: each expectation is searched after the
+    /// previous one, and each rejected text in the stretch between the
+    /// expectations around it.
     pub fn verdict(&self, output: &str, outcome: &Outcome) -> Result<(), String> {
         let mut rest = output;
-        for expect in &self.expects {
-            match rest.find(expect.as_str()) {
-                Some(at) => rest = &rest[at + expect.len()..],
-                None => {
-                    return Err(format!(
-                        "expected {expect:?} in the output (after the previous expectations); {}",
-                        outcome.describe()
-                    ));
-                }
+        let mut rejected: Vec<&str> = Vec::new();
+        let seen_in =
+            |stretch: &str, rejected: &mut Vec<&str>| match rejected.drain(..).find(|text| stretch.contains(text)) {
+                Some(text) => Err(format!("{text:?} appeared where the scenario rejects it; {}", outcome.describe())),
+                None => Ok(()),
+            };
+        for check in &self.checks {
+            match check {
+                Check::Reject(text) => rejected.push(text),
+                Check::Expect(expect) => match rest.find(expect.as_str()) {
+                    Some(at) => {
+                        seen_in(&rest[..at], &mut rejected)?;
+                        rest = &rest[at + expect.len()..];
+                    }
+                    None => {
+                        return Err(format!(
+                            "expected {expect:?} in the output (after the previous expectations); {}",
+                            outcome.describe()
+                        ));
+                    }
+                },
             }
         }
+        seen_in(rest, &mut rejected)?;
         match outcome.code() {
             Some(code) if code == self.exit => Ok(()),
             _ => Err(format!("expected exit status {}, got: {}", self.exit, outcome.describe())),
@@ -156,7 +182,7 @@ mod tests {
                 firmware: Some(Firmware::Slof),
                 ready: "klp> ".into(),
                 inputs: vec!["threads".into(), "mem".into()],
-                expects: vec!["klp> ".into(), "powering off".into()],
+                checks: vec![Check::Expect("klp> ".into()), Check::Expect("powering off".into())],
                 exit: 1,
             }
         );
@@ -180,5 +206,14 @@ mod tests {
         assert!(scenario.verdict("b a", &exited(1)).unwrap_err().contains("exit status 0"));
         let timeout = Outcome { status: None, timeout: Duration::from_secs(5) };
         assert!(scenario.verdict("b a", &timeout).unwrap_err().contains("timed out"));
+    }
+
+    #[test]
+    fn a_rejected_text_fails_only_between_the_expectations_around_it() {
+        let scenario = Scenario::parse("x", "expect: start\nreject: header\nexpect: end\nreject: late\n").unwrap();
+        assert!(scenario.verdict("header start body end", &exited(0)).is_ok());
+        assert!(scenario.verdict("start header end", &exited(0)).unwrap_err().contains("\"header\" appeared"));
+        assert!(scenario.verdict("start end late", &exited(0)).unwrap_err().contains("\"late\" appeared"));
+        assert!(scenario.verdict("start end header", &exited(0)).is_ok());
     }
 }

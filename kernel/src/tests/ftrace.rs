@@ -238,6 +238,7 @@ fn function_graph_draws_the_call_tree() {
     assert_eq!(result, 2 + 4 + 2);
     let lines = trace::graph::render(Some(thread::current_id()), false);
     let expected = [
+        "# tracer: function_graph",
         "# CPU  DURATION                  FUNCTION CALLS",
         "# |     |   |                     |   |   |   |",
         " 0)               |  kernel::tests::ftrace::golden_top() {",

@@ -211,7 +211,8 @@ pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
             duration_nanoseconds: (event.duration as u128 * 1_000_000_000 / frequency as u128) as u64,
         })
         .collect();
-    let mut output: Vec<String> = portable::graph::HEADER.iter().map(|line| String::from(*line)).collect();
+    let mut output = alloc::vec![String::from("# tracer: function_graph")];
+    output.extend(portable::graph::HEADER.iter().map(|line| String::from(*line)));
     output.extend(portable::graph::render(&lines, show_durations));
     output
 }
