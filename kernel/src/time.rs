@@ -6,8 +6,13 @@ use macros::notrace;
 
 /// Timebase ticks per second; read from the device tree at boot (512 MHz on QEMU).
 static TIMEBASE_FREQUENCY: AtomicU64 = AtomicU64::new(512_000_000);
-/// Timer interrupts taken since boot.
+/// Timer interrupts taken since boot: the periodic ticks and the retries.
 static TICKS: AtomicU64 = AtomicU64::new(0);
+/// Of those, the retries of a deferred preemption (armed 20 us after a tick
+/// that could not preempt). Each one armed is one interrupt taken: the tick is
+/// the only code that arms the decrementer after boot, and it re-arms it at
+/// once, so an armed retry is never replaced before it fires.
+static RETRIES: AtomicU64 = AtomicU64::new(0);
 /// Timebase at boot.
 static BOOT_TIMEBASE: AtomicU64 = AtomicU64::new(0);
 /// Timer interrupts per second.
@@ -64,7 +69,12 @@ pub fn tick(preemptible: bool) {
     // A preemption that had to wait (inside ftrace, or preemption disabled) is
     // retried soon rather than a whole tick later: a thread that spends most
     // of its time in tracing code would otherwise keep the CPU for many ticks.
-    set_decrementer(if deferred { retry_interval() } else { tick_interval() });
+    if deferred {
+        RETRIES.fetch_add(1, Ordering::Relaxed);
+        set_decrementer(retry_interval());
+    } else {
+        set_decrementer(tick_interval());
+    }
 }
 
 /// 20 microseconds: how soon a deferred preemption is tried again.
@@ -77,6 +87,18 @@ fn retry_interval() -> u32 {
 #[notrace]
 pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
+}
+
+/// Of `ticks()`, the interrupts that retried a deferred preemption rather
+/// than mark a periodic tick.
+#[notrace]
+pub fn retries() -> u64 {
+    RETRIES.load(Ordering::Relaxed)
+}
+
+/// Whether ticks currently come at random short intervals (`set_jitter`).
+pub fn jittered() -> bool {
+    JITTER.load(Ordering::Relaxed) != 0
 }
 
 /// The tick counter itself, for tests that wait for ticks in assembly.
