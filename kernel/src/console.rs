@@ -1,22 +1,60 @@
 //! The hypervisor console: `print!`/`println!` through H_PUT_TERM_CHAR, input through H_GET_TERM_CHAR.
 use crate::arch::ppc64::hcall;
 use macros::notrace;
+use portable::input_line::InputLine;
 use spin::Mutex;
 
 /// Virtual terminal number of the default spapr-vty (0 names the first one).
 const TERMINAL: u64 = 0;
 
 /// Serialises writers so lines from different threads do not interleave.
-pub static CONSOLE: Mutex<Console> = Mutex::new(Console);
+pub static CONSOLE: Mutex<Console> = Mutex::new(Console { input: InputLine::new() });
 
 /// The hypervisor virtual terminal 0.
-pub struct Console;
+pub struct Console {
+    /// The shell's prompt and typing while it waits: other output moves it below itself.
+    input: InputLine,
+}
+
+/// Sends bytes to the terminal (what `InputLine` writes through).
+fn to_terminal(bytes: &[u8]) {
+    write_terminal(TERMINAL, bytes);
+}
 
 impl Console {
-    /// Writes all of `bytes`, 16 at a time, retrying while the hypervisor is busy.
+    /// Writes all of `bytes`, 16 at a time, retrying while the hypervisor is
+    /// busy; while the shell waits for input, on a line of its own with the
+    /// prompt shown again after it.
     pub fn write_bytes(&mut self, bytes: &[u8]) {
-        write_terminal(TERMINAL, bytes);
+        self.input.other_output(bytes, &mut to_terminal);
     }
+}
+
+/// The shell's input path: shows `prompt` and waits for typing.
+pub fn input_open(prompt: &str) {
+    with_input(|input| input.open(prompt, &mut to_terminal));
+}
+
+/// Echoes one typed character.
+pub fn input_push(typed: char) {
+    with_input(|input| input.push(typed, &mut to_terminal));
+}
+
+/// Erases the last typed character, never the prompt of `prompt_length` bytes.
+pub fn input_pop(prompt_length: usize) {
+    with_input(|input| {
+        input.pop(prompt_length, &mut to_terminal);
+    });
+}
+
+/// Ends the typed line: output from here on is the command's.
+pub fn input_close() {
+    with_input(|input| input.close(&mut to_terminal));
+}
+
+fn with_input(action: impl FnOnce(&mut InputLine)) {
+    let _guard = crate::arch::ppc64::interrupts::disable();
+    action(&mut CONSOLE.lock().input);
 }
 
 /// Writes all of `bytes` to virtual terminal `terminal` (its unit address, or

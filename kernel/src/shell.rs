@@ -1,5 +1,5 @@
 //! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `hello`, `klp`, `trace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
-use crate::{console, livepatch, memory, module, print, println, thread, time, trace};
+use crate::{console, livepatch, memory, module, println, thread, time, trace};
 use alloc::string::String;
 
 /// The prompt.
@@ -44,7 +44,7 @@ const COMMANDS: &[Command] = &[
 pub fn run(_arguments: &str) {
     println!("Type 'help' for the commands.");
     let mut line = String::new();
-    print!("{PROMPT}");
+    console::input_open(PROMPT);
     loop {
         let mut buffer = [0u8; 16];
         let count = console::read(&mut buffer);
@@ -55,22 +55,20 @@ pub fn run(_arguments: &str) {
         for &byte in &buffer[..count] {
             match byte {
                 END_OF_INPUT => {
-                    println!();
+                    console::input_close();
                     println!("end of input");
                     return;
                 }
                 b'\r' | b'\n' => {
-                    println!();
+                    console::input_close();
                     execute(line.trim());
                     line.clear();
-                    print!("{PROMPT}");
+                    console::input_open(PROMPT);
                 }
-                0x7f | 0x08 if line.pop().is_some() => {
-                    print!("\x08 \x08");
-                }
+                0x7f | 0x08 if line.pop().is_some() => console::input_pop(PROMPT.len()),
                 byte if byte.is_ascii_graphic() || byte == b' ' => {
                     line.push(byte as char);
-                    print!("{}", byte as char);
+                    console::input_push(byte as char);
                 }
                 _ => {}
             }

@@ -14,6 +14,7 @@ pub mod channel;
 pub mod devicetree;
 pub mod ftrace;
 pub mod graph;
+pub mod input_line;
 pub mod instruction;
 pub mod module;
 pub mod ring;

@@ -115,7 +115,8 @@ fn live_patch_round_trip() -> Result<()> {
     session.type_line("hello")?;
     session.wait_for(ORIGINAL)?;
     patch_command(&["load", "greeting"])?;
-    session.wait_for("klp: module 'greeting' loaded")?;
+    // The message goes on its own line, and the prompt comes back below it.
+    session.wait_for("\nklp: module 'greeting' loaded, patch 'greeting' enabled\nklp> ")?;
     session.type_line("hello")?;
     session.wait_for(PATCHED)?;
     patch_command(&["unload", "greeting"])?;

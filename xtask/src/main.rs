@@ -69,10 +69,15 @@ fn main() -> ExitCode {
     match task(Cli::parse().task) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("{}", user_error(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A failed task as the user sees it: one line, the error and its causes.
+fn user_error(error: &anyhow::Error) -> String {
+    format!("error: {error:#}")
 }
 
 fn task(task: Task) -> Result<ExitCode> {
@@ -149,6 +154,17 @@ pub fn output_checked(command: &mut Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_error_is_one_line_with_its_causes_and_no_backtrace() {
+        // A backtrace is captured when RUST_BACKTRACE asks for one; the
+        // user's line never shows it, nor anyhow's multi-line "Caused by:".
+        let error = Err::<(), _>(anyhow::anyhow!("no patch \"x\""))
+            .context("building patch x")
+            .context("cargo xtask patch build")
+            .unwrap_err();
+        assert_eq!(user_error(&error), "error: cargo xtask patch build: building patch x: no patch \"x\"");
+    }
 
     #[test]
     fn quotes_only_what_the_shell_would_split() {

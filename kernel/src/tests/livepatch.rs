@@ -661,7 +661,8 @@ fn function_graph_keeps_working_on_a_patched_function() {
         " 0)               |    kernel::tests::livepatch::stacked_second();",
         " 0)               |  } /* kernel::tests::livepatch::stacked_original */",
     ];
-    assert_eq!(lines[2..], expected, "{lines:?}");
+    // After the three header lines (tracer, columns, bars).
+    assert_eq!(lines[3..], expected, "{lines:?}");
     assert_eq!(livepatch_depth(), 0);
     // Safety: own thread_info.
     assert_eq!(unsafe { (*current_thread_info()).graph_depth }, 0);
