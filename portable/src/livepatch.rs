@@ -77,6 +77,18 @@ pub enum Operation<'a> {
     Remove(&'a str),
 }
 
+impl<'a> Operation<'a> {
+    /// The name of the patch the operation is about.
+    pub fn patch_name(&self) -> &'a str {
+        match self {
+            Operation::Add { name, .. }
+            | Operation::Enable(name)
+            | Operation::Disable(name)
+            | Operation::Remove(name) => name,
+        }
+    }
+}
+
 /// Why an operation was refused; each names what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlanError {
@@ -260,7 +272,7 @@ impl State {
             while let Some((entry, stack)) = existing.next_if(|(entry, _)| *entry < change.entry) {
                 functions.push((*entry, stack.clone()));
             }
-            let replacement = (patch.id, change.target.unwrap_or_default());
+            let replacement = (patch.id, change.target.expect("enabling gives each function a target"));
             let stack = match existing.next_if(|(entry, _)| *entry == change.entry) {
                 Some((_, stack)) => {
                     let mut stack = stack.clone();

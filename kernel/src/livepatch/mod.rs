@@ -22,6 +22,8 @@ mod redirect;
 
 pub use allowed::{Anchor, is_livepatchable};
 pub use builtin::register_builtin;
+/// The replacements of one function, which `redirect` installs.
+pub use portable::livepatch::Stack;
 
 use crate::symbols;
 use crate::sync::Mutex;
@@ -129,8 +131,6 @@ impl fmt::Display for LivepatchError {
     }
 }
 
-pub use portable::livepatch::Stack;
-
 impl From<PlanError> for LivepatchError {
     fn from(error: PlanError) -> LivepatchError {
         match error {
@@ -155,11 +155,7 @@ static REGISTRY: Mutex<State> = Mutex::new(State::new());
 /// and `disable`), then commits it. When installing fails, the plan is
 /// dropped: the patches, the stacks, the table and the text are as before.
 fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
-    let name = match &operation {
-        Operation::Add { name, .. } | Operation::Enable(name) | Operation::Disable(name) | Operation::Remove(name) => {
-            *name
-        }
-    };
+    let name = operation.patch_name();
     let mut registry = REGISTRY.lock();
     let plan = registry.plan(operation)?;
     if let Some(functions) = plan.functions() {
