@@ -180,9 +180,22 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
         if let Some(module) = object.module {
             return Err(LivepatchError::UnknownObject(module));
         }
-        for function in object.functions {
-            let (entry, site) = resolve(&function)?;
-            functions.push(Replaced { name: function.old_name, entry, site, new: function.new_address });
+        // std collects this in place (a `Function` and a `Replaced` have the same
+        // size and alignment): the object's own buffer becomes the list, so
+        // adding a patch neither allocates it anew nor leaves the old one as
+        // a hole in the heap that later allocations walk past.
+        let resolved = object
+            .functions
+            .into_iter()
+            .map(|function| {
+                let (entry, site) = resolve(&function)?;
+                Ok(Replaced { name: function.old_name, entry, site, new: function.new_address })
+            })
+            .collect::<Result<Vec<Replaced>, LivepatchError>>()?;
+        if functions.is_empty() {
+            functions = resolved;
+        } else {
+            functions.extend(resolved);
         }
     }
     carry_out(Operation::Add { name: &patch.name, functions })
