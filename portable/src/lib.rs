@@ -3,7 +3,7 @@
 //! Everything here is `no_std` when built for the kernel. Modules hold data
 //! formats shared by the kernel and the host tools (symbol table, BUG table),
 //! the Power ISA instruction encodings the kernel patches into its own text, and
-//! the device tree code.
+//! the device tree code, and the livepatch core's bookkeeping and planning.
 
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
@@ -16,6 +16,7 @@ pub mod ftrace;
 pub mod graph;
 pub mod input_line;
 pub mod instruction;
+pub mod livepatch;
 pub mod module;
 pub mod ring;
 pub mod schedule;

@@ -5,7 +5,16 @@
 //! name (+ position when the name is ambiguous), new function }`. Several
 //! patches may replace the same function: the newest enabled one runs, and
 //! disabling it (only the topmost may be disabled) falls back to the previous
-//! one, then to the original. Every error leaves everything as it was.
+//! one, then to the original.
+//!
+//! The bookkeeping (which patches exist, which are enabled, the stack of
+//! replacements per function) and what each operation does to it live in
+//! `portable::livepatch`, tested on the host. Every operation here goes in
+//! three steps: plan it (a pure function of the current state: the next
+//! stacks, or an error), apply it (install the redirect table and the ftrace
+//! registration; on failure that step undoes its own part), then commit it.
+//! The state changes only at the commit, so every error leaves everything as
+//! it was.
 mod allowed;
 pub mod api;
 mod builtin;
@@ -13,6 +22,8 @@ mod redirect;
 
 pub use allowed::{Anchor, is_livepatchable};
 pub use builtin::register_builtin;
+/// The replacements of one function, which `redirect` installs.
+pub use portable::livepatch::Stack;
 
 use crate::symbols;
 use crate::sync::Mutex;
@@ -20,7 +31,7 @@ use crate::trace::{self, FtraceError, NameError};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use smallvec::{SmallVec, smallvec};
+use portable::livepatch::{Operation, PatchState, PlanError, Replaced, State};
 
 /// A function to replace.
 #[derive(Clone)]
@@ -120,91 +131,79 @@ impl fmt::Display for LivepatchError {
     }
 }
 
-/// A function of an enabled patch, resolved.
-struct Resolved {
-    entry: u64,
-    site: u64,
-    new: u64,
+impl From<PlanError> for LivepatchError {
+    fn from(error: PlanError) -> LivepatchError {
+        match error {
+            PlanError::UnknownPatch(name) => LivepatchError::UnknownPatch(name),
+            PlanError::DuplicatePatch(name) => LivepatchError::DuplicatePatch(name),
+            PlanError::DuplicateFunction(name) => LivepatchError::DuplicateFunction(name),
+            PlanError::AlreadyEnabled(name) => LivepatchError::AlreadyEnabled(name),
+            PlanError::StillEnabled(name) => LivepatchError::StillEnabled(name),
+            PlanError::NotEnabled(name) => LivepatchError::NotEnabled(name),
+            PlanError::NotTopmost { patch, function, topmost } => {
+                LivepatchError::NotTopmost { patch, function, topmost }
+            }
+        }
+    }
 }
 
-struct Entry {
-    id: u64,
-    patch: Patch,
-    enabled: bool,
-    /// Its functions, resolved when the patch was added.
-    resolved: Vec<Resolved>,
-}
+/// The patches and the replacement stacks (`portable::livepatch`): changed
+/// only by committing a plan whose redirect is in place.
+static REGISTRY: Mutex<State> = Mutex::new(State::new());
 
-/// The replacements of one function, oldest first: the last one runs.
-pub struct Stack {
-    /// The function's ftrace site.
-    pub site: u64,
-    /// (patch id, replacement global entry); two fit without an allocation.
-    pub replacements: SmallVec<[(u64, u64); 2]>,
+/// Plans `operation`, installs the redirect table it leads to (for `enable`
+/// and `disable`), then commits it. When installing fails, the plan is
+/// dropped: the patches, the stacks, the table and the text are as before.
+fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
+    let name = operation.patch_name();
+    let mut registry = REGISTRY.lock();
+    let plan = registry.plan(operation)?;
+    if let Some(functions) = plan.functions() {
+        redirect::apply(functions).map_err(|error| ftrace_error(registry.patch(name), error))?;
+    }
+    registry.commit(plan);
+    let patch = registry.patch(name);
+    let pairs: Vec<(u64, u64)> = patch
+        .map(|patch| patch.functions.iter().map(|function| (function.entry, function.new)).collect())
+        .unwrap_or_default();
+    crate::debug::patch_changed(name, patch.map(|patch| patch.enabled), &pairs);
+    Ok(())
 }
-
-struct Registry {
-    patches: Vec<Entry>,
-    /// Per replaced function, sorted by global entry (stacks may be empty
-    /// for a moment inside `disable`).
-    functions: Vec<(u64, Stack)>,
-    next_id: u64,
-}
-
-/// Where `entry`'s stack is in `functions`, or where it would go.
-fn stack_index(functions: &[(u64, Stack)], entry: u64) -> Result<usize, usize> {
-    functions.binary_search_by_key(&entry, |(function, _)| *function)
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { patches: Vec::new(), functions: Vec::new(), next_id: 1 });
 
 /// Adds a patch (disabled), after resolving every function it names: an
 /// unknown, ambiguous, notrace or not `#[livepatchable]` target, or a
 /// function named twice, refuses
 /// the whole patch here, before anything could run. Names are unique.
 pub fn add(patch: Patch) -> Result<(), LivepatchError> {
-    let mut resolved: Vec<Resolved> = Vec::new();
-    for object in &patch.objects {
-        if let Some(module) = &object.module {
-            return Err(LivepatchError::UnknownObject(module.clone()));
+    let mut functions: Vec<Replaced> = Vec::new();
+    for object in patch.objects {
+        if let Some(module) = object.module {
+            return Err(LivepatchError::UnknownObject(module));
         }
-        for function in &object.functions {
-            let (entry, site) = resolve(function)?;
-            if resolved.iter().any(|other| other.entry == entry) {
-                return Err(LivepatchError::DuplicateFunction(function.old_name.clone()));
-            }
-            resolved.push(Resolved { entry, site, new: function.new_address });
+        // std collects this in place (a `Function` and a `Replaced` have the same
+        // size and alignment): the object's own buffer becomes the list, so
+        // adding a patch neither allocates it anew nor leaves the old one as
+        // a hole in the heap that later allocations walk past.
+        let resolved = object
+            .functions
+            .into_iter()
+            .map(|function| {
+                let (entry, site) = resolve(&function)?;
+                Ok(Replaced { name: function.old_name, entry, site, new: function.new_address })
+            })
+            .collect::<Result<Vec<Replaced>, LivepatchError>>()?;
+        if functions.is_empty() {
+            functions = resolved;
+        } else {
+            functions.extend(resolved);
         }
     }
-    let mut registry = REGISTRY.lock();
-    if registry.patches.iter().any(|entry| entry.patch.name == patch.name) {
-        return Err(LivepatchError::DuplicatePatch(patch.name));
-    }
-    let id = registry.next_id;
-    registry.next_id += 1;
-    let pairs: Vec<(u64, u64)> = resolved.iter().map(|function| (function.entry, function.new)).collect();
-    crate::debug::patch_changed(&patch.name, Some(false), &pairs);
-    registry.patches.push(Entry { id, patch, enabled: false, resolved });
-    Ok(())
+    carry_out(Operation::Add { name: &patch.name, functions })
 }
 
 /// Removes a disabled patch.
-pub fn remove(name: &str) -> Result<Patch, LivepatchError> {
-    let mut registry = REGISTRY.lock();
-    let index = position(&registry, name)?;
-    if registry.patches[index].enabled {
-        return Err(LivepatchError::StillEnabled(String::from(name)));
-    }
-    crate::debug::patch_changed(name, None, &[]);
-    Ok(registry.patches.remove(index).patch)
-}
-
-fn position(registry: &Registry, name: &str) -> Result<usize, LivepatchError> {
-    registry
-        .patches
-        .iter()
-        .position(|entry| entry.patch.name == name)
-        .ok_or_else(|| LivepatchError::UnknownPatch(String::from(name)))
+pub fn remove(name: &str) -> Result<(), LivepatchError> {
+    carry_out(Operation::Remove(name))
 }
 
 /// The (global entry, ftrace site) of the function `function` names,
@@ -230,147 +229,30 @@ pub fn resolve(function: &Function) -> Result<(u64, u64), LivepatchError> {
     }
 }
 
-fn ftrace_error(name: &str, error: FtraceError) -> LivepatchError {
+/// `error` from installing `patch`'s redirect, naming the function of
+/// `patch` it is about.
+fn ftrace_error(patch: Option<&PatchState>, error: FtraceError) -> LivepatchError {
+    let name = |address: u64| {
+        patch.and_then(|patch| patch.function_at(address)).map_or_else(String::new, |function| function.name.clone())
+    };
     match error {
-        FtraceError::Busy { owner, .. } => LivepatchError::Busy { name: String::from(name), owner },
-        FtraceError::NotTraceable(_) => LivepatchError::NotTraceable(String::from(name)),
+        FtraceError::Busy { function, owner } => LivepatchError::Busy { name: name(function), owner },
+        FtraceError::NotTraceable(function) => LivepatchError::NotTraceable(name(function)),
         other => LivepatchError::Ftrace(other),
     }
-}
-
-/// The old name of the function of `patch` whose entry or site is `address`.
-fn name_at(patch: &Patch, resolved: &[Resolved], address: u64) -> String {
-    let functions = patch.objects.iter().flat_map(|object| object.functions.iter());
-    resolved
-        .iter()
-        .zip(functions)
-        .find(|(function, _)| function.entry == address || function.site == address)
-        .map_or_else(String::new, |(_, function)| function.old_name.clone())
-}
-
-/// The old name of the `index`th function of `patch`.
-fn name_of(patch: &Patch, index: usize) -> String {
-    patch
-        .objects
-        .iter()
-        .flat_map(|object| object.functions.iter())
-        .nth(index)
-        .map_or_else(String::new, |function| function.old_name.clone())
 }
 
 /// Enables a patch: its replacements run from the next call on.
 pub fn enable(name: &str) -> Result<(), LivepatchError> {
     // One CPU, no preemption: other threads see all of the patch or none of it.
     let _preempt = crate::thread::preempt_disable();
-    let mut registry = REGISTRY.lock();
-    let index = position(&registry, name)?;
-    if registry.patches[index].enabled {
-        return Err(LivepatchError::AlreadyEnabled(String::from(name)));
-    }
-    let id = registry.patches[index].id;
-    let resolved = core::mem::take(&mut registry.patches[index].resolved);
-    // Push onto existing stacks; new stacks are merged in sorted, in one pass.
-    let mut added: Vec<(u64, Stack)> = Vec::new();
-    for function in &resolved {
-        match stack_index(&registry.functions, function.entry) {
-            Ok(position) => registry.functions[position].1.replacements.push((id, function.new)),
-            Err(_) => {
-                added.push((function.entry, Stack { site: function.site, replacements: smallvec![(id, function.new)] }))
-            }
-        }
-    }
-    added.sort_unstable_by_key(|(entry, _)| *entry);
-    let existing = core::mem::take(&mut registry.functions);
-    registry.functions = merge(existing, added);
-    if let Err(error) = redirect::apply(&registry.functions) {
-        // Undo the pushes so every stack is as it was.
-        for function in &resolved {
-            if let Ok(position) = stack_index(&registry.functions, function.entry) {
-                registry.functions[position].1.replacements.pop();
-            }
-        }
-        registry.functions.retain(|(_, stack)| !stack.replacements.is_empty());
-        let culprit = match &error {
-            FtraceError::Busy { function, .. } | FtraceError::NotTraceable(function) => {
-                name_at(&registry.patches[index].patch, &resolved, *function)
-            }
-            _ => String::new(),
-        };
-        registry.patches[index].resolved = resolved;
-        return Err(ftrace_error(&culprit, error));
-    }
-    let pairs: Vec<(u64, u64)> = resolved.iter().map(|function| (function.entry, function.new)).collect();
-    crate::debug::patch_changed(name, Some(true), &pairs);
-    let entry = &mut registry.patches[index];
-    entry.enabled = true;
-    entry.resolved = resolved;
-    Ok(())
-}
-
-/// Merges two lists sorted by entry with no entry in both.
-fn merge(existing: Vec<(u64, Stack)>, added: Vec<(u64, Stack)>) -> Vec<(u64, Stack)> {
-    if added.is_empty() {
-        return existing;
-    }
-    let mut merged = Vec::with_capacity(existing.len() + added.len());
-    let (mut left, mut right) = (existing.into_iter().peekable(), added.into_iter().peekable());
-    loop {
-        let take_left = match (left.peek(), right.peek()) {
-            (Some((a, _)), Some((b, _))) => a < b,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => break,
-        };
-        merged.extend(if take_left { left.next() } else { right.next() });
-    }
-    merged
+    carry_out(Operation::Enable(name))
 }
 
 /// Disables a patch; it must be the topmost on each of its functions.
 pub fn disable(name: &str) -> Result<(), LivepatchError> {
     let _preempt = crate::thread::preempt_disable();
-    let mut registry = REGISTRY.lock();
-    let index = position(&registry, name)?;
-    let entry = &registry.patches[index];
-    if !entry.enabled {
-        return Err(LivepatchError::NotEnabled(String::from(name)));
-    }
-    for (position, function) in entry.resolved.iter().enumerate() {
-        let topmost = stack_index(&registry.functions, function.entry)
-            .ok()
-            .and_then(|at| registry.functions[at].1.replacements.last())
-            .map_or(0, |(patch, _)| *patch);
-        if topmost != entry.id {
-            let topmost = registry
-                .patches
-                .iter()
-                .find(|other| other.id == topmost)
-                .map_or_else(String::new, |other| other.patch.name.clone());
-            let function = name_of(&entry.patch, position);
-            return Err(LivepatchError::NotTopmost { patch: String::from(name), function, topmost });
-        }
-    }
-    let resolved = core::mem::take(&mut registry.patches[index].resolved);
-    // Pop in place (stacks may go empty: apply skips them), retain after success.
-    let mut popped = Vec::with_capacity(resolved.len());
-    for function in &resolved {
-        let at = stack_index(&registry.functions, function.entry).expect("enabled functions have stacks");
-        popped.push(registry.functions[at].1.replacements.pop().expect("topmost checked above"));
-    }
-    if let Err(error) = redirect::apply(&registry.functions) {
-        for (function, replacement) in resolved.iter().zip(popped) {
-            let at = stack_index(&registry.functions, function.entry).expect("still there");
-            registry.functions[at].1.replacements.push(replacement);
-        }
-        registry.patches[index].resolved = resolved;
-        return Err(ftrace_error(name, error));
-    }
-    registry.functions.retain(|(_, stack)| !stack.replacements.is_empty());
-    let pairs: Vec<(u64, u64)> = resolved.iter().map(|function| (function.entry, function.new)).collect();
-    crate::debug::patch_changed(name, Some(false), &pairs);
-    registry.patches[index].resolved = resolved;
-    registry.patches[index].enabled = false;
-    Ok(())
+    carry_out(Operation::Disable(name))
 }
 
 /// One line of `klp list`.
@@ -385,25 +267,18 @@ pub struct PatchSummary {
 pub fn list() -> Vec<PatchSummary> {
     let registry = REGISTRY.lock();
     registry
-        .patches
+        .patches()
         .iter()
-        .map(|entry| PatchSummary {
-            name: entry.patch.name.clone(),
-            enabled: entry.enabled,
-            functions: entry
-                .patch
-                .objects
+        .map(|patch| PatchSummary {
+            name: patch.name.clone(),
+            enabled: patch.enabled,
+            functions: patch
+                .functions
                 .iter()
-                .flat_map(|object| object.functions.iter())
-                .zip(&entry.resolved)
-                .map(|(function, resolved)| {
+                .map(|function| {
                     // Resolved once, when the patch was added.
-                    let old = resolved.entry;
-                    let active = stack_index(&registry.functions, old)
-                        .ok()
-                        .and_then(|at| registry.functions[at].1.replacements.last())
-                        .is_some_and(|(patch, new)| *patch == entry.id && *new == function.new_address);
-                    (function.old_name.clone(), old, function.new_address, active)
+                    let active = registry.topmost(function.entry) == Some((patch.id, function.new));
+                    (function.name.clone(), function.entry, function.new, active)
                 })
                 .collect(),
         })

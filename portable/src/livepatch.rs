@@ -1,0 +1,574 @@
+//! The livepatch core's bookkeeping: the patches, which are enabled, and per replaced function its stack of replacements; every operation is planned here without changing anything, then committed.
+//!
+//! The kernel (`kernel/src/livepatch/`) resolves names and owns the ftrace
+//! side; this module decides what an operation means. An operation goes in
+//! three steps:
+//!
+//! 1. plan: `State::plan` checks the operation against the current state and
+//!    computes what follows (the replacement stacks afterwards, the functions
+//!    whose running code changes, the patch list's edit), or says what is
+//!    wrong (`PlanError`). It takes `&self`: a refused operation changes
+//!    nothing, by construction.
+//! 2. apply: the kernel installs `Plan::functions` (the redirect table and
+//!    the ftrace registration). If that fails it drops the plan; the state is
+//!    still the one before the call.
+//! 3. commit: `State::commit` makes the plan the current state. It cannot
+//!    fail.
+//!
+//! Several patches may replace the same function: each function has a stack
+//! of (patch, replacement) pairs, oldest first, and the newest enabled patch
+//! (the top) runs. Only the topmost patch on each of its functions may be
+//! disabled; disabling it falls back to the patch below, then to the original.
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use smallvec::{SmallVec, smallvec};
+
+/// A function a patch replaces, resolved when the patch is added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    /// The old function's name as the patch spells it (for messages and `klp list`).
+    pub name: String,
+    /// The old function's global entry.
+    pub entry: u64,
+    /// The old function's ftrace site.
+    pub site: u64,
+    /// The replacement's global entry.
+    pub new: u64,
+}
+
+/// A patch as the core tracks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchState {
+    /// Unique among the patches ever added; names a patch in the stacks.
+    pub id: u64,
+    pub name: String,
+    pub enabled: bool,
+    /// In the order the patch lists them.
+    pub functions: Vec<Replaced>,
+}
+
+impl PatchState {
+    /// The function of this patch whose global entry or ftrace site is `address`.
+    pub fn function_at(&self, address: u64) -> Option<&Replaced> {
+        self.functions.iter().find(|function| function.entry == address || function.site == address)
+    }
+}
+
+/// The replacements of one function, oldest first: the last one runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stack {
+    /// The function's ftrace site.
+    pub site: u64,
+    /// (patch id, replacement global entry); two fit without an allocation.
+    pub replacements: SmallVec<[(u64, u64); 2]>,
+}
+
+/// An operation on the patches, as the kernel offers them.
+#[derive(Clone, Debug)]
+pub enum Operation<'a> {
+    /// Adds a patch, disabled, with its functions already resolved.
+    Add { name: &'a str, functions: Vec<Replaced> },
+    /// Enables a patch: its replacements go on top of their functions' stacks.
+    Enable(&'a str),
+    /// Disables a patch that is topmost on each of its functions.
+    Disable(&'a str),
+    /// Removes a disabled patch.
+    Remove(&'a str),
+}
+
+impl<'a> Operation<'a> {
+    /// The name of the patch the operation is about.
+    pub fn patch_name(&self) -> &'a str {
+        match self {
+            Operation::Add { name, .. }
+            | Operation::Enable(name)
+            | Operation::Disable(name)
+            | Operation::Remove(name) => name,
+        }
+    }
+}
+
+/// Why an operation was refused; each names what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// `enable`, `disable` or `remove` named no added patch.
+    UnknownPatch(String),
+    /// `add` of a patch whose name is taken.
+    DuplicatePatch(String),
+    /// `add`: the patch replaces the function of this name twice (by entry, so also under two spellings).
+    DuplicateFunction(String),
+    /// `enable` of a patch that is enabled.
+    AlreadyEnabled(String),
+    /// `remove` of a patch that is still enabled.
+    StillEnabled(String),
+    /// `disable` of a patch that is not enabled.
+    NotEnabled(String),
+    /// `disable` of a patch that a newer enabled patch (`topmost`) stacks on, on `function`.
+    NotTopmost { patch: String, function: String, topmost: String },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::UnknownPatch(name) => write!(formatter, "no patch named '{name}'"),
+            PlanError::DuplicatePatch(name) => write!(formatter, "a patch named '{name}' already exists"),
+            PlanError::DuplicateFunction(name) => write!(formatter, "the patch replaces '{name}' twice"),
+            PlanError::AlreadyEnabled(name) => write!(formatter, "patch '{name}' is already enabled"),
+            PlanError::StillEnabled(name) => {
+                write!(formatter, "patch '{name}' is enabled: disable it before removing it")
+            }
+            PlanError::NotEnabled(name) => write!(formatter, "patch '{name}' is not enabled"),
+            PlanError::NotTopmost { patch, function, topmost } => {
+                write!(formatter, "patch '{patch}' is not the topmost on '{function}': disable '{topmost}' first")
+            }
+        }
+    }
+}
+
+/// What one function runs after an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The function's global entry.
+    pub entry: u64,
+    /// Its ftrace site.
+    pub site: u64,
+    /// The replacement it runs from now on; `None`: its original code.
+    pub target: Option<u64>,
+}
+
+/// How an operation edits the patch list.
+#[derive(Clone, Debug)]
+enum Edit {
+    Add(PatchState),
+    Enable(usize),
+    Disable(usize),
+    Remove(usize),
+}
+
+/// A planned operation, not yet committed: what the kernel applies, then commits.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The `State::generation` planned from; only that state may commit it.
+    generation: u64,
+    edit: Edit,
+    /// The stacks after the operation; `None` when it leaves them as they are.
+    functions: Option<Vec<(u64, Stack)>>,
+    changes: Vec<Change>,
+}
+
+impl Plan {
+    /// The replacement stacks after the operation, sorted by entry, when it
+    /// changes them (`enable`, `disable`): what the redirect must install
+    /// before the plan is committed. `None` for `add` and `remove`.
+    pub fn functions(&self) -> Option<&[(u64, Stack)]> {
+        self.functions.as_deref()
+    }
+
+    /// The functions whose running code changes, sorted by entry.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+}
+
+/// Every patch and every replaced function's stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    /// In the order they were added.
+    patches: Vec<PatchState>,
+    /// Per replaced function (global entry), sorted by entry; never an empty stack.
+    functions: Vec<(u64, Stack)>,
+    next_id: u64,
+    /// Counts commits, so that a plan is committed only to the state it was planned from.
+    generation: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
+/// Where `entry`'s stack is in `functions` (sorted by entry), or where it would go.
+pub fn stack_index(functions: &[(u64, Stack)], entry: u64) -> Result<usize, usize> {
+    functions.binary_search_by_key(&entry, |(function, _)| *function)
+}
+
+impl State {
+    /// No patches.
+    pub const fn new() -> State {
+        State { patches: Vec::new(), functions: Vec::new(), next_id: 1, generation: 0 }
+    }
+
+    /// Every patch, in the order they were added.
+    pub fn patches(&self) -> &[PatchState] {
+        &self.patches
+    }
+
+    /// The patch named `name`.
+    pub fn patch(&self, name: &str) -> Option<&PatchState> {
+        self.patches.iter().find(|patch| patch.name == name)
+    }
+
+    /// Every replaced function's (global entry, stack), sorted by entry.
+    pub fn functions(&self) -> &[(u64, Stack)] {
+        &self.functions
+    }
+
+    /// The stack of the function whose global entry is `entry`, if an enabled patch replaces it.
+    pub fn stack(&self, entry: u64) -> Option<&Stack> {
+        stack_index(&self.functions, entry).ok().map(|at| &self.functions[at].1)
+    }
+
+    /// The (patch id, replacement) that runs for the function at `entry`, if any.
+    pub fn topmost(&self, entry: u64) -> Option<(u64, u64)> {
+        self.stack(entry).and_then(|stack| stack.replacements.last().copied())
+    }
+
+    fn index(&self, name: &str) -> Result<usize, PlanError> {
+        self.patches.iter().position(|patch| patch.name == name).ok_or_else(|| PlanError::UnknownPatch(name.into()))
+    }
+
+    /// What `operation` would do, or why it is refused. Changes nothing.
+    pub fn plan(&self, operation: Operation) -> Result<Plan, PlanError> {
+        match operation {
+            Operation::Add { name, functions } => self.plan_add(name, functions),
+            Operation::Enable(name) => self.plan_enable(name),
+            Operation::Disable(name) => self.plan_disable(name),
+            Operation::Remove(name) => self.plan_remove(name),
+        }
+    }
+
+    fn plan_add(&self, name: &str, functions: Vec<Replaced>) -> Result<Plan, PlanError> {
+        for (position, function) in functions.iter().enumerate() {
+            if functions[..position].iter().any(|earlier| earlier.entry == function.entry) {
+                return Err(PlanError::DuplicateFunction(function.name.clone()));
+            }
+        }
+        if self.patch(name).is_some() {
+            return Err(PlanError::DuplicatePatch(name.into()));
+        }
+        let patch = PatchState { id: self.next_id, name: name.into(), enabled: false, functions };
+        Ok(self.planned(Edit::Add(patch), None, Vec::new()))
+    }
+
+    fn plan_enable(&self, name: &str) -> Result<Plan, PlanError> {
+        let index = self.index(name)?;
+        let patch = &self.patches[index];
+        if patch.enabled {
+            return Err(PlanError::AlreadyEnabled(name.into()));
+        }
+        // The patch goes on top of each of its functions.
+        let mut changes: Vec<Change> = patch
+            .functions
+            .iter()
+            .map(|function| Change { entry: function.entry, site: function.site, target: Some(function.new) })
+            .collect();
+        changes.sort_unstable_by_key(|change| change.entry);
+        // Merge the sorted changes into the sorted stacks, in one pass.
+        let mut functions = Vec::with_capacity(self.functions.len() + changes.len());
+        let mut existing = self.functions.iter().peekable();
+        for change in &changes {
+            while let Some((entry, stack)) = existing.next_if(|(entry, _)| *entry < change.entry) {
+                functions.push((*entry, stack.clone()));
+            }
+            let replacement = (patch.id, change.target.expect("enabling gives each function a target"));
+            let stack = match existing.next_if(|(entry, _)| *entry == change.entry) {
+                Some((_, stack)) => {
+                    let mut stack = stack.clone();
+                    stack.replacements.push(replacement);
+                    stack
+                }
+                None => Stack { site: change.site, replacements: smallvec![replacement] },
+            };
+            functions.push((change.entry, stack));
+        }
+        functions.extend(existing.cloned());
+        Ok(self.planned(Edit::Enable(index), Some(functions), changes))
+    }
+
+    fn plan_disable(&self, name: &str) -> Result<Plan, PlanError> {
+        let index = self.index(name)?;
+        let patch = &self.patches[index];
+        if !patch.enabled {
+            return Err(PlanError::NotEnabled(name.into()));
+        }
+        // Each of its functions falls back to the replacement below, or to the original.
+        let mut changes = Vec::with_capacity(patch.functions.len());
+        for function in &patch.functions {
+            let replacements = self.stack(function.entry).map_or(&[][..], |stack| &stack.replacements[..]);
+            match replacements {
+                [below @ .., (id, _)] if *id == patch.id => changes.push(Change {
+                    entry: function.entry,
+                    site: function.site,
+                    target: below.last().map(|(_, new)| *new),
+                }),
+                _ => {
+                    let topmost = replacements.last().map(|(id, _)| *id);
+                    let topmost = self
+                        .patches
+                        .iter()
+                        .find(|other| Some(other.id) == topmost)
+                        .map_or_else(String::new, |other| other.name.clone());
+                    return Err(PlanError::NotTopmost { patch: name.into(), function: function.name.clone(), topmost });
+                }
+            }
+        }
+        changes.sort_unstable_by_key(|change| change.entry);
+        // Pop the patch off each of its stacks; a stack left empty goes.
+        let mut functions = Vec::with_capacity(self.functions.len());
+        let mut popped = changes.iter().map(|change| change.entry).peekable();
+        for (entry, stack) in &self.functions {
+            if popped.next_if_eq(entry).is_none() {
+                functions.push((*entry, stack.clone()));
+            } else if stack.replacements.len() > 1 {
+                let mut stack = stack.clone();
+                stack.replacements.pop();
+                functions.push((*entry, stack));
+            }
+        }
+        Ok(self.planned(Edit::Disable(index), Some(functions), changes))
+    }
+
+    fn plan_remove(&self, name: &str) -> Result<Plan, PlanError> {
+        let index = self.index(name)?;
+        if self.patches[index].enabled {
+            return Err(PlanError::StillEnabled(name.into()));
+        }
+        Ok(self.planned(Edit::Remove(index), None, Vec::new()))
+    }
+
+    fn planned(&self, edit: Edit, functions: Option<Vec<(u64, Stack)>>, changes: Vec<Change>) -> Plan {
+        Plan { generation: self.generation, edit, functions, changes }
+    }
+
+    /// Makes `plan` the current state. Call once what it needs is applied.
+    ///
+    /// Panics if the state changed since `plan` was made (it was planned from
+    /// another state, or another plan was committed in between).
+    pub fn commit(&mut self, plan: Plan) {
+        assert_eq!(plan.generation, self.generation, "a plan is committed to the state it was planned from");
+        self.generation += 1;
+        match plan.edit {
+            Edit::Add(patch) => {
+                self.next_id = patch.id + 1;
+                self.patches.push(patch);
+            }
+            Edit::Enable(index) => self.patches[index].enabled = true,
+            Edit::Disable(index) => self.patches[index].enabled = false,
+            Edit::Remove(index) => {
+                self.patches.remove(index);
+            }
+        }
+        if let Some(functions) = plan.functions {
+            self.functions = functions;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A function of a test patch: old function `entry` (site `entry + 8`) replaced by `new`.
+    fn replaced(name: &str, entry: u64, new: u64) -> Replaced {
+        Replaced { name: name.into(), entry, site: entry + 8, new }
+    }
+
+    fn run(state: &mut State, operation: Operation) -> Result<Vec<Change>, PlanError> {
+        let plan = state.plan(operation)?;
+        let changes = plan.changes().to_vec();
+        state.commit(plan);
+        Ok(changes)
+    }
+
+    fn add(state: &mut State, name: &str, functions: &[Replaced]) {
+        run(state, Operation::Add { name, functions: functions.to_vec() }).expect("adds");
+    }
+
+    /// What the function at `entry` runs: its top replacement, or `None` for the original.
+    fn running(state: &State, entry: u64) -> Option<u64> {
+        state.topmost(entry).map(|(_, new)| new)
+    }
+
+    fn change(entry: u64, target: Option<u64>) -> Change {
+        Change { entry, site: entry + 8, target }
+    }
+
+    /// `f` at 0x100, `g` at 0x200; patch "a" replaces both, "b" only `f`.
+    fn two_patches() -> State {
+        let mut state = State::new();
+        add(&mut state, "a", &[replaced("f", 0x100, 0xa1), replaced("g", 0x200, 0xa2)]);
+        add(&mut state, "b", &[replaced("f", 0x100, 0xb1)]);
+        state
+    }
+
+    #[test]
+    fn stacked_patches_run_the_topmost_and_fall_back_in_order() {
+        let mut state = two_patches();
+        assert_eq!(
+            run(&mut state, Operation::Enable("a")),
+            Ok(vec![change(0x100, Some(0xa1)), change(0x200, Some(0xa2))])
+        );
+        assert_eq!(run(&mut state, Operation::Enable("b")), Ok(vec![change(0x100, Some(0xb1))]));
+        assert_eq!(running(&state, 0x100), Some(0xb1), "the newest enabled patch wins");
+        assert_eq!(running(&state, 0x200), Some(0xa2));
+        let replacements: Vec<(u64, u64)> = state.stack(0x100).expect("f is replaced").replacements.to_vec();
+        assert_eq!(replacements, [(1, 0xa1), (2, 0xb1)], "oldest first");
+
+        assert_eq!(run(&mut state, Operation::Disable("b")), Ok(vec![change(0x100, Some(0xa1))]));
+        assert_eq!(running(&state, 0x100), Some(0xa1), "back to the patch below");
+        assert_eq!(running(&state, 0x200), Some(0xa2));
+
+        assert_eq!(run(&mut state, Operation::Disable("a")), Ok(vec![change(0x100, None), change(0x200, None)]));
+        assert_eq!((running(&state, 0x100), running(&state, 0x200)), (None, None), "back to the originals");
+        assert!(state.functions().is_empty(), "no empty stack is kept");
+        assert!(state.patches().iter().all(|patch| !patch.enabled));
+    }
+
+    #[test]
+    fn disabling_the_patch_below_is_refused_and_the_top_keeps_running() {
+        let mut state = two_patches();
+        run(&mut state, Operation::Enable("a")).unwrap();
+        run(&mut state, Operation::Enable("b")).unwrap();
+        let before = state.clone();
+        assert_eq!(
+            state.plan(Operation::Disable("a")).unwrap_err(),
+            PlanError::NotTopmost { patch: "a".into(), function: "f".into(), topmost: "b".into() }
+        );
+        assert_eq!(state, before, "the refused disable changed nothing");
+        assert_eq!(running(&state, 0x100), Some(0xb1), "the top still runs");
+    }
+
+    #[test]
+    fn disabling_a_patch_under_no_other_keeps_the_other_patches_running() {
+        // "c" replaces only g, "b" only f: neither stacks on the other.
+        let mut state = two_patches();
+        add(&mut state, "c", &[replaced("g", 0x200, 0xc2)]);
+        run(&mut state, Operation::Enable("b")).unwrap();
+        run(&mut state, Operation::Enable("c")).unwrap();
+        assert_eq!(run(&mut state, Operation::Disable("c")), Ok(vec![change(0x200, None)]));
+        assert_eq!((running(&state, 0x100), running(&state, 0x200)), (Some(0xb1), None));
+        // Enabled after b, below nothing: "a" may go on top of f and g, then come off again.
+        run(&mut state, Operation::Enable("a")).unwrap();
+        assert_eq!(running(&state, 0x100), Some(0xa1));
+        run(&mut state, Operation::Disable("a")).unwrap();
+        assert_eq!((running(&state, 0x100), running(&state, 0x200)), (Some(0xb1), None));
+    }
+
+    #[test]
+    fn enabling_merges_new_stacks_in_entry_order() {
+        let mut state = State::new();
+        add(&mut state, "low", &[replaced("m", 0x300, 1)]);
+        add(&mut state, "mixed", &[replaced("z", 0x500, 2), replaced("a", 0x100, 3), replaced("m", 0x300, 4)]);
+        run(&mut state, Operation::Enable("low")).unwrap();
+        let changes = run(&mut state, Operation::Enable("mixed")).unwrap();
+        assert_eq!(
+            changes,
+            [change(0x100, Some(3)), change(0x300, Some(4)), change(0x500, Some(2))],
+            "sorted by entry"
+        );
+        let entries: Vec<u64> = state.functions().iter().map(|(entry, _)| *entry).collect();
+        assert_eq!(entries, [0x100, 0x300, 0x500]);
+        let sites: Vec<u64> = state.functions().iter().map(|(_, stack)| stack.site).collect();
+        assert_eq!(sites, [0x108, 0x308, 0x508]);
+        assert_eq!(state.stack(0x300).unwrap().replacements.len(), 2);
+    }
+
+    #[test]
+    fn stacks_are_found_by_entry() {
+        let mut state = State::new();
+        let functions: Vec<Replaced> = [0x700, 0x100, 0x500, 0x300]
+            .iter()
+            .map(|&entry| replaced(&format!("f{entry:x}"), entry, entry + 1))
+            .collect();
+        add(&mut state, "p", &functions);
+        run(&mut state, Operation::Enable("p")).unwrap();
+        for entry in [0x100, 0x300, 0x500, 0x700] {
+            assert_eq!(state.stack(entry).map(|stack| stack.site), Some(entry + 8), "{entry:#x}");
+            assert_eq!(state.topmost(entry), Some((1, entry + 1)));
+        }
+        for entry in [0, 0x108, 0x400, 0x800] {
+            assert_eq!(state.stack(entry), None, "{entry:#x} is not replaced");
+        }
+        assert_eq!(stack_index(state.functions(), 0x400), Err(2), "where it would go");
+        assert_eq!(stack_index(state.functions(), 0x500), Ok(2));
+    }
+
+    #[test]
+    fn refused_operations_name_what_is_wrong_and_change_nothing() {
+        let mut state = two_patches();
+        run(&mut state, Operation::Enable("a")).unwrap();
+        let before = state.clone();
+        let refused = [
+            (Operation::Enable("a"), PlanError::AlreadyEnabled("a".into())),
+            (Operation::Disable("b"), PlanError::NotEnabled("b".into())),
+            (Operation::Remove("a"), PlanError::StillEnabled("a".into())),
+            (Operation::Enable("nope"), PlanError::UnknownPatch("nope".into())),
+            (Operation::Disable("nope"), PlanError::UnknownPatch("nope".into())),
+            (Operation::Remove("nope"), PlanError::UnknownPatch("nope".into())),
+            (Operation::Add { name: "b", functions: Vec::new() }, PlanError::DuplicatePatch("b".into())),
+            (
+                Operation::Add {
+                    name: "twice",
+                    functions: vec![replaced("f", 0x100, 1), replaced("f again", 0x100, 2)],
+                },
+                PlanError::DuplicateFunction("f again".into()),
+            ),
+        ];
+        for (operation, error) in refused {
+            let description = format!("{operation:?}");
+            assert_eq!(state.plan(operation).unwrap_err(), error, "{description}");
+            assert_eq!(state, before, "{description} changed nothing");
+        }
+        assert_eq!(
+            PlanError::StillEnabled("a".into()).to_string(),
+            "patch 'a' is enabled: disable it before removing it"
+        );
+    }
+
+    #[test]
+    fn a_plan_dropped_after_a_failed_apply_leaves_the_state_as_it_was() {
+        let mut state = two_patches();
+        run(&mut state, Operation::Enable("a")).unwrap();
+        let before = state.clone();
+        // The kernel plans, the redirect fails to apply, the plan is dropped.
+        let plan = state.plan(Operation::Enable("b")).unwrap();
+        assert_eq!(plan.functions().and_then(|functions| functions.first()).map(|(entry, _)| *entry), Some(0x100));
+        drop(plan);
+        assert_eq!(state, before);
+        assert_eq!(running(&state, 0x100), Some(0xa1));
+        let plan = state.plan(Operation::Disable("a")).unwrap();
+        assert_eq!(plan.functions(), Some(&[][..]), "after disabling a nothing would be replaced");
+        drop(plan);
+        assert_eq!(state, before);
+        // The same operation planned again goes through.
+        run(&mut state, Operation::Enable("b")).unwrap();
+        assert_eq!(running(&state, 0x100), Some(0xb1));
+    }
+
+    #[test]
+    fn removing_a_disabled_patch_frees_its_name_and_ids_stay_unique() {
+        let mut state = two_patches();
+        let plan = state.plan(Operation::Remove("a")).unwrap();
+        assert_eq!(plan.functions(), None, "remove installs nothing");
+        state.commit(plan);
+        assert_eq!(state.patch("a"), None);
+        add(&mut state, "a", &[replaced("f", 0x100, 0xa9)]);
+        let ids: Vec<u64> = state.patches().iter().map(|patch| patch.id).collect();
+        assert_eq!(ids, [2, 3], "the new 'a' gets a new id, after 'b'");
+        assert_eq!(state.patch("a").unwrap().function_at(0x108).map(|function| function.new), Some(0xa9), "by site");
+        assert_eq!(state.patch("a").unwrap().function_at(0x100).map(|function| function.new), Some(0xa9), "by entry");
+        assert_eq!(state.patch("a").unwrap().function_at(0x104), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "planned from")]
+    fn a_plan_commits_only_to_the_state_it_was_planned_from() {
+        let mut state = two_patches();
+        let first = state.plan(Operation::Enable("a")).unwrap();
+        let stale = state.plan(Operation::Enable("b")).unwrap();
+        state.commit(first);
+        state.commit(stale);
+    }
+}
