@@ -18,4 +18,5 @@ pub mod instruction;
 pub mod module;
 pub mod ring;
 pub mod schedule;
+pub mod site_table;
 pub mod symbols;
