@@ -1,9 +1,9 @@
 //! Dynamic ftrace: entry sites patched at run time to call the stubs, and the handlers they reach.
 //!
 //! `sites` builds and validates the site table at boot (one immutable
-//! `SiteTable`, read without a lock) and keeps who traces each site; `ops` registers
-//! handlers (`FtraceOps`) and patches exactly the sites their filters name;
-//! `function` and `graph` are the two tracers built on it.
+//! `SiteTable`, read without a lock) and keeps who traces each site; `ops`
+//! registers handlers (`FtraceOps`) and patches exactly the sites their
+//! filters name; `function` and `graph` are the two tracers built on it.
 mod buffers;
 pub mod function;
 pub mod graph;

@@ -136,6 +136,8 @@ pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(
     Ok(())
 }
 
+// The table's lookups that `ops` resolves its filters with.
+
 /// Indices of the sites whose function name matches `glob` (see `SiteTable::matching`).
 #[notrace]
 pub(super) fn matching(glob: &str) -> Vec<usize> {
