@@ -20,4 +20,5 @@ pub mod livepatch;
 pub mod module;
 pub mod ring;
 pub mod schedule;
+pub mod site_table;
 pub mod symbols;

@@ -211,7 +211,7 @@ pub fn remove(name: &str) -> Result<(), LivepatchError> {
 /// `#[livepatchable]` (see `allowed`).
 pub fn resolve(function: &Function) -> Result<(u64, u64), LivepatchError> {
     let name = &function.old_name;
-    match trace::named_entry(name, function.old_position) {
+    match trace::site_table().named_entry(name, function.old_position).map(|site| (site.function, site.address)) {
         Ok((entry, _)) if !is_livepatchable(entry) => Err(LivepatchError::NotLivepatchable(name.clone())),
         Ok(found) => Ok(found),
         Err(NameError::Missing) => {

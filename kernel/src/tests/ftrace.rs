@@ -264,7 +264,7 @@ fn function_tracer_records_calls_with_parents() {
     let names: Vec<_> = events
         .iter()
         .map(|(_, event)| {
-            crate::symbols::table().unwrap().lookup(trace::function_of(event.ip).unwrap()).unwrap().0.name
+            crate::symbols::table().unwrap().lookup(trace::site_table().function_of(event.ip).unwrap()).unwrap().0.name
         })
         .collect();
     // top, leaf, middle, leaf (inside middle), leaf: in call order.
@@ -326,11 +326,13 @@ fn tracing_toggles_while_other_threads_call_traced_functions() {
             if graph_events.iter().any(|(_, event)| {
                 event.kind == portable::graph::Kind::Entry
                     && event.thread != me
-                    && trace::function_of(event.ip) == Some(top)
+                    && trace::site_table().function_of(event.ip) == Some(top)
             }) {
                 graphed_phases += 1;
             }
-            if function_events.iter().any(|(_, event)| event.thread != me && trace::function_of(event.ip) == Some(ten))
+            if function_events
+                .iter()
+                .any(|(_, event)| event.thread != me && trace::site_table().function_of(event.ip) == Some(ten))
             {
                 recorded_phases += 1;
             }

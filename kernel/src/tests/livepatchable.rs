@@ -330,7 +330,7 @@ fn site_words() -> alloc::vec::Vec<u32> {
 #[ktest]
 fn function_not_marked_livepatchable_is_refused_by_name_and_nothing_changes() {
     let name = "kernel::tests::livepatchable::unmarked";
-    assert!(crate::trace::named_entry(name, None).is_ok(), "unmarked has an ftrace site");
+    assert!(crate::trace::site_table().named_entry(name, None).is_ok(), "unmarked has an ftrace site");
     let (patches, sites) = (patch_states(), site_words());
     let marked = address(small as *const ());
     assert!(livepatch::is_livepatchable(marked));

@@ -119,7 +119,7 @@ fn patches_naming_missing_notrace_or_unmarked_functions_are_refused() {
         other => panic!("expected a notrace target, got {other:?}"),
     }
     // Traceable, so refused only because it is not marked #[livepatchable].
-    assert!(crate::trace::named_entry("kernel::shell::uptime", None).is_ok(), "uptime has an ftrace site");
+    assert!(crate::trace::site_table().named_entry("kernel::shell::uptime", None).is_ok(), "uptime has an ftrace site");
     match module::load(embedded("unmarked-target")) {
         Err(LoadError::Livepatch(error @ LivepatchError::NotLivepatchable(_))) => {
             let message = alloc::format!("{error}");

@@ -66,7 +66,7 @@ pub fn events() -> (Vec<(usize, FunctionEvent)>, u64) {
 
 #[notrace]
 fn name(address: u64) -> String {
-    match super::function_of(address).and_then(|function| symbols::table()?.lookup(function)) {
+    match super::site_table().function_of(address).and_then(|function| symbols::table()?.lookup(function)) {
         Some((symbol, _)) => String::from(symbol.name),
         None => format!("{}", Symbolized(address)),
     }

@@ -220,7 +220,8 @@ pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
 /// The name of the function whose site is `ip`.
 #[notrace]
 pub fn function_name(ip: u64) -> String {
-    super::function_of(ip)
+    super::site_table()
+        .function_of(ip)
         .and_then(|function| symbols::table()?.lookup(function))
         .map_or_else(|| alloc::format!("{ip:#x}"), |(symbol, _)| String::from(symbol.name))
 }

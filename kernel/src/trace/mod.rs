@@ -1,8 +1,9 @@
 //! Dynamic ftrace: entry sites patched at run time to call the stubs, and the handlers they reach.
 //!
-//! `sites` builds and validates the site table at boot; `ops` registers
-//! handlers (`FtraceOps`) and patches exactly the sites their filters name;
-//! `function` and `graph` are the two tracers built on it.
+//! `sites` builds and validates the site table at boot (one immutable
+//! `SiteTable`, read without a lock) and keeps who traces each site; `ops`
+//! registers handlers (`FtraceOps`) and patches exactly the sites their
+//! filters name; `function` and `graph` are the two tracers built on it.
 mod buffers;
 pub mod function;
 pub mod graph;
@@ -13,7 +14,8 @@ pub use crate::arch::ppc64::ftrace::FtraceRegs;
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
-pub use sites::{NameError, function_of, named_entry, site_summaries};
+pub use portable::site_table::NameError;
+pub use sites::{site_summaries, table as site_table};
 
 use core::sync::atomic::AtomicUsize;
 use macros::notrace;

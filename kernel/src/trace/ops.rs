@@ -26,6 +26,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
 use portable::instruction;
+use portable::site_table::search_sorted;
 
 /// A handler: `ip` is the traced site, `parent_ip` the return address into the caller.
 pub type Handler = extern "C" fn(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs);
@@ -82,28 +83,6 @@ pub fn traces(ops: &FtraceOps, ip: u64) -> bool {
     let sites = ops.sites.load(Ordering::Acquire);
     // Safety: as in `site_count`.
     !sites.is_null() && search_sorted(unsafe { &*sites }, ip).is_some()
-}
-
-/// Index of `key` in the ascending `sorted`, by a binary search written out by
-/// hand: it runs inside handlers, where a call into a traced generic helper
-/// (such as `<[T]>::binary_search` or a closure, if not inlined) would
-/// re-enter ftrace.
-#[notrace]
-#[inline(always)]
-pub fn search_sorted(sorted: &[u64], key: u64) -> Option<usize> {
-    let (mut low, mut high) = (0, sorted.len());
-    while low < high {
-        let middle = low + (high - low) / 2;
-        let candidate = sorted[middle];
-        if candidate == key {
-            return Some(middle);
-        } else if candidate < key {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    None
 }
 
 /// Which functions an ops traces.
