@@ -938,11 +938,13 @@ mod tests {
 
     #[test]
     fn push_bytes_gives_a_frame_found_by_rescanning_without_waiting_for_a_flush() {
-        // The cut LOAD is completed (bad checksum) by the next frame's bytes; that
-        // frame is found again in the same call, not 2 s later at the flush.
+        // The cut LOAD is completed (bad checksum) by the last byte of the next
+        // frame; that frame is found again in the same call, not 2 s later at
+        // the flush.
         let mut decoder = FrameDecoder::new();
-        let mut stream = encode(Kind::Load, 1, &[7; 300])[..100].to_vec();
+        let mut stream = encode(Kind::Load, 1, &[7; 500])[..100].to_vec();
         stream.extend_from_slice(&encode(Kind::Load, 3, &[9; 400]));
+        assert_eq!(stream.len(), HEADER_LENGTH + 500 + CHECKSUM_LENGTH);
         let mut results = Vec::new();
         decoder.push_bytes(&stream, |result| results.push(result));
         assert!(matches!(results[0], Err(FrameError::BadChecksum { id: 1, .. })));
