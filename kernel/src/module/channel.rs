@@ -17,7 +17,7 @@
 //! read found nothing, which with that refill delay was after almost every
 //! read: 1 to 1.6 KB/s. While bytes are arriving it now reads again at once
 //! (after letting other threads run), and sleeps only once the line has been
-//! quiet for `BURST_NANOSECONDS`; a 64 KiB module takes about 170 ms
+//! quiet for `BURST_NANOSECONDS`; a 64 KiB module takes 170-200 ms
 //! (`cargo xtask bench`, channel_load_64k). Taking input by interrupt would
 //! not lift the 16-bytes-per-refill limit, and the kernel has no external
 //! interrupt (XICS) handling to build it on.
