@@ -3,8 +3,13 @@
 //! Drives the two commands a user types in two terminals: `cargo xtask run`
 //! (this process types into its console) and `cargo xtask patch load NAME`
 //! / `patch unload NAME` (run as separate processes), and checks that what
-//! the shell prints changes without a reboot, and changes back.
+//! the shell prints changes without a reboot, and changes back; that the
+//! channel carries a 64 KiB module at 100 KB/s or more; that the kernel
+//! refuses an altered module sent unchecked (`--no-verify`) and nothing
+//! changes; and that after a `patch load` that timed out, the next command
+//! reports what the kernel made of it.
 
+use std::fs;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::test::{Options, Tally};
-use crate::workspace_root;
+use crate::{patch_channel, workspace_root};
 
 const ORIGINAL: &str = "hello from the original kernel";
 const PATCHED: &str = "hello from the greeting patch module";
@@ -52,6 +57,11 @@ impl Session {
 
     /// Waits until `text` appears after what was already matched.
     fn wait_for(&mut self, text: &str) -> Result<()> {
+        self.until(text).map(drop)
+    }
+
+    /// Waits until `text` appears after what was already matched; returns what came before it.
+    fn until(&mut self, text: &str) -> Result<String> {
         let deadline = Instant::now() + STEP_TIMEOUT;
         while !self.seen.contains(text) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -63,9 +73,18 @@ impl Session {
                 Err(_) => bail!("the kernel did not print {text:?} within {} s", STEP_TIMEOUT.as_secs()),
             }
         }
-        let end = self.seen.find(text).expect("found") + text.len();
-        self.seen.drain(..end);
-        Ok(())
+        let start = self.seen.find(text).expect("found");
+        let before = self.seen[..start].to_string();
+        self.seen.drain(..start + text.len());
+        Ok(before)
+    }
+
+    /// Types `command` and returns what the shell printed for it, up to the next prompt.
+    fn shell(&mut self, command: &str) -> Result<String> {
+        self.type_line(command)?;
+        // The shell echoes what is typed.
+        self.wait_for(&format!("{command}\n"))?;
+        self.until(crate::qemu::SHELL_PROMPT)
     }
 
     fn type_line(&mut self, line: &str) -> Result<()> {
@@ -95,23 +114,40 @@ impl Drop for Session {
 
 /// `cargo xtask patch ARGUMENTS` as a separate process; must succeed.
 fn patch_command(arguments: &[&str]) -> Result<()> {
-    let status = Command::new(std::env::current_exe()?)
+    let (success, output) = patch_output(arguments)?;
+    if !success {
+        bail!("`cargo xtask patch {}` failed:\n{output}", arguments.join(" "));
+    }
+    Ok(())
+}
+
+/// `cargo xtask patch ARGUMENTS` as a separate process: whether it succeeded, and
+/// what it printed (standard output, then standard error), which is also shown.
+fn patch_output(arguments: &[&str]) -> Result<(bool, String)> {
+    let output = Command::new(std::env::current_exe()?)
         .arg("patch")
         .args(arguments)
         .current_dir(workspace_root())
-        .status()
+        .stdin(Stdio::null())
+        .output()
         .with_context(|| format!("running `cargo xtask patch {}`", arguments.join(" ")))?;
-    if !status.success() {
-        bail!("`cargo xtask patch {}` failed: {status}", arguments.join(" "));
-    }
-    Ok(())
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("$ cargo xtask patch {}\n{}", arguments.join(" "), text.trim_end());
+    Ok((output.status.success(), text))
+}
+
+/// Boots `cargo xtask run` with no request of an earlier run still noted as pending.
+fn start_session() -> Result<Session> {
+    let _ = fs::remove_file(workspace_root().join(patch_channel::PENDING));
+    let mut session = Session::start()?;
+    session.wait_for("klp> ")?;
+    Ok(session)
 }
 
 fn live_patch_round_trip() -> Result<()> {
     // Build the module first so `patch load` below only sends it.
     patch_command(&["build", "greeting"])?;
-    let mut session = Session::start()?;
-    session.wait_for("klp> ")?;
+    let mut session = start_session()?;
     session.type_line("hello")?;
     session.wait_for(ORIGINAL)?;
     patch_command(&["load", "greeting"])?;
@@ -126,14 +162,147 @@ fn live_patch_round_trip() -> Result<()> {
     session.finish()
 }
 
-/// Runs the end-to-end test (named `end_to_end::live_patch_over_the_channel`).
-pub fn end_to_end_tests(options: &Options, tally: &mut Tally) -> Result<()> {
-    let name = "end_to_end::live_patch_over_the_channel";
-    if options.filter.as_ref().is_some_and(|filter| !name.contains(filter.as_str())) {
-        return Ok(());
+/// The rate the channel must reach for a 64 KiB module (issue 11).
+const REQUIRED_KB_PER_SECOND: f64 = 100.0;
+/// Loads of the 64 KiB module tried before the rate is judged too low.
+const RATE_ATTEMPTS: usize = 3;
+
+/// The rate in `patch load`'s line `... bytes sent: R KB/s)`.
+fn rate(output: &str) -> Option<f64> {
+    let line = output.lines().find(|line| line.starts_with("patch channel: reply to request "))?;
+    let rate = line.rsplit_once("sent: ")?.1.strip_suffix(" KB/s)")?;
+    rate.parse().ok()
+}
+
+/// `patch load bulk` (a signed 67 KB module) must reach 100 KB/s. The time is
+/// wall-clock, from the first byte written to the socket to the reply read
+/// (transfer, signature check, link, enable), on a machine that may be busy
+/// with other work: the best of up to three loads is judged, so that one
+/// stall of the host does not fail the test, while a channel that is slow
+/// every time (1.6 KB/s before the fix; about 350 KB/s with it here) does.
+fn channel_rate_for_a_64_kib_module() -> Result<()> {
+    patch_command(&["build", "bulk"])?;
+    let mut session = start_session()?;
+    let mut rates = Vec::new();
+    for _ in 0..RATE_ATTEMPTS {
+        let (success, output) = patch_output(&["load", "bulk"])?;
+        if !success {
+            bail!("`patch load bulk` failed");
+        }
+        session.wait_for("klp: module 'bulk' loaded")?;
+        rates.push(rate(&output).context("`patch load bulk` printed no rate")?);
+        patch_command(&["unload", "bulk"])?;
+        session.wait_for("klp: module 'bulk' unloaded")?;
+        if rates.last().is_some_and(|&rate| rate >= REQUIRED_KB_PER_SECOND) {
+            break;
+        }
     }
-    let verdict = live_patch_round_trip().map_err(|error| format!("{error:#}"));
-    println!("\ntest {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });
-    tally.record(name, &verdict);
+    let figures = rates.iter().map(|rate| format!("{rate:.0} KB/s")).collect::<Vec<_>>().join(", ");
+    println!("\nend to end: 64 KiB module over the patch channel: {figures}");
+    if rates.iter().all(|&rate| rate < REQUIRED_KB_PER_SECOND) {
+        bail!(
+            "the patch channel carried the 64 KiB module at {figures}: below {REQUIRED_KB_PER_SECOND} KB/s every time"
+        );
+    }
+    session.finish()
+}
+
+/// `patch load --no-verify FILE` sends a file as it is: an altered module and
+/// a cut one are refused by the kernel's own checks, and `klp list` stays the same.
+fn altered_module_sent_unchecked_is_refused() -> Result<()> {
+    patch_command(&["build", "greeting"])?;
+    let signed = fs::read(crate::patch::signed_path("greeting"))?;
+    let folder = workspace_root().join("target/kernel");
+    let altered = folder.join("altered-greeting.klp");
+    let mut bytes = signed.clone();
+    // A byte of the object (its ELF header's padding): only the signature can tell.
+    bytes[10] ^= 0x01;
+    fs::write(&altered, &bytes)?;
+    let cut = folder.join("cut-greeting.klp");
+    fs::write(&cut, &signed[..signed.len() / 2])?;
+    let mut session = start_session()?;
+    patch_command(&["load", "greeting"])?;
+    session.wait_for("klp: module 'greeting' loaded")?;
+    let before = session.shell("klp list")?;
+    let cases = [
+        (&altered, "load altered-greeting: module refused: bad signature"),
+        (&cut, "load cut-greeting: module refused: "),
+    ];
+    for (file, refusal) in cases {
+        let (success, output) = patch_output(&["load", "--no-verify", &file.display().to_string()])?;
+        if success || !output.contains(&format!("kernel: error: {refusal}")) {
+            bail!("the kernel did not refuse {} with `{refusal}`", file.display());
+        }
+        session.wait_for(&format!("klp: {refusal}"))?;
+        let after = session.shell("klp list")?;
+        if after != before {
+            bail!("`klp list` changed after the refused {}:\nbefore:\n{before}\nafter:\n{after}", file.display());
+        }
+    }
+    session.finish()
+}
+
+/// A `patch load` that times out (here at once, `--timeout 0`, while the
+/// kernel has read a few hundred of the 67 KB) closes its connection, which
+/// cuts the frame off: the kernel gives it up after 2 s of silence, and the
+/// next command asks what became of it and prints the answer before its own.
+fn timed_out_load_is_reported_by_the_next_command() -> Result<()> {
+    patch_command(&["build", "bulk"])?;
+    patch_command(&["build", "greeting"])?;
+    let mut session = start_session()?;
+    let (success, output) = patch_output(&["load", "bulk", "--timeout", "0"])?;
+    let id = output
+        .split("no reply to request ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|_| !success)
+        .context("`patch load bulk --timeout 0` did not time out")?
+        .to_string();
+    session.wait_for(&format!("klp: request {id} arrived broken (frame cut off after "))?;
+    let (success, output) = patch_output(&["load", "greeting"])?;
+    let report = format!("earlier request {id} (LOAD bulk (");
+    let verdict = format!("error: request {id} arrived broken (frame cut off after ");
+    if !success || !output.lines().any(|line| line.starts_with(&report) && line.contains(&verdict)) {
+        bail!("the next `patch load` did not report what became of request {id} (`{report}...{verdict}...`)");
+    }
+    let list = session.shell("klp list")?;
+    if list.contains("bulk") || !list.contains("greeting") {
+        bail!("`klp list` should show greeting and not bulk:\n{list}");
+    }
+    session.finish()
+}
+
+type EndToEndTest = fn() -> Result<()>;
+
+const TESTS: [(&str, EndToEndTest); 4] = [
+    ("end_to_end::live_patch_over_the_channel", live_patch_round_trip),
+    ("end_to_end::channel_rate_for_a_64_kib_module", channel_rate_for_a_64_kib_module),
+    ("end_to_end::altered_module_sent_unchecked_is_refused", altered_module_sent_unchecked_is_refused),
+    ("end_to_end::timed_out_load_is_reported_by_the_next_command", timed_out_load_is_reported_by_the_next_command),
+];
+
+/// Runs the end-to-end tests whose names contain the filter.
+pub fn end_to_end_tests(options: &Options, tally: &mut Tally) -> Result<()> {
+    for (name, test) in TESTS {
+        if options.filter.as_ref().is_some_and(|filter| !name.contains(filter.as_str())) {
+            continue;
+        }
+        let verdict = test().map_err(|error| format!("{error:#}"));
+        println!("\ntest {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });
+        tally.record(name, &verdict);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_rate_of_patch_load() {
+        let output = "kernel: ok: module 'bulk' loaded\n\
+                      patch channel: reply to request 7 after 193 ms (67000 bytes sent: 347 KB/s)\n";
+        assert_eq!(rate(output), Some(347.0));
+        assert_eq!(rate("patch channel: reply to request 7 after 6 ms (22 bytes sent)"), None);
+    }
 }

@@ -38,7 +38,12 @@ pub enum Command {
     Load {
         /// The patch (a folder under patches/), or the path of a signed .klp file.
         name: String,
-        /// Seconds to wait for the kernel's reply.
+        /// Send the file NAME as it is, unchecked, so that the kernel's own signature
+        /// and format checks decide (the module is named after the file).
+        #[arg(long)]
+        no_verify: bool,
+        /// Seconds to wait for the kernel's reply (the next `patch` command reports
+        /// what became of a request that timed out).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
@@ -62,14 +67,16 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     match &options.command {
         Command::Build { name: Some(name), .. } => build(name).map(|_| ExitCode::SUCCESS),
         Command::Build { name: None, .. } => build_all().map(|_| ExitCode::SUCCESS),
-        Command::Load { name, timeout } => {
-            let (module_name, module) = signed_module(name)?;
+        Command::Load { name, no_verify, timeout } => {
+            let (module_name, module) = if *no_verify { unchecked_module(name)? } else { signed_module(name)? };
             let request = portable::channel::Message::Load { name: &module_name, module: &module };
-            patch_channel::request(&request, Duration::from_secs(*timeout))
+            let unchecked = if *no_verify { ", sent unchecked" } else { "" };
+            let what = format!("LOAD {module_name} ({} bytes{unchecked})", module.len());
+            patch_channel::request(&request, &what, Duration::from_secs(*timeout))
         }
         Command::Unload { name, timeout } => {
             let request = portable::channel::Message::Unload { name };
-            patch_channel::request(&request, Duration::from_secs(*timeout))
+            patch_channel::request(&request, &format!("UNLOAD {name}"), Duration::from_secs(*timeout))
         }
     }
 }
@@ -181,6 +188,15 @@ fn report(name: &str, inspection: &Inspection, object: &Path, signed: &Path, siz
 
 fn relative(path: &Path) -> String {
     crate::qemu::relative(path).display().to_string()
+}
+
+/// The module name (the file's stem) and bytes for `patch load --no-verify FILE`: the file as it is.
+fn unchecked_module(file: &str) -> Result<(String, Vec<u8>)> {
+    let path = Path::new(file);
+    let bytes =
+        fs::read(path).with_context(|| format!("reading {file} (--no-verify takes a file, not a patch name)"))?;
+    let name = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).filter(|stem| !stem.is_empty());
+    Ok((name.unwrap_or_else(|| "unnamed".into()), bytes))
 }
 
 /// The module name and signed bytes for `patch load NAME`: patches/NAME built
