@@ -4,7 +4,7 @@
 //! frame: the return address C saved points into the handler, and the real
 //! caller A is only on the thread's livepatch stack. The walk shows both
 //! sides: the handler, then A from the livepatch frame, newest first.
-use crate::arch::ppc64::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end};
+use crate::arch::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end};
 use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use crate::{println, symbols, thread};
 use core::mem::size_of;
@@ -88,5 +88,5 @@ fn livepatch_link(base: u64, index: usize) -> Option<u64> {
 /// Prints the calling thread's backtrace.
 #[notrace]
 pub fn print_current() {
-    print_from(crate::arch::ppc64::registers::stack_pointer(), None);
+    print_from(crate::arch::registers::stack_pointer(), None);
 }

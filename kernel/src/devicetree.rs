@@ -1,6 +1,6 @@
 //! The machine description: the firmware's device tree, flattened at boot and queried once.
-use crate::arch::ppc64::openfirmware::OpenFirmware;
-use crate::arch::ppc64::rtas::Tokens;
+use crate::arch::openfirmware::OpenFirmware;
+use crate::arch::rtas::Tokens;
 use core::cell::UnsafeCell;
 use portable::devicetree::{DeviceTree, FdtWriter};
 

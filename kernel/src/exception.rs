@@ -1,6 +1,6 @@
 //! What the kernel does with each exception: timer ticks, BUG traps, and reports of the unexpected.
-use crate::arch::ppc64::exceptions::{self, PtRegs};
-use crate::arch::ppc64::registers::ProgramCheckReason;
+use crate::arch::exceptions::{self, PtRegs};
+use crate::arch::registers::ProgramCheckReason;
 use crate::{bug, println, symbols, thread, time};
 use macros::notrace;
 
@@ -51,10 +51,10 @@ pub fn vector_name(trap: u64) -> &'static str {
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
-    let (base, top) = crate::arch::ppc64::emergency::bounds();
-    if !(base..top).contains(&regs.gpr[1]) && crate::arch::ppc64::emergency::on_emergency_stack() {
+    let (base, top) = crate::arch::emergency::bounds();
+    if !(base..top).contains(&regs.gpr[1]) && crate::arch::emergency::on_emergency_stack() {
         // Entered the emergency stack afresh: nothing on it belongs to anyone.
-        crate::arch::ppc64::emergency::reset_thread_info();
+        crate::arch::emergency::reset_thread_info();
     }
     match core::mem::take(&mut regs.result) {
         exceptions::THREAD_STACK_OVERFLOW => stack_overflow(regs),
@@ -63,7 +63,7 @@ pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
     }
     match regs.trap {
         vector::DECREMENTER => {
-            let in_ftrace = crate::arch::ppc64::ftrace::in_ftrace(regs.nip, regs.link, regs.gpr[1]);
+            let in_ftrace = crate::arch::ftrace::in_ftrace(regs.nip, regs.link, regs.gpr[1]);
             time::tick(!in_ftrace)
         }
         vector::PROGRAM => program_check(regs),
@@ -122,7 +122,7 @@ fn unexpected(regs: &PtRegs, what: &str) -> ! {
 #[notrace]
 #[inline(never)]
 pub fn report(regs: &PtRegs, what: &str) {
-    println!("{what} in thread {} on CPU {}", thread::current_id(), crate::arch::ppc64::registers::per_cpu().cpu_id);
+    println!("{what} in thread {} on CPU {}", thread::current_id(), crate::arch::registers::per_cpu().cpu_id);
     println!("NIP:  {:#018x} {}   (SRR0)", regs.nip, symbols::Symbolized(regs.nip));
     println!("LR:   {:#018x} {}", regs.link, symbols::Symbolized(regs.link));
     println!("MSR:  {:#018x} (SRR1)  CR: {:08x}  XER: {:08x}  CTR: {:#x}", regs.msr, regs.ccr, regs.xer, regs.ctr);

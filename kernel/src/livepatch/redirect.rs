@@ -11,7 +11,7 @@
 //! call cheap however many functions are patched: a direct call and a
 //! binary search, not a walk over one ops per function.
 use super::Stack;
-use crate::arch::ppc64::livepatch::livepatch_handler;
+use crate::arch::livepatch::livepatch_handler;
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::boxed::Box;
 use alloc::vec::Vec;

@@ -27,9 +27,9 @@
 //! its return address only there and in r0
 //! (`a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside`). Stale
 //! values only err toward "busy", and unload retries.
-use crate::arch::ppc64::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
-use crate::arch::ppc64::livepatch::{LivepatchFrame, entering};
-use crate::arch::ppc64::registers::stack_pointer;
+use crate::arch::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
+use crate::arch::livepatch::{LivepatchFrame, entering};
+use crate::arch::registers::stack_pointer;
 use crate::thread::{self, LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use crate::trace::graph::{RETURN_STACK_DEPTH, ReturnStack};
 use boot::{LINK_SAVE, THREAD_SIZE};

@@ -1,5 +1,5 @@
 //! Tests of dynamic ftrace: the site table, patching, the handler's view, IPMODIFY, recursion, the tracers.
-use crate::arch::ppc64::text;
+use crate::arch::text;
 use crate::thread::{self, ExitStatus};
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::vec::Vec;
@@ -83,7 +83,7 @@ fn enabling_patches_exactly_the_filtered_sites_and_disabling_restores_them() {
         assert_eq!(*first, first_now);
         if *address == eight || *address == ten {
             let target = instruction::branch_target(*address, second_now).expect("a bl");
-            assert_eq!(target, (crate::arch::ppc64::ftrace::ftrace_caller as *const () as u64, true));
+            assert_eq!(target, (crate::arch::ftrace::ftrace_caller as *const () as u64, true));
         } else {
             assert_eq!(*second, second_now, "untouched site at {address:#x}");
         }
@@ -358,8 +358,8 @@ static BYSTANDER_DURING_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
 extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
     let before = BYSTANDER.load(Ordering::SeqCst);
     let start = crate::time::ticks();
-    let until = crate::arch::ppc64::registers::timebase() + 3 * crate::time::frequency() / crate::time::TICK_HZ;
-    while crate::arch::ppc64::registers::timebase() < until {}
+    let until = crate::arch::registers::timebase() + 3 * crate::time::frequency() / crate::time::TICK_HZ;
+    while crate::arch::registers::timebase() < until {}
     HANDLER_TICKS.store(crate::time::ticks() - start, Ordering::SeqCst);
     BYSTANDER_DURING_HANDLER.store(BYSTANDER.load(Ordering::SeqCst) - before, Ordering::SeqCst);
 }

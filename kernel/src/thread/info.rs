@@ -81,7 +81,7 @@ pub fn thread_info_of(stack_pointer: u64) -> *mut ThreadInfo {
 #[notrace]
 #[inline(always)]
 pub fn current_thread_info() -> *mut ThreadInfo {
-    thread_info_of(crate::arch::ppc64::registers::stack_pointer())
+    thread_info_of(crate::arch::registers::stack_pointer())
 }
 
 /// Prepares `thread_info`, the magic word and an empty livepatch stack at `base`.

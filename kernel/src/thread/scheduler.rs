@@ -1,9 +1,9 @@
 //! The round-robin scheduler: a ready queue, sleepers, joiners, and the switch.
 use super::info::{self, ThreadInfo, ThreadState};
 use super::stack::Stack;
-use crate::arch::ppc64::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context, thread_start};
-use crate::arch::ppc64::interrupts;
-use crate::arch::ppc64::registers::{per_cpu_mut, timebase, toc_pointer};
+use crate::arch::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context, thread_start};
+use crate::arch::interrupts;
+use crate::arch::registers::{per_cpu_mut, timebase, toc_pointer};
 use crate::trace::graph::ReturnStack;
 use crate::{println, time};
 use alloc::boxed::Box;
@@ -307,7 +307,7 @@ pub fn exit(status: ExitStatus) -> ! {
 #[notrace]
 pub fn kill_current(reason: &'static str) -> ! {
     let kill = Kill { reason, detail: None };
-    crate::arch::ppc64::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
+    crate::arch::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
 }
 
 /// Why a thread is killed, and what to print about its stack first.
@@ -353,7 +353,7 @@ fn make_ready(scheduler: &mut Scheduler, id: u64) {
 /// on the emergency stack too).
 #[notrace]
 pub fn current_id() -> u64 {
-    let info = crate::arch::ppc64::registers::per_cpu().current_thread as *const ThreadInfo;
+    let info = crate::arch::registers::per_cpu().current_thread as *const ThreadInfo;
     // Safety: per_cpu.current_thread is the running thread's stack base,
     // which holds its thread_info.
     unsafe { (*info).thread_id }
@@ -375,7 +375,7 @@ pub fn sleep_milliseconds(milliseconds: u64) {
 }
 
 /// From the decrementer interrupt: preempt the current thread if allowed
-/// (`preemptible` is false inside ftrace, see `arch::ppc64::ftrace::in_ftrace`).
+/// (`preemptible` is false inside ftrace, see `arch::ftrace::in_ftrace`).
 /// Returns false if the preemption had to be deferred.
 #[notrace]
 pub fn timer_tick(preemptible: bool) -> bool {
@@ -470,8 +470,8 @@ fn check_current_stack() {
     if dying {
         return;
     }
-    let base = crate::arch::ppc64::registers::per_cpu().current_thread;
-    let stack_pointer = crate::arch::ppc64::registers::stack_pointer();
+    let base = crate::arch::registers::per_cpu().current_thread;
+    let stack_pointer = crate::arch::registers::stack_pointer();
     // On the emergency stack r1 lies elsewhere; only the magic word can be checked.
     let on_own_stack = super::stack_bounds(stack_pointer).0 == base;
     // Safety: the current thread's own thread_info.
@@ -484,7 +484,7 @@ fn check_current_stack() {
         return;
     };
     // The message and the kill run on the emergency stack (see kill_current).
-    crate::arch::ppc64::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
+    crate::arch::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
 }
 
 /// What `threads` shows for one thread.
@@ -499,7 +499,7 @@ pub struct ThreadSummary {
 
 /// A copy of every thread's state.
 pub fn snapshot() -> Vec<ThreadSummary> {
-    let current_stack_pointer = crate::arch::ppc64::registers::stack_pointer();
+    let current_stack_pointer = crate::arch::registers::stack_pointer();
     with_scheduler(|scheduler| {
         scheduler
             .threads

@@ -8,9 +8,9 @@
 //! whatever return address it finds, `return_to_handler` included.
 use super::buffers::PerCpuBuffers;
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, ops::traces, register, unregister};
-use crate::arch::ppc64::ftrace::{ftrace_graph_call, ftrace_graph_caller, ftrace_regs_graph_call, return_to_handler};
-use crate::arch::ppc64::registers::timebase;
-use crate::arch::ppc64::text;
+use crate::arch::ftrace::{ftrace_graph_call, ftrace_graph_caller, ftrace_regs_graph_call, return_to_handler};
+use crate::arch::registers::timebase;
+use crate::arch::text;
 use crate::symbols;
 use crate::thread::{self, current_thread_info};
 use alloc::string::String;

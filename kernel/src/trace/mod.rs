@@ -9,7 +9,7 @@ pub mod graph;
 mod ops;
 mod sites;
 
-pub use crate::arch::ppc64::ftrace::FtraceRegs;
+pub use crate::arch::ftrace::FtraceRegs;
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};

@@ -7,13 +7,13 @@
 //! several are. Registration runs with preemption disabled: on this
 //! uniprocessor kernel no other thread runs while text and tables change, and
 //! no thread can be preempted inside a handler (the timer does not preempt a
-//! context `arch::ppc64::ftrace::in_ftrace` places in a stub or a handler),
+//! context `arch::ftrace::in_ftrace` places in a stub or a handler),
 //! so after `unregister` returns nobody is in it.
 use super::sites::{self, ApplyError};
 use super::{FUNCTION_TRACE_OP, FtraceRegs};
-use crate::arch::ppc64::ftrace::FTRACE_REGS_LOWEST;
-use crate::arch::ppc64::ftrace::{ftrace_call, ftrace_regs_call, ftrace_stub};
-use crate::arch::ppc64::text::{self, TextError};
+use crate::arch::ftrace::FTRACE_REGS_LOWEST;
+use crate::arch::ftrace::{ftrace_call, ftrace_regs_call, ftrace_stub};
+use crate::arch::text::{self, TextError};
 use crate::symbols::Symbolized;
 use crate::sync::Mutex;
 use crate::thread::{self, current_thread_info};

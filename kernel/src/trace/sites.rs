@@ -1,6 +1,6 @@
 //! The entry-site table: every `__patchable_function_entries` record, validated and named.
-use crate::arch::ppc64::ftrace::{ftrace_caller, ftrace_regs_caller};
-use crate::arch::ppc64::text::{self, TextError};
+use crate::arch::ftrace::{ftrace_caller, ftrace_regs_caller};
+use crate::arch::text::{self, TextError};
 use crate::sync::Mutex;
 use crate::{println, symbols};
 use alloc::string::String;
