@@ -91,7 +91,7 @@ pub extern "C" fn klp_thread_id() -> u64 {
     thread::current_id()
 }
 
-/// The r2 a module function last reported (tests read it).
+/// The TOC pointer a module function last reported (tests read it).
 pub static REPORTED_TOC: AtomicU64 = AtomicU64::new(0);
 
 /// Lets a replacement report the TOC pointer it runs with.

@@ -1,13 +1,14 @@
 //! The entry-site table: every `__patchable_function_entries` record, validated and named.
-use crate::arch::ftrace::{ftrace_caller, ftrace_regs_caller};
-use crate::arch::text::{self, TextError};
+use crate::arch::ftrace::{
+    ftrace_caller, ftrace_init_nop, ftrace_make_call, ftrace_make_nop, ftrace_modify_call, ftrace_regs_caller,
+};
+use crate::arch::text::TextError;
 use crate::sync::Mutex;
 use crate::{println, symbols};
 use alloc::string::String;
 use alloc::vec::Vec;
 use macros::notrace;
-use portable::ftrace::{Caller, Demand, SiteError, SiteState, Stubs, site_word};
-use portable::instruction::{MFLR_R0, NOP};
+use portable::ftrace::{Caller, Demand, SiteError, SiteState};
 use spin::Once;
 
 /// One traceable function.
@@ -15,7 +16,7 @@ use spin::Once;
 pub struct Site {
     /// The function's global entry point (its symbol address).
     pub function: u64,
-    /// The site's second word, the one that becomes `bl stub`: the ip handlers see.
+    /// The site's second word, the one that becomes a call of a stub: the ip handlers see.
     pub address: u64,
     /// The function's name from the embedded symbol table, looked up once at boot.
     pub name: &'static str,
@@ -80,38 +81,33 @@ fn records() -> &'static [u64] {
     unsafe { crate::section::records(&raw const __patchable_entries_start, &raw const __patchable_entries_end) }
 }
 
-/// The stub addresses the sites branch to.
+/// The stub a site in state `caller` calls, if any.
 #[notrace]
-pub fn stubs() -> Stubs {
-    Stubs { light: ftrace_caller as *const () as u64, regs: ftrace_regs_caller as *const () as u64 }
+fn stub(caller: Caller) -> Option<u64> {
+    match caller {
+        Caller::None => None,
+        Caller::Light => Some(ftrace_caller as *const () as u64),
+        Caller::Regs => Some(ftrace_regs_caller as *const () as u64),
+    }
 }
 
-/// Validates every record and turns each site's first nop into `mflr r0`.
+/// Validates every record and prepares its site (`ftrace_init_nop`).
 /// Returns (valid, rejected).
 #[notrace]
 pub(super) fn init() -> (usize, usize) {
     let mut sites = Vec::with_capacity(records().len());
     let mut rejected = 0;
     for &function in records() {
-        let first = text::local_entry(function);
-        let words = (text::read(first), text::read(first + 4));
-        if words != (NOP, NOP) {
-            println!(
-                "ftrace: rejected site of {} at {first:#x}: expected {NOP:08x} {NOP:08x}, found {:08x} {:08x}",
-                symbols::Symbolized(function),
-                words.0,
-                words.1
-            );
-            rejected += 1;
-            continue;
-        }
-        if let Err(error) = text::modify_code(first, NOP, MFLR_R0) {
-            println!("ftrace: rejected site: {error}");
-            rejected += 1;
-            continue;
-        }
+        let address = match ftrace_init_nop(function) {
+            Ok(address) => address,
+            Err(error) => {
+                println!("ftrace: rejected site of {}: {error}", symbols::Symbolized(function));
+                rejected += 1;
+                continue;
+            }
+        };
         let name = symbols::table().and_then(|table| table.lookup(function)).map_or("?", |(symbol, _)| symbol.name);
-        sites.push(Site { function, address: first + 4, name, state: SiteState::default() });
+        sites.push(Site { function, address, name, state: SiteState::default() });
     }
     sites.sort_by_key(|site| site.address);
     let valid = sites.len();
@@ -140,8 +136,12 @@ pub(super) fn retarget(site: &Site, new_state: SiteState) -> Result<(), TextErro
     if old == new {
         return Ok(());
     }
-    let word = |caller: Caller| site_word(site.address, caller, stubs()).expect("stubs are within branch reach");
-    text::modify_code(site.address, word(old), word(new))
+    match (stub(old), stub(new)) {
+        (None, Some(new)) => ftrace_make_call(site.address, new),
+        (Some(old), None) => ftrace_make_nop(site.address, old),
+        (Some(old), Some(new)) => ftrace_modify_call(site.address, old, new),
+        (None, None) => Ok(()),
+    }
 }
 
 /// Applies `demand` (add or remove) to the sites at `indices`, patching as

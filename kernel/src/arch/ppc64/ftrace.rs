@@ -1,5 +1,9 @@
 //! The -mprofile-kernel ftrace stubs: `ftrace_caller`, `ftrace_regs_caller`, `ftrace_stub`,
-//! the function-graph hooks, and the record they hand to handlers.
+//! the function-graph hooks, the record they hand to handlers, and the hooks
+//! that patch sites and stubs (named as Linux names them: `ftrace_init_nop`,
+//! `ftrace_make_call`, `ftrace_make_nop`, `ftrace_modify_call`,
+//! `ftrace_update_ftrace_func`, `ftrace_enable_ftrace_graph_caller`,
+//! `ftrace_disable_ftrace_graph_caller`).
 //!
 //! A traced function B starts, after its local entry point, with the site
 //! `mflr r0; bl ftrace_caller` (or `bl ftrace_regs_caller`). B has not built
@@ -7,9 +11,11 @@
 //! arguments 9 and up in its own parameter save area above r1. The stubs
 //! build their frame below r1, so they never touch those.
 use super::exceptions::PtRegs;
+use super::text::{self, TextError};
 use boot::{MINIMAL_FRAME, PerCpu};
 use core::mem::{offset_of, size_of};
 use macros::notrace;
+use portable::instruction::{self, MFLR_R0, NOP};
 
 /// What a handler gets: the registers of the traced call. After the light
 /// stub only r2-r10, `link` (the return address into the caller) and `nip`
@@ -25,6 +31,24 @@ pub struct FtraceRegs {
     /// `livepatch_handler`, so another NIP-modifying handler is never taken
     /// for a livepatch: the decision is by who changed nip, not whether.
     pub target: u64,
+}
+
+/// Always inlined (a method cannot be `#[notrace]`): handlers call them, and
+/// they must have no ftrace site of their own.
+impl FtraceRegs {
+    /// The return address into the traced function's caller (`link`): where
+    /// the traced function returns.
+    #[inline(always)]
+    pub fn return_address(&self) -> u64 {
+        self.regs.link
+    }
+
+    /// Makes the traced function return to `address` instead (the graph
+    /// tracer's `return_to_handler`).
+    #[inline(always)]
+    pub fn set_return_address(&mut self, address: u64) {
+        self.regs.link = address;
+    }
 }
 
 /// The frame both stubs push: an ELFv2 header, then the record.
@@ -330,4 +354,96 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
         frame = back_chain;
     }
     false
+}
+
+/// `bl target` at `site`: every call the hooks below write links (the
+/// stubs return to the word after it).
+#[notrace]
+fn call_word(site: u64, target: u64) -> u32 {
+    instruction::branch(site, target, true).expect("stubs and handlers are within branch reach of the kernel text")
+}
+
+/// Prepares the two nops the compiler put at the local entry of `function`
+/// (its global entry): the first becomes `mflr r0`, which the call in the
+/// second expects, and the second stays a nop until `ftrace_make_call`.
+/// Returns the site: the address of the second word, the one that becomes
+/// the call (and the `ip` handlers see). Either word not being a nop leaves
+/// both alone (Linux: `ftrace_init_nop`).
+#[notrace]
+pub fn ftrace_init_nop(function: u64) -> Result<u64, TextError> {
+    let first = text::local_entry(function);
+    let site = first + 4;
+    let found = text::read(site);
+    if found != NOP {
+        return Err(TextError::Mismatch { address: site, expected: NOP, found });
+    }
+    text::modify_code(first, NOP, MFLR_R0)?;
+    Ok(site)
+}
+
+/// Turns the nop at `site` into a call of the stub `target` (Linux: `ftrace_make_call`).
+#[notrace]
+pub fn ftrace_make_call(site: u64, target: u64) -> Result<(), TextError> {
+    text::modify_code(site, NOP, call_word(site, target))
+}
+
+/// Turns the call of `target` at `site` back into a nop (Linux: `ftrace_make_nop`).
+#[notrace]
+pub fn ftrace_make_nop(site: u64, target: u64) -> Result<(), TextError> {
+    text::modify_code(site, call_word(site, target), NOP)
+}
+
+/// Turns the call of `old_target` at `site` into a call of `new_target`
+/// (Linux: `ftrace_modify_call`): a site moves between the light and the
+/// SAVE_REGS stub in one store.
+#[notrace]
+pub fn ftrace_modify_call(site: u64, old_target: u64, new_target: u64) -> Result<(), TextError> {
+    text::modify_code(site, call_word(site, old_target), call_word(site, new_target))
+}
+
+/// Makes both stubs call `function` (a global entry) at `ftrace_call` and
+/// `ftrace_regs_call`, where they called `old_function` (Linux:
+/// `ftrace_update_ftrace_func`). The stubs hold the kernel TOC already, so
+/// the calls go to the functions' local entries.
+#[notrace]
+pub fn ftrace_update_ftrace_func(old_function: u64, function: u64) -> Result<(), TextError> {
+    let (old, new) = (text::local_entry(old_function), text::local_entry(function));
+    for site in [&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64] {
+        text::modify_code(site, call_word(site, old), call_word(site, new))?;
+    }
+    Ok(())
+}
+
+/// Makes both stubs call `ftrace_graph_caller` after the handler (Linux:
+/// `ftrace_enable_ftrace_graph_caller`).
+#[notrace]
+pub fn ftrace_enable_ftrace_graph_caller() -> Result<(), TextError> {
+    let target = ftrace_graph_caller as *const () as u64;
+    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
+        text::modify_code(site, NOP, call_word(site, target))?;
+    }
+    Ok(())
+}
+
+/// Puts the nops back at the stubs' graph call sites (Linux:
+/// `ftrace_disable_ftrace_graph_caller`).
+#[notrace]
+pub fn ftrace_disable_ftrace_graph_caller() -> Result<(), TextError> {
+    let target = ftrace_graph_caller as *const () as u64;
+    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
+        text::modify_code(site, call_word(site, target), NOP)?;
+    }
+    Ok(())
+}
+
+/// Traps when `value` lies below `limit` (unsigned): the handlers' stack room
+/// check. The trap is not a BUG site: r1 is within the exception guard then,
+/// so the entry reports a stack overflow from the emergency stack.
+#[notrace]
+#[inline(always)]
+pub fn trap_if_below(value: u64, limit: u64) {
+    // Safety: `td` with TO = 2 (logically less than) only traps.
+    unsafe {
+        core::arch::asm!("td 2, {value}, {limit}", value = in(reg) value, limit = in(reg) limit, options(nomem, nostack))
+    };
 }
