@@ -70,6 +70,11 @@ fn record(event: GraphEvent) {
     BUFFERS.push(event);
 }
 
+// The stubs call these two by name (declared in `crate::arch`): each must
+// have the signature declared there.
+const _: [unsafe extern "C" fn(&mut FtraceRegs); 2] = [ftrace_graph_entry, crate::arch::ftrace_graph_entry];
+const _: [unsafe extern "C" fn() -> u64; 2] = [ftrace_return_to_handler, crate::arch::ftrace_return_to_handler];
+
 /// Called from `ftrace_graph_caller` for every traced call while the graph
 /// tracer is on: hooks the return of the calls it filters.
 #[notrace]

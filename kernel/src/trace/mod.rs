@@ -9,18 +9,13 @@ pub mod graph;
 mod ops;
 mod sites;
 
-pub use crate::arch::ftrace::FtraceRegs;
+pub use crate::arch::ftrace::{FUNCTION_TRACE_OP, FtraceRegs};
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
 pub use sites::{NameError, function_of, named_entry, site_summaries};
 
-use core::sync::atomic::AtomicUsize;
 use macros::notrace;
-
-/// The ops whose handler `ftrace_call` calls directly (read by the stubs).
-#[unsafe(no_mangle)]
-pub static FUNCTION_TRACE_OP: AtomicUsize = AtomicUsize::new(0);
 
 /// Builds the site table (call once at boot, before any thread other than boot runs).
 #[notrace]

@@ -14,6 +14,7 @@ use super::exceptions::PtRegs;
 use super::text::{self, TextError};
 use boot::{MINIMAL_FRAME, PerCpu};
 use core::mem::{offset_of, size_of};
+use core::sync::atomic::AtomicUsize;
 use macros::notrace;
 use portable::instruction::{self, MFLR_R0, NOP};
 
@@ -50,6 +51,12 @@ impl FtraceRegs {
         self.regs.link = address;
     }
 }
+
+/// The ops the stubs pass to what `ftrace_call` calls (Linux:
+/// `function_trace_op`): the stubs read it, `trace::ops` sets it when it
+/// points `ftrace_call` at a single ops's handler.
+#[unsafe(no_mangle)]
+pub static FUNCTION_TRACE_OP: AtomicUsize = AtomicUsize::new(0);
 
 /// The frame both stubs push: an ELFv2 header, then the record.
 #[repr(C)]
@@ -272,9 +279,9 @@ ftrace_stubs_end:
     ip = const IP,
     target = const TARGET,
     percpu_toc = const offset_of!(PerCpu, toc),
-    trace_op = sym crate::trace::FUNCTION_TRACE_OP,
-    graph_entry = sym crate::trace::graph::ftrace_graph_entry,
-    graph_return = sym crate::trace::graph::ftrace_return_to_handler,
+    trace_op = sym FUNCTION_TRACE_OP,
+    graph_entry = sym crate::arch::ftrace_graph_entry,
+    graph_return = sym crate::arch::ftrace_return_to_handler,
     return_frame = const RETURN_FRAME_SIZE,
     return_toc = const offset_of!(ReturnFrame, toc),
     return_results = const offset_of!(ReturnFrame, results),
@@ -336,7 +343,7 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     if returns.contains(&link) {
         return true;
     }
-    let (low, high) = crate::thread::stack_bounds(stack_pointer);
+    let (low, high) = super::thread_info::stack_bounds(stack_pointer);
     let mut frame = stack_pointer;
     for _ in 0..WALK_FRAMES {
         let link_slot = frame + boot::LINK_SAVE as u64;

@@ -9,8 +9,9 @@
 //! r1 while C runs. The TOC and the return address therefore go on the
 //! per-thread livepatch stack, which grows up from just above
 //! `STACK_END_MAGIC` in `thread_info`.
+use super::bug::bug_entry_macro;
 use super::ftrace::FtraceRegs;
-use crate::thread::ThreadInfo;
+use super::thread_info::ThreadInfo;
 use boot::{PerCpu, THREAD_SIZE};
 use core::mem::{offset_of, size_of};
 
@@ -93,7 +94,7 @@ pub fn klp_arch_set_pc(regs: &mut FtraceRegs, replacement: u64) {
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
 core::arch::global_asm!(
-    crate::bug_entry_macro!(),
+    bug_entry_macro!(),
     r#"
     .text
     # livepatch_handler
