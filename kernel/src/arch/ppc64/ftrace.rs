@@ -16,6 +16,7 @@ use boot::{MINIMAL_FRAME, PerCpu};
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::AtomicUsize;
 use macros::notrace;
+use portable::backchain::Backchain;
 use portable::instruction::{self, MFLR_R0, NOP};
 
 /// What a handler gets: the registers of the traced call. After the light
@@ -315,6 +316,9 @@ unsafe extern "C" {
     pub static ftrace_regs_graph_call: u32;
 }
 
+// The walk's frame layout is the ABI's the boot code follows.
+const _: () = assert!(portable::backchain::LINK_SAVE == boot::LINK_SAVE as u64);
+
 /// Frames `in_ftrace` looks at, at most.
 const WALK_FRAMES: usize = 64;
 
@@ -343,22 +347,13 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     if returns.contains(&link) {
         return true;
     }
-    let (low, high) = super::thread_info::stack_bounds(stack_pointer);
-    let mut frame = stack_pointer;
-    for _ in 0..WALK_FRAMES {
-        let link_slot = frame + boot::LINK_SAVE as u64;
-        if frame < low || link_slot + 8 > high || !frame.is_multiple_of(16) {
-            return false;
-        }
-        // Safety: inside the interrupted thread's stack, checked above.
-        let (back_chain, saved_link) = unsafe { (*(frame as *const u64), *(link_slot as *const u64)) };
-        if returns.contains(&saved_link) {
+    let bounds = super::thread_info::stack_bounds(stack_pointer);
+    // Safety: the walk reads only aligned words inside `bounds`, the interrupted thread's stack.
+    let read = |address: u64| unsafe { *(address as *const u64) };
+    for frame in Backchain::new(stack_pointer, bounds, WALK_FRAMES, read) {
+        if returns.contains(&frame.saved_link) {
             return true;
         }
-        if back_chain <= frame {
-            return false;
-        }
-        frame = back_chain;
     }
     false
 }
