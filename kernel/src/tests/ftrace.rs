@@ -352,10 +352,11 @@ static HANDLER_TICKS: AtomicU64 = AtomicU64::new(0);
 static BYSTANDER: AtomicU64 = AtomicU64::new(0);
 static BYSTANDER_DURING_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Spins inside the handler for three tick intervals of timebase time (not
-/// for three ticks: the count of ticks taken meanwhile is the measurement).
+/// Spins for three tick intervals of timebase time (not for three ticks:
+/// the count of ticks taken meanwhile is the measurement).
 #[notrace]
-extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+#[inline(always)]
+fn spin_three_tick_intervals() {
     let before = BYSTANDER.load(Ordering::SeqCst);
     let start = crate::time::ticks();
     let until = crate::arch::registers::timebase() + 3 * crate::time::frequency() / crate::time::TICK_HZ;
@@ -363,11 +364,36 @@ extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
     HANDLER_TICKS.store(crate::time::ticks() - start, Ordering::SeqCst);
     BYSTANDER_DURING_HANDLER.store(BYSTANDER.load(Ordering::SeqCst) - before, Ordering::SeqCst);
 }
+
+/// Spins in the handler itself: a tick finds LR still returning into the stub.
+#[notrace]
+extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    spin_three_tick_intervals();
+}
 static SLOW: FtraceOps = FtraceOps::new("test-slow", slow_handler, OpsFlags::RECURSION_SAFE);
 
-#[ktest]
-fn the_timer_never_preempts_a_thread_inside_a_handler() {
+/// Spins in a function the handler calls: a tick finds the stub's return
+/// address only on the stack, in the handler's LR save slot, where
+/// `in_ftrace`'s back-chain walk must find it.
+#[notrace]
+#[inline(never)]
+fn spin_below_the_handler() {
+    spin_three_tick_intervals();
+    black_box(());
+}
+
+#[notrace]
+extern "C" fn slow_nested_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    spin_below_the_handler();
+    black_box(());
+}
+static SLOW_NESTED: FtraceOps = FtraceOps::new("test-slow-nested", slow_nested_handler, OpsFlags::RECURSION_SAFE);
+
+/// Runs `golden_leaf` traced by `ops`, whose handler spins three tick
+/// intervals, while another thread counts: nobody else may run meanwhile.
+fn check_the_timer_never_preempts_inside(ops: &'static FtraceOps) {
     static STOP: AtomicU64 = AtomicU64::new(0);
+    STOP.store(0, Ordering::SeqCst);
     let bystander = thread::spawn("bystander", || {
         while STOP.load(Ordering::SeqCst) == 0 {
             BYSTANDER.fetch_add(1, Ordering::SeqCst);
@@ -375,9 +401,9 @@ fn the_timer_never_preempts_a_thread_inside_a_handler() {
     })
     .unwrap();
     thread::sleep_milliseconds(20);
-    trace::register(&SLOW, Filter::Addresses(&[golden_leaf as *const () as u64])).unwrap();
+    trace::register(ops, Filter::Addresses(&[golden_leaf as *const () as u64])).unwrap();
     golden_leaf(black_box(1));
-    trace::unregister(&SLOW).unwrap();
+    trace::unregister(ops).unwrap();
     // Outside a handler the bystander runs again.
     let before = BYSTANDER.load(Ordering::SeqCst);
     thread::sleep_milliseconds(30);
@@ -390,4 +416,14 @@ fn the_timer_never_preempts_a_thread_inside_a_handler() {
     assert!(ticks >= 3, "only {ticks} timer interrupts were taken inside the handler in three tick intervals");
     assert_eq!(BYSTANDER_DURING_HANDLER.load(Ordering::SeqCst), 0, "nobody else ran meanwhile");
     assert!(after > before, "preemption works outside handlers: {before} -> {after}");
+}
+
+#[ktest]
+fn the_timer_never_preempts_a_thread_inside_a_handler() {
+    check_the_timer_never_preempts_inside(&SLOW);
+}
+
+#[ktest]
+fn the_timer_never_preempts_a_thread_in_a_function_a_handler_called() {
+    check_the_timer_never_preempts_inside(&SLOW_NESTED);
 }
