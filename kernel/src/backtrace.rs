@@ -41,9 +41,11 @@ pub fn walk(stack_pointer: u64, mut visit: impl FnMut(u64, bool)) {
     // Safety: the walk reads only aligned words inside `bounds`, the current thread's stack.
     let read = |address: u64| unsafe { *(address as *const u64) };
     let mut livepatch_frames_used = 0;
+    let mut frames = Backchain::new(stack_pointer, bounds, MAXIMUM_FRAMES + 1, read);
     // The first frame's slot belongs to whatever it last called; each frame
     // above holds the return address into its function from the one below.
-    for frame in Backchain::new(stack_pointer, bounds, MAXIMUM_FRAMES + 1, read).skip(1) {
+    frames.next();
+    for frame in frames {
         let address = frame.saved_link;
         if address != 0 {
             visit(address, false);
