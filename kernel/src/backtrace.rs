@@ -4,14 +4,13 @@
 //! frame: the return address C saved points into the handler, and the real
 //! caller A is only on the thread's livepatch stack. The walk shows both
 //! sides: the handler, then A from the livepatch frame, newest first.
-use crate::arch::ppc64::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end};
+use crate::arch::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end};
 use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use crate::{println, symbols, thread};
 use core::mem::size_of;
 use macros::notrace;
+use portable::backchain::Backchain;
 
-/// Offset of the link register save slot in an ELFv2 frame.
-const LINK_SAVE: u64 = boot::LINK_SAVE as u64;
 /// Frames printed at most.
 const MAXIMUM_FRAMES: usize = 32;
 
@@ -38,30 +37,25 @@ pub fn print_from(stack_pointer: u64, first: Option<u64>) {
 /// outwards, and whether it came from the livepatch stack.
 #[notrace]
 pub fn walk(stack_pointer: u64, mut visit: impl FnMut(u64, bool)) {
-    let (low, high) = thread::stack_bounds(stack_pointer);
+    let bounds = thread::stack_bounds(stack_pointer);
+    // Safety: the walk reads only aligned words inside `bounds`, the current thread's stack.
+    let read = |address: u64| unsafe { *(address as *const u64) };
     let mut livepatch_frames_used = 0;
-    let mut frame = stack_pointer;
-    for _ in 0..MAXIMUM_FRAMES {
-        if frame < low || frame + LINK_SAVE + 8 > high || !frame.is_multiple_of(16) {
-            break;
-        }
-        // Safety: `frame` lies within the current thread's stack, checked above.
-        let caller = unsafe { *(frame as *const u64) };
-        if caller == 0 || caller <= frame || caller + LINK_SAVE + 8 > high {
-            break;
-        }
-        // Safety: as above, for the caller's frame.
-        let address = unsafe { *((caller + LINK_SAVE) as *const u64) };
+    let mut frames = Backchain::new(stack_pointer, bounds, MAXIMUM_FRAMES + 1, read);
+    // The first frame's slot belongs to whatever it last called; each frame
+    // above holds the return address into its function from the one below.
+    frames.next();
+    for frame in frames {
+        let address = frame.saved_link;
         if address != 0 {
             visit(address, false);
             if in_livepatch_handler(address) {
-                if let Some(link) = livepatch_link(low, livepatch_frames_used) {
+                if let Some(link) = livepatch_link(bounds.0, livepatch_frames_used) {
                     visit(link, true);
                 }
                 livepatch_frames_used += 1;
             }
         }
-        frame = caller;
     }
 }
 
@@ -88,5 +82,5 @@ fn livepatch_link(base: u64, index: usize) -> Option<u64> {
 /// Prints the calling thread's backtrace.
 #[notrace]
 pub fn print_current() {
-    print_from(crate::arch::ppc64::registers::stack_pointer(), None);
+    print_from(crate::arch::registers::stack_pointer(), None);
 }

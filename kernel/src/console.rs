@@ -1,5 +1,5 @@
 //! The hypervisor console: `print!`/`println!` through H_PUT_TERM_CHAR, input through H_GET_TERM_CHAR.
-use crate::arch::ppc64::hcall;
+use crate::arch::hcall;
 use macros::notrace;
 use portable::input_line::InputLine;
 use spin::Mutex;
@@ -53,7 +53,7 @@ pub fn input_close() {
 }
 
 fn with_input(action: impl FnOnce(&mut InputLine)) {
-    let _guard = crate::arch::ppc64::interrupts::disable();
+    let _guard = crate::arch::interrupts::disable();
     action(&mut CONSOLE.lock().input);
 }
 
@@ -112,7 +112,7 @@ pub fn read_terminal(terminal: u64, buffer: &mut [u8; 16]) -> Option<usize> {
 pub fn print_arguments(arguments: core::fmt::Arguments) {
     use core::fmt::Write;
     // Interrupt handlers print too (reports, BUG): keep them out while we hold the lock.
-    let _guard = crate::arch::ppc64::interrupts::disable();
+    let _guard = crate::arch::interrupts::disable();
     let _ = CONSOLE.lock().write_fmt(arguments);
 }
 

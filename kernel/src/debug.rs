@@ -3,7 +3,7 @@
 //! gdb finds `klp_debug_anchor` by name and reads it as plain memory, so the
 //! script depends on this layout only (`version` changes when it changes),
 //! not on how Rust lays out the kernel's own collections.
-use crate::arch::ppc64::livepatch::LivepatchFrame;
+use crate::arch::livepatch::LivepatchFrame;
 use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo, ThreadState};
 use boot::THREAD_SIZE;
 use core::cell::UnsafeCell;
@@ -145,7 +145,7 @@ pub fn sites_known(table: u64, count: u64, entry_size: u64) {
 
 /// A thread (its thread_info at `base`) exists.
 pub fn thread_created(base: u64) {
-    let _interrupts = crate::arch::ppc64::interrupts::disable();
+    let _interrupts = crate::arch::interrupts::disable();
     if let Some(slot) = anchor().threads.iter_mut().find(|slot| **slot == 0) {
         *slot = base;
     }
@@ -153,7 +153,7 @@ pub fn thread_created(base: u64) {
 
 /// The thread whose thread_info was at `base` is gone.
 pub fn thread_removed(base: u64) {
-    let _interrupts = crate::arch::ppc64::interrupts::disable();
+    let _interrupts = crate::arch::interrupts::disable();
     if let Some(slot) = anchor().threads.iter_mut().find(|slot| **slot == base) {
         *slot = 0;
     }

@@ -1,6 +1,6 @@
 //! The machine description: the firmware's device tree, flattened at boot and queried once.
-use crate::arch::ppc64::openfirmware::OpenFirmware;
-use crate::arch::ppc64::rtas::Tokens;
+use crate::arch::openfirmware::{OpenFirmware, PROPERTY_CAPACITY};
+use crate::arch::rtas::Tokens;
 use core::cell::UnsafeCell;
 use portable::devicetree::{DeviceTree, FdtWriter};
 
@@ -17,8 +17,12 @@ pub fn flatten_from_firmware(client_interface: u64) -> &'static [u8] {
     // Safety: boot is single-threaded and this runs once.
     let buffer = unsafe { &mut *TREE.0.get() };
     let mut writer = FdtWriter::new(buffer);
-    if let Err(error) = OpenFirmware::new(client_interface).flatten(&mut writer) {
-        panic!("flattening the device tree failed: {error}");
+    match OpenFirmware::new(client_interface).flatten(&mut writer) {
+        Ok(0) => {}
+        Ok(skipped) => {
+            crate::println!("devicetree: skipped {skipped} properties longer than {PROPERTY_CAPACITY} bytes")
+        }
+        Err(error) => panic!("flattening the device tree failed: {error}"),
     }
     let size = writer.finish(0).unwrap_or_else(|error| panic!("finishing the device tree failed: {error:?}"));
     // Safety: as above; the writer is done with the buffer.

@@ -1,45 +1,13 @@
 //! What the kernel does with each exception: timer ticks, BUG traps, and reports of the unexpected.
-use crate::arch::ppc64::exceptions::{self, PtRegs};
-use crate::arch::ppc64::registers::ProgramCheckReason;
+use crate::arch::exceptions::{self, PtRegs};
+use crate::arch::registers::ProgramCheckReason;
+use crate::arch::vectors;
 use crate::{bug, println, symbols, thread, time};
 use macros::notrace;
 
-/// Vector numbers.
-pub mod vector {
-    pub const SYSTEM_RESET: u64 = 0x100;
-    pub const MACHINE_CHECK: u64 = 0x200;
-    pub const DATA_STORAGE: u64 = 0x300;
-    pub const DATA_SEGMENT: u64 = 0x380;
-    pub const INSTRUCTION_STORAGE: u64 = 0x400;
-    pub const INSTRUCTION_SEGMENT: u64 = 0x480;
-    pub const EXTERNAL: u64 = 0x500;
-    pub const ALIGNMENT: u64 = 0x600;
-    pub const PROGRAM: u64 = 0x700;
-    pub const FLOATING_POINT_UNAVAILABLE: u64 = 0x800;
-    pub const DECREMENTER: u64 = 0x900;
-    pub const SYSTEM_CALL: u64 = 0xc00;
-    pub const TRACE: u64 = 0xd00;
-}
-
-/// A readable name for a vector.
-pub fn vector_name(trap: u64) -> &'static str {
-    match trap {
-        vector::SYSTEM_RESET => "system reset",
-        vector::MACHINE_CHECK => "machine check",
-        vector::DATA_STORAGE => "data storage",
-        vector::DATA_SEGMENT => "data segment",
-        vector::INSTRUCTION_STORAGE => "instruction storage",
-        vector::INSTRUCTION_SEGMENT => "instruction segment",
-        vector::EXTERNAL => "external interrupt",
-        vector::ALIGNMENT => "alignment",
-        vector::PROGRAM => "program check",
-        vector::FLOATING_POINT_UNAVAILABLE => "floating point unavailable",
-        vector::DECREMENTER => "decrementer",
-        vector::SYSTEM_CALL => "system call",
-        vector::TRACE => "trace",
-        _ => "unknown",
-    }
-}
+// The entry code calls this function by name (declared in `crate::arch`):
+// both must have the same signature.
+const _: [unsafe extern "C" fn(&mut PtRegs); 2] = [exception_dispatch, crate::arch::exception_dispatch];
 
 /// Entered from `exception_common` with the saved registers; returning resumes them.
 ///
@@ -51,10 +19,10 @@ pub fn vector_name(trap: u64) -> &'static str {
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
-    let (base, top) = crate::arch::ppc64::emergency::bounds();
-    if !(base..top).contains(&regs.gpr[1]) && crate::arch::ppc64::emergency::on_emergency_stack() {
+    let (base, top) = crate::arch::emergency::bounds();
+    if !(base..top).contains(&regs.gpr[1]) && crate::arch::emergency::on_emergency_stack() {
         // Entered the emergency stack afresh: nothing on it belongs to anyone.
-        crate::arch::ppc64::emergency::reset_thread_info();
+        crate::arch::emergency::reset_thread_info();
     }
     match core::mem::take(&mut regs.result) {
         exceptions::THREAD_STACK_OVERFLOW => stack_overflow(regs),
@@ -62,11 +30,11 @@ pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
         _ => {}
     }
     match regs.trap {
-        vector::DECREMENTER => {
-            let in_ftrace = crate::arch::ppc64::ftrace::in_ftrace(regs.nip, regs.link, regs.gpr[1]);
+        vectors::DECREMENTER => {
+            let in_ftrace = crate::arch::ftrace::in_ftrace(regs.nip, regs.link, regs.gpr[1]);
             time::tick(!in_ftrace)
         }
-        vector::PROGRAM => program_check(regs),
+        vectors::PROGRAM => program_check(regs),
         _ => unexpected(regs, "unexpected exception"),
     }
 }
@@ -113,7 +81,7 @@ fn stack_overflow(regs: &PtRegs) -> ! {
 #[notrace]
 #[inline(never)]
 fn unexpected(regs: &PtRegs, what: &str) -> ! {
-    println!("Oops: {what}: vector {:#x} ({})", regs.trap, vector_name(regs.trap));
+    println!("Oops: {what}: vector {:#x} ({})", regs.trap, vectors::name(regs.trap));
     report(regs, "Oops");
     thread::kill_current("Oops")
 }
@@ -122,11 +90,11 @@ fn unexpected(regs: &PtRegs, what: &str) -> ! {
 #[notrace]
 #[inline(never)]
 pub fn report(regs: &PtRegs, what: &str) {
-    println!("{what} in thread {} on CPU {}", thread::current_id(), crate::arch::ppc64::registers::per_cpu().cpu_id);
+    println!("{what} in thread {} on CPU {}", thread::current_id(), crate::arch::registers::per_cpu().cpu_id);
     println!("NIP:  {:#018x} {}   (SRR0)", regs.nip, symbols::Symbolized(regs.nip));
     println!("LR:   {:#018x} {}", regs.link, symbols::Symbolized(regs.link));
     println!("MSR:  {:#018x} (SRR1)  CR: {:08x}  XER: {:08x}  CTR: {:#x}", regs.msr, regs.ccr, regs.xer, regs.ctr);
-    if matches!(regs.trap, vector::DATA_STORAGE | vector::ALIGNMENT) {
+    if matches!(regs.trap, vectors::DATA_STORAGE | vectors::ALIGNMENT) {
         println!("DAR:  {:#018x}  DSISR: {:08x}", regs.dar, regs.dsisr);
     }
     for row in 0..8 {

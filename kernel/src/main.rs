@@ -39,7 +39,7 @@ mod thread;
 mod time;
 mod trace;
 
-use arch::ppc64::{hcall, interrupts, vectors};
+use arch::{hcall, interrupts, vectors};
 use macros::notrace;
 
 /// Emergency stack of the boot CPU: exceptions run here when a thread's stack overflowed.
@@ -61,17 +61,17 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
     }
     // Safety: boot CPU, interrupts off, firmware no longer needed.
     unsafe {
-        (*arch::ppc64::registers::per_cpu_mut()).stack_end_magic = thread::STACK_END_MAGIC;
+        (*arch::registers::per_cpu_mut()).stack_end_magic = thread::STACK_END_MAGIC;
         let emergency_base = EMERGENCY_STACK.0.get() as u64;
         thread::initialise_emergency(emergency_base);
-        (*arch::ppc64::registers::per_cpu_mut()).emergency_stack =
+        (*arch::registers::per_cpu_mut()).emergency_stack =
             emergency_base + boot::THREAD_SIZE as u64 - boot::MINIMAL_FRAME as u64;
         vectors::install();
     }
     memory::init_early();
     let machine = devicetree::Machine::read(tree);
     memory::extend_to(machine.memory_end);
-    arch::ppc64::rtas::init(machine.rtas_tokens());
+    arch::rtas::init(machine.rtas_tokens());
     trace::init();
     livepatch::register_builtin();
     thread::init();
@@ -96,6 +96,6 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
 /// Powers the machine off; QEMU exits 0.
 pub fn power_off() -> ! {
     println!("klp: powering off");
-    arch::ppc64::rtas::power_off();
+    arch::rtas::power_off();
     panic!("RTAS power-off returned");
 }

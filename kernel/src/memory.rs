@@ -3,7 +3,7 @@
 //! The heap starts right after the image (`__heap_start`) with a small first
 //! region, so that boot can allocate before the device tree is read, and is
 //! then extended to the end of the real-mode memory the tree reports.
-use crate::arch::ppc64::interrupts;
+use crate::arch::interrupts;
 use core::alloc::{GlobalAlloc, Layout};
 use linked_list_allocator::Heap;
 use spin::Mutex;

@@ -1,5 +1,5 @@
 //! The panic handler: print the message, location and backtrace, then end QEMU with a failure status.
-use crate::arch::ppc64::{interrupts, rtas};
+use crate::arch::{interrupts, rtas};
 use crate::println;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ fn panic(info: &PanicInfo) -> ! {
     rtas::terminate(b"kernel panic\0");
     // Without RTAS tokens (very early panics) there is nothing left to do.
     loop {
-        crate::arch::ppc64::interrupts::wait();
+        crate::arch::interrupts::wait();
     }
 }
 

@@ -1,5 +1,5 @@
 //! Time: the timebase clock and the periodic decrementer tick that drives preemption.
-use crate::arch::ppc64::registers::{set_decrementer, timebase};
+use crate::arch::registers::{set_decrementer, timebase};
 use crate::thread;
 use core::sync::atomic::{AtomicU64, Ordering};
 use macros::notrace;

@@ -1,12 +1,12 @@
-//! The ftrace entry-site state machine: who traces a site, and what its patchable word must hold.
+//! The ftrace entry-site state machine: who traces a site, and which stub its call goes to.
 //!
 //! A site is the two-word -mprofile-kernel sequence after a function's local
 //! entry: `mflr r0` (written once at boot) then either `nop` (not traced),
 //! `bl ftrace_caller` (light record) or `bl ftrace_regs_caller` (full
 //! pt_regs). Each registered ops that traces a site counts as one user; the
 //! stub is the full one when any user asked for SAVE_REGS; at most one user
-//! may modify the instruction pointer.
-use crate::instruction::{self, BranchError};
+//! may modify the instruction pointer. The kernel's arch hooks (`ftrace_make_call`
+//! and its kin) write the words.
 
 /// Which stub a site's second word calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,22 +94,6 @@ impl SiteState {
     }
 }
 
-/// Addresses of the two entry stubs.
-#[derive(Debug, Clone, Copy)]
-pub struct Stubs {
-    pub light: u64,
-    pub regs: u64,
-}
-
-/// The word the site's second instruction (at `address`) must hold for `caller`.
-pub fn site_word(address: u64, caller: Caller, stubs: Stubs) -> Result<u32, BranchError> {
-    match caller {
-        Caller::None => Ok(instruction::NOP),
-        Caller::Light => instruction::branch(address, stubs.light, true),
-        Caller::Regs => instruction::branch(address, stubs.regs, true),
-    }
-}
-
 /// Matches `name` against a glob with `*` (any run) and `?` (one character).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
@@ -186,18 +170,6 @@ mod tests {
         assert_eq!(site.remove(LIGHT), Err(SiteError::NotTraced));
         site.add(LIGHT).unwrap();
         assert_eq!(site.remove(REGS), Err(SiteError::NotTraced));
-    }
-
-    #[test]
-    fn site_words() {
-        let stubs = Stubs { light: 0x40_0100, regs: 0x40_0200 };
-        assert_eq!(site_word(0x40_1000, Caller::None, stubs), Ok(instruction::NOP));
-        let word = site_word(0x40_1000, Caller::Light, stubs).unwrap();
-        assert_eq!(instruction::branch_target(0x40_1000, word), Some((0x40_0100, true)));
-        let word = site_word(0x40_1000, Caller::Regs, stubs).unwrap();
-        assert_eq!(instruction::branch_target(0x40_1000, word), Some((0x40_0200, true)));
-        // A site beyond branch reach of the stubs is refused, not mis-encoded.
-        assert!(site_word(0x4000_0000, Caller::Light, stubs).is_err());
     }
 
     #[test]

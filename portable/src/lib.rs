@@ -2,14 +2,16 @@
 //!
 //! Everything here is `no_std` when built for the kernel. Modules hold data
 //! formats shared by the kernel and the host tools (symbol table, BUG table),
-//! the Power ISA instruction encodings the kernel patches into its own text, and
-//! the device tree code, and the livepatch core's bookkeeping and planning.
+//! the Power ISA instruction encodings the kernel patches into its own text,
+//! the device tree code, the livepatch core's bookkeeping and planning, and
+//! the ELFv2 back-chain stack walk.
 
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 extern crate alloc;
 
+pub mod backchain;
 pub mod channel;
 pub mod devicetree;
 pub mod ftrace;

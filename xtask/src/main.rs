@@ -7,6 +7,7 @@ mod gdb;
 mod gdb_test;
 #[cfg(test)]
 mod hcall_contract;
+mod imports;
 mod ktest;
 mod lint;
 mod objdump;

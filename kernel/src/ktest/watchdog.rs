@@ -1,6 +1,6 @@
 //! Per-test deadline: a test still running at its deadline is reported by name from the timer tick, and the machine powers off so xtask runs the rest in a fresh boot.
 use super::KernelTest;
-use crate::arch::ppc64::registers::timebase;
+use crate::arch::registers::timebase;
 use crate::println;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use macros::notrace;
@@ -47,8 +47,8 @@ pub fn check() {
     println!("ktest: watchdog: {name} still running after its {} s deadline", SECONDS.load(Ordering::Relaxed));
     crate::backtrace::print_current();
     println!("ktest: watchdog: powering off; the remaining tests need a fresh boot");
-    crate::arch::ppc64::rtas::power_off();
+    crate::arch::rtas::power_off();
     loop {
-        crate::arch::ppc64::interrupts::wait();
+        crate::arch::interrupts::wait();
     }
 }

@@ -67,7 +67,7 @@ pub fn lookup(name: &str) -> Option<u64> {
 pub extern "C" fn klp_print(bytes: *const u8, length: usize) {
     // Safety: the module passes a buffer it owns, of that length.
     let bytes = unsafe { core::slice::from_raw_parts(bytes, length) };
-    let _interrupts = crate::arch::ppc64::interrupts::disable();
+    let _interrupts = crate::arch::interrupts::disable();
     let mut console = console::CONSOLE.lock();
     for chunk in bytes.utf8_chunks() {
         console.write_bytes(chunk.valid().as_bytes());
@@ -91,7 +91,7 @@ pub extern "C" fn klp_thread_id() -> u64 {
     thread::current_id()
 }
 
-/// The r2 a module function last reported (tests read it).
+/// The TOC pointer a module function last reported (tests read it).
 pub static REPORTED_TOC: AtomicU64 = AtomicU64::new(0);
 
 /// Lets a replacement report the TOC pointer it runs with.

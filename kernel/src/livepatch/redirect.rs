@@ -2,16 +2,16 @@
 //!
 //! Every replaced function is claimed by this single ops (so no other
 //! IPMODIFY user can take it). The handler looks the traced site up in a
-//! sorted (site, replacement) table, sets `nip` to `livepatch_handler` and
-//! hands it the replacement's global entry in `FtraceRegs::target`, so
-//! `ftrace_caller` continues into `livepatch_handler`. Only this handler
-//! sends calls there: another NIP-modifying handler is never taken for a
-//! livepatch (decided by who changed nip, not by whether it changed). One
-//! shared ops keeps the traced
-//! call cheap however many functions are patched: a direct call and a
-//! binary search, not a walk over one ops per function.
+//! sorted (site, replacement) table and redirects the call to the
+//! replacement with `klp_arch_set_pc` (which sends it through
+//! `livepatch_handler`). Only this handler sends calls through
+//! `livepatch_handler`, so another handler that redirects a call is never
+//! taken for a livepatch (what decides is where the call is sent, not
+//! whether it was redirected). One shared ops keeps the traced call cheap
+//! however many functions are patched: a direct call and a binary search,
+//! not a walk over one ops per function.
 use super::Stack;
-use crate::arch::ppc64::livepatch::livepatch_handler;
+use crate::arch::livepatch::klp_arch_set_pc;
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -48,8 +48,7 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
         // Safety: low <= middle < high <= len.
         let (site, replacement) = unsafe { *pairs.get_unchecked(middle) };
         if site == ip {
-            regs.regs.nip = livepatch_handler as *const () as u64;
-            regs.target = replacement;
+            klp_arch_set_pc(regs, replacement);
             return;
         }
         if site < ip {

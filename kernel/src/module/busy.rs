@@ -27,16 +27,17 @@
 //! its return address only there and in r0
 //! (`a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside`). Stale
 //! values only err toward "busy", and unload retries.
-use crate::arch::ppc64::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
-use crate::arch::ppc64::livepatch::{LivepatchFrame, entering};
-use crate::arch::ppc64::registers::stack_pointer;
+use crate::arch::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
+use crate::arch::livepatch::{LivepatchFrame, entering};
+use crate::arch::registers::stack_pointer;
 use crate::thread::{self, LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use crate::trace::graph::{RETURN_STACK_DEPTH, ReturnStack};
-use boot::{LINK_SAVE, THREAD_SIZE};
+use boot::THREAD_SIZE;
 use core::mem::{offset_of, size_of};
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 use macros::notrace;
+use portable::backchain::Backchain;
 
 /// Times a scan found a thread switched out inside `livepatch_handler` before
 /// its call of the replacement (it must never happen; tests check it).
@@ -85,23 +86,17 @@ fn livepatch_links(base: u64, top: u64, visit: &mut dyn FnMut(u64)) {
 #[notrace]
 fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
     let high = base + THREAD_SIZE as u64;
-    let link_slot = LINK_SAVE as u64;
     let regs_offset = offset_of!(InterruptFrame, regs) as u64;
-    let mut frame = stack_pointer;
-    let mut link_written = false;
-    for _ in 0..THREAD_SIZE / 32 {
-        if frame < base || frame + link_slot + 8 > high || !frame.is_multiple_of(16) {
-            return;
-        }
-        // Safety: inside the thread's stack, checked above.
-        let (back_chain, link) = unsafe { (*(frame as *const u64), *((frame + link_slot) as *const u64)) };
-        if link_written {
+    // Safety: the walk reads only aligned words inside the thread's stack.
+    let read = |address: u64| unsafe { *(address as *const u64) };
+    for (index, frame) in Backchain::new(stack_pointer, (base, high), THREAD_SIZE / 32, read).enumerate() {
+        let link = frame.saved_link;
+        if index > 0 {
             visit(link);
         }
-        link_written = true;
-        if is_interrupt_frame(link) && frame + regs_offset + size_of::<PtRegs>() as u64 <= high {
+        if is_interrupt_frame(link) && frame.address + regs_offset + size_of::<PtRegs>() as u64 <= high {
             // Safety: an InterruptFrame inside the stack, checked above.
-            let regs = unsafe { &*((frame + regs_offset) as *const PtRegs) };
+            let regs = unsafe { &*((frame.address + regs_offset) as *const PtRegs) };
             visit(regs.nip);
             visit(regs.link);
             // Every register of the interrupted context: a function in its
@@ -119,9 +114,5 @@ fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
             // busy, or hold the return address of a function whose epilogue
             // was interrupted after its frame was popped.
         }
-        if back_chain <= frame {
-            return;
-        }
-        frame = back_chain;
     }
 }

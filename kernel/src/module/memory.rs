@@ -46,7 +46,7 @@ impl Drop for ModuleMemory {
         let words = self.layout.size() / 4;
         // Safety: the owned block, 16-byte aligned, `words` whole words long.
         unsafe { core::slice::from_raw_parts_mut(self.pointer as *mut u32, words).fill(POISON) };
-        crate::arch::ppc64::cache::synchronize_instructions(self.address(), self.layout.size() as u64);
+        crate::arch::cache::synchronize_instructions(self.address(), self.layout.size() as u64);
         // Safety: allocated in `allocate` with this layout.
         unsafe { dealloc(self.pointer, self.layout) };
     }

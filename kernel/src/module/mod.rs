@@ -12,7 +12,7 @@ pub mod channel;
 pub mod embedded;
 mod memory;
 
-use crate::arch::ppc64::cache;
+use crate::arch::cache;
 use crate::livepatch::{self, Function, LivepatchError, Object, Patch};
 use crate::sync::Mutex;
 use alloc::string::String;
@@ -146,8 +146,7 @@ pub const UNLOAD_WAIT_MILLISECONDS: u64 = 50;
 /// before, and preempted before using it, gets its time slice first. The
 /// rule for patch authors is still to return copies (docs/modules.md).
 pub fn unload(name: &str) -> Result<(), LoadError> {
-    let deadline =
-        crate::arch::ppc64::registers::timebase() + crate::time::milliseconds_to_timebase(UNLOAD_WAIT_MILLISECONDS);
+    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(UNLOAD_WAIT_MILLISECONDS);
     let module = loop {
         {
             let _preempt = crate::thread::preempt_disable();
@@ -170,7 +169,7 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
                 break modules.remove(position);
             }
         }
-        if crate::arch::ppc64::registers::timebase() >= deadline {
+        if crate::arch::registers::timebase() >= deadline {
             return Err(LoadError::Busy(String::from(name)));
         }
         crate::thread::sleep_milliseconds(1);

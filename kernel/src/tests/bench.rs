@@ -9,8 +9,8 @@
 //! Each figure is printed as `bench: NAME VALUE UNIT NOTE` for xtask; figures
 //! for Linux in the notes are reference figures measured elsewhere (Linux 6.12
 //! on the same QEMU, see docs/ftrace.md), not measured by this boot.
-use crate::arch::ppc64::interrupts;
-use crate::arch::ppc64::registers::timebase;
+use crate::arch::interrupts;
+use crate::arch::registers::timebase;
 use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
 use crate::{println, thread};
 use core::hint::black_box;

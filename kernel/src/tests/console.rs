@@ -13,7 +13,7 @@ fn console_writes_long_lines_in_chunks() {
     crate::ktest::expect_line(LINE.trim_end());
     {
         // The lock is taken as print! takes it: interrupts off.
-        let _interrupts = crate::arch::ppc64::interrupts::disable();
+        let _interrupts = crate::arch::interrupts::disable();
         CONSOLE.lock().write_bytes(LINE.as_bytes());
     }
     assert!(!CONSOLE.is_locked(), "the console lock is free again");

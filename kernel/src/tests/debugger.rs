@@ -1,7 +1,7 @@
 //! Cases the debugger phase watches (tests/gdb/): nested livepatched calls, switches of ftrace_call's target.
 use super::livepatch::{enable, retire};
-use crate::arch::ppc64::livepatch::{livepatch_handler, livepatch_handler_end, livepatch_handler_windows};
-use crate::arch::ppc64::text;
+use crate::arch::livepatch::{livepatch_handler, livepatch_handler_end, livepatch_handler_windows};
+use crate::arch::text;
 use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
 use core::hint::black_box;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -80,10 +80,8 @@ fn livepatch_handler_windows_point_at_the_call_and_the_return() {
     // just after the call of C: C's address is in CTR up to the `bctrl` itself.
     let returned = start + windows.returned;
     assert_eq!(text::read(returned - 4), 0x4e80_0421, "returned follows the bctrl");
-    assert!(
-        crate::arch::ppc64::livepatch::entering(returned - 4) && !crate::arch::ppc64::livepatch::entering(returned)
-    );
-    assert!(crate::arch::ppc64::livepatch::entering(start) && !crate::arch::ppc64::livepatch::entering(start - 4));
+    assert!(crate::arch::livepatch::entering(returned - 4) && !crate::arch::livepatch::entering(returned));
+    assert!(crate::arch::livepatch::entering(start) && !crate::arch::livepatch::entering(start - 4));
 }
 
 #[inline(never)]

@@ -56,9 +56,9 @@ fn panic_prints_and_ends_the_kernel() {
 fn descend(depth: u64) -> u64 {
     let mut frame = [depth; 64];
     core::hint::black_box(&mut frame);
-    let start = crate::arch::ppc64::registers::timebase();
+    let start = crate::arch::registers::timebase();
     let level = time::milliseconds_to_timebase(1000 / time::TICK_HZ * 3 / 2);
-    while crate::arch::ppc64::registers::timebase() - start < level {}
+    while crate::arch::registers::timebase() - start < level {}
     frame[depth as usize % 64] + descend(depth + 1)
 }
 
@@ -117,7 +117,7 @@ pub(crate) fn emulated_value(number: usize) -> u64 {
 #[macros::notrace]
 /// Called first by the program check handler: emulates the probe's trap by
 /// writing regs.gpr[14..=31] and stepping over it.
-pub fn emulate_trap(regs: &mut crate::arch::ppc64::exceptions::PtRegs) -> bool {
+pub fn emulate_trap(regs: &mut crate::arch::exceptions::PtRegs) -> bool {
     if regs.nip != &raw const exceptions_test_emulated_trap as u64 {
         return false;
     }

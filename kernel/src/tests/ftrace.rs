@@ -1,5 +1,5 @@
 //! Tests of dynamic ftrace: the site table, patching, the handler's view, IPMODIFY, recursion, the tracers.
-use crate::arch::ppc64::text;
+use crate::arch::text;
 use crate::thread::{self, ExitStatus};
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::vec::Vec;
@@ -83,7 +83,7 @@ fn enabling_patches_exactly_the_filtered_sites_and_disabling_restores_them() {
         assert_eq!(*first, first_now);
         if *address == eight || *address == ten {
             let target = instruction::branch_target(*address, second_now).expect("a bl");
-            assert_eq!(target, (crate::arch::ppc64::ftrace::ftrace_caller as *const () as u64, true));
+            assert_eq!(target, (crate::arch::ftrace::ftrace_caller as *const () as u64, true));
         } else {
             assert_eq!(*second, second_now, "untouched site at {address:#x}");
         }
@@ -356,23 +356,49 @@ static HANDLER_RETRIES: AtomicU64 = AtomicU64::new(0);
 static BYSTANDER: AtomicU64 = AtomicU64::new(0);
 static BYSTANDER_DURING_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Spins inside the handler for three tick intervals of timebase time (not
-/// for three ticks: the count of ticks taken meanwhile is the measurement).
+/// Spins for three tick intervals of timebase time (not for three ticks:
+/// the count of ticks taken meanwhile is the measurement).
 #[notrace]
-extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+#[inline(always)]
+fn spin_three_tick_intervals() {
     let before = BYSTANDER.load(Ordering::SeqCst);
     let (start, retries) = (crate::time::ticks(), crate::time::retries());
-    let until = crate::arch::ppc64::registers::timebase() + 3 * crate::time::frequency() / crate::time::TICK_HZ;
-    while crate::arch::ppc64::registers::timebase() < until {}
+    let until = crate::arch::registers::timebase() + 3 * crate::time::frequency() / crate::time::TICK_HZ;
+    while crate::arch::registers::timebase() < until {}
     HANDLER_TICKS.store(crate::time::ticks() - start, Ordering::SeqCst);
     HANDLER_RETRIES.store(crate::time::retries() - retries, Ordering::SeqCst);
     BYSTANDER_DURING_HANDLER.store(BYSTANDER.load(Ordering::SeqCst) - before, Ordering::SeqCst);
 }
+
+/// Spins in the handler itself: a tick finds LR still returning into the stub.
+#[notrace]
+extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    spin_three_tick_intervals();
+}
 static SLOW: FtraceOps = FtraceOps::new("test-slow", slow_handler, OpsFlags::RECURSION_SAFE);
 
-#[ktest]
-fn the_timer_never_preempts_a_thread_inside_a_handler() {
+/// Spins in a function the handler calls: a tick finds the stub's return
+/// address only on the stack, in the handler's LR save slot, where
+/// `in_ftrace`'s back-chain walk must find it.
+#[notrace]
+#[inline(never)]
+fn spin_below_the_handler() {
+    spin_three_tick_intervals();
+    black_box(());
+}
+
+#[notrace]
+extern "C" fn slow_nested_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    spin_below_the_handler();
+    black_box(());
+}
+static SLOW_NESTED: FtraceOps = FtraceOps::new("test-slow-nested", slow_nested_handler, OpsFlags::RECURSION_SAFE);
+
+/// Runs `golden_leaf` traced by `ops`, whose handler spins three tick
+/// intervals, while another thread counts: nobody else may run meanwhile.
+fn check_the_timer_never_preempts_inside(ops: &'static FtraceOps) {
     static STOP: AtomicU64 = AtomicU64::new(0);
+    STOP.store(0, Ordering::SeqCst);
     let bystander = thread::spawn("bystander", || {
         while STOP.load(Ordering::SeqCst) == 0 {
             BYSTANDER.fetch_add(1, Ordering::SeqCst);
@@ -380,9 +406,9 @@ fn the_timer_never_preempts_a_thread_inside_a_handler() {
     })
     .unwrap();
     thread::sleep_milliseconds(20);
-    trace::register(&SLOW, Filter::Addresses(&[golden_leaf as *const () as u64])).unwrap();
+    trace::register(ops, Filter::Addresses(&[golden_leaf as *const () as u64])).unwrap();
     golden_leaf(black_box(1));
-    trace::unregister(&SLOW).unwrap();
+    trace::unregister(ops).unwrap();
     // Outside a handler the bystander runs again.
     let before = BYSTANDER.load(Ordering::SeqCst);
     thread::sleep_milliseconds(30);
@@ -400,4 +426,14 @@ fn the_timer_never_preempts_a_thread_inside_a_handler() {
     assert!(retries >= 1 && ticks - retries <= 4, "{ticks} interrupts in the handler, {retries} counted as retries");
     assert_eq!(BYSTANDER_DURING_HANDLER.load(Ordering::SeqCst), 0, "nobody else ran meanwhile");
     assert!(after > before, "preemption works outside handlers: {before} -> {after}");
+}
+
+#[ktest]
+fn the_timer_never_preempts_a_thread_inside_a_handler() {
+    check_the_timer_never_preempts_inside(&SLOW);
+}
+
+#[ktest]
+fn the_timer_never_preempts_a_thread_in_a_function_a_handler_called() {
+    check_the_timer_never_preempts_inside(&SLOW_NESTED);
 }

@@ -6,7 +6,7 @@
 //! code is read (every source-level call is a branch to the original) and the
 //! original is replaced (every call reaches the replacement, with the
 //! arguments in the registers the source signature gives them).
-use crate::arch::ppc64::text;
+use crate::arch::text;
 use crate::livepatch::{self, Function, Object, Patch};
 use alloc::string::String;
 use alloc::vec;

@@ -1,5 +1,5 @@
 //! Tests of patch modules: the seed's case with a real separately built module, signatures, unloading.
-use crate::arch::ppc64::registers::toc_pointer;
+use crate::arch::registers::toc_pointer;
 use crate::livepatch::api::REPORTED_TOC;
 use crate::memory;
 use crate::module::{self, LoadError};

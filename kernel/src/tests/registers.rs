@@ -5,8 +5,8 @@
 //! from assembly, and compares what comes back. They exist to kill the
 //! mutants of docs/testing.md: a save or a restore removed from a stub, the
 //! exception entry or exit, or `switch_context`.
-use crate::arch::ppc64::registers::toc_pointer;
-use crate::arch::ppc64::text;
+use crate::arch::registers::toc_pointer;
+use crate::arch::text;
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::thread::{self, ExitStatus};
 use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
@@ -280,7 +280,7 @@ extern "C" fn registers_record(_ip: u64, _parent: u64, _ops: &FtraceOps, regs: &
     // The stubs store the return address into the caller in the caller's
     // frame (B has none yet), so a backtrace from here reaches the caller.
     let mut found = false;
-    crate::backtrace::walk(crate::arch::ppc64::registers::stack_pointer(), |address, _| {
+    crate::backtrace::walk(crate::arch::registers::stack_pointer(), |address, _| {
         let symbol = crate::symbols::table().and_then(|table| table.lookup(address));
         found |= symbol.is_some_and(|(symbol, _)| symbol.name == "registers_test_call_with_registers");
     });
@@ -565,7 +565,7 @@ fn yielding_threads_keep_their_own_nonvolatile_registers() {
 
 #[ktest]
 fn switch_context_saves_and_loads_every_nonvolatile_register() {
-    use crate::arch::ppc64::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context};
+    use crate::arch::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context};
     // A second context on a stack of our own: a SwitchFrame that resumes the coroutine above.
     let mut stack = vec![0u64; 1024];
     let mut coroutine = Coroutine { caller: 0, own: 0 };
@@ -587,7 +587,7 @@ fn switch_context_saves_and_loads_every_nonvolatile_register() {
     input.gpr[4] = frame_address;
     let output = {
         // switch_context wants interrupts off; nothing may run on the coroutine's stack.
-        let _interrupts = crate::arch::ppc64::interrupts::disable();
+        let _interrupts = crate::arch::interrupts::disable();
         call_with(switch_context as *const () as u64, &input)
     };
     assert_ne!(coroutine.own, 0, "the coroutine ran and switched back");

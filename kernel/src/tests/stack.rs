@@ -6,9 +6,9 @@
 //! own stack (`livepatch_sp + EXCEPTION_STACK_ROOM`), take exceptions there and
 //! then check every word below the guard: `thread_info`, `STACK_END_MAGIC` and
 //! the canary frames.
-use crate::arch::ppc64::emergency;
-use crate::arch::ppc64::exceptions::{EXCEPTION_STACK_ROOM, FRAME_SIZE, RED_ZONE, STACK_GUARD};
-use crate::arch::ppc64::registers::timebase;
+use crate::arch::emergency;
+use crate::arch::exceptions::{EXCEPTION_STACK_ROOM, FRAME_SIZE, RED_ZONE, STACK_GUARD};
+use crate::arch::registers::timebase;
 use crate::bug::BugLocation;
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STACK_END_MAGIC, State, ThreadInfo};
@@ -529,13 +529,13 @@ extern "C" fn look_at_the_emergency_thread_info(_: u64) -> ! {
 fn entering_the_emergency_stack_afresh_clears_what_an_earlier_report_left() {
     let (base, _) = emergency::bounds();
     {
-        let _interrupts = crate::arch::ppc64::interrupts::disable();
+        let _interrupts = crate::arch::interrupts::disable();
         // Safety: the emergency stack is not in use (interrupts are off, and
         // this thread is not on it); this is what a report killed inside a
         // patched, graph-traced and traced call leaves behind.
         unsafe {
             let info = base as *mut ThreadInfo;
-            (*info).livepatch_sp += 2 * core::mem::size_of::<crate::arch::ppc64::livepatch::LivepatchFrame>() as u64;
+            (*info).livepatch_sp += 2 * core::mem::size_of::<crate::arch::livepatch::LivepatchFrame>() as u64;
             (*info).graph_depth = 3;
             (*info).trace_recursion = 1;
         }

@@ -1,5 +1,5 @@
 //! Tests of threads: life cycle, thread_info placement, preemption, preempt_disable.
-use crate::arch::ppc64::registers::{stack_pointer, timebase};
+use crate::arch::registers::{stack_pointer, timebase};
 use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STACK_END_MAGIC};
 use alloc::sync::Arc;
 use alloc::vec::Vec;

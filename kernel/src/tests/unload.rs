@@ -1,6 +1,6 @@
 //! Tests of module unloading under concurrency: the window at `livepatch_handler`'s entry, per-module busy checks, the grace period.
-use crate::arch::ppc64::livepatch::livepatch_handler;
-use crate::arch::ppc64::registers::Msr;
+use crate::arch::livepatch::livepatch_handler;
+use crate::arch::registers::Msr;
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::module::{self, LoadError};
 use crate::thread::{self, ExitStatus};
@@ -144,7 +144,7 @@ const BCTRL: u32 = 0x4e80_0421;
 /// `entering` itself shrink.
 #[ktest]
 fn entering_covers_livepatch_handler_up_to_and_including_its_bctrl() {
-    use crate::arch::ppc64::livepatch::entering;
+    use crate::arch::livepatch::entering;
     let start = livepatch_handler as *const () as u64;
     // Safety: reads the kernel's own text, up to the bctrl within the handler.
     let bctrl = (0..64u64).map(|index| start + 4 * index).find(|&address| unsafe { *(address as *const u32) } == BCTRL);

@@ -1,25 +1,12 @@
-//! `thread_info`: the block at the base of every thread stack, found from r1 by masking.
+//! What a thread's `thread_info` holds: its initial contents, the scheduling states it records, the magic word check.
 //!
-//! ```text
-//!  base + THREAD_SIZE  +----------------------+
-//!                      | normal stack         |  grows down from the top
-//!                      |          |           |
-//!                      |          v           |
-//!                      |          ^           |
-//!                      |          |           |
-//!                      | livepatch stack      |  grows up; livepatch_sp = its top
-//!  start of lp stack   +----------------------+
-//!                      | STACK_END_MAGIC      |  overwritten only by an overflow
-//!                      +----------------------+
-//!                      | ThreadInfo           |
-//!  base                +----------------------+
-//! ```
-use boot::THREAD_SIZE;
-use core::mem::{offset_of, size_of};
+//! The block itself (`ThreadInfo`, at the base of every thread stack, and the
+//! livepatch stack above it) is laid out by the architecture, whose assembly
+//! reaches its fields: `arch::thread_info` draws it.
+pub use crate::arch::thread_info::{
+    LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STACK_END_MAGIC, ThreadInfo, current_thread_info,
+};
 use macros::notrace;
-
-/// Marks the end of the normal stack (Linux's value).
-pub const STACK_END_MAGIC: u64 = 0x57ac_6e9d;
 
 /// A thread's scheduling state as `thread_info` records it for the debugger.
 /// The debug anchor exports `NAMES` in this order, so gdb/kernel.py reads the
@@ -37,51 +24,6 @@ pub enum ThreadState {
 impl ThreadState {
     /// The names of the states, indexed by their values.
     pub const NAMES: [&'static str; 5] = ["running", "ready", "sleeping", "joining", "dead"];
-}
-
-/// Per-thread state at the stack base. Assembly reaches fields with `offset_of!`.
-#[repr(C)]
-pub struct ThreadInfo {
-    /// Top of the livepatch stack: the address where the next frame goes.
-    pub livepatch_sp: u64,
-    /// Preemption is allowed only at 0.
-    pub preempt_count: u64,
-    /// Kernel thread number.
-    pub thread_id: u64,
-    /// Bit set while an ftrace handler runs in this thread (recursion guard).
-    pub trace_recursion: u64,
-    /// Entries in use on the function-graph return stack.
-    pub graph_depth: u64,
-    /// The function-graph return stack (`trace::graph::ReturnStack`), 0 if none.
-    pub graph_stack: u64,
-    /// r1 of the thread while it is switched out (`switch_context` stores it here).
-    pub saved_stack_pointer: u64,
-    /// Scheduling state, a `ThreadState` as a number, for the debugger.
-    pub state: u64,
-    /// The thread's name, NUL-padded, for the debugger.
-    pub name: [u8; 24],
-}
-
-/// Offset of the magic word from the stack base.
-pub const MAGIC_OFFSET: usize = size_of::<ThreadInfo>();
-/// Offset of the first livepatch stack byte from the stack base.
-pub const LIVEPATCH_STACK_OFFSET: usize = MAGIC_OFFSET + size_of::<u64>();
-
-const _: () = assert!(offset_of!(ThreadInfo, livepatch_sp) == 0);
-const _: () = assert!(LIVEPATCH_STACK_OFFSET.is_multiple_of(16) || LIVEPATCH_STACK_OFFSET.is_multiple_of(8));
-
-/// The `thread_info` of the stack containing `stack_pointer` (Linux's CURRENT_THREAD_INFO).
-#[notrace]
-#[inline(always)]
-pub fn thread_info_of(stack_pointer: u64) -> *mut ThreadInfo {
-    (stack_pointer & !(THREAD_SIZE as u64 - 1)) as *mut ThreadInfo
-}
-
-/// The running thread's `thread_info`.
-#[notrace]
-#[inline(always)]
-pub fn current_thread_info() -> *mut ThreadInfo {
-    thread_info_of(crate::arch::ppc64::registers::stack_pointer())
 }
 
 /// Prepares `thread_info`, the magic word and an empty livepatch stack at `base`.

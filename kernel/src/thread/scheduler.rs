@@ -1,16 +1,16 @@
 //! The round-robin scheduler: a ready queue, sleepers, joiners, and the switch.
 use super::info::{self, ThreadInfo, ThreadState};
 use super::stack::Stack;
-use crate::arch::ppc64::context::{SWITCH_FRAME_SIZE, SwitchFrame, switch_context, thread_start};
-use crate::arch::ppc64::interrupts;
-use crate::arch::ppc64::registers::{per_cpu_mut, timebase, toc_pointer};
+use crate::arch::context::{copy_thread, switch_context};
+use crate::arch::interrupts;
+use crate::arch::registers::{per_cpu_mut, timebase};
 use crate::trace::graph::ReturnStack;
 use crate::{println, time};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
-use boot::{MINIMAL_FRAME, THREAD_SIZE};
+use boot::THREAD_SIZE;
 use macros::notrace;
 use portable::schedule::{Switch, pick_next};
 use spin::Mutex;
@@ -232,7 +232,8 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
         info::initialise(stack.base(), id);
         (*(stack.base() as *mut ThreadInfo)).graph_stack = &*return_stack as *const ReturnStack as u64;
     }
-    let saved_stack_pointer = prepare_first_switch(&stack, Box::into_raw(closure) as u64);
+    // Safety: the stack is new; the first switch to it calls thread_entry(closure).
+    let saved_stack_pointer = unsafe { copy_thread(stack.top(), thread_entry, Box::into_raw(closure) as u64) };
     // Safety: the new thread's own thread_info, not running yet.
     unsafe {
         let info = &mut *(stack.base() as *mut ThreadInfo);
@@ -259,35 +260,11 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
     Some(JoinHandle { id })
 }
 
-/// Builds the SwitchFrame that makes the first switch to a thread "return" into `thread_start`.
-fn prepare_first_switch(stack: &Stack, closure: u64) -> u64 {
-    let top_frame = stack.top() - MINIMAL_FRAME as u64;
-    let frame = top_frame - SWITCH_FRAME_SIZE as u64;
-    let mut nonvolatile = [0u64; 18];
-    nonvolatile[0] = thread_entry as *const () as u64; // r14: entry
-    nonvolatile[1] = closure; // r15: its argument
-    let mut header = [0u64; MINIMAL_FRAME / 8];
-    header[0] = top_frame; // back chain to the outermost frame
-    // Safety: both frames lie inside the new, unused stack.
-    unsafe {
-        (top_frame as *mut [u64; MINIMAL_FRAME / 8]).write([0; MINIMAL_FRAME / 8]);
-        (frame as *mut SwitchFrame).write(SwitchFrame {
-            header,
-            nonvolatile,
-            toc: toc_pointer(),
-            condition: 0,
-            link: thread_start as *const () as u64,
-            padding: 0,
-        });
-    }
-    frame
-}
-
 /// First Rust code of every new thread.
-extern "C" fn thread_entry(closure: *mut Box<dyn FnOnce()>) -> ! {
+extern "C" fn thread_entry(closure: u64) -> ! {
     interrupts::enable();
     // Safety: `spawn` leaked exactly this box for this thread.
-    let function = unsafe { Box::from_raw(closure) };
+    let function = unsafe { Box::from_raw(closure as *mut Box<dyn FnOnce()>) };
     function();
     exit(ExitStatus::Returned)
 }
@@ -317,7 +294,7 @@ pub fn exit(status: ExitStatus) -> ! {
 #[notrace]
 pub fn kill_current(reason: &'static str) -> ! {
     let kill = Kill { reason, detail: None };
-    crate::arch::ppc64::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
+    crate::arch::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
 }
 
 /// Why a thread is killed, and what to print about its stack first.
@@ -363,7 +340,7 @@ fn make_ready(scheduler: &mut Scheduler, id: u64) {
 /// on the emergency stack too).
 #[notrace]
 pub fn current_id() -> u64 {
-    let info = crate::arch::ppc64::registers::per_cpu().current_thread as *const ThreadInfo;
+    let info = crate::arch::registers::per_cpu().current_thread as *const ThreadInfo;
     // Safety: per_cpu.current_thread is the running thread's stack base,
     // which holds its thread_info.
     unsafe { (*info).thread_id }
@@ -384,7 +361,7 @@ pub fn sleep_milliseconds(milliseconds: u64) {
 }
 
 /// From the decrementer interrupt: preempt the current thread if allowed
-/// (`preemptible` is false inside ftrace, see `arch::ppc64::ftrace::in_ftrace`).
+/// (`preemptible` is false inside ftrace, see `arch::ftrace::in_ftrace`).
 /// Returns false if the preemption had to be deferred.
 #[notrace]
 pub fn timer_tick(preemptible: bool) -> bool {
@@ -474,9 +451,9 @@ fn check_current_stack() {
     if dying {
         return;
     }
-    let base = crate::arch::ppc64::registers::per_cpu().current_thread;
-    let stack_pointer = crate::arch::ppc64::registers::stack_pointer();
-    // On the emergency stack r1 lies elsewhere; only the magic word can be checked.
+    let base = crate::arch::registers::per_cpu().current_thread;
+    let stack_pointer = crate::arch::registers::stack_pointer();
+    // On the emergency stack the stack pointer lies elsewhere; only the magic word can be checked.
     let on_own_stack = super::stack_bounds(stack_pointer).0 == base;
     // Safety: the current thread's own thread_info.
     let livepatch_top = unsafe { (*(base as *const ThreadInfo)).livepatch_sp };
@@ -488,7 +465,7 @@ fn check_current_stack() {
         return;
     };
     // The message and the kill run on the emergency stack (see kill_current).
-    crate::arch::ppc64::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
+    crate::arch::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
 }
 
 /// What `threads` shows for one thread.
@@ -503,7 +480,7 @@ pub struct ThreadSummary {
 
 /// A copy of every thread's state.
 pub fn snapshot() -> Vec<ThreadSummary> {
-    let current_stack_pointer = crate::arch::ppc64::registers::stack_pointer();
+    let current_stack_pointer = crate::arch::registers::stack_pointer();
     with_scheduler(|scheduler| {
         scheduler
             .threads
@@ -529,8 +506,8 @@ pub fn snapshot() -> Vec<ThreadSummary> {
 }
 
 /// The stack base and stack pointer of every thread that can still run: the
-/// caller's own r1 for the current thread, the r1 `switch_context` saved for
-/// the others. Dead threads are left out: they never run again, so whatever
+/// caller's own stack pointer for the current thread, the one `switch_context`
+/// saved for the others. Dead threads are left out: they never run again, so whatever
 /// their stacks still hold (a killed thread's livepatch frames, return
 /// addresses into a module) refers to nothing in use.
 pub fn live_stacks(current_stack_pointer: u64) -> Vec<(u64, u64)> {

@@ -1,7 +1,7 @@
 //! Thread stacks: THREAD_SIZE-aligned blocks from the heap, with thread_info at the base.
+pub use crate::arch::thread_info::stack_bounds;
 use alloc::alloc::{Layout, alloc, dealloc};
 use boot::THREAD_SIZE;
-use macros::notrace;
 
 /// A thread's stack memory, freed on drop.
 pub struct Stack {
@@ -36,11 +36,4 @@ impl Drop for Stack {
         // Safety: allocated in `allocate` with the same layout.
         unsafe { dealloc(self.base as *mut u8, layout()) };
     }
-}
-
-/// The THREAD_SIZE block that contains `stack_pointer`: (base, top).
-#[notrace]
-pub fn stack_bounds(stack_pointer: u64) -> (u64, u64) {
-    let base = stack_pointer & !(THREAD_SIZE as u64 - 1);
-    (base, base + THREAD_SIZE as u64)
 }

@@ -1,6 +1,6 @@
 //! Per-CPU trace ring buffers shared by the tracers: written by handlers, read by the shell.
-use crate::arch::ppc64::interrupts;
-use crate::arch::ppc64::registers::per_cpu;
+use crate::arch::interrupts;
+use crate::arch::registers::per_cpu;
 use alloc::vec::Vec;
 use boot::MAX_CPUS;
 use core::cell::UnsafeCell;
@@ -9,7 +9,7 @@ use portable::ring::RingBuffer;
 /// One ring of `N` events per CPU. A handler writes only its own CPU's ring,
 /// under the tracer's recursion guard (so an interrupt on the same CPU skips
 /// instead of interleaving), never preempted there (the timer does not
-/// preempt inside ftrace: `arch::ppc64::ftrace::in_ftrace`); readers
+/// preempt inside ftrace: `arch::ftrace::in_ftrace`); readers
 /// disable interrupts while they copy.
 pub struct PerCpuBuffers<T: Copy, const N: usize>([UnsafeCell<RingBuffer<T, N>>; MAX_CPUS]);
 

@@ -1,7 +1,7 @@
 //! The function tracer: one ring-buffer record per traced call, shown like Linux's trace file.
 use super::buffers::PerCpuBuffers;
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, register, unregister};
-use crate::arch::ppc64::registers::timebase;
+use crate::arch::registers::timebase;
 use crate::symbols::{self, Symbolized};
 use crate::thread::current_thread_info;
 use alloc::format;

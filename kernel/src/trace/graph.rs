@@ -8,16 +8,14 @@
 //! whatever return address it finds, `return_to_handler` included.
 use super::buffers::PerCpuBuffers;
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, ops::traces, register, unregister};
-use crate::arch::ppc64::ftrace::{ftrace_graph_call, ftrace_graph_caller, ftrace_regs_graph_call, return_to_handler};
-use crate::arch::ppc64::registers::timebase;
-use crate::arch::ppc64::text;
+use crate::arch::ftrace::{ftrace_disable_ftrace_graph_caller, ftrace_enable_ftrace_graph_caller, return_to_handler};
+use crate::arch::registers::timebase;
 use crate::symbols;
 use crate::thread::{self, current_thread_info};
 use alloc::string::String;
 use alloc::vec::Vec;
 use macros::notrace;
 use portable::graph::{GraphLine, Kind};
-use portable::instruction::{self, NOP};
 
 /// Nested traced calls one thread can have hooked at once.
 pub const RETURN_STACK_DEPTH: usize = 64;
@@ -72,13 +70,18 @@ fn record(event: GraphEvent) {
     BUFFERS.push(event);
 }
 
+// The stubs call these two by name (declared in `crate::arch`): each must
+// have the signature declared there.
+const _: [unsafe extern "C" fn(&mut FtraceRegs); 2] = [ftrace_graph_entry, crate::arch::ftrace_graph_entry];
+const _: [unsafe extern "C" fn() -> u64; 2] = [ftrace_return_to_handler, crate::arch::ftrace_return_to_handler];
+
 /// Called from `ftrace_graph_caller` for every traced call while the graph
 /// tracer is on: hooks the return of the calls it filters.
 #[notrace]
 #[unsafe(no_mangle)]
 pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
     super::ops::check_stack_room(regs);
-    // The site, not regs.nip - 4: a livepatch may have redirected nip already.
+    // The site, not where the call continues: a livepatch may have redirected that already.
     let ip = regs.ip;
     if !traces(&GRAPH_OPS, ip) {
         return;
@@ -93,9 +96,9 @@ pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
     let now = timebase();
     // Safety: graph_stack points at this thread's ReturnStack.
     let stack = unsafe { &mut *(info.graph_stack as *mut ReturnStack) };
-    stack.0[depth] = ReturnEntry { return_address: regs.regs.link, ip, entry_timebase: now };
+    stack.0[depth] = ReturnEntry { return_address: regs.return_address(), ip, entry_timebase: now };
     info.graph_depth += 1;
-    regs.regs.link = return_to_handler as *const () as u64;
+    regs.set_return_address(return_to_handler as *const () as u64);
     record(GraphEvent {
         kind: Kind::Entry,
         ip,
@@ -138,21 +141,11 @@ pub extern "C" fn ftrace_return_to_handler() -> u64 {
     entry.return_address
 }
 
-#[notrace]
-fn graph_call_word(site: u64, on: bool) -> u32 {
-    if on {
-        instruction::branch(site, ftrace_graph_caller as *const () as u64, true).expect("stubs are adjacent")
-    } else {
-        NOP
-    }
-}
-
+/// Makes the stubs call (or stop calling) `ftrace_graph_entry` after the handler.
 #[notrace]
 fn set_graph_calls(on: bool) -> Result<(), FtraceError> {
-    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
-        text::modify_code(site, graph_call_word(site, !on), graph_call_word(site, on)).map_err(FtraceError::Text)?;
-    }
-    Ok(())
+    if on { ftrace_enable_ftrace_graph_caller() } else { ftrace_disable_ftrace_graph_caller() }
+        .map_err(FtraceError::Text)
 }
 
 /// Starts the graph tracer on the functions matching `glob`.

@@ -10,19 +10,14 @@ pub mod graph;
 mod ops;
 mod sites;
 
-pub use crate::arch::ppc64::ftrace::FtraceRegs;
+pub use crate::arch::ftrace::{FUNCTION_TRACE_OP, FtraceRegs};
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
 pub use portable::site_table::NameError;
 pub use sites::{site_summaries, table as site_table};
 
-use core::sync::atomic::AtomicUsize;
 use macros::notrace;
-
-/// The ops whose handler `ftrace_call` calls directly (read by the stubs).
-#[unsafe(no_mangle)]
-pub static FUNCTION_TRACE_OP: AtomicUsize = AtomicUsize::new(0);
 
 /// Builds the site table (call once at boot, before any thread other than boot runs).
 #[notrace]

@@ -7,13 +7,12 @@
 //! several are. Registration runs with preemption disabled: on this
 //! uniprocessor kernel no other thread runs while text and tables change, and
 //! no thread can be preempted inside a handler (the timer does not preempt a
-//! context `arch::ppc64::ftrace::in_ftrace` places in a stub or a handler),
+//! context `arch::ftrace::in_ftrace` places in a stub or a handler),
 //! so after `unregister` returns nobody is in it.
 use super::sites::{self, ApplyError};
 use super::{FUNCTION_TRACE_OP, FtraceRegs};
-use crate::arch::ppc64::ftrace::FTRACE_REGS_LOWEST;
-use crate::arch::ppc64::ftrace::{ftrace_call, ftrace_regs_call, ftrace_stub};
-use crate::arch::ppc64::text::{self, TextError};
+use crate::arch::ftrace::{FTRACE_REGS_LOWEST, ftrace_stub, ftrace_update_ftrace_func, trap_if_below};
+use crate::arch::text::TextError;
 use crate::symbols::Symbolized;
 use crate::sync::Mutex;
 use crate::thread::{self, current_thread_info};
@@ -25,7 +24,6 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
-use portable::instruction;
 use portable::site_table::search_sorted;
 
 /// A handler: `ip` is the traced site, `parent_ip` the return address into the caller.
@@ -37,7 +35,7 @@ bitflags! {
     pub struct OpsFlags: u32 {
         /// The handler needs a complete pt_regs (`ftrace_regs_caller`).
         const SAVE_REGS = 1;
-        /// The handler changes `regs.nip`; at most one such ops per function.
+        /// The handler changes where the traced call continues; at most one such ops per function.
         const IPMODIFY = 2;
         /// The handler protects itself from recursion; call it without the guard.
         const RECURSION_SAFE = 4;
@@ -122,7 +120,7 @@ impl fmt::Display for FtraceError {
             ),
             FtraceError::AlreadyRegistered(name) => write!(formatter, "ftrace ops '{name}' is already registered"),
             FtraceError::NotRegistered(name) => write!(formatter, "ftrace ops '{name}' is not registered"),
-            FtraceError::Text(error) => write!(formatter, "{error}"),
+            FtraceError::Text(error) => write!(formatter, "{error} ({})", Symbolized(error.address())),
         }
     }
 }
@@ -351,7 +349,6 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
         [_] => ftrace_ops_assist as *const () as u64,
         _ => ftrace_ops_list as *const () as u64,
     };
-    let target = text::local_entry(target);
     let op = list.first().map_or(0, |ops| *ops as *const FtraceOps as usize);
     assert!(
         !(target_uses_op && CALL_TARGET_USES_OP.load(Ordering::Acquire)),
@@ -373,8 +370,8 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
     Ok(())
 }
 
-/// Rewrites the branches at `ftrace_call` and `ftrace_regs_call` to `target`
-/// (a local entry) and records it, with whether it uses the op.
+/// Makes the stubs call `target` (`ftrace_update_ftrace_func`) and records
+/// it, with whether it uses the op.
 #[notrace]
 #[inline(always)]
 fn branch_call_sites(target: u64, uses_op: bool) -> Result<(), TextError> {
@@ -382,11 +379,7 @@ fn branch_call_sites(target: u64, uses_op: bool) -> Result<(), TextError> {
         0 => ftrace_stub as *const () as u64,
         current => current,
     };
-    for site in [&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64] {
-        let old = instruction::branch(site, current, true).expect("stubs and handlers are in the kernel text");
-        let new = instruction::branch(site, target, true).expect("stubs and handlers are in the kernel text");
-        text::modify_code(site, old, new)?;
-    }
+    ftrace_update_ftrace_func(current, target)?;
     CALL_TARGET.store(target, Ordering::Release);
     CALL_TARGET_USES_OP.store(uses_op, Ordering::Release);
     Ok(())
@@ -415,7 +408,7 @@ fn recursion_exit() {
 /// Traps when the traced call has less than `FTRACE_STACK_ROOM` left above
 /// the livepatch stack: the stub that passed `regs` sits so low that the
 /// deepest handler chain could write below `livepatch_sp`. The exception
-/// entry then finds r1 within the guard and reports a stack overflow from the
+/// entry then finds the stack pointer within the guard and reports a stack overflow from the
 /// emergency stack. The room is what the ftrace machinery itself needs (the
 /// stub's frame and the deepest handler chain, measured), not the whole
 /// exception guard: the timer path runs traced functions within the guard
@@ -425,7 +418,7 @@ fn recursion_exit() {
 /// traced functions is stopped at the first level that leaves less than the
 /// room, before it writes below `livepatch_sp` (each level must take less
 /// than the room: the stub's frame and a function's are far smaller; the
-/// stub's r1 is taken from `regs`, so where the caller's prologue put its
+/// stub's stack pointer is taken from `regs`, so where the caller's prologue put its
 /// own frame does not matter). Recursion through untraced code only meets
 /// the timer's check (docs/ARCHITECTURE.md).
 #[notrace]
@@ -433,11 +426,7 @@ fn recursion_exit() {
 pub(crate) fn check_stack_room(regs: &FtraceRegs) {
     // Safety: the current thread's own thread_info.
     let limit = unsafe { (*current_thread_info()).livepatch_sp } + FTRACE_REGS_LOWEST as u64;
-    let record = regs as *const FtraceRegs as u64;
-    // Safety: `td` only traps; the exception entry reports and kills.
-    unsafe {
-        core::arch::asm!("td 2, {record}, {limit}", record = in(reg) record, limit = in(reg) limit, options(nomem, nostack))
-    };
+    trap_if_below(regs as *const FtraceRegs as u64, limit);
 }
 
 /// One ops that is not RECURSION_SAFE: the guard, then its handler.

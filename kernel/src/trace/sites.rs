@@ -1,15 +1,16 @@
 //! The entry sites: every `__patchable_function_entries` record, validated and named once at boot
 //! (`portable::site_table::SiteTable`), and who traces each one now.
-use crate::arch::ppc64::ftrace::{ftrace_caller, ftrace_regs_caller};
-use crate::arch::ppc64::text::{self, TextError};
+use crate::arch::ftrace::{
+    ftrace_caller, ftrace_init_nop, ftrace_make_call, ftrace_make_nop, ftrace_modify_call, ftrace_regs_caller,
+};
+use crate::arch::text::TextError;
 use crate::sync::Mutex;
 use crate::{println, symbols};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use macros::notrace;
-use portable::ftrace::{Caller, Demand, SiteError, SiteState, Stubs, site_word};
-use portable::instruction::{MFLR_R0, NOP};
+use portable::ftrace::{Caller, Demand, SiteError, SiteState};
 use portable::site_table::{Site, SiteTable};
 use spin::Once;
 
@@ -56,38 +57,33 @@ fn records() -> &'static [u64] {
     unsafe { crate::section::records(&raw const __patchable_entries_start, &raw const __patchable_entries_end) }
 }
 
-/// The stub addresses the sites branch to.
+/// The stub a site in state `caller` calls, if any.
 #[notrace]
-pub fn stubs() -> Stubs {
-    Stubs { light: ftrace_caller as *const () as u64, regs: ftrace_regs_caller as *const () as u64 }
+fn stub(caller: Caller) -> Option<u64> {
+    match caller {
+        Caller::None => None,
+        Caller::Light => Some(ftrace_caller as *const () as u64),
+        Caller::Regs => Some(ftrace_regs_caller as *const () as u64),
+    }
 }
 
-/// Validates every record and turns each site's first nop into `mflr r0`.
+/// Validates every record and prepares its site (`ftrace_init_nop`).
 /// Returns (valid, rejected).
 #[notrace]
 pub(super) fn init() -> (usize, usize) {
     let mut sites = Vec::with_capacity(records().len());
     let mut rejected = 0;
     for &function in records() {
-        let first = text::local_entry(function);
-        let words = (text::read(first), text::read(first + 4));
-        if words != (NOP, NOP) {
-            println!(
-                "ftrace: rejected site of {} at {first:#x}: expected {NOP:08x} {NOP:08x}, found {:08x} {:08x}",
-                symbols::Symbolized(function),
-                words.0,
-                words.1
-            );
-            rejected += 1;
-            continue;
-        }
-        if let Err(error) = text::modify_code(first, NOP, MFLR_R0) {
-            println!("ftrace: rejected site: {error}");
-            rejected += 1;
-            continue;
-        }
+        let address = match ftrace_init_nop(function) {
+            Ok(address) => address,
+            Err(error) => {
+                println!("ftrace: rejected site of {}: {error}", symbols::Symbolized(function));
+                rejected += 1;
+                continue;
+            }
+        };
         let name = symbols::table().and_then(|table| table.lookup(function)).map_or("?", |(symbol, _)| symbol.name);
-        sites.push(Site { function, address: first + 4, name });
+        sites.push(Site { function, address, name });
     }
     let valid = sites.len();
     *STATES.lock() = vec![SiteState::default(); valid];
@@ -102,8 +98,12 @@ pub(super) fn retarget(site: &Site, state: SiteState, new_state: SiteState) -> R
     if old == new {
         return Ok(());
     }
-    let word = |caller: Caller| site_word(site.address, caller, stubs()).expect("stubs are within branch reach");
-    text::modify_code(site.address, word(old), word(new))
+    match (stub(old), stub(new)) {
+        (None, Some(new)) => ftrace_make_call(site.address, new),
+        (Some(old), None) => ftrace_make_nop(site.address, old),
+        (Some(old), Some(new)) => ftrace_modify_call(site.address, old, new),
+        (None, None) => Ok(()),
+    }
 }
 
 /// Applies `demand` (add or remove) to the sites at `indices`, patching as

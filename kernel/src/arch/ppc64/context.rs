@@ -1,4 +1,4 @@
-//! The context switch: save the callee-saved state of one thread, resume another.
+//! The context switch: save the callee-saved state of one thread, resume another; and the first switch to a new thread.
 use boot::MINIMAL_FRAME;
 use core::mem::{offset_of, size_of};
 
@@ -125,5 +125,37 @@ thread_start:
 
 unsafe extern "C" {
     /// Entry trampoline of new threads (assembly above).
-    pub fn thread_start();
+    fn thread_start();
+}
+
+/// Prepares the stack of a new thread, whose highest address is `stack_top`
+/// (exclusive), so that the first `switch_context` to it "returns" into
+/// `thread_start`, which calls `entry(argument)` with the kernel TOC (Linux:
+/// `copy_thread`). Returns the stack pointer to resume it with: a
+/// `SwitchFrame` below an outermost, empty frame.
+///
+/// # Safety
+/// `stack_top` is the top of a stack nobody uses yet.
+#[macros::notrace]
+pub unsafe fn copy_thread(stack_top: u64, entry: extern "C" fn(u64) -> !, argument: u64) -> u64 {
+    let top_frame = stack_top - MINIMAL_FRAME as u64;
+    let frame = top_frame - SWITCH_FRAME_SIZE as u64;
+    let mut nonvolatile = [0u64; 18]; // r14..r31
+    nonvolatile[0] = entry as *const () as u64; // r14: thread_start's entry
+    nonvolatile[1] = argument; // r15: its argument
+    let mut header = [0u64; MINIMAL_FRAME / 8];
+    header[0] = top_frame; // back chain to the outermost frame
+    // Safety: both frames lie inside the new, unused stack (the caller's promise).
+    unsafe {
+        (top_frame as *mut [u64; MINIMAL_FRAME / 8]).write([0; MINIMAL_FRAME / 8]);
+        (frame as *mut SwitchFrame).write(SwitchFrame {
+            header,
+            nonvolatile,
+            toc: super::registers::toc_pointer(),
+            condition: 0,
+            link: thread_start as *const () as u64,
+            padding: 0,
+        });
+    }
+    frame
 }

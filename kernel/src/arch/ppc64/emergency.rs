@@ -9,7 +9,7 @@
 //! resumes the interrupted thread) or ends the thread it runs for; it never
 //! switches away and comes back, so one stack per CPU is enough. Interrupts are
 //! off throughout.
-use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
+use super::thread_info::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use boot::{PerCpu, THREAD_SIZE};
 use core::mem::offset_of;
 use macros::notrace;

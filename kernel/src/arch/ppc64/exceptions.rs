@@ -14,7 +14,7 @@
 //!   emergency stack, so a report never eats into the thread's stack;
 //! - r1 already within the guard (overflow): the emergency stack, with
 //!   `result` saying which stack overflowed.
-use crate::thread::ThreadInfo;
+use super::thread_info::ThreadInfo;
 use boot::{MINIMAL_FRAME, PerCpu, THREAD_SIZE};
 use core::mem::{offset_of, size_of};
 use portable::instruction::spr;
@@ -227,7 +227,7 @@ exception_dispatch_return:
     "#,
     scratch = const offset_of!(PerCpu, exception_scratch),
     emergency = const offset_of!(PerCpu, emergency_stack),
-    decrementer = const crate::exception::vector::DECREMENTER,
+    decrementer = const super::vectors::DECREMENTER,
     thread_overflow = const THREAD_STACK_OVERFLOW,
     emergency_overflow = const EMERGENCY_STACK_OVERFLOW,
     percpu_toc = const offset_of!(PerCpu, toc),
@@ -239,7 +239,7 @@ exception_dispatch_return:
     regs = const REGS,
     sprg2 = const spr::SPRG2,
     msr_ri = const super::registers::Msr::RI.bits(),
-    dispatch = sym crate::exception::exception_dispatch,
+    dispatch = sym crate::arch::exception_dispatch,
     gprs = const gpr!(0),
     gpr0 = const gpr!(0),
     gpr1 = const gpr!(1),

@@ -1,5 +1,9 @@
 //! The -mprofile-kernel ftrace stubs: `ftrace_caller`, `ftrace_regs_caller`, `ftrace_stub`,
-//! the function-graph hooks, and the record they hand to handlers.
+//! the function-graph hooks, the record they hand to handlers, and the hooks
+//! that patch sites and stubs (named as Linux names them: `ftrace_init_nop`,
+//! `ftrace_make_call`, `ftrace_make_nop`, `ftrace_modify_call`,
+//! `ftrace_update_ftrace_func`, `ftrace_enable_ftrace_graph_caller`,
+//! `ftrace_disable_ftrace_graph_caller`).
 //!
 //! A traced function B starts, after its local entry point, with the site
 //! `mflr r0; bl ftrace_caller` (or `bl ftrace_regs_caller`). B has not built
@@ -7,9 +11,13 @@
 //! arguments 9 and up in its own parameter save area above r1. The stubs
 //! build their frame below r1, so they never touch those.
 use super::exceptions::PtRegs;
+use super::text::{self, TextError};
 use boot::{MINIMAL_FRAME, PerCpu};
 use core::mem::{offset_of, size_of};
+use core::sync::atomic::AtomicUsize;
 use macros::notrace;
+use portable::backchain::Backchain;
+use portable::instruction::{self, MFLR_R0, NOP};
 
 /// What a handler gets: the registers of the traced call. After the light
 /// stub only r2-r10, `link` (the return address into the caller) and `nip`
@@ -26,6 +34,30 @@ pub struct FtraceRegs {
     /// for a livepatch: the decision is by who changed nip, not whether.
     pub target: u64,
 }
+
+/// Always inlined (a method cannot be `#[notrace]`): handlers call them, and
+/// they must have no ftrace site of their own.
+impl FtraceRegs {
+    /// The return address into the traced function's caller (`link`): where
+    /// the traced function returns.
+    #[inline(always)]
+    pub fn return_address(&self) -> u64 {
+        self.regs.link
+    }
+
+    /// Makes the traced function return to `address` instead (the graph
+    /// tracer's `return_to_handler`).
+    #[inline(always)]
+    pub fn set_return_address(&mut self, address: u64) {
+        self.regs.link = address;
+    }
+}
+
+/// The ops the stubs pass to what `ftrace_call` calls (Linux:
+/// `function_trace_op`): the stubs read it, `trace::ops` sets it when it
+/// points `ftrace_call` at a single ops's handler.
+#[unsafe(no_mangle)]
+pub static FUNCTION_TRACE_OP: AtomicUsize = AtomicUsize::new(0);
 
 /// The frame both stubs push: an ELFv2 header, then the record.
 #[repr(C)]
@@ -248,9 +280,9 @@ ftrace_stubs_end:
     ip = const IP,
     target = const TARGET,
     percpu_toc = const offset_of!(PerCpu, toc),
-    trace_op = sym crate::trace::FUNCTION_TRACE_OP,
-    graph_entry = sym crate::trace::graph::ftrace_graph_entry,
-    graph_return = sym crate::trace::graph::ftrace_return_to_handler,
+    trace_op = sym FUNCTION_TRACE_OP,
+    graph_entry = sym crate::arch::ftrace_graph_entry,
+    graph_return = sym crate::arch::ftrace_return_to_handler,
     return_frame = const RETURN_FRAME_SIZE,
     return_toc = const offset_of!(ReturnFrame, toc),
     return_results = const offset_of!(ReturnFrame, results),
@@ -284,6 +316,9 @@ unsafe extern "C" {
     pub static ftrace_regs_graph_call: u32;
 }
 
+// The walk's frame layout is the ABI's the boot code follows.
+const _: () = assert!(portable::backchain::LINK_SAVE == boot::LINK_SAVE as u64);
+
 /// Frames `in_ftrace` looks at, at most.
 const WALK_FRAMES: usize = 64;
 
@@ -312,22 +347,105 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     if returns.contains(&link) {
         return true;
     }
-    let (low, high) = crate::thread::stack_bounds(stack_pointer);
-    let mut frame = stack_pointer;
-    for _ in 0..WALK_FRAMES {
-        let link_slot = frame + boot::LINK_SAVE as u64;
-        if frame < low || link_slot + 8 > high || !frame.is_multiple_of(16) {
-            return false;
-        }
-        // Safety: inside the interrupted thread's stack, checked above.
-        let (back_chain, saved_link) = unsafe { (*(frame as *const u64), *(link_slot as *const u64)) };
-        if returns.contains(&saved_link) {
+    let bounds = super::thread_info::stack_bounds(stack_pointer);
+    // Safety: the walk reads only aligned words inside `bounds`, the interrupted thread's stack.
+    let read = |address: u64| unsafe { *(address as *const u64) };
+    for frame in Backchain::new(stack_pointer, bounds, WALK_FRAMES, read) {
+        if returns.contains(&frame.saved_link) {
             return true;
         }
-        if back_chain <= frame {
-            return false;
-        }
-        frame = back_chain;
     }
     false
+}
+
+/// `bl target` at `site`: every call the hooks below write links (the
+/// stubs return to the word after it).
+#[notrace]
+fn call_word(site: u64, target: u64) -> u32 {
+    instruction::branch(site, target, true).expect("stubs and handlers are within branch reach of the kernel text")
+}
+
+/// Prepares the two nops the compiler put at the local entry of `function`
+/// (its global entry): the first becomes `mflr r0`, which the call in the
+/// second expects, and the second stays a nop until `ftrace_make_call`.
+/// Returns the site: the address of the second word, the one that becomes
+/// the call (and the `ip` handlers see). Either word not being a nop leaves
+/// both alone (Linux: `ftrace_init_nop`).
+#[notrace]
+pub fn ftrace_init_nop(function: u64) -> Result<u64, TextError> {
+    let first = text::local_entry(function);
+    let site = first + 4;
+    let found = text::read(site);
+    if found != NOP {
+        return Err(TextError::Mismatch { address: site, expected: NOP, found });
+    }
+    text::modify_code(first, NOP, MFLR_R0)?;
+    Ok(site)
+}
+
+/// Turns the nop at `site` into a call of the stub `target` (Linux: `ftrace_make_call`).
+#[notrace]
+pub fn ftrace_make_call(site: u64, target: u64) -> Result<(), TextError> {
+    text::modify_code(site, NOP, call_word(site, target))
+}
+
+/// Turns the call of `target` at `site` back into a nop (Linux: `ftrace_make_nop`).
+#[notrace]
+pub fn ftrace_make_nop(site: u64, target: u64) -> Result<(), TextError> {
+    text::modify_code(site, call_word(site, target), NOP)
+}
+
+/// Turns the call of `old_target` at `site` into a call of `new_target`
+/// (Linux: `ftrace_modify_call`): a site moves between the light and the
+/// SAVE_REGS stub in one store.
+#[notrace]
+pub fn ftrace_modify_call(site: u64, old_target: u64, new_target: u64) -> Result<(), TextError> {
+    text::modify_code(site, call_word(site, old_target), call_word(site, new_target))
+}
+
+/// Makes both stubs call `function` (a global entry) at `ftrace_call` and
+/// `ftrace_regs_call`, where they called `old_function` (Linux:
+/// `ftrace_update_ftrace_func`). The stubs hold the kernel TOC already, so
+/// the calls go to the functions' local entries.
+#[notrace]
+pub fn ftrace_update_ftrace_func(old_function: u64, function: u64) -> Result<(), TextError> {
+    let (old, new) = (text::local_entry(old_function), text::local_entry(function));
+    for site in [&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64] {
+        text::modify_code(site, call_word(site, old), call_word(site, new))?;
+    }
+    Ok(())
+}
+
+/// Makes both stubs call `ftrace_graph_caller` after the handler (Linux:
+/// `ftrace_enable_ftrace_graph_caller`).
+#[notrace]
+pub fn ftrace_enable_ftrace_graph_caller() -> Result<(), TextError> {
+    let target = ftrace_graph_caller as *const () as u64;
+    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
+        text::modify_code(site, NOP, call_word(site, target))?;
+    }
+    Ok(())
+}
+
+/// Puts the nops back at the stubs' graph call sites (Linux:
+/// `ftrace_disable_ftrace_graph_caller`).
+#[notrace]
+pub fn ftrace_disable_ftrace_graph_caller() -> Result<(), TextError> {
+    let target = ftrace_graph_caller as *const () as u64;
+    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
+        text::modify_code(site, call_word(site, target), NOP)?;
+    }
+    Ok(())
+}
+
+/// Traps when `value` lies below `limit` (unsigned): the handlers' stack room
+/// check. The trap is not a BUG site: r1 is within the exception guard then,
+/// so the entry reports a stack overflow from the emergency stack.
+#[notrace]
+#[inline(always)]
+pub fn trap_if_below(value: u64, limit: u64) {
+    // Safety: `td` with TO = 2 (logically less than) only traps.
+    unsafe {
+        core::arch::asm!("td 2, {value}, {limit}", value = in(reg) value, limit = in(reg) limit, options(nomem, nostack))
+    };
 }

@@ -9,7 +9,9 @@
 //! r1 while C runs. The TOC and the return address therefore go on the
 //! per-thread livepatch stack, which grows up from just above
 //! `STACK_END_MAGIC` in `thread_info`.
-use crate::thread::ThreadInfo;
+use super::bug::bug_entry_macro;
+use super::ftrace::FtraceRegs;
+use super::thread_info::ThreadInfo;
 use boot::{PerCpu, THREAD_SIZE};
 use core::mem::{offset_of, size_of};
 
@@ -75,10 +77,24 @@ pub fn entering(nip: u64) -> bool {
     let returned = unsafe { livepatch_handler_windows.returned };
     (start..start + returned).contains(&nip)
 }
+
+/// Makes the traced call continue in `replacement` (a global entry) instead
+/// of the traced function (Linux: `klp_arch_set_pc`): through
+/// `livepatch_handler`, which keeps the caller's TOC and return address on
+/// the livepatch stack around the call. The stub hands the replacement to
+/// the handler in r11 (`FtraceRegs::target`). Inlined into the livepatch
+/// core's handler, which stays a leaf.
+#[macros::notrace]
+#[inline(always)]
+pub fn klp_arch_set_pc(regs: &mut FtraceRegs, replacement: u64) {
+    regs.regs.nip = livepatch_handler as *const () as u64;
+    regs.target = replacement;
+}
+
 const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
 
 core::arch::global_asm!(
-    crate::bug_entry_macro!(),
+    bug_entry_macro!(),
     r#"
     .text
     # livepatch_handler

@@ -1,5 +1,21 @@
-//! ppc64le on the PAPR pseries platform: registers, hypervisor calls, RTAS,
-//! Open Firmware, exceptions and the context switch.
+//! ppc64le (ELFv2, little-endian) on the PAPR pseries platform: everything in the kernel that knows the machine.
+//!
+//! - `bug`: how a BUG is placed: the trap, its `.bug_table` record, the `bug!` and `bug_entry` macros.
+//! - `cache`: making instruction fetch see written instructions (`dcbst`, `icbi`).
+//! - `context`: `switch_context`, and `copy_thread`, the first switch to a new thread.
+//! - `emergency`: the per-CPU emergency stack, where reports and kills run.
+//! - `exceptions`: `exception_common`, the entry that saves `PtRegs`, and the exception stack budget.
+//! - `ftrace`: the ftrace stubs, `FtraceRegs`, `in_ftrace`, and the hooks that patch sites and stubs.
+//! - `hcall`: hypervisor calls (`sc 1`).
+//! - `interrupts`: MSR[EE] on and off, and waiting for an interrupt (H_CEDE).
+//! - `livepatch`: `livepatch_handler`, its livepatch stack frames, and `klp_arch_set_pc`.
+//! - `openfirmware`: the Open Firmware client interface, used once to flatten the device tree.
+//! - `registers`: MSR bits, timebase, decrementer, r1, r2 and r13 (the per-CPU area).
+//! - `rtas`: RTAS calls (power off, os-term).
+//! - `text`: the one way to change kernel text: check, write, flush.
+//! - `thread_info`: the block at the base of every thread stack, and the stack bounds.
+//! - `vectors`: the exception vector slots written at boot, and the vector numbers.
+pub mod bug;
 pub mod cache;
 pub mod context;
 pub mod emergency;
@@ -12,4 +28,5 @@ pub mod openfirmware;
 pub mod registers;
 pub mod rtas;
 pub mod text;
+pub mod thread_info;
 pub mod vectors;

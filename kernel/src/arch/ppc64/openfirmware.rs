@@ -4,11 +4,11 @@
 //! entry (r5). Like Linux's prom_init, the kernel walks the firmware's tree
 //! with `finddevice`/`child`/`peer`/`nextprop`/`getprop` and writes a
 //! flattened copy, before it takes over the low memory the firmware lives in.
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use portable::devicetree::{FdtError, FdtWriter};
 
-/// The longest property value the walk copies (longer ones are skipped with a note).
-const PROPERTY_CAPACITY: usize = 16 * 1024;
+/// The longest property value the walk copies (longer ones are skipped and counted).
+pub const PROPERTY_CAPACITY: usize = 16 * 1024;
 /// Room for a property name and its NUL. IEEE 1275 allows 31 characters, but
 /// QEMU has longer names ("ibm,query-interrupt-source-number"); a truncated
 /// name would end the `nextprop` walk early, as Linux's 64 bytes avoid too.
@@ -50,6 +50,8 @@ impl From<FdtError> for FlattenError {
 /// The firmware's client interface entry point.
 pub struct OpenFirmware {
     entry: u64,
+    /// Properties too long to copy so far.
+    skipped: Cell<usize>,
 }
 
 /// Scratch for property values: boot runs on one CPU, before threads.
@@ -61,7 +63,7 @@ static PROPERTY: Scratch = Scratch(UnsafeCell::new([0; PROPERTY_CAPACITY]));
 impl OpenFirmware {
     /// Wraps the entry the firmware passed in r5.
     pub fn new(entry: u64) -> Self {
-        OpenFirmware { entry }
+        OpenFirmware { entry, skipped: Cell::new(0) }
     }
 
     /// Calls `service` (NUL-terminated) with `arguments`; returns the first result.
@@ -113,10 +115,12 @@ impl OpenFirmware {
         }
     }
 
-    /// Writes the whole firmware tree into `writer`.
-    pub fn flatten(&self, writer: &mut FdtWriter) -> Result<(), FlattenError> {
+    /// Writes the whole firmware tree into `writer`. Returns how many
+    /// properties were left out for being longer than PROPERTY_CAPACITY.
+    pub fn flatten(&self, writer: &mut FdtWriter) -> Result<usize, FlattenError> {
         let root = self.finddevice(b"/\0")?;
-        self.flatten_node(root, writer, 0, true)
+        self.flatten_node(root, writer, 0, true)?;
+        Ok(self.skipped.get())
     }
 
     fn flatten_node(
@@ -176,7 +180,7 @@ impl OpenFirmware {
                     writer.property(property_name, &value[..length])?;
                 }
             } else if length != u32::MAX {
-                crate::println!("devicetree: skipping a {length}-byte property");
+                self.skipped.set(self.skipped.get() + 1);
             }
             previous = name;
         }

@@ -12,14 +12,21 @@ pub enum TextError {
     Misaligned { address: u64 },
 }
 
+impl TextError {
+    /// The instruction's address.
+    pub fn address(&self) -> u64 {
+        match *self {
+            TextError::Mismatch { address, .. } | TextError::Misaligned { address } => address,
+        }
+    }
+}
+
 impl fmt::Display for TextError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            TextError::Mismatch { address, expected, found } => write!(
-                formatter,
-                "text at {address:#x} ({}): expected {expected:08x} != found {found:08x}",
-                crate::symbols::Symbolized(address)
-            ),
+            TextError::Mismatch { address, expected, found } => {
+                write!(formatter, "text at {address:#x}: expected {expected:08x} != found {found:08x}")
+            }
             TextError::Misaligned { address } => write!(formatter, "text address {address:#x} is not 4-byte aligned"),
         }
     }
