@@ -17,4 +17,5 @@ pub mod graph;
 pub mod instruction;
 pub mod module;
 pub mod ring;
+pub mod sorted;
 pub mod symbols;

@@ -26,6 +26,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
 use portable::instruction;
+use portable::sorted::difference;
 
 /// A handler: `ip` is the traced site, `parent_ip` the return address into the caller.
 pub type Handler = extern "C" fn(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs);
@@ -215,35 +216,6 @@ pub fn update(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceEr
     }
     publish_sites(ops, sites::addresses(&new));
     Ok(new.len())
-}
-
-/// (in `new` but not `old`, in `old` but not `new`), both inputs sorted.
-#[notrace]
-fn difference(new: &[usize], old: &[usize]) -> (Vec<usize>, Vec<usize>) {
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < new.len() || j < old.len() {
-        match (new.get(i), old.get(j)) {
-            (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) if a < b => {
-                added.push(*a);
-                i += 1;
-            }
-            (Some(a), None) => {
-                added.push(*a);
-                i += 1;
-            }
-            (_, Some(b)) => {
-                removed.push(*b);
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    (added, removed)
 }
 
 /// A copy of the site addresses `ops` traces.
