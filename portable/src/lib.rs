@@ -2,8 +2,9 @@
 //!
 //! Everything here is `no_std` when built for the kernel. Modules hold data
 //! formats shared by the kernel and the host tools (symbol table, BUG table),
-//! the Power ISA instruction encodings the kernel patches into its own text, and
-//! the device tree code.
+//! the Power ISA instruction encodings the kernel patches into its own text,
+//! the device tree code, how the kernel publishes tables to readers that take
+//! no lock (`published`), and operations on sorted lists (`sorted`).
 
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
@@ -16,6 +17,7 @@ pub mod ftrace;
 pub mod graph;
 pub mod instruction;
 pub mod module;
+pub mod published;
 pub mod ring;
 pub mod sorted;
 pub mod symbols;
