@@ -406,18 +406,25 @@ mod tests {
     struct Sections(Arc<Vec<AtomicU64>>);
 
     impl Sections {
-        fn enter(&self, reader: usize) {
+        /// Enters `reader`'s section, left when the guard drops (also when
+        /// the reader panics, so a failing reader never stalls the writer).
+        fn enter(&self, reader: usize) -> Section<'_> {
             self.0[reader].fetch_add(1, Ordering::Relaxed);
             // Orders the counter's store before the reader's load of the pointer.
             fence(Ordering::SeqCst);
-        }
-
-        fn leave(&self, reader: usize) {
-            self.0[reader].fetch_add(1, Ordering::Release);
+            Section(&self.0[reader])
         }
     }
 
-    // Safety: a reader's section runs from `enter` to `leave`; both fences
+    struct Section<'a>(&'a AtomicU64);
+
+    impl Drop for Section<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    // Safety: a reader's section runs from `enter` to the guard's drop; both fences
     // (here and in `enter`) order the pointer swap against the counters, so
     // a counter seen even belongs to a reader outside any section or one that
     // will load the new pointer, and an odd one is waited for.
@@ -450,8 +457,8 @@ mod tests {
                 std::thread::spawn(move || {
                     let (mut count, mut last, mut seen) = (0u64, 0u64, 0u64);
                     while !done.load(Ordering::Relaxed) {
-                        sections.enter(reader);
-                        // Safety: inside this thread's section until `leave`.
+                        let section = sections.enter(reader);
+                        // Safety: inside this thread's section until `section` drops.
                         let value = unsafe { published.read() };
                         let first = value.whole().expect("a whole, live value");
                         assert!(first >= last, "generations only grow: {last} then {first}");
@@ -464,7 +471,7 @@ mod tests {
                             }
                         }
                         assert_eq!(value.whole(), Some(first), "the value changed or was freed under its reader");
-                        sections.leave(reader);
+                        drop(section);
                         seen += u64::from(first != last);
                         (count, last) = (count + 1, first);
                         reads.fetch_add(1, Ordering::Relaxed);
