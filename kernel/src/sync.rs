@@ -1,4 +1,4 @@
-//! Locks for data shared between threads: a spin lock that keeps its holder from being preempted.
+//! Data shared between threads: a spin lock that keeps its holder from being preempted, and `Published` values read without one.
 //!
 //! On one CPU a plain spin lock is a trap: a thread preempted while holding
 //! it leaves the next locker spinning, and if that locker has preemption
@@ -6,8 +6,15 @@
 //! Like Linux's `spin_lock`, this lock disables preemption for as long as it
 //! is held. Locks also taken by interrupt handlers (console, heap,
 //! scheduler) disable interrupts instead.
+//!
+//! Tables read on every traced call (the ftrace ops list, each ops's sites,
+//! the livepatch redirect table) are [`Published`] values: readers take no
+//! lock, writers (serialised by a lock) replace the value and the old one is
+//! freed after the grace period of [`NonPreemptibleReaders`].
 use crate::thread::{PreemptGuard, preempt_disable};
 use core::ops::{Deref, DerefMut};
+use core::sync::atomic::Ordering;
+use portable::published::Readers;
 
 /// A spin lock whose holder cannot be preempted.
 pub struct Mutex<T> {
@@ -44,4 +51,33 @@ impl<T> DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.guard
     }
+}
+
+/// A value read on hot paths without a lock (`portable::published`), whose
+/// readers are [`NonPreemptibleReaders`].
+pub type Published<T> = portable::published::Published<T, NonPreemptibleReaders>;
+
+/// The readers of the kernel's [`Published`] values: code the scheduler
+/// does not preempt. A read-side section is a stub or a handler called from
+/// one (the timer does not preempt a context the arch's `in_ftrace`
+/// places there), or code that runs with preemption disabled
+/// (`thread::preempt_disable`, a [`Mutex`] held) and neither yields nor
+/// sleeps while it uses the value. Writers run in thread context.
+/// (`thread::synchronize` is the grace period for readers that may be
+/// preempted, such as callers into a module; these readers need none.)
+pub struct NonPreemptibleReaders;
+
+// Safety: one CPU. A read-side section is never preempted, so once it has
+// begun this CPU runs nothing else until it ends, except interrupts, which
+// finish before it resumes. A writer runs in thread context, so it runs only
+// when every section that loaded the value it retires has ended (its own,
+// if it is in one, does not use that value after retiring it): the grace
+// period is over before it is asked for. One CPU also sees its own stores in
+// program order, so `Relaxed` loads suffice. SMP must change both: wait until
+// every other CPU has passed a point outside any section, and load with
+// `Acquire` (the pairing `portable::published` describes).
+unsafe impl Readers for NonPreemptibleReaders {
+    const LOAD_ORDERING: Ordering = Ordering::Relaxed;
+    #[inline(always)]
+    fn wait_for_readers(&self) {}
 }

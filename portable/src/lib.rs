@@ -3,8 +3,9 @@
 //! Everything here is `no_std` when built for the kernel. Modules hold data
 //! formats shared by the kernel and the host tools (symbol table, BUG table),
 //! the Power ISA instruction encodings the kernel patches into its own text,
-//! the device tree code, the livepatch core's bookkeeping and planning, and
-//! the ELFv2 back-chain stack walk.
+//! the device tree code, the livepatch core's bookkeeping and planning, the
+//! ELFv2 back-chain stack walk, how the kernel publishes tables to readers
+//! that take no lock (`published`), and operations on sorted lists (`sorted`).
 
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
@@ -20,7 +21,9 @@ pub mod input_line;
 pub mod instruction;
 pub mod livepatch;
 pub mod module;
+pub mod published;
 pub mod ring;
 pub mod schedule;
 pub mod site_table;
+pub mod sorted;
 pub mod symbols;

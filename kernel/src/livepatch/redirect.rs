@@ -12,10 +12,9 @@
 //! not a walk over one ops per function.
 use super::Stack;
 use crate::arch::livepatch::klp_arch_set_pc;
+use crate::sync::{NonPreemptibleReaders, Published};
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
-use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, Ordering};
 use macros::notrace;
 
 /// The livepatch core's ftrace ops.
@@ -27,21 +26,20 @@ struct Targets {
     pairs: Vec<(u64, u64)>,
 }
 
-/// The table before the first patch: empty, never freed, so the handler
-/// needs no null check.
+/// The table before the first patch.
 static NO_TARGETS: Targets = Targets { pairs: Vec::new() };
 
-static TARGETS: AtomicPtr<Targets> = AtomicPtr::new(&raw const NO_TARGETS as *mut Targets);
+/// The table the handler searches; replaced by `apply`, under the livepatch lock.
+static TARGETS: Published<Targets> = Published::new(&NO_TARGETS, NonPreemptibleReaders);
 
 /// Runs on every call of a patched function: kept a leaf with no bounds
 /// checks (the search stays within the table), so it needs no stack frame.
 #[notrace]
 extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
-    // Relaxed is enough: one CPU, and the table is published before the sites
-    // that lead here are switched on.
-    // Safety: NO_TARGETS or a table published by `publish`, freed only after
-    // being replaced, with no handler running (never preempted, one CPU).
-    let pairs = unsafe { &(*TARGETS.load(Ordering::Relaxed)).pairs };
+    // The table is published before the sites that lead here are switched on.
+    // Safety: a handler, which the scheduler does not preempt: a read-side
+    // section (`NonPreemptibleReaders`).
+    let pairs = unsafe { &TARGETS.read().pairs };
     let (mut low, mut high) = (0, pairs.len());
     while low < high {
         let middle = low + (high - low) / 2;
@@ -68,7 +66,7 @@ pub fn apply(functions: &[(u64, Stack)]) -> Result<(), FtraceError> {
         .iter()
         .filter_map(|(_, stack)| stack.replacements.last().map(|(_, new)| (stack.site, *new)))
         .collect();
-    let previous = publish(Targets { pairs });
+    let previous = TARGETS.replace_retaining(Targets { pairs });
     let entries: Vec<u64> =
         functions.iter().filter(|(_, stack)| !stack.replacements.is_empty()).map(|(entry, _)| *entry).collect();
     let result = if entries.is_empty() {
@@ -78,28 +76,13 @@ pub fn apply(functions: &[(u64, Stack)]) -> Result<(), FtraceError> {
     };
     match result {
         Ok(()) => {
-            free(previous);
+            // Freed after the grace period.
+            drop(previous);
             Ok(())
         }
         Err(error) => {
-            free(publish_raw(previous));
+            previous.restore();
             Err(error)
         }
-    }
-}
-
-fn publish(targets: Targets) -> *mut Targets {
-    publish_raw(Box::into_raw(Box::new(targets)))
-}
-
-fn publish_raw(targets: *mut Targets) -> *mut Targets {
-    TARGETS.swap(targets, Ordering::AcqRel)
-}
-
-fn free(targets: *mut Targets) {
-    if !targets.is_null() && !core::ptr::eq(targets, &NO_TARGETS) {
-        // Safety: from Box::into_raw in `publish`, no longer published, and no
-        // handler is running (preemption off, one CPU).
-        drop(unsafe { Box::from_raw(targets) });
     }
 }

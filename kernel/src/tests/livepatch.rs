@@ -324,6 +324,29 @@ fn stacked_patches_fall_back_in_order() {
     assert_eq!(stacked_original(), 1, "back to the original");
 }
 
+#[livepatchable]
+fn stacked_busy() -> u64 {
+    black_box(4)
+}
+
+#[ktest]
+fn a_patch_refused_on_top_of_another_leaves_the_redirect_table_as_it_was() {
+    let name = "kernel::tests::livepatch::stacked_original";
+    let busy = "kernel::tests::livepatch::stacked_busy";
+    enable("stack-first", &[(name, None, address(stacked_first as *const ()))]).unwrap();
+    trace::register(&OTHER_IPMODIFY, Filter::Names(&[busy])).unwrap();
+    let second = address(stacked_second as *const ());
+    let error = enable("stack-refused", &[(name, None, second), (busy, None, second)]).unwrap_err();
+    trace::unregister(&OTHER_IPMODIFY).unwrap();
+    assert!(matches!(error, LivepatchError::Busy { .. }), "{error}");
+    // The refused patch's table was published before ftrace refused; it must
+    // not stay: the first patch's site is still on and reads the table.
+    assert_eq!(stacked_original(), 2, "the enabled patch still runs");
+    assert_eq!(stacked_busy(), 4);
+    retire("stack-first");
+    assert_eq!(stacked_original(), 1, "back to the original");
+}
+
 // ---- 5. Marker corruption ----------------------------------------------------
 
 #[livepatchable]

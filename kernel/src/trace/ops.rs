@@ -14,17 +14,17 @@ use super::{FUNCTION_TRACE_OP, FtraceRegs};
 use crate::arch::ftrace::{FTRACE_REGS_LOWEST, ftrace_stub, ftrace_update_ftrace_func, trap_if_below};
 use crate::arch::text::TextError;
 use crate::symbols::Symbolized;
-use crate::sync::Mutex;
+use crate::sync::{Mutex, NonPreemptibleReaders, Published};
 use crate::thread::{self, current_thread_info};
-use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use macros::notrace;
 use portable::ftrace::{Demand, SiteError};
 use portable::site_table::search_sorted;
+use portable::sorted::difference;
 
 /// A handler: `ip` is the traced site, `parent_ip` the return address into the caller.
 pub type Handler = extern "C" fn(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs);
@@ -47,22 +47,24 @@ pub struct FtraceOps {
     pub name: &'static str,
     pub handler: Handler,
     pub flags: OpsFlags,
-    /// Sorted site addresses this ops traces (a leaked `Vec`), null when unregistered.
-    sites: AtomicPtr<Vec<u64>>,
+    /// Sorted site addresses this ops traces, `NO_SITES` when unregistered.
+    sites: Published<Vec<u64>>,
 }
+
+/// The sites of an unregistered ops.
+static NO_SITES: Vec<u64> = Vec::new();
 
 impl FtraceOps {
     /// An unregistered ops.
     pub const fn new(name: &'static str, handler: Handler, flags: OpsFlags) -> Self {
-        FtraceOps { name, handler, flags, sites: AtomicPtr::new(core::ptr::null_mut()) }
+        FtraceOps { name, handler, flags, sites: Published::new(&NO_SITES, NonPreemptibleReaders) }
     }
 
     /// Number of sites it traces (0 when unregistered).
     pub fn site_count(&self) -> usize {
-        let sites = self.sites.load(Ordering::Acquire);
-        // Safety: non-null pointers come from Box::into_raw in `register` and
-        // are freed only after being swapped out, with preemption disabled.
-        if sites.is_null() { 0 } else { unsafe { (*sites).len() } }
+        let _preempt = thread::preempt_disable();
+        // Safety: preemption is off, a read-side section (`NonPreemptibleReaders`).
+        unsafe { self.sites.read() }.len()
     }
 
     fn demand(&self) -> Demand {
@@ -74,13 +76,13 @@ impl FtraceOps {
     }
 }
 
-/// Whether `ops` traces the site at `ip`.
+/// Whether `ops` traces the site at `ip`. Call from a handler.
 #[notrace]
 #[inline(always)]
 pub fn traces(ops: &FtraceOps, ip: u64) -> bool {
-    let sites = ops.sites.load(Ordering::Acquire);
-    // Safety: as in `site_count`.
-    !sites.is_null() && search_sorted(unsafe { &*sites }, ip).is_some()
+    // Safety: in a handler, which the scheduler does not preempt: a read-side
+    // section (`NonPreemptibleReaders`).
+    search_sorted(unsafe { ops.sites.read() }, ip).is_some()
 }
 
 /// Which functions an ops traces.
@@ -128,7 +130,9 @@ impl fmt::Display for FtraceError {
 /// Registered ops, in registration order (changed only with preemption off).
 static REGISTRY: Mutex<Vec<&'static FtraceOps>> = Mutex::new(Vec::new());
 /// The same list for `ftrace_ops_list`, which must not take locks.
-static LIST: AtomicPtr<Vec<&'static FtraceOps>> = AtomicPtr::new(core::ptr::null_mut());
+static LIST: Published<Vec<&'static FtraceOps>> = Published::new(&NO_OPS, NonPreemptibleReaders);
+/// The list before the first registration.
+static NO_OPS: Vec<&'static FtraceOps> = Vec::new();
 /// The function `ftrace_call` and `ftrace_regs_call` branch to now (0 = ftrace_stub).
 static CALL_TARGET: AtomicU64 = AtomicU64::new(0);
 /// Whether that function uses `FUNCTION_TRACE_OP` (a single ops's handler, or `ftrace_ops_assist`).
@@ -144,17 +148,16 @@ pub fn register(ops: &'static FtraceOps, filter: Filter) -> Result<usize, Ftrace
         return Err(FtraceError::AlreadyRegistered(ops.name));
     }
     let indices = resolve(&filter)?;
-    let old_sites = ops.sites.swap(Box::into_raw(Box::new(sites::addresses(&indices))), Ordering::AcqRel);
-    debug_assert!(old_sites.is_null());
+    ops.sites.replace(sites::addresses(&indices));
     let mut list = registry.clone();
     list.push(ops);
     if let Err(error) = set_call_target(&list) {
-        release_sites(ops);
+        ops.sites.clear();
         return Err(FtraceError::Text(error));
     }
     if let Err(error) = sites::apply(&indices, ops.demand(), true) {
         let _ = set_call_target(&registry);
-        release_sites(ops);
+        ops.sites.clear();
         return Err(apply_error(&registry, error));
     }
     registry.push(ops);
@@ -180,65 +183,27 @@ pub fn update(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceEr
     // Publish the union first, so a site switched on below is recognised at once.
     let mut union = new.clone();
     union.extend(removed.iter().copied());
-    publish_sites(ops, sites::addresses(&union));
+    ops.sites.replace(sites::addresses(&union));
     if let Err(error) = sites::apply(&added, ops.demand(), true) {
-        publish_sites(ops, sites::addresses(&old));
+        ops.sites.replace(sites::addresses(&old));
         return Err(apply_error(&registry, error));
     }
     if let Err(error) = sites::apply(&removed, ops.demand(), false) {
         let _ = sites::apply(&added, ops.demand(), false);
-        publish_sites(ops, sites::addresses(&old));
+        ops.sites.replace(sites::addresses(&old));
         return Err(apply_error(&registry, error));
     }
-    publish_sites(ops, sites::addresses(&new));
+    ops.sites.replace(sites::addresses(&new));
     Ok(new.len())
-}
-
-/// (in `new` but not `old`, in `old` but not `new`), both inputs sorted.
-#[notrace]
-fn difference(new: &[usize], old: &[usize]) -> (Vec<usize>, Vec<usize>) {
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < new.len() || j < old.len() {
-        match (new.get(i), old.get(j)) {
-            (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) if a < b => {
-                added.push(*a);
-                i += 1;
-            }
-            (Some(a), None) => {
-                added.push(*a);
-                i += 1;
-            }
-            (_, Some(b)) => {
-                removed.push(*b);
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    (added, removed)
 }
 
 /// A copy of the site addresses `ops` traces.
 #[notrace]
 fn current_sites(ops: &FtraceOps) -> Vec<u64> {
-    let sites = ops.sites.load(Ordering::Acquire);
-    // Safety: as in `site_count`.
-    if sites.is_null() { Vec::new() } else { unsafe { (*sites).clone() } }
-}
-
-/// Replaces the site set of `ops`, freeing the old one.
-#[notrace]
-fn publish_sites(ops: &FtraceOps, addresses: Vec<u64>) {
-    let old = ops.sites.swap(Box::into_raw(Box::new(addresses)), Ordering::AcqRel);
-    if !old.is_null() {
-        // Safety: from Box::into_raw; no handler runs meanwhile (preemption off, one CPU).
-        drop(unsafe { Box::from_raw(old) });
-    }
+    // Safety: callers hold the registry lock, so preemption is off: a
+    // read-side section (`NonPreemptibleReaders`); the copy is made before
+    // they replace the sites.
+    unsafe { ops.sites.read() }.clone()
 }
 
 /// Unpatches the sites of `ops` and removes it. When it returns, no thread is
@@ -256,7 +221,7 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
     list.remove(position);
     set_call_target(&list).map_err(FtraceError::Text)?;
     registry.remove(position);
-    release_sites(ops);
+    ops.sites.clear();
     Ok(())
 }
 
@@ -270,16 +235,6 @@ pub fn registered() -> Vec<&'static str> {
 #[notrace]
 pub fn registered_ops() -> Vec<&'static FtraceOps> {
     REGISTRY.lock().clone()
-}
-
-#[notrace]
-fn release_sites(ops: &FtraceOps) {
-    let sites = ops.sites.swap(core::ptr::null_mut(), Ordering::AcqRel);
-    if !sites.is_null() {
-        // Safety: from Box::into_raw in `register`; no handler can be reading
-        // it (preemption is off and this CPU is here).
-        drop(unsafe { Box::from_raw(sites) });
-    }
 }
 
 #[notrace]
@@ -361,12 +316,7 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
         branch_call_sites(target, target_uses_op)?;
         FUNCTION_TRACE_OP.store(op, Ordering::Release);
     }
-    let old_list = LIST.swap(Box::into_raw(Box::new(list.to_vec())), Ordering::AcqRel);
-    if !old_list.is_null() {
-        // Safety: from Box::into_raw above; walkers run only with preemption
-        // disabled, and this thread is not walking.
-        drop(unsafe { Box::from_raw(old_list) });
-    }
+    LIST.replace(list.to_vec());
     Ok(())
 }
 
@@ -443,13 +393,9 @@ extern "C" fn ftrace_ops_assist(ip: u64, parent_ip: u64, ops: &FtraceOps, regs: 
 #[notrace]
 extern "C" fn ftrace_ops_list(ip: u64, parent_ip: u64, _ops: &FtraceOps, regs: &mut FtraceRegs) {
     check_stack_room(regs);
-    let list = LIST.load(Ordering::Acquire);
-    if list.is_null() {
-        return;
-    }
-    // Safety: published by set_call_target and freed only with preemption off
-    // while no walker runs.
-    let list = unsafe { &*list };
+    // Safety: a handler, which the scheduler does not preempt: a read-side
+    // section (`NonPreemptibleReaders`).
+    let list = unsafe { LIST.read() };
     let mut index = 0;
     while index < list.len() {
         let ops = list[index];
