@@ -184,10 +184,21 @@ pub fn same_bytes(left: &[u8], right: &[u8]) -> bool {
 /// the handler free of calls into traced code and of call overhead.
 #[inline(always)]
 pub fn search_sorted(sorted: &[u64], key: u64) -> Option<usize> {
-    let (mut low, mut high) = (0, sorted.len());
+    search_by(sorted.len(), key, |index| sorted[index])
+}
+
+/// Index of `key` among `length` ascending keys, where `key_at(index)` reads
+/// the key at `index` (always `< length`): the one binary search of the
+/// traced paths. Callers whose table is not a plain `[u64]` (the livepatch
+/// handler's (site, replacement) pairs) read their keys through `key_at`,
+/// without a bounds check if they wish, so that the handler stays a leaf.
+/// Inlined with its closure, so it calls nothing.
+#[inline(always)]
+pub fn search_by(length: usize, key: u64, key_at: impl Fn(usize) -> u64) -> Option<usize> {
+    let (mut low, mut high) = (0, length);
     while low < high {
         let middle = low + (high - low) / 2;
-        let candidate = sorted[middle];
+        let candidate = key_at(middle);
         if candidate == key {
             return Some(middle);
         } else if candidate < key {
@@ -372,6 +383,24 @@ mod tests {
             assert_eq!(search_sorted(&sorted, 0), None, "below");
             assert_eq!(search_sorted(&sorted, length * 10 + 5), None, "above");
             assert_eq!(search_sorted(&sorted, u64::MAX), None, "far above");
+        }
+    }
+
+    #[test]
+    fn search_by_reads_only_indices_below_the_length() {
+        // The livepatch handler reads its pairs unchecked on this promise.
+        let pairs: Vec<(u64, u64)> = (0..9).map(|index| (100 + 8 * index, index)).collect();
+        for length in 0..=pairs.len() {
+            for key in (90..=180).step_by(4) {
+                let asked = core::cell::RefCell::new(Vec::new());
+                let found = search_by(length, key, |index| {
+                    asked.borrow_mut().push(index);
+                    pairs[index].0
+                });
+                assert!(asked.borrow().iter().all(|&index| index < length), "{:?} of {length}", asked.borrow());
+                let expected = pairs[..length].iter().position(|pair| pair.0 == key);
+                assert_eq!(found, expected, "key {key} among {length}");
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use crate::sync::{NonPreemptibleReaders, Published};
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::vec::Vec;
 use macros::notrace;
+use portable::site_table::search_by;
 
 /// The livepatch core's ftrace ops.
 pub static LIVEPATCH_OPS: FtraceOps =
@@ -40,20 +41,10 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
     // Safety: a handler, which the scheduler does not preempt: a read-side
     // section (`NonPreemptibleReaders`).
     let pairs = unsafe { &TARGETS.read().pairs };
-    let (mut low, mut high) = (0, pairs.len());
-    while low < high {
-        let middle = low + (high - low) / 2;
-        // Safety: low <= middle < high <= len.
-        let (site, replacement) = unsafe { *pairs.get_unchecked(middle) };
-        if site == ip {
-            klp_arch_set_pc(regs, replacement);
-            return;
-        }
-        if site < ip {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
+    // Safety (both reads): `search_by` asks only for indices below the length.
+    let found = search_by(pairs.len(), ip, |index| unsafe { pairs.get_unchecked(index).0 });
+    if let Some(index) = found {
+        klp_arch_set_pc(regs, unsafe { pairs.get_unchecked(index).1 });
     }
 }
 
