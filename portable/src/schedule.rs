@@ -17,6 +17,10 @@ pub struct Switch {
 ///   tail (the queue has already lost its head, so it goes behind everyone).
 /// - With nothing ready, a runnable `current` keeps the CPU (`None`: no switch),
 ///   and a current that blocked, slept or died gives it to `idle`.
+///
+/// `ready` never holds `current` (the kernel's `schedule` keeps a
+/// sleeper that is still running out of it), so `next` is never `current`:
+/// a switch from a thread to itself would resume it from a stale frame.
 pub fn pick_next(ready: &mut VecDeque<u64>, current: u64, current_runnable: bool, idle: u64) -> Option<Switch> {
     let requeue_current = current_runnable && current != idle;
     let next = match ready.pop_front() {

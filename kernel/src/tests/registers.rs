@@ -1,4 +1,4 @@
-//! Register-preservation tests of every asm path: patterned registers around traced, graph-traced, livepatched, preempted and yielding calls.
+//! Register-preservation tests of every asm path: patterned registers around traced, graph-traced, livepatched, preempted, yielding and sleeping calls.
 //!
 //! Each test loads a known pattern into every register the path must keep
 //! (a poisoned r2, r14-r31, the whole CR, XER, CTR, LR), goes through the path
@@ -560,6 +560,60 @@ fn yielding_threads_keep_their_own_nonvolatile_registers() {
         .collect();
     for worker in workers {
         assert_eq!(worker.join(), ExitStatus::Returned);
+    }
+}
+
+/// Yields from a frame 2 KiB below its caller's, so that the switch away
+/// leaves this thread's saved r1 far below where its later calls put their
+/// frames (and the frame there is overwritten once it runs again).
+#[inline(never)]
+fn yield_from_a_deep_frame() {
+    let mut padding = [0u64; 256];
+    black_box(&mut padding);
+    thread::yield_now();
+    black_box(&mut padding);
+}
+
+/// The end-to-end crash, made certain. A thread whose sleep is already over
+/// when `schedule` looks (here a 0 ms sleep; there a 10 ms one in a guest
+/// the host had stalled) was woken by that same `schedule` and, nothing else
+/// being ready, picked as the next thread: `switch_context` from the thread
+/// to itself loaded its saved r1, stale while it runs (its last switch away,
+/// here from the deep frame above, overwritten since), and resumed it with
+/// what lay there: wrong r2 and non-volatiles, a return into data. The first
+/// sleep fails that way through `sleep_milliseconds`' own `schedule`; the
+/// jittered ticks also land between its marking the thread Sleeping and
+/// `schedule` (tens of times a run), where the timer's `schedule` did the
+/// same: the way the shell thread crashed.
+#[ktest]
+fn a_thread_whose_sleep_is_over_before_it_switches_away_keeps_running_with_its_registers() {
+    let _jitter = Jitter::on(0x51ee_7e11);
+    let mut input = pattern(24);
+    input.gpr[2] = toc_pointer();
+    input.gpr[3] = 0; // sleep_milliseconds(0): over before `schedule` looks
+    let ticks = crate::time::ticks();
+    let mut round = 0;
+    // Until 300 ticks have come (the first jittered one once the 10 ms interval armed before is over).
+    while crate::time::ticks() - ticks < 300 {
+        assert!(round < 10_000, "only {} ticks in {round} rounds", crate::time::ticks() - ticks);
+        // Ready, so that the yield really switches away; it ends at once.
+        let partner = thread::spawn("partner", || {}).expect("room for a thread");
+        yield_from_a_deep_frame();
+        assert_eq!(partner.join(), ExitStatus::Returned);
+        // Nothing else is ready now (the runner joins this thread; idle never queues).
+        for sleep in 0..100 {
+            let output = call_with(thread::sleep_milliseconds as *const () as u64, &input);
+            assert_eq!(output.gpr[2], input.gpr[2], "r2 after sleep {sleep} of round {round}");
+            for number in 14..32 {
+                assert_eq!(output.gpr[number], input.gpr[number], "r{number} after sleep {sleep} of round {round}");
+            }
+            assert_eq!(
+                output.condition & NONVOLATILE_CR,
+                input.condition & NONVOLATILE_CR,
+                "CR2-4 after sleep {sleep} of round {round}"
+            );
+        }
+        round += 1;
     }
 }
 

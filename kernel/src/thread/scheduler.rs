@@ -373,10 +373,10 @@ pub fn timer_tick(preemptible: bool) -> bool {
 }
 
 /// Makes every sleeper whose time has come ready, without allocating: this
-/// runs on every tick.
+/// runs on every tick. The current thread is never one of them: `schedule`
+/// has already put it back to Running if its own sleep was over.
 #[notrace]
-fn wake_sleepers(scheduler: &mut Scheduler) {
-    let now = timebase();
+fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
     for (&id, thread) in scheduler.threads.iter_mut() {
         if matches!(thread.state, State::Sleeping(until) if until <= now) {
             thread.set_state(State::Ready);
@@ -396,8 +396,32 @@ pub fn schedule() {
     let switch = {
         let mut scheduler = SCHEDULER.lock();
         let scheduler = scheduler.as_mut().expect("threads are initialised at boot");
-        wake_sleepers(scheduler);
-        let still_runnable = scheduler.current_thread().state == State::Running;
+        let now = timebase();
+        let current_thread = scheduler.current_thread();
+        let still_runnable = match current_thread.state {
+            State::Running => true,
+            // The running thread is never queued, not even when its own sleep
+            // is over. `sleep_milliseconds` marks it Sleeping before it calls
+            // `schedule`, and its time can be up by the time this one (or a
+            // tick's, taken in between) looks: a 0 ms sleep, a preemption
+            // between reading the clock and the marking, a guest stalled by
+            // the host for longer than the sleep. Woken like any sleeper and
+            // queued, it could be picked as the next thread, and a switch from
+            // a thread to itself loads its saved r1, stale while it runs (its
+            // last switch away, whose frame it has overwritten since). That
+            // was the end-to-end crash: the shell thread back from
+            // `sleep_milliseconds` with a wrong r2 and non-volatiles and a
+            // return into data, after a tick taken between the marking and
+            // `schedule` (tests/registers.rs,
+            // `a_thread_whose_sleep_is_over_before_it_switches_away_keeps_running_with_its_registers`).
+            // It keeps the CPU instead, or goes to the tail of the queue.
+            State::Sleeping(until) if until <= now => {
+                current_thread.set_state(State::Running);
+                true
+            }
+            _ => false,
+        };
+        wake_sleepers(scheduler, now);
         let Some(Switch { next, .. }) =
             pick_next(&mut scheduler.ready, scheduler.current, still_runnable, scheduler.idle)
         else {
