@@ -239,7 +239,7 @@ ftrace_regs_call:
     .globl ftrace_regs_graph_call
 ftrace_regs_graph_call:
     nop                               # patched: bl ftrace_graph_caller
-    ftrace_exit 1                     # restore GPRs but r0, r1, r11, XER, CR, LR; r11 = target; pop; bctr to nip
+    ftrace_exit 1                     # restore every GPR but r0, r1, r11, XER, CR, LR; r11 = target; pop; bctr to nip
     .size ftrace_regs_caller, . - ftrace_regs_caller
 
     # ftrace_stub: what ftrace_call and ftrace_regs_call call when no handler is registered.
