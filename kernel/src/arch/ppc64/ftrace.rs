@@ -117,6 +117,83 @@ macro_rules! gpr {
 core::arch::global_asm!(
     r#"
     .text
+    # ftrace_entry allregs / ftrace_exit allregs: the two halves of both entry
+    # stubs, around their patchable calls. Both push the same frame (an ELFv2
+    # header, then FtraceRegs) below the caller A's r1. allregs = 0 is the
+    # light stub: the record holds r2-r10, link, nip and ip, and only those
+    # come back. allregs = 1 is the full stub: every GPR, CTR, XER, CR and MSR
+    # go into pt_regs, and every GPR but r0, r1 and r11, XER and CR come back.
+    # Lines inside `.if \allregs` are the full stub's alone; the rest are both
+    # stubs'. Each stub's register contract is at its label below.
+    .macro ftrace_entry allregs
+    std     0, {link_save}(1)         # A's LR save slot = return address into A
+    stdu    1, -{frame}(1)            # push our frame below A's
+    .if \allregs
+    std     0, {gpr0}(1)              # regs.gpr[0] = return address into A
+    .endif
+    std     0, {link}(1)              # regs.link = parent ip
+    .if \allregs
+    addi    0, 1, {frame}             # r0 = A's stack pointer (the return address is in regs.link)
+    std     0, {gpr1}(1)              # regs.gpr[1] = A's stack pointer
+    .endif
+    std     2, {gpr2}(1)              # regs.gpr[2] = caller's TOC
+    std     3, {gpr3}(1)              # argument 1
+    .irp number, 4,5,6,7,8,9,10
+    std     \number, {gprs}+8*\number(1)     # arguments 2-8
+    .endr
+    .if \allregs
+    .irp number, 11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    std     \number, {gprs}+8*\number(1)     # regs.gpr[11..=31]
+    .endr
+    mfctr   11                        # r11 = CTR (r11 itself is saved above)
+    std     11, {ctr}(1)              # regs.ctr
+    mfxer   11                        # r11 = XER
+    std     11, {xer}(1)              # regs.xer
+    mfcr    11                        # r11 = CR
+    std     11, {ccr}(1)              # regs.ccr
+    mfmsr   11                        # r11 = MSR
+    std     11, {msr}(1)              # regs.msr
+    .endif
+    mflr    12                        # r12 = resume point in B
+    std     12, {nip}(1)              # regs.nip = resume point
+    addi    3, 12, -4                 # r3 = ip: the site's bl
+    std     3, {ip}(1)                # record.ip = ip
+    .if \allregs
+    ld      4, {link}(1)              # r4 = parent ip (r0 now holds A's r1)
+    .else
+    mr      4, 0                      # r4 = parent ip
+    .endif
+    ld      2, {percpu_toc}(13)       # r2 = kernel TOC
+    addis   5, 2, {trace_op}@toc@ha   # r5 = r2 + high half of its TOC offset
+    ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
+    addi    6, 1, {record}            # r6 = &FtraceRegs
+    .endm
+
+    .macro ftrace_exit allregs
+    ld      12, {nip}(1)              # r12 = regs.nip, as the handlers left it
+    mtctr   12                        # CTR = where to continue
+    .if \allregs
+    ld      0, {xer}(1)               # r0 = regs.xer
+    mtxer   0                         # XER = regs.xer
+    ld      0, {ccr}(1)               # r0 = regs.ccr
+    mtcr    0                         # CR = regs.ccr
+    .endif
+    ld      0, {link}(1)              # r0 = regs.link, as the handlers left it
+    mtlr    0                         # LR = r0 = return address into A
+    ld      2, {gpr2}(1)              # caller's TOC and B's arguments
+    .irp number, 3,4,5,6,7,8,9,10
+    ld      \number, {gprs}+8*\number(1)     # B's arguments
+    .endr
+    .if \allregs
+    .irp number, 12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    ld      \number, {gprs}+8*\number(1)     # and the rest but r11, as a handler left them
+    .endr
+    .endif
+    ld      11, {target}(1)           # r11 = the replacement, if nip = livepatch_handler
+    addi    1, 1, {frame}             # pop our frame
+    bctr                              # continue in B, or where a handler sent us
+    .endm
+
     # ftrace_caller: the light entry stub.
     #
     # On entry (from a site in function B): r0 = LR at B's entry, the return
@@ -134,40 +211,14 @@ ftrace_stubs_start:
     .globl ftrace_caller
     .type ftrace_caller, @function
 ftrace_caller:
-    std     0, {link_save}(1)         # A's LR save slot = return address into A
-    stdu    1, -{frame}(1)            # push our frame below A's
-    std     0, {link}(1)              # regs.link = parent ip
-    std     2, {gpr2}(1)              # regs.gpr[2] = caller's TOC
-    std     3, {gpr3}(1)              # arguments 1-8
-    .irp number, 4,5,6,7,8,9,10
-    std     \number, {gprs}+8*\number(1)     # arguments 2-8
-    .endr
-    mflr    12                        # r12 = resume point in B
-    std     12, {nip}(1)              # regs.nip = resume point
-    addi    3, 12, -4                 # r3 = ip: the site's bl
-    std     3, {ip}(1)                # record.ip = ip
-    mr      4, 0                      # r4 = parent ip
-    ld      2, {percpu_toc}(13)       # r2 = kernel TOC
-    addis   5, 2, {trace_op}@toc@ha
-    ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
-    addi    6, 1, {record}            # r6 = &FtraceRegs
+    ftrace_entry 0                    # save r2-r10, link, nip, ip; r3-r6 = the handler's arguments
     .globl ftrace_call
 ftrace_call:
     bl      ftrace_stub               # patched: the handler, or the list walker
     .globl ftrace_graph_call
 ftrace_graph_call:
     nop                               # patched: bl ftrace_graph_caller
-    ld      12, {nip}(1)
-    mtctr   12                        # CTR = where to continue
-    ld      0, {link}(1)
-    mtlr    0                         # LR = r0 = return address into A
-    ld      2, {gpr2}(1)              # caller's TOC and B's arguments
-    .irp number, 3,4,5,6,7,8,9,10
-    ld      \number, {gprs}+8*\number(1)     # B's arguments
-    .endr
-    ld      11, {target}(1)           # r11 = the replacement, if nip = livepatch_handler
-    addi    1, 1, {frame}             # pop our frame
-    bctr                              # continue in B, or where a handler sent us
+    ftrace_exit 0                     # restore r2-r10, LR, r11 = target; pop; bctr to nip
     .size ftrace_caller, . - ftrace_caller
 
     # ftrace_regs_caller: the full entry stub (SAVE_REGS).
@@ -181,52 +232,14 @@ ftrace_graph_call:
     .globl ftrace_regs_caller
     .type ftrace_regs_caller, @function
 ftrace_regs_caller:
-    std     0, {link_save}(1)         # A's LR save slot = return address into A
-    stdu    1, -{frame}(1)            # push our frame below A's
-    std     0, {gpr0}(1)
-    std     0, {link}(1)              # regs.link = parent ip
-    addi    0, 1, {frame}
-    std     0, {gpr1}(1)              # regs.gpr[1] = A's stack pointer
-    .irp number, 2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    std     \number, {gprs}+8*\number(1)     # regs.gpr[2..=31]
-    .endr
-    mfctr   11
-    std     11, {ctr}(1)
-    mfxer   11
-    std     11, {xer}(1)
-    mfcr    11
-    std     11, {ccr}(1)
-    mfmsr   11
-    std     11, {msr}(1)
-    mflr    12                        # r12 = resume point in B
-    std     12, {nip}(1)              # regs.nip = resume point
-    addi    3, 12, -4                 # r3 = ip: the site's bl
-    std     3, {ip}(1)                # record.ip = ip
-    ld      4, {link}(1)              # r4 = parent ip
-    ld      2, {percpu_toc}(13)       # r2 = kernel TOC
-    addis   5, 2, {trace_op}@toc@ha
-    ld      5, {trace_op}@toc@l(5)    # r5 = function_trace_op
-    addi    6, 1, {record}            # r6 = &FtraceRegs
+    ftrace_entry 1                    # save pt_regs whole, ip; r3-r6 = the handler's arguments
     .globl ftrace_regs_call
 ftrace_regs_call:
     bl      ftrace_stub               # patched: the handler, or the list walker
     .globl ftrace_regs_graph_call
 ftrace_regs_graph_call:
     nop                               # patched: bl ftrace_graph_caller
-    ld      12, {nip}(1)
-    mtctr   12                        # CTR = where to continue
-    ld      0, {xer}(1)
-    mtxer   0
-    ld      0, {ccr}(1)
-    mtcr    0
-    ld      0, {link}(1)
-    mtlr    0                         # LR = r0 = return address into A
-    .irp number, 2,3,4,5,6,7,8,9,10,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    ld      \number, {gprs}+8*\number(1)     # every GPR but r0, r1 and r11 from regs
-    .endr
-    ld      11, {target}(1)           # r11 = the replacement, if nip = livepatch_handler
-    addi    1, 1, {frame}             # pop our frame
-    bctr                              # continue in B, or where a handler sent us
+    ftrace_exit 1                     # restore every GPR but r0, r1, r11, XER, CR, LR; r11 = target; pop; bctr to nip
     .size ftrace_regs_caller, . - ftrace_regs_caller
 
     # ftrace_stub: what ftrace_call and ftrace_regs_call call when no handler is registered.
