@@ -1,7 +1,7 @@
 //! Kernel logic that needs no hardware, so that `cargo test` runs it on the host.
 //!
 //! Everything here is `no_std` when built for the kernel. Modules hold data
-//! formats shared by the kernel and the host tools (symbol table, BUG table),
+//! formats shared by the kernel and the host tools (symbol table, BUG table, function notes),
 //! the Power ISA instruction encodings the kernel patches into its own text, and
 //! the device tree code, and the livepatch core's bookkeeping and planning.
 
@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod channel;
 pub mod devicetree;
 pub mod ftrace;
+pub mod function_notes;
 pub mod graph;
 pub mod input_line;
 pub mod instruction;
