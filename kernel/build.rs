@@ -13,8 +13,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 6] =
-    ["greeting.klp", "counter.klp", "ten.klp", "missing-target.klp", "notrace-target.klp", "unmarked-target.klp"];
+const TEST_MODULES: [&str; 7] = [
+    "greeting.klp",
+    "counter.klp",
+    "ten.klp",
+    "missing-target.klp",
+    "notrace-target.klp",
+    "unmarked-target.klp",
+    "inlined-target.klp",
+];
 
 fn main() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../linker/kernel.ld");

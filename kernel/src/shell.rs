@@ -1,6 +1,8 @@
 //! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `hello`, `klp`, `trace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
 use crate::{console, livepatch, memory, module, println, thread, time, trace};
+use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 /// The prompt.
 pub const PROMPT: &str = "klp> ";
@@ -29,7 +31,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "klp",
-        help: "livepatch: klp list | enable NAME | disable NAME | load MODULE | unload MODULE",
+        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | load MODULE | unload MODULE",
         run: klp,
     },
     Command {
@@ -151,16 +153,11 @@ fn klp(arguments: &str) {
     let name = name.trim();
     let result = match verb {
         "list" => {
-            for (module, address, size, toc) in module::summaries() {
-                println!("module {module}: {size} bytes at {address:#x}, TOC {toc:#x}");
-            }
-            for patch in livepatch::list() {
-                println!("{} [{}]", patch.name, if patch.enabled { "enabled" } else { "disabled" });
-                for (old_name, old, new, active) in patch.functions {
-                    let state = if active { "active" } else { "inactive" };
-                    println!("  {old_name} {old:#x} -> {new:#x} {} ({state})", crate::symbols::Symbolized(new));
-                }
-            }
+            klp_list().iter().for_each(|line| println!("{line}"));
+            Ok(())
+        }
+        "patchable" => {
+            klp_patchable(if name.is_empty() { "*" } else { name }).iter().for_each(|line| println!("{line}"));
             Ok(())
         }
         "enable" if !name.is_empty() => livepatch::enable(name).map(|()| println!("patch '{name}' enabled")),
@@ -183,13 +180,69 @@ fn klp(arguments: &str) {
             Ok(())
         }
         _ => {
-            println!("usage: klp list | enable NAME | disable NAME | load MODULE | unload MODULE");
+            println!("usage: klp list | patchable [GLOB] | enable NAME | disable NAME | load MODULE | unload MODULE");
             Ok(())
         }
     };
     if let Err(error) = result {
         println!("klp {verb}: {error}");
     }
+}
+
+/// What `klp list` prints: the loaded modules, then each patch and the
+/// functions it replaces, the replacement named in the kernel or in its
+/// module (`NAME+0xOFFSET [MODULE]`), and for a function replaced although
+/// callers hold inlined copies (`allow_inlined`), where those copies are.
+pub fn klp_list() -> Vec<String> {
+    let mut lines = Vec::new();
+    for (module, address, size, toc) in module::summaries() {
+        lines.push(format!("module {module}: {size} bytes at {address:#x}, TOC {toc:#x}"));
+    }
+    for patch in livepatch::list() {
+        lines.push(format!("{} [{}]", patch.name, if patch.enabled { "enabled" } else { "disabled" }));
+        for function in patch.functions {
+            let state = if function.active { "active" } else { "inactive" };
+            let new = match crate::symbols::table().and_then(|table| table.lookup(function.new)) {
+                Some(_) => format!("{}", crate::symbols::Symbolized(function.new)),
+                None => module::symbolize(function.new).unwrap_or_else(|| String::from("?")),
+            };
+            let mut line = format!("  {} {:#x} -> {:#x} {new} ({state})", function.name, function.old, function.new);
+            if function.allow_inlined && !function.inlined_into.is_empty() {
+                let holders: Vec<&str> = function.inlined_into.iter().map(|holder| holder.name.as_str()).collect();
+                line.push_str(&format!(
+                    " [allow_inlined: the copies inlined into {} run the original]",
+                    holders.join(", ")
+                ));
+            }
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// What `klp patchable GLOB` prints: the functions matching GLOB that a live
+/// patch can replace safely (an ftrace site, `#[livepatchable]`, inlined
+/// nowhere), each with its signature from the DWARF, then those refused and why.
+pub fn klp_patchable(glob: &str) -> Vec<String> {
+    let targets = livepatch::notes::targets(glob);
+    let mut lines: Vec<String> = targets
+        .replaceable
+        .iter()
+        .map(|target| match target.signature {
+            Some(signature) => format!("  {signature}"),
+            None => format!("  {} (no signature recorded)", target.name),
+        })
+        .collect();
+    for (name, holders) in &targets.inlined {
+        lines.push(format!("  not {name}: #[livepatchable] but inlined into {}", livepatch::Holders(holders)));
+    }
+    lines.push(format!(
+        "{} functions matching '{glob}' can be replaced safely; {} are inlined somewhere; {} more have an ftrace site but are not #[livepatchable]",
+        targets.replaceable.len(),
+        targets.inlined.len(),
+        targets.unmarked
+    ));
+    lines
 }
 
 fn trace(arguments: &str) {
@@ -249,7 +302,13 @@ fn trace(arguments: &str) {
         "sites" => {
             let glob = if rest.is_empty() { "*" } else { rest };
             for site in trace::site_summaries().iter().filter(|site| portable::ftrace::glob_match(glob, &site.name)) {
-                println!("  {:#x} {:?} users {} {}", site.address, site.caller, site.users, site.name);
+                let stub = match site.caller {
+                    portable::ftrace::Caller::None => "",
+                    portable::ftrace::Caller::Light => " (ftrace_caller)",
+                    portable::ftrace::Caller::Regs => " (ftrace_regs_caller)",
+                };
+                let users = if site.ops.is_empty() { String::from("untraced") } else { site.ops.join(", ") };
+                println!("  {:#x} {}: {users}{stub}", site.address, site.name);
             }
         }
         _ => println!("usage: trace on GLOB | off | show | graph GLOB | dump | sites [GLOB]"),

@@ -98,13 +98,18 @@ fn livepatchable_expansion(mut function: ItemFn) -> syn::Result<proc_macro2::Tok
             quote! { #ty }
         }
     };
-    // Every argument gets a fresh name and is bound to its pattern through the barrier.
+    // Every argument is bound to its pattern through the barrier. A plain
+    // name stays the parameter's name (so the DWARF, and the signature `klp
+    // patchable` shows, say `value: u64`); any other pattern gets a fresh one.
     let mut bindings = Vec::new();
     for (index, input) in function.sig.inputs.iter_mut().enumerate() {
         let FnArg::Typed(argument) = input else {
             return refuse(input.span(), "a method");
         };
-        let fresh = quote::format_ident!("livepatchable_argument_{}", index);
+        let fresh = match &*argument.pat {
+            Pat::Ident(PatIdent { by_ref: None, subpat: None, ident, .. }) => ident.clone(),
+            _ => quote::format_ident!("livepatchable_argument_{}", index),
+        };
         let pattern = core::mem::replace(
             &mut *argument.pat,
             Pat::Ident(PatIdent {

@@ -1,7 +1,7 @@
 //! Kernel logic that needs no hardware, so that `cargo test` runs it on the host.
 //!
 //! Everything here is `no_std` when built for the kernel. Modules hold data
-//! formats shared by the kernel and the host tools (symbol table, BUG table),
+//! formats shared by the kernel and the host tools (symbol table, BUG table, function notes),
 //! the Power ISA instruction encodings the kernel patches into its own text,
 //! the device tree code, the livepatch core's bookkeeping and planning, the
 //! ELFv2 back-chain stack walk, how the kernel publishes tables to readers
@@ -16,6 +16,7 @@ pub mod backchain;
 pub mod channel;
 pub mod devicetree;
 pub mod ftrace;
+pub mod function_notes;
 pub mod graph;
 pub mod input_line;
 pub mod instruction;

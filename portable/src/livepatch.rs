@@ -35,6 +35,9 @@ pub struct Replaced {
     pub site: u64,
     /// The replacement's global entry.
     pub new: u64,
+    /// Whether the patch replaces it although callers hold inlined copies,
+    /// which keep running the original (`klp list` says so).
+    pub allow_inlined: bool,
 }
 
 /// A patch as the core tracks it.
@@ -372,7 +375,7 @@ mod tests {
 
     /// A function of a test patch: old function `entry` (site `entry + 8`) replaced by `new`.
     fn replaced(name: &str, entry: u64, new: u64) -> Replaced {
-        Replaced { name: name.into(), entry, site: entry + 8, new }
+        Replaced { name: name.into(), entry, site: entry + 8, new, allow_inlined: false }
     }
 
     fn run(state: &mut State, operation: Operation) -> Result<Vec<Change>, PlanError> {

@@ -1,4 +1,4 @@
-//! `build`: compiles the kernel for its custom target and fills its symbol table.
+//! `build`: compiles the kernel for its custom target and fills its symbol table and function notes.
 
 use std::fs;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use crate::symbols::{self, Filled};
-use crate::{command, packages, patch, run_checked, signing, workspace_root};
+use crate::{command, function_notes, packages, patch, run_checked, signing, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -83,6 +83,18 @@ pub fn main(options: &Options) -> Result<PathBuf> {
             eprintln!("symbols: {count} functions, {used} of {capacity} bytes used in {}", symbols::SECTION)
         }
         Filled::NoSection => eprintln!("warning: the kernel has no {} section; symbol table skipped", symbols::SECTION),
+    }
+    let kernel = function_notes::Kernel::read(&data).context("reading the kernel's DWARF")?;
+    match function_notes::fill(&mut data, &kernel)? {
+        Filled::Table { count, used, capacity } => {
+            eprintln!(
+                "function notes: {count} functions, {used} of {capacity} bytes used in {}",
+                function_notes::SECTION
+            )
+        }
+        Filled::NoSection => {
+            eprintln!("warning: the kernel has no {} section; function notes skipped", function_notes::SECTION)
+        }
     }
     fs::write(&image, &data).with_context(|| format!("writing {}", image.display()))?;
     eprintln!("kernel: {}", image.display());

@@ -2,7 +2,11 @@
 
 mod bench;
 mod build;
+mod dwarf;
 mod end_to_end;
+#[cfg(test)]
+mod export_wrappers;
+mod function_notes;
 mod gdb;
 mod gdb_test;
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! takes its one relocatable object, checks it (`patch_object`) and signs it
 //! into `target/patches/NAME.klp` (`signing`). `patch load NAME` and `patch
 //! unload NAME` talk to a kernel booted by `cargo xtask run` over its patch
-//! channel (`patch_channel`).
+//! channel (`patch_channel`). `patch targets [GLOB]` lists what a patch may
+//! replace safely (`function_notes`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::patch_object::{self, Inspection};
-use crate::{announce, command, display, packages, patch_channel, signing, workspace_root};
+use crate::{announce, command, display, function_notes, packages, patch_channel, signing, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -47,6 +48,16 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Lists the kernel functions a live patch can replace safely, with their signatures
+    /// (from the kernel's ELF and DWARF): an ftrace site, #[livepatchable], inlined nowhere.
+    Targets {
+        /// Only the functions whose names match this glob (`*`, `?`).
+        #[arg(default_value = "*")]
+        glob: String,
+        /// The test kernel's functions (target/kernel/kernel-test.elf) instead of the kernel's.
+        #[arg(long)]
+        test: bool,
+    },
     /// Unloads the patch module NAME from the kernel that `cargo xtask run` booted.
     Unload {
         /// The module's name.
@@ -74,11 +85,37 @@ pub fn main(options: &Options) -> Result<ExitCode> {
             let what = format!("LOAD {module_name} ({} bytes{unchecked})", module.len());
             patch_channel::request(&request, &what, Duration::from_secs(*timeout))
         }
+        Command::Targets { glob, test } => targets(glob, *test).map(|()| ExitCode::SUCCESS),
         Command::Unload { name, timeout } => {
             let request = portable::channel::Message::Unload { name };
             patch_channel::request(&request, &format!("UNLOAD {name}"), Duration::from_secs(*timeout))
         }
     }
+}
+
+/// `patch targets GLOB`: builds the kernel (cargo skips what is fresh) and
+/// prints the functions matching GLOB that a live patch can replace safely,
+/// one signature a line on stdout; on stderr, which others match and why
+/// they cannot be replaced.
+fn targets(glob: &str, test: bool) -> Result<()> {
+    let image = crate::build::main(&crate::build::Options { test })?;
+    let data = fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+    let kernel = function_notes::Kernel::read(&data).context("reading the kernel's DWARF")?;
+    let targets = kernel.targets(glob);
+    for target in &targets.replaceable {
+        println!("{}", function_notes::describe(target));
+    }
+    for (name, holders) in &targets.inlined {
+        eprintln!("not {name}: #[livepatchable] but inlined into {}", holders.join(", "));
+    }
+    eprintln!(
+        "{} functions matching '{glob}' can be replaced safely; {} are inlined somewhere; {} more have an ftrace site \
+         but are not #[livepatchable]",
+        targets.replaceable.len(),
+        targets.inlined.len(),
+        targets.unmarked
+    );
+    Ok(())
 }
 
 /// The signed module file of patch `name`.
@@ -177,7 +214,8 @@ fn compile(manifest: &Path) -> Result<PathBuf> {
 fn report(name: &str, inspection: &Inspection, object: &Path, signed: &Path, size: usize) {
     eprintln!("patch {name}: {} ({size} bytes, signed), object {}", relative(signed), relative(object));
     for replacement in &inspection.description.replacements {
-        eprintln!("    replaces {} with {}", replacement.old_name, replacement.new_symbol);
+        let flag = if replacement.allow_inlined { " (allow_inlined)" } else { "" };
+        eprintln!("    replaces {} with {}{flag}", replacement.old_name, replacement.new_symbol);
     }
     let symbols = if inspection.undefined.is_empty() { "(none)".to_string() } else { inspection.undefined.join(", ") };
     eprintln!("    kernel symbols: {symbols}");

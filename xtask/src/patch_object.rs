@@ -49,13 +49,15 @@ pub struct Description {
     pub replacements: Vec<Replacement>,
 }
 
-/// One `replace OLD_NAME NEW_SYMBOL` line.
+/// One `replace OLD_NAME NEW_SYMBOL [allow_inlined]` line.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Replacement {
     /// The kernel function, as the kernel's symbol table names it.
     pub old_name: String,
     /// The module's replacement function (a global symbol of the object).
     pub new_symbol: String,
+    /// Whether the patch replaces the function although callers hold inlined copies.
+    pub allow_inlined: bool,
 }
 
 impl Description {
@@ -72,9 +74,18 @@ impl Description {
             match words.as_slice() {
                 ["name", module] if name.is_none() => name = Some(module.to_string()),
                 ["name", _] => bail!("description line {number}: a second name"),
-                ["replace", old_name, new_symbol] => replacements
-                    .push(Replacement { old_name: old_name.to_string(), new_symbol: new_symbol.to_string() }),
-                _ => bail!("description line {number}: expected `name NAME` or `replace OLD NEW`, found {line:?}"),
+                ["replace", old_name, new_symbol, flags @ ..]
+                    if flags.is_empty() || flags == [portable::module::ALLOW_INLINED] =>
+                {
+                    replacements.push(Replacement {
+                        old_name: old_name.to_string(),
+                        new_symbol: new_symbol.to_string(),
+                        allow_inlined: !flags.is_empty(),
+                    })
+                }
+                _ => bail!(
+                    "description line {number}: expected `name NAME` or `replace OLD NEW [allow_inlined]`, found {line:?}"
+                ),
             }
         }
         let name = name.context("the description has no `name` line")?;
@@ -231,14 +242,21 @@ mod tests {
         assert_eq!(description.name, "counter");
         assert_eq!(
             description.replacements,
-            [Replacement { old_name: "kernel::shell::greeting".into(), new_symbol: "counter_greeting".into() }]
+            [Replacement {
+                old_name: "kernel::shell::greeting".into(),
+                new_symbol: "counter_greeting".into(),
+                allow_inlined: false
+            }]
         );
+        let flagged = Description::parse("klp-patch 1\nname x\nreplace a b allow_inlined\n").unwrap();
+        assert!(flagged.replacements[0].allow_inlined);
         let error = |text: &str| Description::parse(text).unwrap_err().to_string();
         assert!(error("klp-patch 2\nname x\nreplace a b\n").contains("must start with"));
         assert!(error("klp-patch 1\nreplace a b\n").contains("no `name`"));
         assert!(error("klp-patch 1\nname x\n").contains("replaces nothing"));
         assert!(error("klp-patch 1\nname x\nname y\nreplace a b\n").contains("second name"));
         assert!(error("klp-patch 1\nname x\nreplace a\n").contains("line 3"));
+        assert!(error("klp-patch 1\nname x\nreplace a b force\n").contains("line 3"));
     }
 
     /// A small PowerPC64 object: one global function, a call to `call`, a relocation of type `kind`.

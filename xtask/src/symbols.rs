@@ -36,17 +36,33 @@ pub enum Filled {
     NoSection,
 }
 
+/// The file offset and size of `section`, a reservation the kernel leaves
+/// for xtask to fill after linking; `None` when the kernel has no such section.
+pub fn reservation(data: &[u8], section: &str) -> Result<Option<(usize, usize)>> {
+    let file = ElfFile64::<Endianness>::parse(data).context("the kernel is not a 64-bit ELF file")?;
+    let Some(found) = file.section_by_name(section) else {
+        return Ok(None);
+    };
+    let (offset, size) = found
+        .file_range()
+        .ok_or_else(|| anyhow!("section {section} has no bytes in the file (NOBITS); it must be initialized data"))?;
+    Ok(Some((usize::try_from(offset)?, usize::try_from(size)?)))
+}
+
+/// The contents of `section` as little-endian 64-bit words (empty when there is no such section).
+pub fn section_words(data: &[u8], section: &str) -> Result<Vec<u64>> {
+    let file = ElfFile64::<Endianness>::parse(data).context("the kernel is not a 64-bit ELF file")?;
+    let Some(found) = file.section_by_name(section) else {
+        return Ok(Vec::new());
+    };
+    let bytes = found.data().with_context(|| format!("reading section {section}"))?;
+    Ok(bytes.chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().expect("8 bytes"))).collect())
+}
+
 /// Writes the symbol table into `data` (a linked kernel) at the section's file offset.
 pub fn fill(data: &mut [u8]) -> Result<Filled> {
-    let (offset, capacity) = {
-        let file = ElfFile64::<Endianness>::parse(&*data).context("the kernel is not a 64-bit ELF file")?;
-        let Some(section) = file.section_by_name(SECTION) else {
-            return Ok(Filled::NoSection);
-        };
-        let (offset, size) = section.file_range().ok_or_else(|| {
-            anyhow!("section {SECTION} has no bytes in the file (NOBITS); it must be initialized data")
-        })?;
-        (usize::try_from(offset)?, usize::try_from(size)?)
+    let Some((offset, capacity)) = reservation(data, SECTION)? else {
+        return Ok(Filled::NoSection);
     };
     let symbols: Vec<(String, u64, u32)> =
         functions(data)?.into_iter().map(|(name, address, size)| (demangle(&name), address, size)).collect();

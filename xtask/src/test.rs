@@ -137,6 +137,16 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     for (name, verdict) in parallel(&cases.isolated, |name| isolated(&image, name, options)) {
         tally.record(&name, &verdict);
     }
+    if options.filter.as_ref().is_none_or(|filter| crate::function_notes::CHECK.contains(filter.as_str())) {
+        let verdict = crate::function_notes::check_test_kernel(&image);
+        print_block(
+            "host reading of the test kernel's DWARF",
+            &[],
+            &format!("test {}", crate::function_notes::CHECK),
+            &verdict,
+        );
+        tally.record(crate::function_notes::CHECK, &verdict);
+    }
     if options.filter.as_ref().is_none_or(|filter| RUNNER_SELFTEST.contains(filter.as_str())) {
         let mut output = Vec::new();
         let verdict = runner_selftest(&image, options, &mut output);

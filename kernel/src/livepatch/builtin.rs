@@ -19,6 +19,7 @@ pub fn register_builtin() {
                 old_name: String::from("kernel::shell::greeting"),
                 old_position: None,
                 new_address: patched_greeting as *const () as u64,
+                allow_inlined: false,
             }],
         }],
     };

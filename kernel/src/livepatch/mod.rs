@@ -18,10 +18,12 @@
 mod allowed;
 pub mod api;
 mod builtin;
+pub mod notes;
 mod redirect;
 
 pub use allowed::{Anchor, is_livepatchable};
 pub use builtin::register_builtin;
+pub use notes::{Holder, Holders};
 /// The replacements of one function, which `redirect` installs.
 pub use portable::livepatch::Stack;
 
@@ -42,6 +44,9 @@ pub struct Function {
     pub old_position: Option<usize>,
     /// The replacement's global entry point.
     pub new_address: u64,
+    /// Replace the function even though callers hold inlined copies of it
+    /// (which keep running the original): the patch says it knows.
+    pub allow_inlined: bool,
 }
 
 /// The functions of one object: the kernel (`None`) or a module.
@@ -75,6 +80,12 @@ pub enum LivepatchError {
     NotTraceable(String),
     /// `add`: the function is not marked `#[livepatchable]`.
     NotLivepatchable(String),
+    /// `add`: callers (`holders`) hold inlined copies of the function, which
+    /// a replacement would not reach, and the patch did not allow that.
+    Inlined { name: String, holders: Vec<Holder> },
+    /// `add`: the function has no out-of-line copy at all: the compiler
+    /// inlined it into every caller (`holders`).
+    InlinedEverywhere { name: String, holders: Vec<Holder> },
     /// `enable`: another IPMODIFY ftrace user (`owner`) already redirects the function.
     Busy { name: String, owner: &'static str },
     /// `enable` of a patch that is enabled.
@@ -113,6 +124,20 @@ impl fmt::Display for LivepatchError {
                 formatter,
                 "'{name}' is not marked #[livepatchable]: the compiler may have changed how its callers call it, so it cannot be replaced"
             ),
+            LivepatchError::Inlined { name, holders } => {
+                write!(
+                    formatter,
+                    "'{name}' has inlined copies in {}, which a replacement would not reach (they keep running the original); allow it per function (allow_inlined) if that is what the patch wants",
+                    Holders(holders)
+                )
+            }
+            LivepatchError::InlinedEverywhere { name, holders } => {
+                write!(
+                    formatter,
+                    "'{name}' has no function of its own to replace: the compiler inlined it into {}",
+                    Holders(holders)
+                )
+            }
             LivepatchError::Busy { name, owner } => {
                 write!(formatter, "'{name}' is busy: its calls are already redirected by '{owner}'")
             }
@@ -171,9 +196,10 @@ fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
 }
 
 /// Adds a patch (disabled), after resolving every function it names: an
-/// unknown, ambiguous, notrace or not `#[livepatchable]` target, or a
-/// function named twice, refuses
-/// the whole patch here, before anything could run. Names are unique.
+/// unknown, ambiguous, notrace or not `#[livepatchable]` target, one with
+/// inlined copies (unless the function allows them), or a function named
+/// twice, refuses the whole patch here, before anything could run. Names
+/// are unique.
 pub fn add(patch: Patch) -> Result<(), LivepatchError> {
     let mut functions: Vec<Replaced> = Vec::new();
     for object in patch.objects {
@@ -184,12 +210,20 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
         // size and alignment): the object's own buffer becomes the list, so
         // adding a patch neither allocates it anew nor leaves the old one as
         // a hole in the heap that later allocations walk past.
+        const _: () =
+            assert!(size_of::<Function>() == size_of::<Replaced>() && align_of::<Function>() == align_of::<Replaced>());
         let resolved = object
             .functions
             .into_iter()
             .map(|function| {
                 let (entry, site) = resolve(&function)?;
-                Ok(Replaced { name: function.old_name, entry, site, new: function.new_address })
+                Ok(Replaced {
+                    name: function.old_name,
+                    entry,
+                    site,
+                    new: function.new_address,
+                    allow_inlined: function.allow_inlined,
+                })
             })
             .collect::<Result<Vec<Replaced>, LivepatchError>>()?;
         if functions.is_empty() {
@@ -207,17 +241,26 @@ pub fn remove(name: &str) -> Result<(), LivepatchError> {
 }
 
 /// The (global entry, ftrace site) of the function `function` names,
-/// checked to be patchable: it exists, has an ftrace site and is marked
-/// `#[livepatchable]` (see `allowed`).
+/// checked to be patchable: it exists, has an ftrace site, is marked
+/// `#[livepatchable]` (see `allowed`) and no caller holds an inlined copy
+/// of it, unless `function.allow_inlined` (see `notes`).
 pub fn resolve(function: &Function) -> Result<(u64, u64), LivepatchError> {
     let name = &function.old_name;
     match trace::site_table().named_entry(name, function.old_position).map(|site| (site.function, site.address)) {
         Ok((entry, _)) if !is_livepatchable(entry) => Err(LivepatchError::NotLivepatchable(name.clone())),
-        Ok(found) => Ok(found),
+        Ok((entry, site)) => match notes::note(entry) {
+            Some(note) if note.is_inlined() && !function.allow_inlined => {
+                Err(LivepatchError::Inlined { name: name.clone(), holders: notes::holders(&note) })
+            }
+            _ => Ok((entry, site)),
+        },
         Err(NameError::Missing) => {
             let exists = symbols::table().is_some_and(|table| table.find(name).next().is_some());
+            let everywhere = notes::table().and_then(|table| table.named(name).find(|note| note.function.is_none()));
             Err(if exists {
                 LivepatchError::NotTraceable(name.clone())
+            } else if let Some(note) = everywhere {
+                LivepatchError::InlinedEverywhere { name: name.clone(), holders: notes::holders(&note) }
             } else {
                 LivepatchError::UnknownFunction(name.clone())
             })
@@ -255,12 +298,26 @@ pub fn disable(name: &str) -> Result<(), LivepatchError> {
     carry_out(Operation::Disable(name))
 }
 
-/// One line of `klp list`.
+/// One patch in `klp list`.
 pub struct PatchSummary {
     pub name: String,
     pub enabled: bool,
-    /// (old name, old address, new address, whether this patch's replacement runs now)
-    pub functions: Vec<(String, u64, u64, bool)>,
+    pub functions: Vec<FunctionSummary>,
+}
+
+/// One replaced function in `klp list`.
+pub struct FunctionSummary {
+    /// The old function's name, its global entry, the replacement's.
+    pub name: String,
+    pub old: u64,
+    pub new: u64,
+    /// Whether this patch's replacement runs now.
+    pub active: bool,
+    /// Whether the patch allowed inlined copies of the old function.
+    pub allow_inlined: bool,
+    /// The functions holding inlined copies of the old one, which keep running
+    /// the original (a patch may replace such a function only with `allow_inlined`).
+    pub inlined_into: Vec<Holder>,
 }
 
 /// Every patch, in the order they were added.
@@ -275,10 +332,14 @@ pub fn list() -> Vec<PatchSummary> {
             functions: patch
                 .functions
                 .iter()
-                .map(|function| {
+                .map(|function| FunctionSummary {
+                    name: function.name.clone(),
+                    old: function.entry,
+                    new: function.new,
                     // Resolved once, when the patch was added.
-                    let active = registry.topmost(function.entry) == Some((patch.id, function.new));
-                    (function.name.clone(), function.entry, function.new, active)
+                    active: registry.topmost(function.entry) == Some((patch.id, function.new)),
+                    allow_inlined: function.allow_inlined,
+                    inlined_into: notes::inlined_into(function.entry),
                 })
                 .collect(),
         })

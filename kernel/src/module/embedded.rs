@@ -4,7 +4,7 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 6] = [
+pub static EMBEDDED: [(&str, &[u8]); 7] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
@@ -12,6 +12,8 @@ pub static EMBEDDED: [(&str, &[u8]); 6] = [
     ("missing-target", include_bytes!(concat!(env!("OUT_DIR"), "/missing-target.klp"))),
     ("notrace-target", include_bytes!(concat!(env!("OUT_DIR"), "/notrace-target.klp"))),
     ("unmarked-target", include_bytes!(concat!(env!("OUT_DIR"), "/unmarked-target.klp"))),
+    // Allows the inlined copies of the test kernel's `kernel::tests::inlined::inlined_target`.
+    ("inlined-target", include_bytes!(concat!(env!("OUT_DIR"), "/inlined-target.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

@@ -121,6 +121,7 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
             old_name: replaced.old_name.clone(),
             old_position: replaced.old_position,
             new_address: symbol.address,
+            allow_inlined: replaced.allow_inlined,
         });
     }
     Ok(Patch { name: linked.description.name.clone(), objects: alloc::vec![Object { module: None, functions }] })
@@ -188,6 +189,26 @@ pub fn summaries() -> Vec<(String, u64, usize, u64)> {
         .iter()
         .map(|module| (module.name.clone(), module.memory.address(), module.memory.size(), module.linked.toc))
         .collect()
+}
+
+/// `SYMBOL+0xOFFSET [MODULE]` for an address in a loaded module's memory:
+/// the module's function (or other symbol) containing it, as the module's
+/// symbol table names it; `MODULE+0xOFFSET` from the module's start when no
+/// symbol covers it. `None` outside every module.
+pub fn symbolize(address: u64) -> Option<String> {
+    let modules = MODULES.lock();
+    let module = modules.iter().find(|module| {
+        (module.memory.address()..module.memory.address() + module.memory.size() as u64).contains(&address)
+    })?;
+    let covering = |symbol: &&module::ModuleSymbol| {
+        !symbol.name.is_empty() && symbol.address <= address && address - symbol.address < symbol.size.max(1)
+    };
+    // A function first, a global one before a local one of the same place.
+    let symbol = module.linked.symbols.iter().filter(covering).max_by_key(|symbol| (symbol.function, symbol.global));
+    Some(match symbol {
+        Some(symbol) => alloc::format!("{}+{:#x} [{}]", symbol.name, address - symbol.address, module.name),
+        None => alloc::format!("{}+{:#x}", module.name, address - module.memory.address()),
+    })
 }
 
 /// Whether `address` lies in the memory of a loaded module.

@@ -47,6 +47,7 @@ fn patch(name: &str, targets: &[&str]) -> Patch {
             old_name: String::from(*target),
             old_position: None,
             new_address: replacement as *const () as u64,
+            allow_inlined: false,
         })
         .collect();
     Patch { name: String::from(name), objects: vec![Object { module: None, functions }] }

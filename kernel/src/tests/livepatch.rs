@@ -22,6 +22,7 @@ pub(super) fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Re
             old_name: String::from(old_name),
             old_position,
             new_address,
+            allow_inlined: false,
         })
         .collect();
     livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })?;
@@ -509,6 +510,7 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
                 old_name: String::from(name),
                 old_position: None,
                 new_address: address(contended_replacement as *const ()),
+                allow_inlined: false,
             }],
         }],
     })

@@ -39,7 +39,8 @@ fn calls_from(caller: u64, callee: u64) -> usize {
 /// Replaces the function `old_name` with `new` for the duration of `body`, counting the replacement's calls from zero.
 fn replaced<T>(old_name: &str, new: u64, body: impl FnOnce() -> T) -> T {
     let name = String::from("livepatchable-test");
-    let functions = vec![Function { old_name: String::from(old_name), old_position: None, new_address: new }];
+    let functions =
+        vec![Function { old_name: String::from(old_name), old_position: None, new_address: new, allow_inlined: false }];
     livepatch::add(Patch { name: name.clone(), objects: vec![Object { module: None, functions }] })
         .expect("a livepatchable target");
     livepatch::enable(&name).expect("enables");
@@ -341,11 +342,13 @@ fn function_not_marked_livepatchable_is_refused_by_name_and_nothing_changes() {
             old_name: String::from("kernel::tests::livepatchable::small"),
             old_position: None,
             new_address: address(small_replacement as *const ()),
+            allow_inlined: false,
         },
         Function {
             old_name: String::from(name),
             old_position: None,
             new_address: address(unmarked_replacement as *const ()),
+            allow_inlined: false,
         },
     ];
     let error =

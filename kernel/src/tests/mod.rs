@@ -6,6 +6,7 @@ mod debugger;
 mod devicetree;
 pub(crate) mod exceptions;
 mod ftrace;
+mod inlined;
 mod livepatch;
 mod livepatchable;
 mod memory;

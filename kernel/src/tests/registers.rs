@@ -453,6 +453,7 @@ fn livepatch_handler_gives_back_a_poisoned_r2_and_every_nonvolatile() {
         old_name: String::from("kernel::tests::registers::livepatched_target"),
         old_position: None,
         new_address: livepatched_replacement as *const () as u64,
+        allow_inlined: false,
     };
     livepatch::add(Patch {
         name: String::from("registers"),

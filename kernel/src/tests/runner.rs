@@ -27,6 +27,7 @@ fn runner_selftest_fails_leaving_registrations() {
         old_name: String::from("kernel::tests::runner::selftest_original"),
         old_position: None,
         new_address: selftest_replacement as *const () as u64,
+        allow_inlined: false,
     };
     livepatch::add(Patch {
         name: String::from("runner-selftest"),

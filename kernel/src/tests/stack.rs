@@ -405,6 +405,7 @@ fn patched_call_on_the_emergency_stack_uses_its_livepatch_stack() {
         old_name: String::from(name),
         old_position: None,
         new_address: emergency_replacement as *const () as u64,
+        allow_inlined: false,
     };
     livepatch::add(Patch {
         name: String::from("emergency"),

@@ -24,7 +24,8 @@ const COUNTER_GREETING: &str = "hello from the counter patch module";
 
 /// Adds and enables a kernel patch replacing `old_name` by `new_address`.
 fn enable_kernel_patch(name: &str, old_name: &str, new_address: u64) {
-    let functions = vec![Function { old_name: String::from(old_name), old_position: None, new_address }];
+    let functions =
+        vec![Function { old_name: String::from(old_name), old_position: None, new_address, allow_inlined: false }];
     livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })
         .expect("adds");
     livepatch::enable(name).expect("enables");

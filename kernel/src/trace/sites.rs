@@ -175,11 +175,15 @@ pub struct SiteSummary {
     pub address: u64,
     pub caller: Caller,
     pub users: u32,
+    /// The names of the registered ops that trace it, in registration order.
+    pub ops: Vec<&'static str>,
 }
 
 /// Every site with its current state.
 #[notrace]
 pub fn site_summaries() -> Vec<SiteSummary> {
+    // The registry first, as registration takes it before the states.
+    let registered = super::ops::registered_ops();
     let states = STATES.lock();
     table()
         .sites()
@@ -191,6 +195,7 @@ pub fn site_summaries() -> Vec<SiteSummary> {
             address: site.address,
             caller: state.caller(),
             users: state.users,
+            ops: registered.iter().filter(|ops| super::ops::traces(ops, site.address)).map(|ops| ops.name).collect(),
         })
         .collect()
 }

@@ -1,8 +1,13 @@
 //! The kernel services a patch module may call: `#[no_mangle]` kernel exports.
 //!
-//! The loader resolves these names against the kernel's symbol table. The
-//! wrappers are `#[inline(always)]`, so they are compiled into the module's own
-//! object and leave only the kernel's symbols undefined.
+//! One declaration and one safe wrapper per function or static the kernel
+//! exports (`export!` in kernel/src/livepatch/api.rs): a host test
+//! (xtask/src/export_wrappers.rs) fails when the two lists differ. The
+//! kernel also exports `memcpy`, `memmove`, `memset` and `memcmp`, which the
+//! compiler calls by itself; they have no wrapper. The loader resolves these
+//! names against the kernel's export list. The wrappers are
+//! `#[inline(always)]`, so they are compiled into the module's own object and
+//! leave only the kernel's symbols undefined.
 
 unsafe extern "C" {
     /// Prints `length` bytes at `bytes` to the console.
@@ -17,6 +22,14 @@ unsafe extern "C" {
     pub fn klp_intern_text(bytes: *const u8, length: usize) -> *const u8;
     /// A kernel static a module may read.
     pub static klp_kernel_version: u64;
+}
+
+// Rust-ABI kernel functions (`#[no_mangle] pub fn`, no `extern "C"`).
+unsafe extern "Rust" {
+    /// The kernel's ten-argument demonstration function (`#[livepatchable]`;
+    /// the samples `ten` and `bulk` replace it): the sum of its arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn klp_demo_ten(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64, i: u64, j: u64) -> u64;
 }
 
 /// `text` copied into kernel memory that outlives this module. What a
@@ -60,6 +73,16 @@ pub fn thread_id() -> u64 {
 pub fn report_toc(toc: u64) {
     // Safety: the kernel only records the value.
     unsafe { klp_report_toc(toc) }
+}
+
+/// Calls the kernel's `klp_demo_ten`. Like every call of a patched function,
+/// it runs the newest enabled replacement: from inside a replacement of
+/// `klp_demo_ten`, this calls that replacement again, not the original.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn demo_ten(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64, i: u64, j: u64) -> u64 {
+    // Safety: plain integers in, an integer out; the kernel keeps nothing.
+    unsafe { klp_demo_ten(a, b, c, d, e, f, g, h, i, j) }
 }
 
 /// The kernel's `klp_kernel_version` static.

@@ -26,6 +26,9 @@ pub const FORMAT_LINE: &str = "klp-patch 1";
 /// The section the kernel's loader reads the description from.
 pub const SECTION: &str = ".klp.patch";
 
+/// The flag after a replacement that lets it replace a function with inlined copies.
+pub const ALLOW_INLINED: &str = "allow_inlined";
+
 /// Declares the module's description.
 ///
 /// ```ignore
@@ -34,20 +37,30 @@ pub const SECTION: &str = ".klp.patch";
 ///
 /// Each replacement must name a function of this crate (a typo is a compile
 /// error); names and old names must be non-empty and free of whitespace.
+///
+/// The kernel refuses to replace a function that callers hold inlined copies
+/// of (they would keep running the original; `klp patchable` and `cargo
+/// xtask patch targets` list what is safe). A patch that means it anyway
+/// says so per function, and `klp list` marks that function:
+///
+/// ```ignore
+/// klp_patch::klp_patch!(name = "usage", replace = ["kernel::memory::usage" => usage_patched (allow_inlined)]);
+/// ```
 #[macro_export]
 macro_rules! klp_patch {
-    (name = $name:literal, replace = [$($old:literal => $new:ident),+ $(,)?] $(,)?) => {
+    (name = $name:literal, replace = [$($old:literal => $new:ident $(($flag:ident))?),+ $(,)?] $(,)?) => {
         const _: () = {
             assert!($crate::is_word($name), "a patch name must be non-empty and free of whitespace");
             $(
                 assert!($crate::is_word($old), "an old function name must be non-empty and free of whitespace");
                 // A replacement that does not exist fails to compile here.
                 let _ = $new;
+                $(assert!($crate::same(stringify!($flag), $crate::ALLOW_INLINED), "the only flag is allow_inlined");)?
             )+
         };
         const KLP_PATCH_TEXT: &str = concat!(
             "klp-patch 1\nname ", $name, "\n",
-            $("replace ", $old, " ", stringify!($new), "\n",)+
+            $("replace ", $old, " ", stringify!($new), $(" ", stringify!($flag),)? "\n",)+
         );
         /// The description the loader reads (`#[used]`: kept although nothing refers to it).
         #[used]
@@ -67,6 +80,22 @@ pub const fn bytes<const LENGTH: usize>(text: &str) -> [u8; LENGTH] {
         index += 1;
     }
     array
+}
+
+/// Whether two texts are equal (at compile time).
+pub const fn same(left: &str, right: &str) -> bool {
+    let (left, right) = (left.as_bytes(), right.as_bytes());
+    if left.len() != right.len() {
+        return false;
+    }
+    let mut index = 0;
+    while index < left.len() {
+        if left[index] != right[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
 }
 
 /// Whether `text` is one non-empty word without whitespace (a description field).
@@ -95,16 +124,29 @@ mod tests {
         2
     }
 
-    crate::klp_patch!(name = "demo", replace = ["kernel::shell::greeting" => first, "klp_demo_ten" => second,]);
+    fn third() {}
+
+    crate::klp_patch!(
+        name = "demo",
+        replace = ["kernel::shell::greeting" => first, "klp_demo_ten" => second, "kernel::x" => third (allow_inlined),]
+    );
 
     #[test]
     fn the_description_is_the_documented_text() {
-        let _ = (first(), second());
+        let _ = (first(), second(), third());
         assert_eq!(
             core::str::from_utf8(&KLP_PATCH).unwrap(),
-            "klp-patch 1\nname demo\nreplace kernel::shell::greeting first\nreplace klp_demo_ten second\n"
+            "klp-patch 1\nname demo\nreplace kernel::shell::greeting first\nreplace klp_demo_ten second\n\
+             replace kernel::x third allow_inlined\n"
         );
         assert!(KLP_PATCH_TEXT.starts_with(crate::FORMAT_LINE));
+    }
+
+    #[test]
+    fn texts_compare_at_compile_time() {
+        assert!(crate::same("allow_inlined", crate::ALLOW_INLINED));
+        assert!(!crate::same("allow_inline", crate::ALLOW_INLINED));
+        assert!(!crate::same("force", "fence"));
     }
 
     #[test]

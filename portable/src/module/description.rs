@@ -5,6 +5,7 @@
 //! name greeting                                 the patch's name, exactly once
 //! replace kernel::hello new_hello               one or more: OLD_NAME NEW_SYMBOL
 //! replace kernel::util::parse@2 new_parse       OLD_NAME@N: the Nth function of that name (from 1)
+//! replace kernel::x new_x allow_inlined         replace it although callers hold inlined copies
 //! # a comment                                   blank lines and '#' lines are ignored
 //! ```
 //!
@@ -39,7 +40,13 @@ pub struct ReplacedFunction {
     pub old_position: Option<usize>,
     /// The module symbol (a function defined in the module) that replaces it.
     pub new_symbol: String,
+    /// Replace it even though callers hold inlined copies of it, which keep
+    /// running the original (the `allow_inlined` flag after NEW_SYMBOL).
+    pub allow_inlined: bool,
 }
+
+/// The flag that lets a `replace` line name a function with inlined copies.
+pub const ALLOW_INLINED: &str = "allow_inlined";
 
 /// An error at 1-based `line`.
 fn error(line: usize, reason: impl Into<String>) -> ModuleError {
@@ -101,15 +108,25 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
                 }
                 name = Some(patch.to_string());
             }
-            ["replace", old, new] if is_name(old) && is_name(new) => {
+            ["replace", old, new, flags @ ..] if is_name(old) && is_name(new) && flags.len() <= 1 => {
                 let (old_name, old_position) = old_function(number, old)?;
+                let allow_inlined = match flags {
+                    [] => false,
+                    [flag] if *flag == ALLOW_INLINED => true,
+                    _ => {
+                        let flags = flags.join(" ");
+                        return Err(error(number, format!("unknown flag {flags:?} (expected {ALLOW_INLINED:?})")));
+                    }
+                };
                 if !replaced.insert((old_name.clone(), old_position)) {
                     return Err(error(number, format!("{old} is replaced twice")));
                 }
-                functions.push(ReplacedFunction { old_name, old_position, new_symbol: new.to_string() });
+                functions.push(ReplacedFunction { old_name, old_position, new_symbol: new.to_string(), allow_inlined });
             }
             ["name", ..] => return Err(error(number, "expected \"name NAME\"")),
-            ["replace", ..] => return Err(error(number, "expected \"replace OLD_NAME[@N] NEW_SYMBOL\"")),
+            ["replace", ..] => {
+                return Err(error(number, "expected \"replace OLD_NAME[@N] NEW_SYMBOL [allow_inlined]\""));
+            }
             ["klp-patch", ..] => return Err(error(number, "a second version line")),
             [keyword, ..] => return Err(error(number, format!("unknown keyword {keyword:?}"))),
             [] => {}

@@ -148,7 +148,7 @@ fn description_line(text: &str) -> usize {
 #[test]
 fn description_parses_names_positions_comments_and_padding() {
     let text = b"# made by hand\n\nklp-patch 1\nname greeting\n  replace kernel::hello new_hello  \n\
-                 # another\nreplace kernel::util::parse@2 new_parse\n\0\0\0";
+                 # another\nreplace kernel::util::parse@2 new_parse\nreplace kernel::x new_x allow_inlined\n\0\0\0";
     let description = parse_description(text).unwrap();
     assert_eq!(description.name, "greeting");
     assert_eq!(
@@ -157,12 +157,20 @@ fn description_parses_names_positions_comments_and_padding() {
             ReplacedFunction {
                 old_name: "kernel::hello".to_string(),
                 old_position: None,
-                new_symbol: "new_hello".to_string()
+                new_symbol: "new_hello".to_string(),
+                allow_inlined: false,
             },
             ReplacedFunction {
                 old_name: "kernel::util::parse".to_string(),
                 old_position: Some(2),
-                new_symbol: "new_parse".to_string()
+                new_symbol: "new_parse".to_string(),
+                allow_inlined: false,
+            },
+            ReplacedFunction {
+                old_name: "kernel::x".to_string(),
+                old_position: None,
+                new_symbol: "new_x".to_string(),
+                allow_inlined: true,
             },
         ]
     );
@@ -182,6 +190,9 @@ fn malformed_descriptions_name_their_line() {
     assert_eq!(description_line("klp-patch 1\nname a b\nreplace a b\n"), 2);
     assert_eq!(description_line("klp-patch 1\nname x\nreplace a\n"), 3);
     assert_eq!(description_line("klp-patch 1\nname x\nreplace a b c\n"), 3);
+    assert_eq!(description_line("klp-patch 1\nname x\nreplace a b allow_inlined allow_inlined\n"), 3);
+    let message = parse_description(b"klp-patch 1\nname x\nreplace a b force\n").unwrap_err().to_string();
+    assert!(message.contains("unknown flag \"force\" (expected \"allow_inlined\")"), "{message}");
     assert_eq!(description_line("klp-patch 1\nname x\nreplace a@0 b\n"), 3);
     assert_eq!(description_line("klp-patch 1\nname x\nreplace a@x b\n"), 3);
     assert_eq!(description_line("klp-patch 1\nname x\nreplace a@+1 b\n"), 3);
