@@ -48,8 +48,11 @@ class KlpWatch(gdb.Breakpoint):
         klp_state()
         return False
 
+# C expressions: the session starts stopped in boot_main, where the language is Rust.
+gdb.execute("set language c")
 KlpWatch("*(unsigned int *)0x%x" % address_of("ftrace_call"), gdb.BP_WATCHPOINT)
 KlpWatch("*(unsigned long *)0x%x" % address_of("FUNCTION_TRACE_OP"), gdb.BP_WATCHPOINT)
+gdb.execute("set language auto")
 end
 continue
 python print("inconsistent states: %d" % len(KLP_INCONSISTENT))
