@@ -74,20 +74,8 @@ def without_crate_hashes(name):
 
 
 def symbol_name(address):
-    """`name + offset` of the code or data at address, or None. Functions are
-    named from the debug information (as `bt` names them), anything else from
-    the ELF symbol table, without crate hashes either way."""
-    try:
-        block = gdb.block_for_pc(address)
-    except RuntimeError:
-        block = None
-    # The outermost function block (the one in the file's static block), not
-    # a function inlined into it: the name of the code that is really there.
-    while block is not None and block.superblock is not None and not block.superblock.is_static:
-        block = block.superblock
-    if block is not None and block.function is not None and not block.is_static and not block.is_global:
-        offset = address - block.start
-        return block.function.print_name + (" + %d" % offset if offset else "")
+    """`name + offset` of the function (or data) at address, from the ELF
+    symbol table, without crate hashes; None if no symbol covers it."""
     answer = gdb.execute("info symbol 0x%x" % address, to_string=True).strip()
     if answer.startswith("No symbol"):
         return None

@@ -6,6 +6,8 @@
 # Run by `cargo xtask test` (xtask/src/gdb_test.rs).
 # session: attach
 # on: === waiting for the module ===
+# A second kernel would take the sockets over: `cargo xtask gdb` refuses to boot one.
+# do: fails gdb --batch tests/gdb/boot.gdb => a kernel is running already
 # do: patch load greeting
 # do: type hello
 # on: [Inferior 1 (process 1) detached]
@@ -31,6 +33,9 @@
 # expect: === kthreads ===
 # expect: main
 # expect: idle
+# expect: === info line ===
+# expect: starts at address 0x
+# expect: <kernel::shell::greeting>
 # expect: === end ===
 # expect: [Inferior 1 (process 1) detached]
 # No crate hash (`kernel[325dce8376e66eba]::shell`) anywhere.
@@ -47,5 +52,7 @@ echo === klp-list ===\n
 klp-list
 echo === kthreads ===\n
 kthreads
+echo === info line ===\n
+info line kernel::shell::greeting
 echo === end ===\n
 detach

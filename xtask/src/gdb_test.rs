@@ -16,7 +16,8 @@
 //! gdb runs: `# on: TEXT` waits until gdb prints TEXT, then the `# do:`
 //! lines after it run in order: `patch ARGUMENTS` (`cargo xtask patch
 //! ARGUMENTS`, which must succeed), `type LINE` (typed into the console),
-//! `console TEXT` (wait until the console prints TEXT).
+//! `console TEXT` (wait until the console prints TEXT), `fails ARGUMENTS =>
+//! TEXT` (`cargo xtask ARGUMENTS` must fail, printing TEXT).
 
 use std::fs;
 use std::path::Path;
@@ -42,6 +43,7 @@ enum Action {
     Patch(Vec<String>),
     Type(String),
     Console(String),
+    Fails { arguments: Vec<String>, text: String },
 }
 
 /// `# on: TEXT` and the actions that follow it.
@@ -83,7 +85,13 @@ fn parse(script: &str) -> Result<Expectations, String> {
                     "patch" => Action::Patch(rest.split_whitespace().map(String::from).collect()),
                     "type" => Action::Type(rest.to_string()),
                     "console" => Action::Console(rest.to_string()),
-                    _ => return Err(format!("unknown action {value:?} (patch, type or console)")),
+                    "fails" => {
+                        let (arguments, text) =
+                            rest.split_once(" => ").ok_or_else(|| format!("`# do: {value}` lacks ` => TEXT`"))?;
+                        let arguments = arguments.split_whitespace().map(String::from).collect();
+                        Action::Fails { arguments, text: text.trim().to_string() }
+                    }
+                    _ => return Err(format!("unknown action {value:?} (patch, type, console or fails)")),
                 });
             }
             _ => {}
@@ -190,6 +198,9 @@ fn live_session(expectations: &Expectations, script: &Path) -> Result<String> {
                 }
                 Action::Type(line) => console_of(&mut console)?.type_line(line)?,
                 Action::Console(text) => console_of(&mut console)?.wait_for(text)?,
+                Action::Fails { arguments, text } => {
+                    refused(&arguments.iter().map(String::as_str).collect::<Vec<_>>(), text)?;
+                }
             }
         }
     }
@@ -209,27 +220,29 @@ fn console_of(console: &mut Option<Session>) -> Result<&mut Session> {
     Ok(console.as_mut().expect("just started"))
 }
 
-/// `cargo xtask gdb --test NAME` with a NAME that no test has fails on the
-/// terminal, naming the problem, before it boots anything.
-fn unknown_test_is_an_error() -> Result<()> {
-    let script = workspace_root().join("tests/gdb/boot.gdb");
+/// `cargo xtask ARGUMENTS` as a separate process must fail, printing `text`;
+/// returns what it printed.
+fn refused(arguments: &[&str], text: &str) -> Result<String> {
     let output = std::process::Command::new(std::env::current_exe()?)
-        .args(["gdb", "--test", "no_such_kernel_test", "--batch"])
-        .arg(&script)
+        .args(arguments)
         .current_dir(workspace_root())
         .stdin(std::process::Stdio::null())
         .output()
-        .context("running `cargo xtask gdb --test no_such_kernel_test`")?;
-    let errors = String::from_utf8_lossy(&output.stderr);
-    println!("$ cargo xtask gdb --test no_such_kernel_test --batch tests/gdb/boot.gdb\n{}", errors.trim_end());
-    if output.status.success() {
-        bail!("it succeeded");
+        .with_context(|| format!("running `cargo xtask {}`", arguments.join(" ")))?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("$ cargo xtask {}\n{}", arguments.join(" "), printed.trim_end());
+    if output.status.success() || !printed.contains(text) {
+        bail!("`cargo xtask {}` should have failed with `{text}`", arguments.join(" "));
     }
-    let refusal = "error: no kernel test is named \"no_such_kernel_test\"";
-    if !errors.lines().any(|line| line.starts_with(refusal)) {
-        bail!("its standard error has no line `{refusal} ...`");
-    }
-    if errors.contains("$ qemu-system-ppc64") {
+    Ok(printed)
+}
+
+/// `cargo xtask gdb --test NAME` with a NAME that no test has fails on the
+/// terminal, naming the problem, before it boots anything.
+fn unknown_test_is_an_error() -> Result<()> {
+    let arguments = ["gdb", "--test", "no_such_kernel_test", "--batch", "tests/gdb/boot.gdb"];
+    let printed = refused(&arguments, "error: no kernel test is named \"no_such_kernel_test\"")?;
+    if printed.contains("$ qemu-system-ppc64") {
         bail!("it booted QEMU before refusing the name");
     }
     Ok(())
@@ -278,6 +291,15 @@ mod tests {
         assert_eq!(parse("# session: gdb\n").unwrap().kind, Kind::Boot);
         assert!(parse("# session: attach\n# do: type hello\n").unwrap_err().contains("before any"));
         assert!(parse("# session: gdb\n# on: x\n# do: dance\n").unwrap_err().contains("unknown action"));
+        let fails =
+            parse("# session: attach\n# on: x\n# do: fails gdb --batch b.gdb => a kernel is running\n").unwrap();
+        assert_eq!(
+            fails.steps[0].actions,
+            [Action::Fails {
+                arguments: vec!["gdb".into(), "--batch".into(), "b.gdb".into()],
+                text: "a kernel is running".into()
+            }]
+        );
         assert!(parse("# test: x\n# on: y\n").unwrap_err().contains("only a session"));
     }
 }
