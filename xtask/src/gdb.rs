@@ -140,8 +140,13 @@ fn start(test: Option<&str>, batch: Option<&Path>, firmware: Firmware) -> Result
         ..Machine::new(image.clone(), firmware).with(&["-S"]).with(&stub_options()).with(&console::qemu_options())
     };
     let mut qemu = machine.command()?;
-    // Its own process group: Ctrl-C in gdb interrupts the kernel instead of killing QEMU.
-    qemu.stdin(Stdio::null()).process_group(0);
+    qemu.stdin(Stdio::null());
+    if batch.is_none() {
+        // Its own process group: Ctrl-C in gdb interrupts the kernel instead of
+        // killing QEMU. (A batch run keeps it in its own group, so that whoever
+        // kills that group, as the tests do when a session fails, kills QEMU too.)
+        qemu.process_group(0);
+    }
     let mut guard = Guard::spawn(&mut qemu)?;
     wait_for_socket(&workspace_root().join(SOCKET), &mut guard)?;
     let mut gdb = gdb_command(&image);
