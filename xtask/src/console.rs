@@ -56,7 +56,7 @@ pub fn main() -> Result<ExitCode> {
     stdout.flush()?;
     let terminal = if std::io::stdin().is_terminal() { Some(RawTerminal::enter()?) } else { None };
     if terminal.is_some() {
-        eprint!("(attached to the kernel's console: Ctrl-] detaches)\r\n");
+        eprintln!("(attached to the kernel's console: Ctrl-] detaches)");
     }
     let last_output = Arc::new(Mutex::new(Instant::now()));
     let mut from_kernel = stream.try_clone()?;
@@ -73,7 +73,7 @@ pub fn main() -> Result<ExitCode> {
         if let Some(saved) = saved {
             restore(&saved);
         }
-        eprint!("\r\n(the console closed: the machine has stopped)\r\n");
+        eprintln!("\n(the console closed: the machine has stopped)");
         std::process::exit(0);
     });
     let mut to_kernel = stream;
@@ -100,8 +100,8 @@ pub fn main() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The terminal in raw mode without echo (keys go to the kernel as typed);
-/// its settings come back when this is dropped.
+/// The terminal in raw mode without echo (keys go to the kernel as typed,
+/// the kernel echoes them); its settings come back when this is dropped.
 struct RawTerminal {
     saved: String,
 }
@@ -113,9 +113,11 @@ impl RawTerminal {
             bail!("stty -g failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
         let saved = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        let status = command("stty").args(["raw", "-echo"]).stdin(Stdio::inherit()).status()?;
+        // Output processing stays on, as QEMU's own stdio console keeps it: the
+        // kernel ends lines with \n alone, which the terminal must turn into \r\n.
+        let status = command("stty").args(["raw", "-echo", "opost", "onlcr"]).stdin(Stdio::inherit()).status()?;
         if !status.success() {
-            bail!("stty raw -echo failed");
+            bail!("stty raw -echo opost onlcr failed");
         }
         Ok(RawTerminal { saved })
     }

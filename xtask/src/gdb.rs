@@ -27,7 +27,7 @@ use crate::{announce, build, command, console, packages, patch_channel, workspac
 pub struct Options {
     /// Attach to the kernel that `cargo xtask run` is running, through its gdb stub
     /// (target/kernel/gdb.sock); quitting gdb detaches and leaves it running.
-    #[arg(long, conflicts_with = "test")]
+    #[arg(long, conflicts_with_all = ["test", "firmware"])]
     pub attach: bool,
     /// Debug the test kernel running the in-kernel test NAME: a whole name as the
     /// test runner prints it, or a part of names as `cargo xtask test NAME` takes it.
