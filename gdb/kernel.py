@@ -6,18 +6,24 @@ fixed-layout debug anchor, `klp_debug_anchor` (kernel/src/debug.rs), as plain
 memory, so it does not depend on how Rust lays out the kernel's collections.
 
 Commands: kthreads, lp-stack [THREAD], klp-list, ftrace-sites [GLOB].
+
+Names are shown as the source spells them (`kernel::shell::greeting`), without
+the crate hash that the linker's v0-mangled symbols carry
+(`kernel[325dce8376e66eba]::shell::greeting`).
 """
 
 import fnmatch
 import os
+import re
 import struct
 
 import gdb
 from gdb.unwinder import Unwinder, register_unwinder
 
-ANCHOR_VERSION = 2
+ANCHOR_VERSION = 3
 MAX_THREADS, MAX_PATCHES, MAX_FUNCTIONS, MAX_MODULES, MAX_SECTIONS = 64, 16, 16, 8, 48
-HEADER_WORDS = 14                      # magic .. site_entry_size
+HEADER_WORDS = 15                      # magic .. site_entry_size
+LONGEST_THREAD_NAME = 512             # bytes read of a thread's name (they are whole up to this)
 PATCH_SIZE = 32 + 8 + 8 + MAX_FUNCTIONS * 16
 MODULE_SIZE = 32 + 4 * 8 + MAX_SECTIONS * 40
 STACK_END_MAGIC = 0x57AC6E9D
@@ -58,13 +64,29 @@ def livepatch_handler_window():
     return start + word(table), start + word(table + 8)
 
 
+CRATE_HASH = re.compile(r"\[[0-9a-f]+\]::")
+
+
+def without_crate_hashes(name):
+    """`kernel[325dce8376e66eba]::shell::greeting` -> `kernel::shell::greeting`: the
+    demangler prints each crate's disambiguator of a v0 symbol; the source never does."""
+    return CRATE_HASH.sub("::", name)
+
+
+def symbol_name(address):
+    """`name + offset` of the function (or data) at address, from the ELF
+    symbol table, without crate hashes; None if no symbol covers it."""
+    answer = gdb.execute("info symbol 0x%x" % address, to_string=True).strip()
+    if answer.startswith("No symbol"):
+        return None
+    return without_crate_hashes(answer.split(" in section")[0])
+
+
 def symbolize(address):
     if address == 0:
         return "0"
-    answer = gdb.execute("info symbol 0x%x" % address, to_string=True).strip()
-    if answer.startswith("No symbol"):
-        return "0x%x" % address
-    return "0x%x %s" % (address, answer.split(" in section")[0])
+    name = symbol_name(address)
+    return "0x%x %s" % (address, name) if name else "0x%x" % address
 
 
 class Anchor:
@@ -77,8 +99,8 @@ class Anchor:
             raise gdb.GdbError("klp_debug_anchor: bad magic (is this the klp kernel?)")
         words = struct.unpack("<%dQ" % (HEADER_WORDS - 1), header[8:])
         (self.version, self.thread_size, self.livepatch_stack_offset, self.livepatch_frame_size,
-         self.info_livepatch_sp, self.info_thread_id, self.info_saved_sp, self.info_state, self.info_name,
-         self.module_generation, self.sites, self.site_count, self.site_entry_size) = words
+         self.info_livepatch_sp, self.info_thread_id, self.info_saved_sp, self.info_state, self.info_name_address,
+         self.info_name_length, self.module_generation, self.sites, self.site_count, self.site_entry_size) = words
         if self.version != ANCHOR_VERSION:
             raise gdb.GdbError("klp_debug_anchor version %d, script knows %d" % (self.version, ANCHOR_VERSION))
         self.threads_at = self.address + HEADER_WORDS * 8
@@ -103,10 +125,20 @@ class Anchor:
             "base": base,
             "id": word(base + self.info_thread_id),
             "state": self.state_name(word(base + self.info_state)),
-            "name": text(read(base + self.info_name, 24)),
+            "name": self.thread_name(base),
             "livepatch_sp": word(base + self.info_livepatch_sp),
             "saved_sp": word(base + self.info_saved_sp),
         }
+
+    def thread_name(self, base):
+        """The whole name the kernel gave the thread ("" if none yet)."""
+        address, length = word(base + self.info_name_address), word(base + self.info_name_length)
+        if address == 0 or length == 0:
+            return ""
+        try:
+            return read(address, min(length, LONGEST_THREAD_NAME)).decode("utf-8", "replace")
+        except gdb.MemoryError:
+            return "? (name at 0x%x unreadable)" % address
 
     def livepatch_frames(self, base):
         """(address, toc, link, marker) from the oldest frame to the newest."""
@@ -159,16 +191,25 @@ class KernelThreads(gdb.Command):
 
     def invoke(self, argument, from_tty):
         anchor = Anchor()
+        bases = anchor.threads()
+        if not bases:
+            print("no kernel threads yet: the kernel lists them once its scheduler starts "
+                  "(thread::init, called from boot_main)")
+            return
         current = current_base(anchor)
-        print("  %4s %-24s %-9s %11s %9s  %s" % ("id", "name", "state", "stack used", "lp depth", "r1"))
-        for base in anchor.threads():
-            thread = anchor.thread(base)
+        threads = [anchor.thread(base) for base in bases]
+        width = max([len("name")] + [len(thread["name"]) for thread in threads])
+        print("  %4s %-*s %-9s %11s %9s  %s" % ("id", width, "name", "state", "stack used", "lp depth", "r1"))
+        for base, thread in zip(bases, threads):
             stack_pointer = int(gdb.parse_and_eval("$r1")) if base == current else thread["saved_sp"]
             used = base + anchor.thread_size - stack_pointer if stack_pointer else 0
             depth = (thread["livepatch_sp"] - base - anchor.livepatch_stack_offset) // anchor.livepatch_frame_size
             marker = "*" if base == current else " "
-            print("%s %4d %-24s %-9s %11d %9d  0x%x" % (marker, thread["id"], thread["name"], thread["state"], used,
-                                                     depth, stack_pointer))
+            print("%s %4d %-*s %-9s %11d %9d  0x%x" % (marker, thread["id"], width, thread["name"], thread["state"],
+                                                    used, depth, stack_pointer))
+        if current not in bases:
+            print("(r1 0x%x is on none of these stacks: an exception's emergency stack, or the boot stack "
+                  "before the scheduler)" % int(gdb.parse_and_eval("$r1")))
 
 
 class LivepatchStack(gdb.Command):
@@ -187,6 +228,9 @@ saved TOC, saved return address, and whether the marker is intact."""
             if not matches:
                 raise gdb.GdbError("no thread %d" % wanted)
             base = matches[0]
+        if word(base + anchor.info_livepatch_sp) == 0:
+            raise gdb.GdbError("no livepatch stack at 0x%x: its thread_info is not set up yet (the boot stack's "
+                               "is, in thread::init, called from boot_main)" % base)
         frames = anchor.livepatch_frames(base)
         thread = anchor.thread(base)
         print("thread %d (%s): %d livepatch frame(s)" % (thread["id"], thread["name"], len(frames)))
@@ -203,6 +247,10 @@ class LivepatchList(gdb.Command):
 
     def invoke(self, argument, from_tty):
         anchor = Anchor()
+        if not anchor.patches() and not anchor.modules():
+            print("no live patches and no modules: the kernel registers its built-in patch during boot "
+                  "(livepatch::register_builtin, called from boot_main); modules come over the patch channel")
+            return
         for name, enabled, functions in anchor.patches():
             print("%s [%s]" % (name, "enabled" if enabled else "disabled"))
             for old, new in functions:
@@ -221,6 +269,10 @@ class FtraceSites(gdb.Command):
 
     def invoke(self, argument, from_tty):
         anchor = Anchor()
+        if anchor.sites == 0:
+            print("no ftrace site table yet: the kernel records it when it validates its entry sites "
+                  "(trace::init, called from boot_main)")
+            return
         pattern = argument.strip() or "*"
         shown = 0
         for index in range(anchor.site_count):
@@ -362,6 +414,9 @@ class LivepatchUnwinder(Unwinder):
 
 
 def install():
+    # Addresses in x/i, info line and print as <kernel::shell::greeting+4>
+    # (the name from the debug information), not as the mangled linker symbol.
+    gdb.execute("set print asm-demangle on")
     KernelThreads()
     LivepatchStack()
     LivepatchList()

@@ -48,8 +48,14 @@ class KlpWatch(gdb.Breakpoint):
         klp_state()
         return False
 
+# C expressions: the session starts stopped in boot_main, where the language is Rust.
+gdb.execute("set language c")
 KlpWatch("*(unsigned int *)0x%x" % address_of("ftrace_call"), gdb.BP_WATCHPOINT)
 KlpWatch("*(unsigned long *)0x%x" % address_of("FUNCTION_TRACE_OP"), gdb.BP_WATCHPOINT)
+gdb.execute("set language auto")
 end
+# Stop before the kernel powers off: QEMU then exits and takes the gdb
+# connection with it, which would end the script before its summary.
+break kernel::power_off
 continue
 python print("inconsistent states: %d" % len(KLP_INCONSISTENT))

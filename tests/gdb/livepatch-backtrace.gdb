@@ -12,19 +12,24 @@
 # expect: module_replacement_runs_with_its_own_toc
 # expect: === lp-stack ===
 # expect: 1 livepatch frame(s)
-# expect: greeting_caller
+# expect: lr 0x
+# expect: kernel::tests::modules::greeting_caller + 
 # expect: marker ok
 # expect: === klp-list ===
 # expect: counter [enabled]
+# expect: kernel::shell::greeting -> 0x
 # expect: counter_greeting
 # expect: === info symbol ===
 # expect: counter_greeting in section .text.counter_greeting
 # expect: === kthreads ===
-# expect: running
+# The test's thread, named after the whole test (not cut to a column or a buffer).
+# expect: kernel::tests::modules::module_replacement_runs_with_its_own_toc_and_the_caller_gets_its_toc_back running
 # expect: === ftrace-sites ===
 # expect: kernel::shell::greeting
 # expect: bl 0x
 # expect: === end ===
+# No crate hash (`kernel[325dce8376e66eba]::tests`) anywhere: names as the source spells them.
+# reject: ]::
 set pagination off
 set confirm off
 set breakpoint pending on

@@ -2,7 +2,8 @@
 # replacement, and after the frame is popped, while an outer patched call's
 # frame is on the livepatch stack; `bt` must name the real caller each time.
 # Run by `cargo xtask test` (xtask/src/gdb_test.rs).
-# test: kernel::tests::debugger::nested_livepatched_calls_for_the_debugger
+# Part of the test's name, as `cargo xtask test` takes it.
+# test: nested_livepatched_calls_for_the
 # expect: === before the push ===
 # expect: caller: debugger_inner_caller
 # expect: chain: livepatch_handler <- debugger_inner_caller <- debugger_outer_replacement <- livepatch_handler <- debugger_outer_caller <- nested_livepatched_calls_for_the_debugger

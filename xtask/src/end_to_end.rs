@@ -11,8 +11,9 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,58 +26,110 @@ const ORIGINAL: &str = "hello from the original kernel";
 const PATCHED: &str = "hello from the greeting patch module";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The kernel under `cargo xtask run`, with its console output gathered as it comes.
-struct Session {
+/// A console, with its output gathered as it comes: the kernel under `cargo
+/// xtask run`, or `cargo xtask console` on the kernel under `cargo xtask gdb`
+/// (or gdb itself, under `cargo xtask gdb --batch`).
+pub struct Session {
     child: Child,
-    output: Receiver<u8>,
-    seen: String,
+    /// `cargo xtask ARGUMENTS`, for messages.
+    what: String,
+    output: Receiver<Vec<u8>>,
+    /// What came and no wait has matched yet.
+    seen: Vec<u8>,
+    /// Everything that came.
+    transcript: Vec<u8>,
 }
 
 impl Session {
     fn start() -> Result<Session> {
+        Session::spawn(&["run"], false)
+    }
+
+    /// `cargo xtask ARGUMENTS` with its standard input and output (and, with
+    /// `errors`, its standard error) piped to this session, in its own process
+    /// group, which goes when the session does (with the QEMU that `run`
+    /// started, whatever state the kernel is in).
+    pub fn spawn(arguments: &[&str], errors: bool) -> Result<Session> {
+        let what = format!("cargo xtask {}", arguments.join(" "));
         let mut child = Command::new(std::env::current_exe()?)
-            .arg("run")
+            .args(arguments)
             .current_dir(workspace_root())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if errors { Stdio::piped() } else { Stdio::inherit() })
+            .process_group(0)
             .spawn()
-            .context("starting `cargo xtask run`")?;
-        let mut stdout = child.stdout.take().expect("piped");
+            .with_context(|| format!("starting `{what}`"))?;
         let (sender, output) = channel();
-        thread::spawn(move || {
-            let mut byte = [0u8; 1];
-            while let Ok(1) = stdout.read(&mut byte) {
-                if sender.send(byte[0]).is_err() {
-                    break;
+        let stdout = child.stdout.take().map(|stream| Box::new(stream) as Box<dyn Read + Send>);
+        let stderr = child.stderr.take().map(|stream| Box::new(stream) as Box<dyn Read + Send>);
+        for mut stream in stdout.into_iter().chain(stderr) {
+            let sender = sender.clone();
+            thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(count @ 1..) = stream.read(&mut buffer) {
+                    if sender.send(buffer[..count].to_vec()).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
-        Ok(Session { child, output, seen: String::new() })
+            });
+        }
+        Ok(Session { child, what, output, seen: Vec::new(), transcript: Vec::new() })
     }
 
     /// Waits until `text` appears after what was already matched.
-    fn wait_for(&mut self, text: &str) -> Result<()> {
+    pub fn wait_for(&mut self, text: &str) -> Result<()> {
         self.until(text).map(drop)
     }
 
     /// Waits until `text` appears after what was already matched; returns what came before it.
     fn until(&mut self, text: &str) -> Result<String> {
         let deadline = Instant::now() + STEP_TIMEOUT;
-        while !self.seen.contains(text) {
+        let needle = text.as_bytes();
+        let start = loop {
+            if let Some(start) = self.seen.windows(needle.len()).position(|window| window == needle) {
+                break start;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.output.recv_timeout(left) {
-                Ok(byte) => {
-                    self.seen.push(byte as char);
-                    print!("{}", byte as char);
+                Ok(chunk) => self.take(chunk),
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("`{}` did not print {text:?} within {} s", self.what, STEP_TIMEOUT.as_secs())
                 }
-                Err(_) => bail!("the kernel did not print {text:?} within {} s", STEP_TIMEOUT.as_secs()),
+                Err(RecvTimeoutError::Disconnected) => bail!("`{}` ended without printing {text:?}", self.what),
+            }
+        };
+        let before = String::from_utf8_lossy(&self.seen[..start]).into_owned();
+        self.seen.drain(..start + needle.len());
+        Ok(before)
+    }
+
+    fn take(&mut self, chunk: Vec<u8>) {
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(&chunk).and_then(|()| stdout.flush());
+        self.seen.extend_from_slice(&chunk);
+        self.transcript.extend_from_slice(&chunk);
+    }
+
+    /// Waits until the process has closed its output and exited; returns everything it printed.
+    pub fn rest(&mut self) -> Result<String> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.take(chunk),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => bail!("`{}` still ran after {} s", self.what, STEP_TIMEOUT.as_secs()),
             }
         }
-        let start = self.seen.find(text).expect("found");
-        let before = self.seen[..start].to_string();
-        self.seen.drain(..start + text.len());
-        Ok(before)
+        drop(self.child.stdin.take());
+        self.child.wait()?;
+        Ok(self.transcript())
+    }
+
+    /// Everything the process printed so far.
+    pub fn transcript(&self) -> String {
+        String::from_utf8_lossy(&self.transcript).into_owned()
     }
 
     /// Types `command` and returns what the shell printed for it, up to the next prompt.
@@ -87,7 +140,7 @@ impl Session {
         self.until(crate::qemu::SHELL_PROMPT)
     }
 
-    fn type_line(&mut self, line: &str) -> Result<()> {
+    pub fn type_line(&mut self, line: &str) -> Result<()> {
         let stdin = self.child.stdin.as_mut().expect("piped");
         stdin.write_all(format!("{line}\n").as_bytes())?;
         stdin.flush()?;
@@ -95,11 +148,11 @@ impl Session {
     }
 
     /// Ends input; the kernel powers off and `xtask run` must exit 0.
-    fn finish(mut self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
         drop(self.child.stdin.take());
         let status = self.child.wait()?;
         if !status.success() {
-            bail!("`cargo xtask run` ended with {status}");
+            bail!("`{}` ended with {status}", self.what);
         }
         Ok(())
     }
@@ -107,13 +160,19 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // The whole group while xtask still runs (until it is reaped, the group's
+        // id is its own): killing xtask alone would leave its QEMU running.
+        if let Ok(None) = self.child.try_wait() {
+            let group = format!("-{}", self.child.id());
+            let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).stderr(Stdio::null()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 /// `cargo xtask patch ARGUMENTS` as a separate process; must succeed.
-fn patch_command(arguments: &[&str]) -> Result<()> {
+pub fn patch_command(arguments: &[&str]) -> Result<()> {
     let (success, output) = patch_output(arguments)?;
     if !success {
         bail!("`cargo xtask patch {}` failed:\n{output}", arguments.join(" "));
@@ -137,7 +196,7 @@ fn patch_output(arguments: &[&str]) -> Result<(bool, String)> {
 }
 
 /// Boots `cargo xtask run` with no request of an earlier run still noted as pending.
-fn start_session() -> Result<Session> {
+pub fn start_session() -> Result<Session> {
     let _ = fs::remove_file(workspace_root().join(patch_channel::PENDING));
     let mut session = Session::start()?;
     session.wait_for("klp> ")?;

@@ -1,35 +1,107 @@
 //! The debugger phase of `cargo xtask test`: gdb batch sessions whose output must show what the scripts expect.
 //!
-//! Each `tests/gdb/NAME.gdb` starts with header comments: `# test: KTEST`
-//! (the in-kernel test the kernel runs while gdb is attached) and
-//! `# expect: TEXT` lines, which must appear in gdb's output in order.
+//! Each `tests/gdb/NAME.gdb` starts with header comments. One line says
+//! which kernel gdb debugs:
+//!
+//! - `# test: KTEST`: the test kernel running the in-kernel test(s) that
+//!   `cargo xtask gdb --test KTEST` selects;
+//! - `# session: gdb`: `cargo xtask gdb --batch` (the kernel of `run`,
+//!   stopped at `boot_main`, its console reached with `cargo xtask console`);
+//! - `# session: attach`: `cargo xtask run`, then `cargo xtask gdb --attach
+//!   --batch`; the run must end well afterwards (the shell powers the
+//!   machine off when its input ends), so the kernel must still run.
+//!
+//! `# expect: TEXT` lines must appear in gdb's output in order, and no
+//! `# reject: TEXT` anywhere. A session (not a `test:` script) can act while
+//! gdb runs: `# on: TEXT` waits until gdb prints TEXT, then the `# do:`
+//! lines after it run in order: `patch ARGUMENTS` (`cargo xtask patch
+//! ARGUMENTS`, which must succeed), `type LINE` (typed into the console),
+//! `console TEXT` (wait until the console prints TEXT), `fails ARGUMENTS =>
+//! TEXT` (`cargo xtask ARGUMENTS` must fail, printing TEXT).
 
 use std::fs;
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
+use crate::end_to_end::{Session, patch_command, start_session};
 use crate::gdb::batch_output;
 use crate::test::{Options, Tally};
 use crate::workspace_root;
 
+/// The kernel a script debugs, and how gdb reaches it.
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Test(String),
+    Boot,
+    Attach,
+}
+
+/// What the runner does while gdb runs.
+#[derive(Debug, PartialEq)]
+enum Action {
+    Patch(Vec<String>),
+    Type(String),
+    Console(String),
+    Fails { arguments: Vec<String>, text: String },
+}
+
+/// `# on: TEXT` and the actions that follow it.
+#[derive(Debug, PartialEq)]
+struct Step {
+    on: String,
+    actions: Vec<Action>,
+}
+
 /// What a gdb script declares about itself.
 #[derive(Debug, PartialEq)]
 struct Expectations {
-    test: String,
+    kind: Kind,
     expect: Vec<String>,
+    reject: Vec<String>,
+    steps: Vec<Step>,
 }
 
-fn parse(script: &str) -> Option<Expectations> {
-    let mut test = None;
+fn parse(script: &str) -> Result<Expectations, String> {
+    let mut kind = None;
     let mut expect = Vec::new();
+    let mut reject = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
     for line in script.lines() {
-        if let Some(name) = line.strip_prefix("# test:") {
-            test = Some(name.trim().to_string());
-        } else if let Some(text) = line.strip_prefix("# expect:") {
-            expect.push(text.trim().to_string());
+        let Some((key, value)) = line.strip_prefix('#').and_then(|header| header.split_once(':')) else { continue };
+        let value = value.trim().to_string();
+        match key.trim() {
+            "test" => kind = Some(Kind::Test(value)),
+            "session" if value == "gdb" => kind = Some(Kind::Boot),
+            "session" if value == "attach" => kind = Some(Kind::Attach),
+            "session" => return Err(format!("unknown session {value:?} (gdb or attach)")),
+            "expect" => expect.push(value),
+            "reject" => reject.push(value),
+            "on" => steps.push(Step { on: value, actions: Vec::new() }),
+            "do" => {
+                let step = steps.last_mut().ok_or_else(|| format!("`# do: {value}` before any `# on:`"))?;
+                let (verb, rest) = value.split_once(' ').unwrap_or((&value, ""));
+                step.actions.push(match verb {
+                    "patch" => Action::Patch(rest.split_whitespace().map(String::from).collect()),
+                    "type" => Action::Type(rest.to_string()),
+                    "console" => Action::Console(rest.to_string()),
+                    "fails" => {
+                        let (arguments, text) =
+                            rest.split_once(" => ").ok_or_else(|| format!("`# do: {value}` lacks ` => TEXT`"))?;
+                        let arguments = arguments.split_whitespace().map(String::from).collect();
+                        Action::Fails { arguments, text: text.trim().to_string() }
+                    }
+                    _ => return Err(format!("unknown action {value:?} (patch, type, console or fails)")),
+                });
+            }
+            _ => {}
         }
     }
-    Some(Expectations { test: test?, expect })
+    let kind = kind.ok_or("no '# test:' or '# session:' line")?;
+    if matches!(kind, Kind::Test(_)) && !steps.is_empty() {
+        return Err("a '# test:' script cannot act ('# on:'): only a session can".into());
+    }
+    Ok(Expectations { kind, expect, reject, steps })
 }
 
 /// The first expectation missing from `output` (searched in order), if any.
@@ -44,7 +116,19 @@ fn missing<'a>(output: &str, expect: &'a [String]) -> Option<&'a str> {
     None
 }
 
-/// Runs every tests/gdb/*.gdb script and records one result each.
+/// Whether `output` is what the script expects.
+fn judge(output: &str, expectations: &Expectations) -> Result<(), String> {
+    if let Some(text) = missing(output, &expectations.expect) {
+        return Err(format!("gdb output lacks '{text}' (in order)"));
+    }
+    match expectations.reject.iter().find(|text| output.contains(text.as_str())) {
+        Some(text) => Err(format!("gdb output has '{text}'")),
+        None => Ok(()),
+    }
+}
+
+/// Runs every tests/gdb/*.gdb script and records one result each, then checks
+/// that `--test` refuses a name that matches no test.
 pub fn debugger_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     let directory = workspace_root().join("tests/gdb");
     let mut scripts: Vec<_> = fs::read_dir(&directory)
@@ -53,27 +137,113 @@ pub fn debugger_tests(options: &Options, tally: &mut Tally) -> Result<()> {
         .filter(|path| path.extension().is_some_and(|extension| extension == "gdb"))
         .collect();
     scripts.sort();
+    let selected = |name: &str| options.filter.as_ref().is_none_or(|filter| name.contains(filter.as_str()));
     for path in scripts {
         let name = format!("gdb::{}", path.file_stem().unwrap_or_default().to_string_lossy());
-        if options.filter.as_ref().is_some_and(|filter| !name.contains(filter.as_str())) {
+        if !selected(&name) {
             continue;
         }
         let script = fs::read_to_string(&path)?;
         let verdict = match parse(&script) {
-            None => Err(format!("{} has no '# test:' line", path.display())),
-            Some(expectations) => match batch_output(&expectations.test, &path) {
-                Err(error) => Err(format!("gdb session failed: {error:#}")),
-                Ok(output) => {
-                    println!("{output}");
-                    match missing(&output, &expectations.expect) {
-                        None => Ok(()),
-                        Some(text) => Err(format!("gdb output lacks '{text}' (in order)")),
-                    }
+            Err(error) => Err(format!("{}: {error}", path.display())),
+            Ok(expectations) => {
+                let output = match &expectations.kind {
+                    Kind::Test(test) => batch_output(test, &path).inspect(|output| println!("{output}")),
+                    Kind::Boot | Kind::Attach => live_session(&expectations, &path),
+                };
+                match output {
+                    Err(error) => Err(format!("gdb session failed: {error:#}")),
+                    Ok(output) => judge(&output, &expectations),
                 }
-            },
+            }
         };
         println!("test {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });
         tally.record(&name, &verdict);
+    }
+    let name = "gdb::unknown-test-is-an-error";
+    if selected(name) {
+        let verdict = unknown_test_is_an_error().map_err(|error| format!("{error:#}"));
+        println!("test {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });
+        tally.record(name, &verdict);
+    }
+    Ok(())
+}
+
+/// Runs the session `expectations` describes with gdb running `script`,
+/// acting at each step; returns what gdb printed.
+fn live_session(expectations: &Expectations, script: &Path) -> Result<String> {
+    for step in &expectations.steps {
+        for action in &step.actions {
+            if let Action::Patch(arguments) = action
+                && let [load, name] = arguments.as_slice()
+                && load == "load"
+            {
+                // Built now, so that the load only sends it.
+                patch_command(&["build", name])?;
+            }
+        }
+    }
+    let attach = expectations.kind == Kind::Attach;
+    let mut console = if attach { Some(start_session()?) } else { None };
+    let script = script.display().to_string();
+    let arguments: &[&str] =
+        if attach { &["gdb", "--attach", "--batch", &script] } else { &["gdb", "--batch", &script] };
+    let mut gdb = Session::spawn(arguments, true)?;
+    for step in &expectations.steps {
+        gdb.wait_for(&step.on)?;
+        for action in &step.actions {
+            match action {
+                Action::Patch(arguments) => {
+                    patch_command(&arguments.iter().map(String::as_str).collect::<Vec<_>>())?;
+                }
+                Action::Type(line) => console_of(&mut console)?.type_line(line)?,
+                Action::Console(text) => console_of(&mut console)?.wait_for(text)?,
+                Action::Fails { arguments, text } => {
+                    refused(&arguments.iter().map(String::as_str).collect::<Vec<_>>(), text)?;
+                }
+            }
+        }
+    }
+    let output = gdb.rest()?;
+    if attach && let Some(run) = console.take() {
+        // The kernel must still answer: it powers off when the input ends.
+        run.finish().context("after gdb detached")?;
+    }
+    Ok(output)
+}
+
+/// The console of the session: `cargo xtask run`'s own, or `cargo xtask console`, started on first use.
+fn console_of(console: &mut Option<Session>) -> Result<&mut Session> {
+    if console.is_none() {
+        *console = Some(Session::spawn(&["console"], false)?);
+    }
+    Ok(console.as_mut().expect("just started"))
+}
+
+/// `cargo xtask ARGUMENTS` as a separate process must fail, printing `text`;
+/// returns what it printed.
+fn refused(arguments: &[&str], text: &str) -> Result<String> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .args(arguments)
+        .current_dir(workspace_root())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running `cargo xtask {}`", arguments.join(" ")))?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("$ cargo xtask {}\n{}", arguments.join(" "), printed.trim_end());
+    if output.status.success() || !printed.contains(text) {
+        bail!("`cargo xtask {}` should have failed with `{text}`", arguments.join(" "));
+    }
+    Ok(printed)
+}
+
+/// `cargo xtask gdb --test NAME` with a NAME that no test has fails on the
+/// terminal, naming the problem, before it boots anything.
+fn unknown_test_is_an_error() -> Result<()> {
+    let arguments = ["gdb", "--test", "no_such_kernel_test", "--batch", "tests/gdb/boot.gdb"];
+    let printed = refused(&arguments, "error: no kernel test is named \"no_such_kernel_test\"")?;
+    if printed.contains("$ qemu-system-ppc64") {
+        bail!("it booted QEMU before refusing the name");
     }
     Ok(())
 }
@@ -84,11 +254,52 @@ mod tests {
 
     #[test]
     fn header_and_ordered_expectations() {
-        let script = "# test: kernel::x\n# expect: one\n# expect: two\nbt\n";
+        let script = "# test: kernel::x\n# expect: one\n# expect: two\n# reject: three\nbt\n";
         let parsed = parse(script).unwrap();
-        assert_eq!(parsed, Expectations { test: "kernel::x".into(), expect: vec!["one".into(), "two".into()] });
+        assert_eq!(
+            parsed,
+            Expectations {
+                kind: Kind::Test("kernel::x".into()),
+                expect: vec!["one".into(), "two".into()],
+                reject: vec!["three".into()],
+                steps: Vec::new(),
+            }
+        );
         assert_eq!(missing("one then two", &parsed.expect), None);
         assert_eq!(missing("two then one", &parsed.expect), Some("two"));
-        assert!(parse("bt\n").is_none());
+        assert_eq!(judge("one, two", &parsed), Ok(()));
+        assert_eq!(judge("one, two, three", &parsed), Err("gdb output has 'three'".into()));
+        assert!(parse("bt\n").is_err());
+    }
+
+    #[test]
+    fn sessions_act_at_each_step() {
+        let script = "# session: attach\n# on: === ready ===\n# do: patch load greeting\n# do: type hello\n\
+                      # on: detached\n# do: console hello from\n";
+        let parsed = parse(script).unwrap();
+        assert_eq!(parsed.kind, Kind::Attach);
+        assert_eq!(
+            parsed.steps,
+            [
+                Step {
+                    on: "=== ready ===".into(),
+                    actions: vec![Action::Patch(vec!["load".into(), "greeting".into()]), Action::Type("hello".into())],
+                },
+                Step { on: "detached".into(), actions: vec![Action::Console("hello from".into())] },
+            ]
+        );
+        assert_eq!(parse("# session: gdb\n").unwrap().kind, Kind::Boot);
+        assert!(parse("# session: attach\n# do: type hello\n").unwrap_err().contains("before any"));
+        assert!(parse("# session: gdb\n# on: x\n# do: dance\n").unwrap_err().contains("unknown action"));
+        let fails =
+            parse("# session: attach\n# on: x\n# do: fails gdb --batch b.gdb => a kernel is running\n").unwrap();
+        assert_eq!(
+            fails.steps[0].actions,
+            [Action::Fails {
+                arguments: vec!["gdb".into(), "--batch".into(), "b.gdb".into()],
+                text: "a kernel is running".into()
+            }]
+        );
+        assert!(parse("# test: x\n# on: y\n").unwrap_err().contains("only a session"));
     }
 }

@@ -1,7 +1,8 @@
-//! The project's task runner: `cargo xtask build|run|test|lint|bench|gdb|objdump|patch|trace`.
+//! The project's task runner: `cargo xtask build|run|test|lint|bench|gdb|console|objdump|patch|trace`.
 
 mod bench;
 mod build;
+mod console;
 mod dwarf;
 mod end_to_end;
 #[cfg(test)]
@@ -11,6 +12,7 @@ mod gdb;
 mod gdb_test;
 #[cfg(test)]
 mod hcall_contract;
+mod image;
 mod imports;
 mod ktest;
 mod lint;
@@ -57,8 +59,10 @@ enum Task {
     Lint,
     /// Boots the test kernel with a deterministic clock and prints its benchmarks.
     Bench(bench::Options),
-    /// Boots the kernel paused in QEMU and attaches gdb-multiarch to it.
+    /// Boots the kernel paused in QEMU with gdb-multiarch attached, or attaches it to the kernel of `run`.
     Gdb(gdb::Options),
+    /// Attaches this terminal to the console of the kernel that `cargo xtask gdb` booted.
+    Console,
     /// Disassembles the kernel, or one of its functions.
     Objdump(objdump::Options),
     /// Builds and signs live patch modules (patches/NAME); loads and unloads them in a running kernel.
@@ -93,6 +97,7 @@ fn task(task: Task) -> Result<ExitCode> {
         Task::Lint => lint::main(),
         Task::Bench(options) => bench::main(&options),
         Task::Gdb(options) => gdb::main(&options),
+        Task::Console => console::main(),
         Task::Objdump(options) => objdump::main(&options),
         Task::Patch(options) => patch::main(&options),
         Task::Trace(options) => trace::main(&options),

@@ -35,7 +35,7 @@ pub enum Command {
         #[arg(long, conflicts_with = "name")]
         all: bool,
     },
-    /// Builds patches/NAME if needed and loads it into the kernel that `cargo xtask run` booted.
+    /// Builds patches/NAME if needed and loads it into the kernel that `cargo xtask run` (or `gdb`) booted.
     Load {
         /// The patch (a folder under patches/), or the path of a signed .klp file.
         name: String,
@@ -58,7 +58,7 @@ pub enum Command {
         #[arg(long)]
         test: bool,
     },
-    /// Unloads the patch module NAME from the kernel that `cargo xtask run` booted.
+    /// Unloads the patch module NAME from the kernel that `cargo xtask run` (or `gdb`) booted.
     Unload {
         /// The module's name.
         name: String,

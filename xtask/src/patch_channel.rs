@@ -173,7 +173,7 @@ pub struct Channel<S> {
 }
 
 impl Channel<UnixStream> {
-    /// Connects to the socket of the kernel that `cargo xtask run` (or the bench) booted.
+    /// Connects to the socket of the kernel that `cargo xtask run` (or `gdb`, or the bench) booted.
     pub fn connect(socket: &Path) -> Result<Self> {
         let stream = UnixStream::connect(socket).with_context(|| {
             format!("no kernel at {}: boot one with `cargo xtask run` (in another terminal) first", socket.display())

@@ -55,8 +55,8 @@ impl Machine {
     }
 
     /// Adds options (e.g. `-serial stdio`).
-    pub fn with(mut self, options: &[&str]) -> Self {
-        self.extra.extend(options.iter().map(|option| option.to_string()));
+    pub fn with(mut self, options: &[impl AsRef<str>]) -> Self {
+        self.extra.extend(options.iter().map(|option| option.as_ref().to_string()));
         self
     }
 

@@ -1,4 +1,4 @@
-//! `run`: builds the kernel and boots it with its console on this terminal or pipe.
+//! `run`: builds the kernel and boots it with its console on this terminal or pipe, and a gdb stub on a socket.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -8,7 +8,7 @@ use std::process::{ChildStdin, ExitCode, ExitStatus, Stdio};
 use anyhow::Result;
 
 use crate::qemu::{self, Firmware, Guard, Machine, SHELL_PROMPT, Watch};
-use crate::{build, patch_channel};
+use crate::{build, gdb, patch_channel};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -38,11 +38,15 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         append: options.args.join(" "),
         // `cargo xtask patch load|unload` reach the kernel through this socket.
         patch_channel: Some(PathBuf::from(patch_channel::SOCKET)),
-        ..Machine::new(image, options.firmware).with(&["-serial", serial])
+        // And `cargo xtask gdb --attach` through this one, at any time.
+        ..Machine::new(image, options.firmware).with(&["-serial", serial]).with(&gdb::stub_options())
     };
     let mut qemu = machine.command()?;
     if interactive {
-        eprintln!("(Ctrl-A X quits QEMU, Ctrl-A H lists the other keys)");
+        eprintln!(
+            "(Ctrl-A X quits QEMU, Ctrl-A H lists the other keys; `cargo xtask gdb --attach` in another terminal \
+             debugs this kernel)"
+        );
     } else {
         qemu.stdin(Stdio::piped()).stdout(Stdio::piped());
     }

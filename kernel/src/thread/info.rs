@@ -45,7 +45,8 @@ pub unsafe fn initialise(base: u64, thread_id: u64) {
             graph_stack: 0,
             saved_stack_pointer: 0,
             state: ThreadState::Ready as u64,
-            name: [0; 24],
+            name_address: 0,
+            name_length: 0,
         });
         ((base + MAGIC_OFFSET as u64) as *mut u64).write(STACK_END_MAGIC);
     }
@@ -69,7 +70,9 @@ pub unsafe fn initialise_emergency(base: u64) {
         initialise(base, EMERGENCY_THREAD_ID);
         let info = &mut *(base as *mut ThreadInfo);
         info.state = ThreadState::Running as u64;
-        info.name[..9].copy_from_slice(b"emergency");
+        let name = "emergency";
+        info.name_address = name.as_ptr() as u64;
+        info.name_length = name.len() as u64;
     }
 }
 

@@ -72,11 +72,12 @@ impl Thread {
     }
 }
 
-/// Copies `name` (truncated, NUL-padded) into thread_info for the debugger.
+/// Points thread_info at the thread's name, for the debugger. `name` must
+/// live as long as the thread: a static string, or the `Thread`'s own `name`
+/// (a `String`'s bytes stay where they are when the `String` moves).
 fn set_name(info: &mut ThreadInfo, name: &str) {
-    let length = name.len().min(info.name.len() - 1);
-    info.name = [0; 24];
-    info.name[..length].copy_from_slice(&name.as_bytes()[..length]);
+    info.name_address = name.as_ptr() as u64;
+    info.name_length = name.len() as u64;
 }
 
 struct Scheduler {
@@ -234,17 +235,18 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
     }
     // Safety: the stack is new; the first switch to it calls thread_entry(closure).
     let saved_stack_pointer = unsafe { copy_thread(stack.top(), thread_entry, Box::into_raw(closure) as u64) };
+    let name = String::from(name);
     // Safety: the new thread's own thread_info, not running yet.
     unsafe {
         let info = &mut *(stack.base() as *mut ThreadInfo);
         info.saved_stack_pointer = saved_stack_pointer;
-        set_name(info, name);
+        set_name(info, &name);
     }
     with_scheduler(|scheduler| {
         scheduler.threads.insert(
             id,
             Box::new(Thread {
-                name: String::from(name),
+                name,
                 state: State::Ready,
                 stack_base: stack.base(),
                 stack: Some(stack),

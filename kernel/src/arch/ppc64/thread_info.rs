@@ -45,8 +45,11 @@ pub struct ThreadInfo {
     pub saved_stack_pointer: u64,
     /// Scheduling state (the scheduler's `ThreadState` as a number), for the debugger.
     pub state: u64,
-    /// The thread's name, NUL-padded, for the debugger.
-    pub name: [u8; 24],
+    /// The thread's name for the debugger, whole: the address and length of
+    /// its UTF-8 bytes (a static string, or the scheduler's own copy, which
+    /// lives as long as the thread); 0 and 0 until it is named.
+    pub name_address: u64,
+    pub name_length: u64,
 }
 
 /// Offset of the magic word from the stack base.
