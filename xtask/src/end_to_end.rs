@@ -51,29 +51,30 @@ impl Session {
     /// started, whatever state the kernel is in).
     pub fn spawn(arguments: &[&str], errors: bool) -> Result<Session> {
         let what = format!("cargo xtask {}", arguments.join(" "));
-        let mut child = Command::new(std::env::current_exe()?)
+        // One pipe for both streams when errors are wanted, so that what the
+        // child wrote arrives in the order it wrote it: two pipes read by two
+        // threads could splice an error line into the middle of an output line.
+        let (reader, writer) = std::io::pipe().context("creating the output pipe")?;
+        let stderr = if errors { Stdio::from(writer.try_clone()?) } else { Stdio::inherit() };
+        let child = Command::new(std::env::current_exe()?)
             .args(arguments)
             .current_dir(workspace_root())
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(if errors { Stdio::piped() } else { Stdio::inherit() })
+            .stdout(writer)
+            .stderr(stderr)
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting `{what}`"))?;
         let (sender, output) = channel();
-        let stdout = child.stdout.take().map(|stream| Box::new(stream) as Box<dyn Read + Send>);
-        let stderr = child.stderr.take().map(|stream| Box::new(stream) as Box<dyn Read + Send>);
-        for mut stream in stdout.into_iter().chain(stderr) {
-            let sender = sender.clone();
-            thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(count @ 1..) = stream.read(&mut buffer) {
-                    if sender.send(buffer[..count].to_vec()).is_err() {
-                        break;
-                    }
+        let mut stream = reader;
+        thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(count @ 1..) = stream.read(&mut buffer) {
+                if sender.send(buffer[..count].to_vec()).is_err() {
+                    break;
                 }
-            });
-        }
+            }
+        });
         Ok(Session { child, what, output, seen: Vec::new(), transcript: Vec::new() })
     }
 
