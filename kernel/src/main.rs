@@ -29,6 +29,7 @@ mod livepatch;
 mod memory;
 mod module;
 mod panic;
+mod reserved;
 mod section;
 mod shell;
 mod symbols;

@@ -55,12 +55,6 @@ const MAXIMUM_DEPTH: usize = 63;
 /// under 64 bytes; the bound keeps name de-duplication cheap).
 const MAXIMUM_NAME_LENGTH: usize = 255;
 
-/// The big-endian word at `offset`, if `bytes` holds all four of its bytes.
-fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
-    let word = bytes.get(offset..offset.checked_add(4)?)?;
-    Some(u32::from_be_bytes(word.try_into().ok()?))
-}
-
 /// `length` rounded up to a whole number of 4-byte words.
 fn padded(length: usize) -> usize {
     length.saturating_add(3) & !3

@@ -25,6 +25,8 @@
 //! strings  each preceded by its length as a u16; name and signature are offsets into this area
 //! ```
 
+use crate::bytes::{little_endian_u32, little_endian_u64};
+
 /// First word of a filled table.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"KFNT");
 const HEADER_SIZE: usize = 24;
@@ -66,24 +68,16 @@ pub struct FunctionNotes<'a> {
     strings_offset: usize,
 }
 
-fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(offset..offset.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn read_u64(bytes: &[u8], offset: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(offset..offset.checked_add(8)?)?.try_into().ok()?))
-}
-
 impl<'a> FunctionNotes<'a> {
     /// Checks the header; `None` if the table was never filled or is malformed.
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
-        if read_u32(bytes, 0)? != MAGIC {
+        if little_endian_u32(bytes, 0)? != MAGIC {
             return None;
         }
-        let count = read_u32(bytes, 4)? as usize;
-        let callers_offset = read_u32(bytes, 8)? as usize;
-        let strings_offset = read_u32(bytes, 12)? as usize;
-        let used = read_u32(bytes, 16)? as usize;
+        let count = little_endian_u32(bytes, 4)? as usize;
+        let callers_offset = little_endian_u32(bytes, 8)? as usize;
+        let strings_offset = little_endian_u32(bytes, 12)? as usize;
+        let used = little_endian_u32(bytes, 16)? as usize;
         let entries_end = count.checked_mul(ENTRY_SIZE)?.checked_add(HEADER_SIZE)?;
         if used > bytes.len()
             || entries_end > callers_offset
@@ -116,14 +110,14 @@ impl<'a> FunctionNotes<'a> {
             return None;
         }
         let entry = HEADER_SIZE + index * ENTRY_SIZE;
-        let function = read_u64(self.bytes, entry)?;
-        let name = self.string(read_u32(self.bytes, entry + 8)?)?;
-        let signature = match read_u32(self.bytes, entry + 12)? {
+        let function = little_endian_u64(self.bytes, entry)?;
+        let name = self.string(little_endian_u32(self.bytes, entry + 8)?)?;
+        let signature = match little_endian_u32(self.bytes, entry + 12)? {
             NONE => None,
             offset => Some(self.string(offset)?),
         };
-        let first = read_u32(self.bytes, entry + 16)? as usize;
-        let count = read_u32(self.bytes, entry + 20)? as usize;
+        let first = little_endian_u32(self.bytes, entry + 16)? as usize;
+        let count = little_endian_u32(self.bytes, entry + 20)? as usize;
         let start = self.callers_offset.checked_add(first.checked_mul(CALLER_SIZE)?)?;
         let end = start.checked_add(count.checked_mul(CALLER_SIZE)?)?;
         if end > self.strings_offset {
@@ -144,7 +138,7 @@ impl<'a> FunctionNotes<'a> {
         let (mut low, mut high) = (0, self.count);
         while low < high {
             let middle = low + (high - low) / 2;
-            if read_u64(self.bytes, HEADER_SIZE + middle * ENTRY_SIZE)? < function {
+            if little_endian_u64(self.bytes, HEADER_SIZE + middle * ENTRY_SIZE)? < function {
                 low = middle + 1;
             } else {
                 high = middle;

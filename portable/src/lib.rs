@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod backchain;
+pub mod bytes;
 pub mod channel;
 pub mod devicetree;
 pub mod ftrace;

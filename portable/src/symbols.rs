@@ -9,6 +9,8 @@
 //! The kernel reserves a fixed-size `.kernel_symbols` section; xtask fills it in
 //! the linked ELF file, so that adding the table moves no address.
 
+use crate::bytes::{little_endian_u32, little_endian_u64};
+
 /// First word of a filled table.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"KSYM");
 const HEADER_SIZE: usize = 16;
@@ -30,23 +32,15 @@ pub struct SymbolTable<'a> {
     strings_offset: usize,
 }
 
-fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(offset..offset + 4)?.try_into().ok()?))
-}
-
-fn read_u64(bytes: &[u8], offset: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(offset..offset + 8)?.try_into().ok()?))
-}
-
 impl<'a> SymbolTable<'a> {
     /// Checks the header; `None` if the table was never filled or is malformed.
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
-        if read_u32(bytes, 0)? != MAGIC {
+        if little_endian_u32(bytes, 0)? != MAGIC {
             return None;
         }
-        let count = read_u32(bytes, 4)? as usize;
-        let strings_offset = read_u32(bytes, 8)? as usize;
-        let used = read_u32(bytes, 12)? as usize;
+        let count = little_endian_u32(bytes, 4)? as usize;
+        let strings_offset = little_endian_u32(bytes, 8)? as usize;
+        let used = little_endian_u32(bytes, 12)? as usize;
         if used > bytes.len() || HEADER_SIZE + count * ENTRY_SIZE > strings_offset || strings_offset > used {
             return None;
         }
@@ -68,9 +62,9 @@ impl<'a> SymbolTable<'a> {
             return None;
         }
         let entry = HEADER_SIZE + index * ENTRY_SIZE;
-        let address = read_u64(self.bytes, entry)?;
-        let size = read_u32(self.bytes, entry + 8)?;
-        let name_offset = self.strings_offset + read_u32(self.bytes, entry + 12)? as usize;
+        let address = little_endian_u64(self.bytes, entry)?;
+        let size = little_endian_u32(self.bytes, entry + 8)?;
+        let name_offset = self.strings_offset + little_endian_u32(self.bytes, entry + 12)? as usize;
         let length = u16::from_le_bytes(self.bytes.get(name_offset..name_offset + 2)?.try_into().ok()?);
         let name = self.bytes.get(name_offset + 2..name_offset + 2 + length as usize)?;
         Some(Symbol { name: core::str::from_utf8(name).ok()?, address, size })

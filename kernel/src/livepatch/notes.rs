@@ -12,31 +12,23 @@
 //! copies, naming where they are and which of those functions could be
 //! patched instead, unless the patch allows it per function.
 use super::is_livepatchable;
+use crate::reserved::Reserved;
 use crate::{symbols, trace};
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
 use core::fmt;
 use portable::function_notes::{FunctionNotes, Note};
 
 /// Bytes reserved for the notes in the image (xtask fails if they do not fit).
 pub const CAPACITY: usize = 128 * 1024;
 
-/// The reserved bytes; interior mutability tells the compiler their contents
-/// are not the zeros written here (xtask rewrites them in the linked file).
-struct Reserved(UnsafeCell<[u8; CAPACITY]>);
-// Safety: nothing writes the notes at run time.
-unsafe impl Sync for Reserved {}
-
 #[used]
 #[unsafe(link_section = ".kernel_function_notes")]
-static KERNEL_FUNCTION_NOTES: Reserved = Reserved(UnsafeCell::new([0; CAPACITY]));
+static KERNEL_FUNCTION_NOTES: Reserved<CAPACITY> = Reserved::zeroed();
 
 /// The notes, if xtask filled them.
 pub fn table() -> Option<FunctionNotes<'static>> {
-    // Safety: the notes are never written at run time.
-    let bytes: &'static [u8; CAPACITY] = unsafe { &*KERNEL_FUNCTION_NOTES.0.get() };
-    FunctionNotes::parse(bytes)
+    FunctionNotes::parse(KERNEL_FUNCTION_NOTES.bytes())
 }
 
 /// The note on the function whose global entry is `entry`.

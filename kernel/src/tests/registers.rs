@@ -14,6 +14,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use boot::MINIMAL_FRAME;
+use core::fmt;
 use core::hint::black_box;
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -324,14 +325,19 @@ fn expected_target_result(input: &Registers) -> u64 {
     register_target(g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10])
 }
 
+/// r14-r31 and CR2-4, the registers the ELFv2 ABI makes every callee keep, came back as they went in.
+fn assert_nonvolatiles_kept(input: &Registers, output: &Registers, what: fmt::Arguments<'_>) {
+    for number in 14..32 {
+        assert_eq!(output.gpr[number], input.gpr[number], "{what}: r{number}");
+    }
+    assert_eq!(output.condition & NONVOLATILE_CR, input.condition & NONVOLATILE_CR, "{what}: CR2-4");
+}
+
 /// What must come back from any traced call: r2, r14-r31 and CR2-4 unchanged, the result in r3.
 fn assert_call_kept(input: &Registers, output: &Registers, path: &str) {
     assert_eq!(output.gpr[2], POISONED_TOC, "{path}: the caller's r2");
     assert_eq!(output.gpr[3], expected_target_result(input), "{path}: the result");
-    for number in 14..32 {
-        assert_eq!(output.gpr[number], input.gpr[number], "{path}: r{number}");
-    }
-    assert_eq!(output.condition & NONVOLATILE_CR, input.condition & NONVOLATILE_CR, "{path}: CR2-4");
+    assert_nonvolatiles_kept(input, output, format_args!("{path}"));
 }
 
 #[ktest]
@@ -546,14 +552,7 @@ fn yielding_threads_keep_their_own_nonvolatile_registers() {
                 for round in 0..200 {
                     let output = call_with(thread::yield_now as *const () as u64, &input);
                     assert_eq!(output.gpr[2], input.gpr[2], "r2 after yield {round}");
-                    for number in 14..32 {
-                        assert_eq!(output.gpr[number], input.gpr[number], "r{number} after yield {round}");
-                    }
-                    assert_eq!(
-                        output.condition & NONVOLATILE_CR,
-                        input.condition & NONVOLATILE_CR,
-                        "CR2-4 after yield {round}"
-                    );
+                    assert_nonvolatiles_kept(&input, &output, format_args!("after yield {round}"));
                 }
             })
             .unwrap()
@@ -605,14 +604,7 @@ fn a_thread_whose_sleep_is_over_before_it_switches_away_keeps_running_with_its_r
         for sleep in 0..100 {
             let output = call_with(thread::sleep_milliseconds as *const () as u64, &input);
             assert_eq!(output.gpr[2], input.gpr[2], "r2 after sleep {sleep} of round {round}");
-            for number in 14..32 {
-                assert_eq!(output.gpr[number], input.gpr[number], "r{number} after sleep {sleep} of round {round}");
-            }
-            assert_eq!(
-                output.condition & NONVOLATILE_CR,
-                input.condition & NONVOLATILE_CR,
-                "CR2-4 after sleep {sleep} of round {round}"
-            );
+            assert_nonvolatiles_kept(&input, &output, format_args!("after sleep {sleep} of round {round}"));
         }
         round += 1;
     }
@@ -647,10 +639,7 @@ fn switch_context_saves_and_loads_every_nonvolatile_register() {
     };
     assert_ne!(coroutine.own, 0, "the coroutine ran and switched back");
     assert_eq!(output.gpr[2], POISONED_TOC, "r2");
-    for number in 14..32 {
-        assert_eq!(output.gpr[number], input.gpr[number], "r{number}");
-    }
-    assert_eq!(output.condition & NONVOLATILE_CR, input.condition & NONVOLATILE_CR, "CR2-4");
+    assert_nonvolatiles_kept(&input, &output, format_args!("after the switch back"));
     drop(stack);
 }
 

@@ -8,8 +8,9 @@
 //! with `/`, alias values not starting with `/`). Trees written by Open
 //! Firmware, QEMU or [`super::FdtWriter`] have none of these.
 
+use super::padded;
 use super::{BEGIN_NODE, DeviceTreeError, END, END_NODE, HEADER_SIZE, MAGIC, MAXIMUM_DEPTH, NOP, PROPERTY, VERSION};
-use super::{padded, read_u32};
+use crate::bytes::big_endian_u32;
 
 /// Checks `bytes` and returns the blob it starts with (as long as its header says).
 pub(super) fn check(bytes: &[u8]) -> Result<&[u8], DeviceTreeError> {
@@ -26,7 +27,7 @@ pub(super) fn check(bytes: &[u8]) -> Result<&[u8], DeviceTreeError> {
 
 /// Header word number `index`.
 fn header_word(bytes: &[u8], index: usize) -> Result<u32, DeviceTreeError> {
-    read_u32(bytes, index * 4).ok_or(DeviceTreeError::Truncated)
+    big_endian_u32(bytes, index * 4).ok_or(DeviceTreeError::Truncated)
 }
 
 /// Checks magic, version and total size; returns the blob.
@@ -100,7 +101,7 @@ impl<'a> Walk<'a> {
 
     /// Reads the word at the current offset and moves past it.
     fn word(&mut self, reason: &'static str) -> Result<u32, DeviceTreeError> {
-        let word = read_u32(self.structure, self.offset).ok_or_else(|| self.error(reason))?;
+        let word = big_endian_u32(self.structure, self.offset).ok_or_else(|| self.error(reason))?;
         self.offset += 4;
         Ok(word)
     }

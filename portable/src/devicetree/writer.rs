@@ -9,8 +9,9 @@
 
 use super::{
     BEGIN_NODE, END, END_NODE, FdtError, HEADER_SIZE, LAST_COMPATIBLE_VERSION, MAGIC, MAXIMUM_DEPTH,
-    MAXIMUM_NAME_LENGTH, PROPERTY, RESERVATION_ENTRY_SIZE, VERSION, padded, read_u32,
+    MAXIMUM_NAME_LENGTH, PROPERTY, RESERVATION_ENTRY_SIZE, VERSION, padded,
 };
+use crate::bytes::big_endian_u32;
 
 /// Where the structure block starts: after the header and an empty reservation map.
 const STRUCTURE_START: usize = HEADER_SIZE + RESERVATION_ENTRY_SIZE;
@@ -199,11 +200,11 @@ impl<'a> FdtWriter<'a> {
     fn relocate_names(&mut self, strings_size: usize) {
         let mut offset = STRUCTURE_START;
         while offset < self.structure_end {
-            offset = match read_u32(self.buffer, offset) {
+            offset = match big_endian_u32(self.buffer, offset) {
                 Some(BEGIN_NODE) => offset + 4 + padded(self.name_length_at(offset + 4) + 1),
                 Some(PROPERTY) => {
                     self.relocate_name_at(offset + 8, strings_size);
-                    let value_length = read_u32(self.buffer, offset + 4).unwrap_or(0) as usize;
+                    let value_length = big_endian_u32(self.buffer, offset + 4).unwrap_or(0) as usize;
                     offset + 12 + padded(value_length)
                 }
                 _ => offset + 4,
@@ -219,7 +220,7 @@ impl<'a> FdtWriter<'a> {
 
     /// Turns the name distance stored at `offset` into a strings block offset.
     fn relocate_name_at(&mut self, offset: usize, strings_size: usize) {
-        let distance = read_u32(self.buffer, offset).unwrap_or(0) as usize;
+        let distance = big_endian_u32(self.buffer, offset).unwrap_or(0) as usize;
         let name_offset = strings_size.saturating_sub(distance) as u32;
         if let Some(field) = self.buffer.get_mut(offset..offset + 4) {
             field.copy_from_slice(&name_offset.to_be_bytes());
