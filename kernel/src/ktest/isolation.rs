@@ -1,5 +1,5 @@
 //! Test isolation: whatever a test left registered (ftrace ops, live patches, modules, tick jitter) is removed after it, whether it passed or failed.
-use crate::livepatch::{self, LivepatchError};
+use crate::livepatch::{self, LivepatchError, PlanError};
 use crate::{module, trace};
 use alloc::format;
 use alloc::string::String;
@@ -38,7 +38,7 @@ pub fn restore(before: &Registrations) -> Vec<String> {
         match before.patches.iter().find(|(name, _)| *name == patch.name) {
             None => {
                 let disabled = match livepatch::disable(&patch.name) {
-                    Ok(()) | Err(LivepatchError::NotEnabled(_)) => Ok(()),
+                    Ok(()) | Err(LivepatchError::Plan(PlanError::NotEnabled(_))) => Ok(()),
                     Err(error) => Err(format!("{error:?}")),
                 };
                 let removed = disabled

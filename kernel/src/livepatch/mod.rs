@@ -33,7 +33,8 @@ use crate::trace::{self, FtraceError, NameError};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use portable::livepatch::{Operation, PatchState, PlanError, Replaced, State};
+pub use portable::livepatch::PlanError;
+use portable::livepatch::{Operation, PatchState, Replaced, State};
 
 /// A function to replace.
 #[derive(Clone)]
@@ -66,10 +67,9 @@ pub struct Patch {
 /// Why a livepatch operation changed nothing.
 #[derive(Debug)]
 pub enum LivepatchError {
-    /// `enable`, `disable` or `remove` named no added patch.
-    UnknownPatch(String),
-    /// `add` of a patch whose name is taken.
-    DuplicatePatch(String),
+    /// The patch list refused the operation (unknown or duplicate patch,
+    /// a function replaced twice, enable/disable/remove in the wrong state).
+    Plan(PlanError),
     /// `add`: no kernel function has this name.
     UnknownFunction(String),
     /// `add`: the name is shared by `count` functions and no position was given.
@@ -88,16 +88,6 @@ pub enum LivepatchError {
     InlinedEverywhere { name: String, holders: Vec<Holder> },
     /// `enable`: another IPMODIFY ftrace user (`owner`) already redirects the function.
     Busy { name: String, owner: &'static str },
-    /// `enable` of a patch that is enabled.
-    AlreadyEnabled(String),
-    /// `remove` of a patch that is still enabled.
-    StillEnabled(String),
-    /// `add`: the patch replaces one function twice.
-    DuplicateFunction(String),
-    /// `disable` of a patch that is not enabled.
-    NotEnabled(String),
-    /// `disable` of a patch that a newer enabled patch (`topmost`) stacks on.
-    NotTopmost { patch: String, function: String, topmost: String },
     /// `add`: an object names a module; only kernel functions (object
     /// `module: None`) can be patched, module objects are not supported.
     UnknownObject(String),
@@ -108,8 +98,7 @@ pub enum LivepatchError {
 impl fmt::Display for LivepatchError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LivepatchError::UnknownPatch(name) => write!(formatter, "no patch named '{name}'"),
-            LivepatchError::DuplicatePatch(name) => write!(formatter, "a patch named '{name}' already exists"),
+            LivepatchError::Plan(error) => write!(formatter, "{error}"),
             LivepatchError::UnknownFunction(name) => write!(formatter, "no kernel function named '{name}'"),
             LivepatchError::Ambiguous { name, count } => {
                 write!(formatter, "'{name}' names {count} functions: give its position (1..={count})")
@@ -141,15 +130,6 @@ impl fmt::Display for LivepatchError {
             LivepatchError::Busy { name, owner } => {
                 write!(formatter, "'{name}' is busy: its calls are already redirected by '{owner}'")
             }
-            LivepatchError::AlreadyEnabled(name) => write!(formatter, "patch '{name}' is already enabled"),
-            LivepatchError::StillEnabled(name) => {
-                write!(formatter, "patch '{name}' is enabled: disable it before removing it")
-            }
-            LivepatchError::DuplicateFunction(name) => write!(formatter, "the patch replaces '{name}' twice"),
-            LivepatchError::NotEnabled(name) => write!(formatter, "patch '{name}' is not enabled"),
-            LivepatchError::NotTopmost { patch, function, topmost } => {
-                write!(formatter, "patch '{patch}' is not the topmost on '{function}': disable '{topmost}' first")
-            }
             LivepatchError::UnknownObject(name) => write!(formatter, "object '{name}' is not loaded"),
             LivepatchError::Ftrace(error) => write!(formatter, "{error}"),
         }
@@ -158,17 +138,7 @@ impl fmt::Display for LivepatchError {
 
 impl From<PlanError> for LivepatchError {
     fn from(error: PlanError) -> LivepatchError {
-        match error {
-            PlanError::UnknownPatch(name) => LivepatchError::UnknownPatch(name),
-            PlanError::DuplicatePatch(name) => LivepatchError::DuplicatePatch(name),
-            PlanError::DuplicateFunction(name) => LivepatchError::DuplicateFunction(name),
-            PlanError::AlreadyEnabled(name) => LivepatchError::AlreadyEnabled(name),
-            PlanError::StillEnabled(name) => LivepatchError::StillEnabled(name),
-            PlanError::NotEnabled(name) => LivepatchError::NotEnabled(name),
-            PlanError::NotTopmost { patch, function, topmost } => {
-                LivepatchError::NotTopmost { patch, function, topmost }
-            }
-        }
+        LivepatchError::Plan(error)
     }
 }
 

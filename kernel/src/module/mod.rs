@@ -13,7 +13,7 @@ pub mod embedded;
 mod memory;
 
 use crate::arch::cache;
-use crate::livepatch::{self, Function, LivepatchError, Object, Patch};
+use crate::livepatch::{self, Function, LivepatchError, Object, Patch, PlanError};
 use crate::sync::Mutex;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -94,7 +94,7 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     }
     let patch = patch_of(&linked)?;
     livepatch::add(patch).map_err(|error| match error {
-        LivepatchError::DuplicatePatch(name) => LoadError::AlreadyLoaded(name),
+        LivepatchError::Plan(PlanError::DuplicatePatch(name)) => LoadError::AlreadyLoaded(name),
         other => LoadError::Livepatch(other),
     })?;
     if let Err(error) = livepatch::enable(&name) {
@@ -159,7 +159,7 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
                 .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
             // Again on every round: another thread may have enabled it meanwhile.
             match livepatch::disable(name) {
-                Ok(()) | Err(LivepatchError::NotEnabled(_)) => {}
+                Ok(()) | Err(LivepatchError::Plan(PlanError::NotEnabled(_))) => {}
                 Err(error) => return Err(LoadError::Livepatch(error)),
             }
             if !busy::inside(memory) {

@@ -2,7 +2,7 @@
 use crate::arch::livepatch::LivepatchFrame;
 use crate::arch::registers::toc_pointer;
 use crate::arch::text;
-use crate::livepatch::{self, Function, LivepatchError, Object, Patch};
+use crate::livepatch::{self, Function, LivepatchError, Object, Patch, PlanError};
 use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, current_thread_info};
 use crate::trace::{self, Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::string::String;
@@ -315,7 +315,7 @@ fn stacked_patches_fall_back_in_order() {
     enable("stack-second", &[(name, None, address(stacked_second as *const ()))]).unwrap();
     assert_eq!(stacked_original(), 3, "the newest enabled patch wins");
     match livepatch::disable("stack-first") {
-        Err(LivepatchError::NotTopmost { topmost, .. }) => assert_eq!(topmost, "stack-second"),
+        Err(LivepatchError::Plan(PlanError::NotTopmost { topmost, .. })) => assert_eq!(topmost, "stack-second"),
         other => panic!("expected not topmost, got {other:?}"),
     }
     assert_eq!(stacked_original(), 3, "the refused disable changed nothing");
@@ -608,21 +608,21 @@ fn bad_patches_get_clear_errors_and_change_nothing() {
         LivepatchError::Busy { owner, .. } => assert_eq!(owner, "other-ipmodify"),
         other => panic!("expected busy, got {other}"),
     }
-    assert!(matches!(livepatch::enable("never-added"), Err(LivepatchError::UnknownPatch(_))));
+    assert!(matches!(livepatch::enable("never-added"), Err(LivepatchError::Plan(PlanError::UnknownPatch(_)))));
     enable("twice", &[("kernel::tests::livepatch::stacked_original", None, replacement)]).unwrap();
-    assert!(matches!(livepatch::enable("twice"), Err(LivepatchError::AlreadyEnabled(_))));
+    assert!(matches!(livepatch::enable("twice"), Err(LivepatchError::Plan(PlanError::AlreadyEnabled(_)))));
     match livepatch::remove("twice") {
-        Err(LivepatchError::StillEnabled(name)) => assert_eq!(name, "twice"),
+        Err(LivepatchError::Plan(PlanError::StillEnabled(name))) => assert_eq!(name, "twice"),
         Err(other) => panic!("removing an enabled patch: expected StillEnabled, got {other}"),
         Ok(_) => panic!("an enabled patch was removed"),
     }
     assert_eq!(stacked_original(), 2, "the enabled patch still runs after the refused remove");
     assert!(matches!(
         livepatch::add(Patch { name: String::from("twice"), objects: Vec::new() }),
-        Err(LivepatchError::DuplicatePatch(_))
+        Err(LivepatchError::Plan(PlanError::DuplicatePatch(_)))
     ));
     retire("twice");
-    assert!(matches!(livepatch::disable("nope"), Err(LivepatchError::UnknownPatch(_))));
+    assert!(matches!(livepatch::disable("nope"), Err(LivepatchError::Plan(PlanError::UnknownPatch(_)))));
     assert_eq!(site_words(), before, "no site changed");
     assert!(livepatch::list().iter().all(|patch| patch.name == "builtin-greeting"), "only the built-in patch is left");
     let _ = FtraceError::NoMatch(String::new());

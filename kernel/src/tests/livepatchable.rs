@@ -7,7 +7,7 @@
 //! original is replaced (every call reaches the replacement, with the
 //! arguments in the registers the source signature gives them).
 use crate::arch::text;
-use crate::livepatch::{self, Function, Object, Patch};
+use crate::livepatch::{self, Function, Object, Patch, PlanError};
 use alloc::string::String;
 use alloc::vec;
 use core::hint::black_box;
@@ -358,7 +358,7 @@ fn function_not_marked_livepatchable_is_refused_by_name_and_nothing_changes() {
     assert!(matches!(&error, livepatch::LivepatchError::NotLivepatchable(refused) if refused == name), "{message}");
     assert!(message.contains("'kernel::tests::livepatchable::unmarked' is not marked #[livepatchable]"), "{message}");
     assert_eq!(patch_states(), patches, "no patch was added");
-    assert!(matches!(livepatch::enable("unmarked"), Err(livepatch::LivepatchError::UnknownPatch(_))));
+    assert!(matches!(livepatch::enable("unmarked"), Err(livepatch::LivepatchError::Plan(PlanError::UnknownPatch(_)))));
     assert_eq!(site_words(), sites, "no site changed");
     REPLACEMENT_CALLS.store(0, Ordering::SeqCst);
     assert_eq!(unmarked(black_box(1)), 2);
