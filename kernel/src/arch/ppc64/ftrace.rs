@@ -12,7 +12,7 @@
 //! build their frame below r1, so they never touch those.
 use super::exceptions::PtRegs;
 use super::text::{self, TextError};
-use boot::{MINIMAL_FRAME, PerCpu};
+use boot::{MINIMAL_FRAME, PerCpu, THREAD_SIZE};
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::AtomicUsize;
 use macros::notrace;
@@ -66,7 +66,8 @@ struct FtraceFrame {
     record: FtraceRegs,
 }
 
-const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
+/// Bytes of the frame both stubs push below the traced function's entry r1.
+pub const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
 const RECORD: usize = offset_of!(FtraceFrame, record);
 
 /// Bytes a call through an ftrace site may use below the traced function's
@@ -106,7 +107,8 @@ struct ReturnFrame {
     results: [u64; 2],
     padding: u64,
 }
-const RETURN_FRAME_SIZE: usize = size_of::<ReturnFrame>();
+/// Bytes of the frame `return_to_handler` pushes below the returning function's caller's r1.
+pub const RETURN_FRAME_SIZE: usize = size_of::<ReturnFrame>();
 
 macro_rules! gpr {
     ($number:expr) => {
@@ -125,6 +127,14 @@ core::arch::global_asm!(
     # go into pt_regs, and every GPR but r0, r1 and r11, XER and CR come back.
     # Lines inside `.if \allregs` are the full stub's alone; the rest are both
     # stubs'. Each stub's register contract is at its label below.
+    # Before popping its frame the exit overwrites the frame's LR save slot,
+    # where the handler's (or the graph hook's) prologue saved the return
+    # address into this stub, with r1 (a stack address, never code): once the
+    # frame is popped that memory is reused by the traced function's frames,
+    # and a stale return into a stub left there would make `in_ftrace` take a
+    # thread that has long left ftrace for one inside it, and the timer would
+    # not preempt it for as long as the slot stays unwritten (a loop that
+    # calls nothing). return_to_handler does the same after its call.
     .macro ftrace_entry allregs
     std     0, {link_save}(1)         # A's LR save slot = return address into A
     stdu    1, -{frame}(1)            # push our frame below A's
@@ -190,6 +200,7 @@ core::arch::global_asm!(
     .endr
     .endif
     ld      11, {target}(1)           # r11 = the replacement, if nip = livepatch_handler
+    std     1, {link_save}(1)         # our LR slot = r1, no code address: erase the stub return a callee saved there
     addi    1, 1, {frame}             # pop our frame
     bctr                              # continue in B, or where a handler sent us
     .endm
@@ -282,6 +293,7 @@ return_to_handler_call_return:
     ld      2, {return_toc}(1)
     ld      3, {return_results}(1)
     ld      4, {return_results}+8(1)
+    std     1, {link_save}(1)         # our LR slot = r1: erase the return here ftrace_return_to_handler saved
     addi    1, 1, {return_frame}
     blr
     .size return_to_handler, . - return_to_handler
@@ -332,8 +344,21 @@ unsafe extern "C" {
 // The walk's frame layout is the ABI's the boot code follows.
 const _: () = assert!(portable::backchain::LINK_SAVE == boot::LINK_SAVE as u64);
 
-/// Frames `in_ftrace` looks at, at most.
-const WALK_FRAMES: usize = 64;
+/// Frames `in_ftrace` looks at, at most: every frame a thread's stack can
+/// hold, so the bound never ends a walk before the chain does (a fixed 64
+/// once let a handler nested 64 frames deep be preempted, which breaks what
+/// `unregister` relies on). The walk accepts only 16-byte aligned frames, each
+/// above the one before, inside the THREAD_SIZE block r1 is in, so no chain
+/// it follows has more than THREAD_SIZE / 16 frames (real ELFv2 frames take at
+/// least MINIMAL_FRAME bytes: half as many). A well-formed chain ends at its
+/// outermost frame long before; the bound only caps a corrupted one. The cost
+/// is the timer's alone: `in_ftrace` runs only when the decrementer
+/// interrupts (`exception_dispatch`), never on a traced call, and it is the
+/// interrupted thread's depth, about ten instructions a frame.
+const WALK_FRAMES: usize = THREAD_SIZE / FRAME_ALIGNMENT;
+/// What the walk requires of a frame's address.
+const FRAME_ALIGNMENT: usize = 16;
+const _: () = assert!(MINIMAL_FRAME >= FRAME_ALIGNMENT && THREAD_SIZE.is_multiple_of(FRAME_ALIGNMENT));
 
 /// Whether the interrupted context (its nip, LR and r1) is inside ftrace:
 /// in a stub, in a handler called from one, in the graph tracer's return
@@ -342,8 +367,14 @@ const WALK_FRAMES: usize = 64;
 /// `livepatch::entering`). The timer does not preempt such a context, so no thread is ever
 /// parked in a handler (unregistering relies on it) or half way through a
 /// ring buffer write; it costs the traced call nothing. Handlers are found by
-/// the return addresses of the stubs' calls in LR or in a frame's LR slot
-/// (an old value there only delays a preemption by one tick).
+/// the return addresses of the stubs' calls in LR or in a frame's LR slot.
+/// That is exact because no such return address outlives its call: the stubs
+/// and `return_to_handler` overwrite the LR slot of their frame, where their
+/// callee's prologue saved it, before they pop the frame (see the macros). A
+/// stale copy left in memory that the thread's later frames reuse would
+/// otherwise hold off preemption for as long as nothing overwrote it: for
+/// good, in a loop that calls nothing
+/// (`a_thread_spinning_where_a_stub_frame_was_is_still_preempted`).
 #[notrace]
 pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     let stubs = &raw const ftrace_stubs_start as u64..&raw const ftrace_stubs_end as u64;
