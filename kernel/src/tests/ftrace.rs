@@ -531,7 +531,7 @@ unsafe extern "C" {
 }
 
 #[inline(never)]
-extern "C" fn traced_no_arguments() {
+extern "C" fn leaf_without_arguments() {
     black_box(());
 }
 
@@ -563,7 +563,7 @@ static FRAME_NOTING: FtraceOps = FtraceOps::new("test-frame-noting", frame_notin
 static FRAME_NOTING_REGS: FtraceOps =
     FtraceOps::new("test-frame-noting-regs", frame_noting_handler, OpsFlags::RECURSION_SAFE.union(OpsFlags::SAVE_REGS));
 
-/// Calls `traced_no_arguments` (traced by whatever the caller set up), then
+/// Calls `leaf_without_arguments` (traced by whatever the caller set up), then
 /// spins in a `frame`-byte frame where the call's stub (or
 /// `return_to_handler`) frame was, for up to ten tick intervals; returns
 /// whether another thread ran meanwhile, and the spinning frame.
@@ -582,8 +582,9 @@ fn spin_where_a_traced_call_left_its_frame(frame: usize) -> (bool, u64) {
     let mut spinning = 0;
     // Safety: the probe calls a function of no arguments and returns with
     // its frames popped; the counter is a live static, `spinning` a local.
-    let ran =
-        unsafe { spin_in_a_reused_frame(traced_no_arguments, frame as u64, COUNTER.as_ptr(), deadline, &mut spinning) };
+    let ran = unsafe {
+        spin_in_a_reused_frame(leaf_without_arguments, frame as u64, COUNTER.as_ptr(), deadline, &mut spinning)
+    };
     STOP.store(1, Ordering::SeqCst);
     assert_eq!(bystander.join(), ExitStatus::Returned);
     (ran == 1, spinning)
@@ -591,7 +592,7 @@ fn spin_where_a_traced_call_left_its_frame(frame: usize) -> (bool, u64) {
 
 #[ktest]
 fn a_thread_spinning_where_a_stub_frame_was_is_still_preempted() {
-    let function = traced_no_arguments as *const () as u64;
+    let function = leaf_without_arguments as *const () as u64;
     let graph_call = [
         &raw const crate::arch::ftrace::ftrace_graph_call as u64,
         &raw const crate::arch::ftrace::ftrace_regs_graph_call as u64,
@@ -613,8 +614,73 @@ fn a_thread_spinning_where_a_stub_frame_was_is_still_preempted() {
     }
     // The graph tracer's return path: ftrace_return_to_handler's prologue
     // saves its return into return_to_handler in that function's frame.
-    trace::graph::start("*tests::ftrace::traced_no_arguments").unwrap();
+    trace::graph::start("*tests::ftrace::leaf_without_arguments").unwrap();
     let (ran, _) = spin_where_a_traced_call_left_its_frame(crate::arch::ftrace::RETURN_FRAME_SIZE);
     trace::graph::stop().unwrap();
     assert!(ran, "function_graph: nobody else ran in ten tick intervals after return_to_handler");
+}
+
+/// `xori r0, r0, 0`: changes nothing when it runs, and is neither a nop nor a call.
+const HARMLESS: u32 = 0x6800_0000;
+
+#[ktest]
+fn a_mismatch_at_the_second_stub_site_leaves_the_first_unchanged() {
+    use crate::arch::ftrace::{
+        ftrace_call, ftrace_enable_ftrace_graph_caller, ftrace_graph_call, ftrace_regs_call, ftrace_regs_graph_call,
+        ftrace_stub, ftrace_update_ftrace_func,
+    };
+    assert!(trace::registered().is_empty(), "{:?}", trace::registered());
+    // Nothing is registered, so no site calls a stub: their call words can be changed for a while.
+    let _preempt = thread::preempt_disable();
+    let (call, regs_call) = (&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64);
+    let (call_word, regs_call_word) = (text::read(call), text::read(regs_call));
+    text::modify_code(regs_call, regs_call_word, NOP).unwrap();
+    let stub = ftrace_stub as *const () as u64;
+    let result = ftrace_update_ftrace_func(stub, recording_handler as *const () as u64);
+    assert!(matches!(result, Err(text::TextError::Mismatch { address, .. }) if address == regs_call), "{result:?}");
+    assert_eq!(text::read(call), call_word, "ftrace_call changed although ftrace_regs_call was refused");
+    text::modify_code(regs_call, NOP, regs_call_word).unwrap();
+
+    let (graph_call, regs_graph_call) = (&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64);
+    assert_eq!((text::read(graph_call), text::read(regs_graph_call)), (NOP, NOP));
+    text::modify_code(regs_graph_call, NOP, HARMLESS).unwrap();
+    let result = ftrace_enable_ftrace_graph_caller();
+    assert!(
+        matches!(result, Err(text::TextError::Mismatch { address, .. }) if address == regs_graph_call),
+        "{result:?}"
+    );
+    assert_eq!(text::read(graph_call), NOP, "ftrace_graph_call changed although ftrace_regs_graph_call was refused");
+    text::modify_code(regs_graph_call, HARMLESS, NOP).unwrap();
+}
+
+#[ktest]
+fn an_unregister_that_cannot_switch_the_stubs_changes_nothing() {
+    use crate::arch::ftrace::ftrace_regs_call;
+    let eight = site_of(traced_eight as *const () as u64);
+    trace::register(&RECORDING, Filter::Addresses(&[traced_eight as *const () as u64])).unwrap();
+    let before = site_words();
+    let regs_call = &raw const ftrace_regs_call as u64;
+    let regs_call_word = text::read(regs_call);
+    // The only ops is a light one: nothing calls ftrace_regs_caller meanwhile.
+    text::modify_code(regs_call, regs_call_word, NOP).unwrap();
+    let result = trace::unregister(&RECORDING);
+    assert!(matches!(result, Err(FtraceError::Text(text::TextError::Mismatch { .. }))), "{result:?}");
+    assert_eq!(site_words(), before, "a refused unregister changed a site");
+    assert!(trace::registered().contains(&"test-recording"));
+    let calls = CALLS.load(Ordering::SeqCst);
+    call_eight();
+    assert_eq!(CALLS.load(Ordering::SeqCst), calls + 1, "the handler still runs");
+    text::modify_code(regs_call, NOP, regs_call_word).unwrap();
+    trace::unregister(&RECORDING).unwrap();
+    assert_eq!(text::read(eight), NOP);
+}
+
+#[ktest]
+fn a_call_beyond_branch_reach_is_an_error_not_a_panic() {
+    let site = site_of(traced_eight as *const () as u64);
+    let far = site + 64 * 1024 * 1024;
+    let _preempt = thread::preempt_disable();
+    let result = crate::arch::ftrace::ftrace_make_call(site, far);
+    assert_eq!(result, Err(text::TextError::OutOfReach { address: site, target: far }));
+    assert_eq!(text::read(site), NOP, "nothing written");
 }

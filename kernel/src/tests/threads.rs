@@ -163,7 +163,7 @@ fn add_with_preemption_disabled(count: u64) {
     for value in 0..count {
         let guard = thread::preempt_disable();
         // Safety: only this test's thread touches SECTION_DATA.
-        unsafe { *&raw mut SECTION_DATA += value };
+        unsafe { (&raw mut SECTION_DATA).write((&raw const SECTION_DATA).read() + value) };
         drop(guard);
     }
 }
@@ -175,10 +175,10 @@ fn add_with_preemption_disabled(count: u64) {
 fn store_with_preemption_disabled_then_again(first: u64, second: u64) {
     let guard = thread::preempt_disable();
     // Safety: as above.
-    unsafe { *&raw mut SECTION_DATA = first };
+    unsafe { (&raw mut SECTION_DATA).write(first) };
     drop(guard);
     // Safety: as above.
-    unsafe { *&raw mut SECTION_DATA = second };
+    unsafe { (&raw mut SECTION_DATA).write(second) };
 }
 
 /// The machine code of `function`, from its entry to its first blr: the
@@ -216,13 +216,13 @@ fn sections_with_their_store(function: u64) -> (usize, usize) {
 #[ktest]
 fn a_preemption_disabled_section_keeps_its_memory_accesses() {
     // Safety: only this thread touches SECTION_DATA.
-    unsafe { *&raw mut SECTION_DATA = 1 };
+    unsafe { (&raw mut SECTION_DATA).write(1) };
     add_with_preemption_disabled(black_box(5));
     // Safety: as above.
-    assert_eq!(unsafe { *&raw const SECTION_DATA }, 11);
+    assert_eq!(unsafe { (&raw const SECTION_DATA).read() }, 11);
     store_with_preemption_disabled_then_again(3, 4);
     // Safety: as above.
-    assert_eq!(unsafe { *&raw const SECTION_DATA }, 4);
+    assert_eq!(unsafe { (&raw const SECTION_DATA).read() }, 4);
     for (name, function) in [
         ("add_with_preemption_disabled", add_with_preemption_disabled as *const () as u64),
         ("store_with_preemption_disabled_then_again", store_with_preemption_disabled_then_again as *const () as u64),

@@ -158,7 +158,10 @@ pub fn start(glob: &str) -> Result<usize, FtraceError> {
     let _preempt = thread::preempt_disable();
     let count = register(&GRAPH_OPS, Filter::Glob(glob))?;
     if let Err(error) = set_graph_calls(true) {
-        let _ = unregister(&GRAPH_OPS);
+        // Both graph call sites or neither were written: only the registration is undone.
+        if let Err(undo) = unregister(&GRAPH_OPS) {
+            super::ops::report_failed_undo("function_graph's registration", &undo);
+        }
         return Err(error);
     }
     Ok(count)
@@ -170,7 +173,14 @@ pub fn start(glob: &str) -> Result<usize, FtraceError> {
 pub fn stop() -> Result<(), FtraceError> {
     let _preempt = thread::preempt_disable();
     set_graph_calls(false)?;
-    unregister(&GRAPH_OPS)
+    if let Err(error) = unregister(&GRAPH_OPS) {
+        // unregister changed nothing: the graph calls go back on, as before.
+        if let Err(undo) = set_graph_calls(true) {
+            super::ops::report_failed_undo("function_graph's graph calls", &undo);
+        }
+        return Err(error);
+    }
+    Ok(())
 }
 
 /// Empties every buffer.

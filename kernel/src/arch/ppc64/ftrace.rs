@@ -403,10 +403,28 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
 }
 
 /// `bl target` at `site`: every call the hooks below write links (the
-/// stubs return to the word after it).
+/// stubs return to the word after it). A target out of reach (a module far
+/// from the kernel text, say) is an error for the caller, never a panic.
 #[notrace]
-fn call_word(site: u64, target: u64) -> u32 {
-    instruction::branch(site, target, true).expect("stubs and handlers are within branch reach of the kernel text")
+fn call_word(site: u64, target: u64) -> Result<u32, TextError> {
+    instruction::branch(site, target, true).map_err(|_| TextError::OutOfReach { address: site, target })
+}
+
+/// The word at a site that calls `target`, or a nop for `None`.
+#[notrace]
+fn site_word(site: u64, target: Option<u64>) -> Result<u32, TextError> {
+    target.map_or(Ok(NOP), |target| call_word(site, target))
+}
+
+/// Checks, writing nothing, that `site` holds a call of `old_target` (a nop
+/// for `None`) and that a call of `new_target` can be written there: what
+/// `ftrace_make_call`, `ftrace_make_nop` or `ftrace_modify_call` with the
+/// same targets would check before writing (Linux: `ftrace_validate_inst`).
+/// Lets generic code check every site of a change before it writes any.
+#[notrace]
+pub fn ftrace_validate_call(site: u64, old_target: Option<u64>, new_target: Option<u64>) -> Result<(), TextError> {
+    site_word(site, new_target)?;
+    text::validate(site, site_word(site, old_target)?)
 }
 
 /// Prepares the two nops the compiler put at the local entry of `function`
@@ -430,13 +448,13 @@ pub fn ftrace_init_nop(function: u64) -> Result<u64, TextError> {
 /// Turns the nop at `site` into a call of the stub `target` (Linux: `ftrace_make_call`).
 #[notrace]
 pub fn ftrace_make_call(site: u64, target: u64) -> Result<(), TextError> {
-    text::modify_code(site, NOP, call_word(site, target))
+    text::modify_code(site, NOP, call_word(site, target)?)
 }
 
 /// Turns the call of `target` at `site` back into a nop (Linux: `ftrace_make_nop`).
 #[notrace]
 pub fn ftrace_make_nop(site: u64, target: u64) -> Result<(), TextError> {
-    text::modify_code(site, call_word(site, target), NOP)
+    text::modify_code(site, call_word(site, target)?, NOP)
 }
 
 /// Turns the call of `old_target` at `site` into a call of `new_target`
@@ -444,42 +462,58 @@ pub fn ftrace_make_nop(site: u64, target: u64) -> Result<(), TextError> {
 /// SAVE_REGS stub in one store.
 #[notrace]
 pub fn ftrace_modify_call(site: u64, old_target: u64, new_target: u64) -> Result<(), TextError> {
-    text::modify_code(site, call_word(site, old_target), call_word(site, new_target))
+    text::modify_code(site, call_word(site, old_target)?, call_word(site, new_target)?)
+}
+
+/// The two words `ftrace_update_ftrace_func(old_function, function)` changes.
+#[notrace]
+fn ftrace_func_changes(old_function: u64, function: u64) -> Result<[(u64, u32, u32); 2], TextError> {
+    let (old, new) = (text::local_entry(old_function), text::local_entry(function));
+    let (call, regs_call) = (&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64);
+    Ok([
+        (call, call_word(call, old)?, call_word(call, new)?),
+        (regs_call, call_word(regs_call, old)?, call_word(regs_call, new)?),
+    ])
 }
 
 /// Makes both stubs call `function` (a global entry) at `ftrace_call` and
 /// `ftrace_regs_call`, where they called `old_function` (Linux:
 /// `ftrace_update_ftrace_func`). The stubs hold the kernel TOC already, so
-/// the calls go to the functions' local entries.
+/// the calls go to the functions' local entries. Both words or neither: a
+/// mismatch at either leaves both as they were.
 #[notrace]
 pub fn ftrace_update_ftrace_func(old_function: u64, function: u64) -> Result<(), TextError> {
-    let (old, new) = (text::local_entry(old_function), text::local_entry(function));
-    for site in [&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64] {
-        text::modify_code(site, call_word(site, old), call_word(site, new))?;
-    }
-    Ok(())
+    text::modify_all(&ftrace_func_changes(old_function, function)?)
+}
+
+/// Checks, writing nothing, that `ftrace_update_ftrace_func` with the same
+/// arguments would succeed now: generic code asks before it changes
+/// anything else that the switch would have to undo.
+#[notrace]
+pub fn ftrace_validate_ftrace_func(old_function: u64, function: u64) -> Result<(), TextError> {
+    ftrace_func_changes(old_function, function)?.iter().try_for_each(|&(site, old, _)| text::validate(site, old))
+}
+
+/// The two graph call sites' words: (site, nop, `bl ftrace_graph_caller`).
+#[notrace]
+fn graph_call_words() -> Result<[(u64, u32, u32); 2], TextError> {
+    let target = ftrace_graph_caller as *const () as u64;
+    let (call, regs_call) = (&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64);
+    Ok([(call, NOP, call_word(call, target)?), (regs_call, NOP, call_word(regs_call, target)?)])
 }
 
 /// Makes both stubs call `ftrace_graph_caller` after the handler (Linux:
-/// `ftrace_enable_ftrace_graph_caller`).
+/// `ftrace_enable_ftrace_graph_caller`). Both sites or neither.
 #[notrace]
 pub fn ftrace_enable_ftrace_graph_caller() -> Result<(), TextError> {
-    let target = ftrace_graph_caller as *const () as u64;
-    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
-        text::modify_code(site, NOP, call_word(site, target))?;
-    }
-    Ok(())
+    text::modify_all(&graph_call_words()?)
 }
 
 /// Puts the nops back at the stubs' graph call sites (Linux:
-/// `ftrace_disable_ftrace_graph_caller`).
+/// `ftrace_disable_ftrace_graph_caller`). Both sites or neither.
 #[notrace]
 pub fn ftrace_disable_ftrace_graph_caller() -> Result<(), TextError> {
-    let target = ftrace_graph_caller as *const () as u64;
-    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
-        text::modify_code(site, call_word(site, target), NOP)?;
-    }
-    Ok(())
+    text::modify_all(&graph_call_words()?.map(|(site, nop, call)| (site, call, nop)))
 }
 
 /// Traps when `value` lies below `limit` (unsigned): the handlers' stack room
