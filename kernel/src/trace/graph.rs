@@ -83,7 +83,8 @@ pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
     super::ops::check_stack_room(regs);
     // The site, not where the call continues: a livepatch may have redirected that already.
     let ip = regs.ip;
-    if !traces(&GRAPH_OPS, ip) {
+    // Safety: called from the stubs, which the timer does not preempt: a read-side section.
+    if !unsafe { traces(&GRAPH_OPS, ip) } {
         return;
     }
     // Safety: the current thread's own thread_info.

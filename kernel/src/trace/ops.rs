@@ -78,12 +78,17 @@ impl FtraceOps {
     }
 }
 
-/// Whether `ops` traces the site at `ip`. Call from a handler.
+/// Whether `ops` traces the site at `ip`.
+///
+/// # Safety
+///
+/// The caller is in a read-side section of `NonPreemptibleReaders`: a
+/// handler (which the timer does not preempt), or code running with
+/// preemption disabled.
 #[notrace]
 #[inline(always)]
-pub fn traces(ops: &FtraceOps, ip: u64) -> bool {
-    // Safety: in a handler, which the scheduler does not preempt: a read-side
-    // section (`NonPreemptibleReaders`).
+pub unsafe fn traces(ops: &FtraceOps, ip: u64) -> bool {
+    // Safety: the caller's promise, above.
     search_sorted(unsafe { ops.sites.read() }, ip).is_some()
 }
 
@@ -444,7 +449,8 @@ extern "C" fn ftrace_ops_list(ip: u64, parent_ip: u64, _ops: &FtraceOps, regs: &
     let mut index = 0;
     while index < list.len() {
         let ops = list[index];
-        if traces(ops, ip) {
+        // Safety: as for LIST above.
+        if unsafe { traces(ops, ip) } {
             if ops.flags.contains(OpsFlags::RECURSION_SAFE) {
                 (ops.handler)(ip, parent_ip, ops, regs);
             } else if recursion_enter() {

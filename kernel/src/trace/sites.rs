@@ -107,16 +107,15 @@ pub(super) fn retarget(site: &Site, state: SiteState, new_state: SiteState) -> R
     }
 }
 
-/// Checks, writing nothing, that moving `site` from `state` to `new_state`
-/// would succeed: its word is the call (or nop) `state` says, and the new
-/// call can be encoded.
+/// Checks, writing nothing, that `retarget` from `state` to `new_state`
+/// finds the word it expects: the call (or nop) `state` says.
 #[notrace]
 fn check_retarget(site: &Site, state: SiteState, new_state: SiteState) -> Result<(), TextError> {
-    let (old, new) = (state.caller(), new_state.caller());
-    if old == new {
+    let old = state.caller();
+    if old == new_state.caller() {
         return Ok(());
     }
-    ftrace_validate_call(site.address, stub(old), stub(new))
+    ftrace_validate_call(site.address, stub(old))
 }
 
 /// Applies `demand` (add or remove) to the sites at `indices` (no index
@@ -213,7 +212,12 @@ pub fn site_summaries() -> Vec<SiteSummary> {
             address: site.address,
             caller: state.caller(),
             users: state.users,
-            ops: registered.iter().filter(|ops| super::ops::traces(ops, site.address)).map(|ops| ops.name).collect(),
+            // Safety: the states' lock is held, so preemption is off: a read-side section.
+            ops: registered
+                .iter()
+                .filter(|ops| unsafe { super::ops::traces(ops, site.address) })
+                .map(|ops| ops.name)
+                .collect(),
         })
         .collect()
 }

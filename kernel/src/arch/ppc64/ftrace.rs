@@ -366,7 +366,7 @@ const _: () = assert!(MINIMAL_FRAME >= FRAME_ALIGNMENT && THREAD_SIZE.is_multipl
 /// stub's handler chose C and C's address is only in r11/CTR:
 /// `livepatch::entering`). The timer does not preempt such a context, so no thread is ever
 /// parked in a handler (unregistering relies on it) or half way through a
-/// ring buffer write; it costs the traced call nothing. Handlers are found by
+/// ring buffer write; it costs a traced call only the erasure below. Handlers are found by
 /// the return addresses of the stubs' calls in LR or in a frame's LR slot.
 /// That is exact because no such return address outlives its call: the stubs
 /// and `return_to_handler` overwrite the LR slot of their frame, where their
@@ -417,13 +417,14 @@ fn site_word(site: u64, target: Option<u64>) -> Result<u32, TextError> {
 }
 
 /// Checks, writing nothing, that `site` holds a call of `old_target` (a nop
-/// for `None`) and that a call of `new_target` can be written there: what
-/// `ftrace_make_call`, `ftrace_make_nop` or `ftrace_modify_call` with the
-/// same targets would check before writing (Linux: `ftrace_validate_inst`).
-/// Lets generic code check every site of a change before it writes any.
+/// for `None`): the word `ftrace_make_call`, `ftrace_make_nop` or
+/// `ftrace_modify_call` from that target would expect (Linux:
+/// `ftrace_validate_inst`). Lets generic code check every site of a change
+/// before it writes any. (The new call is encoded when it is written: the
+/// stubs are always within reach of the kernel text, and a write that fails
+/// even so is undone.)
 #[notrace]
-pub fn ftrace_validate_call(site: u64, old_target: Option<u64>, new_target: Option<u64>) -> Result<(), TextError> {
-    site_word(site, new_target)?;
+pub fn ftrace_validate_call(site: u64, old_target: Option<u64>) -> Result<(), TextError> {
     text::validate(site, site_word(site, old_target)?)
 }
 
