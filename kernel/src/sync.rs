@@ -76,6 +76,9 @@ pub struct NonPreemptibleReaders;
 // program order, so `Relaxed` loads suffice. SMP must change both: wait until
 // every other CPU has passed a point outside any section, and load with
 // `Acquire` (the pairing `portable::published` describes).
+// The argument above holds for one CPU only: a second one must fail to
+// build here until the grace period and the loads are made SMP-safe.
+const _: () = assert!(crate::arch::text::RUNNING_CPUS == 1, "NonPreemptibleReaders assumes one CPU");
 unsafe impl Readers for NonPreemptibleReaders {
     const LOAD_ORDERING: Ordering = Ordering::Relaxed;
     #[inline(always)]

@@ -450,10 +450,15 @@ mod tests {
         let counters = Arc::new((0..READERS).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let published = Arc::new(Published::new(&NO_GENERATION, Sections(counters.clone())));
         let (done, reads) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        // Generations each reader has seen change: the writer goes on until
+        // every reader has seen two, so the interleaving the test is about
+        // happens however the host schedules the threads (a fixed number of
+        // reads once let a reader that started late see only one).
+        let changes = Arc::new((0..READERS).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let readers: Vec<_> = (0..READERS)
             .map(|reader| {
                 let (published, sections) = (published.clone(), Sections(counters.clone()));
-                let (done, reads) = (done.clone(), reads.clone());
+                let (done, reads, changes) = (done.clone(), reads.clone(), changes.clone());
                 std::thread::spawn(move || {
                     let (mut count, mut last, mut seen) = (0u64, 0u64, 0u64);
                     while !done.load(Ordering::Relaxed) {
@@ -473,6 +478,7 @@ mod tests {
                         assert_eq!(value.whole(), Some(first), "the value changed or was freed under its reader");
                         drop(section);
                         seen += u64::from(first != last);
+                        changes[reader].store(seen, Ordering::Relaxed);
                         (count, last) = (count + 1, first);
                         reads.fetch_add(1, Ordering::Relaxed);
                     }
@@ -481,7 +487,10 @@ mod tests {
             })
             .collect();
         let mut generation = 0;
-        while reads.load(Ordering::Relaxed) < READS && readers.iter().all(|reader| !reader.is_finished()) {
+        let interleaved = || changes.iter().all(|seen| seen.load(Ordering::Relaxed) > 1);
+        while (reads.load(Ordering::Relaxed) < READS || !interleaved())
+            && readers.iter().all(|reader| !reader.is_finished())
+        {
             generation += 1;
             published.replace(Generation::new(generation, &dropped));
         }

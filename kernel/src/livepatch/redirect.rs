@@ -52,11 +52,13 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
 /// other function its original code. Either all of it takes effect or, on
 /// error, nothing does. Call with preemption off.
 pub fn apply(functions: &[(u64, Stack)]) -> Result<(), FtraceError> {
-    // Sites follow their functions' entries, so this is already sorted by site.
+    // Sites follow their functions' entries, so this is already sorted by
+    // site, as the handler's binary search needs (checked in debug builds).
     let pairs: Vec<(u64, u64)> = functions
         .iter()
         .filter_map(|(_, stack)| stack.replacements.last().map(|(_, new)| (stack.site, *new)))
         .collect();
+    debug_assert!(pairs.is_sorted_by_key(|(site, _)| *site), "the redirect table is searched by site");
     let previous = TARGETS.replace_retaining(Targets { pairs });
     let entries: Vec<u64> =
         functions.iter().filter(|(_, stack)| !stack.replacements.is_empty()).map(|(entry, _)| *entry).collect();

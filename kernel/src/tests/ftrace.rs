@@ -437,3 +437,250 @@ fn the_timer_never_preempts_a_thread_inside_a_handler() {
 fn the_timer_never_preempts_a_thread_in_a_function_a_handler_called() {
     check_the_timer_never_preempts_inside(&SLOW_NESTED);
 }
+
+/// A handler nested deeper than any fixed walk bound (the walk once stopped
+/// after 64 frames): the stub's return address is 100 frames up the chain.
+#[notrace]
+#[inline(never)]
+fn spin_deep_below_the_handler(depth: u32) {
+    if depth == 0 {
+        spin_three_tick_intervals();
+    } else {
+        spin_deep_below_the_handler(black_box(depth - 1));
+    }
+    black_box(());
+}
+
+#[notrace]
+extern "C" fn slow_deep_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    spin_deep_below_the_handler(100);
+    black_box(());
+}
+static SLOW_DEEP: FtraceOps = FtraceOps::new("test-slow-deep", slow_deep_handler, OpsFlags::RECURSION_SAFE);
+
+#[ktest]
+fn the_timer_never_preempts_a_thread_a_hundred_frames_below_a_handler() {
+    check_the_timer_never_preempts_inside(&SLOW_DEEP);
+}
+
+core::arch::global_asm!(
+    r#"
+    .text
+    # spin_in_a_reused_frame: calls a function, then spins in a frame pushed
+    # where that call's ftrace stub frame (or return_to_handler's) was.
+    #
+    # On entry: r3 = a function with no arguments (global entry), r4 = bytes
+    # of the frame to push after it returns, r5 = &u64 that another thread
+    # keeps incrementing, r6 = a timebase deadline, r7 = &u64 for the
+    # spinning frame's address.
+    # Calls r3 from a 64-byte frame; pushes the r4-byte frame right below
+    # that (so its LR save slot is the one the stub's callee saved a return
+    # into the stub in); then spins, calling nothing (so nothing writes that
+    # slot), until *r5 changes or the timebase reaches r6.
+    # On exit: r3 = 1 if *r5 changed (another thread ran meanwhile), else 0;
+    # r0, r4-r12, CTR, CR0 clobbered.
+    .globl spin_in_a_reused_frame
+    .type spin_in_a_reused_frame, @function
+spin_in_a_reused_frame:
+    mflr    0
+    std     0, 16(1)                  # our return address, in our caller's frame
+    stdu    1, -64(1)                 # our frame: header (32), then r4-r7
+    std     2, 24(1)                  # TOC save slot
+    std     4, 32(1)
+    std     5, 40(1)
+    std     6, 48(1)
+    std     7, 56(1)
+    mtctr   3
+    mr      12, 3                     # r12 = global entry, as ELFv2 requires
+    bctrl                             # the traced call: its stub frame lies below our r1
+    ld      2, 24(1)
+    ld      4, 32(1)
+    ld      5, 40(1)
+    ld      6, 48(1)
+    ld      7, 56(1)
+    neg     4, 4
+    stdux   1, 1, 4                   # push r4 bytes: r1 = where the stub's frame was
+    std     1, 0(7)                   # report the spinning frame
+    ld      9, 0(5)                   # r9 = the counter when the spin starts
+1:  ld      10, 0(5)
+    cmpld   10, 9
+    bne     2f                        # another thread ran
+    mftb    10
+    cmpld   10, 6
+    blt     1b
+    li      3, 0                      # the deadline passed, nobody else ran
+    b       3f
+2:  li      3, 1
+3:  ld      1, 0(1)                   # pop the spinning frame
+    addi    1, 1, 64                  # and ours
+    ld      0, 16(1)
+    mtlr    0
+    blr
+    .size spin_in_a_reused_frame, . - spin_in_a_reused_frame
+    "#
+);
+
+unsafe extern "C" {
+    fn spin_in_a_reused_frame(
+        function: extern "C" fn(),
+        frame: u64,
+        counter: *const u64,
+        deadline: u64,
+        spinning: *mut u64,
+    ) -> u64;
+}
+
+#[inline(never)]
+extern "C" fn leaf_without_arguments() {
+    black_box(());
+}
+
+/// The stub frame of the last call `frame_noting_handler` saw, and what its LR save slot held then.
+static STUB_FRAME: AtomicU64 = AtomicU64::new(0);
+static STUB_FRAME_LINK: AtomicU64 = AtomicU64::new(0);
+
+#[notrace]
+#[inline(never)]
+fn note_the_stub_frame(handler_frame: u64) {
+    // Safety: the handler's frame, then the stub's, on this thread's stack;
+    // the stub's LR save slot is where the handler's prologue saved its return into the stub.
+    let (stub, link) = unsafe {
+        let stub = *(handler_frame as *const u64);
+        (stub, *((stub + boot::LINK_SAVE as u64) as *const u64))
+    };
+    STUB_FRAME.store(stub, Ordering::SeqCst);
+    STUB_FRAME_LINK.store(link, Ordering::SeqCst);
+    black_box(());
+}
+
+/// Not a leaf: its prologue saves the return into the stub in the stub's frame.
+#[notrace]
+extern "C" fn frame_noting_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    note_the_stub_frame(crate::arch::registers::stack_pointer());
+    black_box(());
+}
+static FRAME_NOTING: FtraceOps = FtraceOps::new("test-frame-noting", frame_noting_handler, OpsFlags::RECURSION_SAFE);
+static FRAME_NOTING_REGS: FtraceOps =
+    FtraceOps::new("test-frame-noting-regs", frame_noting_handler, OpsFlags::RECURSION_SAFE.union(OpsFlags::SAVE_REGS));
+
+/// Calls `leaf_without_arguments` (traced by whatever the caller set up), then
+/// spins in a `frame`-byte frame where the call's stub (or
+/// `return_to_handler`) frame was, for up to ten tick intervals; returns
+/// whether another thread ran meanwhile, and the spinning frame.
+fn spin_where_a_traced_call_left_its_frame(frame: usize) -> (bool, u64) {
+    static STOP: AtomicU64 = AtomicU64::new(0);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    STOP.store(0, Ordering::SeqCst);
+    let bystander = thread::spawn("bystander", || {
+        while STOP.load(Ordering::SeqCst) == 0 {
+            COUNTER.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    thread::sleep_milliseconds(20);
+    let deadline = crate::arch::registers::timebase() + 10 * crate::time::frequency() / crate::time::TICK_HZ;
+    let mut spinning = 0;
+    // Safety: the probe calls a function of no arguments and returns with
+    // its frames popped; the counter is a live static, `spinning` a local.
+    let ran = unsafe {
+        spin_in_a_reused_frame(leaf_without_arguments, frame as u64, COUNTER.as_ptr(), deadline, &mut spinning)
+    };
+    STOP.store(1, Ordering::SeqCst);
+    assert_eq!(bystander.join(), ExitStatus::Returned);
+    (ran == 1, spinning)
+}
+
+#[ktest]
+fn a_thread_spinning_where_a_stub_frame_was_is_still_preempted() {
+    let function = leaf_without_arguments as *const () as u64;
+    let graph_call = [
+        &raw const crate::arch::ftrace::ftrace_graph_call as u64,
+        &raw const crate::arch::ftrace::ftrace_regs_graph_call as u64,
+    ];
+    for (ops, graph_call) in [(&FRAME_NOTING, graph_call[0]), (&FRAME_NOTING_REGS, graph_call[1])] {
+        STUB_FRAME.store(0, Ordering::SeqCst);
+        trace::register(ops, Filter::Addresses(&[function])).unwrap();
+        let (ran, spinning) = spin_where_a_traced_call_left_its_frame(crate::arch::ftrace::FRAME_SIZE);
+        trace::unregister(ops).unwrap();
+        // What makes the case: during the call the handler's prologue saved
+        // the return into the stub in the very slot the spin's frame has.
+        assert_eq!(STUB_FRAME.load(Ordering::SeqCst), spinning, "{}: the spin reuses the stub's frame", ops.name);
+        assert_eq!(STUB_FRAME_LINK.load(Ordering::SeqCst), graph_call, "{}: the handler saved its return", ops.name);
+        assert!(
+            ran,
+            "{}: nobody else ran in ten tick intervals: a stale return into the stub held off preemption",
+            ops.name
+        );
+    }
+    // The graph tracer's return path: ftrace_return_to_handler's prologue
+    // saves its return into return_to_handler in that function's frame.
+    trace::graph::start("*tests::ftrace::leaf_without_arguments").unwrap();
+    let (ran, _) = spin_where_a_traced_call_left_its_frame(crate::arch::ftrace::RETURN_FRAME_SIZE);
+    trace::graph::stop().unwrap();
+    assert!(ran, "function_graph: nobody else ran in ten tick intervals after return_to_handler");
+}
+
+/// `xori r0, r0, 0`: changes nothing when it runs, and is neither a nop nor a call.
+const HARMLESS: u32 = 0x6800_0000;
+
+#[ktest]
+fn a_mismatch_at_the_second_stub_site_leaves_the_first_unchanged() {
+    use crate::arch::ftrace::{
+        ftrace_call, ftrace_enable_ftrace_graph_caller, ftrace_graph_call, ftrace_regs_call, ftrace_regs_graph_call,
+        ftrace_stub, ftrace_update_ftrace_func,
+    };
+    assert!(trace::registered().is_empty(), "{:?}", trace::registered());
+    // Nothing is registered, so no site calls a stub: their call words can be changed for a while.
+    let _preempt = thread::preempt_disable();
+    let (call, regs_call) = (&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64);
+    let (call_word, regs_call_word) = (text::read(call), text::read(regs_call));
+    text::modify_code(regs_call, regs_call_word, NOP).unwrap();
+    let stub = ftrace_stub as *const () as u64;
+    let result = ftrace_update_ftrace_func(stub, recording_handler as *const () as u64);
+    assert!(matches!(result, Err(text::TextError::Mismatch { address, .. }) if address == regs_call), "{result:?}");
+    assert_eq!(text::read(call), call_word, "ftrace_call changed although ftrace_regs_call was refused");
+    text::modify_code(regs_call, NOP, regs_call_word).unwrap();
+
+    let (graph_call, regs_graph_call) = (&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64);
+    assert_eq!((text::read(graph_call), text::read(regs_graph_call)), (NOP, NOP));
+    text::modify_code(regs_graph_call, NOP, HARMLESS).unwrap();
+    let result = ftrace_enable_ftrace_graph_caller();
+    assert!(
+        matches!(result, Err(text::TextError::Mismatch { address, .. }) if address == regs_graph_call),
+        "{result:?}"
+    );
+    assert_eq!(text::read(graph_call), NOP, "ftrace_graph_call changed although ftrace_regs_graph_call was refused");
+    text::modify_code(regs_graph_call, HARMLESS, NOP).unwrap();
+}
+
+#[ktest]
+fn an_unregister_that_cannot_switch_the_stubs_changes_nothing() {
+    use crate::arch::ftrace::ftrace_regs_call;
+    let eight = site_of(traced_eight as *const () as u64);
+    trace::register(&RECORDING, Filter::Addresses(&[traced_eight as *const () as u64])).unwrap();
+    let before = site_words();
+    let regs_call = &raw const ftrace_regs_call as u64;
+    let regs_call_word = text::read(regs_call);
+    // The only ops is a light one: nothing calls ftrace_regs_caller meanwhile.
+    text::modify_code(regs_call, regs_call_word, NOP).unwrap();
+    let result = trace::unregister(&RECORDING);
+    assert!(matches!(result, Err(FtraceError::Text(text::TextError::Mismatch { .. }))), "{result:?}");
+    assert_eq!(site_words(), before, "a refused unregister changed a site");
+    assert!(trace::registered().contains(&"test-recording"));
+    let calls = CALLS.load(Ordering::SeqCst);
+    call_eight();
+    assert_eq!(CALLS.load(Ordering::SeqCst), calls + 1, "the handler still runs");
+    text::modify_code(regs_call, NOP, regs_call_word).unwrap();
+    trace::unregister(&RECORDING).unwrap();
+    assert_eq!(text::read(eight), NOP);
+}
+
+#[ktest]
+fn a_call_beyond_branch_reach_is_an_error_not_a_panic() {
+    let site = site_of(traced_eight as *const () as u64);
+    let far = site + 64 * 1024 * 1024;
+    let _preempt = thread::preempt_disable();
+    let result = crate::arch::ftrace::ftrace_make_call(site, far);
+    assert_eq!(result, Err(text::TextError::OutOfReach { address: site, target: far }));
+    assert_eq!(text::read(site), NOP, "nothing written");
+}

@@ -4,8 +4,9 @@ use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, MAGIC_OFFSET, STAC
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use boot::THREAD_SIZE;
+use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
-use macros::ktest;
+use macros::{ktest, notrace};
 
 #[ktest]
 fn threads_spawn_sleep_yield_join() {
@@ -145,4 +146,89 @@ fn a_kill_inside_the_scheduler_lock_ends_the_kernel_instead_of_hanging() {
     })
     .expect("room for a thread");
     let _ = killed.join();
+}
+
+/// What the probes below write inside their sections: a private static, so
+/// the compiler knows that no other code reaches it and that the pointer
+/// `current_thread_info` makes from r1 is not it, and may move its accesses
+/// past the count's unless something stops it.
+static mut SECTION_DATA: u64 = 0;
+
+/// Short preemption-disabled sections in a loop, each adding to
+/// `SECTION_DATA`: a compiler free to move the accesses keeps the sum in a
+/// register and stores it once, after the last section.
+#[notrace]
+#[inline(never)]
+fn add_with_preemption_disabled(count: u64) {
+    for value in 0..count {
+        let guard = thread::preempt_disable();
+        // Safety: only this test's thread touches SECTION_DATA.
+        unsafe { (&raw mut SECTION_DATA).write((&raw const SECTION_DATA).read() + value) };
+        drop(guard);
+    }
+}
+
+/// A section's store that a later one overwrites: a compiler free to move
+/// it past the decrement finds it dead and drops it.
+#[notrace]
+#[inline(never)]
+fn store_with_preemption_disabled_then_again(first: u64, second: u64) {
+    let guard = thread::preempt_disable();
+    // Safety: as above.
+    unsafe { (&raw mut SECTION_DATA).write(first) };
+    drop(guard);
+    // Safety: as above.
+    unsafe { (&raw mut SECTION_DATA).write(second) };
+}
+
+/// The machine code of `function`, from its entry to its first blr: the
+/// number of preempt_count stores, and of sections (an increment, then a
+/// decrement) with another store between them. Stores of the count are
+/// `std` with the count's offset as displacement (from the thread_info base
+/// that r1 gives); the probes are leaves without a frame, so their only
+/// other stores are to `SECTION_DATA` (TOC-relative).
+fn sections_with_their_store(function: u64) -> (usize, usize) {
+    let count_offset = core::mem::offset_of!(thread::ThreadInfo, preempt_count) as i16;
+    let (mut address, mut count_stores, mut sections_with_a_store, mut stored) = (function, 0, 0, false);
+    loop {
+        let word = crate::arch::text::read(address);
+        if word == portable::instruction::BLR {
+            return (count_stores, sections_with_a_store);
+        }
+        // std: primary opcode 62, DS form, XO (the low two bits) 0.
+        if word >> 26 == 62 && word & 3 == 0 {
+            let displacement = (word & 0xfffc) as u16 as i16;
+            if displacement == count_offset {
+                count_stores += 1;
+                // An even store is a decrement: it closes a section.
+                if count_stores % 2 == 0 && stored {
+                    sections_with_a_store += 1;
+                }
+                stored = false;
+            } else {
+                stored = true;
+            }
+        }
+        address += 4;
+    }
+}
+
+#[ktest]
+fn a_preemption_disabled_section_keeps_its_memory_accesses() {
+    // Safety: only this thread touches SECTION_DATA.
+    unsafe { (&raw mut SECTION_DATA).write(1) };
+    add_with_preemption_disabled(black_box(5));
+    // Safety: as above.
+    assert_eq!(unsafe { (&raw const SECTION_DATA).read() }, 11);
+    store_with_preemption_disabled_then_again(3, 4);
+    // Safety: as above.
+    assert_eq!(unsafe { (&raw const SECTION_DATA).read() }, 4);
+    for (name, function) in [
+        ("add_with_preemption_disabled", add_with_preemption_disabled as *const () as u64),
+        ("store_with_preemption_disabled_then_again", store_with_preemption_disabled_then_again as *const () as u64),
+    ] {
+        let (count_stores, sections) = sections_with_their_store(function);
+        assert!(count_stores >= 2 && count_stores % 2 == 0, "{name}: {count_stores} stores of preempt_count");
+        assert_eq!(sections, count_stores / 2, "{name}: sections whose store stayed inside them");
+    }
 }

@@ -22,6 +22,18 @@ pub use {
 use macros::notrace;
 
 /// Makes the current thread non-preemptible until the guard is dropped; nests.
+///
+/// The count is a plain field: only its own thread writes it, and the timer
+/// interrupt reads it on the same CPU between two instructions, so no atomic
+/// operation or hardware barrier is needed (Linux's `preempt_count_inc` is a
+/// plain add too). What is needed is a compiler barrier on each side
+/// (Linux's `barrier()` in `preempt_disable` and `preempt_enable`): the
+/// count and the section's own memory accesses are unrelated locations, so
+/// without one the compiler may move a section's loads before the increment
+/// or its stores after the decrement, out of the section (it does: in a
+/// loop of short sections adding to a private static, the load left the
+/// loop and the store went before the increment;
+/// `tests::threads::a_preemption_disabled_section_keeps_its_memory_accesses`).
 pub struct PreemptGuard(());
 
 /// Disables preemption of the current thread.
@@ -29,14 +41,30 @@ pub struct PreemptGuard(());
 pub fn preempt_disable() -> PreemptGuard {
     // Safety: the current thread's own thread_info; only it writes its count.
     unsafe { (*current_thread_info()).preempt_count += 1 };
+    // Nothing of the section moves before the increment (see PreemptGuard).
+    compiler_barrier();
     PreemptGuard(())
 }
 
 impl Drop for PreemptGuard {
     fn drop(&mut self) {
+        // Nothing of the section moves after the decrement (see PreemptGuard).
+        compiler_barrier();
         // Safety: as in preempt_disable.
         unsafe { (*current_thread_info()).preempt_count -= 1 };
     }
+}
+
+/// Keeps the compiler from moving memory accesses across it, emitting no
+/// instruction (Linux's `barrier()`): an empty `asm!` that may, as far as the
+/// compiler knows, read and write any memory. Not `compiler_fence`: on this
+/// target LLVM lowers that to a `sync`, a full hardware barrier a one-CPU
+/// section does not need.
+#[notrace]
+#[inline(always)]
+fn compiler_barrier() {
+    // Safety: an empty instruction sequence; it changes nothing.
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
 }
 
 /// The current thread's preempt count.

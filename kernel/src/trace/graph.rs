@@ -83,7 +83,8 @@ pub extern "C" fn ftrace_graph_entry(regs: &mut FtraceRegs) {
     super::ops::check_stack_room(regs);
     // The site, not where the call continues: a livepatch may have redirected that already.
     let ip = regs.ip;
-    if !traces(&GRAPH_OPS, ip) {
+    // Safety: called from the stubs, which the timer does not preempt: a read-side section.
+    if !unsafe { traces(&GRAPH_OPS, ip) } {
         return;
     }
     // Safety: the current thread's own thread_info.
@@ -158,7 +159,10 @@ pub fn start(glob: &str) -> Result<usize, FtraceError> {
     let _preempt = thread::preempt_disable();
     let count = register(&GRAPH_OPS, Filter::Glob(glob))?;
     if let Err(error) = set_graph_calls(true) {
-        let _ = unregister(&GRAPH_OPS);
+        // Both graph call sites or neither were written: only the registration is undone.
+        if let Err(undo) = unregister(&GRAPH_OPS) {
+            super::ops::report_failed_undo("function_graph's registration", &undo);
+        }
         return Err(error);
     }
     Ok(count)
@@ -170,7 +174,14 @@ pub fn start(glob: &str) -> Result<usize, FtraceError> {
 pub fn stop() -> Result<(), FtraceError> {
     let _preempt = thread::preempt_disable();
     set_graph_calls(false)?;
-    unregister(&GRAPH_OPS)
+    if let Err(error) = unregister(&GRAPH_OPS) {
+        // unregister changed nothing: the graph calls go back on, as before.
+        if let Err(undo) = set_graph_calls(true) {
+            super::ops::report_failed_undo("function_graph's graph calls", &undo);
+        }
+        return Err(error);
+    }
+    Ok(())
 }
 
 /// Empties every buffer.

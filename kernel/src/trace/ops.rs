@@ -11,7 +11,9 @@
 //! so after `unregister` returns nobody is in it.
 use super::sites::{self, ApplyError};
 use super::{FUNCTION_TRACE_OP, FtraceRegs};
-use crate::arch::ftrace::{FTRACE_REGS_LOWEST, ftrace_stub, ftrace_update_ftrace_func, trap_if_below};
+use crate::arch::ftrace::{
+    FTRACE_REGS_LOWEST, ftrace_stub, ftrace_update_ftrace_func, ftrace_validate_ftrace_func, trap_if_below,
+};
 use crate::arch::text::TextError;
 use crate::symbols::Symbolized;
 use crate::sync::{Mutex, NonPreemptibleReaders, Published};
@@ -76,12 +78,17 @@ impl FtraceOps {
     }
 }
 
-/// Whether `ops` traces the site at `ip`. Call from a handler.
+/// Whether `ops` traces the site at `ip`.
+///
+/// # Safety
+///
+/// The caller is in a read-side section of `NonPreemptibleReaders`: a
+/// handler (which the timer does not preempt), or code running with
+/// preemption disabled.
 #[notrace]
 #[inline(always)]
-pub fn traces(ops: &FtraceOps, ip: u64) -> bool {
-    // Safety: in a handler, which the scheduler does not preempt: a read-side
-    // section (`NonPreemptibleReaders`).
+pub unsafe fn traces(ops: &FtraceOps, ip: u64) -> bool {
+    // Safety: the caller's promise, above.
     search_sorted(unsafe { ops.sites.read() }, ip).is_some()
 }
 
@@ -156,7 +163,10 @@ pub fn register(ops: &'static FtraceOps, filter: Filter) -> Result<usize, Ftrace
         return Err(FtraceError::Text(error));
     }
     if let Err(error) = sites::apply(&indices, ops.demand(), true) {
-        let _ = set_call_target(&registry);
+        // apply changed nothing; switching back is the reverse of the switch just made.
+        if let Err(undo) = set_call_target(&registry) {
+            report_failed_undo("ftrace_call's target", &undo);
+        }
         ops.sites.clear();
         return Err(apply_error(&registry, error));
     }
@@ -189,7 +199,9 @@ pub fn update(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceEr
         return Err(apply_error(&registry, error));
     }
     if let Err(error) = sites::apply(&removed, ops.demand(), false) {
-        let _ = sites::apply(&added, ops.demand(), false);
+        if let Err(undo) = sites::apply(&added, ops.demand(), false) {
+            report_failed_undo("the sites an update added", &apply_error(&registry, undo));
+        }
         ops.sites.replace(sites::addresses(&old));
         return Err(apply_error(&registry, error));
     }
@@ -207,7 +219,9 @@ fn current_sites(ops: &FtraceOps) -> Vec<u64> {
 }
 
 /// Unpatches the sites of `ops` and removes it. When it returns, no thread is
-/// inside the handler.
+/// inside the handler. On error nothing changed: the switch of what
+/// `ftrace_call` calls is checked before any site is written, so it cannot
+/// fail after the sites were (and if it did, the sites are put back).
 #[notrace]
 pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
     let _preempt = thread::preempt_disable();
@@ -216,13 +230,28 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
         registry.iter().position(|other| core::ptr::eq(*other, ops)).ok_or(FtraceError::NotRegistered(ops.name))?;
     let addresses = current_sites(ops);
     let indices: Vec<usize> = addresses.iter().filter_map(|&address| sites::index_of(address)).collect();
-    sites::apply(&indices, ops.demand(), false).map_err(|error| apply_error(&registry, error))?;
     let mut list = registry.clone();
     list.remove(position);
-    set_call_target(&list).map_err(FtraceError::Text)?;
+    validate_call_target(&list).map_err(FtraceError::Text)?;
+    sites::apply(&indices, ops.demand(), false).map_err(|error| apply_error(&registry, error))?;
+    if let Err(error) = set_call_target(&list) {
+        if let Err(undo) = sites::apply(&indices, ops.demand(), true) {
+            report_failed_undo("the sites of an ops being unregistered", &apply_error(&registry, undo));
+        }
+        return Err(FtraceError::Text(error));
+    }
     registry.remove(position);
     ops.sites.clear();
     Ok(())
+}
+
+/// Says on the console that undoing part of a failed change failed too, so
+/// the text and ftrace's tables now disagree about `what`: never dropped
+/// silently. Cannot happen while nothing else writes kernel text (every
+/// change is checked before it is made), which is why it is only reported.
+#[notrace]
+pub(super) fn report_failed_undo(what: &str, error: &dyn fmt::Display) {
+    crate::println!("ftrace: undoing {what} after an error failed too ({error}): text and tables disagree");
 }
 
 /// Names of the registered ops.
@@ -280,6 +309,35 @@ fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
     Ok(indices)
 }
 
+/// The function `ftrace_call` branches to for `list`, and whether it uses `FUNCTION_TRACE_OP`.
+#[notrace]
+fn call_target(list: &[&'static FtraceOps]) -> (u64, bool) {
+    // Only a single ops is called straight from ftrace_call (alone or through
+    // the recursion guard); the stub and the list walker ignore the op.
+    let target = match list {
+        [] => ftrace_stub as *const () as u64,
+        [only] if only.flags.contains(OpsFlags::RECURSION_SAFE) => only.handler as *const () as u64,
+        [_] => ftrace_ops_assist as *const () as u64,
+        _ => ftrace_ops_list as *const () as u64,
+    };
+    (target, list.len() == 1)
+}
+
+/// The function `ftrace_call` branches to now.
+#[notrace]
+fn current_call_target() -> u64 {
+    match CALL_TARGET.load(Ordering::Acquire) {
+        0 => ftrace_stub as *const () as u64,
+        current => current,
+    }
+}
+
+/// Checks, writing nothing, that `set_call_target(list)` would succeed now.
+#[notrace]
+fn validate_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
+    ftrace_validate_ftrace_func(current_call_target(), call_target(list).0)
+}
+
 /// Points `ftrace_call` and `ftrace_regs_call` at the right function for `list`.
 ///
 /// The stubs pass `FUNCTION_TRACE_OP` to whatever `ftrace_call` reaches, so it
@@ -295,23 +353,19 @@ fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
 /// its site set until the caller releases it.
 #[notrace]
 fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
-    // Only a single ops is called straight from ftrace_call (alone or through
-    // the recursion guard); the stub and the list walker ignore the op.
-    let target_uses_op = list.len() == 1;
-    let target = match list {
-        [] => ftrace_stub as *const () as u64,
-        [only] if only.flags.contains(OpsFlags::RECURSION_SAFE) => only.handler as *const () as u64,
-        [_] => ftrace_ops_assist as *const () as u64,
-        _ => ftrace_ops_list as *const () as u64,
-    };
+    let (target, target_uses_op) = call_target(list);
     let op = list.first().map_or(0, |ops| *ops as *const FtraceOps as usize);
     assert!(
         !(target_uses_op && CALL_TARGET_USES_OP.load(Ordering::Acquire)),
         "ftrace_call would switch from one op user to another without the list walker"
     );
     if target_uses_op {
-        FUNCTION_TRACE_OP.store(op, Ordering::Release);
-        branch_call_sites(target, target_uses_op)?;
+        let previous = FUNCTION_TRACE_OP.swap(op, Ordering::AcqRel);
+        if let Err(error) = branch_call_sites(target, target_uses_op) {
+            // Nothing was written (both words or neither): the op goes back too.
+            FUNCTION_TRACE_OP.store(previous, Ordering::Release);
+            return Err(error);
+        }
     } else {
         branch_call_sites(target, target_uses_op)?;
         FUNCTION_TRACE_OP.store(op, Ordering::Release);
@@ -325,11 +379,7 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
 #[notrace]
 #[inline(always)]
 fn branch_call_sites(target: u64, uses_op: bool) -> Result<(), TextError> {
-    let current = match CALL_TARGET.load(Ordering::Acquire) {
-        0 => ftrace_stub as *const () as u64,
-        current => current,
-    };
-    ftrace_update_ftrace_func(current, target)?;
+    ftrace_update_ftrace_func(current_call_target(), target)?;
     CALL_TARGET.store(target, Ordering::Release);
     CALL_TARGET_USES_OP.store(uses_op, Ordering::Release);
     Ok(())
@@ -399,7 +449,8 @@ extern "C" fn ftrace_ops_list(ip: u64, parent_ip: u64, _ops: &FtraceOps, regs: &
     let mut index = 0;
     while index < list.len() {
         let ops = list[index];
-        if traces(ops, ip) {
+        // Safety: as for LIST above.
+        if unsafe { traces(ops, ip) } {
             if ops.flags.contains(OpsFlags::RECURSION_SAFE) {
                 (ops.handler)(ip, parent_ip, ops, regs);
             } else if recursion_enter() {

@@ -2,6 +2,7 @@
 //! (`portable::site_table::SiteTable`), and who traces each one now.
 use crate::arch::ftrace::{
     ftrace_caller, ftrace_init_nop, ftrace_make_call, ftrace_make_nop, ftrace_modify_call, ftrace_regs_caller,
+    ftrace_validate_call,
 };
 use crate::arch::text::TextError;
 use crate::sync::Mutex;
@@ -106,31 +107,47 @@ pub(super) fn retarget(site: &Site, state: SiteState, new_state: SiteState) -> R
     }
 }
 
-/// Applies `demand` (add or remove) to the sites at `indices`, patching as
-/// needed; on any failure undoes what it did and reports the first error.
+/// Checks, writing nothing, that `retarget` from `state` to `new_state`
+/// finds the word it expects: the call (or nop) `state` says.
+#[notrace]
+fn check_retarget(site: &Site, state: SiteState, new_state: SiteState) -> Result<(), TextError> {
+    let old = state.caller();
+    if old == new_state.caller() {
+        return Ok(());
+    }
+    ftrace_validate_call(site.address, stub(old))
+}
+
+/// Applies `demand` (add or remove) to the sites at `indices` (no index
+/// twice), patching as needed. All or nothing: every site's new state is
+/// computed and every site's word checked before the first write, so a
+/// refused demand or a word that is not what its state says (changed behind
+/// ftrace's back) fails with nothing changed. A write that fails anyway
+/// undoes the writes before it; an undo that fails too is reported on the
+/// console (`report_failed_undo`), as text and states then disagree.
 #[notrace]
 pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(), ApplyError> {
     let sites = table().sites();
     let mut states = STATES.lock();
+    let mut planned = Vec::with_capacity(indices.len());
     for &index in indices {
         let mut state = states[index];
         let checked = if adding { state.add(demand) } else { state.remove(demand) };
-        if let Err(error) = checked {
-            return Err(ApplyError::Site(sites[index].function, error));
-        }
+        checked.map_err(|error| ApplyError::Site(sites[index].function, error))?;
+        check_retarget(&sites[index], states[index], state).map_err(ApplyError::Text)?;
+        planned.push(state);
     }
-    for (done, &index) in indices.iter().enumerate() {
-        let mut state = states[index];
-        let _ = if adding { state.add(demand) } else { state.remove(demand) };
+    for (done, (&index, &state)) in indices.iter().zip(&planned).enumerate() {
         if let Err(error) = retarget(&sites[index], states[index], state) {
-            for &undo in indices[..done].iter().rev() {
-                let mut previous = states[undo];
-                let _ = if adding { previous.remove(demand) } else { previous.add(demand) };
-                let _ = retarget(&sites[undo], states[undo], previous);
-                states[undo] = previous;
+            for (&undo, &written) in indices[..done].iter().zip(&planned).rev() {
+                if let Err(undo_error) = retarget(&sites[undo], written, states[undo]) {
+                    super::ops::report_failed_undo("a site", &undo_error);
+                }
             }
             return Err(ApplyError::Text(error));
         }
+    }
+    for (&index, &state) in indices.iter().zip(&planned) {
         states[index] = state;
     }
     Ok(())
@@ -195,7 +212,12 @@ pub fn site_summaries() -> Vec<SiteSummary> {
             address: site.address,
             caller: state.caller(),
             users: state.users,
-            ops: registered.iter().filter(|ops| super::ops::traces(ops, site.address)).map(|ops| ops.name).collect(),
+            // Safety: the states' lock is held, so preemption is off: a read-side section.
+            ops: registered
+                .iter()
+                .filter(|ops| unsafe { super::ops::traces(ops, site.address) })
+                .map(|ops| ops.name)
+                .collect(),
         })
         .collect()
 }

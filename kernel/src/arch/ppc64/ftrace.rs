@@ -12,7 +12,7 @@
 //! build their frame below r1, so they never touch those.
 use super::exceptions::PtRegs;
 use super::text::{self, TextError};
-use boot::{MINIMAL_FRAME, PerCpu};
+use boot::{MINIMAL_FRAME, PerCpu, THREAD_SIZE};
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::AtomicUsize;
 use macros::notrace;
@@ -66,7 +66,8 @@ struct FtraceFrame {
     record: FtraceRegs,
 }
 
-const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
+/// Bytes of the frame both stubs push below the traced function's entry r1.
+pub const FRAME_SIZE: usize = size_of::<FtraceFrame>().next_multiple_of(16);
 const RECORD: usize = offset_of!(FtraceFrame, record);
 
 /// Bytes a call through an ftrace site may use below the traced function's
@@ -106,7 +107,8 @@ struct ReturnFrame {
     results: [u64; 2],
     padding: u64,
 }
-const RETURN_FRAME_SIZE: usize = size_of::<ReturnFrame>();
+/// Bytes of the frame `return_to_handler` pushes below the returning function's caller's r1.
+pub const RETURN_FRAME_SIZE: usize = size_of::<ReturnFrame>();
 
 macro_rules! gpr {
     ($number:expr) => {
@@ -125,6 +127,14 @@ core::arch::global_asm!(
     # go into pt_regs, and every GPR but r0, r1 and r11, XER and CR come back.
     # Lines inside `.if \allregs` are the full stub's alone; the rest are both
     # stubs'. Each stub's register contract is at its label below.
+    # Before popping its frame the exit overwrites the frame's LR save slot,
+    # where the handler's (or the graph hook's) prologue saved the return
+    # address into this stub, with r1 (a stack address, never code): once the
+    # frame is popped that memory is reused by the traced function's frames,
+    # and a stale return into a stub left there would make `in_ftrace` take a
+    # thread that has long left ftrace for one inside it, and the timer would
+    # not preempt it for as long as the slot stays unwritten (a loop that
+    # calls nothing). return_to_handler does the same after its call.
     .macro ftrace_entry allregs
     std     0, {link_save}(1)         # A's LR save slot = return address into A
     stdu    1, -{frame}(1)            # push our frame below A's
@@ -190,6 +200,7 @@ core::arch::global_asm!(
     .endr
     .endif
     ld      11, {target}(1)           # r11 = the replacement, if nip = livepatch_handler
+    std     1, {link_save}(1)         # our LR slot = r1, no code address: erase the stub return a callee saved there
     addi    1, 1, {frame}             # pop our frame
     bctr                              # continue in B, or where a handler sent us
     .endm
@@ -282,6 +293,7 @@ return_to_handler_call_return:
     ld      2, {return_toc}(1)
     ld      3, {return_results}(1)
     ld      4, {return_results}+8(1)
+    std     1, {link_save}(1)         # our LR slot = r1: erase the return here ftrace_return_to_handler saved
     addi    1, 1, {return_frame}
     blr
     .size return_to_handler, . - return_to_handler
@@ -332,8 +344,21 @@ unsafe extern "C" {
 // The walk's frame layout is the ABI's the boot code follows.
 const _: () = assert!(portable::backchain::LINK_SAVE == boot::LINK_SAVE as u64);
 
-/// Frames `in_ftrace` looks at, at most.
-const WALK_FRAMES: usize = 64;
+/// Frames `in_ftrace` looks at, at most: every frame a thread's stack can
+/// hold, so the bound never ends a walk before the chain does (a fixed 64
+/// once let a handler nested 64 frames deep be preempted, which breaks what
+/// `unregister` relies on). The walk accepts only 16-byte aligned frames, each
+/// above the one before, inside the THREAD_SIZE block r1 is in, so no chain
+/// it follows has more than THREAD_SIZE / 16 frames (real ELFv2 frames take at
+/// least MINIMAL_FRAME bytes: half as many). A well-formed chain ends at its
+/// outermost frame long before; the bound only caps a corrupted one. The cost
+/// is the timer's alone: `in_ftrace` runs only when the decrementer
+/// interrupts (`exception_dispatch`), never on a traced call, and it is the
+/// interrupted thread's depth, about ten instructions a frame.
+const WALK_FRAMES: usize = THREAD_SIZE / FRAME_ALIGNMENT;
+/// What the walk requires of a frame's address.
+const FRAME_ALIGNMENT: usize = 16;
+const _: () = assert!(MINIMAL_FRAME >= FRAME_ALIGNMENT && THREAD_SIZE.is_multiple_of(FRAME_ALIGNMENT));
 
 /// Whether the interrupted context (its nip, LR and r1) is inside ftrace:
 /// in a stub, in a handler called from one, in the graph tracer's return
@@ -341,9 +366,15 @@ const WALK_FRAMES: usize = 64;
 /// stub's handler chose C and C's address is only in r11/CTR:
 /// `livepatch::entering`). The timer does not preempt such a context, so no thread is ever
 /// parked in a handler (unregistering relies on it) or half way through a
-/// ring buffer write; it costs the traced call nothing. Handlers are found by
-/// the return addresses of the stubs' calls in LR or in a frame's LR slot
-/// (an old value there only delays a preemption by one tick).
+/// ring buffer write; it costs a traced call only the erasure below. Handlers are found by
+/// the return addresses of the stubs' calls in LR or in a frame's LR slot.
+/// That is exact because no such return address outlives its call: the stubs
+/// and `return_to_handler` overwrite the LR slot of their frame, where their
+/// callee's prologue saved it, before they pop the frame (see the macros). A
+/// stale copy left in memory that the thread's later frames reuse would
+/// otherwise hold off preemption for as long as nothing overwrote it: for
+/// good, in a loop that calls nothing
+/// (`a_thread_spinning_where_a_stub_frame_was_is_still_preempted`).
 #[notrace]
 pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
     let stubs = &raw const ftrace_stubs_start as u64..&raw const ftrace_stubs_end as u64;
@@ -372,10 +403,29 @@ pub fn in_ftrace(nip: u64, link: u64, stack_pointer: u64) -> bool {
 }
 
 /// `bl target` at `site`: every call the hooks below write links (the
-/// stubs return to the word after it).
+/// stubs return to the word after it). A target out of reach (a module far
+/// from the kernel text, say) is an error for the caller, never a panic.
 #[notrace]
-fn call_word(site: u64, target: u64) -> u32 {
-    instruction::branch(site, target, true).expect("stubs and handlers are within branch reach of the kernel text")
+fn call_word(site: u64, target: u64) -> Result<u32, TextError> {
+    instruction::branch(site, target, true).map_err(|_| TextError::OutOfReach { address: site, target })
+}
+
+/// The word at a site that calls `target`, or a nop for `None`.
+#[notrace]
+fn site_word(site: u64, target: Option<u64>) -> Result<u32, TextError> {
+    target.map_or(Ok(NOP), |target| call_word(site, target))
+}
+
+/// Checks, writing nothing, that `site` holds a call of `old_target` (a nop
+/// for `None`): the word `ftrace_make_call`, `ftrace_make_nop` or
+/// `ftrace_modify_call` from that target would expect (Linux:
+/// `ftrace_validate_inst`). Lets generic code check every site of a change
+/// before it writes any. (The new call is encoded when it is written: the
+/// stubs are always within reach of the kernel text, and a write that fails
+/// even so is undone.)
+#[notrace]
+pub fn ftrace_validate_call(site: u64, old_target: Option<u64>) -> Result<(), TextError> {
+    text::validate(site, site_word(site, old_target)?)
 }
 
 /// Prepares the two nops the compiler put at the local entry of `function`
@@ -399,13 +449,13 @@ pub fn ftrace_init_nop(function: u64) -> Result<u64, TextError> {
 /// Turns the nop at `site` into a call of the stub `target` (Linux: `ftrace_make_call`).
 #[notrace]
 pub fn ftrace_make_call(site: u64, target: u64) -> Result<(), TextError> {
-    text::modify_code(site, NOP, call_word(site, target))
+    text::modify_code(site, NOP, call_word(site, target)?)
 }
 
 /// Turns the call of `target` at `site` back into a nop (Linux: `ftrace_make_nop`).
 #[notrace]
 pub fn ftrace_make_nop(site: u64, target: u64) -> Result<(), TextError> {
-    text::modify_code(site, call_word(site, target), NOP)
+    text::modify_code(site, call_word(site, target)?, NOP)
 }
 
 /// Turns the call of `old_target` at `site` into a call of `new_target`
@@ -413,42 +463,58 @@ pub fn ftrace_make_nop(site: u64, target: u64) -> Result<(), TextError> {
 /// SAVE_REGS stub in one store.
 #[notrace]
 pub fn ftrace_modify_call(site: u64, old_target: u64, new_target: u64) -> Result<(), TextError> {
-    text::modify_code(site, call_word(site, old_target), call_word(site, new_target))
+    text::modify_code(site, call_word(site, old_target)?, call_word(site, new_target)?)
+}
+
+/// The two words `ftrace_update_ftrace_func(old_function, function)` changes.
+#[notrace]
+fn ftrace_func_changes(old_function: u64, function: u64) -> Result<[(u64, u32, u32); 2], TextError> {
+    let (old, new) = (text::local_entry(old_function), text::local_entry(function));
+    let (call, regs_call) = (&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64);
+    Ok([
+        (call, call_word(call, old)?, call_word(call, new)?),
+        (regs_call, call_word(regs_call, old)?, call_word(regs_call, new)?),
+    ])
 }
 
 /// Makes both stubs call `function` (a global entry) at `ftrace_call` and
 /// `ftrace_regs_call`, where they called `old_function` (Linux:
 /// `ftrace_update_ftrace_func`). The stubs hold the kernel TOC already, so
-/// the calls go to the functions' local entries.
+/// the calls go to the functions' local entries. Both words or neither: a
+/// mismatch at either leaves both as they were.
 #[notrace]
 pub fn ftrace_update_ftrace_func(old_function: u64, function: u64) -> Result<(), TextError> {
-    let (old, new) = (text::local_entry(old_function), text::local_entry(function));
-    for site in [&raw const ftrace_call as u64, &raw const ftrace_regs_call as u64] {
-        text::modify_code(site, call_word(site, old), call_word(site, new))?;
-    }
-    Ok(())
+    text::modify_all(&ftrace_func_changes(old_function, function)?)
+}
+
+/// Checks, writing nothing, that `ftrace_update_ftrace_func` with the same
+/// arguments would succeed now: generic code asks before it changes
+/// anything else that the switch would have to undo.
+#[notrace]
+pub fn ftrace_validate_ftrace_func(old_function: u64, function: u64) -> Result<(), TextError> {
+    ftrace_func_changes(old_function, function)?.iter().try_for_each(|&(site, old, _)| text::validate(site, old))
+}
+
+/// The two graph call sites' words: (site, nop, `bl ftrace_graph_caller`).
+#[notrace]
+fn graph_call_words() -> Result<[(u64, u32, u32); 2], TextError> {
+    let target = ftrace_graph_caller as *const () as u64;
+    let (call, regs_call) = (&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64);
+    Ok([(call, NOP, call_word(call, target)?), (regs_call, NOP, call_word(regs_call, target)?)])
 }
 
 /// Makes both stubs call `ftrace_graph_caller` after the handler (Linux:
-/// `ftrace_enable_ftrace_graph_caller`).
+/// `ftrace_enable_ftrace_graph_caller`). Both sites or neither.
 #[notrace]
 pub fn ftrace_enable_ftrace_graph_caller() -> Result<(), TextError> {
-    let target = ftrace_graph_caller as *const () as u64;
-    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
-        text::modify_code(site, NOP, call_word(site, target))?;
-    }
-    Ok(())
+    text::modify_all(&graph_call_words()?)
 }
 
 /// Puts the nops back at the stubs' graph call sites (Linux:
-/// `ftrace_disable_ftrace_graph_caller`).
+/// `ftrace_disable_ftrace_graph_caller`). Both sites or neither.
 #[notrace]
 pub fn ftrace_disable_ftrace_graph_caller() -> Result<(), TextError> {
-    let target = ftrace_graph_caller as *const () as u64;
-    for site in [&raw const ftrace_graph_call as u64, &raw const ftrace_regs_graph_call as u64] {
-        text::modify_code(site, call_word(site, target), NOP)?;
-    }
-    Ok(())
+    text::modify_all(&graph_call_words()?.map(|(site, nop, call)| (site, call, nop)))
 }
 
 /// Traps when `value` lies below `limit` (unsigned): the handlers' stack room
