@@ -98,7 +98,16 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
         other => LoadError::Livepatch(other),
     })?;
     if let Err(error) = livepatch::enable(&name) {
-        let _ = livepatch::remove(&name);
+        // Removing a patch that was added a moment ago and never enabled has
+        // nothing to refuse; should it fail all the same, the patch stays
+        // added and names code in this module's memory, so the memory is
+        // kept (leaked) rather than freed under it.
+        if let Err(undo) = livepatch::remove(&name) {
+            crate::println!(
+                "klp: removing '{name}' after its failed enable failed too ({undo}); its module memory is kept"
+            );
+            core::mem::forget(memory);
+        }
         return Err(LoadError::Livepatch(error));
     }
     let sections: Vec<(&str, u64)> =
