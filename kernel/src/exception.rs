@@ -53,6 +53,7 @@ fn program_check(regs: &mut PtRegs) {
         && let Some(location) = bug::find(regs.nip)
     {
         bug::record_last(location);
+        crate::console::begin_report();
         println!("------------[ cut here ]------------");
         println!("kernel BUG at {}:{}!", location.file(), location.line);
         report(regs, "BUG");
