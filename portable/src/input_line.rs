@@ -264,6 +264,14 @@ mod tests {
             line.other_output(b"kernel panicked\n", write);
         });
         assert_eq!(shown, "half a line\nkernel panicked\n");
+        // The shell resumes after a report that ended a half-written line: one newline, not two.
+        let shown = screen(|line, write| {
+            line.open("klp> ", write);
+            line.other_output(b"half", write);
+            line.end_for_report(write);
+            line.push('x', write);
+        });
+        assert_eq!(shown, "klp> \nhalf\nklp> x");
     }
 
     #[test]
