@@ -35,9 +35,20 @@ pub fn input_open(prompt: &str) {
     with_input(|input| input.open(prompt, &mut to_terminal));
 }
 
-/// Echoes one typed character.
-pub fn input_push(typed: char) {
-    with_input(|input| input.push(typed, &mut to_terminal));
+/// Echoes and keeps one typed character, or refuses it with a bell when the
+/// line is full (`input_line::CAPACITY`); returns whether it was kept.
+pub fn input_push(typed: char) -> bool {
+    let mut kept = false;
+    with_input(|input| kept = input.push(typed, &mut to_terminal));
+    kept
+}
+
+/// The shell found no input: shows the prompt and the typing again if other
+/// output broke into them and has been quiet since the last call.
+pub fn input_redisplay_if_quiet() {
+    with_input(|input| {
+        input.redisplay_if_quiet(&mut to_terminal);
+    });
 }
 
 /// Erases the last typed character, never the prompt of `prompt_length` bytes.
@@ -55,6 +66,33 @@ pub fn input_close() {
 fn with_input(action: impl FnOnce(&mut InputLine)) {
     let _guard = crate::arch::interrupts::disable();
     action(&mut CONSOLE.lock().input);
+}
+
+/// Makes the console usable for a report (an Oops, a BUG, a stack overflow,
+/// a panic) whoever holds it, and starts the report at the left margin: the
+/// idea of Linux's `bust_spinlocks(1)` and of the `zap_locks` its printk
+/// once had, which re-initialised the console lock when an oops found it held.
+///
+/// Without this, a report taken while the console lock is held (a fault in
+/// code called under it, an allocation failure that panics) would spin on
+/// that lock forever, and the report would never appear. Who can hold it: every
+/// holder keeps interrupts off while it does and never sleeps or yields, so
+/// on this one CPU no other thread runs until it lets go. A holder is
+/// therefore the very context that took the exception (or panicked), or a
+/// report nested in it: neither writes to the console again, since a report
+/// ends in killing the thread or stopping the machine. Unlocking is then
+/// safe; the `InputLine` they left is whole (a fixed buffer and flags, no
+/// allocation), at worst mid-write on screen, which `end_for_report` ends.
+/// SMP must do more: the holder may be another CPU that will go on writing,
+/// so wait for it a while before breaking the lock, as Linux's printk does.
+#[notrace]
+pub fn begin_report() {
+    let _guard = crate::arch::interrupts::disable();
+    if CONSOLE.is_locked() {
+        // Safety: the holder is this context or one that never resumes (above).
+        unsafe { CONSOLE.force_unlock() };
+    }
+    CONSOLE.lock().input.end_for_report(&mut to_terminal);
 }
 
 /// Writes all of `bytes` to virtual terminal `terminal` (its unit address, or

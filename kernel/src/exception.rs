@@ -53,6 +53,7 @@ fn program_check(regs: &mut PtRegs) {
         && let Some(location) = bug::find(regs.nip)
     {
         bug::record_last(location);
+        crate::console::begin_report();
         println!("------------[ cut here ]------------");
         println!("kernel BUG at {}:{}!", location.file(), location.line);
         report(regs, "BUG");
@@ -71,6 +72,7 @@ fn emergency_stack_overflow(regs: &PtRegs) -> ! {
 #[inline(never)]
 fn stack_overflow(regs: &PtRegs) -> ! {
     let current = thread::current_id();
+    crate::console::begin_report();
     println!("kernel: stack overflow in thread {current}: r1 {:#x} reached its livepatch stack", regs.gpr[1]);
     report(regs, "stack overflow");
     thread::kill_current("stack overflow");
@@ -81,12 +83,14 @@ fn stack_overflow(regs: &PtRegs) -> ! {
 #[notrace]
 #[inline(never)]
 fn unexpected(regs: &PtRegs, what: &str) -> ! {
+    crate::console::begin_report();
     println!("Oops: {what}: vector {:#x} ({})", regs.trap, vectors::name(regs.trap));
     report(regs, "Oops");
     thread::kill_current("Oops")
 }
 
-/// Prints registers and a backtrace.
+/// Prints registers and a backtrace. The caller has called
+/// `console::begin_report` (the console may have been held when the exception came).
 #[notrace]
 #[inline(never)]
 pub fn report(regs: &PtRegs, what: &str) {

@@ -21,8 +21,8 @@ fn panic(info: &PanicInfo) -> ! {
         rtas::terminate(b"double panic\0");
         loop {}
     }
-    // Safety: the holder of the console lock will never run again.
-    unsafe { crate::console::CONSOLE.force_unlock() };
+    // Whoever holds the console lock never runs again; the report starts on a line of its own.
+    crate::console::begin_report();
     println!("kernel panicked at {}: {}", DisplayLocation(info), info.message());
     crate::backtrace::print_current();
     #[cfg(feature = "ktest")]

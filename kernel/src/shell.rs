@@ -45,12 +45,16 @@ const COMMANDS: &[Command] = &[
 /// Reads and runs commands until input ends (EOT) or `poweroff`.
 pub fn run(_arguments: &str) {
     println!("Type 'help' for the commands.");
-    let mut line = String::new();
+    // The console refuses typing beyond its fixed line, so this never grows.
+    let mut line = String::with_capacity(portable::input_line::CAPACITY);
     console::input_open(PROMPT);
     loop {
         let mut buffer = [0u8; 16];
         let count = console::read(&mut buffer);
         if count == 0 {
+            // Output that broke into the prompt has been quiet since the last
+            // poll: show the prompt and the typing again (once).
+            console::input_redisplay_if_quiet();
             thread::sleep_milliseconds(10);
             continue;
         }
@@ -68,9 +72,8 @@ pub fn run(_arguments: &str) {
                     console::input_open(PROMPT);
                 }
                 0x7f | 0x08 if line.pop().is_some() => console::input_pop(PROMPT.len()),
-                byte if byte.is_ascii_graphic() || byte == b' ' => {
+                byte if (byte.is_ascii_graphic() || byte == b' ') && console::input_push(byte as char) => {
                     line.push(byte as char);
-                    console::input_push(byte as char);
                 }
                 _ => {}
             }

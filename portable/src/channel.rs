@@ -30,7 +30,12 @@
 //! garbage up to the next magic, rejects other versions, oversized lengths,
 //! unknown kinds and bad checksums, and after each rejection scans again the
 //! bytes that followed the rejected magic, so a good frame swallowed by a
-//! bogus header is still found. A frame cut off by the sender (an interrupted
+//! bogus header is still found. Scanning again is paid for with credit that
+//! only fresh bytes earn ([`REPLAY_FACTOR`] each), so the decoder's work stays
+//! linear in what it received: a sender who nests bogus headers inside each
+//! other (each one's rejection would scan the rest again, quadratic work) gets
+//! [`FrameError::TooManyRejections`] and the bytes it could not pay to scan
+//! again are dropped. A frame cut off by the sender (an interrupted
 //! `cargo xtask patch load`) is given up by [`FrameDecoder::flush`], which the
 //! receiver calls once the line has been quiet for a while. Nothing here
 //! panics on any input.
@@ -41,6 +46,7 @@
 //! version 2 and then fails the kind, length or checksum check (the CRC covers
 //! different bytes), so a version-1 sender gets nothing carried out.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
@@ -56,6 +62,10 @@ pub const VTY_REG: u64 = 0x7100_0010;
 
 /// The first bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"KLPF";
+
+/// How many bytes the decoder may scan again per fresh byte received (see
+/// [`FrameDecoder`]): enough for a good frame behind a few nested bogus headers.
+pub const REPLAY_FACTOR: usize = 4;
 
 /// The frame format this code reads and writes (the byte after the magic).
 pub const VERSION: u8 = 2;
@@ -125,17 +135,22 @@ pub enum FrameError {
     /// The stream went quiet in the middle of a frame (see [`FrameDecoder::flush`]);
     /// `id` is None when it stopped inside the header.
     Truncated { received: usize, expected: Option<usize>, id: Option<u32> },
+    /// `last` was rejected too, but the decoder had no credit left to scan
+    /// again the `dropped` bytes after its first byte, so it dropped them (a
+    /// stream of broken frames nested in each other: see [`REPLAY_FACTOR`]).
+    TooManyRejections { last: Box<FrameError>, dropped: usize },
 }
 
 impl FrameError {
     /// The request id the rejected frame's header gave, if it got that far.
     pub fn id(&self) -> Option<u32> {
-        match *self {
+        match self {
             FrameError::UnsupportedVersion(_) => None,
             FrameError::UnknownKind { id, .. }
             | FrameError::TooLong { id, .. }
-            | FrameError::BadChecksum { id, .. } => Some(id),
-            FrameError::Truncated { id, .. } => id,
+            | FrameError::BadChecksum { id, .. } => Some(*id),
+            FrameError::Truncated { id, .. } => *id,
+            FrameError::TooManyRejections { last, .. } => last.id(),
         }
     }
 }
@@ -159,6 +174,11 @@ impl fmt::Display for FrameError {
             FrameError::Truncated { received, expected: None, .. } => {
                 write!(formatter, "frame cut off after {received} bytes, inside its header")
             }
+            FrameError::TooManyRejections { last, dropped } => write!(
+                formatter,
+                "{last}; after too many broken frames in a row the {dropped} bytes after it were dropped unread, \
+                 not scanned again for a frame (send the request again)"
+            ),
         }
     }
 }
@@ -190,7 +210,12 @@ pub struct FrameDecoder {
     crc: Crc32,
     /// Bytes to scan before new input: those after a rejected frame's first byte.
     replay: VecDeque<u8>,
+    /// How many more bytes rejections may queue to be scanned again: each
+    /// fresh byte adds [`REPLAY_FACTOR`], up to `credit_limit`.
+    credit: usize,
+    credit_limit: usize,
     skipped: u64,
+    scanned: u64,
 }
 
 impl Default for FrameDecoder {
@@ -213,7 +238,11 @@ impl FrameDecoder {
             header: None,
             crc: Crc32::new(),
             replay: VecDeque::new(),
+            credit: 0,
+            // A whole frame's worth, REPLAY_FACTOR times: what one message can ask for.
+            credit_limit: REPLAY_FACTOR.saturating_mul(limit.saturating_add(HEADER_LENGTH + CHECKSUM_LENGTH)),
             skipped: 0,
+            scanned: 0,
         }
     }
 
@@ -223,6 +252,7 @@ impl FrameDecoder {
     /// earlier may still hold a frame: they are scanned on the following calls,
     /// by [`FrameDecoder::drain`], and by [`FrameDecoder::flush`].
     pub fn push(&mut self, byte: u8) -> Option<Result<Frame, FrameError>> {
+        self.credit = self.credit.saturating_add(REPLAY_FACTOR).min(self.credit_limit);
         if self.replay.is_empty() {
             // The common case: nothing is waiting to be scanned again.
             return self.step(byte);
@@ -264,8 +294,7 @@ impl FrameDecoder {
                 None => (None, None),
             };
             let error = FrameError::Truncated { received: self.candidate.len(), expected, id };
-            self.reject();
-            return Some(Err(error));
+            return Some(Err(self.reject(error)));
         }
         self.skipped += self.candidate.len() as u64;
         self.candidate.clear();
@@ -275,6 +304,12 @@ impl FrameDecoder {
     /// Bytes skipped so far: garbage between frames and the first byte of each rejected frame.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// Bytes looked at so far, fresh and scanned again: the decoder's work,
+    /// at most `1 + REPLAY_FACTOR` times the bytes received.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
     }
 
     /// Whether the decoder holds no unfinished frame and nothing left to scan.
@@ -294,6 +329,7 @@ impl FrameDecoder {
 
     /// Adds one byte to the candidate frame.
     fn step(&mut self, byte: u8) -> Option<Result<Frame, FrameError>> {
+        self.scanned += 1;
         let position = self.candidate.len();
         if position < MAGIC.len() {
             // No proper prefix of "KLPF" ends with another prefix of it, so after a
@@ -316,8 +352,7 @@ impl FrameDecoder {
             // Version, kind, id and length bytes.
             if position == VERSION_AT {
                 if byte != VERSION {
-                    self.reject();
-                    return Some(Err(FrameError::UnsupportedVersion(byte)));
+                    return Some(Err(self.reject(FrameError::UnsupportedVersion(byte))));
                 }
                 self.crc = Crc32::new();
             }
@@ -332,12 +367,10 @@ impl FrameDecoder {
             let (id, length) = (field(ID_AT), field(LENGTH_AT));
             let kind_byte = self.candidate.get(KIND_AT).copied().unwrap_or(0);
             let Some(kind) = Kind::from_byte(kind_byte) else {
-                self.reject();
-                return Some(Err(FrameError::UnknownKind { kind: kind_byte, id }));
+                return Some(Err(self.reject(FrameError::UnknownKind { kind: kind_byte, id })));
             };
             if usize::try_from(length).map_or(true, |length| length > self.limit) {
-                self.reject();
-                return Some(Err(FrameError::TooLong { length, limit: self.limit, id }));
+                return Some(Err(self.reject(FrameError::TooLong { length, limit: self.limit, id })));
             }
             let length = length as usize;
             self.header = Some((kind, id, length));
@@ -357,8 +390,7 @@ impl FrameDecoder {
         let received = u32::from_le_bytes(received.unwrap_or([0; 4]));
         let computed = self.crc.finish();
         if received != computed {
-            self.reject();
-            return Some(Err(FrameError::BadChecksum { received, computed, id }));
+            return Some(Err(self.reject(FrameError::BadChecksum { received, computed, id })));
         }
         let mut payload = core::mem::take(&mut self.candidate);
         payload.truncate(end_of_payload);
@@ -367,14 +399,24 @@ impl FrameDecoder {
         Some(Ok(Frame { kind, id, payload }))
     }
 
-    /// Drops the candidate and queues everything after its first byte to be scanned again.
-    fn reject(&mut self) {
+    /// Drops the candidate and queues everything after its first byte to be
+    /// scanned again, if the credit pays for it; otherwise drops those bytes
+    /// too and says so. Returns the error to report.
+    fn reject(&mut self, error: FrameError) -> FrameError {
+        let again = self.candidate.len().saturating_sub(1);
+        self.header = None;
+        self.skipped += 1;
+        if again > self.credit {
+            self.skipped += again as u64;
+            self.candidate.clear();
+            return FrameError::TooManyRejections { last: Box::new(error), dropped: again };
+        }
+        self.credit -= again;
         for &byte in self.candidate.iter().skip(1).rev() {
             self.replay.push_front(byte);
         }
         self.candidate.clear();
-        self.header = None;
-        self.skipped += 1;
+        error
     }
 }
 
@@ -836,6 +878,37 @@ mod tests {
             }
         }
         assert!(decoder.is_idle());
+    }
+
+    /// Headers nested in each other, each announcing a payload that ends where
+    /// the stream ends, none with a good checksum: without a bound, each
+    /// rejection scans the rest again (16 KiB, 1,100 headers: some 10 million
+    /// steps). The decoder does at most `1 + REPLAY_FACTOR` steps per byte,
+    /// says why it dropped the rest, and decodes the next good frame.
+    #[test]
+    fn nested_broken_frames_cost_linear_work_and_an_error_that_says_so() {
+        const TOTAL: usize = 16 << 10;
+        const NESTED: usize = 1100;
+        let mut stream = Vec::with_capacity(TOTAL);
+        for id in 0..NESTED {
+            let length = TOTAL - stream.len() - HEADER_LENGTH - CHECKSUM_LENGTH;
+            stream.extend(header(Kind::Unload as u8, id as u32 + 1, length as u32));
+        }
+        stream.resize(TOTAL, b'x');
+        let good = Message::Unload { name: "ten" }.encode(7777).unwrap();
+        let mut server = Server::new();
+        let mut log = Vec::new();
+        let mut answers = server.receive(&stream, &mut handler(&mut log));
+        answers.extend(server.receive(&good, &mut handler(&mut log)));
+        let work = server.decoder.scanned();
+        let received = (stream.len() + good.len()) as u64;
+        assert!(work <= (1 + REPLAY_FACTOR as u64) * received, "{work} steps for {received} bytes");
+        let gave_up = answers.iter().find(|answer| answer.message.contains("too many broken frames"));
+        let gave_up = gave_up.expect("an answer says why the rest was dropped");
+        assert!(!gave_up.ok && gave_up.request != 0, "{gave_up:?}");
+        assert!(gave_up.message.contains("frame checksum mismatch"), "{}", gave_up.message);
+        assert_eq!(answers.last(), Some(&answer(7777, true, "unload ten: done")));
+        assert_eq!(log, ["unload ten"]);
     }
 
     #[test]

@@ -94,7 +94,13 @@ impl SiteState {
     }
 }
 
-/// Matches `name` against a glob with `*` (any run) and `?` (one character).
+/// Matches `name` against a glob with `*` (any run, also empty) and `?`
+/// (exactly one byte), the whole name, as Linux's `set_ftrace_filter` does for
+/// these two: `foo*`, `*foo`, `*foo*` and `f?o*bar` mean there what they mean
+/// here. The kernel's trace filters, `trace sites`, `klp patchable` and
+/// `cargo xtask patch targets` all match with this one function. (Linux's
+/// filter also knows `[...]` classes and `\` escapes; no Rust path holds
+/// those characters, so they are plain characters here.)
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
     let (mut p, mut n) = (0, 0);
@@ -184,5 +190,29 @@ mod tests {
         assert!(!glob_match("*shell", "kernel::shell::execute"));
         assert!(!glob_match("", "a"));
         assert!(glob_match("a*b*c", "aXXbYYbc"));
+    }
+
+    /// The forms Linux's `set_ftrace_filter` documents, with its meaning of each.
+    #[test]
+    fn globs_mean_what_set_ftrace_filter_means() {
+        let names = ["schedule", "schedule_tail", "do_schedule", "sched", "preempt_schedule_irq"];
+        let matched = |glob: &str| names.iter().filter(|name| glob_match(glob, name)).copied().collect::<Vec<_>>();
+        // `foo*`: names that begin with foo.
+        assert_eq!(matched("schedule*"), ["schedule", "schedule_tail"]);
+        // `*foo`: names that end with foo.
+        assert_eq!(matched("*schedule"), ["schedule", "do_schedule"]);
+        // `*foo*`: names that hold foo.
+        assert_eq!(matched("*schedule*"), ["schedule", "schedule_tail", "do_schedule", "preempt_schedule_irq"]);
+        // `foo*bar`: begins with foo, ends with bar.
+        assert_eq!(matched("pre*irq"), ["preempt_schedule_irq"]);
+        // `?`: exactly one character, never none.
+        assert_eq!(matched("sche?"), ["sched"]);
+        assert_eq!(matched("sched?"), Vec::<&str>::new());
+        assert_eq!(matched("s?????le"), ["schedule"]);
+        // No wildcard: the whole name.
+        assert_eq!(matched("sched"), ["sched"]);
+        // A `*` between two `?` still needs the two characters.
+        assert!(!glob_match("?*?", "a"));
+        assert!(glob_match("?*?", "ab"));
     }
 }

@@ -4,58 +4,85 @@
 //! patch channel's `klp: module ... loaded`, a test, a report) would land
 //! after the prompt and leave the user typing on a line without one. The
 //! console routes every write through [`InputLine`]: other output starts on a
-//! line of its own, and once it ends its line, the prompt and the typing so
-//! far are shown again below it (what readline's redisplay does).
+//! line of its own and marks the input line as owed; the prompt and the
+//! typing so far are shown again only once output has gone quiet (the shell's
+//! poll loop calls [`InputLine::redisplay_if_quiet`] each time it finds no
+//! input), or at once when the user types. So a report printed line by line
+//! stays in one piece, with the prompt after it, never between its lines
+//! (what readline's redisplay does, lazily).
 //!
 //! Each method takes `write`, which sends bytes to the terminal; the caller
 //! holds the console lock across the call, so the bytes of one call are not
-//! interleaved with another's. Only the shell's own calls (`open`, `push`,
-//! `pop`, `close`) change the text; `other_output` only reads it, so a writer
-//! that must not allocate (an interrupt report, a panic) never does here.
+//! interleaved with another's. The text lives in a fixed buffer of
+//! [`CAPACITY`] bytes: nothing here allocates, so nothing under the console
+//! lock can fail for want of memory; typing beyond the buffer is refused with
+//! a bell. A report (an exception, a panic) calls [`InputLine::end_for_report`]
+//! first, so that it starts at the left margin; the report itself never
+//! redisplays the line.
 
-use alloc::string::String;
+/// How many bytes the prompt and the typing after it may hold together.
+pub const CAPACITY: usize = 256;
+
+/// What the terminal gets for refused typing: the bell.
+pub const BELL: &[u8] = b"\x07";
 
 pub struct InputLine {
-    /// The prompt and the typing after it.
-    text: String,
+    /// The prompt and the typing after it: the first `length` bytes.
+    text: [u8; CAPACITY],
+    length: usize,
     /// The shell is waiting for input: `text` is, or is owed, on screen.
     open: bool,
     /// Other output has started since `text` was last shown in full.
     broken: bool,
     /// That output has not ended its line yet.
     mid_line: bool,
+    /// Other output came since the last [`InputLine::redisplay_if_quiet`].
+    recent: bool,
 }
 
 impl InputLine {
     pub const fn new() -> Self {
-        Self { text: String::new(), open: false, broken: false, mid_line: false }
+        Self { text: [0; CAPACITY], length: 0, open: false, broken: false, mid_line: false, recent: false }
     }
 
-    /// The shell waits for a command: shows `prompt`.
+    /// The shell waits for a command: shows `prompt` (cut to [`CAPACITY`] bytes).
     pub fn open(&mut self, prompt: &str, write: &mut dyn FnMut(&[u8])) {
-        self.text.clear();
-        self.text.push_str(prompt);
+        let prompt = &prompt.as_bytes()[..prompt.len().min(CAPACITY)];
+        self.text[..prompt.len()].copy_from_slice(prompt);
+        self.length = prompt.len();
         self.open = true;
         self.broken = false;
-        write(prompt.as_bytes());
+        write(prompt);
     }
 
-    /// A typed character, echoed.
-    pub fn push(&mut self, typed: char, write: &mut dyn FnMut(&[u8])) {
+    /// A typed character: echoed and kept, or, when the line is full,
+    /// refused with a bell. Returns whether it was kept.
+    pub fn push(&mut self, typed: char, write: &mut dyn FnMut(&[u8])) -> bool {
         self.restore(write);
-        self.text.push(typed);
         let mut encoded = [0; 4];
-        write(typed.encode_utf8(&mut encoded).as_bytes());
+        let encoded = typed.encode_utf8(&mut encoded).as_bytes();
+        let Some(room) = self.text.get_mut(self.length..self.length + encoded.len()) else {
+            write(BELL);
+            return false;
+        };
+        room.copy_from_slice(encoded);
+        self.length += encoded.len();
+        write(encoded);
+        true
     }
 
     /// A backspace over `prompt_length` bytes of prompt: erases the last typed
     /// character, if any, on screen too. Returns whether there was one.
     pub fn pop(&mut self, prompt_length: usize, write: &mut dyn FnMut(&[u8])) -> bool {
-        if self.text.len() <= prompt_length {
+        if self.length <= prompt_length {
             return false;
         }
         self.restore(write);
-        self.text.pop();
+        // The last character's first byte: the one before its continuation bytes.
+        self.length -= 1;
+        while self.length > prompt_length && self.text[self.length] & 0xc0 == 0x80 {
+            self.length -= 1;
+        }
         write(b"\x08 \x08");
         true
     }
@@ -68,8 +95,8 @@ impl InputLine {
     }
 
     /// Output from anyone but the shell's input path. While the shell waits,
-    /// it goes on a line of its own, and when it ends its line the prompt and
-    /// the typing are shown again.
+    /// it goes on a line of its own; the input line is shown again later, by
+    /// `redisplay_if_quiet` or the next keystroke.
     pub fn other_output(&mut self, bytes: &[u8], write: &mut dyn FnMut(&[u8])) {
         if bytes.is_empty() {
             return;
@@ -80,9 +107,31 @@ impl InputLine {
         }
         write(bytes);
         self.mid_line = !bytes.ends_with(b"\n");
-        if self.broken && !self.mid_line {
-            self.restore(write);
+        self.recent = true;
+    }
+
+    /// The shell found no input: if other output broke into the input line
+    /// and none came since the last call (output has gone quiet for one poll
+    /// interval), shows the prompt and the typing again. Returns whether it did.
+    pub fn redisplay_if_quiet(&mut self, write: &mut dyn FnMut(&[u8])) -> bool {
+        if core::mem::take(&mut self.recent) || !(self.open && self.broken) {
+            return false;
         }
+        self.restore(write);
+        true
+    }
+
+    /// A report (exception, panic) is about to be written: ends whatever line
+    /// is on screen, the input line or unfinished output, so that the report
+    /// starts at the left margin. The input line stays owed (the shell, if it
+    /// still runs, redisplays it once output is quiet); the report never shows it.
+    pub fn end_for_report(&mut self, write: &mut dyn FnMut(&[u8])) {
+        if (self.open && !self.broken) || self.mid_line {
+            write(b"\n");
+        }
+        self.broken = self.open;
+        self.mid_line = false;
+        self.recent = true;
     }
 
     /// Shows the input line again if other output broke into it.
@@ -93,7 +142,7 @@ impl InputLine {
             }
             self.broken = false;
             self.mid_line = false;
-            write(self.text.as_bytes());
+            write(&self.text[..self.length]);
         }
     }
 }
@@ -107,6 +156,8 @@ impl Default for InputLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::format;
+    use alloc::string::String;
     use alloc::vec::Vec;
 
     /// Runs `steps` against one line and returns the screen's byte stream.
@@ -117,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_while_typing_goes_on_its_own_line_and_the_prompt_comes_back() {
+    fn a_message_while_typing_goes_on_its_own_line_and_the_prompt_comes_back_when_typing_resumes() {
         let shown = screen(|line, write| {
             line.open("klp> ", write);
             line.push('h', write);
@@ -129,14 +180,20 @@ mod tests {
     }
 
     #[test]
-    fn a_message_in_pieces_is_one_line_and_the_prompt_returns_after_its_end() {
+    fn a_message_in_pieces_stays_whole_and_the_prompt_returns_once_output_is_quiet() {
         let shown = screen(|line, write| {
             line.open("klp> ", write);
             line.other_output(b"klp: ", write);
             line.other_output(b"done\n", write);
+            // The shell polls between two lines of one report: output is not quiet yet.
+            assert!(!line.redisplay_if_quiet(write));
             line.other_output(b"second\n", write);
+            assert!(!line.redisplay_if_quiet(write));
+            // A whole poll interval without output: the prompt comes back, once.
+            assert!(line.redisplay_if_quiet(write));
+            assert!(!line.redisplay_if_quiet(write));
         });
-        assert_eq!(shown, "klp> \nklp: done\nklp> \nsecond\nklp> ");
+        assert_eq!(shown, "klp> \nklp: done\nsecond\nklp> ");
     }
 
     #[test]
@@ -150,6 +207,74 @@ mod tests {
     }
 
     #[test]
+    fn an_unfinished_message_is_ended_before_the_quiet_redisplay() {
+        let shown = screen(|line, write| {
+            line.open("klp> ", write);
+            line.push('x', write);
+            line.other_output(b"partial", write);
+            line.redisplay_if_quiet(write);
+            line.redisplay_if_quiet(write);
+        });
+        assert_eq!(shown, "klp> x\npartial\nklp> x");
+    }
+
+    #[test]
+    fn typing_beyond_the_capacity_is_refused_with_a_bell_and_the_line_stays_as_it_was() {
+        let shown = screen(|line, write| {
+            line.open("klp> ", write);
+            for _ in 5..CAPACITY {
+                assert!(line.push('a', write));
+            }
+            assert!(!line.push('b', write));
+            assert!(!line.push('\u{e9}', write));
+            line.other_output(b"note\n", write);
+            assert!(line.pop(5, write));
+            line.push('c', write);
+        });
+        let full = format!("klp> {}", "a".repeat(CAPACITY - 5));
+        assert_eq!(shown, format!("{full}\x07\x07\nnote\n{full}\x08 \x08c"));
+    }
+
+    #[test]
+    fn backspace_erases_a_whole_character() {
+        let shown = screen(|line, write| {
+            line.open("> ", write);
+            line.push('a', write);
+            line.push('\u{e9}', write);
+            assert!(line.pop(2, write));
+            line.other_output(b"note\n", write);
+            line.push('b', write);
+        });
+        assert_eq!(shown, "> a\u{e9}\x08 \x08\nnote\n> ab");
+    }
+
+    #[test]
+    fn a_report_starts_at_the_left_margin_and_never_shows_the_prompt() {
+        let shown = screen(|line, write| {
+            line.open("klp> ", write);
+            line.push('x', write);
+            line.end_for_report(write);
+            line.other_output(b"Oops: program check\n", write);
+            line.other_output(b"NIP: 0\n", write);
+        });
+        assert_eq!(shown, "klp> x\nOops: program check\nNIP: 0\n");
+        let shown = screen(|line, write| {
+            line.other_output(b"half a line", write);
+            line.end_for_report(write);
+            line.other_output(b"kernel panicked\n", write);
+        });
+        assert_eq!(shown, "half a line\nkernel panicked\n");
+        // The shell resumes after a report that ended a half-written line: one newline, not two.
+        let shown = screen(|line, write| {
+            line.open("klp> ", write);
+            line.other_output(b"half", write);
+            line.end_for_report(write);
+            line.push('x', write);
+        });
+        assert_eq!(shown, "klp> \nhalf\nklp> x");
+    }
+
+    #[test]
     fn backspace_erases_typing_but_never_the_prompt() {
         let shown = screen(|line, write| {
             line.open("klp> ", write);
@@ -157,6 +282,8 @@ mod tests {
             assert!(line.pop(5, write));
             assert!(!line.pop(5, write));
             line.other_output(b"note\n", write);
+            line.redisplay_if_quiet(write);
+            line.redisplay_if_quiet(write);
         });
         assert_eq!(shown, "klp> a\x08 \x08\nnote\nklp> ");
     }

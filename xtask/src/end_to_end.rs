@@ -8,11 +8,21 @@
 //! refuses an altered module sent unchecked (`--no-verify`) and nothing
 //! changes; and that after a `patch load` that timed out, the next command
 //! reports what the kernel made of it.
+//!
+//! The `run` and `patch` commands these tests start use a patch channel
+//! socket and pending file of their own, in `target/end-to-end/PID`
+//! (`patch_channel::FOLDER_VARIABLE`), never the ones of the `cargo xtask run`
+//! a user may have running meanwhile; `a_running_user_kernel_is_left_alone`
+//! checks that the user's socket and pending file are as they were.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,6 +35,19 @@ use crate::{patch_channel, workspace_root};
 const ORIGINAL: &str = "hello from the original kernel";
 const PATCHED: &str = "hello from the greeting patch module";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The folder of this process's patch channel socket and pending file, relative to the workspace root.
+fn channel_folder() -> &'static Path {
+    static FOLDER: OnceLock<PathBuf> = OnceLock::new();
+    FOLDER.get_or_init(|| PathBuf::from(format!("target/end-to-end/{}", std::process::id())))
+}
+
+/// `cargo xtask ...` in the workspace root, on the tests' own patch channel.
+fn xtask() -> Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.current_dir(workspace_root()).env(patch_channel::FOLDER_VARIABLE, channel_folder());
+    Ok(command)
+}
 
 /// A console, with its output gathered as it comes: the kernel under `cargo
 /// xtask run`, or `cargo xtask console` on the kernel under `cargo xtask gdb`
@@ -56,9 +79,8 @@ impl Session {
         // threads could splice an error line into the middle of an output line.
         let (reader, writer) = std::io::pipe().context("creating the output pipe")?;
         let stderr = if errors { Stdio::from(writer.try_clone()?) } else { Stdio::inherit() };
-        let child = Command::new(std::env::current_exe()?)
+        let child = xtask()?
             .args(arguments)
-            .current_dir(workspace_root())
             .stdin(Stdio::piped())
             .stdout(writer)
             .stderr(stderr)
@@ -184,10 +206,9 @@ pub fn patch_command(arguments: &[&str]) -> Result<()> {
 /// `cargo xtask patch ARGUMENTS` as a separate process: whether it succeeded, and
 /// what it printed (standard output, then standard error), which is also shown.
 fn patch_output(arguments: &[&str]) -> Result<(bool, String)> {
-    let output = Command::new(std::env::current_exe()?)
+    let output = xtask()?
         .arg("patch")
         .args(arguments)
-        .current_dir(workspace_root())
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running `cargo xtask patch {}`", arguments.join(" ")))?;
@@ -198,7 +219,8 @@ fn patch_output(arguments: &[&str]) -> Result<(bool, String)> {
 
 /// Boots `cargo xtask run` with no request of an earlier run still noted as pending.
 pub fn start_session() -> Result<Session> {
-    let _ = fs::remove_file(workspace_root().join(patch_channel::PENDING));
+    let pending = Path::new(patch_channel::PENDING).file_name().expect("a file name");
+    let _ = fs::remove_file(workspace_root().join(channel_folder()).join(pending));
     let mut session = Session::start()?;
     session.wait_for("klp> ")?;
     Ok(session)
@@ -341,16 +363,86 @@ const TESTS: [(&str, EndToEndTest); 4] = [
     ("end_to_end::timed_out_load_is_reported_by_the_next_command", timed_out_load_is_reported_by_the_next_command),
 ];
 
-/// Runs the end-to-end tests whose names contain the filter.
-pub fn end_to_end_tests(options: &Options, tally: &mut Tally) -> Result<()> {
-    for (name, test) in TESTS {
-        if options.filter.as_ref().is_some_and(|filter| !name.contains(filter.as_str())) {
-            continue;
+/// What a user's `cargo xtask run` has in `target/kernel`: its patch channel
+/// socket and pending file. With no kernel running, a listener stands in for
+/// one on the socket. The tests must leave both as they were and never connect.
+struct UserChannel {
+    socket: PathBuf,
+    pending: PathBuf,
+    /// The socket's inode (None: no socket); a QEMU binding the path anew changes it.
+    inode: Option<u64>,
+    contents: Option<Vec<u8>>,
+    stand_in: Option<UnixListener>,
+}
+
+impl UserChannel {
+    fn note() -> Result<UserChannel> {
+        let socket = workspace_root().join(patch_channel::SOCKET);
+        let pending = workspace_root().join(patch_channel::PENDING);
+        let mut stand_in = None;
+        if UnixStream::connect(&socket).is_err() {
+            // No kernel there: stand in for one (what is left is a stale socket file).
+            let _ = fs::remove_file(&socket);
+            fs::create_dir_all(socket.parent().expect("a folder"))?;
+            let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+            listener.set_nonblocking(true)?;
+            stand_in = Some(listener);
         }
+        let inode = fs::metadata(&socket).ok().map(|metadata| metadata.ino());
+        let contents = fs::read(&pending).ok();
+        Ok(UserChannel { socket, pending, inode, contents, stand_in })
+    }
+
+    /// Whether the tests left the user's channel alone; removes the stand-in.
+    fn check(self) -> Result<()> {
+        let inode = fs::metadata(&self.socket).ok().map(|metadata| metadata.ino());
+        let connected = match &self.stand_in {
+            Some(listener) => match listener.accept() {
+                Ok(_) => true,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => false,
+                Err(error) => return Err(error).context("accepting on the stand-in socket"),
+            },
+            None => false,
+        };
+        if self.stand_in.is_some() && inode == self.inode {
+            let _ = fs::remove_file(&self.socket);
+        }
+        if inode != self.inode {
+            bail!("{} was replaced (a test's QEMU bound the user's socket)", self.socket.display());
+        }
+        if connected {
+            bail!("a test connected to the user's {}", self.socket.display());
+        }
+        if fs::read(&self.pending).ok() != self.contents {
+            bail!("a test changed the user's {}", self.pending.display());
+        }
+        Ok(())
+    }
+}
+
+/// Runs the end-to-end tests whose names contain the filter, then checks that
+/// they left the channel of a user's `cargo xtask run` alone.
+pub fn end_to_end_tests(options: &Options, tally: &mut Tally) -> Result<()> {
+    let selected: Vec<_> = TESTS
+        .into_iter()
+        .filter(|(name, _)| options.filter.as_ref().is_none_or(|filter| name.contains(filter.as_str())))
+        .collect();
+    if selected.is_empty() {
+        return Ok(());
+    }
+    let folder = workspace_root().join(channel_folder());
+    fs::create_dir_all(&folder)?;
+    let user = UserChannel::note()?;
+    for (name, test) in selected {
         let verdict = test().map_err(|error| format!("{error:#}"));
         println!("\ntest {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });
         tally.record(name, &verdict);
     }
+    let name = "end_to_end::a_running_user_kernel_is_left_alone";
+    let verdict = user.check().map_err(|error| format!("{error:#}"));
+    println!("\ntest {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });
+    tally.record(name, &verdict);
+    let _ = fs::remove_dir_all(&folder);
     Ok(())
 }
 

@@ -136,7 +136,7 @@ fn start(test: Option<&str>, batch: Option<&Path>, firmware: Firmware) -> Result
     }
     let machine = Machine {
         append,
-        patch_channel: Some(PathBuf::from(patch_channel::SOCKET)),
+        patch_channel: Some(patch_channel::socket()),
         ..Machine::new(image.clone(), firmware).with(&["-S"]).with(&stub_options()).with(&console::qemu_options())
     };
     let mut qemu = machine.command()?;

@@ -13,6 +13,11 @@
 //! command that ends without its reply leaves the note behind: the next
 //! command then asks the kernel (QUERY) what became of that request and
 //! prints the answer before sending its own.
+//!
+//! Both files live in `target/kernel`, or in the folder the environment
+//! variable [`FOLDER_VARIABLE`] names: the end-to-end tests give their `run`
+//! and `patch` commands a folder of their own, so that they never reach the
+//! kernel a user runs meanwhile.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -32,6 +37,29 @@ pub const SOCKET: &str = "target/kernel/patch-channel.sock";
 /// The requests sent to the kernel whose reply no command has seen yet, one per line.
 pub const PENDING: &str = "target/kernel/patch-channel.pending";
 
+/// Names a folder (relative to the workspace root) to hold the socket and the
+/// pending file instead of `target/kernel`.
+pub const FOLDER_VARIABLE: &str = "XTASK_PATCH_CHANNEL_FOLDER";
+
+/// [`SOCKET`], or its name in the folder [`FOLDER_VARIABLE`] names; relative
+/// to the workspace root (QEMU runs there, and a unix socket's path must be short).
+pub fn socket() -> PathBuf {
+    in_folder(SOCKET)
+}
+
+/// `default` (a path under `target/kernel`), moved to the folder [`FOLDER_VARIABLE`] names if it is set.
+fn in_folder(default: &str) -> PathBuf {
+    moved(std::env::var_os(FOLDER_VARIABLE).as_deref().map(Path::new), default)
+}
+
+/// `default`, or its file name in `folder`.
+fn moved(folder: Option<&Path>, default: &str) -> PathBuf {
+    match folder {
+        Some(folder) => folder.join(Path::new(default).file_name().expect("a file name")),
+        None => PathBuf::from(default),
+    }
+}
+
 /// The least time sending a frame is given, whatever the timeout.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -48,7 +76,7 @@ pub fn qemu_options(socket: &Path) -> [String; 4] {
 
 /// The socket of `cargo xtask run`.
 pub fn socket_path() -> PathBuf {
-    workspace_root().join(SOCKET)
+    workspace_root().join(socket())
 }
 
 /// A REPLY frame: the id of the request it answers, and the kernel's verdict.
@@ -85,7 +113,7 @@ impl PendingFile {
 
     /// `cargo xtask run`'s file, next to its socket.
     pub fn default_file() -> Self {
-        Self::new(workspace_root().join(PENDING))
+        Self::new(workspace_root().join(in_folder(PENDING)))
     }
 
     /// The requests noted; a line that does not parse is ignored.
@@ -398,6 +426,14 @@ pub fn timing(exchanged: &Exchanged) -> String {
 mod tests {
     use super::*;
     use portable::channel::{Answer, Request, Server, encode};
+
+    #[test]
+    fn the_folder_variable_moves_the_socket_and_the_pending_file() {
+        assert_eq!(moved(None, SOCKET), Path::new(SOCKET));
+        let folder = Some(Path::new("target/end-to-end/42"));
+        assert_eq!(moved(folder, SOCKET), Path::new("target/end-to-end/42/patch-channel.sock"));
+        assert_eq!(moved(folder, PENDING), Path::new("target/end-to-end/42/patch-channel.pending"));
+    }
 
     #[test]
     fn qemu_options_add_a_second_vty_on_the_socket() {

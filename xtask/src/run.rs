@@ -2,7 +2,6 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::{ChildStdin, ExitCode, ExitStatus, Stdio};
 
 use anyhow::Result;
@@ -37,7 +36,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         memory: options.memory.clone(),
         append: options.args.join(" "),
         // `cargo xtask patch load|unload` reach the kernel through this socket.
-        patch_channel: Some(PathBuf::from(patch_channel::SOCKET)),
+        patch_channel: Some(patch_channel::socket()),
         // And `cargo xtask gdb --attach` through this one, at any time.
         ..Machine::new(image, options.firmware).with(&["-serial", serial]).with(&gdb::stub_options())
     };

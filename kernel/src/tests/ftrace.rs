@@ -142,6 +142,9 @@ fn only_one_ipmodify_user_per_function() {
     trace::unregister(&FIRST_PATCHER).unwrap();
     assert!(matches!(trace::unregister(&FIRST_PATCHER), Err(FtraceError::NotRegistered(_))));
     assert!(matches!(trace::register(&FIRST_PATCHER, Filter::Glob("no::such::*")), Err(FtraceError::NoMatch(_))));
+    // A name is a name: the glob characters in it match nothing but themselves.
+    let globbed = trace::register(&FIRST_PATCHER, Filter::Names(&["kernel::tests::ftrace::traced_e*"]));
+    assert!(matches!(globbed, Err(FtraceError::UnknownFunction(_))), "{globbed:?}");
     assert!(matches!(
         trace::register(&FIRST_PATCHER, Filter::Addresses(&[crate::exception::exception_dispatch as *const () as u64])),
         Err(FtraceError::NotTraceable(_))

@@ -180,7 +180,7 @@ registers_test_coroutine:
     mtcr    0                         # every CR field inverted
     addi    3, 14, {coroutine_own}    # r3 = &Coroutine.own: where our r1 goes
     ld      4, {coroutine_caller}(14) # r4 = the caller's saved r1
-    bl      switch_context            # back to the caller, for good
+    bl      {switch_context}          # back to the caller, for good
 0:  b       0b
     .size registers_test_coroutine, . - registers_test_coroutine
 
@@ -222,6 +222,7 @@ registers_test_clobbering_handler:
     record = sym registers_record,
     coroutine_own = const offset_of!(Coroutine, own),
     coroutine_caller = const offset_of!(Coroutine, caller),
+    switch_context = sym crate::arch::context::switch_context,
 );
 
 // FtraceOps is Rust data: only its address crosses the "C" boundary.

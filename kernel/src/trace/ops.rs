@@ -96,7 +96,8 @@ pub unsafe fn traces(ops: &FtraceOps, ip: u64) -> bool {
 pub enum Filter<'a> {
     /// Functions whose name matches a glob (`*`, `?`).
     Glob(&'a str),
-    /// Functions with exactly these names; each must exist.
+    /// Functions with exactly these names; each must exist. A name is never a
+    /// glob: `*` and `?` in it are compared as they are (use `Glob` for those).
     Names(&'a [&'a str]),
     /// Functions at these addresses (global entry or site); each must have a site.
     Addresses(&'a [u64]),
@@ -294,7 +295,7 @@ fn resolve(filter: &Filter) -> Result<Vec<usize>, FtraceError> {
         Filter::Names(names) => {
             let mut indices = Vec::new();
             for name in names.iter() {
-                let found = sites::matching(name);
+                let found = sites::named(name);
                 if found.is_empty() {
                     return Err(FtraceError::UnknownFunction(String::from(*name)));
                 }

@@ -161,6 +161,13 @@ pub(super) fn matching(glob: &str) -> Vec<usize> {
     table().matching(glob)
 }
 
+/// Indices of the sites of the functions named exactly `name` (`*` and `?` are
+/// plain characters here; see `SiteTable::named`).
+#[notrace]
+pub(super) fn named(name: &str) -> Vec<usize> {
+    table().named(name)
+}
+
 /// Index of the site of the function at `address`, its global entry or site word.
 #[notrace]
 pub(super) fn index_of(address: u64) -> Option<usize> {
