@@ -43,7 +43,7 @@ fn channel_folder() -> &'static Path {
 }
 
 /// `cargo xtask ...` in the workspace root, on the tests' own patch channel.
-fn xtask() -> Result<Command> {
+pub fn xtask() -> Result<Command> {
     let mut command = Command::new(std::env::current_exe()?);
     command.current_dir(workspace_root()).env(patch_channel::FOLDER_VARIABLE, channel_folder());
     Ok(command)

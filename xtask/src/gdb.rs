@@ -209,11 +209,12 @@ fn add_batch(gdb: &mut Command, batch: Option<&Path>) {
 /// channel socket accepts a connection. A second one would take the sockets
 /// over, and `cargo xtask patch` would no longer reach the first.
 fn refuse_a_second_kernel() -> Result<()> {
-    if UnixStream::connect(workspace_root().join(patch_channel::SOCKET)).is_ok() {
+    let socket = patch_channel::socket();
+    if UnixStream::connect(workspace_root().join(&socket)).is_ok() {
         bail!(
             "a kernel is running already ({} answers): `cargo xtask gdb --attach` debugs it; \
              end it first to boot another",
-            patch_channel::SOCKET
+            socket.display()
         );
     }
     Ok(())

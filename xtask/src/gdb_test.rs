@@ -24,7 +24,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::end_to_end::{Session, patch_command, start_session};
+use crate::end_to_end::{Session, patch_command, start_session, xtask};
 use crate::gdb::batch_output;
 use crate::test::{Options, Tally};
 use crate::workspace_root;
@@ -223,9 +223,8 @@ fn console_of(console: &mut Option<Session>) -> Result<&mut Session> {
 /// `cargo xtask ARGUMENTS` as a separate process must fail, printing `text`;
 /// returns what it printed.
 fn refused(arguments: &[&str], text: &str) -> Result<String> {
-    let output = std::process::Command::new(std::env::current_exe()?)
+    let output = xtask()?
         .args(arguments)
-        .current_dir(workspace_root())
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("running `cargo xtask {}`", arguments.join(" ")))?;

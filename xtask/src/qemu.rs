@@ -63,6 +63,11 @@ impl Machine {
     /// The QEMU command, after making sure QEMU is installed.
     pub fn command(&self) -> Result<Command> {
         packages::require("qemu-system-ppc64")?;
+        if let Some(folder) = self.patch_channel.as_deref().and_then(Path::parent) {
+            // QEMU binds the socket but makes no folder (the channel folder may be new).
+            std::fs::create_dir_all(workspace_root().join(folder))
+                .with_context(|| format!("creating {}", folder.display()))?;
+        }
         Ok(self.command_line())
     }
 
