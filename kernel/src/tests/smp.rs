@@ -22,6 +22,18 @@ fn count_run(_: u64) {
     RUNS[smp_processor_id()].fetch_add(1, Ordering::Relaxed);
 }
 
+/// Counts a run after a busy delay of `milliseconds` (on the CPU that runs
+/// it: no other CPU is waited for), so that a caller that did not wait sees
+/// no run yet.
+#[notrace]
+fn count_run_slowly(milliseconds: u64) {
+    let until = timebase() + time::milliseconds_to_timebase(milliseconds);
+    while timebase() < until {
+        core::hint::spin_loop();
+    }
+    count_run(0);
+}
+
 #[notrace]
 fn record_r13(_: u64) {
     let r13 = crate::arch::registers::per_cpu() as *const PerCpu as u64;
@@ -93,7 +105,7 @@ fn ipi_round_trip_runs_the_call_and_wakes_the_caller_by_ipi() {
 fn call_function_with_wait_runs_once_on_every_other_cpu() {
     let _preempt = thread::preempt_disable();
     reset_runs();
-    smp_call_function(CpuSet::first(MAX_CPUS), count_run, 0, true);
+    smp_call_function(CpuSet::first(MAX_CPUS), count_run_slowly, 5, true);
     for (cpu, runs) in RUNS.iter().enumerate() {
         let expected = u64::from(others().contains(cpu));
         assert_eq!(runs.load(Ordering::Relaxed), expected, "runs on CPU {cpu} when the wait returned");
