@@ -9,12 +9,18 @@
 //! a branch in either endianness), sets 64-bit mode, points r2 at the kernel
 //! TOC, clears BSS, moves to the boot thread's THREAD_SIZE-aligned stack, points
 //! r13 at CPU 0's per-CPU area and calls the kernel's `boot_main`.
+//!
+//! `secondary_start` is where every other CPU begins, started by RTAS
+//! `start-cpu` (the kernel's `arch::smp`): the same endian and 64-bit steps,
+//! then r2, r13 at that CPU's own area, r1 on its idle stack, and the
+//! kernel's `secondary_main`.
 
 #![no_std]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 use core::cell::UnsafeCell;
-use core::mem::offset_of;
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::AtomicU64;
 use portable::instruction::{self, spr};
 
 /// Size and alignment of every kernel thread stack; `thread_info` sits at its base.
@@ -44,6 +50,47 @@ pub struct PerCpu {
     pub emergency_stack: u64,
     /// STACK_END_MAGIC, so that `livepatch_handler` loads it in one instruction.
     pub stack_end_magic: u64,
+    /// The CPU's interrupt server number: its hardware id for RTAS and XICS
+    /// (from the device tree; the CPU cannot read its own PIR here).
+    pub interrupt_server: u64,
+    /// Nonzero once the CPU runs the kernel: set by the CPU itself.
+    pub online: AtomicU64,
+    /// What other CPUs leave for this one (the IPI messages and the call-function slot).
+    pub mailbox: Mailbox,
+    /// Counters kept by this CPU, read by others (the `cpus` command, tests).
+    pub statistics: CpuStatistics,
+}
+
+/// The IPI mailbox of one CPU. One sender at a time posts a call (the
+/// kernel's `arch::smp` serialises them); the CPU itself takes it.
+#[repr(C)]
+pub struct Mailbox {
+    /// Pending IPI messages, one bit each: senders set bits, then raise the
+    /// IPI; the CPU's IPI handler takes them all at once.
+    pub messages: AtomicU64,
+    /// The function of the posted call (`fn(u64)`), valid while `posted` > `completed`.
+    pub function: AtomicU64,
+    /// Its argument.
+    pub argument: AtomicU64,
+    /// The CPU that posted it, woken by an IPI when the call is done.
+    pub caller: AtomicU64,
+    /// Calls posted so far; a sender increments it after writing the fields above.
+    pub posted: AtomicU64,
+    /// Calls completed so far; the CPU sets it to `posted` after running one.
+    pub completed: AtomicU64,
+}
+
+/// Per-CPU counters, written by their CPU only.
+#[repr(C)]
+pub struct CpuStatistics {
+    /// IPIs this CPU has taken.
+    pub ipis: AtomicU64,
+    /// Calls (`smp_call_function`) it has run.
+    pub calls: AtomicU64,
+    /// Decrementer interrupts it has taken (secondary CPUs; CPU 0 counts in `time`).
+    pub ticks: AtomicU64,
+    /// 1 while the CPU is ceded to the hypervisor in its idle loop, 0 otherwise.
+    pub ceded: AtomicU64,
 }
 
 /// The per-CPU areas, indexed by CPU number.
@@ -53,11 +100,36 @@ pub struct CpuAreas(pub UnsafeCell<[PerCpu; MAX_CPUS]>);
 // Safety: each CPU touches only its own area, found through its own r13.
 unsafe impl Sync for CpuAreas {}
 
-const EMPTY_AREA: PerCpu =
-    PerCpu { toc: 0, cpu_id: 0, current_thread: 0, exception_scratch: [0; 4], emergency_stack: 0, stack_end_magic: 0 };
+/// An area before its CPU is set up: every field 0.
+const fn empty_area() -> PerCpu {
+    PerCpu {
+        toc: 0,
+        cpu_id: 0,
+        current_thread: 0,
+        exception_scratch: [0; 4],
+        emergency_stack: 0,
+        stack_end_magic: 0,
+        interrupt_server: 0,
+        online: AtomicU64::new(0),
+        mailbox: Mailbox {
+            messages: AtomicU64::new(0),
+            function: AtomicU64::new(0),
+            argument: AtomicU64::new(0),
+            caller: AtomicU64::new(0),
+            posted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+        },
+        statistics: CpuStatistics {
+            ipis: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            ceded: AtomicU64::new(0),
+        },
+    }
+}
 
 /// All CPUs' per-CPU areas.
-pub static CPU_AREAS: CpuAreas = CpuAreas(UnsafeCell::new([EMPTY_AREA; MAX_CPUS]));
+pub static CPU_AREAS: CpuAreas = CpuAreas(UnsafeCell::new([const { empty_area() }; MAX_CPUS]));
 
 /// A THREAD_SIZE-aligned stack; the linker script places the boot thread's first in BSS.
 #[repr(C, align(32768))]
@@ -75,6 +147,11 @@ const _: () = assert!(core::mem::align_of::<ThreadStack>() == THREAD_SIZE);
 unsafe extern "C" {
     /// The kernel's Rust entry: never returns.
     fn boot_main(client_interface: u64, initrd_start: u64, initrd_size: u64) -> !;
+    /// The kernel's Rust entry on every other CPU, with its CPU number: never returns.
+    fn secondary_main(cpu: u64) -> !;
+    /// Where a secondary CPU starts (the assembly below): the address RTAS
+    /// `start-cpu` is given, with the CPU number as its r3.
+    pub fn secondary_start();
 }
 
 /// A big-endian CPU decodes these little-endian-stored words as the byte-swapped instruction.
@@ -108,6 +185,8 @@ struct FirmwareFrame {
     /// every call, and the firmware is called from this frame.
     condition: u64,
 }
+
+const _: () = assert!(size_of::<PerCpu>() < 0x8000, "mulli takes a 16-bit signed size");
 
 /// Bytes `enter_openfirmware` pushes.
 const FIRMWARE_FRAME: usize = core::mem::size_of::<FirmwareFrame>();
@@ -195,6 +274,49 @@ _start:
     bl      {boot_main}           # never returns
 5:  b       5b
     .size _start, . - _start
+
+    # secondary_start: every CPU but the boot CPU, started by RTAS start-cpu.
+    #
+    # On entry (QEMU's start-cpu): real mode, big-endian, MSR = SF | ME,
+    # r3 = this CPU's number (the argument the boot CPU passed), every other
+    # register undefined. The boot CPU has filled CPU_AREAS[r3] first: toc,
+    # cpu_id, current_thread (the base of this CPU's idle stack, whose
+    # thread_info is ready), emergency_stack, stack_end_magic.
+    # On the call to secondary_main: little-endian, 64-bit, r2 = kernel TOC,
+    # r13 = &CPU_AREAS[r3], r1 = top of the idle stack less one minimal
+    # frame whose back chain is 0, r3 = the CPU number. A number at or past
+    # MAX_CPUS stops the CPU here, in a loop.
+    .section .text.boot, "ax"
+    .globl secondary_start
+    .type secondary_start, @function
+secondary_start:
+    fixup_endian
+    set_64bit_mode
+    clrldi  3, 3, 32              # r3 = CPU number (a 32-bit RTAS argument)
+    cmpldi  3, {max_cpus}
+    bge-    7f                    # no area for it: stop
+
+    # r2 = .TOC., computed from our own address, as _start does.
+    bcl     20, 31, 6f
+6:  mflr    12                    # r12 = address of label 6
+    addis   2, 12, (.TOC. - 6b)@ha
+    addi    2, 2, (.TOC. - 6b)@l  # r2 = .TOC.
+
+    # r13 = &CPU_AREAS[r3].
+    addis   13, 2, {cpu_areas}@toc@ha
+    addi    13, 13, {cpu_areas}@toc@l # r13 = &CPU_AREAS[0]
+    mulli   12, 3, {percpu_size}      # r12 = r3 * size_of::<PerCpu>()
+    add     13, 13, 12                # r13 = &CPU_AREAS[r3]
+
+    # r1 = top of the idle stack (current_thread is its base), less one
+    # minimal frame whose back chain is 0.
+    ld      1, {percpu_current}(13)   # r1 = base of the idle stack
+    addi    1, 1, {stack_top}         # r1 = top - MINIMAL_FRAME
+    li      0, 0
+    std     0, 0(1)               # back chain = 0
+    bl      {secondary_main}      # secondary_main(r3 = CPU number): never returns
+7:  b       7b
+    .size secondary_start, . - secondary_start
 
     # enter_openfirmware(r3 = argument block, r4 = firmware entry) -> r3
     #
@@ -301,6 +423,10 @@ enter_openfirmware:
     percpu_toc = const offset_of!(PerCpu, toc),
     percpu_cpu_id = const offset_of!(PerCpu, cpu_id),
     boot_main = sym boot_main,
+    max_cpus = const MAX_CPUS,
+    percpu_size = const size_of::<PerCpu>(),
+    percpu_current = const offset_of!(PerCpu, current_thread),
+    secondary_main = sym secondary_main,
     frame = const FIRMWARE_FRAME,
     link_save = const LINK_SAVE,
     toc = const offset_of!(FirmwareFrame, toc),

@@ -1,8 +1,9 @@
 //! The machine description: the firmware's device tree, flattened at boot and queried once.
 use crate::arch::openfirmware::{OpenFirmware, PROPERTY_CAPACITY};
 use crate::arch::rtas::Tokens;
+use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use portable::devicetree::{DeviceTree, FdtWriter};
+use portable::devicetree::{DeviceTree, FdtWriter, InterruptController};
 
 /// Room for the flattened tree (QEMU's is about 8 KiB).
 const TREE_CAPACITY: usize = 256 * 1024;
@@ -42,12 +43,18 @@ pub struct Machine {
     /// End of the real-mode memory (memory@0), where the heap ends.
     pub memory_end: u64,
     pub cpu_count: usize,
+    /// The interrupt server number of every hardware thread under `/cpus`,
+    /// in tree order: the first is the boot CPU (QEMU boots on server 0).
+    pub cpu_servers: Vec<u32>,
+    /// The interrupt controller the tree describes.
+    pub interrupt_controller: InterruptController,
     pub timebase_frequency: u64,
     pub bootargs: &'static str,
     /// A second virtual terminal carries the patch channel (xtask adds it).
     pub has_patch_channel: bool,
     power_off: u32,
     os_term: Option<u32>,
+    start_cpu: Option<u32>,
 }
 
 impl Machine {
@@ -58,6 +65,8 @@ impl Machine {
         Machine {
             memory_end: base + size,
             cpu_count: tree.cpu_count(),
+            cpu_servers: tree.cpu_threads().map(|thread| thread.server).collect(),
+            interrupt_controller: tree.interrupt_controller(),
             timebase_frequency: tree.timebase_frequency().unwrap_or(512_000_000),
             bootargs: tree.bootargs().unwrap_or(""),
             has_patch_channel: tree
@@ -66,11 +75,12 @@ impl Machine {
                 .is_some(),
             power_off: tree.rtas_token("power-off").expect("device tree: no RTAS power-off token"),
             os_term: tree.rtas_token("ibm,os-term"),
+            start_cpu: tree.rtas_token("start-cpu"),
         }
     }
 
     /// The RTAS tokens the kernel uses.
     pub fn rtas_tokens(&self) -> Tokens {
-        Tokens { power_off: self.power_off, os_term: self.os_term }
+        Tokens { power_off: self.power_off, os_term: self.os_term, start_cpu: self.start_cpu }
     }
 }

@@ -30,10 +30,16 @@ pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
         _ => {}
     }
     match regs.trap {
+        vectors::DECREMENTER if crate::arch::percpu::smp_processor_id() != crate::arch::percpu::BOOT_CPU => {
+            // Threads run on the boot CPU only: another CPU's tick must never
+            // reach the scheduler (docs/ARCHITECTURE.md, "CPUs").
+            crate::arch::smp::secondary_tick()
+        }
         vectors::DECREMENTER => {
             let in_ftrace = crate::arch::ftrace::in_ftrace(regs.nip, regs.link, regs.gpr[1]);
             time::tick(!in_ftrace)
         }
+        vectors::EXTERNAL => external_interrupt(regs),
         vectors::PROGRAM => program_check(regs),
         _ => unexpected(regs, "unexpected exception"),
     }
@@ -60,6 +66,17 @@ fn program_check(regs: &mut PtRegs) {
         thread::kill_current("BUG");
     }
     unexpected(regs, "program check");
+}
+
+/// The external interrupt, on the emergency stack: IPIs (`arch::smp`), and a
+/// report for any other source, since no device interrupt is enabled.
+#[notrace]
+#[inline(never)]
+fn external_interrupt(regs: &mut PtRegs) {
+    if let Err(source) = crate::arch::smp::external_interrupt() {
+        println!("Oops: interrupt from source {source:#x}, which no driver enabled");
+        unexpected(regs, "unexpected interrupt")
+    }
 }
 
 #[notrace]

@@ -57,6 +57,11 @@ pub fn run(arguments: &str) {
         crate::shell::run(arguments);
         return;
     }
+    if arguments.split_whitespace().any(|word| word == "bench-smp") {
+        crate::tests::bench_smp::run_all();
+        println!("bench: done");
+        return;
+    }
     if arguments.split_whitespace().any(|word| word == "bench") {
         crate::tests::bench::run_all();
         println!("bench: done");

@@ -4,7 +4,7 @@
 //! little-endian mode with a stack, the TOC and r13; `boot_main` then flattens
 //! the firmware's device tree (the firmware is still alive), makes interrupts
 //! little-endian, installs the vectors, sets up the heap, threads and the
-//! timer, and runs the shell (or the test suite in the test kernel).
+//! timer, starts the other CPUs, and runs the shell (or the test suite in the test kernel).
 #![no_std]
 #![no_main]
 #![feature(patchable_function_entry)]
@@ -32,6 +32,7 @@ mod panic;
 mod reserved;
 mod section;
 mod shell;
+mod smp;
 mod symbols;
 mod sync;
 #[cfg(feature = "ktest")]
@@ -78,10 +79,12 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
     thread::init();
     time::init(machine.timebase_frequency);
     interrupts::enable();
+    let online = smp::bring_up(&machine);
     module::channel::start(machine.has_patch_channel);
     println!(
-        "klp: {} MiB RAM, {} CPU(s), heap {} KiB, {} kernel symbols",
+        "klp: {} MiB RAM, {} of {} CPUs online ({online}), heap {} KiB, {} kernel symbols",
         machine.memory_end >> 20,
+        online.len(),
         machine.cpu_count,
         memory::usage().1 >> 10,
         symbols::table().map_or(0, |table| table.len())

@@ -1,5 +1,5 @@
-//! The kernel shell on the console: `help`, `threads`, `mem`, `uptime`, `hello`, `klp`, `trace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
-use crate::{console, livepatch, memory, module, println, thread, time, trace};
+//! The kernel shell on the console: `help`, `threads`, `cpus`, `mem`, `uptime`, `hello`, `klp`, `trace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
+use crate::{console, livepatch, memory, module, println, smp, thread, time, trace};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -18,6 +18,11 @@ struct Command {
 const COMMANDS: &[Command] = &[
     Command { name: "help", help: "list the commands", run: help },
     Command { name: "threads", help: "list threads: state, switches, stack and livepatch stack use", run: threads },
+    Command {
+        name: "cpus",
+        help: "list CPUs: interrupt server, online, IPIs, calls, ticks, what each runs",
+        run: cpus,
+    },
     Command { name: "mem", help: "heap usage", run: mem },
     Command {
         name: "uptime",
@@ -113,6 +118,13 @@ fn threads(_: &str) {
             "  {:>3} {:<24} {:<12} {:>9} {:>11} {:>10}",
             summary.id, summary.name, state, summary.switches, summary.stack_used, summary.livepatch_depth
         );
+    }
+}
+
+fn cpus(_: &str) {
+    println!("  {:>3} {:>6} {:<7} {:>8} {:>8} {:>8}  runs", "cpu", "server", "state", "ipis", "calls", "ticks");
+    for cpu in 0..smp::cpus_in_tree() {
+        println!("  {}", smp::describe(cpu));
     }
 }
 

@@ -61,6 +61,9 @@ fn tick_interval() -> u32 {
 /// its time slice to the thread just preempted.
 #[notrace]
 pub fn tick(preemptible: bool) {
+    // The scheduler runs on the boot CPU only; other CPUs' ticks stop in
+    // `arch::smp::secondary_tick` (docs/ARCHITECTURE.md, "CPUs").
+    assert_eq!(crate::arch::percpu::smp_processor_id(), crate::arch::percpu::BOOT_CPU, "a tick reached the scheduler");
     TICKS.fetch_add(1, Ordering::Relaxed);
     set_decrementer(tick_interval());
     #[cfg(feature = "ktest")]
@@ -75,6 +78,12 @@ pub fn tick(preemptible: bool) {
     } else {
         set_decrementer(tick_interval());
     }
+}
+
+/// Timebase ticks between two periodic ticks (1/TICK_HZ), also the backstop
+/// of the other CPUs' waits.
+pub fn periodic_interval() -> u32 {
+    (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / TICK_HZ) as u32
 }
 
 /// 20 microseconds: how soon a deferred preemption is tried again.

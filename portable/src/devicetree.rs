@@ -23,7 +23,7 @@ mod writer;
 mod tests;
 
 pub use errors::{DeviceTreeError, FdtError};
-pub use query::DeviceTree;
+pub use query::{CpuThread, DeviceTree, InterruptController};
 pub use writer::FdtWriter;
 
 /// First word of every blob.

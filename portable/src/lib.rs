@@ -15,6 +15,7 @@ extern crate alloc;
 pub mod backchain;
 pub mod bytes;
 pub mod channel;
+pub mod cpuset;
 pub mod devicetree;
 pub mod ftrace;
 pub mod function_notes;

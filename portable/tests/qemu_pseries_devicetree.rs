@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fdt::node::FdtNode;
-use portable::devicetree::{DeviceTree, FdtError, FdtWriter};
+use portable::devicetree::{DeviceTree, FdtError, FdtWriter, InterruptController};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -29,6 +29,9 @@ fn fixture_has_two_cpus_at_512_mhz() {
     let tree = DeviceTree::parse(FIXTURE).unwrap();
     assert_eq!(tree.cpu_count(), 2);
     assert_eq!(tree.timebase_frequency(), Some(512_000_000));
+    let servers: Vec<(u32, u32)> = tree.cpu_threads().map(|thread| (thread.reg, thread.server)).collect();
+    assert_eq!(servers, [(0, 0), (1, 1)], "one thread per node, server = reg");
+    assert_eq!(tree.interrupt_controller(), InterruptController::Xics, "QEMU without CAS: XICS");
 }
 
 #[test]

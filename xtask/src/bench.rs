@@ -92,9 +92,30 @@ pub fn to_json(measurements: &[Measurement]) -> Value {
     )
 }
 
+/// The CPU counts of the boots that measure the cross-CPU paths (`bench-smp`);
+/// the main benchmark boot keeps one CPU, so that its figures stay comparable.
+const SMP_BENCH_CPUS: [u32; 2] = [2, 4];
+
 pub fn main(options: &Options) -> Result<ExitCode> {
     let image = build::main(&build::Options { test: true })?;
-    let machine = Machine { append: "bench".into(), ..Machine::new(image, Firmware::Vof) }.with(&[
+    let mut measurements = kernel_figures(&image, "bench", 1)?;
+    for cpus in SMP_BENCH_CPUS {
+        measurements.extend(kernel_figures(&image, "bench-smp", cpus)?);
+    }
+    measurements.extend(channel()?);
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&measurements))?);
+    } else {
+        print!("{}", table(&measurements));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Boots the test kernel with `append` and `cpus` CPUs under `-icount`
+/// (round-robin TCG: one virtual clock, repeatable also with several CPUs)
+/// and collects its `bench:` lines.
+fn kernel_figures(image: &std::path::Path, append: &str, cpus: u32) -> Result<Vec<Measurement>> {
+    let machine = Machine { append: append.into(), cpus, ..Machine::new(image.to_path_buf(), Firmware::Vof) }.with(&[
         "-icount",
         "shift=0,align=off,sleep=off",
         "-serial",
@@ -116,13 +137,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     if !done {
         bail!("the kernel never printed `bench: done` ({} measurements seen)", measurements.len());
     }
-    measurements.extend(channel()?);
-    if options.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&measurements))?);
-    } else {
-        print!("{}", table(&measurements));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(measurements)
 }
 
 /// The sample module of 64 KiB (patches/bulk) that the channel benchmark loads.

@@ -14,8 +14,8 @@ pub struct Options {
     /// Firmware that loads the kernel.
     #[arg(long, value_enum, default_value_t)]
     pub firmware: Firmware,
-    /// Number of CPUs.
-    #[arg(long, default_value_t = 1)]
+    /// Number of CPUs (1 to 8); all of them come online.
+    #[arg(long, default_value_t = qemu::DEFAULT_CPUS, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub smp: u32,
     /// Guest memory, in QEMU's syntax (512M, 1G).
     #[arg(long, default_value = "512M")]

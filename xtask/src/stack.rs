@@ -45,12 +45,13 @@ use crate::{build, command, objdump, output_checked};
 /// Where the timer path starts (after `exception_common` pushed its frame).
 const ROOT: &str = "exception_dispatch";
 /// Functions that run on the emergency stack, never below the thread's
-/// exception frame: `exception_dispatch` calls the first five only when the
+/// exception frame: `exception_dispatch` calls the first six only when the
 /// entry moved to the emergency stack; `emergency::run` moves there itself.
-const LEFT_OUT: [&str; 7] = [
+const LEFT_OUT: [&str; 8] = [
     "kernel::exception::program_check",
     "kernel::exception::stack_overflow",
     "kernel::exception::emergency_stack_overflow",
+    "kernel::exception::external_interrupt",
     "kernel::exception::unexpected",
     "kernel::exception::report",
     "kernel::arch::ppc64::emergency::run",

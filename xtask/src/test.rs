@@ -177,8 +177,11 @@ fn run_cases(image: &Path, filter: &str, extra: &str, options: &Options, on_line
         if let Some(name) = &after {
             append.push_str(&format!(" ktest.after={name}"));
         }
-        let machine =
-            Machine { append, ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"]) };
+        let machine = Machine {
+            append,
+            cpus: qemu::DEFAULT_CPUS,
+            ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"])
+        };
         let mut report = Report::default();
         let outcome = machine.command().and_then(|mut qemu| {
             qemu::boot(&mut qemu, None, Duration::from_secs(options.timeout), |line| {
@@ -272,6 +275,7 @@ fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) ->
 fn isolated(image: &Path, name: &str, options: &Options) -> (String, Result<(), String>) {
     let machine = Machine {
         append: format!("ktest.only={name}"),
+        cpus: qemu::DEFAULT_CPUS,
         ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"])
     };
     let mut report = Report::default();

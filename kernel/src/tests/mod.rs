@@ -1,6 +1,7 @@
 //! In-kernel test cases (`#[ktest]`) and benchmarks, compiled into the test kernel.
 pub mod bench;
 mod bench_livepatch;
+pub mod bench_smp;
 mod console;
 mod debugger;
 mod devicetree;
@@ -13,6 +14,7 @@ mod memory;
 mod modules;
 pub mod registers;
 mod runner;
+mod smp;
 mod stack;
 mod threads;
 mod unload;

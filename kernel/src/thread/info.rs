@@ -76,6 +76,29 @@ pub unsafe fn initialise_emergency(base: u64) {
     }
 }
 
+/// `thread_id` in the `thread_info` of a secondary CPU's idle stack: the
+/// scheduler's threads all run on the boot CPU, and this is none of them.
+pub const SECONDARY_IDLE_THREAD_ID: u64 = u64::MAX - 1;
+
+/// Prepares the `thread_info` of a secondary CPU's idle stack, which runs
+/// its idle loop and interrupt handlers (`arch::smp`): a livepatch stack,
+/// the magic word, named "cpu-idle" for the debugger.
+///
+/// # Safety
+/// `base` is a THREAD_SIZE-aligned stack that no CPU runs on yet.
+#[notrace]
+pub unsafe fn initialise_secondary_idle(base: u64) {
+    // Safety: the caller owns the stack.
+    unsafe {
+        initialise(base, SECONDARY_IDLE_THREAD_ID);
+        let info = &mut *(base as *mut ThreadInfo);
+        info.state = ThreadState::Running as u64;
+        let name = "cpu-idle";
+        info.name_address = name.as_ptr() as u64;
+        info.name_length = name.len() as u64;
+    }
+}
+
 /// Whether the magic word above the `thread_info` at `base` is intact.
 #[notrace]
 pub fn magic_intact(base: u64) -> bool {

@@ -5,6 +5,7 @@ mod stack;
 
 pub use info::{
     LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, ThreadState, current_thread_info, initialise_emergency,
+    initialise_secondary_idle,
 };
 pub use scheduler::{
     State, current_id, init, kill_current, live_stacks, sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,

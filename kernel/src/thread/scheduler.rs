@@ -310,6 +310,12 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
     // Safety: a Kill in the frame of kill_current or check_current_stack,
     // which stays in place: this thread never returns there.
     let kill = unsafe { &*(kill as *const Kill) };
+    let cpu = crate::arch::percpu::smp_processor_id();
+    if cpu != crate::arch::percpu::BOOT_CPU {
+        // Threads run on the boot CPU only: another CPU has no thread to end,
+        // and must never call the scheduler (docs/ARCHITECTURE.md, "CPUs").
+        panic!("{} on CPU {cpu}, which runs no threads", kill.reason);
+    }
     if SCHEDULER.is_locked() {
         // One CPU, and interrupts are off while the lock is held: only the
         // context being killed can hold it (a trap inside `with_scheduler`,

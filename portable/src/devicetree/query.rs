@@ -48,6 +48,44 @@ impl<'a> DeviceTree<'a> {
         self.cpu_nodes().map(thread_count).sum()
     }
 
+    /// Every hardware thread under `/cpus`, in tree order: each `cpu` node's
+    /// `reg` and, one entry per thread, its `ibm,ppc-interrupt-server#s`
+    /// (a node without that property is one thread whose server is its `reg`).
+    /// The server number is what RTAS `start-cpu` and the XICS hcalls take.
+    pub fn cpu_threads(&self) -> impl Iterator<Item = CpuThread> + '_ {
+        self.cpu_nodes().flat_map(|node| {
+            let reg = node.property("reg").and_then(|property| number(property.value)).unwrap_or(0) as u32;
+            let servers = node.property("ibm,ppc-interrupt-server#s").map_or(&[][..], |property| property.value);
+            let count = (servers.len() / 4).max(1);
+            (0..count).map(move |thread| {
+                let server = servers
+                    .get(thread * 4..thread * 4 + 4)
+                    .and_then(|cell| cell.try_into().ok())
+                    .map_or(reg, u32::from_be_bytes);
+                CpuThread { reg, thread: thread as u32, server }
+            })
+        })
+    }
+
+    /// Which interrupt controller the tree describes: the root's child
+    /// `interrupt-controller` node's `compatible` (XICS is "IBM,ppc-xicp",
+    /// XIVE is "ibm,power-ivpe").
+    pub fn interrupt_controller(&self) -> InterruptController {
+        let root = self.tree.find_node("/");
+        let nodes = root.into_iter().flat_map(|root| root.children());
+        for node in nodes.filter(|node| node.name.split('@').next() == Some("interrupt-controller")) {
+            let compatible = node.property("compatible").map_or(&[][..], |property| property.value);
+            let mut names = compatible.split(|&byte| byte == 0).filter(|name| !name.is_empty());
+            if names.clone().any(|name| name == b"IBM,ppc-xicp") {
+                return InterruptController::Xics;
+            }
+            if names.any(|name| name == b"ibm,power-ivpe") {
+                return InterruptController::Xive;
+            }
+        }
+        InterruptController::None
+    }
+
     /// Timebase ticks per second, from the first CPU node (or from `/cpus`).
     pub fn timebase_frequency(&self) -> Option<u64> {
         let name = "timebase-frequency";
@@ -78,6 +116,28 @@ impl<'a> DeviceTree<'a> {
         let cpus = self.tree.find_node("/cpus");
         cpus.into_iter().flat_map(|cpus| cpus.children()).filter(|&node| device_type(node) == Some("cpu"))
     }
+}
+
+/// One hardware thread of a `cpu` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuThread {
+    /// The node's `reg` (its first thread's number).
+    pub reg: u32,
+    /// Which of the node's threads (0 for the first).
+    pub thread: u32,
+    /// Its interrupt server number: the id RTAS and the interrupt controller know it by.
+    pub server: u32,
+}
+
+/// The interrupt controller the device tree describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptController {
+    /// XICS (`IBM,ppc-xicp`), driven by hcalls: what the kernel speaks.
+    Xics,
+    /// XIVE (`ibm,power-ivpe`), which the kernel does not drive.
+    Xive,
+    /// No interrupt controller node the kernel knows.
+    None,
 }
 
 /// The node's `device_type`.

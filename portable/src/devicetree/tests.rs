@@ -1,6 +1,6 @@
 //! Host tests of the device tree writer, the blob check and the queries.
 
-use super::{DeviceTree, DeviceTreeError, FdtError, FdtWriter};
+use super::{CpuThread, DeviceTree, DeviceTreeError, FdtError, FdtWriter, InterruptController};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -259,6 +259,11 @@ fn queries_answer_from_written_tree() {
     let regions: Vec<(u64, u64)> = tree.memory_regions().collect();
     assert_eq!(regions, [(0, 256 * MIB), (256 * MIB, 256 * MIB), (1024 * MIB, 4096)]);
     assert_eq!(tree.cpu_count(), 4, "two nodes of two threads");
+    let threads: Vec<CpuThread> = tree.cpu_threads().collect();
+    let expected =
+        [(0, 0, 0), (0, 1, 1), (2, 0, 2), (2, 1, 3)].map(|(reg, thread, server)| CpuThread { reg, thread, server });
+    assert_eq!(threads, expected);
+    assert_eq!(tree.interrupt_controller(), InterruptController::None, "the sample has no controller node");
     assert_eq!(tree.timebase_frequency(), Some(512_000_000));
     assert_eq!(tree.rtas_token("power-off"), Some(0x2003));
     assert_eq!(tree.rtas_token("ibm,os-term"), Some(0x201f));
@@ -299,7 +304,42 @@ fn queries_respect_cell_counts_and_fallbacks() {
     assert_eq!(regions, [(0x1000, 0x2000), (0, 0x800)]);
     assert_eq!(tree.real_mode_memory(), None, "the first entry of the only memory node is not at 0");
     assert_eq!(tree.cpu_count(), 1, "the cache node is not a CPU");
+    let threads: Vec<CpuThread> = tree.cpu_threads().collect();
+    assert_eq!(threads, [CpuThread { reg: 0, thread: 0, server: 0 }], "no reg, no servers: one thread, server 0");
     assert_eq!(tree.timebase_frequency(), Some(1 << 33));
+}
+
+/// A root with an `interrupt-controller` node of the given `compatible`, and
+/// one CPU node whose `reg` is 5 and which has no interrupt servers.
+fn write_controller_tree(writer: &mut FdtWriter, compatible: &[u8]) -> Result<(), FdtError> {
+    writer.begin_node(b"")?;
+    writer.begin_node(b"cpus")?;
+    writer.begin_node(b"cpu@5")?;
+    writer.property(b"device_type", b"cpu\0")?;
+    writer.property(b"reg", &5u32.to_be_bytes())?;
+    writer.end_node()?;
+    writer.end_node()?;
+    writer.begin_node(b"interrupt-controller@0")?;
+    writer.property(b"compatible", compatible)?;
+    writer.end_node()?;
+    writer.end_node()
+}
+
+#[test]
+fn interrupt_controller_is_told_by_compatible() {
+    for (compatible, expected) in [
+        (&b"IBM,ppc-xicp\0"[..], InterruptController::Xics),
+        (b"ibm,power-ivpe\0", InterruptController::Xive),
+        (b"other\0IBM,ppc-xicp\0", InterruptController::Xics),
+        (b"IBM,ppc-xicp-not\0", InterruptController::None),
+        (b"", InterruptController::None),
+    ] {
+        let (buffer, length) = build(1024, |writer| write_controller_tree(writer, compatible)).unwrap();
+        let tree = DeviceTree::parse(&buffer[..length]).unwrap();
+        assert_eq!(tree.interrupt_controller(), expected, "{compatible:?}");
+        let threads: Vec<CpuThread> = tree.cpu_threads().collect();
+        assert_eq!(threads, [CpuThread { reg: 5, thread: 0, server: 5 }], "without servers, the server is reg");
+    }
 }
 
 /// Assembles a blob around a hand-made structure block and strings block.

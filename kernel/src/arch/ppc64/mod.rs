@@ -9,12 +9,15 @@
 //! - `hcall`: hypervisor calls (`sc 1`).
 //! - `interrupts`: MSR[EE] on and off, and waiting for an interrupt (H_CEDE).
 //! - `livepatch`: `livepatch_handler`, its livepatch stack frames, and `klp_arch_set_pc`.
+//! - `percpu`: the per-CPU areas on r13: `smp_processor_id`, every CPU's area, the online CPUs.
 //! - `openfirmware`: the Open Firmware client interface, used once to flatten the device tree.
 //! - `registers`: MSR bits, timebase, decrementer, r1, r2 and r13 (the per-CPU area).
-//! - `rtas`: RTAS calls (power off, os-term).
+//! - `rtas`: RTAS calls (power off, os-term, start-cpu).
+//! - `smp`: starting the other CPUs, their idle loop, IPIs, `smp_call_function`, the text patching's cross-CPU step.
 //! - `text`: the one way to change kernel text: check, write, flush.
 //! - `thread_info`: the block at the base of every thread stack, and the stack bounds.
 //! - `vectors`: the exception vector slots written at boot, and the vector numbers.
+//! - `xics`: the XICS interrupt controller by hcall: priorities, IPIs, accept, end.
 pub mod bug;
 pub mod cache;
 pub mod context;
@@ -25,8 +28,11 @@ pub mod hcall;
 pub mod interrupts;
 pub mod livepatch;
 pub mod openfirmware;
+pub mod percpu;
 pub mod registers;
 pub mod rtas;
+pub mod smp;
 pub mod text;
 pub mod thread_info;
 pub mod vectors;
+pub mod xics;

@@ -1,4 +1,4 @@
-//! RTAS (Run-Time Abstraction Services) calls through QEMU's KVMPPC_H_RTAS hypercall.
+//! RTAS (Run-Time Abstraction Services) calls through QEMU's KVMPPC_H_RTAS hypercall: power off, os-term, start-cpu.
 use super::hcall;
 use spin::Once;
 
@@ -6,6 +6,7 @@ use spin::Once;
 pub struct Tokens {
     pub power_off: u32,
     pub os_term: Option<u32>,
+    pub start_cpu: Option<u32>,
 }
 
 static TOKENS: Once<Tokens> = Once::new();
@@ -39,6 +40,14 @@ pub fn power_off() {
     if let Some(tokens) = TOKENS.get() {
         call(tokens.power_off, &[u32::MAX, u32::MAX], &mut [0]);
     }
+}
+
+/// Starts the stopped CPU whose interrupt server is `server` at `entry` (real
+/// mode, big-endian) with r3 = `argument`: RTAS `start-cpu`. Returns its
+/// status, or None without the token.
+pub fn start_cpu(server: u32, entry: u64, argument: u32) -> Option<i32> {
+    let token = TOKENS.get()?.start_cpu?;
+    Some(call(token, &[server, entry as u32, argument], &mut [0]))
 }
 
 /// Ends the machine with a failure: ibm,os-term with `message` (NUL-terminated);

@@ -69,16 +69,24 @@ pub fn validate(address: u64, expected: u32) -> Result<(), TextError> {
 }
 
 /// Replaces the instruction at `address` with `new` if it currently is `old`,
-/// then makes instruction fetch see it. On a mismatch nothing is written.
-/// The caller keeps other threads off the instruction (preemption disabled:
-/// on one CPU a single aligned store is seen whole by every later fetch;
-/// `RUNNING_CPUS` says so at compile time).
+/// then makes instruction fetch see it, on every CPU: the store, the flush
+/// on this CPU, then an `isync` run by every other online CPU
+/// (`smp::synchronize_other_cpus`) before it returns. On a mismatch nothing
+/// is written. The caller keeps other threads off the instruction
+/// (preemption disabled: threads run on one CPU, `RUNNING_CPUS`, and a
+/// single aligned store is seen whole by every later fetch, on any CPU), and
+/// makes changes of more than one word in an order that is correct at every
+/// instant (docs/ftrace.md), or all-or-nothing with `modify_all`.
 #[notrace]
 pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
     validate(address, old)?;
     // Safety: aligned kernel text; the caller owns the change (see above).
     unsafe { (address as *mut u32).write_volatile(new) };
+    log::record(log::Step::Written);
     cache::synchronize_instructions(address, 4);
+    log::record(log::Step::Flushed);
+    super::smp::synchronize_other_cpus();
+    log::record(log::Step::Returned);
     Ok(())
 }
 
@@ -98,11 +106,80 @@ pub fn modify_all(changes: &[(u64, u32, u32)]) -> Result<(), TextError> {
     Ok(())
 }
 
-/// The CPUs this kernel runs code on. Text patching (a checked word, one
-/// store, nothing else running while preemption is off) and the grace period
-/// of the tables traced calls read without a lock (`NonPreemptibleReaders`)
-/// are correct only for one; each asserts this at compile time, so bringing
-/// up a second CPU (raising it) fails to build until both are made SMP-safe
-/// (Linux: `stop_machine` or `text_poke` with IPIs for the text, RCU for the tables).
+/// The CPUs this kernel runs threads on, and so traced and patched code.
+/// The other online CPUs (docs/ARCHITECTURE.md, "CPUs") run only untraced
+/// idle and IPI code, which text patching never changes; they still run the
+/// `isync` each change asks of them. Patching a word while preemption is off
+/// (nothing else runs the code being changed) and the grace period of the
+/// tables traced calls read without a lock (`NonPreemptibleReaders`) are
+/// correct only for one such CPU; each asserts this at compile time, so
+/// running threads on a second CPU (raising it) fails to build until both
+/// are made SMP-safe (Linux: `stop_machine` or `text_poke` for the text, RCU
+/// for the tables).
 pub const RUNNING_CPUS: usize = 1;
 const _: () = assert!(RUNNING_CPUS == 1, "modify_code assumes one CPU: make it SMP-safe first");
+
+/// The order of the steps of text changes, for the test that checks the
+/// protocol (`tests::smp`): under QEMU's TCG instruction caches stay
+/// coherent, so a missing step has no visible effect there, and the test
+/// checks the order instead. Records only while started; one word a step.
+pub mod log {
+    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use macros::notrace;
+
+    /// Room for the steps of a few changes.
+    pub const CAPACITY: usize = 64;
+
+    /// A step of `modify_code`, and on which CPU it ran.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u64)]
+    pub enum Step {
+        /// The writing CPU stored the new word.
+        Written = 1,
+        /// It flushed it (`dcbst; sync; icbi; sync; isync`).
+        Flushed = 2,
+        /// Another CPU ran its `isync` (in its IPI handler).
+        Synchronized = 3,
+        /// `modify_code` returned.
+        Returned = 4,
+    }
+
+    static RECORDING: AtomicU64 = AtomicU64::new(0);
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static ENTRIES: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY];
+
+    /// Empties the log and starts recording.
+    pub fn start() {
+        NEXT.store(0, Ordering::Relaxed);
+        RECORDING.store(1, Ordering::Release);
+    }
+
+    /// Stops recording and returns the steps as (step, CPU), in order.
+    pub fn stop() -> alloc::vec::Vec<(Step, usize)> {
+        RECORDING.store(0, Ordering::Release);
+        let count = NEXT.load(Ordering::Acquire).min(CAPACITY);
+        let steps = [Step::Written, Step::Flushed, Step::Synchronized, Step::Returned];
+        ENTRIES[..count]
+            .iter()
+            .filter_map(|entry| {
+                let word = entry.load(Ordering::Relaxed);
+                let step = steps.into_iter().find(|&step| step as u64 == word >> 32)?;
+                Some((step, (word & 0xffff_ffff) as usize))
+            })
+            .collect()
+    }
+
+    /// Appends `step` on this CPU, if recording.
+    #[notrace]
+    #[inline(always)]
+    pub fn record(step: Step) {
+        if RECORDING.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let index = NEXT.fetch_add(1, Ordering::AcqRel);
+        if let Some(entry) = ENTRIES.get(index) {
+            let cpu = super::super::percpu::smp_processor_id() as u64;
+            entry.store((step as u64) << 32 | cpu, Ordering::Release);
+        }
+    }
+}
