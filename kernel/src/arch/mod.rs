@@ -10,7 +10,8 @@
 //!
 //! The hooks generic code calls to patch text or set up state carry Linux's
 //! names, so a PowerPC reader finds them: `ftrace_init_nop`,
-//! `ftrace_make_call`, `ftrace_make_nop`, `ftrace_modify_call`,
+//! `ftrace_prepare_change` with `SiteChange::commit`/`revert` (the per-site
+//! steps of Linux's powerpc `ftrace_replace_code`),
 //! `ftrace_update_ftrace_func`, `ftrace_enable_ftrace_graph_caller` and
 //! `ftrace_disable_ftrace_graph_caller` (`ftrace`), `klp_arch_set_pc`
 //! (`livepatch`), `copy_thread` (`context`). They take generic things (a

@@ -218,6 +218,38 @@ fn patching_is_refused_when_the_old_instruction_differs() {
     text::modify_code(site, instruction::BLR, NOP).unwrap();
 }
 
+/// All or nothing means nothing written at all, not writes undone: with the
+/// last of the filter's sites tampered, a registration fails before its
+/// first write (the text log records every write; a write-then-revert
+/// would leave the same words behind, which `site_words` cannot tell).
+#[ktest]
+fn a_tampered_last_site_fails_a_registration_before_any_write() {
+    let glob = "*tests::ftrace::traced_*";
+    let sites: Vec<u64> = trace::site_summaries()
+        .iter()
+        .filter(|site| portable::ftrace::glob_match(glob, &site.name))
+        .map(|site| site.address)
+        .collect();
+    assert!(sites.len() >= 2, "the filter matches several sites: {}", sites.len());
+    let last = *sites.iter().max().expect("several sites");
+    let before = site_words();
+    text::modify_code(last, NOP, instruction::BLR).unwrap();
+    text::log::start();
+    let result = trace::register(&RECORDING, Filter::Glob(glob));
+    let steps = text::log::stop_with_addresses();
+    // The stubs' call may change and change back; no site may be written.
+    let site_writes: Vec<u64> = steps
+        .iter()
+        .filter(|&&(step, _, address)| step == text::log::Step::Written && sites.contains(&address))
+        .map(|&(_, _, address)| address)
+        .collect();
+    text::modify_code(last, instruction::BLR, NOP).unwrap();
+    assert_eq!(site_writes, [], "sites written by a registration that failed");
+    assert!(matches!(result, Err(FtraceError::Text(text::TextError::Mismatch { address, .. })) if address == last));
+    assert_eq!(site_words(), before);
+    assert!(!trace::registered().contains(&"test-recording"));
+}
+
 #[inline(never)]
 fn golden_leaf(value: u64) -> u64 {
     black_box(value + 1)
@@ -683,7 +715,7 @@ fn a_call_beyond_branch_reach_is_an_error_not_a_panic() {
     let site = site_of(traced_eight as *const () as u64);
     let far = site + 64 * 1024 * 1024;
     let _preempt = thread::preempt_disable();
-    let result = crate::arch::ftrace::ftrace_make_call(site, far);
-    assert_eq!(result, Err(text::TextError::OutOfReach { address: site, target: far }));
+    let result = crate::arch::ftrace::ftrace_prepare_change(site, None, Some(far));
+    assert_eq!(result.err(), Some(text::TextError::OutOfReach { address: site, target: far }));
     assert_eq!(text::read(site), NOP, "nothing written");
 }

@@ -1,9 +1,6 @@
 //! The entry sites: every `__patchable_function_entries` record, validated and named once at boot
 //! (`portable::site_table::SiteTable`), and who traces each one now.
-use crate::arch::ftrace::{
-    ftrace_caller, ftrace_init_nop, ftrace_make_call, ftrace_make_nop, ftrace_modify_call, ftrace_regs_caller,
-    ftrace_validate_call,
-};
+use crate::arch::ftrace::{SiteChange, ftrace_caller, ftrace_init_nop, ftrace_prepare_change, ftrace_regs_caller};
 use crate::arch::text::TextError;
 use crate::sync::Mutex;
 use crate::{println, symbols};
@@ -92,30 +89,16 @@ pub(super) fn init() -> (usize, usize) {
     (valid, rejected)
 }
 
-/// Moves one site from `state` to `new_state`, rewriting its word if the stub changes.
+/// The change of one site's word that moving it from `state` to `new_state`
+/// needs, checked against the word there now; `None` if the stub it calls
+/// stays the same.
 #[notrace]
-pub(super) fn retarget(site: &Site, state: SiteState, new_state: SiteState) -> Result<(), TextError> {
+fn prepare(site: &Site, state: SiteState, new_state: SiteState) -> Result<Option<SiteChange>, TextError> {
     let (old, new) = (state.caller(), new_state.caller());
     if old == new {
-        return Ok(());
+        return Ok(None);
     }
-    match (stub(old), stub(new)) {
-        (None, Some(new)) => ftrace_make_call(site.address, new),
-        (Some(old), None) => ftrace_make_nop(site.address, old),
-        (Some(old), Some(new)) => ftrace_modify_call(site.address, old, new),
-        (None, None) => Ok(()),
-    }
-}
-
-/// Checks, writing nothing, that `retarget` from `state` to `new_state`
-/// finds the word it expects: the call (or nop) `state` says.
-#[notrace]
-fn check_retarget(site: &Site, state: SiteState, new_state: SiteState) -> Result<(), TextError> {
-    let old = state.caller();
-    if old == new_state.caller() {
-        return Ok(());
-    }
-    ftrace_validate_call(site.address, stub(old))
+    ftrace_prepare_change(site.address, stub(old), stub(new)).map(Some)
 }
 
 /// Applies `demand` (add or remove) to the sites at `indices` (no index
@@ -134,20 +117,22 @@ pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(
         let mut state = states[index];
         let checked = if adding { state.add(demand) } else { state.remove(demand) };
         checked.map_err(|error| ApplyError::Site(sites[index].function, error))?;
-        check_retarget(&sites[index], states[index], state).map_err(ApplyError::Text)?;
-        planned.push(state);
+        let change = prepare(&sites[index], states[index], state).map_err(ApplyError::Text)?;
+        planned.push((state, change));
     }
-    for (done, (&index, &state)) in indices.iter().zip(&planned).enumerate() {
-        if let Err(error) = retarget(&sites[index], states[index], state) {
-            for (&undo, &written) in indices[..done].iter().zip(&planned).rev() {
-                if let Err(undo_error) = retarget(&sites[undo], written, states[undo]) {
+    for (done, (_, change)) in planned.iter().enumerate() {
+        if let Some(change) = change
+            && let Err(error) = change.commit()
+        {
+            for written in planned[..done].iter().rev().filter_map(|(_, written)| written.as_ref()) {
+                if let Err(undo_error) = written.revert() {
                     super::ops::report_failed_undo("a site", &undo_error);
                 }
             }
             return Err(ApplyError::Text(error));
         }
     }
-    for (&index, &state) in indices.iter().zip(&planned) {
+    for (&index, &(state, _)) in indices.iter().zip(&planned) {
         states[index] = state;
     }
     Ok(())

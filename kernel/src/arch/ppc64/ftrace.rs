@@ -1,8 +1,8 @@
 //! The -mprofile-kernel ftrace stubs: `ftrace_caller`, `ftrace_regs_caller`, `ftrace_stub`,
 //! the function-graph hooks, the record they hand to handlers, and the hooks
 //! that patch sites and stubs (named as Linux names them: `ftrace_init_nop`,
-//! `ftrace_make_call`, `ftrace_make_nop`, `ftrace_modify_call`,
-//! `ftrace_update_ftrace_func`, `ftrace_enable_ftrace_graph_caller`,
+//! `ftrace_prepare_change` with `SiteChange` (the per-site steps of
+//! `ftrace_replace_code`), `ftrace_update_ftrace_func`, `ftrace_enable_ftrace_graph_caller`,
 //! `ftrace_disable_ftrace_graph_caller`).
 //!
 //! A traced function B starts, after its local entry point, with the site
@@ -416,21 +416,58 @@ fn site_word(site: u64, target: Option<u64>) -> Result<u32, TextError> {
     target.map_or(Ok(NOP), |target| call_word(site, target))
 }
 
+/// One site's change from a call of `old_target` to a call of `new_target`
+/// (a nop for `None`), encoded and checked, not yet written: generic code
+/// prepares every site of an operation before it writes any (all or
+/// nothing), then commits them, reverting the committed ones if a later
+/// write fails. Preparing encodes both words once, so committing a few
+/// hundred sites does no encoding. (Linux's powerpc `ftrace_replace_code`
+/// works the same way per record: it computes the old and the new
+/// instruction, then `ftrace_modify_code` checks the old and writes the new;
+/// its `ftrace_make_call`, `ftrace_make_nop` and `ftrace_modify_call` are the
+/// single-record forms, which nothing here needs.)
+#[derive(Clone, Copy, Debug)]
+pub struct SiteChange {
+    address: u64,
+    old: u32,
+    new: u32,
+}
+
+impl SiteChange {
+    /// Writes the new word, if the old one is still there. Always inlined,
+    /// so it has no ftrace site (`#[notrace]` takes no methods): it runs
+    /// while sites are being changed.
+    #[inline(always)]
+    pub fn commit(&self) -> Result<(), TextError> {
+        text::modify_code(self.address, self.old, self.new)
+    }
+
+    /// Puts the old word back, if the new one is there (inlined, as `commit`).
+    #[inline(always)]
+    pub fn revert(&self) -> Result<(), TextError> {
+        text::modify_code(self.address, self.new, self.old)
+    }
+}
+
 /// Checks, writing nothing, that `site` holds a call of `old_target` (a nop
-/// for `None`): the word `ftrace_make_call`, `ftrace_make_nop` or
-/// `ftrace_modify_call` from that target would expect (Linux:
-/// `ftrace_validate_inst`). Lets generic code check every site of a change
-/// before it writes any. (The new call is encoded when it is written: the
-/// stubs are always within reach of the kernel text, and a write that fails
-/// even so is undone.)
+/// for `None`) and encodes the change to `new_target` (a nop for `None`): a
+/// site's `nop` becoming `bl` a stub, back, or moving from one stub to the
+/// other. A target out of branch reach is an error here, before anything is
+/// written.
 #[notrace]
-pub fn ftrace_validate_call(site: u64, old_target: Option<u64>) -> Result<(), TextError> {
-    text::validate(site, site_word(site, old_target)?)
+pub fn ftrace_prepare_change(
+    site: u64,
+    old_target: Option<u64>,
+    new_target: Option<u64>,
+) -> Result<SiteChange, TextError> {
+    let change = SiteChange { address: site, old: site_word(site, old_target)?, new: site_word(site, new_target)? };
+    text::validate(site, change.old)?;
+    Ok(change)
 }
 
 /// Prepares the two nops the compiler put at the local entry of `function`
 /// (its global entry): the first becomes `mflr r0`, which the call in the
-/// second expects, and the second stays a nop until `ftrace_make_call`.
+/// second expects, and the second stays a nop until a `SiteChange` makes it a call.
 /// Returns the site: the address of the second word, the one that becomes
 /// the call (and the `ip` handlers see). Either word not being a nop leaves
 /// both alone (Linux: `ftrace_init_nop`).
@@ -444,26 +481,6 @@ pub fn ftrace_init_nop(function: u64) -> Result<u64, TextError> {
     }
     text::modify_code(first, NOP, MFLR_R0)?;
     Ok(site)
-}
-
-/// Turns the nop at `site` into a call of the stub `target` (Linux: `ftrace_make_call`).
-#[notrace]
-pub fn ftrace_make_call(site: u64, target: u64) -> Result<(), TextError> {
-    text::modify_code(site, NOP, call_word(site, target)?)
-}
-
-/// Turns the call of `target` at `site` back into a nop (Linux: `ftrace_make_nop`).
-#[notrace]
-pub fn ftrace_make_nop(site: u64, target: u64) -> Result<(), TextError> {
-    text::modify_code(site, call_word(site, target)?, NOP)
-}
-
-/// Turns the call of `old_target` at `site` into a call of `new_target`
-/// (Linux: `ftrace_modify_call`): a site moves between the light and the
-/// SAVE_REGS stub in one store.
-#[notrace]
-pub fn ftrace_modify_call(site: u64, old_target: u64, new_target: u64) -> Result<(), TextError> {
-    text::modify_code(site, call_word(site, old_target)?, call_word(site, new_target)?)
 }
 
 /// The two words `ftrace_update_ftrace_func(old_function, function)` changes.

@@ -295,5 +295,5 @@ pub fn synchronize_other_cpus() {
 fn context_synchronize(_: u64) {
     // Safety: isync only discards prefetched instructions.
     unsafe { core::arch::asm!("isync", options(nostack)) };
-    super::text::log::record(super::text::log::Step::Synchronized);
+    super::text::log::record(super::text::log::Step::Synchronized, 0);
 }

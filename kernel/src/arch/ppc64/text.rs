@@ -82,11 +82,20 @@ pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
     validate(address, old)?;
     // Safety: aligned kernel text; the caller owns the change (see above).
     unsafe { (address as *mut u32).write_volatile(new) };
-    log::record(log::Step::Written);
+    // One load of the log's switch for the three steps: every word of a
+    // bulk enable pays for it (the log exists for the protocol's test).
+    let recording = log::recording();
+    if recording {
+        log::record(log::Step::Written, address);
+    }
     cache::synchronize_instructions(address, 4);
-    log::record(log::Step::Flushed);
+    if recording {
+        log::record(log::Step::Flushed, address);
+    }
     super::smp::synchronize_other_cpus();
-    log::record(log::Step::Returned);
+    if recording {
+        log::record(log::Step::Returned, address);
+    }
     Ok(())
 }
 
@@ -147,6 +156,8 @@ pub mod log {
     static RECORDING: AtomicU64 = AtomicU64::new(0);
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     static ENTRIES: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY];
+    /// The address each step is about (0 for a CPU's `isync`, which is about every change).
+    static ADDRESSES: [AtomicU64; CAPACITY] = [const { AtomicU64::new(0) }; CAPACITY];
 
     /// Empties the log and starts recording.
     pub fn start() {
@@ -156,29 +167,45 @@ pub mod log {
 
     /// Stops recording and returns the steps as (step, CPU), in order.
     pub fn stop() -> alloc::vec::Vec<(Step, usize)> {
+        stop_with_addresses().into_iter().map(|(step, cpu, _)| (step, cpu)).collect()
+    }
+
+    /// Stops recording and returns the steps as (step, CPU, address), in order.
+    pub fn stop_with_addresses() -> alloc::vec::Vec<(Step, usize, u64)> {
         RECORDING.store(0, Ordering::Release);
         let count = NEXT.load(Ordering::Acquire).min(CAPACITY);
         let steps = [Step::Written, Step::Flushed, Step::Synchronized, Step::Returned];
         ENTRIES[..count]
             .iter()
-            .filter_map(|entry| {
+            .zip(&ADDRESSES)
+            .filter_map(|(entry, address)| {
                 let word = entry.load(Ordering::Relaxed);
                 let step = steps.into_iter().find(|&step| step as u64 == word >> 32)?;
-                Some((step, (word & 0xffff_ffff) as usize))
+                Some((step, (word & 0xffff_ffff) as usize, address.load(Ordering::Relaxed)))
             })
             .collect()
     }
 
-    /// Appends `step` on this CPU, if recording.
+    /// Whether the log records. A relaxed load is enough: the CPU that starts
+    /// the log is the one that patches, and another CPU records only in the
+    /// IPI handler of a call posted (with release) after the start.
     #[notrace]
     #[inline(always)]
-    pub fn record(step: Step) {
-        if RECORDING.load(Ordering::Acquire) == 0 {
+    pub fn recording() -> bool {
+        RECORDING.load(Ordering::Relaxed) != 0
+    }
+
+    /// Appends `step` about `address` on this CPU, if recording.
+    #[notrace]
+    #[inline(always)]
+    pub fn record(step: Step, address: u64) {
+        if !recording() {
             return;
         }
         let index = NEXT.fetch_add(1, Ordering::AcqRel);
-        if let Some(entry) = ENTRIES.get(index) {
+        if let (Some(entry), Some(slot)) = (ENTRIES.get(index), ADDRESSES.get(index)) {
             let cpu = super::super::percpu::smp_processor_id() as u64;
+            slot.store(address, Ordering::Relaxed);
             entry.store((step as u64) << 32 | cpu, Ordering::Release);
         }
     }
