@@ -334,11 +334,27 @@ class ModuleSymbols:
 MODULE_SYMBOLS = ModuleSymbols()
 
 
+def module_event_entry():
+    """Where the kernel's calls enter klp_debug_module_event: its ELFv2 local
+    entry, which `cargo xtask gdb` reads from the symbol's st_other and passes
+    as $klp_module_event (a `bl` within the kernel skips the global entry's
+    TOC setup, so a breakpoint there would be hit only if that setup is empty).
+    Without it (this file sourced by hand), the global entry, after checking
+    that the function has no TOC setup there (addis r2,r12,...)."""
+    entry = gdb.convenience_variable("klp_module_event")
+    if entry is not None:
+        return int(entry)
+    address = address_of("klp_debug_module_event")
+    if struct.unpack("<I", read(address, 4))[0] >> 16 == 0x3C4C:
+        return address + 8
+    return address
+
+
 class ModuleEvent(gdb.Breakpoint):
     """Silent breakpoint on klp_debug_module_event: refresh module symbols, keep running."""
 
     def __init__(self):
-        super().__init__("*0x%x" % address_of("klp_debug_module_event"), gdb.BP_BREAKPOINT, internal=True)
+        super().__init__("*0x%x" % module_event_entry(), gdb.BP_BREAKPOINT, internal=True)
         self.silent = True
 
     def stop(self):
@@ -430,6 +446,9 @@ def install():
     except gdb.error as error:
         print("klp: kernel symbols not loaded yet (%s); load the kernel, then source this file" % error)
     gdb.events.stop.connect(lambda event: MODULE_SYMBOLS.refresh())
+    # Modules loaded before gdb attached: their symbols now, so that a
+    # breakpoint in one resolves at once instead of staying pending.
+    MODULE_SYMBOLS.refresh()
 
 
 install()

@@ -215,7 +215,9 @@ pub fn module_unloaded(address: u64) {
     }
 }
 
-/// Called after every module load; gdb/kernel.py breaks here to add the module's symbols.
+/// Called after every change to the anchor's module table (a module about to
+/// be enabled, one withdrawn or unloaded); gdb/kernel.py breaks here, at the
+/// local entry, to add or remove the module's symbols.
 #[notrace]
 #[inline(never)]
 #[unsafe(no_mangle)]

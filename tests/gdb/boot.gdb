@@ -6,9 +6,11 @@
 # expect: Temporary breakpoint 1, 
 # expect: in kernel::boot_main (client_interface=
 # expect: === bt ===
-# expect: #0 
-# expect: kernel::boot_main (
-# expect: #1 
+# Frame 0 is boot_main itself (not a function inlined into it, which would
+# push boot_main to frame 1), called from _start.
+# expect: #0  0x
+# expect: in kernel::boot_main (client_interface=
+# expect: #1  0x
 # expect: in _start ()
 # expect: === kthreads ===
 # expect: no kernel threads yet: the kernel lists them once its scheduler starts

@@ -7,7 +7,10 @@
 # session: attach
 # on: === waiting for the module ===
 # A second kernel would take the sockets over: `cargo xtask gdb` refuses to boot one.
-# do: fails gdb --batch tests/gdb/boot.gdb => a kernel is running already
+# do: fails gdb --batch tests/gdb/boot.gdb => a kernel is running already (`cargo xtask run`, pid
+# QEMU serves one gdb at a time: a second one is refused at once, and
+# (below) the first still stops, and the kernel still runs after it detaches.
+# do: fails gdb --attach --batch tests/gdb/boot.gdb => gdb is attached to this kernel already (`cargo xtask gdb --attach`, pid
 # do: patch load greeting
 # do: type hello
 # on: [Inferior 1 (process 1) detached]
@@ -31,8 +34,9 @@
 # expect: kernel::shell::greeting -> 0x
 # expect: greeting_replacement
 # expect: === kthreads ===
-# expect: main
-# expect: idle
+# The shell's thread (id 0, main) is the current one (*); the idle thread is listed too.
+# expect: *    0 main 
+# expect:  idle 
 # expect: === info line ===
 # expect: starts at address 0x
 # expect: <kernel::shell::greeting>

@@ -9,11 +9,12 @@
 //! changes; and that after a `patch load` that timed out, the next command
 //! reports what the kernel made of it.
 //!
-//! The `run` and `patch` commands these tests start use a patch channel
-//! socket and pending file of their own, in `target/end-to-end/PID`
-//! (`patch_channel::FOLDER_VARIABLE`), never the ones of the `cargo xtask run`
-//! a user may have running meanwhile; `a_running_user_kernel_is_left_alone`
-//! checks that the user's socket and pending file are as they were.
+//! The `run` and `patch` commands these tests start (and the gdb phase's
+//! `gdb` and `console`) use sockets, a pending file and lock files of their
+//! own, in `target/end-to-end/PID` (`patch_channel::FOLDER_VARIABLE`), never
+//! the ones of the `cargo xtask run` a user may have running meanwhile;
+//! `a_running_user_kernel_is_left_alone` checks that the user's socket and
+//! pending file are as they were.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -37,7 +38,7 @@ const PATCHED: &str = "hello from the greeting patch module";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The folder of this process's patch channel socket and pending file, relative to the workspace root.
-fn channel_folder() -> &'static Path {
+pub fn channel_folder() -> &'static Path {
     static FOLDER: OnceLock<PathBuf> = OnceLock::new();
     FOLDER.get_or_init(|| PathBuf::from(format!("target/end-to-end/{}", std::process::id())))
 }
@@ -161,6 +162,11 @@ impl Session {
         // The shell echoes what is typed.
         self.wait_for(&format!("{command}\n"))?;
         self.until(crate::qemu::SHELL_PROMPT)
+    }
+
+    /// The process id of `cargo xtask`.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn type_line(&mut self, line: &str) -> Result<()> {

@@ -1,15 +1,21 @@
 //! `gdb`: gdb-multiarch on the kernel: boots it paused in QEMU, or attaches to the one `cargo xtask run` runs.
 //!
 //! Every QEMU that xtask starts for a user (`run`, `gdb`) offers its gdb stub
-//! on the unix socket [`SOCKET`], and the patch channel on its own socket, so
+//! on the unix socket [`socket`], and the patch channel on its own socket, so
 //! that `cargo xtask gdb --attach` and `cargo xtask patch load` reach it
 //! whichever command booted it. `cargo xtask gdb` boots the kernel paused,
 //! puts its console on a socket that `cargo xtask console` attaches a
 //! terminal to (`console.rs`), and runs gdb until `boot_main`.
+//!
+//! Two locks keep users from tripping over each other: the xtask that boots
+//! the kernel holds [`qemu::KERNEL_LOCK`] for QEMU's whole life (a second
+//! kernel would take the sockets over), and every gdb session holds
+//! [`GDB_LOCK`] (QEMU serves one gdb at a time; a second connection would
+//! wait in the socket's queue and stop the kernel when the first detaches).
+//! Nothing connects to the stub but gdb itself.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::image::{self, Selection};
-use crate::qemu::{Firmware, Guard, Machine, relative};
+use crate::qemu::{self, Firmware, Guard, Lock, Machine, relative};
 use crate::run::exit_code;
 use crate::{announce, build, command, console, packages, patch_channel, workspace_root};
 
@@ -41,18 +47,46 @@ pub struct Options {
     pub firmware: Firmware,
 }
 
-/// The gdb stub's socket, relative to the workspace root.
+/// The gdb stub's socket, relative to the workspace root (or in the folder of
+/// [`patch_channel::FOLDER_VARIABLE`], as [`socket`] says).
 pub const SOCKET: &str = "target/kernel/gdb.sock";
 
-/// The QEMU options of a gdb stub on [`SOCKET`] that does not wait for gdb.
-pub fn stub_options() -> [String; 2] {
-    ["-gdb".into(), format!("unix:{SOCKET},server=on,wait=off")]
+/// The lock that a gdb session holds while it runs, whether it booted the kernel or attached to it.
+pub const GDB_LOCK: &str = "target/kernel/gdb.lock";
+
+/// The gdb stub's socket in use, relative to the workspace root.
+pub fn socket() -> PathBuf {
+    patch_channel::in_folder(SOCKET)
 }
 
-/// gdb, and the QEMU it debugs if xtask started it (killed when this is dropped).
+/// The QEMU options of a gdb stub on [`socket`] that does not wait for gdb.
+pub fn stub_options() -> [String; 2] {
+    ["-gdb".into(), format!("unix:{},server=on,wait=off", socket().display())]
+}
+
+/// Who runs a gdb session on the kernel now, if anyone (for `cargo xtask patch`'s messages).
+pub fn session_holder() -> Option<qemu::Holder> {
+    Lock::holder(&patch_channel::in_folder(GDB_LOCK)).ok().flatten()
+}
+
+/// gdb, the QEMU it debugs if xtask started it (killed when this is dropped),
+/// and the locks held for as long as both run.
 struct Session {
     gdb: Command,
     qemu: Option<Guard>,
+    _locks: Vec<Lock>,
+}
+
+/// Takes the gdb session lock, or fails naming the gdb that holds it.
+fn lock_the_debugger(command: &str) -> Result<Lock> {
+    match Lock::take(&patch_channel::in_folder(GDB_LOCK), command)? {
+        Ok(lock) => Ok(lock),
+        Err(holder) => bail!(
+            "gdb is attached to this kernel already ({}): QEMU serves one gdb at a time; use that one, \
+             or quit it (or `detach` there) first",
+            holder.describe()
+        ),
+    }
 }
 
 pub fn main(options: &Options) -> Result<ExitCode> {
@@ -72,10 +106,10 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         eprintln!(
             "(the kernel's console: `cargo xtask console` in another terminal, its output also in {}; \
              `cargo xtask patch load NAME` reaches it; quitting gdb stops the machine)",
-            console::LOG
+            console::log().display()
         );
     }
-    let Session { mut gdb, qemu } = session;
+    let Session { mut gdb, qemu, _locks } = session;
     announce(&gdb);
     let mut gdb = gdb.spawn().context("could not start gdb-multiarch")?;
     if interactive {
@@ -85,21 +119,9 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     let status = gdb.wait()?;
     drop(qemu);
     if !interactive && !options.attach {
-        eprintln!("console output: {}", console::LOG);
+        eprintln!("console output: {}", console::log().display());
     }
     Ok(exit_code(status))
-}
-
-/// Runs the gdb `script` against the test kernel running the test(s) `test`
-/// selects, and returns what gdb printed (for `cargo xtask test`).
-pub fn batch_output(test: &str, script: &Path) -> Result<String> {
-    let Session { mut gdb, qemu } = start(Some(test), Some(script), Firmware::default())?;
-    announce(&gdb);
-    let output = gdb.stdin(Stdio::null()).output().context("could not start gdb-multiarch")?;
-    drop(qemu);
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Ok(text)
 }
 
 /// Builds the kernel (the test kernel with `test`), starts QEMU paused with
@@ -107,6 +129,9 @@ pub fn batch_output(test: &str, script: &Path) -> Result<String> {
 /// gdb, which runs it to `boot_main` before anything else.
 fn start(test: Option<&str>, batch: Option<&Path>, firmware: Firmware) -> Result<Session> {
     packages::require("gdb-multiarch")?;
+    // Before anything slow: a second kernel is refused at once.
+    let mut kernel_lock = qemu::lock_the_kernel("cargo xtask gdb")?;
+    let gdb_lock = lock_the_debugger("cargo xtask gdb")?;
     let image = build::main(&build::Options { test: test.is_some() })?;
     let data = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
     let append = match test {
@@ -125,11 +150,11 @@ fn start(test: Option<&str>, batch: Option<&Path>, firmware: Firmware) -> Result
         None => String::new(),
     };
     let boot_main = image::local_entry(&data, "boot_main")?;
-    refuse_a_second_kernel()?;
-    for socket in [SOCKET, console::SOCKET] {
-        match std::fs::remove_file(workspace_root().join(socket)) {
+    kernel_lock.record_image("cargo xtask gdb", &image)?;
+    for socket in [socket(), console::socket()] {
+        match std::fs::remove_file(workspace_root().join(&socket)) {
             Err(error) if error.kind() != ErrorKind::NotFound => {
-                return Err(error).with_context(|| format!("removing the old {socket}"));
+                return Err(error).with_context(|| format!("removing the old {}", socket.display()));
             }
             _ => {}
         }
@@ -148,51 +173,59 @@ fn start(test: Option<&str>, batch: Option<&Path>, firmware: Firmware) -> Result
         qemu.process_group(0);
     }
     let mut guard = Guard::spawn(&mut qemu)?;
-    wait_for_socket(&workspace_root().join(SOCKET), &mut guard)?;
-    let mut gdb = gdb_command(&image);
+    wait_for_socket(&workspace_root().join(socket()), &mut guard)?;
+    let mut gdb = gdb_command(&image, &data);
     // Not at _start, where the CPU is still big-endian and the breakpoint is hit forever.
     gdb.args(["-ex", &format!("tbreak *{boot_main:#x}"), "-ex", "continue"]);
     add_batch(&mut gdb, batch);
-    Ok(Session { gdb, qemu: Some(guard) })
+    Ok(Session { gdb, qemu: Some(guard), _locks: vec![kernel_lock, gdb_lock] })
 }
 
 /// gdb for the kernel that `cargo xtask run` booted, through the stub it offers.
 fn attach(batch: Option<&Path>) -> Result<Session> {
     packages::require("gdb-multiarch")?;
-    let socket = workspace_root().join(SOCKET);
-    let hint = "boot one with `cargo xtask run` (in another terminal) first";
-    // Connecting stops the machine, as gdb's own connection does next.
-    match UnixStream::connect(&socket) {
-        Ok(_) => {}
-        Err(error) if error.kind() == ErrorKind::NotFound => bail!("no kernel to attach to: {hint}"),
-        Err(error) if error.kind() == ErrorKind::ConnectionRefused => {
-            bail!("no kernel to attach to ({SOCKET} is left from one that has exited): {hint}")
-        }
-        Err(error) => return Err(error).with_context(|| format!("connecting to {SOCKET}")),
-    }
-    // `run` boots the ordinary kernel; it may have been rebuilt since.
-    let image = build::image(false);
-    let booted = std::fs::metadata(&socket).and_then(|socket| socket.modified());
-    let built = std::fs::metadata(&image).and_then(|image| image.modified());
-    if let (Ok(booted), Ok(built)) = (booted, built)
-        && built > booted
+    // The lock of the xtask that booted it says whether a kernel runs, and
+    // which: nothing but gdb connects to the stub (a connection stops the
+    // machine, and one that waits behind another gdb's would stop it later).
+    let Some(booted) = Lock::holder(&patch_channel::in_folder(qemu::KERNEL_LOCK))? else {
+        bail!("no kernel to attach to: boot one with `cargo xtask run` (in another terminal) first");
+    };
+    let gdb_lock = lock_the_debugger("cargo xtask gdb --attach")?;
+    let image = match &booted.image {
+        Some(image) => workspace_root().join(image),
+        None => build::image(false),
+    };
+    if let Some(booted_hash) = &booted.hash
+        && qemu::content_hash(&image).ok().as_ref() != Some(booted_hash)
     {
         eprintln!(
-            "warning: {} was built after this kernel booted: its symbols may not match the running code",
-            relative(&image).display()
+            "warning: {} is not the kernel that booted ({}): it was rebuilt since with changes, so its symbols \
+             may not match the running code",
+            relative(&image).display(),
+            booted.describe()
         );
     }
-    let mut gdb = gdb_command(&image);
+    let data = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+    let mut gdb = gdb_command(&image, &data);
     add_batch(&mut gdb, batch);
-    Ok(Session { gdb, qemu: None })
+    Ok(Session { gdb, qemu: None, _locks: vec![gdb_lock] })
 }
 
-/// gdb-multiarch connected to [`SOCKET`] with the kernel's symbols and gdb/kernel.py.
-fn gdb_command(image: &Path) -> Command {
+/// The gdb convenience variable that tells gdb/kernel.py where to break for
+/// module events: the ELFv2 local entry of `klp_debug_module_event`, where
+/// the kernel's calls enter it.
+const MODULE_EVENT_VARIABLE: &str = "$klp_module_event";
+
+/// gdb-multiarch connected to [`socket`] with the kernel's symbols and gdb/kernel.py;
+/// `data` is the contents of `image`.
+fn gdb_command(image: &Path, data: &[u8]) -> Command {
     let mut gdb = command("gdb-multiarch");
     gdb.args(["-q", "-ex", "set pagination off"]);
     gdb.args(["-ex", &format!("file {}", relative(image).display())]);
-    gdb.args(["-ex", &format!("target remote {SOCKET}")]);
+    gdb.args(["-ex", &format!("target remote {}", socket().display())]);
+    if let Ok(entry) = image::local_entry(data, "klp_debug_module_event") {
+        gdb.args(["-ex", &format!("set {MODULE_EVENT_VARIABLE} = {entry:#x}")]);
+    }
     if workspace_root().join("gdb/kernel.py").exists() {
         gdb.args(["-x", "gdb/kernel.py"]);
     }
@@ -203,21 +236,6 @@ fn add_batch(gdb: &mut Command, batch: Option<&Path>) {
     if let Some(file) = batch {
         gdb.arg("-batch").arg("-x").arg(file);
     }
-}
-
-/// Fails when a kernel that xtask booted is running here already: its patch
-/// channel socket accepts a connection. A second one would take the sockets
-/// over, and `cargo xtask patch` would no longer reach the first.
-fn refuse_a_second_kernel() -> Result<()> {
-    let socket = patch_channel::socket();
-    if UnixStream::connect(workspace_root().join(&socket)).is_ok() {
-        bail!(
-            "a kernel is running already ({} answers): `cargo xtask gdb --attach` debugs it; \
-             end it first to boot another",
-            socket.display()
-        );
-    }
-    Ok(())
 }
 
 /// Waits until QEMU has made the socket `path` (without connecting to it: a
@@ -247,7 +265,7 @@ mod tests {
 
     #[test]
     fn gdb_connects_to_the_socket_with_symbols_and_the_script() {
-        let gdb = crate::display(&gdb_command(&workspace_root().join("target/kernel/kernel.elf")));
+        let gdb = crate::display(&gdb_command(&workspace_root().join("target/kernel/kernel.elf"), &[]));
         assert!(
             gdb.starts_with(
                 "gdb-multiarch -q -ex 'set pagination off' -ex 'file target/kernel/kernel.elf' \

@@ -18,13 +18,20 @@ pub fn local_entry(data: &[u8], name: &str) -> Result<u64> {
         .find(|symbol| symbol.name() == Ok(name) && symbol.elf_symbol().st_type() == elf::STT_FUNC)
         .with_context(|| format!("the kernel has no function {name}"))?;
     let encoded = (symbol.elf_symbol().st_other() & elf::STO_PPC64_LOCAL_MASK) >> elf::STO_PPC64_LOCAL_BIT;
-    Ok(symbol.address() + local_entry_offset(encoded))
+    let offset = local_entry_offset(encoded).with_context(|| {
+        format!("{name} has the reserved local entry value 7 in its st_other: the kernel's symbol table is malformed")
+    })?;
+    Ok(symbol.address() + offset)
 }
 
 /// The local entry's distance from the global entry for the 3-bit value of `st_other`:
-/// 0 and 1 mean one entry point; 2 to 6 mean 2^value bytes.
-fn local_entry_offset(encoded: u8) -> u64 {
-    if encoded >= 2 { 1 << encoded } else { 0 }
+/// 0 and 1 mean one entry point; 2 to 6 mean 2^value bytes; 7 is reserved (`None`).
+fn local_entry_offset(encoded: u8) -> Option<u64> {
+    match encoded {
+        0 | 1 => Some(0),
+        2..=6 => Some(1 << encoded),
+        _ => None,
+    }
 }
 
 /// The names of the in-kernel tests in the test kernel `data`, in link
@@ -69,7 +76,9 @@ pub fn kernel_tests(data: &[u8]) -> Result<Vec<String>> {
 fn read<'data>(file: &ElfFile64<'data, Endianness>, address: u64, length: usize) -> Result<&'data [u8]> {
     for section in file.sections() {
         let start = section.address();
-        if address < start || address + length as u64 > start + section.size() {
+        // A malformed record's address and length may add up past the end of the address space.
+        let Some(end) = address.checked_add(length as u64) else { continue };
+        if address < start || end > start + section.size() {
             continue;
         }
         let Ok(bytes) = section.data() else { continue };
@@ -180,6 +189,7 @@ mod tests {
 
     #[test]
     fn local_entry_offsets_follow_the_abi_encoding() {
-        assert_eq!([0, 1, 2, 3, 4, 6].map(local_entry_offset), [0, 0, 4, 8, 16, 64]);
+        assert_eq!([0, 1, 2, 3, 4, 6].map(local_entry_offset), [0, 0, 4, 8, 16, 64].map(Some));
+        assert_eq!(local_entry_offset(7), None);
     }
 }

@@ -15,9 +15,11 @@
 //! prints the answer before sending its own.
 //!
 //! Both files live in `target/kernel`, or in the folder the environment
-//! variable [`FOLDER_VARIABLE`] names: the end-to-end tests give their `run`
-//! and `patch` commands a folder of their own, so that they never reach the
-//! kernel a user runs meanwhile.
+//! variable [`FOLDER_VARIABLE`] names, as do the other files of the kernel
+//! xtask boots for a user (gdb and console sockets, console log, lock files,
+//! [`in_folder`]): the end-to-end and gdb tests give their `run`, `gdb`,
+//! `console` and `patch` commands a folder of their own, so that they never
+//! reach (or collide with) the kernel a user runs meanwhile.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -37,9 +39,9 @@ pub const SOCKET: &str = "target/kernel/patch-channel.sock";
 /// The requests sent to the kernel whose reply no command has seen yet, one per line.
 pub const PENDING: &str = "target/kernel/patch-channel.pending";
 
-/// Names a folder (relative to the workspace root) to hold the socket and the
-/// pending file instead of `target/kernel`.
-pub const FOLDER_VARIABLE: &str = "XTASK_PATCH_CHANNEL_FOLDER";
+/// Names a folder (relative to the workspace root) to hold the sockets, the
+/// pending file, the console log and the lock files of the kernel instead of `target/kernel`.
+pub const FOLDER_VARIABLE: &str = "XTASK_KERNEL_FOLDER";
 
 /// [`SOCKET`], or its name in the folder [`FOLDER_VARIABLE`] names; relative
 /// to the workspace root (QEMU runs there, and a unix socket's path must be short).
@@ -48,7 +50,7 @@ pub fn socket() -> PathBuf {
 }
 
 /// `default` (a path under `target/kernel`), moved to the folder [`FOLDER_VARIABLE`] names if it is set.
-fn in_folder(default: &str) -> PathBuf {
+pub fn in_folder(default: &str) -> PathBuf {
     moved(std::env::var_os(FOLDER_VARIABLE).as_deref().map(Path::new), default)
 }
 
@@ -398,7 +400,15 @@ pub fn request(message: &Message, what: &str, timeout: Duration) -> Result<ExitC
     let mut channel = Channel::connect(&socket)?;
     eprintln!("patch channel {}: sending {what}", crate::qemu::relative(&socket).display());
     let exchanged =
-        exchange(&mut channel, &PendingFile::default_file(), message, what, timeout, &mut |line| println!("{line}"))?;
+        exchange(&mut channel, &PendingFile::default_file(), message, what, timeout, &mut |line| println!("{line}"))
+            .map_err(|error| match crate::gdb::session_holder() {
+                // A kernel stopped under gdb reads nothing until gdb lets it go on.
+                Some(gdb) => anyhow::anyhow!(
+                    "{error:#}\n(is the kernel stopped under gdb? {} runs a gdb session on it: `continue` there)",
+                    gdb.describe()
+                ),
+                None => error,
+            })?;
     eprintln!("{}", timing(&exchanged));
     println!("kernel: {}", exchanged.reply.verdict());
     Ok(if exchanged.reply.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

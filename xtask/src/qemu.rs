@@ -1,6 +1,9 @@
-//! QEMU pseries: its command line, a guard that kills it, and a console reader with a timeout.
+//! QEMU pseries: its command line, a guard that kills it, the lock of the user's kernel, and a console reader with a timeout.
 
+use std::fs::{File, TryLockError};
+use std::hash::Hasher;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -108,13 +111,15 @@ pub fn relative(path: &Path) -> &Path {
     path.strip_prefix(workspace_root()).unwrap_or(path)
 }
 
-/// A running child process that is killed when the guard is dropped.
+/// A running child process that is killed when the guard is dropped, or
+/// when xtask dies without dropping it (a signal that ends xtask ends it too).
 pub struct Guard(Child);
 
 impl Guard {
     /// Prints and starts `command`.
     pub fn spawn(command: &mut Command) -> Result<Self> {
         announce(command);
+        die_with_parent(command);
         Ok(Guard(command.spawn().with_context(|| format!("could not start {}", display(command)))?))
     }
 
@@ -127,6 +132,161 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Makes the kernel send SIGKILL to the process `command` starts when the
+/// thread that starts it (xtask's, which outlives it) ends, however xtask
+/// ends (SIGTERM, SIGHUP, SIGKILL): a QEMU in its own process group is
+/// otherwise left running, holding the sockets, with nobody to stop it.
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // Safety: the closure runs in the child between fork and exec and calls
+    // only prctl and getppid, which are async-signal-safe and allocate nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // xtask died before the request took effect: it would never fire.
+            if u32::try_from(libc::getppid()) != Ok(parent) {
+                return Err(std::io::Error::other("xtask exited while starting this process"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The lock of the kernel that xtask boots for a user on the sockets of
+/// [`crate::patch_channel::in_folder`] (`cargo xtask run`, `cargo xtask gdb`),
+/// relative to the workspace root. Its holder writes [`Holder`] into it.
+pub const KERNEL_LOCK: &str = "target/kernel/qemu.lock";
+
+/// An exclusive lock on a file (flock), held until it is dropped or its holder
+/// exits however it ends; the file names the holder (see [`Holder`]).
+#[derive(Debug)]
+pub struct Lock {
+    file: File,
+}
+
+/// Who holds a [`Lock`], as written in its file: `key value` lines.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The process id of the xtask that holds it.
+    pub pid: String,
+    /// What it runs (`cargo xtask run`).
+    pub command: String,
+    /// The kernel it booted, relative to the workspace root, and a hash of its contents when it booted.
+    pub image: Option<PathBuf>,
+    pub hash: Option<String>,
+}
+
+impl Holder {
+    fn parse(text: &str) -> Holder {
+        let mut holder = Holder::default();
+        for (key, value) in text.lines().filter_map(|line| line.split_once(' ')) {
+            match key {
+                "pid" => holder.pid = value.to_string(),
+                "command" => holder.command = value.to_string(),
+                "image" => holder.image = Some(PathBuf::from(value)),
+                "hash" => holder.hash = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        holder
+    }
+
+    fn text(&self) -> String {
+        let mut text = format!("pid {}\ncommand {}\n", self.pid, self.command);
+        if let Some(image) = &self.image {
+            text.push_str(&format!("image {}\n", image.display()));
+        }
+        if let Some(hash) = &self.hash {
+            text.push_str(&format!("hash {hash}\n"));
+        }
+        text
+    }
+
+    /// `` `cargo xtask run`, pid 1234 `` for messages.
+    pub fn describe(&self) -> String {
+        let command = if self.command.is_empty() { "an xtask command" } else { &self.command };
+        let pid = if self.pid.is_empty() { "unknown" } else { &self.pid };
+        format!("`{command}`, pid {pid}")
+    }
+}
+
+impl Lock {
+    /// Takes the lock `path` (relative to the workspace root) for `command`,
+    /// or returns who holds it.
+    pub fn take(path: &Path, command: &str) -> Result<std::result::Result<Lock, Holder>> {
+        let path = workspace_root().join(path);
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+        }
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Ok(Err(Holder::parse(&std::fs::read_to_string(&path).unwrap_or_default())));
+            }
+            Err(TryLockError::Error(error)) => {
+                return Err(error).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        let mut lock = Lock { file };
+        lock.write(&Holder { pid: std::process::id().to_string(), command: command.to_string(), ..Holder::default() })?;
+        Ok(Ok(lock))
+    }
+
+    /// Who holds the lock `path` now (`None`: nobody; the lock is not kept).
+    pub fn holder(path: &Path) -> Result<Option<Holder>> {
+        Lock::take(path, "").map(|lock| lock.err())
+    }
+
+    /// Replaces what the file says about the holder.
+    pub fn write(&mut self, holder: &Holder) -> Result<()> {
+        self.file.set_len(0)?;
+        std::os::unix::fs::FileExt::write_all_at(&self.file, holder.text().as_bytes(), 0)?;
+        Ok(())
+    }
+
+    /// Notes in the file the kernel `image` this holder boots (its path and a hash of its contents).
+    pub fn record_image(&mut self, command: &str, image: &Path) -> Result<()> {
+        self.write(&Holder {
+            pid: std::process::id().to_string(),
+            command: command.to_string(),
+            image: Some(relative(image).to_path_buf()),
+            hash: Some(content_hash(image)?),
+        })
+    }
+}
+
+/// A hash of the contents of the file `path` (hexadecimal), to tell whether a
+/// rebuilt kernel differs from the one that booted: every build rewrites the
+/// file, even when nothing changed, so its time says nothing.
+pub fn content_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(&bytes);
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
+/// Takes the lock of the user's kernel ([`KERNEL_LOCK`]) for `command`, or fails
+/// naming the kernel that runs already and what to do instead.
+pub fn lock_the_kernel(command: &str) -> Result<Lock> {
+    match Lock::take(&crate::patch_channel::in_folder(KERNEL_LOCK), command)? {
+        Ok(lock) => Ok(lock),
+        Err(holder) => anyhow::bail!(
+            "a kernel is running already ({}): `cargo xtask gdb --attach` debugs it and `cargo xtask patch load` \
+             reaches it; end it first (`poweroff` in its shell, or quit its gdb) to boot another",
+            holder.describe()
+        ),
     }
 }
 
@@ -347,6 +507,39 @@ mod tests {
         let outcome = outcome.unwrap();
         assert!(outcome.timed_out() && outcome.describe().contains("timed out"));
         assert_eq!(lines, ["klp> "]);
+    }
+
+    #[test]
+    fn a_lock_is_refused_to_a_second_holder_and_names_the_first() {
+        let path = PathBuf::from(format!("target/xtask-test/lock-{}", std::process::id()));
+        let image = PathBuf::from(format!("target/xtask-test/image-{}", std::process::id()));
+        std::fs::create_dir_all(workspace_root().join("target/xtask-test")).unwrap();
+        std::fs::write(workspace_root().join(&image), b"kernel").unwrap();
+        assert_eq!(Lock::holder(&path).unwrap(), None);
+        let mut first = Lock::take(&path, "cargo xtask run").unwrap().expect("nobody holds it");
+        first.record_image("cargo xtask run", &workspace_root().join(&image)).unwrap();
+        let holder = Lock::take(&path, "cargo xtask gdb").unwrap().expect_err("held by the first");
+        assert_eq!(holder.describe(), format!("`cargo xtask run`, pid {}", std::process::id()));
+        assert_eq!(holder.image.as_deref(), Some(image.as_path()));
+        assert_eq!(holder.hash, Some(content_hash(&workspace_root().join(&image)).unwrap()));
+        assert_eq!(Lock::holder(&path).unwrap(), Some(holder));
+        drop(first);
+        assert_eq!(Lock::holder(&path).unwrap(), None);
+        let _ = std::fs::remove_file(workspace_root().join(&path));
+        let _ = std::fs::remove_file(workspace_root().join(&image));
+    }
+
+    #[test]
+    fn a_hash_tells_contents_apart_not_times() {
+        let path = workspace_root().join(format!("target/xtask-test/hash-{}", std::process::id()));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"one").unwrap();
+        let one = content_hash(&path).unwrap();
+        std::fs::write(&path, b"one").unwrap();
+        assert_eq!(content_hash(&path).unwrap(), one);
+        std::fs::write(&path, b"two").unwrap();
+        assert_ne!(content_hash(&path).unwrap(), one);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

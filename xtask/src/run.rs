@@ -26,7 +26,11 @@ pub struct Options {
 }
 
 pub fn main(options: &Options) -> Result<ExitCode> {
+    // Held until QEMU has exited: a second `run` or `gdb` is refused instead of
+    // taking the sockets over (QEMU removes them when it exits, cutting this one off).
+    let mut lock = qemu::lock_the_kernel("cargo xtask run")?;
     let image = build::main(&build::Options { test: false })?;
+    lock.record_image("cargo xtask run", &image)?;
     let interactive = std::io::stdin().is_terminal();
     // On a terminal QEMU reads the keys itself (mon: adds Ctrl-A X to quit); from a pipe or
     // file, xtask types the input and ends it with the byte that makes the shell power off.
@@ -54,6 +58,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         relay(console, stdin, crate::symbolize::Symbolizer::new(&machine.kernel));
     }
     let status = guard.child().wait()?;
+    drop(lock);
     Ok(exit_code(status))
 }
 

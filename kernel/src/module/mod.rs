@@ -97,7 +97,17 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
         LivepatchError::Plan(PlanError::DuplicatePatch(name)) => LoadError::AlreadyLoaded(name),
         other => LoadError::Livepatch(other),
     })?;
+    // gdb learns the module's symbols before any call can reach its code: a
+    // breakpoint set in it before it arrived is in place for the first call.
+    let sections: Vec<(&str, u64)> =
+        linked.sections.iter().map(|section| (section.name.as_str(), section.address)).collect();
+    crate::debug::module_loaded(&name, base, memory.size() as u64, linked.toc, &sections);
+    drop(sections);
+    crate::debug::klp_debug_module_event();
     if let Err(error) = livepatch::enable(&name) {
+        // Not loaded after all: gdb forgets it again.
+        crate::debug::module_unloaded(base);
+        crate::debug::klp_debug_module_event();
         // Removing a patch that was added a moment ago and never enabled has
         // nothing to refuse; should it fail all the same, the patch stays
         // added and names code in this module's memory, so the memory is
@@ -110,12 +120,7 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
         }
         return Err(LoadError::Livepatch(error));
     }
-    let sections: Vec<(&str, u64)> =
-        linked.sections.iter().map(|section| (section.name.as_str(), section.address)).collect();
-    crate::debug::module_loaded(&name, base, memory.size() as u64, linked.toc, &sections);
-    drop(sections);
     MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked });
-    crate::debug::klp_debug_module_event();
     Ok(name)
 }
 
