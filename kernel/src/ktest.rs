@@ -178,6 +178,7 @@ pub fn on_panic() {
     }
     if thread::current_id() != 0 {
         crate::panic::end_panic();
+        crate::console::end_report();
         thread::exit(thread::ExitStatus::Killed("panic"));
     }
 }

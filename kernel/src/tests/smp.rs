@@ -8,7 +8,7 @@ use crate::arch::text::{self, log::Step};
 use crate::{thread, time};
 use alloc::vec::Vec;
 use boot::{CPU_AREAS, MAX_CPUS, PerCpu};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use macros::{ktest, notrace};
 use portable::cpuset::CpuSet;
 use portable::devicetree::DeviceTree;
@@ -162,4 +162,43 @@ fn text_patching_has_every_online_cpu_synchronize_before_it_returns() {
     let middle = 2..sorted.len().saturating_sub(1).max(2);
     sorted[middle].sort_by_key(|&(_, cpu)| cpu);
     assert_eq!(sorted, expected, "steps in order: {steps:?}");
+}
+
+/// Set by `report_and_end` once its report has begun.
+static REPORT_BEGUN: AtomicBool = AtomicBool::new(false);
+
+/// Begins a report (as an Oops or a panic does) and ends it, as a posted call.
+#[notrace]
+fn report_and_end(_: u64) {
+    crate::console::begin_report();
+    REPORT_BEGUN.store(true, Ordering::Release);
+    crate::console::end_report();
+}
+
+/// A report on another CPU waits while this CPU holds the console lock (it
+/// is writing, not dead), and while this CPU writes a report of its own; it
+/// goes on as soon as each is let go.
+#[ktest]
+fn a_report_on_another_cpu_waits_for_the_console_holder_and_the_report_before_it() {
+    let target = secondary();
+    let _preempt = thread::preempt_disable();
+    REPORT_BEGUN.store(false, Ordering::Relaxed);
+    {
+        let _interrupts = crate::arch::interrupts::disable();
+        let console = crate::console::lock();
+        smp_call_function(CpuSet::only(target), report_and_end, 0, false);
+        let early = wait_for(200, || REPORT_BEGUN.load(Ordering::Acquire));
+        let owner = crate::console::owner();
+        drop(console);
+        assert!(!early, "CPU {target}'s report went on while CPU {BOOT_CPU} held the console");
+        assert_eq!(owner, Some(BOOT_CPU), "the console lock stayed CPU {BOOT_CPU}'s");
+    }
+    assert!(wait_for(1000, || REPORT_BEGUN.load(Ordering::Acquire)), "the report went on once the console was free");
+    REPORT_BEGUN.store(false, Ordering::Relaxed);
+    crate::console::begin_report();
+    smp_call_function(CpuSet::only(target), report_and_end, 0, false);
+    let early = wait_for(200, || REPORT_BEGUN.load(Ordering::Acquire));
+    crate::console::end_report();
+    assert!(!early, "CPU {target}'s report began during CPU {BOOT_CPU}'s");
+    assert!(wait_for(1000, || REPORT_BEGUN.load(Ordering::Acquire)), "the report went on once the first ended");
 }

@@ -181,6 +181,16 @@ fn run_posted_call() {
     xics::send_ipi(area(caller).interrupt_server);
 }
 
+/// Gives the rest of this CPU's time slice to the other CPUs (H_CONFER to
+/// all), interrupts left as they are: the pause of a wait that may not take
+/// interrupts (a report waiting for another CPU's console output), where
+/// `wait_until`'s H_CEDE would enable them. Under QEMU's round-robin TCG the
+/// next CPU runs at once, so a loop of these does not starve the CPU it waits for.
+#[notrace]
+pub fn confer() {
+    super::hcall::hcall(super::hcall::CONFER, [u64::MAX, 0, 0, 0, 0, 0]);
+}
+
 /// Waits until `condition` holds, without spinning: interrupts off, test,
 /// H_CEDE (which enables interrupts until one is taken), again. Whoever makes
 /// the condition true must send this CPU an IPI; the decrementer bounds the
