@@ -202,3 +202,24 @@ fn a_report_on_another_cpu_waits_for_the_console_holder_and_the_report_before_it
     assert!(!early, "CPU {target}'s report began during CPU {BOOT_CPU}'s");
     assert!(wait_for(1000, || REPORT_BEGUN.load(Ordering::Acquire)), "the report went on once the first ended");
 }
+
+/// The waits of `smp_call_function` cede (H_CEDE turns interrupts on), yet a
+/// caller with interrupts off finds them off on return, and one with them on
+/// finds them on.
+#[ktest]
+fn call_function_returns_with_interrupts_as_they_were() {
+    use crate::arch::registers::{Msr, msr};
+    let _preempt = thread::preempt_disable();
+    reset_runs();
+    {
+        let _interrupts = crate::arch::interrupts::disable();
+        smp_call_function(others(), count_run_slowly, 5, true);
+        assert!(!msr().contains(Msr::EE), "interrupts came back on in smp_call_function");
+    }
+    assert!(msr().contains(Msr::EE), "interrupts on again once the caller's guard is dropped");
+    smp_call_function(others(), count_run_slowly, 5, true);
+    assert!(msr().contains(Msr::EE), "interrupts left off by smp_call_function");
+    for cpu in others().iter() {
+        assert_eq!(RUNS[cpu].load(Ordering::Relaxed), 2, "both calls ran on CPU {cpu}");
+    }
+}

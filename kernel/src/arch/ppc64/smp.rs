@@ -192,18 +192,28 @@ pub fn confer() {
 }
 
 /// Waits until `condition` holds, without spinning: interrupts off, test,
-/// H_CEDE (which enables interrupts until one is taken), again. Whoever makes
-/// the condition true must send this CPU an IPI; the decrementer bounds the
-/// wait if it does not. Interrupts are as they were on return.
+/// H_CEDE (which enables interrupts until one is taken), off again, test
+/// again. Whoever makes the condition true must send this CPU an IPI; the
+/// decrementer bounds the wait if it does not. Interrupts are as they were
+/// on return (off again after each cede, the caller's state restored at the
+/// end), but interrupt handlers do run during the wait: the caller must not
+/// hold a lock that one of them takes.
 #[notrace]
 pub fn wait_until(mut condition: impl FnMut() -> bool) {
-    loop {
-        let _off = interrupts::disable();
-        if condition() {
-            return;
-        }
-        interrupts::wait();
+    let _caller_state = interrupts::disable();
+    while !condition() {
+        ceded_pause();
     }
+}
+
+/// H_CEDE, then interrupts off again (H_CEDE returns with them on, once one
+/// was taken): the pause of a wait, with the caller's interrupt state kept by
+/// its own guard.
+#[notrace]
+#[inline(always)]
+fn ceded_pause() {
+    interrupts::wait();
+    core::mem::forget(interrupts::disable());
 }
 
 /// Runs `function(argument)` once on every online CPU of `cpus` but the
@@ -215,7 +225,8 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
 /// `function` must be `#[notrace]` (secondary CPUs do not enter ftrace yet),
 /// must not call `smp_call_function`, and must not block. The caller is not
 /// preempted meanwhile (`NoPreemption`), so no thread ever waits for one
-/// switched out while it held the sender lock.
+/// switched out while it held the sender lock. Interrupts are as they were
+/// on return; their handlers run while it waits (`wait_until`).
 #[notrace]
 pub fn smp_call_function(cpus: CpuSet, function: fn(u64), argument: u64, wait: bool) {
     let me = smp_processor_id();
@@ -273,12 +284,12 @@ impl Drop for NoPreemption {
 /// (its holder sends no wake-up: the decrementer bounds the wait).
 #[notrace]
 fn lock_sender() -> spin::MutexGuard<'static, ()> {
+    let _caller_state = interrupts::disable();
     loop {
         if let Some(guard) = SENDER.try_lock() {
             return guard;
         }
-        let _off = interrupts::disable();
-        interrupts::wait();
+        ceded_pause();
     }
 }
 
