@@ -95,7 +95,9 @@ pub extern "C" fn secondary_main(cpu: u64) -> ! {
     xics::set_priority(xics::LEAST_FAVOURED);
     set_decrementer(BACKSTOP_TICKS.load(Ordering::Relaxed));
     mark_online();
-    // The boot CPU waits (ceded) for every started CPU to come online.
+    // The boot CPU waits (ceded) for every started CPU to come online: the
+    // mark visible before the wake-up (as in `smp_call_function`).
+    fence(Ordering::SeqCst);
     xics::send_ipi(area(BOOT_CPU).interrupt_server);
     idle_loop()
 }
@@ -140,6 +142,10 @@ pub fn external_interrupt() -> Result<(), u32> {
         xics::IPI_SOURCE => {
             let area = per_cpu();
             xics::clear_ipi(area.interrupt_server);
+            // A full barrier between lowering the IPI and reading the
+            // mailbox (Linux's mb after clearing the message): a call posted
+            // after our read raises the IPI again, one posted before is seen.
+            fence(Ordering::SeqCst);
             area.statistics.ipis.fetch_add(1, Ordering::Relaxed);
             if call_posted() {
                 run_posted_call();
@@ -178,6 +184,8 @@ fn run_posted_call() {
     function(argument);
     own.statistics.calls.fetch_add(1, Ordering::Relaxed);
     mailbox.completed.store(posted, Ordering::Release);
+    // `completed` visible before the caller takes the wake-up (as in `smp_call_function`).
+    fence(Ordering::SeqCst);
     xics::send_ipi(area(caller).interrupt_server);
 }
 
@@ -245,6 +253,11 @@ pub fn smp_call_function(cpus: CpuSet, function: fn(u64), argument: u64, wait: b
         mailbox.caller.store(me as u64, Ordering::Relaxed);
         // Publishes the three fields above to the CPU's acquire of `posted`.
         mailbox.posted.fetch_add(1, Ordering::Release);
+        // A full barrier (`sync`) between publishing and raising the IPI, as
+        // Linux's smp_mb before it raises one: the target must see `posted`
+        // once it takes the IPI. The hcall is a barrier in QEMU and PowerVM
+        // today, but PAPR does not promise it.
+        fence(Ordering::SeqCst);
         xics::send_ipi(area(cpu).interrupt_server);
     }
     if wait {
