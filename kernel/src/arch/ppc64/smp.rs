@@ -269,8 +269,9 @@ pub fn smp_call_function(cpus: CpuSet, function: fn(u64), argument: u64, wait: b
 }
 
 /// Keeps the running thread from being preempted while it lives: the
-/// preempt count of its `thread_info`, as `thread::preempt_disable` keeps it
-/// (the architecture owns the layout; the timer preempts only at 0).
+/// preempt count of its `thread_info`, as `thread::preempt_disable` keeps it,
+/// with the same compiler barriers (the architecture owns the layout and the
+/// barrier, and may not import `thread`; the timer preempts only at 0).
 struct NoPreemption(*mut super::thread_info::ThreadInfo);
 
 impl NoPreemption {
@@ -281,6 +282,8 @@ impl NoPreemption {
         // Safety: the running context's own thread_info (thread, idle or
         // emergency stack); only it writes its preempt count.
         unsafe { (*info).preempt_count += 1 };
+        // Nothing of the section moves before the increment (as `thread::preempt_disable`).
+        super::thread_info::compiler_barrier();
         NoPreemption(info)
     }
 }
@@ -288,6 +291,8 @@ impl NoPreemption {
 impl Drop for NoPreemption {
     #[inline(always)]
     fn drop(&mut self) {
+        // Nothing of the section moves after the decrement.
+        super::thread_info::compiler_barrier();
         // Safety: as in `new`: the same thread_info, the thread was not switched out meanwhile.
         unsafe { (*self.0).preempt_count -= 1 };
     }
