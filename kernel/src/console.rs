@@ -4,7 +4,7 @@ use crate::arch::percpu::smp_processor_id;
 use crate::arch::registers::timebase;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use macros::notrace;
-use portable::input_line::InputLine;
+use portable::input_line::{InputLine, LineWriter, terminal};
 use spin::{Mutex, MutexGuard};
 
 /// Virtual terminal number of the default spapr-vty (0 names the first one).
@@ -77,30 +77,47 @@ pub struct Console {
     input: InputLine,
 }
 
-/// Sends bytes to the terminal (what `InputLine` writes through).
+/// Sends bytes to the terminal (what `InputLine` writes through, as a plain
+/// function: `portable::input_line::terminal` lends it as its `write`, so no
+/// closure shim of it is compiled here, with an ftrace site).
+#[notrace]
 fn to_terminal(bytes: &[u8]) {
     write_terminal(TERMINAL, bytes);
+}
+
+/// `to_terminal` as the `write` of `InputLine`'s methods.
+macro_rules! to_terminal {
+    () => {
+        terminal(&mut (to_terminal as fn(&[u8])))
+    };
 }
 
 impl Console {
     /// Writes all of `bytes`, 16 at a time, retrying while the hypervisor is
     /// busy; while the shell waits for input, on a line of its own with the
     /// prompt shown again after it.
+    #[inline(always)]
     pub fn write_bytes(&mut self, bytes: &[u8]) {
-        self.input.other_output(bytes, &mut to_terminal);
+        self.input.other_output(bytes, to_terminal!());
+    }
+
+    /// The console as a `core::fmt::Write` (implemented in `portable`: no ftrace site).
+    #[inline(always)]
+    pub fn writer(&mut self) -> LineWriter<'_> {
+        LineWriter { line: &mut self.input, terminal: to_terminal }
     }
 }
 
 /// The shell's input path: shows `prompt` and waits for typing.
 pub fn input_open(prompt: &str) {
-    with_input(|input| input.open(prompt, &mut to_terminal));
+    with_input(|input| input.open(prompt, to_terminal!()));
 }
 
 /// Echoes and keeps one typed character, or refuses it with a bell when the
 /// line is full (`input_line::CAPACITY`); returns whether it was kept.
 pub fn input_push(typed: char) -> bool {
     let mut kept = false;
-    with_input(|input| kept = input.push(typed, &mut to_terminal));
+    with_input(|input| kept = input.push(typed, to_terminal!()));
     kept
 }
 
@@ -108,20 +125,20 @@ pub fn input_push(typed: char) -> bool {
 /// output broke into them and has been quiet since the last call.
 pub fn input_redisplay_if_quiet() {
     with_input(|input| {
-        input.redisplay_if_quiet(&mut to_terminal);
+        input.redisplay_if_quiet(to_terminal!());
     });
 }
 
 /// Erases the last typed character, never the prompt of `prompt_length` bytes.
 pub fn input_pop(prompt_length: usize) {
     with_input(|input| {
-        input.pop(prompt_length, &mut to_terminal);
+        input.pop(prompt_length, to_terminal!());
     });
 }
 
 /// Ends the typed line: output from here on is the command's.
 pub fn input_close() {
-    with_input(|input| input.close(&mut to_terminal));
+    with_input(|input| input.close(to_terminal!()));
 }
 
 fn with_input(action: impl FnOnce(&mut InputLine)) {
@@ -186,13 +203,11 @@ pub fn begin_report() {
         }
     }
     let mut console = lock();
-    console.input.end_for_report(&mut to_terminal);
+    console.input.end_for_report(to_terminal!());
     if let Some((what, holder)) = broken {
-        use core::fmt::Write;
-        let _ = writeln!(
-            console,
-            "console: CPU {me} broke into the {what} lock CPU {holder} held for over {REPORT_WAIT_MILLISECONDS} ms"
-        );
+        let _ = console.writer().write_arguments(format_args!(
+            "console: CPU {me} broke into the {what} lock CPU {holder} held for over {REPORT_WAIT_MILLISECONDS} ms\n"
+        ));
     }
 }
 
@@ -245,13 +260,6 @@ pub fn write_terminal(terminal: u64, bytes: &[u8]) -> bool {
     true
 }
 
-impl core::fmt::Write for Console {
-    fn write_str(&mut self, text: &str) -> core::fmt::Result {
-        self.write_bytes(text.as_bytes());
-        Ok(())
-    }
-}
-
 /// Reads whatever input is waiting, up to 16 bytes; returns how many were read.
 #[notrace]
 pub fn read(buffer: &mut [u8; 16]) -> usize {
@@ -273,11 +281,11 @@ pub fn read_terminal(terminal: u64, buffer: &mut [u8; 16]) -> Option<usize> {
 }
 
 #[doc(hidden)]
+#[notrace]
 pub fn print_arguments(arguments: core::fmt::Arguments) {
-    use core::fmt::Write;
     // Interrupt handlers print too (reports, BUG): keep them out while we hold the lock.
     let _guard = crate::arch::interrupts::disable();
-    let _ = lock().write_fmt(arguments);
+    let _ = lock().writer().write_arguments(arguments);
 }
 
 /// Prints to the hypervisor console.

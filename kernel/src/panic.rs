@@ -30,7 +30,11 @@ fn panic(info: &PanicInfo) -> ! {
     }
     // Whoever holds the console lock never runs again; the report starts on a line of its own.
     crate::console::begin_report();
-    println!("kernel panicked at {}: {}", DisplayLocation(info), info.message());
+    // The location's fields directly: a Display impl here would have an ftrace site.
+    match info.location() {
+        Some(at) => println!("kernel panicked at {}:{}:{}: {}", at.file(), at.line(), at.column(), info.message()),
+        None => println!("kernel panicked at unknown location: {}", info.message()),
+    }
     crate::backtrace::print_current();
     if cpu != BOOT_CPU {
         // Threads run on the boot CPU only: this CPU has no thread to end and
@@ -44,16 +48,5 @@ fn panic(info: &PanicInfo) -> ! {
     // Without RTAS tokens (very early panics) there is nothing left to do.
     loop {
         crate::arch::interrupts::wait();
-    }
-}
-
-struct DisplayLocation<'a>(&'a PanicInfo<'a>);
-
-impl core::fmt::Display for DisplayLocation<'_> {
-    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0.location() {
-            Some(location) => write!(formatter, "{}:{}:{}", location.file(), location.line(), location.column()),
-            None => write!(formatter, "unknown location"),
-        }
     }
 }

@@ -223,3 +223,30 @@ fn call_function_returns_with_interrupts_as_they_were() {
         assert_eq!(RUNS[cpu].load(Ordering::Relaxed), 2, "both calls ran on CPU {cpu}");
     }
 }
+
+/// What a secondary CPU may run (its entry, idle loop, IPI handler,
+/// decrementer, posted calls, and a report of its own panic, BUG or Oops):
+/// every function of these modules. None may have an ftrace site, since no
+/// secondary CPU enters ftrace or a live patch yet.
+const SECONDARY_CPU_MODULES: &[&str] = &[
+    "kernel::arch::ppc64::smp::",
+    "kernel::arch::ppc64::xics::",
+    "kernel::arch::ppc64::percpu::",
+    "kernel::arch::ppc64::interrupts::",
+    "kernel::arch::ppc64::hcall::",
+    "kernel::console::",
+    "kernel::panic::",
+    "kernel::backtrace::",
+    "kernel::exception::",
+];
+
+#[ktest]
+fn nothing_a_secondary_cpu_runs_has_an_ftrace_site() {
+    let traced: Vec<&str> = crate::trace::site_table()
+        .sites()
+        .iter()
+        .map(|site| site.name)
+        .filter(|name| SECONDARY_CPU_MODULES.iter().any(|module| name.contains(module)))
+        .collect();
+    assert!(traced.is_empty(), "functions with an ftrace site that a secondary CPU runs: {traced:?}");
+}

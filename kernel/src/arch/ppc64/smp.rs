@@ -41,8 +41,9 @@ pub fn boot_cpu_online(interrupt_server: u32, backstop_ticks: u32) {
     mark_online();
 }
 
-/// Why a CPU was not started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a CPU was not started. No `Debug`: a derived one would be a traced
+/// function in this module, which is all untraced (`kernel::smp` prints it).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum StartError {
     /// The tree has no RTAS `start-cpu` token.
     NoStartToken,
