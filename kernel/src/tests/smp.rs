@@ -136,6 +136,37 @@ fn a_call_function_wakes_a_ceded_cpu() {
     assert_eq!(statistics.ipis.load(Ordering::Relaxed), ipis + 1, "woken by the IPI");
 }
 
+/// A second such function, for the batch.
+#[notrace]
+#[inline(never)]
+fn patched_in_place_too(value: u64) -> u64 {
+    core::hint::black_box(value) + 2
+}
+
+/// A batch of text changes (`text::modify_all`, and so a bulk enable of
+/// sites) writes and flushes every word, then has the other CPUs
+/// synchronise once, before it returns.
+#[ktest]
+fn a_batch_of_text_changes_has_every_online_cpu_synchronize_once_after_the_last_word() {
+    let addresses =
+        [patched_in_place as *const () as u64, patched_in_place_too as *const () as u64].map(text::local_entry);
+    let changes = addresses.map(|address| (address, text::read(address), text::read(address)));
+    let _preempt = thread::preempt_disable();
+    text::log::start();
+    let result = text::modify_all(&changes);
+    let steps = text::log::stop();
+    result.expect("the words are the ones read");
+    assert_eq!((patched_in_place(1), patched_in_place_too(1)), (2, 3));
+    let me = smp_processor_id();
+    let mut expected = alloc::vec![(Step::Written, me), (Step::Flushed, me), (Step::Written, me), (Step::Flushed, me)];
+    expected.extend(others().iter().map(|cpu| (Step::Synchronized, cpu)));
+    expected.push((Step::Returned, me));
+    let mut sorted = steps.clone();
+    let middle = 4..sorted.len().saturating_sub(1).max(4);
+    sorted[middle].sort_by_key(|&(_, cpu)| cpu);
+    assert_eq!(sorted, expected, "steps in order: {steps:?}");
+}
+
 /// A function whose first instruction the patching test rewrites with itself.
 #[notrace]
 #[inline(never)]
@@ -249,4 +280,30 @@ fn nothing_a_secondary_cpu_runs_has_an_ftrace_site() {
         .filter(|name| SECONDARY_CPU_MODULES.iter().any(|module| name.contains(module)))
         .collect();
     assert!(traced.is_empty(), "functions with an ftrace site that a secondary CPU runs: {traced:?}");
+}
+
+#[notrace]
+extern "C" fn ignore_call(_: u64, _: u64, _: &crate::trace::FtraceOps, _: &mut crate::trace::FtraceRegs) {}
+static BATCH_OPS: crate::trace::FtraceOps =
+    crate::trace::FtraceOps::new("smp-batch", ignore_call, crate::trace::OpsFlags::RECURSION_SAFE);
+
+/// Enabling several sites at once (`trace::register`) synchronises the other
+/// CPUs once per batch (the sites; the stubs' call), not once per site.
+#[ktest]
+fn enabling_many_sites_synchronizes_the_other_cpus_once_per_batch() {
+    let glob = "*tests::ftrace::traced_*";
+    text::log::start();
+    let result = crate::trace::register(&BATCH_OPS, crate::trace::Filter::Glob(glob));
+    let steps = text::log::stop();
+    let unregistered = crate::trace::unregister(&BATCH_OPS);
+    let sites = result.expect("the ops registers");
+    unregistered.expect("the ops unregisters");
+    assert!(sites >= 2, "the filter matches several sites: {sites}");
+    let written = steps.iter().filter(|&&(step, _)| step == Step::Written).count();
+    let synchronized = steps.iter().filter(|&&(step, _)| step == Step::Synchronized).count();
+    assert!(written >= sites, "every site written: {steps:?}");
+    assert!(
+        synchronized <= 2 * others().iter().count(),
+        "{synchronized} synchronisations for {written} words (at most one per other CPU per batch): {steps:?}"
+    );
 }
