@@ -97,7 +97,10 @@ pub struct CpuStatistics {
 #[repr(C, align(128))]
 pub struct CpuAreas(pub UnsafeCell<[PerCpu; MAX_CPUS]>);
 
-// Safety: each CPU touches only its own area, found through its own r13.
+// Safety: a CPU writes the plain fields of another CPU's area only before
+// that CPU starts (the boot CPU fills it, then a barrier and RTAS start-cpu);
+// from then on each CPU writes only its own plain fields, and the fields other
+// CPUs read or write while it runs (`online`, `mailbox`, `statistics`) are atomics.
 unsafe impl Sync for CpuAreas {}
 
 /// An area before its CPU is set up: every field 0.
@@ -285,7 +288,9 @@ _start:
     # On the call to secondary_main: little-endian, 64-bit, r2 = kernel TOC,
     # r13 = &CPU_AREAS[r3], r1 = top of the idle stack less one minimal
     # frame whose back chain is 0, r3 = the CPU number. A number at or past
-    # MAX_CPUS stops the CPU here, in a loop.
+    # MAX_CPUS stops the CPU here, in a loop of H_CONFER (0xe4, to every
+    # other CPU: r4 = -1), which gives its time away with interrupts still
+    # off (H_CEDE would enable them, and this CPU has no r13 for a handler).
     .section .text.boot, "ax"
     .globl secondary_start
     .type secondary_start, @function
@@ -315,7 +320,11 @@ secondary_start:
     li      0, 0
     std     0, 0(1)               # back chain = 0
     bl      {secondary_main}      # secondary_main(r3 = CPU number): never returns
-7:  b       7b
+7:  li      3, 0xe4               # r3 = H_CONFER
+    li      4, -1                 # r4 = every other CPU
+    li      5, 0                  # r5 = no dispatch count
+    sc      1
+    b       7b
     .size secondary_start, . - secondary_start
 
     # enter_openfirmware(r3 = argument block, r4 = firmware entry) -> r3

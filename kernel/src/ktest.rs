@@ -164,7 +164,9 @@ pub fn expect_line(line: &str) {
 
 /// Called by the panic handler. A panic in a test thread fails that case only
 /// (the thread is killed; the suite goes on); a panic expected by a
-/// should_panic case on the boot thread passes it.
+/// should_panic case on the boot thread passes it. Only for a panic on the
+/// boot CPU, where the threads run: the panic handler stops the machine after
+/// a panic on any other CPU.
 pub fn on_panic() {
     let expected = RUNNING_ON_BOOT_THREAD.load(Ordering::SeqCst);
     if !expected.is_null() {
@@ -176,6 +178,7 @@ pub fn on_panic() {
     }
     if thread::current_id() != 0 {
         crate::panic::end_panic();
+        crate::console::end_report();
         thread::exit(thread::ExitStatus::Killed("panic"));
     }
 }

@@ -1,46 +1,52 @@
 //! The panic handler: print the message, location and backtrace, then end QEMU with a failure status.
+use crate::arch::percpu::{BOOT_CPU, smp_processor_id};
 use crate::arch::{interrupts, rtas};
 use crate::println;
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-static PANICKING: AtomicBool = AtomicBool::new(false);
+/// The CPUs that are panicking, one bit each: a second panic on the same CPU
+/// (while it reports the first) stops the machine without printing again; a
+/// panic on another CPU meanwhile is reported after it (`console::begin_report`).
+static PANICKING: AtomicU64 = AtomicU64::new(0);
 
-/// Lets a later panic print again (the test runner survives panics in test threads).
+/// Lets a later panic print again (the test runner survives panics in test
+/// threads, which run on the boot CPU only).
 #[cfg(feature = "ktest")]
 pub fn end_panic() {
-    PANICKING.store(false, Ordering::SeqCst);
+    PANICKING.fetch_and(!(1 << smp_processor_id()), Ordering::SeqCst);
 }
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    let _ = interrupts::disable();
+    // Interrupts stay off until the machine stops (or ktest ends the thread).
     core::mem::forget(interrupts::disable());
-    if PANICKING.swap(true, Ordering::SeqCst) {
-        // A panic while panicking: do not print again, just stop the machine.
+    let cpu = smp_processor_id();
+    let bit = 1 << cpu;
+    if PANICKING.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
+        // A panic while this CPU panics: do not print again, just stop the machine.
         rtas::terminate(b"double panic\0");
         loop {}
     }
     // Whoever holds the console lock never runs again; the report starts on a line of its own.
     crate::console::begin_report();
-    println!("kernel panicked at {}: {}", DisplayLocation(info), info.message());
+    // The location's fields directly: a Display impl here would have an ftrace site.
+    match info.location() {
+        Some(at) => println!("kernel panicked at {}:{}:{}: {}", at.file(), at.line(), at.column(), info.message()),
+        None => println!("kernel panicked at unknown location: {}", info.message()),
+    }
     crate::backtrace::print_current();
-    #[cfg(feature = "ktest")]
-    crate::ktest::on_panic();
+    if cpu != BOOT_CPU {
+        // Threads run on the boot CPU only: this CPU has no thread to end and
+        // must never touch the scheduler (docs/ARCHITECTURE.md, "CPUs").
+        println!("kernel: panic on CPU {cpu}, which runs no threads: the machine stops");
+    } else {
+        #[cfg(feature = "ktest")]
+        crate::ktest::on_panic();
+    }
     rtas::terminate(b"kernel panic\0");
     // Without RTAS tokens (very early panics) there is nothing left to do.
     loop {
         crate::arch::interrupts::wait();
-    }
-}
-
-struct DisplayLocation<'a>(&'a PanicInfo<'a>);
-
-impl core::fmt::Display for DisplayLocation<'_> {
-    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0.location() {
-            Some(location) => write!(formatter, "{}:{}:{}", location.file(), location.line(), location.column()),
-            None => write!(formatter, "unknown location"),
-        }
     }
 }

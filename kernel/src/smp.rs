@@ -61,7 +61,15 @@ pub fn bring_up(machine: &Machine) -> CpuSet {
         // Safety: boot CPU, once for this CPU, with its own new stacks.
         match unsafe { smp::start(cpu, server, idle, emergency) } {
             Ok(()) => started = started.with(cpu),
-            Err(error) => println!("smp: CPU {cpu} (server {server}) not started: {error:?}"),
+            Err(smp::StartError::NoStartToken) => {
+                println!("smp: CPU {cpu} (server {server}) not started: the tree has no RTAS start-cpu token")
+            }
+            Err(smp::StartError::BadNumber) => {
+                println!("smp: CPU {cpu} (server {server}) not started: no area for its number")
+            }
+            Err(smp::StartError::Rtas(status)) => {
+                println!("smp: CPU {cpu} (server {server}) not started: RTAS start-cpu status {status}")
+            }
         }
     }
     let deadline = timebase() + time::milliseconds_to_timebase(ONLINE_TIMEOUT_MILLISECONDS);

@@ -147,6 +147,37 @@ impl InputLine {
     }
 }
 
+/// A terminal as a plain function, lent to [`InputLine`]'s methods as
+/// their `write`: the `dyn FnMut` adapter (the vtable and its call shims) is
+/// compiled here, in `portable`, where no function has an ftrace site. The
+/// kernel's fatal report paths, which other CPUs run, stay untraced so.
+pub fn terminal(write: &mut fn(&[u8])) -> &mut dyn FnMut(&[u8]) {
+    write
+}
+
+/// An [`InputLine`] and its terminal as a `core::fmt::Write`: formatted
+/// output (`print!`, reports) goes through [`InputLine::other_output`].
+/// Implemented here for the same reason as [`terminal`]: the `Write`
+/// methods, compiled in `portable`, have no ftrace site.
+pub struct LineWriter<'a> {
+    pub line: &'a mut InputLine,
+    pub terminal: fn(&[u8]),
+}
+
+impl LineWriter<'_> {
+    /// Formats `arguments` to the terminal.
+    pub fn write_arguments(&mut self, arguments: core::fmt::Arguments) -> core::fmt::Result {
+        core::fmt::write(self, arguments)
+    }
+}
+
+impl core::fmt::Write for LineWriter<'_> {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        self.line.other_output(text.as_bytes(), terminal(&mut self.terminal));
+        Ok(())
+    }
+}
+
 impl Default for InputLine {
     fn default() -> Self {
         Self::new()
@@ -165,6 +196,23 @@ mod tests {
         let mut bytes = Vec::new();
         steps(&mut InputLine::new(), &mut |written: &[u8]| bytes.extend_from_slice(written));
         String::from_utf8(bytes).unwrap()
+    }
+
+    static WRITTEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+    fn record(bytes: &[u8]) {
+        WRITTEN.lock().unwrap().extend_from_slice(bytes);
+    }
+
+    #[test]
+    fn the_line_writer_formats_through_other_output_and_the_plain_function() {
+        let mut line = InputLine::new();
+        let mut write: fn(&[u8]) = record;
+        line.open("> ", terminal(&mut write));
+        let mut writer = LineWriter { line: &mut line, terminal: record };
+        writer.write_arguments(format_args!("value {}\n", 42)).unwrap();
+        let shown = String::from_utf8(WRITTEN.lock().unwrap().clone()).unwrap();
+        assert_eq!(shown, "> \nvalue 42\n");
     }
 
     #[test]

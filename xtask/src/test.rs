@@ -241,8 +241,9 @@ const RUNNER_SELFTEST: &str = "runner_selftest";
 /// Boots the kernel's deliberately failing and hanging cases (tests/runner.rs)
 /// with a 2 s deadline: the case that fails with registrations in place and
 /// the one that hangs must fail by name, the cases after each must pass (the
-/// first finds nothing left registered, the second runs in a fresh boot), and
-/// every case must be counted.
+/// first finds nothing left registered, the second runs in a fresh boot), the
+/// case whose secondary CPU panics must end its boot with that one report
+/// (no panic of the boot CPU's thread after it), and every case must be counted.
 fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) -> Result<(), String> {
     let cases = run_cases(image, RUNNER_SELFTEST, "ktest.selftest ktest.deadline=2", options, &mut |line| {
         output.push(line.to_string())
@@ -253,10 +254,14 @@ fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) ->
     passed.sort();
     failed.sort();
     let expected_passed = ["runner_selftest_finds_nothing_left_registered", "runner_selftest_runs_after_the_hang"];
-    let expected_failed = ["runner_selftest_fails_leaving_registrations", "runner_selftest_hangs"];
-    if passed != expected_passed || failed != expected_failed || cases.boots != 2 {
+    let expected_failed = [
+        "runner_selftest_a_secondary_cpu_panics",
+        "runner_selftest_fails_leaving_registrations",
+        "runner_selftest_hangs",
+    ];
+    if passed != expected_passed || failed != expected_failed || cases.boots != 3 {
         return Err(format!(
-            "passed {passed:?}, failed {failed:?} in {} boots; expected passed {expected_passed:?}, failed {expected_failed:?} in 2 boots",
+            "passed {passed:?}, failed {failed:?} in {} boots; expected passed {expected_passed:?}, failed {expected_failed:?} in 3 boots",
             cases.boots
         ));
     }
@@ -264,10 +269,16 @@ fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) ->
         "ktest: watchdog: kernel::tests::runner::runner_selftest_hangs still running after its 2 s deadline",
         "left live patch runner-selftest (remove: done)",
         "left ftrace ops runner-selftest-left-behind (unregister: done)",
+        "kernel: panic on CPU 1, which runs no threads: the machine stops",
     ];
-    match expected_lines.iter().find(|expected| !output.iter().any(|line| line.contains(*expected))) {
-        Some(missing) => Err(format!("no line `{missing}`")),
-        None => Ok(()),
+    if let Some(missing) = expected_lines.iter().find(|expected| !output.iter().any(|line| line.contains(*expected))) {
+        return Err(format!("no line `{missing}`"));
+    }
+    // The secondary CPU's panic is the only panic of its boot.
+    let panics = output.iter().filter(|line| line.contains("panicked at")).count();
+    match panics {
+        2 => Ok(()),
+        _ => Err(format!("{panics} lines `panicked at`; expected 2 (the failing case's, the secondary CPU's)")),
     }
 }
 

@@ -68,7 +68,7 @@ pub extern "C" fn klp_print(bytes: *const u8, length: usize) {
     // Safety: the module passes a buffer it owns, of that length.
     let bytes = unsafe { core::slice::from_raw_parts(bytes, length) };
     let _interrupts = crate::arch::interrupts::disable();
-    let mut console = console::CONSOLE.lock();
+    let mut console = console::lock();
     for chunk in bytes.utf8_chunks() {
         console.write_bytes(chunk.valid().as_bytes());
         if !chunk.invalid().is_empty() {

@@ -92,7 +92,7 @@ fn call_untraced() {
 extern "C" fn do_nothing(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {}
 static LIGHT: FtraceOps = FtraceOps::new("bench-light", do_nothing, OpsFlags::RECURSION_SAFE);
 static FULL: FtraceOps = FtraceOps::new("bench-full", do_nothing, OpsFlags::RECURSION_SAFE.union(OpsFlags::SAVE_REGS));
-static EVERYWHERE: FtraceOps = FtraceOps::new("bench-everywhere", do_nothing, OpsFlags::RECURSION_SAFE);
+pub(super) static EVERYWHERE: FtraceOps = FtraceOps::new("bench-everywhere", do_nothing, OpsFlags::RECURSION_SAFE);
 
 const TRACED: &str = "kernel::tests::bench::traced_function";
 

@@ -31,6 +31,7 @@ fn per_iteration(body: impl Fn()) -> Tenths {
 
 /// Runs the SMP benchmarks; names carry the number of CPUs online.
 pub fn run_all() {
+    let enable_all = enable_all_per_site();
     let _preempt = thread::preempt_disable();
     let online = online_cpus();
     let cpus = online.len();
@@ -44,10 +45,26 @@ pub fn run_all() {
         "bench: ipi_round_trip_smp{cpus} {round_trip} instructions \
          smp_call_function of an empty function on one ceded CPU with wait: IPI there, IPI back, both CPUs counted"
     );
+    println!(
+        "bench: enable_all_per_site_smp{cpus} {enable_all} instructions \
+         register on every site, per site, the other CPUs synchronising once per batch (target <= 300)"
+    );
     let all = per_iteration(|| smp_call_function(CpuSet::first(MAX_CPUS), nothing, 0, true));
     println!(
         "bench: call_function_all_smp{cpus} {all} instructions \
          the same on all {} other CPUs, waiting for every one",
         others.len()
     );
+}
+
+/// Instructions per site of one registration on every site (the whole
+/// operation, the other CPUs' synchronisation included).
+fn enable_all_per_site() -> u64 {
+    use crate::trace::{self, Filter};
+    let mut sites = 0;
+    let ticks = measured(|| {
+        sites = trace::register(&super::bench::EVERYWHERE, Filter::Glob("*")).expect("sites exist");
+    });
+    trace::unregister(&super::bench::EVERYWHERE).expect("registered");
+    instructions(ticks) / sites.max(1) as u64
 }

@@ -1,5 +1,5 @@
 //! Tests of the console and the symbol table behind reports.
-use crate::console::CONSOLE;
+use crate::console;
 use crate::thread::{self, ExitStatus};
 use crate::{bug, println, symbols};
 use macros::ktest;
@@ -15,9 +15,9 @@ fn console_writes_long_lines_in_chunks() {
     {
         // The lock is taken as print! takes it: interrupts off.
         let _interrupts = crate::arch::interrupts::disable();
-        CONSOLE.lock().write_bytes(LINE.as_bytes());
+        console::lock().write_bytes(LINE.as_bytes());
     }
-    assert!(!CONSOLE.is_locked(), "the console lock is free again");
+    assert!(!console::is_locked(), "the console lock is free again");
 }
 
 /// A BUG taken while the console lock is held (on purpose here; in life, a
@@ -31,12 +31,12 @@ fn a_bug_taken_while_the_console_is_held_is_reported_and_the_console_works_after
     let victim = thread::spawn("console-holder", || {
         // As print! holds it: interrupts off. The thread dies holding both.
         let _interrupts = crate::arch::interrupts::disable();
-        let _console = CONSOLE.lock();
+        let _console = console::lock();
         bug!();
     })
     .unwrap();
     assert_eq!(victim.join(), ExitStatus::Killed("BUG"));
-    assert!(!CONSOLE.is_locked(), "the report left the console lock free");
+    assert!(!console::is_locked(), "the report left the console lock free");
     println!("console: usable after the report");
 }
 

@@ -56,6 +56,30 @@ fn runner_selftest_hangs() {
     }
 }
 
+/// Panics on purpose, on whichever CPU runs it.
+#[notrace]
+fn panic_on_this_cpu(_: u64) {
+    panic!("failing on purpose on CPU {}", crate::arch::percpu::smp_processor_id());
+}
+
+/// A panic on a CPU other than the boot CPU ends the machine with one
+/// report: it must not end this thread (which runs on the boot CPU) nor run
+/// the scheduler there. xtask counts the reports.
+#[ktest]
+fn runner_selftest_a_secondary_cpu_panics() {
+    use crate::arch::percpu::{online_cpus, smp_processor_id};
+    use crate::arch::registers::timebase;
+    let target = online_cpus().without(smp_processor_id()).iter().next().expect("at least two CPUs online");
+    {
+        let _preempt = crate::thread::preempt_disable();
+        crate::arch::smp::smp_call_function(portable::cpuset::CpuSet::only(target), panic_on_this_cpu, 0, false);
+    }
+    // The machine stops meanwhile; this thread only waits, ceded, for a second.
+    let deadline = timebase() + crate::time::milliseconds_to_timebase(1000);
+    crate::arch::smp::wait_until(|| timebase() >= deadline);
+    panic!("the machine still runs a second after CPU {target} panicked");
+}
+
 #[ktest]
 fn runner_selftest_runs_after_the_hang() {
     assert!(trace::registered().is_empty(), "{:?}", trace::registered());

@@ -8,7 +8,7 @@ use crate::arch::text::{self, log::Step};
 use crate::{thread, time};
 use alloc::vec::Vec;
 use boot::{CPU_AREAS, MAX_CPUS, PerCpu};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use macros::{ktest, notrace};
 use portable::cpuset::CpuSet;
 use portable::devicetree::DeviceTree;
@@ -136,6 +136,37 @@ fn a_call_function_wakes_a_ceded_cpu() {
     assert_eq!(statistics.ipis.load(Ordering::Relaxed), ipis + 1, "woken by the IPI");
 }
 
+/// A second such function, for the batch.
+#[notrace]
+#[inline(never)]
+fn patched_in_place_too(value: u64) -> u64 {
+    core::hint::black_box(value) + 2
+}
+
+/// A batch of text changes (`text::modify_all`, and so a bulk enable of
+/// sites) writes and flushes every word, then has the other CPUs
+/// synchronise once, before it returns.
+#[ktest]
+fn a_batch_of_text_changes_has_every_online_cpu_synchronize_once_after_the_last_word() {
+    let addresses =
+        [patched_in_place as *const () as u64, patched_in_place_too as *const () as u64].map(text::local_entry);
+    let changes = addresses.map(|address| (address, text::read(address), text::read(address)));
+    let _preempt = thread::preempt_disable();
+    text::log::start();
+    let result = text::modify_all(&changes);
+    let steps = text::log::stop();
+    result.expect("the words are the ones read");
+    assert_eq!((patched_in_place(1), patched_in_place_too(1)), (2, 3));
+    let me = smp_processor_id();
+    let mut expected = alloc::vec![(Step::Written, me), (Step::Flushed, me), (Step::Written, me), (Step::Flushed, me)];
+    expected.extend(others().iter().map(|cpu| (Step::Synchronized, cpu)));
+    expected.push((Step::Returned, me));
+    let mut sorted = steps.clone();
+    let middle = 4..sorted.len().saturating_sub(1).max(4);
+    sorted[middle].sort_by_key(|&(_, cpu)| cpu);
+    assert_eq!(sorted, expected, "steps in order: {steps:?}");
+}
+
 /// A function whose first instruction the patching test rewrites with itself.
 #[notrace]
 #[inline(never)]
@@ -162,4 +193,117 @@ fn text_patching_has_every_online_cpu_synchronize_before_it_returns() {
     let middle = 2..sorted.len().saturating_sub(1).max(2);
     sorted[middle].sort_by_key(|&(_, cpu)| cpu);
     assert_eq!(sorted, expected, "steps in order: {steps:?}");
+}
+
+/// Set by `report_and_end` once its report has begun.
+static REPORT_BEGUN: AtomicBool = AtomicBool::new(false);
+
+/// Begins a report (as an Oops or a panic does) and ends it, as a posted call.
+#[notrace]
+fn report_and_end(_: u64) {
+    crate::console::begin_report();
+    REPORT_BEGUN.store(true, Ordering::Release);
+    crate::console::end_report();
+}
+
+/// A report on another CPU waits while this CPU holds the console lock (it
+/// is writing, not dead), and while this CPU writes a report of its own; it
+/// goes on as soon as each is let go.
+#[ktest]
+fn a_report_on_another_cpu_waits_for_the_console_holder_and_the_report_before_it() {
+    let target = secondary();
+    let _preempt = thread::preempt_disable();
+    REPORT_BEGUN.store(false, Ordering::Relaxed);
+    {
+        let _interrupts = crate::arch::interrupts::disable();
+        let console = crate::console::lock();
+        smp_call_function(CpuSet::only(target), report_and_end, 0, false);
+        let early = wait_for(200, || REPORT_BEGUN.load(Ordering::Acquire));
+        let owner = crate::console::owner();
+        drop(console);
+        assert!(!early, "CPU {target}'s report went on while CPU {BOOT_CPU} held the console");
+        assert_eq!(owner, Some(BOOT_CPU), "the console lock stayed CPU {BOOT_CPU}'s");
+    }
+    assert!(wait_for(1000, || REPORT_BEGUN.load(Ordering::Acquire)), "the report went on once the console was free");
+    REPORT_BEGUN.store(false, Ordering::Relaxed);
+    crate::console::begin_report();
+    smp_call_function(CpuSet::only(target), report_and_end, 0, false);
+    let early = wait_for(200, || REPORT_BEGUN.load(Ordering::Acquire));
+    crate::console::end_report();
+    assert!(!early, "CPU {target}'s report began during CPU {BOOT_CPU}'s");
+    assert!(wait_for(1000, || REPORT_BEGUN.load(Ordering::Acquire)), "the report went on once the first ended");
+}
+
+/// The waits of `smp_call_function` cede (H_CEDE turns interrupts on), yet a
+/// caller with interrupts off finds them off on return, and one with them on
+/// finds them on.
+#[ktest]
+fn call_function_returns_with_interrupts_as_they_were() {
+    use crate::arch::registers::{Msr, msr};
+    let _preempt = thread::preempt_disable();
+    reset_runs();
+    {
+        let _interrupts = crate::arch::interrupts::disable();
+        smp_call_function(others(), count_run_slowly, 5, true);
+        assert!(!msr().contains(Msr::EE), "interrupts came back on in smp_call_function");
+    }
+    assert!(msr().contains(Msr::EE), "interrupts on again once the caller's guard is dropped");
+    smp_call_function(others(), count_run_slowly, 5, true);
+    assert!(msr().contains(Msr::EE), "interrupts left off by smp_call_function");
+    for cpu in others().iter() {
+        assert_eq!(RUNS[cpu].load(Ordering::Relaxed), 2, "both calls ran on CPU {cpu}");
+    }
+}
+
+/// What a secondary CPU may run (its entry, idle loop, IPI handler,
+/// decrementer, posted calls, and a report of its own panic, BUG or Oops):
+/// every function of these modules. None may have an ftrace site, since no
+/// secondary CPU enters ftrace or a live patch yet.
+const SECONDARY_CPU_MODULES: &[&str] = &[
+    "kernel::arch::ppc64::smp::",
+    "kernel::arch::ppc64::xics::",
+    "kernel::arch::ppc64::percpu::",
+    "kernel::arch::ppc64::interrupts::",
+    "kernel::arch::ppc64::hcall::",
+    "kernel::console::",
+    "kernel::panic::",
+    "kernel::backtrace::",
+    "kernel::exception::",
+];
+
+#[ktest]
+fn nothing_a_secondary_cpu_runs_has_an_ftrace_site() {
+    let traced: Vec<&str> = crate::trace::site_table()
+        .sites()
+        .iter()
+        .map(|site| site.name)
+        .filter(|name| SECONDARY_CPU_MODULES.iter().any(|module| name.contains(module)))
+        .collect();
+    assert!(traced.is_empty(), "functions with an ftrace site that a secondary CPU runs: {traced:?}");
+}
+
+#[notrace]
+extern "C" fn ignore_call(_: u64, _: u64, _: &crate::trace::FtraceOps, _: &mut crate::trace::FtraceRegs) {}
+static BATCH_OPS: crate::trace::FtraceOps =
+    crate::trace::FtraceOps::new("smp-batch", ignore_call, crate::trace::OpsFlags::RECURSION_SAFE);
+
+/// Enabling several sites at once (`trace::register`) synchronises the other
+/// CPUs once per batch (the sites; the stubs' call), not once per site.
+#[ktest]
+fn enabling_many_sites_synchronizes_the_other_cpus_once_per_batch() {
+    let glob = "*tests::ftrace::traced_*";
+    text::log::start();
+    let result = crate::trace::register(&BATCH_OPS, crate::trace::Filter::Glob(glob));
+    let steps = text::log::stop();
+    let unregistered = crate::trace::unregister(&BATCH_OPS);
+    let sites = result.expect("the ops registers");
+    unregistered.expect("the ops unregisters");
+    assert!(sites >= 2, "the filter matches several sites: {sites}");
+    let written = steps.iter().filter(|&&(step, _)| step == Step::Written).count();
+    let synchronized = steps.iter().filter(|&&(step, _)| step == Step::Synchronized).count();
+    assert!(written >= sites, "every site written: {steps:?}");
+    assert!(
+        synchronized <= 2 * others().iter().count(),
+        "{synchronized} synchronisations for {written} words (at most one per other CPU per batch): {steps:?}"
+    );
 }

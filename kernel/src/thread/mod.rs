@@ -20,6 +20,7 @@ pub use {
     scheduler::{ExitStatus, exit, yield_now},
 };
 
+use crate::arch::thread_info::compiler_barrier;
 use macros::notrace;
 
 /// Makes the current thread non-preemptible until the guard is dropped; nests.
@@ -54,18 +55,6 @@ impl Drop for PreemptGuard {
         // Safety: as in preempt_disable.
         unsafe { (*current_thread_info()).preempt_count -= 1 };
     }
-}
-
-/// Keeps the compiler from moving memory accesses across it, emitting no
-/// instruction (Linux's `barrier()`): an empty `asm!` that may, as far as the
-/// compiler knows, read and write any memory. Not `compiler_fence`: on this
-/// target LLVM lowers that to a `sync`, a full hardware barrier a one-CPU
-/// section does not need.
-#[notrace]
-#[inline(always)]
-fn compiler_barrier() {
-    // Safety: an empty instruction sequence; it changes nothing.
-    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
 }
 
 /// The current thread's preempt count.

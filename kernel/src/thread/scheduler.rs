@@ -331,6 +331,8 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
         panic!("{} in thread {current}, which cannot be killed", kill.reason);
     }
     println!("kernel: killed thread {current} ({})", kill.reason);
+    // The report is over: one on another CPU need not wait for it.
+    crate::console::end_report();
     exit(ExitStatus::Killed(kill.reason))
 }
 

@@ -120,6 +120,9 @@ pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(
         let change = prepare(&sites[index], states[index], state).map_err(ApplyError::Text)?;
         planned.push((state, change));
     }
+    // Every word written and flushed here, then the other CPUs synchronise
+    // once for the batch (`SiteChange::end_batch`), also after an undo; a
+    // batch that writes nothing asks nothing of them.
     for (done, (_, change)) in planned.iter().enumerate() {
         if let Some(change) = change
             && let Err(error) = change.commit()
@@ -129,8 +132,12 @@ pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(
                     super::ops::report_failed_undo("a site", &undo_error);
                 }
             }
+            SiteChange::end_batch(change);
             return Err(ApplyError::Text(error));
         }
+    }
+    if let Some(last) = planned.iter().rev().find_map(|(_, change)| change.as_ref()) {
+        SiteChange::end_batch(last);
     }
     for (&index, &(state, _)) in indices.iter().zip(&planned) {
         states[index] = state;

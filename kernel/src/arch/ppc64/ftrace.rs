@@ -434,18 +434,27 @@ pub struct SiteChange {
 }
 
 impl SiteChange {
-    /// Writes the new word, if the old one is still there. Always inlined,
+    /// Writes the new word, if the old one is still there, and flushes it on
+    /// this CPU; the batch ends with `SiteChange::end_batch`. Always inlined,
     /// so it has no ftrace site (`#[notrace]` takes no methods): it runs
     /// while sites are being changed.
     #[inline(always)]
     pub fn commit(&self) -> Result<(), TextError> {
-        text::modify_code(self.address, self.old, self.new)
+        text::modify_code_local(self.address, self.old, self.new)
     }
 
     /// Puts the old word back, if the new one is there (inlined, as `commit`).
     #[inline(always)]
     pub fn revert(&self) -> Result<(), TextError> {
-        text::modify_code(self.address, self.new, self.old)
+        text::modify_code_local(self.address, self.new, self.old)
+    }
+
+    /// Ends a batch of commits or reverts: the other CPUs synchronise once
+    /// (`text::end_batch`); until then only this CPU is sure to fetch the new
+    /// words (the others run no traced code).
+    #[inline(always)]
+    pub fn end_batch(last: &SiteChange) {
+        text::end_batch(last.address);
     }
 }
 

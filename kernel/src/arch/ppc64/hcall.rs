@@ -7,6 +7,8 @@ pub const BUSY: i64 = 1;
 pub const SUCCESS: i64 = 0;
 /// H_CEDE: idle this CPU until an interrupt arrives (sets MSR[EE]).
 pub const CEDE: u64 = 0xe0;
+/// H_CONFER: give the rest of this CPU's time to the other CPUs (target -1: all of them); MSR[EE] is left as it is.
+pub const CONFER: u64 = 0xe4;
 /// H_GET_TERM_CHAR: read up to 16 bytes from a virtual terminal.
 pub const GET_TERM_CHAR: u64 = 0x54;
 /// H_PUT_TERM_CHAR: write up to 16 bytes to a virtual terminal.

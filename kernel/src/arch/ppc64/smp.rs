@@ -41,8 +41,9 @@ pub fn boot_cpu_online(interrupt_server: u32, backstop_ticks: u32) {
     mark_online();
 }
 
-/// Why a CPU was not started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a CPU was not started. No `Debug`: a derived one would be a traced
+/// function in this module, which is all untraced (`kernel::smp` prints it).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum StartError {
     /// The tree has no RTAS `start-cpu` token.
     NoStartToken,
@@ -95,7 +96,9 @@ pub extern "C" fn secondary_main(cpu: u64) -> ! {
     xics::set_priority(xics::LEAST_FAVOURED);
     set_decrementer(BACKSTOP_TICKS.load(Ordering::Relaxed));
     mark_online();
-    // The boot CPU waits (ceded) for every started CPU to come online.
+    // The boot CPU waits (ceded) for every started CPU to come online: the
+    // mark visible before the wake-up (as in `smp_call_function`).
+    fence(Ordering::SeqCst);
     xics::send_ipi(area(BOOT_CPU).interrupt_server);
     idle_loop()
 }
@@ -140,6 +143,10 @@ pub fn external_interrupt() -> Result<(), u32> {
         xics::IPI_SOURCE => {
             let area = per_cpu();
             xics::clear_ipi(area.interrupt_server);
+            // A full barrier between lowering the IPI and reading the
+            // mailbox (Linux's mb after clearing the message): a call posted
+            // after our read raises the IPI again, one posted before is seen.
+            fence(Ordering::SeqCst);
             area.statistics.ipis.fetch_add(1, Ordering::Relaxed);
             if call_posted() {
                 run_posted_call();
@@ -178,22 +185,44 @@ fn run_posted_call() {
     function(argument);
     own.statistics.calls.fetch_add(1, Ordering::Relaxed);
     mailbox.completed.store(posted, Ordering::Release);
+    // `completed` visible before the caller takes the wake-up (as in `smp_call_function`).
+    fence(Ordering::SeqCst);
     xics::send_ipi(area(caller).interrupt_server);
 }
 
+/// Gives the rest of this CPU's time slice to the other CPUs (H_CONFER to
+/// all), interrupts left as they are: the pause of a wait that may not take
+/// interrupts (a report waiting for another CPU's console output), where
+/// `wait_until`'s H_CEDE would enable them. Under QEMU's round-robin TCG the
+/// next CPU runs at once, so a loop of these does not starve the CPU it waits for.
+#[notrace]
+pub fn confer() {
+    super::hcall::hcall(super::hcall::CONFER, [u64::MAX, 0, 0, 0, 0, 0]);
+}
+
 /// Waits until `condition` holds, without spinning: interrupts off, test,
-/// H_CEDE (which enables interrupts until one is taken), again. Whoever makes
-/// the condition true must send this CPU an IPI; the decrementer bounds the
-/// wait if it does not. Interrupts are as they were on return.
+/// H_CEDE (which enables interrupts until one is taken), off again, test
+/// again. Whoever makes the condition true must send this CPU an IPI; the
+/// decrementer bounds the wait if it does not. Interrupts are as they were
+/// on return (off again after each cede, the caller's state restored at the
+/// end), but interrupt handlers do run during the wait: the caller must not
+/// hold a lock that one of them takes.
 #[notrace]
 pub fn wait_until(mut condition: impl FnMut() -> bool) {
-    loop {
-        let _off = interrupts::disable();
-        if condition() {
-            return;
-        }
-        interrupts::wait();
+    let _caller_state = interrupts::disable();
+    while !condition() {
+        ceded_pause();
     }
+}
+
+/// H_CEDE, then interrupts off again (H_CEDE returns with them on, once one
+/// was taken): the pause of a wait, with the caller's interrupt state kept by
+/// its own guard.
+#[notrace]
+#[inline(always)]
+fn ceded_pause() {
+    interrupts::wait();
+    core::mem::forget(interrupts::disable());
 }
 
 /// Runs `function(argument)` once on every online CPU of `cpus` but the
@@ -205,7 +234,8 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
 /// `function` must be `#[notrace]` (secondary CPUs do not enter ftrace yet),
 /// must not call `smp_call_function`, and must not block. The caller is not
 /// preempted meanwhile (`NoPreemption`), so no thread ever waits for one
-/// switched out while it held the sender lock.
+/// switched out while it held the sender lock. Interrupts are as they were
+/// on return; their handlers run while it waits (`wait_until`).
 #[notrace]
 pub fn smp_call_function(cpus: CpuSet, function: fn(u64), argument: u64, wait: bool) {
     let me = smp_processor_id();
@@ -224,6 +254,11 @@ pub fn smp_call_function(cpus: CpuSet, function: fn(u64), argument: u64, wait: b
         mailbox.caller.store(me as u64, Ordering::Relaxed);
         // Publishes the three fields above to the CPU's acquire of `posted`.
         mailbox.posted.fetch_add(1, Ordering::Release);
+        // A full barrier (`sync`) between publishing and raising the IPI, as
+        // Linux's smp_mb before it raises one: the target must see `posted`
+        // once it takes the IPI. The hcall is a barrier in QEMU and PowerVM
+        // today, but PAPR does not promise it.
+        fence(Ordering::SeqCst);
         xics::send_ipi(area(cpu).interrupt_server);
     }
     if wait {
@@ -235,8 +270,9 @@ pub fn smp_call_function(cpus: CpuSet, function: fn(u64), argument: u64, wait: b
 }
 
 /// Keeps the running thread from being preempted while it lives: the
-/// preempt count of its `thread_info`, as `thread::preempt_disable` keeps it
-/// (the architecture owns the layout; the timer preempts only at 0).
+/// preempt count of its `thread_info`, as `thread::preempt_disable` keeps it,
+/// with the same compiler barriers (the architecture owns the layout and the
+/// barrier, and may not import `thread`; the timer preempts only at 0).
 struct NoPreemption(*mut super::thread_info::ThreadInfo);
 
 impl NoPreemption {
@@ -247,6 +283,8 @@ impl NoPreemption {
         // Safety: the running context's own thread_info (thread, idle or
         // emergency stack); only it writes its preempt count.
         unsafe { (*info).preempt_count += 1 };
+        // Nothing of the section moves before the increment (as `thread::preempt_disable`).
+        super::thread_info::compiler_barrier();
         NoPreemption(info)
     }
 }
@@ -254,6 +292,8 @@ impl NoPreemption {
 impl Drop for NoPreemption {
     #[inline(always)]
     fn drop(&mut self) {
+        // Nothing of the section moves after the decrement.
+        super::thread_info::compiler_barrier();
         // Safety: as in `new`: the same thread_info, the thread was not switched out meanwhile.
         unsafe { (*self.0).preempt_count -= 1 };
     }
@@ -263,12 +303,12 @@ impl Drop for NoPreemption {
 /// (its holder sends no wake-up: the decrementer bounds the wait).
 #[notrace]
 fn lock_sender() -> spin::MutexGuard<'static, ()> {
+    let _caller_state = interrupts::disable();
     loop {
         if let Some(guard) = SENDER.try_lock() {
             return guard;
         }
-        let _off = interrupts::disable();
-        interrupts::wait();
+        ceded_pause();
     }
 }
 

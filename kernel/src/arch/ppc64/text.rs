@@ -79,11 +79,23 @@ pub fn validate(address: u64, expected: u32) -> Result<(), TextError> {
 /// instant (docs/ftrace.md), or all-or-nothing with `modify_all`.
 #[notrace]
 pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
+    modify_code_local(address, old, new)?;
+    end_batch(address);
+    Ok(())
+}
+
+/// `modify_code` without the cross-CPU step: checks, stores and flushes on
+/// this CPU. For a batch of words (a bulk enable), each written this way,
+/// then one `end_batch`: one IPI round trip per batch, not per word, as
+/// Linux synchronises once per batch. Other CPUs run no traced or patched
+/// code (`RUNNING_CPUS`), so none can meet a word before the batch ends.
+#[notrace]
+pub fn modify_code_local(address: u64, old: u32, new: u32) -> Result<(), TextError> {
     validate(address, old)?;
-    // Safety: aligned kernel text; the caller owns the change (see above).
+    // Safety: aligned kernel text; the caller owns the change (see `modify_code`).
     unsafe { (address as *mut u32).write_volatile(new) };
-    // One load of the log's switch for the three steps: every word of a
-    // bulk enable pays for it (the log exists for the protocol's test).
+    // One load of the log's switch for both steps: every word of a bulk
+    // enable pays for it (the log exists for the protocol's test).
     let recording = log::recording();
     if recording {
         log::record(log::Step::Written, address);
@@ -92,26 +104,38 @@ pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
     if recording {
         log::record(log::Step::Flushed, address);
     }
+    Ok(())
+}
+
+/// Ends a change of text (one word, or a batch written by
+/// `modify_code_local`): every other online CPU runs its context-synchronising
+/// `isync` before this returns (`smp::synchronize_other_cpus`). `address` is
+/// what the log records for the return (the last word changed).
+#[notrace]
+pub fn end_batch(address: u64) {
     super::smp::synchronize_other_cpus();
-    if recording {
+    if log::recording() {
         log::record(log::Step::Returned, address);
     }
-    Ok(())
 }
 
 /// Makes every change `(address, old, new)` or none: checks every old word
 /// first and writes only when all match, so a mismatch anywhere (the second
 /// of two stub call sites, say) leaves the first as it was. The caller keeps
 /// other threads off the instructions, as for `modify_code`, so nothing can
-/// change a word between its check and its write.
+/// change a word between its check and its write. The other CPUs synchronise
+/// once, after the last word (`end_batch`).
 #[notrace]
 pub fn modify_all(changes: &[(u64, u32, u32)]) -> Result<(), TextError> {
     for &(address, old, _) in changes {
         validate(address, old)?;
     }
+    let mut last = 0;
     for &(address, old, new) in changes {
-        modify_code(address, old, new)?;
+        modify_code_local(address, old, new)?;
+        last = address;
     }
+    end_batch(last);
     Ok(())
 }
 

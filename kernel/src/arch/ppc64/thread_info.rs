@@ -81,3 +81,16 @@ pub fn stack_bounds(stack_pointer: u64) -> (u64, u64) {
     let base = stack_pointer & !(THREAD_SIZE as u64 - 1);
     (base, base + THREAD_SIZE as u64)
 }
+
+/// Keeps the compiler from moving memory accesses across it, emitting no
+/// instruction (Linux's `barrier()`), around the
+/// preempt count's changes (`thread::preempt_disable`, `arch::smp`'s `NoPreemption`): an empty `asm!` that may, as far as the
+/// compiler knows, read and write any memory. Not `compiler_fence`: on this
+/// target LLVM lowers that to a `sync`, a full hardware barrier a one-CPU
+/// section does not need.
+#[notrace]
+#[inline(always)]
+pub fn compiler_barrier() {
+    // Safety: an empty instruction sequence; it changes nothing.
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+}
