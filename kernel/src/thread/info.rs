@@ -66,14 +66,7 @@ pub const EMERGENCY_THREAD_ID: u64 = u64::MAX;
 #[notrace]
 pub unsafe fn initialise_emergency(base: u64) {
     // Safety: the caller owns the stack.
-    unsafe {
-        initialise(base, EMERGENCY_THREAD_ID);
-        let info = &mut *(base as *mut ThreadInfo);
-        info.state = ThreadState::Running as u64;
-        let name = "emergency";
-        info.name_address = name.as_ptr() as u64;
-        info.name_length = name.len() as u64;
-    }
+    unsafe { initialise_running(base, EMERGENCY_THREAD_ID, "emergency") };
 }
 
 /// `thread_id` in the `thread_info` of a secondary CPU's idle stack: the
@@ -89,14 +82,7 @@ pub const SECONDARY_IDLE_THREAD_ID: u64 = u64::MAX - 1;
 #[notrace]
 pub unsafe fn initialise_secondary_idle(base: u64) {
     // Safety: the caller owns the stack.
-    unsafe {
-        initialise(base, SECONDARY_IDLE_THREAD_ID);
-        let info = &mut *(base as *mut ThreadInfo);
-        info.state = ThreadState::Running as u64;
-        let name = "cpu-idle";
-        info.name_address = name.as_ptr() as u64;
-        info.name_length = name.len() as u64;
-    }
+    unsafe { initialise_running(base, SECONDARY_IDLE_THREAD_ID, "cpu-idle") };
 }
 
 /// Whether the magic word above the `thread_info` at `base` is intact.
@@ -104,4 +90,22 @@ pub unsafe fn initialise_secondary_idle(base: u64) {
 pub fn magic_intact(base: u64) -> bool {
     // Safety: `base` is a thread stack base; the word is inside the stack.
     unsafe { ((base + MAGIC_OFFSET as u64) as *const u64).read_volatile() == STACK_END_MAGIC }
+}
+
+/// Prepares the `thread_info` at `base` for a stack that is not one of the
+/// scheduler's threads but runs code (an emergency or a secondary CPU's idle
+/// stack): as `initialise`, marked running and named `name` for the debugger.
+///
+/// # Safety
+/// `base` is a THREAD_SIZE-aligned stack that nothing runs on yet.
+#[notrace]
+unsafe fn initialise_running(base: u64, thread_id: u64, name: &'static str) {
+    // Safety: the caller owns the stack.
+    unsafe {
+        initialise(base, thread_id);
+        let info = &mut *(base as *mut ThreadInfo);
+        info.state = ThreadState::Running as u64;
+        info.name_address = name.as_ptr() as u64;
+        info.name_length = name.len() as u64;
+    }
 }
