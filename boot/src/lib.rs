@@ -59,6 +59,15 @@ pub struct PerCpu {
     pub mailbox: Mailbox,
     /// Counters kept by this CPU, read by others (the `cpus` command, tests).
     pub statistics: CpuStatistics,
+    /// Times this CPU was seen outside every read-side section of the
+    /// kernel's lock-free tables (a switch, idle, an interrupt taken in
+    /// preemptible code): a grace period waits until each other CPU's count
+    /// has moved. Written by the CPU itself, read by others.
+    pub quiescent_states: AtomicU64,
+    /// While this CPU handles an IPI: the address of the registers it
+    /// interrupted (`PtRegs`), else 0. Read by the calls it runs, and by a
+    /// CPU that stopped the machine (`smp::stop_machine`).
+    pub interrupted_registers: AtomicU64,
 }
 
 /// The IPI mailbox of one CPU. One sender at a time posts a call (the
@@ -87,7 +96,7 @@ pub struct CpuStatistics {
     pub ipis: AtomicU64,
     /// Calls (`smp_call_function`) it has run.
     pub calls: AtomicU64,
-    /// Decrementer interrupts it has taken (secondary CPUs; CPU 0 counts in `time`).
+    /// Decrementer interrupts it has taken.
     pub ticks: AtomicU64,
     /// 1 while the CPU is ceded to the hypervisor in its idle loop, 0 otherwise.
     pub ceded: AtomicU64,
@@ -128,6 +137,8 @@ const fn empty_area() -> PerCpu {
             ticks: AtomicU64::new(0),
             ceded: AtomicU64::new(0),
         },
+        quiescent_states: AtomicU64::new(0),
+        interrupted_registers: AtomicU64::new(0),
     }
 }
 

@@ -30,11 +30,6 @@ pub extern "C" fn exception_dispatch(regs: &mut PtRegs) {
         _ => {}
     }
     match regs.trap {
-        vectors::DECREMENTER if crate::arch::percpu::smp_processor_id() != crate::arch::percpu::BOOT_CPU => {
-            // Threads run on the boot CPU only: another CPU's tick must never
-            // reach the scheduler (docs/ARCHITECTURE.md, "CPUs").
-            crate::arch::smp::secondary_tick()
-        }
         vectors::DECREMENTER => {
             let in_ftrace = crate::arch::ftrace::in_ftrace(regs.nip, regs.link, regs.gpr[1]);
             time::tick(!in_ftrace)
@@ -73,7 +68,7 @@ fn program_check(regs: &mut PtRegs) {
 #[notrace]
 #[inline(never)]
 fn external_interrupt(regs: &mut PtRegs) {
-    if let Err(source) = crate::arch::smp::external_interrupt() {
+    if let Err(source) = crate::arch::smp::external_interrupt(regs) {
         println!("Oops: interrupt from source {source:#x}, which no driver enabled");
         unexpected(regs, "unexpected interrupt")
     }

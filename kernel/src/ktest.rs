@@ -126,7 +126,7 @@ fn run_one(test: &'static KernelTest, deadline: u64) -> bool {
     }
     let before = isolation::snapshot();
     watchdog::arm(test, deadline);
-    let status = match thread::spawn(test.name, test.function) {
+    let status = match thread::spawn_on(crate::arch::percpu::BOOT_CPU, test.name, test.function) {
         Some(handle) => handle.join(),
         None => thread::ExitStatus::Killed("no memory for the test thread"),
     };

@@ -1,5 +1,5 @@
 //! The panic handler: print the message, location and backtrace, then end QEMU with a failure status.
-use crate::arch::percpu::{BOOT_CPU, smp_processor_id};
+use crate::arch::percpu::smp_processor_id;
 use crate::arch::{interrupts, rtas};
 use crate::println;
 use core::panic::PanicInfo;
@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 static PANICKING: AtomicU64 = AtomicU64::new(0);
 
 /// Lets a later panic print again (the test runner survives panics in test
-/// threads, which run on the boot CPU only).
+/// threads).
 #[cfg(feature = "ktest")]
 pub fn end_panic() {
     PANICKING.fetch_and(!(1 << smp_processor_id()), Ordering::SeqCst);
@@ -36,10 +36,10 @@ fn panic(info: &PanicInfo) -> ! {
         None => println!("kernel panicked at unknown location: {}", info.message()),
     }
     crate::backtrace::print_current();
-    if cpu != BOOT_CPU {
-        // Threads run on the boot CPU only: this CPU has no thread to end and
-        // must never touch the scheduler (docs/ARCHITECTURE.md, "CPUs").
-        println!("kernel: panic on CPU {cpu}, which runs no threads: the machine stops");
+    if crate::arch::smp::interrupted_registers().is_some() {
+        // In an IPI's call: the interrupted thread is not the one that
+        // panicked, and its CPU is in an interrupt handler; nothing to end.
+        println!("kernel: panic on CPU {cpu} in an IPI handler: the machine stops");
     } else {
         #[cfg(feature = "ktest")]
         crate::ktest::on_panic();

@@ -17,7 +17,12 @@ struct Command {
 
 const COMMANDS: &[Command] = &[
     Command { name: "help", help: "list the commands", run: help },
-    Command { name: "threads", help: "list threads: state, switches, stack and livepatch stack use", run: threads },
+    Command {
+        name: "threads",
+        help: "list threads: state, CPU, switches, stack and livepatch stack use",
+        run: threads,
+    },
+    Command { name: "pin", help: "pin THREAD CPU|any: move a thread to one CPU, or let it run on any", run: pin },
     Command {
         name: "cpus",
         help: "list CPUs: interrupt server, online, IPIs, calls, ticks, what each runs",
@@ -105,7 +110,10 @@ fn help(_: &str) {
 }
 
 fn threads(_: &str) {
-    println!("  {:>3} {:<24} {:<12} {:>9} {:>11} {:>10}", "id", "name", "state", "switches", "stack used", "lp stack");
+    println!(
+        "  {:>3} {:<24} {:<12} {:>4} {:>6} {:>9} {:>11} {:>10}",
+        "id", "name", "state", "cpu", "pinned", "switches", "stack used", "lp stack"
+    );
     for summary in thread::snapshot() {
         let state = match summary.state {
             thread::State::Running => "running",
@@ -114,10 +122,38 @@ fn threads(_: &str) {
             thread::State::Joining => "joining",
             thread::State::Dead(_) => "dead",
         };
+        let pinned = summary.affinity.map_or(String::from("-"), |cpu| format!("{cpu}"));
+        let used = summary.stack_used.map_or(String::from("-"), |used| format!("{used}"));
         println!(
-            "  {:>3} {:<24} {:<12} {:>9} {:>11} {:>10}",
-            summary.id, summary.name, state, summary.switches, summary.stack_used, summary.livepatch_depth
+            "  {:>3} {:<24} {:<12} {:>4} {:>6} {:>9} {:>11} {:>10}",
+            summary.id, summary.name, state, summary.cpu, pinned, summary.switches, used, summary.livepatch_depth
         );
+    }
+}
+
+fn pin(arguments: &str) {
+    let mut words = arguments.split_whitespace();
+    let (Some(id), Some(cpu), None) = (words.next(), words.next(), words.next()) else {
+        println!("usage: pin THREAD CPU|any");
+        return;
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        println!("pin: {id} is not a thread number");
+        return;
+    };
+    let cpu = match cpu {
+        "any" => None,
+        number => match number.parse::<usize>() {
+            Ok(cpu) => Some(cpu),
+            Err(_) => {
+                println!("pin: {number} is not a CPU number or `any`");
+                return;
+            }
+        },
+    };
+    match thread::set_affinity(id, cpu) {
+        Ok(()) => println!("thread {id}: runs on {}", cpu.map_or(String::from("any CPU"), |cpu| format!("CPU {cpu}"))),
+        Err(error) => println!("pin: {error}"),
     }
 }
 

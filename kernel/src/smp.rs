@@ -53,9 +53,10 @@ pub fn bring_up(machine: &Machine) -> CpuSet {
     let mut started = CpuSet::only(BOOT_CPU);
     for (cpu, &server) in machine.cpu_servers.iter().enumerate().take(MAX_CPUS).skip(1) {
         let (idle, emergency) = (permanent_stack(), permanent_stack());
-        // Safety: both stacks are new and no CPU runs on them yet.
+        // Safety: both stacks are new and no CPU runs on them yet; the CPU
+        // starts on its idle thread's stack.
         unsafe {
-            thread::initialise_secondary_idle(idle);
+            thread::add_idle(cpu, idle);
             thread::initialise_emergency(emergency);
         }
         // Safety: boot CPU, once for this CPU, with its own new stacks.
@@ -85,12 +86,12 @@ pub fn bring_up(machine: &Machine) -> CpuSet {
 pub fn describe(cpu: usize) -> alloc::string::String {
     let area = area(cpu);
     let statistics = &area.statistics;
-    let runs = if cpu == BOOT_CPU {
-        alloc::format!("threads (now thread {})", thread::current_id())
-    } else if statistics.ceded.load(Ordering::Relaxed) != 0 {
-        "idle loop (ceded)".into()
-    } else {
-        "idle loop".into()
+    let runs = match thread::running_on(cpu) {
+        Some((id, name)) if statistics.ceded.load(Ordering::Relaxed) != 0 => {
+            alloc::format!("thread {id} ({name}, ceded)")
+        }
+        Some((id, name)) => alloc::format!("thread {id} ({name})"),
+        None => "nothing".into(),
     };
     alloc::format!(
         "{cpu:>3} {:>6} {:<7} {:>8} {:>8} {:>8}  {runs}",
@@ -98,6 +99,6 @@ pub fn describe(cpu: usize) -> alloc::string::String {
         if area.online.load(Ordering::Relaxed) != 0 { "online" } else { "offline" },
         statistics.ipis.load(Ordering::Relaxed),
         statistics.calls.load(Ordering::Relaxed),
-        if cpu == BOOT_CPU { time::ticks() } else { statistics.ticks.load(Ordering::Relaxed) },
+        statistics.ticks.load(Ordering::Relaxed),
     )
 }

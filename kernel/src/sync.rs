@@ -1,4 +1,4 @@
-//! Data shared between threads: a spin lock that keeps its holder from being preempted, and `Published` values read without one.
+//! Data shared between threads and CPUs: a spin lock that keeps its holder from being preempted, `Published` values read without one, and the grace period that frees them.
 //!
 //! On one CPU a plain spin lock is a trap: a thread preempted while holding
 //! it leaves the next locker spinning, and if that locker has preemption
@@ -10,11 +10,39 @@
 //! Tables read on every traced call (the ftrace ops list, each ops's sites,
 //! the livepatch redirect table) are [`Published`] values: readers take no
 //! lock, writers (serialised by a lock) replace the value and the old one is
-//! freed after the grace period of [`NonPreemptibleReaders`].
+//! freed after the grace period of [`NonPreemptibleReaders`]:
+//! [`synchronize_sched`], RCU-sched style.
+//!
+//! Waiting for a lock another CPU holds never just spins: between tries the
+//! CPU is conferred to the others (H_CONFER, as Linux's `spin_lock` yields
+//! to the holder on a shared-processor partition); under QEMU's round-robin
+//! TCG a spinning vCPU would otherwise hold off the holder for its whole slice.
+use crate::arch::percpu::{area, online_cpus, smp_processor_id};
+use crate::arch::registers::per_cpu;
+use crate::arch::smp;
 use crate::thread::{PreemptGuard, preempt_disable};
+use boot::MAX_CPUS;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::Ordering;
+use macros::notrace;
+use portable::cpuset::CpuSet;
 use portable::published::Readers;
+
+/// Takes `lock`, conferring the CPU between tries. A CPU waiting here is
+/// outside every read-side section (none waits for a lock), so it notes a
+/// quiescent state at each try: a grace period whose writer holds the lock
+/// does not wait for this CPU, which waits for the writer.
+#[notrace]
+#[inline(always)]
+pub fn acquire<T>(lock: &spin::Mutex<T>) -> spin::MutexGuard<'_, T> {
+    loop {
+        if let Some(guard) = lock.try_lock() {
+            return guard;
+        }
+        note_quiescent_state();
+        smp::confer();
+    }
+}
 
 /// A spin lock whose holder cannot be preempted.
 pub struct Mutex<T> {
@@ -33,10 +61,10 @@ impl<T> Mutex<T> {
         Mutex { inner: spin::Mutex::new(value) }
     }
 
-    /// Disables preemption, then takes the lock.
+    /// Disables preemption, then takes the lock (conferring while another CPU holds it).
     pub fn lock(&self) -> MutexGuard<'_, T> {
         let preempt = preempt_disable();
-        MutexGuard { guard: self.inner.lock(), _preempt: preempt }
+        MutexGuard { guard: acquire(&self.inner), _preempt: preempt }
     }
 }
 
@@ -59,28 +87,79 @@ pub type Published<T> = portable::published::Published<T, NonPreemptibleReaders>
 
 /// The readers of the kernel's [`Published`] values: code the scheduler
 /// does not preempt. A read-side section is a stub or a handler called from
-/// one (the timer does not preempt a context the arch's `in_ftrace`
-/// places there), or code that runs with preemption disabled
-/// (`thread::preempt_disable`, a [`Mutex`] held) and neither yields nor
-/// sleeps while it uses the value. Writers run in thread context.
-/// (`thread::synchronize` is the grace period for readers that may be
-/// preempted, such as callers into a module; these readers need none.)
+/// one (the timer does not preempt a context the arch's `in_ftrace` places
+/// there), or code that runs with preemption disabled
+/// (`thread::preempt_disable`, a [`Mutex`] held) and neither yields, sleeps,
+/// waits for a lock nor waits for a grace period while it uses the value.
+/// Writers run in thread context. (`thread::synchronize` is the grace
+/// period for readers that may be preempted, such as callers into a module;
+/// these readers need none.)
 pub struct NonPreemptibleReaders;
 
-// Safety: one CPU. A read-side section is never preempted, so once it has
-// begun this CPU runs nothing else until it ends, except interrupts, which
-// finish before it resumes. A writer runs in thread context, so it runs only
-// when every section that loaded the value it retires has ended (its own,
-// if it is in one, does not use that value after retiring it): the grace
-// period is over before it is asked for. One CPU also sees its own stores in
-// program order, so `Relaxed` loads suffice. SMP must change both: wait until
-// every other CPU has passed a point outside any section, and load with
-// `Acquire` (the pairing `portable::published` describes).
-// The argument above holds for one CPU only: a second one must fail to
-// build here until the grace period and the loads are made SMP-safe.
-const _: () = assert!(crate::arch::text::RUNNING_CPUS == 1, "NonPreemptibleReaders assumes one CPU");
+// Safety: loads are `Acquire`, pairing with the writer's release swap, so a
+// reader on any CPU sees the value's contents. `wait_for_readers` is
+// `synchronize_sched`: it returns once every other online CPU has noted a
+// quiescent state after the call began, at a point outside every read-side
+// section: a switch or a pass through the scheduler, the idle loop, a wait
+// for a lock or a grace period, or an interrupt taken where the timer could
+// preempt (preempt count 0, not inside ftrace). A section in progress on
+// another CPU when the writer retired the value has ended by then. On the
+// writer's own CPU nothing else runs until the writer is done, except
+// interrupts, which end first, and the writer's own section, which does not
+// use the value after retiring it. A CPU that comes online later starts
+// outside any section.
 unsafe impl Readers for NonPreemptibleReaders {
-    const LOAD_ORDERING: Ordering = Ordering::Relaxed;
+    const LOAD_ORDERING: Ordering = Ordering::Acquire;
     #[inline(always)]
-    fn wait_for_readers(&self) {}
+    fn wait_for_readers(&self) {
+        synchronize_sched();
+    }
+}
+
+/// Notes that this CPU is outside every read-side section now (see
+/// `NonPreemptibleReaders`). The release orders the CPU's earlier reads of
+/// retired values before a writer's acquire of the count.
+#[notrace]
+#[inline(always)]
+pub fn note_quiescent_state() {
+    per_cpu().quiescent_states.fetch_add(1, Ordering::Release);
+}
+
+/// The grace period of `NonPreemptibleReaders` (Linux's `synchronize_rcu`
+/// for sched-RCU readers): returns once every other online CPU has noted a
+/// quiescent state since the call. CPUs that have not are asked, by an IPI
+/// whose handler notes one if the context it interrupted is preemptible
+/// (idle, ceded, ordinary thread code); a CPU inside a section is asked
+/// again until it has left it. Any context: a thread with preemption
+/// disabled or a lock held too, but never inside a read-side section (it
+/// would wait for itself). With one CPU online there is nothing to wait for.
+#[notrace]
+pub fn synchronize_sched() {
+    let me = smp_processor_id();
+    let others = online_cpus().without(me);
+    if others.is_empty() {
+        return;
+    }
+    let count = |cpu: usize| area(cpu).quiescent_states.load(Ordering::Acquire);
+    let mut start = [0u64; MAX_CPUS];
+    others.iter().for_each(|cpu| start[cpu] = count(cpu));
+    loop {
+        // This CPU waits, outside any section: a writer on another CPU
+        // waiting for it (holding a lock this one waits for) goes on.
+        note_quiescent_state();
+        let pending = others.iter().filter(|&cpu| count(cpu) == start[cpu]).fold(CpuSet::EMPTY, CpuSet::with);
+        if pending.is_empty() {
+            return;
+        }
+        smp::smp_call_function(pending, note_if_preemptible, 0, true);
+    }
+}
+
+/// The IPI half of `synchronize_sched`: notes a quiescent state if the
+/// context the IPI interrupted could be preempted.
+#[notrace]
+fn note_if_preemptible(_: u64) {
+    if smp::interrupted_registers().is_some_and(crate::arch::ftrace::interrupted_preemptible) {
+        note_quiescent_state();
+    }
 }

@@ -61,10 +61,8 @@ fn tick_interval() -> u32 {
 /// its time slice to the thread just preempted.
 #[notrace]
 pub fn tick(preemptible: bool) {
-    // The scheduler runs on the boot CPU only; other CPUs' ticks stop in
-    // `arch::smp::secondary_tick` (docs/ARCHITECTURE.md, "CPUs").
-    assert_eq!(crate::arch::percpu::smp_processor_id(), crate::arch::percpu::BOOT_CPU, "a tick reached the scheduler");
     TICKS.fetch_add(1, Ordering::Relaxed);
+    crate::arch::registers::per_cpu().statistics.ticks.fetch_add(1, Ordering::Relaxed);
     set_decrementer(tick_interval());
     #[cfg(feature = "ktest")]
     crate::ktest::watchdog_check();
@@ -92,10 +90,16 @@ fn retry_interval() -> u32 {
     (TIMEBASE_FREQUENCY.load(Ordering::Relaxed) / 50_000) as u32
 }
 
-/// Timer interrupts taken so far.
+/// Timer interrupts taken so far, by every CPU.
 #[notrace]
 pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
+}
+
+/// Timer interrupts the running CPU has taken so far.
+#[notrace]
+pub fn ticks_here() -> u64 {
+    crate::arch::registers::per_cpu().statistics.ticks.load(Ordering::Relaxed)
 }
 
 /// Of `ticks()`, the interrupts that retried a deferred preemption rather

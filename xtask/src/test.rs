@@ -269,7 +269,7 @@ fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) ->
         "ktest: watchdog: kernel::tests::runner::runner_selftest_hangs still running after its 2 s deadline",
         "left live patch runner-selftest (remove: done)",
         "left ftrace ops runner-selftest-left-behind (unregister: done)",
-        "kernel: panic on CPU 1, which runs no threads: the machine stops",
+        "kernel: panic on CPU 1 in an IPI handler: the machine stops",
     ];
     if let Some(missing) = expected_lines.iter().find(|expected| !output.iter().any(|line| line.contains(*expected))) {
         return Err(format!("no line `{missing}`"));

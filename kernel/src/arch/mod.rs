@@ -46,4 +46,8 @@ unsafe extern "C" {
     /// Called by `return_to_handler` when a hooked function returns; gives
     /// the address it really returns to. Generic code: the function-graph tracer.
     pub fn ftrace_return_to_handler() -> u64;
+    /// Called by `smp::secondary_main` on a secondary CPU's idle stack once
+    /// the CPU is online (interrupts off); never returns. Generic code: the
+    /// scheduler, whose idle thread that stack already is.
+    pub fn secondary_idle() -> !;
 }

@@ -17,6 +17,13 @@
 //! `PARKED_ENTERING`, which tests require to stay 0 (every interrupted
 //! register is visited anyway, r11 and CTR among them).
 //!
+//! A thread running on another CPU cannot be read while it runs: the scan
+//! stops the machine (`arch::smp::stop_machine`), so every other CPU waits
+//! in an IPI handler, and such a thread is seen in the registers its CPU was
+//! interrupted in (every register, and the LR slot of its r1's frame, as for
+//! an interrupt frame) and its stack from that r1. No thread switches or
+//! moves between CPUs meanwhile.
+//!
 //! Dead threads are not looked at (they never run again), nor is a frame
 //! that lies outside its thread's stack. The innermost frame of each walk
 //! (the scanning function's own, or `switch_context`'s) has an LR slot its
@@ -30,7 +37,8 @@
 use crate::arch::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
 use crate::arch::livepatch::{LivepatchFrame, entering};
 use crate::arch::registers::stack_pointer;
-use crate::thread::{self, LIVEPATCH_STACK_OFFSET, ThreadInfo};
+use crate::arch::smp::{parked_registers, stop_machine};
+use crate::thread::{self, LIVEPATCH_STACK_OFFSET, LiveStack, ThreadInfo};
 use crate::trace::graph::{RETURN_STACK_DEPTH, ReturnStack};
 use boot::THREAD_SIZE;
 use core::mem::{offset_of, size_of};
@@ -43,14 +51,46 @@ use portable::backchain::Backchain;
 /// its call of the replacement (it must never happen; tests check it).
 pub static PARKED_ENTERING: AtomicU64 = AtomicU64::new(0);
 
-/// Whether any thread that can still run holds a code address inside `memory`.
-/// Call with preemption disabled, so that no thread moves while it looks.
+/// Whether any thread that can still run holds a code address inside
+/// `memory`, on any CPU. Stops the machine while it looks.
 pub fn inside(memory: Range<u64>) -> bool {
-    let mut found = false;
-    for (base, stack_pointer) in thread::live_stacks(stack_pointer()) {
-        code_addresses(base, stack_pointer, &mut |address| found |= memory.contains(&address));
+    stop_machine(|| {
+        let mut found = false;
+        let mut unreadable = false;
+        let visit = &mut |address: u64| found |= memory.contains(&address);
+        for stack in thread::live_stacks(stack_pointer()) {
+            match stack {
+                LiveStack::Caller { base, stack_pointer } | LiveStack::SwitchedOut { base, stack_pointer } => {
+                    code_addresses(base, stack_pointer, visit)
+                }
+                LiveStack::RunningOn { base, cpu } => match parked_registers(cpu) {
+                    Some(registers) => {
+                        interrupted(registers, base, visit);
+                        code_addresses(base, registers.gpr[1], visit);
+                    }
+                    // Running, yet not parked: cannot happen while the
+                    // machine is stopped; if it did, the thread is busy.
+                    None => unreadable = true,
+                },
+            }
+        }
+        found || unreadable
+    })
+}
+
+/// Every register of an interrupted context, and the LR slot of its r1's
+/// frame (stale or not, see the module comment), if inside the stack at `base`.
+#[notrace]
+fn interrupted(registers: &PtRegs, base: u64, visit: &mut dyn FnMut(u64)) {
+    visit(registers.nip);
+    visit(registers.link);
+    registers.gpr.iter().for_each(|&register| visit(register));
+    visit(registers.ctr);
+    let slot = registers.gpr[1] + 16;
+    if registers.gpr[1].is_multiple_of(8) && (base..base + THREAD_SIZE as u64 - 8).contains(&slot) {
+        // Safety: an aligned word inside the thread's stack, checked above.
+        visit(unsafe { *(slot as *const u64) });
     }
-    found
 }
 
 /// Calls `visit` with every code address the thread whose stack starts at

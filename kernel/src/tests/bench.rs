@@ -27,11 +27,11 @@ pub fn instructions(ticks: u64) -> u64 {
 /// timer interrupt was taken meanwhile (it would be counted in the figure).
 pub fn measured(body: impl FnOnce()) -> u64 {
     let _masked = interrupts::disable();
-    let ticks_before = crate::time::ticks();
+    let ticks_before = crate::time::ticks_here();
     let start = timebase();
     body();
     let elapsed = timebase() - start;
-    assert_eq!(crate::time::ticks(), ticks_before, "a timer interrupt was taken in a measured stretch");
+    assert_eq!(crate::time::ticks_here(), ticks_before, "a timer interrupt was taken in a measured stretch");
     elapsed
 }
 
@@ -210,7 +210,7 @@ pub fn run_all() {
 /// Two threads yield to each other, both with interrupts masked (a thread
 /// keeps its own MSR[EE] across a switch), so no tick lands in the loop.
 fn measure_thread_switch() -> Tenths {
-    let partner = thread::spawn("bench-partner", || {
+    let partner = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bench-partner", || {
         let _masked = interrupts::disable();
         for _ in 0..ITERATIONS {
             thread::yield_now();
@@ -237,7 +237,7 @@ fn bench_figures_subtract_the_totals_before_dividing() {
 #[macros::ktest]
 fn bench_measured_stretches_take_no_timer_interrupt() {
     let interval = crate::time::frequency() / crate::time::TICK_HZ;
-    let ticks = crate::time::ticks();
+    let ticks = crate::time::ticks_here();
     // Two tick intervals inside a measured stretch: the decrementer expires, no interrupt is taken.
     let elapsed = measured(|| {
         let until = timebase() + 2 * interval;
@@ -246,6 +246,6 @@ fn bench_measured_stretches_take_no_timer_interrupt() {
     assert!(elapsed >= 2 * interval);
     // Unmasked again, the pending tick is taken.
     let until = timebase() + interval;
-    while crate::time::ticks() == ticks && timebase() < until {}
-    assert!(crate::time::ticks() > ticks, "the tick held back by the mask came afterwards");
+    while crate::time::ticks_here() == ticks && timebase() < until {}
+    assert!(crate::time::ticks_here() > ticks, "the tick held back by the mask came afterwards");
 }

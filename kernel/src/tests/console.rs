@@ -28,7 +28,7 @@ fn console_writes_long_lines_in_chunks() {
 fn a_bug_taken_while_the_console_is_held_is_reported_and_the_console_works_after() {
     crate::ktest::expect_line("------------[ cut here ]------------");
     crate::ktest::expect_line("console: usable after the report");
-    let victim = thread::spawn("console-holder", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "console-holder", || {
         // As print! holds it: interrupts off. The thread dies holding both.
         let _interrupts = crate::arch::interrupts::disable();
         let _console = console::lock();

@@ -7,12 +7,12 @@ use macros::ktest;
 #[ktest]
 fn bug_prints_location_and_kills_only_its_thread() {
     static OTHER_FINISHED: AtomicBool = AtomicBool::new(false);
-    let other = thread::spawn("bystander", || {
+    let other = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bystander", || {
         thread::sleep_milliseconds(30);
         OTHER_FINISHED.store(true, Ordering::SeqCst);
     })
     .unwrap();
-    let victim = thread::spawn("bug", || bug!()).unwrap();
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bug", || bug!()).unwrap();
     assert_eq!(victim.join(), ExitStatus::Killed("BUG"));
     assert_eq!(other.join(), ExitStatus::Returned);
     assert!(OTHER_FINISHED.load(Ordering::SeqCst));
@@ -29,7 +29,7 @@ fn bug_table_records_file_and_line() {
 
 #[ktest]
 fn illegal_instruction_is_reported_and_kills_its_thread() {
-    let victim = thread::spawn("illegal", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "illegal", || {
         // Safety: deliberately executes an illegal instruction (word 0).
         unsafe { core::arch::asm!(".long 0") };
     })
@@ -39,9 +39,9 @@ fn illegal_instruction_is_reported_and_kills_its_thread() {
 
 #[ktest]
 fn decrementer_ticks_advance() {
-    let before = time::ticks();
+    let before = time::ticks_here();
     thread::sleep_milliseconds(50);
-    let after = time::ticks();
+    let after = time::ticks_here();
     assert!(after >= before + 3, "ticks {before} -> {after}");
 }
 
@@ -64,7 +64,7 @@ fn descend(depth: u64) -> u64 {
 
 #[ktest(isolated)]
 fn stack_overflow_is_detected_before_thread_info() {
-    let victim = thread::spawn("overflow", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "overflow", || {
         descend(0);
     })
     .unwrap();

@@ -329,7 +329,7 @@ fn tracing_toggles_while_other_threads_call_traced_functions() {
     STOP.store(0, Ordering::SeqCst);
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            thread::spawn("tracee", || {
+            thread::spawn_on(crate::arch::percpu::BOOT_CPU, "tracee", || {
                 while STOP.load(Ordering::SeqCst) == 0 {
                     if golden_top(black_box(5)) != 6 + 12 + 6 || traced_ten(1, 2, 3, 4, 5, 6, 7, 8, 9, 10) != 10_009_036
                     {
@@ -397,10 +397,10 @@ static BYSTANDER_DURING_HANDLER: AtomicU64 = AtomicU64::new(u64::MAX);
 #[inline(always)]
 fn spin_three_tick_intervals() {
     let before = BYSTANDER.load(Ordering::SeqCst);
-    let (start, retries) = (crate::time::ticks(), crate::time::retries());
+    let (start, retries) = (crate::time::ticks_here(), crate::time::retries());
     let until = crate::arch::registers::timebase() + 3 * crate::time::frequency() / crate::time::TICK_HZ;
     while crate::arch::registers::timebase() < until {}
-    HANDLER_TICKS.store(crate::time::ticks() - start, Ordering::SeqCst);
+    HANDLER_TICKS.store(crate::time::ticks_here() - start, Ordering::SeqCst);
     HANDLER_RETRIES.store(crate::time::retries() - retries, Ordering::SeqCst);
     BYSTANDER_DURING_HANDLER.store(BYSTANDER.load(Ordering::SeqCst) - before, Ordering::SeqCst);
 }
@@ -434,7 +434,7 @@ static SLOW_NESTED: FtraceOps = FtraceOps::new("test-slow-nested", slow_nested_h
 fn check_the_timer_never_preempts_inside(ops: &'static FtraceOps) {
     static STOP: AtomicU64 = AtomicU64::new(0);
     STOP.store(0, Ordering::SeqCst);
-    let bystander = thread::spawn("bystander", || {
+    let bystander = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bystander", || {
         while STOP.load(Ordering::SeqCst) == 0 {
             BYSTANDER.fetch_add(1, Ordering::SeqCst);
         }
@@ -606,7 +606,7 @@ fn spin_where_a_traced_call_left_its_frame(frame: usize) -> (bool, u64) {
     static STOP: AtomicU64 = AtomicU64::new(0);
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     STOP.store(0, Ordering::SeqCst);
-    let bystander = thread::spawn("bystander", || {
+    let bystander = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bystander", || {
         while STOP.load(Ordering::SeqCst) == 0 {
             COUNTER.fetch_add(1, Ordering::SeqCst);
         }

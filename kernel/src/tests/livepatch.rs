@@ -391,7 +391,7 @@ fn livepatch_bug_lines() -> (u32, u32) {
 fn overwritten_marker_is_a_bug_that_kills_only_its_thread() {
     enable("marker", &[("kernel::tests::livepatch::marker_original", None, address(marker_replacement as *const ()))])
         .unwrap();
-    let victim = thread::spawn("marker-victim", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "marker-victim", || {
         black_box(marker_original());
     })
     .unwrap();
@@ -429,7 +429,7 @@ fn livepatch_stack_overflow_is_caught_before_it_overwrites_anything() {
         &[("kernel::tests::livepatch::runaway_original", None, address(runaway_replacement as *const ()))],
     )
     .unwrap();
-    let victim = thread::spawn("runaway", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "runaway", || {
         OVERFLOW_BASE.store(current_thread_info() as u64, Ordering::SeqCst);
         black_box(runaway_original(0));
     })
@@ -475,7 +475,7 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
     let original_greeting = crate::shell::greeting();
     let workers: Vec<_> = (0..4u64)
         .map(|worker| {
-            thread::spawn("caller", move || {
+            thread::spawn_on(crate::arch::percpu::BOOT_CPU, "caller", move || {
                 let mut value = worker;
                 while DONE.load(Ordering::SeqCst) == 0 {
                     value = value.wrapping_add(7) % 1000 + 1;
@@ -516,7 +516,7 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
     })
     .unwrap();
     let greeting = crate::module::embedded::find("greeting").expect("the test kernel embeds the samples");
-    let toggler = thread::spawn("toggler", move || {
+    let toggler = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "toggler", move || {
         crate::time::set_jitter(0x9e37_79b9_7f4a_7c15);
         for round in 0..500 {
             livepatch::enable("contended").unwrap();

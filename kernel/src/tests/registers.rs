@@ -501,10 +501,10 @@ fn soak(seed: u64, iterations: u64) -> (Registers, Registers, u64) {
     let (mut reference, mut soaked) = (Registers::default(), Registers::default());
     // Safety: the helper keeps every register the ABI asks it to keep.
     unsafe { registers_test_soak(0, &input, &mut reference) };
-    let ticks = crate::time::ticks();
+    let ticks = crate::time::ticks_here();
     // Safety: as above.
     unsafe { registers_test_soak(iterations, &input, &mut soaked) };
-    (reference, soaked, crate::time::ticks() - ticks)
+    (reference, soaked, crate::time::ticks_here() - ticks)
 }
 
 #[ktest]
@@ -513,7 +513,7 @@ fn interrupts_and_preemption_give_back_every_register() {
     let workers: Vec<_> = [11u64, 12]
         .into_iter()
         .map(|seed| {
-            thread::spawn("soak", move || {
+            thread::spawn_on(crate::arch::percpu::BOOT_CPU, "soak", move || {
                 // Soak until at least 100 ticks have hit the loop (the host may be fast or slow).
                 let (mut total, mut rounds) = (0, 0);
                 while total < 100 {
@@ -547,7 +547,7 @@ fn yielding_threads_keep_their_own_nonvolatile_registers() {
     let workers: Vec<_> = [21u64, 22]
         .into_iter()
         .map(|seed| {
-            thread::spawn("yielder", move || {
+            thread::spawn_on(crate::arch::percpu::BOOT_CPU, "yielder", move || {
                 let mut input = pattern(seed);
                 input.gpr[2] = toc_pointer();
                 for round in 0..200 {
@@ -592,13 +592,13 @@ fn a_thread_whose_sleep_is_over_before_it_switches_away_keeps_running_with_its_r
     let mut input = pattern(24);
     input.gpr[2] = toc_pointer();
     input.gpr[3] = 0; // sleep_milliseconds(0): over before `schedule` looks
-    let ticks = crate::time::ticks();
+    let ticks = crate::time::ticks_here();
     let mut round = 0;
     // Until 300 ticks have come (the first jittered one once the 10 ms interval armed before is over).
-    while crate::time::ticks() - ticks < 300 {
-        assert!(round < 10_000, "only {} ticks in {round} rounds", crate::time::ticks() - ticks);
+    while crate::time::ticks_here() - ticks < 300 {
+        assert!(round < 10_000, "only {} ticks in {round} rounds", crate::time::ticks_here() - ticks);
         // Ready, so that the yield really switches away; it ends at once.
-        let partner = thread::spawn("partner", || {}).expect("room for a thread");
+        let partner = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "partner", || {}).expect("room for a thread");
         yield_from_a_deep_frame();
         assert_eq!(partner.join(), ExitStatus::Returned);
         // Nothing else is ready now (the runner joins this thread; idle never queues).

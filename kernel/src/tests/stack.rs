@@ -202,7 +202,7 @@ static AT_THE_GUARD: spin::Mutex<(u64, u64, u64)> = spin::Mutex::new((0, 0, 0));
 /// below its frame, or what it damaged below the guard.
 fn ticks_at_the_guard(ticks: u64) -> Result<u64, String> {
     STOP.store(false, Ordering::SeqCst);
-    let bystander = thread::spawn("bystander", || {
+    let bystander = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bystander", || {
         while !STOP.load(Ordering::SeqCst) {
             BYSTANDER_SPINS.fetch_add(1, Ordering::SeqCst);
         }
@@ -210,7 +210,7 @@ fn ticks_at_the_guard(ticks: u64) -> Result<u64, String> {
     .unwrap();
     // Threads that die while we wait: our timer path reaps their stacks.
     for _ in 0..4 {
-        drop(thread::spawn("short", || {}).unwrap());
+        drop(thread::spawn_on(crate::arch::percpu::BOOT_CPU, "short", || {}).unwrap());
     }
     let base = thread::current_thread_info() as u64;
     // Safety: the current thread's own thread_info.
@@ -263,7 +263,7 @@ static TICKS_RESULT: spin::Mutex<Option<Result<u64, String>>> = spin::Mutex::new
 /// test): its result, or how the thread ended.
 fn ticks_at_the_guard_in_a_thread(ticks: u64) -> Result<u64, String> {
     *TICKS_RESULT.lock() = None;
-    let status = thread::spawn("ticks-at-guard", move || {
+    let status = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "ticks-at-guard", move || {
         let result = ticks_at_the_guard(ticks);
         *TICKS_RESULT.lock() = Some(result);
     })
@@ -351,7 +351,7 @@ static VICTIM_INFO: [AtomicU64; INFO_WORDS] = [const { AtomicU64::new(0) }; INFO
 #[ktest]
 fn bug_just_above_the_guard_touches_nothing_below_it() {
     VICTIM_BASE.store(0, Ordering::SeqCst);
-    let victim = thread::spawn("bug-at-guard", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bug-at-guard", || {
         let (before, stack_pointer) = arm_canary();
         for (slot, value) in VICTIM_INFO.iter().zip(before) {
             slot.store(value, Ordering::SeqCst);
@@ -413,7 +413,11 @@ fn patched_call_on_the_emergency_stack_uses_its_livepatch_stack() {
     })
     .unwrap();
     livepatch::enable("emergency").unwrap();
-    let status = thread::spawn("emergency", || emergency::run(call_patched_on_the_emergency_stack, 4)).unwrap().join();
+    let status = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "emergency", || {
+        emergency::run(call_patched_on_the_emergency_stack, 4)
+    })
+    .unwrap()
+    .join();
     livepatch::disable("emergency").unwrap();
     livepatch::remove("emergency").unwrap();
     assert_eq!(status, ExitStatus::Returned);
@@ -459,7 +463,7 @@ static RUNAWAY: FtraceOps = FtraceOps::new("test-runaway", runaway_handler, OpsF
 fn runaway_recursion_in_a_traced_handler_is_reported_as_a_stack_overflow() {
     let functions = [runaway_start as *const () as u64, runaway as *const () as u64];
     trace::register(&RUNAWAY, Filter::Addresses(&functions)).unwrap();
-    let victim = thread::spawn("runaway", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "runaway", || {
         black_box(runaway_start(black_box(1)));
     })
     .unwrap();
@@ -496,7 +500,7 @@ const KILL_ROOM: u64 = 512;
 #[ktest]
 fn kill_just_above_the_livepatch_stack_touches_nothing_below_it() {
     VICTIM_BASE.store(0, Ordering::SeqCst);
-    let victim = thread::spawn("kill-at-guard", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "kill-at-guard", || {
         let (before, _) = arm_canary();
         for (slot, value) in VICTIM_INFO.iter().zip(before) {
             slot.store(value, Ordering::SeqCst);
@@ -541,8 +545,11 @@ fn entering_the_emergency_stack_afresh_clears_what_an_earlier_report_left() {
             (*info).trace_recursion = 1;
         }
     }
-    let status =
-        thread::spawn("emergency-reset", || emergency::run(look_at_the_emergency_thread_info, 0)).unwrap().join();
+    let status = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "emergency-reset", || {
+        emergency::run(look_at_the_emergency_thread_info, 0)
+    })
+    .unwrap()
+    .join();
     assert_eq!(status, ExitStatus::Returned);
     let left: [u64; 3] = core::array::from_fn(|index| LEFT_OVER[index].load(Ordering::SeqCst));
     assert_eq!(left, [0, 0, 0], "livepatch stack bytes, graph depth and recursion bit left from an earlier report");
@@ -572,7 +579,11 @@ extern "C" fn trap_on_the_emergency_stack(argument: u64) -> ! {
 #[ktest]
 fn a_nested_exception_on_the_emergency_stack_stays_below_the_code_it_interrupts() {
     NESTED_WRONG.store(u64::MAX, Ordering::SeqCst);
-    let status = thread::spawn("nested", || emergency::run(trap_on_the_emergency_stack, 0x5eed_0000)).unwrap().join();
+    let status = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "nested", || {
+        emergency::run(trap_on_the_emergency_stack, 0x5eed_0000)
+    })
+    .unwrap()
+    .join();
     assert_eq!(status, ExitStatus::Returned, "the code on the emergency stack came back from the trap and ended");
     assert_eq!(
         NESTED_WRONG.load(Ordering::SeqCst),
@@ -609,7 +620,10 @@ extern "C" fn overflow_the_emergency_stack(_: u64) -> ! {
 /// this test would return: a failure for a should_panic case.
 #[ktest(should_panic)]
 fn an_overflow_of_the_emergency_stack_itself_panics() {
-    let status =
-        thread::spawn("emergency-overflow", || emergency::run(overflow_the_emergency_stack, 0)).unwrap().join();
+    let status = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "emergency-overflow", || {
+        emergency::run(overflow_the_emergency_stack, 0)
+    })
+    .unwrap()
+    .join();
     println!("the emergency stack overflowed and the kernel went on: {status:?}");
 }

@@ -14,7 +14,7 @@ fn threads_spawn_sleep_yield_join() {
     let handles: Vec<_> = (1..=4u64)
         .map(|value| {
             let total = total.clone();
-            thread::spawn("worker", move || {
+            thread::spawn_on(crate::arch::percpu::BOOT_CPU, "worker", move || {
                 thread::sleep_milliseconds(5 * value);
                 thread::yield_now();
                 total.fetch_add(value, Ordering::SeqCst);
@@ -30,7 +30,7 @@ fn threads_spawn_sleep_yield_join() {
 
 #[ktest]
 fn thread_info_sits_at_the_stack_base() {
-    let handle = thread::spawn("placement", || {
+    let handle = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "placement", || {
         let info = thread::current_thread_info() as u64;
         let base = stack_pointer() & !(THREAD_SIZE as u64 - 1);
         assert_eq!(info, base);
@@ -66,9 +66,13 @@ fn timer_preempts_threads_that_never_yield() {
     let first = Arc::new(AtomicU64::new(0));
     let second = Arc::new(AtomicU64::new(0));
     let (a, b) = (first.clone(), second.clone());
-    let one = thread::spawn("spinner-1", move || assert!(spin_until_other_moves(&a, &b))).unwrap();
+    let one =
+        thread::spawn_on(crate::arch::percpu::BOOT_CPU, "spinner-1", move || assert!(spin_until_other_moves(&a, &b)))
+            .unwrap();
     let (a, b) = (first.clone(), second.clone());
-    let two = thread::spawn("spinner-2", move || assert!(spin_until_other_moves(&b, &a))).unwrap();
+    let two =
+        thread::spawn_on(crate::arch::percpu::BOOT_CPU, "spinner-2", move || assert!(spin_until_other_moves(&b, &a)))
+            .unwrap();
     assert_eq!(one.join(), ExitStatus::Returned);
     assert_eq!(two.join(), ExitStatus::Returned);
 }
@@ -78,7 +82,7 @@ fn preempt_disable_holds_off_other_threads() {
     static STOP: AtomicU64 = AtomicU64::new(0);
     let counter = Arc::new(AtomicU64::new(0));
     let watched = counter.clone();
-    let handle = thread::spawn("counter", move || {
+    let handle = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "counter", move || {
         while STOP.load(Ordering::SeqCst) == 0 {
             watched.fetch_add(1, Ordering::SeqCst);
         }
@@ -88,12 +92,12 @@ fn preempt_disable_holds_off_other_threads() {
     {
         let _guard = thread::preempt_disable();
         let before = counter.load(Ordering::SeqCst);
-        let ticks = crate::time::ticks();
-        while crate::time::ticks() < ticks + 3 {}
+        let ticks = crate::time::ticks_here();
+        while crate::time::ticks_here() < ticks + 3 {}
         assert_eq!(counter.load(Ordering::SeqCst), before, "no other thread ran during 3 ticks");
     }
-    let ticks = crate::time::ticks();
-    while crate::time::ticks() < ticks + 3 {}
+    let ticks = crate::time::ticks_here();
+    while crate::time::ticks_here() < ticks + 3 {}
     let moved = counter.load(Ordering::SeqCst);
     STOP.store(1, Ordering::SeqCst);
     assert_eq!(handle.join(), ExitStatus::Returned);
@@ -107,7 +111,7 @@ fn a_thread_a_tick_switches_to_after_it_yielded_keeps_its_time_slice() {
     DONE.store(0, Ordering::SeqCst);
     EXTRA.store(0, Ordering::SeqCst);
     // Never yields: only a tick takes the CPU from it, and that tick switches to the yielder.
-    let spinner = thread::spawn("spinner", || {
+    let spinner = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "spinner", || {
         while DONE.load(Ordering::SeqCst) == 0 {
             core::hint::spin_loop();
         }
@@ -117,7 +121,7 @@ fn a_thread_a_tick_switches_to_after_it_yielded_keeps_its_time_slice() {
     let spinner_switches = move || {
         thread::snapshot().iter().find(|summary| summary.id == spinner_id).map_or(0, |summary| summary.switches)
     };
-    let yielder = thread::spawn("yielder", move || {
+    let yielder = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "yielder", move || {
         for _ in 0..5 {
             let before = spinner_switches();
             // The spinner runs until a tick switches back here. The decrementer
@@ -141,7 +145,7 @@ fn a_thread_a_tick_switches_to_after_it_yielded_keeps_its_time_slice() {
 /// that takes the same lock. The kernel must end with a report, not hang.
 #[ktest(should_panic)]
 fn a_kill_inside_the_scheduler_lock_ends_the_kernel_instead_of_hanging() {
-    let killed = thread::spawn("killed-under-lock", || {
+    let killed = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "killed-under-lock", || {
         thread::with_scheduler_locked(|| thread::kill_current("test kill under the scheduler lock"));
     })
     .expect("room for a thread");

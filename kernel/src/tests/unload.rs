@@ -174,7 +174,7 @@ fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_fre
     trace::register(&TICK_PROBE, Filter::Names(&["kernel::shell::greeting"])).expect("the probe registers");
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            thread::spawn("greeter", || {
+            thread::spawn_on(crate::arch::percpu::BOOT_CPU, "greeter", || {
                 while DONE.load(Ordering::SeqCst) == 0 {
                     let text = crate::shell::greeting();
                     if text != ORIGINAL_GREETING && text != COUNTER_GREETING {
@@ -253,12 +253,12 @@ fn a_thread_inside_one_module_makes_only_that_module_busy() {
     module::load(embedded("ten")).expect("ten loads");
     enable_kernel_patch("park", "klp_uptime_ticks", parked_uptime_ticks as *const () as u64);
     // Inside the counter module: greeting -> counter_greeting -> klp_uptime_ticks -> parked.
-    let in_module = thread::spawn("in-counter", || {
+    let in_module = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "in-counter", || {
         black_box(crate::shell::greeting());
     })
     .expect("room for a thread");
     // Inside a built-in (kernel) patch only: its livepatch frame returns into the kernel.
-    let in_kernel_patch = thread::spawn("in-kernel-patch", || {
+    let in_kernel_patch = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "in-kernel-patch", || {
         black_box(uptime_ticks_indirectly());
     })
     .expect("room for a thread");
@@ -293,7 +293,7 @@ fn a_thread_killed_inside_a_module_does_not_keep_it_loaded() {
     PARKED.store(0, Ordering::SeqCst);
     module::load(embedded("counter")).expect("counter loads");
     enable_kernel_patch("die", "klp_uptime_ticks", dying_uptime_ticks as *const () as u64);
-    let victim = thread::spawn("killed-in-counter", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "killed-in-counter", || {
         black_box(crate::shell::greeting());
     })
     .expect("room for a thread");
@@ -317,7 +317,7 @@ fn module_memory_outlives_a_reader_that_holds_a_pointer_across_one_switch() {
     DONE.store(0, Ordering::SeqCst);
     CHANGED.store(0, Ordering::SeqCst);
     READS.store(0, Ordering::SeqCst);
-    let reader = thread::spawn("module-reader", || {
+    let reader = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "module-reader", || {
         while DONE.load(Ordering::SeqCst) == 0 {
             // A pointer into the module, taken while it is loaded ...
             let Some((_, address, _, _)) = module::summaries().into_iter().find(|(name, ..)| name == "greeting") else {
@@ -436,7 +436,7 @@ fn a_thread_switched_out_in_module_code_or_below_it_keeps_the_module() {
         // period alone (one more time slice) would not see it out of the module.
         let names = ["klp_uptime_ticks", "klp_thread_id", "klp_print"];
         trace::register(&UPTIME_PROBE, Filter::Names(&names)).expect("the probe registers");
-        let victim = thread::spawn("in-counter", || {
+        let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "in-counter", || {
             assert_eq!(crate::shell::greeting(), COUNTER_GREETING);
         })
         .expect("room for a thread");
@@ -532,7 +532,7 @@ fn a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside() {
     static PARKED: AtomicU64 = AtomicU64::new(0);
     let code = unload_test_stand_in_module as *const () as u64..&raw const unload_test_stand_in_module_end as u64;
     PARKED.store(0, Ordering::SeqCst);
-    let victim = thread::spawn("epilogue", || {
+    let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "epilogue", || {
         // Safety: the asm above, with the flag it sets and waits on.
         assert_eq!(unsafe { unload_test_stand_in_module(&PARKED) }, 7);
     })

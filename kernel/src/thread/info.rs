@@ -47,6 +47,7 @@ pub unsafe fn initialise(base: u64, thread_id: u64) {
             state: ThreadState::Ready as u64,
             name_address: 0,
             name_length: 0,
+            cpu: 0,
         });
         ((base + MAGIC_OFFSET as u64) as *mut u64).write(STACK_END_MAGIC);
     }
@@ -69,22 +70,6 @@ pub unsafe fn initialise_emergency(base: u64) {
     unsafe { initialise_running(base, EMERGENCY_THREAD_ID, "emergency") };
 }
 
-/// `thread_id` in the `thread_info` of a secondary CPU's idle stack: the
-/// scheduler's threads all run on the boot CPU, and this is none of them.
-pub const SECONDARY_IDLE_THREAD_ID: u64 = u64::MAX - 1;
-
-/// Prepares the `thread_info` of a secondary CPU's idle stack, which runs
-/// its idle loop and interrupt handlers (`arch::smp`): a livepatch stack,
-/// the magic word, named "cpu-idle" for the debugger.
-///
-/// # Safety
-/// `base` is a THREAD_SIZE-aligned stack that no CPU runs on yet.
-#[notrace]
-pub unsafe fn initialise_secondary_idle(base: u64) {
-    // Safety: the caller owns the stack.
-    unsafe { initialise_running(base, SECONDARY_IDLE_THREAD_ID, "cpu-idle") };
-}
-
 /// Whether the magic word above the `thread_info` at `base` is intact.
 #[notrace]
 pub fn magic_intact(base: u64) -> bool {
@@ -93,8 +78,7 @@ pub fn magic_intact(base: u64) -> bool {
 }
 
 /// Prepares the `thread_info` at `base` for a stack that is not one of the
-/// scheduler's threads but runs code (an emergency or a secondary CPU's idle
-/// stack): as `initialise`, marked running and named `name` for the debugger.
+/// scheduler's threads but runs code (an emergency stack): as `initialise`, marked running and named `name` for the debugger.
 ///
 /// # Safety
 /// `base` is a THREAD_SIZE-aligned stack that nothing runs on yet.

@@ -5,10 +5,10 @@ mod stack;
 
 pub use info::{
     LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, ThreadState, current_thread_info, initialise_emergency,
-    initialise_secondary_idle,
 };
 pub use scheduler::{
-    State, current_id, init, kill_current, live_stacks, sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
+    LiveStack, State, add_idle, current_id, init, kill_current, live_stacks, running_on, set_affinity,
+    sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
 };
 // Used by the in-kernel tests.
 #[cfg(feature = "ktest")]
@@ -17,7 +17,7 @@ pub use stack::stack_bounds;
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use {
     info::{EMERGENCY_THREAD_ID, MAGIC_OFFSET},
-    scheduler::{ExitStatus, exit, yield_now},
+    scheduler::{ExitStatus, exit, spawn_on, yield_now},
 };
 
 use crate::arch::thread_info::compiler_barrier;

@@ -1,16 +1,26 @@
-//! The round-robin scheduler: a ready queue, sleepers, joiners, and the switch.
+//! The round-robin scheduler of every CPU: one ready queue, sleepers, joiners, affinity, and the switch.
+//!
+//! One queue and one lock for all CPUs (docs/ARCHITECTURE.md, "CPUs"): each
+//! CPU takes the first ready thread its affinity allows, and its own idle
+//! thread when there is none. The lock is held across `switch_context`, from
+//! the CPU that switches away to the thread it switches to, which releases it
+//! (`finish_switch`, Linux's `finish_task_switch`): until the outgoing
+//! thread's registers are saved, no other CPU can pick it.
 use super::info::{self, ThreadInfo, ThreadState};
 use super::stack::Stack;
 use crate::arch::context::{copy_thread, switch_context};
 use crate::arch::interrupts;
+use crate::arch::percpu::{online_cpus, smp_processor_id};
 use crate::arch::registers::{per_cpu_mut, timebase};
+use crate::arch::smp;
 use crate::trace::graph::ReturnStack;
 use crate::{println, time};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
-use boot::THREAD_SIZE;
+use boot::{MAX_CPUS, THREAD_SIZE};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use macros::notrace;
 use portable::schedule::{Switch, pick_next};
 use spin::Mutex;
@@ -50,7 +60,17 @@ struct Thread {
     joiner: Option<u64>,
     /// Nobody will join: free it as soon as it is dead.
     detached: bool,
+    /// Times it was switched in.
     switches: u64,
+    /// Times it passed through `schedule`, switched out or not: a point
+    /// where it held nothing across (`synchronize`).
+    passes: u64,
+    /// The CPU it runs on now; None while it is not running.
+    running_on: Option<usize>,
+    /// The CPU it ran on last (or runs on).
+    last_cpu: usize,
+    /// The one CPU it may run on; None: any.
+    affinity: Option<usize>,
 }
 
 impl Thread {
@@ -80,13 +100,19 @@ fn set_name(info: &mut ThreadInfo, name: &str) {
     info.name_length = name.len() as u64;
 }
 
+/// `idle` of a CPU that has no idle thread (not started).
+const NO_THREAD: u64 = u64::MAX;
+
 struct Scheduler {
     threads: BTreeMap<u64, Box<Thread>>,
+    /// Ready threads in arrival order; never one that is running.
     ready: VecDeque<u64>,
-    current: u64,
-    idle: u64,
+    /// The thread each CPU runs.
+    current: [u64; MAX_CPUS],
+    /// Each CPU's idle thread (pinned to it), NO_THREAD before it starts.
+    idle: [u64; MAX_CPUS],
     next_id: u64,
-    /// Dead detached threads whose stacks can be freed once we are off them.
+    /// Dead detached threads whose stacks can be freed once no CPU is on them.
     reapable: Vec<u64>,
 }
 
@@ -95,11 +121,83 @@ impl Scheduler {
     /// Always inlined, so it adds no ftrace site to `schedule`'s timer path.
     #[inline(always)]
     fn current_thread(&mut self) -> &mut Thread {
-        self.threads.get_mut(&self.current).expect("the current thread stays in the table until reaped")
+        let current = self.current[smp_processor_id()];
+        self.threads.get_mut(&current).expect("the current thread stays in the table until reaped")
+    }
+
+    /// This CPU's current thread's number.
+    #[inline(always)]
+    fn current_id(&self) -> u64 {
+        self.current[smp_processor_id()]
+    }
+
+    /// Whether `id` is some CPU's idle thread.
+    #[inline(always)]
+    fn is_idle(&self, id: u64) -> bool {
+        self.idle.contains(&id)
+    }
+
+    /// Wakes a CPU that idles and may run `id` (now at the queue's tail):
+    /// its affinity CPU, or the first idle one other than this CPU, with a
+    /// reschedule IPI. A busy CPU is not interrupted: it takes the thread at
+    /// its next switch (round robin has no priorities to preempt for).
+    #[inline(always)]
+    fn kick(&self, id: u64) {
+        let me = smp_processor_id();
+        let Some(thread) = self.threads.get(&id) else { return };
+        let idles = |cpu: usize| {
+            cpu != me
+                && online_cpus().contains(cpu)
+                && self.idle[cpu] != NO_THREAD
+                && self.current[cpu] == self.idle[cpu]
+        };
+        let target = match thread.affinity {
+            Some(cpu) => idles(cpu).then_some(cpu),
+            None => online_cpus().iter().find(|&cpu| idles(cpu)),
+        };
+        if let Some(cpu) = target {
+            smp::send_reschedule(cpu);
+        }
     }
 }
 
+/// The scheduler's state, for every CPU. Taken with interrupts off, held
+/// across a switch (see the module's comment).
 static SCHEDULER: Mutex<Option<Scheduler>> = Mutex::new(None);
+/// The CPU holding `SCHEDULER`, plus one; 0 when it is free. Tells a kill on
+/// the emergency stack whether its own CPU holds the lock (it would wait for
+/// itself) or another one (it will let go).
+static OWNER: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes the scheduler lock (interrupts must be off), conferring the CPU to
+/// the holder between tries (`smp::confer`): under QEMU's round-robin TCG a
+/// spinning vCPU would hold off the one that holds the lock.
+#[notrace]
+#[inline(always)]
+fn lock() -> spin::MutexGuard<'static, Option<Scheduler>> {
+    let guard = crate::sync::acquire(&SCHEDULER);
+    OWNER.store(smp_processor_id() + 1, Ordering::Relaxed);
+    guard
+}
+
+/// Releases the scheduler lock.
+#[notrace]
+#[inline(always)]
+fn unlock(guard: spin::MutexGuard<'static, Option<Scheduler>>) {
+    OWNER.store(0, Ordering::Relaxed);
+    drop(guard);
+}
+
+/// The second half of a switch, in the thread switched to: releases the
+/// lock its CPU took in `schedule` before `switch_context`.
+#[notrace]
+#[inline(always)]
+fn finish_switch() {
+    OWNER.store(0, Ordering::Relaxed);
+    // Safety: this CPU took the lock in `schedule` and kept it across the
+    // switch (forgetting its guard) for this moment.
+    unsafe { SCHEDULER.force_unlock() };
+}
 
 /// The boot thread's number.
 pub const BOOT_THREAD: u64 = 0;
@@ -107,8 +205,10 @@ pub const BOOT_THREAD: u64 = 0;
 #[notrace]
 fn with_scheduler<R>(action: impl FnOnce(&mut Scheduler) -> R) -> R {
     let _guard = interrupts::disable();
-    let mut scheduler = SCHEDULER.lock();
-    action(scheduler.as_mut().expect("threads are initialised at boot"))
+    let mut scheduler = lock();
+    let result = action(scheduler.as_mut().expect("threads are initialised at boot"));
+    unlock(scheduler);
+    result
 }
 
 /// Runs `action` with the scheduler lock held (interrupts off), for the
@@ -141,33 +241,116 @@ pub fn init() {
         joiner: None,
         detached: false,
         switches: 0,
+        passes: 0,
+        running_on: Some(smp_processor_id()),
+        last_cpu: smp_processor_id(),
+        affinity: None,
     });
     let mut threads = BTreeMap::new();
     threads.insert(BOOT_THREAD, main);
+    let mut current = [NO_THREAD; MAX_CPUS];
+    current[smp_processor_id()] = BOOT_THREAD;
     *SCHEDULER.lock() = Some(Scheduler {
         threads,
         ready: VecDeque::new(),
-        current: BOOT_THREAD,
-        idle: u64::MAX,
+        current,
+        idle: [NO_THREAD; MAX_CPUS],
         next_id: 1,
         reapable: Vec::new(),
     });
     // Safety: boot CPU, interrupts off.
     unsafe { (*per_cpu_mut()).current_thread = base };
-    let idle = spawn("idle", idle_loop).expect("heap has room for the idle thread");
+    let idle = spawn_pinned("idle", Some(smp_processor_id()), idle_loop).expect("heap has room for the idle thread");
     with_scheduler(|scheduler| {
-        scheduler.idle = idle.id;
+        scheduler.idle[smp_processor_id()] = idle.id;
         scheduler.ready.retain(|&id| id != idle.id);
         scheduler.threads.get_mut(&idle.id).expect("idle exists").detached = true;
     });
     core::mem::forget(idle);
 }
 
+/// Makes the stack at `base`, on which CPU `cpu` will start, that CPU's idle
+/// thread (`idle/N`), before the CPU starts: it is the thread the CPU runs
+/// from its first instruction, so the CPU is never without a current thread.
+///
+/// # Safety
+/// `base` is a THREAD_SIZE-aligned stack nothing runs on yet, owned by CPU
+/// `cpu` for good; the CPU has not started.
+pub unsafe fn add_idle(cpu: usize, base: u64) {
+    let id = with_scheduler(|scheduler| {
+        let id = scheduler.next_id;
+        scheduler.next_id += 1;
+        id
+    });
+    let name = alloc::format!("idle/{cpu}");
+    let return_stack = Box::new(ReturnStack::new());
+    // Safety: the caller's promise: nothing runs on the stack.
+    unsafe {
+        info::initialise(base, id);
+        let info = &mut *(base as *mut ThreadInfo);
+        info.graph_stack = &*return_stack as *const ReturnStack as u64;
+        info.state = ThreadState::Running as u64;
+        info.cpu = cpu as u64;
+        set_name(info, &name);
+    }
+    with_scheduler(|scheduler| {
+        scheduler.threads.insert(
+            id,
+            Box::new(Thread {
+                name,
+                state: State::Running,
+                stack: None,
+                return_stack,
+                stack_base: base,
+                joiner: None,
+                detached: true,
+                switches: 0,
+                passes: 0,
+                running_on: Some(cpu),
+                last_cpu: cpu,
+                affinity: Some(cpu),
+            }),
+        );
+        scheduler.current[cpu] = id;
+        scheduler.idle[cpu] = id;
+    });
+    crate::debug::thread_created(base);
+}
+
+/// The idle thread of every CPU: switches to any thread that may run here,
+/// otherwise cedes to the hypervisor until an interrupt (a reschedule IPI
+/// when a thread becomes ready, the tick otherwise). The test for work is
+/// made with interrupts off and H_CEDE returns at once if one is pending, so
+/// a wake-up sent between the test and the cede is not lost.
 fn idle_loop() {
     loop {
-        interrupts::wait();
-        yield_now();
+        let waiting = {
+            let _off = interrupts::disable();
+            let waiting = with_scheduler(|scheduler| {
+                let cpu = smp_processor_id();
+                scheduler.ready.iter().any(|id| scheduler.threads[id].affinity.is_none_or(|pinned| pinned == cpu))
+            });
+            if !waiting {
+                smp::idle_wait();
+            }
+            waiting
+        };
+        if waiting {
+            yield_now();
+        }
     }
+}
+
+// `arch::smp::secondary_main` enters this by name (declared in `crate::arch`).
+const _: [unsafe extern "C" fn() -> !; 2] = [secondary_idle, crate::arch::secondary_idle];
+
+/// A secondary CPU's first generic code, once it is online: it is already
+/// its idle thread (`add_idle`), and idles.
+#[unsafe(no_mangle)]
+pub extern "C" fn secondary_idle() -> ! {
+    interrupts::enable();
+    idle_loop();
+    unreachable!("the idle loop never ends")
 }
 
 /// A thread that can be joined. Dropping it detaches the thread.
@@ -182,22 +365,29 @@ impl JoinHandle {
         core::mem::forget(self);
         loop {
             let done = with_scheduler(|scheduler| {
-                let current = scheduler.current;
+                let current = scheduler.current_id();
                 let thread = scheduler.threads.get_mut(&id).expect("joined thread exists");
                 if let State::Dead(status) = thread.state {
+                    if thread.running_on.is_some() {
+                        // Dead, but its CPU is still switching away from its
+                        // stack: try again once it is off (the switch holds
+                        // the lock, so that is the next time we get it).
+                        return Some(None);
+                    }
                     let thread = scheduler.threads.remove(&id).expect("exists");
                     crate::debug::thread_removed(thread.stack_base);
                     drop(thread); // frees the stack
-                    return Some(status);
+                    return Some(Some(status));
                 }
                 thread.joiner = Some(current);
                 scheduler.current_thread().set_state(State::Joining);
                 None
             });
-            if let Some(status) = done {
-                return status;
+            match done {
+                Some(Some(status)) => return status,
+                Some(None) => yield_now(),
+                None => schedule(),
             }
-            schedule();
         }
     }
 }
@@ -208,7 +398,7 @@ impl Drop for JoinHandle {
         with_scheduler(|scheduler| {
             if let Some(thread) = scheduler.threads.get_mut(&id) {
                 thread.detached = true;
-                if matches!(thread.state, State::Dead(_)) && id != scheduler.current {
+                if matches!(thread.state, State::Dead(_)) {
                     scheduler.reapable.push(id);
                 }
             }
@@ -217,8 +407,23 @@ impl Drop for JoinHandle {
     }
 }
 
-/// Starts a thread running `function`; None if the heap has no room for its stack.
+/// Starts a thread running `function` on any CPU; None if the heap has no room for its stack.
 pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<JoinHandle> {
+    spawn_pinned(name, None, function)
+}
+
+/// Starts a thread running `function` on CPU `cpu` only (until moved with
+/// `set_affinity`); None if the heap has no room for its stack or `cpu` is
+/// not online. (The kernel's own threads run anywhere; tests pin theirs.)
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+pub fn spawn_on<F: FnOnce() + Send + 'static>(cpu: usize, name: &str, function: F) -> Option<JoinHandle> {
+    if !online_cpus().contains(cpu) {
+        return None;
+    }
+    spawn_pinned(name, Some(cpu), function)
+}
+
+fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize>, function: F) -> Option<JoinHandle> {
     let stack = Stack::allocate()?;
     let closure: Box<Box<dyn FnOnce()>> = Box::new(Box::new(function));
     let id = with_scheduler(|scheduler| {
@@ -254,9 +459,14 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
                 joiner: None,
                 detached: false,
                 switches: 0,
+                passes: 0,
+                running_on: None,
+                last_cpu: affinity.unwrap_or(smp_processor_id()),
+                affinity,
             }),
         );
         scheduler.ready.push_back(id);
+        scheduler.kick(id);
     });
     crate::debug::thread_created(base);
     Some(JoinHandle { id })
@@ -264,6 +474,8 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, function: F) -> Option<Jo
 
 /// First Rust code of every new thread.
 extern "C" fn thread_entry(closure: u64) -> ! {
+    // The first switch to this thread ends here, not in `schedule`.
+    finish_switch();
     interrupts::enable();
     // Safety: `spawn` leaked exactly this box for this thread.
     let function = unsafe { Box::from_raw(closure as *mut Box<dyn FnOnce()>) };
@@ -274,7 +486,7 @@ extern "C" fn thread_entry(closure: u64) -> ! {
 /// Ends the current thread.
 pub fn exit(status: ExitStatus) -> ! {
     with_scheduler(|scheduler| {
-        let current = scheduler.current;
+        let current = scheduler.current_id();
         let thread = scheduler.current_thread();
         thread.set_state(State::Dead(status));
         let (joiner, detached) = (thread.joiner.take(), thread.detached);
@@ -310,24 +522,20 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
     // Safety: a Kill in the frame of kill_current or check_current_stack,
     // which stays in place: this thread never returns there.
     let kill = unsafe { &*(kill as *const Kill) };
-    let cpu = crate::arch::percpu::smp_processor_id();
-    if cpu != crate::arch::percpu::BOOT_CPU {
-        // Threads run on the boot CPU only: another CPU has no thread to end,
-        // and must never call the scheduler (docs/ARCHITECTURE.md, "CPUs").
-        panic!("{} on CPU {cpu}, which runs no threads", kill.reason);
-    }
-    if SCHEDULER.is_locked() {
-        // One CPU, and interrupts are off while the lock is held: only the
+    if OWNER.load(Ordering::Relaxed) == smp_processor_id() + 1 {
+        // Interrupts are off while the lock is held, so on this CPU only the
         // context being killed can hold it (a trap inside `with_scheduler`,
         // e.g. a stack-room check in traced allocator code). Killing it would
         // wait for itself forever; end the kernel with a report instead.
+        // (Another CPU holding it lets go soon: that is an ordinary wait.)
         panic!("{} in thread {} while it held the scheduler lock", kill.reason, current_id());
     }
     if let Some(detail) = kill.detail {
         println!("kernel: stack of thread {} {detail}", current_id());
     }
-    let (current, idle) = with_scheduler(|scheduler| (scheduler.current, scheduler.idle));
-    if current == BOOT_THREAD || current == idle {
+    let (current, idle) =
+        with_scheduler(|scheduler| (scheduler.current_id(), scheduler.is_idle(scheduler.current_id())));
+    if current == BOOT_THREAD || idle {
         panic!("{} in thread {current}, which cannot be killed", kill.reason);
     }
     println!("kernel: killed thread {current} ({})", kill.reason);
@@ -336,13 +544,70 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
     exit(ExitStatus::Killed(kill.reason))
 }
 
+/// Wakes a sleeping or joining thread. One that is still running (on another
+/// CPU, between marking itself and its `schedule`) is marked running again
+/// and never queued: queued, another CPU could switch to it while it runs.
 #[notrace]
 fn make_ready(scheduler: &mut Scheduler, id: u64) {
     if let Some(thread) = scheduler.threads.get_mut(&id)
         && matches!(thread.state, State::Sleeping(_) | State::Joining)
     {
-        thread.set_state(State::Ready);
-        scheduler.ready.push_back(id);
+        if thread.running_on.is_some() {
+            thread.set_state(State::Running);
+        } else {
+            thread.set_state(State::Ready);
+            scheduler.ready.push_back(id);
+            scheduler.kick(id);
+        }
+    }
+}
+
+/// Moves thread `id` to CPU `cpu` (pins it there), or lets it run anywhere
+/// (`None`). A thread running on another CPU moves at that CPU's next switch
+/// (its next tick at the latest); the calling thread moves before this
+/// returns. Errors name what is wrong: an unknown or dead thread, a CPU
+/// that is not online, or an idle thread (which never moves).
+pub fn set_affinity(id: u64, cpu: Option<usize>) -> Result<(), AffinityError> {
+    if let Some(cpu) = cpu
+        && !online_cpus().contains(cpu)
+    {
+        return Err(AffinityError::CpuOffline(cpu));
+    }
+    let move_self = with_scheduler(|scheduler| {
+        if scheduler.is_idle(id) {
+            return Err(AffinityError::Idle(id));
+        }
+        let thread = scheduler.threads.get_mut(&id).ok_or(AffinityError::NoSuchThread(id))?;
+        if matches!(thread.state, State::Dead(_)) {
+            return Err(AffinityError::NoSuchThread(id));
+        }
+        thread.affinity = cpu;
+        if thread.state == State::Ready {
+            scheduler.kick(id);
+        }
+        Ok(id == scheduler.current_id() && cpu.is_some_and(|cpu| cpu != smp_processor_id()))
+    })?;
+    if move_self {
+        schedule();
+    }
+    Ok(())
+}
+
+/// Why `set_affinity` refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityError {
+    NoSuchThread(u64),
+    CpuOffline(usize),
+    Idle(u64),
+}
+
+impl core::fmt::Display for AffinityError {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            AffinityError::NoSuchThread(id) => write!(formatter, "no live thread {id}"),
+            AffinityError::CpuOffline(cpu) => write!(formatter, "CPU {cpu} is not online"),
+            AffinityError::Idle(id) => write!(formatter, "thread {id} is an idle thread, bound to its CPU"),
+        }
     }
 }
 
@@ -387,11 +652,21 @@ pub fn timer_tick(preemptible: bool) -> bool {
 /// has already put it back to Running if its own sleep was over.
 #[notrace]
 fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
+    let mut woken = false;
     for (&id, thread) in scheduler.threads.iter_mut() {
         if matches!(thread.state, State::Sleeping(until) if until <= now) {
-            thread.set_state(State::Ready);
-            scheduler.ready.push_back(id);
+            if thread.running_on.is_some() {
+                // Still on its CPU, on its way to `schedule` (see make_ready).
+                thread.set_state(State::Running);
+            } else {
+                thread.set_state(State::Ready);
+                scheduler.ready.push_back(id);
+                woken = true;
+            }
         }
+    }
+    if woken && let Some(&last) = scheduler.ready.back() {
+        scheduler.kick(last);
     }
 }
 
@@ -403,58 +678,82 @@ fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
 pub fn schedule() {
     let _guard = interrupts::disable();
     check_current_stack();
-    let switch = {
-        let mut scheduler = SCHEDULER.lock();
-        let scheduler = scheduler.as_mut().expect("threads are initialised at boot");
-        let now = timebase();
-        let current_thread = scheduler.current_thread();
-        let still_runnable = match current_thread.state {
-            State::Running => true,
-            // The running thread is never queued, not even when its own sleep
-            // is over. `sleep_milliseconds` marks it Sleeping before it calls
-            // `schedule`, and its time can be up by the time this one (or a
-            // tick's, taken in between) looks: a 0 ms sleep, a preemption
-            // between reading the clock and the marking, a guest stalled by
-            // the host for longer than the sleep. Woken like any sleeper and
-            // queued, it could be picked as the next thread, and a switch from
-            // a thread to itself loads its saved r1, stale while it runs (its
-            // last switch away, whose frame it has overwritten since). That
-            // was the end-to-end crash: the shell thread back from
-            // `sleep_milliseconds` with a wrong r2 and non-volatiles and a
-            // return into data, after a tick taken between the marking and
-            // `schedule` (tests/registers.rs,
-            // `a_thread_whose_sleep_is_over_before_it_switches_away_keeps_running_with_its_registers`).
-            // It keeps the CPU instead, or goes to the tail of the queue.
-            State::Sleeping(until) if until <= now => {
-                current_thread.set_state(State::Running);
-                true
-            }
-            _ => false,
-        };
-        wake_sleepers(scheduler, now);
-        let Some(Switch { next, .. }) =
-            pick_next(&mut scheduler.ready, scheduler.current, still_runnable, scheduler.idle)
-        else {
-            return;
-        };
-        let current_thread = scheduler.current_thread();
-        if still_runnable {
-            current_thread.set_state(State::Ready);
+    let cpu = smp_processor_id();
+    let mut locked = lock();
+    let scheduler = locked.as_mut().expect("threads are initialised at boot");
+    let now = timebase();
+    let current_thread = scheduler.current_thread();
+    current_thread.passes += 1;
+    let still_runnable = match current_thread.state {
+        State::Running => true,
+        // The running thread is never queued, not even when its own sleep
+        // is over. `sleep_milliseconds` marks it Sleeping before it calls
+        // `schedule`, and its time can be up by the time this one (or a
+        // tick's, taken in between) looks: a 0 ms sleep, a preemption
+        // between reading the clock and the marking, a guest stalled by
+        // the host for longer than the sleep. Woken like any sleeper and
+        // queued, it could be picked as the next thread, and a switch from
+        // a thread to itself loads its saved r1, stale while it runs (its
+        // last switch away, whose frame it has overwritten since). That
+        // was the end-to-end crash: the shell thread back from
+        // `sleep_milliseconds` with a wrong r2 and non-volatiles and a
+        // return into data, after a tick taken between the marking and
+        // `schedule` (tests/registers.rs,
+        // `a_thread_whose_sleep_is_over_before_it_switches_away_keeps_running_with_its_registers`).
+        // It keeps the CPU instead, or goes to the tail of the queue.
+        // (Other CPUs' `wake_sleepers` and `make_ready` mark it Running
+        // instead of queueing it, for the same reason.)
+        State::Sleeping(until) if until <= now => {
+            current_thread.set_state(State::Running);
+            true
         }
-        // Safety: every live thread's stack base holds its thread_info.
-        let save: *mut u64 = unsafe { &raw mut (*(current_thread.stack_base as *mut ThreadInfo)).saved_stack_pointer };
-        let next_thread = scheduler.threads.get_mut(&next).expect("a ready thread is in the table");
-        next_thread.set_state(State::Running);
-        next_thread.switches += 1;
-        scheduler.current = next;
-        // Safety: interrupts are off; this CPU's own area.
-        unsafe { (*per_cpu_mut()).current_thread = next_thread.stack_base };
-        // Safety: as above, for the next thread.
-        (save, unsafe { (*(next_thread.stack_base as *const ThreadInfo)).saved_stack_pointer })
+        _ => false,
     };
+    crate::sync::note_quiescent_state();
+    wake_sleepers(scheduler, now);
+    let current = scheduler.current[cpu];
+    let threads = &scheduler.threads;
+    let runs_here = |id: u64| threads[&id].affinity.is_none_or(|pinned| pinned == cpu);
+    let Some(Switch { next, requeue_current }) =
+        pick_next(&mut scheduler.ready, current, still_runnable, scheduler.idle[cpu], runs_here)
+    else {
+        unlock(locked);
+        return;
+    };
+    let current_thread = scheduler.current_thread();
+    if still_runnable {
+        current_thread.set_state(State::Ready);
+    }
+    current_thread.running_on = None;
+    // Safety: every live thread's stack base holds its thread_info.
+    let save: *mut u64 = unsafe { &raw mut (*(current_thread.stack_base as *mut ThreadInfo)).saved_stack_pointer };
+    if requeue_current {
+        // At the queue's tail: an idle CPU it may run on takes it.
+        scheduler.kick(current);
+    }
+    let next_thread = scheduler.threads.get_mut(&next).expect("a ready thread is in the table");
+    next_thread.set_state(State::Running);
+    next_thread.switches += 1;
+    next_thread.running_on = Some(cpu);
+    next_thread.last_cpu = cpu;
+    let next_base = next_thread.stack_base;
+    scheduler.current[cpu] = next;
+    // Safety: every live thread's stack base holds its thread_info; this
+    // CPU's own area, interrupts off.
+    let resume = unsafe {
+        (*(next_base as *mut ThreadInfo)).cpu = cpu as u64;
+        (*per_cpu_mut()).current_thread = next_base;
+        (*(next_base as *const ThreadInfo)).saved_stack_pointer
+    };
+    // The lock stays held across the switch: until `switch_context` has
+    // stored this thread's registers and r1, another CPU that picked it
+    // from the queue would resume it from its previous switch. The thread
+    // switched to releases it (`finish_switch`, here or in `thread_entry`).
+    core::mem::forget(locked);
     // Safety: both stacks belong to live threads; the saved pointer of the next
     // thread came from its own switch_context or from prepare_first_switch.
-    unsafe { switch_context(switch.0, switch.1) };
+    unsafe { switch_context(save, resume) };
+    finish_switch();
     reap();
 }
 
@@ -463,9 +762,14 @@ pub fn schedule() {
 #[notrace]
 fn reap() {
     let dead: Vec<Box<Thread>> = with_scheduler(|scheduler| {
-        let current = scheduler.current;
-        let ids: Vec<u64> = scheduler.reapable.iter().copied().filter(|&id| id != current).collect();
-        scheduler.reapable.retain(|&id| id == current);
+        if scheduler.reapable.is_empty() {
+            return Vec::new();
+        }
+        // A dead thread whose CPU is still switching away from it stays.
+        let threads = &scheduler.threads;
+        let off_cpu = |id: &u64| threads.get(id).is_none_or(|thread| thread.running_on.is_none());
+        let ids: Vec<u64> = scheduler.reapable.iter().copied().filter(off_cpu).collect();
+        scheduler.reapable.retain(|id| !ids.contains(id));
         let dead: Vec<Box<Thread>> = ids.iter().filter_map(|id| scheduler.threads.remove(id)).collect();
         for thread in &dead {
             crate::debug::thread_removed(thread.stack_base);
@@ -480,7 +784,7 @@ fn reap() {
 #[notrace]
 fn check_current_stack() {
     let dying = with_scheduler(|scheduler| {
-        matches!(scheduler.threads.get(&scheduler.current).map(|thread| thread.state), Some(State::Dead(_)))
+        matches!(scheduler.threads.get(&scheduler.current_id()).map(|thread| thread.state), Some(State::Dead(_)))
     });
     if dying {
         return;
@@ -507,8 +811,13 @@ pub struct ThreadSummary {
     pub id: u64,
     pub name: String,
     pub state: State,
+    /// The CPU it runs on, or ran on last.
+    pub cpu: usize,
+    /// The CPU it is pinned to, if any.
+    pub affinity: Option<usize>,
     pub switches: u64,
-    pub stack_used: u64,
+    /// Stack in use; None for a thread running on another CPU (its r1 moves).
+    pub stack_used: Option<u64>,
     pub livepatch_depth: u64,
 }
 
@@ -522,7 +831,11 @@ pub fn snapshot() -> Vec<ThreadSummary> {
             .map(|(&id, thread)| {
                 // Safety: every live thread's stack base holds its thread_info.
                 let saved = unsafe { (*(thread.stack_base as *const ThreadInfo)).saved_stack_pointer };
-                let stack_pointer = if id == scheduler.current { current_stack_pointer } else { saved };
+                let stack_pointer = match thread.running_on {
+                    Some(cpu) if cpu == smp_processor_id() => Some(current_stack_pointer),
+                    Some(_) => None,
+                    None => Some(saved),
+                };
                 let top = thread.stack_base + THREAD_SIZE as u64;
                 // Safety: every live thread's stack base holds its thread_info.
                 let livepatch_sp = unsafe { (*(thread.stack_base as *const ThreadInfo)).livepatch_sp };
@@ -530,8 +843,10 @@ pub fn snapshot() -> Vec<ThreadSummary> {
                     id,
                     name: thread.name.clone(),
                     state: thread.state,
+                    cpu: thread.last_cpu,
+                    affinity: thread.affinity,
                     switches: thread.switches,
-                    stack_used: top.saturating_sub(stack_pointer),
+                    stack_used: stack_pointer.map(|stack_pointer| top.saturating_sub(stack_pointer)),
                     livepatch_depth: livepatch_sp - thread.stack_base - super::LIVEPATCH_STACK_OFFSET as u64,
                 }
             })
@@ -539,29 +854,62 @@ pub fn snapshot() -> Vec<ThreadSummary> {
     })
 }
 
-/// The stack base and stack pointer of every thread that can still run: the
-/// caller's own stack pointer for the current thread, the one `switch_context`
-/// saved for the others. Dead threads are left out: they never run again, so whatever
-/// their stacks still hold (a killed thread's livepatch frames, return
-/// addresses into a module) refers to nothing in use.
-pub fn live_stacks(current_stack_pointer: u64) -> Vec<(u64, u64)> {
+/// Where a live thread's registers are, for a scan of what it may still
+/// return or resume to (`module::busy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveStack {
+    /// The calling thread: its stack from the caller's own r1.
+    Caller { base: u64, stack_pointer: u64 },
+    /// Switched out: its stack from the r1 `switch_context` saved.
+    SwitchedOut { base: u64, stack_pointer: u64 },
+    /// Running on another CPU: its registers are that CPU's to give (only
+    /// while the machine is stopped: `arch::smp::parked_registers`).
+    RunningOn { base: u64, cpu: usize },
+}
+
+/// Every thread that can still run, with where its registers are (see
+/// `LiveStack`). Dead threads are left out: they never run again, so
+/// whatever their stacks still hold (a killed thread's livepatch frames,
+/// return addresses into a module) refers to nothing in use.
+pub fn live_stacks(current_stack_pointer: u64) -> Vec<LiveStack> {
     with_scheduler(|scheduler| {
+        let me = smp_processor_id();
         scheduler
             .threads
-            .iter()
-            .filter(|(_, thread)| !matches!(thread.state, State::Dead(_)))
-            .map(|(&id, thread)| {
-                // Safety: every live thread's stack base holds its thread_info.
-                let saved = unsafe { (*(thread.stack_base as *const ThreadInfo)).saved_stack_pointer };
-                (thread.stack_base, if id == scheduler.current { current_stack_pointer } else { saved })
+            .values()
+            .filter(|thread| !matches!(thread.state, State::Dead(_)))
+            .map(|thread| {
+                let base = thread.stack_base;
+                match thread.running_on {
+                    Some(cpu) if cpu == me => LiveStack::Caller { base, stack_pointer: current_stack_pointer },
+                    Some(cpu) => LiveStack::RunningOn { base, cpu },
+                    None => {
+                        // Safety: every live thread's stack base holds its thread_info.
+                        let stack_pointer = unsafe { (*(base as *const ThreadInfo)).saved_stack_pointer };
+                        LiveStack::SwitchedOut { base, stack_pointer }
+                    }
+                }
             })
             .collect()
     })
 }
 
+/// The thread CPU `cpu` runs now, as (number, name); None if it runs none.
+pub fn running_on(cpu: usize) -> Option<(u64, String)> {
+    with_scheduler(|scheduler| {
+        let id = *scheduler.current.get(cpu)?;
+        scheduler.threads.get(&id).map(|thread| (id, thread.name.clone()))
+    })
+}
+
 /// Waits for a grace period, RCU style: returns once every other thread
-/// that was ready to run when it was called has been switched in again
-/// since, has blocked, or has ended. The idle thread is not waited for.
+/// that was ready or running when it was called (on any CPU) has passed
+/// through the scheduler twice since (each time it is preempted, yields or
+/// blocks, whether it switches or keeps its CPU), has blocked, or has ended.
+/// Idle threads are not waited for. Twice: a thread running on another CPU
+/// may hold a pointer across its next pass and use it after; a switched-out
+/// one may have been preempted holding it, and then yield once more before
+/// it is done with it.
 ///
 /// A thread switched out by the timer may be anywhere, including between
 /// receiving a pointer and using it; after the grace period it has had a
@@ -572,20 +920,21 @@ pub fn live_stacks(current_stack_pointer: u64) -> Vec<(u64, u64)> {
 /// it frees a module's memory.
 pub fn synchronize() {
     let waiting: Vec<(u64, u64)> = with_scheduler(|scheduler| {
+        let me = scheduler.current_id();
         scheduler
             .threads
             .iter()
             .filter(|&(&id, thread)| {
-                id != scheduler.current && id != scheduler.idle && matches!(thread.state, State::Ready | State::Running)
+                id != me && !scheduler.is_idle(id) && matches!(thread.state, State::Ready | State::Running)
             })
-            .map(|(&id, thread)| (id, thread.switches))
+            .map(|(&id, thread)| (id, thread.passes))
             .collect()
     });
     loop {
         let pending = with_scheduler(|scheduler| {
-            waiting.iter().any(|(id, switches)| {
+            waiting.iter().any(|(id, passes)| {
                 scheduler.threads.get(id).is_some_and(|thread| {
-                    matches!(thread.state, State::Ready | State::Running) && thread.switches == *switches
+                    matches!(thread.state, State::Ready | State::Running) && thread.passes < passes + 2
                 })
             })
         });

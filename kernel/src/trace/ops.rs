@@ -343,9 +343,16 @@ fn validate_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
 ///
 /// The stubs pass `FUNCTION_TRACE_OP` to whatever `ftrace_call` reaches, so it
 /// must name the right ops at every instant a handler (or `ftrace_ops_assist`)
-/// can be reached directly. As in Linux's `ftrace_modify_all_code`: the new op
-/// is stored before the branch to a handler is written, and a branch away from
-/// a handler is written before the op changes. The registry grows or shrinks
+/// can be reached directly, on every CPU. As in Linux's
+/// `ftrace_modify_all_code`: the new op is stored before the branch to a
+/// handler is written, and a branch away from a handler is written (and
+/// every CPU synchronised: `modify_all`) before the op changes. Between the
+/// op's store and the branch's write, a grace period (`synchronize_sched`):
+/// a stub loads the op two instructions before `ftrace_call`, so another CPU
+/// interrupted between the two could hold the old op in r5 and then meet the
+/// new branch; a stub is a read-side section, so after the grace period no
+/// CPU is between its load and its branch with the old op
+/// (`tests::smp::a_handler_reached_directly_always_gets_its_own_op`). The registry grows or shrinks
 /// by one ops at a time, so one side of every switch is `ftrace_stub` or
 /// `ftrace_ops_list`, which ignore the op (Linux passes through the list
 /// function for a switch between two handlers; none happens here, and an
@@ -362,6 +369,8 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
     );
     if target_uses_op {
         let previous = FUNCTION_TRACE_OP.swap(op, Ordering::AcqRel);
+        // No CPU still between its load of the previous op and the branch.
+        crate::sync::synchronize_sched();
         if let Err(error) = branch_call_sites(target, target_uses_op) {
             // Nothing was written (both words or neither): the op goes back too.
             FUNCTION_TRACE_OP.store(previous, Ordering::Release);

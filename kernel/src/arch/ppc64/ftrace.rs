@@ -360,6 +360,19 @@ const WALK_FRAMES: usize = THREAD_SIZE / FRAME_ALIGNMENT;
 const FRAME_ALIGNMENT: usize = 16;
 const _: () = assert!(MINIMAL_FRAME >= FRAME_ALIGNMENT && THREAD_SIZE.is_multiple_of(FRAME_ALIGNMENT));
 
+/// Whether the context `registers` interrupted could be preempted: its
+/// preempt count is 0 and it is not inside ftrace (`in_ftrace`), the two
+/// tests the timer makes before it preempts. An IPI asks it for the grace
+/// periods of `sync` (the context is outside every read-side section).
+#[notrace]
+pub fn interrupted_preemptible(registers: &super::exceptions::PtRegs) -> bool {
+    let stack_pointer = registers.gpr[1];
+    // Safety: r1 of an interrupted kernel context lies in a THREAD_SIZE block
+    // (a thread's stack, an idle or emergency stack) whose base holds its thread_info.
+    let preempt_count = unsafe { (*super::thread_info::thread_info_of(stack_pointer)).preempt_count };
+    preempt_count == 0 && !in_ftrace(registers.nip, registers.link, stack_pointer)
+}
+
 /// Whether the interrupted context (its nip, LR and r1) is inside ftrace:
 /// in a stub, in a handler called from one, in the graph tracer's return
 /// path, or in `livepatch_handler` before it calls the replacement (the

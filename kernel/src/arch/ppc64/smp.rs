@@ -1,18 +1,15 @@
-//! The other CPUs: starting them (RTAS start-cpu), their idle loop, IPIs, `smp_call_function`, and the context synchronisation after text patching.
+//! The other CPUs: starting them (RTAS start-cpu), IPIs (reschedule, `smp_call_function`), `stop_machine`, and the context synchronisation after text patching.
 //!
-//! What runs where in this milestone (docs/ARCHITECTURE.md, "CPUs"): the
-//! boot CPU runs every thread; each secondary CPU runs only its idle loop
-//! (interrupts off; take any posted call; H_CEDE) and its interrupt
-//! handlers: the external interrupt (IPIs, `external_interrupt`) and the
-//! decrementer, which only re-arms itself. Neither ever calls the scheduler
-//! or touches the boot CPU's current thread. Everything here and every
-//! function a caller posts is `#[notrace]`: no secondary CPU enters ftrace or
-//! a live patch yet (their grace periods know one CPU).
+//! Every CPU runs threads (docs/ARCHITECTURE.md, "CPUs"): a secondary CPU
+//! starts on the stack of its idle thread and enters the scheduler's idle
+//! loop (`crate::arch::secondary_idle`). Everything here is `#[notrace]`: it
+//! runs in IPI handlers, and under the text changes it completes.
 //!
 //! Waiting for another CPU never spins: under QEMU's round-robin TCG
 //! (`-icount`) a spinning CPU starves the one it waits for. Every wait is
 //! "interrupts off; test; H_CEDE" (`wait_until`), woken by an IPI from the
 //! CPU that made the condition true, with the decrementer as a backstop.
+use super::exceptions::PtRegs;
 use super::interrupts;
 use super::percpu::{BOOT_CPU, area, area_mut, mark_online, online_cpus, smp_processor_id};
 use super::registers::{per_cpu, set_decrementer, toc_pointer};
@@ -26,8 +23,8 @@ use spin::Mutex;
 /// Serialises callers of `smp_call_function`: each mailbox has one sender at a time.
 static SENDER: Mutex<()> = Mutex::new(());
 
-/// Timebase ticks between a secondary CPU's decrementer interrupts (the
-/// backstop of its waits), set before the first CPU starts.
+/// Timebase ticks until a secondary CPU's first decrementer interrupt (then
+/// the periodic tick re-arms it), set before the first CPU starts.
 static BACKSTOP_TICKS: AtomicU32 = AtomicU32::new(u32::MAX >> 1);
 
 /// The boot CPU joins: records its interrupt server, opens its priority to
@@ -100,34 +97,30 @@ pub extern "C" fn secondary_main(cpu: u64) -> ! {
     // mark visible before the wake-up (as in `smp_call_function`).
     fence(Ordering::SeqCst);
     xics::send_ipi(area(BOOT_CPU).interrupt_server);
-    idle_loop()
+    // Safety: the link-time contract of `crate::arch::secondary_idle`: on
+    // this CPU's idle stack, online, interrupts off.
+    unsafe { crate::arch::secondary_idle() }
 }
 
-/// A secondary CPU's life: run what is posted to it, otherwise cede.
+/// The idle thread's wait: H_CEDE until an interrupt, marked ceded for the
+/// `cpus` command. Called with interrupts off after the test for work, so a
+/// wake-up raised since is pending and H_CEDE returns at once.
 #[notrace]
-fn idle_loop() -> ! {
+pub fn idle_wait() {
     let statistics = &per_cpu().statistics;
-    loop {
-        let _off = interrupts::disable();
-        if call_posted() {
-            run_posted_call();
-            continue;
-        }
-        statistics.ceded.store(1, Ordering::Relaxed);
-        // H_CEDE enables interrupts itself: an IPI raised since the test
-        // above is taken at once, so none is lost.
-        interrupts::wait();
-        statistics.ceded.store(0, Ordering::Relaxed);
-    }
+    statistics.ceded.store(1, Ordering::Relaxed);
+    interrupts::wait();
+    statistics.ceded.store(0, Ordering::Relaxed);
 }
 
-/// A secondary CPU's decrementer interrupt: re-arm it, nothing else (it
-/// only bounds how long a wait can miss its wake-up).
+/// Wakes CPU `cpu` from its idle wait to look at the ready queue (a bare
+/// IPI: its handler finds no call and returns into the idle loop). The
+/// caller's stores (the queued thread) are visible first (full barrier, as
+/// in `smp_call_function`).
 #[notrace]
-pub fn secondary_tick() {
-    debug_assert_ne!(smp_processor_id(), BOOT_CPU);
-    per_cpu().statistics.ticks.fetch_add(1, Ordering::Relaxed);
-    set_decrementer(BACKSTOP_TICKS.load(Ordering::Relaxed));
+pub fn send_reschedule(cpu: usize) {
+    fence(Ordering::SeqCst);
+    xics::send_ipi(area(cpu).interrupt_server);
 }
 
 /// The external interrupt (0x500), on any CPU, interrupts off: accepts one
@@ -136,7 +129,7 @@ pub fn secondary_tick() {
 /// source of an interrupt that is not an IPI (after ending it): no device
 /// interrupt is enabled, so the caller reports it.
 #[notrace]
-pub fn external_interrupt() -> Result<(), u32> {
+pub fn external_interrupt(registers: &PtRegs) -> Result<(), u32> {
     let xirr = xics::accept();
     let result = match xirr.source() {
         0 => Ok(()),
@@ -149,7 +142,9 @@ pub fn external_interrupt() -> Result<(), u32> {
             fence(Ordering::SeqCst);
             area.statistics.ipis.fetch_add(1, Ordering::Relaxed);
             if call_posted() {
+                area.interrupted_registers.store(registers as *const PtRegs as u64, Ordering::Release);
                 run_posted_call();
+                area.interrupted_registers.store(0, Ordering::Release);
             }
             Ok(())
         }
@@ -225,14 +220,23 @@ fn ceded_pause() {
     core::mem::forget(interrupts::disable());
 }
 
+/// The registers the running IPI handler interrupted, for a function
+/// `smp_call_function` runs (None outside one).
+#[notrace]
+pub fn interrupted_registers() -> Option<&'static PtRegs> {
+    let address = per_cpu().interrupted_registers.load(Ordering::Acquire);
+    // Safety: set by `external_interrupt` to its caller's PtRegs for as long as the call runs.
+    (address != 0).then(|| unsafe { &*(address as *const PtRegs) })
+}
+
 /// Runs `function(argument)` once on every online CPU of `cpus` but the
 /// calling one, each in its IPI handler (interrupts off; a ceded CPU is woken
 /// by the IPI); with `wait`, returns once all have run it, ceding meanwhile.
 /// Without `wait` it returns once every call is posted; the next call to a
 /// CPU waits until its previous one has run.
 ///
-/// `function` must be `#[notrace]` (secondary CPUs do not enter ftrace yet),
-/// must not call `smp_call_function`, and must not block. The caller is not
+/// `function` should be `#[notrace]` (it runs under text changes that wait
+/// for it), must not call `smp_call_function`, and must not block. The caller is not
 /// preempted meanwhile (`NoPreemption`), so no thread ever waits for one
 /// switched out while it held the sender lock. Interrupts are as they were
 /// on return; their handlers run while it waits (`wait_until`).
@@ -336,4 +340,74 @@ fn context_synchronize(_: u64) {
     // Safety: isync only discards prefetched instructions.
     unsafe { core::arch::asm!("isync", options(nostack)) };
     super::text::log::record(super::text::log::Step::Synchronized, 0);
+}
+
+/// Serialises `stop_machine`s (two at once would each wait for the other).
+static STOPPER: Mutex<()> = Mutex::new(());
+/// CPUs parked by the running `stop_machine`.
+static PARKED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// Nonzero while the running `stop_machine` keeps the others parked.
+static HOLD: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Runs `action` on this CPU while every other online CPU waits in an IPI
+/// handler with interrupts off (Linux's `stop_machine`, for the rare change
+/// or check that needs every CPU quiet): whatever thread another CPU was
+/// running stays interrupted, its registers readable with `parked_registers`,
+/// and no thread switches anywhere. The caller is not preempted meanwhile.
+///
+/// `action` must not wait for another CPU (an IPI, a text change, a grace
+/// period) nor take a lock an interrupted context may hold with interrupts
+/// on (a `sync::Mutex`); locks taken only with interrupts off (scheduler,
+/// heap, console) are free, since no CPU is parked while holding one.
+#[notrace]
+pub fn stop_machine<R>(action: impl FnOnce() -> R) -> R {
+    let _no_preemption = NoPreemption::new();
+    // Wait for another stop_machine with interrupts on: its IPI parks us meanwhile.
+    let _stopper = loop {
+        if let Some(guard) = STOPPER.try_lock() {
+            break guard;
+        }
+        confer();
+    };
+    let me = smp_processor_id();
+    let others = online_cpus().without(me);
+    PARKED.store(0, Ordering::Relaxed);
+    HOLD.store(1, Ordering::Release);
+    smp_call_function(others, park, me as u64, false);
+    wait_until(|| PARKED.load(Ordering::Acquire) == others.len());
+    let result = {
+        let _off = interrupts::disable();
+        action()
+    };
+    HOLD.store(0, Ordering::Release);
+    // Every parked CPU leaves its handler before the next stop_machine may park it.
+    wait_until(|| PARKED.load(Ordering::Acquire) == 0);
+    result
+}
+
+/// A CPU's part in `stop_machine`: counts itself parked, wakes the stopping
+/// CPU once all are, then waits (interrupts off, conferring its time) until released.
+#[notrace]
+fn park(stopper: u64) {
+    PARKED.fetch_add(1, Ordering::AcqRel);
+    fence(Ordering::SeqCst);
+    xics::send_ipi(area(stopper as usize).interrupt_server);
+    while HOLD.load(Ordering::Acquire) != 0 {
+        confer();
+    }
+    PARKED.fetch_sub(1, Ordering::AcqRel);
+    fence(Ordering::SeqCst);
+    xics::send_ipi(area(stopper as usize).interrupt_server);
+}
+
+/// During `stop_machine`'s action: the registers CPU `cpu` was interrupted
+/// in (None for the calling CPU or one that is not parked).
+#[notrace]
+pub fn parked_registers(cpu: usize) -> Option<&'static PtRegs> {
+    if cpu == smp_processor_id() || HOLD.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let address = area(cpu).interrupted_registers.load(Ordering::Acquire);
+    // Safety: a parked CPU's IPI handler keeps its PtRegs in place until released.
+    (address != 0).then(|| unsafe { &*(address as *const PtRegs) })
 }

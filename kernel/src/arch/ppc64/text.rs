@@ -72,11 +72,13 @@ pub fn validate(address: u64, expected: u32) -> Result<(), TextError> {
 /// then makes instruction fetch see it, on every CPU: the store, the flush
 /// on this CPU, then an `isync` run by every other online CPU
 /// (`smp::synchronize_other_cpus`) before it returns. On a mismatch nothing
-/// is written. The caller keeps other threads off the instruction
-/// (preemption disabled: threads run on one CPU, `RUNNING_CPUS`, and a
-/// single aligned store is seen whole by every later fetch, on any CPU), and
-/// makes changes of more than one word in an order that is correct at every
-/// instant (docs/ftrace.md), or all-or-nothing with `modify_all`.
+/// is written. Other CPUs may be executing the word meanwhile: every word
+/// changed after boot is of the ISA's patch class (`nop`, `b`, `bl`), and a
+/// single aligned store of one is seen whole by every fetch, on any CPU: the
+/// old instruction or the new one. Writers are serialised by their callers'
+/// locks (ftrace's registry), so nothing changes a word between its check
+/// and its store. Changes of more than one word go in an order that is
+/// correct at every instant (docs/ftrace.md), or all-or-nothing with `modify_all`.
 #[notrace]
 pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
     modify_code_local(address, old, new)?;
@@ -87,8 +89,10 @@ pub fn modify_code(address: u64, old: u32, new: u32) -> Result<(), TextError> {
 /// `modify_code` without the cross-CPU step: checks, stores and flushes on
 /// this CPU. For a batch of words (a bulk enable), each written this way,
 /// then one `end_batch`: one IPI round trip per batch, not per word, as
-/// Linux synchronises once per batch. Other CPUs run no traced or patched
-/// code (`RUNNING_CPUS`), so none can meet a word before the batch ends.
+/// Linux synchronises once per batch. Until the batch ends, another CPU may
+/// still run a word's old instruction (prefetched) or already its new one:
+/// callers write batches whose words are independent (each site alone is
+/// correct either way).
 #[notrace]
 pub fn modify_code_local(address: u64, old: u32, new: u32) -> Result<(), TextError> {
     validate(address, old)?;
@@ -138,19 +142,6 @@ pub fn modify_all(changes: &[(u64, u32, u32)]) -> Result<(), TextError> {
     end_batch(last);
     Ok(())
 }
-
-/// The CPUs this kernel runs threads on, and so traced and patched code.
-/// The other online CPUs (docs/ARCHITECTURE.md, "CPUs") run only untraced
-/// idle and IPI code, which text patching never changes; they still run the
-/// `isync` each change asks of them. Patching a word while preemption is off
-/// (nothing else runs the code being changed) and the grace period of the
-/// tables traced calls read without a lock (`NonPreemptibleReaders`) are
-/// correct only for one such CPU; each asserts this at compile time, so
-/// running threads on a second CPU (raising it) fails to build until both
-/// are made SMP-safe (Linux: `stop_machine` or `text_poke` for the text, RCU
-/// for the tables).
-pub const RUNNING_CPUS: usize = 1;
-const _: () = assert!(RUNNING_CPUS == 1, "modify_code assumes one CPU: make it SMP-safe first");
 
 /// The order of the steps of text changes, for the test that checks the
 /// protocol (`tests::smp`): under QEMU's TCG instruction caches stay

@@ -50,6 +50,9 @@ pub struct ThreadInfo {
     /// lives as long as the thread); 0 and 0 until it is named.
     pub name_address: u64,
     pub name_length: u64,
+    /// The CPU the thread runs on, or ran on last (the scheduler writes it at
+    /// each switch in), for the debugger.
+    pub cpu: u64,
 }
 
 /// Offset of the magic word from the stack base.
