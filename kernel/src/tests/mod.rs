@@ -14,6 +14,7 @@ mod memory;
 mod modules;
 pub mod registers;
 mod runner;
+mod scheduling;
 mod smp;
 mod stack;
 mod threads;

@@ -255,10 +255,12 @@ fn call_function_returns_with_interrupts_as_they_were() {
     }
 }
 
-/// What a secondary CPU may run (its entry, idle loop, IPI handler,
-/// decrementer, posted calls, and a report of its own panic, BUG or Oops):
-/// every function of these modules. None may have an ftrace site, since no
-/// secondary CPU enters ftrace or a live patch yet.
+/// What an IPI handler runs (the interrupt entry, the call-function and
+/// stop_machine paths, posted calls), and a report of a panic, BUG or Oops:
+/// every function of these modules. None may have an ftrace site: a text
+/// change waits for every CPU's IPI handler (`synchronize_other_cpus`), so a
+/// handler that entered ftrace could run the very code being changed, and a
+/// report must not recurse into the tracers it reports on.
 const SECONDARY_CPU_MODULES: &[&str] = &[
     "kernel::arch::ppc64::smp::",
     "kernel::arch::ppc64::xics::",
@@ -272,14 +274,14 @@ const SECONDARY_CPU_MODULES: &[&str] = &[
 ];
 
 #[ktest]
-fn nothing_a_secondary_cpu_runs_has_an_ftrace_site() {
+fn nothing_an_ipi_handler_or_a_report_runs_has_an_ftrace_site() {
     let traced: Vec<&str> = crate::trace::site_table()
         .sites()
         .iter()
         .map(|site| site.name)
         .filter(|name| SECONDARY_CPU_MODULES.iter().any(|module| name.contains(module)))
         .collect();
-    assert!(traced.is_empty(), "functions with an ftrace site that a secondary CPU runs: {traced:?}");
+    assert!(traced.is_empty(), "functions with an ftrace site that an IPI handler or a report runs: {traced:?}");
 }
 
 #[notrace]
