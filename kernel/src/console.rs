@@ -56,7 +56,7 @@ impl Drop for ConsoleGuard {
 /// only as long as it writes).
 #[notrace]
 pub fn lock() -> ConsoleGuard {
-    let guard = CONSOLE.lock();
+    let guard = crate::sync::acquire(&CONSOLE);
     CONSOLE_OWNER.store(smp_processor_id(), Ordering::Relaxed);
     ConsoleGuard(guard)
 }

@@ -87,9 +87,13 @@ const fn state_names() -> [[u8; 16]; ThreadState::NAMES.len()] {
 }
 
 struct Anchor(UnsafeCell<DebugAnchor>);
-// Safety: written only with preemption off (callers hold the registries' locks
-// or run during thread creation and removal under the scheduler), read by gdb.
+// Safety: written only under `ANCHOR_LOCK` (`with_anchor`), from any CPU;
+// read by gdb, which stops every CPU first.
 unsafe impl Sync for Anchor {}
+
+/// Serialises the anchor's writers, on every CPU. Taken with interrupts off
+/// (a thread is removed under the scheduler's lock), and it takes no other lock.
+static ANCHOR_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 const EMPTY_PATCH: DebugPatch = DebugPatch { name: [0; 32], state: 0, count: 0, functions: [[0; 2]; MAX_FUNCTIONS] };
 const EMPTY_MODULE: DebugModule = DebugModule {
@@ -126,10 +130,13 @@ static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     state_names: state_names(),
 }));
 
+/// Runs `change` on the anchor, interrupts off, under `ANCHOR_LOCK`.
 #[notrace]
-fn anchor() -> &'static mut DebugAnchor {
-    // Safety: see `Anchor`: writers are serialised by their callers.
-    unsafe { &mut *klp_debug_anchor.0.get() }
+fn with_anchor<R>(change: impl FnOnce(&mut DebugAnchor) -> R) -> R {
+    let _interrupts = crate::arch::interrupts::disable();
+    let _lock = crate::sync::acquire(&ANCHOR_LOCK);
+    // Safety: see `Anchor`: the lock is held.
+    change(unsafe { &mut *klp_debug_anchor.0.get() })
 }
 
 fn copy_name(target: &mut [u8; 32], name: &str) {
@@ -140,31 +147,37 @@ fn copy_name(target: &mut [u8; 32], name: &str) {
 
 /// Records where the ftrace site table is (once, at boot).
 pub fn sites_known(table: u64, count: u64, entry_size: u64) {
-    let anchor = anchor();
-    anchor.sites = table;
-    anchor.site_count = count;
-    anchor.site_entry_size = entry_size;
+    with_anchor(|anchor| {
+        anchor.sites = table;
+        anchor.site_count = count;
+        anchor.site_entry_size = entry_size;
+    })
 }
 
 /// A thread (its thread_info at `base`) exists.
 pub fn thread_created(base: u64) {
-    let _interrupts = crate::arch::interrupts::disable();
-    if let Some(slot) = anchor().threads.iter_mut().find(|slot| **slot == 0) {
-        *slot = base;
-    }
+    with_anchor(|anchor| {
+        if let Some(slot) = anchor.threads.iter_mut().find(|slot| **slot == 0) {
+            *slot = base;
+        }
+    })
 }
 
 /// The thread whose thread_info was at `base` is gone.
 pub fn thread_removed(base: u64) {
-    let _interrupts = crate::arch::interrupts::disable();
-    if let Some(slot) = anchor().threads.iter_mut().find(|slot| **slot == base) {
-        *slot = 0;
-    }
+    with_anchor(|anchor| {
+        if let Some(slot) = anchor.threads.iter_mut().find(|slot| **slot == base) {
+            *slot = 0;
+        }
+    })
 }
 
 /// Records a patch's state (`None` removes it) and its (old, new) functions.
 pub fn patch_changed(name: &str, state: Option<bool>, functions: &[(u64, u64)]) {
-    let patches = &mut anchor().patches;
+    with_anchor(|anchor| change_patch(&mut anchor.patches, name, state, functions))
+}
+
+fn change_patch(patches: &mut [DebugPatch; MAX_PATCHES], name: &str, state: Option<bool>, functions: &[(u64, u64)]) {
     let mut stored = [0u8; 32];
     copy_name(&mut stored, name);
     let existing = patches.iter().position(|patch| patch.state != 0 && patch.name == stored);
@@ -192,27 +205,29 @@ pub fn patch_changed(name: &str, state: Option<bool>, functions: &[(u64, u64)]) 
 
 /// Records a loaded module and its sections.
 pub fn module_loaded(name: &str, address: u64, size: u64, toc: u64, sections: &[(&str, u64)]) {
-    let anchor = anchor();
-    anchor.module_generation += 1;
-    let Some(module) = anchor.modules.iter_mut().find(|module| module.address == 0) else { return };
-    copy_name(&mut module.name, name);
-    module.address = address;
-    module.size = size;
-    module.toc = toc;
-    module.section_count = sections.len().min(MAX_SECTIONS) as u64;
-    for (slot, (section, section_address)) in module.sections.iter_mut().zip(sections) {
-        copy_name(&mut slot.0, section);
-        slot.1 = *section_address;
-    }
+    with_anchor(|anchor| {
+        anchor.module_generation += 1;
+        let Some(module) = anchor.modules.iter_mut().find(|module| module.address == 0) else { return };
+        copy_name(&mut module.name, name);
+        module.address = address;
+        module.size = size;
+        module.toc = toc;
+        module.section_count = sections.len().min(MAX_SECTIONS) as u64;
+        for (slot, (section, section_address)) in module.sections.iter_mut().zip(sections) {
+            copy_name(&mut slot.0, section);
+            slot.1 = *section_address;
+        }
+    })
 }
 
 /// Forgets a module that was at `address`.
 pub fn module_unloaded(address: u64) {
-    let anchor = anchor();
-    anchor.module_generation += 1;
-    if let Some(module) = anchor.modules.iter_mut().find(|module| module.address == address) {
-        *module = EMPTY_MODULE;
-    }
+    with_anchor(|anchor| {
+        anchor.module_generation += 1;
+        if let Some(module) = anchor.modules.iter_mut().find(|module| module.address == address) {
+            *module = EMPTY_MODULE;
+        }
+    })
 }
 
 /// Called after every change to the anchor's module table (a module about to

@@ -27,13 +27,13 @@ unsafe extern "C" {
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _guard = interrupts::disable();
-        self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |block| block.as_ptr())
+        crate::sync::acquire(&self.0).allocate_first_fit(layout).map_or(core::ptr::null_mut(), |block| block.as_ptr())
     }
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         let _guard = interrupts::disable();
         // Safety: the caller passes a block from `alloc` with its layout.
-        unsafe { self.0.lock().deallocate(core::ptr::NonNull::new_unchecked(pointer), layout) };
+        unsafe { crate::sync::acquire(&self.0).deallocate(core::ptr::NonNull::new_unchecked(pointer), layout) };
     }
 }
 

@@ -28,13 +28,25 @@ use macros::notrace;
 use portable::cpuset::CpuSet;
 use portable::published::Readers;
 
-/// Takes `lock`, conferring the CPU between tries. A CPU waiting here is
-/// outside every read-side section (none waits for a lock), so it notes a
-/// quiescent state at each try: a grace period whose writer holds the lock
-/// does not wait for this CPU, which waits for the writer.
+/// Takes `lock`, conferring the CPU to the others between tries.
 #[notrace]
 #[inline(always)]
 pub fn acquire<T>(lock: &spin::Mutex<T>) -> spin::MutexGuard<'_, T> {
+    loop {
+        if let Some(guard) = lock.try_lock() {
+            return guard;
+        }
+        smp::confer();
+    }
+}
+
+/// `acquire` for a [`Mutex`], which no read-side section takes (see
+/// `NonPreemptibleReaders`): a CPU waiting here is outside every section, so
+/// it notes a quiescent state at each try, and a grace period whose writer
+/// holds the lock does not wait for this CPU, which waits for the writer.
+#[notrace]
+#[inline(always)]
+fn acquire_quiescent<T>(lock: &spin::Mutex<T>) -> spin::MutexGuard<'_, T> {
     loop {
         if let Some(guard) = lock.try_lock() {
             return guard;
@@ -64,7 +76,7 @@ impl<T> Mutex<T> {
     /// Disables preemption, then takes the lock (conferring while another CPU holds it).
     pub fn lock(&self) -> MutexGuard<'_, T> {
         let preempt = preempt_disable();
-        MutexGuard { guard: acquire(&self.inner), _preempt: preempt }
+        MutexGuard { guard: acquire_quiescent(&self.inner), _preempt: preempt }
     }
 }
 
@@ -135,6 +147,10 @@ pub fn note_quiescent_state() {
 /// would wait for itself). With one CPU online there is nothing to wait for.
 #[notrace]
 pub fn synchronize_sched() {
+    if crate::arch::text::log::recording() {
+        // For the test of the order of a stub op's change (`trace::ops`).
+        crate::arch::text::log::record(crate::arch::text::log::Step::GracePeriod, 0);
+    }
     let me = smp_processor_id();
     let others = online_cpus().without(me);
     if others.is_empty() {

@@ -12,6 +12,7 @@ mod livepatch;
 mod livepatchable;
 mod memory;
 mod modules;
+mod quiescence;
 pub mod registers;
 mod runner;
 mod scheduling;

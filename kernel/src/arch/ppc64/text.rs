@@ -166,6 +166,8 @@ pub mod log {
         Synchronized = 3,
         /// `modify_code` returned.
         Returned = 4,
+        /// A grace period began (`sync::synchronize_sched`), on the CPU that waits.
+        GracePeriod = 5,
     }
 
     static RECORDING: AtomicU64 = AtomicU64::new(0);
@@ -189,7 +191,7 @@ pub mod log {
     pub fn stop_with_addresses() -> alloc::vec::Vec<(Step, usize, u64)> {
         RECORDING.store(0, Ordering::Release);
         let count = NEXT.load(Ordering::Acquire).min(CAPACITY);
-        let steps = [Step::Written, Step::Flushed, Step::Synchronized, Step::Returned];
+        let steps = [Step::Written, Step::Flushed, Step::Synchronized, Step::Returned, Step::GracePeriod];
         ENTRIES[..count]
             .iter()
             .zip(&ADDRESSES)

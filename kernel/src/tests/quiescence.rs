@@ -1,0 +1,83 @@
+//! Tests that changes wait for the other CPUs: `unregister` for a handler running elsewhere, a stub op's change for the stubs in flight.
+use crate::arch::percpu::{BOOT_CPU, online_cpus};
+use crate::arch::registers::timebase;
+use crate::arch::text::{self, log::Step};
+use crate::thread::{self, ExitStatus};
+use crate::time;
+use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
+use core::hint::black_box;
+use core::sync::atomic::{AtomicU64, Ordering};
+use macros::{ktest, notrace};
+
+/// The first online CPU other than the boot CPU.
+fn secondary() -> usize {
+    online_cpus().without(BOOT_CPU).iter().next().expect("the test kernel runs with at least two CPUs online")
+}
+
+static IN_HANDLER: AtomicU64 = AtomicU64::new(0);
+static LEFT_HANDLER_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Stays 30 ms in the handler, then says when it left.
+#[notrace]
+extern "C" fn slow_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {
+    IN_HANDLER.store(1, Ordering::SeqCst);
+    let until = timebase() + time::milliseconds_to_timebase(30);
+    while timebase() < until {
+        core::hint::spin_loop();
+    }
+    LEFT_HANDLER_AT.store(timebase(), Ordering::SeqCst);
+}
+
+static SLOW_ELSEWHERE: FtraceOps = FtraceOps::new("test-slow-elsewhere", slow_handler, OpsFlags::RECURSION_SAFE);
+
+#[inline(never)]
+fn quiescence_target(value: u64) -> u64 {
+    black_box(value) + 1
+}
+
+/// `unregister` returns only once a handler that another CPU is running has
+/// returned: after it, the ops may be freed or reused.
+#[ktest]
+fn unregister_waits_for_a_handler_running_on_another_cpu() {
+    IN_HANDLER.store(0, Ordering::SeqCst);
+    LEFT_HANDLER_AT.store(0, Ordering::SeqCst);
+    trace::register(&SLOW_ELSEWHERE, Filter::Addresses(&[quiescence_target as *const () as u64])).unwrap();
+    let caller = thread::spawn_on(secondary(), "traced-elsewhere", || {
+        assert_eq!(quiescence_target(black_box(1)), 2);
+    })
+    .expect("room for a thread");
+    while IN_HANDLER.load(Ordering::SeqCst) == 0 {
+        thread::yield_now();
+    }
+    trace::unregister(&SLOW_ELSEWHERE).unwrap();
+    let returned = timebase();
+    assert_eq!(caller.join(), ExitStatus::Returned);
+    let left = LEFT_HANDLER_AT.load(Ordering::SeqCst);
+    assert!(left != 0 && returned >= left, "unregister returned at {returned}, the handler left at {left}");
+}
+
+#[notrace]
+extern "C" fn quiet_handler(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {}
+static DIRECT: FtraceOps = FtraceOps::new("test-direct-op", quiet_handler, OpsFlags::RECURSION_SAFE);
+
+/// A lone RECURSION_SAFE ops is called straight from `ftrace_call` with its
+/// op in r5: its op is stored, then a grace period passes, and only then is
+/// the branch to its handler written (a stub interrupted between its load of
+/// the op and the branch would otherwise pass the old op).
+#[ktest]
+fn a_stub_op_is_stored_a_grace_period_before_the_branch_that_uses_it() {
+    assert!(trace::registered().is_empty(), "{:?}", trace::registered());
+    let call = &raw const crate::arch::ftrace::ftrace_call as u64;
+    text::log::start();
+    let registered = trace::register(&DIRECT, Filter::Addresses(&[quiescence_target as *const () as u64]));
+    let steps = text::log::stop_with_addresses();
+    trace::unregister(&DIRECT).unwrap();
+    registered.unwrap();
+    let grace = steps.iter().position(|&(step, ..)| step == Step::GracePeriod);
+    let branch = steps.iter().position(|&(step, _, address)| step == Step::Written && address == call);
+    assert!(
+        matches!((grace, branch), (Some(grace), Some(branch)) if grace < branch),
+        "a grace period before ftrace_call's write: {steps:?}"
+    );
+    assert_eq!(quiescence_target(1), 2);
+}
