@@ -22,7 +22,8 @@ use alloc::vec::Vec;
 use boot::{MAX_CPUS, THREAD_SIZE};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use macros::notrace;
-use portable::schedule::{Switch, pick_next};
+use portable::cpuset::CpuSet;
+use portable::schedule::{Queued, Switch, pick_next};
 use spin::Mutex;
 
 /// How a thread ended.
@@ -105,12 +106,14 @@ const NO_THREAD: u64 = u64::MAX;
 
 struct Scheduler {
     threads: BTreeMap<u64, Box<Thread>>,
-    /// Ready threads in arrival order; never one that is running.
-    ready: VecDeque<u64>,
+    /// Ready threads in arrival order, with their affinity; never one that is running.
+    ready: VecDeque<Queued>,
     /// The thread each CPU runs.
     current: [u64; MAX_CPUS],
     /// Each CPU's idle thread (pinned to it), NO_THREAD before it starts.
     idle: [u64; MAX_CPUS],
+    /// The CPUs running their idle thread now: where `kick` sends a thread.
+    idling: CpuSet,
     next_id: u64,
     /// Dead detached threads whose stacks can be freed once no CPU is on them.
     reapable: Vec<u64>,
@@ -137,27 +140,40 @@ impl Scheduler {
         self.idle.contains(&id)
     }
 
-    /// Wakes a CPU that idles and may run `id` (now at the queue's tail):
-    /// its affinity CPU, or the first idle one other than this CPU, with a
+    /// Wakes a CPU that idles and may run `queued` (now in the queue): its
+    /// affinity CPU, or the first idle one other than this CPU, with a
     /// reschedule IPI. A busy CPU is not interrupted: it takes the thread at
     /// its next switch (round robin has no priorities to preempt for).
     #[inline(always)]
-    fn kick(&self, id: u64) {
-        let me = smp_processor_id();
-        let Some(thread) = self.threads.get(&id) else { return };
-        let idles = |cpu: usize| {
-            cpu != me
-                && online_cpus().contains(cpu)
-                && self.idle[cpu] != NO_THREAD
-                && self.current[cpu] == self.idle[cpu]
-        };
-        let target = match thread.affinity {
-            Some(cpu) => idles(cpu).then_some(cpu),
-            None => online_cpus().iter().find(|&cpu| idles(cpu)),
-        };
-        if let Some(cpu) = target {
-            smp::send_reschedule(cpu);
-        }
+    fn kick(&self, queued: Queued) {
+        kick_idle(self.idling, queued);
+    }
+
+    /// Queues thread `id` (ready, not running) and wakes an idle CPU for it.
+    #[inline(always)]
+    fn enqueue(&mut self, id: u64) {
+        let affinity = self.threads.get(&id).and_then(|thread| thread.affinity);
+        let queued = Queued { id, affinity };
+        self.ready.push_back(queued);
+        self.kick(queued);
+    }
+}
+
+/// `Scheduler::kick` on its `idling` set alone (for a caller that is walking
+/// the thread table).
+#[notrace]
+#[inline(always)]
+fn kick_idle(idling: CpuSet, queued: Queued) {
+    let candidates = idling.without(smp_processor_id());
+    if candidates.is_empty() {
+        return;
+    }
+    let target = match queued.affinity {
+        Some(cpu) => candidates.contains(cpu).then_some(cpu),
+        None => candidates.iter().next(),
+    };
+    if let Some(cpu) = target {
+        smp::send_reschedule(cpu);
     }
 }
 
@@ -255,6 +271,7 @@ pub fn init() {
         ready: VecDeque::new(),
         current,
         idle: [NO_THREAD; MAX_CPUS],
+        idling: CpuSet::EMPTY,
         next_id: 1,
         reapable: Vec::new(),
     });
@@ -263,7 +280,7 @@ pub fn init() {
     let idle = spawn_pinned("idle", Some(smp_processor_id()), idle_loop).expect("heap has room for the idle thread");
     with_scheduler(|scheduler| {
         scheduler.idle[smp_processor_id()] = idle.id;
-        scheduler.ready.retain(|&id| id != idle.id);
+        scheduler.ready.retain(|queued| queued.id != idle.id);
         scheduler.threads.get_mut(&idle.id).expect("idle exists").detached = true;
     });
     core::mem::forget(idle);
@@ -313,6 +330,7 @@ pub unsafe fn add_idle(cpu: usize, base: u64) {
         );
         scheduler.current[cpu] = id;
         scheduler.idle[cpu] = id;
+        scheduler.idling = scheduler.idling.with(cpu);
     });
     crate::debug::thread_created(base);
 }
@@ -328,7 +346,7 @@ fn idle_loop() {
             let _off = interrupts::disable();
             let waiting = with_scheduler(|scheduler| {
                 let cpu = smp_processor_id();
-                scheduler.ready.iter().any(|id| scheduler.threads[id].affinity.is_none_or(|pinned| pinned == cpu))
+                scheduler.ready.iter().any(|queued| queued.runs_on(cpu))
             });
             if !waiting {
                 smp::idle_wait();
@@ -465,8 +483,7 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
                 affinity,
             }),
         );
-        scheduler.ready.push_back(id);
-        scheduler.kick(id);
+        scheduler.enqueue(id);
     });
     crate::debug::thread_created(base);
     Some(JoinHandle { id })
@@ -556,8 +573,7 @@ fn make_ready(scheduler: &mut Scheduler, id: u64) {
             thread.set_state(State::Running);
         } else {
             thread.set_state(State::Ready);
-            scheduler.ready.push_back(id);
-            scheduler.kick(id);
+            scheduler.enqueue(id);
         }
     }
 }
@@ -582,8 +598,10 @@ pub fn set_affinity(id: u64, cpu: Option<usize>) -> Result<(), AffinityError> {
             return Err(AffinityError::NoSuchThread(id));
         }
         thread.affinity = cpu;
-        if thread.state == State::Ready {
-            scheduler.kick(id);
+        if let Some(queued) = scheduler.ready.iter_mut().find(|queued| queued.id == id) {
+            queued.affinity = cpu;
+            let queued = *queued;
+            scheduler.kick(queued);
         }
         Ok(id == scheduler.current_id() && cpu.is_some_and(|cpu| cpu != smp_processor_id()))
     })?;
@@ -652,7 +670,7 @@ pub fn timer_tick(preemptible: bool) -> bool {
 /// has already put it back to Running if its own sleep was over.
 #[notrace]
 fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
-    let mut woken = false;
+    let idling = scheduler.idling;
     for (&id, thread) in scheduler.threads.iter_mut() {
         if matches!(thread.state, State::Sleeping(until) if until <= now) {
             if thread.running_on.is_some() {
@@ -660,13 +678,11 @@ fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
                 thread.set_state(State::Running);
             } else {
                 thread.set_state(State::Ready);
-                scheduler.ready.push_back(id);
-                woken = true;
+                let queued = Queued { id, affinity: thread.affinity };
+                scheduler.ready.push_back(queued);
+                kick_idle(idling, queued);
             }
         }
-    }
-    if woken && let Some(&last) = scheduler.ready.back() {
-        scheduler.kick(last);
     }
 }
 
@@ -712,10 +728,9 @@ pub fn schedule() {
     crate::sync::note_quiescent_state();
     wake_sleepers(scheduler, now);
     let current = scheduler.current[cpu];
-    let threads = &scheduler.threads;
-    let runs_here = |id: u64| threads[&id].affinity.is_none_or(|pinned| pinned == cpu);
+    let current_queued = Queued { id: current, affinity: scheduler.current_thread().affinity };
     let Some(Switch { next, requeue_current }) =
-        pick_next(&mut scheduler.ready, current, still_runnable, scheduler.idle[cpu], runs_here)
+        pick_next(&mut scheduler.ready, current_queued, still_runnable, scheduler.idle[cpu], cpu)
     else {
         unlock(locked);
         return;
@@ -729,7 +744,7 @@ pub fn schedule() {
     let save: *mut u64 = unsafe { &raw mut (*(current_thread.stack_base as *mut ThreadInfo)).saved_stack_pointer };
     if requeue_current {
         // At the queue's tail: an idle CPU it may run on takes it.
-        scheduler.kick(current);
+        scheduler.kick(current_queued);
     }
     let next_thread = scheduler.threads.get_mut(&next).expect("a ready thread is in the table");
     next_thread.set_state(State::Running);
@@ -738,6 +753,8 @@ pub fn schedule() {
     next_thread.last_cpu = cpu;
     let next_base = next_thread.stack_base;
     scheduler.current[cpu] = next;
+    scheduler.idling =
+        if next == scheduler.idle[cpu] { scheduler.idling.with(cpu) } else { scheduler.idling.without(cpu) };
     // Safety: every live thread's stack base holds its thread_info; this
     // CPU's own area, interrupts off.
     let resume = unsafe {
