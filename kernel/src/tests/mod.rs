@@ -17,4 +17,5 @@ mod runner;
 mod smp;
 mod stack;
 mod threads;
+mod trace_rings;
 mod unload;
