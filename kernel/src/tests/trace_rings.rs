@@ -55,6 +55,7 @@ fn trace_rings_merge_two_cpus_in_time_order_with_their_cpu() {
 struct Counted([u64; 4]);
 
 impl Event<4> for Counted {
+    #[inline(always)]
     fn to_words(&self) -> [u64; 4] {
         self.0
     }
