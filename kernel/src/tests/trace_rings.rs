@@ -50,6 +50,38 @@ fn trace_rings_merge_two_cpus_in_time_order_with_their_cpu() {
     assert!(lines[4].contains("tests::trace_rings::ring_traced <-"), "{}", lines[4]);
 }
 
+/// CPU 1 calls the traced function `count` times.
+#[notrace]
+fn call_traced_elsewhere_often(count: u64) {
+    for value in 0..count {
+        ring_traced(value);
+    }
+}
+
+#[ktest]
+fn trace_rings_show_what_each_cpu_lost() {
+    let capacity = trace::function::CAPACITY as u64;
+    trace::function::start("*tests::trace_rings::ring_traced").unwrap();
+    ring_traced(black_box(1));
+    smp_call_function(CpuSet::only(1), call_traced_elsewhere_often, capacity + 5, true);
+    trace::function::stop().unwrap();
+    let recorded = trace::function::recorded();
+    assert_eq!((recorded.written[0], recorded.lost[0]), (1, 0));
+    assert_eq!((recorded.written[1], recorded.lost[1]), (capacity + 5, 5));
+    let lines = trace::function::render();
+    assert_eq!(
+        lines[1],
+        alloc::format!(
+            "# entries-in-buffer/entries-written: {}/{}   #P:{}",
+            capacity + 1,
+            capacity + 6,
+            online_cpus().len()
+        )
+    );
+    assert_eq!(lines[2], "# lost per CPU: 0:0 1:5");
+    assert!(lines[3].starts_with("#   THREAD"), "{}", lines[3]);
+}
+
 /// An event whose four words are all one counter value: a torn copy has unequal words.
 #[derive(Clone, Copy)]
 struct Counted([u64; 4]);
