@@ -147,8 +147,11 @@ fn trace_rings_reader_never_sees_a_torn_event_while_another_cpu_writes() {
     assert_eq!(check_counted(), (0, 0), "cleared");
     smp_call_function(CpuSet::only(1), push_counted, 10_000, false);
     // Copies until 1,000 of them overlapped the writer and some lost entries
-    // to it mid-copy (or 5 s passed: the asserts below then fail).
-    let deadline = timebase() + time::milliseconds_to_timebase(5000);
+    // to it mid-copy (or 10 s passed: the asserts below then fail; the
+    // watchdog allows 20). Where the two vCPUs take turns rather than run at
+    // once, a copy loses entries only when a turn ends inside it: that can
+    // take thousands of copies.
+    let deadline = timebase() + time::milliseconds_to_timebase(10_000);
     let (mut reads, mut dropped) = (0u64, 0u64);
     while (reads < 1000 || dropped == 0) && timebase() < deadline {
         let (written, dropped_now) = check_counted();
