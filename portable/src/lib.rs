@@ -5,7 +5,8 @@
 //! the Power ISA instruction encodings the kernel patches into its own text,
 //! the device tree code, the livepatch core's bookkeeping and planning, the
 //! ELFv2 back-chain stack walk, how the kernel publishes tables to readers
-//! that take no lock (`published`), and operations on sorted lists (`sorted`).
+//! that take no lock (`published`), the per-CPU trace rings and their merge
+//! (`trace_ring`), and operations on sorted lists (`sorted`).
 
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
@@ -30,3 +31,4 @@ pub mod schedule;
 pub mod site_table;
 pub mod sorted;
 pub mod symbols;
+pub mod trace_ring;

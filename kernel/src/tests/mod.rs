@@ -19,4 +19,5 @@ mod scheduling;
 mod smp;
 mod stack;
 mod threads;
+mod trace_rings;
 mod unload;

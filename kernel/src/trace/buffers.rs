@@ -1,65 +1,86 @@
-//! Per-CPU trace ring buffers shared by the tracers: written by handlers, read by the shell.
-use crate::arch::interrupts;
+//! Per-CPU trace ring buffers shared by the tracers: written by handlers on their own CPU, read by the shell on any CPU.
+use crate::arch::percpu::online_cpus;
 use crate::arch::registers::per_cpu;
 use alloc::vec::Vec;
 use boot::MAX_CPUS;
-use core::cell::UnsafeCell;
-use portable::ring::RingBuffer;
+pub use portable::trace_ring::Event;
+use portable::trace_ring::{TraceRing, lost_line, merge_by_time};
 
-/// One ring of `N` events per CPU. A handler writes only its own CPU's ring,
-/// under the tracer's recursion guard (so an interrupt on the same CPU skips
-/// instead of interleaving), never preempted there (the timer does not
-/// preempt inside ftrace: `arch::ftrace::in_ftrace`); readers
-/// disable interrupts while they copy.
-pub struct PerCpuBuffers<T: Copy, const N: usize>([UnsafeCell<RingBuffer<T, N>>; MAX_CPUS]);
+/// One `portable::trace_ring::TraceRing` per CPU. A handler writes only its
+/// own CPU's ring, under the tracer's recursion guard (so an interrupt on the
+/// same CPU skips instead of interleaving), never preempted there (the timer
+/// does not preempt inside ftrace: `arch::ftrace::in_ftrace`): one writer
+/// per ring, which takes no lock. Readers on any CPU copy without stopping
+/// it and drop what it overwrote meanwhile (the ring's validation), so they
+/// need neither a lock nor interrupts off.
+pub struct PerCpuBuffers<T, const WORDS: usize, const SLOTS: usize>([TraceRing<T, WORDS, SLOTS>; MAX_CPUS]);
 
-// Safety: see above: one writer per CPU, readers exclude it.
-unsafe impl<T: Copy, const N: usize> Sync for PerCpuBuffers<T, N> {}
+/// Every CPU's events, merged.
+pub struct Recorded<T> {
+    /// (cpu, event), oldest first by timebase; each CPU's in its own order.
+    pub events: Vec<(usize, T)>,
+    /// Per CPU: entries written since the last clear.
+    pub written: [u64; MAX_CPUS],
+    /// Per CPU: of those, the ones not in `events` (overwritten before they were read).
+    pub lost: [u64; MAX_CPUS],
+    /// Per CPU: of the lost, those the copy dropped because the writer overwrote them meanwhile.
+    pub dropped_while_copying: [u64; MAX_CPUS],
+}
 
-impl<T: Copy, const N: usize> PerCpuBuffers<T, N> {
-    /// Empty rings; `filler` initialises unused slots.
-    pub const fn new(filler: T) -> Self {
-        // One ring per CPU, spelled out: the filler is not a constant.
-        const _: () = assert!(MAX_CPUS == 8);
-        PerCpuBuffers([
-            UnsafeCell::new(RingBuffer::new(filler)),
-            UnsafeCell::new(RingBuffer::new(filler)),
-            UnsafeCell::new(RingBuffer::new(filler)),
-            UnsafeCell::new(RingBuffer::new(filler)),
-            UnsafeCell::new(RingBuffer::new(filler)),
-            UnsafeCell::new(RingBuffer::new(filler)),
-            UnsafeCell::new(RingBuffer::new(filler)),
-            UnsafeCell::new(RingBuffer::new(filler)),
-        ])
+impl<T> Recorded<T> {
+    /// Lost events over every CPU.
+    pub fn total_lost(&self) -> u64 {
+        self.lost.iter().sum()
     }
 
-    /// Appends to this CPU's ring (from a handler).
+    /// `# lost per CPU: 0:0 1:12` from CPU 0 to the last online CPU (or
+    /// the last that lost something), when anything was lost.
+    pub fn lost_line(&self) -> Option<alloc::string::String> {
+        let last = online_cpus().iter().chain(self.lost.iter().rposition(|&lost| lost != 0)).max().unwrap_or(0);
+        lost_line(&self.lost[..=last])
+    }
+}
+
+impl<T: Event<WORDS>, const WORDS: usize, const SLOTS: usize> PerCpuBuffers<T, WORDS, SLOTS> {
+    /// Events each CPU's ring keeps.
+    pub const CAPACITY: usize = TraceRing::<T, WORDS, SLOTS>::CAPACITY;
+
+    /// Empty rings.
+    pub const fn new() -> Self {
+        PerCpuBuffers([const { TraceRing::new() }; MAX_CPUS])
+    }
+
+    /// Appends to this CPU's ring (from a handler, which is not preempted).
     #[inline(always)]
     pub fn push(&self, event: T) {
-        // Safety: this CPU's ring; the handler is its only writer now.
-        unsafe { (*self.0[per_cpu().cpu_id as usize].get()).push(event) };
+        self.0[per_cpu().cpu_id as usize].push(&event);
     }
 
-    /// Empties every ring.
+    /// Empties every ring (readers start after what they hold now).
     pub fn clear(&self) {
-        let _guard = interrupts::disable();
-        for ring in &self.0 {
-            // Safety: interrupts off and no handler is running on this CPU.
-            unsafe { (*ring.get()).clear() };
-        }
+        self.0.iter().for_each(TraceRing::clear);
     }
 
-    /// A copy of every CPU's events as (cpu, event), oldest first per CPU, and how many were lost.
-    pub fn events(&self) -> (Vec<(usize, T)>, u64) {
-        let _guard = interrupts::disable();
-        let mut events = Vec::new();
-        let mut lost = 0;
+    /// A copy of every CPU's events merged in time order, with what each CPU lost.
+    pub fn recorded(&self) -> Recorded<T> {
+        let mut written = [0; MAX_CPUS];
+        let mut lost = [0; MAX_CPUS];
+        let mut dropped_while_copying = [0; MAX_CPUS];
+        let mut per_cpu = Vec::with_capacity(MAX_CPUS);
         for (cpu, ring) in self.0.iter().enumerate() {
-            // Safety: interrupts off: no handler writes while we copy.
-            let ring = unsafe { &*ring.get() };
-            events.extend(ring.iter().map(|event| (cpu, *event)));
-            lost += ring.lost();
+            let snapshot = ring.read();
+            written[cpu] = snapshot.written;
+            lost[cpu] = snapshot.lost;
+            dropped_while_copying[cpu] = snapshot.dropped_while_copying;
+            per_cpu.push(snapshot.events);
         }
-        (events, lost)
+        Recorded { events: merge_by_time(per_cpu), written, lost, dropped_while_copying }
+    }
+
+    /// A copy of every CPU's events as (cpu, event), oldest first, and how many were lost.
+    pub fn events(&self) -> (Vec<(usize, T)>, u64) {
+        let recorded = self.recorded();
+        let lost = recorded.total_lost();
+        (recorded.events, lost)
     }
 }

@@ -1,6 +1,7 @@
 //! The function tracer: one ring-buffer record per traced call, shown like Linux's trace file.
-use super::buffers::PerCpuBuffers;
+use super::buffers::{Event, PerCpuBuffers, Recorded};
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, register, unregister};
+use crate::arch::percpu::online_cpus;
 use crate::arch::registers::timebase;
 use crate::symbols::{self, Symbolized};
 use crate::thread::current_thread_info;
@@ -18,12 +19,30 @@ pub struct FunctionEvent {
     pub thread: u64,
 }
 
-const EMPTY: FunctionEvent = FunctionEvent { timebase: 0, ip: 0, parent_ip: 0, thread: 0 };
-/// Events kept per CPU.
-pub const CAPACITY: usize = 4096;
+/// In a ring: the four fields in order.
+impl Event<4> for FunctionEvent {
+    #[inline(always)]
+    fn to_words(&self) -> [u64; 4] {
+        [self.timebase, self.ip, self.parent_ip, self.thread]
+    }
+
+    fn from_words([timebase, ip, parent_ip, thread]: [u64; 4]) -> Self {
+        FunctionEvent { timebase, ip, parent_ip, thread }
+    }
+
+    fn timebase(&self) -> u64 {
+        self.timebase
+    }
+}
+
+/// Slots per CPU (a power of two).
+const SLOTS: usize = 4096;
 
 /// The tracer's per-CPU rings.
-static BUFFERS: PerCpuBuffers<FunctionEvent, CAPACITY> = PerCpuBuffers::new(EMPTY);
+static BUFFERS: PerCpuBuffers<FunctionEvent, 4, SLOTS> = PerCpuBuffers::new();
+
+/// Events kept per CPU (the newest).
+pub const CAPACITY: usize = PerCpuBuffers::<FunctionEvent, 4, SLOTS>::CAPACITY;
 
 /// The tracer's ops.
 pub static FUNCTION_OPS: FtraceOps = FtraceOps::new("function", function_handler, OpsFlags::empty());
@@ -58,10 +77,16 @@ pub fn clear() {
     BUFFERS.clear();
 }
 
-/// A copy of the events of every CPU (cpu, event), and how many were lost.
+/// A copy of the events of every CPU (cpu, event) in time order, and how many were lost.
 #[notrace]
 pub fn events() -> (Vec<(usize, FunctionEvent)>, u64) {
     BUFFERS.events()
+}
+
+/// A copy of the events of every CPU in time order, with each CPU's counts.
+#[notrace]
+pub fn recorded() -> Recorded<FunctionEvent> {
+    BUFFERS.recorded()
 }
 
 #[notrace]
@@ -75,13 +100,19 @@ fn name(address: u64) -> String {
 /// The buffer as lines of Linux's trace file layout.
 #[notrace]
 pub fn render() -> Vec<String> {
-    let (events, lost) = events();
+    let recorded = recorded();
     let frequency = crate::time::frequency();
-    let mut lines = Vec::with_capacity(events.len() + 3);
+    let mut lines = Vec::with_capacity(recorded.events.len() + 4);
     lines.push(String::from("# tracer: function"));
-    lines.push(format!("# entries-in-buffer/entries-written: {}/{}   #P:1", events.len(), events.len() as u64 + lost));
+    lines.push(format!(
+        "# entries-in-buffer/entries-written: {}/{}   #P:{}",
+        recorded.events.len(),
+        recorded.written.iter().sum::<u64>(),
+        online_cpus().len()
+    ));
+    lines.extend(recorded.lost_line());
     lines.push(String::from("#   THREAD     CPU#     TIMESTAMP  FUNCTION"));
-    for (cpu, event) in events {
+    for (cpu, event) in recorded.events {
         let microseconds = event.timebase as u128 * 1_000_000 / frequency as u128;
         lines.push(format!(
             "  thread-{:<4} [{:03}] {:>6}.{:06}: {} <-{}",

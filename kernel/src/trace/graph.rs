@@ -6,7 +6,7 @@
 //! `ftrace_return_to_handler` pops it and records the exit. This works on a
 //! function that is also livepatched: `livepatch_handler` saves and restores
 //! whatever return address it finds, `return_to_handler` included.
-use super::buffers::PerCpuBuffers;
+use super::buffers::{Event, PerCpuBuffers, Recorded};
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, ops::traces, register, unregister};
 use crate::arch::ftrace::{ftrace_disable_ftrace_graph_caller, ftrace_enable_ftrace_graph_caller, return_to_handler};
 use crate::arch::registers::timebase;
@@ -50,12 +50,32 @@ pub struct GraphEvent {
     pub duration: u64,
 }
 
-const EMPTY: GraphEvent = GraphEvent { kind: Kind::Entry, ip: 0, depth: 0, thread: 0, timebase: 0, duration: 0 };
-/// Events kept per CPU.
-pub const CAPACITY: usize = 4096;
+/// Bit of the first word that marks an exit (the depth is below it).
+const EXIT_BIT: u64 = 1 << 32;
+
+/// In a ring: depth and kind in one word, then ip, thread, timebase, duration.
+impl Event<5> for GraphEvent {
+    #[inline(always)]
+    fn to_words(&self) -> [u64; 5] {
+        let kind = if self.kind == Kind::Exit { EXIT_BIT } else { 0 };
+        [self.depth as u64 | kind, self.ip, self.thread, self.timebase, self.duration]
+    }
+
+    fn from_words([depth_and_kind, ip, thread, timebase, duration]: [u64; 5]) -> Self {
+        let kind = if depth_and_kind & EXIT_BIT != 0 { Kind::Exit } else { Kind::Entry };
+        GraphEvent { kind, ip, depth: depth_and_kind as u32, thread, timebase, duration }
+    }
+
+    fn timebase(&self) -> u64 {
+        self.timebase
+    }
+}
+
+/// Slots per CPU (a power of two): keeps the newest 4095 events.
+const SLOTS: usize = 4096;
 
 /// The tracer's per-CPU rings.
-static BUFFERS: PerCpuBuffers<GraphEvent, CAPACITY> = PerCpuBuffers::new(EMPTY);
+static BUFFERS: PerCpuBuffers<GraphEvent, 5, SLOTS> = PerCpuBuffers::new();
 
 /// The graph tracer's ops: its handler does nothing, it only switches the
 /// sites of the filtered functions on; the work happens at ftrace_graph_call.
@@ -190,16 +210,24 @@ pub fn clear() {
     BUFFERS.clear();
 }
 
-/// A copy of all recorded events (cpu, event), oldest first, and how many were lost.
+/// A copy of all recorded events (cpu, event), oldest first by timebase, and how many were lost.
 #[notrace]
 pub fn events() -> (Vec<(usize, GraphEvent)>, u64) {
     BUFFERS.events()
 }
 
+/// A copy of all recorded events in time order, with each CPU's counts.
+#[notrace]
+pub fn recorded() -> Recorded<GraphEvent> {
+    BUFFERS.recorded()
+}
+
 /// Renders events in the function_graph layout; `thread` limits it to one thread.
 #[notrace]
 pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
-    let (events, _) = events();
+    let recorded = recorded();
+    let lost_line = recorded.lost_line();
+    let events = recorded.events;
     let names: Vec<String> = events.iter().map(|(_, event)| function_name(event.ip)).collect();
     let frequency = crate::time::frequency();
     let lines: Vec<GraphLine> = events
@@ -216,6 +244,7 @@ pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
         })
         .collect();
     let mut output = alloc::vec![String::from("# tracer: function_graph")];
+    output.extend(lost_line);
     output.extend(portable::graph::HEADER.iter().map(|line| String::from(*line)));
     output.extend(portable::graph::render(&lines, show_durations));
     output

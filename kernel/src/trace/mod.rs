@@ -4,7 +4,7 @@
 //! `SiteTable`, read without a lock) and keeps who traces each site; `ops`
 //! registers handlers (`FtraceOps`) and patches exactly the sites their
 //! filters name; `function` and `graph` are the two tracers built on it.
-mod buffers;
+pub(crate) mod buffers;
 pub mod function;
 pub mod graph;
 mod ops;
