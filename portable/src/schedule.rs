@@ -126,7 +126,10 @@ mod tests {
     #[test]
     fn idle_never_enters_the_ready_queue() {
         let mut ready = queue(&[4]);
-        assert_eq!(pick_next(&mut ready, here(IDLE), true, IDLE, CPU), Some(Switch { next: 4, requeue_current: false }));
+        assert_eq!(
+            pick_next(&mut ready, here(IDLE), true, IDLE, CPU),
+            Some(Switch { next: 4, requeue_current: false })
+        );
         assert!(ready.is_empty());
         // Idle with nothing ready keeps running.
         assert_eq!(pick_next(&mut ready, here(IDLE), true, IDLE, CPU), None);
@@ -160,7 +163,10 @@ mod tests {
     #[test]
     fn a_current_moved_to_another_cpu_leaves_for_idle_and_waits_in_the_queue() {
         let mut ready = queue(&[]);
-        assert_eq!(pick_next(&mut ready, elsewhere(1), true, IDLE, CPU), Some(Switch { next: IDLE, requeue_current: true }));
+        assert_eq!(
+            pick_next(&mut ready, elsewhere(1), true, IDLE, CPU),
+            Some(Switch { next: IDLE, requeue_current: true })
+        );
         assert_eq!(ready, [elsewhere(1)].into_iter().collect::<VecDeque<_>>());
     }
 }

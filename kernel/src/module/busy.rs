@@ -37,7 +37,7 @@
 use crate::arch::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
 use crate::arch::livepatch::{LivepatchFrame, entering};
 use crate::arch::registers::stack_pointer;
-use crate::arch::smp::{parked_registers, stop_machine};
+use crate::arch::smp::{parked_in_cede, parked_registers, stop_machine};
 use crate::thread::{self, LIVEPATCH_STACK_OFFSET, LiveStack, ThreadInfo};
 use crate::trace::graph::{RETURN_STACK_DEPTH, ReturnStack};
 use boot::THREAD_SIZE;
@@ -51,41 +51,76 @@ use portable::backchain::Backchain;
 /// its call of the replacement (it must never happen; tests check it).
 pub static PARKED_ENTERING: AtomicU64 = AtomicU64::new(0);
 
-/// Whether any thread that can still run holds a code address inside
-/// `memory`, on any CPU. Stops the machine while it looks.
-pub fn inside(memory: Range<u64>) -> bool {
+/// Who keeps a module busy: the thread, where it runs, and the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub thread: u64,
+    /// The CPU it runs on, if it is running elsewhere; None if switched out (or the caller).
+    pub cpu: Option<usize>,
+    /// The address inside the module; 0 when the thread's registers could not be read.
+    pub address: u64,
+}
+
+/// The first thread that can still run and holds a code address inside
+/// `memory`, on any CPU; None if there is none. Stops the machine while it looks.
+pub fn inside(memory: Range<u64>) -> Option<Holder> {
     stop_machine(|| {
-        let mut found = false;
-        let mut unreadable = false;
-        let visit = &mut |address: u64| found |= memory.contains(&address);
+        let mut holder = None;
         for stack in thread::live_stacks(stack_pointer()) {
+            let (base, cpu) = match stack {
+                LiveStack::Caller { base, .. } | LiveStack::SwitchedOut { base, .. } => (base, None),
+                LiveStack::RunningOn { base, cpu } => (base, Some(cpu)),
+            };
+            // Safety: a live thread's stack base holds its thread_info.
+            let thread = unsafe { (*(base as *const ThreadInfo)).thread_id };
+            let mut found = None;
+            let visit = &mut |address: u64| {
+                if found.is_none() && memory.contains(&address) {
+                    found = Some(address);
+                }
+            };
             match stack {
                 LiveStack::Caller { base, stack_pointer } | LiveStack::SwitchedOut { base, stack_pointer } => {
                     code_addresses(base, stack_pointer, visit)
                 }
                 LiveStack::RunningOn { base, cpu } => match parked_registers(cpu) {
                     Some(registers) => {
-                        interrupted(registers, base, visit);
+                        interrupted(registers, base, parked_in_cede(cpu), visit);
                         code_addresses(base, registers.gpr[1], visit);
                     }
                     // Running, yet not parked: cannot happen while the
-                    // machine is stopped; if it did, the thread is busy.
-                    None => unreadable = true,
+                    // machine is stopped; if it did, the thread counts as inside.
+                    None => found = Some(0),
                 },
             }
+            if let Some(address) = found {
+                holder = Some(Holder { thread, cpu, address });
+                break;
+            }
         }
-        found || unreadable
+        holder
     })
 }
 
 /// Every register of an interrupted context, and the LR slot of its r1's
 /// frame (stale or not, see the module comment), if inside the stack at `base`.
+///
+/// A CPU parked while ceded in its idle loop was interrupted right after its
+/// H_CEDE's `sc 1`: there the volatile registers (r0, r3-r12, CTR) are dead
+/// (the hcall clobbers them, and its caller knows it), and they still hold
+/// whatever the thread that ran before the idle thread left in them, which
+/// may be a module address for good (an idle CPU never overwrites them).
+/// Only the non-volatile ones, r1, r2, NIP and LR are visited then.
 #[notrace]
-fn interrupted(registers: &PtRegs, base: u64, visit: &mut dyn FnMut(u64)) {
+fn interrupted(registers: &PtRegs, base: u64, ceded: bool, visit: &mut dyn FnMut(u64)) {
     visit(registers.nip);
     visit(registers.link);
-    registers.gpr.iter().for_each(|&register| visit(register));
-    visit(registers.ctr);
+    if ceded {
+        registers.gpr[1..=2].iter().chain(&registers.gpr[14..]).for_each(|&register| visit(register));
+    } else {
+        registers.gpr.iter().for_each(|&register| visit(register));
+        visit(registers.ctr);
+    }
     let slot = registers.gpr[1] + 16;
     if registers.gpr[1].is_multiple_of(8) && (base..base + THREAD_SIZE as u64 - 8).contains(&slot) {
         // Safety: an aligned word inside the thread's stack, checked above.

@@ -45,7 +45,8 @@ pub enum LoadError {
     NoMemory(usize),
     AlreadyLoaded(String),
     NotLoaded(String),
-    Busy(String),
+    /// The module, and who still holds it.
+    Busy(String, busy::Holder),
     Livepatch(LivepatchError),
 }
 
@@ -57,10 +58,16 @@ impl fmt::Display for LoadError {
             LoadError::NoMemory(bytes) => write!(formatter, "no memory for a {bytes}-byte module"),
             LoadError::AlreadyLoaded(name) => write!(formatter, "a patch named '{name}' is already loaded"),
             LoadError::NotLoaded(name) => write!(formatter, "no module named '{name}' is loaded"),
-            LoadError::Busy(name) => {
+            LoadError::Busy(name, holder) => {
                 write!(
                     formatter,
-                    "module '{name}' is in use: a thread is running or will return into its code (its patch is disabled now); try again"
+                    "module '{name}' is in use: thread {} {} {:#x} in its code (its patch is disabled now); try again",
+                    holder.thread,
+                    match holder.cpu {
+                        Some(cpu) => alloc::format!("(running on CPU {cpu}) holds"),
+                        None => String::from("holds"),
+                    },
+                    holder.address
                 )
             }
             LoadError::Livepatch(error) => write!(formatter, "{error}"),
@@ -176,16 +183,21 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
                 Ok(()) | Err(LivepatchError::Plan(PlanError::NotEnabled(_))) => {}
                 Err(error) => return Err(LoadError::Livepatch(error)),
             }
-            if !busy::inside(memory) {
-                livepatch::remove(name).map_err(LoadError::Livepatch)?;
-                let mut modules = MODULES.lock();
-                let position =
-                    modules.iter().position(|module| module.name == name).expect("found above, preemption off since");
-                break modules.remove(position);
+            match busy::inside(memory) {
+                None => {
+                    livepatch::remove(name).map_err(LoadError::Livepatch)?;
+                    let mut modules = MODULES.lock();
+                    let position = modules
+                        .iter()
+                        .position(|module| module.name == name)
+                        .expect("found above, preemption off since");
+                    break modules.remove(position);
+                }
+                Some(holder) if crate::arch::registers::timebase() >= deadline => {
+                    return Err(LoadError::Busy(String::from(name), holder));
+                }
+                Some(_) => {}
             }
-        }
-        if crate::arch::registers::timebase() >= deadline {
-            return Err(LoadError::Busy(String::from(name)));
         }
         crate::thread::sleep_milliseconds(1);
     };

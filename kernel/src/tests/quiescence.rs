@@ -81,3 +81,23 @@ fn a_stub_op_is_stored_a_grace_period_before_the_branch_that_uses_it() {
     );
     assert_eq!(quiescence_target(1), 2);
 }
+
+/// A module that a thread on another CPU ran (the greeting patch) unloads
+/// once that thread has ended, while the CPU idles ceded: what the thread
+/// left in the CPU's volatile registers, which the idle thread never
+/// overwrites, does not keep the module busy (`module::busy`).
+#[ktest]
+fn a_module_run_on_another_cpu_unloads_while_that_cpu_idles() {
+    let image = crate::module::embedded::find("greeting").expect("the test kernel embeds greeting");
+    crate::module::load(image).expect("greeting loads");
+    let caller = thread::spawn_on(secondary(), "greeted", || {
+        for _ in 0..10 {
+            black_box(crate::shell::greeting());
+        }
+    })
+    .expect("room for a thread");
+    assert_eq!(caller.join(), ExitStatus::Returned);
+    thread::sleep_milliseconds(5);
+    let unloaded = crate::module::unload("greeting");
+    assert!(unloaded.is_ok(), "{unloaded:?}");
+}

@@ -184,6 +184,9 @@ static SCHEDULER: Mutex<Option<Scheduler>> = Mutex::new(None);
 /// the emergency stack whether its own CPU holds the lock (it would wait for
 /// itself) or another one (it will let go).
 static OWNER: AtomicUsize = AtomicUsize::new(0);
+/// `Scheduler::reapable`'s length, written under the lock: `reap` looks at
+/// it first and takes the lock only when there is a stack to free.
+static REAPABLE: AtomicUsize = AtomicUsize::new(0);
 
 /// Takes the scheduler lock (interrupts must be off), conferring the CPU to
 /// the holder between tries (`smp::confer`): under QEMU's round-robin TCG a
@@ -418,6 +421,7 @@ impl Drop for JoinHandle {
                 thread.detached = true;
                 if matches!(thread.state, State::Dead(_)) {
                     scheduler.reapable.push(id);
+                    REAPABLE.store(scheduler.reapable.len(), Ordering::Relaxed);
                 }
             }
         });
@@ -509,6 +513,7 @@ pub fn exit(status: ExitStatus) -> ! {
         let (joiner, detached) = (thread.joiner.take(), thread.detached);
         if detached {
             scheduler.reapable.push(current);
+            REAPABLE.store(scheduler.reapable.len(), Ordering::Relaxed);
         }
         if let Some(joiner) = joiner {
             make_ready(scheduler, joiner);
@@ -700,6 +705,7 @@ pub fn schedule() {
     let now = timebase();
     let current_thread = scheduler.current_thread();
     current_thread.passes += 1;
+    let affinity = current_thread.affinity;
     let still_runnable = match current_thread.state {
         State::Running => true,
         // The running thread is never queued, not even when its own sleep
@@ -728,7 +734,7 @@ pub fn schedule() {
     crate::sync::note_quiescent_state();
     wake_sleepers(scheduler, now);
     let current = scheduler.current[cpu];
-    let current_queued = Queued { id: current, affinity: scheduler.current_thread().affinity };
+    let current_queued = Queued { id: current, affinity };
     let Some(Switch { next, requeue_current }) =
         pick_next(&mut scheduler.ready, current_queued, still_runnable, scheduler.idle[cpu], cpu)
     else {
@@ -778,15 +784,17 @@ pub fn schedule() {
 /// Not traceable: it runs on the timer path, after the switch back.
 #[notrace]
 fn reap() {
+    if REAPABLE.load(Ordering::Relaxed) == 0 {
+        // Nothing to free (a stale 0 only leaves a thread for the next switch).
+        return;
+    }
     let dead: Vec<Box<Thread>> = with_scheduler(|scheduler| {
-        if scheduler.reapable.is_empty() {
-            return Vec::new();
-        }
         // A dead thread whose CPU is still switching away from it stays.
         let threads = &scheduler.threads;
         let off_cpu = |id: &u64| threads.get(id).is_none_or(|thread| thread.running_on.is_none());
         let ids: Vec<u64> = scheduler.reapable.iter().copied().filter(off_cpu).collect();
         scheduler.reapable.retain(|id| !ids.contains(id));
+        REAPABLE.store(scheduler.reapable.len(), Ordering::Relaxed);
         let dead: Vec<Box<Thread>> = ids.iter().filter_map(|id| scheduler.threads.remove(id)).collect();
         for thread in &dead {
             crate::debug::thread_removed(thread.stack_base);
@@ -800,13 +808,14 @@ fn reap() {
 /// switch away from a thread that is not already dying.
 #[notrace]
 fn check_current_stack() {
-    let dying = with_scheduler(|scheduler| {
-        matches!(scheduler.threads.get(&scheduler.current_id()).map(|thread| thread.state), Some(State::Dead(_)))
-    });
-    if dying {
+    let base = crate::arch::registers::per_cpu().current_thread;
+    // Its own state, without the lock: only the thread itself marks itself
+    // dead (`exit`); other CPUs change a thread's state only from sleeping
+    // or joining to ready or running.
+    // Safety: the current thread's thread_info.
+    if unsafe { (*(base as *const ThreadInfo)).state } == ThreadState::Dead as u64 {
         return;
     }
-    let base = crate::arch::registers::per_cpu().current_thread;
     let stack_pointer = crate::arch::registers::stack_pointer();
     // On the emergency stack the stack pointer lies elsewhere; only the magic word can be checked.
     let on_own_stack = super::stack_bounds(stack_pointer).0 == base;

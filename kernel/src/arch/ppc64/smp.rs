@@ -411,3 +411,11 @@ pub fn parked_registers(cpu: usize) -> Option<&'static PtRegs> {
     // Safety: a parked CPU's IPI handler keeps its PtRegs in place until released.
     (address != 0).then(|| unsafe { &*(address as *const PtRegs) })
 }
+
+/// During `stop_machine`'s action: whether CPU `cpu` was parked while ceded
+/// in its idle loop (`idle_wait`, which runs with interrupts off up to its
+/// H_CEDE, so its IPI was taken inside the hcall).
+#[notrace]
+pub fn parked_in_cede(cpu: usize) -> bool {
+    parked_registers(cpu).is_some() && area(cpu).statistics.ceded.load(Ordering::Acquire) != 0
+}
