@@ -5,8 +5,8 @@
 //! itself (`arch::smp::boot_cpu_online`), gives each other CPU of the tree
 //! (up to `boot::MAX_CPUS`) an idle stack and an emergency stack, starts it
 //! with RTAS start-cpu, and waits, ceded, until every started CPU is online
-//! or a second has passed. Threads still run on the boot CPU only
-//! (docs/ARCHITECTURE.md, "CPUs").
+//! or a second has passed. Each CPU starts on its idle thread and runs
+//! threads from then on (docs/ARCHITECTURE.md, "CPUs").
 use crate::arch::percpu::{BOOT_CPU, area, online_cpus};
 use crate::arch::registers::timebase;
 use crate::arch::smp;

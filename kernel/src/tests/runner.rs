@@ -62,9 +62,9 @@ fn panic_on_this_cpu(_: u64) {
     panic!("failing on purpose on CPU {}", crate::arch::percpu::smp_processor_id());
 }
 
-/// A panic on a CPU other than the boot CPU ends the machine with one
-/// report: it must not end this thread (which runs on the boot CPU) nor run
-/// the scheduler there. xtask counts the reports.
+/// A panic in an IPI handler on another CPU ends the machine with one
+/// report: it must not end the thread it interrupted nor this one. xtask
+/// counts the reports.
 #[ktest]
 fn runner_selftest_a_secondary_cpu_panics() {
     use crate::arch::percpu::{online_cpus, smp_processor_id};

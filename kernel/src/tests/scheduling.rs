@@ -224,3 +224,73 @@ fn stop_machine_holds_the_other_cpus_and_shows_where_they_were() {
     assert!(resumed, "the counter runs again after");
     assert!(parked_registers(other).is_none(), "nobody is parked after stop_machine");
 }
+
+/// Sums `depth` values through as many frames, each keeping its own part in
+/// a non-volatile register across the switch below it: a thread resumed
+/// from a stale or another thread's switch frame gets a wrong sum.
+#[inline(never)]
+fn sum_across_switches(depth: u64, round: u64) -> u64 {
+    if depth == 0 {
+        match round % 3 {
+            0 => thread::yield_now(),
+            1 => thread::sleep_milliseconds(0),
+            _ => {
+                // Pinned to each CPU in turn, or free, every other time.
+                let cpus = online_cpus();
+                let target = cpus.iter().nth((round as usize / 6) % cpus.len());
+                let affinity = if round % 2 == 0 { target } else { None };
+                thread::set_affinity(thread::current_id(), affinity).expect("an online CPU");
+            }
+        }
+        return 0;
+    }
+    let mine = core::hint::black_box(depth * 7 + round);
+    mine + sum_across_switches(depth - 1, round)
+}
+
+/// Threads free to run on any CPU yield, sleep 0 ms and move themselves
+/// between CPUs thousands of times under ticks at random 2-64 us intervals:
+/// every switch resumes the right thread from its own latest frame (the
+/// scheduler lock is held across `switch_context`, a thread still running
+/// is never queued), so every sum is right and every thread ends.
+#[ktest]
+fn threads_switching_and_moving_between_cpus_keep_their_frames() {
+    const THREADS: u64 = 4;
+    const MINIMUM_ROUNDS: u64 = 30000;
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    static ROUNDS: AtomicU64 = AtomicU64::new(0);
+    static CPUS_SEEN: AtomicU64 = AtomicU64::new(0);
+    static STOP: AtomicU64 = AtomicU64::new(0);
+    for counter in [&WRONG, &ROUNDS, &CPUS_SEEN, &STOP] {
+        counter.store(0, Ordering::SeqCst);
+    }
+    time::set_jitter(0x5eed_0001);
+    let workers: Vec<_> = (0..THREADS)
+        .map(|index| {
+            thread::spawn("switcher", move || {
+                let mut round = index * 1_000_000;
+                while STOP.load(Ordering::SeqCst) == 0 {
+                    // Over depths 1..=8: 7 * depth + round each.
+                    if sum_across_switches(8, round) != 7 * 36 + 8 * round {
+                        WRONG.fetch_add(1, Ordering::SeqCst);
+                    }
+                    CPUS_SEEN.fetch_or(1 << smp_processor_id(), Ordering::SeqCst);
+                    ROUNDS.fetch_add(1, Ordering::SeqCst);
+                    round += 1;
+                }
+            })
+            .expect("room for a thread")
+        })
+        .collect();
+    let every = online_cpus().bits();
+    let enough = wait_for(15000, || {
+        ROUNDS.load(Ordering::SeqCst) >= MINIMUM_ROUNDS && CPUS_SEEN.load(Ordering::SeqCst) & every == every
+    });
+    STOP.store(1, Ordering::SeqCst);
+    let statuses: Vec<ExitStatus> = workers.into_iter().map(|worker| worker.join()).collect();
+    time::set_jitter(0);
+    assert!(statuses.iter().all(|status| *status == ExitStatus::Returned), "{statuses:?}");
+    assert_eq!(WRONG.load(Ordering::SeqCst), 0, "sums that came out wrong after a switch");
+    let (rounds, seen) = (ROUNDS.load(Ordering::SeqCst), CPUS_SEEN.load(Ordering::SeqCst));
+    assert!(enough, "{rounds} rounds on CPUs {seen:#b} of {every:#b} in 15 s");
+}
