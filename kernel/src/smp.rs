@@ -60,7 +60,13 @@ pub fn bring_up(machine: &Machine) -> CpuSet {
             thread::initialise_emergency(emergency);
         }
         // Safety: boot CPU, once for this CPU, with its own new stacks.
-        match unsafe { smp::start(cpu, server, idle, emergency) } {
+        let result = unsafe { smp::start(cpu, server, idle, emergency) };
+        if result.is_err() {
+            // It never runs: its idle thread must not look like a thread
+            // running there (unload's scan could never read it).
+            thread::remove_idle(cpu);
+        }
+        match result {
             Ok(()) => started = started.with(cpu),
             Err(smp::StartError::NoStartToken) => {
                 println!("smp: CPU {cpu} (server {server}) not started: the tree has no RTAS start-cpu token")

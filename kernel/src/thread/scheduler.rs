@@ -338,6 +338,20 @@ pub unsafe fn add_idle(cpu: usize, base: u64) {
     crate::debug::thread_created(base);
 }
 
+/// Forgets the idle thread of CPU `cpu`, which was not started after all
+/// (its stack stays allocated: the CPU's area may still name it).
+pub fn remove_idle(cpu: usize) {
+    let removed = with_scheduler(|scheduler| {
+        let id = core::mem::replace(&mut scheduler.idle[cpu], NO_THREAD);
+        scheduler.current[cpu] = NO_THREAD;
+        scheduler.idling = scheduler.idling.without(cpu);
+        scheduler.threads.remove(&id)
+    });
+    if let Some(thread) = removed {
+        crate::debug::thread_removed(thread.stack_base);
+    }
+}
+
 /// The idle thread of every CPU: switches to any thread that may run here,
 /// otherwise cedes to the hypervisor until an interrupt (a reschedule IPI
 /// when a thread becomes ready, the tick otherwise). The test for work is
