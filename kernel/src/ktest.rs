@@ -176,7 +176,9 @@ pub fn on_panic() {
         println!("ktest: expected panic in {}", test.name);
         return;
     }
-    if thread::current_id() != 0 {
+    // The boot thread runs the suite; an idle thread (a panic in a tick or
+    // the idle loop) must never die: either stops the machine instead.
+    if thread::current_id() != 0 && !thread::current_is_idle() {
         crate::panic::end_panic();
         crate::console::end_report();
         thread::exit(thread::ExitStatus::Killed("panic"));

@@ -177,7 +177,7 @@ fn uptime(_: &str) {
     let (interrupts, retries) = (time::ticks(), time::retries());
     let rate = if time::jittered() { String::from("jittered 2-64 us") } else { alloc::format!("{} Hz", time::TICK_HZ) };
     println!(
-        "up {}.{:03} s, {} timer interrupts: {} periodic ticks ({rate}) and {retries} retries of a deferred preemption; timebase {} Hz",
+        "up {}.{:03} s, {} timer interrupts on all CPUs: {} periodic ticks ({rate}) and {retries} retries of a deferred preemption; timebase {} Hz",
         nanoseconds / 1_000_000_000,
         (nanoseconds / 1_000_000) % 1000,
         interrupts,

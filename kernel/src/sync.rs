@@ -135,6 +135,12 @@ unsafe impl Readers for NonPreemptibleReaders {
 #[inline(always)]
 pub fn note_quiescent_state() {
     per_cpu().quiescent_states.fetch_add(1, Ordering::Release);
+    // A full barrier (`sync`) between the count and this CPU's next loads of
+    // a `Published` pointer: release orders only what came before. Without
+    // it the count could become visible after a later load of the old
+    // pointer, and a writer that saw the new count would free what that load
+    // still uses (the store-buffering pattern, which POWER allows).
+    core::sync::atomic::fence(Ordering::SeqCst);
 }
 
 /// The grace period of `NonPreemptibleReaders` (Linux's `synchronize_rcu`
@@ -142,20 +148,28 @@ pub fn note_quiescent_state() {
 /// quiescent state since the call. CPUs that have not are asked, by an IPI
 /// whose handler notes one if the context it interrupted is preemptible
 /// (idle, ceded, ordinary thread code); a CPU inside a section is asked
-/// again until it has left it. Any context: a thread with preemption
-/// disabled or a lock held too, but never inside a read-side section (it
-/// would wait for itself). With one CPU online there is nothing to wait for.
+/// again until it has left it. Thread context, with preemption disabled or
+/// a lock held too, but never inside a read-side section (it would wait for
+/// itself): the rule that makes both true is that no `Published` pointer is
+/// held across a call of this, nor across a [`Mutex::lock`] (whose waiting
+/// notes quiescent states). With one CPU online there is nothing to wait for.
 #[notrace]
 pub fn synchronize_sched() {
     if crate::arch::text::log::recording() {
         // For the test of the order of a stub op's change (`trace::ops`).
         crate::arch::text::log::record(crate::arch::text::log::Step::GracePeriod, 0);
     }
+    // On one CPU for the whole wait: `me` and the set of others stay right.
+    let _pinned = crate::thread::preempt_disable();
     let me = smp_processor_id();
     let others = online_cpus().without(me);
     if others.is_empty() {
         return;
     }
+    // A full barrier between the writer's unpublishing store (the caller's
+    // swap) and the loads of the counts below (the writer's half of the
+    // store-buffering pattern; see `note_quiescent_state`).
+    core::sync::atomic::fence(Ordering::SeqCst);
     let count = |cpu: usize| area(cpu).quiescent_states.load(Ordering::Acquire);
     let mut start = [0u64; MAX_CPUS];
     others.iter().for_each(|cpu| start[cpu] = count(cpu));
@@ -168,6 +182,10 @@ pub fn synchronize_sched() {
             return;
         }
         smp::smp_call_function(pending, note_if_preemptible, 0, true);
+        if others.iter().any(|cpu| count(cpu) == start[cpu]) {
+            // Someone is inside a section: let it run before asking again.
+            smp::confer();
+        }
     }
 }
 

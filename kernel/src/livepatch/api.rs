@@ -77,12 +77,16 @@ pub extern "C" fn klp_print(bytes: *const u8, length: usize) {
     }
 }
 
-/// Timer ticks since boot. Livepatchable: the unload tests replace it with
-/// module code that a thread then sits in.
+/// Timer ticks since boot, of the boot CPU (every CPU ticks; this one has
+/// since boot). Livepatchable: the unload tests replace it with module code
+/// that a thread then sits in.
 #[livepatchable]
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_uptime_ticks() -> u64 {
-    crate::time::ticks()
+    crate::arch::percpu::area(crate::arch::percpu::BOOT_CPU)
+        .statistics
+        .ticks
+        .load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// The calling thread's number.

@@ -71,21 +71,24 @@ fn a_stub_op_is_stored_a_grace_period_before_the_branch_that_uses_it() {
     text::log::start();
     let registered = trace::register(&DIRECT, Filter::Addresses(&[quiescence_target as *const () as u64]));
     let steps = text::log::stop_with_addresses();
+    let op = crate::arch::ftrace::FUNCTION_TRACE_OP.load(Ordering::SeqCst);
     trace::unregister(&DIRECT).unwrap();
+    assert_eq!(op, &DIRECT as *const FtraceOps as usize, "the stubs pass the lone ops its own op");
     registered.unwrap();
+    let stored = steps.iter().position(|&(step, ..)| step == Step::OpStored);
     let grace = steps.iter().position(|&(step, ..)| step == Step::GracePeriod);
     let branch = steps.iter().position(|&(step, _, address)| step == Step::Written && address == call);
     assert!(
-        matches!((grace, branch), (Some(grace), Some(branch)) if grace < branch),
-        "a grace period before ftrace_call's write: {steps:?}"
+        matches!((stored, grace, branch), (Some(stored), Some(grace), Some(branch)) if stored < grace && grace < branch),
+        "the op stored, then a grace period, then ftrace_call's write: {steps:?}"
     );
     assert_eq!(quiescence_target(1), 2);
 }
 
 /// A module that a thread on another CPU ran (the greeting patch) unloads
-/// once that thread has ended, while the CPU idles ceded: what the thread
-/// left in the CPU's volatile registers, which the idle thread never
-/// overwrites, does not keep the module busy (`module::busy`).
+/// once that thread has ended, while that CPU idles: its idle thread, which
+/// the scan reads from the registers the stop parked it in, holds nothing
+/// of the module.
 #[ktest]
 fn a_module_run_on_another_cpu_unloads_while_that_cpu_idles() {
     let image = crate::module::embedded::find("greeting").expect("the test kernel embeds greeting");
@@ -100,4 +103,43 @@ fn a_module_run_on_another_cpu_unloads_while_that_cpu_idles() {
     thread::sleep_milliseconds(5);
     let unloaded = crate::module::unload("greeting");
     assert!(unloaded.is_ok(), "{unloaded:?}");
+}
+
+static SPINNING: AtomicU64 = AtomicU64::new(0);
+static RELEASE: AtomicU64 = AtomicU64::new(0);
+
+/// Spins, a leaf, until released: a thread running here has its NIP in this
+/// function and the return into its caller only in LR.
+#[inline(never)]
+fn spin_in_stand_in_module() {
+    SPINNING.store(1, Ordering::SeqCst);
+    while RELEASE.load(Ordering::SeqCst) == 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// The unload scan sees a thread running on another CPU inside "module"
+/// code (a kernel function standing in for one): the machine is stopped, and
+/// the thread is found by the NIP its CPU was parked at.
+#[ktest]
+fn the_unload_scan_finds_a_thread_running_module_code_on_another_cpu() {
+    let function = spin_in_stand_in_module as *const () as u64;
+    let size = crate::symbols::table().and_then(|table| table.lookup(function)).expect("in the symbol table").0.size;
+    let code = function..function + u64::from(size);
+    SPINNING.store(0, Ordering::SeqCst);
+    RELEASE.store(0, Ordering::SeqCst);
+    let other = secondary();
+    let spinner = thread::spawn_on(other, "inside-elsewhere", spin_in_stand_in_module).expect("room for a thread");
+    while SPINNING.load(Ordering::SeqCst) == 0 {
+        thread::yield_now();
+    }
+    let holder = crate::module::busy::inside(code.clone());
+    RELEASE.store(1, Ordering::SeqCst);
+    let spinner_id = spinner.id;
+    assert_eq!(spinner.join(), ExitStatus::Returned);
+    let holder = holder.expect("the spinning thread is inside");
+    assert_eq!((holder.thread, holder.cpu), (spinner_id, Some(other)), "{holder:?}");
+    assert!(code.contains(&holder.address), "{:#x} is in the spinner's function {code:x?}", holder.address);
+    // Once it has ended, nothing is inside.
+    assert_eq!(crate::module::busy::inside(code), None);
 }

@@ -93,7 +93,11 @@ fn set_affinity_moves_a_running_thread_and_the_caller_itself() {
 #[ktest]
 fn set_affinity_refuses_an_offline_cpu_an_idle_thread_and_an_unknown_thread() {
     let me = thread::current_id();
-    assert_eq!(thread::set_affinity(me, Some(boot::MAX_CPUS - 1)), Err(thread::AffinityError::CpuOffline(7)));
+    let offline = (0..boot::MAX_CPUS).find(|&cpu| !online_cpus().contains(cpu));
+    if let Some(offline) = offline {
+        assert_eq!(thread::set_affinity(me, Some(offline)), Err(thread::AffinityError::CpuOffline(offline)));
+    }
+    assert_eq!(thread::set_affinity(me, Some(boot::MAX_CPUS)), Err(thread::AffinityError::CpuOffline(boot::MAX_CPUS)));
     let idle = thread::snapshot().into_iter().find(|summary| summary.name == "idle").expect("CPU 0's idle").id;
     assert_eq!(thread::set_affinity(idle, Some(secondary())), Err(thread::AffinityError::Idle(idle)));
     assert_eq!(thread::set_affinity(u64::MAX - 7, None), Err(thread::AffinityError::NoSuchThread(u64::MAX - 7)));
@@ -184,6 +188,24 @@ fn a_grace_period_waits_for_a_section_in_progress_on_another_cpu() {
     assert_eq!(section.join(), ExitStatus::Returned);
     let left = LEFT_AT.load(Ordering::SeqCst);
     assert!(left != 0 && returned >= left, "the grace period ended at {returned}, the section at {left}");
+}
+
+/// With the other CPU idle, a grace period ends after at most one IPI
+/// round: the ceded CPU it interrupts is preemptible and notes a quiescent
+/// state in the IPI's handler.
+#[ktest]
+fn a_grace_period_with_the_other_cpus_idle_takes_one_ipi_round() {
+    let other = secondary();
+    let statistics = &crate::arch::percpu::area(other).statistics;
+    let mut most = 0;
+    for _ in 0..5 {
+        // Nothing runs on the other CPU: it idles, ceded.
+        thread::sleep_milliseconds(2);
+        let before = statistics.ipis.load(Ordering::SeqCst);
+        sync::synchronize_sched();
+        most = most.max(statistics.ipis.load(Ordering::SeqCst) - before);
+    }
+    assert!(most <= 1, "a grace period took {most} IPIs to an idle CPU");
 }
 
 /// While `stop_machine` runs its action, the other CPU's thread makes no

@@ -17,7 +17,7 @@ pub use stack::stack_bounds;
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use {
     info::{EMERGENCY_THREAD_ID, MAGIC_OFFSET},
-    scheduler::{AffinityError, ExitStatus, exit, spawn_on, yield_now},
+    scheduler::{AffinityError, ExitStatus, current_is_idle, exit, spawn_on, yield_now},
 };
 
 use crate::arch::thread_info::compiler_barrier;

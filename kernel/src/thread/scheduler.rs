@@ -163,18 +163,17 @@ impl Scheduler {
 /// the thread table).
 #[notrace]
 #[inline(always)]
-fn kick_idle(idling: CpuSet, queued: Queued) {
+fn kick_idle(idling: CpuSet, queued: Queued) -> Option<usize> {
     let candidates = idling.without(smp_processor_id());
     if candidates.is_empty() {
-        return;
+        return None;
     }
     let target = match queued.affinity {
         Some(cpu) => candidates.contains(cpu).then_some(cpu),
-        None => candidates.iter().next(),
-    };
-    if let Some(cpu) = target {
-        smp::send_reschedule(cpu);
-    }
+        None => candidates.intersection(online_cpus()).iter().next(),
+    }?;
+    smp::send_reschedule(target);
+    Some(target)
 }
 
 /// The scheduler's state, for every CPU. Taken with interrupts off, held
@@ -501,6 +500,10 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
                 affinity,
             }),
         );
+        // Room for every thread in the queue, so that queueing on the timer
+        // path (`wake_sleepers`) never allocates.
+        let room = scheduler.threads.len().saturating_sub(scheduler.ready.len());
+        scheduler.ready.reserve(room);
         scheduler.enqueue(id);
     });
     crate::debug::thread_created(base);
@@ -652,6 +655,9 @@ impl core::fmt::Display for AffinityError {
 /// on the emergency stack too).
 #[notrace]
 pub fn current_id() -> u64 {
+    // Interrupts off between reading r13 and loading through it: a thread
+    // preempted there and moved to another CPU would read that CPU's area.
+    let _off = interrupts::disable();
     let info = crate::arch::registers::per_cpu().current_thread as *const ThreadInfo;
     // Safety: per_cpu.current_thread is the running thread's stack base,
     // which holds its thread_info.
@@ -684,12 +690,14 @@ pub fn timer_tick(preemptible: bool) -> bool {
     false
 }
 
-/// Makes every sleeper whose time has come ready, without allocating: this
-/// runs on every tick. The current thread is never one of them: `schedule`
+/// Makes every sleeper whose time has come ready, without allocating (the
+/// queue has room for every thread: `spawn_pinned` reserves it): this runs
+/// on every tick. The current thread is never one of them: `schedule`
 /// has already put it back to Running if its own sleep was over.
 #[notrace]
 fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
-    let idling = scheduler.idling;
+    // Each idle CPU is woken for one thread: the next one woken goes to another.
+    let mut idling = scheduler.idling;
     for (&id, thread) in scheduler.threads.iter_mut() {
         if matches!(thread.state, State::Sleeping(until) if until <= now) {
             if thread.running_on.is_some() {
@@ -699,7 +707,9 @@ fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
                 thread.set_state(State::Ready);
                 let queued = Queued { id, affinity: thread.affinity };
                 scheduler.ready.push_back(queued);
-                kick_idle(idling, queued);
+                if let Some(cpu) = kick_idle(idling, queued) {
+                    idling = idling.without(cpu);
+                }
             }
         }
     }
@@ -775,6 +785,8 @@ pub fn schedule() {
     scheduler.current[cpu] = next;
     scheduler.idling =
         if next == scheduler.idle[cpu] { scheduler.idling.with(cpu) } else { scheduler.idling.without(cpu) };
+    // This CPU is no longer inside its idle thread's cede, if it was (a tick taken there).
+    smp::leave_cede();
     // Safety: every live thread's stack base holds its thread_info; this
     // CPU's own area, interrupts off.
     let resume = unsafe {
@@ -922,7 +934,10 @@ pub fn live_stacks(current_stack_pointer: u64) -> Vec<LiveStack> {
                 let base = thread.stack_base;
                 match thread.running_on {
                     Some(cpu) if cpu == me => LiveStack::Caller { base, stack_pointer: current_stack_pointer },
-                    Some(cpu) => LiveStack::RunningOn { base, cpu },
+                    Some(cpu) if online_cpus().contains(cpu) => LiveStack::RunningOn { base, cpu },
+                    // The idle thread of a CPU that was started but never came
+                    // online: nothing runs there, and its stack holds nothing.
+                    Some(_) => LiveStack::SwitchedOut { base, stack_pointer: base + THREAD_SIZE as u64 },
                     None => {
                         // Safety: every live thread's stack base holds its thread_info.
                         let stack_pointer = unsafe { (*(base as *const ThreadInfo)).saved_stack_pointer };
@@ -932,6 +947,12 @@ pub fn live_stacks(current_stack_pointer: u64) -> Vec<LiveStack> {
             })
             .collect()
     })
+}
+
+/// Whether the calling thread is its CPU's idle thread (the test runner asks).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+pub fn current_is_idle() -> bool {
+    with_scheduler(|scheduler| scheduler.is_idle(scheduler.current_id()))
 }
 
 /// The thread CPU `cpu` runs now, as (number, name); None if it runs none.

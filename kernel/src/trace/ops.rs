@@ -369,6 +369,9 @@ fn set_call_target(list: &[&'static FtraceOps]) -> Result<(), TextError> {
     );
     if target_uses_op {
         let previous = FUNCTION_TRACE_OP.swap(op, Ordering::AcqRel);
+        if crate::arch::text::log::recording() {
+            crate::arch::text::log::record(crate::arch::text::log::Step::OpStored, 0);
+        }
         // No CPU still between its load of the previous op and the branch.
         crate::sync::synchronize_sched();
         if let Err(error) = branch_call_sites(target, target_uses_op) {

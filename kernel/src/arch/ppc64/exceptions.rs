@@ -188,6 +188,13 @@ exception_common:
     bl      {dispatch}                    # exception_dispatch(&mut regs)
 .Lexception_dispatch_return:              # in the LR slot of every InterruptFrame below a running handler
 
+    # Drop any reservation this CPU holds (as Linux's interrupt return
+    # does): the interrupted code may sit between a ldarx and its stdcx.,
+    # and the reservation may be another thread's, taken before a switch in
+    # the handler or on this CPU before the interrupted thread migrated
+    # here; its stdcx. must fail and retry, not succeed on a stale one.
+    ld      0, 0(1)                       # r0 = our frame's back chain
+    stdcx.  0, 0, 1                       # store it back if reserved: memory unchanged, reservation gone (CR0 is restored below)
     li      0, 0
     mtmsrd  0, 1                          # MSR[RI] = 0 while SRR0/1 are live
     ld      0, {nip}(1)

@@ -103,14 +103,25 @@ pub extern "C" fn secondary_main(cpu: u64) -> ! {
 }
 
 /// The idle thread's wait: H_CEDE until an interrupt, marked ceded for the
-/// `cpus` command. Called with interrupts off after the test for work, so a
-/// wake-up raised since is pending and H_CEDE returns at once.
+/// `cpus` command and the unload scan (`parked_in_cede`). Called with
+/// interrupts off after the test for work, so a wake-up raised since is
+/// pending and H_CEDE returns at once. A tick taken inside the cede may
+/// switch to another thread before the mark is cleared here: the scheduler
+/// clears it at every switch (`leave_cede`).
 #[notrace]
 pub fn idle_wait() {
     let statistics = &per_cpu().statistics;
     statistics.ceded.store(1, Ordering::Relaxed);
     interrupts::wait();
     statistics.ceded.store(0, Ordering::Relaxed);
+}
+
+/// Clears this CPU's ceded mark: called at every switch, so that it is set
+/// only while the idle thread itself is inside `idle_wait`.
+#[notrace]
+#[inline(always)]
+pub fn leave_cede() {
+    per_cpu().statistics.ceded.store(0, Ordering::Relaxed);
 }
 
 /// Wakes CPU `cpu` from its idle wait to look at the ready queue (a bare
@@ -242,12 +253,13 @@ pub fn interrupted_registers() -> Option<&'static PtRegs> {
 /// on return; their handlers run while it waits (`wait_until`).
 #[notrace]
 pub fn smp_call_function(cpus: CpuSet, function: fn(u64), argument: u64, wait: bool) {
+    // First: `me` (the targets, the caller IPI'd back) must stay this CPU.
+    let _no_preemption = NoPreemption::new();
     let me = smp_processor_id();
     let targets = cpus.intersection(online_cpus()).without(me);
     if targets.is_empty() {
         return;
     }
-    let _no_preemption = NoPreemption::new();
     let _sender = lock_sender();
     for cpu in targets.iter() {
         let mailbox = &area(cpu).mailbox;

@@ -168,6 +168,8 @@ pub mod log {
         Returned = 4,
         /// A grace period began (`sync::synchronize_sched`), on the CPU that waits.
         GracePeriod = 5,
+        /// The stubs' op (`function_trace_op`) was stored (`trace::ops`).
+        OpStored = 6,
     }
 
     static RECORDING: AtomicU64 = AtomicU64::new(0);
@@ -191,7 +193,8 @@ pub mod log {
     pub fn stop_with_addresses() -> alloc::vec::Vec<(Step, usize, u64)> {
         RECORDING.store(0, Ordering::Release);
         let count = NEXT.load(Ordering::Acquire).min(CAPACITY);
-        let steps = [Step::Written, Step::Flushed, Step::Synchronized, Step::Returned, Step::GracePeriod];
+        let steps =
+            [Step::Written, Step::Flushed, Step::Synchronized, Step::Returned, Step::GracePeriod, Step::OpStored];
         ENTRIES[..count]
             .iter()
             .zip(&ADDRESSES)
