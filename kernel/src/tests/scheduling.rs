@@ -260,7 +260,7 @@ fn sum_across_switches(depth: u64, round: u64) -> u64 {
                 // Pinned to each CPU in turn, or free, every other time.
                 let cpus = online_cpus();
                 let target = cpus.iter().nth((round as usize / 6) % cpus.len());
-                let affinity = if round % 2 == 0 { target } else { None };
+                let affinity = if round.is_multiple_of(2) { target } else { None };
                 thread::set_affinity(thread::current_id(), affinity).expect("an online CPU");
             }
         }
