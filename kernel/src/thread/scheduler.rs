@@ -19,12 +19,22 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
-use boot::{MAX_CPUS, THREAD_SIZE};
+use boot::MAX_CPUS;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use macros::notrace;
 use portable::cpuset::CpuSet;
 use portable::schedule::{Queued, Switch, pick_next};
 use spin::Mutex;
+
+mod affinity;
+mod grace;
+mod idle;
+mod inspect;
+
+pub use affinity::{AffinityError, set_affinity};
+pub use grace::synchronize;
+pub use idle::{add_idle, remove_idle};
+pub use inspect::{LiveStack, current_is_idle, live_stacks, running_on, snapshot};
 
 /// How a thread ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,112 +289,14 @@ pub fn init() {
     });
     // Safety: boot CPU, interrupts off.
     unsafe { (*per_cpu_mut()).current_thread = base };
-    let idle = spawn_pinned("idle", Some(smp_processor_id()), idle_loop).expect("heap has room for the idle thread");
+    let idle =
+        spawn_pinned("idle", Some(smp_processor_id()), idle::idle_loop).expect("heap has room for the idle thread");
     with_scheduler(|scheduler| {
         scheduler.idle[smp_processor_id()] = idle.id;
         scheduler.ready.retain(|queued| queued.id != idle.id);
         scheduler.threads.get_mut(&idle.id).expect("idle exists").detached = true;
     });
     core::mem::forget(idle);
-}
-
-/// Makes the stack at `base`, on which CPU `cpu` will start, that CPU's idle
-/// thread (`idle/N`), before the CPU starts: it is the thread the CPU runs
-/// from its first instruction, so the CPU is never without a current thread.
-///
-/// # Safety
-/// `base` is a THREAD_SIZE-aligned stack nothing runs on yet, owned by CPU
-/// `cpu` for good; the CPU has not started.
-pub unsafe fn add_idle(cpu: usize, base: u64) {
-    let id = with_scheduler(|scheduler| {
-        let id = scheduler.next_id;
-        scheduler.next_id += 1;
-        id
-    });
-    let name = alloc::format!("idle/{cpu}");
-    let return_stack = Box::new(ReturnStack::new());
-    // Safety: the caller's promise: nothing runs on the stack.
-    unsafe {
-        info::initialise(base, id);
-        let info = &mut *(base as *mut ThreadInfo);
-        info.graph_stack = &*return_stack as *const ReturnStack as u64;
-        info.state = ThreadState::Running as u64;
-        info.cpu = cpu as u64;
-        set_name(info, &name);
-    }
-    with_scheduler(|scheduler| {
-        scheduler.threads.insert(
-            id,
-            Box::new(Thread {
-                name,
-                state: State::Running,
-                stack: None,
-                return_stack,
-                stack_base: base,
-                joiner: None,
-                detached: true,
-                switches: 0,
-                passes: 0,
-                running_on: Some(cpu),
-                last_cpu: cpu,
-                affinity: Some(cpu),
-            }),
-        );
-        scheduler.current[cpu] = id;
-        scheduler.idle[cpu] = id;
-        scheduler.idling = scheduler.idling.with(cpu);
-    });
-    crate::debug::thread_created(base);
-}
-
-/// Forgets the idle thread of CPU `cpu`, which was not started after all
-/// (its stack stays allocated: the CPU's area may still name it).
-pub fn remove_idle(cpu: usize) {
-    let removed = with_scheduler(|scheduler| {
-        let id = core::mem::replace(&mut scheduler.idle[cpu], NO_THREAD);
-        scheduler.current[cpu] = NO_THREAD;
-        scheduler.idling = scheduler.idling.without(cpu);
-        scheduler.threads.remove(&id)
-    });
-    if let Some(thread) = removed {
-        crate::debug::thread_removed(thread.stack_base);
-    }
-}
-
-/// The idle thread of every CPU: switches to any thread that may run here,
-/// otherwise cedes to the hypervisor until an interrupt (a reschedule IPI
-/// when a thread becomes ready, the tick otherwise). The test for work is
-/// made with interrupts off and H_CEDE returns at once if one is pending, so
-/// a wake-up sent between the test and the cede is not lost.
-fn idle_loop() {
-    loop {
-        let waiting = {
-            let _off = interrupts::disable();
-            let waiting = with_scheduler(|scheduler| {
-                let cpu = smp_processor_id();
-                scheduler.ready.iter().any(|queued| queued.runs_on(cpu))
-            });
-            if !waiting {
-                smp::idle_wait();
-            }
-            waiting
-        };
-        if waiting {
-            yield_now();
-        }
-    }
-}
-
-// `arch::smp::secondary_main` enters this by name (declared in `crate::arch`).
-const _: [unsafe extern "C" fn() -> !; 2] = [secondary_idle, crate::arch::secondary_idle];
-
-/// A secondary CPU's first generic code, once it is online: it is already
-/// its idle thread (`add_idle`), and idles.
-#[unsafe(no_mangle)]
-pub extern "C" fn secondary_idle() -> ! {
-    interrupts::enable();
-    idle_loop();
-    unreachable!("the idle loop never ends")
 }
 
 /// A thread that can be joined. Dropping it detaches the thread.
@@ -600,57 +512,6 @@ fn make_ready(scheduler: &mut Scheduler, id: u64) {
     }
 }
 
-/// Moves thread `id` to CPU `cpu` (pins it there), or lets it run anywhere
-/// (`None`). A thread running on another CPU moves at that CPU's next switch
-/// (its next tick at the latest); the calling thread moves before this
-/// returns. Errors name what is wrong: an unknown or dead thread, a CPU
-/// that is not online, or an idle thread (which never moves).
-pub fn set_affinity(id: u64, cpu: Option<usize>) -> Result<(), AffinityError> {
-    if let Some(cpu) = cpu
-        && !online_cpus().contains(cpu)
-    {
-        return Err(AffinityError::CpuOffline(cpu));
-    }
-    let move_self = with_scheduler(|scheduler| {
-        if scheduler.is_idle(id) {
-            return Err(AffinityError::Idle(id));
-        }
-        let thread = scheduler.threads.get_mut(&id).ok_or(AffinityError::NoSuchThread(id))?;
-        if matches!(thread.state, State::Dead(_)) {
-            return Err(AffinityError::NoSuchThread(id));
-        }
-        thread.affinity = cpu;
-        if let Some(queued) = scheduler.ready.iter_mut().find(|queued| queued.id == id) {
-            queued.affinity = cpu;
-            let queued = *queued;
-            scheduler.kick(queued);
-        }
-        Ok(id == scheduler.current_id() && cpu.is_some_and(|cpu| cpu != smp_processor_id()))
-    })?;
-    if move_self {
-        schedule();
-    }
-    Ok(())
-}
-
-/// Why `set_affinity` refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AffinityError {
-    NoSuchThread(u64),
-    CpuOffline(usize),
-    Idle(u64),
-}
-
-impl core::fmt::Display for AffinityError {
-    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match *self {
-            AffinityError::NoSuchThread(id) => write!(formatter, "no live thread {id}"),
-            AffinityError::CpuOffline(cpu) => write!(formatter, "CPU {cpu} is not online"),
-            AffinityError::Idle(id) => write!(formatter, "thread {id} is an idle thread, bound to its CPU"),
-        }
-    }
-}
-
 /// The running thread's number (from the per-CPU area, so that it is right
 /// on the emergency stack too).
 #[notrace]
@@ -856,152 +717,4 @@ fn check_current_stack() {
     };
     // The message and the kill run on the emergency stack (see kill_current).
     crate::arch::emergency::run(kill_on_emergency_stack, &kill as *const Kill as u64)
-}
-
-/// What `threads` shows for one thread.
-pub struct ThreadSummary {
-    pub id: u64,
-    pub name: String,
-    pub state: State,
-    /// The CPU it runs on, or ran on last.
-    pub cpu: usize,
-    /// The CPU it is pinned to, if any.
-    pub affinity: Option<usize>,
-    pub switches: u64,
-    /// Stack in use; None for a thread running on another CPU (its r1 moves).
-    pub stack_used: Option<u64>,
-    pub livepatch_depth: u64,
-}
-
-/// A copy of every thread's state.
-pub fn snapshot() -> Vec<ThreadSummary> {
-    let current_stack_pointer = crate::arch::registers::stack_pointer();
-    with_scheduler(|scheduler| {
-        scheduler
-            .threads
-            .iter()
-            .map(|(&id, thread)| {
-                // Safety: every live thread's stack base holds its thread_info.
-                let saved = unsafe { (*(thread.stack_base as *const ThreadInfo)).saved_stack_pointer };
-                let stack_pointer = match thread.running_on {
-                    Some(cpu) if cpu == smp_processor_id() => Some(current_stack_pointer),
-                    Some(_) => None,
-                    None => Some(saved),
-                };
-                let top = thread.stack_base + THREAD_SIZE as u64;
-                // Safety: every live thread's stack base holds its thread_info.
-                let livepatch_sp = unsafe { (*(thread.stack_base as *const ThreadInfo)).livepatch_sp };
-                ThreadSummary {
-                    id,
-                    name: thread.name.clone(),
-                    state: thread.state,
-                    cpu: thread.last_cpu,
-                    affinity: thread.affinity,
-                    switches: thread.switches,
-                    stack_used: stack_pointer.map(|stack_pointer| top.saturating_sub(stack_pointer)),
-                    livepatch_depth: livepatch_sp - thread.stack_base - super::LIVEPATCH_STACK_OFFSET as u64,
-                }
-            })
-            .collect()
-    })
-}
-
-/// Where a live thread's registers are, for a scan of what it may still
-/// return or resume to (`module::busy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LiveStack {
-    /// The calling thread: its stack from the caller's own r1.
-    Caller { base: u64, stack_pointer: u64 },
-    /// Switched out: its stack from the r1 `switch_context` saved.
-    SwitchedOut { base: u64, stack_pointer: u64 },
-    /// Running on another CPU: its registers are that CPU's to give (only
-    /// while the machine is stopped: `arch::smp::parked_registers`).
-    RunningOn { base: u64, cpu: usize },
-}
-
-/// Every thread that can still run, with where its registers are (see
-/// `LiveStack`). Dead threads are left out: they never run again, so
-/// whatever their stacks still hold (a killed thread's livepatch frames,
-/// return addresses into a module) refers to nothing in use.
-pub fn live_stacks(current_stack_pointer: u64) -> Vec<LiveStack> {
-    with_scheduler(|scheduler| {
-        let me = smp_processor_id();
-        scheduler
-            .threads
-            .values()
-            .filter(|thread| !matches!(thread.state, State::Dead(_)))
-            .map(|thread| {
-                let base = thread.stack_base;
-                match thread.running_on {
-                    Some(cpu) if cpu == me => LiveStack::Caller { base, stack_pointer: current_stack_pointer },
-                    Some(cpu) if online_cpus().contains(cpu) => LiveStack::RunningOn { base, cpu },
-                    // The idle thread of a CPU that was started but never came
-                    // online: nothing runs there, and its stack holds nothing.
-                    Some(_) => LiveStack::SwitchedOut { base, stack_pointer: base + THREAD_SIZE as u64 },
-                    None => {
-                        // Safety: every live thread's stack base holds its thread_info.
-                        let stack_pointer = unsafe { (*(base as *const ThreadInfo)).saved_stack_pointer };
-                        LiveStack::SwitchedOut { base, stack_pointer }
-                    }
-                }
-            })
-            .collect()
-    })
-}
-
-/// Whether the calling thread is its CPU's idle thread (the test runner asks).
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
-pub fn current_is_idle() -> bool {
-    with_scheduler(|scheduler| scheduler.is_idle(scheduler.current_id()))
-}
-
-/// The thread CPU `cpu` runs now, as (number, name); None if it runs none.
-pub fn running_on(cpu: usize) -> Option<(u64, String)> {
-    with_scheduler(|scheduler| {
-        let id = *scheduler.current.get(cpu)?;
-        scheduler.threads.get(&id).map(|thread| (id, thread.name.clone()))
-    })
-}
-
-/// Waits for a grace period, RCU style: returns once every other thread
-/// that was ready or running when it was called (on any CPU) has passed
-/// through the scheduler twice since (each time it is preempted, yields or
-/// blocks, whether it switches or keeps its CPU), has blocked, or has ended.
-/// Idle threads are not waited for. Twice: a thread running on another CPU
-/// may hold a pointer across its next pass and use it after; a switched-out
-/// one may have been preempted holding it, and then yield once more before
-/// it is done with it.
-///
-/// A thread switched out by the timer may be anywhere, including between
-/// receiving a pointer and using it; after the grace period it has had a
-/// time slice to finish with it. What it guarantees exactly: a value
-/// published before the call (a module's memory, a table) and no longer
-/// reachable for new readers is no longer used by a reader that holds it
-/// across at most one preemption or yield. Callers: `module::unload`, before
-/// it frees a module's memory.
-pub fn synchronize() {
-    let waiting: Vec<(u64, u64)> = with_scheduler(|scheduler| {
-        let me = scheduler.current_id();
-        scheduler
-            .threads
-            .iter()
-            .filter(|&(&id, thread)| {
-                id != me && !scheduler.is_idle(id) && matches!(thread.state, State::Ready | State::Running)
-            })
-            .map(|(&id, thread)| (id, thread.passes))
-            .collect()
-    });
-    loop {
-        let pending = with_scheduler(|scheduler| {
-            waiting.iter().any(|(id, passes)| {
-                scheduler.threads.get(id).is_some_and(|thread| {
-                    matches!(thread.state, State::Ready | State::Running) && thread.passes < passes + 2
-                })
-            })
-        });
-        if !pending {
-            return;
-        }
-        yield_now();
-    }
 }
