@@ -15,6 +15,7 @@ mod modules;
 pub mod registers;
 mod runner;
 mod smp;
+mod smp_stress;
 mod stack;
 mod threads;
 mod unload;
