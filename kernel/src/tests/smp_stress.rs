@@ -166,12 +166,12 @@ fn patching_500_times_and_loading_100_modules_while_every_cpu_calls_them() {
     // then undoes both; returns how often the module was busy.
     let round = |round: u64| {
         livepatch::enable("smp-stress").expect("enables");
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             module::load(greeting).expect("the greeting module loads");
         }
         thread::yield_now();
         livepatch::disable("smp-stress").expect("disables");
-        let busy = if round % 5 == 0 { unload_when_idle("greeting") } else { 0 };
+        let busy = if round.is_multiple_of(5) { unload_when_idle("greeting") } else { 0 };
         thread::yield_now();
         busy
     };
