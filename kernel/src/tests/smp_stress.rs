@@ -76,14 +76,14 @@ fn check_cpu(cpu: usize, wrong: &AtomicU64) {
 /// it; returns how often it was busy. Gives up after many tries, so that a
 /// scan that can never succeed fails the test instead of hanging it.
 fn unload_when_idle(name: &str) -> u64 {
-    for busy in 0..10_000 {
+    for busy in 0..1_000 {
         match module::unload(name) {
             Ok(()) => return busy,
             Err(LoadError::Busy(_)) => thread::yield_now(),
             Err(other) => panic!("unload {name}: {other}"),
         }
     }
-    panic!("{name} stayed busy for 10000 tries");
+    panic!("{name} stayed busy for 1000 tries");
 }
 
 // ---- 1. Patching and module loading while every CPU calls the code ------------
@@ -230,8 +230,14 @@ static HANDLER_LATE: AtomicU64 = AtomicU64::new(0);
 static HANDLER_CPUS: AtomicU64 = AtomicU64::new(0);
 static HANDLER_CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// Records which CPU called, and stays a while inside (so that an
-/// unregister that did not wait for it would return meanwhile).
+/// Steps of the busy loop in the counting handler, and (three times as
+/// many) in a worker between two calls of the traced pair, which runs the
+/// handler three times: a worker spends about half its time in the
+/// handler, so an `unregister` that did not wait for the other CPUs would
+/// return while one is inside in about every second round.
+const HANDLER_STEPS: u64 = 2_000;
+
+/// Records which CPU called, and stays a while inside (see `HANDLER_STEPS`).
 #[notrace]
 extern "C" fn count_cpu(_ip: u64, _parent_ip: u64, _ops: &FtraceOps, _regs: &mut FtraceRegs) {
     HANDLER_RUNNING.fetch_add(1, Ordering::SeqCst);
@@ -240,7 +246,7 @@ extern "C" fn count_cpu(_ip: u64, _parent_ip: u64, _ops: &FtraceOps, _regs: &mut
     }
     HANDLER_CPUS.fetch_or(1 << smp_processor_id(), Ordering::Relaxed);
     HANDLER_CALLS.fetch_add(1, Ordering::Relaxed);
-    for step in 0..200u64 {
+    for step in 0..HANDLER_STEPS {
         black_box(step);
     }
     HANDLER_RUNNING.fetch_sub(1, Ordering::SeqCst);
@@ -259,6 +265,9 @@ fn call_traced_functions(cpu: usize) {
         }
         if graph_depth() != 0 || livepatch_depth() != 0 {
             TOGGLE_WRONG.fetch_add(1, Ordering::SeqCst);
+        }
+        for step in 0..3 * HANDLER_STEPS {
+            black_box(step);
         }
     }
     check_cpu(cpu, &TOGGLE_WRONG);
