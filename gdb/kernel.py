@@ -20,9 +20,9 @@ import struct
 import gdb
 from gdb.unwinder import Unwinder, register_unwinder
 
-ANCHOR_VERSION = 3
+ANCHOR_VERSION = 4
 MAX_THREADS, MAX_PATCHES, MAX_FUNCTIONS, MAX_MODULES, MAX_SECTIONS = 64, 16, 16, 8, 48
-HEADER_WORDS = 15                      # magic .. site_entry_size
+HEADER_WORDS = 16                      # magic .. site_entry_size
 LONGEST_THREAD_NAME = 512             # bytes read of a thread's name (they are whole up to this)
 PATCH_SIZE = 32 + 8 + 8 + MAX_FUNCTIONS * 16
 MODULE_SIZE = 32 + 4 * 8 + MAX_SECTIONS * 40
@@ -100,7 +100,7 @@ class Anchor:
         words = struct.unpack("<%dQ" % (HEADER_WORDS - 1), header[8:])
         (self.version, self.thread_size, self.livepatch_stack_offset, self.livepatch_frame_size,
          self.info_livepatch_sp, self.info_thread_id, self.info_saved_sp, self.info_state, self.info_name_address,
-         self.info_name_length, self.module_generation, self.sites, self.site_count, self.site_entry_size) = words
+         self.info_name_length, self.info_cpu, self.module_generation, self.sites, self.site_count, self.site_entry_size) = words
         if self.version != ANCHOR_VERSION:
             raise gdb.GdbError("klp_debug_anchor version %d, script knows %d" % (self.version, ANCHOR_VERSION))
         self.threads_at = self.address + HEADER_WORDS * 8
@@ -128,6 +128,7 @@ class Anchor:
             "name": self.thread_name(base),
             "livepatch_sp": word(base + self.info_livepatch_sp),
             "saved_sp": word(base + self.info_saved_sp),
+            "cpu": word(base + self.info_cpu),
         }
 
     def thread_name(self, base):
@@ -183,8 +184,26 @@ def current_base(anchor):
     return int(gdb.parse_and_eval("$r1")) & ~(anchor.thread_size - 1)
 
 
+def running_stacks(anchor):
+    """{stack base: r1} of what each CPU runs now. QEMU's gdbstub shows each vCPU
+    as a gdb thread (`info threads`); a kernel thread running on a CPU has its
+    live r1 in that vCPU's registers, not in thread_info's saved one."""
+    selected = gdb.selected_thread()
+    running = {}
+    try:
+        for vcpu in gdb.selected_inferior().threads():
+            vcpu.switch()
+            stack_pointer = int(gdb.parse_and_eval("$r1"))
+            running[stack_pointer & ~(anchor.thread_size - 1)] = stack_pointer
+    finally:
+        selected.switch()
+    return running
+
+
 class KernelThreads(gdb.Command):
-    """kthreads: every kernel thread with its state, stack use and livepatch stack depth."""
+    """kthreads: every kernel thread with the CPU it runs on (or ran on last), its state, stack use and
+    livepatch stack depth; `*` marks the thread of the CPU gdb has selected (`info threads`: one
+    gdb thread per CPU)."""
 
     def __init__(self):
         super().__init__("kthreads", gdb.COMMAND_STATUS)
@@ -197,16 +216,18 @@ class KernelThreads(gdb.Command):
                   "(thread::init, called from boot_main)")
             return
         current = current_base(anchor)
+        running = running_stacks(anchor)
         threads = [anchor.thread(base) for base in bases]
         width = max([len("name")] + [len(thread["name"]) for thread in threads])
-        print("  %4s %-*s %-9s %11s %9s  %s" % ("id", width, "name", "state", "stack used", "lp depth", "r1"))
+        print("  %4s %3s %-*s %-9s %11s %9s  %s" % ("id", "cpu", width, "name", "state", "stack used", "lp depth",
+                                                  "r1"))
         for base, thread in zip(bases, threads):
-            stack_pointer = int(gdb.parse_and_eval("$r1")) if base == current else thread["saved_sp"]
+            stack_pointer = running.get(base, thread["saved_sp"])
             used = base + anchor.thread_size - stack_pointer if stack_pointer else 0
             depth = (thread["livepatch_sp"] - base - anchor.livepatch_stack_offset) // anchor.livepatch_frame_size
             marker = "*" if base == current else " "
-            print("%s %4d %-*s %-9s %11d %9d  0x%x" % (marker, thread["id"], width, thread["name"], thread["state"],
-                                                    used, depth, stack_pointer))
+            print("%s %4d %3d %-*s %-9s %11d %9d  0x%x" % (marker, thread["id"], thread["cpu"], width, thread["name"],
+                                                        thread["state"], used, depth, stack_pointer))
         if current not in bases:
             print("(r1 0x%x is on none of these stacks: an exception's emergency stack, or the boot stack "
                   "before the scheduler)" % int(gdb.parse_and_eval("$r1")))

@@ -54,6 +54,8 @@ pub struct DebugAnchor {
     /// Where thread_info holds the address and the length of the thread's name.
     pub thread_info_name_address: u64,
     pub thread_info_name_length: u64,
+    /// Where thread_info holds the CPU the thread runs on (or ran on last).
+    pub thread_info_cpu: u64,
     /// Bumped on every module load and unload, so the script knows to reload symbols.
     pub module_generation: u64,
     /// The ftrace site table: address, entries, bytes per entry (function,
@@ -109,7 +111,7 @@ const EMPTY_MODULE: DebugModule = DebugModule {
 #[used]
 static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     magic: *b"KLPDEBUG",
-    version: 3,
+    version: 4,
     thread_size: THREAD_SIZE as u64,
     livepatch_stack_offset: LIVEPATCH_STACK_OFFSET as u64,
     livepatch_frame_size: size_of::<LivepatchFrame>() as u64,
@@ -119,6 +121,7 @@ static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     thread_info_state: offset_of!(ThreadInfo, state) as u64,
     thread_info_name_address: offset_of!(ThreadInfo, name_address) as u64,
     thread_info_name_length: offset_of!(ThreadInfo, name_length) as u64,
+    thread_info_cpu: offset_of!(ThreadInfo, cpu) as u64,
     module_generation: 0,
     sites: 0,
     site_count: 0,

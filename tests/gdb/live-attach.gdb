@@ -34,9 +34,17 @@
 # expect: kernel::shell::greeting -> 0x
 # expect: greeting_replacement
 # expect: === kthreads ===
-# The shell's thread (id 0, main) is the current one (*); the idle thread is listed too.
-# expect: *    0 main 
-# expect:  idle 
+# The shell's thread (id 0, main) is the current one (*) on whichever CPU
+# it runs (it is not pinned); the idle thread of each CPU is listed too,
+# with its CPU.
+# expect: *    0 
+# expect:  main 
+# expect:    0 idle 
+# expect:    1 idle/1 
+# expect: === info threads ===
+# QEMU's gdbstub shows each vCPU as a gdb thread: both CPUs of the boot.
+# expect: Thread 1.1 (CPU#0
+# expect: Thread 1.2 (CPU#1
 # expect: === info line ===
 # expect: starts at address 0x
 # expect: <kernel::shell::greeting>
@@ -56,6 +64,8 @@ echo === klp-list ===\n
 klp-list
 echo === kthreads ===\n
 kthreads
+echo === info threads ===\n
+info threads
 echo === info line ===\n
 info line kernel::shell::greeting
 echo === end ===\n

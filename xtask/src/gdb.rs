@@ -221,6 +221,12 @@ const MODULE_EVENT_VARIABLE: &str = "$klp_module_event";
 fn gdb_command(image: &Path, data: &[u8]) -> Command {
     let mut gdb = command("gdb-multiarch");
     gdb.args(["-q", "-ex", "set pagination off"]);
+    // Pointer values without `<symbol+offset>`: gdb names them from the ELF
+    // symbol table, whose v0-demangled names carry crate hashes
+    // (`<boot[414b8c07f2a64c9c]::CPU_AREAS+160>`), e.g. in the frame it
+    // prints when it attaches to a CPU stopped with such an argument.
+    // Functions in frames are named from DWARF, without hashes.
+    gdb.args(["-ex", "set print symbol off"]);
     gdb.args(["-ex", &format!("file {}", relative(image).display())]);
     gdb.args(["-ex", &format!("target remote {}", socket().display())]);
     if let Ok(entry) = image::local_entry(data, "klp_debug_module_event") {
@@ -268,8 +274,8 @@ mod tests {
         let gdb = crate::display(&gdb_command(&workspace_root().join("target/kernel/kernel.elf"), &[]));
         assert!(
             gdb.starts_with(
-                "gdb-multiarch -q -ex 'set pagination off' -ex 'file target/kernel/kernel.elf' \
-                 -ex 'target remote target/kernel/gdb.sock'"
+                "gdb-multiarch -q -ex 'set pagination off' -ex 'set print symbol off' \
+                 -ex 'file target/kernel/kernel.elf' -ex 'target remote target/kernel/gdb.sock'"
             ),
             "{gdb}"
         );

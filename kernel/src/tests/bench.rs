@@ -100,6 +100,24 @@ fn report(name: &str, value: impl core::fmt::Display, unit: &str, note: &str) {
     println!("bench: {name} {value} {unit} {note}");
 }
 
+/// Instructions per traced call with one do-nothing handler, minus
+/// `untraced` (the ticks of the loop calling the function without a site).
+pub(super) fn traced_light(untraced: u64) -> Tenths {
+    trace::register(&LIGHT, Filter::Names(&[TRACED])).expect("bench function is traceable");
+    let light = loop_ticks(call_traced);
+    trace::unregister(&LIGHT).expect("registered");
+    per_call_difference(light, untraced)
+}
+
+/// `traced_light` and `livepatched_call` on the calling CPU, preemption off
+/// (`bench-smp` runs them on each of two CPUs to compare).
+pub(super) fn call_costs() -> (Tenths, Tenths) {
+    let _preempt = thread::preempt_disable();
+    let light = traced_light(loop_ticks(call_untraced));
+    let (patched_call, _, _) = super::bench_livepatch::measure(loop_ticks, per_call_difference, once);
+    (light, patched_call)
+}
+
 /// Runs every benchmark.
 pub fn run_all() {
     let _preempt = thread::preempt_disable();
@@ -118,12 +136,9 @@ pub fn run_all() {
         "site present but off, minus no site (target <= 2)",
     );
 
-    trace::register(&LIGHT, Filter::Names(&[TRACED])).expect("bench function is traceable");
-    let light = loop_ticks(call_traced);
-    trace::unregister(&LIGHT).expect("registered");
     report(
         "traced_light",
-        per_call_difference(light, untraced),
+        traced_light(untraced),
         "instructions",
         "one do-nothing handler, no SAVE_REGS (target <= 60; Linux reference, measured elsewhere: ~195)",
     );

@@ -1,10 +1,15 @@
 //! Livepatch benchmarks: the cost of a patched call and of enabling patches.
 use super::bench::Tenths;
+use crate::arch::percpu::{online_cpus, smp_processor_id};
+use crate::arch::registers::timebase;
+use crate::arch::smp::confer;
 use crate::livepatch::{self, Function, Object, Patch};
+use crate::thread;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::hint::black_box;
+use core::sync::atomic::{AtomicBool, Ordering};
 use macros::livepatchable;
 
 macro_rules! targets {
@@ -81,4 +86,67 @@ pub fn measure(
     livepatch::disable("bench-hundred").expect("enabled");
     livepatch::remove("bench-hundred").expect("disabled");
     (per_call_difference(patched, direct), enable_one, enable_hundred)
+}
+
+/// Enables and disables averaged by `enable_disable_under_load`.
+const HAMMERED_ROUNDS: u64 = 20;
+/// Calls of the patched function by a caller thread between two H_CONFERs.
+const CALLS_PER_CONFER: u64 = 100;
+
+/// Guest instructions of one run of `body`, interrupts masked, as
+/// `bench::measured`; None if this CPU took a timer interrupt meanwhile
+/// (waiting for the other CPUs cedes, and the tick may come then).
+fn without_a_tick(body: &mut dyn FnMut()) -> Option<u64> {
+    let _masked = crate::arch::interrupts::disable();
+    let ticks_before = crate::time::ticks_here();
+    let start = timebase();
+    body();
+    let elapsed = timebase() - start;
+    (crate::time::ticks_here() == ticks_before).then(|| super::bench::instructions(elapsed))
+}
+
+/// (enable, disable) of a one-function patch, each in guest instructions of
+/// one whole operation averaged over `HAMMERED_ROUNDS`, while a thread on
+/// every other CPU calls the patched function in a loop (conferring its
+/// CPU every `CALLS_PER_CONFER` calls). Under `-icount` with round-robin
+/// TCG the figure is elapsed virtual time: the callers' instructions
+/// meanwhile are counted too, as is the wait for their CPUs to synchronise.
+/// A round in which a tick came is done again.
+pub fn enable_disable_under_load() -> (u64, u64) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    DONE.store(false, Ordering::SeqCst);
+    let callers: Vec<_> = online_cpus()
+        .without(smp_processor_id())
+        .iter()
+        .map(|cpu| {
+            thread::spawn_on(cpu, "bench-caller", || {
+                while !DONE.load(Ordering::Relaxed) {
+                    for _ in 0..CALLS_PER_CONFER {
+                        black_box(target_000(black_box(1)));
+                    }
+                    // Under round-robin TCG a CPU that never stops starves
+                    // the others (arch::smp): let the next one run.
+                    confer();
+                }
+            })
+            .expect("room for a caller thread")
+        })
+        .collect();
+    livepatch::add(patch("bench-hammered", &TARGETS[..1])).expect("unique name");
+    let (mut enable, mut disable, mut rounds) = (0, 0, 0);
+    while rounds < HAMMERED_ROUNDS {
+        let enabled = without_a_tick(&mut || livepatch::enable("bench-hammered").expect("patchable"));
+        let disabled = without_a_tick(&mut || livepatch::disable("bench-hammered").expect("enabled"));
+        if let (Some(enabled), Some(disabled)) = (enabled, disabled) {
+            enable += enabled;
+            disable += disabled;
+            rounds += 1;
+        }
+    }
+    livepatch::remove("bench-hammered").expect("disabled");
+    DONE.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.join();
+    }
+    (enable / HAMMERED_ROUNDS, disable / HAMMERED_ROUNDS)
 }

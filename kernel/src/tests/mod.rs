@@ -17,6 +17,7 @@ pub mod registers;
 mod runner;
 mod scheduling;
 mod smp;
+mod smp_stress;
 mod stack;
 mod threads;
 mod trace_rings;
