@@ -79,7 +79,7 @@ fn unload_when_idle(name: &str) -> u64 {
     for busy in 0..1_000 {
         match module::unload(name) {
             Ok(()) => return busy,
-            Err(LoadError::Busy(_)) => thread::yield_now(),
+            Err(LoadError::Busy(..)) => thread::yield_now(),
             Err(other) => panic!("unload {name}: {other}"),
         }
     }
