@@ -126,14 +126,23 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     let image = build::main(&build::Options { test: true })?;
     let symbolizer = crate::symbolize::Symbolizer::new(&image);
     let filter = options.filter.as_deref().unwrap_or_default();
-    let cases = run_cases(&image, filter, "", options, &mut |line| {
+    let mut print = |line: &str| {
         println!("{line}");
         if let Some(annotation) = symbolizer.as_ref().and_then(|symbolizer| symbolizer.annotation(line)) {
             println!("{annotation}");
         }
-    });
+    };
+    let cases = run_cases(&image, filter, "", qemu::DEFAULT_CPUS, options, &mut print);
     tally.passed += cases.passed.len();
     cases.failed.iter().for_each(|(name, reason)| tally.failed.push(format!("{name}: {reason}")));
+    // The suite again on one CPU, where the scheduler, the grace periods and
+    // text patching take their one-CPU paths; the kernel leaves out the
+    // cases that need another CPU (`ktest::NEED_SEVERAL_CPUS`), and the
+    // isolated cases run once, above.
+    println!("=== kernel tests on one CPU ===");
+    let one = run_cases(&image, filter, "ktest.skip_isolated", 1, options, &mut print);
+    tally.passed += one.passed.len();
+    one.failed.iter().for_each(|(name, reason)| tally.failed.push(format!("{name} (one CPU): {reason}")));
     for (name, verdict) in parallel(&cases.isolated, |name| isolated(&image, name, options)) {
         tally.record(&name, &verdict);
     }
@@ -169,7 +178,14 @@ struct Cases {
 /// when a boot ends early (a case hung past its deadline, crashed the
 /// kernel, or the boot timed out), the case it was running fails and a fresh
 /// boot runs the cases after it. Every console line goes to `on_line`.
-fn run_cases(image: &Path, filter: &str, extra: &str, options: &Options, on_line: &mut dyn FnMut(&str)) -> Cases {
+fn run_cases(
+    image: &Path,
+    filter: &str,
+    extra: &str,
+    cpus: u32,
+    options: &Options,
+    on_line: &mut dyn FnMut(&str),
+) -> Cases {
     let mut cases = Cases::default();
     let mut after: Option<String> = None;
     loop {
@@ -177,11 +193,8 @@ fn run_cases(image: &Path, filter: &str, extra: &str, options: &Options, on_line
         if let Some(name) = &after {
             append.push_str(&format!(" ktest.after={name}"));
         }
-        let machine = Machine {
-            append,
-            cpus: qemu::DEFAULT_CPUS,
-            ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"])
-        };
+        let machine =
+            Machine { append, cpus, ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"]) };
         let mut report = Report::default();
         let outcome = machine.command().and_then(|mut qemu| {
             qemu::boot(&mut qemu, None, Duration::from_secs(options.timeout), |line| {
@@ -245,7 +258,8 @@ const RUNNER_SELFTEST: &str = "runner_selftest";
 /// case whose secondary CPU panics must end its boot with that one report
 /// (no panic of the boot CPU's thread after it), and every case must be counted.
 fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) -> Result<(), String> {
-    let cases = run_cases(image, RUNNER_SELFTEST, "ktest.selftest ktest.deadline=2", options, &mut |line| {
+    let extra = "ktest.selftest ktest.deadline=2";
+    let cases = run_cases(image, RUNNER_SELFTEST, extra, qemu::DEFAULT_CPUS, options, &mut |line| {
         output.push(line.to_string())
     });
     let short = |name: &String| name.rsplit("::").next().unwrap_or(name).to_string();
