@@ -85,6 +85,32 @@ struct Thread {
 }
 
 impl Thread {
+    /// A thread record with its stack at `stack_base` (owned when `stack` is
+    /// Some), in `state`, on no CPU yet, free to run anywhere, not detached:
+    /// callers change what differs with `..Thread::new(..)`.
+    fn new(
+        name: String,
+        state: State,
+        stack: Option<Stack>,
+        stack_base: u64,
+        return_stack: Box<ReturnStack>,
+    ) -> Thread {
+        Thread {
+            name,
+            state,
+            stack,
+            return_stack,
+            stack_base,
+            joiner: None,
+            detached: false,
+            switches: 0,
+            passes: 0,
+            running_on: None,
+            last_cpu: smp_processor_id(),
+            affinity: None,
+        }
+    }
+
     /// Changes the state, mirrored into thread_info for the debugger.
     /// Always inlined (a method cannot be `#[notrace]`): the scheduler's
     /// timer path calls it, and it must have no ftrace site of its own.
@@ -261,18 +287,8 @@ pub fn init() {
     }
     crate::debug::thread_created(base);
     let main = Box::new(Thread {
-        name: String::from("main"),
-        state: State::Running,
-        stack: None,
-        return_stack,
-        stack_base: base,
-        joiner: None,
-        detached: false,
-        switches: 0,
-        passes: 0,
         running_on: Some(smp_processor_id()),
-        last_cpu: smp_processor_id(),
-        affinity: None,
+        ..Thread::new(String::from("main"), State::Running, None, base, return_stack)
     });
     let mut threads = BTreeMap::new();
     threads.insert(BOOT_THREAD, main);
@@ -398,18 +414,9 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
         scheduler.threads.insert(
             id,
             Box::new(Thread {
-                name,
-                state: State::Ready,
-                stack_base: stack.base(),
-                stack: Some(stack),
-                return_stack,
-                joiner: None,
-                detached: false,
-                switches: 0,
-                passes: 0,
-                running_on: None,
                 last_cpu: affinity.unwrap_or(smp_processor_id()),
                 affinity,
+                ..Thread::new(name, State::Ready, Some(stack), base, return_stack)
             }),
         );
         // Room for every thread in the queue, so that queueing on the timer

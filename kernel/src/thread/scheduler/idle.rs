@@ -35,18 +35,11 @@ pub unsafe fn add_idle(cpu: usize, base: u64) {
         scheduler.threads.insert(
             id,
             Box::new(Thread {
-                name,
-                state: State::Running,
-                stack: None,
-                return_stack,
-                stack_base: base,
-                joiner: None,
                 detached: true,
-                switches: 0,
-                passes: 0,
                 running_on: Some(cpu),
                 last_cpu: cpu,
                 affinity: Some(cpu),
+                ..Thread::new(name, State::Running, None, base, return_stack)
             }),
         );
         scheduler.current[cpu] = id;
