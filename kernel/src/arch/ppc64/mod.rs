@@ -13,7 +13,7 @@
 //! - `openfirmware`: the Open Firmware client interface, used once to flatten the device tree.
 //! - `registers`: MSR bits, timebase, decrementer, r1, r2 and r13 (the per-CPU area).
 //! - `rtas`: RTAS calls (power off, os-term, start-cpu).
-//! - `smp`: starting the other CPUs, their idle loop, IPIs, `smp_call_function`, the text patching's cross-CPU step.
+//! - `smp`: starting the other CPUs, the idle wait, IPIs (reschedule, `smp_call_function`), `stop_machine`, the text patching's cross-CPU step.
 //! - `text`: the one way to change kernel text: check, write, flush.
 //! - `thread_info`: the block at the base of every thread stack, and the stack bounds.
 //! - `vectors`: the exception vector slots written at boot, and the vector numbers.
