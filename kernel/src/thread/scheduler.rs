@@ -410,6 +410,8 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
         info.saved_stack_pointer = saved_stack_pointer;
         set_name(info, &name);
     }
+    // Listed for the debugger before it can run (and end) on another CPU.
+    crate::debug::thread_created(base);
     with_scheduler(|scheduler| {
         scheduler.threads.insert(
             id,
@@ -425,7 +427,6 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
         scheduler.ready.reserve(room);
         scheduler.enqueue(id);
     });
-    crate::debug::thread_created(base);
     Some(JoinHandle { id })
 }
 
