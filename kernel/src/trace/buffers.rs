@@ -7,10 +7,13 @@ pub use portable::trace_ring::Event;
 use portable::trace_ring::{TraceRing, lost_line, merge_by_time};
 
 /// One `portable::trace_ring::TraceRing` per CPU. A handler writes only its
-/// own CPU's ring, under the tracer's recursion guard (so an interrupt on the
-/// same CPU skips instead of interleaving), never preempted there (the timer
-/// does not preempt inside ftrace: `arch::ftrace::in_ftrace`): one writer
-/// per ring, which takes no lock. Readers on any CPU copy without stopping
+/// own CPU's ring, never preempted or moved there (the timer does not
+/// preempt inside ftrace: `arch::ftrace::in_ftrace`), so one writer per ring,
+/// which takes no lock, as long as nothing else on that CPU writes in the
+/// middle of a push: the timer tick runs on the thread's stack under the
+/// thread's own recursion guard (a nested traced call skips), and every
+/// other interrupt runs no traced code (IPI handlers and reports are
+/// `#[notrace]`: `tests::smp::nothing_an_ipi_handler_or_a_report_runs_has_an_ftrace_site`). Readers on any CPU copy without stopping
 /// it and drop what it overwrote meanwhile (the ring's validation), so they
 /// need neither a lock nor interrupts off.
 pub struct PerCpuBuffers<T, const WORDS: usize, const SLOTS: usize>([TraceRing<T, WORDS, SLOTS>; MAX_CPUS]);

@@ -142,10 +142,16 @@ pub extern "C" fn ftrace_return_to_handler() -> u64 {
     if info.graph_depth == 0 || info.graph_stack == 0 {
         panic!("function graph: return with an empty return stack");
     }
-    info.graph_depth -= 1;
-    let depth = info.graph_depth as usize;
+    let depth = info.graph_depth as usize - 1;
     // Safety: as in ftrace_graph_entry.
     let entry = unsafe { (*(info.graph_stack as *const ReturnStack)).0[depth] };
+    // The entry is read before the depth drops (Linux's
+    // `ftrace_pop_return_trace` order): until then the real return address
+    // is still on the return stack, where the unload scan and the debugger
+    // look (`module::busy` visits the entries below `graph_depth`); in
+    // between it is in no register yet and nowhere else.
+    crate::arch::thread_info::compiler_barrier();
+    info.graph_depth = depth as u64;
     if info.trace_recursion == 0 {
         info.trace_recursion = 1;
         let duration = now - entry.entry_timebase;
