@@ -14,6 +14,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 mod isolation;
 mod watchdog;
 
+pub use watchdog::DEFAULT_SECONDS as DEFAULT_DEADLINE_SECONDS;
 pub use watchdog::check as watchdog_check;
 
 /// The word in the names of the runner's own self-test cases (tests/runner.rs).

@@ -47,6 +47,9 @@ struct Worker {
 
 /// Starts `WORKERS_PER_CPU` threads pinned to each online CPU, each running `work(cpu)`.
 fn on_every_cpu(name: &str, work: fn(usize)) -> Vec<Worker> {
+    let limit = crate::ktest::DEFAULT_DEADLINE_SECONDS + 5;
+    let until = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(limit * 1000);
+    WORKERS_UNTIL.store(until, Ordering::Relaxed);
     online_cpus()
         .iter()
         .flat_map(|cpu| (0..WORKERS_PER_CPU).map(move |_| cpu))
@@ -70,6 +73,17 @@ fn check_cpu(cpu: usize, wrong: &AtomicU64) {
     if smp_processor_id() != cpu {
         wrong.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// When workers stop on their own, whatever their flag says: a test that
+/// fails ends its thread without setting the flag (panics do not unwind), and
+/// workers spinning on every CPU would spoil every case after it. Set by
+/// `on_every_cpu` to a little past the watchdog's deadline.
+static WORKERS_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a worker goes on: its test has not said stop, and its time is not up.
+fn keep_going(done: &AtomicBool) -> bool {
+    !done.load(Ordering::SeqCst) && crate::arch::registers::timebase() < WORKERS_UNTIL.load(Ordering::Relaxed)
 }
 
 /// Unloads `name`, retrying while a thread (on any CPU) may still be inside
@@ -116,7 +130,7 @@ static STRESS_CALLS_ON: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MA
 fn call_patched_functions(cpu: usize) {
     check_cpu(cpu, &STRESS_WRONG);
     let mut value = cpu as u64 + 1;
-    while !STRESS_DONE.load(Ordering::SeqCst) {
+    while keep_going(&STRESS_DONE) {
         value = value.wrapping_add(7) % 1000 + 1;
         match stressed_original(black_box(value)) {
             result if result == value * 2 => STRESS_OLD.fetch_add(1, Ordering::Relaxed),
@@ -258,7 +272,7 @@ static COUNTING: FtraceOps = FtraceOps::new("smp-stress-counting", count_cpu, Op
 fn call_traced_functions(cpu: usize) {
     check_cpu(cpu, &TOGGLE_WRONG);
     let mut value = cpu as u64;
-    while !TOGGLE_DONE.load(Ordering::SeqCst) {
+    while keep_going(&TOGGLE_DONE) {
         value = value.wrapping_add(1);
         if toggled_top(black_box(value)) != (value ^ 0x5a) + ((value + 1) ^ 0x5a) {
             TOGGLE_WRONG.fetch_add(1, Ordering::SeqCst);
@@ -293,8 +307,11 @@ fn tracers_toggled_100_times_while_every_cpu_calls_traced_functions() {
         trace::function::stop().expect("on");
         trace::unregister(&COUNTING).expect("registered");
         // unregister returns once no CPU can be inside the handler any more.
-        still_running += HANDLER_RUNNING.load(Ordering::SeqCst);
+        // The flag first, then the count (both SeqCst): a handler that began
+        // after the unregister either sees the flag down (HANDLER_LATE) or
+        // raised the count before this load, which then sees it.
         COUNTING_REGISTERED.store(false, Ordering::SeqCst);
+        still_running += HANDLER_RUNNING.load(Ordering::SeqCst);
         thread::yield_now();
     }
     TOGGLE_DONE.store(true, Ordering::SeqCst);
@@ -349,6 +366,9 @@ fn run_graphed_trees(cpu: usize) {
     GRAPH_READY.fetch_add(1, Ordering::SeqCst);
     // Every worker starts at once, so the trees on different CPUs overlap.
     while !GRAPH_GO.load(Ordering::SeqCst) {
+        if !keep_going(&AtomicBool::new(false)) {
+            return;
+        }
         thread::yield_now();
     }
     for tree in 0..TREES as u64 {
