@@ -188,15 +188,17 @@ def running_stacks(anchor):
     """{stack base: r1} of what each CPU runs now. QEMU's gdbstub shows each vCPU
     as a gdb thread (`info threads`); a kernel thread running on a CPU has its
     live r1 in that vCPU's registers, not in thread_info's saved one."""
-    selected = gdb.selected_thread()
+    selected, frame = gdb.selected_thread(), gdb.selected_frame()
     running = {}
     try:
         for vcpu in gdb.selected_inferior().threads():
             vcpu.switch()
-            stack_pointer = int(gdb.parse_and_eval("$r1"))
+            stack_pointer = int(gdb.newest_frame().read_register("r1"))
             running[stack_pointer & ~(anchor.thread_size - 1)] = stack_pointer
     finally:
+        # Back to the CPU and the frame the user had selected.
         selected.switch()
+        frame.select()
     return running
 
 

@@ -36,13 +36,16 @@ fn per_iteration(body: impl Fn()) -> Tenths {
 fn call_costs_on(cpu: usize) -> (Tenths, Tenths) {
     static LIGHT: AtomicU64 = AtomicU64::new(0);
     static PATCHED: AtomicU64 = AtomicU64::new(0);
+    LIGHT.store(0, Ordering::SeqCst);
+    PATCHED.store(0, Ordering::SeqCst);
     let measurer = thread::spawn_on(cpu, "bench-secondary", || {
         let (light, patched) = super::bench::call_costs();
         LIGHT.store(light.0, Ordering::SeqCst);
         PATCHED.store(patched.0, Ordering::SeqCst);
     })
     .expect("room for the measuring thread");
-    measurer.join();
+    // A measurement that failed (a tick in a stretch) must not print a figure.
+    assert_eq!(measurer.join(), thread::ExitStatus::Returned, "the measurement on CPU {cpu} ended early");
     (Tenths(LIGHT.load(Ordering::SeqCst)), Tenths(PATCHED.load(Ordering::SeqCst)))
 }
 
