@@ -35,9 +35,10 @@
 //! (`a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside`). Stale
 //! values only err toward "busy", and unload retries.
 use crate::arch::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
+use crate::arch::interrupts::ceded_at;
 use crate::arch::livepatch::{LivepatchFrame, entering};
 use crate::arch::registers::stack_pointer;
-use crate::arch::smp::{parked_in_cede, parked_registers, stop_machine};
+use crate::arch::smp::{parked_registers, stop_machine};
 use crate::thread::{self, LIVEPATCH_STACK_OFFSET, LiveStack, ThreadInfo};
 use crate::trace::graph::{RETURN_STACK_DEPTH, ReturnStack};
 use boot::THREAD_SIZE;
@@ -85,7 +86,7 @@ pub fn inside(memory: Range<u64>) -> Option<Holder> {
                 }
                 LiveStack::RunningOn { base, cpu } => match parked_registers(cpu) {
                     Some(registers) => {
-                        interrupted(registers, base, parked_in_cede(cpu), visit);
+                        interrupted(registers, base, visit);
                         code_addresses(base, registers.gpr[1], visit);
                     }
                     // Running, yet not parked: cannot happen while the
@@ -104,23 +105,9 @@ pub fn inside(memory: Range<u64>) -> Option<Holder> {
 
 /// Every register of an interrupted context, and the LR slot of its r1's
 /// frame (stale or not, see the module comment), if inside the stack at `base`.
-///
-/// A CPU parked while ceded in its idle loop was interrupted right after its
-/// H_CEDE's `sc 1`: there the volatile registers (r0, r3-r12, CTR) are dead
-/// (the hcall clobbers them, and its caller knows it), and they still hold
-/// whatever the thread that ran before the idle thread left in them, which
-/// may be a module address for good (an idle CPU never overwrites them).
-/// Only the non-volatile ones, r1, r2, NIP and LR are visited then.
 #[notrace]
-fn interrupted(registers: &PtRegs, base: u64, ceded: bool, visit: &mut dyn FnMut(u64)) {
-    visit(registers.nip);
-    visit(registers.link);
-    if ceded {
-        registers.gpr[1..=2].iter().chain(&registers.gpr[14..]).for_each(|&register| visit(register));
-    } else {
-        registers.gpr.iter().for_each(|&register| visit(register));
-        visit(registers.ctr);
-    }
+fn interrupted(registers: &PtRegs, base: u64, visit: &mut dyn FnMut(u64)) {
+    interrupted_registers(registers, visit);
     let slot = registers.gpr[1] + 16;
     if registers.gpr[1].is_multiple_of(8) && (base..base + THREAD_SIZE as u64 - 8).contains(&slot) {
         // Safety: an aligned word inside the thread's stack, checked above.
@@ -172,15 +159,7 @@ fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
         if is_interrupt_frame(link) && frame.address + regs_offset + size_of::<PtRegs>() as u64 <= high {
             // Safety: an InterruptFrame inside the stack, checked above.
             let regs = unsafe { &*((frame.address + regs_offset) as *const PtRegs) };
-            visit(regs.nip);
-            visit(regs.link);
-            // Every register of the interrupted context: a function in its
-            // epilogue has the return into its caller only in r0 (loaded
-            // from the slot below, LR still stale), a caller may hold a
-            // module address in any register. A stale value only makes the
-            // module look busy for a while: unload tries again.
-            regs.gpr.iter().for_each(|&register| visit(register));
-            visit(regs.ctr);
+            interrupted_registers(regs, visit);
             if entering(regs.nip) {
                 PARKED_ENTERING.fetch_add(1, Ordering::Relaxed);
             }
@@ -189,5 +168,28 @@ fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
             // busy, or hold the return address of a function whose epilogue
             // was interrupted after its frame was popped.
         }
+    }
+}
+
+/// The registers of an interrupted context that may hold a code address it
+/// will use: NIP, LR and every GPR and CTR (a function in its epilogue has
+/// the return into its caller only in r0, loaded from the slot below with LR
+/// still stale; a caller may hold a module address in any register). A
+/// stale value only makes the module look busy for a while: unload tries
+/// again. Except after H_CEDE (`arch::interrupts::ceded_at`): a context
+/// interrupted there (an idle thread) returns from a call, so its volatile
+/// registers (r0, r3-r12, CTR) are dead; they hold whatever the thread that
+/// ran before it left, maybe a module address, for as long as it idles, and
+/// would keep the module busy for good. Only r1, r2, r14-r31, NIP and LR
+/// count then.
+#[notrace]
+fn interrupted_registers(registers: &PtRegs, visit: &mut dyn FnMut(u64)) {
+    visit(registers.nip);
+    visit(registers.link);
+    if ceded_at(registers.nip) {
+        registers.gpr[1..=2].iter().chain(&registers.gpr[14..]).for_each(|&register| visit(register));
+    } else {
+        registers.gpr.iter().for_each(|&register| visit(register));
+        visit(registers.ctr);
     }
 }

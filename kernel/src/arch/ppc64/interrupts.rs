@@ -1,4 +1,4 @@
-//! Enabling and disabling external and decrementer interrupts (MSR[EE]).
+//! Enabling and disabling external and decrementer interrupts (MSR[EE]), and waiting for one (H_CEDE).
 use super::registers::{Msr, msr};
 use macros::notrace;
 
@@ -38,6 +38,54 @@ pub fn enable() {
 /// Gives the CPU to the hypervisor until the next interrupt (H_CEDE), which
 /// also enables interrupts.
 #[notrace]
+#[inline(always)]
 pub fn wait() {
-    super::hcall::hcall(super::hcall::CEDE, [0; 6]);
+    // Safety: `cede` is a function by the ABI (see the assembly below): it
+    // clobbers only what a call may.
+    unsafe { cede() };
+}
+
+unsafe extern "C" {
+    /// H_CEDE as a function of its own, so that an interrupt taken inside
+    /// it has a known NIP (`ceded_at`).
+    fn cede();
+    /// The address `cede` resumes at after its `sc 1`.
+    static cede_return: u64;
+}
+
+core::arch::global_asm!(
+    r#"
+    # cede(): H_CEDE, then return.
+    #
+    # On entry: a call by the ELFv2 ABI (r3-r12, r0, CTR, XER, CR0-1 and
+    # CR5-7 are the caller's to lose). On exit: r3 = the hcall's status; the
+    # volatile registers as the hypervisor left them. An interrupt taken
+    # while ceded resumes at .Lcede_return, where those registers are dead
+    # (the caller cannot rely on them after a call), which is what
+    # `ceded_at` tells the unload scan.
+    .text
+    .globl cede
+    .type cede, @function
+cede:
+    li      3, {cede}              # r3 = H_CEDE
+    sc      1                      # to the hypervisor: until an interrupt, with MSR[EE] on
+.Lcede_return:
+    blr
+    .size cede, . - cede
+    .pushsection .rodata.cede_return, "a"
+    .balign 8
+    .globl cede_return
+cede_return:
+    .quad .Lcede_return
+    .popsection
+    "#,
+    cede = const super::hcall::CEDE,
+);
+
+/// Whether `nip` is where `wait` (H_CEDE) resumes after an interrupt: a
+/// context interrupted there holds nothing live in its volatile registers.
+#[notrace]
+pub fn ceded_at(nip: u64) -> bool {
+    // Safety: a word the assembler wrote, never changed.
+    nip == unsafe { cede_return }
 }

@@ -103,11 +103,12 @@ pub extern "C" fn secondary_main(cpu: u64) -> ! {
 }
 
 /// The idle thread's wait: H_CEDE until an interrupt, marked ceded for the
-/// `cpus` command and the unload scan (`parked_in_cede`). Called with
+/// `cpus` command. Called with
 /// interrupts off after the test for work, so a wake-up raised since is
 /// pending and H_CEDE returns at once. A tick taken inside the cede may
 /// switch to another thread before the mark is cleared here: the scheduler
-/// clears it at every switch (`leave_cede`).
+/// clears it at every switch (`leave_cede`). (The unload scan does not go by
+/// the mark: it tells a ceded context by its NIP, `interrupts::ceded_at`.)
 #[notrace]
 pub fn idle_wait() {
     let statistics = &per_cpu().statistics;
@@ -422,12 +423,4 @@ pub fn parked_registers(cpu: usize) -> Option<&'static PtRegs> {
     let address = area(cpu).interrupted_registers.load(Ordering::Acquire);
     // Safety: a parked CPU's IPI handler keeps its PtRegs in place until released.
     (address != 0).then(|| unsafe { &*(address as *const PtRegs) })
-}
-
-/// During `stop_machine`'s action: whether CPU `cpu` was parked while ceded
-/// in its idle loop (`idle_wait`, which runs with interrupts off up to its
-/// H_CEDE, so its IPI was taken inside the hcall).
-#[notrace]
-pub fn parked_in_cede(cpu: usize) -> bool {
-    parked_registers(cpu).is_some() && area(cpu).statistics.ceded.load(Ordering::Acquire) != 0
 }
