@@ -88,6 +88,10 @@ pub enum Reason {
     GraphStackShort,
     /// Graph return stack entries that no return into `return_to_handler` used.
     GraphEntriesLeft,
+    /// The livepatch stack's top is not at the end of a frame inside the
+    /// stack, or a frame's marker was overwritten (the kernel's glue checks
+    /// it before the walk).
+    LivepatchStackCorrupt,
 }
 
 /// An unreliable stack: what was wrong, the frame the walk was at (for an

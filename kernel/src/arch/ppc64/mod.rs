@@ -13,6 +13,7 @@
 //! - `openfirmware`: the Open Firmware client interface, used once to flatten the device tree.
 //! - `registers`: MSR bits, timebase, decrementer, r1, r2 and r13 (the per-CPU area).
 //! - `rtas`: RTAS calls (power off, os-term, start-cpu).
+//! - `stacktrace`: the reliable stack walk of a thread: what each return address is, its livepatch stack.
 //! - `smp`: starting the other CPUs, their idle loop, IPIs, `smp_call_function`, the text patching's cross-CPU step.
 //! - `text`: the one way to change kernel text: check, write, flush.
 //! - `thread_info`: the block at the base of every thread stack, and the stack bounds.
@@ -32,6 +33,7 @@ pub mod percpu;
 pub mod registers;
 pub mod rtas;
 pub mod smp;
+pub mod stacktrace;
 pub mod text;
 pub mod thread_info;
 pub mod vectors;
