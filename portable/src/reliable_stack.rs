@@ -282,9 +282,14 @@ mod tests {
             Crafted::new(&frames)
         }
 
+        /// Walks the stack; fails the test on a read outside it or
+        /// misaligned, and on a read past the 1,000th (a walk that does not end).
         fn walk(&self, start: Start, livepatch_links: &[u64], graph_returns: &[u64]) -> Result<Vec<u64>, Unreliable> {
+            let reads = core::cell::Cell::new(0);
             let read = |address: u64| {
                 assert!((LOW..HIGH).contains(&address) && address.is_multiple_of(8), "read at {address:#x}");
+                reads.set(reads.get() + 1);
+                assert!(reads.get() <= 1000, "the walk does not end");
                 self.words[((address - LOW) / 8) as usize]
             };
             let stack = Stack { low: LOW, high: HIGH, outermost: OUTERMOST, livepatch_links, graph_returns };

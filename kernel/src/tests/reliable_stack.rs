@@ -1,5 +1,6 @@
 //! Tests of the reliable stack walk (`arch::stacktrace`) on real threads: the caller, a yielding thread, a preempted one, one inside a livepatch replacement, one under function_graph.
 use super::livepatch::{enable, retire};
+use crate::arch::livepatch::LivepatchFrame;
 use crate::arch::percpu::BOOT_CPU;
 use crate::arch::registers::stack_pointer;
 use crate::arch::smp::stop_machine;
@@ -7,7 +8,7 @@ use crate::arch::stacktrace::{Reason, Unreliable, walk_reliable, walk_reliable_c
 use crate::arch::thread_info::stack_bounds;
 use crate::module;
 use crate::symbols;
-use crate::thread::{self, ExitStatus, LiveStack, ThreadInfo};
+use crate::thread::{self, ExitStatus, LIVEPATCH_STACK_OFFSET, LiveStack, ThreadInfo};
 use crate::trace::graph;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -93,6 +94,50 @@ fn assert_in_order(names: &[String], functions: &[&str]) {
         positions.iter().all(Option::is_some) && positions.is_sorted(),
         "{functions:?} in this order in the walk {names:?}"
     );
+}
+
+// ---- The classifier ----------------------------------------------------------------
+
+#[ktest]
+fn the_classifier_knows_each_kind_of_return_address() {
+    use crate::arch::stacktrace::{Kind, classify};
+    let module = 0x7000_0000;
+    let module_text = |address: u64| address == module;
+    // Safety: tables the assembler wrote, never changed.
+    let (returned, thread_entries, boot_entries) = unsafe {
+        (
+            crate::arch::livepatch::livepatch_handler_windows.returned,
+            crate::arch::context::thread_start_returns,
+            boot::boot_entry_returns,
+        )
+    };
+    let handler = crate::arch::livepatch::livepatch_handler as *const () as u64;
+    // Safety: a word the assembler wrote, never changed.
+    let exception_return = unsafe { crate::arch::exceptions::exception_dispatch_return };
+    let here = the_classifier_knows_each_kind_of_return_address as *const () as u64 + 8;
+    let cases = [
+        (exception_return, Kind::ExceptionReturn),
+        (handler + returned, Kind::LivepatchReturn),
+        (handler, Kind::LivepatchWindow),
+        (handler + returned - 4, Kind::LivepatchWindow),
+        (handler + returned + 4, Kind::LivepatchWindow),
+        (crate::arch::ftrace::return_to_handler as *const () as u64, Kind::GraphReturn),
+        (crate::arch::ftrace::ftrace_caller as *const () as u64 + 4, Kind::Ftrace),
+        (crate::arch::ftrace::ftrace_regs_caller as *const () as u64 + 4, Kind::Ftrace),
+        (&raw const crate::arch::ftrace::ftrace_call as u64 + 4, Kind::Ftrace),
+        (thread_entries[0], Kind::ThreadEntry),
+        (thread_entries[1], Kind::ThreadEntry),
+        (boot_entries[0], Kind::ThreadEntry),
+        (boot_entries[1], Kind::ThreadEntry),
+        (here, Kind::Text),
+        (module, Kind::Text),
+        (module + 4, Kind::Unknown),
+        (0x10, Kind::Unknown),
+        (&raw const STARTED as u64, Kind::Unknown),
+    ];
+    for (address, kind) in cases {
+        assert_eq!(classify(address, &module_text), kind, "{address:#x}");
+    }
 }
 
 // ---- The calling thread -------------------------------------------------------------
@@ -249,6 +294,51 @@ fn wait_for_parked(count: u64) {
     }
 }
 
+/// Walks the parked thread `id` (asleep in the replacement, one livepatch
+/// frame deep) with its livepatch frame's marker overwritten, then with its
+/// livepatch stack's top in the middle of that frame, putting each back
+/// before the thread could run: both walks, as (reason or Ok), in that order.
+fn corrupt_livepatch_stack(id: u64) -> (Result<(), Unreliable>, Result<(), Unreliable>) {
+    let modules = module_memory();
+    let module_text = |address: u64| modules.iter().any(|memory| memory.contains(&address));
+    let mut walks = Vec::new();
+    for corruption in [core::mem::offset_of!(LivepatchFrame, marker), 0] {
+        let walk = stop_machine(|| {
+            let (base, stack_pointer) = thread::live_stacks(stack_pointer())
+                .into_iter()
+                .find_map(|stack| match stack {
+                    // Safety: a live thread's stack base holds its thread_info.
+                    LiveStack::SwitchedOut { base, stack_pointer }
+                        if unsafe { (*(base as *const ThreadInfo)).thread_id } == id =>
+                    {
+                        Some((base, stack_pointer))
+                    }
+                    _ => None,
+                })
+                .expect("the parked thread is asleep");
+            let info = base as *mut ThreadInfo;
+            let frame = base + LIVEPATCH_STACK_OFFSET as u64;
+            // Safety: the thread is switched out and stays so while the
+            // machine is stopped; its one livepatch frame lies at `frame`,
+            // and both words are put back below before it can run.
+            unsafe {
+                let word = if corruption == 0 {
+                    &raw mut (*info).livepatch_sp
+                } else {
+                    (frame + corruption as u64) as *mut u64
+                };
+                let saved = *word;
+                *word = if corruption == 0 { saved - 8 } else { !saved };
+                let walk = walk_reliable(base, stack_pointer, &graph::return_addresses(base), &module_text);
+                *word = saved;
+                walk.map(drop)
+            }
+        });
+        walks.push(walk);
+    }
+    (walks[0], walks[1])
+}
+
 #[ktest]
 fn a_thread_inside_a_replacement_walks_reliably_through_the_livepatch_stack() {
     PARKED.store(0, Ordering::SeqCst);
@@ -261,9 +351,20 @@ fn a_thread_inside_a_replacement_walks_reliably_through_the_livepatch_stack() {
     .expect("room for a thread");
     wait_for_parked(1);
     let names = reliable_names(parked.id);
+    let (marker, misaligned) = corrupt_livepatch_stack(parked.id);
     RELEASE.store(1, Ordering::SeqCst);
     assert_eq!(parked.join(), ExitStatus::Returned);
     retire("walk-park");
+    assert_eq!(
+        marker.map_err(|unreliable| unreliable.reason),
+        Err(Reason::LivepatchStackCorrupt),
+        "a marker overwritten"
+    );
+    assert_eq!(
+        misaligned.map_err(|unreliable| unreliable.reason),
+        Err(Reason::LivepatchStackCorrupt),
+        "a top mid-frame"
+    );
     // The replacement returns into livepatch_handler; its livepatch frame
     // holds the return into the caller, which the walk reports in its place.
     assert_in_order(&names, &["parks", "parks_in_the_replacement", "calls_the_patched_function"]);
