@@ -500,6 +500,10 @@ mod tests {
         let stack =
             Crafted::chain(&[(LOW + 0x100, STALE), (LOW + 0x200, STALE), (LOW + 0x300, ENTRY), (OUTERMOST, ENTRY)]);
         assert_eq!(stack.walk(start(function(1)), &[], &[]), unreliable(Reason::NotOutermost, LOW + 0x300, ENTRY));
+        // A chain that ends (back chain 0) through the entry's return, but
+        // below the outermost frame: frames above it would be hidden.
+        let stack = Crafted::chain(&[(LOW + 0x100, STALE), (LOW + 0x200, STALE), (LOW + 0x300, ENTRY)]);
+        assert_eq!(stack.walk(start(function(1)), &[], &[]), unreliable(Reason::NotOutermost, LOW + 0x300, ENTRY));
         // The outermost frame, but its back chain is not 0.
         let stack = Crafted::new(&[(LOW + 0x100, OUTERMOST, STALE), (OUTERMOST, LOW + 0x40, STALE)]);
         assert_eq!(stack.walk(start(ENTRY), &[], &[]), unreliable(Reason::NotOutermost, OUTERMOST, ENTRY));
