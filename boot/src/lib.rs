@@ -166,6 +166,10 @@ unsafe extern "C" {
     /// Where a secondary CPU starts (the assembly below): the address RTAS
     /// `start-cpu` is given, with the CPU number as its r3.
     pub fn secondary_start();
+    /// Where the outermost frame of a thread the boot code started resumes:
+    /// after `_start`'s call of `boot_main` and after `secondary_start`'s
+    /// call of `secondary_main` (for the reliable stack walk).
+    pub static boot_entry_returns: [u64; 2];
 }
 
 /// A big-endian CPU decodes these little-endian-stored words as the byte-swapped instruction.
@@ -286,6 +290,7 @@ _start:
     mr      4, 14                 # arg 2: initrd start
     mr      5, 15                 # arg 3: initrd size
     bl      {boot_main}           # never returns
+.Lboot_main_called:               # the boot thread's outermost frame resumes here (boot_entry_returns)
 5:  b       5b
     .size _start, . - _start
 
@@ -331,12 +336,27 @@ secondary_start:
     li      0, 0
     std     0, 0(1)               # back chain = 0
     bl      {secondary_main}      # secondary_main(r3 = CPU number): never returns
+.Lsecondary_main_called:          # an idle thread's outermost frame resumes here (boot_entry_returns)
 7:  li      3, 0xe4               # r3 = H_CONFER
     li      4, -1                 # r4 = every other CPU
     li      5, 0                  # r5 = no dispatch count
     sc      1
     b       7b
     .size secondary_start, . - secondary_start
+
+    # Where the outermost frame of the threads the boot code starts (the boot
+    # thread, and every other CPU's idle thread) resumes: the reliable stack
+    # walk's end. As data, so the labels stay local and backtraces keep
+    # naming these addresses _start and secondary_start.
+    .pushsection .rodata.boot_entry_returns, "a"
+    .balign 8
+    .globl boot_entry_returns
+    .type boot_entry_returns, @object
+boot_entry_returns:
+    .quad   .Lboot_main_called
+    .quad   .Lsecondary_main_called
+    .size boot_entry_returns, . - boot_entry_returns
+    .popsection
 
     # enter_openfirmware(r3 = argument block, r4 = firmware entry) -> r3
     #

@@ -4,7 +4,8 @@
 //! formats shared by the kernel and the host tools (symbol table, BUG table, function notes),
 //! the Power ISA instruction encodings the kernel patches into its own text,
 //! the device tree code, the livepatch core's bookkeeping and planning, the
-//! ELFv2 back-chain stack walk, how the kernel publishes tables to readers
+//! ELFv2 back-chain stack walk and its strict form for the livepatch consistency model
+//! (`reliable_stack`), how the kernel publishes tables to readers
 //! that take no lock (`published`), the per-CPU trace rings and their merge
 //! (`trace_ring`), and operations on sorted lists (`sorted`).
 
@@ -26,6 +27,7 @@ pub mod instruction;
 pub mod livepatch;
 pub mod module;
 pub mod published;
+pub mod reliable_stack;
 pub mod ring;
 pub mod schedule;
 pub mod site_table;

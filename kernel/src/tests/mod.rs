@@ -14,6 +14,7 @@ mod memory;
 mod modules;
 mod quiescence;
 pub mod registers;
+mod reliable_stack;
 mod runner;
 mod scheduling;
 mod smp;

@@ -39,6 +39,23 @@ impl ReturnStack {
     }
 }
 
+/// The real return addresses on the return stack of the thread whose stack
+/// starts at `base`, oldest first (for the reliable stack walk, which finds
+/// `return_to_handler` in their place). The thread must not run meanwhile,
+/// or be the caller (this function is not traced, so it adds no entry).
+#[notrace]
+pub fn return_addresses(base: u64) -> Vec<u64> {
+    // Safety: a live thread's stack base holds its thread_info.
+    let info = unsafe { &*(base as *const crate::thread::ThreadInfo) };
+    if info.graph_stack == 0 {
+        return Vec::new();
+    }
+    // Safety: thread_info.graph_stack points at the thread's own return stack.
+    let stack = unsafe { &*(info.graph_stack as *const ReturnStack) };
+    let depth = (info.graph_depth as usize).min(RETURN_STACK_DEPTH);
+    stack.0[..depth].iter().map(|entry| entry.return_address).collect()
+}
+
 /// One recorded entry or exit.
 #[derive(Clone, Copy)]
 pub struct GraphEvent {

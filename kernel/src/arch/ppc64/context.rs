@@ -108,8 +108,23 @@ thread_start:
     mr      12, 14                  # r12 = entry (global entry point convention)
     mtctr   14
     bctrl                           # entry(argument); it never returns
+.Lthread_start_called:              # the outermost frame resumes here (thread_start_returns)
 0:  b       0b
     .size thread_start, . - thread_start
+
+    # Where a thread's outermost frame resumes: thread_start itself (the
+    # first switch_context to a new thread returns there) and the
+    # instruction after its bctrl (where the entry function would return):
+    # the reliable stack walk's end. As data, so the label stays local.
+    .pushsection .rodata.thread_start_returns, "a"
+    .balign 8
+    .globl thread_start_returns
+    .type thread_start_returns, @object
+thread_start_returns:
+    .quad   thread_start
+    .quad   .Lthread_start_called
+    .size thread_start_returns, . - thread_start_returns
+    .popsection
     "#,
     frame = const SWITCH_FRAME_SIZE,
     link = const offset_of!(SwitchFrame, link),
@@ -126,6 +141,10 @@ thread_start:
 unsafe extern "C" {
     /// Entry trampoline of new threads (assembly above).
     fn thread_start();
+    /// Where the outermost frame of a thread `copy_thread` made resumes:
+    /// `thread_start` (before its first run) and the return from its entry
+    /// function (for the reliable stack walk).
+    pub static thread_start_returns: [u64; 2];
 }
 
 /// Prepares the stack of a new thread, whose highest address is `stack_top`

@@ -326,8 +326,9 @@ ftrace_stubs_end:
 );
 
 unsafe extern "C" {
-    static ftrace_stubs_start: u8;
-    static ftrace_stubs_end: u8;
+    /// The first byte of the stubs and one past their last (`return_to_handler` is the last).
+    pub static ftrace_stubs_start: u8;
+    pub static ftrace_stubs_end: u8;
     static return_to_handler_call_return: u8;
     pub fn ftrace_caller();
     pub fn ftrace_regs_caller();
