@@ -224,12 +224,18 @@ class KernelThreads(gdb.Command):
         print("  %4s %3s %-*s %-9s %11s %9s  %s" % ("id", "cpu", width, "name", "state", "stack used", "lp depth",
                                                   "r1"))
         for base, thread in zip(bases, threads):
-            stack_pointer = running.get(base, thread["saved_sp"])
-            used = base + anchor.thread_size - stack_pointer if stack_pointer else 0
             depth = (thread["livepatch_sp"] - base - anchor.livepatch_stack_offset) // anchor.livepatch_frame_size
             marker = "*" if base == current else " "
-            print("%s %4d %3d %-*s %-9s %11d %9d  0x%x" % (marker, thread["id"], thread["cpu"], width, thread["name"],
-                                                        thread["state"], used, depth, stack_pointer))
+            if base in running or thread["state"] != "running":
+                stack_pointer = running.get(base, thread["saved_sp"])
+                used = "%d" % (base + anchor.thread_size - stack_pointer if stack_pointer else 0)
+                where = "0x%x" % stack_pointer
+            else:
+                # Running, but its CPU's r1 is elsewhere (an IPI or a report
+                # on the emergency stack): its saved r1 would be stale.
+                used, where = "-", "(its CPU is on an emergency stack)"
+            print("%s %4d %3d %-*s %-9s %11s %9d  %s" % (marker, thread["id"], thread["cpu"], width, thread["name"],
+                                                      thread["state"], used, depth, where))
         if current not in bases:
             print("(r1 0x%x is on none of these stacks: an exception's emergency stack, or the boot stack "
                   "before the scheduler)" % int(gdb.parse_and_eval("$r1")))
