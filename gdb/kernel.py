@@ -462,6 +462,11 @@ def install():
     # Addresses in x/i, info line and print as <kernel::shell::greeting+4>
     # (the name from the debug information), not as the mangled linker symbol.
     gdb.execute("set print asm-demangle on")
+    # Data pointers print as plain addresses: gdb would name them from the
+    # ELF symbol table, whose v0-mangled names carry the crate hash
+    # (`<boot[414b8c07f2a64c9c]::CPU_AREAS+160>`). The same as `cargo xtask
+    # gdb` passes on its command line, for a gdb that loads this file itself.
+    gdb.execute("set print symbol off")
     KernelThreads()
     LivepatchStack()
     LivepatchList()

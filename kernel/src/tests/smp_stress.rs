@@ -296,13 +296,28 @@ fn tracers_toggled_100_times_while_every_cpu_calls_traced_functions() {
     let cpus = online_cpus();
     assert!(cpus.len() > 1, "an SMP test needs several CPUs online; {} is", cpus.len());
     let workers = on_every_cpu("smp-traced", call_traced_functions);
+    let worker_ids: Vec<u64> = workers.iter().map(|worker| worker.id).collect();
+    let traced: [u64; 2] = [toggled_leaf as *const () as u64, toggled_top as *const () as u64];
     let mut still_running = 0;
-    for _ in 0..100 {
+    let mut copied = 0;
+    for round in 0..100 {
         COUNTING_REGISTERED.store(true, Ordering::SeqCst);
         assert_eq!(trace::register(&COUNTING, Filter::Glob(TOGGLED)).expect("traceable"), 2);
         trace::function::start(TOGGLED).expect("traceable");
         trace::graph::start(TOGGLED).expect("traceable");
         thread::yield_now();
+        if round % 10 == 0 {
+            // A copy while every CPU writes: every event is one of the workers'
+            // calls of the two traced functions, none torn or invented.
+            let recorded = trace::function::recorded();
+            for (_, event) in &recorded.events {
+                let function = trace::site_table().function_of(event.ip);
+                if !worker_ids.contains(&event.thread) || !function.is_some_and(|entry| traced.contains(&entry)) {
+                    TOGGLE_WRONG.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            copied += recorded.events.len();
+        }
         trace::graph::stop().expect("on");
         trace::function::stop().expect("on");
         trace::unregister(&COUNTING).expect("registered");
@@ -322,6 +337,7 @@ fn tracers_toggled_100_times_while_every_cpu_calls_traced_functions() {
     let seen = HANDLER_CPUS.load(Ordering::SeqCst);
     assert_eq!(seen, cpus.bits(), "calls from every CPU reached the handler: {seen:#b}");
     assert!(HANDLER_CALLS.load(Ordering::SeqCst) > 100);
+    assert!(copied > 0, "the copies taken while tracing held events");
 }
 
 // ---- 3. function_graph on every CPU at once ----------------------------------
