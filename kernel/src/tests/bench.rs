@@ -220,6 +220,63 @@ pub fn run_all() {
 
     drop(_preempt);
     report("thread_switch", measure_thread_switch(), "instructions", "one yield from a thread to another");
+    let (walk, frames) = measure_reliable_walk();
+    report(
+        "reliable_walk",
+        walk,
+        "instructions",
+        &alloc::format!(
+            "reliable stack walk of a thread switched out {frames} frames deep (the per-thread stack check of a consistency model), result list included"
+        ),
+    );
+}
+
+/// Calls itself `depth` times, then sleeps: a thread switched out with
+/// `depth` frames of this function on its stack.
+#[inline(never)]
+fn nest_then_sleep(depth: u64) -> u64 {
+    if depth == 0 {
+        thread::sleep_milliseconds(100);
+        return 0;
+    }
+    black_box(nest_then_sleep(depth - 1)) + 1
+}
+
+/// Walks of the stack of a thread asleep 8 calls deep (`arch::stacktrace`),
+/// interrupts masked, so the thread stays switched out throughout: guest
+/// instructions per walk, and the return addresses the walk found.
+fn measure_reliable_walk() -> (Tenths, usize) {
+    const WALKS: u64 = 1000;
+    let sleeper = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "bench-walked", || {
+        nest_then_sleep(8);
+    })
+    .expect("room for the walked thread");
+    let asleep =
+        |id: u64| thread::snapshot().iter().any(|summary| summary.id == id && summary.state != thread::State::Ready);
+    while !asleep(sleeper.id) {
+        thread::yield_now();
+    }
+    let (base, stack_pointer) = thread::live_stacks(0)
+        .into_iter()
+        .find_map(|stack| match stack {
+            // Safety: a live thread's stack base holds its thread_info.
+            thread::LiveStack::SwitchedOut { base, stack_pointer }
+                if unsafe { (*(base as *const thread::ThreadInfo)).thread_id } == sleeper.id =>
+            {
+                Some((base, stack_pointer))
+            }
+            _ => None,
+        })
+        .expect("the walked thread is switched out");
+    let walk = || crate::arch::stacktrace::walk_reliable(base, stack_pointer, &[], &|_| false);
+    let frames = walk().expect("a sleeping thread's stack is reliable").len();
+    let ticks = measured(|| {
+        for _ in 0..WALKS {
+            black_box(walk()).ok();
+        }
+    });
+    sleeper.join();
+    (Tenths((instructions(ticks) * 10 + WALKS / 2) / WALKS), frames)
 }
 
 /// Two threads yield to each other, both with interrupts masked (a thread
