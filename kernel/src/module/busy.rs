@@ -108,8 +108,9 @@ pub fn inside(memory: Range<u64>) -> Option<Holder> {
 #[notrace]
 fn interrupted(registers: &PtRegs, base: u64, visit: &mut dyn FnMut(u64)) {
     interrupted_registers(registers, visit);
-    let slot = registers.gpr[1] + 16;
-    if registers.gpr[1].is_multiple_of(8) && (base..base + THREAD_SIZE as u64 - 8).contains(&slot) {
+    let slot = registers.gpr[1] + boot::LINK_SAVE as u64;
+    let word = size_of::<u64>() as u64;
+    if registers.gpr[1].is_multiple_of(word) && (base..base + THREAD_SIZE as u64 - word).contains(&slot) {
         // Safety: an aligned word inside the thread's stack, checked above.
         visit(unsafe { *(slot as *const u64) });
     }

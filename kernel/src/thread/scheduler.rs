@@ -503,21 +503,34 @@ extern "C" fn kill_on_emergency_stack(kill: u64) -> ! {
     exit(ExitStatus::Killed(kill.reason))
 }
 
-/// Wakes a sleeping or joining thread. One that is still running (on another
-/// CPU, between marking itself and its `schedule`) is marked running again
-/// and never queued: queued, another CPU could switch to it while it runs.
+/// Wakes a sleeping or joining thread.
 #[notrace]
 fn make_ready(scheduler: &mut Scheduler, id: u64) {
+    let idling = scheduler.idling;
     if let Some(thread) = scheduler.threads.get_mut(&id)
         && matches!(thread.state, State::Sleeping(_) | State::Joining)
     {
-        if thread.running_on.is_some() {
-            thread.set_state(State::Running);
-        } else {
-            thread.set_state(State::Ready);
-            scheduler.enqueue(id);
-        }
+        wake(thread, id, &mut scheduler.ready, idling);
     }
+}
+
+/// Wakes `thread` (number `id`), which slept or joined. One that is still
+/// running (on another CPU, between marking itself and its `schedule`) is
+/// marked running again and never queued: queued, another CPU could switch
+/// to it while it runs. Any other is queued, and a CPU of `idling` it may
+/// run on is woken; returns that CPU. Takes the scheduler's fields apart, so
+/// that `wake_sleepers` can call it while it walks the thread table.
+#[notrace]
+#[inline(always)]
+fn wake(thread: &mut Thread, id: u64, ready: &mut VecDeque<Queued>, idling: CpuSet) -> Option<usize> {
+    if thread.running_on.is_some() {
+        thread.set_state(State::Running);
+        return None;
+    }
+    thread.set_state(State::Ready);
+    let queued = Queued { id, affinity: thread.affinity };
+    ready.push_back(queued);
+    kick_idle(idling, queued)
 }
 
 /// The running thread's number (from the per-CPU area, so that it is right
@@ -568,18 +581,10 @@ fn wake_sleepers(scheduler: &mut Scheduler, now: u64) {
     // Each idle CPU is woken for one thread: the next one woken goes to another.
     let mut idling = scheduler.idling;
     for (&id, thread) in scheduler.threads.iter_mut() {
-        if matches!(thread.state, State::Sleeping(until) if until <= now) {
-            if thread.running_on.is_some() {
-                // Still on its CPU, on its way to `schedule` (see make_ready).
-                thread.set_state(State::Running);
-            } else {
-                thread.set_state(State::Ready);
-                let queued = Queued { id, affinity: thread.affinity };
-                scheduler.ready.push_back(queued);
-                if let Some(cpu) = kick_idle(idling, queued) {
-                    idling = idling.without(cpu);
-                }
-            }
+        if matches!(thread.state, State::Sleeping(until) if until <= now)
+            && let Some(cpu) = wake(thread, id, &mut scheduler.ready, idling)
+        {
+            idling = idling.without(cpu);
         }
     }
 }
