@@ -7,7 +7,7 @@ pub use info::{
     LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, ThreadState, current_thread_info, initialise_emergency,
 };
 pub use scheduler::{
-    LiveStack, State, add_idle, current_id, init, kill_current, live_stacks, remove_idle, running_on, set_affinity,
+    LiveStack, Place, State, add_idle, patch_candidates, set_patch_states, with_switched_out, current_id, init, kill_current, live_stacks, remove_idle, running_on, set_affinity,
     sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
 };
 // Used by the in-kernel tests.

@@ -30,11 +30,13 @@ mod affinity;
 mod grace;
 mod idle;
 mod inspect;
+mod patch_state;
 
 pub use affinity::{AffinityError, set_affinity};
 pub use grace::synchronize;
 pub use idle::{add_idle, remove_idle};
 pub use inspect::{LiveStack, current_is_idle, live_stacks, running_on, snapshot};
+pub use patch_state::{Place, patch_candidates, set_patch_states, with_switched_out};
 
 /// How a thread ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +327,7 @@ impl JoinHandle {
     pub fn join(self) -> ExitStatus {
         let id = self.id;
         core::mem::forget(self);
+        crate::livepatch::safe_point();
         loop {
             let done = with_scheduler(|scheduler| {
                 let current = scheduler.current_id();
@@ -413,6 +416,11 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
     // Listed for the debugger before it can run (and end) on another CPU.
     crate::debug::thread_created(base);
     with_scheduler(|scheduler| {
+        // A thread starts with an empty stack, so it starts in the state a
+        // transition in progress moves every thread to. Under the lock: a
+        // transition that starts later sets it with every other thread.
+        // Safety: the new thread's own thread_info, not running yet.
+        unsafe { (*(base as *mut ThreadInfo)).patch_state = crate::livepatch::transition::target() };
         scheduler.threads.insert(
             id,
             Box::new(Thread {
@@ -548,11 +556,13 @@ pub fn current_id() -> u64 {
 
 /// Gives the CPU to the next ready thread, if any.
 pub fn yield_now() {
+    crate::livepatch::safe_point();
     schedule();
 }
 
 /// Sleeps at least `milliseconds`.
 pub fn sleep_milliseconds(milliseconds: u64) {
+    crate::livepatch::safe_point();
     let until = timebase() + time::milliseconds_to_timebase(milliseconds);
     with_scheduler(|scheduler| {
         scheduler.current_thread().set_state(State::Sleeping(until));

@@ -70,6 +70,9 @@ pub fn remove_idle(cpu: usize) {
 /// a wake-up sent between the test and the cede is not lost.
 pub(super) fn idle_loop() {
     loop {
+        // Woken by a livepatch transition (a reschedule IPI), the idle thread
+        // switches its patch state here: its own stack holds nothing patched.
+        crate::livepatch::safe_point();
         let waiting = {
             let _off = interrupts::disable();
             let waiting = with_scheduler(|scheduler| {
