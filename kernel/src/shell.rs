@@ -224,15 +224,18 @@ fn klp(arguments: &str) {
             klp_patchable(if name.is_empty() { "*" } else { name }).iter().for_each(|line| println!("{line}"));
             Ok(())
         }
-        "enable" if !name.is_empty() => livepatch::enable(name).map(|progress| report_transition(name, "enabled", progress)),
-        "disable" if !name.is_empty() => livepatch::disable(name).map(|progress| report_transition(name, "disabled", progress)),
+        "enable" if !name.is_empty() => {
+            livepatch::enable(name).map(|progress| report_transition(name, "enabled", progress))
+        }
+        "disable" if !name.is_empty() => {
+            livepatch::disable(name).map(|progress| report_transition(name, "disabled", progress))
+        }
         "status" => {
             klp_status().iter().for_each(|line| println!("{line}"));
             Ok(())
         }
-        "force" if !name.is_empty() => livepatch::force(name).map(|()| {
-            println!("patch '{name}': transition forced; its module can no longer be unloaded")
-        }),
+        "force" if !name.is_empty() => livepatch::force(name)
+            .map(|()| println!("patch '{name}': transition forced; its module can no longer be unloaded")),
         "load" if !name.is_empty() => {
             match module::embedded::find(name) {
                 Some(file) => match module::load(file) {

@@ -157,16 +157,18 @@ impl fmt::Display for LivepatchError {
                     Some(first) => write!(
                         formatter,
                         ", blocked by {first}{}",
-                        if blocked.len() > 1 { alloc::format!(" and {} more", blocked.len() - 1) } else { String::new() }
+                        if blocked.len() > 1 {
+                            alloc::format!(" and {} more", blocked.len() - 1)
+                        } else {
+                            String::new()
+                        }
                     ),
                     None => Ok(()),
                 }
             }
-            LivepatchError::AlreadyInTransition { patch, enabling } => write!(
-                formatter,
-                "patch '{patch}' is already being {}",
-                if *enabling { "enabled" } else { "disabled" }
-            ),
+            LivepatchError::AlreadyInTransition { patch, enabling } => {
+                write!(formatter, "patch '{patch}' is already being {}", if *enabling { "enabled" } else { "disabled" })
+            }
             LivepatchError::NoTransition(patch) => write!(formatter, "patch '{patch}' is not in transition"),
         }
     }
@@ -267,7 +269,8 @@ fn changed_code(functions: &[(u64, Stack)], id: u64, patch: &PatchState) -> Vec<
 /// progress, waiting up to `TRANSITION_WAIT_MILLISECONDS` for another
 /// patch's transition to complete first.
 fn start(name: &str, target: u64) -> Result<(), LivepatchError> {
-    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(TRANSITION_WAIT_MILLISECONDS);
+    let deadline =
+        crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(TRANSITION_WAIT_MILLISECONDS);
     loop {
         {
             let mut core = REGISTRY.lock();
@@ -310,12 +313,16 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
     // Enabling installs the stacks with the patch on top (committed at
     // once: the patch is enabled, in transition); disabling keeps the
     // stacks as they are until it completes.
-    let functions = if target == PATCHED { plan.functions().expect("enable changes the stacks") } else { core.state.functions() };
-    transition::begin(target, changed_code(functions, id, patch));
+    let functions =
+        if target == PATCHED { plan.functions().expect("enable changes the stacks") } else { core.state.functions() };
+    let code = changed_code(functions, id, patch);
+    transition::begin(target);
     if let Err(error) = redirect::apply(functions, Some(id)) {
         transition::end();
         return Err(ftrace_error(core.state.patch(name), error));
     }
+    // The marked table and every site are in place: threads may switch.
+    transition::open(target, code);
     if target == PATCHED {
         core.state.commit(plan);
     }

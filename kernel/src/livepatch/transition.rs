@@ -44,16 +44,28 @@ pub const UNPATCHED: u64 = 1;
 /// The thread runs the transitioning patch's code.
 pub const PATCHED: u64 = 2;
 
-/// The state the transition in progress moves every thread to; `UNDEFINED`
-/// when none is. Written under `SWITCH`; read without a lock by safe points
-/// (a stale value only sends them to `SWITCH` to find out) and by `spawn`
-/// under the scheduler lock, which `begin` takes after writing it.
+/// The state the transition in progress moves every thread to, once it is
+/// open (`open`: its table and sites are in place); `UNDEFINED` otherwise.
+/// Written under `SWITCH`; read without a lock by safe points (a stale value
+/// only sends them to `SWITCH` to find out).
 static TARGET: AtomicU64 = AtomicU64::new(UNDEFINED);
 
-/// The state a transition in progress moves threads to, `UNDEFINED` if none.
+/// The state a thread spawned now starts in: the initial state while a
+/// transition is being set up, the target once it is open, `UNDEFINED`
+/// outside one. Read by `spawn` under the scheduler lock, which `begin`
+/// and `open` take (`set_patch_states`, `open_for_new_threads`) after writing it.
+static NEW_THREAD_STATE: AtomicU64 = AtomicU64::new(UNDEFINED);
+
+/// The state a transition in progress moves threads to, `UNDEFINED` if none
+/// (or if it is not open yet).
 #[macros::notrace]
 pub fn target() -> u64 {
     TARGET.load(Ordering::Relaxed)
+}
+
+/// The patch state a new thread starts in (see `NEW_THREAD_STATE`).
+pub fn new_thread_state() -> u64 {
+    NEW_THREAD_STATE.load(Ordering::Relaxed)
 }
 
 /// The other state.
@@ -137,7 +149,10 @@ impl fmt::Display for Blocked {
         write!(formatter, "thread {} ({}): ", self.thread, self.name)?;
         match &self.blocker {
             Blocker::Running { cpu } => {
-                write!(formatter, "running on CPU {cpu}; switches at its next safe point (yield, sleep, klp_safe_point)")
+                write!(
+                    formatter,
+                    "running on CPU {cpu}; switches at its next safe point (yield, sleep, klp_safe_point)"
+                )
             }
             Blocker::Function { function, address } => {
                 let at = module::symbolize(*address)
@@ -153,17 +168,34 @@ impl fmt::Display for Blocked {
     }
 }
 
-/// Starts a transition to `target` that checks `code`: every thread, also
-/// one spawned meanwhile, gets the opposite state. Call before publishing
-/// the table that marks the patch's functions.
-pub(super) fn begin(target: u64, code: Vec<Code>) {
+/// Sets up a transition to `target`: every thread, also one spawned
+/// meanwhile, gets the opposite state, and none may switch yet. Call before
+/// publishing the table that marks the patch's functions; `open` once that
+/// table and the functions' ftrace sites are in place.
+///
+/// Why two steps: enabling a patch turns its functions' sites on one by one.
+/// A thread that switched before all of them were on could call new A while
+/// B's site still sends every call to old B (on another CPU, while the
+/// enabling thread is still turning sites on). Until `open`, a switched
+/// thread cannot exist.
+pub(super) fn begin(target: u64) {
+    let _switch = SWITCH.lock();
+    NEW_THREAD_STATE.store(opposite(target), Ordering::Relaxed);
+    // Under the scheduler lock, after the store: a thread spawned before
+    // gets the initial state here, one spawned after reads it itself.
+    thread::set_patch_states(opposite(target));
+}
+
+/// Lets threads switch to `target`, checking `code` (see `begin`); new
+/// threads start in the target state from now on.
+pub(super) fn open(target: u64, code: Vec<Code>) {
     let modules = module::memory_ranges();
     let mut switch = SWITCH.lock();
     *switch = Some(Check { target, code, modules });
     TARGET.store(target, Ordering::Relaxed);
-    // Under the scheduler lock, after the store: a thread spawned before
-    // gets the initial state here, one spawned after reads the target.
-    thread::set_patch_states(opposite(target));
+    // A thread spawned before this store starts in the initial state and is
+    // switched like any other (its stack is empty).
+    NEW_THREAD_STATE.store(target, Ordering::Relaxed);
 }
 
 /// Reverses the transition in progress; returns the new target. The threads
@@ -191,6 +223,7 @@ pub(super) fn end() {
     let mut switch = SWITCH.lock();
     *switch = None;
     TARGET.store(UNDEFINED, Ordering::Relaxed);
+    NEW_THREAD_STATE.store(UNDEFINED, Ordering::Relaxed);
     thread::set_patch_states(UNDEFINED);
 }
 

@@ -72,7 +72,9 @@ pub fn measure(
         black_box(replacement(black_box(1)));
     }
     livepatch::add(patch("bench-one", &TARGETS[..1])).expect("unique name");
-    let enable_one = once(&mut || { livepatch::enable("bench-one").expect("patchable"); });
+    let enable_one = once(&mut || {
+        livepatch::enable("bench-one").expect("patchable");
+    });
     let direct = loop_ticks(call_replacement);
     let patched = loop_ticks(call_original);
     assert_eq!(target_000(1), 3, "the patch is active");
@@ -80,7 +82,9 @@ pub fn measure(
     livepatch::remove("bench-one").expect("disabled");
 
     livepatch::add(patch("bench-hundred", TARGETS)).expect("unique name");
-    let enable_hundred = once(&mut || { livepatch::enable("bench-hundred").expect("patchable"); }) / TARGETS.len() as u64;
+    let enable_hundred = once(&mut || {
+        livepatch::enable("bench-hundred").expect("patchable");
+    }) / TARGETS.len() as u64;
     let results: Vec<u64> = [target_000, target_050, target_099].iter().map(|target| target(1)).collect();
     assert_eq!(results, [3, 3, 3]);
     livepatch::disable("bench-hundred").expect("enabled");
@@ -137,8 +141,12 @@ pub fn enable_disable_under_load() -> (u64, u64) {
     livepatch::add(patch("bench-hammered", &TARGETS[..1])).expect("unique name");
     let (mut enable, mut disable, mut rounds) = (0, 0, 0);
     while rounds < HAMMERED_ROUNDS {
-        let enabled = without_a_tick(&mut || { livepatch::enable("bench-hammered").expect("patchable"); });
-        let disabled = without_a_tick(&mut || { livepatch::disable("bench-hammered").expect("enabled"); });
+        let enabled = without_a_tick(&mut || {
+            livepatch::enable("bench-hammered").expect("patchable");
+        });
+        let disabled = without_a_tick(&mut || {
+            livepatch::disable("bench-hammered").expect("enabled");
+        });
         if let (Some(enabled), Some(disabled)) = (enabled, disabled) {
             enable += enabled;
             disable += disabled;

@@ -417,10 +417,11 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
     crate::debug::thread_created(base);
     with_scheduler(|scheduler| {
         // A thread starts with an empty stack, so it starts in the state a
-        // transition in progress moves every thread to. Under the lock: a
-        // transition that starts later sets it with every other thread.
+        // transition in progress moves every thread to (once it is open).
+        // Under the lock: a transition that starts later sets it with every
+        // other thread.
         // Safety: the new thread's own thread_info, not running yet.
-        unsafe { (*(base as *mut ThreadInfo)).patch_state = crate::livepatch::transition::target() };
+        unsafe { (*(base as *mut ThreadInfo)).patch_state = crate::livepatch::transition::new_thread_state() };
         scheduler.threads.insert(
             id,
             Box::new(Thread {
