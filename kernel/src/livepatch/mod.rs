@@ -248,20 +248,27 @@ fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
 /// The code a transition of patch `id` changes, from the stacks where it is
 /// topmost: each function's original code, the patch's replacement and the
 /// one below it.
-fn changed_code(functions: &[(u64, Stack)], id: u64, patch: &PatchState) -> Vec<transition::Code> {
-    let mut code = Vec::new();
+fn changed_code(functions: &[(u64, Stack)], id: u64) -> Vec<transition::Code> {
+    let modules = crate::module::memory_ranges();
+    // The originals come in entry order (the stacks are sorted by entry);
+    // the replacements, (address, original entry), are looked up once each
+    // (a patch may use one replacement for many functions).
+    let mut code = Vec::with_capacity(2 * functions.len());
+    let mut replacements: Vec<(u64, u64)> = Vec::new();
     for (entry, stack) in functions {
         if let [below @ .., (top, new)] = stack.replacements.as_slice()
             && *top == id
         {
-            let name = patch.function_at(*entry).map_or("?", |function| function.name.as_str());
-            code.push(transition::code_at(name, *entry));
-            code.push(transition::code_at(name, *new));
+            code.push(transition::code_at(*entry, *entry, &modules));
+            replacements.push((*new, *entry));
             if let Some((_, previous)) = below.last() {
-                code.push(transition::code_at(name, *previous));
+                replacements.push((*previous, *entry));
             }
         }
     }
+    replacements.sort_unstable_by_key(|(address, _)| *address);
+    replacements.dedup_by_key(|(address, _)| *address);
+    code.extend(replacements.iter().map(|(address, entry)| transition::code_at(*entry, *address, &modules)));
     code
 }
 
@@ -315,9 +322,15 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
     // stacks as they are until it completes.
     let functions =
         if target == PATCHED { plan.functions().expect("enable changes the stacks") } else { core.state.functions() };
-    let code = changed_code(functions, id, patch);
+    let code = changed_code(functions, id);
     transition::begin(target);
-    if let Err(error) = redirect::apply(functions, Some(id)) {
+    // A disable keeps the sites as they are: only the table changes.
+    let installed = if target == PATCHED {
+        redirect::apply(functions, Some(id))
+    } else {
+        Ok(redirect::publish(functions, Some(id)))
+    };
+    if let Err(error) = installed {
         transition::end();
         return Err(ftrace_error(core.state.patch(name), error));
     }
@@ -356,6 +369,17 @@ fn try_complete(core: &mut Core) {
     transition.blocked = transition::switch_threads();
     if transition.blocked.is_empty() {
         complete(core);
+    } else {
+        let mut text = alloc::format!(
+            "patch '{}' in transition to {}: {} threads block it\n",
+            transition.patch,
+            if transition::target() == PATCHED { "patched" } else { "unpatched" },
+            transition.blocked.len()
+        );
+        for blocked in &transition.blocked {
+            text.push_str(&alloc::format!("  {blocked}\n"));
+        }
+        crate::debug::transition_changed(&text);
     }
 }
 
@@ -367,7 +391,9 @@ fn complete(core: &mut Core) {
     let Some(transition) = core.transition.take() else { return };
     let name = transition.patch.as_str();
     let result = if transition::target() == PATCHED {
-        redirect::apply(core.state.functions(), None)
+        // The same functions: only the table loses its marks.
+        redirect::publish(core.state.functions(), None);
+        Ok(())
     } else {
         match core.state.plan(Operation::Disable(name)) {
             Ok(plan) => {
@@ -388,6 +414,7 @@ fn complete(core: &mut Core) {
         return;
     }
     transition::end();
+    crate::debug::transition_changed("");
     announce(&core.state, name);
 }
 

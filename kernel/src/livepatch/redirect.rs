@@ -98,22 +98,7 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
 /// is not unpatched (the others run the one below). Either all of it takes
 /// effect or, on error, nothing does. Call with preemption off.
 pub fn apply(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), FtraceError> {
-    // Sites follow their functions' entries, so this is already sorted by
-    // site, as the handler's binary search needs (checked in debug builds).
-    let pairs: Vec<Redirect> = functions
-        .iter()
-        .filter_map(|(_, stack)| match stack.replacements.as_slice() {
-            [below @ .., (patch, new)] => Some(Redirect {
-                site: stack.site,
-                new: *new,
-                previous: below.last().map_or(0, |(_, previous)| *previous),
-                transition: u64::from(Some(*patch) == transition),
-            }),
-            [] => None,
-        })
-        .collect();
-    debug_assert!(pairs.is_sorted_by_key(|redirect| redirect.site), "the redirect table is searched by site");
-    let previous = TARGETS.replace_retaining(Targets { pairs });
+    let previous = TARGETS.replace_retaining(table(functions, transition));
     let entries: Vec<u64> =
         functions.iter().filter(|(_, stack)| !stack.replacements.is_empty()).map(|(entry, _)| *entry).collect();
     let result = if entries.is_empty() {
@@ -132,4 +117,33 @@ pub fn apply(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), 
             Err(error)
         }
     }
+}
+
+/// Publishes the table for `functions` (as `apply`) when their ftrace
+/// registration stays as it is (the same functions as the table it
+/// replaces): a transition's marks come or go. Returns after the grace
+/// period of the table it replaced.
+pub fn publish(functions: &[(u64, Stack)], transition: Option<u64>) {
+    drop(TARGETS.replace_retaining(table(functions, transition)));
+}
+
+/// The handler's table for `functions`, with the functions whose topmost
+/// replacement belongs to patch `transition` marked.
+fn table(functions: &[(u64, Stack)], transition: Option<u64>) -> Targets {
+    // Sites follow their functions' entries, so this is already sorted by
+    // site, as the handler's binary search needs (checked in debug builds).
+    let pairs: Vec<Redirect> = functions
+        .iter()
+        .filter_map(|(_, stack)| match stack.replacements.as_slice() {
+            [below @ .., (patch, new)] => Some(Redirect {
+                site: stack.site,
+                new: *new,
+                previous: below.last().map_or(0, |(_, previous)| *previous),
+                transition: u64::from(Some(*patch) == transition),
+            }),
+            [] => None,
+        })
+        .collect();
+    debug_assert!(pairs.is_sorted_by_key(|redirect| redirect.site), "the redirect table is searched by site");
+    Targets { pairs }
 }

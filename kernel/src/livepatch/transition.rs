@@ -76,29 +76,38 @@ fn opposite(state: u64) -> u64 {
 /// Code a thread's stack must not hold for it to switch.
 #[derive(Clone, Debug)]
 pub struct Code {
-    /// The function it belongs to, as the patch names it.
-    pub function: String,
+    /// The global entry of the (original) function it belongs to: named from
+    /// the symbol table only when it blocks a thread, so that starting a
+    /// transition allocates no name per function.
+    pub function: u64,
     pub range: Range<u64>,
 }
 
+/// The kernel's name of the function whose entry is `entry`.
+fn function_name(entry: u64) -> String {
+    match symbols::table().and_then(|table| table.lookup(entry)) {
+        Some((symbol, _)) => String::from(symbol.name),
+        None => alloc::format!("{entry:#x}"),
+    }
+}
+
 /// The code at the function entry `address`: the kernel function's symbol,
-/// or the whole memory of the module holding it (a replacement may call
-/// helpers of its module that would otherwise not count).
-pub fn code_at(function: &str, address: u64) -> Code {
-    let range = if let Some(memory) = module::memory_ranges().into_iter().find(|memory| memory.contains(&address)) {
-        memory
+/// or the whole memory of the module holding it (`modules`: every loaded
+/// module's memory; a replacement may call helpers of its module that would
+/// otherwise not count).
+pub fn code_at(function: u64, address: u64, modules: &[Range<u64>]) -> Code {
+    let range = if let Some(memory) = modules.iter().find(|memory| memory.contains(&address)) {
+        memory.clone()
     } else {
-        match symbols::table().and_then(|table| table.lookup(address)) {
-            Some((symbol, _)) => symbol.address..symbol.address + u64::from(symbol.size.max(4)),
-            None => address..address + 4,
-        }
+        symbols::table().and_then(|table| table.extent(address)).unwrap_or(address..address + 4)
     };
-    Code { function: String::from(function), range }
+    Code { function, range }
 }
 
 /// What the checks of one transition need.
 struct Check {
     target: u64,
+    /// Sorted by start, none overlapping (`disjoint`): searched by address.
     code: Vec<Code>,
     /// The loaded modules' memory, text to the walker (refreshed each round).
     modules: Vec<Range<u64>>,
@@ -113,12 +122,31 @@ impl Check {
     fn verdict(&self, walk: Result<Vec<u64>, Unreliable>) -> Result<(), Blocker> {
         let addresses = walk.map_err(Blocker::Unreliable)?;
         for address in addresses {
-            if let Some(code) = self.code.iter().find(|code| code.range.contains(&address)) {
-                return Err(Blocker::Function { function: code.function.clone(), address });
+            // The last range starting at or below the address is the only one that can hold it.
+            let after = self.code.partition_point(|code| code.range.start <= address);
+            if let Some(code) = after.checked_sub(1).map(|index| &self.code[index])
+                && code.range.contains(&address)
+            {
+                return Err(Blocker::Function { function: function_name(code.function), address });
             }
         }
         Ok(())
     }
+}
+
+/// `code` sorted by start with overlapping ranges merged (the merged range
+/// keeps the first one's function): a 100-function patch whose
+/// replacements share a module, or one replacement, checks a few ranges.
+fn disjoint(mut code: Vec<Code>) -> Vec<Code> {
+    code.sort_unstable_by_key(|code| (code.range.start, code.range.end));
+    let mut merged: Vec<Code> = Vec::with_capacity(code.len());
+    for next in code {
+        match merged.last_mut() {
+            Some(last) if next.range.start < last.range.end => last.range.end = last.range.end.max(next.range.end),
+            _ => merged.push(next),
+        }
+    }
+    merged
 }
 
 /// Held while a thread is checked and switched, and while the transition
@@ -190,6 +218,7 @@ pub(super) fn begin(target: u64) {
 /// threads start in the target state from now on.
 pub(super) fn open(target: u64, code: Vec<Code>) {
     let modules = module::memory_ranges();
+    let code = disjoint(code);
     let mut switch = SWITCH.lock();
     *switch = Some(Check { target, code, modules });
     TARGET.store(target, Ordering::Relaxed);
