@@ -276,8 +276,8 @@ fn changed_code(functions: &[(u64, Stack)], id: u64) -> Vec<transition::Code> {
 /// progress, waiting up to `TRANSITION_WAIT_MILLISECONDS` for another
 /// patch's transition to complete first.
 fn start(name: &str, target: u64) -> Result<(), LivepatchError> {
-    let deadline =
-        crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(TRANSITION_WAIT_MILLISECONDS);
+    let started = crate::arch::registers::timebase();
+    let deadline = started + crate::time::milliseconds_to_timebase(TRANSITION_WAIT_MILLISECONDS);
     loop {
         {
             let mut core = REGISTRY.lock();
@@ -306,7 +306,7 @@ fn start(name: &str, target: u64) -> Result<(), LivepatchError> {
                 continue;
             }
         }
-        crate::thread::sleep_milliseconds(1);
+        pause_between_rounds(started);
     }
 }
 
@@ -328,7 +328,8 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
     let installed = if target == PATCHED {
         redirect::apply(functions, Some(id))
     } else {
-        Ok(redirect::publish(functions, Some(id)))
+        redirect::publish(functions, Some(id));
+        Ok(())
     };
     if let Err(error) = installed {
         transition::end();
@@ -418,11 +419,44 @@ fn complete(core: &mut Core) {
     announce(&core.state, name);
 }
 
+/// Between two rounds of checks, where the threads that block a transition
+/// must run to reach their safe points: every CPU running a blocker gets a
+/// reschedule IPI (under QEMU's round-robin TCG an IPI is what hands that
+/// vCPU its turn at once; its blocker then switches itself within
+/// microseconds and kicks this CPU back, `transition::switch_current`); then,
+/// for the first millisecond since `started`, this thread yields and confers
+/// and looks again at once; after that, it sleeps a millisecond per round.
+fn pause_between_rounds(started: u64) {
+    let running: portable::cpuset::CpuSet = REGISTRY
+        .lock()
+        .transition
+        .iter()
+        .flat_map(|transition| transition.blocked.iter())
+        .filter_map(|blocked| match blocked.blocker {
+            Blocker::Running { cpu } => Some(cpu),
+            _ => None,
+        })
+        .fold(portable::cpuset::CpuSet::EMPTY, |cpus, cpu| cpus.with(cpu));
+    for cpu in running.iter() {
+        crate::arch::smp::send_reschedule(cpu);
+    }
+    let me = crate::arch::percpu::smp_processor_id() as u64;
+    transition::WAITER.store(me + 1, core::sync::atomic::Ordering::Relaxed);
+    if crate::arch::registers::timebase() - started < crate::time::milliseconds_to_timebase(1) {
+        crate::thread::yield_now();
+        crate::arch::smp::confer();
+    } else {
+        crate::thread::sleep_milliseconds(1);
+    }
+    transition::WAITER.store(0, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// Waits up to `milliseconds` for the transition in progress to complete,
-/// checking the threads every millisecond; starts the worker that keeps
-/// retrying if it does not.
+/// checking the threads between pauses (`pause_between_rounds`); starts the
+/// worker that keeps retrying if it does not.
 pub fn wait_for_transition(milliseconds: u64) -> Progress {
-    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(milliseconds);
+    let started = crate::arch::registers::timebase();
+    let deadline = started + crate::time::milliseconds_to_timebase(milliseconds);
     loop {
         {
             let mut core = REGISTRY.lock();
@@ -444,7 +478,7 @@ pub fn wait_for_transition(milliseconds: u64) -> Progress {
                 Some(_) => {}
             }
         }
-        crate::thread::sleep_milliseconds(1);
+        pause_between_rounds(started);
     }
 }
 

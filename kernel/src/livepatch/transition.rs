@@ -289,7 +289,14 @@ pub(super) fn switch_threads() -> Vec<Blocked> {
     blocked
 }
 
-/// Checks the calling thread's own stack and switches it if it is clean.
+/// The CPU (plus one) of a thread waiting for the transition between two
+/// rounds (`livepatch::pause_between_rounds`); 0 if none. A thread that
+/// switches itself kicks it (`switch_current`).
+pub(super) static WAITER: AtomicU64 = AtomicU64::new(0);
+
+/// Checks the calling thread's own stack and switches it if it is clean;
+/// then kicks a waiter on another CPU, which may find the transition
+/// complete now (under round-robin TCG the IPI gives it its turn at once).
 pub(super) fn switch_current() -> Result<(), Blocker> {
     let switch = SWITCH.lock();
     let Some(check) = switch.as_ref() else { return Ok(()) };
@@ -303,6 +310,11 @@ pub(super) fn switch_current() -> Result<(), Blocker> {
     if verdict.is_ok() {
         // Safety: as above; only this thread runs on its stack.
         unsafe { (*info).patch_state = check.target };
+        let waiter = WAITER.load(Ordering::Relaxed);
+        let me = crate::arch::percpu::smp_processor_id() as u64;
+        if waiter != 0 && waiter - 1 != me {
+            crate::arch::smp::send_reschedule((waiter - 1) as usize);
+        }
     }
     verdict
 }

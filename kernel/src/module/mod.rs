@@ -170,9 +170,14 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
     Ok(Patch { name: linked.description.name.clone(), objects: alloc::vec![Object { module: None, functions }] })
 }
 
-/// How long `unload` waits for the patch's disable transition, and then
-/// for a thread still inside the module to leave it.
+/// How long `unload` waits for the patch's disable transition.
 pub const UNLOAD_WAIT_MILLISECONDS: u64 = 200;
+/// How long it then retries the final scan while it finds a thread inside
+/// the module. The scan is conservative (every register and the LR slot
+/// of a preempted thread count, stale or not), so it can see a module
+/// address that a preempted caller left behind in a dead register or an
+/// unused slot until that thread runs again; 50 ms is many time slices.
+pub const BUSY_WAIT_MILLISECONDS: u64 = 50;
 
 /// Disables a module's patch, waits until its disable transition is
 /// complete and no thread is inside the module, and frees its memory.
@@ -216,7 +221,7 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
     {
         return Err(LoadError::InTransition(String::from(name), blocked));
     }
-    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(UNLOAD_WAIT_MILLISECONDS);
+    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(BUSY_WAIT_MILLISECONDS);
     let module = loop {
         {
             let _preempt = crate::thread::preempt_disable();
@@ -238,7 +243,14 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
                 Some(_) => {}
             }
         }
-        crate::thread::sleep_milliseconds(1);
+        // The holder must run to leave (or to overwrite a stale value): kick
+        // every other CPU (under round-robin TCG an IPI hands that vCPU its
+        // turn), give up this one, and look again.
+        for cpu in crate::arch::percpu::online_cpus().without(crate::arch::percpu::smp_processor_id()).iter() {
+            crate::arch::smp::send_reschedule(cpu);
+        }
+        crate::thread::yield_now();
+        crate::arch::smp::confer();
     };
     crate::debug::module_unloaded(module.memory.address());
     crate::thread::synchronize();

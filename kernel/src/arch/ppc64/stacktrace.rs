@@ -56,6 +56,12 @@ unsafe extern "C" {
     static __text_end: u8;
 }
 
+/// Whether `address` lies in the kernel's text (`__kernel_start` up to `__text_end`).
+#[notrace]
+pub fn is_kernel_text(address: u64) -> bool {
+    (&raw const __kernel_start as u64..&raw const __text_end as u64).contains(&address)
+}
+
 /// What the return address `address` is (see the module comment).
 #[notrace]
 pub fn classify(address: u64, module_text: &dyn Fn(u64) -> bool) -> Kind {
