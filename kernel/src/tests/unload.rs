@@ -217,6 +217,11 @@ fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_fre
     );
     assert_eq!(WRONG.load(Ordering::SeqCst), 0, "every call returned one of the two greetings");
     assert!(PROBED_CALLS.load(Ordering::SeqCst) > 30, "the probe put callers at the window");
+    // The model says more than the scan did: once the disable transition
+    // completed, every caller had been seen (reliably) outside the module
+    // and gets the original from then on, so the final scan never finds one
+    // inside or about to enter it.
+    assert_eq!(busy, 0, "the final scan found a caller in the module after the disable transition completed");
     assert!(module::summaries().is_empty());
 }
 
@@ -328,6 +333,60 @@ fn a_thread_inside_one_module_stalls_only_that_modules_unload_until_it_leaves() 
     let _ = module::unload("ten");
     assert!(ten.is_ok(), "a thread inside another module and one inside a built-in patch do not block 'ten': {ten:?}");
     assert!(counter_after.is_ok(), "once that thread left: {counter_after:?}");
+    assert!(module::summaries().is_empty());
+}
+
+/// The final scan (`busy::inside`) still has a case of its own: a thread
+/// that entered the module by a pointer it was handed, not through the
+/// patch. The patch is disabled first (its transition completes: nobody is
+/// inside yet); then a thread calls the module's `counter_greeting`
+/// directly and parks below it. Unloading finds no transition to wait for,
+/// and the scan finds the thread: `Busy`, naming it and an address in the
+/// module, which stays loaded and intact; once the thread left, it unloads.
+#[ktest]
+fn a_thread_that_entered_a_module_by_pointer_after_its_patch_was_disabled_makes_it_busy() {
+    static HOLDER: AtomicU64 = AtomicU64::new(0);
+    PARKED.store(0, Ordering::SeqCst);
+    RELEASE.store(0, Ordering::SeqCst);
+    module::load(embedded("counter")).expect("counter loads");
+    enable_kernel_patch("park", "klp_uptime_ticks", parked_uptime_ticks as *const () as u64);
+    let replacement = livepatch::list()
+        .into_iter()
+        .find(|patch| patch.name == "counter")
+        .and_then(|patch| patch.functions.into_iter().next())
+        .map(|function| function.new)
+        .expect("the counter patch replaces kernel::shell::greeting");
+    assert!(matches!(livepatch::disable("counter"), Ok(livepatch::Progress::Complete)), "nobody is inside yet");
+    // Safety: `counter_greeting`, a `fn() -> &'static str` of the loaded
+    // module (its global entry sets up the module's TOC from r12).
+    let by_pointer: fn() -> &'static str = unsafe { core::mem::transmute(replacement as usize) };
+    let holder = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "by-pointer", move || {
+        HOLDER.store(thread::current_id(), Ordering::SeqCst);
+        assert_eq!(by_pointer(), COUNTER_GREETING);
+    })
+    .expect("room for a thread");
+    wait_for_parked(1);
+    let memory = module::summaries()
+        .into_iter()
+        .find(|(name, ..)| name == "counter")
+        .map(|(_, address, size, _)| address..address + size as u64)
+        .expect("counter is loaded");
+    let first = module::unload("counter");
+    match &first {
+        Err(LoadError::Busy(name, holder)) => {
+            assert_eq!(name, "counter");
+            assert_eq!(holder.thread, HOLDER.load(Ordering::SeqCst), "the thread inside is named: {holder:?}");
+            assert!(memory.contains(&holder.address), "with an address inside the module: {holder:?}");
+        }
+        other => panic!("the final scan finds the thread inside the module: {other:?}"),
+    }
+    assert_eq!(module::memory_ranges(), vec![memory.clone()], "the module stays loaded");
+    assert_unpoisoned(memory);
+    RELEASE.store(1, Ordering::SeqCst);
+    assert_eq!(holder.join(), ExitStatus::Returned);
+    let after = module::unload("counter");
+    retire("park");
+    assert!(after.is_ok(), "once the thread left: {after:?}");
     assert!(module::summaries().is_empty());
 }
 
