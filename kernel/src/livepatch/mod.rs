@@ -112,6 +112,11 @@ pub enum LivepatchError {
     AlreadyInTransition { patch: String, enabling: bool },
     /// `force`/`status` with no transition in progress (or of another patch).
     NoTransition(String),
+    /// `remove` of a patch whose transition was forced: a thread may still run its code.
+    Forced(String),
+    /// `force`: every thread was switched, but completing failed (the text
+    /// patching of the final table); the transition stays, retried.
+    ForceIncomplete(String),
 }
 
 impl fmt::Display for LivepatchError {
@@ -170,6 +175,14 @@ impl fmt::Display for LivepatchError {
                 write!(formatter, "patch '{patch}' is already being {}", if *enabling { "enabled" } else { "disabled" })
             }
             LivepatchError::NoTransition(patch) => write!(formatter, "patch '{patch}' is not in transition"),
+            LivepatchError::Forced(patch) => write!(
+                formatter,
+                "patch '{patch}' was forced: a thread may still run its code, so it stays (and its module with it)"
+            ),
+            LivepatchError::ForceIncomplete(patch) => write!(
+                formatter,
+                "patch '{patch}': every thread was switched, but completing the transition failed; it is retried"
+            ),
         }
     }
 }
@@ -238,6 +251,10 @@ fn announce(state: &State, name: &str) {
 fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
     let name = operation.patch_name();
     let mut core = REGISTRY.lock();
+    // Under the same lock as the commit: a force completing meanwhile is seen.
+    if matches!(operation, Operation::Remove(_)) && core.forced.iter().any(|forced| forced == name) {
+        return Err(LivepatchError::Forced(String::from(name)));
+    }
     let plan = core.state.plan(operation)?;
     debug_assert!(plan.functions().is_none(), "enable and disable go through a transition");
     core.state.commit(plan);
@@ -523,8 +540,13 @@ pub fn force(name: &str) -> Result<(), LivepatchError> {
         _ => return Err(LivepatchError::NoTransition(String::from(name))),
     }
     transition::force();
-    core.forced.push(String::from(name));
+    if !core.forced.iter().any(|forced| forced == name) {
+        core.forced.push(String::from(name));
+    }
     complete(&mut core);
+    if core.transition.is_some() {
+        return Err(LivepatchError::ForceIncomplete(String::from(name)));
+    }
     Ok(())
 }
 
@@ -611,7 +633,8 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
     carry_out(Operation::Add { name: &patch.name, functions })
 }
 
-/// Removes a disabled patch.
+/// Removes a disabled patch; never one that was forced (a thread may still
+/// run its code: its replacements, and its module, stay).
 pub fn remove(name: &str) -> Result<(), LivepatchError> {
     carry_out(Operation::Remove(name))
 }

@@ -80,7 +80,7 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
             // wrote before publishing it (see the module comment).
             let info = crate::arch::registers::per_cpu().current_thread as *const crate::thread::ThreadInfo;
             // Safety: the running thread's stack base holds its thread_info.
-            if unsafe { (*info).patch_state } == super::transition::UNPATCHED {
+            if unsafe { core::ptr::read_volatile(&raw const (*info).patch_state) } == super::transition::UNPATCHED {
                 target = redirect.previous;
                 if target == 0 {
                     // The original code: the call goes on into the traced function.

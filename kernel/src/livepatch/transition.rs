@@ -18,7 +18,8 @@
 //! - a thread whose stack cannot be walked reliably (an exception frame
 //!   from a preemption, a stub or handler window) is never switched: it is
 //!   retried later;
-//! - new threads start in the target state (their stack is empty);
+//! - a new thread starts in its spawner's state (Linux's `klp_copy_process`):
+//!   its closure is the spawner's code; it switches at its first safe point;
 //! - when every live thread is in the target state, the transition ends
 //!   (`livepatch::complete`): the table without marks is published, a grace
 //!   period passes, and only then are the states cleared (`end`).
@@ -50,22 +51,11 @@ pub const PATCHED: u64 = 2;
 /// only sends them to `SWITCH` to find out).
 static TARGET: AtomicU64 = AtomicU64::new(UNDEFINED);
 
-/// The state a thread spawned now starts in: the initial state while a
-/// transition is being set up, the target once it is open, `UNDEFINED`
-/// outside one. Read by `spawn` under the scheduler lock, which `begin`
-/// and `open` take (`set_patch_states`, `open_for_new_threads`) after writing it.
-static NEW_THREAD_STATE: AtomicU64 = AtomicU64::new(UNDEFINED);
-
 /// The state a transition in progress moves threads to, `UNDEFINED` if none
 /// (or if it is not open yet).
 #[macros::notrace]
 pub fn target() -> u64 {
     TARGET.load(Ordering::Relaxed)
-}
-
-/// The patch state a new thread starts in (see `NEW_THREAD_STATE`).
-pub fn new_thread_state() -> u64 {
-    NEW_THREAD_STATE.load(Ordering::Relaxed)
 }
 
 /// The other state.
@@ -208,23 +198,18 @@ impl fmt::Display for Blocked {
 /// thread cannot exist.
 pub(super) fn begin(target: u64) {
     let _switch = SWITCH.lock();
-    NEW_THREAD_STATE.store(opposite(target), Ordering::Relaxed);
-    // Under the scheduler lock, after the store: a thread spawned before
-    // gets the initial state here, one spawned after reads it itself.
+    // Under the scheduler lock: a thread spawned meanwhile is either in the
+    // table here, or copies its spawner's state, set here (`spawn_pinned`).
     thread::set_patch_states(opposite(target));
 }
 
-/// Lets threads switch to `target`, checking `code` (see `begin`); new
-/// threads start in the target state from now on.
+/// Lets threads switch to `target`, checking `code` (see `begin`).
 pub(super) fn open(target: u64, code: Vec<Code>) {
     let modules = module::memory_ranges();
     let code = disjoint(code);
     let mut switch = SWITCH.lock();
     *switch = Some(Check { target, code, modules });
     TARGET.store(target, Ordering::Relaxed);
-    // A thread spawned before this store starts in the initial state and is
-    // switched like any other (its stack is empty).
-    NEW_THREAD_STATE.store(target, Ordering::Relaxed);
 }
 
 /// Reverses the transition in progress; returns the new target. The threads
@@ -252,7 +237,6 @@ pub(super) fn end() {
     let mut switch = SWITCH.lock();
     *switch = None;
     TARGET.store(UNDEFINED, Ordering::Relaxed);
-    NEW_THREAD_STATE.store(UNDEFINED, Ordering::Relaxed);
     thread::set_patch_states(UNDEFINED);
 }
 
@@ -329,7 +313,7 @@ fn switch_switched_out(id: u64) -> Result<(), Blocker> {
         if verdict.is_ok() {
             // Safety: a live thread's thread_info; it stays switched out
             // until the scheduler lock is released, after this store.
-            unsafe { (*(base as *mut ThreadInfo)).patch_state = check.target };
+            unsafe { core::ptr::write_volatile(&raw mut (*(base as *mut ThreadInfo)).patch_state, check.target) };
         }
         verdict
     });

@@ -32,6 +32,9 @@ pub struct LoadedModule {
     pub name: String,
     pub memory: ModuleMemory,
     pub linked: LinkedModule,
+    /// Set while `load` enables its patch: `unload` leaves it alone until
+    /// `load` has finished (and, if the enable failed, taken it back).
+    pub loading: bool,
 }
 
 /// Loaded modules, for `klp list`, unloading and the debugger.
@@ -128,8 +131,12 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     crate::debug::klp_debug_module_event();
     // Listed before its patch is enabled: the transition counts the module's
     // whole memory as the patch's code, and the stack walker knows it as text.
-    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked });
-    if let Err(error) = livepatch::enable(&name) {
+    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked, loading: true });
+    let enabled = livepatch::enable(&name);
+    if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
+        module.loading = false;
+    }
+    if let Err(error) = enabled {
         let memory = {
             let mut modules = MODULES.lock();
             let position = modules.iter().position(|module| module.name == name).expect("pushed above");
@@ -198,11 +205,12 @@ pub const BUSY_WAIT_MILLISECONDS: u64 = 50;
 /// into the module just before gets its time slice first. A module whose
 /// patch was forced is never unloaded (`Forced`).
 pub fn unload(name: &str) -> Result<(), LoadError> {
+    // A module `load` is still enabling counts as not loaded yet.
     let memory_of = |name: &str| {
         MODULES
             .lock()
             .iter()
-            .find(|module| module.name == name)
+            .find(|module| module.name == name && !module.loading)
             .map(|module| module.memory.address()..module.memory.address() + module.memory.size() as u64)
             .ok_or_else(|| LoadError::NotLoaded(String::from(name)))
     };
@@ -228,8 +236,12 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
             let memory = memory_of(name)?;
             match busy::inside(memory) {
                 None => {
-                    // Refused if the patch was enabled again meanwhile.
-                    livepatch::remove(name).map_err(LoadError::Livepatch)?;
+                    // Refused if the patch was enabled again meanwhile, or
+                    // forced (`klp force` during the wait above).
+                    livepatch::remove(name).map_err(|error| match error {
+                        LivepatchError::Forced(name) => LoadError::Forced(name),
+                        other => LoadError::Livepatch(other),
+                    })?;
                     let mut modules = MODULES.lock();
                     let position = modules
                         .iter()

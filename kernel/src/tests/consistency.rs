@@ -161,6 +161,76 @@ fn the_immediate_model_runs_new_b_from_old_a() {
     assert!(broken > 0, "the immediate model mixed old and new within 40 rounds");
 }
 
+/// The third version, a patch stacked on the new pair: A hands B a version-3 token.
+#[inline(never)]
+fn contract_a_third() -> u64 {
+    linger();
+    contract_b(black_box(3))
+}
+
+/// B of the third version: understands version-3 tokens only.
+#[inline(never)]
+fn contract_b_third(token: u64) -> u64 {
+    if token != 3 {
+        CONTRACT_BROKEN.fetch_add(1, Ordering::SeqCst);
+    }
+    black_box(30)
+}
+
+static CONTRACT_THIRD_PAIRS: AtomicU64 = AtomicU64::new(0);
+
+#[ktest]
+fn a_patch_stacked_on_another_waits_for_threads_inside_the_one_below() {
+    // The threads sleep inside the lower patch's A (version 2) while the
+    // upper patch (version 3) is enabled and disabled: the transition must
+    // count the replacement below as changed code too.
+    CONTRACT_BROKEN.store(0, Ordering::SeqCst);
+    CONTRACT_THIRD_PAIRS.store(0, Ordering::SeqCst);
+    CONTRACT_STOP.store(false, Ordering::SeqCst);
+    add_patch(
+        "contract-lower",
+        &[(CONTRACT_A, contract_a_new as *const () as u64), (CONTRACT_B, contract_b_new as *const () as u64)],
+    );
+    livepatch::enable("contract-lower").expect("enables");
+    complete_within_five_seconds();
+    add_patch(
+        "contract-upper",
+        &[(CONTRACT_A, contract_a_third as *const () as u64), (CONTRACT_B, contract_b_third as *const () as u64)],
+    );
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn("contract-caller", || {
+                while !CONTRACT_STOP.load(Ordering::SeqCst) {
+                    if contract_a() == 30 {
+                        CONTRACT_THIRD_PAIRS.fetch_add(1, Ordering::SeqCst);
+                    }
+                    livepatch::safe_point();
+                }
+            })
+            .expect("room for a thread")
+        })
+        .collect();
+    for _ in 0..8 {
+        thread::sleep_milliseconds(5);
+        livepatch::enable("contract-upper").expect("enables");
+        complete_within_five_seconds();
+        thread::sleep_milliseconds(5);
+        livepatch::disable("contract-upper").expect("disables");
+        complete_within_five_seconds();
+    }
+    CONTRACT_STOP.store(true, Ordering::SeqCst);
+    for caller in callers {
+        assert_eq!(caller.join(), ExitStatus::Returned);
+    }
+    livepatch::remove("contract-upper").expect("disabled");
+    livepatch::disable("contract-lower").expect("enabled");
+    complete_within_five_seconds();
+    livepatch::remove("contract-lower").expect("disabled");
+    let third = CONTRACT_THIRD_PAIRS.load(Ordering::SeqCst);
+    assert_eq!(CONTRACT_BROKEN.load(Ordering::SeqCst), 0, "no thread mixed the lower pair with the upper one");
+    assert!(third > 0, "the upper pair ran: {third} calls");
+}
+
 // ---- 2. test-callbacks "busy target": a thread asleep in the target ------------
 
 static BUSY_RELEASE: AtomicBool = AtomicBool::new(false);
@@ -192,9 +262,12 @@ fn busy_target_new() -> u64 {
 const BUSY_TARGET: &str = "kernel::tests::consistency::busy_target";
 
 /// A thread that calls `busy_target` twice, with a safe point in between,
-/// and returns both results (first * 10 + second).
+/// and returns both results (first * 10 + second). On this CPU (tests run
+/// pinned to the boot CPU): while the test runs, it is switched out, asleep
+/// in the target, and a round names the function, never "running on CPU 1"
+/// (as it did now and then when it ran on another CPU).
 fn spawn_busy_caller() -> thread::JoinHandle {
-    let handle = thread::spawn("busy-caller", || {
+    let handle = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "busy-caller", || {
         let first = busy_target();
         livepatch::safe_point();
         let second = busy_target();
@@ -326,7 +399,8 @@ fn busy_target_forced_completes_and_its_module_is_never_unloaded() {
     livepatch::enable("park").expect("enables");
     complete_within_five_seconds();
     // greeting -> the counter module's replacement -> klp_uptime_ticks -> parked.
-    let caller = thread::spawn("in-counter", || {
+    // On this CPU, as `spawn_busy_caller`.
+    let caller = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "in-counter", || {
         black_box(crate::shell::greeting());
     })
     .expect("room for a thread");

@@ -416,12 +416,17 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
     // Listed for the debugger before it can run (and end) on another CPU.
     crate::debug::thread_created(base);
     with_scheduler(|scheduler| {
-        // A thread starts with an empty stack, so it starts in the state a
-        // transition in progress moves every thread to (once it is open).
-        // Under the lock: a transition that starts later sets it with every
-        // other thread.
-        // Safety: the new thread's own thread_info, not running yet.
-        unsafe { (*(base as *mut ThreadInfo)).patch_state = crate::livepatch::transition::new_thread_state() };
+        // A new thread takes its spawner's patch state, as Linux's
+        // `klp_copy_process` does: its closure is the spawner's code, with the
+        // spawner's view of what a transition in progress has switched; it
+        // switches at its first safe point. Read under the lock, which a
+        // transition also takes to set every thread's state: the new thread
+        // is either in the table then, or copies a state set since.
+        // Safety: the spawner's own thread_info, and the new thread's, not running yet.
+        unsafe {
+            (*(base as *mut ThreadInfo)).patch_state =
+                core::ptr::read_volatile(&raw const (*crate::thread::current_thread_info()).patch_state)
+        };
         scheduler.threads.insert(
             id,
             Box::new(Thread {

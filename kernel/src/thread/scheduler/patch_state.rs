@@ -40,7 +40,9 @@ pub fn patch_candidates() -> Vec<PatchCandidate> {
                 id,
                 name: thread.name.clone(),
                 // Safety: every live thread's stack base holds its thread_info.
-                patch_state: unsafe { (*(thread.stack_base as *const ThreadInfo)).patch_state },
+                patch_state: unsafe {
+                    core::ptr::read_volatile(&raw const (*(thread.stack_base as *const ThreadInfo)).patch_state)
+                },
                 place: match thread.running_on {
                     Some(cpu) if cpu == me => Place::Caller,
                     Some(cpu) => Place::RunningOn { cpu, idle: scheduler.is_idle(id) },
@@ -60,7 +62,9 @@ pub fn set_patch_states(state: u64) {
             // Safety: every thread's stack base holds its thread_info; the
             // handler of a thread running elsewhere reads the word only
             // while a transition marks its function (see livepatch::redirect).
-            unsafe { (*(thread.stack_base as *mut ThreadInfo)).patch_state = state };
+            // One aligned doubleword store, volatile: a reader sees the old or
+            // the new state, never a torn one.
+            unsafe { core::ptr::write_volatile(&raw mut (*(thread.stack_base as *mut ThreadInfo)).patch_state, state) };
         }
     })
 }
