@@ -41,7 +41,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "klp",
-        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | force NAME | load MODULE | unload MODULE",
+        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE",
         run: klp,
     },
     Command {
@@ -234,6 +234,10 @@ fn klp(arguments: &str) {
             klp_status().iter().for_each(|line| println!("{line}"));
             Ok(())
         }
+        "signal" => {
+            println!("woke {} threads asleep in a function the transition changes", livepatch::signal());
+            Ok(())
+        }
         "force" if !name.is_empty() => livepatch::force(name)
             .map(|()| println!("patch '{name}': transition forced; its module can no longer be unloaded")),
         "load" if !name.is_empty() => {
@@ -258,7 +262,7 @@ fn klp(arguments: &str) {
         }
         _ => {
             println!(
-                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | force NAME | load MODULE | unload MODULE"
+                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE"
             );
             Ok(())
         }

@@ -204,6 +204,8 @@ pub struct Transition {
     pub attempts: u64,
     /// The threads that blocked the last round.
     pub blocked: Vec<Blocked>,
+    /// Timebase of the last fake signal (the start, before the first).
+    pub signalled: u64,
 }
 
 /// The livepatch core's state, under one lock.
@@ -227,6 +229,9 @@ static REGISTRY: Mutex<Core> =
 pub const TRANSITION_WAIT_MILLISECONDS: u64 = 100;
 /// How often the worker retries a stalled transition.
 pub const RETRY_MILLISECONDS: u64 = 10;
+/// How long a transition stalls before the worker sends its blockers the
+/// fake signal (`signal`), and again after as long each time (Linux: 15 s).
+pub const SIGNAL_MILLISECONDS: u64 = 1000;
 
 /// Where a transition stands when `enable` or `disable` returns.
 #[derive(Debug)]
@@ -363,6 +368,7 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
         started: crate::arch::registers::timebase(),
         attempts: 0,
         blocked: Vec::new(),
+        signalled: crate::arch::registers::timebase(),
     });
     announce(&core.state, name);
     #[cfg(feature = "ktest")]
@@ -500,17 +506,46 @@ pub fn wait_for_transition(milliseconds: u64) -> Progress {
 }
 
 /// The worker: retries the transition in progress every `RETRY_MILLISECONDS`
-/// until none is left.
+/// until none is left, and sends its blockers the fake signal every
+/// `SIGNAL_MILLISECONDS` it stalls.
 fn retry_transition() {
     loop {
         crate::thread::sleep_milliseconds(RETRY_MILLISECONDS);
         let mut core = REGISTRY.lock();
         try_complete(&mut core);
-        if core.transition.is_none() {
+        let Some(transition) = core.transition.as_mut() else {
             core.worker = false;
             return;
+        };
+        let now = crate::arch::registers::timebase();
+        if now - transition.signalled >= crate::time::milliseconds_to_timebase(SIGNAL_MILLISECONDS) {
+            transition.signalled = now;
+            wake_blockers(&transition.blocked);
         }
     }
+}
+
+/// Wakes every thread in `blocked` that sleeps in `thread::sleep_interruptible`
+/// with a function the patch changes on its stack; returns how many.
+fn wake_blockers(blocked: &[Blocked]) -> usize {
+    blocked
+        .iter()
+        .filter(|blocked| matches!(blocked.blocker, Blocker::Function { .. }))
+        .filter(|blocked| crate::thread::wake_interruptible(blocked.thread))
+        .count()
+}
+
+/// The fake signal (Linux's `klp_send_signals`): wakes the threads that
+/// block the transition in progress while asleep in
+/// `thread::sleep_interruptible` inside a function it changes, so that they
+/// can leave it and switch; returns how many it woke. The worker sends it
+/// by itself every `SIGNAL_MILLISECONDS` a transition stalls.
+pub fn signal() -> usize {
+    let mut core = REGISTRY.lock();
+    try_complete(&mut core);
+    let Some(transition) = core.transition.as_mut() else { return 0 };
+    transition.signalled = crate::arch::registers::timebase();
+    wake_blockers(&transition.blocked)
 }
 
 /// The calling thread's safe point: during a transition, a thread not yet

@@ -431,6 +431,72 @@ fn busy_target_forced_completes_and_its_module_is_never_unloaded() {
     livepatch::remove("park").expect("disabled");
 }
 
+static SLOW_WOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Sleeps a minute, interruptibly; 1 from the original.
+#[livepatchable]
+fn slow_target() -> u64 {
+    if thread::sleep_interruptible(60_000) {
+        SLOW_WOKEN.fetch_add(1, Ordering::SeqCst);
+    }
+    black_box(1)
+}
+
+#[inline(never)]
+fn slow_target_new() -> u64 {
+    black_box(2)
+}
+
+/// A thread on this CPU that calls `slow_target` twice with a safe point
+/// in between; `RESULTS` gets first * 10 + second.
+fn spawn_slow_caller() -> thread::JoinHandle {
+    let handle = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "slow-caller", || {
+        let first = slow_target();
+        livepatch::safe_point();
+        RESULTS.store(first * 10 + slow_target(), Ordering::SeqCst);
+    })
+    .expect("room for a thread");
+    // Until it sleeps in `slow_target`.
+    while !thread::snapshot()
+        .iter()
+        .any(|summary| summary.id == handle.id && matches!(summary.state, thread::State::Sleeping(_)))
+    {
+        thread::sleep_milliseconds(1);
+    }
+    handle
+}
+
+#[ktest]
+fn a_thread_asleep_in_the_target_is_woken_by_the_fake_signal_and_switches() {
+    RESULTS.store(0, Ordering::SeqCst);
+    SLOW_WOKEN.store(0, Ordering::SeqCst);
+    add_patch("slow", &[("kernel::tests::consistency::slow_target", slow_target_new as *const () as u64)]);
+    // Asked for: `klp signal`.
+    let caller = spawn_slow_caller();
+    let Progress::Pending(blocked) = livepatch::enable("slow").expect("enables") else {
+        panic!("a thread asleep in the old function holds the transition open");
+    };
+    assert!(blocked.iter().any(|blocked| blocked.thread == caller.id), "{blocked:?}");
+    assert_eq!(livepatch::signal(), 1, "the one blocker asleep interruptibly is woken");
+    complete_within_five_seconds();
+    assert_eq!(caller.join(), ExitStatus::Returned);
+    assert_eq!(RESULTS.load(Ordering::SeqCst), 12, "old, woken early, then new");
+    assert_eq!(SLOW_WOKEN.load(Ordering::SeqCst), 1);
+    livepatch::disable("slow").expect("enabled");
+    complete_within_five_seconds();
+    // Sent by the worker after `SIGNAL_MILLISECONDS` of stall, unasked.
+    RESULTS.store(0, Ordering::SeqCst);
+    let caller = spawn_slow_caller();
+    livepatch::enable("slow").expect("enables");
+    complete_within_five_seconds();
+    assert_eq!(caller.join(), ExitStatus::Returned);
+    assert_eq!(RESULTS.load(Ordering::SeqCst), 12);
+    assert_eq!(SLOW_WOKEN.load(Ordering::SeqCst), 2, "the worker's signal woke it");
+    livepatch::disable("slow").expect("enabled");
+    complete_within_five_seconds();
+    livepatch::remove("slow").expect("disabled");
+}
+
 // ---- 3. An unreliable stack is never switched -------------------------------------
 
 static SPIN_STOP: AtomicBool = AtomicBool::new(false);

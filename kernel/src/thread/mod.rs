@@ -8,8 +8,8 @@ pub use info::{
 };
 pub use scheduler::{
     LiveStack, Place, State, add_idle, current_id, init, kill_current, live_stacks, patch_candidates, remove_idle,
-    running_on, set_affinity, set_patch_states, sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
-    with_switched_out,
+    running_on, set_affinity, set_patch_states, sleep_interruptible, sleep_milliseconds, snapshot, spawn, synchronize,
+    timer_tick, wake_interruptible, with_switched_out,
 };
 // Used by the in-kernel tests.
 #[cfg(feature = "ktest")]

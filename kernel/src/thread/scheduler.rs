@@ -84,6 +84,9 @@ struct Thread {
     last_cpu: usize,
     /// The one CPU it may run on; None: any.
     affinity: Option<usize>,
+    /// Asleep in `sleep_interruptible`: `wake_interruptible` may end the
+    /// sleep early (a livepatch transition's fake signal).
+    interruptible: bool,
 }
 
 impl Thread {
@@ -110,6 +113,7 @@ impl Thread {
             running_on: None,
             last_cpu: smp_processor_id(),
             affinity: None,
+            interruptible: false,
         }
     }
 
@@ -537,6 +541,7 @@ fn make_ready(scheduler: &mut Scheduler, id: u64) {
 #[notrace]
 #[inline(always)]
 fn wake(thread: &mut Thread, id: u64, ready: &mut VecDeque<Queued>, idling: CpuSet) -> Option<usize> {
+    thread.interruptible = false;
     if thread.running_on.is_some() {
         thread.set_state(State::Running);
         return None;
@@ -574,6 +579,38 @@ pub fn sleep_milliseconds(milliseconds: u64) {
         scheduler.current_thread().set_state(State::Sleeping(until));
     });
     schedule();
+}
+
+/// Sleeps at least `milliseconds`, unless `wake_interruptible` ends the
+/// sleep early; returns whether it did. For code that can cope with an early
+/// return: a livepatch transition wakes the threads asleep this way inside
+/// a function it changes (Linux's fake signal), so that they leave it.
+pub fn sleep_interruptible(milliseconds: u64) -> bool {
+    crate::livepatch::safe_point();
+    let until = timebase() + time::milliseconds_to_timebase(milliseconds);
+    with_scheduler(|scheduler| {
+        let thread = scheduler.current_thread();
+        thread.set_state(State::Sleeping(until));
+        thread.interruptible = true;
+    });
+    schedule();
+    with_scheduler(|scheduler| scheduler.current_thread().interruptible = false);
+    timebase() < until
+}
+
+/// Ends the sleep of thread `id` if it sleeps in `sleep_interruptible`;
+/// returns whether it did.
+pub fn wake_interruptible(id: u64) -> bool {
+    with_scheduler(|scheduler| {
+        let idling = scheduler.idling;
+        match scheduler.threads.get_mut(&id) {
+            Some(thread) if thread.interruptible && matches!(thread.state, State::Sleeping(_)) => {
+                wake(thread, id, &mut scheduler.ready, idling);
+                true
+            }
+            _ => false,
+        }
+    })
 }
 
 /// From the decrementer interrupt: preempt the current thread if allowed
