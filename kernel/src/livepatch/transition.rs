@@ -54,6 +54,7 @@ static TARGET: AtomicU64 = AtomicU64::new(UNDEFINED);
 /// The state a transition in progress moves threads to, `UNDEFINED` if none
 /// (or if it is not open yet).
 #[macros::notrace]
+#[inline(always)]
 pub fn target() -> u64 {
     TARGET.load(Ordering::Relaxed)
 }
