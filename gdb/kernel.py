@@ -20,7 +20,7 @@ import struct
 import gdb
 from gdb.unwinder import Unwinder, register_unwinder
 
-ANCHOR_VERSION = 4
+ANCHOR_VERSION = 5
 MAX_THREADS, MAX_PATCHES, MAX_FUNCTIONS, MAX_MODULES, MAX_SECTIONS = 64, 16, 16, 8, 48
 HEADER_WORDS = 16                      # magic .. site_entry_size
 LONGEST_THREAD_NAME = 512             # bytes read of a thread's name (they are whole up to this)
@@ -29,6 +29,8 @@ MODULE_SIZE = 32 + 4 * 8 + MAX_SECTIONS * 40
 STACK_END_MAGIC = 0x57AC6E9D
 NOP = 0x60000000
 STATE_NAME_SIZE = 16                  # each ThreadState name in the anchor, NUL-padded
+TRANSITION_TEXT = 1024                # the transition's status text in the anchor, NUL-terminated
+PATCH_STATES = {1: "unpatched", 2: "patched"}   # thread_info.patch_state during a transition
 PATCH_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "patches")
 
 
@@ -109,6 +111,9 @@ class Anchor:
         state_count_at = self.modules_at + MAX_MODULES * MODULE_SIZE
         self.state_count = word(state_count_at)
         self.state_names_at = state_count_at + 8
+        after_names = self.state_names_at + self.state_count * STATE_NAME_SIZE
+        self.info_patch_state = word(after_names)
+        self.transition_at = after_names + 8
 
     def state_name(self, value):
         """The kernel's name of ThreadState `value` (kept in the anchor, in value order)."""
@@ -129,6 +134,7 @@ class Anchor:
             "livepatch_sp": word(base + self.info_livepatch_sp),
             "saved_sp": word(base + self.info_saved_sp),
             "cpu": word(base + self.info_cpu),
+            "patch_state": word(base + self.info_patch_state),
         }
 
     def thread_name(self, base):
@@ -152,6 +158,11 @@ class Anchor:
             frames.append((address, toc, link, marker))
             address += self.livepatch_frame_size
         return frames
+
+    def transition(self):
+        """The transition in progress and its blockers, as `klp status` says it ("" if none)."""
+        raw = read(self.transition_at, TRANSITION_TEXT)
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def patches(self):
         result = []
@@ -203,8 +214,8 @@ def running_stacks(anchor):
 
 
 class KernelThreads(gdb.Command):
-    """kthreads: every kernel thread with the CPU it runs on (or ran on last), its state, stack use and
-    livepatch stack depth; `*` marks the thread of the CPU gdb has selected (`info threads`: one
+    """kthreads: every kernel thread with the CPU it runs on (or ran on last), its state, stack use,
+    livepatch stack depth, and during a livepatch transition its patch state; `*` marks the thread of the CPU gdb has selected (`info threads`: one
     gdb thread per CPU)."""
 
     def __init__(self):
@@ -234,6 +245,8 @@ class KernelThreads(gdb.Command):
                 # Running, but its CPU's r1 is elsewhere (an IPI or a report
                 # on the emergency stack): its saved r1 would be stale.
                 used, where = "-", "(its CPU is on an emergency stack)"
+            patch = PATCH_STATES.get(thread["patch_state"])
+            where += "  [%s]" % patch if patch else ""
             print("%s %4d %3d %-*s %-9s %11s %9d  %s" % (marker, thread["id"], thread["cpu"], width, thread["name"],
                                                       thread["state"], used, depth, where))
         if current not in bases:
@@ -269,7 +282,8 @@ saved TOC, saved return address, and whether the marker is intact."""
 
 
 class LivepatchList(gdb.Command):
-    """klp-list: patches with their functions (old and new addresses) and state, and loaded modules."""
+    """klp-list: patches with their functions (old and new addresses) and state, the transition in
+    progress with the threads that block it and why, and loaded modules."""
 
     def __init__(self):
         super().__init__("klp-list", gdb.COMMAND_STATUS)
@@ -284,6 +298,9 @@ class LivepatchList(gdb.Command):
             print("%s [%s]" % (name, "enabled" if enabled else "disabled"))
             for old, new in functions:
                 print("  %s -> %s" % (symbolize(old), symbolize(new)))
+        transition = anchor.transition()
+        if transition:
+            print(transition, end="")
         for module in anchor.modules():
             print("module %s: %d bytes at 0x%x, TOC 0x%x, %d sections" % (module["name"], module["size"],
                                                                         module["address"], module["toc"],

@@ -15,6 +15,8 @@ pub const MAX_PATCHES: usize = 16;
 pub const MAX_FUNCTIONS: usize = 16;
 pub const MAX_MODULES: usize = 8;
 pub const MAX_SECTIONS: usize = 48;
+/// Bytes of the transition's status text (NUL-terminated; cut if longer).
+pub const TRANSITION_TEXT: usize = 1024;
 
 /// A patch as the debugger sees it.
 #[repr(C)]
@@ -70,6 +72,12 @@ pub struct DebugAnchor {
     /// indexed by its value.
     pub state_count: u64,
     pub state_names: [[u8; 16]; ThreadState::NAMES.len()],
+    /// Where thread_info holds the thread's livepatch transition state
+    /// (0 none, 1 unpatched, 2 patched).
+    pub thread_info_patch_state: u64,
+    /// The livepatch transition in progress and the threads that blocked its
+    /// last round, as `klp status` prints them; empty outside a transition.
+    pub transition: [u8; TRANSITION_TEXT],
 }
 
 /// `ThreadState::NAMES`, NUL-padded to 16 bytes each.
@@ -111,7 +119,7 @@ const EMPTY_MODULE: DebugModule = DebugModule {
 #[used]
 static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     magic: *b"KLPDEBUG",
-    version: 4,
+    version: 5,
     thread_size: THREAD_SIZE as u64,
     livepatch_stack_offset: LIVEPATCH_STACK_OFFSET as u64,
     livepatch_frame_size: size_of::<LivepatchFrame>() as u64,
@@ -131,6 +139,8 @@ static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     modules: [EMPTY_MODULE; MAX_MODULES],
     state_count: ThreadState::NAMES.len() as u64,
     state_names: state_names(),
+    thread_info_patch_state: offset_of!(ThreadInfo, patch_state) as u64,
+    transition: [0; TRANSITION_TEXT],
 }));
 
 /// Runs `change` on the anchor, interrupts off, under `ANCHOR_LOCK`.
@@ -204,6 +214,15 @@ fn change_patch(patches: &mut [DebugPatch; MAX_PATCHES], name: &str, state: Opti
             }
         }
     }
+}
+
+/// Records the transition's status text (empty: none in progress).
+pub fn transition_changed(text: &str) {
+    with_anchor(|anchor| {
+        let length = text.len().min(TRANSITION_TEXT - 1);
+        anchor.transition = [0; TRANSITION_TEXT];
+        anchor.transition[..length].copy_from_slice(&text.as_bytes()[..length]);
+    })
 }
 
 /// Records a loaded module and its sections.

@@ -41,7 +41,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "klp",
-        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | load MODULE | unload MODULE",
+        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE",
         run: klp,
     },
     Command {
@@ -111,8 +111,8 @@ fn help(_: &str) {
 
 fn threads(_: &str) {
     println!(
-        "  {:>3} {:<24} {:<12} {:>4} {:>6} {:>9} {:>11} {:>10}",
-        "id", "name", "state", "cpu", "pinned", "switches", "stack used", "lp stack"
+        "  {:>3} {:<24} {:<12} {:>4} {:>6} {:>9} {:>11} {:>10} {:>9}",
+        "id", "name", "state", "cpu", "pinned", "switches", "stack used", "lp stack", "patch"
     );
     for summary in thread::snapshot() {
         let state = match summary.state {
@@ -124,9 +124,22 @@ fn threads(_: &str) {
         };
         let pinned = summary.affinity.map_or(String::from("-"), |cpu| format!("{cpu}"));
         let used = summary.stack_used.map_or(String::from("-"), |used| format!("{used}"));
+        let patch = match summary.patch_state {
+            livepatch::transition::PATCHED => "patched",
+            livepatch::transition::UNPATCHED => "unpatched",
+            _ => "-",
+        };
         println!(
-            "  {:>3} {:<24} {:<12} {:>4} {:>6} {:>9} {:>11} {:>10}",
-            summary.id, summary.name, state, summary.cpu, pinned, summary.switches, used, summary.livepatch_depth
+            "  {:>3} {:<24} {:<12} {:>4} {:>6} {:>9} {:>11} {:>10} {:>9}",
+            summary.id,
+            summary.name,
+            state,
+            summary.cpu,
+            pinned,
+            summary.switches,
+            used,
+            summary.livepatch_depth,
+            patch
         );
     }
 }
@@ -211,12 +224,29 @@ fn klp(arguments: &str) {
             klp_patchable(if name.is_empty() { "*" } else { name }).iter().for_each(|line| println!("{line}"));
             Ok(())
         }
-        "enable" if !name.is_empty() => livepatch::enable(name).map(|()| println!("patch '{name}' enabled")),
-        "disable" if !name.is_empty() => livepatch::disable(name).map(|()| println!("patch '{name}' disabled")),
+        "enable" if !name.is_empty() => {
+            livepatch::enable(name).map(|progress| report_transition(name, "enabled", progress))
+        }
+        "disable" if !name.is_empty() => {
+            livepatch::disable(name).map(|progress| report_transition(name, "disabled", progress))
+        }
+        "status" => {
+            klp_status().iter().for_each(|line| println!("{line}"));
+            Ok(())
+        }
+        "signal" => {
+            println!("woke {} threads asleep in a function the transition changes", livepatch::signal());
+            Ok(())
+        }
+        "force" if !name.is_empty() => livepatch::force(name)
+            .map(|()| println!("patch '{name}': transition forced; its module can no longer be unloaded")),
         "load" if !name.is_empty() => {
             match module::embedded::find(name) {
                 Some(file) => match module::load(file) {
-                    Ok(patch) => println!("module '{name}' loaded: patch '{patch}' enabled"),
+                    Ok(patch) => {
+                        println!("module '{name}' loaded");
+                        report_transition(&patch, "enabled", transition_progress(&patch));
+                    }
                     Err(error) => println!("klp load: {error}"),
                 },
                 None => println!("klp load: no module '{name}' is built into this kernel"),
@@ -225,19 +255,59 @@ fn klp(arguments: &str) {
         }
         "unload" if !name.is_empty() => {
             match module::unload(name) {
-                Ok(()) => println!("module '{name}' unloaded"),
+                Ok(()) => println!("module '{name}' unloaded: its patch's disable transition completed"),
                 Err(error) => println!("klp unload: {error}"),
             }
             Ok(())
         }
         _ => {
-            println!("usage: klp list | patchable [GLOB] | enable NAME | disable NAME | load MODULE | unload MODULE");
+            println!(
+                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE"
+            );
             Ok(())
         }
     };
     if let Err(error) = result {
         println!("klp {verb}: {error}");
     }
+}
+
+/// Prints where patch `name`'s transition stands after `verb` (enabled or disabled).
+fn report_transition(name: &str, verb: &str, progress: livepatch::Progress) {
+    match progress {
+        livepatch::Progress::Complete => println!("patch '{name}' {verb}: transition complete"),
+        livepatch::Progress::Pending(blocked) => {
+            println!("patch '{name}' {verb}: transition in progress, blocked by {} threads:", blocked.len());
+            blocked.iter().for_each(|blocked| println!("  {blocked}"));
+            println!("  (retried every {} ms; `klp status`, `klp force {name}`)", livepatch::RETRY_MILLISECONDS);
+        }
+    }
+}
+
+/// Whether patch `name`'s transition is still in progress (after a load).
+pub fn transition_progress(name: &str) -> livepatch::Progress {
+    match livepatch::status() {
+        Some(status) if status.patch == name => livepatch::Progress::Pending(status.blocked),
+        _ => livepatch::Progress::Complete,
+    }
+}
+
+/// What `klp status` prints: the transition in progress and the threads
+/// that block it, each with the function on its stack that blocks it.
+pub fn klp_status() -> Vec<String> {
+    let Some(status) = livepatch::status() else {
+        return alloc::vec![String::from("no transition in progress")];
+    };
+    let mut lines = alloc::vec![format!(
+        "patch '{}' is being {}: {} ms, {} rounds, {} threads block it",
+        status.patch,
+        if status.enabling { "enabled" } else { "disabled" },
+        crate::time::timebase_to_milliseconds(status.elapsed),
+        status.attempts,
+        status.blocked.len()
+    )];
+    lines.extend(status.blocked.iter().map(|blocked| format!("  {blocked}")));
+    lines
 }
 
 /// What `klp list` prints: the loaded modules, then each patch and the
@@ -250,7 +320,14 @@ pub fn klp_list() -> Vec<String> {
         lines.push(format!("module {module}: {size} bytes at {address:#x}, TOC {toc:#x}"));
     }
     for patch in livepatch::list() {
-        lines.push(format!("{} [{}]", patch.name, if patch.enabled { "enabled" } else { "disabled" }));
+        let state = match patch.transition {
+            Some(true) => "enabled, in transition to patched",
+            Some(false) => "enabled, in transition to unpatched",
+            None if patch.enabled => "enabled",
+            None => "disabled",
+        };
+        let forced = if patch.forced { ", forced" } else { "" };
+        lines.push(format!("{} [{state}{forced}]", patch.name));
         for function in patch.functions {
             let state = if function.active { "active" } else { "inactive" };
             let new = match crate::symbols::table().and_then(|table| table.lookup(function.new)) {

@@ -137,3 +137,9 @@ pub fn uptime_nanoseconds() -> u64 {
 pub fn milliseconds_to_timebase(milliseconds: u64) -> u64 {
     milliseconds * frequency() / 1000
 }
+
+/// Converts timebase ticks to milliseconds.
+#[notrace]
+pub fn timebase_to_milliseconds(ticks: u64) -> u64 {
+    (ticks as u128 * 1000 / frequency() as u128) as u64
+}

@@ -117,6 +117,12 @@ pub struct Stack<'a> {
     pub livepatch_links: &'a [u64],
     /// The real return address of every graph return stack entry, oldest first.
     pub graph_returns: &'a [u64],
+    /// For the interrupt frame at the given address, where the interrupted
+    /// context stands if it is one the arch knows exactly: the frame of the
+    /// function that called the interrupted leaf (its r1) and the leaf's
+    /// return address (its LR). On ppc64 only the hypervisor cede of the idle
+    /// loop is such a context; every other interrupt frame is unreliable.
+    pub interrupted: &'a dyn Fn(u64) -> Option<Start>,
 }
 
 /// Where the walk starts: the innermost frame, and the address its function
@@ -186,7 +192,17 @@ pub fn walk(
             Kind::ThreadEntry if livepatch != 0 => return fail(Reason::LivepatchFramesLeft),
             Kind::ThreadEntry if graph != 0 => return fail(Reason::GraphEntriesLeft),
             Kind::ThreadEntry => return Ok(returns),
-            Kind::ExceptionReturn => return fail(Reason::ExceptionFrame),
+            Kind::ExceptionReturn => match (stack.interrupted)(frame) {
+                // A known interrupted leaf: its return address, then on from
+                // its caller's frame, which lies above the interrupt frame.
+                Some(leaf) if leaf.stack_pointer > frame && classify(leaf.return_address) == Kind::Text => {
+                    check_frame(stack, leaf.stack_pointer)?;
+                    returns.push(leaf.return_address);
+                    below = leaf.stack_pointer;
+                    continue;
+                }
+                _ => return fail(Reason::ExceptionFrame),
+            },
             Kind::Ftrace => return fail(Reason::InFtrace),
             Kind::LivepatchWindow => return fail(Reason::InLivepatchHandler),
             Kind::Unknown | Kind::LivepatchReturn | Kind::GraphReturn => return fail(Reason::UnknownAddress),
@@ -257,6 +273,8 @@ mod tests {
     /// link slot) to write, everything else is zero.
     struct Crafted {
         words: Vec<u64>,
+        /// The interrupt frame whose interrupted context the arch knows, and that context.
+        interrupted: Option<(u64, Start)>,
     }
 
     impl Crafted {
@@ -266,7 +284,7 @@ mod tests {
                 words[((address - LOW) / 8) as usize] = back_chain;
                 words[((address + LINK_SAVE - LOW) / 8) as usize] = link;
             }
-            Crafted { words }
+            Crafted { words, interrupted: None }
         }
 
         /// A chain of frames (address, link slot), innermost first, each
@@ -292,7 +310,15 @@ mod tests {
                 assert!(reads.get() <= 1000, "the walk does not end");
                 self.words[((address - LOW) / 8) as usize]
             };
-            let stack = Stack { low: LOW, high: HIGH, outermost: OUTERMOST, livepatch_links, graph_returns };
+            let interrupted = |frame: u64| self.interrupted.filter(|(at, _)| *at == frame).map(|(_, leaf)| leaf);
+            let stack = Stack {
+                low: LOW,
+                high: HIGH,
+                outermost: OUTERMOST,
+                livepatch_links,
+                graph_returns,
+                interrupted: &interrupted,
+            };
             walk(&stack, start, read, classify)
         }
     }
@@ -360,7 +386,14 @@ mod tests {
         let below = stack.walk(Start { stack_pointer: LOW - 0x100, return_address: function(1) }, &[], &[]);
         assert_eq!(below, unreliable(Reason::OutsideStack, LOW - 0x100, 0));
         // And no overflow near 2^64.
-        let stack = Stack { low: 0, high: u64::MAX, outermost: 0, livepatch_links: &[], graph_returns: &[] };
+        let stack = Stack {
+            low: 0,
+            high: u64::MAX,
+            outermost: 0,
+            livepatch_links: &[],
+            graph_returns: &[],
+            interrupted: &|_| None,
+        };
         let walk =
             walk(&stack, Start { stack_pointer: u64::MAX - 15, return_address: 0 }, |_| panic!("read"), classify);
         assert_eq!(walk, unreliable(Reason::OutsideStack, u64::MAX - 15, 0));
@@ -380,6 +413,34 @@ mod tests {
             stack.walk(start(function(1)), &[], &[]),
             unreliable(Reason::ExceptionFrame, LOW + 0x300, EXCEPTION_RETURN)
         );
+    }
+
+    #[test]
+    fn an_interrupt_frame_of_a_context_the_arch_knows_is_walked_through() {
+        // The idle thread ceded in a leaf called by function(5), whose frame
+        // is at 0x280: the interrupt frame at 0x200 sits below it.
+        let mut stack = Crafted::chain(&[
+            (LOW + 0x100, STALE),
+            (LOW + 0x180, STALE),
+            (LOW + 0x200, EXCEPTION_RETURN),
+            (LOW + 0x280, STALE),
+            (LOW + 0x300, function(6)),
+            (OUTERMOST, ENTRY),
+        ]);
+        stack.interrupted = Some((LOW + 0x200, Start { stack_pointer: LOW + 0x280, return_address: function(5) }));
+        assert_eq!(stack.walk(start(function(1)), &[], &[]), Ok(vec![function(1), function(5), function(6)]));
+        // Not for another interrupt frame, nor for a context below its
+        // interrupt frame, nor for a leaf that returns into no text.
+        stack.interrupted = Some((LOW + 0x180, Start { stack_pointer: LOW + 0x280, return_address: function(5) }));
+        let exception = unreliable(Reason::ExceptionFrame, LOW + 0x200, EXCEPTION_RETURN);
+        assert_eq!(stack.walk(start(function(1)), &[], &[]), exception);
+        stack.interrupted = Some((LOW + 0x200, Start { stack_pointer: LOW + 0x180, return_address: function(5) }));
+        assert_eq!(stack.walk(start(function(1)), &[], &[]), exception);
+        stack.interrupted = Some((LOW + 0x200, Start { stack_pointer: LOW + 0x280, return_address: STALE }));
+        assert_eq!(stack.walk(start(function(1)), &[], &[]), exception);
+        // The context's frame is checked like any other.
+        stack.interrupted = Some((LOW + 0x200, Start { stack_pointer: LOW + 0x288, return_address: function(5) }));
+        assert_eq!(stack.walk(start(function(1)), &[], &[]), unreliable(Reason::Misaligned, LOW + 0x288, 0));
     }
 
     #[test]

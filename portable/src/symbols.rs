@@ -70,6 +70,15 @@ impl<'a> SymbolTable<'a> {
         Some(Symbol { name: core::str::from_utf8(name).ok()?, address, size })
     }
 
+    /// The address of the symbol at `index`, without reading its name (the
+    /// binary search of `lookup` reads only these).
+    fn address_at(&self, index: usize) -> Option<u64> {
+        if index >= self.count {
+            return None;
+        }
+        little_endian_u64(self.bytes, HEADER_SIZE + index * ENTRY_SIZE)
+    }
+
     /// All symbols in address order.
     pub fn iter(&self) -> impl Iterator<Item = Symbol<'a>> + '_ {
         (0..self.count).filter_map(|index| self.get(index))
@@ -77,19 +86,36 @@ impl<'a> SymbolTable<'a> {
 
     /// The symbol containing `address`, with the offset of `address` into it.
     pub fn lookup(&self, address: u64) -> Option<(Symbol<'a>, u64)> {
+        let index = self.index_containing(address)?;
+        let symbol = self.get(index)?;
+        Some((symbol, address - symbol.address))
+    }
+
+    /// The addresses of the symbol containing `address` (start up to its
+    /// end), without reading its name: for callers that only need the extent.
+    pub fn extent(&self, address: u64) -> Option<core::ops::Range<u64>> {
+        let index = self.index_containing(address)?;
+        let start = self.address_at(index)?;
+        let size = little_endian_u32(self.bytes, HEADER_SIZE + index * ENTRY_SIZE + 8)?;
+        Some(start..start + u64::from(size.max(1)))
+    }
+
+    /// The index of the symbol containing `address`.
+    fn index_containing(&self, address: u64) -> Option<usize> {
         // Binary search for the last symbol starting at or before `address`.
         let (mut low, mut high) = (0, self.count);
         while low < high {
             let middle = (low + high) / 2;
-            if self.get(middle)?.address <= address {
+            if self.address_at(middle)? <= address {
                 low = middle + 1;
             } else {
                 high = middle;
             }
         }
-        let symbol = self.get(low.checked_sub(1)?)?;
-        let offset = address - symbol.address;
-        (offset < symbol.size.max(1) as u64).then_some((symbol, offset))
+        let index = low.checked_sub(1)?;
+        let start = self.address_at(index)?;
+        let size = little_endian_u32(self.bytes, HEADER_SIZE + index * ENTRY_SIZE + 8)?;
+        (address - start < u64::from(size.max(1))).then_some(index)
     }
 
     /// The symbols named exactly `name` (a name may be defined more than once).
@@ -154,6 +180,10 @@ mod tests {
         assert!(table.lookup(0x400150).is_none());
         assert!(table.lookup(0x3fffff).is_none());
         assert_eq!(table.find("memcpy").count(), 2);
+        // The extent of the symbol, without its name.
+        assert_eq!(table.extent(0x400108), Some(0x400100..0x400140));
+        assert_eq!(table.extent(0x400150), None);
+        assert_eq!(table.extent(0x3fffff), None);
     }
 
     #[test]

@@ -240,7 +240,7 @@ fn live_patch_round_trip() -> Result<()> {
     session.wait_for(ORIGINAL)?;
     patch_command(&["load", "greeting"])?;
     // The message goes on its own line, and the prompt comes back below it.
-    session.wait_for("\nklp: module 'greeting' loaded, patch 'greeting' enabled\nklp> ")?;
+    session.wait_for("\nklp: module 'greeting' loaded, patch 'greeting' enabled; transition complete\nklp> ")?;
     session.type_line("hello")?;
     session.wait_for(PATCHED)?;
     patch_command(&["unload", "greeting"])?;

@@ -28,9 +28,15 @@ pub fn snapshot() -> Registrations {
 pub fn restore(before: &Registrations) -> Vec<String> {
     let mut undone = Vec::new();
     crate::time::set_jitter(0);
+    livepatch::IMMEDIATE.store(false, core::sync::atomic::Ordering::Relaxed);
+    settle(&mut undone);
     for name in module::summaries().into_iter().map(|(name, ..)| name) {
         if !before.modules.contains(&name) {
-            let result = module::unload(&name);
+            let mut result = module::unload(&name);
+            if matches!(result, Err(module::LoadError::InTransition(..))) {
+                settle(&mut undone);
+                result = module::unload(&name);
+            }
             undone.push(format!("module {name} (unload: {})", outcome(result.map_err(|error| format!("{error:?}")))));
         }
     }
@@ -38,15 +44,18 @@ pub fn restore(before: &Registrations) -> Vec<String> {
         match before.patches.iter().find(|(name, _)| *name == patch.name) {
             None => {
                 let disabled = match livepatch::disable(&patch.name) {
-                    Ok(()) | Err(LivepatchError::Plan(PlanError::NotEnabled(_))) => Ok(()),
+                    Ok(_) | Err(LivepatchError::Plan(PlanError::NotEnabled(_))) => Ok(()),
                     Err(error) => Err(format!("{error:?}")),
                 };
+                settle(&mut undone);
                 let removed = disabled
                     .and_then(|()| livepatch::remove(&patch.name).map(drop).map_err(|error| format!("{error:?}")));
                 undone.push(format!("live patch {} (remove: {})", patch.name, outcome(removed)));
             }
             Some((_, enabled)) if *enabled != patch.enabled => {
-                let result = if *enabled { livepatch::enable(&patch.name) } else { livepatch::disable(&patch.name) };
+                let result =
+                    if *enabled { livepatch::enable(&patch.name) } else { livepatch::disable(&patch.name) }.map(drop);
+                settle(&mut undone);
                 let verb = if *enabled { "enable again" } else { "disable again" };
                 undone.push(format!(
                     "live patch {} state ({verb}: {})",
@@ -76,6 +85,25 @@ pub fn restore(before: &Registrations) -> Vec<String> {
         ));
     }
     undone
+}
+
+/// Waits for a transition in progress, forcing it after 500 ms (and then
+/// forgetting that it was forced, so that its module can still be unloaded):
+/// the next test must start without one.
+fn settle(undone: &mut Vec<String>) {
+    if let livepatch::Progress::Pending(blocked) = livepatch::wait_for_transition(500)
+        && let Some(status) = livepatch::status()
+    {
+        let forced = livepatch::force(&status.patch).map_err(|error| format!("{error}"));
+        livepatch::forget_forced(&status.patch);
+        undone.push(format!(
+            "live patch {} transition (blocked by {} threads, first: {}; force: {})",
+            status.patch,
+            blocked.len(),
+            blocked.first().map_or_else(String::new, |blocked| format!("{blocked}")),
+            outcome(forced)
+        ));
+    }
 }
 
 fn outcome(result: Result<(), String>) -> String {

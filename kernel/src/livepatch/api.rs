@@ -127,6 +127,14 @@ pub extern "C" fn klp_intern_text(bytes: *const u8, length: usize) -> *const u8 
     copy.as_ptr()
 }
 
+/// A safe point for a long-running loop (in the kernel or in a module):
+/// during a livepatch transition, the calling thread switches here if
+/// nothing the patch changes is on its stack (`livepatch::safe_point`).
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_safe_point() {
+    crate::livepatch::safe_point();
+}
+
 /// A kernel static modules may read.
 #[unsafe(no_mangle)]
 pub static klp_kernel_version: u64 = 1;
@@ -145,6 +153,7 @@ export!(function klp_thread_id);
 export!(function klp_report_toc);
 export!(function klp_intern_text);
 export!(function klp_demo_ten);
+export!(function klp_safe_point);
 export!(klp_kernel_version);
 export!(function memcpy);
 export!(function memmove);

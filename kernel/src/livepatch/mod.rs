@@ -15,11 +15,20 @@
 //! registration; on failure that step undoes its own part), then commit it.
 //! The state changes only at the commit, so every error leaves everything as
 //! it was.
+//!
+//! Enabling and disabling go through a transition (`transition`, the
+//! consistency model): the patch's functions are marked in the redirect
+//! table, each thread switches when its stack holds none of the code being
+//! changed, and once every thread has, the transition completes (for a
+//! disable, only then is the patch popped off its functions' stacks). One
+//! transition at a time; enabling the patch in transition the other way
+//! reverses it.
 mod allowed;
 pub mod api;
 mod builtin;
 pub mod notes;
 mod redirect;
+pub mod transition;
 
 pub use allowed::{Anchor, is_livepatchable};
 pub use builtin::register_builtin;
@@ -35,6 +44,9 @@ use alloc::vec::Vec;
 use core::fmt;
 pub use portable::livepatch::PlanError;
 use portable::livepatch::{Operation, PatchState, Replaced, State};
+#[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
+pub use transition::{Blocked, Blocker};
+use transition::{PATCHED, UNPATCHED};
 
 /// A function to replace.
 #[derive(Clone)]
@@ -93,6 +105,18 @@ pub enum LivepatchError {
     UnknownObject(String),
     /// Text patching or ftrace registration failed; nothing was changed.
     Ftrace(FtraceError),
+    /// `enable`/`disable`: another patch's transition is still in progress
+    /// (after waiting `TRANSITION_WAIT_MILLISECONDS`); `blocked` says why.
+    TransitionInProgress { patch: String, blocked: Vec<Blocked> },
+    /// `enable`/`disable` of the patch in transition, in the direction it already goes.
+    AlreadyInTransition { patch: String, enabling: bool },
+    /// `force`/`status` with no transition in progress (or of another patch).
+    NoTransition(String),
+    /// `remove` of a patch whose transition was forced: a thread may still run its code.
+    Forced(String),
+    /// `force`: every thread was switched, but completing failed (the text
+    /// patching of the final table); the transition stays, retried.
+    ForceIncomplete(String),
 }
 
 impl fmt::Display for LivepatchError {
@@ -132,6 +156,33 @@ impl fmt::Display for LivepatchError {
             }
             LivepatchError::UnknownObject(name) => write!(formatter, "object '{name}' is not loaded"),
             LivepatchError::Ftrace(error) => write!(formatter, "{error}"),
+            LivepatchError::TransitionInProgress { patch, blocked } => {
+                write!(formatter, "patch '{patch}' is still in transition")?;
+                match blocked.first() {
+                    Some(first) => write!(
+                        formatter,
+                        ", blocked by {first}{}",
+                        if blocked.len() > 1 {
+                            alloc::format!(" and {} more", blocked.len() - 1)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    None => Ok(()),
+                }
+            }
+            LivepatchError::AlreadyInTransition { patch, enabling } => {
+                write!(formatter, "patch '{patch}' is already being {}", if *enabling { "enabled" } else { "disabled" })
+            }
+            LivepatchError::NoTransition(patch) => write!(formatter, "patch '{patch}' is not in transition"),
+            LivepatchError::Forced(patch) => write!(
+                formatter,
+                "patch '{patch}' was forced: a thread may still run its code, so it stays (and its module with it)"
+            ),
+            LivepatchError::ForceIncomplete(patch) => write!(
+                formatter,
+                "patch '{patch}': every thread was switched, but completing the transition failed; it is retried"
+            ),
         }
     }
 }
@@ -142,27 +193,455 @@ impl From<PlanError> for LivepatchError {
     }
 }
 
-/// The patches and the replacement stacks (`portable::livepatch`): changed
-/// only by committing a plan whose redirect is in place.
-static REGISTRY: Mutex<State> = Mutex::new(State::new());
+/// The transition in progress.
+pub struct Transition {
+    /// The patch in transition.
+    pub patch: String,
+    pub id: u64,
+    /// Timebase at its start.
+    pub started: u64,
+    /// Rounds of checks so far.
+    pub attempts: u64,
+    /// The threads that blocked the last round.
+    pub blocked: Vec<Blocked>,
+    /// Timebase of the last fake signal (the start, before the first).
+    pub signalled: u64,
+}
 
-/// Plans `operation`, installs the redirect table it leads to (for `enable`
-/// and `disable`), then commits it. When installing fails, the plan is
-/// dropped: the patches, the stacks, the table and the text are as before.
-fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
-    let name = operation.patch_name();
-    let mut registry = REGISTRY.lock();
-    let plan = registry.plan(operation)?;
-    if let Some(functions) = plan.functions() {
-        redirect::apply(functions).map_err(|error| ftrace_error(registry.patch(name), error))?;
-    }
-    registry.commit(plan);
-    let patch = registry.patch(name);
+/// The livepatch core's state, under one lock.
+struct Core {
+    /// The patches and the replacement stacks (`portable::livepatch`):
+    /// changed only by committing a plan whose redirect is in place.
+    state: State,
+    transition: Option<Transition>,
+    /// The patches whose transition `force` completed: their modules are
+    /// never unloaded (a thread may still run their code, as in Linux).
+    forced: Vec<String>,
+    /// Whether the thread that retries a stalled transition runs.
+    worker: bool,
+}
+
+static REGISTRY: Mutex<Core> =
+    Mutex::new(Core { state: State::new(), transition: None, forced: Vec::new(), worker: false });
+
+/// How long `enable` and `disable` wait for their transition (and for
+/// another patch's transition before they start) before they return.
+pub const TRANSITION_WAIT_MILLISECONDS: u64 = 100;
+/// How often the worker retries a stalled transition.
+pub const RETRY_MILLISECONDS: u64 = 10;
+/// How long a transition stalls before the worker sends its blockers the
+/// fake signal (`signal`), and again after as long each time (Linux: 15 s).
+pub const SIGNAL_MILLISECONDS: u64 = 1000;
+
+/// Where a transition stands when `enable` or `disable` returns.
+#[derive(Debug)]
+pub enum Progress {
+    /// Every thread switched: the patch's state is final.
+    Complete,
+    /// Still in progress (a worker retries every `RETRY_MILLISECONDS`): the
+    /// threads that block it, and why.
+    Pending(Vec<Blocked>),
+}
+
+/// Tells the debugger (gdb) what patch `name` now does.
+fn announce(state: &State, name: &str) {
+    let patch = state.patch(name);
     let pairs: Vec<(u64, u64)> = patch
         .map(|patch| patch.functions.iter().map(|function| (function.entry, function.new)).collect())
         .unwrap_or_default();
     crate::debug::patch_changed(name, patch.map(|patch| patch.enabled), &pairs);
+}
+
+/// Plans `operation` (`add` or `remove`), then commits it.
+fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
+    let name = operation.patch_name();
+    let mut core = REGISTRY.lock();
+    // Under the same lock as the commit: a force completing meanwhile is seen.
+    if matches!(operation, Operation::Remove(_)) && core.forced.iter().any(|forced| forced == name) {
+        return Err(LivepatchError::Forced(String::from(name)));
+    }
+    let plan = core.state.plan(operation)?;
+    debug_assert!(plan.functions().is_none(), "enable and disable go through a transition");
+    core.state.commit(plan);
+    announce(&core.state, name);
     Ok(())
+}
+
+/// The code a transition of patch `id` changes, from the stacks where it is
+/// topmost: each function's original code, the patch's replacement and the
+/// one below it.
+fn changed_code(functions: &[(u64, Stack)], id: u64) -> Vec<transition::Code> {
+    let modules = crate::module::memory_ranges();
+    // The originals come in entry order (the stacks are sorted by entry);
+    // the replacements, (address, original entry), are looked up once each
+    // (a patch may use one replacement for many functions).
+    let mut code = Vec::with_capacity(2 * functions.len());
+    let mut replacements: Vec<(u64, u64)> = Vec::new();
+    for (entry, stack) in functions {
+        if let [below @ .., (top, new)] = stack.replacements.as_slice()
+            && *top == id
+        {
+            code.push(transition::code_at(*entry, *entry, &modules));
+            replacements.push((*new, *entry));
+            if let Some((_, previous)) = below.last() {
+                replacements.push((*previous, *entry));
+            }
+        }
+    }
+    replacements.sort_unstable_by_key(|(address, _)| *address);
+    replacements.dedup_by_key(|(address, _)| *address);
+    code.extend(replacements.iter().map(|(address, entry)| transition::code_at(*entry, *address, &modules)));
+    code
+}
+
+/// Starts the transition of `name` to `target`, or reverses the one in
+/// progress, waiting up to `TRANSITION_WAIT_MILLISECONDS` for another
+/// patch's transition to complete first.
+fn start(name: &str, target: u64) -> Result<(), LivepatchError> {
+    let started = crate::arch::registers::timebase();
+    let deadline = started + crate::time::milliseconds_to_timebase(TRANSITION_WAIT_MILLISECONDS);
+    loop {
+        {
+            let mut core = REGISTRY.lock();
+            match &core.transition {
+                Some(transition) if transition.patch == name => {
+                    if transition::target() == target {
+                        return Err(LivepatchError::AlreadyInTransition {
+                            patch: String::from(name),
+                            enabling: target == PATCHED,
+                        });
+                    }
+                    transition::reverse();
+                    try_complete(&mut core);
+                    return Ok(());
+                }
+                Some(transition) if crate::arch::registers::timebase() >= deadline => {
+                    return Err(LivepatchError::TransitionInProgress {
+                        patch: transition.patch.clone(),
+                        blocked: transition.blocked.clone(),
+                    });
+                }
+                Some(_) => try_complete(&mut core),
+                None => return begin(&mut core, name, target),
+            }
+            if core.transition.is_none() {
+                continue;
+            }
+        }
+        pause_between_rounds(started);
+    }
+}
+
+/// Starts the transition of `name` to `target` (none in progress): checks
+/// the operation, marks every thread, publishes the marked table, and tries
+/// once to complete it.
+fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError> {
+    let plan = core.state.plan(if target == PATCHED { Operation::Enable(name) } else { Operation::Disable(name) })?;
+    let patch = core.state.patch(name).expect("planned above");
+    let id = patch.id;
+    // Enabling installs the stacks with the patch on top (committed at
+    // once: the patch is enabled, in transition); disabling keeps the
+    // stacks as they are until it completes.
+    let functions =
+        if target == PATCHED { plan.functions().expect("enable changes the stacks") } else { core.state.functions() };
+    let code = changed_code(functions, id);
+    transition::begin(target);
+    // A disable keeps the sites as they are: only the table changes.
+    let installed = if target == PATCHED {
+        redirect::apply(functions, Some(id))
+    } else {
+        redirect::publish(functions, Some(id));
+        Ok(())
+    };
+    if let Err(error) = installed {
+        transition::end();
+        return Err(ftrace_error(core.state.patch(name), error));
+    }
+    // The marked table and every site are in place: threads may switch.
+    transition::open(target, code);
+    if target == PATCHED {
+        core.state.commit(plan);
+    }
+    core.transition = Some(Transition {
+        patch: String::from(name),
+        id,
+        started: crate::arch::registers::timebase(),
+        attempts: 0,
+        blocked: Vec::new(),
+        signalled: crate::arch::registers::timebase(),
+    });
+    announce(&core.state, name);
+    #[cfg(feature = "ktest")]
+    if IMMEDIATE.load(core::sync::atomic::Ordering::Relaxed) {
+        transition::force();
+    }
+    try_complete(core);
+    Ok(())
+}
+
+/// The test-only immediate model: every thread switches at the start of a
+/// transition, wherever it is (the model before the consistency model; the
+/// tests show what it gets wrong).
+#[cfg(feature = "ktest")]
+pub static IMMEDIATE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// One round: tries to switch every thread; completes the transition if
+/// none is left.
+fn try_complete(core: &mut Core) {
+    let Some(transition) = core.transition.as_mut() else { return };
+    transition.attempts += 1;
+    transition.blocked = transition::switch_threads();
+    if transition.blocked.is_empty() {
+        complete(core);
+    } else {
+        let mut text = alloc::format!(
+            "patch '{}' in transition to {}: {} threads block it\n",
+            transition.patch,
+            if transition::target() == PATCHED { "patched" } else { "unpatched" },
+            transition.blocked.len()
+        );
+        for blocked in &transition.blocked {
+            text.push_str(&alloc::format!("  {blocked}\n"));
+        }
+        crate::debug::transition_changed(&text);
+    }
+}
+
+/// Ends the transition in progress, every thread being in the target state:
+/// publishes the table without marks (for a disable, with the patch popped
+/// off its functions' stacks), whose grace period passes before `apply`
+/// returns, then clears the threads' states.
+fn complete(core: &mut Core) {
+    let Some(transition) = core.transition.take() else { return };
+    let name = transition.patch.as_str();
+    let result = if transition::target() == PATCHED {
+        // The same functions: only the table loses its marks.
+        redirect::publish(core.state.functions(), None);
+        Ok(())
+    } else {
+        match core.state.plan(Operation::Disable(name)) {
+            Ok(plan) => {
+                let applied = redirect::apply(plan.functions().expect("disable changes the stacks"), None);
+                if applied.is_ok() {
+                    core.state.commit(plan);
+                }
+                applied
+            }
+            Err(error) => panic!("the patch in transition can be disabled: {error}"),
+        }
+    };
+    if let Err(error) = result {
+        // Only text patching can fail here (no memory for a table): the
+        // marked table stays, and the next round tries again.
+        crate::println!("klp: completing the transition of '{name}' failed ({error}); retrying");
+        core.transition = Some(transition);
+        return;
+    }
+    transition::end();
+    crate::debug::transition_changed("");
+    announce(&core.state, name);
+}
+
+/// Between two rounds of checks, where the threads that block a transition
+/// must run to reach their safe points: every CPU running a blocker gets a
+/// reschedule IPI (under QEMU's round-robin TCG an IPI is what hands that
+/// vCPU its turn at once; its blocker then switches itself within
+/// microseconds and kicks this CPU back, `transition::switch_current`); then,
+/// for the first millisecond since `started`, this thread yields and confers
+/// and looks again at once; after that, it sleeps a millisecond per round.
+fn pause_between_rounds(started: u64) {
+    let running: portable::cpuset::CpuSet = REGISTRY
+        .lock()
+        .transition
+        .iter()
+        .flat_map(|transition| transition.blocked.iter())
+        .filter_map(|blocked| match blocked.blocker {
+            Blocker::Running { cpu } => Some(cpu),
+            _ => None,
+        })
+        .fold(portable::cpuset::CpuSet::EMPTY, |cpus, cpu| cpus.with(cpu));
+    for cpu in running.iter() {
+        crate::arch::smp::send_reschedule(cpu);
+    }
+    let me = crate::arch::percpu::smp_processor_id() as u64;
+    transition::WAITER.store(me + 1, core::sync::atomic::Ordering::Relaxed);
+    if crate::arch::registers::timebase() - started < crate::time::milliseconds_to_timebase(1) {
+        crate::thread::yield_now();
+        crate::arch::smp::confer();
+    } else {
+        crate::thread::sleep_milliseconds(1);
+    }
+    transition::WAITER.store(0, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Waits up to `milliseconds` for the transition in progress to complete,
+/// checking the threads between pauses (`pause_between_rounds`); starts the
+/// worker that keeps retrying if it does not.
+pub fn wait_for_transition(milliseconds: u64) -> Progress {
+    let started = crate::arch::registers::timebase();
+    let deadline = started + crate::time::milliseconds_to_timebase(milliseconds);
+    loop {
+        {
+            let mut core = REGISTRY.lock();
+            if core.transition.is_some() {
+                try_complete(&mut core);
+            }
+            match &core.transition {
+                None => return Progress::Complete,
+                Some(transition) if crate::arch::registers::timebase() >= deadline => {
+                    let blocked = transition.blocked.clone();
+                    if !core.worker {
+                        core.worker = true;
+                        if crate::thread::spawn("klp-transition", retry_transition).is_none() {
+                            core.worker = false;
+                        }
+                    }
+                    return Progress::Pending(blocked);
+                }
+                Some(_) => {}
+            }
+        }
+        pause_between_rounds(started);
+    }
+}
+
+/// The worker: retries the transition in progress every `RETRY_MILLISECONDS`
+/// until none is left, and sends its blockers the fake signal every
+/// `SIGNAL_MILLISECONDS` it stalls.
+fn retry_transition() {
+    loop {
+        crate::thread::sleep_milliseconds(RETRY_MILLISECONDS);
+        let mut core = REGISTRY.lock();
+        try_complete(&mut core);
+        let Some(transition) = core.transition.as_mut() else {
+            core.worker = false;
+            return;
+        };
+        let now = crate::arch::registers::timebase();
+        if now - transition.signalled >= crate::time::milliseconds_to_timebase(SIGNAL_MILLISECONDS) {
+            transition.signalled = now;
+            wake_blockers(&transition.blocked);
+        }
+    }
+}
+
+/// Wakes every thread in `blocked` that sleeps in `thread::sleep_interruptible`
+/// with a function the patch changes on its stack; returns how many.
+fn wake_blockers(blocked: &[Blocked]) -> usize {
+    blocked
+        .iter()
+        .filter(|blocked| matches!(blocked.blocker, Blocker::Function { .. }))
+        .filter(|blocked| crate::thread::wake_interruptible(blocked.thread))
+        .count()
+}
+
+/// The fake signal (Linux's `klp_send_signals`): wakes the threads that
+/// block the transition in progress while asleep in
+/// `thread::sleep_interruptible` inside a function it changes, so that they
+/// can leave it and switch; returns how many it woke. The worker sends it
+/// by itself every `SIGNAL_MILLISECONDS` a transition stalls.
+pub fn signal() -> usize {
+    let mut core = REGISTRY.lock();
+    try_complete(&mut core);
+    let Some(transition) = core.transition.as_mut() else { return 0 };
+    transition.signalled = crate::arch::registers::timebase();
+    wake_blockers(&transition.blocked)
+}
+
+/// The calling thread's safe point: during a transition, a thread not yet
+/// switched checks its own stack and switches if nothing the patch changes
+/// is on it. Yield, sleep, join and the idle loop call it; a long-running
+/// loop calls it (`klp_safe_point`) to let a transition past it. Inlined:
+/// outside a transition it is one load and a branch on every yield.
+#[macros::notrace]
+#[inline(always)]
+pub fn safe_point() {
+    let target = transition::target();
+    if target != transition::UNDEFINED {
+        switch_at_safe_point(target);
+    }
+}
+
+/// `safe_point` during a transition.
+#[macros::notrace]
+#[inline(never)]
+fn switch_at_safe_point(target: u64) {
+    // Safety: the calling thread's own thread_info.
+    if unsafe { (*crate::thread::current_thread_info()).patch_state } == target {
+        return;
+    }
+    if transition::switch_current().is_ok()
+        && transition::WAITER.load(core::sync::atomic::Ordering::Relaxed)
+            == crate::arch::percpu::smp_processor_id() as u64 + 1
+    {
+        // Switched, and the thread waiting for the transition is on this
+        // CPU: let it look now rather than after this thread's time slice
+        // (a waiter on another CPU was kicked by `switch_current`).
+        crate::thread::yield_now();
+    }
+}
+
+/// Completes the transition of `name` at once, switching every thread
+/// without checking its stack (Linux's `klp force`): threads may still run
+/// the old code. The patch's module can never be unloaded afterwards.
+pub fn force(name: &str) -> Result<(), LivepatchError> {
+    let mut core = REGISTRY.lock();
+    match &core.transition {
+        Some(transition) if transition.patch == name => {}
+        _ => return Err(LivepatchError::NoTransition(String::from(name))),
+    }
+    transition::force();
+    if !core.forced.iter().any(|forced| forced == name) {
+        core.forced.push(String::from(name));
+    }
+    complete(&mut core);
+    if core.transition.is_some() {
+        return Err(LivepatchError::ForceIncomplete(String::from(name)));
+    }
+    Ok(())
+}
+
+/// Lets the module of a patch forced by the test isolation be unloaded
+/// again (tests only: a test that left a transition stuck is reported, and
+/// the next tests must not inherit its module).
+#[cfg(feature = "ktest")]
+pub fn forget_forced(name: &str) {
+    REGISTRY.lock().forced.retain(|forced| forced != name);
+}
+
+/// Whether patch `name` is in transition now.
+pub fn in_transition(name: &str) -> bool {
+    REGISTRY.lock().transition.as_ref().is_some_and(|transition| transition.patch == name)
+}
+
+/// Whether patch `name` was ever forced (its module stays loaded for good).
+pub fn was_forced(name: &str) -> bool {
+    REGISTRY.lock().forced.iter().any(|forced| forced == name)
+}
+
+/// The transition in progress: the patch, whether it enables it, how long
+/// it has run (timebase ticks), the rounds so far, and the threads that
+/// blocked the last one.
+pub struct TransitionStatus {
+    pub patch: String,
+    pub enabling: bool,
+    pub elapsed: u64,
+    pub attempts: u64,
+    pub blocked: Vec<Blocked>,
+}
+
+/// The transition in progress, after one more round of checks.
+pub fn status() -> Option<TransitionStatus> {
+    let mut core = REGISTRY.lock();
+    try_complete(&mut core);
+    let transition = core.transition.as_ref()?;
+    Some(TransitionStatus {
+        patch: transition.patch.clone(),
+        enabling: transition::target() == PATCHED,
+        elapsed: crate::arch::registers::timebase() - transition.started,
+        attempts: transition.attempts,
+        blocked: transition.blocked.clone(),
+    })
 }
 
 /// Adds a patch (disabled), after resolving every function it names: an
@@ -205,7 +684,8 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
     carry_out(Operation::Add { name: &patch.name, functions })
 }
 
-/// Removes a disabled patch.
+/// Removes a disabled patch; never one that was forced (a thread may still
+/// run its code: its replacements, and its module, stay).
 pub fn remove(name: &str) -> Result<(), LivepatchError> {
     carry_out(Operation::Remove(name))
 }
@@ -255,23 +735,32 @@ fn ftrace_error(patch: Option<&PatchState>, error: FtraceError) -> LivepatchErro
     }
 }
 
-/// Enables a patch: its replacements run from the next call on.
-pub fn enable(name: &str) -> Result<(), LivepatchError> {
-    // One CPU, no preemption: other threads see all of the patch or none of it.
-    let _preempt = crate::thread::preempt_disable();
-    carry_out(Operation::Enable(name))
+/// Enables a patch: starts its transition (the calling thread switches at
+/// once unless the patch's code is on its own stack) and waits up to
+/// `TRANSITION_WAIT_MILLISECONDS` for it to complete. Enabling a patch that
+/// is being disabled reverses that transition.
+pub fn enable(name: &str) -> Result<Progress, LivepatchError> {
+    start(name, PATCHED)?;
+    Ok(wait_for_transition(TRANSITION_WAIT_MILLISECONDS))
 }
 
-/// Disables a patch; it must be the topmost on each of its functions.
-pub fn disable(name: &str) -> Result<(), LivepatchError> {
-    let _preempt = crate::thread::preempt_disable();
-    carry_out(Operation::Disable(name))
+/// Disables a patch (it must be the topmost on each of its functions):
+/// starts its transition and waits as `enable` does; the patch leaves its
+/// functions' stacks when the transition completes. Disabling a patch that
+/// is being enabled reverses that transition.
+pub fn disable(name: &str) -> Result<Progress, LivepatchError> {
+    start(name, UNPATCHED)?;
+    Ok(wait_for_transition(TRANSITION_WAIT_MILLISECONDS))
 }
 
 /// One patch in `klp list`.
 pub struct PatchSummary {
     pub name: String,
     pub enabled: bool,
+    /// `Some(true)` while being enabled, `Some(false)` while being disabled.
+    pub transition: Option<bool>,
+    /// Its transition was forced: its module stays loaded.
+    pub forced: bool,
     pub functions: Vec<FunctionSummary>,
 }
 
@@ -292,13 +781,20 @@ pub struct FunctionSummary {
 
 /// Every patch, in the order they were added.
 pub fn list() -> Vec<PatchSummary> {
-    let registry = REGISTRY.lock();
+    let core = REGISTRY.lock();
+    let registry = &core.state;
     registry
         .patches()
         .iter()
         .map(|patch| PatchSummary {
             name: patch.name.clone(),
             enabled: patch.enabled,
+            transition: core
+                .transition
+                .as_ref()
+                .filter(|transition| transition.id == patch.id)
+                .map(|_| transition::target() == PATCHED),
+            forced: core.forced.contains(&patch.name),
             functions: patch
                 .functions
                 .iter()

@@ -2,9 +2,22 @@
 //!
 //! Every replaced function is claimed by this single ops (so no other
 //! IPMODIFY user can take it). The handler looks the traced site up in a
-//! sorted (site, replacement) table and redirects the call to the
-//! replacement with `klp_arch_set_pc` (which sends it through
-//! `livepatch_handler`). Only this handler sends calls through
+//! sorted table of `Redirect`s and sends the call to the replacement with
+//! `klp_arch_set_pc` (which sends it through `livepatch_handler`). During a
+//! transition (`transition.rs`) the transitioning patch's entries say so,
+//! and the handler picks per thread (Linux's `klp_ftrace_handler` with
+//! `func->transition`): a thread whose `patch_state` is unpatched gets the
+//! replacement below the patch's, or the original code.
+//!
+//! Memory ordering: a transition writes every thread's `patch_state` before
+//! it publishes the table that marks the entries (`Published`: a release
+//! store; the handler's load of the table is an acquire), so a handler that
+//! sees the mark sees the state written for its thread then, or one its
+//! thread wrote since (its own safe point), or one the transition wrote
+//! while the thread was switched out (under the scheduler lock, which the
+//! thread's switch in takes after). At the end the table without marks is
+//! published before the states are cleared, after a grace period: no
+//! handler still reading the marked table reads a cleared state. Only this handler sends calls through
 //! `livepatch_handler`, so another handler that redirects a call is never
 //! taken for a livepatch (what decides is where the call is sent, not
 //! whether it was redirected). One shared ops keeps the traced call cheap
@@ -22,9 +35,23 @@ use portable::site_table::search_by;
 pub static LIVEPATCH_OPS: FtraceOps =
     FtraceOps::new("livepatch", livepatch_ftrace_handler, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));
 
-/// (site, replacement) pairs sorted by site.
+/// Where the calls of one patched function go.
+#[repr(C)]
+struct Redirect {
+    /// The function's ftrace site (the table is sorted by it).
+    site: u64,
+    /// The topmost replacement's global entry.
+    new: u64,
+    /// For a thread still unpatched while `transition` is set: the replacement
+    /// below (its global entry), or 0 for the original code.
+    previous: u64,
+    /// Nonzero while the topmost replacement's patch is in transition.
+    transition: u64,
+}
+
+/// `Redirect`s sorted by site.
 struct Targets {
-    pairs: Vec<(u64, u64)>,
+    pairs: Vec<Redirect>,
 }
 
 /// The table before the first patch.
@@ -42,24 +69,36 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
     // section (`NonPreemptibleReaders`).
     let pairs = unsafe { &TARGETS.read().pairs };
     // Safety (both reads): `search_by` asks only for indices below the length.
-    let found = search_by(pairs.len(), ip, |index| unsafe { pairs.get_unchecked(index).0 });
+    let found = search_by(pairs.len(), ip, |index| unsafe { pairs.get_unchecked(index).site });
     if let Some(index) = found {
-        klp_arch_set_pc(regs, unsafe { pairs.get_unchecked(index).1 });
+        let redirect = unsafe { pairs.get_unchecked(index) };
+        let mut target = redirect.new;
+        if redirect.transition != 0 {
+            // The thread this CPU runs (also when an interrupt handler on its
+            // stack or on the emergency stack calls the function): the table's
+            // acquire load orders this read after the states the transition
+            // wrote before publishing it (see the module comment).
+            let info = crate::arch::registers::per_cpu().current_thread as *const crate::thread::ThreadInfo;
+            // Safety: the running thread's stack base holds its thread_info.
+            if unsafe { core::ptr::read_volatile(&raw const (*info).patch_state) } == super::transition::UNPATCHED {
+                target = redirect.previous;
+                if target == 0 {
+                    // The original code: the call goes on into the traced function.
+                    return;
+                }
+            }
+        }
+        klp_arch_set_pc(regs, target);
     }
 }
 
 /// Makes every function in `functions` run its newest replacement, and every
-/// other function its original code. Either all of it takes effect or, on
-/// error, nothing does. Call with preemption off.
-pub fn apply(functions: &[(u64, Stack)]) -> Result<(), FtraceError> {
-    // Sites follow their functions' entries, so this is already sorted by
-    // site, as the handler's binary search needs (checked in debug builds).
-    let pairs: Vec<(u64, u64)> = functions
-        .iter()
-        .filter_map(|(_, stack)| stack.replacements.last().map(|(_, new)| (stack.site, *new)))
-        .collect();
-    debug_assert!(pairs.is_sorted_by_key(|(site, _)| *site), "the redirect table is searched by site");
-    let previous = TARGETS.replace_retaining(Targets { pairs });
+/// other function its original code; the functions whose newest replacement
+/// belongs to patch `transition` run it only in threads whose `patch_state`
+/// is not unpatched (the others run the one below). Either all of it takes
+/// effect or, on error, nothing does. Call with preemption off.
+pub fn apply(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), FtraceError> {
+    let previous = TARGETS.replace_retaining(table(functions, transition));
     let entries: Vec<u64> =
         functions.iter().filter(|(_, stack)| !stack.replacements.is_empty()).map(|(entry, _)| *entry).collect();
     let result = if entries.is_empty() {
@@ -78,4 +117,33 @@ pub fn apply(functions: &[(u64, Stack)]) -> Result<(), FtraceError> {
             Err(error)
         }
     }
+}
+
+/// Publishes the table for `functions` (as `apply`) when their ftrace
+/// registration stays as it is (the same functions as the table it
+/// replaces): a transition's marks come or go. Returns after the grace
+/// period of the table it replaced.
+pub fn publish(functions: &[(u64, Stack)], transition: Option<u64>) {
+    drop(TARGETS.replace_retaining(table(functions, transition)));
+}
+
+/// The handler's table for `functions`, with the functions whose topmost
+/// replacement belongs to patch `transition` marked.
+fn table(functions: &[(u64, Stack)], transition: Option<u64>) -> Targets {
+    // Sites follow their functions' entries, so this is already sorted by
+    // site, as the handler's binary search needs (checked in debug builds).
+    let pairs: Vec<Redirect> = functions
+        .iter()
+        .filter_map(|(_, stack)| match stack.replacements.as_slice() {
+            [below @ .., (patch, new)] => Some(Redirect {
+                site: stack.site,
+                new: *new,
+                previous: below.last().map_or(0, |(_, previous)| *previous),
+                transition: u64::from(Some(*patch) == transition),
+            }),
+            [] => None,
+        })
+        .collect();
+    debug_assert!(pairs.is_sorted_by_key(|redirect| redirect.site), "the redirect table is searched by site");
+    Targets { pairs }
 }

@@ -14,26 +14,29 @@
 //! thread that is switched out: that window is not preemptible
 //! (`livepatch::entering`). Should the timer ever stop there anyway, the
 //! interrupted r11 and CTR are counted as well and the event is recorded in
-//! `PARKED_ENTERING`, which tests require to stay 0 (every interrupted
-//! register is visited anyway, r11 and CTR among them).
+//! `PARKED_ENTERING`, which tests require to stay 0.
 //!
 //! A thread running on another CPU cannot be read while it runs: the scan
 //! stops the machine (`arch::smp::stop_machine`), so every other CPU waits
 //! in an IPI handler, and such a thread is seen in the registers its CPU was
-//! interrupted in (every register, and the LR slot of its r1's frame, as for
-//! an interrupt frame) and its stack from that r1. No thread switches or
+//! interrupted in (the registers and the LR slot below, as for an interrupt
+//! frame) and its stack from that r1. No thread switches or
 //! moves between CPUs meanwhile.
 //!
 //! Dead threads are not looked at (they never run again), nor is a frame
 //! that lies outside its thread's stack. The innermost frame of each walk
 //! (the scanning function's own, or `switch_context`'s) has an LR slot its
-//! owner has not written yet; it is skipped. For an interrupt frame, every
-//! saved register is visited (NIP, LR, CTR, r0-r31) and so is the LR slot of
-//! the interrupted r1's frame, stale or not: a function interrupted in its
-//! epilogue, after popping its frame and loading r0 from that slot, holds
-//! its return address only there and in r0
-//! (`a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside`). Stale
-//! values only err toward "busy", and unload retries.
+//! owner has not written yet; it is skipped. For an interrupt frame, the
+//! saved NIP, LR, r0, r1, r2 and r14-r31 are visited (`interrupted_registers`
+//! says why not r3-r12 and CTR), and the LR slot of the interrupted r1's
+//! frame when the interrupted code is about to reload its return address
+//! from there (`slot_live`): a function interrupted in its epilogue, after
+//! popping its frame, holds its return address only there, then in r0
+//! (`a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside`).
+//! Elsewhere that slot is stale, and a stale module address there or in a
+//! volatile register kept a looping thread's module busy for good. This
+//! scan is the last check of `module::unload`, after the patch's disable
+//! transition completed (docs/modules.md, "Unloading").
 use crate::arch::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
 use crate::arch::interrupts::ceded_at;
 use crate::arch::livepatch::{LivepatchFrame, entering};
@@ -104,10 +107,13 @@ pub fn inside(memory: Range<u64>) -> Option<Holder> {
 }
 
 /// Every register of an interrupted context, and the LR slot of its r1's
-/// frame (stale or not, see the module comment), if inside the stack at `base`.
+/// frame when it is live there (`slot_live`), if inside the stack at `base`.
 #[notrace]
 fn interrupted(registers: &PtRegs, base: u64, visit: &mut dyn FnMut(u64)) {
     interrupted_registers(registers, visit);
+    if !slot_live(registers.nip) {
+        return;
+    }
     let slot = registers.gpr[1] + boot::LINK_SAVE as u64;
     let word = size_of::<u64>() as u64;
     if registers.gpr[1].is_multiple_of(word) && (base..base + THREAD_SIZE as u64 - word).contains(&slot) {
@@ -152,9 +158,12 @@ fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
     let regs_offset = offset_of!(InterruptFrame, regs) as u64;
     // Safety: the walk reads only aligned words inside the thread's stack.
     let read = |address: u64| unsafe { *(address as *const u64) };
+    // Whether the next frame is an interrupted context's r1 frame whose LR
+    // slot is dead (`slot_live`).
+    let mut skip_next_link = false;
     for (index, frame) in Backchain::new(stack_pointer, (base, high), THREAD_SIZE / 32, read).enumerate() {
         let link = frame.saved_link;
-        if index > 0 {
+        if index > 0 && !core::mem::take(&mut skip_next_link) {
             visit(link);
         }
         if is_interrupt_frame(link) && frame.address + regs_offset + size_of::<PtRegs>() as u64 <= high {
@@ -164,33 +173,62 @@ fn stack_frames(base: u64, stack_pointer: u64, visit: &mut dyn FnMut(u64)) {
             if entering(regs.nip) {
                 PARKED_ENTERING.fetch_add(1, Ordering::Relaxed);
             }
-            // The interrupted r1's LR slot is visited like any other: it may
-            // be stale (written by an earlier callee), which only errs toward
-            // busy, or hold the return address of a function whose epilogue
-            // was interrupted after its frame was popped.
+            // The next frame is the interrupted r1's: its LR slot counts
+            // only where it is live.
+            skip_next_link = !slot_live(regs.nip);
         }
     }
 }
 
+/// `ld r0,16(r1)`: the epilogue's reload of the return address from the LR
+/// slot of the caller's frame.
+const LOAD_RETURN_ADDRESS: u32 = 0xe801_0010;
+
+/// Whether the LR slot of the frame at an interrupted context's r1 holds a
+/// return address the context will use. Only in one place: a function's
+/// epilogue after it popped its frame (r1 = its caller's frame) and before
+/// `ld r0,16(r1)` reloaded its return address from that slot, i.e. with
+/// NIP at that load. Anywhere else the slot belongs to the calls the
+/// function at r1 makes and is stale between them; a thread that once
+/// called a module's replacement and then loops without calling anything
+/// at that depth keeps the module's address there for good (the SMP stress
+/// test's workers did, and every unload was `Busy`). In its prologue the
+/// return address is still in LR (and r0), and once the frame is made it is
+/// in the caller's slot, which the back chain visits. A NIP outside the
+/// kernel's text (a module's, whose list the stopped machine may not lock)
+/// counts as live.
+#[notrace]
+fn slot_live(nip: u64) -> bool {
+    if !nip.is_multiple_of(4) || !crate::arch::stacktrace::is_kernel_text(nip) {
+        return true;
+    }
+    // Safety: an aligned word of the kernel's text, never unmapped.
+    unsafe { (nip as *const u32).read_volatile() == LOAD_RETURN_ADDRESS }
+}
+
 /// The registers of an interrupted context that may hold a code address it
-/// will use: NIP, LR and every GPR and CTR (a function in its epilogue has
-/// the return into its caller only in r0, loaded from the slot below with LR
-/// still stale; a caller may hold a module address in any register). A
-/// stale value only makes the module look busy for a while: unload tries
-/// again. Except after H_CEDE (`arch::interrupts::ceded_at`): a context
-/// interrupted there (an idle thread) returns from a call, so its volatile
-/// registers (r0, r3-r12, CTR) are dead; they hold whatever the thread that
-/// ran before it left, maybe a module address, for as long as it idles, and
-/// would keep the module busy for good. Only r1, r2, r14-r31, NIP and LR
-/// count then.
+/// will use: NIP, LR, r0 (a function in its epilogue has the return into its
+/// caller only in r0, loaded from the slot below with LR still stale), r1,
+/// r2 and the non-volatile r14-r31 (a function may keep anything there
+/// across its calls). Not the other volatile registers (r3-r12, CTR): at an
+/// interrupt they hold either what the interrupted code computes now or
+/// whatever an earlier call left in them, and the latter stays for good in
+/// a loop that does not touch them: `ftrace_caller` hands the replacement's
+/// address to `livepatch_handler` in r11 and CTR, and the SMP stress
+/// test's workers, which called a module's replacement once and then looped,
+/// kept the module `Busy` on every unload. A live module address there
+/// would be a function pointer the module handed out, about to be called,
+/// which the rules for patch authors forbid (docs/modules.md); the calls the
+/// livepatch core makes are covered by the disable transition, and
+/// `livepatch_handler`'s window before its `bctrl` is not preemptible
+/// (`entering`). After H_CEDE (`arch::interrupts::ceded_at`) the context
+/// returns from a call, so r0 is dead too.
 #[notrace]
 fn interrupted_registers(registers: &PtRegs, visit: &mut dyn FnMut(u64)) {
     visit(registers.nip);
     visit(registers.link);
-    if ceded_at(registers.nip) {
-        registers.gpr[1..=2].iter().chain(&registers.gpr[14..]).for_each(|&register| visit(register));
-    } else {
-        registers.gpr.iter().for_each(|&register| visit(register));
-        visit(registers.ctr);
+    if !ceded_at(registers.nip) {
+        visit(registers.gpr[0]);
     }
+    registers.gpr[1..=2].iter().chain(&registers.gpr[14..]).for_each(|&register| visit(register));
 }

@@ -114,13 +114,35 @@ fn send(answers: Vec<Answer>) {
 fn carry_out(request: Request) -> (bool, String) {
     match request {
         Request::Load { name, module } => match super::load(module) {
-            Ok(patch) if patch == name => (true, format!("module '{name}' loaded, patch '{patch}' enabled")),
-            Ok(patch) => (true, format!("module '{name}' loaded as patch '{patch}', enabled")),
+            Ok(patch) => {
+                let loaded = if patch == name {
+                    format!("module '{name}' loaded, patch '{patch}' enabled")
+                } else {
+                    format!("module '{name}' loaded as patch '{patch}', enabled")
+                };
+                (true, format!("{loaded}; {}", transition_report(&patch)))
+            }
             Err(error) => (false, format!("load {name}: {error}")),
         },
         Request::Unload { name } => match super::unload(name) {
-            Ok(()) => (true, format!("module '{name}' unloaded")),
+            Ok(()) => (true, format!("module '{name}' unloaded (its disable transition completed)")),
             Err(error) => (false, format!("unload {name}: {error}")),
         },
+    }
+}
+
+/// Where patch `name`'s enable transition stands, for the reply: complete,
+/// or in progress with the threads that block it.
+fn transition_report(name: &str) -> String {
+    match crate::livepatch::status() {
+        Some(status) if status.patch == name => {
+            let mut report = format!("transition in progress, blocked by {} threads", status.blocked.len());
+            for blocked in &status.blocked {
+                report.push_str(&format!("; {blocked}"));
+            }
+            report.push_str(&format!(" (the kernel retries; `klp status` or `klp force {name}` in its shell)"));
+            report
+        }
+        _ => String::from("transition complete"),
     }
 }

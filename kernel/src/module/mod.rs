@@ -32,6 +32,9 @@ pub struct LoadedModule {
     pub name: String,
     pub memory: ModuleMemory,
     pub linked: LinkedModule,
+    /// Set while `load` enables its patch: `unload` leaves it alone until
+    /// `load` has finished (and, if the enable failed, taken it back).
+    pub loading: bool,
 }
 
 /// Loaded modules, for `klp list`, unloading and the debugger.
@@ -47,6 +50,10 @@ pub enum LoadError {
     NotLoaded(String),
     /// The module, and who still holds it.
     Busy(String, busy::Holder),
+    /// The module's patch is still being disabled: the threads that block the transition.
+    InTransition(String, Vec<livepatch::Blocked>),
+    /// The module's patch was forced (`klp force`): a thread may still run its code.
+    Forced(String),
     Livepatch(LivepatchError),
 }
 
@@ -70,6 +77,17 @@ impl fmt::Display for LoadError {
                     holder.address
                 )
             }
+            LoadError::InTransition(name, blocked) => {
+                write!(formatter, "module '{name}' is in use: its patch is being disabled")?;
+                for blocked in blocked {
+                    write!(formatter, "; {blocked}")?;
+                }
+                write!(formatter, " (the transition goes on; unload again later, or `klp force {name}`)")
+            }
+            LoadError::Forced(name) => write!(
+                formatter,
+                "module '{name}' stays loaded: its patch's transition was forced, so a thread may still run its code"
+            ),
             LoadError::Livepatch(error) => write!(formatter, "{error}"),
         }
     }
@@ -111,7 +129,19 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     crate::debug::module_loaded(&name, base, memory.size() as u64, linked.toc, &sections);
     drop(sections);
     crate::debug::klp_debug_module_event();
-    if let Err(error) = livepatch::enable(&name) {
+    // Listed before its patch is enabled: the transition counts the module's
+    // whole memory as the patch's code, and the stack walker knows it as text.
+    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked, loading: true });
+    let enabled = livepatch::enable(&name);
+    if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
+        module.loading = false;
+    }
+    if let Err(error) = enabled {
+        let memory = {
+            let mut modules = MODULES.lock();
+            let position = modules.iter().position(|module| module.name == name).expect("pushed above");
+            modules.remove(position).memory
+        };
         // Not loaded after all: gdb forgets it again.
         crate::debug::module_unloaded(base);
         crate::debug::klp_debug_module_event();
@@ -127,7 +157,6 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
         }
         return Err(LoadError::Livepatch(error));
     }
-    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked });
     Ok(name)
 }
 
@@ -148,44 +177,71 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
     Ok(Patch { name: linked.description.name.clone(), objects: alloc::vec![Object { module: None, functions }] })
 }
 
-/// How long `unload` waits for the threads inside a module to leave it.
-pub const UNLOAD_WAIT_MILLISECONDS: u64 = 50;
+/// How long `unload` waits for the patch's disable transition.
+pub const UNLOAD_WAIT_MILLISECONDS: u64 = 200;
+/// How long it then retries the final scan while it finds a thread inside
+/// the module. The scan is conservative (every register and the LR slot
+/// of a preempted thread count, stale or not), so it can see a module
+/// address that a preempted caller left behind in a dead register or an
+/// unused slot until that thread runs again; 50 ms is many time slices.
+pub const BUSY_WAIT_MILLISECONDS: u64 = 50;
 
-/// Disables a module's patch, waits until no thread is inside the module,
-/// and frees its memory.
+/// Disables a module's patch, waits until its disable transition is
+/// complete and no thread is inside the module, and frees its memory.
 ///
-/// First the patch is disabled (with preemption off; the window in which a
-/// thread has chosen a replacement but not yet entered it is not preemptible,
-/// so no thread is in it): from then on no call reaches the module. Then,
-/// for up to `UNLOAD_WAIT_MILLISECONDS`, it checks with preemption off
-/// whether any thread that can still run is inside this module
-/// (`busy::inside`: a return address, a saved NIP or a livepatch return
-/// target in its memory); other modules, built-in patches and dead threads do
-/// not count. If one still is, it returns `Busy`, leaving the patch disabled
-/// and the module loaded: unloading again retries. Otherwise the module is
-/// removed, and its memory freed (poisoned first) only after a grace period
-/// (`thread::synchronize`): a caller handed a pointer into the module just
-/// before, and preempted before using it, gets its time slice first. The
-/// rule for patch authors is still to return copies (docs/modules.md).
+/// Safety comes from the consistency model: the disable transition
+/// completes only once every thread has been seen, with a reliable stack
+/// walk, holding none of the module's memory on its stack (the module's
+/// whole memory is code the transition checks), and from then on no call
+/// reaches the module (the handler's table no longer names it, after a
+/// grace period). If the transition does not complete within
+/// `UNLOAD_WAIT_MILLISECONDS`, `InTransition` names the threads blocking it;
+/// the patch stays in transition and the module loaded (unloading again
+/// waits again). A final scan (`busy::inside`, every thread's stack and
+/// registers with the other CPUs stopped) catches a thread that entered the
+/// module another way (a function pointer it handed out); it returns
+/// `Busy`. Then the patch and module are removed, and the memory is freed
+/// (poisoned first) after `thread::synchronize`: a caller handed a pointer
+/// into the module just before gets its time slice first. A module whose
+/// patch was forced is never unloaded (`Forced`).
 pub fn unload(name: &str) -> Result<(), LoadError> {
-    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(UNLOAD_WAIT_MILLISECONDS);
+    // A module `load` is still enabling counts as not loaded yet.
+    let memory_of = |name: &str| {
+        MODULES
+            .lock()
+            .iter()
+            .find(|module| module.name == name && !module.loading)
+            .map(|module| module.memory.address()..module.memory.address() + module.memory.size() as u64)
+            .ok_or_else(|| LoadError::NotLoaded(String::from(name)))
+    };
+    memory_of(name)?;
+    if livepatch::was_forced(name) {
+        return Err(LoadError::Forced(String::from(name)));
+    }
+    match livepatch::disable(name) {
+        Ok(_)
+        | Err(LivepatchError::Plan(PlanError::NotEnabled(_)))
+        | Err(LivepatchError::AlreadyInTransition { enabling: false, .. }) => {}
+        Err(error) => return Err(LoadError::Livepatch(error)),
+    }
+    if livepatch::in_transition(name)
+        && let livepatch::Progress::Pending(blocked) = livepatch::wait_for_transition(UNLOAD_WAIT_MILLISECONDS)
+    {
+        return Err(LoadError::InTransition(String::from(name), blocked));
+    }
+    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(BUSY_WAIT_MILLISECONDS);
     let module = loop {
         {
             let _preempt = crate::thread::preempt_disable();
-            let memory = MODULES
-                .lock()
-                .iter()
-                .find(|module| module.name == name)
-                .map(|module| module.memory.address()..module.memory.address() + module.memory.size() as u64)
-                .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
-            // Again on every round: another thread may have enabled it meanwhile.
-            match livepatch::disable(name) {
-                Ok(()) | Err(LivepatchError::Plan(PlanError::NotEnabled(_))) => {}
-                Err(error) => return Err(LoadError::Livepatch(error)),
-            }
+            let memory = memory_of(name)?;
             match busy::inside(memory) {
                 None => {
-                    livepatch::remove(name).map_err(LoadError::Livepatch)?;
+                    // Refused if the patch was enabled again meanwhile, or
+                    // forced (`klp force` during the wait above).
+                    livepatch::remove(name).map_err(|error| match error {
+                        LivepatchError::Forced(name) => LoadError::Forced(name),
+                        other => LoadError::Livepatch(other),
+                    })?;
                     let mut modules = MODULES.lock();
                     let position = modules
                         .iter()
@@ -199,7 +255,14 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
                 Some(_) => {}
             }
         }
-        crate::thread::sleep_milliseconds(1);
+        // The holder must run to leave (or to overwrite a stale value): kick
+        // every other CPU (under round-robin TCG an IPI hands that vCPU its
+        // turn), give up this one, and look again.
+        for cpu in crate::arch::percpu::online_cpus().without(crate::arch::percpu::smp_processor_id()).iter() {
+            crate::arch::smp::send_reschedule(cpu);
+        }
+        crate::thread::yield_now();
+        crate::arch::smp::confer();
     };
     crate::debug::module_unloaded(module.memory.address());
     crate::thread::synchronize();
@@ -235,6 +298,15 @@ pub fn symbolize(address: u64) -> Option<String> {
         Some(symbol) => alloc::format!("{}+{:#x} [{}]", symbol.name, address - symbol.address, module.name),
         None => alloc::format!("{}+{:#x}", module.name, address - module.memory.address()),
     })
+}
+
+/// The memory of every loaded module.
+pub fn memory_ranges() -> Vec<core::ops::Range<u64>> {
+    MODULES
+        .lock()
+        .iter()
+        .map(|module| module.memory.address()..module.memory.address() + module.memory.size() as u64)
+        .collect()
 }
 
 /// Whether `address` lies in the memory of a loaded module.

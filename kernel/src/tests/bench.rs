@@ -215,10 +215,44 @@ pub fn run_all() {
         "livepatch_enable_hundred",
         enable_hundred,
         "instructions",
-        "enable a 100-function patch, per function (target <= 1000)",
+        "enable a 100-function patch, per function, transition included (target <= 1500: each function adds a symbol lookup for the code its transition checks)",
     );
 
     drop(_preempt);
+    let (during, after) = super::bench_livepatch::call_in_transition(loop_ticks, per_call_difference);
+    report(
+        "livepatched_call_in_transition",
+        during,
+        "instructions",
+        "patched call from a thread already switched while the patch is in transition, minus a direct call",
+    );
+    report(
+        "livepatched_call_after_transition",
+        after,
+        "instructions",
+        "the same call (two functions in the table) once the transition completed: the marks cost nothing then",
+    );
+    let alone = super::bench_livepatch::transition_latency(0, false);
+    let idle = super::bench_livepatch::transition_latency(8, false);
+    let busy = super::bench_livepatch::transition_latency(8, true);
+    report(
+        "transition_latency_idle8",
+        idle,
+        "instructions",
+        "enable a one-function patch until its transition completes, 8 more threads asleep",
+    );
+    report(
+        "transition_latency_busy8",
+        busy,
+        "instructions",
+        "the same with 8 threads calling the patched function in a loop with a safe point (they must run to switch)",
+    );
+    report(
+        "transition_check_per_thread",
+        idle.saturating_sub(alone) / 8,
+        "instructions",
+        "per asleep thread: its reliable stack walk and check, from the two figures above",
+    );
     report("thread_switch", measure_thread_switch(), "instructions", "one yield from a thread to another");
     let (walk, frames) = measure_reliable_walk();
     report(

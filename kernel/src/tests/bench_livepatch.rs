@@ -72,7 +72,9 @@ pub fn measure(
         black_box(replacement(black_box(1)));
     }
     livepatch::add(patch("bench-one", &TARGETS[..1])).expect("unique name");
-    let enable_one = once(&mut || livepatch::enable("bench-one").expect("patchable"));
+    let enable_one = once(&mut || {
+        livepatch::enable("bench-one").expect("patchable");
+    });
     let direct = loop_ticks(call_replacement);
     let patched = loop_ticks(call_original);
     assert_eq!(target_000(1), 3, "the patch is active");
@@ -80,7 +82,9 @@ pub fn measure(
     livepatch::remove("bench-one").expect("disabled");
 
     livepatch::add(patch("bench-hundred", TARGETS)).expect("unique name");
-    let enable_hundred = once(&mut || livepatch::enable("bench-hundred").expect("patchable")) / TARGETS.len() as u64;
+    let enable_hundred = once(&mut || {
+        livepatch::enable("bench-hundred").expect("patchable");
+    }) / TARGETS.len() as u64;
     let results: Vec<u64> = [target_000, target_050, target_099].iter().map(|target| target(1)).collect();
     assert_eq!(results, [3, 3, 3]);
     livepatch::disable("bench-hundred").expect("enabled");
@@ -127,6 +131,8 @@ pub fn enable_disable_under_load() -> (u64, u64) {
                     // Under round-robin TCG a CPU that never stops starves
                     // the others (arch::smp): let the next one run.
                     confer();
+                    // Outside the patched function: the transition may switch it here.
+                    crate::livepatch::safe_point();
                 }
             })
             .expect("room for a caller thread")
@@ -135,8 +141,12 @@ pub fn enable_disable_under_load() -> (u64, u64) {
     livepatch::add(patch("bench-hammered", &TARGETS[..1])).expect("unique name");
     let (mut enable, mut disable, mut rounds) = (0, 0, 0);
     while rounds < HAMMERED_ROUNDS {
-        let enabled = without_a_tick(&mut || livepatch::enable("bench-hammered").expect("patchable"));
-        let disabled = without_a_tick(&mut || livepatch::disable("bench-hammered").expect("enabled"));
+        let enabled = without_a_tick(&mut || {
+            livepatch::enable("bench-hammered").expect("patchable");
+        });
+        let disabled = without_a_tick(&mut || {
+            livepatch::disable("bench-hammered").expect("enabled");
+        });
         if let (Some(enabled), Some(disabled)) = (enabled, disabled) {
             enable += enabled;
             disable += disabled;
@@ -149,4 +159,103 @@ pub fn enable_disable_under_load() -> (u64, u64) {
         caller.join();
     }
     (enable / HAMMERED_ROUNDS, disable / HAMMERED_ROUNDS)
+}
+
+/// Set to let `transition_latency`'s and `call_in_transition`'s threads go.
+static RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Sleeps until `RELEASE`: a function a thread sits in, holding a
+/// transition that changes it open.
+#[livepatchable]
+fn bench_sleeper() {
+    while !RELEASE.load(Ordering::SeqCst) {
+        thread::sleep_milliseconds(1);
+    }
+}
+
+/// Guest instructions from `enable` until its transition completes, for a
+/// one-function patch, with `count` more threads that either sleep (in
+/// 50 ms sleeps: the transition walks their saved stacks) or are `busy`
+/// (call the patched function in a loop with a safe point between calls:
+/// preempted by the timer, they are unreliable until they run and switch
+/// themselves). The timer runs throughout (the busy threads must run to
+/// switch), so the figure includes their time slices and the enabling
+/// thread's 1 ms waits between rounds: it is the latency a user sees.
+pub fn transition_latency(count: usize, busy: bool) -> u64 {
+    RELEASE.store(false, Ordering::SeqCst);
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            thread::spawn("bench-transition", move || {
+                while !RELEASE.load(Ordering::SeqCst) {
+                    if busy {
+                        black_box(target_001(black_box(1)));
+                        livepatch::safe_point();
+                    } else {
+                        thread::sleep_milliseconds(50);
+                    }
+                }
+            })
+            .expect("room for a thread")
+        })
+        .collect();
+    // Every thread started and, for the sleepers, asleep.
+    thread::sleep_milliseconds(20);
+    livepatch::add(patch("bench-transition", &TARGETS[1..2])).expect("unique name");
+    let start = timebase();
+    let progress = livepatch::enable("bench-transition").expect("patchable");
+    if let livepatch::Progress::Pending(_) = progress {
+        assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    }
+    let elapsed = timebase() - start;
+    assert_eq!(target_001(1), 3, "the patch is in effect");
+    livepatch::disable("bench-transition").expect("enabled");
+    assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    livepatch::remove("bench-transition").expect("disabled");
+    RELEASE.store(true, Ordering::SeqCst);
+    for handle in threads {
+        handle.join();
+    }
+    super::bench::instructions(elapsed)
+}
+
+/// The patched call while its patch is in transition (a thread asleep in
+/// `bench_sleeper`, which the patch also replaces, holds it open) from a
+/// thread already switched, and after the transition completed, each minus
+/// a direct call of the replacement: what the per-thread choice costs.
+pub fn call_in_transition(
+    loop_ticks: fn(fn()) -> u64,
+    per_call_difference: fn(u64, u64) -> Tenths,
+) -> (Tenths, Tenths) {
+    fn call_original() {
+        black_box(target_002(black_box(1)));
+    }
+    fn call_replacement() {
+        black_box(replacement(black_box(1)));
+    }
+    #[inline(never)]
+    fn sleeper_replacement() {}
+    RELEASE.store(false, Ordering::SeqCst);
+    let sleeper = thread::spawn("bench-sleeper", bench_sleeper).expect("room for a thread");
+    thread::sleep_milliseconds(5);
+    let mut patch = patch("bench-in-transition", &TARGETS[2..3]);
+    patch.objects[0].functions.push(Function {
+        old_name: String::from("kernel::tests::bench_livepatch::bench_sleeper"),
+        old_position: None,
+        new_address: sleeper_replacement as *const () as u64,
+        allow_inlined: false,
+    });
+    livepatch::add(patch).expect("unique name");
+    let progress = livepatch::enable("bench-in-transition").expect("patchable");
+    assert!(matches!(progress, livepatch::Progress::Pending(_)), "the sleeper holds the transition open");
+    let direct = loop_ticks(call_replacement);
+    let during = loop_ticks(call_original);
+    assert_eq!(target_002(1), 3, "this thread switched: it runs the replacement");
+    RELEASE.store(true, Ordering::SeqCst);
+    sleeper.join();
+    assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    let after = loop_ticks(call_original);
+    livepatch::disable("bench-in-transition").expect("enabled");
+    assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    livepatch::remove("bench-in-transition").expect("disabled");
+    (per_call_difference(during, direct), per_call_difference(after, direct))
 }

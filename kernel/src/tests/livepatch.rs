@@ -26,7 +26,7 @@ pub(super) fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Re
         })
         .collect();
     livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })?;
-    livepatch::enable(name).inspect_err(|_| {
+    livepatch::enable(name).map(drop).inspect_err(|_| {
         livepatch::remove(name).expect("just added");
     })
 }
@@ -495,6 +495,8 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
                         WRONG.fetch_add(1, Ordering::SeqCst);
                     }
                     CALLS.fetch_add(1, Ordering::SeqCst);
+                    // Outside both functions: a transition may switch this thread here.
+                    livepatch::safe_point();
                 }
                 assert_eq!(livepatch_depth(), 0, "this thread's livepatch stack is balanced");
             })

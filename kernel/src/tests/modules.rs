@@ -66,17 +66,26 @@ fn module_replacement_of_a_ten_argument_function_gets_all_ten() {
 #[ktest]
 fn load_enable_disable_unload_100_times_returns_all_memory() {
     let file = embedded("greeting");
+    let original = crate::shell::greeting();
     // Warm up once: first-use allocations (tables that stay, the kernel's
     // copy of the greeting) are not leaks.
     module::load(file).expect("loads");
     assert_eq!(crate::shell::greeting(), "hello from the greeting patch module");
     module::unload("greeting").expect("unloads");
     let (before, _) = memory::usage();
-    for _ in 0..100 {
+    for round in 0..100 {
         module::load(file).expect("loads");
+        // On the consistency model, load starts the enable transition and
+        // waits for it; no other thread runs the greeting, so it completes
+        // there, and this thread (switched at its own check) runs the module.
+        assert!(crate::livepatch::status().is_none(), "round {round}: the enable transition completed");
         assert_eq!(crate::shell::greeting(), "hello from the greeting patch module");
         module::unload("greeting").expect("unloads");
+        assert!(crate::livepatch::status().is_none(), "round {round}: the disable transition completed");
+        assert_eq!(crate::shell::greeting(), original, "round {round}: unloading restored the original");
     }
+    // Nothing of a transition stays allocated either (its blocked list, a
+    // retry worker's thread): none was left pending.
     assert_eq!(memory::usage().0, before, "heap usage back to where it started");
 }
 

@@ -93,7 +93,7 @@ fn unload_when_idle(name: &str) -> u64 {
     for busy in 0..1_000 {
         match module::unload(name) {
             Ok(()) => return busy,
-            Err(LoadError::Busy(..)) => thread::yield_now(),
+            Err(LoadError::Busy(..) | LoadError::InTransition(..)) => thread::yield_now(),
             Err(other) => panic!("unload {name}: {other}"),
         }
     }
@@ -147,6 +147,8 @@ fn call_patched_functions(cpu: usize) {
             // Between calls no livepatch frame may be left behind.
             STRESS_UNBALANCED.fetch_add(1, Ordering::SeqCst);
         }
+        // Outside both functions: a transition may switch this thread here.
+        crate::livepatch::safe_point();
     }
     check_cpu(cpu, &STRESS_WRONG);
 }

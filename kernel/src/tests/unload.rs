@@ -1,7 +1,7 @@
 //! Tests of module unloading under concurrency: the window at `livepatch_handler`'s entry, per-module busy checks, the grace period.
 use crate::arch::livepatch::livepatch_handler;
 use crate::arch::registers::Msr;
-use crate::livepatch::{self, Function, Object, Patch};
+use crate::livepatch::{self, Blocker, Function, Object, Patch};
 use crate::module::{self, LoadError};
 use crate::thread::{self, ExitStatus};
 use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
@@ -181,6 +181,12 @@ fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_fre
                         WRONG.fetch_add(1, Ordering::SeqCst);
                     }
                     CALLS.fetch_add(1, Ordering::SeqCst);
+                    // Between two calls, outside the patched code: where this
+                    // thread may switch. Preempted by a tick it has an
+                    // exception frame on its stack, which the transition never
+                    // trusts, so without this each load (enable) and unload
+                    // (disable) of the counter module would stall until DONE.
+                    crate::livepatch::safe_point();
                 }
             })
             .expect("room for a thread")
@@ -211,6 +217,11 @@ fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_fre
     );
     assert_eq!(WRONG.load(Ordering::SeqCst), 0, "every call returned one of the two greetings");
     assert!(PROBED_CALLS.load(Ordering::SeqCst) > 30, "the probe put callers at the window");
+    // The model says more than the scan did: once the disable transition
+    // completed, every caller had been seen (reliably) outside the module
+    // and gets the original from then on, so the final scan never finds one
+    // inside or about to enter it.
+    assert_eq!(busy, 0, "the final scan found a caller in the module after the disable transition completed");
     assert!(module::summaries().is_empty());
 }
 
@@ -245,8 +256,49 @@ fn uptime_ticks_indirectly() -> u64 {
     function()
 }
 
+/// Asserts that `result` is the refusal of an unload whose disable transition
+/// is stalled, for module `module`, by thread `thread` having on its stack
+/// a return into `module`'s memory, counted as code of `function`.
+fn assert_stalled_by(result: &Result<(), LoadError>, module: &str, thread: &str, function: &str) {
+    let Err(LoadError::InTransition(name, blocked)) = result else {
+        panic!("unloading '{module}' waits for the disable transition, which '{thread}' stalls: {result:?}")
+    };
+    assert_eq!(name, module);
+    let memory = module::summaries()
+        .into_iter()
+        .find(|(loaded, ..)| loaded == module)
+        .map(|(_, address, size, _)| address..address + size as u64)
+        .unwrap_or_else(|| panic!("'{module}' is still loaded"));
+    assert!(
+        blocked.iter().any(|blocked| blocked.name == thread
+            && matches!(&blocked.blocker, Blocker::Function { function: named, address }
+                if named == function && memory.contains(address))),
+        "'{thread}' blocks the transition with a return into '{module}' ({function}): {blocked:?}"
+    );
+    assert!(livepatch::in_transition(module), "the patch stays in transition");
+    assert_unpoisoned(memory);
+}
+
+/// Asserts that module memory was not freed: its words are not the poison
+/// (the module's first instruction, and the eight words at its middle that
+/// `unloaded_module_memory_is_filled_with_trap_instructions` reads).
+fn assert_unpoisoned(memory: core::ops::Range<u64>) {
+    let middle = (memory.start + (memory.end - memory.start) / 2) & !3;
+    // Safety: the memory of a loaded module (checked by the caller), plain word reads.
+    let read = |address: u64| unsafe { (address as *const u32).read_volatile() };
+    assert_ne!(read(memory.start), module::POISON, "the module's first word is not poisoned");
+    let words: Vec<u32> = (0..8u64).map(|index| read(middle + 4 * index)).collect();
+    assert!(words.iter().any(|&word| word != module::POISON), "the module's memory is not poisoned: {words:x?}");
+}
+
+/// On the consistency model a thread inside a module's code blocks the
+/// disable transition of the module's patch, so the unload is refused with
+/// `InTransition` (not `Busy`: the final scan, `busy::inside`, is not
+/// reached; section 4b tests it directly) and the module stays loaded,
+/// its memory intact. A thread inside another module, or inside a built-in
+/// patch only, does not block it. Once the thread left, unloading succeeds.
 #[ktest]
-fn a_thread_inside_one_module_makes_only_that_module_busy() {
+fn a_thread_inside_one_module_stalls_only_that_modules_unload_until_it_leaves() {
     PARKED.store(0, Ordering::SeqCst);
     RELEASE.store(0, Ordering::SeqCst);
     module::load(embedded("counter")).expect("counter loads");
@@ -265,18 +317,76 @@ fn a_thread_inside_one_module_makes_only_that_module_busy() {
     wait_for_parked(2);
     let ten = module::unload("ten");
     let counter = module::unload("counter");
+    // Checked while the thread is still inside: the module must be intact now.
+    assert_stalled_by(&counter, "counter", "in-counter", "kernel::shell::greeting");
+    if let Err(LoadError::InTransition(_, blocked)) = &counter {
+        assert!(
+            blocked.iter().all(|blocked| blocked.name != "in-kernel-patch"),
+            "a thread inside a built-in patch only does not block 'counter': {blocked:?}"
+        );
+    }
     RELEASE.store(1, Ordering::SeqCst);
     assert_eq!(in_module.join(), ExitStatus::Returned);
     assert_eq!(in_kernel_patch.join(), ExitStatus::Returned);
-    retire("park");
     let counter_after = module::unload("counter");
+    retire("park");
     let _ = module::unload("ten");
     assert!(ten.is_ok(), "a thread inside another module and one inside a built-in patch do not block 'ten': {ten:?}");
-    assert!(
-        matches!(&counter, Err(LoadError::Busy(name, _)) if name == "counter"),
-        "a thread really inside 'counter': {counter:?}"
-    );
     assert!(counter_after.is_ok(), "once that thread left: {counter_after:?}");
+    assert!(module::summaries().is_empty());
+}
+
+/// The final scan (`busy::inside`) still has a case of its own: a thread
+/// that entered the module by a pointer it was handed, not through the
+/// patch. The patch is disabled first (its transition completes: nobody is
+/// inside yet); then a thread calls the module's `counter_greeting`
+/// directly and parks below it. Unloading finds no transition to wait for,
+/// and the scan finds the thread: `Busy`, naming it and an address in the
+/// module, which stays loaded and intact; once the thread left, it unloads.
+#[ktest]
+fn a_thread_that_entered_a_module_by_pointer_after_its_patch_was_disabled_makes_it_busy() {
+    static HOLDER: AtomicU64 = AtomicU64::new(0);
+    PARKED.store(0, Ordering::SeqCst);
+    RELEASE.store(0, Ordering::SeqCst);
+    module::load(embedded("counter")).expect("counter loads");
+    enable_kernel_patch("park", "klp_uptime_ticks", parked_uptime_ticks as *const () as u64);
+    let replacement = livepatch::list()
+        .into_iter()
+        .find(|patch| patch.name == "counter")
+        .and_then(|patch| patch.functions.into_iter().next())
+        .map(|function| function.new)
+        .expect("the counter patch replaces kernel::shell::greeting");
+    assert!(matches!(livepatch::disable("counter"), Ok(livepatch::Progress::Complete)), "nobody is inside yet");
+    // Safety: `counter_greeting`, a `fn() -> &'static str` of the loaded
+    // module (its global entry sets up the module's TOC from r12).
+    let by_pointer: fn() -> &'static str = unsafe { core::mem::transmute(replacement as usize) };
+    let holder = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "by-pointer", move || {
+        HOLDER.store(thread::current_id(), Ordering::SeqCst);
+        assert_eq!(by_pointer(), COUNTER_GREETING);
+    })
+    .expect("room for a thread");
+    wait_for_parked(1);
+    let memory = module::summaries()
+        .into_iter()
+        .find(|(name, ..)| name == "counter")
+        .map(|(_, address, size, _)| address..address + size as u64)
+        .expect("counter is loaded");
+    let first = module::unload("counter");
+    match &first {
+        Err(LoadError::Busy(name, holder)) => {
+            assert_eq!(name, "counter");
+            assert_eq!(holder.thread, HOLDER.load(Ordering::SeqCst), "the thread inside is named: {holder:?}");
+            assert!(memory.contains(&holder.address), "with an address inside the module: {holder:?}");
+        }
+        other => panic!("the final scan finds the thread inside the module: {other:?}"),
+    }
+    assert_eq!(module::memory_ranges(), vec![memory.clone()], "the module stays loaded");
+    assert_unpoisoned(memory);
+    RELEASE.store(1, Ordering::SeqCst);
+    assert_eq!(holder.join(), ExitStatus::Returned);
+    let after = module::unload("counter");
+    retire("park");
+    assert!(after.is_ok(), "once the thread left: {after:?}");
     assert!(module::summaries().is_empty());
 }
 
@@ -425,7 +535,7 @@ static UPTIME_PROBE: FtraceOps =
     FtraceOps::new("unload-uptime-probe", divert_uptime_ticks, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));
 
 #[ktest]
-fn a_thread_switched_out_in_module_code_or_below_it_keeps_the_module() {
+fn a_thread_switched_out_in_module_code_or_below_it_stalls_the_unload_until_it_leaves() {
     for diversion in [1, 2] {
         DIVERSION.store(diversion, Ordering::SeqCst);
         DIVERTED.store(0, Ordering::SeqCst);
@@ -445,16 +555,27 @@ fn a_thread_switched_out_in_module_code_or_below_it_keeps_the_module() {
             thread::yield_now();
         }
         let first = module::unload("counter");
+        if diversion == 2 {
+            // Checked while the victim is still asleep below the module.
+            assert_stalled_by(&first, "counter", "in-counter", "kernel::shell::greeting");
+        }
         RELEASE.store(1, Ordering::SeqCst);
         let status = victim.join();
         trace::unregister(&UPTIME_PROBE).expect("registered");
-        let _ = module::unload("counter");
+        let after = module::unload("counter");
         assert_eq!(status, ExitStatus::Returned, "diversion {diversion}: the victim came back from the module");
         match diversion {
-            // Preempted with NIP in the module: unload waits for it, then succeeds.
+            // Preempted with NIP in the module: its stack has an exception
+            // frame, which the walker never trusts, so the disable transition
+            // waits until the victim has left the module and exited (its
+            // last safe point), then the unload succeeds.
             1 => assert!(first.is_ok(), "{first:?}"),
-            // Asleep below the module (a return address into it on its stack): Busy.
-            _ => assert!(matches!(&first, Err(LoadError::Busy(..))), "{first:?}"),
+            // Asleep below the module (a return address into it on its
+            // stack): the walk is reliable and finds the module's code, so
+            // the disable transition stalls (`InTransition`, checked above;
+            // the final scan, which used to answer `Busy` here, is not
+            // reached); once the victim has left, the unload succeeds.
+            _ => assert!(after.is_ok(), "{after:?}"),
         }
         assert!(module::summaries().is_empty());
     }

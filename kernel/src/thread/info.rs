@@ -48,6 +48,7 @@ pub unsafe fn initialise(base: u64, thread_id: u64) {
             name_address: 0,
             name_length: 0,
             cpu: 0,
+            patch_state: crate::livepatch::transition::UNDEFINED,
         });
         ((base + MAGIC_OFFSET as u64) as *mut u64).write(STACK_END_MAGIC);
     }

@@ -7,8 +7,9 @@ pub use info::{
     LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo, ThreadState, current_thread_info, initialise_emergency,
 };
 pub use scheduler::{
-    LiveStack, State, add_idle, current_id, init, kill_current, live_stacks, remove_idle, running_on, set_affinity,
-    sleep_milliseconds, snapshot, spawn, synchronize, timer_tick,
+    LiveStack, Place, State, add_idle, current_id, init, kill_current, live_stacks, patch_candidates, remove_idle,
+    running_on, set_affinity, set_patch_states, sleep_interruptible, sleep_milliseconds, snapshot, spawn, synchronize,
+    timer_tick, wake_interruptible, with_switched_out,
 };
 // Used by the in-kernel tests.
 #[cfg(feature = "ktest")]
@@ -17,7 +18,7 @@ pub use stack::stack_bounds;
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use {
     info::{EMERGENCY_THREAD_ID, MAGIC_OFFSET},
-    scheduler::{AffinityError, ExitStatus, current_is_idle, exit, spawn_on, yield_now},
+    scheduler::{AffinityError, ExitStatus, JoinHandle, current_is_idle, exit, spawn_on, yield_now},
 };
 
 use crate::arch::thread_info::compiler_barrier;

@@ -30,11 +30,13 @@ mod affinity;
 mod grace;
 mod idle;
 mod inspect;
+mod patch_state;
 
 pub use affinity::{AffinityError, set_affinity};
 pub use grace::synchronize;
 pub use idle::{add_idle, remove_idle};
 pub use inspect::{LiveStack, current_is_idle, live_stacks, running_on, snapshot};
+pub use patch_state::{Place, patch_candidates, set_patch_states, with_switched_out};
 
 /// How a thread ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,9 @@ struct Thread {
     last_cpu: usize,
     /// The one CPU it may run on; None: any.
     affinity: Option<usize>,
+    /// Asleep in `sleep_interruptible`: `wake_interruptible` may end the
+    /// sleep early (a livepatch transition's fake signal).
+    interruptible: bool,
 }
 
 impl Thread {
@@ -108,6 +113,7 @@ impl Thread {
             running_on: None,
             last_cpu: smp_processor_id(),
             affinity: None,
+            interruptible: false,
         }
     }
 
@@ -325,6 +331,7 @@ impl JoinHandle {
     pub fn join(self) -> ExitStatus {
         let id = self.id;
         core::mem::forget(self);
+        crate::livepatch::safe_point();
         loop {
             let done = with_scheduler(|scheduler| {
                 let current = scheduler.current_id();
@@ -413,6 +420,17 @@ fn spawn_pinned<F: FnOnce() + Send + 'static>(name: &str, affinity: Option<usize
     // Listed for the debugger before it can run (and end) on another CPU.
     crate::debug::thread_created(base);
     with_scheduler(|scheduler| {
+        // A new thread takes its spawner's patch state, as Linux's
+        // `klp_copy_process` does: its closure is the spawner's code, with the
+        // spawner's view of what a transition in progress has switched; it
+        // switches at its first safe point. Read under the lock, which a
+        // transition also takes to set every thread's state: the new thread
+        // is either in the table then, or copies a state set since.
+        // Safety: the spawner's own thread_info, and the new thread's, not running yet.
+        unsafe {
+            (*(base as *mut ThreadInfo)).patch_state =
+                core::ptr::read_volatile(&raw const (*crate::thread::current_thread_info()).patch_state)
+        };
         scheduler.threads.insert(
             id,
             Box::new(Thread {
@@ -523,6 +541,7 @@ fn make_ready(scheduler: &mut Scheduler, id: u64) {
 #[notrace]
 #[inline(always)]
 fn wake(thread: &mut Thread, id: u64, ready: &mut VecDeque<Queued>, idling: CpuSet) -> Option<usize> {
+    thread.interruptible = false;
     if thread.running_on.is_some() {
         thread.set_state(State::Running);
         return None;
@@ -548,16 +567,50 @@ pub fn current_id() -> u64 {
 
 /// Gives the CPU to the next ready thread, if any.
 pub fn yield_now() {
+    crate::livepatch::safe_point();
     schedule();
 }
 
 /// Sleeps at least `milliseconds`.
 pub fn sleep_milliseconds(milliseconds: u64) {
+    crate::livepatch::safe_point();
     let until = timebase() + time::milliseconds_to_timebase(milliseconds);
     with_scheduler(|scheduler| {
         scheduler.current_thread().set_state(State::Sleeping(until));
     });
     schedule();
+}
+
+/// Sleeps at least `milliseconds`, unless `wake_interruptible` ends the
+/// sleep early; returns whether it did. For code that can cope with an early
+/// return: a livepatch transition wakes the threads asleep this way inside
+/// a function it changes (Linux's fake signal), so that they leave it.
+pub fn sleep_interruptible(milliseconds: u64) -> bool {
+    crate::livepatch::safe_point();
+    let until = timebase() + time::milliseconds_to_timebase(milliseconds);
+    with_scheduler(|scheduler| {
+        let thread = scheduler.current_thread();
+        thread.set_state(State::Sleeping(until));
+        thread.interruptible = true;
+    });
+    schedule();
+    with_scheduler(|scheduler| scheduler.current_thread().interruptible = false);
+    timebase() < until
+}
+
+/// Ends the sleep of thread `id` if it sleeps in `sleep_interruptible`;
+/// returns whether it did.
+pub fn wake_interruptible(id: u64) -> bool {
+    with_scheduler(|scheduler| {
+        let idling = scheduler.idling;
+        match scheduler.threads.get_mut(&id) {
+            Some(thread) if thread.interruptible && matches!(thread.state, State::Sleeping(_)) => {
+                wake(thread, id, &mut scheduler.ready, idling);
+                true
+            }
+            _ => false,
+        }
+    })
 }
 
 /// From the decrementer interrupt: preempt the current thread if allowed

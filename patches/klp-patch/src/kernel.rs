@@ -20,6 +20,9 @@ unsafe extern "C" {
     pub fn klp_report_toc(toc: u64);
     /// A kernel-owned copy of `length` bytes at `bytes`, never freed (equal texts share one).
     pub fn klp_intern_text(bytes: *const u8, length: usize) -> *const u8;
+    /// A safe point for a long-running loop: during a livepatch transition
+    /// the calling thread switches here if nothing the patch changes is on its stack.
+    pub fn klp_safe_point();
     /// A kernel static a module may read.
     pub static klp_kernel_version: u64;
 }
@@ -66,6 +69,14 @@ pub fn uptime_ticks() -> u64 {
 pub fn thread_id() -> u64 {
     // Safety: a plain query without arguments.
     unsafe { klp_thread_id() }
+}
+
+/// Lets a livepatch transition switch the calling thread (call it from
+/// long-running loops; see docs/livepatch.md, "The consistency model").
+#[inline(always)]
+pub fn safe_point() {
+    // Safety: a plain call without arguments.
+    unsafe { klp_safe_point() }
 }
 
 /// Tells the kernel which TOC pointer the replacement ran with.

@@ -35,8 +35,10 @@ pub fn enable() {
     unsafe { core::arch::asm!("mtmsrd {}, 1", in(reg) (Msr::EE | Msr::RI).bits(), options(nostack)) };
 }
 
-/// Gives the CPU to the hypervisor until the next interrupt (H_CEDE), which
-/// also enables interrupts.
+/// Gives the CPU to the hypervisor until the next interrupt (H_CEDE),
+/// takes that interrupt (H_CEDE enables them), and returns with interrupts
+/// off: whatever interrupts the caller afterwards was interrupted inside
+/// `cede` (`ceded_at`), never in the caller's own code.
 #[notrace]
 #[inline(always)]
 pub fn wait() {
@@ -58,18 +60,23 @@ core::arch::global_asm!(
     # cede(): H_CEDE, then return.
     #
     # On entry: a call by the ELFv2 ABI (r3-r12, r0, CTR, XER, CR0-1 and
-    # CR5-7 are the caller's to lose). On exit: r3 = the hcall's status; the
-    # volatile registers as the hypervisor left them. An interrupt taken
-    # while ceded resumes at .Lcede_return, where those registers are dead
-    # (the caller cannot rely on them after a call), which is what
-    # `ceded_at` tells the unload scan.
+    # CR5-7 are the caller's to lose). On exit: r3 = the hcall's status, r0
+    # = MSR[RI], MSR[EE] off; the other volatile registers as the hypervisor
+    # left them. The interrupt that ends the cede is taken at .Lcede_return
+    # (H_CEDE returns with MSR[EE] on), and so is any other one until the
+    # mtmsrd: in those two instructions the volatile registers are dead (the
+    # caller cannot rely on them after a call) and the caller's context is
+    # exactly its frame (r1) and the return address (LR), which is what
+    # `ceded_at` tells the unload scan and the reliable stack walker.
     .text
     .globl cede
     .type cede, @function
 cede:
     li      3, {cede}              # r3 = H_CEDE
     sc      1                      # to the hypervisor: until an interrupt, with MSR[EE] on
-.Lcede_return:
+.Lcede_return:                     # the interrupt is taken here (ceded_at)
+    li      0, {ri}                # r0 = MSR[RI] alone
+    mtmsrd  0, 1                   # MSR[EE] off again (RI kept): nothing interrupts the caller
     blr
     .size cede, . - cede
     .pushsection .rodata.cede_return, "a"
@@ -80,12 +87,17 @@ cede_return:
     .popsection
     "#,
     cede = const super::hcall::CEDE,
+    ri = const super::registers::Msr::RI.bits(),
 );
 
-/// Whether `nip` is where `wait` (H_CEDE) resumes after an interrupt: a
-/// context interrupted there holds nothing live in its volatile registers.
+/// Whether `nip` is where `wait` (H_CEDE) resumes after an interrupt, up to
+/// the instruction that turns interrupts off again: a context interrupted
+/// there holds nothing live in its volatile registers, and its caller's
+/// frame and return address are its r1 and LR.
 #[notrace]
 pub fn ceded_at(nip: u64) -> bool {
     // Safety: a word the assembler wrote, never changed.
-    nip == unsafe { cede_return }
+    let resume = unsafe { cede_return };
+    // `li` and `mtmsrd`: after the latter no interrupt is taken.
+    (resume..resume + 8).contains(&nip)
 }

@@ -222,14 +222,12 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// H_CEDE, then interrupts off again (H_CEDE returns with them on, once one
-/// was taken): the pause of a wait, with the caller's interrupt state kept by
-/// its own guard.
+/// H_CEDE, returning with interrupts off (`interrupts::wait`): the pause of
+/// a wait, with the caller's interrupt state kept by its own guard.
 #[notrace]
 #[inline(always)]
 fn ceded_pause() {
     interrupts::wait();
-    core::mem::forget(interrupts::disable());
 }
 
 /// The registers the running IPI handler interrupted, for a function

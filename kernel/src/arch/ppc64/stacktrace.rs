@@ -7,7 +7,13 @@
 //! order it asks:
 //! - `exception_dispatch_return`: an interrupt frame lies above (unreliable:
 //!   the interrupted function may be anywhere, in its prologue or epilogue,
-//!   its return address in LR or r0 rather than in a frame);
+//!   its return address in LR or r0 rather than in a frame). Except one that
+//!   interrupted the hypervisor cede of the idle loop (`interrupts::ceded_at`):
+//!   there the interrupted code is the leaf `cede`, at its one instruction
+//!   after `sc 1`, with no frame of its own; its return address is the saved
+//!   LR and its caller's frame the saved r1, and the walk goes on from there
+//!   (`interrupted_leaf`). The idle thread is switched out that way whenever
+//!   a tick wakes a sleeper on its CPU;
 //! - the return point into `livepatch_handler` (after its `bctrl`): the
 //!   real return is on the livepatch stack; any other address in the handler
 //!   is unreliable (before the push the replacement is only in r11 or CTR,
@@ -32,8 +38,9 @@
 //! switched out and cannot be switched in meanwhile (`walk_reliable`, for
 //! instance under `smp::stop_machine`, or with the thread's CPU held).
 use super::context::{SWITCH_FRAME_SIZE, SwitchFrame, thread_start_returns};
-use super::exceptions::is_interrupt_frame;
+use super::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
 use super::ftrace::{ftrace_stubs_end, ftrace_stubs_start, return_to_handler};
+use super::interrupts::ceded_at;
 use super::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end, livepatch_handler_windows};
 use super::thread_info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo};
 use alloc::vec::Vec;
@@ -47,6 +54,12 @@ unsafe extern "C" {
     /// The first byte of the kernel image and one past its text (the linker script's).
     static __kernel_start: u8;
     static __text_end: u8;
+}
+
+/// Whether `address` lies in the kernel's text (`__kernel_start` up to `__text_end`).
+#[notrace]
+pub fn is_kernel_text(address: u64) -> bool {
+    (&raw const __kernel_start as u64..&raw const __text_end as u64).contains(&address)
 }
 
 /// What the return address `address` is (see the module comment).
@@ -131,16 +144,32 @@ fn walk_stack(
 ) -> Result<Vec<u64>, Unreliable> {
     let top = base + THREAD_SIZE as u64;
     let livepatch_links = livepatch_links(base)?;
+    let interrupted = |frame: u64| interrupted_leaf(frame, top);
     let stack = Stack {
         low: base,
         high: top,
         outermost: top - MINIMAL_FRAME as u64,
         livepatch_links: &livepatch_links,
         graph_returns,
+        interrupted: &interrupted,
     };
     // Safety: the walk reads only aligned words inside [base, top), the thread's stack.
     let read = |address: u64| unsafe { *(address as *const u64) };
     walk(&stack, start, read, |address| classify(address, module_text))
+}
+
+/// The interrupted context of the interrupt frame at `frame` (in a stack
+/// ending at `top`) if it is the idle loop's cede (see the module comment):
+/// the caller's frame (r1) and the return address into it (LR).
+#[notrace]
+fn interrupted_leaf(frame: u64, top: u64) -> Option<Start> {
+    let regs = frame + offset_of!(InterruptFrame, regs) as u64;
+    if regs + size_of::<PtRegs>() as u64 > top {
+        return None;
+    }
+    // Safety: the saved registers lie inside the thread's stack, checked above.
+    let registers = unsafe { &*(regs as *const PtRegs) };
+    ceded_at(registers.nip).then_some(Start { stack_pointer: registers.gpr[1], return_address: registers.link })
 }
 
 /// The `link` of every frame on the livepatch stack of the thread at

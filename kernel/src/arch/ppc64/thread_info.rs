@@ -53,6 +53,13 @@ pub struct ThreadInfo {
     /// The CPU the thread runs on, or ran on last (the scheduler writes it at
     /// each switch in), for the debugger.
     pub cpu: u64,
+    /// The thread's livepatch state during a transition
+    /// (`livepatch::transition`: 0 undefined outside one, 1 unpatched, 2
+    /// patched): whether the livepatch handler gives it the transitioning
+    /// patch's functions or the ones below. Written by the thread itself at
+    /// a safe point, or by the transition while the thread is switched out
+    /// (under the scheduler lock); read by the handler on this thread's calls.
+    pub patch_state: u64,
 }
 
 /// Offset of the magic word from the stack base.

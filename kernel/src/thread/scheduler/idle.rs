@@ -68,21 +68,27 @@ pub fn remove_idle(cpu: usize) {
 /// when a thread becomes ready, the tick otherwise). The test for work is
 /// made with interrupts off and H_CEDE returns at once if one is pending, so
 /// a wake-up sent between the test and the cede is not lost.
+///
+/// Interrupts stay off in the idle thread except inside the cede (which
+/// returns with them off): an interrupt, and so a preemption by the tick,
+/// finds it only at `interrupts::ceded_at`, where the reliable stack walk
+/// knows its context. A livepatch transition can therefore always check and
+/// switch an idle thread that a busy CPU keeps switched out; otherwise it
+/// switches at the safe point at the top of the loop.
 pub(super) fn idle_loop() {
+    let _off = interrupts::disable();
     loop {
-        let waiting = {
-            let _off = interrupts::disable();
-            let waiting = with_scheduler(|scheduler| {
-                let cpu = smp_processor_id();
-                scheduler.ready.iter().any(|queued| queued.runs_on(cpu))
-            });
-            if !waiting {
-                smp::idle_wait();
-            }
-            waiting
-        };
+        // Woken by a livepatch transition (a reschedule IPI), the idle thread
+        // switches its patch state here: its own stack holds nothing patched.
+        crate::livepatch::safe_point();
+        let waiting = with_scheduler(|scheduler| {
+            let cpu = smp_processor_id();
+            scheduler.ready.iter().any(|queued| queued.runs_on(cpu))
+        });
         if waiting {
             yield_now();
+        } else {
+            smp::idle_wait();
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct ThreadSummary {
     /// Stack in use; None for a thread running on another CPU (its r1 moves).
     pub stack_used: Option<u64>,
     pub livepatch_depth: u64,
+    /// Its livepatch transition state (`livepatch::transition`).
+    pub patch_state: u64,
 }
 
 /// A copy of every thread's state.
@@ -48,6 +50,8 @@ pub fn snapshot() -> Vec<ThreadSummary> {
                     switches: thread.switches,
                     stack_used: stack_pointer.map(|stack_pointer| top.saturating_sub(stack_pointer)),
                     livepatch_depth: livepatch_sp - thread.stack_base - crate::thread::LIVEPATCH_STACK_OFFSET as u64,
+                    // Safety: every live thread's stack base holds its thread_info.
+                    patch_state: unsafe { (*(thread.stack_base as *const ThreadInfo)).patch_state },
                 }
             })
             .collect()
