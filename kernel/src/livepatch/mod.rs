@@ -221,6 +221,10 @@ struct Core {
     worker: bool,
 }
 
+/// Lock order: `REGISTRY`, then `transition`'s `SWITCH`, then the scheduler
+/// lock (`thread::set_patch_states`, `with_switched_out`,
+/// `wake_interruptible`, `spawn`); `REGISTRY` before `module`'s `MODULES`.
+/// Nothing takes `REGISTRY` while holding one of the others.
 static REGISTRY: Mutex<Core> =
     Mutex::new(Core { state: State::new(), transition: None, forced: Vec::new(), worker: false });
 
@@ -460,18 +464,20 @@ fn pause_between_rounds(started: u64) {
             _ => None,
         })
         .fold(portable::cpuset::CpuSet::EMPTY, |cpus, cpu| cpus.with(cpu));
+    // Listed as a waiter before the kicks: a blocker that switches at once
+    // kicks back.
+    let me = 1u64 << crate::arch::percpu::smp_processor_id();
+    transition::WAITERS.fetch_or(me, core::sync::atomic::Ordering::SeqCst);
     for cpu in running.iter() {
         crate::arch::smp::send_reschedule(cpu);
     }
-    let me = crate::arch::percpu::smp_processor_id() as u64;
-    transition::WAITER.store(me + 1, core::sync::atomic::Ordering::Relaxed);
     if crate::arch::registers::timebase() - started < crate::time::milliseconds_to_timebase(1) {
         crate::thread::yield_now();
         crate::arch::smp::confer();
     } else {
         crate::thread::sleep_milliseconds(1);
     }
-    transition::WAITER.store(0, core::sync::atomic::Ordering::Relaxed);
+    transition::WAITERS.fetch_and(!me, core::sync::atomic::Ordering::SeqCst);
 }
 
 /// Waits up to `milliseconds` for the transition in progress to complete,
@@ -571,8 +577,9 @@ fn switch_at_safe_point(target: u64) {
         return;
     }
     if transition::switch_current().is_ok()
-        && transition::WAITER.load(core::sync::atomic::Ordering::Relaxed)
-            == crate::arch::percpu::smp_processor_id() as u64 + 1
+        && transition::WAITERS.load(core::sync::atomic::Ordering::SeqCst)
+            & (1 << crate::arch::percpu::smp_processor_id())
+            != 0
     {
         // Switched, and the thread waiting for the transition is on this
         // CPU: let it look now rather than after this thread's time slice

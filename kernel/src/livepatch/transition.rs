@@ -274,10 +274,10 @@ pub(super) fn switch_threads() -> Vec<Blocked> {
     blocked
 }
 
-/// The CPU (plus one) of a thread waiting for the transition between two
-/// rounds (`livepatch::pause_between_rounds`); 0 if none. A thread that
-/// switches itself kicks it (`switch_current`).
-pub(super) static WAITER: AtomicU64 = AtomicU64::new(0);
+/// The CPUs (one bit each) of the threads waiting for the transition between
+/// two rounds (`livepatch::pause_between_rounds`). A thread that switches
+/// itself kicks them (`switch_current`).
+pub(super) static WAITERS: AtomicU64 = AtomicU64::new(0);
 
 /// Checks the calling thread's own stack and switches it if it is clean;
 /// then kicks a waiter on another CPU, which may find the transition
@@ -295,10 +295,10 @@ pub(super) fn switch_current() -> Result<(), Blocker> {
     if verdict.is_ok() {
         // Safety: as above; only this thread runs on its stack.
         unsafe { (*info).patch_state = check.target };
-        let waiter = WAITER.load(Ordering::Relaxed);
-        let me = crate::arch::percpu::smp_processor_id() as u64;
-        if waiter != 0 && waiter - 1 != me {
-            crate::arch::smp::send_reschedule((waiter - 1) as usize);
+        let me = crate::arch::percpu::smp_processor_id();
+        let waiters = WAITERS.load(Ordering::SeqCst) & !(1 << me);
+        for cpu in (0..boot::MAX_CPUS).filter(|cpu| waiters & (1 << cpu) != 0) {
+            crate::arch::smp::send_reschedule(cpu);
         }
     }
     verdict

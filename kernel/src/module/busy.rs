@@ -13,8 +13,10 @@
 //! `ftrace_caller` and `livepatch_handler`'s `bctrl`) is never seen in a
 //! thread that is switched out: that window is not preemptible
 //! (`livepatch::entering`). Should the timer ever stop there anyway, the
-//! interrupted r11 and CTR are counted as well and the event is recorded in
-//! `PARKED_ENTERING`, which tests require to stay 0.
+//! event is recorded in
+//! `PARKED_ENTERING`, which tests require to stay 0; r11, r12 and CTR are
+//! then visited (`about_to_branch`), as they are for a context about to
+//! branch through CTR anywhere in the kernel.
 //!
 //! A thread running on another CPU cannot be read while it runs: the scan
 //! stops the machine (`arch::smp::stop_machine`), so every other CPU waits
@@ -188,7 +190,7 @@ const LOAD_RETURN_ADDRESS: u32 = 0xe801_0010;
 /// return address the context will use. Only in one place: a function's
 /// epilogue after it popped its frame (r1 = its caller's frame) and before
 /// `ld r0,16(r1)` reloaded its return address from that slot, i.e. with
-/// NIP at that load. Anywhere else the slot belongs to the calls the
+/// NIP at that load or a few instructions before it. Anywhere else the slot belongs to the calls the
 /// function at r1 makes and is stale between them; a thread that once
 /// called a module's replacement and then loops without calling anything
 /// at that depth keeps the module's address there for good (the SMP stress
@@ -202,9 +204,21 @@ fn slot_live(nip: u64) -> bool {
     if !nip.is_multiple_of(4) || !crate::arch::stacktrace::is_kernel_text(nip) {
         return true;
     }
-    // Safety: an aligned word of the kernel's text, never unmapped.
-    unsafe { (nip as *const u32).read_volatile() == LOAD_RETURN_ADDRESS }
+    // The reload at NIP or a few instructions on (an epilogue may restore
+    // other registers between the pop and it), before the return itself.
+    for word in text_words(nip, BRANCH_LOOKAHEAD_WORDS) {
+        if word == LOAD_RETURN_ADDRESS {
+            return true;
+        }
+        if word == MOVE_TO_LINK_FROM_R0 || word >> 26 == 18 || word >> 26 == 16 || word >> 26 == 19 {
+            return false;
+        }
+    }
+    false
 }
+
+/// `mtlr r0`: the return address is in r0 (and then LR) from here on.
+const MOVE_TO_LINK_FROM_R0: u32 = 0x7c08_03a6;
 
 /// The registers of an interrupted context that may hold a code address it
 /// will use: NIP, LR, r0 (a function in its epilogue has the return into its
@@ -231,4 +245,62 @@ fn interrupted_registers(registers: &PtRegs, visit: &mut dyn FnMut(u64)) {
         visit(registers.gpr[0]);
     }
     registers.gpr[1..=2].iter().chain(&registers.gpr[14..]).for_each(|&register| visit(register));
+    about_to_branch(registers, visit);
+}
+
+/// `bctrl` and `bctr`: a branch to CTR (with and without linking).
+const BRANCH_TO_COUNT: [u32; 2] = [0x4e80_0421, 0x4e80_0420];
+/// `mtctr rS` with rS's field zero, and the mask that keeps all but rS.
+const MOVE_TO_COUNT: u32 = 0x7c09_03a6;
+const REGISTER_FIELD_CLEARED: u32 = 0xfc1f_ffff;
+/// How far ahead of NIP an indirect branch still counts as about to happen.
+const BRANCH_LOOKAHEAD_WORDS: u64 = 4;
+
+/// The volatile registers the interrupted code is about to branch through,
+/// which `interrupted_registers` otherwise leaves out as likely stale:
+/// inside `livepatch_handler` before its `bctrl` (`entering`: r11, r12 and
+/// CTR hold the replacement), and before an indirect call in kernel text
+/// (within `BRANCH_LOOKAHEAD_WORDS` of NIP: the register an `mtctr` moves,
+/// and CTR when a `bctrl`/`bctr` comes before any other branch). These are
+/// passing states, so they cannot keep a module busy for good.
+#[notrace]
+fn about_to_branch(registers: &PtRegs, visit: &mut dyn FnMut(u64)) {
+    if entering(registers.nip) {
+        visit(registers.gpr[11]);
+        visit(registers.gpr[12]);
+        visit(registers.ctr);
+        return;
+    }
+    for word in text_words(registers.nip, BRANCH_LOOKAHEAD_WORDS) {
+        if BRANCH_TO_COUNT.contains(&word) {
+            visit(registers.ctr);
+            return;
+        }
+        if word & REGISTER_FIELD_CLEARED == MOVE_TO_COUNT {
+            visit(registers.gpr[((word >> 21) & 31) as usize]);
+        } else if word >> 26 == 18 || word >> 26 == 16 || word >> 26 == 19 {
+            // Another branch (b, bc, or one to LR/CTR): the path ends here.
+            return;
+        }
+    }
+}
+
+/// Up to `count` instruction words of kernel text from `address` on (none
+/// outside the kernel's text, which is all that can be read safely here).
+#[notrace]
+fn text_words(address: u64, count: u64) -> impl Iterator<Item = u32> {
+    (0..count)
+        .map(move |index| address + 4 * index)
+        .take_while(|&word| word.is_multiple_of(4) && crate::arch::stacktrace::is_kernel_text(word))
+        // Safety: aligned words of the kernel's text, never unmapped.
+        .map(|word| unsafe { (word as *const u32).read_volatile() })
+}
+
+/// What the scan reads of an interrupted context (`interrupted_registers`),
+/// and whether its r1's LR slot counts (`slot_live`), for the tests.
+#[cfg(feature = "ktest")]
+pub fn interrupted_addresses(registers: &PtRegs) -> (alloc::vec::Vec<u64>, bool) {
+    let mut seen = alloc::vec::Vec::new();
+    interrupted_registers(registers, &mut |address| seen.push(address));
+    (seen, slot_live(registers.nip))
 }

@@ -180,10 +180,9 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
 /// How long `unload` waits for the patch's disable transition.
 pub const UNLOAD_WAIT_MILLISECONDS: u64 = 200;
 /// How long it then retries the final scan while it finds a thread inside
-/// the module. The scan is conservative (every register and the LR slot
-/// of a preempted thread count, stale or not), so it can see a module
-/// address that a preempted caller left behind in a dead register or an
-/// unused slot until that thread runs again; 50 ms is many time slices.
+/// the module: a thread that entered it through a pointer the module handed
+/// out and leaves within many time slices (`busy`: what a preempted
+/// thread can still use counts, not its stale registers or slots).
 pub const BUSY_WAIT_MILLISECONDS: u64 = 50;
 
 /// Disables a module's patch, waits until its disable transition is

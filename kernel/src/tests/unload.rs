@@ -689,3 +689,40 @@ fn unloaded_module_memory_is_filled_with_trap_instructions() {
         .collect();
     assert!(words.iter().all(|&word| word == module::POISON), "a branch into it traps: {words:x?}");
 }
+
+// ---- The final scan reads what an interrupted thread can still use ----------------
+
+/// The address of the first kernel text word equal to `word` for which
+/// `also` holds.
+fn kernel_word(word: u32, also: impl Fn(u64) -> bool) -> u64 {
+    let text = crate::symbols::table().expect("the kernel has its symbol table");
+    let start = text.iter().next().expect("symbols").address;
+    (start..)
+        .step_by(4)
+        .take_while(|&address| crate::arch::stacktrace::is_kernel_text(address))
+        // Safety: aligned words of the kernel's text.
+        .find(|&address| unsafe { (address as *const u32).read() } == word && also(address))
+        .expect("the kernel's text has the instruction")
+}
+
+#[ktest]
+fn the_final_scan_counts_ctr_and_the_lr_slot_only_where_they_are_about_to_be_used() {
+    use crate::arch::exceptions::PtRegs;
+    const TARGET: u64 = 0x5a5a_0000;
+    const STALE: u64 = 0xa5a5_0000;
+    let bctrl = kernel_word(0x4e80_0421, |address| !crate::arch::livepatch::entering(address));
+    let blr = kernel_word(0x4e80_0020, |_| true);
+    let reload = kernel_word(0xe801_0010, |_| true);
+    let registers = |nip: u64| PtRegs { nip, ctr: TARGET, gpr: [STALE; 32], ..PtRegs::default() };
+    // About to branch through CTR: its value counts.
+    let (seen, _) = module::busy::interrupted_addresses(&registers(bctrl));
+    assert!(seen.contains(&TARGET), "CTR before a bctrl: {seen:x?}");
+    // At a return: CTR (stale) does not, nor r3-r12, but r0 and r14-r31 do.
+    let (seen, slot) = module::busy::interrupted_addresses(&registers(blr));
+    assert!(!seen.contains(&TARGET), "CTR at a blr: {seen:x?}");
+    assert_eq!(seen.iter().filter(|&&address| address == STALE).count(), 1 + 2 + 18, "r0, r1, r2, r14-r31");
+    assert!(!slot, "the LR slot is dead at a return");
+    // At an epilogue's reload of its return address: the slot counts.
+    let (_, slot) = module::busy::interrupted_addresses(&registers(reload));
+    assert!(slot, "the LR slot is live at `ld r0,16(r1)`");
+}
