@@ -86,7 +86,7 @@ fn function_name(entry: u64) -> String {
 /// or the whole memory of the module holding it (`modules`: every loaded
 /// module's memory; a replacement may call helpers of its module that would
 /// otherwise not count).
-pub fn code_at(function: u64, address: u64, modules: &[Range<u64>]) -> Code {
+pub(super) fn code_at(function: u64, address: u64, modules: &[Range<u64>]) -> Code {
     let range = if let Some(memory) = modules.iter().find(|memory| memory.contains(&address)) {
         memory.clone()
     } else {
@@ -213,14 +213,13 @@ pub(super) fn open(target: u64, code: Vec<Code>) {
     TARGET.store(target, Ordering::Relaxed);
 }
 
-/// Reverses the transition in progress; returns the new target. The threads
-/// that had switched must switch back; the others are there already.
-pub(super) fn reverse() -> u64 {
+/// Reverses the transition in progress. The threads that had switched must
+/// switch back; the others are there already.
+pub(super) fn reverse() {
     let mut switch = SWITCH.lock();
     let check = switch.as_mut().expect("a transition is in progress");
     check.target = opposite(check.target);
     TARGET.store(check.target, Ordering::Relaxed);
-    check.target
 }
 
 /// Switches every thread to the target without looking at its stack
@@ -293,8 +292,8 @@ pub(super) fn switch_current() -> Result<(), Blocker> {
     let graph = crate::trace::graph::return_addresses(info as u64);
     let verdict = check.verdict(walk_reliable_current(&graph, &|address| check.in_module(address)));
     if verdict.is_ok() {
-        // Safety: as above; only this thread runs on its stack.
-        unsafe { (*info).patch_state = check.target };
+        // Safety: as above; volatile, as every write other CPUs may read.
+        unsafe { core::ptr::write_volatile(&raw mut (*info).patch_state, check.target) };
         let me = crate::arch::percpu::smp_processor_id();
         let waiters = WAITERS.load(Ordering::SeqCst) & !(1 << me);
         for cpu in (0..boot::MAX_CPUS).filter(|cpu| waiters & (1 << cpu) != 0) {
