@@ -19,10 +19,32 @@
 //! of (patch, replacement) pairs, oldest first, and the newest enabled patch
 //! (the top) runs. Only the topmost patch on each of its functions may be
 //! disabled; disabling it falls back to the patch below, then to the original.
+//!
+//! A patch marked `replace` (Linux's atomic replace, a cumulative patch)
+//! takes over from every enabled patch in one transition: enabling it puts
+//! it on top of every replaced function, with a `NOP` entry (the original
+//! code) for each function it does not replace itself; once its transition
+//! is complete, `DropReplaced` disables the patches it replaced (their
+//! callbacks do not run) and drops the `NOP` entries. A patch declares the
+//! system states it handles (`SystemState`); enabling one that would drop
+//! (a cumulative patch without it) or downgrade a state an enabled patch
+//! installed is refused. Functions of a module object join a patch when the
+//! module loads (`AddObject`) and leave when it goes (`RemoveObject`).
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use smallvec::{SmallVec, smallvec};
+
+/// The replacement of an atomic replace's `NOP` entry: the original code.
+pub const NOP: u64 = 0;
+
+/// A system state a patch handles (Linux's `struct klp_state`): what the
+/// patch changed beyond code, e.g. a setting its callbacks adjusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SystemState {
+    pub id: u64,
+    pub version: u64,
+}
 
 /// A function a patch replaces, resolved when the patch is added.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,14 +69,26 @@ pub struct PatchState {
     pub id: u64,
     pub name: String,
     pub enabled: bool,
-    /// In the order the patch lists them.
+    /// In the order the patch lists them (of loaded objects only).
     pub functions: Vec<Replaced>,
+    /// Atomic replace: enabling it takes over from every enabled patch.
+    pub replace: bool,
+    /// While an atomic replace is being enabled: the functions of other
+    /// patches it does not replace itself, each with `new` = `NOP`.
+    pub nops: Vec<Replaced>,
+    /// The system states it handles.
+    pub states: Vec<SystemState>,
 }
 
 impl PatchState {
     /// The function of this patch whose global entry or ftrace site is `address`.
     pub fn function_at(&self, address: u64) -> Option<&Replaced> {
         self.functions.iter().find(|function| function.entry == address || function.site == address)
+    }
+
+    /// Its state `id`, if it declares one (Linux's `klp_get_state`).
+    pub fn state(&self, id: u64) -> Option<SystemState> {
+        self.states.iter().copied().find(|state| state.id == id)
     }
 }
 
@@ -70,14 +104,24 @@ pub struct Stack {
 /// An operation on the patches, as the kernel offers them.
 #[derive(Clone, Debug)]
 pub enum Operation<'a> {
-    /// Adds a patch, disabled, with its functions already resolved.
-    Add { name: &'a str, functions: Vec<Replaced> },
+    /// Adds a patch, disabled, with its functions already resolved (those of
+    /// loaded objects), whether it is an atomic replace, and its states.
+    Add { name: &'a str, functions: Vec<Replaced>, replace: bool, states: Vec<SystemState> },
     /// Enables a patch: its replacements go on top of their functions' stacks.
     Enable(&'a str),
     /// Disables a patch that is topmost on each of its functions.
     Disable(&'a str),
     /// Removes a disabled patch.
     Remove(&'a str),
+    /// Once an atomic replace's enable transition is complete: disables
+    /// every other enabled patch (no callbacks run) and drops the `NOP` entries.
+    DropReplaced(&'a str),
+    /// A module the patch names as an object loaded: its functions join the
+    /// patch (and, if the patch is enabled, go on top of their stacks).
+    AddObject { name: &'a str, functions: Vec<Replaced> },
+    /// The module at `range` goes: the patch's functions in it leave the
+    /// patch and every stack.
+    RemoveObject { name: &'a str, range: core::ops::Range<u64> },
 }
 
 impl<'a> Operation<'a> {
@@ -87,7 +131,10 @@ impl<'a> Operation<'a> {
             Operation::Add { name, .. }
             | Operation::Enable(name)
             | Operation::Disable(name)
-            | Operation::Remove(name) => name,
+            | Operation::Remove(name)
+            | Operation::DropReplaced(name)
+            | Operation::AddObject { name, .. }
+            | Operation::RemoveObject { name, .. } => name,
         }
     }
 }
@@ -109,6 +156,12 @@ pub enum PlanError {
     NotEnabled(String),
     /// `disable` of a patch that a newer enabled patch (`topmost`) stacks on, on `function`.
     NotTopmost { patch: String, function: String, topmost: String },
+    /// `enable` of a cumulative patch without state `id`, which the enabled `installed_by` handles.
+    StateDropped { patch: String, id: u64, installed_by: String },
+    /// `enable` of a patch with state `id` at `version`, below the enabled `installed_by`'s `installed`.
+    StateDowngraded { patch: String, id: u64, version: u64, installed_by: String, installed: u64 },
+    /// `DropReplaced` of a patch that is not an enabled atomic replace.
+    NotReplacing(String),
 }
 
 impl fmt::Display for PlanError {
@@ -125,6 +178,15 @@ impl fmt::Display for PlanError {
             PlanError::NotTopmost { patch, function, topmost } => {
                 write!(formatter, "patch '{patch}' is not the topmost on '{function}': disable '{topmost}' first")
             }
+            PlanError::StateDropped { patch, id, installed_by } => write!(
+                formatter,
+                "patch '{patch}' replaces every patch but does not handle system state {id}, which '{installed_by}' installed"
+            ),
+            PlanError::StateDowngraded { patch, id, version, installed_by, installed } => write!(
+                formatter,
+                "patch '{patch}' handles system state {id} at version {version}, below version {installed} that '{installed_by}' installed"
+            ),
+            PlanError::NotReplacing(name) => write!(formatter, "patch '{name}' is not an enabled atomic replace"),
         }
     }
 }
@@ -144,9 +206,14 @@ pub struct Change {
 #[derive(Clone, Debug)]
 enum Edit {
     Add(PatchState),
-    Enable(usize),
+    /// The patch, and its `NOP` entries.
+    Enable(usize, Vec<Replaced>),
     Disable(usize),
     Remove(usize),
+    /// The atomic replace that stays enabled.
+    DropReplaced(usize),
+    AddObject(usize, Vec<Replaced>),
+    RemoveObject(usize, core::ops::Range<u64>),
 }
 
 /// A planned operation, not yet committed: what the kernel applies, then commits.
@@ -235,14 +302,39 @@ impl State {
     /// What `operation` would do, or why it is refused. Changes nothing.
     pub fn plan(&self, operation: Operation) -> Result<Plan, PlanError> {
         match operation {
-            Operation::Add { name, functions } => self.plan_add(name, functions),
+            Operation::Add { name, functions, replace, states } => self.plan_add(name, functions, replace, states),
             Operation::Enable(name) => self.plan_enable(name),
             Operation::Disable(name) => self.plan_disable(name),
             Operation::Remove(name) => self.plan_remove(name),
+            Operation::DropReplaced(name) => self.plan_drop_replaced(name),
+            Operation::AddObject { name, functions } => self.plan_add_object(name, functions),
+            Operation::RemoveObject { name, range } => self.plan_remove_object(name, range),
         }
     }
 
-    fn plan_add(&self, name: &str, functions: Vec<Replaced>) -> Result<Plan, PlanError> {
+    /// The 1-based position of patch `name` in the patch list (Linux's
+    /// `stack_order`): renumbered when an earlier patch is removed.
+    pub fn stack_order(&self, name: &str) -> Option<usize> {
+        self.patches.iter().position(|patch| patch.name == name).map(|index| index + 1)
+    }
+
+    /// The newest enabled patch other than `except` that declares state `id`
+    /// (Linux's `klp_get_prev_state`, `except` being the patch in transition).
+    pub fn previous_state(&self, id: u64, except: &str) -> Option<(&PatchState, SystemState)> {
+        self.patches
+            .iter()
+            .rev()
+            .filter(|patch| patch.enabled && patch.name != except)
+            .find_map(|patch| patch.state(id).map(|state| (patch, state)))
+    }
+
+    fn plan_add(
+        &self,
+        name: &str,
+        functions: Vec<Replaced>,
+        replace: bool,
+        states: Vec<SystemState>,
+    ) -> Result<Plan, PlanError> {
         for (position, function) in functions.iter().enumerate() {
             if functions[..position].iter().any(|earlier| earlier.entry == function.entry) {
                 return Err(PlanError::DuplicateFunction(function.name.clone()));
@@ -251,7 +343,8 @@ impl State {
         if self.patch(name).is_some() {
             return Err(PlanError::DuplicatePatch(name.into()));
         }
-        let patch = PatchState { id: self.next_id, name: name.into(), enabled: false, functions };
+        let patch =
+            PatchState { id: self.next_id, name: name.into(), enabled: false, functions, replace, nops: Vec::new(), states };
         Ok(self.planned(Edit::Add(patch), None, Vec::new()))
     }
 
@@ -261,11 +354,34 @@ impl State {
         if patch.enabled {
             return Err(PlanError::AlreadyEnabled(name.into()));
         }
+        self.check_states(patch)?;
+        // An atomic replace also covers every function replaced now, with
+        // the original code where it has no replacement of its own.
+        let nops: Vec<Replaced> = if patch.replace {
+            self.functions
+                .iter()
+                .filter(|(entry, _)| !patch.functions.iter().any(|function| function.entry == *entry))
+                .map(|(entry, stack)| Replaced {
+                    name: self.function_name(*entry),
+                    entry: *entry,
+                    site: stack.site,
+                    new: NOP,
+                    allow_inlined: false,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         // The patch goes on top of each of its functions.
         let mut changes: Vec<Change> = patch
             .functions
             .iter()
-            .map(|function| Change { entry: function.entry, site: function.site, target: Some(function.new) })
+            .chain(&nops)
+            .map(|function| Change {
+                entry: function.entry,
+                site: function.site,
+                target: Some(function.new).filter(|new| *new != NOP),
+            })
             .collect();
         changes.sort_unstable_by_key(|change| change.entry);
         // Merge the sorted changes into the sorted stacks, in one pass.
@@ -275,7 +391,7 @@ impl State {
             while let Some((entry, stack)) = existing.next_if(|(entry, _)| *entry < change.entry) {
                 functions.push((*entry, stack.clone()));
             }
-            let replacement = (patch.id, change.target.expect("enabling gives each function a target"));
+            let replacement = (patch.id, change.target.unwrap_or(NOP));
             let stack = match existing.next_if(|(entry, _)| *entry == change.entry) {
                 Some((_, stack)) => {
                     let mut stack = stack.clone();
@@ -287,7 +403,116 @@ impl State {
             functions.push((change.entry, stack));
         }
         functions.extend(existing.cloned());
-        Ok(self.planned(Edit::Enable(index), Some(functions), changes))
+        Ok(self.planned(Edit::Enable(index, nops), Some(functions), changes))
+    }
+
+    /// The name some patch gives the function at `entry`.
+    fn function_name(&self, entry: u64) -> String {
+        self.patches
+            .iter()
+            .flat_map(|patch| patch.functions.iter())
+            .find(|function| function.entry == entry)
+            .map_or_else(String::new, |function| function.name.clone())
+    }
+
+    /// Refuses `patch` if it would drop or downgrade a state an enabled patch handles.
+    fn check_states(&self, patch: &PatchState) -> Result<(), PlanError> {
+        for installed in self.patches.iter().filter(|other| other.enabled && other.id != patch.id) {
+            for old in &installed.states {
+                match patch.state(old.id) {
+                    None if patch.replace => {
+                        return Err(PlanError::StateDropped {
+                            patch: patch.name.clone(),
+                            id: old.id,
+                            installed_by: installed.name.clone(),
+                        });
+                    }
+                    Some(new) if new.version < old.version => {
+                        return Err(PlanError::StateDowngraded {
+                            patch: patch.name.clone(),
+                            id: old.id,
+                            version: new.version,
+                            installed_by: installed.name.clone(),
+                            installed: old.version,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn plan_drop_replaced(&self, name: &str) -> Result<Plan, PlanError> {
+        let index = self.index(name)?;
+        let patch = &self.patches[index];
+        if !patch.enabled || !patch.replace {
+            return Err(PlanError::NotReplacing(name.into()));
+        }
+        // Only the patch's own replacements stay; what runs does not change.
+        let functions = self
+            .functions
+            .iter()
+            .filter_map(|(entry, stack)| match stack.replacements.last() {
+                Some(&(id, new)) if id == patch.id && new != NOP => {
+                    Some((*entry, Stack { site: stack.site, replacements: smallvec![(id, new)] }))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(self.planned(Edit::DropReplaced(index), Some(functions), Vec::new()))
+    }
+
+    fn plan_add_object(&self, name: &str, added: Vec<Replaced>) -> Result<Plan, PlanError> {
+        let index = self.index(name)?;
+        let patch = &self.patches[index];
+        for (position, function) in added.iter().enumerate() {
+            if added[..position].iter().chain(&patch.functions).any(|earlier| earlier.entry == function.entry) {
+                return Err(PlanError::DuplicateFunction(function.name.clone()));
+            }
+        }
+        if !patch.enabled {
+            return Ok(self.planned(Edit::AddObject(index, added), None, Vec::new()));
+        }
+        // On top of the stacks, as enabling would have put them.
+        let mut functions = self.functions.clone();
+        let mut changes = Vec::with_capacity(added.len());
+        for function in &added {
+            changes.push(Change { entry: function.entry, site: function.site, target: Some(function.new) });
+            match stack_index(&functions, function.entry) {
+                Ok(at) => functions[at].1.replacements.push((patch.id, function.new)),
+                Err(at) => functions.insert(
+                    at,
+                    (function.entry, Stack { site: function.site, replacements: smallvec![(patch.id, function.new)] }),
+                ),
+            }
+        }
+        changes.sort_unstable_by_key(|change| change.entry);
+        Ok(self.planned(Edit::AddObject(index, added), Some(functions), changes))
+    }
+
+    fn plan_remove_object(&self, name: &str, range: core::ops::Range<u64>) -> Result<Plan, PlanError> {
+        let index = self.index(name)?;
+        let patch = &self.patches[index];
+        let mut functions = Vec::with_capacity(self.functions.len());
+        let mut changes = Vec::new();
+        for (entry, stack) in &self.functions {
+            if !range.contains(entry) {
+                functions.push((*entry, stack.clone()));
+                continue;
+            }
+            let mut stack = stack.clone();
+            let top = stack.replacements.last().copied();
+            stack.replacements.retain(|(id, _)| *id != patch.id);
+            let now = stack.replacements.last().copied();
+            if now != top {
+                changes.push(Change { entry: *entry, site: stack.site, target: now.map(|(_, new)| new) });
+            }
+            if !stack.replacements.is_empty() {
+                functions.push((*entry, stack));
+            }
+        }
+        Ok(self.planned(Edit::RemoveObject(index, range), Some(functions), changes))
     }
 
     fn plan_disable(&self, name: &str) -> Result<Plan, PlanError> {
@@ -297,8 +522,8 @@ impl State {
             return Err(PlanError::NotEnabled(name.into()));
         }
         // Each of its functions falls back to the replacement below, or to the original.
-        let mut changes = Vec::with_capacity(patch.functions.len());
-        for function in &patch.functions {
+        let mut changes = Vec::with_capacity(patch.functions.len() + patch.nops.len());
+        for function in patch.functions.iter().chain(&patch.nops) {
             let replacements = self.stack(function.entry).map_or(&[][..], |stack| &stack.replacements[..]);
             match replacements {
                 [below @ .., (id, _)] if *id == patch.id => changes.push(Change {
@@ -357,8 +582,28 @@ impl State {
                 self.next_id = patch.id + 1;
                 self.patches.push(patch);
             }
-            Edit::Enable(index) => self.patches[index].enabled = true,
-            Edit::Disable(index) => self.patches[index].enabled = false,
+            Edit::Enable(index, nops) => {
+                self.patches[index].enabled = true;
+                self.patches[index].nops = nops;
+            }
+            Edit::Disable(index) => {
+                self.patches[index].enabled = false;
+                self.patches[index].nops = Vec::new();
+            }
+            Edit::DropReplaced(index) => {
+                for (other, patch) in self.patches.iter_mut().enumerate() {
+                    if other != index {
+                        patch.enabled = false;
+                    }
+                }
+                self.patches[index].nops = Vec::new();
+            }
+            Edit::AddObject(index, added) => self.patches[index].functions.extend(added),
+            Edit::RemoveObject(index, range) => {
+                let patch = &mut self.patches[index];
+                patch.functions.retain(|function| !range.contains(&function.entry));
+                patch.nops.retain(|function| !range.contains(&function.entry));
+            }
             Edit::Remove(index) => {
                 self.patches.remove(index);
             }
@@ -386,7 +631,8 @@ mod tests {
     }
 
     fn add(state: &mut State, name: &str, functions: &[Replaced]) {
-        run(state, Operation::Add { name, functions: functions.to_vec() }).expect("adds");
+        run(state, Operation::Add { name, functions: functions.to_vec(), replace: false, states: Vec::new() })
+            .expect("adds");
     }
 
     /// What the function at `entry` runs: its top replacement, or `None` for the original.
@@ -510,11 +756,17 @@ mod tests {
             (Operation::Enable("nope"), PlanError::UnknownPatch("nope".into())),
             (Operation::Disable("nope"), PlanError::UnknownPatch("nope".into())),
             (Operation::Remove("nope"), PlanError::UnknownPatch("nope".into())),
-            (Operation::Add { name: "b", functions: Vec::new() }, PlanError::DuplicatePatch("b".into())),
+            (
+                Operation::Add { name: "b", functions: Vec::new(), replace: false, states: Vec::new() },
+                PlanError::DuplicatePatch("b".into()),
+            ),
+            (Operation::DropReplaced("a"), PlanError::NotReplacing("a".into())),
             (
                 Operation::Add {
                     name: "twice",
                     functions: vec![replaced("f", 0x100, 1), replaced("f again", 0x100, 2)],
+                    replace: false,
+                    states: Vec::new(),
                 },
                 PlanError::DuplicateFunction("f again".into()),
             ),
@@ -573,5 +825,121 @@ mod tests {
         let stale = state.plan(Operation::Enable("b")).unwrap();
         state.commit(first);
         state.commit(stale);
+    }
+
+    fn add_with(state: &mut State, name: &str, functions: &[Replaced], replace: bool, states: &[(u64, u64)]) {
+        let states = states.iter().map(|&(id, version)| SystemState { id, version }).collect();
+        run(state, Operation::Add { name, functions: functions.to_vec(), replace, states }).expect("adds");
+    }
+
+    #[test]
+    fn an_atomic_replace_covers_every_replaced_function_then_drops_the_others() {
+        let mut state = two_patches();
+        run(&mut state, Operation::Enable("a")).unwrap();
+        run(&mut state, Operation::Enable("b")).unwrap();
+        // "c" replaces only g: f must return to its original code.
+        add_with(&mut state, "c", &[replaced("g", 0x200, 0xc2)], true, &[]);
+        let changes = run(&mut state, Operation::Enable("c")).unwrap();
+        assert_eq!(changes, vec![change(0x100, None), change(0x200, Some(0xc2))], "f gets a NOP entry");
+        assert_eq!(state.topmost(0x100), Some((3, NOP)), "the NOP is on top of f during the transition");
+        assert_eq!(state.stack(0x100).unwrap().replacements.len(), 3, "the replaced patches stay below until the end");
+        assert_eq!(state.patch("c").unwrap().nops.len(), 1);
+        run(&mut state, Operation::DropReplaced("c")).unwrap();
+        assert_eq!(state.stack(0x100), None, "f runs its original code, with no stack");
+        assert_eq!(state.stack(0x200).unwrap().replacements.to_vec(), [(3, 0xc2)], "only the replace patch is left");
+        assert!(!state.patch("a").unwrap().enabled && !state.patch("b").unwrap().enabled, "the replaced are disabled");
+        assert!(state.patch("c").unwrap().nops.is_empty(), "the NOP entries are gone");
+        // The replaced patches can be removed now; the replace patch disables to the originals.
+        run(&mut state, Operation::Remove("a")).unwrap();
+        run(&mut state, Operation::Remove("b")).unwrap();
+        assert_eq!(run(&mut state, Operation::Disable("c")).unwrap(), vec![change(0x200, None)]);
+        assert!(state.functions().is_empty());
+    }
+
+    #[test]
+    fn a_reversed_atomic_replace_leaves_the_replaced_patches_running() {
+        let mut state = two_patches();
+        run(&mut state, Operation::Enable("a")).unwrap();
+        let before = state.functions().to_vec();
+        add_with(&mut state, "c", &[replaced("g", 0x200, 0xc2)], true, &[]);
+        run(&mut state, Operation::Enable("c")).unwrap();
+        // Disabled before its transition completes: the NOPs pop with it.
+        run(&mut state, Operation::Disable("c")).unwrap();
+        assert_eq!(state.functions(), &before[..]);
+        assert!(state.patch("a").unwrap().enabled);
+        assert!(state.patch("c").unwrap().nops.is_empty());
+        assert_eq!(state.plan(Operation::DropReplaced("c")).unwrap_err(), PlanError::NotReplacing("c".into()));
+    }
+
+    #[test]
+    fn states_may_not_be_dropped_by_a_cumulative_patch_nor_downgraded() {
+        let mut state = State::new();
+        add_with(&mut state, "one", &[replaced("f", 0x100, 0x11)], false, &[(7, 2)]);
+        run(&mut state, Operation::Enable("one")).unwrap();
+        add_with(&mut state, "drops", &[replaced("f", 0x100, 0x21)], true, &[]);
+        add_with(&mut state, "downgrades", &[replaced("f", 0x100, 0x31)], false, &[(7, 1)]);
+        add_with(&mut state, "stacks", &[replaced("g", 0x200, 0x41)], false, &[]);
+        add_with(&mut state, "keeps", &[replaced("f", 0x100, 0x51)], true, &[(7, 2)]);
+        let before = state.clone();
+        assert_eq!(
+            state.plan(Operation::Enable("drops")).unwrap_err(),
+            PlanError::StateDropped { patch: "drops".into(), id: 7, installed_by: "one".into() }
+        );
+        assert_eq!(
+            state.plan(Operation::Enable("downgrades")).unwrap_err(),
+            PlanError::StateDowngraded {
+                patch: "downgrades".into(),
+                id: 7,
+                version: 1,
+                installed_by: "one".into(),
+                installed: 2
+            }
+        );
+        assert_eq!(state, before, "refusals change nothing");
+        run(&mut state, Operation::Enable("stacks")).expect("a non-cumulative patch need not handle the state");
+        run(&mut state, Operation::Enable("keeps")).expect("same version: compatible");
+        assert_eq!(state.previous_state(7, "keeps").map(|(patch, found)| (patch.name.as_str(), found.version)), Some(("one", 2)));
+        assert_eq!(state.previous_state(7, "one"), Some((state.patch("keeps").unwrap(), SystemState { id: 7, version: 2 })));
+        assert_eq!(state.previous_state(8, "keeps"), None);
+    }
+
+    #[test]
+    fn stack_order_is_the_position_and_is_renumbered_after_a_removal() {
+        let mut state = State::new();
+        for name in ["p1", "p2", "p3"] {
+            add_with(&mut state, name, &[], false, &[]);
+        }
+        assert_eq!([state.stack_order("p1"), state.stack_order("p2"), state.stack_order("p3")], [Some(1), Some(2), Some(3)]);
+        run(&mut state, Operation::Remove("p2")).unwrap();
+        assert_eq!([state.stack_order("p1"), state.stack_order("p2"), state.stack_order("p3")], [Some(1), None, Some(2)]);
+    }
+
+    #[test]
+    fn module_functions_join_an_enabled_patch_on_top_and_leave_with_the_module() {
+        let mut state = two_patches();
+        run(&mut state, Operation::Enable("a")).unwrap();
+        run(&mut state, Operation::Enable("b")).unwrap();
+        // A module at 0x1000..0x2000 loads; both patches name it.
+        let added = run(&mut state, Operation::AddObject { name: "a", functions: vec![replaced("m", 0x1100, 0xa9)] });
+        assert_eq!(added, Ok(vec![change(0x1100, Some(0xa9))]));
+        run(&mut state, Operation::AddObject { name: "b", functions: vec![replaced("m", 0x1100, 0xb9)] }).unwrap();
+        assert_eq!(state.topmost(0x1100), Some((2, 0xb9)), "the later patch on top, as enabling would have done");
+        assert_eq!(
+            state.plan(Operation::AddObject { name: "a", functions: vec![replaced("m", 0x1100, 1)] }).unwrap_err(),
+            PlanError::DuplicateFunction("m".into())
+        );
+        // It goes: the older patch's entry leaves from below, then the newer's.
+        assert_eq!(run(&mut state, Operation::RemoveObject { name: "a", range: 0x1000..0x2000 }), Ok(vec![]));
+        assert_eq!(
+            run(&mut state, Operation::RemoveObject { name: "b", range: 0x1000..0x2000 }),
+            Ok(vec![change(0x1100, None)])
+        );
+        assert_eq!(state.stack(0x1100), None);
+        assert_eq!(state.patch("a").unwrap().functions.len(), 2, "the kernel functions stay");
+        // A disabled patch takes the functions without stacking them.
+        add_with(&mut state, "c", &[], false, &[]);
+        assert_eq!(run(&mut state, Operation::AddObject { name: "c", functions: vec![replaced("m", 0x1100, 0xc9)] }), Ok(vec![]));
+        assert_eq!(state.stack(0x1100), None);
+        assert_eq!(run(&mut state, Operation::Enable("c")), Ok(vec![change(0x1100, Some(0xc9))]));
     }
 }

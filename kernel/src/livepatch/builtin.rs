@@ -21,7 +21,9 @@ pub fn register_builtin() {
                 new_address: patched_greeting as *const () as u64,
                 allow_inlined: false,
             }],
+            ..Default::default()
         }],
+        ..Default::default()
     };
     add(greeting).expect("built-in patches have unique names and #[livepatchable] targets");
 }

@@ -26,6 +26,7 @@
 mod allowed;
 pub mod api;
 mod builtin;
+pub mod callbacks;
 pub mod notes;
 mod redirect;
 pub mod transition;
@@ -41,9 +42,10 @@ use crate::sync::Mutex;
 use crate::trace::{self, FtraceError, NameError};
 use alloc::string::String;
 use alloc::vec::Vec;
+pub use callbacks::{Callback, Callbacks};
 use core::fmt;
-pub use portable::livepatch::PlanError;
-use portable::livepatch::{Operation, PatchState, Replaced, State};
+use portable::livepatch::{NOP, Operation, PatchState, Replaced, State};
+pub use portable::livepatch::{PlanError, SystemState};
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use transition::{Blocked, Blocker};
 use transition::{PATCHED, UNPATCHED};
@@ -62,19 +64,31 @@ pub struct Function {
     pub allow_inlined: bool,
 }
 
-/// The functions of one object: the kernel (`None`) or a module.
-#[derive(Clone)]
+/// The functions of one object: the kernel (`None`) or a loadable module,
+/// which may load before or after the patch is added (its functions are
+/// resolved and patched when it loads: `module_coming`), with the object's
+/// callbacks.
+#[derive(Clone, Default)]
 pub struct Object {
     pub module: Option<String>,
     pub functions: Vec<Function>,
+    pub callbacks: Callbacks,
 }
 
 /// A named set of replacements, enabled and disabled as a whole.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Patch {
     pub name: String,
     pub objects: Vec<Object>,
+    /// Atomic replace (a cumulative patch): enabling it takes over from every
+    /// enabled patch; functions it does not replace return to their originals.
+    pub replace: bool,
+    /// The system states it handles (`klp_get_state`).
+    pub states: Vec<SystemState>,
 }
+
+/// The name of the kernel as an object (Linux's "vmlinux"), in callbacks and `klp list`.
+pub const KERNEL_OBJECT: &str = "vmlinux";
 
 /// Why a livepatch operation changed nothing.
 #[derive(Debug)]
@@ -100,9 +114,10 @@ pub enum LivepatchError {
     InlinedEverywhere { name: String, holders: Vec<Holder> },
     /// `enable`: another IPMODIFY ftrace user (`owner`) already redirects the function.
     Busy { name: String, owner: &'static str },
-    /// `add`: an object names a module; only kernel functions (object
-    /// `module: None`) can be patched, module objects are not supported.
+    /// A module object's module is not loaded (from `module::resolve_function`).
     UnknownObject(String),
+    /// A pre-patch callback of `object` returned `code`: nothing was changed.
+    PrePatch { patch: String, object: String, code: i32 },
     /// Text patching or ftrace registration failed; nothing was changed.
     Ftrace(FtraceError),
     /// `enable`/`disable`: another patch's transition is still in progress
@@ -155,6 +170,10 @@ impl fmt::Display for LivepatchError {
                 write!(formatter, "'{name}' is busy: its calls are already redirected by '{owner}'")
             }
             LivepatchError::UnknownObject(name) => write!(formatter, "object '{name}' is not loaded"),
+            LivepatchError::PrePatch { patch, object, code } => write!(
+                formatter,
+                "patch '{patch}': the pre-patch callback of object '{object}' failed ({code}); nothing was changed"
+            ),
             LivepatchError::Ftrace(error) => write!(formatter, "{error}"),
             LivepatchError::TransitionInProgress { patch, blocked } => {
                 write!(formatter, "patch '{patch}' is still in transition")?;
@@ -219,6 +238,9 @@ struct Core {
     forced: Vec<String>,
     /// Whether the thread that retries a stalled transition runs.
     worker: bool,
+    /// Per patch, in the order they were added: its objects, their
+    /// callbacks and whether their module is loaded (`callbacks`).
+    objects: Vec<callbacks::PatchObjects>,
 }
 
 /// Lock order: `REGISTRY`, then `transition`'s `SWITCH`, then the scheduler
@@ -226,7 +248,7 @@ struct Core {
 /// `wake_interruptible`, `spawn`); `REGISTRY` before `module`'s `MODULES`.
 /// Nothing takes `REGISTRY` while holding one of the others.
 static REGISTRY: Mutex<Core> =
-    Mutex::new(Core { state: State::new(), transition: None, forced: Vec::new(), worker: false });
+    Mutex::new(Core { state: State::new(), transition: None, forced: Vec::new(), worker: false, objects: Vec::new() });
 
 /// How long `enable` and `disable` wait for their transition (and for
 /// another patch's transition before they start) before they return.
@@ -256,19 +278,9 @@ fn announce(state: &State, name: &str) {
     crate::debug::patch_changed(name, patch.map(|patch| patch.enabled), &pairs);
 }
 
-/// Plans `operation` (`add` or `remove`), then commits it.
-fn carry_out(operation: Operation) -> Result<(), LivepatchError> {
-    let name = operation.patch_name();
-    let mut core = REGISTRY.lock();
-    // Under the same lock as the commit: a force completing meanwhile is seen.
-    if matches!(operation, Operation::Remove(_)) && core.forced.iter().any(|forced| forced == name) {
-        return Err(LivepatchError::Forced(String::from(name)));
-    }
-    let plan = core.state.plan(operation)?;
-    debug_assert!(plan.functions().is_none(), "enable and disable go through a transition");
-    core.state.commit(plan);
-    announce(&core.state, name);
-    Ok(())
+/// The objects of patch `name`.
+fn objects_of<'a>(objects: &'a mut [callbacks::PatchObjects], name: &str) -> Option<&'a mut callbacks::PatchObjects> {
+    objects.iter_mut().find(|entry| entry.patch == name)
 }
 
 /// The code a transition of patch `id` changes, from the stacks where it is
@@ -286,7 +298,9 @@ fn changed_code(functions: &[(u64, Stack)], id: u64) -> Vec<transition::Code> {
             && *top == id
         {
             code.push(transition::code_at(*entry, *entry, &modules));
-            replacements.push((*new, *entry));
+            if *new != NOP {
+                replacements.push((*new, *entry));
+            }
             if let Some((_, previous)) = below.last() {
                 replacements.push((*previous, *entry));
             }
@@ -343,6 +357,16 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
     let plan = core.state.plan(if target == PATCHED { Operation::Enable(name) } else { Operation::Disable(name) })?;
     let patch = core.state.patch(name).expect("planned above");
     let id = patch.id;
+    // The callbacks before anything changes: a failing pre-patch one
+    // refuses the enable (having run the post-unpatch ones of the objects
+    // whose pre-patch ran).
+    if let Some(objects) = objects_of(&mut core.objects, name) {
+        if target == PATCHED {
+            objects.pre_patch_all()?;
+        } else {
+            objects.loaded().for_each(|object| object.pre_unpatch());
+        }
+    }
     // Enabling installs the stacks with the patch on top (committed at
     // once: the patch is enabled, in transition); disabling keeps the
     // stacks as they are until it completes.
@@ -359,12 +383,20 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
     };
     if let Err(error) = installed {
         transition::end();
+        // Cancelled (Linux's `klp_cancel_transition`): the objects whose
+        // pre-patch callback ran get their post-unpatch one.
+        if target == PATCHED
+            && let Some(objects) = objects_of(&mut core.objects, name)
+        {
+            objects.loaded().for_each(callbacks::ObjectEntry::post_unpatch);
+        }
         return Err(ftrace_error(core.state.patch(name), error));
     }
     // The marked table and every site are in place: threads may switch.
     transition::open(target, code);
     if target == PATCHED {
         core.state.commit(plan);
+        callbacks::sync_enabled(&core.state);
     }
     core.transition = Some(Transition {
         patch: String::from(name),
@@ -418,7 +450,24 @@ fn try_complete(core: &mut Core) {
 fn complete(core: &mut Core) {
     let Some(transition) = core.transition.take() else { return };
     let name = transition.patch.as_str();
-    let result = if transition::target() == PATCHED {
+    let replace = core.state.patch(name).is_some_and(|patch| patch.replace);
+    let result = if transition::target() == PATCHED && replace {
+        // An atomic replace: the patches it replaced leave the stacks (their
+        // callbacks do not run) and its NOP entries go.
+        match core.state.plan(Operation::DropReplaced(name)) {
+            Ok(plan) => {
+                let applied = redirect::apply(plan.functions().expect("dropping changes the stacks"), None);
+                if applied.is_ok() {
+                    core.state.commit(plan);
+                    for objects in core.objects.iter_mut().filter(|objects| objects.patch != name) {
+                        objects.objects.iter_mut().for_each(|object| object.pre_patched = false);
+                    }
+                }
+                applied
+            }
+            Err(error) => panic!("the atomic replace in transition is enabled: {error}"),
+        }
+    } else if transition::target() == PATCHED {
         // The same functions: only the table loses its marks.
         redirect::publish(core.state.functions(), None);
         Ok(())
@@ -441,7 +490,18 @@ fn complete(core: &mut Core) {
         core.transition = Some(transition);
         return;
     }
+    let enabled = transition::target() == PATCHED;
     transition::end();
+    if let Some(objects) = objects_of(&mut core.objects, name) {
+        if enabled {
+            objects.loaded().for_each(|object| object.post_patch());
+        } else {
+            objects.loaded().for_each(callbacks::ObjectEntry::post_unpatch);
+        }
+    }
+    // After the post-patch callbacks: an atomic replace's may still find
+    // the replaced patches' states (`klp_get_prev_state`), as in Linux.
+    callbacks::sync_enabled(&core.state);
     crate::debug::transition_changed("");
     announce(&core.state, name);
 }
@@ -651,50 +711,90 @@ pub fn status() -> Option<TransitionStatus> {
     })
 }
 
-/// Adds a patch (disabled), after resolving every function it names: an
-/// unknown, ambiguous, notrace or not `#[livepatchable]` target, one with
-/// inlined copies (unless the function allows them), or a function named
-/// twice, refuses the whole patch here, before anything could run. Names
-/// are unique.
+/// Adds a patch (disabled), after resolving every function it names in the
+/// kernel and in the modules that are loaded (a module object whose module
+/// is not loaded waits for it: `module_coming`): an unknown, ambiguous,
+/// notrace or not `#[livepatchable]` target, one with inlined copies
+/// (unless the function allows them), or a function named twice, refuses
+/// the whole patch here, before anything could run. Names are unique.
 pub fn add(patch: Patch) -> Result<(), LivepatchError> {
+    let mut core = REGISTRY.lock();
     let mut functions: Vec<Replaced> = Vec::new();
-    for object in patch.objects {
-        if let Some(module) = object.module {
-            return Err(LivepatchError::UnknownObject(module));
-        }
-        // std collects this in place (a `Function` and a `Replaced` have the same
-        // size and alignment): the object's own buffer becomes the list, so
-        // adding a patch neither allocates it anew nor leaves the old one as
-        // a hole in the heap that later allocations walk past.
-        const _: () =
-            assert!(size_of::<Function>() == size_of::<Replaced>() && align_of::<Function>() == align_of::<Replaced>());
-        let resolved = object
-            .functions
-            .into_iter()
-            .map(|function| {
-                let (entry, site) = resolve(&function)?;
-                Ok(Replaced {
-                    name: function.old_name,
-                    entry,
-                    site,
-                    new: function.new_address,
-                    allow_inlined: function.allow_inlined,
-                })
-            })
-            .collect::<Result<Vec<Replaced>, LivepatchError>>()?;
-        if functions.is_empty() {
-            functions = resolved;
-        } else {
-            functions.extend(resolved);
+    let mut entries = Vec::with_capacity(patch.objects.len());
+    for object in &patch.objects {
+        let resolved = match resolve_object(object) {
+            Ok(resolved) => Some(resolved),
+            // A module that is not loaded: its object waits for it.
+            Err(LivepatchError::UnknownObject(module)) if object.module.as_ref() == Some(&module) => None,
+            Err(error) => return Err(error),
+        };
+        entries.push(resolved.as_ref().map(|resolved| resolved.iter().map(|function| function.entry).collect()));
+        if let Some(resolved) = resolved {
+            if functions.is_empty() {
+                functions = resolved;
+            } else {
+                functions.extend(resolved);
+            }
         }
     }
-    carry_out(Operation::Add { name: &patch.name, functions })
+    let name = patch.name;
+    let plan = core.state.plan(Operation::Add {
+        name: &name,
+        functions,
+        replace: patch.replace,
+        states: patch.states.clone(),
+    })?;
+    core.state.commit(plan);
+    callbacks::add_states(&name, &patch.states);
+    let objects = patch
+        .objects
+        .into_iter()
+        .zip(entries)
+        .map(|(object, entries)| {
+            let loaded = entries.is_some();
+            callbacks::ObjectEntry::new(object, loaded, entries.unwrap_or_default())
+        })
+        .collect();
+    core.objects.push(callbacks::PatchObjects { patch: name.clone(), objects });
+    announce(&core.state, &name);
+    Ok(())
+}
+
+/// Resolves the functions of `object` (the kernel's, or a loaded module's).
+fn resolve_object(object: &Object) -> Result<Vec<Replaced>, LivepatchError> {
+    object
+        .functions
+        .iter()
+        .map(|function| {
+            let (entry, site) = match &object.module {
+                None => resolve(function)?,
+                Some(module) => crate::module::resolve_function(module, &function.old_name, function.old_position)?,
+            };
+            Ok(Replaced {
+                name: function.old_name.clone(),
+                entry,
+                site,
+                new: function.new_address,
+                allow_inlined: function.allow_inlined,
+            })
+        })
+        .collect()
 }
 
 /// Removes a disabled patch; never one that was forced (a thread may still
 /// run its code: its replacements, and its module, stay).
 pub fn remove(name: &str) -> Result<(), LivepatchError> {
-    carry_out(Operation::Remove(name))
+    let mut core = REGISTRY.lock();
+    // Under the same lock as the commit: a force completing meanwhile is seen.
+    if core.forced.iter().any(|forced| forced == name) {
+        return Err(LivepatchError::Forced(String::from(name)));
+    }
+    let plan = core.state.plan(Operation::Remove(name))?;
+    core.state.commit(plan);
+    core.objects.retain(|objects| objects.patch != name);
+    callbacks::remove_states(name);
+    announce(&core.state, name);
+    Ok(())
 }
 
 /// The (global entry, ftrace site) of the function `function` names,
@@ -768,6 +868,15 @@ pub struct PatchSummary {
     pub transition: Option<bool>,
     /// Its transition was forced: its module stays loaded.
     pub forced: bool,
+    /// An atomic replace.
+    pub replace: bool,
+    /// Its 1-based position in the patch list (Linux's `stack_order`).
+    pub stack_order: usize,
+    /// Per object (`vmlinux` or a module): its name, and whether it is
+    /// patched now (loaded, and the patch enabled).
+    pub objects: Vec<(String, bool)>,
+    /// Its system states, (id, version).
+    pub states: Vec<(u64, u64)>,
     pub functions: Vec<FunctionSummary>,
 }
 
@@ -793,9 +902,25 @@ pub fn list() -> Vec<PatchSummary> {
     registry
         .patches()
         .iter()
-        .map(|patch| PatchSummary {
+        .enumerate()
+        .map(|(index, patch)| PatchSummary {
             name: patch.name.clone(),
             enabled: patch.enabled,
+            replace: patch.replace,
+            stack_order: index + 1,
+            objects: core
+                .objects
+                .iter()
+                .find(|objects| objects.patch == patch.name)
+                .map(|objects| {
+                    objects
+                        .objects
+                        .iter()
+                        .map(|object| (String::from(object.name()), object.loaded && patch.enabled))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            states: patch.states.iter().map(|state| (state.id, state.version)).collect(),
             transition: core
                 .transition
                 .as_ref()
@@ -822,16 +947,123 @@ pub fn list() -> Vec<PatchSummary> {
 /// Loadable target module `name` is coming (Linux's `klp_module_coming`):
 /// called by the module loader once the module is linked and its ftrace
 /// sites are registered (`module::resolve_function` finds its functions),
-/// before its init function runs. Patches that name the module as an object
-/// are applied to it here; an error refuses the module's load.
+/// before its init function runs. Each patch naming the module as an
+/// object, in the order they were added, resolves its functions there; an
+/// enabled one runs the object's pre-patch callback, patches them at once
+/// (the module's code has not run yet: no transition is needed, though
+/// during a transition of that patch its functions follow each thread's
+/// state like the rest of the patch) and runs the post-patch callback
+/// unless the patch is in transition. An error (a function the module
+/// lacks, a failing pre-patch callback) takes the module off every patch
+/// it was put on here and refuses the module's load.
 pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
-    let _ = name;
-    Ok(())
+    let mut core = REGISTRY.lock();
+    let core = &mut *core;
+    let in_transition = core.transition.as_ref().map(|transition| (transition.patch.clone(), transition.id));
+    let mut result = Ok(());
+    for index in 0..core.objects.len() {
+        let patch = core.objects[index].patch.clone();
+        let Some(object) = core.objects[index]
+            .objects
+            .iter()
+            .position(|object| !object.loaded && object.module.as_deref() == Some(name))
+        else {
+            continue;
+        };
+        let entry = &mut core.objects[index].objects[object];
+        let functions = match resolve_object(&Object {
+            module: entry.module.clone(),
+            functions: entry.functions.clone(),
+            callbacks: entry.callbacks,
+        }) {
+            Ok(functions) => functions,
+            Err(error) => {
+                result = Err(error);
+                break;
+            }
+        };
+        let transitioning = in_transition.as_ref().is_some_and(|(name, _)| *name == patch);
+        // Being disabled counts as disabled (Linux clears `enabled` first).
+        let active = core.state.patch(&patch).is_some_and(|state| state.enabled)
+            && !(transitioning && transition::target() == UNPATCHED);
+        if active && let Err(code) = entry.pre_patch() {
+            result = Err(LivepatchError::PrePatch { patch: patch.clone(), object: String::from(name), code });
+            break;
+        }
+        entry.entries = functions.iter().map(|function| function.entry).collect();
+        let plan = match core.state.plan(Operation::AddObject { name: &patch, functions }) {
+            Ok(plan) => plan,
+            Err(error) => {
+                entry.post_unpatch();
+                result = Err(error.into());
+                break;
+            }
+        };
+        if let Some(functions) = plan.functions()
+            && let Err(error) = redirect::apply(functions, in_transition.as_ref().map(|(_, id)| *id))
+        {
+            entry.post_unpatch();
+            result = Err(ftrace_error(core.state.patch(&patch), error));
+            break;
+        }
+        core.state.commit(plan);
+        entry.loaded = true;
+        if active && !transitioning {
+            entry.post_patch();
+        }
+        announce(&core.state, &patch);
+    }
+    if result.is_err() {
+        leave_module(core, name);
+    }
+    result
 }
 
 /// Loadable target module `name` is going (Linux's `klp_module_going`):
 /// called by the module loader after its exit function has run and before
-/// its sites are released; the patches applied to it are taken off it.
+/// its sites are released. Each patch applied to it, in the order they were
+/// added, runs the object's pre-unpatch callback (unless the patch is in
+/// transition), takes its functions off, and runs the post-unpatch callback.
 pub fn module_going(name: &str) {
-    let _ = name;
+    let mut core = REGISTRY.lock();
+    leave_module(&mut core, name);
+}
+
+/// Takes module `name` off every patch that has it loaded, with the
+/// callbacks (also when its load is being refused, as Linux's
+/// `klp_cleanup_module_patches_limited`).
+fn leave_module(core: &mut Core, name: &str) {
+    let in_transition = core.transition.as_ref().map(|transition| (transition.patch.clone(), transition.id));
+    for index in 0..core.objects.len() {
+        let patch = core.objects[index].patch.clone();
+        let Some(object) = core.objects[index]
+            .objects
+            .iter()
+            .position(|object| object.loaded && object.module.as_deref() == Some(name))
+        else {
+            continue;
+        };
+        let entry = &mut core.objects[index].objects[object];
+        let transitioning = in_transition.as_ref().is_some_and(|(name, _)| *name == patch);
+        let enabled = core.state.patch(&patch).is_some_and(|state| state.enabled);
+        if enabled && !transitioning {
+            entry.pre_unpatch();
+        }
+        let plan = core
+            .state
+            .plan(Operation::RemoveObject { name: &patch, range: entry.range() })
+            .expect("the patch of a loaded object exists");
+        if let Some(functions) = plan.functions()
+            && let Err(error) = redirect::apply(functions, in_transition.as_ref().map(|(_, id)| *id))
+        {
+            // Only a table allocation can fail here; the module's memory
+            // stays reachable from the old table, so it must not be freed.
+            panic!("klp: taking module '{name}' off patch '{patch}' failed: {error}");
+        }
+        core.state.commit(plan);
+        entry.loaded = false;
+        entry.entries = Vec::new();
+        entry.post_unpatch();
+        announce(&core.state, &patch);
+    }
 }

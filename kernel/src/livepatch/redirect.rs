@@ -40,7 +40,7 @@ pub static LIVEPATCH_OPS: FtraceOps =
 struct Redirect {
     /// The function's ftrace site (the table is sorted by it).
     site: u64,
-    /// The topmost replacement's global entry.
+    /// The topmost replacement's global entry, or 0 (`NOP`) for the original code.
     new: u64,
     /// For a thread still unpatched while `transition` is set: the replacement
     /// below (its global entry), or 0 for the original code.
@@ -82,11 +82,12 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
             // Safety: the running thread's stack base holds its thread_info.
             if unsafe { core::ptr::read_volatile(&raw const (*info).patch_state) } == super::transition::UNPATCHED {
                 target = redirect.previous;
-                if target == 0 {
-                    // The original code: the call goes on into the traced function.
-                    return;
-                }
             }
+        }
+        if target == 0 {
+            // The original code (below the first patch, or an atomic
+            // replace's NOP entry): the call goes on into the traced function.
+            return;
         }
         klp_arch_set_pc(regs, target);
     }

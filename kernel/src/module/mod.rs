@@ -174,7 +174,11 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
             allow_inlined: replaced.allow_inlined,
         });
     }
-    Ok(Patch { name: linked.description.name.clone(), objects: alloc::vec![Object { module: None, functions }] })
+    Ok(Patch {
+        name: linked.description.name.clone(),
+        objects: alloc::vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    })
 }
 
 /// How long `unload` waits for the patch's disable transition.

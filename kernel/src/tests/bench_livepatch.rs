@@ -55,7 +55,11 @@ fn patch(name: &str, targets: &[&str]) -> Patch {
             allow_inlined: false,
         })
         .collect();
-    Patch { name: String::from(name), objects: vec![Object { module: None, functions }] }
+    Patch {
+        name: String::from(name),
+        objects: vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    }
 }
 
 /// (patched call minus direct call of the replacement, enable one, enable

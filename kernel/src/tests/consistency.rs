@@ -24,8 +24,12 @@ fn add_patch(name: &str, functions: &[(&str, u64)]) {
             allow_inlined: false,
         })
         .collect();
-    livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })
-        .expect("the patch is valid");
+    livepatch::add(Patch {
+        name: String::from(name),
+        objects: vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    })
+    .expect("the patch is valid");
 }
 
 /// Waits for the transition in progress, which must complete within 5 s.

@@ -72,7 +72,11 @@ fn patch(name: &str, old_name: &str, allow_inlined: bool) -> Patch {
         new_address: replacement as *const () as u64,
         allow_inlined,
     }];
-    Patch { name: String::from(name), objects: vec![Object { module: None, functions }] }
+    Patch {
+        name: String::from(name),
+        objects: vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    }
 }
 
 fn patch_names() -> Vec<String> {

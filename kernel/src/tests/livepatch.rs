@@ -25,7 +25,11 @@ pub(super) fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Re
             allow_inlined: false,
         })
         .collect();
-    livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })?;
+    livepatch::add(Patch {
+        name: String::from(name),
+        objects: vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    })?;
     livepatch::enable(name).map(drop).inspect_err(|_| {
         livepatch::remove(name).expect("just added");
     })
@@ -514,7 +518,9 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
                 new_address: address(contended_replacement as *const ()),
                 allow_inlined: false,
             }],
+            ..Default::default()
         }],
+        ..Default::default()
     })
     .unwrap();
     let greeting = crate::module::embedded::find("greeting").expect("the test kernel embeds the samples");
@@ -620,7 +626,7 @@ fn bad_patches_get_clear_errors_and_change_nothing() {
     }
     assert_eq!(stacked_original(), 2, "the enabled patch still runs after the refused remove");
     assert!(matches!(
-        livepatch::add(Patch { name: String::from("twice"), objects: Vec::new() }),
+        livepatch::add(Patch { name: String::from("twice"), ..Default::default() }),
         Err(LivepatchError::Plan(PlanError::DuplicatePatch(_)))
     ));
     retire("twice");

@@ -41,8 +41,12 @@ fn replaced<T>(old_name: &str, new: u64, body: impl FnOnce() -> T) -> T {
     let name = String::from("livepatchable-test");
     let functions =
         vec![Function { old_name: String::from(old_name), old_position: None, new_address: new, allow_inlined: false }];
-    livepatch::add(Patch { name: name.clone(), objects: vec![Object { module: None, functions }] })
-        .expect("a livepatchable target");
+    livepatch::add(Patch {
+        name: name.clone(),
+        objects: vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    })
+    .expect("a livepatchable target");
     livepatch::enable(&name).expect("enables");
     REPLACEMENT_CALLS.store(0, Ordering::SeqCst);
     let result = body();
@@ -351,9 +355,12 @@ fn function_not_marked_livepatchable_is_refused_by_name_and_nothing_changes() {
             allow_inlined: false,
         },
     ];
-    let error =
-        livepatch::add(Patch { name: String::from("unmarked"), objects: vec![Object { module: None, functions }] })
-            .expect_err("a target not marked #[livepatchable] is refused");
+    let error = livepatch::add(Patch {
+        name: String::from("unmarked"),
+        objects: vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    })
+    .expect_err("a target not marked #[livepatchable] is refused");
     let message = alloc::format!("{error}");
     assert!(matches!(&error, livepatch::LivepatchError::NotLivepatchable(refused) if refused == name), "{message}");
     assert!(message.contains("'kernel::tests::livepatchable::unmarked' is not marked #[livepatchable]"), "{message}");

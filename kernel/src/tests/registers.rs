@@ -464,7 +464,8 @@ fn livepatch_handler_gives_back_a_poisoned_r2_and_every_nonvolatile() {
     };
     livepatch::add(Patch {
         name: String::from("registers"),
-        objects: vec![Object { module: None, functions: vec![function] }],
+        objects: vec![Object { module: None, functions: vec![function], ..Default::default() }],
+        ..Default::default()
     })
     .unwrap();
     livepatch::enable("registers").unwrap();

@@ -31,7 +31,8 @@ fn runner_selftest_fails_leaving_registrations() {
     };
     livepatch::add(Patch {
         name: String::from("runner-selftest"),
-        objects: vec![Object { module: None, functions: vec![function] }],
+        objects: vec![Object { module: None, functions: vec![function], ..Default::default() }],
+        ..Default::default()
     })
     .unwrap();
     livepatch::enable("runner-selftest").unwrap();

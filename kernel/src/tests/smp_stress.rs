@@ -173,7 +173,9 @@ fn patching_500_times_and_loading_100_modules_while_every_cpu_calls_them() {
                 new_address: stressed_replacement as *const () as u64,
                 allow_inlined: false,
             }],
+            ..Default::default()
         }],
+        ..Default::default()
     })
     .expect("adds");
     let workers = on_every_cpu("smp-stress", call_patched_functions);

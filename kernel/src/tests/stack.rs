@@ -409,7 +409,8 @@ fn patched_call_on_the_emergency_stack_uses_its_livepatch_stack() {
     };
     livepatch::add(Patch {
         name: String::from("emergency"),
-        objects: vec![Object { module: None, functions: vec![function] }],
+        objects: vec![Object { module: None, functions: vec![function], ..Default::default() }],
+        ..Default::default()
     })
     .unwrap();
     livepatch::enable("emergency").unwrap();

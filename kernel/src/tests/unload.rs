@@ -26,8 +26,12 @@ const COUNTER_GREETING: &str = "hello from the counter patch module";
 fn enable_kernel_patch(name: &str, old_name: &str, new_address: u64) {
     let functions =
         vec![Function { old_name: String::from(old_name), old_position: None, new_address, allow_inlined: false }];
-    livepatch::add(Patch { name: String::from(name), objects: vec![Object { module: None, functions }] })
-        .expect("adds");
+    livepatch::add(Patch {
+        name: String::from(name),
+        objects: vec![Object { module: None, functions, ..Default::default() }],
+        ..Default::default()
+    })
+    .expect("adds");
     livepatch::enable(name).expect("enables");
 }
 
