@@ -310,8 +310,9 @@ pub fn klp_status() -> Vec<String> {
     lines
 }
 
-/// What `klp list` prints: the loaded modules, then each patch and the
-/// functions it replaces, the replacement named in the kernel or in its
+/// What `klp list` prints: the loaded modules, then each patch (its state,
+/// then its `stack_order`, whether it is an atomic replace, each object and
+/// whether it is patched, its system states) and the functions it replaces, the replacement named in the kernel or in its
 /// module (`NAME+0xOFFSET [MODULE]`), and for a function replaced although
 /// callers hold inlined copies (`allow_inlined`), where those copies are.
 pub fn klp_list() -> Vec<String> {
@@ -328,6 +329,19 @@ pub fn klp_list() -> Vec<String> {
         };
         let forced = if patch.forced { ", forced" } else { "" };
         lines.push(format!("{} [{state}{forced}]", patch.name));
+        let objects: Vec<String> = patch
+            .objects
+            .iter()
+            .map(|(object, patched)| format!("{object} ({})", if *patched { "patched" } else { "not patched" }))
+            .collect();
+        let states: Vec<String> = patch.states.iter().map(|(id, version)| format!("{id} v{version}")).collect();
+        let states = if states.is_empty() { String::new() } else { format!("; states {}", states.join(", ")) };
+        lines.push(format!(
+            "  stack_order {}, replace {}; objects: {}{states}",
+            patch.stack_order,
+            if patch.replace { "yes" } else { "no" },
+            objects.join(", ")
+        ));
         for function in patch.functions {
             let state = if function.active { "active" } else { "inactive" };
             let new = match crate::symbols::table().and_then(|table| table.lookup(function.new)) {

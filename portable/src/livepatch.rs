@@ -343,8 +343,15 @@ impl State {
         if self.patch(name).is_some() {
             return Err(PlanError::DuplicatePatch(name.into()));
         }
-        let patch =
-            PatchState { id: self.next_id, name: name.into(), enabled: false, functions, replace, nops: Vec::new(), states };
+        let patch = PatchState {
+            id: self.next_id,
+            name: name.into(),
+            enabled: false,
+            functions,
+            replace,
+            nops: Vec::new(),
+            states,
+        };
         Ok(self.planned(Edit::Add(patch), None, Vec::new()))
     }
 
@@ -898,8 +905,14 @@ mod tests {
         assert_eq!(state, before, "refusals change nothing");
         run(&mut state, Operation::Enable("stacks")).expect("a non-cumulative patch need not handle the state");
         run(&mut state, Operation::Enable("keeps")).expect("same version: compatible");
-        assert_eq!(state.previous_state(7, "keeps").map(|(patch, found)| (patch.name.as_str(), found.version)), Some(("one", 2)));
-        assert_eq!(state.previous_state(7, "one"), Some((state.patch("keeps").unwrap(), SystemState { id: 7, version: 2 })));
+        assert_eq!(
+            state.previous_state(7, "keeps").map(|(patch, found)| (patch.name.as_str(), found.version)),
+            Some(("one", 2))
+        );
+        assert_eq!(
+            state.previous_state(7, "one"),
+            Some((state.patch("keeps").unwrap(), SystemState { id: 7, version: 2 }))
+        );
         assert_eq!(state.previous_state(8, "keeps"), None);
     }
 
@@ -909,9 +922,15 @@ mod tests {
         for name in ["p1", "p2", "p3"] {
             add_with(&mut state, name, &[], false, &[]);
         }
-        assert_eq!([state.stack_order("p1"), state.stack_order("p2"), state.stack_order("p3")], [Some(1), Some(2), Some(3)]);
+        assert_eq!(
+            [state.stack_order("p1"), state.stack_order("p2"), state.stack_order("p3")],
+            [Some(1), Some(2), Some(3)]
+        );
         run(&mut state, Operation::Remove("p2")).unwrap();
-        assert_eq!([state.stack_order("p1"), state.stack_order("p2"), state.stack_order("p3")], [Some(1), None, Some(2)]);
+        assert_eq!(
+            [state.stack_order("p1"), state.stack_order("p2"), state.stack_order("p3")],
+            [Some(1), None, Some(2)]
+        );
     }
 
     #[test]
@@ -938,7 +957,10 @@ mod tests {
         assert_eq!(state.patch("a").unwrap().functions.len(), 2, "the kernel functions stay");
         // A disabled patch takes the functions without stacking them.
         add_with(&mut state, "c", &[], false, &[]);
-        assert_eq!(run(&mut state, Operation::AddObject { name: "c", functions: vec![replaced("m", 0x1100, 0xc9)] }), Ok(vec![]));
+        assert_eq!(
+            run(&mut state, Operation::AddObject { name: "c", functions: vec![replaced("m", 0x1100, 0xc9)] }),
+            Ok(vec![])
+        );
         assert_eq!(state.stack(0x1100), None);
         assert_eq!(run(&mut state, Operation::Enable("c")), Ok(vec![change(0x1100, Some(0xc9))]));
     }

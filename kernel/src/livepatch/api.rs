@@ -135,6 +135,32 @@ pub extern "C" fn klp_safe_point() {
     crate::livepatch::safe_point();
 }
 
+/// The text of `length` bytes at `bytes` (a patch module's name).
+fn text<'a>(bytes: *const u8, length: usize) -> Option<&'a str> {
+    // Safety: the module passes a buffer it owns, of that length.
+    core::str::from_utf8(unsafe { core::slice::from_raw_parts(bytes, length) }).ok()
+}
+
+/// State `id` of patch `patch` (its name, `length` bytes), or null (Linux's
+/// `klp_get_state`): valid while the patch exists; its `data` word is the
+/// patch's to use.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_get_state(patch: *const u8, length: usize, id: u64) -> *const super::callbacks::KlpState {
+    text(patch, length)
+        .and_then(|patch| super::callbacks::get_state(patch, id))
+        .map_or(core::ptr::null(), |state| state as *const _)
+}
+
+/// State `id` as the newest enabled patch other than `patch` has it, or
+/// null (Linux's `klp_get_prev_state`): what a patch taking a state over
+/// starts from, in its pre-patch and post-patch callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_get_prev_state(patch: *const u8, length: usize, id: u64) -> *const super::callbacks::KlpState {
+    text(patch, length)
+        .and_then(|patch| super::callbacks::get_previous_state(patch, id))
+        .map_or(core::ptr::null(), |state| state as *const _)
+}
+
 /// A kernel static modules may read.
 #[unsafe(no_mangle)]
 pub static klp_kernel_version: u64 = 1;
@@ -154,6 +180,8 @@ export!(function klp_report_toc);
 export!(function klp_intern_text);
 export!(function klp_demo_ten);
 export!(function klp_safe_point);
+export!(function klp_get_state);
+export!(function klp_get_prev_state);
 export!(klp_kernel_version);
 export!(function memcpy);
 export!(function memmove);

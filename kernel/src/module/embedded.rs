@@ -4,7 +4,7 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 7] = [
+pub static EMBEDDED: [(&str, &[u8]); 10] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
@@ -14,6 +14,10 @@ pub static EMBEDDED: [(&str, &[u8]); 7] = [
     ("unmarked-target", include_bytes!(concat!(env!("OUT_DIR"), "/unmarked-target.klp"))),
     // Allows the inlined copies of the test kernel's `kernel::tests::inlined::inlined_target`.
     ("inlined-target", include_bytes!(concat!(env!("OUT_DIR"), "/inlined-target.klp"))),
+    // The samples of callbacks, system states and atomic replace.
+    ("callbacks", include_bytes!(concat!(env!("OUT_DIR"), "/callbacks.klp"))),
+    ("states", include_bytes!(concat!(env!("OUT_DIR"), "/states.klp"))),
+    ("cumulative", include_bytes!(concat!(env!("OUT_DIR"), "/cumulative.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

@@ -117,7 +117,8 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     if MODULES.lock().iter().any(|module| module.name == name) {
         return Err(LoadError::AlreadyLoaded(name));
     }
-    let patch = patch_of(&linked)?;
+    let mut patch = patch_of(&linked)?;
+    describe_more(&mut patch, &linked)?;
     livepatch::add(patch).map_err(|error| match error {
         LivepatchError::Plan(PlanError::DuplicatePatch(name)) => LoadError::AlreadyLoaded(name),
         other => LoadError::Livepatch(other),
@@ -179,6 +180,41 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
         objects: alloc::vec![Object { module: None, functions, ..Default::default() }],
         ..Default::default()
     })
+}
+
+/// Adds what the description says beyond the replacements: atomic
+/// replace, the system states, and each callback (a function of the
+/// module) on its object, which is added without functions if the patch
+/// replaces none of that object's (an object with callbacks only).
+fn describe_more(patch: &mut Patch, linked: &LinkedModule) -> Result<(), LoadError> {
+    let description = &linked.description;
+    patch.replace = description.atomic_replace;
+    patch.states = description.states.iter().map(|&(id, version)| livepatch::SystemState { id, version }).collect();
+    for line in &description.callbacks {
+        let symbol = linked
+            .symbol(&line.symbol)
+            .filter(|symbol| symbol.function)
+            .ok_or_else(|| LoadError::Format(ModuleError::ReplacementNotFunction(line.symbol.clone())))?;
+        // Safety: a function of the module with the callback signature (the
+        // klp_patch! macro checks it; the loader cannot check types).
+        let callback: livepatch::Callback = unsafe { core::mem::transmute(symbol.address as usize) };
+        let module = (line.object != livepatch::KERNEL_OBJECT).then(|| line.object.clone());
+        let object = match patch.objects.iter().position(|object| object.module == module) {
+            Some(index) => &mut patch.objects[index],
+            None => {
+                patch.objects.push(Object { module, ..Default::default() });
+                patch.objects.last_mut().expect("pushed")
+            }
+        };
+        let slot = match line.kind.as_str() {
+            "pre_patch" => &mut object.callbacks.pre_patch,
+            "post_patch" => &mut object.callbacks.post_patch,
+            "pre_unpatch" => &mut object.callbacks.pre_unpatch,
+            _ => &mut object.callbacks.post_unpatch,
+        };
+        *slot = Some(callback);
+    }
+    Ok(())
 }
 
 /// How long `unload` waits for the patch's disable transition.

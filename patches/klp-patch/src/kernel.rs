@@ -23,8 +23,36 @@ unsafe extern "C" {
     /// A safe point for a long-running loop: during a livepatch transition
     /// the calling thread switches here if nothing the patch changes is on its stack.
     pub fn klp_safe_point();
+    /// System state `id` of patch `patch` (`length` bytes), or null.
+    pub fn klp_get_state(patch: *const u8, length: usize, id: u64) -> *const KlpState;
+    /// System state `id` of the newest enabled patch other than `patch`, or null.
+    pub fn klp_get_prev_state(patch: *const u8, length: usize, id: u64) -> *const KlpState;
     /// A kernel static a module may read.
     pub static klp_kernel_version: u64;
+}
+
+/// A system state as the kernel keeps it (Linux's `struct klp_state`): the
+/// patch's callbacks keep what they changed in `data`.
+#[repr(C)]
+pub struct KlpState {
+    pub id: u64,
+    pub version: u64,
+    pub data: core::sync::atomic::AtomicU64,
+}
+
+/// System state `id` of patch `patch` (Linux's `klp_get_state`), while the patch exists.
+#[inline(always)]
+pub fn get_state(patch: &str, id: u64) -> Option<&'static KlpState> {
+    // Safety: the kernel reads `patch.len()` bytes; what it returns lives as long as the patch.
+    unsafe { klp_get_state(patch.as_ptr(), patch.len(), id).as_ref() }
+}
+
+/// System state `id` as the newest enabled patch other than `patch` has it
+/// (Linux's `klp_get_prev_state`): what a cumulative patch takes over.
+#[inline(always)]
+pub fn get_prev_state(patch: &str, id: u64) -> Option<&'static KlpState> {
+    // Safety: as `get_state`.
+    unsafe { klp_get_prev_state(patch.as_ptr(), patch.len(), id).as_ref() }
 }
 
 // Rust-ABI kernel functions (`#[no_mangle] pub fn`, no `extern "C"`).

@@ -46,9 +46,29 @@ pub const ALLOW_INLINED: &str = "allow_inlined";
 /// ```ignore
 /// klp_patch::klp_patch!(name = "usage", replace = ["kernel::memory::usage" => usage_patched (allow_inlined)]);
 /// ```
+///
+/// An atomic replace (cumulative patch), system states and callbacks
+/// follow the replacements, in this order, each optional:
+///
+/// ```ignore
+/// klp_patch::klp_patch!(
+///     name = "cumulative",
+///     replace = ["kernel::shell::greeting" => greeting_v2],
+///     atomic_replace = true,
+///     states = [(1, 2)],
+///     callbacks = ["vmlinux" pre_patch => my_pre_patch, "vmlinux" post_unpatch => my_post_unpatch],
+/// );
+/// ```
 #[macro_export]
 macro_rules! klp_patch {
-    (name = $name:literal, replace = [$($old:literal => $new:ident $(($flag:ident))?),+ $(,)?] $(,)?) => {
+    (
+        name = $name:literal,
+        replace = [$($old:literal => $new:ident $(($flag:ident))?),+ $(,)?]
+        $(, atomic_replace = $atomic:ident)?
+        $(, states = [$(($id:literal, $version:literal)),* $(,)?])?
+        $(, callbacks = [$($object:literal $kind:ident => $callback:ident),* $(,)?])?
+        $(,)?
+    ) => {
         const _: () = {
             assert!($crate::is_word($name), "a patch name must be non-empty and free of whitespace");
             $(
@@ -57,15 +77,59 @@ macro_rules! klp_patch {
                 let _ = $new;
                 $(assert!($crate::same(stringify!($flag), $crate::ALLOW_INLINED), "the only flag is allow_inlined");)?
             )+
+            $($(
+                assert!($crate::is_word($object), "an object name must be non-empty and free of whitespace");
+                // A callback must exist and have the callback signature.
+                let _: $crate::Callback = $callback;
+            )*)?
         };
         const KLP_PATCH_TEXT: &str = concat!(
             "klp-patch 1\nname ", $name, "\n",
             $("replace ", $old, " ", stringify!($new), $(" ", stringify!($flag),)? "\n",)+
+            $($crate::atomic_replace_line!($atomic),)?
+            $($("state ", stringify!($id), " ", stringify!($version), "\n",)*)?
+            $($("callback ", $object, " ", $crate::callback_kind!($kind), " ", stringify!($callback), "\n",)*)?
         );
         /// The description the loader reads (`#[used]`: kept although nothing refers to it).
         #[used]
         #[unsafe(link_section = ".klp.patch")]
         static KLP_PATCH: [u8; KLP_PATCH_TEXT.len()] = $crate::bytes(KLP_PATCH_TEXT);
+    };
+}
+
+/// The signature of a callback: the object's name (`vmlinux` or a module),
+/// as a pointer and a length; a pre-patch callback's nonzero return refuses
+/// the enable (or the module's load).
+pub type Callback = extern "C" fn(object: *const u8, length: usize) -> i32;
+
+/// The `atomic-replace` line for `atomic_replace = true`, none for `false`
+/// (any other word fails to compile).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! atomic_replace_line {
+    (true) => {
+        "atomic-replace\n"
+    };
+    (false) => {
+        ""
+    };
+}
+
+/// A callback kind's name (any other word fails to compile).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! callback_kind {
+    (pre_patch) => {
+        "pre_patch"
+    };
+    (post_patch) => {
+        "post_patch"
+    };
+    (pre_unpatch) => {
+        "pre_unpatch"
+    };
+    (post_unpatch) => {
+        "post_unpatch"
     };
 }
 
@@ -140,6 +204,30 @@ mod tests {
              replace kernel::x third allow_inlined\n"
         );
         assert!(KLP_PATCH_TEXT.starts_with(crate::FORMAT_LINE));
+    }
+
+    mod full {
+        fn replacement() {}
+        extern "C" fn before(_: *const u8, _: usize) -> i32 {
+            0
+        }
+        crate::klp_patch!(
+            name = "full",
+            replace = ["kernel::x" => replacement],
+            atomic_replace = true,
+            states = [(1, 2), (7, 1)],
+            callbacks = ["vmlinux" pre_patch => before, "target-module" post_unpatch => before],
+        );
+
+        #[test]
+        fn atomic_replace_states_and_callbacks_are_lines_of_the_description() {
+            let _ = (replacement(), before(core::ptr::null(), 0));
+            assert_eq!(
+                core::str::from_utf8(&KLP_PATCH).unwrap(),
+                "klp-patch 1\nname full\nreplace kernel::x replacement\natomic-replace\nstate 1 2\nstate 7 1\n\
+                 callback vmlinux pre_patch before\ncallback target-module post_unpatch before\n"
+            );
+        }
     }
 
     #[test]

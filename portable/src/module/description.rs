@@ -6,6 +6,10 @@
 //! replace kernel::hello new_hello               one or more: OLD_NAME NEW_SYMBOL
 //! replace kernel::util::parse@2 new_parse       OLD_NAME@N: the Nth function of that name (from 1)
 //! replace kernel::x new_x allow_inlined         replace it although callers hold inlined copies
+//! atomic-replace                                an atomic replace (cumulative patch), at most once
+//! state 1 2                                     a system state it handles: STATE_ID VERSION
+//! callback vmlinux pre_patch my_pre_patch       OBJECT (vmlinux or a module) KIND SYMBOL, KIND one of
+//!                                               pre_patch post_patch pre_unpatch post_unpatch
 //! # a comment                                   blank lines and '#' lines are ignored
 //! ```
 //!
@@ -29,7 +33,27 @@ pub struct PatchDescription {
     pub name: String,
     /// The replaced functions, in the order of their `replace` lines.
     pub functions: Vec<ReplacedFunction>,
+    /// An atomic replace (the `atomic-replace` line).
+    pub atomic_replace: bool,
+    /// The system states it handles: (id, version), ids unique.
+    pub states: Vec<(u64, u64)>,
+    /// Its callbacks, in the order of their lines.
+    pub callbacks: Vec<CallbackLine>,
 }
+
+/// One `callback` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackLine {
+    /// `vmlinux` or a module's name.
+    pub object: String,
+    /// One of `CALLBACK_KINDS`.
+    pub kind: String,
+    /// The module's function (`extern "C" fn(*const u8, usize) -> i32`).
+    pub symbol: String,
+}
+
+/// The kinds of callback, in the order Linux's `struct klp_callbacks` has them.
+pub const CALLBACK_KINDS: [&str; 4] = ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"];
 
 /// One `replace` line: a kernel function and the module symbol that replaces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +108,9 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     let mut name: Option<String> = None;
     let mut functions: Vec<ReplacedFunction> = Vec::new();
     let mut replaced: BTreeSet<(String, Option<usize>)> = BTreeSet::new();
+    let mut atomic_replace = false;
+    let mut states: Vec<(u64, u64)> = Vec::new();
+    let mut callbacks: Vec<CallbackLine> = Vec::new();
     for (index, line) in text.split('\n').enumerate() {
         let number = index + 1;
         let line = line.trim();
@@ -123,6 +150,40 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
                 }
                 functions.push(ReplacedFunction { old_name, old_position, new_symbol: new.to_string(), allow_inlined });
             }
+            ["atomic-replace"] => {
+                if atomic_replace {
+                    return Err(error(number, "a second atomic-replace line"));
+                }
+                atomic_replace = true;
+            }
+            ["state", id, version] => {
+                let (Ok(id), Ok(version)) = (id.parse::<u64>(), version.parse::<u64>()) else {
+                    return Err(error(number, format!("state {id} {version}: expected two numbers")));
+                };
+                if states.iter().any(|(other, _)| *other == id) {
+                    return Err(error(number, format!("state {id} is declared twice")));
+                }
+                states.push((id, version));
+            }
+            ["callback", object, kind, symbol] if is_name(object) && is_name(symbol) => {
+                if !CALLBACK_KINDS.contains(kind) {
+                    return Err(error(
+                        number,
+                        format!("unknown callback kind {kind:?} (expected one of {CALLBACK_KINDS:?})"),
+                    ));
+                }
+                if callbacks.iter().any(|line| line.object == *object && line.kind == *kind) {
+                    return Err(error(number, format!("a second {kind} callback for {object}")));
+                }
+                callbacks.push(CallbackLine {
+                    object: object.to_string(),
+                    kind: kind.to_string(),
+                    symbol: symbol.to_string(),
+                });
+            }
+            ["state", ..] => return Err(error(number, "expected \"state ID VERSION\"")),
+            ["callback", ..] => return Err(error(number, "expected \"callback OBJECT KIND SYMBOL\"")),
+            ["atomic-replace", ..] => return Err(error(number, "atomic-replace takes no argument")),
             ["name", ..] => return Err(error(number, "expected \"name NAME\"")),
             ["replace", ..] => {
                 return Err(error(number, "expected \"replace OLD_NAME[@N] NEW_SYMBOL [allow_inlined]\""));
@@ -141,5 +202,5 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     if functions.is_empty() {
         return Err(error(0, "no replace line"));
     }
-    Ok(PatchDescription { name, functions })
+    Ok(PatchDescription { name, functions, atomic_replace, states, callbacks })
 }

@@ -36,7 +36,10 @@ mod symbols;
 #[cfg(test)]
 mod tests;
 
-pub use description::{ALLOW_INLINED, DESCRIPTION_HEADER, PatchDescription, ReplacedFunction, parse_description};
+pub use description::{
+    ALLOW_INLINED, CALLBACK_KINDS, CallbackLine, DESCRIPTION_HEADER, PatchDescription, ReplacedFunction,
+    parse_description,
+};
 pub use error::ModuleError;
 pub use image::{ModuleImage, parse};
 pub use layout::{MIN_ALIGNMENT, TOC_BIAS};

@@ -234,3 +234,42 @@ fn signed_files_split_at_their_trailer() {
     let empty_object = [&[0u8; 64][..], &signed_trailer(0)[..]].concat();
     assert_eq!(split_signed(&empty_object).map(|(body, _)| body.len()), Ok(0));
 }
+
+#[test]
+fn description_parses_atomic_replace_states_and_callbacks() {
+    let text = b"klp-patch 1\nname cumulative\nreplace kernel::hello new_hello\natomic-replace\nstate 1 2\nstate 7 1\n\
+                 callback vmlinux pre_patch before\ncallback target-module post_unpatch after\n";
+    let description = parse_description(text).unwrap();
+    assert!(description.atomic_replace);
+    assert_eq!(description.states, vec![(1, 2), (7, 1)]);
+    assert_eq!(
+        description.callbacks,
+        vec![
+            CallbackLine { object: "vmlinux".to_string(), kind: "pre_patch".to_string(), symbol: "before".to_string() },
+            CallbackLine {
+                object: "target-module".to_string(),
+                kind: "post_unpatch".to_string(),
+                symbol: "after".to_string()
+            },
+        ]
+    );
+    let plain = parse_description(b"klp-patch 1\nname plain\nreplace a b\n").unwrap();
+    assert!(!plain.atomic_replace && plain.states.is_empty() && plain.callbacks.is_empty());
+}
+
+#[test]
+fn description_refuses_bad_states_and_callbacks_by_line() {
+    let head = "klp-patch 1\nname p\nreplace a b\n";
+    for (line, expected) in [
+        ("state 1", 4),
+        ("state one 2", 4),
+        ("state 1 2\nstate 1 3", 5),
+        ("callback vmlinux during_patch f", 4),
+        ("callback vmlinux pre_patch", 4),
+        ("callback vmlinux pre_patch f\ncallback vmlinux pre_patch g", 5),
+        ("atomic-replace\natomic-replace", 5),
+        ("atomic-replace now", 4),
+    ] {
+        assert_eq!(description_line(&format!("{head}{line}\n")), expected, "{line:?}");
+    }
+}

@@ -6,6 +6,7 @@
 //! Linux case to its test here.
 mod callbacks;
 mod livepatch;
+mod samples;
 mod state;
 mod sysfs;
 
