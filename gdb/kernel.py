@@ -20,11 +20,12 @@ import struct
 import gdb
 from gdb.unwinder import Unwinder, register_unwinder
 
-ANCHOR_VERSION = 5
-MAX_THREADS, MAX_PATCHES, MAX_FUNCTIONS, MAX_MODULES, MAX_SECTIONS = 64, 16, 16, 8, 48
+ANCHOR_VERSION = 6
+MAX_THREADS, MAX_PATCHES, MAX_FUNCTIONS, MAX_MODULES, MAX_SECTIONS, MAX_OBJECTS = 64, 16, 16, 8, 48, 4
 HEADER_WORDS = 16                      # magic .. site_entry_size
 LONGEST_THREAD_NAME = 512             # bytes read of a thread's name (they are whole up to this)
-PATCH_SIZE = 32 + 8 + 8 + MAX_FUNCTIONS * 16
+PATCH_FUNCTIONS_END = 48 + MAX_FUNCTIONS * 16  # name, state, count, functions; then the details
+PATCH_SIZE = PATCH_FUNCTIONS_END + 3 * 8 + MAX_OBJECTS * 32 + 8
 MODULE_SIZE = 32 + 4 * 8 + MAX_SECTIONS * 40
 STACK_END_MAGIC = 0x57AC6E9D
 NOP = 0x60000000
@@ -171,9 +172,15 @@ class Anchor:
             state, count = struct.unpack("<QQ", raw[32:48])
             if state == 0:
                 continue
-            pairs = struct.unpack("<%dQ" % (2 * MAX_FUNCTIONS), raw[48:])
+            pairs = struct.unpack("<%dQ" % (2 * MAX_FUNCTIONS), raw[48:PATCH_FUNCTIONS_END])
             functions = [(pairs[2 * n], pairs[2 * n + 1]) for n in range(min(count, MAX_FUNCTIONS))]
-            result.append((text(raw[:32]), state == 2, functions))
+            stack_order, replace, object_count = struct.unpack("<QQQ", raw[PATCH_FUNCTIONS_END:PATCH_FUNCTIONS_END + 24])
+            names_at = PATCH_FUNCTIONS_END + 24
+            (patched,) = struct.unpack("<Q", raw[names_at + MAX_OBJECTS * 32:names_at + MAX_OBJECTS * 32 + 8])
+            objects = [(text(raw[names_at + 32 * n:names_at + 32 * (n + 1)]), bool(patched >> n & 1))
+                       for n in range(min(object_count, MAX_OBJECTS))]
+            result.append((text(raw[:32]), state == 2, functions,
+                           {"stack_order": stack_order, "replace": bool(replace), "objects": objects}))
         return result
 
     def modules(self):
@@ -294,8 +301,12 @@ class LivepatchList(gdb.Command):
             print("no live patches and no modules: the kernel registers its built-in patch during boot "
                   "(livepatch::register_builtin, called from boot_main); modules come over the patch channel")
             return
-        for name, enabled, functions in anchor.patches():
+        for name, enabled, functions, details in sorted(anchor.patches(), key=lambda patch: patch[3]["stack_order"]):
             print("%s [%s]" % (name, "enabled" if enabled else "disabled"))
+            objects = ", ".join("%s (%s)" % (object, "patched" if patched else "not patched")
+                                for object, patched in details["objects"])
+            print("  stack_order %d, replace %s; objects: %s" % (details["stack_order"],
+                                                               "yes" if details["replace"] else "no", objects))
             for old, new in functions:
                 print("  %s -> %s" % (symbolize(old), symbolize(new)))
         transition = anchor.transition()

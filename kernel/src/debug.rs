@@ -13,6 +13,8 @@ use macros::notrace;
 pub const MAX_THREADS: usize = 64;
 pub const MAX_PATCHES: usize = 16;
 pub const MAX_FUNCTIONS: usize = 16;
+/// Objects per patch the debugger sees.
+pub const MAX_OBJECTS: usize = 4;
 pub const MAX_MODULES: usize = 8;
 pub const MAX_SECTIONS: usize = 48;
 /// Bytes of the transition's status text (NUL-terminated; cut if longer).
@@ -27,6 +29,22 @@ pub struct DebugPatch {
     pub count: u64,
     /// (old global entry, new global entry).
     pub functions: [[u64; 2]; MAX_FUNCTIONS],
+    /// Its 1-based position in the patch list (`klp list`'s stack_order).
+    pub stack_order: u64,
+    /// 1 for an atomic replace.
+    pub replace: u64,
+    pub object_count: u64,
+    /// The objects' names (`vmlinux` or a module).
+    pub objects: [[u8; 32]; MAX_OBJECTS],
+    /// Bit n: object n is patched now.
+    pub patched: u64,
+}
+
+/// What the debugger shows of a patch besides its functions.
+pub struct PatchDetails<'a> {
+    pub replace: bool,
+    /// (object name, patched now).
+    pub objects: &'a [(alloc::string::String, bool)],
 }
 
 /// A loaded module: where each of its sections went, for add-symbol-file.
@@ -105,7 +123,17 @@ unsafe impl Sync for Anchor {}
 /// (a thread is removed under the scheduler's lock), and it takes no other lock.
 static ANCHOR_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
-const EMPTY_PATCH: DebugPatch = DebugPatch { name: [0; 32], state: 0, count: 0, functions: [[0; 2]; MAX_FUNCTIONS] };
+const EMPTY_PATCH: DebugPatch = DebugPatch {
+    name: [0; 32],
+    state: 0,
+    count: 0,
+    functions: [[0; 2]; MAX_FUNCTIONS],
+    stack_order: 0,
+    replace: 0,
+    object_count: 0,
+    objects: [[0; 32]; MAX_OBJECTS],
+    patched: 0,
+};
 const EMPTY_MODULE: DebugModule = DebugModule {
     name: [0; 32],
     address: 0,
@@ -119,7 +147,7 @@ const EMPTY_MODULE: DebugModule = DebugModule {
 #[used]
 static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     magic: *b"KLPDEBUG",
-    version: 5,
+    version: 6,
     thread_size: THREAD_SIZE as u64,
     livepatch_stack_offset: LIVEPATCH_STACK_OFFSET as u64,
     livepatch_frame_size: size_of::<LivepatchFrame>() as u64,
@@ -185,12 +213,38 @@ pub fn thread_removed(base: u64) {
     })
 }
 
-/// Records a patch's state (`None` removes it) and its (old, new) functions.
-pub fn patch_changed(name: &str, state: Option<bool>, functions: &[(u64, u64)]) {
-    with_anchor(|anchor| change_patch(&mut anchor.patches, name, state, functions))
+/// Records a patch's state (`None` removes it), its (old, new) functions
+/// and details, and every patch's stack_order (`order`: the names in the
+/// patch list's order).
+pub fn patch_changed(
+    name: &str,
+    state: Option<bool>,
+    functions: &[(u64, u64)],
+    details: &PatchDetails,
+    order: &[&str],
+) {
+    with_anchor(|anchor| {
+        change_patch(&mut anchor.patches, name, state, functions, details);
+        for patch in anchor.patches.iter_mut().filter(|patch| patch.state != 0) {
+            patch.stack_order = order
+                .iter()
+                .position(|listed| {
+                    let mut stored = [0u8; 32];
+                    copy_name(&mut stored, listed);
+                    stored == patch.name
+                })
+                .map_or(0, |index| index as u64 + 1);
+        }
+    })
 }
 
-fn change_patch(patches: &mut [DebugPatch; MAX_PATCHES], name: &str, state: Option<bool>, functions: &[(u64, u64)]) {
+fn change_patch(
+    patches: &mut [DebugPatch; MAX_PATCHES],
+    name: &str,
+    state: Option<bool>,
+    functions: &[(u64, u64)],
+    details: &PatchDetails,
+) {
     let mut stored = [0u8; 32];
     copy_name(&mut stored, name);
     let existing = patches.iter().position(|patch| patch.state != 0 && patch.name == stored);
@@ -211,6 +265,13 @@ fn change_patch(patches: &mut [DebugPatch; MAX_PATCHES], name: &str, state: Opti
             patch.count = functions.len().min(MAX_FUNCTIONS) as u64;
             for (slot, (old, new)) in patch.functions.iter_mut().zip(functions) {
                 *slot = [*old, *new];
+            }
+            patch.replace = u64::from(details.replace);
+            patch.object_count = details.objects.len().min(MAX_OBJECTS) as u64;
+            patch.patched = 0;
+            for (index, (slot, (object, patched))) in patch.objects.iter_mut().zip(details.objects).enumerate() {
+                copy_name(slot, object);
+                patch.patched |= u64::from(*patched) << index;
             }
         }
     }

@@ -17,6 +17,7 @@
 # expect: marker ok
 # expect: === klp-list ===
 # expect: counter [enabled]
+# expect: stack_order 2, replace no; objects: vmlinux (patched)
 # expect: kernel::shell::greeting -> 0x
 # expect: counter_greeting
 # expect: === info symbol ===

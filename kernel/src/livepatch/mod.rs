@@ -269,13 +269,28 @@ pub enum Progress {
     Pending(Vec<Blocked>),
 }
 
-/// Tells the debugger (gdb) what patch `name` now does.
-fn announce(state: &State, name: &str) {
-    let patch = state.patch(name);
+/// Tells the debugger (gdb) what patch `name` now does, and every patch's stack_order.
+fn announce(core: &Core, name: &str) {
+    let patch = core.state.patch(name);
     let pairs: Vec<(u64, u64)> = patch
         .map(|patch| patch.functions.iter().map(|function| (function.entry, function.new)).collect())
         .unwrap_or_default();
-    crate::debug::patch_changed(name, patch.map(|patch| patch.enabled), &pairs);
+    let objects = objects_summary(core, name);
+    let details = crate::debug::PatchDetails { replace: patch.is_some_and(|patch| patch.replace), objects: &objects };
+    let order: Vec<&str> = core.state.patches().iter().map(|patch| patch.name.as_str()).collect();
+    crate::debug::patch_changed(name, patch.map(|patch| patch.enabled), &pairs, &details, &order);
+}
+
+/// Patch `name`'s objects and whether each is patched now (loaded, the patch enabled).
+fn objects_summary(core: &Core, name: &str) -> Vec<(String, bool)> {
+    let enabled = core.state.patch(name).is_some_and(|patch| patch.enabled);
+    core.objects
+        .iter()
+        .find(|objects| objects.patch == name)
+        .map(|objects| {
+            objects.objects.iter().map(|object| (String::from(object.name()), object.loaded && enabled)).collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The objects of patch `name`.
@@ -406,7 +421,7 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
         blocked: Vec::new(),
         signalled: crate::arch::registers::timebase(),
     });
-    announce(&core.state, name);
+    announce(&core, name);
     #[cfg(feature = "ktest")]
     if IMMEDIATE.load(core::sync::atomic::Ordering::Relaxed) {
         transition::force();
@@ -503,7 +518,7 @@ fn complete(core: &mut Core) {
     // the replaced patches' states (`klp_get_prev_state`), as in Linux.
     callbacks::sync_enabled(&core.state);
     crate::debug::transition_changed("");
-    announce(&core.state, name);
+    announce(&core, name);
 }
 
 /// Between two rounds of checks, where the threads that block a transition
@@ -756,7 +771,7 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
         })
         .collect();
     core.objects.push(callbacks::PatchObjects { patch: name.clone(), objects });
-    announce(&core.state, &name);
+    announce(&core, &name);
     Ok(())
 }
 
@@ -793,7 +808,7 @@ pub fn remove(name: &str) -> Result<(), LivepatchError> {
     core.state.commit(plan);
     core.objects.retain(|objects| objects.patch != name);
     callbacks::remove_states(name);
-    announce(&core.state, name);
+    announce(&core, name);
     Ok(())
 }
 
@@ -908,18 +923,7 @@ pub fn list() -> Vec<PatchSummary> {
             enabled: patch.enabled,
             replace: patch.replace,
             stack_order: index + 1,
-            objects: core
-                .objects
-                .iter()
-                .find(|objects| objects.patch == patch.name)
-                .map(|objects| {
-                    objects
-                        .objects
-                        .iter()
-                        .map(|object| (String::from(object.name()), object.loaded && patch.enabled))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            objects: objects_summary(&core, &patch.name),
             states: patch.states.iter().map(|state| (state.id, state.version)).collect(),
             transition: core
                 .transition
@@ -1011,7 +1015,7 @@ pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
         if active && !transitioning {
             entry.post_patch();
         }
-        announce(&core.state, &patch);
+        announce(&core, &patch);
     }
     if result.is_err() {
         leave_module(core, name);
@@ -1064,6 +1068,6 @@ fn leave_module(core: &mut Core, name: &str) {
         entry.loaded = false;
         entry.entries = Vec::new();
         entry.post_unpatch();
-        announce(&core.state, &patch);
+        announce(&core, &patch);
     }
 }
