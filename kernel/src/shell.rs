@@ -329,19 +329,7 @@ pub fn klp_list() -> Vec<String> {
         };
         let forced = if patch.forced { ", forced" } else { "" };
         lines.push(format!("{} [{state}{forced}]", patch.name));
-        let objects: Vec<String> = patch
-            .objects
-            .iter()
-            .map(|(object, patched)| format!("{object} ({})", if *patched { "patched" } else { "not patched" }))
-            .collect();
-        let states: Vec<String> = patch.states.iter().map(|(id, version)| format!("{id} v{version}")).collect();
-        let states = if states.is_empty() { String::new() } else { format!("; states {}", states.join(", ")) };
-        lines.push(format!(
-            "  stack_order {}, replace {}; objects: {}{states}",
-            patch.stack_order,
-            if patch.replace { "yes" } else { "no" },
-            objects.join(", ")
-        ));
+        lines.push(format!("  {}", patch.details()));
         for function in patch.functions {
             let state = if function.active { "active" } else { "inactive" };
             let new = match crate::symbols::table().and_then(|table| table.lookup(function.new)) {

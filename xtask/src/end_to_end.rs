@@ -240,7 +240,11 @@ fn live_patch_round_trip() -> Result<()> {
     session.wait_for(ORIGINAL)?;
     patch_command(&["load", "greeting"])?;
     // The message goes on its own line, and the prompt comes back below it.
-    session.wait_for("\nklp: module 'greeting' loaded, patch 'greeting' enabled; transition complete\nklp> ")?;
+    // With what `klp list` says of the patch (the builtin patch is first).
+    session.wait_for(
+        "\nklp: module 'greeting' loaded, patch 'greeting' enabled; transition complete; \
+         stack_order 2, replace no; objects: vmlinux (patched)\nklp> ",
+    )?;
     session.type_line("hello")?;
     session.wait_for(PATCHED)?;
     patch_command(&["unload", "greeting"])?;

@@ -895,6 +895,26 @@ pub struct PatchSummary {
     pub functions: Vec<FunctionSummary>,
 }
 
+impl PatchSummary {
+    /// "stack_order N, replace yes|no; objects: vmlinux (patched), ...; states ID vVERSION, ..."
+    /// (`klp list`'s second line per patch, and the patch channel's replies).
+    pub fn details(&self) -> String {
+        let objects: Vec<String> = self
+            .objects
+            .iter()
+            .map(|(object, patched)| alloc::format!("{object} ({})", if *patched { "patched" } else { "not patched" }))
+            .collect();
+        let states: Vec<String> = self.states.iter().map(|(id, version)| alloc::format!("{id} v{version}")).collect();
+        alloc::format!(
+            "stack_order {}, replace {}; objects: {}{}",
+            self.stack_order,
+            if self.replace { "yes" } else { "no" },
+            objects.join(", "),
+            if states.is_empty() { String::new() } else { alloc::format!("; states {}", states.join(", ")) }
+        )
+    }
+}
+
 /// One replaced function in `klp list`.
 pub struct FunctionSummary {
     /// The old function's name, its global entry, the replacement's.

@@ -120,7 +120,11 @@ fn carry_out(request: Request) -> (bool, String) {
                 } else {
                     format!("module '{name}' loaded as patch '{patch}', enabled")
                 };
-                (true, format!("{loaded}; {}", transition_report(&patch)))
+                let details = crate::livepatch::list()
+                    .into_iter()
+                    .find(|summary| summary.name == patch)
+                    .map_or_else(String::new, |summary| format!("; {}", summary.details()));
+                (true, format!("{loaded}; {}{details}", transition_report(&patch)))
             }
             Err(error) => (false, format!("load {name}: {error}")),
         },
