@@ -40,7 +40,8 @@ pub static LIVEPATCH_OPS: FtraceOps =
 struct Redirect {
     /// The function's ftrace site (the table is sorted by it).
     site: u64,
-    /// The topmost replacement's global entry, or 0 (`NOP`) for the original code.
+    /// The topmost replacement's global entry, or 0 (`NOP`: the original
+    /// code), which only a marked entry has (see the handler).
     new: u64,
     /// For a thread still unpatched while `transition` is set: the replacement
     /// below (its global entry), or 0 for the original code.
@@ -83,11 +84,13 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
             if unsafe { core::ptr::read_volatile(&raw const (*info).patch_state) } == super::transition::UNPATCHED {
                 target = redirect.previous;
             }
-        }
-        if target == 0 {
-            // The original code (below the first patch, or an atomic
-            // replace's NOP entry): the call goes on into the traced function.
-            return;
+            if target == 0 {
+                // The original code (below the first patch, or, for a
+                // switched thread, an atomic replace's NOP entry, which
+                // exists only during its transition and so is always
+                // marked): the call goes on into the traced function.
+                return;
+            }
         }
         klp_arch_set_pc(regs, target);
     }
@@ -146,5 +149,10 @@ fn table(functions: &[(u64, Stack)], transition: Option<u64>) -> Targets {
         })
         .collect();
     debug_assert!(pairs.is_sorted_by_key(|redirect| redirect.site), "the redirect table is searched by site");
+    // The handler looks for a 0 target only in marked entries.
+    debug_assert!(
+        pairs.iter().all(|redirect| redirect.new != 0 || redirect.transition != 0),
+        "an atomic replace's NOP entries exist only during its transition"
+    );
     Targets { pairs }
 }

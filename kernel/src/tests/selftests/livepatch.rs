@@ -88,3 +88,80 @@ fn test_livepatch_atomic_replace() {
     assert_eq!((selftest_cmdline(), selftest_meminfo()), ("console=hvc0", "MemTotal: 512 MiB"));
     retire(&["test_klp_atomic_replace"]);
 }
+
+// ---- During an atomic replace's transition -----------------------------------
+
+/// Replaced by the first patch; the replace patch leaves it out (a NOP entry).
+#[livepatchable]
+pub fn replace_window_f() -> u64 {
+    black_box(1)
+}
+
+fn first_f() -> u64 {
+    black_box(2)
+}
+
+/// Replaced by both; the first patch's replacement sleeps, holding the
+/// replace patch's transition open.
+#[livepatchable]
+pub fn replace_window_g() -> u64 {
+    black_box(1)
+}
+
+/// What the unswitched blocker saw of `f` after it was woken.
+static BLOCKER_SAW: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn first_g() -> u64 {
+    crate::thread::sleep_interruptible(60_000);
+    // Still inside the first patch's code: not switched, it runs the old `f`.
+    BLOCKER_SAW.store(replace_window_f(), core::sync::atomic::Ordering::SeqCst);
+    black_box(2)
+}
+
+fn replace_g() -> u64 {
+    black_box(3)
+}
+
+/// During an atomic replace's transition, a switched thread runs the
+/// original of a function the replace patch leaves out (the handler's NOP
+/// entry), and an unswitched thread runs the replaced patch's replacement.
+#[ktest]
+fn atomic_replace_in_transition_runs_the_original_for_switched_threads_and_the_old_patch_for_others() {
+    use crate::thread;
+    use core::sync::atomic::Ordering;
+    BLOCKER_SAW.store(0, Ordering::SeqCst);
+    let first = vec![
+        function("kernel::tests::selftests::livepatch::replace_window_f", first_f as *const ()),
+        function("kernel::tests::selftests::livepatch::replace_window_g", first_g as *const ()),
+    ];
+    klp::add(patch("first", vec![kernel_object(first, Callbacks::default())], false, &[])).expect("adds");
+    enable("first").expect("enables");
+    let replacing = vec![function("kernel::tests::selftests::livepatch::replace_window_g", replace_g as *const ())];
+    klp::add(patch("replacing", vec![kernel_object(replacing, Callbacks::default())], true, &[])).expect("adds");
+    let blocker = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "replace-blocker", || {
+        replace_window_g();
+    })
+    .expect("room for a thread");
+    while !thread::snapshot()
+        .iter()
+        .any(|summary| summary.id == blocker.id && matches!(summary.state, thread::State::Sleeping(_)))
+    {
+        thread::sleep_milliseconds(1);
+    }
+    let klp::Progress::Pending(_) = klp::enable("replacing").expect("enables") else {
+        panic!("the thread asleep in the first patch's g holds the transition open");
+    };
+    assert_eq!(replace_window_f(), 1, "switched: the NOP entry runs the original");
+    assert_eq!(replace_window_g(), 3, "switched: the replace patch");
+    assert!(thread::wake_interruptible(blocker.id));
+    assert_eq!(blocker.join(), thread::ExitStatus::Returned);
+    assert_eq!(BLOCKER_SAW.load(Ordering::SeqCst), 2, "unswitched: the first patch's f");
+    if let klp::Progress::Pending(blocked) = klp::wait_for_transition(5_000) {
+        panic!("the transition stalled: {blocked:?}");
+    }
+    assert_eq!((replace_window_f(), replace_window_g()), (1, 3));
+    assert!(!super::enabled("first"));
+    klp::remove("first").expect("replaced");
+    disable("replacing");
+    retire(&["replacing"]);
+}
