@@ -53,3 +53,29 @@ fn sample_callbacks_module_loads_and_unloads() {
     assert_eq!(shell::greeting(), "hello from the callbacks patch module");
     module::unload("callbacks").expect("unloads");
 }
+
+/// Plus (issue 14): the callbacks and states of patch modules through 100
+/// load/unload rounds (`states` over `callbacks`: a cumulative patch with a
+/// state and a module callback, replacing one with four), the heap back to
+/// its baseline.
+#[ktest]
+fn callback_and_state_modules_loaded_and_unloaded_100_times_return_all_memory() {
+    let round = || {
+        module::load(file("callbacks")).expect("loads");
+        module::load(file("states")).expect("loads");
+        // Not `hello`: each round's text (its tick) would be a new interned copy, kept for good.
+        assert!(
+            livepatch::callbacks::get_state("states", 1).is_some_and(|state| livepatch::callbacks::data(state) > 0)
+        );
+        assert!(livepatch::list().iter().any(|patch| patch.name == "callbacks" && !patch.enabled), "replaced");
+        module::unload("callbacks").expect("a replaced patch's module unloads");
+        module::unload("states").expect("unloads");
+    };
+    // Warm up: lasting first-use allocations (interned texts, list buffers) are not leaks.
+    round();
+    let (before, _) = crate::memory::usage();
+    for _ in 0..100 {
+        round();
+    }
+    assert_eq!(crate::memory::usage().0, before, "heap usage back to where it started");
+}
