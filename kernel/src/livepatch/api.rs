@@ -9,6 +9,11 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use macros::{livepatchable, notrace};
+// Declared here, not in livepatch/mod.rs, to keep this change to the files
+// of the exports: crate::livepatch::api::shadow.
+#[path = "shadow.rs"]
+pub mod shadow;
+use shadow::{klp_shadow_alloc, klp_shadow_free, klp_shadow_free_all, klp_shadow_get, klp_shadow_get_or_alloc};
 
 /// One exported name and its address.
 #[repr(C)]
@@ -154,6 +159,11 @@ export!(function klp_report_toc);
 export!(function klp_intern_text);
 export!(function klp_demo_ten);
 export!(function klp_safe_point);
+export!(function klp_shadow_get);
+export!(function klp_shadow_alloc);
+export!(function klp_shadow_get_or_alloc);
+export!(function klp_shadow_free);
+export!(function klp_shadow_free_all);
 export!(klp_kernel_version);
 export!(function memcpy);
 export!(function memmove);

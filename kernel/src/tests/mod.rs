@@ -18,6 +18,7 @@ pub mod registers;
 mod reliable_stack;
 mod runner;
 mod scheduling;
+mod shadow;
 mod smp;
 mod smp_stress;
 mod stack;
