@@ -14,17 +14,29 @@
 //! lock under RCU; here every operation takes one lock, which is simpler
 //! and keeps a variable from being freed while a lookup copies its address.
 //!
-//! Concurrency: every operation holds [`SHADOWS`] (a `sync::Mutex`, so its
-//! holder is not preempted) with interrupts disabled, like Linux's
-//! `spin_lock_irqsave(&klp_shadow_lock)`. Another CPU waits for the lock;
-//! a preemption cannot happen while it is held, so no thread on this CPU can
-//! come to wait for a holder that does not run; an interrupt handler that
-//! used the API on this CPU cannot arrive while it is held, so it cannot
-//! spin on its own CPU's lock. The constructor and the destructor run under
-//! the lock (which is what makes `get_or_alloc` build one variable under
-//! contention), so they must not call the shadow API themselves (a deadlock,
-//! as in Linux), sleep or wait for other CPUs. The heap's lock, taken inside,
-//! also disables interrupts: the order is always shadows, then heap.
+//! Concurrency: every operation holds [`SHADOWS`], a `sync::Mutex`, for
+//! its whole work. What can happen meanwhile:
+//! - another CPU calling the API waits for the lock (conferring its CPU to
+//!   the holder); a variable is looked up, built and inserted, or removed
+//!   and destroyed, in one critical section, so no CPU sees it half done;
+//! - a preemption cannot: the lock disables it, so no thread of this CPU
+//!   runs while the holder is suspended, and none can spin on a holder that
+//!   does not run;
+//! - an interrupt on the holder's CPU runs its handler and returns; handlers
+//!   do not use this API (Linux allows it with `spin_lock_irqsave`; here
+//!   `sync::Mutex`'s wait notes quiescent states, which an interrupt handler,
+//!   or code reading a `Published` value, must not), so none waits for the
+//!   lock its own CPU holds. Interrupts therefore stay enabled: the timer
+//!   is not held off while a constructor runs;
+//! - the module that passed a constructor or destructor cannot be unloaded
+//!   while it runs: the caller is inside the module's code (its stack shows
+//!   it), which keeps the module busy.
+//!
+//! The constructor and the destructor run under the lock (which is what
+//! makes `get_or_alloc` build one variable under contention), so they must
+//! not call the shadow API themselves (a deadlock, as in Linux), sleep or
+//! wait for other CPUs. The heap's lock is taken inside this one, never the
+//! other way round.
 use crate::sync::Mutex;
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use alloc::collections::BTreeMap;
@@ -55,9 +67,8 @@ unsafe impl Send for Shadow {}
 /// Every shadow variable, by (id, object address).
 static SHADOWS: Mutex<BTreeMap<(u64, usize), Shadow>> = Mutex::new(BTreeMap::new());
 
-/// Runs `body` on the table, with interrupts disabled and the lock held (see the file's comment).
+/// Runs `body` on the table with the lock held (see the file's comment).
 fn with_table<R>(body: impl FnOnce(&mut BTreeMap<(u64, usize), Shadow>) -> R) -> R {
-    let _interrupts = crate::arch::interrupts::disable();
     let mut table = SHADOWS.lock();
     body(&mut table)
 }
