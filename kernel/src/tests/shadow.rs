@@ -1,10 +1,11 @@
 //! Tests of shadow variables: Linux's test-shadow-vars.sh case, refusals, contention from every CPU, the heap, and the `shadow` sample patch.
 use crate::arch::percpu::{online_cpus, smp_processor_id};
+use crate::arch::registers::timebase;
 use crate::livepatch::api::klp_kernel_version;
 use crate::livepatch::api::shadow::{
     self, klp_shadow_alloc, klp_shadow_free, klp_shadow_free_all, klp_shadow_get, klp_shadow_get_or_alloc,
 };
-use crate::{memory, module, thread};
+use crate::{memory, module, thread, time};
 use alloc::vec::Vec;
 use boot::MAX_CPUS;
 use core::ffi::c_void;
@@ -223,13 +224,16 @@ static RACE_START: AtomicBool = AtomicBool::new(false);
 /// Workers that ran on a CPU other than their own.
 static RACE_WRONG_CPU: AtomicU64 = AtomicU64::new(0);
 
-/// Counts the construction of race `constructor_data`'s variable and holds
-/// the lock a little, so that the other CPUs come to wait for it.
+/// Counts the construction of race `constructor_data`'s variable and takes
+/// 200 us doing it: the other racers of that key arrive meanwhile, and must
+/// wait for this variable rather than build their own (each racer is on
+/// another CPU, or preempted there by the timer).
 extern "C" fn construct_once(_object: *mut c_void, _shadow_data: *mut c_void, race: *mut c_void) -> i32 {
     if let Some(count) = RACE_CONSTRUCTED.get(race as usize) {
         count.fetch_add(1, Ordering::SeqCst);
     }
-    for _ in 0..2_000 {
+    let until = timebase() + time::frequency() / 5_000;
+    while timebase() < until {
         core::hint::spin_loop();
     }
     0
