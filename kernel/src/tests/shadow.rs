@@ -107,12 +107,12 @@ fn test_klp_shadow_vars() {
     assert_eq!(CONSTRUCTED.load(Ordering::SeqCst), 6, "one constructor call per variable");
     assert_eq!(shadow::count(), variables + 6);
     // Each (object, id) has its own variable, with its constructor's value.
-    for index in 0..3 {
-        assert_eq!(klp_shadow_get(object(index), FIRST).cast(), first[index], "get <object {index}, FIRST>");
-        assert_eq!(klp_shadow_get(object(index), SECOND).cast(), second[index], "get <object {index}, SECOND>");
-        assert_eq!(value_of(first[index]), 100 + index as u64, "<object {index}, FIRST>'s constructor ran");
-        assert_eq!(value_of(second[index]), 200 + index as u64, "<object {index}, SECOND>'s constructor ran");
-        assert_ne!(first[index], second[index]);
+    for (index, (&first, &second)) in first.iter().zip(&second).enumerate() {
+        assert_eq!(klp_shadow_get(object(index), FIRST).cast(), first, "get <object {index}, FIRST>");
+        assert_eq!(klp_shadow_get(object(index), SECOND).cast(), second, "get <object {index}, SECOND>");
+        assert_eq!(value_of(first), 100 + index as u64, "<object {index}, FIRST>'s constructor ran");
+        assert_eq!(value_of(second), 200 + index as u64, "<object {index}, SECOND>'s constructor ran");
+        assert_ne!(first, second);
     }
     // get_or_alloc of an existing pair returns it without constructing.
     let mut ignored = 999u64;
@@ -121,10 +121,10 @@ fn test_klp_shadow_vars() {
     assert_eq!(CONSTRUCTED.load(Ordering::SeqCst), 6, "and constructed nothing");
     assert_eq!(value_of(first[1]), 101);
     // Free the first id's variables one by one, each with the destructor.
-    for index in 0..3 {
+    for (index, &second) in second.iter().enumerate() {
         klp_shadow_free(object(index), FIRST, Some(record_destruction));
         assert!(klp_shadow_get(object(index), FIRST).is_null(), "<object {index}, FIRST> freed");
-        assert_eq!(klp_shadow_get(object(index), SECOND).cast(), second[index], "<object {index}, SECOND> stays");
+        assert_eq!(klp_shadow_get(object(index), SECOND).cast(), second, "<object {index}, SECOND> stays");
     }
     assert_eq!(DESTROYED.load(Ordering::SeqCst), 3, "one destructor call per freed variable");
     assert_eq!(DESTROYED_SUM.load(Ordering::SeqCst), 100 + 101 + 102, "the destructors saw the variables' values");
@@ -245,13 +245,13 @@ fn race(worker: usize, cpu: usize) {
     while !RACE_START.load(Ordering::SeqCst) {
         thread::yield_now();
     }
-    for race in 0..RACES {
+    for (race, result) in RACE_RESULTS[worker].iter().enumerate() {
         if smp_processor_id() != cpu {
             RACE_WRONG_CPU.fetch_add(1, Ordering::SeqCst);
         }
         let data =
             klp_shadow_get_or_alloc(object(0), RACE_ID + race as u64, 32, Some(construct_once), race as *mut c_void);
-        RACE_RESULTS[worker][race].store(data as usize, Ordering::SeqCst);
+        result.store(data as usize, Ordering::SeqCst);
     }
 }
 
@@ -283,11 +283,11 @@ fn shadow_get_or_alloc_from_every_cpu_gives_one_variable() {
         assert_eq!(handle.join(), thread::ExitStatus::Returned, "a racer returned");
     }
     assert_eq!(RACE_WRONG_CPU.load(Ordering::SeqCst), 0, "each racer ran on its own CPU");
-    for race in 0..RACES {
+    for (race, constructed) in RACE_CONSTRUCTED.iter().enumerate() {
         let id = RACE_ID + race as u64;
         let data = klp_shadow_get(object(0), id) as usize;
         assert_ne!(data, 0, "race {race}: a variable exists");
-        assert_eq!(RACE_CONSTRUCTED[race].load(Ordering::SeqCst), 1, "race {race}: one constructor call");
+        assert_eq!(constructed.load(Ordering::SeqCst), 1, "race {race}: one constructor call");
         for &(worker, cpu) in &workers {
             assert_eq!(
                 RACE_RESULTS[worker][race].load(Ordering::SeqCst),

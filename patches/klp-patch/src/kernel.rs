@@ -151,6 +151,7 @@ pub fn toc() -> u64 {
 /// The data of the shadow variable `id` attached to `object`, or null if it
 /// has none (docs/livepatch.md, "Shadow variables").
 #[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
 pub fn shadow_get(object: *mut c_void, id: u64) -> *mut c_void {
     // Safety: the kernel only looks the pair up; the pointers are keys, never dereferenced.
     unsafe { klp_shadow_get(object, id) }
@@ -162,6 +163,7 @@ pub fn shadow_get(object: *mut c_void, id: u64) -> *mut c_void {
 /// constructor returned non-zero (nothing is kept then). The variable
 /// outlives this module until it is freed.
 #[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
 pub fn shadow_alloc(
     object: *mut c_void,
     id: u64,
@@ -176,6 +178,7 @@ pub fn shadow_alloc(
 /// The shadow variable `id` of `object`, allocated as [`shadow_alloc`] does
 /// if it has none; under contention one caller builds it, all get that one.
 #[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
 pub fn shadow_get_or_alloc(
     object: *mut c_void,
     id: u64,
@@ -190,6 +193,7 @@ pub fn shadow_get_or_alloc(
 /// Frees the shadow variable `id` of `object`, if any, after calling
 /// `destructor` on it. Nothing may use its data afterwards.
 #[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
 pub fn shadow_free(object: *mut c_void, id: u64, destructor: Option<ShadowDestructor>) {
     // Safety: the kernel frees only memory it allocated; `destructor` is a safe function.
     unsafe { klp_shadow_free(object, id, destructor) }
@@ -197,6 +201,7 @@ pub fn shadow_free(object: *mut c_void, id: u64, destructor: Option<ShadowDestru
 
 /// Frees every shadow variable with this `id`, as [`shadow_free`] does one.
 #[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
 pub fn shadow_free_all(id: u64, destructor: Option<ShadowDestructor>) {
     // Safety: as for `shadow_free`.
     unsafe { klp_shadow_free_all(id, destructor) }
