@@ -207,7 +207,7 @@ fn release(object: *mut c_void, shadow: Shadow, destructor: Option<ShadowDestruc
     unsafe { dealloc(shadow.data, shadow.layout) };
 }
 
-/// How many shadow variables exist (for tests and `klp list`).
+/// How many shadow variables exist (the tests compare it before and after).
 pub fn count() -> usize {
     with_table(|table| table.len())
 }
