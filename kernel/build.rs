@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 10] = [
+const TEST_MODULES: [&str; 11] = [
     "greeting.klp",
     "counter.klp",
     "ten.klp",
@@ -24,6 +24,7 @@ const TEST_MODULES: [&str; 10] = [
     "callbacks.klp",
     "states.klp",
     "cumulative.klp",
+    "shadow.klp",
 ];
 
 fn main() {

@@ -3,6 +3,7 @@
 //! Like Linux's EXPORT_SYMBOL, a module links only against names recorded
 //! here (in the `.klp_exports` section), never against arbitrary kernel
 //! internals: an undefined symbol outside this list refuses the module.
+use super::shadow::{klp_shadow_alloc, klp_shadow_free, klp_shadow_free_all, klp_shadow_get, klp_shadow_get_or_alloc};
 use crate::sync::Mutex;
 use crate::{console, thread};
 use alloc::boxed::Box;
@@ -182,6 +183,11 @@ export!(function klp_demo_ten);
 export!(function klp_safe_point);
 export!(function klp_get_state);
 export!(function klp_get_prev_state);
+export!(function klp_shadow_get);
+export!(function klp_shadow_alloc);
+export!(function klp_shadow_get_or_alloc);
+export!(function klp_shadow_free);
+export!(function klp_shadow_free_all);
 export!(klp_kernel_version);
 export!(function memcpy);
 export!(function memmove);

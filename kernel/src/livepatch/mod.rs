@@ -29,6 +29,7 @@ mod builtin;
 pub mod callbacks;
 pub mod notes;
 mod redirect;
+pub mod shadow;
 pub mod transition;
 
 pub use allowed::{Anchor, is_livepatchable};

@@ -4,10 +4,12 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 10] = [
+pub static EMBEDDED: [(&str, &[u8]); 11] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
+    // Keeps a count in a shadow variable of a kernel object.
+    ("shadow", include_bytes!(concat!(env!("OUT_DIR"), "/shadow.klp"))),
     // Refused on purpose (tests of bad patches).
     ("missing-target", include_bytes!(concat!(env!("OUT_DIR"), "/missing-target.klp"))),
     ("notrace-target", include_bytes!(concat!(env!("OUT_DIR"), "/notrace-target.klp"))),

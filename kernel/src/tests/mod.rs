@@ -19,6 +19,7 @@ mod reliable_stack;
 mod runner;
 mod scheduling;
 mod selftests;
+mod shadow;
 mod smp;
 mod smp_stress;
 mod stack;

@@ -9,6 +9,18 @@
 //! `#[inline(always)]`, so they are compiled into the module's own object and
 //! leave only the kernel's symbols undefined.
 
+use core::ffi::c_void;
+
+/// Fills a new shadow variable (zeroed before) at `shadow_data` for `object`
+/// from `constructor_data`; a non-zero result refuses the allocation. It
+/// runs under the kernel's shadow lock: it must not call the shadow API.
+pub type ShadowConstructor =
+    extern "C" fn(object: *mut c_void, shadow_data: *mut c_void, constructor_data: *mut c_void) -> i32;
+
+/// Releases what the shadow variable at `shadow_data` of `object` holds,
+/// just before the kernel frees it (under the shadow lock, like the constructor).
+pub type ShadowDestructor = extern "C" fn(object: *mut c_void, shadow_data: *mut c_void);
+
 unsafe extern "C" {
     /// Prints `length` bytes at `bytes` to the console.
     pub fn klp_print(bytes: *const u8, length: usize);
@@ -27,6 +39,28 @@ unsafe extern "C" {
     pub fn klp_get_state(patch: *const u8, length: usize, id: u64) -> *const KlpState;
     /// System state `id` of the newest enabled patch other than `patch`, or null.
     pub fn klp_get_prev_state(patch: *const u8, length: usize, id: u64) -> *const KlpState;
+    /// The data of the shadow variable `id` of `object`, or null.
+    pub fn klp_shadow_get(object: *mut c_void, id: u64) -> *mut c_void;
+    /// A new shadow variable of `size` bytes (null if the pair has one, or the constructor refused).
+    pub fn klp_shadow_alloc(
+        object: *mut c_void,
+        id: u64,
+        size: usize,
+        constructor: Option<ShadowConstructor>,
+        constructor_data: *mut c_void,
+    ) -> *mut c_void;
+    /// The shadow variable `id` of `object`, allocated as `klp_shadow_alloc` does if it has none.
+    pub fn klp_shadow_get_or_alloc(
+        object: *mut c_void,
+        id: u64,
+        size: usize,
+        constructor: Option<ShadowConstructor>,
+        constructor_data: *mut c_void,
+    ) -> *mut c_void;
+    /// Frees the shadow variable `id` of `object` (after the destructor), if any.
+    pub fn klp_shadow_free(object: *mut c_void, id: u64, destructor: Option<ShadowDestructor>);
+    /// Frees every shadow variable with this `id`.
+    pub fn klp_shadow_free_all(id: u64, destructor: Option<ShadowDestructor>);
     /// A kernel static a module may read.
     pub static klp_kernel_version: u64;
 }
@@ -140,4 +174,63 @@ pub fn toc() -> u64 {
     // Safety: copies r2 into a register; no memory, no side effects.
     unsafe { core::arch::asm!("mr {}, 2", out(reg) toc, options(nomem, nostack, preserves_flags)) };
     toc
+}
+
+/// The data of the shadow variable `id` attached to `object`, or null if it
+/// has none (docs/livepatch.md, "Shadow variables").
+#[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
+pub fn shadow_get(object: *mut c_void, id: u64) -> *mut c_void {
+    // Safety: the kernel only looks the pair up; the pointers are keys, never dereferenced.
+    unsafe { klp_shadow_get(object, id) }
+}
+
+/// Attaches a new shadow variable `id` of `size` zeroed bytes (aligned for
+/// any scalar) to `object`, filled by `constructor` if given; null if the
+/// pair already has one (the kernel warns), memory is short or the
+/// constructor returned non-zero (nothing is kept then). The variable
+/// outlives this module until it is freed.
+#[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
+pub fn shadow_alloc(
+    object: *mut c_void,
+    id: u64,
+    size: usize,
+    constructor: Option<ShadowConstructor>,
+    constructor_data: *mut c_void,
+) -> *mut c_void {
+    // Safety: the kernel passes `constructor_data` to `constructor`, a safe function, unread.
+    unsafe { klp_shadow_alloc(object, id, size, constructor, constructor_data) }
+}
+
+/// The shadow variable `id` of `object`, allocated as [`shadow_alloc`] does
+/// if it has none; under contention one caller builds it, all get that one.
+#[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
+pub fn shadow_get_or_alloc(
+    object: *mut c_void,
+    id: u64,
+    size: usize,
+    constructor: Option<ShadowConstructor>,
+    constructor_data: *mut c_void,
+) -> *mut c_void {
+    // Safety: as for `shadow_alloc`.
+    unsafe { klp_shadow_get_or_alloc(object, id, size, constructor, constructor_data) }
+}
+
+/// Frees the shadow variable `id` of `object`, if any, after calling
+/// `destructor` on it. Nothing may use its data afterwards.
+#[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
+pub fn shadow_free(object: *mut c_void, id: u64, destructor: Option<ShadowDestructor>) {
+    // Safety: the kernel frees only memory it allocated; `destructor` is a safe function.
+    unsafe { klp_shadow_free(object, id, destructor) }
+}
+
+/// Frees every shadow variable with this `id`, as [`shadow_free`] does one.
+#[inline(always)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // keys and data handed to safe functions, never dereferenced here
+pub fn shadow_free_all(id: u64, destructor: Option<ShadowDestructor>) {
+    // Safety: as for `shadow_free`.
+    unsafe { klp_shadow_free_all(id, destructor) }
 }
