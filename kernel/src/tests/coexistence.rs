@@ -236,6 +236,8 @@ fn bad_probes_get_clear_errors_and_change_nothing() {
     let listed = probe::list();
     assert_eq!(listed.len(), 1);
     assert!(!listed[0].post, "the first probe is still the one without a post handler");
+    assert_eq!(listed[0].function, target as *const () as u64);
+    assert_eq!(listed[0].site, target_site());
     assert!(!trace::registered().contains(&PROBE_IPMODIFY_OPS.name));
     probe::remove(TARGET, None).unwrap();
     match probe::remove(TARGET, None) {
