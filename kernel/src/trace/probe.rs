@@ -239,7 +239,10 @@ pub fn remove(function: &str, position: Option<usize>) -> Result<(), ProbeError>
 /// Detaches every probe (the test runner's clean-up); returns one line per probe.
 pub fn remove_all() -> Vec<String> {
     let mut removed = Vec::new();
-    while let Some((function, name)) = PROBES.lock().first().map(|entry| (entry.function, entry.name.clone())) {
+    loop {
+        // Its own statement: the guard must be dropped before `remove_at` locks again.
+        let first = PROBES.lock().first().map(|entry| (entry.function, entry.name.clone()));
+        let Some((function, name)) = first else { break };
         match remove_at(function) {
             Some(Ok(())) => removed.push(name),
             Some(Err(error)) => {
