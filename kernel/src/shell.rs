@@ -1,4 +1,4 @@
-//! The kernel shell on the console: `help`, `threads`, `cpus`, `mem`, `uptime`, `hello`, `klp`, `trace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
+//! The kernel shell on the console: `help`, `threads`, `cpus`, `mem`, `uptime`, `hello`, `klp`, `trace`, `probe`, `ftrace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
 use crate::{console, livepatch, memory, module, println, smp, thread, time, trace};
 use alloc::format;
 use alloc::string::String;
@@ -48,6 +48,16 @@ const COMMANDS: &[Command] = &[
         name: "trace",
         help: "tracers: trace on GLOB | off | show | graph GLOB | dump | sites [GLOB]",
         run: trace,
+    },
+    Command {
+        name: "probe",
+        help: "function-entry probes that count calls: probe add FUNC [post] | list | del FUNC",
+        run: probe,
+    },
+    Command {
+        name: "ftrace",
+        help: "all of ftrace: ftrace on | off | status (off is refused while a live patch is enabled)",
+        run: ftrace,
     },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
 ];
@@ -448,6 +458,72 @@ fn trace(arguments: &str) {
 fn report(what: &str, result: Result<(), trace::FtraceError>) {
     if let Err(error) = result {
         println!("{what}: {error}");
+    }
+}
+
+/// The shell's probes only count calls (the probe machinery counts hits); they print nothing.
+#[macros::notrace]
+fn count_only(_ip: u64, _regs: &mut trace::FtraceRegs) {}
+
+fn probe(arguments: &str) {
+    let (verb, rest) = arguments.split_once(' ').unwrap_or((arguments, ""));
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    match verb {
+        "add" if matches!(words.as_slice(), [_] | [_, "post"]) => {
+            let (function, post) = (words[0], words.len() == 2);
+            let probe = trace::probe::Probe {
+                function,
+                position: None,
+                pre: count_only,
+                post: if post { Some(count_only) } else { None },
+            };
+            match trace::probe::add(probe) {
+                Ok(()) => println!(
+                    "probe on {function}{}",
+                    if post { " with a post handler (holds its IPMODIFY slot)" } else { "" }
+                ),
+                Err(error) => println!("probe add: {error}"),
+            }
+        }
+        "list" if words.is_empty() => {
+            let probes = trace::probe::list();
+            if probes.is_empty() {
+                println!("no probes");
+            }
+            for probe in probes {
+                let post = if probe.post { "post" } else { "no post" };
+                println!("  {} {:#x}: {} hits, {post}", probe.name, probe.site, probe.hits);
+            }
+        }
+        "del" if words.len() == 1 => match trace::probe::remove(words[0], None) {
+            Ok(()) => println!("probe on {} removed", words[0]),
+            Err(error) => println!("probe del: {error}"),
+        },
+        _ => println!("usage: probe add FUNC [post] | list | del FUNC"),
+    }
+}
+
+fn ftrace(arguments: &str) {
+    let result = match arguments {
+        "on" => trace::set_enabled(true),
+        "off" => trace::set_enabled(false),
+        "status" => {
+            let registered = trace::registered();
+            let state = if trace::enabled() { "on" } else { "off (every site is a nop)" };
+            println!(
+                "ftrace is {state}; registered ops: {}",
+                if registered.is_empty() { String::from("none") } else { registered.join(", ") }
+            );
+            return;
+        }
+        _ => {
+            println!("usage: ftrace on | off | status");
+            return;
+        }
+    };
+    match result {
+        Ok(()) => println!("ftrace {arguments}"),
+        Err(error) => println!("ftrace {arguments}: {error}"),
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Three places name the shell's commands: the `COMMANDS` table in
 //! kernel/src/shell.rs (with each command's help text, which `help` prints),
-//! the match arms that run the `klp` and `trace` subcommands, and the README's
+//! the match arms that run the `klp`, `trace`, `probe` and `ftrace` subcommands, and the README's
 //! "In the shell" paragraph. The test reads all three as text and fails,
 //! naming the difference, when one of them gains or loses a command.
 
@@ -89,7 +89,7 @@ mod tests {
             .map(str::to_string)
             .collect();
         assert_eq!(readme_names, names, "README's shell commands vs shell.rs COMMANDS");
-        for command in ["klp", "trace"] {
+        for command in ["klp", "trace", "probe", "ftrace"] {
             let help = &commands.iter().find(|(name, _)| name == command).expect("a command").1;
             let in_help = listed_subcommands(help, command);
             let in_code = match_arms(&shell, command);

@@ -1,4 +1,4 @@
-//! Test isolation: whatever a test left registered (ftrace ops, live patches, modules, tick jitter) is removed after it, whether it passed or failed.
+//! Test isolation: whatever a test left registered (ftrace ops, probes, live patches, modules, tick jitter, ftrace off) is undone after it, whether it passed or failed.
 use crate::livepatch::{self, LivepatchError, PlanError};
 use crate::{module, trace};
 use alloc::format;
@@ -65,6 +65,14 @@ pub fn restore(before: &Registrations) -> Vec<String> {
             }
             Some(_) => {}
         }
+    }
+    // Probes before the ops loop: it would unregister their ops behind the probes' table.
+    for probe in trace::probe::remove_all() {
+        undone.push(format!("probe {probe}"));
+    }
+    if !trace::enabled() {
+        let result = trace::set_enabled(true).map_err(|error| format!("{error}"));
+        undone.push(format!("ftrace off (on again: {})", outcome(result)));
     }
     for ops in trace::registered_ops() {
         // The livepatch core's own ops comes and goes with the patches restored above.

@@ -32,8 +32,11 @@ use macros::notrace;
 use portable::site_table::search_by;
 
 /// The livepatch core's ftrace ops.
-pub static LIVEPATCH_OPS: FtraceOps =
-    FtraceOps::new("livepatch", livepatch_ftrace_handler, OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE));
+pub static LIVEPATCH_OPS: FtraceOps = FtraceOps::new(
+    "livepatch",
+    livepatch_ftrace_handler,
+    OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE).union(OpsFlags::PERMANENT),
+);
 
 /// Where the calls of one patched function go.
 #[repr(C)]

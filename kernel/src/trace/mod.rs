@@ -3,17 +3,21 @@
 //! `sites` builds and validates the site table at boot (one immutable
 //! `SiteTable`, read without a lock) and keeps who traces each site; `ops`
 //! registers handlers (`FtraceOps`) and patches exactly the sites their
-//! filters name; `function` and `graph` are the two tracers built on it.
+//! filters name; `function` and `graph` are the two tracers built on it, and
+//! `probe` the function-entry probes (Linux's kprobes on ftrace).
 pub(crate) mod buffers;
 pub mod function;
 pub mod graph;
 mod ops;
+pub mod probe;
 mod sites;
 
 pub use crate::arch::ftrace::{FUNCTION_TRACE_OP, FtraceRegs};
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
-pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
+pub use ops::{
+    Filter, FtraceError, FtraceOps, OpsFlags, enabled, register, registered, set_enabled, unregister, update,
+};
 pub use portable::site_table::NameError;
 pub use sites::{site_summaries, table as site_table};
 

@@ -41,6 +41,10 @@ bitflags! {
         const IPMODIFY = 2;
         /// The handler protects itself from recursion; call it without the guard.
         const RECURSION_SAFE = 4;
+        /// Ftrace must stay on while this ops is registered (Linux's
+        /// FTRACE_OPS_FL_PERMANENT): `set_enabled(false)` is refused, and so is
+        /// registering it while ftrace is off. The livepatch core's ops has it.
+        const PERMANENT = 8;
     }
 }
 
@@ -109,9 +113,16 @@ pub enum FtraceError {
     NoMatch(String),
     UnknownFunction(String),
     NotTraceable(u64),
-    Busy { function: u64, owner: &'static str },
+    Busy {
+        function: u64,
+        owner: &'static str,
+    },
     AlreadyRegistered(&'static str),
     NotRegistered(&'static str),
+    /// Ftrace is off (`set_enabled(false)`), and this PERMANENT ops needs it on.
+    Disabled(&'static str),
+    /// Ftrace cannot be turned off: this PERMANENT ops is registered.
+    Permanent(&'static str),
     Text(TextError),
 }
 
@@ -130,6 +141,12 @@ impl fmt::Display for FtraceError {
             ),
             FtraceError::AlreadyRegistered(name) => write!(formatter, "ftrace ops '{name}' is already registered"),
             FtraceError::NotRegistered(name) => write!(formatter, "ftrace ops '{name}' is not registered"),
+            FtraceError::Disabled(name) => {
+                write!(formatter, "ftrace is off: ops '{name}' is PERMANENT and cannot be registered until it is on")
+            }
+            FtraceError::Permanent(name) => {
+                write!(formatter, "ftrace cannot be turned off: the PERMANENT ops '{name}' is registered (busy)")
+            }
             FtraceError::Text(error) => write!(formatter, "{error} ({})", Symbolized(error.address())),
         }
     }
@@ -154,6 +171,9 @@ pub fn register(ops: &'static FtraceOps, filter: Filter) -> Result<usize, Ftrace
     let mut registry = REGISTRY.lock();
     if registry.iter().any(|other| core::ptr::eq(*other, ops)) {
         return Err(FtraceError::AlreadyRegistered(ops.name));
+    }
+    if ops.flags.contains(OpsFlags::PERMANENT) && !sites::enabled() {
+        return Err(FtraceError::Disabled(ops.name));
     }
     let indices = resolve(&filter)?;
     ops.sites.replace(sites::addresses(&indices));
@@ -253,6 +273,35 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
 #[notrace]
 pub(super) fn report_failed_undo(what: &str, error: &dyn fmt::Display) {
     crate::println!("ftrace: undoing {what} after an error failed too ({error}): text and tables disagree");
+}
+
+/// Turns every traced site off (`on == false`: each becomes a nop, as if
+/// nothing traced it) or back on (Linux's `sysctl kernel.ftrace_enabled`).
+/// Refused, with nothing changed, while a PERMANENT ops is registered
+/// (`FtraceError::Permanent`). While ftrace is off, registration goes on as
+/// Linux's does: a PERMANENT ops is refused (`FtraceError::Disabled`); any
+/// other ops registers, updates and unregisters as usual (filters, IPMODIFY
+/// ownership and `trace sites` follow it) but its sites stay nops, so its
+/// handler is not called until ftrace is on again, when every site gets the
+/// stub its users need. Turning on what is on, or off what is off, changes
+/// nothing. All or nothing, like `sites::apply`.
+#[notrace]
+pub fn set_enabled(on: bool) -> Result<(), FtraceError> {
+    let _preempt = thread::preempt_disable();
+    // The registry's lock orders this against every registration: none is
+    // half done while the sites switch, and a PERMANENT ops cannot slip in
+    // between the check and the switch.
+    let registry = REGISTRY.lock();
+    if !on && let Some(permanent) = registry.iter().find(|ops| ops.flags.contains(OpsFlags::PERMANENT)) {
+        return Err(FtraceError::Permanent(permanent.name));
+    }
+    sites::set_enabled(on).map_err(|error| apply_error(&registry, error))
+}
+
+/// Whether ftrace is on (`set_enabled`); it is at boot.
+#[notrace]
+pub fn enabled() -> bool {
+    sites::enabled()
 }
 
 /// Names of the registered ops.

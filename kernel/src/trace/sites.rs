@@ -7,6 +7,7 @@ use crate::{println, symbols};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use macros::notrace;
 use portable::ftrace::{Caller, Demand, SiteError, SiteState};
 use portable::site_table::{Site, SiteTable};
@@ -29,6 +30,67 @@ static NO_SITES: SiteTable = SiteTable::EMPTY;
 /// What changes: who traces each site, in the table's order. Filled before
 /// the table is published, so every index the table gives is valid here.
 static STATES: Mutex<Vec<SiteState>> = Mutex::new(Vec::new());
+
+/// Whether ftrace is on: sites with users call their stub. Off, every site
+/// is a nop whatever its state says. Written only with `STATES` locked (by
+/// `set_enabled`), and `apply` reads it with the lock held, so a
+/// registration never sees it change halfway; `enabled()` may read it
+/// without the lock (an answer that can be stale by the time it is used,
+/// which its callers allow for: they decide again under the registry lock).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether ftrace is on.
+#[notrace]
+pub(super) fn enabled() -> bool {
+    ENABLED.load(Ordering::Acquire)
+}
+
+/// Switches every site with users to a nop (`on == false`) or back to the
+/// stub its state asks for, all or nothing (as `apply`: every word checked
+/// and every change encoded before the first write; a failed write undoes
+/// the ones before it). The states do not change. Another CPU executing a
+/// site meanwhile runs either word, each a whole call or none (the text
+/// protocol, docs/ftrace.md): a call that went into a stub before its site
+/// became a nop completes normally, and the registered handlers stay valid.
+#[notrace]
+pub(super) fn set_enabled(on: bool) -> Result<(), ApplyError> {
+    let sites = table().sites();
+    let states = STATES.lock();
+    if ENABLED.load(Ordering::Acquire) == on {
+        return Ok(());
+    }
+    let mut planned = Vec::new();
+    for (site, state) in sites.iter().zip(states.iter()) {
+        let Some(stub) = stub(state.caller()) else { continue };
+        let (old, new) = if on { (None, Some(stub)) } else { (Some(stub), None) };
+        planned.push(ftrace_prepare_change(site.address, old, new).map_err(ApplyError::Text)?);
+    }
+    commit_all(&planned)?;
+    ENABLED.store(on, Ordering::Release);
+    Ok(())
+}
+
+/// Writes every change in `planned`, then has the other CPUs synchronise
+/// once for the batch; a failed write undoes the ones before it (an undo that
+/// fails too is reported, as text and states then disagree).
+#[notrace]
+fn commit_all(planned: &[SiteChange]) -> Result<(), ApplyError> {
+    for (done, change) in planned.iter().enumerate() {
+        if let Err(error) = change.commit() {
+            for written in planned[..done].iter().rev() {
+                if let Err(undo_error) = written.revert() {
+                    super::ops::report_failed_undo("a site", &undo_error);
+                }
+            }
+            SiteChange::end_batch(change);
+            return Err(ApplyError::Text(error));
+        }
+    }
+    if let Some(last) = planned.last() {
+        SiteChange::end_batch(last);
+    }
+    Ok(())
+}
 
 /// The site table (empty before `init`).
 #[notrace]
@@ -108,38 +170,29 @@ fn prepare(site: &Site, state: SiteState, new_state: SiteState) -> Result<Option
 /// ftrace's back) fails with nothing changed. A write that fails anyway
 /// undoes the writes before it; an undo that fails too is reported on the
 /// console (`report_failed_undo`), as text and states then disagree.
+/// While ftrace is off (`set_enabled`) only the states change: every site
+/// stays a nop until ftrace is on again.
 #[notrace]
 pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(), ApplyError> {
     let sites = table().sites();
     let mut states = STATES.lock();
+    let on = ENABLED.load(Ordering::Acquire);
     let mut planned = Vec::with_capacity(indices.len());
+    let mut changes = Vec::with_capacity(indices.len());
     for &index in indices {
         let mut state = states[index];
         let checked = if adding { state.add(demand) } else { state.remove(demand) };
         checked.map_err(|error| ApplyError::Site(sites[index].function, error))?;
-        let change = prepare(&sites[index], states[index], state).map_err(ApplyError::Text)?;
-        planned.push((state, change));
+        if on && let Some(change) = prepare(&sites[index], states[index], state).map_err(ApplyError::Text)? {
+            changes.push(change);
+        }
+        planned.push(state);
     }
     // Every word written and flushed here, then the other CPUs synchronise
     // once for the batch (`SiteChange::end_batch`), also after an undo; a
     // batch that writes nothing asks nothing of them.
-    for (done, (_, change)) in planned.iter().enumerate() {
-        if let Some(change) = change
-            && let Err(error) = change.commit()
-        {
-            for written in planned[..done].iter().rev().filter_map(|(_, written)| written.as_ref()) {
-                if let Err(undo_error) = written.revert() {
-                    super::ops::report_failed_undo("a site", &undo_error);
-                }
-            }
-            SiteChange::end_batch(change);
-            return Err(ApplyError::Text(error));
-        }
-    }
-    if let Some(last) = planned.iter().rev().find_map(|(_, change)| change.as_ref()) {
-        SiteChange::end_batch(last);
-    }
-    for (&index, &(state, _)) in indices.iter().zip(&planned) {
+    commit_all(&changes)?;
+    for (&index, &state) in indices.iter().zip(&planned) {
         states[index] = state;
     }
     Ok(())
@@ -189,6 +242,7 @@ pub struct SiteSummary {
     pub name: String,
     pub function: u64,
     pub address: u64,
+    /// The stub its word calls now (`Caller::None` for every site while ftrace is off).
     pub caller: Caller,
     pub users: u32,
     /// The names of the registered ops that trace it, in registration order.
@@ -201,6 +255,7 @@ pub fn site_summaries() -> Vec<SiteSummary> {
     // The registry first, as registration takes it before the states.
     let registered = super::ops::registered_ops();
     let states = STATES.lock();
+    let on = ENABLED.load(Ordering::Acquire);
     table()
         .sites()
         .iter()
@@ -209,7 +264,7 @@ pub fn site_summaries() -> Vec<SiteSummary> {
             name: String::from(site.name),
             function: site.function,
             address: site.address,
-            caller: state.caller(),
+            caller: if on { state.caller() } else { Caller::None },
             users: state.users,
             // Safety: the states' lock is held, so preemption is off: a read-side section.
             ops: registered
