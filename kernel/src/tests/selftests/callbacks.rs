@@ -16,7 +16,7 @@ pub fn callbacks_target() -> u64 {
     black_box(1)
 }
 
-fn replacement() -> u64 {
+pub fn replacement() -> u64 {
     black_box(2)
 }
 

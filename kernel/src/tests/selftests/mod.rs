@@ -6,6 +6,7 @@
 //! Linux case to its test here.
 mod callbacks;
 mod livepatch;
+mod modules;
 mod samples;
 mod state;
 mod sysfs;
@@ -15,21 +16,37 @@ use crate::sync::Mutex;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// What the callbacks did, in order: "LABEL: pre_patch OBJECT" and so on.
+/// What the callbacks did, in order: "LABEL: pre_patch OBJECT" and so on,
+/// interleaved with what target modules logged ("target-module: init"), as
+/// Linux's selftests read both from one kernel log.
 static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Empties the event log.
+/// How many lines of the module log `EVENTS` has taken in.
+static LOG_SEEN: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Empties the event log (and the module log).
 pub fn clear_events() {
+    crate::module::log::clear();
+    LOG_SEEN.store(0, core::sync::atomic::Ordering::SeqCst);
     EVENTS.lock().clear();
+}
+
+/// Takes the module log's new lines into `EVENTS`.
+fn take_module_log() {
+    let lines = crate::module::log::lines();
+    let seen = LOG_SEEN.swap(lines.len(), core::sync::atomic::Ordering::SeqCst);
+    EVENTS.lock().extend(lines.into_iter().skip(seen));
 }
 
 /// Takes the event log.
 pub fn take_events() -> Vec<String> {
+    take_module_log();
     core::mem::take(&mut *EVENTS.lock())
 }
 
 /// Records one event.
 pub fn record(label: &str, what: &str, object: *const u8, length: usize) {
+    take_module_log();
     // Safety: the core passes the object's name, valid for the call.
     let object = unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(object, length)) };
     EVENTS.lock().push(alloc::format!("{label}: {what} {object}"));
@@ -74,6 +91,11 @@ pub(crate) use recording_callbacks;
 /// A function of a patch: `old` replaced by the function at `new`.
 pub fn function(old: &str, new: *const ()) -> Function {
     Function { old_name: String::from(old), old_position: None, new_address: new as u64, allow_inlined: false }
+}
+
+/// An object of module `module` with these functions and callbacks.
+pub fn module_object(module: &str, functions: Vec<Function>, callbacks: Callbacks) -> Object {
+    Object { module: Some(String::from(module)), functions, callbacks }
 }
 
 /// A kernel object (`vmlinux`) with these functions and callbacks.
