@@ -43,8 +43,8 @@ pub struct DebugPatch {
 /// What the debugger shows of a patch besides its functions.
 pub struct PatchDetails<'a> {
     pub replace: bool,
-    /// (object name, patched now).
-    pub objects: &'a [(alloc::string::String, bool)],
+    /// (object name, patched now), the first `MAX_OBJECTS`.
+    pub objects: &'a [(&'a str, bool)],
 }
 
 /// A loaded module: where each of its sections went, for add-symbol-file.
@@ -221,7 +221,7 @@ pub fn patch_changed(
     state: Option<bool>,
     functions: &[(u64, u64)],
     details: &PatchDetails,
-    order: &[&str],
+    order: &[portable::livepatch::PatchState],
 ) {
     with_anchor(|anchor| {
         change_patch(&mut anchor.patches, name, state, functions, details);
@@ -230,7 +230,7 @@ pub fn patch_changed(
                 .iter()
                 .position(|listed| {
                     let mut stored = [0u8; 32];
-                    copy_name(&mut stored, listed);
+                    copy_name(&mut stored, &listed.name);
                     stored == patch.name
                 })
                 .map_or(0, |index| index as u64 + 1);

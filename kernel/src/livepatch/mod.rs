@@ -270,16 +270,25 @@ pub enum Progress {
     Pending(Vec<Blocked>),
 }
 
-/// Tells the debugger (gdb) what patch `name` now does, and every patch's stack_order.
+/// Tells the debugger (gdb) what patch `name` now does, and every patch's
+/// stack_order (without allocating: it runs on every enable and disable).
 fn announce(core: &Core, name: &str) {
     let patch = core.state.patch(name);
     let pairs: Vec<(u64, u64)> = patch
         .map(|patch| patch.functions.iter().map(|function| (function.entry, function.new)).collect())
         .unwrap_or_default();
-    let objects = objects_summary(core, name);
-    let details = crate::debug::PatchDetails { replace: patch.is_some_and(|patch| patch.replace), objects: &objects };
-    let order: Vec<&str> = core.state.patches().iter().map(|patch| patch.name.as_str()).collect();
-    crate::debug::patch_changed(name, patch.map(|patch| patch.enabled), &pairs, &details, &order);
+    let enabled = patch.is_some_and(|patch| patch.enabled);
+    let mut objects = [("", false); crate::debug::MAX_OBJECTS];
+    let mut count = 0;
+    if let Some(entry) = core.objects.iter().find(|objects| objects.patch == name) {
+        for (slot, object) in objects.iter_mut().zip(&entry.objects) {
+            *slot = (object.name(), object.loaded && enabled);
+            count += 1;
+        }
+    }
+    let details =
+        crate::debug::PatchDetails { replace: patch.is_some_and(|patch| patch.replace), objects: &objects[..count] };
+    crate::debug::patch_changed(name, patch.map(|patch| patch.enabled), &pairs, &details, core.state.patches());
 }
 
 /// Patch `name`'s objects and whether each is patched now (loaded, the patch enabled).
