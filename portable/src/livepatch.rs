@@ -78,6 +78,13 @@ pub struct PatchState {
     pub nops: Vec<Replaced>,
     /// The system states it handles.
     pub states: Vec<SystemState>,
+    /// While an atomic replace's enable is not complete: the ids of the
+    /// patches that were enabled when it started, which `DropReplaced`
+    /// disables (not those enabled after it).
+    pub replaces: Vec<u64>,
+    /// When it was last enabled (a counter): stacks hold their entries in
+    /// this order, also those a module adds when it loads.
+    pub enabled_sequence: u64,
 }
 
 impl PatchState {
@@ -206,8 +213,8 @@ pub struct Change {
 #[derive(Clone, Debug)]
 enum Edit {
     Add(PatchState),
-    /// The patch, and its `NOP` entries.
-    Enable(usize, Vec<Replaced>),
+    /// The patch, its `NOP` entries and the patches it replaces.
+    Enable(usize, Vec<Replaced>, Vec<u64>),
     Disable(usize),
     Remove(usize),
     /// The atomic replace that stays enabled.
@@ -249,6 +256,8 @@ pub struct State {
     /// Per replaced function (global entry), sorted by entry; never an empty stack.
     functions: Vec<(u64, Stack)>,
     next_id: u64,
+    /// The next `enabled_sequence`.
+    next_sequence: u64,
     /// Counts commits, so that a plan is committed only to the state it was planned from.
     generation: u64,
 }
@@ -267,7 +276,7 @@ pub fn stack_index(functions: &[(u64, Stack)], entry: u64) -> Result<usize, usiz
 impl State {
     /// No patches.
     pub const fn new() -> State {
-        State { patches: Vec::new(), functions: Vec::new(), next_id: 1, generation: 0 }
+        State { patches: Vec::new(), functions: Vec::new(), next_id: 1, next_sequence: 1, generation: 0 }
     }
 
     /// Every patch, in the order they were added.
@@ -351,6 +360,8 @@ impl State {
             replace,
             nops: Vec::new(),
             states,
+            replaces: Vec::new(),
+            enabled_sequence: 0,
         };
         Ok(self.planned(Edit::Add(patch), None, Vec::new()))
     }
@@ -410,7 +421,12 @@ impl State {
             functions.push((change.entry, stack));
         }
         functions.extend(existing.cloned());
-        Ok(self.planned(Edit::Enable(index, nops), Some(functions), changes))
+        let replaces = if patch.replace {
+            self.patches.iter().filter(|other| other.enabled).map(|other| other.id).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(self.planned(Edit::Enable(index, nops, replaces), Some(functions), changes))
     }
 
     /// The name some patch gives the function at `entry`.
@@ -456,15 +472,18 @@ impl State {
         if !patch.enabled || !patch.replace {
             return Err(PlanError::NotReplacing(name.into()));
         }
-        // Only the patch's own replacements stay; what runs does not change.
+        // The replaced patches' entries and the NOP entries go; the patch's
+        // own and those of patches enabled after it stay, and what runs
+        // does not change (the patch is on top wherever it was pushed).
         let functions = self
             .functions
             .iter()
-            .filter_map(|(entry, stack)| match stack.replacements.last() {
-                Some(&(id, new)) if id == patch.id && new != NOP => {
-                    Some((*entry, Stack { site: stack.site, replacements: smallvec![(id, new)] }))
-                }
-                _ => None,
+            .filter_map(|(entry, stack)| {
+                let mut stack = stack.clone();
+                stack
+                    .replacements
+                    .retain(|(id, new)| !patch.replaces.contains(id) && !(*id == patch.id && *new == NOP));
+                (!stack.replacements.is_empty()).then_some((*entry, stack))
             })
             .collect();
         Ok(self.planned(Edit::DropReplaced(index), Some(functions), Vec::new()))
@@ -481,17 +500,33 @@ impl State {
         if !patch.enabled {
             return Ok(self.planned(Edit::AddObject(index, added), None, Vec::new()));
         }
-        // On top of the stacks, as enabling would have put them.
+        // Where enabling would have put them: above the patches enabled
+        // before this one, below those enabled after.
+        let sequence =
+            |id: u64| self.patches.iter().find(|other| other.id == id).map_or(0, |other| other.enabled_sequence);
         let mut functions = self.functions.clone();
         let mut changes = Vec::with_capacity(added.len());
         for function in &added {
-            changes.push(Change { entry: function.entry, site: function.site, target: Some(function.new) });
+            let replacement = (patch.id, function.new);
             match stack_index(&functions, function.entry) {
-                Ok(at) => functions[at].1.replacements.push((patch.id, function.new)),
-                Err(at) => functions.insert(
-                    at,
-                    (function.entry, Stack { site: function.site, replacements: smallvec![(patch.id, function.new)] }),
-                ),
+                Ok(at) => {
+                    let replacements = &mut functions[at].1.replacements;
+                    let position = replacements
+                        .iter()
+                        .position(|(id, _)| sequence(*id) > patch.enabled_sequence)
+                        .unwrap_or(replacements.len());
+                    replacements.insert(position, replacement);
+                    if position + 1 == replacements.len() {
+                        changes.push(Change { entry: function.entry, site: function.site, target: Some(function.new) });
+                    }
+                }
+                Err(at) => {
+                    changes.push(Change { entry: function.entry, site: function.site, target: Some(function.new) });
+                    functions.insert(
+                        at,
+                        (function.entry, Stack { site: function.site, replacements: smallvec![replacement] }),
+                    );
+                }
             }
         }
         changes.sort_unstable_by_key(|change| change.entry);
@@ -511,6 +546,11 @@ impl State {
             let mut stack = stack.clone();
             let top = stack.replacements.last().copied();
             stack.replacements.retain(|(id, _)| *id != patch.id);
+            // An atomic replace's NOP entry above nothing else goes too (its
+            // function is going with the module).
+            if stack.replacements.iter().all(|(_, new)| *new == NOP) {
+                stack.replacements.clear();
+            }
             let now = stack.replacements.last().copied();
             if now != top {
                 changes.push(Change { entry: *entry, site: stack.site, target: now.map(|(_, new)| new) });
@@ -589,19 +629,23 @@ impl State {
                 self.next_id = patch.id + 1;
                 self.patches.push(patch);
             }
-            Edit::Enable(index, nops) => {
-                self.patches[index].enabled = true;
-                self.patches[index].nops = nops;
+            Edit::Enable(index, nops, replaces) => {
+                let patch = &mut self.patches[index];
+                patch.enabled = true;
+                patch.nops = nops;
+                patch.replaces = replaces;
+                patch.enabled_sequence = self.next_sequence;
+                self.next_sequence += 1;
             }
             Edit::Disable(index) => {
                 self.patches[index].enabled = false;
                 self.patches[index].nops = Vec::new();
+                self.patches[index].replaces = Vec::new();
             }
             Edit::DropReplaced(index) => {
-                for (other, patch) in self.patches.iter_mut().enumerate() {
-                    if other != index {
-                        patch.enabled = false;
-                    }
+                let replaces = core::mem::take(&mut self.patches[index].replaces);
+                for patch in self.patches.iter_mut().filter(|patch| replaces.contains(&patch.id)) {
+                    patch.enabled = false;
                 }
                 self.patches[index].nops = Vec::new();
             }
@@ -617,6 +661,11 @@ impl State {
         }
         if let Some(functions) = plan.functions {
             self.functions = functions;
+            // A NOP entry whose stack went (its module went) goes from its patch.
+            let functions = &self.functions;
+            for patch in self.patches.iter_mut() {
+                patch.nops.retain(|nop| stack_index(functions, nop.entry).is_ok());
+            }
         }
     }
 }
@@ -963,5 +1012,57 @@ mod tests {
         );
         assert_eq!(state.stack(0x1100), None);
         assert_eq!(run(&mut state, Operation::Enable("c")), Ok(vec![change(0x1100, Some(0xc9))]));
+    }
+
+    #[test]
+    fn an_atomic_replace_drops_only_the_patches_enabled_before_it() {
+        let mut state = two_patches();
+        run(&mut state, Operation::Enable("a")).unwrap();
+        add_with(&mut state, "c", &[replaced("g", 0x200, 0xc2)], true, &[]);
+        run(&mut state, Operation::Enable("c")).unwrap();
+        run(&mut state, Operation::DropReplaced("c")).unwrap();
+        // "d" comes after, on another function.
+        add_with(&mut state, "d", &[replaced("h", 0x300, 0xd3)], false, &[]);
+        run(&mut state, Operation::Enable("d")).unwrap();
+        // c's disable reversed: its completion drops the replaced again, which must spare d.
+        run(&mut state, Operation::DropReplaced("c")).unwrap();
+        assert!(state.patch("d").unwrap().enabled, "a patch enabled after the replace stays");
+        assert_eq!(state.topmost(0x300), Some((4, 0xd3)));
+        assert_eq!(state.topmost(0x200), Some((3, 0xc2)));
+    }
+
+    #[test]
+    fn module_functions_go_where_their_patch_was_enabled_in_the_stack() {
+        let mut state = State::new();
+        // x added first, y second; y enabled first, x second: x is on top of f.
+        add_with(&mut state, "x", &[replaced("f", 0x100, 0x11)], false, &[]);
+        add_with(&mut state, "y", &[replaced("f", 0x100, 0x21)], false, &[]);
+        run(&mut state, Operation::Enable("y")).unwrap();
+        run(&mut state, Operation::Enable("x")).unwrap();
+        assert_eq!(state.topmost(0x100), Some((1, 0x11)));
+        // The module loads; the loader goes through the patches in the order they were added.
+        run(&mut state, Operation::AddObject { name: "x", functions: vec![replaced("m", 0x1100, 0x19)] }).unwrap();
+        let changes = run(&mut state, Operation::AddObject { name: "y", functions: vec![replaced("m", 0x1100, 0x29)] });
+        assert_eq!(changes, Ok(vec![]), "y goes below x: what runs does not change");
+        assert_eq!(state.stack(0x1100).unwrap().replacements.to_vec(), [(2, 0x29), (1, 0x19)], "enable order");
+        run(&mut state, Operation::Disable("x")).expect("x is topmost on all of its functions");
+        assert_eq!(state.topmost(0x1100), Some((2, 0x29)));
+    }
+
+    #[test]
+    fn a_module_going_during_an_atomic_replace_takes_its_nop_entries_along() {
+        let mut state = State::new();
+        add_with(&mut state, "a", &[replaced("f", 0x100, 0xa1)], false, &[]);
+        run(&mut state, Operation::Enable("a")).unwrap();
+        run(&mut state, Operation::AddObject { name: "a", functions: vec![replaced("m", 0x1100, 0xa9)] }).unwrap();
+        add_with(&mut state, "r", &[replaced("f", 0x100, 0xc1)], true, &[]);
+        run(&mut state, Operation::Enable("r")).unwrap();
+        assert_eq!(state.topmost(0x1100), Some((2, NOP)));
+        // The module goes during r's transition: only a names it, r's NOP goes too.
+        run(&mut state, Operation::RemoveObject { name: "a", range: 0x1000..0x2000 }).unwrap();
+        assert_eq!(state.stack(0x1100), None);
+        assert!(state.patch("r").unwrap().nops.is_empty(), "the NOP record went with its stack");
+        run(&mut state, Operation::DropReplaced("r")).unwrap();
+        assert_eq!(state.functions().len(), 1);
     }
 }

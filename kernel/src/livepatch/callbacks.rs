@@ -162,7 +162,10 @@ struct PatchStates {
 /// Each added patch's states, in the order they were added, apart from the
 /// livepatch lock: callbacks (which run under it) look them up. Boxed: the
 /// addresses handed out stay valid until the patch is removed. Lock order:
-/// the livepatch lock, then this one.
+/// the livepatch lock, then this one. A `crate::sync::Mutex`, whose waiter
+/// confers and reports quiescent states: not for interrupt handlers, like
+/// the shadow variables' lock (a replacement reached from one must not call
+/// `klp_get_state`).
 static STATES: Mutex<Vec<PatchStates>> = Mutex::new(Vec::new());
 
 /// Records the states of patch `patch` when it is added.
@@ -198,15 +201,18 @@ pub fn get_state(patch: &str, id: u64) -> Option<&'static KlpState> {
     find(&STATES.lock(), patch, id)
 }
 
-/// State `id` as the newest enabled patch other than `patch` has it
+/// State `id` as the newest enabled patch added before `patch` has it
 /// (Linux's `klp_get_prev_state`, `patch` being the one in transition):
-/// what a patch taking the state over starts from.
+/// what a patch taking the state over starts from. Meant for `patch`'s
+/// callbacks, as Linux's: the state belongs to another patch, freed when
+/// that one is removed.
 pub fn get_previous_state(patch: &str, id: u64) -> Option<&'static KlpState> {
     let entries = STATES.lock();
-    let owner = entries
+    let before = entries.iter().position(|entry| entry.patch == patch)?;
+    let owner = entries[..before]
         .iter()
         .rev()
-        .find(|entry| entry.enabled && entry.patch != patch && entry.states.iter().any(|state| state.id == id))?;
+        .find(|entry| entry.enabled && entry.states.iter().any(|state| state.id == id))?;
     find(&entries, &owner.patch, id)
 }
 

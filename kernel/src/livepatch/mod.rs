@@ -481,11 +481,26 @@ fn complete(core: &mut Core) {
         // callbacks do not run) and its NOP entries go.
         match core.state.plan(Operation::DropReplaced(name)) {
             Ok(plan) => {
+                let replaced: Vec<String> = core
+                    .state
+                    .patch(name)
+                    .map(|patch| {
+                        core.state
+                            .patches()
+                            .iter()
+                            .filter(|other| patch.replaces.contains(&other.id))
+                            .map(|other| other.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let applied = redirect::apply(plan.functions().expect("dropping changes the stacks"), None);
                 if applied.is_ok() {
                     core.state.commit(plan);
-                    for objects in core.objects.iter_mut().filter(|objects| objects.patch != name) {
+                    for objects in core.objects.iter_mut().filter(|objects| replaced.contains(&objects.patch)) {
                         objects.objects.iter_mut().for_each(|object| object.pre_patched = false);
+                    }
+                    for replaced in &replaced {
+                        announce(core, replaced);
                     }
                 }
                 applied
@@ -683,8 +698,25 @@ pub fn force(name: &str) -> Result<(), LivepatchError> {
         _ => return Err(LivepatchError::NoTransition(String::from(name))),
     }
     transition::force();
-    if !core.forced.iter().any(|forced| forced == name) {
-        core.forced.push(String::from(name));
+    // An atomic replace forced to completion also leaves the patches it
+    // replaces with threads that may still run them (Linux's
+    // `klp_force_transition` marks them forced too).
+    let mut forced: Vec<String> = alloc::vec![String::from(name)];
+    if transition::target() == PATCHED
+        && let Some(patch) = core.state.patch(name)
+    {
+        forced.extend(
+            core.state
+                .patches()
+                .iter()
+                .filter(|other| patch.replaces.contains(&other.id))
+                .map(|other| other.name.clone()),
+        );
+    }
+    for name in forced {
+        if !core.forced.contains(&name) {
+            core.forced.push(name);
+        }
     }
     complete(&mut core);
     if core.transition.is_some() {
@@ -785,8 +817,15 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
     Ok(())
 }
 
-/// Resolves the functions of `object` (the kernel's, or a loaded module's).
+/// Resolves the functions of `object` (the kernel's, or a loaded module's;
+/// `UnknownObject` when its module is not loaded, also for an object with
+/// callbacks only).
 fn resolve_object(object: &Object) -> Result<Vec<Replaced>, LivepatchError> {
+    if let Some(module) = &object.module
+        && !crate::module::is_target(module)
+    {
+        return Err(LivepatchError::UnknownObject(module.clone()));
+    }
     object
         .functions
         .iter()
@@ -989,7 +1028,9 @@ pub fn list() -> Vec<PatchSummary> {
 /// state like the rest of the patch) and runs the post-patch callback
 /// unless the patch is in transition. An error (a function the module
 /// lacks, a failing pre-patch callback) takes the module off every patch
-/// it was put on here and refuses the module's load.
+/// it was put on here and refuses the module's load. Takes the livepatch
+/// lock, then the module loader's (`resolve_function`): call it holding
+/// neither.
 pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
     let mut core = REGISTRY.lock();
     let core = &mut *core;
@@ -1017,9 +1058,10 @@ pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
             }
         };
         let transitioning = in_transition.as_ref().is_some_and(|(name, _)| *name == patch);
-        // Being disabled counts as disabled (Linux clears `enabled` first).
-        let active = core.state.patch(&patch).is_some_and(|state| state.enabled)
-            && !(transitioning && transition::target() == UNPATCHED);
+        // Enabled, or in transition either way (being disabled, it is still
+        // enabled until the transition completes): patched, as Linux patches
+        // the objects of every patch on its list, the one in transition too.
+        let active = core.state.patch(&patch).is_some_and(|state| state.enabled);
         if active && let Err(code) = entry.pre_patch() {
             result = Err(LivepatchError::PrePatch { patch: patch.clone(), object: String::from(name), code });
             break;
@@ -1058,6 +1100,7 @@ pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
 /// its sites are released. Each patch applied to it, in the order they were
 /// added, runs the object's pre-unpatch callback (unless the patch is in
 /// transition), takes its functions off, and runs the post-unpatch callback.
+/// Call it holding neither the livepatch lock nor the module loader's.
 pub fn module_going(name: &str) {
     let mut core = REGISTRY.lock();
     leave_module(&mut core, name);

@@ -1,6 +1,6 @@
 //! test-livepatch.sh: basic function patching, multiple livepatches, atomic replace.
 use super::{disable, enable, function, kernel_object, patch, retire};
-use crate::livepatch::{self as klp, Callbacks};
+use crate::livepatch::{self as klp, Callbacks, LivepatchError};
 use alloc::vec;
 use core::hint::black_box;
 use macros::{ktest, livepatchable};
@@ -161,6 +161,48 @@ fn atomic_replace_in_transition_runs_the_original_for_switched_threads_and_the_o
     }
     assert_eq!((replace_window_f(), replace_window_g()), (1, 3));
     assert!(!super::enabled("first"));
+    klp::remove("first").expect("replaced");
+    disable("replacing");
+    retire(&["replacing"]);
+}
+
+/// Forcing an atomic replace's transition marks the patches it replaces
+/// forced too (a thread may still run them): they can never be removed.
+#[ktest]
+fn a_forced_atomic_replace_leaves_the_patches_it_replaced_forced() {
+    use crate::thread;
+    use core::sync::atomic::Ordering;
+    BLOCKER_SAW.store(0, Ordering::SeqCst);
+    let first = vec![
+        function("kernel::tests::selftests::livepatch::replace_window_f", first_f as *const ()),
+        function("kernel::tests::selftests::livepatch::replace_window_g", first_g as *const ()),
+    ];
+    klp::add(patch("first", vec![kernel_object(first, Callbacks::default())], false, &[])).expect("adds");
+    enable("first").expect("enables");
+    let replacing = vec![function("kernel::tests::selftests::livepatch::replace_window_g", replace_g as *const ())];
+    klp::add(patch("replacing", vec![kernel_object(replacing, Callbacks::default())], true, &[])).expect("adds");
+    let blocker = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "replace-blocker", || {
+        replace_window_g();
+    })
+    .expect("room for a thread");
+    while !thread::snapshot()
+        .iter()
+        .any(|summary| summary.id == blocker.id && matches!(summary.state, thread::State::Sleeping(_)))
+    {
+        thread::sleep_milliseconds(1);
+    }
+    let klp::Progress::Pending(_) = klp::enable("replacing").expect("enables") else {
+        panic!("the thread asleep in the first patch's g holds the transition open");
+    };
+    klp::force("replacing").expect("in transition");
+    assert!(!super::enabled("first"), "replaced");
+    assert!(klp::was_forced("first"), "the replaced patch is forced too: the blocker still runs it");
+    assert!(matches!(klp::remove("first"), Err(LivepatchError::Forced(_))));
+    // Test cleanup only: the blocker leaves, then the force is forgotten.
+    assert!(thread::wake_interruptible(blocker.id));
+    assert_eq!(blocker.join(), thread::ExitStatus::Returned);
+    klp::forget_forced("first");
+    klp::forget_forced("replacing");
     klp::remove("first").expect("replaced");
     disable("replacing");
     retire(&["replacing"]);

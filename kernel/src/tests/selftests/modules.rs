@@ -49,7 +49,8 @@ fn add_demo(name: &str, module_callbacks: Callbacks) {
         super::callbacks::replacement as *const (),
     )];
     let target = vec![function("target_module_value", patched_value as *const ())];
-    let objects = vec![kernel_object(kernel, demo::CALLBACKS), module_object("target-module", target, module_callbacks)];
+    let objects =
+        vec![kernel_object(kernel, demo::CALLBACKS), module_object("target-module", target, module_callbacks)];
     klp::add(patch(name, objects, false, &[])).expect("adds");
 }
 
@@ -356,11 +357,7 @@ fn test_callbacks_busy_target_module() {
     let callbacks: Vec<&str> = after.iter().map(String::as_str).filter(|line| line.contains("patch")).collect();
     assert_eq!(
         callbacks,
-        [
-            "demo_module: post_unpatch busy-module",
-            "demo: post_patch vmlinux",
-            "demo_module: post_patch target-module",
-        ],
+        ["demo_module: post_unpatch busy-module", "demo: post_patch vmlinux", "demo_module: post_patch target-module",],
         "busy-module went in transition (no pre-unpatch); the rest completes"
     );
     disable("test_klp_callbacks_demo");
