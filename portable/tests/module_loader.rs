@@ -193,9 +193,11 @@ fn fixture_links_at_a_fake_base() {
     assert!(replacement.global && replacement.function);
     assert_eq!(linked.symbol("fixture_ten").unwrap().local_entry_offset, 0);
     assert!(linked.symbol("klp_test_other").is_none(), "undefined symbols are not module symbols");
-    assert_eq!(linked.description.name, "fixture");
-    assert_eq!(linked.description.functions.len(), 1);
-    let function = &linked.description.functions[0];
+    assert_eq!(linked.description.name(), "fixture");
+    let patch = linked.description.patch().expect("a patch's description");
+    assert!(linked.description.module().is_none());
+    assert_eq!(patch.functions.len(), 1);
+    let function = &patch.functions[0];
     assert_eq!((function.old_name.as_str(), function.old_position), ("kernel::example", None));
     assert_eq!(function.new_symbol, "fixture_replacement");
     assert_eq!(image.description(), &linked.description);

@@ -6,6 +6,8 @@
 //! replace kernel::hello new_hello               one or more: OLD_NAME NEW_SYMBOL
 //! replace kernel::util::parse@2 new_parse       OLD_NAME@N: the Nth function of that name (from 1)
 //! replace kernel::x new_x allow_inlined         replace it although callers hold inlined copies
+//! object hello-module                           the replace lines after it name functions of
+//!                                               that loadable target module, not the kernel's
 //! # a comment                                   blank lines and '#' lines are ignored
 //! ```
 //!
@@ -34,7 +36,10 @@ pub struct PatchDescription {
 /// One `replace` line: a kernel function and the module symbol that replaces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplacedFunction {
-    /// The kernel function's name, as the kernel symbol table spells it.
+    /// The loadable target module the function is in (the last `object`
+    /// line before this `replace` line), `None` for the kernel.
+    pub object: Option<String>,
+    /// The function's name, as the kernel (or the object's module) symbol table spells it.
     pub old_name: String,
     /// Which of several kernel functions with that name (1-based), from an `@N` suffix.
     pub old_position: Option<usize>,
@@ -83,7 +88,8 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     let mut seen_header = false;
     let mut name: Option<String> = None;
     let mut functions: Vec<ReplacedFunction> = Vec::new();
-    let mut replaced: BTreeSet<(String, Option<usize>)> = BTreeSet::new();
+    let mut replaced: BTreeSet<(Option<String>, String, Option<usize>)> = BTreeSet::new();
+    let mut object: Option<String> = None;
     for (index, line) in text.split('\n').enumerate() {
         let number = index + 1;
         let line = line.trim();
@@ -102,6 +108,7 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
             continue;
         }
         match words.as_slice() {
+            ["object", module] if is_name(module) => object = Some(module.to_string()),
             ["name", patch] if is_name(patch) => {
                 if name.is_some() {
                     return Err(error(number, "a second name line"));
@@ -118,12 +125,19 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
                         return Err(error(number, format!("unknown flag {flags:?} (expected {ALLOW_INLINED:?})")));
                     }
                 };
-                if !replaced.insert((old_name.clone(), old_position)) {
+                if !replaced.insert((object.clone(), old_name.clone(), old_position)) {
                     return Err(error(number, format!("{old} is replaced twice")));
                 }
-                functions.push(ReplacedFunction { old_name, old_position, new_symbol: new.to_string(), allow_inlined });
+                functions.push(ReplacedFunction {
+                    object: object.clone(),
+                    old_name,
+                    old_position,
+                    new_symbol: new.to_string(),
+                    allow_inlined,
+                });
             }
             ["name", ..] => return Err(error(number, "expected \"name NAME\"")),
+            ["object", ..] => return Err(error(number, "expected \"object MODULE\"")),
             ["replace", ..] => {
                 return Err(error(number, "expected \"replace OLD_NAME[@N] NEW_SYMBOL [allow_inlined]\""));
             }

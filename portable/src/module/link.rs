@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use object::elf;
 
 use super::ModuleError;
-use super::description::PatchDescription;
+use super::Description;
 use super::image::ModuleImage;
 use super::relocation::{Fault, compute, write};
 use super::relocations::{Branch, Relocation};
@@ -23,8 +23,8 @@ pub struct LinkedModule {
     pub sections: Vec<LoadedSection>,
     /// The symbols defined in loaded sections (not section or file symbols).
     pub symbols: Vec<ModuleSymbol>,
-    /// The patch description from `.klp.patch`.
-    pub description: PatchDescription,
+    /// The description from `.klp.patch` or `.klp.module`.
+    pub description: Description,
 }
 
 /// A loaded section: where it went.
