@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 7] = [
+const TEST_MODULES: [&str; 11] = [
     "greeting.klp",
     "counter.klp",
     "ten.klp",
@@ -21,6 +21,10 @@ const TEST_MODULES: [&str; 7] = [
     "notrace-target.klp",
     "unmarked-target.klp",
     "inlined-target.klp",
+    "hello-module.klp",
+    "hello-module-fix.klp",
+    "busy-module.klp",
+    "target-module.klp",
 ];
 
 fn main() {

@@ -1,4 +1,4 @@
-//! Patch modules: verify a signed object, link it into kernel memory, and hand its patch to the livepatch core.
+//! Modules: verify a signed object, link it into kernel memory, and hand its patch to the livepatch core (or, for a target module, run it: `target`).
 //!
 //! A module is a relocatable ELF object built apart from the kernel (see
 //! `patches/`), with its own TOC, signed with the project's key. Loading:
@@ -6,11 +6,16 @@
 //! parse and link it (`portable::module`: sections placed, `.TOC.` defined,
 //! kernel calls through stubs that keep r2), flush the instruction cache, then
 //! add and enable its patch. Every failure frees what was allocated and
-//! leaves the kernel as it was.
+//! leaves the kernel as it was. An object with a `.klp.module` description
+//! is a loadable target module instead: `target` registers its ftrace sites
+//! and runs its init (and, at unload, its exit).
 pub mod busy;
 pub mod channel;
+pub mod commands;
 pub mod embedded;
+pub mod log;
 mod memory;
+mod target;
 
 use crate::arch::cache;
 use crate::livepatch::{self, Function, LivepatchError, Object, Patch, PlanError};
@@ -32,9 +37,25 @@ pub struct LoadedModule {
     pub name: String,
     pub memory: ModuleMemory,
     pub linked: LinkedModule,
-    /// Set while `load` enables its patch: `unload` leaves it alone until
-    /// `load` has finished (and, if the enable failed, taken it back).
+    /// Set while `load` enables its patch (or runs a target module's init):
+    /// `unload` leaves it alone until `load` has finished (and, if the
+    /// enable failed, taken it back).
     pub loading: bool,
+    /// A target module whose exit (and `livepatch::module_going`) has run:
+    /// an unload found a thread still inside it afterwards, and the next
+    /// unload only waits for it again.
+    pub exited: bool,
+}
+
+impl LoadedModule {
+    /// Whether this is a loadable target module (not a patch).
+    pub fn is_target(&self) -> bool {
+        self.linked.description.module().is_some()
+    }
+
+    fn range(&self) -> core::ops::Range<u64> {
+        self.memory.address()..self.memory.address() + self.memory.size() as u64
+    }
 }
 
 /// Loaded modules, for `klp list`, unloading and the debugger.
@@ -55,6 +76,10 @@ pub enum LoadError {
     /// The module's patch was forced (`klp force`): a thread may still run its code.
     Forced(String),
     Livepatch(LivepatchError),
+    /// A target module's ftrace sites could not be registered: why.
+    Site(String),
+    /// A target module's init returned this non-zero status.
+    InitFailed(String, i32),
 }
 
 impl fmt::Display for LoadError {
@@ -89,6 +114,10 @@ impl fmt::Display for LoadError {
                 "module '{name}' stays loaded: its patch's transition was forced, so a thread may still run its code"
             ),
             LoadError::Livepatch(error) => write!(formatter, "{error}"),
+            LoadError::Site(why) => write!(formatter, "module refused: {why}"),
+            LoadError::InitFailed(name, status) => {
+                write!(formatter, "module '{name}' refused: its init returned {status}")
+            }
         }
     }
 }
@@ -104,6 +133,9 @@ pub fn verify(file: &[u8]) -> Result<&[u8], LoadError> {
 }
 
 /// Verifies, links, and enables the patch in a signed module file. Returns the patch name.
+///
+/// For a target module (`.klp.module`): registers its sites, lists it,
+/// calls `livepatch::module_coming`, runs its init (see `target`). Returns its name.
 pub fn load(file: &[u8]) -> Result<String, LoadError> {
     let object = verify(file)?;
     let image = module::parse(object).map_err(LoadError::Format)?;
@@ -113,9 +145,12 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     let linked =
         image.link(memory.bytes_mut(), base, &mut |name| livepatch::api::lookup(name)).map_err(LoadError::Format)?;
     cache::synchronize_instructions(base, memory.size() as u64);
-    let name = linked.description.name.clone();
+    let name = String::from(linked.description.name());
     if MODULES.lock().iter().any(|module| module.name == name) {
         return Err(LoadError::AlreadyLoaded(name));
+    }
+    if linked.description.module().is_some() {
+        return target::load(memory, linked);
     }
     let patch = patch_of(&linked)?;
     livepatch::add(patch).map_err(|error| match error {
@@ -131,7 +166,7 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     crate::debug::klp_debug_module_event();
     // Listed before its patch is enabled: the transition counts the module's
     // whole memory as the patch's code, and the stack walker knows it as text.
-    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked, loading: true });
+    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked, loading: true, exited: false });
     let enabled = livepatch::enable(&name);
     if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
         module.loading = false;
@@ -160,21 +195,37 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     Ok(name)
 }
 
-/// The livepatch description of a linked module: kernel functions replaced by module symbols.
+/// The livepatch description of a linked patch module: functions of the
+/// kernel (object `None`) and of target modules (an `object` line each)
+/// replaced by module symbols, one `Object` per object in the order of its
+/// first `replace` line.
 fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
-    let mut functions = Vec::new();
-    for replaced in &linked.description.functions {
+    let description = linked.description.patch().ok_or_else(|| LoadError::Format(ModuleError::MissingDescription))?;
+    let mut objects: Vec<Object> = Vec::new();
+    for replaced in &description.functions {
         let symbol = linked
             .symbol(&replaced.new_symbol)
             .ok_or_else(|| LoadError::Format(ModuleError::ReplacementNotFunction(replaced.new_symbol.clone())))?;
-        functions.push(Function {
+        let function = Function {
             old_name: replaced.old_name.clone(),
             old_position: replaced.old_position,
             new_address: symbol.address,
             allow_inlined: replaced.allow_inlined,
-        });
+        };
+        match objects.iter_mut().find(|object| object.module == replaced.object) {
+            Some(object) => object.functions.push(function),
+            None => objects.push(Object { module: replaced.object.clone(), functions: alloc::vec![function] }),
+        }
     }
-    Ok(Patch { name: linked.description.name.clone(), objects: alloc::vec![Object { module: None, functions }] })
+    Ok(Patch { name: description.name.clone(), objects })
+}
+
+/// `SYMBOL+0xOFFSET` of `address` among `linked`'s function symbols.
+fn symbol_in(linked: &LinkedModule, address: u64) -> Option<String> {
+    let symbol = linked.symbols.iter().filter(|symbol| symbol.function).find(|symbol| {
+        symbol.address <= address && address - symbol.address < symbol.size.max(1)
+    })?;
+    Some(alloc::format!("{}+{:#x}", symbol.name, address - symbol.address))
 }
 
 /// How long `unload` waits for the patch's disable transition.
@@ -214,6 +265,9 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
             .ok_or_else(|| LoadError::NotLoaded(String::from(name)))
     };
     memory_of(name)?;
+    if MODULES.lock().iter().any(|module| module.name == name && module.is_target()) {
+        return unload_target(name);
+    }
     if livepatch::was_forced(name) {
         return Err(LoadError::Forced(String::from(name)));
     }
@@ -268,6 +322,75 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
     drop(module);
     crate::debug::klp_debug_module_event();
     Ok(())
+}
+
+/// Unloads target module `name` (see `target`): exit and `module_going`
+/// (once), then the wait until no thread is inside, then sites, list and
+/// memory. `Busy` leaves it loaded, exited; unloading again waits again.
+fn unload_target(name: &str) -> Result<(), LoadError> {
+    if !target::exit(name) {
+        return Err(LoadError::NotLoaded(String::from(name)));
+    }
+    let module = wait_until_unused(name, |_| Ok(()))?;
+    target::release_sites(name);
+    let module = {
+        let mut modules = MODULES.lock();
+        let position = modules.iter().position(|listed| listed.name == module).expect("only unload removes it");
+        modules.remove(position)
+    };
+    crate::debug::module_unloaded(module.memory.address());
+    crate::thread::synchronize();
+    drop(module);
+    crate::debug::klp_debug_module_event();
+    Ok(())
+}
+
+/// Retries `busy::inside` over module `name`'s memory until no thread is
+/// inside (then runs `then`, with preemption still off, and returns the
+/// name) or `BUSY_WAIT_MILLISECONDS` passed (`Busy`).
+fn wait_until_unused(name: &str, then: impl Fn(&str) -> Result<(), LoadError>) -> Result<String, LoadError> {
+    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(BUSY_WAIT_MILLISECONDS);
+    loop {
+        {
+            let _preempt = crate::thread::preempt_disable();
+            let memory = MODULES
+                .lock()
+                .iter()
+                .find(|module| module.name == name)
+                .map(LoadedModule::range)
+                .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
+            match busy::inside(memory) {
+                None => {
+                    then(name)?;
+                    return Ok(String::from(name));
+                }
+                Some(holder) if crate::arch::registers::timebase() >= deadline => {
+                    return Err(LoadError::Busy(String::from(name), holder));
+                }
+                Some(_) => {}
+            }
+        }
+        for cpu in crate::arch::percpu::online_cpus().without(crate::arch::percpu::smp_processor_id()).iter() {
+            crate::arch::smp::send_reschedule(cpu);
+        }
+        crate::thread::yield_now();
+        crate::arch::smp::confer();
+    }
+}
+
+/// Whether `name` is a loaded target module (not a patch module).
+pub fn is_target(name: &str) -> bool {
+    MODULES.lock().iter().any(|module| module.name == name && module.is_target())
+}
+
+/// The names of the loaded target modules, and whether each is still loading or has exited.
+pub fn targets() -> Vec<(String, bool, bool)> {
+    MODULES
+        .lock()
+        .iter()
+        .filter(|module| module.is_target())
+        .map(|module| (module.name.clone(), module.loading, module.exited))
+        .collect()
 }
 
 /// Names, addresses and sizes of the loaded modules' sections, for `klp list` and gdb.
@@ -325,7 +448,36 @@ pub fn toc_of(name: &str) -> Option<u64> {
 /// checked to be patchable as `livepatch::resolve` checks kernel functions.
 /// Works from before `livepatch::module_coming` until after
 /// `livepatch::module_going` for that module.
+///
+/// Errors: `UnknownObject` (no target module of that name is listed),
+/// `NotLivepatchable` (the module's description does not name the
+/// function `livepatchable`), `UnknownFunction` (no function of the module
+/// has that name), `NotTraceable` (it has no ftrace site), `Ambiguous` and
+/// `BadPosition` as for kernel functions.
 pub fn resolve_function(module: &str, name: &str, position: Option<usize>) -> Result<(u64, u64), LivepatchError> {
-    let _ = (name, position);
-    Err(LivepatchError::UnknownObject(String::from(module)))
+    let (livepatchable, exists) = {
+        let modules = MODULES.lock();
+        let target = modules
+            .iter()
+            .find(|loaded| loaded.name == module && loaded.is_target())
+            .ok_or_else(|| LivepatchError::UnknownObject(String::from(module)))?;
+        let description = target.linked.description.module().expect("a target module");
+        let exists = target.linked.symbols.iter().any(|symbol| symbol.function && symbol.name == name);
+        (description.livepatchable.iter().any(|function| function == name), exists)
+    };
+    if !exists {
+        return Err(LivepatchError::UnknownFunction(String::from(name)));
+    }
+    if !livepatchable {
+        return Err(LivepatchError::NotLivepatchable(String::from(name)));
+    }
+    let name = String::from(name);
+    crate::trace::module_entry(module, &name, position).map_err(|error| match error {
+        None => LivepatchError::UnknownObject(String::from(module)),
+        Some(crate::trace::NameError::Missing) => LivepatchError::NotTraceable(name),
+        Some(crate::trace::NameError::Ambiguous { count }) => LivepatchError::Ambiguous { name, count },
+        Some(crate::trace::NameError::BadPosition { count }) => {
+            LivepatchError::BadPosition { name, position: position.unwrap_or(0), count }
+        }
+    })
 }

@@ -7,6 +7,7 @@
 pub(crate) mod buffers;
 pub mod function;
 pub mod graph;
+mod module_sites;
 mod ops;
 mod sites;
 
@@ -15,7 +16,7 @@ pub use crate::arch::ftrace::{FUNCTION_TRACE_OP, FtraceRegs};
 pub use ops::registered_ops;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
 pub use portable::site_table::NameError;
-pub use sites::{site_summaries, table as site_table};
+pub use sites::{add_module as add_module_sites, module_entry, name_of, remove_module as remove_module_sites, site_summaries, table as site_table};
 
 use macros::notrace;
 
