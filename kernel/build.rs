@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 11] = [
+const TEST_MODULES: [&str; 13] = [
     "greeting.klp",
     "counter.klp",
     "ten.klp",
@@ -25,6 +25,8 @@ const TEST_MODULES: [&str; 11] = [
     "hello-module-fix.klp",
     "busy-module.klp",
     "target-module.klp",
+    "bad-module.klp",
+    "failing-module.klp",
 ];
 
 fn main() {

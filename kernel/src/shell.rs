@@ -258,7 +258,9 @@ fn klp(arguments: &str) {
         "load" if !name.is_empty() => {
             match module::embedded::find(name) {
                 Some(file) => match module::load(file) {
-                    Ok(loaded) if module::is_target(&loaded) => println!("target module '{loaded}' loaded, its init ran"),
+                    Ok(loaded) if module::is_target(&loaded) => {
+                        println!("target module '{loaded}' loaded, its init ran")
+                    }
                     Ok(patch) => {
                         println!("module '{name}' loaded");
                         report_transition(&patch, "enabled", transition_progress(&patch));

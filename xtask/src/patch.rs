@@ -128,9 +128,27 @@ pub fn is_target_module(manifest: &Path) -> Result<bool> {
         Some(klp) => match klp.get("kind").and_then(toml::Value::as_str) {
             Some("module") => Ok(true),
             Some("patch") => Ok(false),
-            other => bail!("{}: [package.metadata.klp] kind must be \"module\" or \"patch\", not {other:?}", manifest.display()),
+            other => bail!(
+                "{}: [package.metadata.klp] kind must be \"module\" or \"patch\", not {other:?}",
+                manifest.display()
+            ),
         },
     }
+}
+
+/// Whether the crate of `manifest` is a test fixture the kernel must refuse
+/// (`[package.metadata.klp] refused-on-purpose = true`): built and signed
+/// even though the checks of `patch_object::inspect` fail.
+fn refused_on_purpose(manifest: &Path) -> Result<bool> {
+    let text = fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let value: toml::Value = toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    Ok(value
+        .get("package")
+        .and_then(|package| package.get("metadata"))
+        .and_then(|metadata| metadata.get("klp"))
+        .and_then(|klp| klp.get("refused-on-purpose"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false))
 }
 
 /// The signed module file of patch `name`.
@@ -170,6 +188,16 @@ pub fn build(name: &str) -> Result<PathBuf> {
     let rlib = compile(&manifest, module)?;
     let archive = fs::read(&rlib).with_context(|| format!("reading {}", rlib.display()))?;
     let object = patch_object::object_from_rlib(&archive).with_context(|| format!("in {}", rlib.display()))?;
+    if refused_on_purpose(&manifest)? {
+        // A fixture the kernel must refuse: what the checks say is shown, and it is signed all the same.
+        if let Err(error) = patch_object::inspect(&object) {
+            eprintln!("patch {name}: refused on purpose ({error:#}); signed all the same");
+        }
+        let signed = signing::sign(&object, &pair);
+        let signed_path = signed_path(name);
+        fs::write(&signed_path, &signed).with_context(|| format!("writing {}", signed_path.display()))?;
+        return Ok(signed_path);
+    }
     let inspection = patch_object::inspect(&object).with_context(|| format!("patch {name}"))?;
     if inspection.description.module.is_some() != module {
         bail!(

@@ -164,7 +164,9 @@ pub fn inspect(data: &[u8]) -> Result<Inspection> {
     if let Some(module) = &description.module
         && let Some(missing) = module.functions().find(|name| !defined(name))
     {
-        bail!("the module's description names {missing}, which is not a global function: mark it #[unsafe(no_mangle)] pub");
+        bail!(
+            "the module's description names {missing}, which is not a global function: mark it #[unsafe(no_mangle)] pub"
+        );
     }
     for replacement in &description.replacements {
         if !defined(&replacement.new_symbol) {

@@ -217,7 +217,12 @@ static MODULE_THREADS: Mutex<Vec<thread::JoinHandle>> = Mutex::new(Vec::new());
 /// was no memory for it. A module must join every thread it started before
 /// its exit returns: the thread runs the module's code.
 #[unsafe(no_mangle)]
-pub extern "C" fn klp_thread_spawn(name: *const u8, name_length: usize, entry: extern "C" fn(u64), argument: u64) -> u64 {
+pub extern "C" fn klp_thread_spawn(
+    name: *const u8,
+    name_length: usize,
+    entry: extern "C" fn(u64),
+    argument: u64,
+) -> u64 {
     // Safety: the module passes a buffer it owns, of that length.
     let name = unsafe { text(name, name_length) }.unwrap_or("module-thread");
     match thread::spawn(name, move || entry(argument)) {

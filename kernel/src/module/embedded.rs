@@ -4,7 +4,7 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 11] = [
+pub static EMBEDDED: [(&str, &[u8]); 13] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
@@ -19,6 +19,9 @@ pub static EMBEDDED: [(&str, &[u8]); 11] = [
     ("hello-module-fix", include_bytes!(concat!(env!("OUT_DIR"), "/hello-module-fix.klp"))),
     ("busy-module", include_bytes!(concat!(env!("OUT_DIR"), "/busy-module.klp"))),
     ("target-module", include_bytes!(concat!(env!("OUT_DIR"), "/target-module.klp"))),
+    // Refused on purpose: a description naming a missing function, an init that fails.
+    ("bad-module", include_bytes!(concat!(env!("OUT_DIR"), "/bad-module.klp"))),
+    ("failing-module", include_bytes!(concat!(env!("OUT_DIR"), "/failing-module.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

@@ -222,9 +222,11 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
 
 /// `SYMBOL+0xOFFSET` of `address` among `linked`'s function symbols.
 fn symbol_in(linked: &LinkedModule, address: u64) -> Option<String> {
-    let symbol = linked.symbols.iter().filter(|symbol| symbol.function).find(|symbol| {
-        symbol.address <= address && address - symbol.address < symbol.size.max(1)
-    })?;
+    let symbol = linked
+        .symbols
+        .iter()
+        .filter(|symbol| symbol.function)
+        .find(|symbol| symbol.address <= address && address - symbol.address < symbol.size.max(1))?;
     Some(alloc::format!("{}+{:#x}", symbol.name, address - symbol.address))
 }
 

@@ -46,11 +46,17 @@ fn site_functions(memory: &ModuleMemory, linked: &LinkedModule) -> Result<Vec<(u
     let mut functions = Vec::new();
     for section in linked.sections.iter().filter(|section| section.name == SITES_SECTION) {
         if !section.size.is_multiple_of(8) || !section.address.is_multiple_of(8) {
-            return Err(LoadError::Site(alloc::format!("{SITES_SECTION} at {:#x} is not a list of addresses", section.address)));
+            return Err(LoadError::Site(alloc::format!(
+                "{SITES_SECTION} at {:#x} is not a list of addresses",
+                section.address
+            )));
         }
         for offset in (0..section.size).step_by(8) {
             let at = (section.address + offset - base) as usize;
-            let bytes = memory.bytes().get(at..at + 8).ok_or_else(|| LoadError::Site(String::from("record outside the module")))?;
+            let bytes = memory
+                .bytes()
+                .get(at..at + 8)
+                .ok_or_else(|| LoadError::Site(String::from("record outside the module")))?;
             let function = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
             let symbol = linked
                 .symbols

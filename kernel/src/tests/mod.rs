@@ -21,6 +21,7 @@ mod scheduling;
 mod smp;
 mod smp_stress;
 mod stack;
+mod target_modules;
 mod threads;
 mod trace_rings;
 mod unload;

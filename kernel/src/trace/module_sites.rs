@@ -92,7 +92,9 @@ pub fn build(
     let mut sites = Vec::with_capacity(functions.len());
     let mut names = Vec::with_capacity(functions.len());
     for (function, name) in functions {
-        if !function.is_multiple_of(4) || !text.iter().any(|range| range.contains(&function) && range.contains(&(function + 15))) {
+        if !function.is_multiple_of(4)
+            || !text.iter().any(|range| range.contains(&function) && range.contains(&(function + 15)))
+        {
             return Err(SiteRefused { function, reason: String::from("not inside the module's text") });
         }
         let address = crate::arch::ftrace::ftrace_init_nop(function)

@@ -1,18 +1,18 @@
 //! The entry sites: every `__patchable_function_entries` record, validated and named once at boot
 //! (`portable::site_table::SiteTable`), the sites of loaded target modules beside them
 //! (`module_sites`), and who traces each one now.
+use super::module_sites::{self, MODULE_STRIDE, ModuleSites, SiteRefused};
 use crate::arch::ftrace::{SiteChange, ftrace_caller, ftrace_init_nop, ftrace_prepare_change, ftrace_regs_caller};
 use crate::arch::text::TextError;
 use crate::sync::Mutex;
 use crate::{println, symbols};
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use macros::notrace;
 use portable::ftrace::{Caller, Demand, SiteError, SiteState};
 use portable::site_table::NameError;
-use super::module_sites::{self, MODULE_STRIDE, ModuleSites, SiteRefused};
-use alloc::collections::BTreeMap;
 pub use portable::site_table::{Site, SiteTable};
 use spin::Once;
 

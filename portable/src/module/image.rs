@@ -5,11 +5,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::description::parse_description;
-use super::target::{MODULE_SECTION, parse_module_description};
 use super::elf::{Section, read_sections};
 use super::layout::{Layout, layout};
 use super::relocations::{self, Branch, Relocation, RelocationSection};
 use super::symbols::{Definition, Symbol, SymbolTable};
+use super::target::{MODULE_SECTION, parse_module_description};
 use super::{DESCRIPTION_SECTION, Description, ModuleError};
 
 /// A stub's identity: the external function's name and the call's addend.

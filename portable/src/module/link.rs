@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 
 use object::elf;
 
-use super::ModuleError;
 use super::Description;
+use super::ModuleError;
 use super::image::ModuleImage;
 use super::relocation::{Fault, compute, write};
 use super::relocations::{Branch, Relocation};

@@ -40,13 +40,13 @@ mod tests;
 
 pub use description::{ALLOW_INLINED, DESCRIPTION_HEADER, PatchDescription, ReplacedFunction, parse_description};
 pub use error::ModuleError;
-pub use target::{MODULE_HEADER, MODULE_SECTION, ModuleDescription, parse_module_description};
 pub use image::{ModuleImage, parse};
 pub use layout::{MIN_ALIGNMENT, TOC_BIAS};
 pub use link::{LinkedModule, LoadedSection, ModuleSymbol};
 pub use relocation::relocation_name;
 pub use signed::{SIGNATURE_SIZE, SIGNED_MAGIC, TRAILER_SIZE, signed_trailer, split_signed};
 pub use symbols::{TOC_SYMBOL, local_entry_offset};
+pub use target::{MODULE_HEADER, MODULE_SECTION, ModuleDescription, parse_module_description};
 
 /// The section that holds the patch description.
 pub const DESCRIPTION_SECTION: &str = ".klp.patch";
