@@ -45,6 +45,9 @@ pub struct LoadedModule {
     /// an unload found a thread still inside it afterwards, and the next
     /// unload only waits for it again.
     pub exited: bool,
+    /// A target module being unloaded now (its exit may be running): a
+    /// second unload meanwhile is refused.
+    pub unloading: bool,
 }
 
 impl LoadedModule {
@@ -80,6 +83,8 @@ pub enum LoadError {
     Site(String),
     /// A target module's init returned this non-zero status.
     InitFailed(String, i32),
+    /// Another unload of this target module is in progress.
+    Unloading(String),
 }
 
 impl fmt::Display for LoadError {
@@ -115,6 +120,7 @@ impl fmt::Display for LoadError {
             ),
             LoadError::Livepatch(error) => write!(formatter, "{error}"),
             LoadError::Site(why) => write!(formatter, "module refused: {why}"),
+            LoadError::Unloading(name) => write!(formatter, "module '{name}' is being unloaded already"),
             LoadError::InitFailed(name, status) => {
                 write!(formatter, "module '{name}' refused: its init returned {status}")
             }
@@ -166,7 +172,14 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     crate::debug::klp_debug_module_event();
     // Listed before its patch is enabled: the transition counts the module's
     // whole memory as the patch's code, and the stack walker knows it as text.
-    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked, loading: true, exited: false });
+    MODULES.lock().push(LoadedModule {
+        name: name.clone(),
+        memory,
+        linked,
+        loading: true,
+        exited: false,
+        unloading: false,
+    });
     let enabled = livepatch::enable(&name);
     if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
         module.loading = false;
@@ -284,41 +297,14 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
     {
         return Err(LoadError::InTransition(String::from(name), blocked));
     }
-    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(BUSY_WAIT_MILLISECONDS);
-    let module = loop {
-        {
-            let _preempt = crate::thread::preempt_disable();
-            let memory = memory_of(name)?;
-            match busy::inside(memory) {
-                None => {
-                    // Refused if the patch was enabled again meanwhile, or
-                    // forced (`klp force` during the wait above).
-                    livepatch::remove(name).map_err(|error| match error {
-                        LivepatchError::Forced(name) => LoadError::Forced(name),
-                        other => LoadError::Livepatch(other),
-                    })?;
-                    let mut modules = MODULES.lock();
-                    let position = modules
-                        .iter()
-                        .position(|module| module.name == name)
-                        .expect("found above, preemption off since");
-                    break modules.remove(position);
-                }
-                Some(holder) if crate::arch::registers::timebase() >= deadline => {
-                    return Err(LoadError::Busy(String::from(name), holder));
-                }
-                Some(_) => {}
-            }
-        }
-        // The holder must run to leave (or to overwrite a stale value): kick
-        // every other CPU (under round-robin TCG an IPI hands that vCPU its
-        // turn), give up this one, and look again.
-        for cpu in crate::arch::percpu::online_cpus().without(crate::arch::percpu::smp_processor_id()).iter() {
-            crate::arch::smp::send_reschedule(cpu);
-        }
-        crate::thread::yield_now();
-        crate::arch::smp::confer();
-    };
+    let module = take_when_unused(name, || {
+        // Refused if the patch was enabled again meanwhile, or forced
+        // (`klp force` during the wait above).
+        livepatch::remove(name).map_err(|error| match error {
+            LivepatchError::Forced(name) => LoadError::Forced(name),
+            other => LoadError::Livepatch(other),
+        })
+    })?;
     crate::debug::module_unloaded(module.memory.address());
     crate::thread::synchronize();
     drop(module);
@@ -327,19 +313,33 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
 }
 
 /// Unloads target module `name` (see `target`): exit and `module_going`
-/// (once), then the wait until no thread is inside, then sites, list and
+/// (once), then the wait until no thread is inside, then list, sites and
 /// memory. `Busy` leaves it loaded, exited; unloading again waits again.
+/// One unload of a module at a time: another meanwhile is refused (`Unloading`).
 fn unload_target(name: &str) -> Result<(), LoadError> {
-    if !target::exit(name) {
-        return Err(LoadError::NotLoaded(String::from(name)));
-    }
-    let module = wait_until_unused(name, |_| Ok(()))?;
-    target::release_sites(name);
-    let module = {
+    {
         let mut modules = MODULES.lock();
-        let position = modules.iter().position(|listed| listed.name == module).expect("only unload removes it");
-        modules.remove(position)
+        let module = modules
+            .iter_mut()
+            .find(|module| module.name == name && !module.loading)
+            .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
+        if module.unloading {
+            return Err(LoadError::Unloading(String::from(name)));
+        }
+        module.unloading = true;
+    }
+    target::exit(name);
+    let module = match take_when_unused(name, || Ok(())) {
+        Ok(module) => module,
+        Err(error) => {
+            if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
+                module.unloading = false;
+            }
+            return Err(error);
+        }
     };
+    // Out of the list, no thread inside: its sites go (out of every ops first).
+    target::release_sites(name);
     crate::debug::module_unloaded(module.memory.address());
     crate::thread::synchronize();
     drop(module);
@@ -348,9 +348,11 @@ fn unload_target(name: &str) -> Result<(), LoadError> {
 }
 
 /// Retries `busy::inside` over module `name`'s memory until no thread is
-/// inside (then runs `then`, with preemption still off, and returns the
-/// name) or `BUSY_WAIT_MILLISECONDS` passed (`Busy`).
-fn wait_until_unused(name: &str, then: impl Fn(&str) -> Result<(), LoadError>) -> Result<String, LoadError> {
+/// inside, then, in the same round with preemption still off, runs `then`
+/// and takes the module out of the list (returned), or until
+/// `BUSY_WAIT_MILLISECONDS` passed (`Busy`, nothing changed). An error of
+/// `then` is returned with nothing changed either.
+fn take_when_unused(name: &str, then: impl Fn() -> Result<(), LoadError>) -> Result<LoadedModule, LoadError> {
     let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(BUSY_WAIT_MILLISECONDS);
     loop {
         {
@@ -363,8 +365,13 @@ fn wait_until_unused(name: &str, then: impl Fn(&str) -> Result<(), LoadError>) -
                 .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
             match busy::inside(memory) {
                 None => {
-                    then(name)?;
-                    return Ok(String::from(name));
+                    then()?;
+                    let mut modules = MODULES.lock();
+                    let position = modules
+                        .iter()
+                        .position(|module| module.name == name)
+                        .expect("found above, preemption off since");
+                    return Ok(modules.remove(position));
                 }
                 Some(holder) if crate::arch::registers::timebase() >= deadline => {
                     return Err(LoadError::Busy(String::from(name), holder));
@@ -372,6 +379,9 @@ fn wait_until_unused(name: &str, then: impl Fn(&str) -> Result<(), LoadError>) -
                 Some(_) => {}
             }
         }
+        // The holder must run to leave (or to overwrite a stale value): kick
+        // every other CPU (under round-robin TCG an IPI hands that vCPU its
+        // turn), give up this one, and look again.
         for cpu in crate::arch::percpu::online_cpus().without(crate::arch::percpu::smp_processor_id()).iter() {
             crate::arch::smp::send_reschedule(cpu);
         }

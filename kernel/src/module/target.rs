@@ -20,14 +20,15 @@
 //!    Linux calls `klp_module_going` when `do_init_module` fails.
 //!
 //! Unloading (`module::unload` for a target module): refused while it is
-//! still loading; runs **exit** once (a thread of the module's own is
+//! still loading or another unload of it runs; runs **exit** once (a thread of the module's own is
 //! stopped by it), then **`livepatch::module_going(name)`**; then waits for
 //! every thread to be out of the module's memory (`busy::inside`, every
 //! stack and register with the machine stopped, retried for
 //! `BUSY_WAIT_MILLISECONDS`): if one is still inside, `Busy` names it and
 //! the module stays listed, marked exited (unloading again only repeats
-//! the wait). Then its sites are released (`trace::remove_module_sites`:
-//! out of every ftrace ops first), it leaves `MODULES`, and after a grace
+//! the wait). Then it leaves `MODULES` (in the same round as the check
+//! that found nobody inside), its sites are released
+//! (`trace::remove_module_sites`: out of every ftrace ops first), and after a grace
 //! period (`thread::synchronize`) its memory is poisoned and freed.
 use super::{LoadError, LoadedModule, MODULES, ModuleMemory};
 use crate::{livepatch, trace};
@@ -84,12 +85,15 @@ pub(super) fn load(memory: ModuleMemory, linked: LinkedModule) -> Result<String,
         .map(|section| section.address..section.address + section.size)
         .collect();
     let functions = site_functions(&memory, &linked)?;
-    trace::add_module_sites(&name, range, &text, functions).map_err(|refused| {
-        LoadError::Site(alloc::format!(
-            "the ftrace site of {} is refused: {}",
-            super::symbol_in(&linked, refused.function).unwrap_or_else(|| alloc::format!("{:#x}", refused.function)),
-            refused.reason
-        ))
+    // Sites first: their registration checks the name against the other
+    // module tables under its own lock, so of two loads of the same name at
+    // once only one gets this far.
+    trace::add_module_sites(&name, range, &text, functions).map_err(|refused| match refused {
+        trace::SiteRefused::Duplicate => LoadError::AlreadyLoaded(name.clone()),
+        trace::SiteRefused::Site { function, reason } => LoadError::Site(alloc::format!(
+            "the ftrace site of {} is refused: {reason}",
+            super::symbol_in(&linked, function).unwrap_or_else(|| alloc::format!("{function:#x}")),
+        )),
     })?;
     let init = description.init.as_ref().and_then(|init| linked.symbol(init)).map(|symbol| symbol.address);
     let sections: Vec<(&str, u64)> =
@@ -97,7 +101,14 @@ pub(super) fn load(memory: ModuleMemory, linked: LinkedModule) -> Result<String,
     crate::debug::module_loaded(&name, base, memory.size() as u64, linked.toc, &sections);
     drop(sections);
     crate::debug::klp_debug_module_event();
-    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked, loading: true, exited: false });
+    MODULES.lock().push(LoadedModule {
+        name: name.clone(),
+        memory,
+        linked,
+        loading: true,
+        exited: false,
+        unloading: false,
+    });
     if let Err(error) = livepatch::module_coming(&name) {
         forget(&name);
         return Err(LoadError::Livepatch(error));
@@ -138,16 +149,16 @@ fn forget(name: &str) {
     drop(module);
 }
 
-/// The exit step of an unload: runs the module's exit, then `module_going`,
-/// once (marks the module exited). Returns false if it was not listed.
-pub(super) fn exit(name: &str) -> bool {
+/// The exit step of an unload (the caller marked the module `unloading`):
+/// runs the module's exit, then `module_going`, once (marks the module exited).
+pub(super) fn exit(name: &str) {
     let exit = {
         let mut modules = MODULES.lock();
         let Some(module) = modules.iter_mut().find(|module| module.name == name && !module.loading) else {
-            return false;
+            return;
         };
         if module.exited {
-            return true;
+            return;
         }
         module.exited = true;
         let description = module.linked.description.module().expect("a target module");
@@ -161,7 +172,6 @@ pub(super) fn exit(name: &str) -> bool {
         exit();
     }
     livepatch::module_going(name);
-    true
 }
 
 /// The last step of an unload, once no thread is inside: releases the sites.

@@ -1,7 +1,8 @@
 //! Dynamic ftrace: entry sites patched at run time to call the stubs, and the handlers they reach.
 //!
 //! `sites` builds and validates the site table at boot (one immutable
-//! `SiteTable`, read without a lock) and keeps who traces each site; `ops`
+//! `SiteTable`, read without a lock) and keeps who traces each site,
+//! `module_sites` adds and removes the tables of loadable target modules; `ops`
 //! registers handlers (`FtraceOps`) and patches exactly the sites their
 //! filters name; `function` and `graph` are the two tracers built on it.
 pub(crate) mod buffers;
@@ -15,6 +16,7 @@ pub use crate::arch::ftrace::{FUNCTION_TRACE_OP, FtraceRegs};
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
+pub use module_sites::SiteRefused;
 pub use portable::site_table::NameError;
 pub use sites::{
     add_module as add_module_sites, module_entry, name_of, remove_module as remove_module_sites, site_summaries,

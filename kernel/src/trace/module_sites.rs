@@ -95,10 +95,10 @@ pub fn build(
         if !function.is_multiple_of(4)
             || !text.iter().any(|range| range.contains(&function) && range.contains(&(function + 15)))
         {
-            return Err(SiteRefused { function, reason: String::from("not inside the module's text") });
+            return Err(SiteRefused::Site { function, reason: String::from("not inside the module's text") });
         }
         let address = crate::arch::ftrace::ftrace_init_nop(function)
-            .map_err(|error| SiteRefused { function, reason: alloc::format!("{error}") })?;
+            .map_err(|error| SiteRefused::Site { function, reason: alloc::format!("{error}") })?;
         // Safety: `names` keeps the String, whose buffer never moves, for as
         // long as the table that holds this reference (see `ModuleSites`).
         let name_ref: &'static str = unsafe { &*(name.as_str() as *const str) };
@@ -108,11 +108,13 @@ pub fn build(
     Ok(ModuleSites { module: String::from(module), base, memory, table: SiteTable::new(sites), _names: names })
 }
 
-/// Why a module's site was refused (its load is refused with it).
+/// Why a module's sites were refused (its load is refused with it).
 #[derive(Debug)]
-pub struct SiteRefused {
-    pub function: u64,
-    pub reason: String,
+pub enum SiteRefused {
+    /// A module of that name has sites already.
+    Duplicate,
+    /// The record of `function` is not a valid site.
+    Site { function: u64, reason: String },
 }
 
 /// Publishes `sites` (caller: holds the states' lock, states inserted).

@@ -207,6 +207,10 @@ pub fn add_module(
     functions: Vec<(u64, String)>,
 ) -> Result<usize, SiteRefused> {
     let mut states = STATES.lock();
+    // Safety: the states' lock is held: preemption is off, a read-side section.
+    if unsafe { module_sites::tables() }.iter().any(|sites| sites.module == module) {
+        return Err(SiteRefused::Duplicate);
+    }
     let base = states.next_base;
     let sites: ModuleSites = module_sites::build(module, memory, text, functions, base)?;
     let count = sites.table.sites().len();
