@@ -213,7 +213,7 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
 /// replaced by module symbols, one `Object` per object in the order of its
 /// first `replace` line.
 fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
-    let description = linked.description.patch().ok_or_else(|| LoadError::Format(ModuleError::MissingDescription))?;
+    let description = linked.description.patch().ok_or(LoadError::Format(ModuleError::MissingDescription))?;
     let mut objects: Vec<Object> = Vec::new();
     for replaced in &description.functions {
         let symbol = linked

@@ -13,10 +13,10 @@ mod ops;
 mod sites;
 
 pub use crate::arch::ftrace::{FUNCTION_TRACE_OP, FtraceRegs};
+pub use module_sites::SiteRefused;
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{Filter, FtraceError, FtraceOps, OpsFlags, register, registered, unregister, update};
-pub use module_sites::SiteRefused;
 pub use portable::site_table::NameError;
 pub use sites::{
     add_module as add_module_sites, module_entry, name_of, remove_module as remove_module_sites, site_summaries,

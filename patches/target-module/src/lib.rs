@@ -10,7 +10,7 @@ klp_patch::klp_module!(
 );
 
 /// The value `target_module_value` returns unpatched.
-pub const VALUE: u64 = 0x7a49_e7;
+pub const VALUE: u64 = 0x007a_49e7;
 
 /// Returns `VALUE` (through `black_box`: no caller may assume it; a patch replaces it).
 #[unsafe(no_mangle)]
