@@ -564,3 +564,32 @@ fn signed_fixture_splits_back_into_the_object() {
     file[last] = 1;
     assert!(matches!(split_signed(&file), Err(ModuleError::SignedFile(_))));
 }
+
+#[test]
+fn relinking_chosen_symbols_equals_linking_with_their_new_addresses() {
+    let elf = Elf::fixture();
+    let image = parse(&elf.bytes).unwrap();
+    let moved = |name: &str| match name {
+        "klp_test_kernel_static" => Some(KERNEL_STATIC + 0x1000),
+        "klp_test_other" => Some(KERNEL_OTHER + 0x2000),
+        other => kernel(other),
+    };
+    let (linked, mut memory) = link_with(&image, BASE, &mut kernel);
+    linked.unwrap();
+    let (_, expected) = link_with(&image, BASE, &mut { moved });
+    let select = |name: &str| name == "klp_test_kernel_static" || name == "klp_test_other";
+    let written = image.relink_symbols(&mut memory, BASE, &select, &mut { moved }).unwrap();
+    assert!(written >= 2, "a field and a stub at least ({written})");
+    assert_eq!(memory, expected, "relinked = linked with the new addresses");
+    // Nothing chosen, nothing written; an unresolvable choice is an error.
+    assert_eq!(image.relink_symbols(&mut memory, BASE, &|_| false, &mut kernel).unwrap(), 0);
+    assert!(matches!(
+        image.relink_symbols(&mut memory, BASE, &select, &mut |_| None),
+        Err(ModuleError::UndefinedSymbol(_))
+    ));
+    let mut short = memory[..10].to_vec();
+    assert!(matches!(
+        image.relink_symbols(&mut short, BASE, &select, &mut kernel),
+        Err(ModuleError::MemoryTooSmall { .. })
+    ));
+}
