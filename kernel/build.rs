@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 13] = [
+const TEST_MODULES: [&str; 14] = [
     "greeting.klp",
     "counter.klp",
     "ten.klp",
@@ -27,6 +27,7 @@ const TEST_MODULES: [&str; 13] = [
     "target-module.klp",
     "bad-module.klp",
     "failing-module.klp",
+    "klp-sym-reader.klp",
 ];
 
 fn main() {

@@ -4,7 +4,7 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 13] = [
+pub static EMBEDDED: [(&str, &[u8]); 14] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
@@ -22,6 +22,8 @@ pub static EMBEDDED: [(&str, &[u8]); 13] = [
     // Refused on purpose: a description naming a missing function, an init that fails.
     ("bad-module", include_bytes!(concat!(env!("OUT_DIR"), "/bad-module.klp"))),
     ("failing-module", include_bytes!(concat!(env!("OUT_DIR"), "/failing-module.klp"))),
+    // A patch of `klp_demo_ten` that refers to target-module's symbols (klp relocations).
+    ("klp-sym-reader", include_bytes!(concat!(env!("OUT_DIR"), "/klp-sym-reader.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

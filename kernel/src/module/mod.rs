@@ -13,6 +13,7 @@ pub mod busy;
 pub mod channel;
 pub mod commands;
 pub mod embedded;
+pub mod klp_symbols;
 pub mod log;
 mod memory;
 mod target;
@@ -48,6 +49,8 @@ pub struct LoadedModule {
     /// A target module being unloaded now (its exit may be running): a
     /// second unload meanwhile is refused.
     pub unloading: bool,
+    /// A patch that refers to target modules' symbols (`klp_symbols`).
+    pub klp: Option<klp_symbols::KlpReferences>,
 }
 
 impl LoadedModule {
@@ -148,8 +151,17 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     let mut memory = ModuleMemory::allocate(image.memory_size(), image.memory_alignment())
         .ok_or(LoadError::NoMemory(image.memory_size()))?;
     let base = memory.address();
-    let linked =
-        image.link(memory.bytes_mut(), base, &mut |name| livepatch::api::lookup(name)).map_err(LoadError::Format)?;
+    // A patch may refer to target modules' own symbols (`klp_symbols`); a target module to exports only.
+    let is_patch = image.description().patch().is_some();
+    let mut referred = Vec::new();
+    let linked = image
+        .link(memory.bytes_mut(), base, &mut |name| match is_patch {
+            true => klp_symbols::resolve_at_link(name, &mut referred),
+            false => livepatch::api::lookup(name),
+        })
+        .map_err(LoadError::Format)?;
+    let klp = (!referred.is_empty())
+        .then(|| klp_symbols::KlpReferences { object: alloc::vec::Vec::from(object), modules: referred });
     cache::synchronize_instructions(base, memory.size() as u64);
     let name = String::from(linked.description.name());
     if MODULES.lock().iter().any(|module| module.name == name) {
@@ -173,6 +185,7 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     // Listed before its patch is enabled: the transition counts the module's
     // whole memory as the patch's code, and the stack walker knows it as text.
     MODULES.lock().push(LoadedModule {
+        klp,
         name: name.clone(),
         memory,
         linked,

@@ -102,6 +102,7 @@ pub(super) fn load(memory: ModuleMemory, linked: LinkedModule) -> Result<String,
     drop(sections);
     crate::debug::klp_debug_module_event();
     MODULES.lock().push(LoadedModule {
+        klp: None,
         name: name.clone(),
         memory,
         linked,
@@ -109,7 +110,18 @@ pub(super) fn load(memory: ModuleMemory, linked: LinkedModule) -> Result<String,
         exited: false,
         unloading: false,
     });
+    // The klp references of patches loaded before it: resolved now, before
+    // `module_coming` applies those patches to it.
+    let symbols = MODULES.lock().iter().find(|module| module.name == name).map(|module| module.linked.symbols.clone());
+    if let Err(error) = super::klp_symbols::relink(&name, symbols.as_deref()) {
+        // Those patches point back at `UNRESOLVED` (a failure on a later one leaves earlier ones relinked).
+        let _ = super::klp_symbols::relink(&name, None);
+        forget(&name);
+        return Err(error);
+    }
+    drop(symbols);
     if let Err(error) = livepatch::module_coming(&name) {
+        let _ = super::klp_symbols::relink(&name, None);
         forget(&name);
         return Err(LoadError::Livepatch(error));
     }
@@ -122,6 +134,7 @@ pub(super) fn load(memory: ModuleMemory, linked: LinkedModule) -> Result<String,
         let status = init();
         if status != 0 {
             livepatch::module_going(&name);
+            let _ = super::klp_symbols::relink(&name, None);
             forget(&name);
             return Err(LoadError::InitFailed(name, status));
         }
@@ -172,6 +185,12 @@ pub(super) fn exit(name: &str) {
         exit();
     }
     livepatch::module_going(name);
+    // Patches referring to its symbols point at `UNRESOLVED` again. Cannot
+    // fail: `UNRESOLVED` resolves every reference, and the patches' objects
+    // were parsed before.
+    if let Err(error) = super::klp_symbols::relink(name, None) {
+        crate::println!("klp: clearing the references to '{name}' failed: {error}");
+    }
 }
 
 /// The last step of an unload, once no thread is inside: releases the sites.

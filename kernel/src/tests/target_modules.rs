@@ -226,3 +226,43 @@ fn unload_is_refused_while_a_thread_is_inside_and_goes_through_once_it_left() {
     assert_eq!(exits, 1, "the exit ran once, not again at the second unload");
     assert!(!module::contains(entry));
 }
+
+/// `target-module`'s `TARGET_MODULE_MARK` (patches/target-module/src/lib.rs).
+const TARGET_MARK: u64 = 0x5eed_0000;
+
+#[inline(never)]
+fn ten() -> u64 {
+    crate::livepatch::api::klp_demo_ten(core::hint::black_box(1), 2, 3, 4, 5, 6, 7, 8, 9, core::hint::black_box(10))
+}
+
+#[ktest]
+fn klp_relocations_resolve_at_load_or_when_the_module_comes_and_clear_when_it_goes() {
+    let reader = embedded("klp-sym-reader");
+    let target = embedded("target-module");
+    assert_eq!(ten(), 55);
+    // The module first: resolved when the patch is linked.
+    module::load(target).expect("the module loads");
+    module::load(reader).expect("the patch loads");
+    let module_first = ten();
+    module::unload("klp-sym-reader").expect("the patch unloads");
+    module::unload("target-module").expect("the module unloads");
+    // The patch first: the placeholder, then the module's symbols when it
+    // comes, the placeholder again when it goes, and again when it comes back.
+    module::load(reader).expect("the patch loads without its module");
+    let absent = ten();
+    module::load(target).expect("the module loads under the patch");
+    let came = ten();
+    module::unload("target-module").expect("the module unloads under the patch");
+    let went = ten();
+    module::load(target).expect("the module loads again");
+    let came_again = ten();
+    module::unload("target-module").expect("unloads");
+    module::unload("klp-sym-reader").expect("unloads");
+    module::log::clear();
+    assert_eq!(module_first, TARGET_MARK + TARGET_VALUE, "resolved at the patch's load");
+    assert_eq!(absent, 0, "the module's static read as the zeroed placeholder");
+    assert_eq!(came, TARGET_MARK + TARGET_VALUE, "relinked when the module came");
+    assert_eq!(went, 0, "cleared when it went");
+    assert_eq!(came_again, TARGET_MARK + TARGET_VALUE);
+    assert_eq!(ten(), 55);
+}

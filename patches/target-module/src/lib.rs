@@ -12,6 +12,11 @@ klp_patch::klp_module!(
 /// The value `target_module_value` returns unpatched.
 pub const VALUE: u64 = 0x007a_49e7;
 
+/// A static a patch reads through a klp relocation
+/// (`.klp.sym.target-module.TARGET_MODULE_MARK,0`, patches/klp-sym-reader).
+#[unsafe(no_mangle)]
+pub static TARGET_MODULE_MARK: u64 = 0x5eed_0000;
+
 /// Returns `VALUE` (through `black_box`: no caller may assume it; a patch replaces it).
 #[unsafe(no_mangle)]
 #[inline(never)]
