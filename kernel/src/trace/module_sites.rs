@@ -16,14 +16,17 @@
 //! off, or in a handler) and see either the list before a change or the list
 //! after it, never a half-built one: the new list is complete before the one
 //! atomic swap publishes it. Writers are serialised by the states' lock
-//! (`sites::STATES`), taken after the ops registry (the registry's order).
+//! (`sites::STATES`); a removal also holds the ops registry's, taken first
+//! (the documented order).
 //! - **Adding** a table: a reader that loaded the old list does not find the
 //!   module's sites (true a moment ago: no site of it calls a stub yet, and
 //!   no ops names it); one that loads the new list finds them all, each in
 //!   state "untraced" (its states were inserted, under the same lock, before
 //!   the swap). An interrupt or another CPU in between sees one of the two.
 //! - **Removing** a table (at unload, after `ops::forget_range` took the
-//!   module's sites out of every ops and every site went back to its nop):
+//!   module's sites out of every ops and every site went back to its nop,
+//!   under the registry's lock, which the removal still holds: no
+//!   registration can pick the sites up again in between):
 //!   the swap unpublishes it; a reader still holding the old list (another
 //!   CPU in a handler, an interrupted lookup) keeps using it safely, since
 //!   the retired list, and with it the last `Arc` of the table and the names

@@ -250,12 +250,13 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
 /// out of every registered ops: each such site goes back to its nop and
 /// leaves the ops's site list; the ops stays registered with its other
 /// sites (with none, it traces nothing until updated or unregistered), as
-/// Linux's ftrace drops a going module's records from every filter. A
+/// Linux's ftrace drops a going module's records from every filter; then
+/// runs `then` with the registry's lock still held. A
 /// handler running on another CPU meanwhile sees the ops's old list or its
 /// new one (`Published`); the module's code runs nowhere any more, so no
 /// handler is called for one of its sites.
 #[notrace]
-pub(super) fn forget_range(range: core::ops::Range<u64>) {
+pub(super) fn forget_range<T>(range: core::ops::Range<u64>, then: impl FnOnce() -> T) -> T {
     let _preempt = thread::preempt_disable();
     let registry = REGISTRY.lock();
     for ops in registry.iter() {
@@ -270,6 +271,10 @@ pub(super) fn forget_range(range: core::ops::Range<u64>) {
         }
         ops.sites.replace(kept);
     }
+    // Still under the registry's lock: no registration finds the range's
+    // sites between their leaving every ops and what `then` does (the
+    // module table's removal).
+    then()
 }
 
 /// Says on the console that undoing part of a failed change failed too, so

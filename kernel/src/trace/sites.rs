@@ -222,9 +222,10 @@ pub fn add_module(
 }
 
 /// Takes target module `module`'s sites out of every ops (`ops::forget_range`,
-/// each traced site back to its nop), then unpublishes its table and drops its
-/// states. Returns whether it had a table. The table itself is freed after a
-/// grace period (see `module_sites`).
+/// each traced site back to its nop), then, in the same hold of the ops
+/// registry's lock, unpublishes its table and drops its states. Returns
+/// whether it had a table. The table itself is freed after a grace period
+/// (see `module_sites`).
 pub fn remove_module(module: &str) -> bool {
     // Safety: preemption is off while the memory range is read.
     let memory = {
@@ -232,11 +233,15 @@ pub fn remove_module(module: &str) -> bool {
         unsafe { module_sites::tables() }.iter().find(|sites| sites.module == module).map(|sites| sites.memory.clone())
     };
     let Some(memory) = memory else { return false };
-    super::ops::forget_range(memory);
-    let mut states = STATES.lock();
-    let Some((base, _)) = module_sites::unpublish(module) else { return false };
-    states.modules.remove(&base);
-    true
+    // The table goes under the registry's lock too (registry, then states:
+    // the lock order), so a registration cannot pick its sites up again
+    // after they left every ops.
+    super::ops::forget_range(memory, || {
+        let mut states = STATES.lock();
+        let Some((base, _)) = module_sites::unpublish(module) else { return false };
+        states.modules.remove(&base);
+        true
+    })
 }
 
 /// The (global entry, site) of the function `name` (the `position`th of that
