@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 11] = [
+const TEST_MODULES: [&str; 18] = [
     "greeting.klp",
     "counter.klp",
     "ten.klp",
@@ -25,6 +25,13 @@ const TEST_MODULES: [&str; 11] = [
     "states.klp",
     "cumulative.klp",
     "shadow.klp",
+    "hello-module.klp",
+    "hello-module-fix.klp",
+    "busy-module.klp",
+    "target-module.klp",
+    "bad-module.klp",
+    "failing-module.klp",
+    "klp-sym-reader.klp",
 ];
 
 fn main() {

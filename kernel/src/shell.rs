@@ -41,7 +41,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "klp",
-        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE",
+        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log",
         run: klp,
     },
     Command {
@@ -109,13 +109,24 @@ pub fn execute(line: &str) {
     }
     match COMMANDS.iter().find(|command| command.name == name) {
         Some(command) => (command.run)(arguments.trim()),
-        None => println!("{name}: unknown command (try 'help')"),
+        None => match module::commands::output_of(name, arguments.trim()) {
+            Some(output) => crate::print!("{output}"),
+            None => println!("{name}: unknown command (try 'help')"),
+        },
     }
+}
+
+/// Whether the shell has a built-in command `name` (a module cannot add one of that name).
+pub fn is_builtin(name: &str) -> bool {
+    COMMANDS.iter().any(|command| command.name == name)
 }
 
 fn help(_: &str) {
     for command in COMMANDS {
         println!("  {:<10} {}", command.name, command.help);
+    }
+    for (name, help) in module::commands::list() {
+        println!("  {name:<10} {help} (from a module)");
     }
 }
 
@@ -240,6 +251,10 @@ fn klp(arguments: &str) {
         "disable" if !name.is_empty() => {
             livepatch::disable(name).map(|progress| report_transition(name, "disabled", progress))
         }
+        "log" => {
+            module::log::lines().iter().for_each(|line| println!("{line}"));
+            Ok(())
+        }
         "status" => {
             klp_status().iter().for_each(|line| println!("{line}"));
             Ok(())
@@ -253,6 +268,9 @@ fn klp(arguments: &str) {
         "load" if !name.is_empty() => {
             match module::embedded::find(name) {
                 Some(file) => match module::load(file) {
+                    Ok(loaded) if module::is_target(&loaded) => {
+                        println!("target module '{loaded}' loaded, its init ran")
+                    }
                     Ok(patch) => {
                         println!("module '{name}' loaded");
                         report_transition(&patch, "enabled", transition_progress(&patch));
@@ -264,7 +282,9 @@ fn klp(arguments: &str) {
             Ok(())
         }
         "unload" if !name.is_empty() => {
+            let target = module::is_target(name);
             match module::unload(name) {
+                Ok(()) if target => println!("target module '{name}' unloaded: its exit ran"),
                 Ok(()) => println!("module '{name}' unloaded: its patch's disable transition completed"),
                 Err(error) => println!("klp unload: {error}"),
             }
@@ -272,7 +292,7 @@ fn klp(arguments: &str) {
         }
         _ => {
             println!(
-                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE"
+                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log"
             );
             Ok(())
         }
@@ -327,8 +347,15 @@ pub fn klp_status() -> Vec<String> {
 /// callers hold inlined copies (`allow_inlined`), where those copies are.
 pub fn klp_list() -> Vec<String> {
     let mut lines = Vec::new();
+    let targets = module::targets();
     for (module, address, size, toc) in module::summaries() {
-        lines.push(format!("module {module}: {size} bytes at {address:#x}, TOC {toc:#x}"));
+        let kind = match targets.iter().find(|(name, _, _)| *name == module) {
+            Some((_, true, _)) => " [target module, loading]",
+            Some((_, _, true)) => " [target module, exited, unload pending]",
+            Some(_) => " [target module]",
+            None => "",
+        };
+        lines.push(format!("module {module}: {size} bytes at {address:#x}, TOC {toc:#x}{kind}"));
     }
     for patch in livepatch::list() {
         let state = match patch.transition {

@@ -193,9 +193,11 @@ fn fixture_links_at_a_fake_base() {
     assert!(replacement.global && replacement.function);
     assert_eq!(linked.symbol("fixture_ten").unwrap().local_entry_offset, 0);
     assert!(linked.symbol("klp_test_other").is_none(), "undefined symbols are not module symbols");
-    assert_eq!(linked.description.name, "fixture");
-    assert_eq!(linked.description.functions.len(), 1);
-    let function = &linked.description.functions[0];
+    assert_eq!(linked.description.name(), "fixture");
+    let patch = linked.description.patch().expect("a patch's description");
+    assert!(linked.description.module().is_none());
+    assert_eq!(patch.functions.len(), 1);
+    let function = &patch.functions[0];
     assert_eq!((function.old_name.as_str(), function.old_position), ("kernel::example", None));
     assert_eq!(function.new_symbol, "fixture_replacement");
     assert_eq!(image.description(), &linked.description);
@@ -561,4 +563,33 @@ fn signed_fixture_splits_back_into_the_object() {
     let last = file.len() - 1;
     file[last] = 1;
     assert!(matches!(split_signed(&file), Err(ModuleError::SignedFile(_))));
+}
+
+#[test]
+fn relinking_chosen_symbols_equals_linking_with_their_new_addresses() {
+    let elf = Elf::fixture();
+    let image = parse(&elf.bytes).unwrap();
+    let moved = |name: &str| match name {
+        "klp_test_kernel_static" => Some(KERNEL_STATIC + 0x1000),
+        "klp_test_other" => Some(KERNEL_OTHER + 0x2000),
+        other => kernel(other),
+    };
+    let (linked, mut memory) = link_with(&image, BASE, &mut kernel);
+    linked.unwrap();
+    let (_, expected) = link_with(&image, BASE, &mut { moved });
+    let select = |name: &str| name == "klp_test_kernel_static" || name == "klp_test_other";
+    let written = image.relink_symbols(&mut memory, BASE, &select, &mut { moved }).unwrap();
+    assert!(written >= 2, "a field and a stub at least ({written})");
+    assert_eq!(memory, expected, "relinked = linked with the new addresses");
+    // Nothing chosen, nothing written; an unresolvable choice is an error.
+    assert_eq!(image.relink_symbols(&mut memory, BASE, &|_| false, &mut kernel).unwrap(), 0);
+    assert!(matches!(
+        image.relink_symbols(&mut memory, BASE, &select, &mut |_| None),
+        Err(ModuleError::UndefinedSymbol(_))
+    ));
+    let mut short = memory[..10].to_vec();
+    assert!(matches!(
+        image.relink_symbols(&mut short, BASE, &select, &mut kernel),
+        Err(ModuleError::MemoryTooSmall { .. })
+    ));
 }

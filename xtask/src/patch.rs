@@ -118,6 +118,39 @@ fn targets(glob: &str, test: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether the crate of `manifest` is a loadable target module
+/// (`[package.metadata.klp] kind = "module"`) rather than a patch.
+pub fn is_target_module(manifest: &Path) -> Result<bool> {
+    let text = fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let value: toml::Value = toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    match value.get("package").and_then(|package| package.get("metadata")).and_then(|metadata| metadata.get("klp")) {
+        None => Ok(false),
+        Some(klp) => match klp.get("kind").and_then(toml::Value::as_str) {
+            Some("module") => Ok(true),
+            Some("patch") => Ok(false),
+            other => bail!(
+                "{}: [package.metadata.klp] kind must be \"module\" or \"patch\", not {other:?}",
+                manifest.display()
+            ),
+        },
+    }
+}
+
+/// Whether the crate of `manifest` is a test fixture the kernel must refuse
+/// (`[package.metadata.klp] refused-on-purpose = true`): built and signed
+/// even though the checks of `patch_object::inspect` fail.
+fn refused_on_purpose(manifest: &Path) -> Result<bool> {
+    let text = fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let value: toml::Value = toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    Ok(value
+        .get("package")
+        .and_then(|package| package.get("metadata"))
+        .and_then(|metadata| metadata.get("klp"))
+        .and_then(|klp| klp.get("refused-on-purpose"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false))
+}
+
 /// The signed module file of patch `name`.
 pub fn signed_path(name: &str) -> PathBuf {
     workspace_root().join(TARGET_DIR).join(format!("{name}.klp"))
@@ -151,10 +184,28 @@ pub fn build(name: &str) -> Result<PathBuf> {
     }
     packages::require_toolchain()?;
     let pair = signing::ensure_key_pair()?;
-    let rlib = compile(&manifest)?;
+    let module = is_target_module(&manifest)?;
+    let rlib = compile(&manifest, module)?;
     let archive = fs::read(&rlib).with_context(|| format!("reading {}", rlib.display()))?;
     let object = patch_object::object_from_rlib(&archive).with_context(|| format!("in {}", rlib.display()))?;
+    if refused_on_purpose(&manifest)? {
+        // A fixture the kernel must refuse: what the checks say is shown, and it is signed all the same.
+        if let Err(error) = patch_object::inspect(&object) {
+            eprintln!("patch {name}: refused on purpose ({error:#}); signed all the same");
+        }
+        let signed = signing::sign(&object, &pair);
+        let signed_path = signed_path(name);
+        fs::write(&signed_path, &signed).with_context(|| format!("writing {}", signed_path.display()))?;
+        return Ok(signed_path);
+    }
     let inspection = patch_object::inspect(&object).with_context(|| format!("patch {name}"))?;
+    if inspection.description.module.is_some() != module {
+        bail!(
+            "patches/{name}: its Cargo.toml says it is a {}, its description says otherwise \
+             ([package.metadata.klp] kind = \"module\" goes with klp_module!, nothing with klp_patch!)",
+            if module { "target module" } else { "patch" }
+        );
+    }
     if inspection.description.name != name {
         bail!("patches/{name} declares the module name {:?}: they must be the same", inspection.description.name);
     }
@@ -175,14 +226,14 @@ pub fn build(name: &str) -> Result<PathBuf> {
 /// a module needs, and cargo keeps the rlib up to date. `--emit obj=PATH` would
 /// give the same object, but cargo does not track that extra output: when the
 /// crate is fresh, rustc does not run and a deleted object would not come back.
-fn compile(manifest: &Path) -> Result<PathBuf> {
+fn compile(manifest: &Path, module: bool) -> Result<PathBuf> {
     let mut cargo = command("cargo");
     cargo
         .env("RUSTC_BOOTSTRAP", "1")
         // One object per patch, no unwinding: whatever the patch's own profile says.
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
-        .args(["build", "--release", "--lib", "--manifest-path"])
+        .args(["rustc", "--release", "--lib", "--manifest-path"])
         .arg(manifest)
         .args([
             "--target",
@@ -194,6 +245,14 @@ fn compile(manifest: &Path) -> Result<PathBuf> {
             "--message-format=json-render-diagnostics",
         ])
         .stderr(Stdio::inherit());
+    if module {
+        // A target module is compiled like the kernel (`build::main`): an
+        // ftrace site (two nops after the local entry) in each of its
+        // functions, which its loader registers and live patches redirect,
+        // and identical functions kept apart. `cargo rustc` passes these to
+        // the module's crate alone (not core, not klp-patch).
+        cargo.args(["--", "-Zpatchable-function-entry=2", "-Zmerge-functions=disabled"]);
+    }
     announce(&cargo);
     let output = cargo.output().with_context(|| format!("could not start {}", display(&cargo)))?;
     if !output.status.success() {
@@ -213,9 +272,15 @@ fn compile(manifest: &Path) -> Result<PathBuf> {
 
 fn report(name: &str, inspection: &Inspection, object: &Path, signed: &Path, size: usize) {
     eprintln!("patch {name}: {} ({size} bytes, signed), object {}", relative(signed), relative(object));
+    if let Some(module) = &inspection.description.module {
+        let or_none = |name: &Option<String>| name.clone().unwrap_or_else(|| "(none)".to_string());
+        eprintln!("    target module: init {}, exit {}", or_none(&module.init), or_none(&module.exit));
+        eprintln!("    livepatchable: {}", module.livepatchable.join(", "));
+    }
     for replacement in &inspection.description.replacements {
         let flag = if replacement.allow_inlined { " (allow_inlined)" } else { "" };
-        eprintln!("    replaces {} with {}{flag}", replacement.old_name, replacement.new_symbol);
+        let object = replacement.object.as_ref().map(|object| format!(" in {object}")).unwrap_or_default();
+        eprintln!("    replaces {}{object} with {}{flag}", replacement.old_name, replacement.new_symbol);
     }
     let symbols = if inspection.undefined.is_empty() { "(none)".to_string() } else { inspection.undefined.join(", ") };
     eprintln!("    kernel symbols: {symbols}");

@@ -1,4 +1,4 @@
-//! What a patch module object holds: its `.klp.patch` description, symbols and relocations.
+//! What a module object holds: its `.klp.patch` (or a target module's `.klp.module`) description, symbols and relocations.
 //!
 //! `cargo xtask patch build` checks every object before signing it, so that
 //! what the kernel's loader would refuse is reported at build time with the
@@ -42,16 +42,21 @@ pub fn relocation_name(kind: u32) -> String {
         .map_or_else(|| format!("type {kind}"), |(_, name)| name.to_string())
 }
 
-/// A module's description, as `klp_patch!` writes it.
+/// A module's description, as `klp_patch!` (or `klp_module!`) writes it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Description {
     pub name: String,
     pub replacements: Vec<Replacement>,
+    /// For a loadable target module (`.klp.module`): its init, exit and
+    /// livepatchable functions; `replacements` is empty then.
+    pub module: Option<portable::module::ModuleDescription>,
 }
 
 /// One `replace OLD_NAME NEW_SYMBOL [allow_inlined]` line.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Replacement {
+    /// The target module the function is in (an `object NAME` line before), `None` for the kernel.
+    pub object: Option<String>,
     /// The kernel function, as the kernel's symbol table names it.
     pub old_name: String,
     /// The module's replacement function (a global symbol of the object).
@@ -74,15 +79,18 @@ impl Description {
         }
         let mut name = None;
         let mut replacements = Vec::new();
+        let mut object = None;
         for (number, line) in lines.filter(|(_, line)| !line.trim().is_empty()) {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["name", module] if name.is_none() => name = Some(module.to_string()),
+                ["object", module] => object = Some(module.to_string()),
                 ["name", _] => bail!("description line {number}: a second name"),
                 ["replace", old_name, new_symbol, flags @ ..]
                     if flags.is_empty() || flags == [portable::module::ALLOW_INLINED] =>
                 {
                     replacements.push(Replacement {
+                        object: object.clone(),
                         old_name: old_name.to_string(),
                         new_symbol: new_symbol.to_string(),
                         allow_inlined: !flags.is_empty(),
@@ -99,7 +107,14 @@ impl Description {
         if replacements.is_empty() {
             bail!("the description of {name} replaces nothing");
         }
-        Ok(Description { name, replacements })
+        Ok(Description { name, replacements, module: None })
+    }
+
+    /// A target module's description (`.klp.module`), parsed as the kernel parses it.
+    pub fn parse_module(text: &str) -> Result<Self> {
+        let module = portable::module::parse_module_description(text.as_bytes())
+            .map_err(|error| anyhow::anyhow!("module description: {error}"))?;
+        Ok(Description { name: module.name.clone(), replacements: Vec::new(), module: Some(module) })
     }
 }
 
@@ -126,25 +141,42 @@ pub fn inspect(data: &[u8]) -> Result<Inspection> {
     {
         bail!("not a relocatable little-endian PowerPC64 object");
     }
-    let section = file
-        .section_by_name(DESCRIPTION_SECTION)
-        .with_context(|| format!("no {DESCRIPTION_SECTION} section: declare the patch with klp_patch::klp_patch!"))?;
-    let text = std::str::from_utf8(section.data()?).context("the description is not UTF-8")?;
-    let description = Description::parse(text)?;
+    let module_section = file.section_by_name(portable::module::MODULE_SECTION);
+    let description = match (file.section_by_name(DESCRIPTION_SECTION), module_section) {
+        (Some(_), Some(_)) => bail!("both a {DESCRIPTION_SECTION} and a .klp.module section: a patch or a module?"),
+        (None, Some(section)) => {
+            Description::parse_module(std::str::from_utf8(section.data()?).context("the description is not UTF-8")?)?
+        }
+        (Some(section), None) => {
+            Description::parse(std::str::from_utf8(section.data()?).context("the description is not UTF-8")?)?
+        }
+        (None, None) => bail!(
+            "no {DESCRIPTION_SECTION} section: declare the patch with klp_patch::klp_patch! \
+             (or a target module with klp_patch::klp_module!)"
+        ),
+    };
     if let Some(section) =
         file.sections().find(|section| matches!(section.kind(), SectionKind::Tls | SectionKind::UninitializedTls))
     {
         bail!("section {} holds thread-local data, which a module cannot have", section.name().unwrap_or("?"));
     }
 
-    for replacement in &description.replacements {
-        let symbol = file.symbols().find(|symbol| symbol.name() == Ok(replacement.new_symbol.as_str()));
-        let defined = symbol.is_some_and(|symbol| {
+    let defined = |name: &str| {
+        file.symbols().find(|symbol| symbol.name() == Ok(name)).is_some_and(|symbol| {
             symbol.is_global()
                 && symbol.kind() == object::SymbolKind::Text
                 && matches!(symbol.section(), SymbolSection::Section(_))
-        });
-        if !defined {
+        })
+    };
+    if let Some(module) = &description.module
+        && let Some(missing) = module.functions().find(|name| !defined(name))
+    {
+        bail!(
+            "the module's description names {missing}, which is not a global function: mark it #[unsafe(no_mangle)] pub"
+        );
+    }
+    for replacement in &description.replacements {
+        if !defined(&replacement.new_symbol) {
             bail!(
                 "the replacement {} for {} is not a global function of the object: mark it #[unsafe(no_mangle)] pub fn",
                 replacement.new_symbol,
@@ -250,11 +282,17 @@ mod tests {
         assert_eq!(
             description.replacements,
             [Replacement {
+                object: None,
                 old_name: "kernel::shell::greeting".into(),
                 new_symbol: "counter_greeting".into(),
                 allow_inlined: false
             }]
         );
+        let fix = Description::parse("klp-patch 1\nname fix\nobject hello-module\nreplace m n\n").unwrap();
+        assert_eq!(fix.replacements[0].object.as_deref(), Some("hello-module"));
+        let module = Description::parse_module("klp-module 1\nname m\ninit start\n").unwrap();
+        assert_eq!((module.name.as_str(), module.module.unwrap().init.as_deref()), ("m", Some("start")));
+        assert!(Description::parse_module("klp-module 1\ninit start\n").is_err());
         let flagged = Description::parse("klp-patch 1\nname x\nreplace a b allow_inlined\n").unwrap();
         assert!(flagged.replacements[0].allow_inlined);
         let error = |text: &str| Description::parse(text).unwrap_err().to_string();

@@ -114,6 +114,7 @@ fn send(answers: Vec<Answer>) {
 fn carry_out(request: Request) -> (bool, String) {
     match request {
         Request::Load { name, module } => match super::load(module) {
+            Ok(loaded) if super::is_target(&loaded) => (true, format!("target module '{loaded}' loaded, its init ran")),
             Ok(patch) => {
                 let loaded = if patch == name {
                     format!("module '{name}' loaded, patch '{patch}' enabled")
@@ -128,9 +129,10 @@ fn carry_out(request: Request) -> (bool, String) {
             }
             Err(error) => (false, format!("load {name}: {error}")),
         },
-        Request::Unload { name } => match super::unload(name) {
-            Ok(()) => (true, format!("module '{name}' unloaded (its disable transition completed)")),
-            Err(error) => (false, format!("unload {name}: {error}")),
+        Request::Unload { name } => match (super::is_target(name), super::unload(name)) {
+            (true, Ok(())) => (true, format!("target module '{name}' unloaded (its exit ran)")),
+            (false, Ok(())) => (true, format!("module '{name}' unloaded (its disable transition completed)")),
+            (_, Err(error)) => (false, format!("unload {name}: {error}")),
         },
     }
 }

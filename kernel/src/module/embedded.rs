@@ -1,10 +1,10 @@
-//! Signed sample modules built into the image by xtask, so the shell and tests can load them.
+//! Signed sample modules (patches and target modules) built into the image by xtask, so the shell and tests can load them.
 //!
 //! xtask builds `patches/*` and hands their `.klp` files to the kernel build
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 11] = [
+pub static EMBEDDED: [(&str, &[u8]); 18] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
@@ -20,6 +20,16 @@ pub static EMBEDDED: [(&str, &[u8]); 11] = [
     ("callbacks", include_bytes!(concat!(env!("OUT_DIR"), "/callbacks.klp"))),
     ("states", include_bytes!(concat!(env!("OUT_DIR"), "/states.klp"))),
     ("cumulative", include_bytes!(concat!(env!("OUT_DIR"), "/cumulative.klp"))),
+    // Loadable target modules (`.klp.module`), and a patch of one of them.
+    ("hello-module", include_bytes!(concat!(env!("OUT_DIR"), "/hello-module.klp"))),
+    ("hello-module-fix", include_bytes!(concat!(env!("OUT_DIR"), "/hello-module-fix.klp"))),
+    ("busy-module", include_bytes!(concat!(env!("OUT_DIR"), "/busy-module.klp"))),
+    ("target-module", include_bytes!(concat!(env!("OUT_DIR"), "/target-module.klp"))),
+    // Refused on purpose: a description naming a missing function, an init that fails.
+    ("bad-module", include_bytes!(concat!(env!("OUT_DIR"), "/bad-module.klp"))),
+    ("failing-module", include_bytes!(concat!(env!("OUT_DIR"), "/failing-module.klp"))),
+    // A patch of `klp_demo_ten` that refers to target-module's symbols (klp relocations).
+    ("klp-sym-reader", include_bytes!(concat!(env!("OUT_DIR"), "/klp-sym-reader.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

@@ -34,6 +34,12 @@ impl ModuleMemory {
         self.layout.size()
     }
 
+    /// The block, to read.
+    pub fn bytes(&self) -> &[u8] {
+        // Safety: owned block of `size` bytes.
+        unsafe { core::slice::from_raw_parts(self.pointer, self.layout.size()) }
+    }
+
     /// The block, for the linker to write.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // Safety: owned block of `size` bytes.

@@ -1,4 +1,4 @@
-//! Patch modules: verify a signed object, link it into kernel memory, and hand its patch to the livepatch core.
+//! Modules: verify a signed object, link it into kernel memory, and hand its patch to the livepatch core (or, for a target module, run it: `target`).
 //!
 //! A module is a relocatable ELF object built apart from the kernel (see
 //! `patches/`), with its own TOC, signed with the project's key. Loading:
@@ -6,11 +6,17 @@
 //! parse and link it (`portable::module`: sections placed, `.TOC.` defined,
 //! kernel calls through stubs that keep r2), flush the instruction cache, then
 //! add and enable its patch. Every failure frees what was allocated and
-//! leaves the kernel as it was.
+//! leaves the kernel as it was. An object with a `.klp.module` description
+//! is a loadable target module instead: `target` registers its ftrace sites
+//! and runs its init (and, at unload, its exit).
 pub mod busy;
 pub mod channel;
+pub mod commands;
 pub mod embedded;
+pub mod klp_symbols;
+pub mod log;
 mod memory;
+mod target;
 
 use crate::arch::cache;
 use crate::livepatch::{self, Function, LivepatchError, Object, Patch, PlanError};
@@ -32,9 +38,30 @@ pub struct LoadedModule {
     pub name: String,
     pub memory: ModuleMemory,
     pub linked: LinkedModule,
-    /// Set while `load` enables its patch: `unload` leaves it alone until
-    /// `load` has finished (and, if the enable failed, taken it back).
+    /// Set while `load` enables its patch (or runs a target module's init):
+    /// `unload` leaves it alone until `load` has finished (and, if the
+    /// enable failed, taken it back).
     pub loading: bool,
+    /// A target module whose exit (and `livepatch::module_going`) has run:
+    /// an unload found a thread still inside it afterwards, and the next
+    /// unload only waits for it again.
+    pub exited: bool,
+    /// A target module being unloaded now (its exit may be running): a
+    /// second unload meanwhile is refused.
+    pub unloading: bool,
+    /// A patch that refers to target modules' symbols (`klp_symbols`).
+    pub klp: Option<klp_symbols::KlpReferences>,
+}
+
+impl LoadedModule {
+    /// Whether this is a loadable target module (not a patch).
+    pub fn is_target(&self) -> bool {
+        self.linked.description.module().is_some()
+    }
+
+    fn range(&self) -> core::ops::Range<u64> {
+        self.memory.address()..self.memory.address() + self.memory.size() as u64
+    }
 }
 
 /// Loaded modules, for `klp list`, unloading and the debugger.
@@ -55,6 +82,12 @@ pub enum LoadError {
     /// The module's patch was forced (`klp force`): a thread may still run its code.
     Forced(String),
     Livepatch(LivepatchError),
+    /// A target module's ftrace sites could not be registered: why.
+    Site(String),
+    /// A target module's init returned this non-zero status.
+    InitFailed(String, i32),
+    /// Another unload of this target module is in progress.
+    Unloading(String),
 }
 
 impl fmt::Display for LoadError {
@@ -89,6 +122,11 @@ impl fmt::Display for LoadError {
                 "module '{name}' stays loaded: its patch's transition was forced, so a thread may still run its code"
             ),
             LoadError::Livepatch(error) => write!(formatter, "{error}"),
+            LoadError::Site(why) => write!(formatter, "module refused: {why}"),
+            LoadError::Unloading(name) => write!(formatter, "module '{name}' is being unloaded already"),
+            LoadError::InitFailed(name, status) => {
+                write!(formatter, "module '{name}' refused: its init returned {status}")
+            }
         }
     }
 }
@@ -104,18 +142,33 @@ pub fn verify(file: &[u8]) -> Result<&[u8], LoadError> {
 }
 
 /// Verifies, links, and enables the patch in a signed module file. Returns the patch name.
+///
+/// For a target module (`.klp.module`): registers its sites, lists it,
+/// calls `livepatch::module_coming`, runs its init (see `target`). Returns its name.
 pub fn load(file: &[u8]) -> Result<String, LoadError> {
     let object = verify(file)?;
     let image = module::parse(object).map_err(LoadError::Format)?;
     let mut memory = ModuleMemory::allocate(image.memory_size(), image.memory_alignment())
         .ok_or(LoadError::NoMemory(image.memory_size()))?;
     let base = memory.address();
-    let linked =
-        image.link(memory.bytes_mut(), base, &mut |name| livepatch::api::lookup(name)).map_err(LoadError::Format)?;
+    // A patch may refer to target modules' own symbols (`klp_symbols`); a target module to exports only.
+    let is_patch = image.description().patch().is_some();
+    let mut referred = Vec::new();
+    let linked = image
+        .link(memory.bytes_mut(), base, &mut |name| match is_patch {
+            true => klp_symbols::resolve_at_link(name, &mut referred),
+            false => livepatch::api::lookup(name),
+        })
+        .map_err(LoadError::Format)?;
+    let klp = (!referred.is_empty())
+        .then(|| klp_symbols::KlpReferences { object: alloc::vec::Vec::from(object), modules: referred });
     cache::synchronize_instructions(base, memory.size() as u64);
-    let name = linked.description.name.clone();
+    let name = String::from(linked.description.name());
     if MODULES.lock().iter().any(|module| module.name == name) {
         return Err(LoadError::AlreadyLoaded(name));
+    }
+    if linked.description.module().is_some() {
+        return target::load(memory, linked);
     }
     let mut patch = patch_of(&linked)?;
     describe_more(&mut patch, &linked)?;
@@ -132,7 +185,15 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     crate::debug::klp_debug_module_event();
     // Listed before its patch is enabled: the transition counts the module's
     // whole memory as the patch's code, and the stack walker knows it as text.
-    MODULES.lock().push(LoadedModule { name: name.clone(), memory, linked, loading: true });
+    MODULES.lock().push(LoadedModule {
+        klp,
+        name: name.clone(),
+        memory,
+        linked,
+        loading: true,
+        exited: false,
+        unloading: false,
+    });
     let enabled = livepatch::enable(&name);
     if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
         module.loading = false;
@@ -161,25 +222,33 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     Ok(name)
 }
 
-/// The livepatch description of a linked module: kernel functions replaced by module symbols.
+/// The livepatch description of a linked patch module: functions of the
+/// kernel (object `None`) and of target modules (an `object` line each)
+/// replaced by module symbols, one `Object` per object in the order of its
+/// first `replace` line.
 fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
-    let mut functions = Vec::new();
-    for replaced in &linked.description.functions {
+    let description = linked.description.patch().ok_or(LoadError::Format(ModuleError::MissingDescription))?;
+    let mut objects: Vec<Object> = Vec::new();
+    for replaced in &description.functions {
         let symbol = linked
             .symbol(&replaced.new_symbol)
             .ok_or_else(|| LoadError::Format(ModuleError::ReplacementNotFunction(replaced.new_symbol.clone())))?;
-        functions.push(Function {
+        let function = Function {
             old_name: replaced.old_name.clone(),
             old_position: replaced.old_position,
             new_address: symbol.address,
             allow_inlined: replaced.allow_inlined,
-        });
+        };
+        match objects.iter_mut().find(|object| object.module == replaced.object) {
+            Some(object) => object.functions.push(function),
+            None => objects.push(Object {
+                module: replaced.object.clone(),
+                functions: alloc::vec![function],
+                ..Default::default()
+            }),
+        }
     }
-    Ok(Patch {
-        name: linked.description.name.clone(),
-        objects: alloc::vec![Object { module: None, functions, ..Default::default() }],
-        ..Default::default()
-    })
+    Ok(Patch { name: description.name.clone(), objects, ..Default::default() })
 }
 
 /// Adds what the description says beyond the replacements: atomic
@@ -187,7 +256,7 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
 /// module) on its object, which is added without functions if the patch
 /// replaces none of that object's (an object with callbacks only).
 fn describe_more(patch: &mut Patch, linked: &LinkedModule) -> Result<(), LoadError> {
-    let description = &linked.description;
+    let description = linked.description.patch().ok_or(LoadError::Format(ModuleError::MissingDescription))?;
     patch.replace = description.atomic_replace;
     patch.states = description.states.iter().map(|&(id, version)| livepatch::SystemState { id, version }).collect();
     for line in &description.callbacks {
@@ -215,6 +284,16 @@ fn describe_more(patch: &mut Patch, linked: &LinkedModule) -> Result<(), LoadErr
         *slot = Some(callback);
     }
     Ok(())
+}
+
+/// `SYMBOL+0xOFFSET` of `address` among `linked`'s function symbols.
+fn symbol_in(linked: &LinkedModule, address: u64) -> Option<String> {
+    let symbol = linked
+        .symbols
+        .iter()
+        .filter(|symbol| symbol.function)
+        .find(|symbol| symbol.address <= address && address - symbol.address < symbol.size.max(1))?;
+    Some(alloc::format!("{}+{:#x}", symbol.name, address - symbol.address))
 }
 
 /// How long `unload` waits for the patch's disable transition.
@@ -254,6 +333,9 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
             .ok_or_else(|| LoadError::NotLoaded(String::from(name)))
     };
     memory_of(name)?;
+    if MODULES.lock().iter().any(|module| module.name == name && module.is_target()) {
+        return unload_target(name);
+    }
     if livepatch::was_forced(name) {
         return Err(LoadError::Forced(String::from(name)));
     }
@@ -268,25 +350,81 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
     {
         return Err(LoadError::InTransition(String::from(name), blocked));
     }
+    let module = take_when_unused(name, || {
+        // Refused if the patch was enabled again meanwhile, or forced
+        // (`klp force` during the wait above).
+        livepatch::remove(name).map_err(|error| match error {
+            LivepatchError::Forced(name) => LoadError::Forced(name),
+            other => LoadError::Livepatch(other),
+        })
+    })?;
+    crate::debug::module_unloaded(module.memory.address());
+    crate::thread::synchronize();
+    drop(module);
+    crate::debug::klp_debug_module_event();
+    Ok(())
+}
+
+/// Unloads target module `name` (see `target`): exit and `module_going`
+/// (once), then the wait until no thread is inside, then list, sites and
+/// memory. `Busy` leaves it loaded, exited; unloading again waits again.
+/// One unload of a module at a time: another meanwhile is refused (`Unloading`).
+fn unload_target(name: &str) -> Result<(), LoadError> {
+    {
+        let mut modules = MODULES.lock();
+        let module = modules
+            .iter_mut()
+            .find(|module| module.name == name && !module.loading)
+            .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
+        if module.unloading {
+            return Err(LoadError::Unloading(String::from(name)));
+        }
+        module.unloading = true;
+    }
+    target::exit(name);
+    let module = match take_when_unused(name, || Ok(())) {
+        Ok(module) => module,
+        Err(error) => {
+            if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
+                module.unloading = false;
+            }
+            return Err(error);
+        }
+    };
+    // Out of the list, no thread inside: its sites go (out of every ops first).
+    target::release_sites(name);
+    crate::debug::module_unloaded(module.memory.address());
+    crate::thread::synchronize();
+    drop(module);
+    crate::debug::klp_debug_module_event();
+    Ok(())
+}
+
+/// Retries `busy::inside` over module `name`'s memory until no thread is
+/// inside, then, in the same round with preemption still off, runs `then`
+/// and takes the module out of the list (returned), or until
+/// `BUSY_WAIT_MILLISECONDS` passed (`Busy`, nothing changed). An error of
+/// `then` is returned with nothing changed either.
+fn take_when_unused(name: &str, then: impl Fn() -> Result<(), LoadError>) -> Result<LoadedModule, LoadError> {
     let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(BUSY_WAIT_MILLISECONDS);
-    let module = loop {
+    loop {
         {
             let _preempt = crate::thread::preempt_disable();
-            let memory = memory_of(name)?;
+            let memory = MODULES
+                .lock()
+                .iter()
+                .find(|module| module.name == name)
+                .map(LoadedModule::range)
+                .ok_or_else(|| LoadError::NotLoaded(String::from(name)))?;
             match busy::inside(memory) {
                 None => {
-                    // Refused if the patch was enabled again meanwhile, or
-                    // forced (`klp force` during the wait above).
-                    livepatch::remove(name).map_err(|error| match error {
-                        LivepatchError::Forced(name) => LoadError::Forced(name),
-                        other => LoadError::Livepatch(other),
-                    })?;
+                    then()?;
                     let mut modules = MODULES.lock();
                     let position = modules
                         .iter()
                         .position(|module| module.name == name)
                         .expect("found above, preemption off since");
-                    break modules.remove(position);
+                    return Ok(modules.remove(position));
                 }
                 Some(holder) if crate::arch::registers::timebase() >= deadline => {
                     return Err(LoadError::Busy(String::from(name), holder));
@@ -302,12 +440,22 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
         }
         crate::thread::yield_now();
         crate::arch::smp::confer();
-    };
-    crate::debug::module_unloaded(module.memory.address());
-    crate::thread::synchronize();
-    drop(module);
-    crate::debug::klp_debug_module_event();
-    Ok(())
+    }
+}
+
+/// Whether `name` is a loaded target module (not a patch module).
+pub fn is_target(name: &str) -> bool {
+    MODULES.lock().iter().any(|module| module.name == name && module.is_target())
+}
+
+/// The names of the loaded target modules, and whether each is still loading or has exited.
+pub fn targets() -> Vec<(String, bool, bool)> {
+    MODULES
+        .lock()
+        .iter()
+        .filter(|module| module.is_target())
+        .map(|module| (module.name.clone(), module.loading, module.exited))
+        .collect()
 }
 
 /// Names, addresses and sizes of the loaded modules' sections, for `klp list` and gdb.
@@ -365,7 +513,36 @@ pub fn toc_of(name: &str) -> Option<u64> {
 /// checked to be patchable as `livepatch::resolve` checks kernel functions.
 /// Works from before `livepatch::module_coming` until after
 /// `livepatch::module_going` for that module.
+///
+/// Errors: `UnknownObject` (no target module of that name is listed),
+/// `NotLivepatchable` (the module's description does not name the
+/// function `livepatchable`), `UnknownFunction` (no function of the module
+/// has that name), `NotTraceable` (it has no ftrace site), `Ambiguous` and
+/// `BadPosition` as for kernel functions.
 pub fn resolve_function(module: &str, name: &str, position: Option<usize>) -> Result<(u64, u64), LivepatchError> {
-    let _ = (name, position);
-    Err(LivepatchError::UnknownObject(String::from(module)))
+    let (livepatchable, exists) = {
+        let modules = MODULES.lock();
+        let target = modules
+            .iter()
+            .find(|loaded| loaded.name == module && loaded.is_target())
+            .ok_or_else(|| LivepatchError::UnknownObject(String::from(module)))?;
+        let description = target.linked.description.module().expect("a target module");
+        let exists = target.linked.symbols.iter().any(|symbol| symbol.function && symbol.name == name);
+        (description.livepatchable.iter().any(|function| function == name), exists)
+    };
+    if !exists {
+        return Err(LivepatchError::UnknownFunction(String::from(name)));
+    }
+    if !livepatchable {
+        return Err(LivepatchError::NotLivepatchable(String::from(name)));
+    }
+    let name = String::from(name);
+    crate::trace::module_entry(module, &name, position).map_err(|error| match error {
+        None => LivepatchError::UnknownObject(String::from(module)),
+        Some(crate::trace::NameError::Missing) => LivepatchError::NotTraceable(name),
+        Some(crate::trace::NameError::Ambiguous { count }) => LivepatchError::Ambiguous { name, count },
+        Some(crate::trace::NameError::BadPosition { count }) => {
+            LivepatchError::BadPosition { name, position: position.unwrap_or(0), count }
+        }
+    })
 }

@@ -24,6 +24,7 @@ mod shadow;
 mod smp;
 mod smp_stress;
 mod stack;
+mod target_modules;
 mod threads;
 mod trace_rings;
 mod unload;

@@ -3,7 +3,7 @@ use super::buffers::{Event, PerCpuBuffers, Recorded};
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, register, unregister};
 use crate::arch::percpu::online_cpus;
 use crate::arch::registers::timebase;
-use crate::symbols::{self, Symbolized};
+use crate::symbols::Symbolized;
 use crate::thread::current_thread_info;
 use alloc::format;
 use alloc::string::String;
@@ -91,8 +91,8 @@ pub fn recorded() -> Recorded<FunctionEvent> {
 
 #[notrace]
 fn name(address: u64) -> String {
-    match super::site_table().function_of(address).and_then(|function| symbols::table()?.lookup(function)) {
-        Some((symbol, _)) => String::from(symbol.name),
+    match super::name_of(address) {
+        Some(name) => name,
         None => format!("{}", Symbolized(address)),
     }
 }

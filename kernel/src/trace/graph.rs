@@ -10,7 +10,6 @@ use super::buffers::{Event, PerCpuBuffers, Recorded};
 use super::{Filter, FtraceError, FtraceOps, FtraceRegs, OpsFlags, ops::traces, register, unregister};
 use crate::arch::ftrace::{ftrace_disable_ftrace_graph_caller, ftrace_enable_ftrace_graph_caller, return_to_handler};
 use crate::arch::registers::timebase;
-use crate::symbols;
 use crate::thread::{self, current_thread_info};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -276,8 +275,5 @@ pub fn render(thread: Option<u64>, show_durations: bool) -> Vec<String> {
 /// The name of the function whose site is `ip`.
 #[notrace]
 pub fn function_name(ip: u64) -> String {
-    super::site_table()
-        .function_of(ip)
-        .and_then(|function| symbols::table()?.lookup(function))
-        .map_or_else(|| alloc::format!("{ip:#x}"), |(symbol, _)| String::from(symbol.name))
+    super::name_of(ip).unwrap_or_else(|| alloc::format!("{ip:#x}"))
 }

@@ -266,6 +266,37 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
     Ok(())
 }
 
+/// Takes every site in `range` (a target module's memory, being unloaded)
+/// out of every registered ops: each such site goes back to its nop and
+/// leaves the ops's site list; the ops stays registered with its other
+/// sites (with none, it traces nothing until updated or unregistered), as
+/// Linux's ftrace drops a going module's records from every filter; then
+/// runs `then` with the registry's lock still held. A
+/// handler running on another CPU meanwhile sees the ops's old list or its
+/// new one (`Published`); the module's code runs nowhere any more, so no
+/// handler is called for one of its sites.
+#[notrace]
+pub(super) fn forget_range<T>(range: core::ops::Range<u64>, then: impl FnOnce() -> T) -> T {
+    let _preempt = thread::preempt_disable();
+    let registry = REGISTRY.lock();
+    for ops in registry.iter() {
+        let current = current_sites(ops);
+        let (gone, kept): (Vec<u64>, Vec<u64>) = current.iter().partition(|address| range.contains(address));
+        if gone.is_empty() {
+            continue;
+        }
+        let indices: Vec<usize> = gone.iter().filter_map(|&address| sites::index_of(address)).collect();
+        if let Err(error) = sites::apply(&indices, ops.demand(), false) {
+            report_failed_undo("the sites of a going module", &apply_error(&registry, error));
+        }
+        ops.sites.replace(kept);
+    }
+    // Still under the registry's lock: no registration finds the range's
+    // sites between their leaving every ops and what `then` does (the
+    // module table's removal).
+    then()
+}
+
 /// Says on the console that undoing part of a failed change failed too, so
 /// the text and ftrace's tables now disagree about `what`: never dropped
 /// silently. Cannot happen while nothing else writes kernel text (every

@@ -1,16 +1,20 @@
 //! The entry sites: every `__patchable_function_entries` record, validated and named once at boot
-//! (`portable::site_table::SiteTable`), and who traces each one now.
+//! (`portable::site_table::SiteTable`), the sites of loaded target modules beside them
+//! (`module_sites`), and who traces each one now.
+use super::module_sites::{self, MODULE_STRIDE, ModuleSites, SiteRefused};
 use crate::arch::ftrace::{SiteChange, ftrace_caller, ftrace_init_nop, ftrace_prepare_change, ftrace_regs_caller};
 use crate::arch::text::TextError;
 use crate::sync::Mutex;
 use crate::{println, symbols};
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use macros::notrace;
 use portable::ftrace::{Caller, Demand, SiteError, SiteState};
-use portable::site_table::{Site, SiteTable};
+use portable::site_table::NameError;
+pub use portable::site_table::{Site, SiteTable};
 use spin::Once;
 
 /// The sites, published once by `init` and never changed afterwards.
@@ -27,9 +31,59 @@ use spin::Once;
 static TABLE: Once<SiteTable> = Once::new();
 static NO_SITES: SiteTable = SiteTable::EMPTY;
 
-/// What changes: who traces each site, in the table's order. Filled before
-/// the table is published, so every index the table gives is valid here.
-static STATES: Mutex<Vec<SiteState>> = Mutex::new(Vec::new());
+/// What changes: who traces each site, in the tables' order. The kernel's
+/// are filled before its table is published, a module's before its table
+/// is, so every index a table gives is valid here. Its lock also serialises
+/// the changes of the module tables (`module_sites`).
+static STATES: Mutex<States> =
+    Mutex::new(States { kernel: Vec::new(), modules: BTreeMap::new(), next_base: MODULE_STRIDE });
+
+struct States {
+    kernel: Vec<SiteState>,
+    /// Per module table, by its base index.
+    modules: BTreeMap<usize, Vec<SiteState>>,
+    /// The base the next module table gets (never reused).
+    next_base: usize,
+}
+
+impl States {
+    fn get(&self, index: usize) -> Option<&SiteState> {
+        if index < MODULE_STRIDE {
+            return self.kernel.get(index);
+        }
+        let base = index - index % MODULE_STRIDE;
+        self.modules.get(&base)?.get(index - base)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut SiteState> {
+        if index < MODULE_STRIDE {
+            return self.kernel.get_mut(index);
+        }
+        let base = index - index % MODULE_STRIDE;
+        self.modules.get_mut(&base)?.get_mut(index - base)
+    }
+}
+
+/// The site at global index `index` (kernel or module). Caller: in a
+/// read-side section (preemption off, a lock held, or a handler).
+#[notrace]
+fn site(index: usize) -> Option<Site> {
+    // Safety: the caller's read-side section.
+    let (table, local) = unsafe { module_sites::locate(index) }?;
+    table.sites().get(local).copied()
+}
+
+/// Each table with the global index of its first site: the kernel's, then each module's.
+///
+/// # Safety
+///
+/// The caller is in a read-side section for as long as it uses the result.
+#[notrace]
+unsafe fn every_table() -> impl Iterator<Item = (usize, &'static SiteTable)> {
+    // Safety: the caller's promise.
+    let modules = unsafe { module_sites::tables() };
+    core::iter::once((0, table())).chain(modules.iter().map(|module| (module.base, &module.table)))
+}
 
 /// Whether ftrace is on: sites with users call their stub. Off, every site
 /// is a nop whatever its state says. Written only with `STATES` locked (by
@@ -54,16 +108,20 @@ pub(super) fn enabled() -> bool {
 /// became a nop completes normally, and the registered handlers stay valid.
 #[notrace]
 pub(super) fn set_enabled(on: bool) -> Result<(), ApplyError> {
-    let sites = table().sites();
     let states = STATES.lock();
     if ENABLED.load(Ordering::Acquire) == on {
         return Ok(());
     }
     let mut planned = Vec::new();
-    for (site, state) in sites.iter().zip(states.iter()) {
-        let Some(stub) = stub(state.caller()) else { continue };
-        let (old, new) = if on { (None, Some(stub)) } else { (Some(stub), None) };
-        planned.push(ftrace_prepare_change(site.address, old, new).map_err(ApplyError::Text)?);
+    // The kernel's sites and every module's (no module table comes or goes
+    // while the states' lock is held).
+    // Safety: the states' lock is held: preemption is off, a read-side section.
+    for (base, table) in unsafe { every_table() } {
+        for (offset, site) in table.sites().iter().enumerate() {
+            let Some(stub) = states.get(base + offset).and_then(|state| stub(state.caller())) else { continue };
+            let (old, new) = if on { (None, Some(stub)) } else { (Some(stub), None) };
+            planned.push(ftrace_prepare_change(site.address, old, new).map_err(ApplyError::Text)?);
+        }
     }
     commit_all(&planned)?;
     ENABLED.store(on, Ordering::Release);
@@ -146,7 +204,7 @@ pub(super) fn init() -> (usize, usize) {
         sites.push(Site { function, address, name });
     }
     let valid = sites.len();
-    *STATES.lock() = vec![SiteState::default(); valid];
+    STATES.lock().kernel = vec![SiteState::default(); valid];
     TABLE.call_once(|| SiteTable::new(sites));
     (valid, rejected)
 }
@@ -174,16 +232,20 @@ fn prepare(site: &Site, state: SiteState, new_state: SiteState) -> Result<Option
 /// stays a nop until ftrace is on again.
 #[notrace]
 pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(), ApplyError> {
-    let sites = table().sites();
     let mut states = STATES.lock();
     let on = ENABLED.load(Ordering::Acquire);
     let mut planned = Vec::with_capacity(indices.len());
     let mut changes = Vec::with_capacity(indices.len());
     for &index in indices {
-        let mut state = states[index];
+        // The states' lock is held: preemption is off, and no module table
+        // comes or goes meanwhile (their changes take this lock).
+        let (Some(site), Some(&mut current)) = (site(index), states.get_mut(index)) else {
+            return Err(ApplyError::Site(0, SiteError::NotTraced));
+        };
+        let mut state = current;
         let checked = if adding { state.add(demand) } else { state.remove(demand) };
-        checked.map_err(|error| ApplyError::Site(sites[index].function, error))?;
-        if on && let Some(change) = prepare(&sites[index], states[index], state).map_err(ApplyError::Text)? {
+        checked.map_err(|error| ApplyError::Site(site.function, error))?;
+        if on && let Some(change) = prepare(&site, current, state).map_err(ApplyError::Text)? {
             changes.push(change);
         }
         planned.push(state);
@@ -193,42 +255,122 @@ pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(
     // batch that writes nothing asks nothing of them.
     commit_all(&changes)?;
     for (&index, &state) in indices.iter().zip(&planned) {
-        states[index] = state;
+        if let Some(slot) = states.get_mut(index) {
+            *slot = state;
+        }
     }
     Ok(())
 }
 
+/// Validates and publishes the sites of target module `module` (`module_sites`).
+/// On error nothing is published (a site already prepared by
+/// `ftrace_init_nop` stays as it is: the module's memory is freed).
+pub fn add_module(
+    module: &str,
+    memory: core::ops::Range<u64>,
+    text: &[core::ops::Range<u64>],
+    functions: Vec<(u64, String)>,
+) -> Result<usize, SiteRefused> {
+    let mut states = STATES.lock();
+    // Safety: the states' lock is held: preemption is off, a read-side section.
+    if unsafe { module_sites::tables() }.iter().any(|sites| sites.module == module) {
+        return Err(SiteRefused::Duplicate);
+    }
+    let base = states.next_base;
+    let sites: ModuleSites = module_sites::build(module, memory, text, functions, base)?;
+    let count = sites.table.sites().len();
+    states.next_base += MODULE_STRIDE;
+    states.modules.insert(base, vec![SiteState::default(); count]);
+    // States first, then the table: an index the new table gives is valid at once.
+    module_sites::publish(sites);
+    Ok(count)
+}
+
+/// Takes target module `module`'s sites out of every ops (`ops::forget_range`,
+/// each traced site back to its nop), then, in the same hold of the ops
+/// registry's lock, unpublishes its table and drops its states. Returns
+/// whether it had a table. The table itself is freed after a grace period
+/// (see `module_sites`).
+pub fn remove_module(module: &str) -> bool {
+    // Safety: preemption is off while the memory range is read.
+    let memory = {
+        let _preempt = crate::thread::preempt_disable();
+        unsafe { module_sites::tables() }.iter().find(|sites| sites.module == module).map(|sites| sites.memory.clone())
+    };
+    let Some(memory) = memory else { return false };
+    // The table goes under the registry's lock too (registry, then states:
+    // the lock order), so a registration cannot pick its sites up again
+    // after they left every ops.
+    super::ops::forget_range(memory, || {
+        let mut states = STATES.lock();
+        let Some((base, _)) = module_sites::unpublish(module) else { return false };
+        states.modules.remove(&base);
+        true
+    })
+}
+
+/// The (global entry, site) of the function `name` (the `position`th of that
+/// name, from 1) in loaded target module `module`'s sites; `Err(None)` when
+/// the module has no table.
+pub fn module_entry(module: &str, name: &str, position: Option<usize>) -> Result<(u64, u64), Option<NameError>> {
+    let _preempt = crate::thread::preempt_disable();
+    // Safety: preemption is off for as long as the table is used.
+    let tables = unsafe { module_sites::tables() };
+    let sites = tables.iter().find(|sites| sites.module == module).ok_or(None)?;
+    sites.table.named_entry(name, position).map(|site| (site.function, site.address)).map_err(Some)
+}
+
+/// The name of the function whose site is `ip`, in the kernel or a module.
+#[notrace]
+pub fn name_of(ip: u64) -> Option<String> {
+    let _preempt = crate::thread::preempt_disable();
+    // Safety: preemption is off for as long as the tables are used.
+    unsafe { every_table() }.find_map(|(_, table)| table.at(ip).map(|site| String::from(site.name)))
+}
+
 // The table's lookups that `ops` resolves its filters with.
 
-/// Indices of the sites whose function name matches `glob` (see `SiteTable::matching`).
+// Every one of these runs in a read-side section: `ops` calls them with
+// its registry's lock held (preemption off).
+
+/// Indices of the sites whose function name matches `glob` (see `SiteTable::matching`), kernel and modules.
 #[notrace]
 pub(super) fn matching(glob: &str) -> Vec<usize> {
-    table().matching(glob)
+    // Safety: the caller's read-side section (above).
+    unsafe { every_table() }
+        .flat_map(|(base, table)| table.matching(glob).into_iter().map(move |index| base + index))
+        .collect()
 }
 
 /// Indices of the sites of the functions named exactly `name` (`*` and `?` are
-/// plain characters here; see `SiteTable::named`).
+/// plain characters here; see `SiteTable::named`), kernel and modules.
 #[notrace]
 pub(super) fn named(name: &str) -> Vec<usize> {
-    table().named(name)
+    // Safety: as above.
+    unsafe { every_table() }
+        .flat_map(|(base, table)| table.named(name).into_iter().map(move |index| base + index))
+        .collect()
 }
 
 /// Index of the site of the function at `address`, its global entry or site word.
 #[notrace]
 pub(super) fn index_of(address: u64) -> Option<usize> {
-    table().index_of(address)
+    // Safety: as above.
+    unsafe { every_table() }.find_map(|(base, table)| table.index_of(address).map(|index| base + index))
 }
 
 /// Indices of the sites of `addresses`; the first address without a site is the error.
 #[notrace]
 pub(super) fn indices_of(addresses: &[u64]) -> Result<Vec<usize>, u64> {
-    table().indices_of(addresses)
+    addresses.iter().map(|&address| index_of(address).ok_or(address)).collect()
 }
 
-/// Site addresses of `indices`, sorted.
+/// Site addresses of `indices`, sorted (an index of no site is left out).
 #[notrace]
 pub(super) fn addresses(indices: &[usize]) -> Vec<u64> {
-    table().addresses(indices)
+    let mut addresses: Vec<u64> = indices.iter().filter_map(|&index| site(index)).map(|site| site.address).collect();
+    addresses.sort_unstable();
+    addresses
 }
 
 /// Why `apply` changed nothing.
@@ -256,10 +398,16 @@ pub fn site_summaries() -> Vec<SiteSummary> {
     let registered = super::ops::registered_ops();
     let states = STATES.lock();
     let on = ENABLED.load(Ordering::Acquire);
+    // Safety: the states' lock is held: preemption is off, a read-side section.
+    let modules = unsafe { module_sites::tables() };
+    let module_sites = modules.iter().flat_map(|module| {
+        module.table.sites().iter().zip(states.modules.get(&module.base).map_or(&[][..], |states| &states[..]))
+    });
     table()
         .sites()
         .iter()
-        .zip(states.iter())
+        .zip(states.kernel.iter())
+        .chain(module_sites)
         .map(|(site, state)| SiteSummary {
             name: String::from(site.name),
             function: site.function,

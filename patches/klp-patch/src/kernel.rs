@@ -63,6 +63,97 @@ unsafe extern "C" {
     pub fn klp_shadow_free_all(id: u64, destructor: Option<ShadowDestructor>);
     /// A kernel static a module may read.
     pub static klp_kernel_version: u64;
+    /// Prints one line and keeps it in the kernel's module log (`klp log`).
+    pub fn klp_log(bytes: *const u8, length: usize);
+    /// Adds a shell command run by `handler`: 0, or -1 (bad name), -2 (taken).
+    pub fn klp_shell_register(
+        name: *const u8,
+        name_length: usize,
+        help: *const u8,
+        help_length: usize,
+        handler: CommandHandler,
+    ) -> i32;
+    /// Removes a module shell command, waiting for its calls in progress: 0, or -1 (unknown).
+    pub fn klp_shell_unregister(name: *const u8, name_length: usize) -> i32;
+    /// Appends bytes to a command's output (the `output` its handler got).
+    pub fn klp_shell_write(output: *mut CommandOutput, bytes: *const u8, length: usize);
+    /// Starts a kernel thread running `entry(argument)`: its id, or 0.
+    pub fn klp_thread_spawn(name: *const u8, name_length: usize, entry: extern "C" fn(u64), argument: u64) -> u64;
+    /// Waits for a thread `klp_thread_spawn` started to end: 0, or -1 (unknown).
+    pub fn klp_thread_join(id: u64) -> i32;
+    /// Sleeps up to `milliseconds`; 1 if woken early (`klp_wake_interruptible`, a transition's fake signal).
+    pub fn klp_sleep_interruptible(milliseconds: u64) -> u32;
+    /// Wakes a thread asleep in `klp_sleep_interruptible`: 1 if it did.
+    pub fn klp_wake_interruptible(id: u64) -> u32;
+}
+
+/// Prints `line` and keeps it in the kernel's module log (`klp log`; Linux's pr_info).
+#[inline(always)]
+pub fn log(line: &[u8]) {
+    // Safety: the kernel copies `line.len()` bytes from a valid slice.
+    unsafe { klp_log(line.as_ptr(), line.len()) }
+}
+
+/// The kernel's side of a shell command's output (opaque to a module).
+#[repr(C)]
+pub struct CommandOutput {
+    _private: [u8; 0],
+}
+
+/// A module shell command: its arguments (UTF-8) and where its output goes.
+pub type CommandHandler = extern "C" fn(arguments: *const u8, length: usize, output: *mut CommandOutput);
+
+/// Adds the shell command `name` (one word) with a help line, run by
+/// `handler`; false if the name is taken or not one word. Register in the
+/// module's init, unregister in its exit.
+#[inline(always)]
+pub fn shell_register(name: &str, help: &str, handler: CommandHandler) -> bool {
+    // Safety: valid buffers of those lengths; the kernel copies them.
+    unsafe { klp_shell_register(name.as_ptr(), name.len(), help.as_ptr(), help.len(), handler) == 0 }
+}
+
+/// Removes the module's shell command `name` once no call of it runs; false if there was none.
+#[inline(always)]
+pub fn shell_unregister(name: &str) -> bool {
+    // Safety: a valid buffer of that length; the kernel copies it.
+    unsafe { klp_shell_unregister(name.as_ptr(), name.len()) == 0 }
+}
+
+/// Writes `text` to the output of the command whose handler got `output`.
+#[inline(always)]
+pub fn shell_write(output: *mut CommandOutput, text: &[u8]) {
+    // Safety: `output` is the handler's own, alive during its call; the kernel copies `text`.
+    unsafe { klp_shell_write(output, text.as_ptr(), text.len()) }
+}
+
+/// Starts a kernel thread named `name` running `entry(argument)`; its id,
+/// or None. Join it (`thread_join`) before the module's exit returns.
+#[inline(always)]
+pub fn thread_spawn(name: &str, entry: extern "C" fn(u64), argument: u64) -> Option<u64> {
+    // Safety: a valid buffer; `entry` is a function of this module, which stays loaded until joined.
+    let id = unsafe { klp_thread_spawn(name.as_ptr(), name.len(), entry, argument) };
+    (id != 0).then_some(id)
+}
+
+/// Waits for thread `id` (from `thread_spawn`) to end; false if it is not one.
+#[inline(always)]
+pub fn thread_join(id: u64) -> bool {
+    // Safety: a plain integer; the kernel checks it.
+    unsafe { klp_thread_join(id) == 0 }
+}
+
+/// Sleeps up to `milliseconds`; true if woken early.
+#[inline(always)]
+pub fn sleep_interruptible(milliseconds: u64) -> bool {
+    // Safety: a plain integer.
+    unsafe { klp_sleep_interruptible(milliseconds) != 0 }
+}
+
+/// Wakes thread `id` if it sleeps in `sleep_interruptible`; true if it did.
+#[inline(always)]
+pub fn wake_interruptible(id: u64) -> bool {
+    // Safety: a plain integer; the kernel checks it.
+    unsafe { klp_wake_interruptible(id) != 0 }
 }
 
 /// A system state as the kernel keeps it (Linux's `struct klp_state`): the

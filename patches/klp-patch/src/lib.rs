@@ -63,6 +63,7 @@ pub const ALLOW_INLINED: &str = "allow_inlined";
 macro_rules! klp_patch {
     (
         name = $name:literal,
+        $(object = $module:literal,)?
         replace = [$($old:literal => $new:ident $(($flag:ident))?),+ $(,)?]
         $(, atomic_replace = $atomic:ident)?
         $(, states = [$(($id:literal, $version:literal)),* $(,)?])?
@@ -71,6 +72,7 @@ macro_rules! klp_patch {
     ) => {
         const _: () = {
             assert!($crate::is_word($name), "a patch name must be non-empty and free of whitespace");
+            $(assert!($crate::is_word($module), "an object name must be non-empty and free of whitespace");)?
             $(
                 assert!($crate::is_word($old), "an old function name must be non-empty and free of whitespace");
                 // A replacement that does not exist fails to compile here.
@@ -85,6 +87,7 @@ macro_rules! klp_patch {
         };
         const KLP_PATCH_TEXT: &str = concat!(
             "klp-patch 1\nname ", $name, "\n",
+            $("object ", $module, "\n",)?
             $("replace ", $old, " ", stringify!($new), $(" ", stringify!($flag),)? "\n",)+
             $($crate::atomic_replace_line!($atomic),)?
             $($("state ", stringify!($id), " ", stringify!($version), "\n",)*)?
@@ -132,6 +135,63 @@ macro_rules! callback_kind {
         "post_unpatch"
     };
 }
+
+/// The first line of a loadable target module's description.
+pub const MODULE_FORMAT_LINE: &str = "klp-module 1";
+
+/// The section the kernel's loader reads a target module's description from.
+pub const MODULE_SECTION: &str = ".klp.module";
+
+/// Declares a loadable target module: its name, init and exit functions,
+/// and the functions live patches may replace.
+///
+/// ```ignore
+/// klp_patch::klp_module!(
+///     name = "hello-module",
+///     init = hello_module_init,      // extern "C" fn() -> i32: 0 loads the module, anything else refuses it
+///     exit = hello_module_exit,      // extern "C" fn(): runs before the module is unloaded
+///     livepatchable = [hello_module_message],
+/// );
+/// ```
+///
+/// Each function must be `#[unsafe(no_mangle)] pub` (the description names
+/// its symbol; a typo is a compile error). Build with `cargo xtask patch
+/// build NAME`, which gives the module's functions ftrace sites, as the
+/// kernel's: only a function with a site and named `livepatchable` here can
+/// be replaced, and it must be `#[inline(never)]` so that every call reaches
+/// that site (see patches/README.md). The macro takes the address of every
+/// function it names in a `#[used]` static, so the compiler keeps each one,
+/// out of line, and cannot assume it knows all its callers.
+#[macro_export]
+macro_rules! klp_module {
+    (name = $name:literal $(, init = $init:ident)? $(, exit = $exit:ident)? $(, livepatchable = [$($function:ident),* $(,)?])? $(,)?) => {
+        const _: () = assert!($crate::is_word($name), "a module name must be non-empty and free of whitespace");
+        $(const _: extern "C" fn() -> i32 = $init;)?
+        $(const _: extern "C" fn() = $exit;)?
+        const KLP_MODULE_TEXT: &str = concat!(
+            "klp-module 1\nname ", $name, "\n",
+            $("init ", stringify!($init), "\n",)?
+            $("exit ", stringify!($exit), "\n",)?
+            $($("livepatchable ", stringify!($function), "\n",)*)?
+        );
+        /// The description the loader reads (`#[used]`: kept although nothing refers to it).
+        #[used]
+        #[unsafe(link_section = ".klp.module")]
+        static KLP_MODULE: [u8; KLP_MODULE_TEXT.len()] = $crate::bytes(KLP_MODULE_TEXT);
+        /// Every function the description names, address-taken: kept out of
+        /// line, and never assumed to have only the callers the compiler sees.
+        #[used]
+        static KLP_MODULE_FUNCTIONS: $crate::Functions = $crate::Functions(&[
+            $($init as *const (),)? $($exit as *const (),)? $($($function as *const (),)*)?
+        ]);
+    };
+}
+
+/// The addresses of a module's functions, as `klp_module!` keeps them.
+pub struct Functions(pub &'static [*const ()]);
+
+// Safety: function addresses, never written nor dereferenced as data.
+unsafe impl Sync for Functions {}
 
 /// `text` as a byte array of its exact length (evaluated at compile time).
 pub const fn bytes<const LENGTH: usize>(text: &str) -> [u8; LENGTH] {
@@ -226,6 +286,49 @@ mod tests {
                 core::str::from_utf8(&KLP_PATCH).unwrap(),
                 "klp-patch 1\nname full\nreplace kernel::x replacement\natomic-replace\nstate 1 2\nstate 7 1\n\
                  callback vmlinux pre_patch before\ncallback target-module post_unpatch before\n"
+            );
+        }
+    }
+
+    mod module {
+        extern "C" fn start() -> i32 {
+            0
+        }
+
+        extern "C" fn stop() {}
+
+        fn message() -> u64 {
+            7
+        }
+
+        crate::klp_module!(name = "hello-module", init = start, exit = stop, livepatchable = [message, start]);
+
+        #[test]
+        fn the_module_description_is_the_documented_text() {
+            let _ = (start(), stop(), message());
+            assert_eq!(
+                core::str::from_utf8(&KLP_MODULE).unwrap(),
+                "klp-module 1\nname hello-module\ninit start\nexit stop\nlivepatchable message\nlivepatchable start\n"
+            );
+            assert!(KLP_MODULE_TEXT.starts_with(crate::MODULE_FORMAT_LINE));
+            assert_eq!(KLP_MODULE_FUNCTIONS.0.len(), 4);
+            assert_eq!(KLP_MODULE_FUNCTIONS.0[2], message as *const ());
+        }
+    }
+
+    mod object {
+        fn fixed() -> u64 {
+            8
+        }
+
+        crate::klp_patch!(name = "fix", object = "hello-module", replace = ["message" => fixed]);
+
+        #[test]
+        fn an_object_line_precedes_the_replace_lines() {
+            let _ = fixed();
+            assert_eq!(
+                core::str::from_utf8(&KLP_PATCH).unwrap(),
+                "klp-patch 1\nname fix\nobject hello-module\nreplace message fixed\n"
             );
         }
     }

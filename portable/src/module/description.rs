@@ -10,6 +10,8 @@
 //! state 1 2                                     a system state it handles: STATE_ID VERSION
 //! callback vmlinux pre_patch my_pre_patch       OBJECT (vmlinux or a module) KIND SYMBOL, KIND one of
 //!                                               pre_patch post_patch pre_unpatch post_unpatch
+//! object hello-module                           the replace lines after it name functions of
+//!                                               that loadable target module, not the kernel's
 //! # a comment                                   blank lines and '#' lines are ignored
 //! ```
 //!
@@ -58,7 +60,10 @@ pub const CALLBACK_KINDS: [&str; 4] = ["pre_patch", "post_patch", "pre_unpatch",
 /// One `replace` line: a kernel function and the module symbol that replaces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplacedFunction {
-    /// The kernel function's name, as the kernel symbol table spells it.
+    /// The loadable target module the function is in (the last `object`
+    /// line before this `replace` line), `None` for the kernel.
+    pub object: Option<String>,
+    /// The function's name, as the kernel (or the object's module) symbol table spells it.
     pub old_name: String,
     /// Which of several kernel functions with that name (1-based), from an `@N` suffix.
     pub old_position: Option<usize>,
@@ -107,7 +112,8 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     let mut seen_header = false;
     let mut name: Option<String> = None;
     let mut functions: Vec<ReplacedFunction> = Vec::new();
-    let mut replaced: BTreeSet<(String, Option<usize>)> = BTreeSet::new();
+    let mut replaced: BTreeSet<(Option<String>, String, Option<usize>)> = BTreeSet::new();
+    let mut object: Option<String> = None;
     let mut atomic_replace = false;
     let mut states: Vec<(u64, u64)> = Vec::new();
     let mut callbacks: Vec<CallbackLine> = Vec::new();
@@ -129,6 +135,7 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
             continue;
         }
         match words.as_slice() {
+            ["object", module] if is_name(module) => object = Some(module.to_string()),
             ["name", patch] if is_name(patch) => {
                 if name.is_some() {
                     return Err(error(number, "a second name line"));
@@ -145,10 +152,16 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
                         return Err(error(number, format!("unknown flag {flags:?} (expected {ALLOW_INLINED:?})")));
                     }
                 };
-                if !replaced.insert((old_name.clone(), old_position)) {
+                if !replaced.insert((object.clone(), old_name.clone(), old_position)) {
                     return Err(error(number, format!("{old} is replaced twice")));
                 }
-                functions.push(ReplacedFunction { old_name, old_position, new_symbol: new.to_string(), allow_inlined });
+                functions.push(ReplacedFunction {
+                    object: object.clone(),
+                    old_name,
+                    old_position,
+                    new_symbol: new.to_string(),
+                    allow_inlined,
+                });
             }
             ["atomic-replace"] => {
                 if atomic_replace {
@@ -185,6 +198,7 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
             ["callback", ..] => return Err(error(number, "expected \"callback OBJECT KIND SYMBOL\"")),
             ["atomic-replace", ..] => return Err(error(number, "atomic-replace takes no argument")),
             ["name", ..] => return Err(error(number, "expected \"name NAME\"")),
+            ["object", ..] => return Err(error(number, "expected \"object MODULE\"")),
             ["replace", ..] => {
                 return Err(error(number, "expected \"replace OLD_NAME[@N] NEW_SYMBOL [allow_inlined]\""));
             }

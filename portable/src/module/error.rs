@@ -204,8 +204,13 @@ pub enum ModuleError {
     },
     /// The resolver did not know an undefined symbol.
     UndefinedSymbol(String),
-    /// The object has no `.klp.patch` section.
+    /// The object has neither a `.klp.patch` nor a `.klp.module` section.
     MissingDescription,
+    /// The object has both a `.klp.patch` and a `.klp.module` section.
+    TwoDescriptions,
+    /// A function a `.klp.module` description names (init, exit or
+    /// livepatchable) is not a function defined in the module.
+    ModuleFunctionMissing(String),
     /// The patch description is malformed at `line` (1-based; 0 for the text as a whole).
     Description {
         /// The 1-based line, or 0 for the text as a whole.
@@ -326,7 +331,13 @@ impl fmt::Display for ModuleError {
                 }
             }
             UndefinedSymbol(name) => write!(formatter, "undefined symbol {name}"),
-            MissingDescription => write!(formatter, "no .klp.patch section: not a patch module"),
+            MissingDescription => {
+                write!(formatter, "no .klp.patch or .klp.module section: neither a patch nor a target module")
+            }
+            TwoDescriptions => write!(formatter, "both a .klp.patch and a .klp.module section: a patch or a module?"),
+            ModuleFunctionMissing(name) => {
+                write!(formatter, "module description names {name}, which is not a function defined in the module")
+            }
             Description { line: 0, reason } => write!(formatter, "patch description: {reason}"),
             Description { line, reason } => write!(formatter, "patch description line {line}: {reason}"),
             ReplacementNotFunction(name) => {

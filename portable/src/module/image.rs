@@ -4,12 +4,13 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::description::{PatchDescription, parse_description};
+use super::description::parse_description;
 use super::elf::{Section, read_sections};
 use super::layout::{Layout, layout};
 use super::relocations::{self, Branch, Relocation, RelocationSection};
 use super::symbols::{Definition, Symbol, SymbolTable};
-use super::{DESCRIPTION_SECTION, ModuleError};
+use super::target::{MODULE_SECTION, parse_module_description};
+use super::{DESCRIPTION_SECTION, Description, ModuleError};
 
 /// A stub's identity: the external function's name and the call's addend.
 pub(super) type StubKey<'a> = (&'a str, i64);
@@ -24,7 +25,7 @@ pub struct ModuleImage<'a> {
     /// The stub slot of each distinct external call target, numbered in order of first use.
     pub(super) stubs: BTreeMap<StubKey<'a>, usize>,
     pub(super) layout: Layout,
-    pub(super) description: PatchDescription,
+    pub(super) description: Description,
 }
 
 /// Parses and validates a patch module: a ppc64le ELFv2 relocatable object with a
@@ -50,23 +51,39 @@ pub fn parse(bytes: &[u8]) -> Result<ModuleImage<'_>, ModuleError> {
     let description = read_description(&sections)?;
     let image = ModuleImage { sections, symbols, relocations, stubs, layout, description };
     let functions = image.functions();
-    for function in &image.description.functions {
-        if !functions.contains_key(function.new_symbol.as_str()) {
-            return Err(ModuleError::ReplacementNotFunction(function.new_symbol.clone()));
+    match &image.description {
+        Description::Patch(patch) => {
+            for function in &patch.functions {
+                if !functions.contains_key(function.new_symbol.as_str()) {
+                    return Err(ModuleError::ReplacementNotFunction(function.new_symbol.clone()));
+                }
+            }
+        }
+        Description::Module(module) => {
+            if let Some(missing) = module.functions().find(|name| !functions.contains_key(name)) {
+                return Err(ModuleError::ModuleFunctionMissing(String::from(missing)));
+            }
         }
     }
     Ok(image)
 }
 
-/// Finds and parses the `.klp.patch` section.
-fn read_description(sections: &[Section<'_>]) -> Result<PatchDescription, ModuleError> {
-    let Some(section) = sections.iter().find(|section| section.name == DESCRIPTION_SECTION) else {
-        return Err(ModuleError::MissingDescription);
+/// Finds and parses the `.klp.patch` or the `.klp.module` section (one of them, not both).
+fn read_description(sections: &[Section<'_>]) -> Result<Description, ModuleError> {
+    let find = |name: &str| sections.iter().find(|section| section.name == name);
+    let section = match (find(DESCRIPTION_SECTION), find(MODULE_SECTION)) {
+        (None, None) => return Err(ModuleError::MissingDescription),
+        (Some(_), Some(_)) => return Err(ModuleError::TwoDescriptions),
+        (Some(section), None) | (None, Some(section)) => section,
     };
     if !section.has_file_bytes() {
         return Err(ModuleError::Description { line: 0, reason: String::from("the section has no contents") });
     }
-    parse_description(section.bytes)
+    if section.name == MODULE_SECTION {
+        parse_module_description(section.bytes).map(Description::Module)
+    } else {
+        parse_description(section.bytes).map(Description::Patch)
+    }
 }
 
 impl<'a> ModuleImage<'a> {
@@ -84,8 +101,8 @@ impl<'a> ModuleImage<'a> {
         self.layout.alignment as usize
     }
 
-    /// The patch description read from `.klp.patch`.
-    pub fn description(&self) -> &PatchDescription {
+    /// The description read from `.klp.patch` or `.klp.module`.
+    pub fn description(&self) -> &Description {
         &self.description
     }
 

@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 
 use object::elf;
 
+use super::Description;
 use super::ModuleError;
-use super::description::PatchDescription;
 use super::image::ModuleImage;
 use super::relocation::{Fault, compute, write};
 use super::relocations::{Branch, Relocation};
@@ -23,8 +23,8 @@ pub struct LinkedModule {
     pub sections: Vec<LoadedSection>,
     /// The symbols defined in loaded sections (not section or file symbols).
     pub symbols: Vec<ModuleSymbol>,
-    /// The patch description from `.klp.patch`.
-    pub description: PatchDescription,
+    /// The description from `.klp.patch` or `.klp.module`.
+    pub description: Description,
 }
 
 /// A loaded section: where it went.
@@ -170,6 +170,50 @@ impl<'a> ModuleImage<'a> {
             })
             .collect();
         Ok(LinkedModule { toc, sections, symbols, description: self.description.clone() })
+    }
+
+    /// Applies again, to this module already linked at `base` in `memory`,
+    /// the relocations against the undefined symbols `select` picks, with
+    /// the addresses `resolve` gives now, and rewrites their call stubs;
+    /// nothing else is written (the module's data keeps its state). For a
+    /// patch's klp relocations (`.klp.sym.MODULE.SYMBOL,N`) when their
+    /// target module comes or goes after the patch was linked. A call's
+    /// `bl` to its stub and the TOC restore after it stay as `link` wrote
+    /// them: only the stub's target changes. Returns how many fields and
+    /// stubs were written. The caller flushes the instruction cache and
+    /// makes sure no thread runs a stub being rewritten (its words change
+    /// one at a time).
+    pub fn relink_symbols(
+        &self,
+        memory: &mut [u8],
+        base: u64,
+        select: &dyn Fn(&str) -> bool,
+        resolve: &mut dyn FnMut(&str) -> Option<u64>,
+    ) -> Result<usize, ModuleError> {
+        let size = self.memory_size();
+        let given = memory.len();
+        let Some(memory) = memory.get_mut(..size) else {
+            return Err(ModuleError::MemoryTooSmall { needed: size, given });
+        };
+        let toc = base.wrapping_add(self.layout.toc);
+        let mut resolver = Resolver { resolve, known: BTreeMap::new(), toc };
+        let mut written = 0;
+        for (&(name, addend), &slot) in &self.stubs {
+            if select(name) {
+                let target = resolver.address(name)?.wrapping_add(addend as u64);
+                put_words(memory, self.stub_offset(slot), &stub_words(target));
+                written += 1;
+            }
+        }
+        self.each_relocation(|relocation| {
+            let chosen = relocation.symbol.definition == Definition::Undefined && select(relocation.symbol.name);
+            if !chosen || relocation.branch == Branch::External {
+                return Ok(());
+            }
+            written += 1;
+            self.apply(&relocation, memory, base, &mut resolver)
+        })?;
+        Ok(written)
     }
 
     /// The offset of loaded section `index` from the module base.

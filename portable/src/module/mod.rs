@@ -4,7 +4,8 @@
 //! (ET_REL, ELFCLASS64, little-endian, EM_PPC64, ELFv2): one `.text.NAME`
 //! section per function, `.data.*`, `.bss.*`, a `.toc`, maybe `.eh_frame`,
 //! and a `.klp.patch` section naming the kernel functions it replaces
-//! ([`parse_description`]). Loading takes three steps, none of which touches
+//! ([`parse_description`]); a loadable target module has a `.klp.module`
+//! section instead ([`parse_module_description`]), and is loaded the same way. Loading takes three steps, none of which touches
 //! hardware:
 //!
 //! 1. [`parse`] checks everything that needs no address: headers, section and
@@ -26,6 +27,7 @@ mod description;
 mod elf;
 mod error;
 mod image;
+mod klp_symbol;
 mod layout;
 mod link;
 pub mod relocation;
@@ -33,6 +35,7 @@ mod relocations;
 mod signed;
 pub mod stub;
 mod symbols;
+mod target;
 #[cfg(test)]
 mod tests;
 
@@ -42,14 +45,50 @@ pub use description::{
 };
 pub use error::ModuleError;
 pub use image::{ModuleImage, parse};
+pub use klp_symbol::{KLP_SYMBOL_PREFIX, KlpSymbol, parse_klp_symbol};
 pub use layout::{MIN_ALIGNMENT, TOC_BIAS};
 pub use link::{LinkedModule, LoadedSection, ModuleSymbol};
 pub use relocation::relocation_name;
 pub use signed::{SIGNATURE_SIZE, SIGNED_MAGIC, TRAILER_SIZE, signed_trailer, split_signed};
 pub use symbols::{TOC_SYMBOL, local_entry_offset};
+pub use target::{MODULE_HEADER, MODULE_SECTION, ModuleDescription, parse_module_description};
 
 /// The section that holds the patch description.
 pub const DESCRIPTION_SECTION: &str = ".klp.patch";
+
+/// What a module object says it is: a live patch (`.klp.patch`) or a
+/// loadable target module (`.klp.module`). An object has exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Description {
+    Patch(PatchDescription),
+    Module(ModuleDescription),
+}
+
+impl Description {
+    /// The patch's or module's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Description::Patch(patch) => &patch.name,
+            Description::Module(module) => &module.name,
+        }
+    }
+
+    /// The patch description, if this is a patch.
+    pub fn patch(&self) -> Option<&PatchDescription> {
+        match self {
+            Description::Patch(patch) => Some(patch),
+            Description::Module(_) => None,
+        }
+    }
+
+    /// The target module description, if this is one.
+    pub fn module(&self) -> Option<&ModuleDescription> {
+        match self {
+            Description::Module(module) => Some(module),
+            Description::Patch(_) => None,
+        }
+    }
+}
 
 /// Largest object file accepted: 16 MiB.
 pub const MAX_FILE_SIZE: u64 = 16 << 20;

@@ -155,18 +155,21 @@ fn description_parses_names_positions_comments_and_padding() {
         description.functions,
         vec![
             ReplacedFunction {
+                object: None,
                 old_name: "kernel::hello".to_string(),
                 old_position: None,
                 new_symbol: "new_hello".to_string(),
                 allow_inlined: false,
             },
             ReplacedFunction {
+                object: None,
                 old_name: "kernel::util::parse".to_string(),
                 old_position: Some(2),
                 new_symbol: "new_parse".to_string(),
                 allow_inlined: false,
             },
             ReplacedFunction {
+                object: None,
                 old_name: "kernel::x".to_string(),
                 old_position: None,
                 new_symbol: "new_x".to_string(),
@@ -174,6 +177,20 @@ fn description_parses_names_positions_comments_and_padding() {
             },
         ]
     );
+}
+
+#[test]
+fn object_lines_name_the_module_of_the_replace_lines_after_them() {
+    let text = b"klp-patch 1\nname fix\nreplace kernel::a new_a\nobject hello-module\nreplace message new_message\n\
+                 replace a new_module_a\n";
+    let description = parse_description(text).unwrap();
+    let objects: Vec<(Option<&str>, &str)> =
+        description.functions.iter().map(|function| (function.object.as_deref(), function.old_name.as_str())).collect();
+    assert_eq!(objects, [(None, "kernel::a"), (Some("hello-module"), "message"), (Some("hello-module"), "a")]);
+    // The same name in the kernel and in a module is two functions; twice in one module is refused.
+    assert_eq!(description_line("klp-patch 1\nname x\nobject m\nreplace a b\nreplace a c\n"), 5);
+    assert_eq!(description_line("klp-patch 1\nname x\nobject\nreplace a b\n"), 3);
+    assert_eq!(description_line("klp-patch 1\nname x\nobject m n\nreplace a b\n"), 3);
 }
 
 #[test]
