@@ -340,6 +340,13 @@ fn test_callbacks_busy_target_module() {
         module_object("target-module", target, demo_module::CALLBACKS),
     ];
     klp::add(patch("test_klp_callbacks_demo", objects, false, &[])).expect("adds");
+    // Until its thread sleeps in busy_module_work (on one CPU it has not run yet).
+    while !crate::thread::snapshot()
+        .iter()
+        .any(|summary| summary.name == "busy-module" && matches!(summary.state, crate::thread::State::Sleeping(_)))
+    {
+        crate::thread::sleep_milliseconds(1);
+    }
     let Progress::Pending(blocked) = klp::enable("test_klp_callbacks_demo").expect("enables") else {
         panic!("busy-module's thread, asleep in busy_module_work, must stall the transition");
     };
@@ -382,4 +389,28 @@ fn test_sysfs_object_patched() {
     disable("test_klp_callbacks_demo");
     assert!(!object_patched("test_klp_callbacks_demo", "vmlinux"));
     retire(&["test_klp_callbacks_demo"]);
+}
+
+// ---- The sample: a loadable module and a patch module for it ------------------
+
+/// `hello-module-fix` (a patch module whose `object hello-module` line
+/// names the target module) changes what the module's shell command says,
+/// whether the module or the patch is loaded first.
+#[ktest]
+fn sample_hello_module_fix_patches_the_module_loaded_before_or_after_it() {
+    use crate::module::commands;
+    const ORIGINAL: &str = "hello from the hello-module target module\n";
+    const FIXED: &str = "hello from the hello-module-fix live patch\n";
+    module::load(file("hello-module")).expect("loads");
+    assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(ORIGINAL));
+    module::load(file("hello-module-fix")).expect("the patch of a loaded module loads");
+    assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED));
+    assert!(object_patched("hello-module-fix", "hello-module"));
+    module::unload("hello-module").expect("the patched module unloads");
+    assert!(!object_patched("hello-module-fix", "hello-module"), "its object waits for the module again");
+    module::load(file("hello-module")).expect("loads again");
+    assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED), "patched as it loads");
+    module::unload("hello-module-fix").expect("the patch unloads");
+    assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(ORIGINAL));
+    module::unload("hello-module").expect("unloads");
 }
