@@ -480,9 +480,7 @@ impl State {
             .iter()
             .filter_map(|(entry, stack)| {
                 let mut stack = stack.clone();
-                stack
-                    .replacements
-                    .retain(|(id, new)| !patch.replaces.contains(id) && !(*id == patch.id && *new == NOP));
+                stack.replacements.retain(|(id, new)| !(patch.replaces.contains(id) || *id == patch.id && *new == NOP));
                 (!stack.replacements.is_empty()).then_some((*entry, stack))
             })
             .collect();

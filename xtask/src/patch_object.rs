@@ -67,11 +67,6 @@ pub struct Replacement {
 
 impl Description {
     pub fn parse(text: &str) -> Result<Self> {
-        // The kernel's own parser checks every line (atomic replace, states,
-        // callbacks included); the replacements are read here to be checked
-        // against the object's symbols.
-        portable::module::parse_description(text.as_bytes())
-            .map_err(|error| anyhow::anyhow!("the description is refused as the kernel would: {error}"))?;
         let mut lines = text.lines().enumerate().map(|(index, line)| (index + 1, line));
         match lines.next() {
             Some((_, FORMAT_LINE)) => {}
@@ -96,7 +91,7 @@ impl Description {
                         allow_inlined: !flags.is_empty(),
                     })
                 }
-                // Checked by the kernel's parser above.
+                // Checked by the kernel's parser below.
                 ["atomic-replace"] | ["state", ..] | ["callback", ..] => {}
                 _ => bail!(
                     "description line {number}: expected `name NAME` or `replace OLD NEW [allow_inlined]`, found {line:?}"
@@ -107,6 +102,10 @@ impl Description {
         if replacements.is_empty() {
             bail!("the description of {name} replaces nothing");
         }
+        // Then the kernel's own parser checks every line (atomic replace,
+        // states and callbacks included), as the loader will.
+        portable::module::parse_description(text.as_bytes())
+            .map_err(|error| anyhow::anyhow!("the description is refused as the kernel would: {error}"))?;
         Ok(Description { name, replacements, module: None })
     }
 

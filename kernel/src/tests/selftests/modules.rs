@@ -340,11 +340,10 @@ fn test_callbacks_busy_target_module() {
         module_object("target-module", target, demo_module::CALLBACKS),
     ];
     klp::add(patch("test_klp_callbacks_demo", objects, false, &[])).expect("adds");
-    // Until its thread sleeps in busy_module_work (on one CPU it has not run yet).
-    while !crate::thread::snapshot()
-        .iter()
-        .any(|summary| summary.name == "busy-module" && matches!(summary.state, crate::thread::State::Sleeping(_)))
-    {
+    // Until its thread has run (on one CPU it has not yet): from its first
+    // run on it is inside busy_module_work's loop. (Not "until it sleeps":
+    // its 10 ms sleeps and this thread's polls can fall on the same ticks.)
+    while !crate::thread::snapshot().iter().any(|summary| summary.name == "busy-module" && summary.switches > 0) {
         crate::thread::sleep_milliseconds(1);
     }
     let Progress::Pending(blocked) = klp::enable("test_klp_callbacks_demo").expect("enables") else {
