@@ -431,7 +431,7 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
         blocked: Vec::new(),
         signalled: crate::arch::registers::timebase(),
     });
-    announce(&core, name);
+    announce(core, name);
     #[cfg(feature = "ktest")]
     if IMMEDIATE.load(core::sync::atomic::Ordering::Relaxed) {
         transition::force();
@@ -543,7 +543,7 @@ fn complete(core: &mut Core) {
     // the replaced patches' states (`klp_get_prev_state`), as in Linux.
     callbacks::sync_enabled(&core.state);
     crate::debug::transition_changed("");
-    announce(&core, name);
+    announce(core, name);
 }
 
 /// Between two rounds of checks, where the threads that block a transition
@@ -1087,7 +1087,7 @@ pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
         if active && !transitioning {
             entry.post_patch();
         }
-        announce(&core, &patch);
+        announce(core, &patch);
     }
     if result.is_err() {
         leave_module(core, name);
@@ -1141,6 +1141,6 @@ fn leave_module(core: &mut Core, name: &str) {
         entry.loaded = false;
         entry.entries = Vec::new();
         entry.post_unpatch();
-        announce(&core, &patch);
+        announce(core, &patch);
     }
 }

@@ -35,12 +35,24 @@ fn events(lines: &[&str]) -> Vec<alloc::string::String> {
     lines.iter().map(|line| alloc::string::String::from(*line)).collect()
 }
 
-/// "target module not present": a patch whose only loaded object is the
-/// kernel runs its callbacks in Linux's order around each transition.
+/// "target module not present": a patch of the kernel and of a module that
+/// is not loaded (an object with callbacks only, as Linux's demo has for
+/// test_klp_callbacks_mod) runs only the kernel object's callbacks, in
+/// Linux's order around each transition.
 #[ktest]
 fn test_callbacks_target_module_not_present() {
     clear_events();
-    add_demo("test_klp_callbacks_demo", demo::CALLBACKS, replacement as *const (), false);
+    let objects = vec![
+        kernel_object(vec![function(TARGET, replacement as *const ())], demo::CALLBACKS),
+        super::module_object("target-module", Vec::new(), demo2::CALLBACKS),
+    ];
+    klp::add(patch("test_klp_callbacks_demo", objects, false, &[])).expect("adds");
+    assert!(
+        klp::list()
+            .iter()
+            .any(|patch| patch.objects.iter().any(|(object, patched)| object == "target-module" && !patched)),
+        "the absent module's object is listed, not patched"
+    );
     assert!(take_events().is_empty(), "adding runs no callback");
     enable("test_klp_callbacks_demo").expect("enables");
     assert_eq!(take_events(), events(&["demo: pre_patch vmlinux", "demo: post_patch vmlinux"]));
