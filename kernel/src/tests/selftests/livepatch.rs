@@ -122,14 +122,12 @@ fn replace_g() -> u64 {
     black_box(3)
 }
 
-/// During an atomic replace's transition, a switched thread runs the
-/// original of a function the replace patch leaves out (the handler's NOP
-/// entry), and an unswitched thread runs the replaced patch's replacement.
-#[ktest]
-fn atomic_replace_in_transition_runs_the_original_for_switched_threads_and_the_old_patch_for_others() {
+/// Enables "first" (f and g), then the atomic replace "replacing" (g only)
+/// while a thread sleeps in first's g: returns that thread, with the
+/// replace's transition held open by it.
+fn start_replace_held_open() -> crate::thread::JoinHandle {
     use crate::thread;
-    use core::sync::atomic::Ordering;
-    BLOCKER_SAW.store(0, Ordering::SeqCst);
+    BLOCKER_SAW.store(0, core::sync::atomic::Ordering::SeqCst);
     let first = vec![
         function("kernel::tests::selftests::livepatch::replace_window_f", first_f as *const ()),
         function("kernel::tests::selftests::livepatch::replace_window_g", first_g as *const ()),
@@ -142,6 +140,7 @@ fn atomic_replace_in_transition_runs_the_original_for_switched_threads_and_the_o
         replace_window_g();
     })
     .expect("room for a thread");
+    // It sleeps 60 s: no tick can hide its sleep from this poll.
     while !thread::snapshot()
         .iter()
         .any(|summary| summary.id == blocker.id && matches!(summary.state, thread::State::Sleeping(_)))
@@ -151,6 +150,17 @@ fn atomic_replace_in_transition_runs_the_original_for_switched_threads_and_the_o
     let klp::Progress::Pending(_) = klp::enable("replacing").expect("enables") else {
         panic!("the thread asleep in the first patch's g holds the transition open");
     };
+    blocker
+}
+
+/// During an atomic replace's transition, a switched thread runs the
+/// original of a function the replace patch leaves out (the handler's NOP
+/// entry), and an unswitched thread runs the replaced patch's replacement.
+#[ktest]
+fn atomic_replace_in_transition_runs_the_original_for_switched_threads_and_the_old_patch_for_others() {
+    use crate::thread;
+    use core::sync::atomic::Ordering;
+    let blocker = start_replace_held_open();
     assert_eq!(replace_window_f(), 1, "switched: the NOP entry runs the original");
     assert_eq!(replace_window_g(), 3, "switched: the replace patch");
     assert!(thread::wake_interruptible(blocker.id));
@@ -171,29 +181,7 @@ fn atomic_replace_in_transition_runs_the_original_for_switched_threads_and_the_o
 #[ktest]
 fn a_forced_atomic_replace_leaves_the_patches_it_replaced_forced() {
     use crate::thread;
-    use core::sync::atomic::Ordering;
-    BLOCKER_SAW.store(0, Ordering::SeqCst);
-    let first = vec![
-        function("kernel::tests::selftests::livepatch::replace_window_f", first_f as *const ()),
-        function("kernel::tests::selftests::livepatch::replace_window_g", first_g as *const ()),
-    ];
-    klp::add(patch("first", vec![kernel_object(first, Callbacks::default())], false, &[])).expect("adds");
-    enable("first").expect("enables");
-    let replacing = vec![function("kernel::tests::selftests::livepatch::replace_window_g", replace_g as *const ())];
-    klp::add(patch("replacing", vec![kernel_object(replacing, Callbacks::default())], true, &[])).expect("adds");
-    let blocker = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "replace-blocker", || {
-        replace_window_g();
-    })
-    .expect("room for a thread");
-    while !thread::snapshot()
-        .iter()
-        .any(|summary| summary.id == blocker.id && matches!(summary.state, thread::State::Sleeping(_)))
-    {
-        thread::sleep_milliseconds(1);
-    }
-    let klp::Progress::Pending(_) = klp::enable("replacing").expect("enables") else {
-        panic!("the thread asleep in the first patch's g holds the transition open");
-    };
+    let blocker = start_replace_held_open();
     klp::force("replacing").expect("in transition");
     assert!(!super::enabled("first"), "replaced");
     assert!(klp::was_forced("first"), "the replaced patch is forced too: the blocker still runs it");
