@@ -733,6 +733,14 @@ pub fn forget_forced(name: &str) {
     REGISTRY.lock().forced.retain(|forced| forced != name);
 }
 
+/// Whether any patch is enabled (ftrace cannot be turned off then).
+pub fn any_enabled() -> bool {
+    REGISTRY.lock().state.patches().iter().any(|patch| patch.enabled)
+}
+
+/// The name of the livepatch core's ftrace ops.
+pub const LIVEPATCH_OPS_NAME: &str = "livepatch";
+
 /// Whether patch `name` is in transition now.
 pub fn in_transition(name: &str) -> bool {
     REGISTRY.lock().transition.as_ref().is_some_and(|transition| transition.patch == name)
@@ -1081,6 +1089,12 @@ pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
             entry.post_unpatch();
             result = Err(ftrace_error(core.state.patch(&patch), error));
             break;
+        }
+        // The patch in transition: its new functions' code joins what the
+        // threads' stacks are checked against (a thread not yet switched may
+        // enter the module's original and sleep there).
+        if transitioning && let (Some(functions), Some((_, id))) = (plan.functions(), in_transition.as_ref()) {
+            transition::add_code(changed_code(functions, *id));
         }
         core.state.commit(plan);
         entry.loaded = true;

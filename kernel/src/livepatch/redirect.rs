@@ -33,7 +33,7 @@ use portable::site_table::search_by;
 
 /// The livepatch core's ftrace ops.
 pub static LIVEPATCH_OPS: FtraceOps = FtraceOps::new(
-    "livepatch",
+    super::LIVEPATCH_OPS_NAME,
     livepatch_ftrace_handler,
     OpsFlags::IPMODIFY.union(OpsFlags::RECURSION_SAFE).union(OpsFlags::PERMANENT),
 );

@@ -213,6 +213,17 @@ pub(super) fn open(target: u64, code: Vec<Code>) {
     TARGET.store(target, Ordering::Relaxed);
 }
 
+/// Adds `code` to what the transition in progress checks (a module's
+/// functions joining the patch in transition as the module loads).
+pub(super) fn add_code(code: Vec<Code>) {
+    let mut switch = SWITCH.lock();
+    if let Some(check) = switch.as_mut() {
+        let mut all = core::mem::take(&mut check.code);
+        all.extend(code);
+        check.code = disjoint(all);
+    }
+}
+
 /// Reverses the transition in progress. The threads that had switched must
 /// switch back; the others are there already.
 pub(super) fn reverse() {

@@ -131,6 +131,33 @@ impl fmt::Display for LoadError {
     }
 }
 
+/// Held by the one `load` or `unload` in progress (Linux's `module_mutex`):
+/// their steps (link against the modules listed, add the patch, list the
+/// module; or exit, `module_going`, the busy wait, the release) each take
+/// their own locks, and another load or unload between two of them would
+/// see half a module (a patch linked while its target was absent, added
+/// after the target came). A flag waited for by sleeping, as these steps
+/// sleep (transitions, busy waits): never taken with a spin lock held or
+/// from a callback; not reentrant (neither calls the other).
+static OPERATION: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Releases `OPERATION` when dropped.
+struct OneAtATime;
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        OPERATION.store(false, core::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Waits for the load or unload in progress to finish, then holds `OPERATION`.
+fn one_at_a_time() -> OneAtATime {
+    while OPERATION.swap(true, core::sync::atomic::Ordering::Acquire) {
+        crate::thread::sleep_milliseconds(1);
+    }
+    OneAtATime
+}
+
 /// Checks the signature of a signed module file; returns the object bytes.
 pub fn verify(file: &[u8]) -> Result<&[u8], LoadError> {
     let (object, signature) = module::split_signed(file).map_err(LoadError::Format)?;
@@ -146,6 +173,7 @@ pub fn verify(file: &[u8]) -> Result<&[u8], LoadError> {
 /// For a target module (`.klp.module`): registers its sites, lists it,
 /// calls `livepatch::module_coming`, runs its init (see `target`). Returns its name.
 pub fn load(file: &[u8]) -> Result<String, LoadError> {
+    let _one = one_at_a_time();
     let object = verify(file)?;
     let image = module::parse(object).map_err(LoadError::Format)?;
     let mut memory = ModuleMemory::allocate(image.memory_size(), image.memory_alignment())
@@ -323,6 +351,7 @@ pub const BUSY_WAIT_MILLISECONDS: u64 = 50;
 /// into the module just before gets its time slice first. A module whose
 /// patch was forced is never unloaded (`Forced`).
 pub fn unload(name: &str) -> Result<(), LoadError> {
+    let _one = one_at_a_time();
     // A module `load` is still enabling counts as not loaded yet.
     let memory_of = |name: &str| {
         MODULES
@@ -391,7 +420,10 @@ fn unload_target(name: &str) -> Result<(), LoadError> {
             return Err(error);
         }
     };
-    // Out of the list, no thread inside: its sites go (out of every ops first).
+    // Out of the list, no thread inside: the patches referring to its
+    // symbols point at `UNRESOLVED` again, and its sites go (out of every
+    // ops first).
+    target::forget_references(name);
     target::release_sites(name);
     crate::debug::module_unloaded(module.memory.address());
     crate::thread::synchronize();
@@ -444,8 +476,10 @@ fn take_when_unused(name: &str, then: impl Fn() -> Result<(), LoadError>) -> Res
 }
 
 /// Whether `name` is a loaded target module (not a patch module).
+/// One that has exited (its unload waits for a thread to leave it) no
+/// longer counts: a patch added then waits for its next load.
 pub fn is_target(name: &str) -> bool {
-    MODULES.lock().iter().any(|module| module.name == name && module.is_target())
+    MODULES.lock().iter().any(|module| module.name == name && module.is_target() && !module.exited)
 }
 
 /// The names of the loaded target modules, and whether each is still loading or has exited.
@@ -524,7 +558,7 @@ pub fn resolve_function(module: &str, name: &str, position: Option<usize>) -> Re
         let modules = MODULES.lock();
         let target = modules
             .iter()
-            .find(|loaded| loaded.name == module && loaded.is_target())
+            .find(|loaded| loaded.name == module && loaded.is_target() && !loaded.exited)
             .ok_or_else(|| LivepatchError::UnknownObject(String::from(module)))?;
         let description = target.linked.description.module().expect("a target module");
         let exists = target.linked.symbols.iter().any(|symbol| symbol.function && symbol.name == name);

@@ -185,9 +185,14 @@ pub(super) fn exit(name: &str) {
         exit();
     }
     livepatch::module_going(name);
-    // Patches referring to its symbols point at `UNRESOLVED` again. Cannot
-    // fail: `UNRESOLVED` resolves every reference, and the patches' objects
-    // were parsed before.
+}
+
+/// After the busy wait of an unload: patches referring to the module's
+/// symbols point at `UNRESOLVED` again (not at the exit: a thread still in
+/// a replacement that uses them, entered before the module went, reads the
+/// module until it leaves). Cannot fail: `UNRESOLVED` resolves every
+/// reference, and the patches' objects were parsed before.
+pub(super) fn forget_references(name: &str) {
     if let Err(error) = super::klp_symbols::relink(name, None) {
         crate::println!("klp: clearing the references to '{name}' failed: {error}");
     }

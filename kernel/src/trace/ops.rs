@@ -318,6 +318,13 @@ pub(super) fn report_failed_undo(what: &str, error: &dyn fmt::Display) {
 /// nothing. All or nothing, like `sites::apply`.
 #[notrace]
 pub fn set_enabled(on: bool) -> Result<(), FtraceError> {
+    // A live patch enabled whose functions are all in modules not loaded
+    // (or with callbacks only) has no PERMANENT registration yet, and its
+    // module's load would then fail: refused too, before any lock (the
+    // livepatch lock comes before this registry's).
+    if !on && crate::livepatch::any_enabled() {
+        return Err(FtraceError::Permanent(crate::livepatch::LIVEPATCH_OPS_NAME));
+    }
     let _preempt = thread::preempt_disable();
     // The registry's lock orders this against every registration: none is
     // half done while the sites switch, and a PERMANENT ops cannot slip in

@@ -233,6 +233,15 @@ fn test_callbacks_module_coming_pre_patch_callback_error() {
         other => panic!("expected the module's load refused by its pre-patch callback, got {other:?}"),
     }
     assert!(!module::is_target("target-module"), "not loaded");
+    assert!(
+        matches!(
+            module::resolve_function("target-module", "target_module_value", None),
+            Err(LivepatchError::UnknownObject(_))
+        ),
+        "its functions and sites went with it"
+    );
+    assert!(!crate::trace::site_summaries().iter().any(|site| site.name == "target_module_value"), "no site left");
+    assert!(!object_patched("test_klp_callbacks_demo", "target-module"));
     assert!(super::enabled("test_klp_callbacks_demo"));
     disable("test_klp_callbacks_demo");
     assert_eq!(
@@ -412,4 +421,40 @@ fn sample_hello_module_fix_patches_the_module_loaded_before_or_after_it() {
     module::unload("hello-module-fix").expect("the patch unloads");
     assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(ORIGINAL));
     module::unload("hello-module").expect("unloads");
+}
+
+/// Set by the test below: the thread it sends into busy-module leaves.
+static INSIDE_STOP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// A module whose unload was refused (a thread still inside) has exited:
+/// a patch added then does not patch it, and its final unload leaves no
+/// patched object behind (its object waits for the module's next load).
+#[ktest]
+fn a_patch_added_while_a_module_waits_to_unload_waits_for_its_next_load() {
+    module::load(file("busy-module")).expect("loads");
+    let (entry, _) = module::resolve_function("busy-module", "busy_module_work", None).expect("resolves");
+    // Safety: the global entry of `fn(&AtomicBool) -> u64` in the loaded module.
+    let work: fn(&core::sync::atomic::AtomicBool) -> u64 = unsafe { core::mem::transmute(entry as usize) };
+    INSIDE_STOP.store(false, Ordering::SeqCst);
+    let inside = crate::thread::spawn("inside-busy-module", move || {
+        work(&INSIDE_STOP);
+    })
+    .expect("spawns");
+    crate::thread::sleep_milliseconds(30);
+    assert!(matches!(module::unload("busy-module"), Err(LoadError::Busy(..))), "a thread is inside");
+    let busy = vec![function("busy_module_work", patched_work as *const ())];
+    klp::add(patch("late", vec![module_object("busy-module", busy, Callbacks::default())], false, &[])).expect("adds");
+    enable("late").expect("enables");
+    assert!(!object_patched("late", "busy-module"), "an exited module is not patched");
+    assert!(
+        matches!(crate::trace::set_enabled(false), Err(crate::trace::FtraceError::Permanent(_))),
+        "ftrace stays on while a patch is enabled, even one with nothing to redirect yet"
+    );
+    INSIDE_STOP.store(true, Ordering::SeqCst);
+    crate::thread::wake_interruptible(inside.id);
+    inside.join();
+    module::unload("busy-module").expect("unloads once the thread left");
+    assert!(!object_patched("late", "busy-module"));
+    disable("late");
+    retire(&["late"]);
 }
