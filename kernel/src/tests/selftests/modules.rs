@@ -446,6 +446,20 @@ fn a_patch_added_while_a_module_waits_to_unload_waits_for_its_next_load() {
     klp::add(patch("late", vec![module_object("busy-module", busy, Callbacks::default())], false, &[])).expect("adds");
     enable("late").expect("enables");
     assert!(!object_patched("late", "busy-module"), "an exited module is not patched");
+    // Nor is an object with callbacks only: its callbacks do not run.
+    clear_events();
+    klp::add(patch(
+        "late-callbacks",
+        vec![module_object("busy-module", Vec::new(), demo_module::CALLBACKS)],
+        false,
+        &[],
+    ))
+    .expect("adds");
+    enable("late-callbacks").expect("enables");
+    assert!(!object_patched("late-callbacks", "busy-module"));
+    assert!(take_events().iter().all(|line| !line.contains("busy-module")), "no callback of the exited module ran");
+    disable("late-callbacks");
+    retire(&["late-callbacks"]);
     assert!(
         matches!(crate::trace::set_enabled(false), Err(crate::trace::FtraceError::Permanent(_))),
         "ftrace stays on while a patch is enabled, even one with nothing to redirect yet"
