@@ -67,7 +67,12 @@ impl States {
 /// The site at global index `index` (kernel or module). Caller: in a
 /// read-side section (preemption off, a lock held, or a handler).
 #[notrace]
+#[inline(always)]
 fn site(index: usize) -> Option<Site> {
+    if index < MODULE_STRIDE {
+        // The kernel's, the common case: no module list to look at.
+        return table().sites().get(index).copied();
+    }
     // Safety: the caller's read-side section.
     let (table, local) = unsafe { module_sites::locate(index) }?;
     table.sites().get(local).copied()
@@ -336,10 +341,13 @@ pub fn name_of(ip: u64) -> Option<String> {
 /// Indices of the sites whose function name matches `glob` (see `SiteTable::matching`), kernel and modules.
 #[notrace]
 pub(super) fn matching(glob: &str) -> Vec<usize> {
+    // The kernel's indices are its table's own (base 0): taken as they are.
+    let mut indices = table().matching(glob);
     // Safety: the caller's read-side section (above).
-    unsafe { every_table() }
-        .flat_map(|(base, table)| table.matching(glob).into_iter().map(move |index| base + index))
-        .collect()
+    for module in unsafe { module_sites::tables() }.iter() {
+        indices.extend(module.table.matching(glob).into_iter().map(|index| module.base + index));
+    }
+    indices
 }
 
 /// Indices of the sites of the functions named exactly `name` (`*` and `?` are
@@ -368,6 +376,10 @@ pub(super) fn indices_of(addresses: &[u64]) -> Result<Vec<usize>, u64> {
 /// Site addresses of `indices`, sorted (an index of no site is left out).
 #[notrace]
 pub(super) fn addresses(indices: &[usize]) -> Vec<u64> {
+    if indices.iter().all(|&index| index < MODULE_STRIDE) {
+        // Kernel sites only: the table's own (sorted already, no look-ups).
+        return table().addresses(indices);
+    }
     let mut addresses: Vec<u64> = indices.iter().filter_map(|&index| site(index)).map(|site| site.address).collect();
     addresses.sort_unstable();
     addresses
