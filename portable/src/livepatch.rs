@@ -126,6 +126,11 @@ pub enum Operation<'a> {
     /// A module the patch names as an object loaded: its functions join the
     /// patch (and, if the patch is enabled, go on top of their stacks).
     AddObject { name: &'a str, functions: Vec<Replaced> },
+    /// An atomic replace being enabled: the functions at `entries` (a
+    /// module's, just added by the patches it replaces) get its NOP entry
+    /// on top where it has no replacement of its own (Linux's NOP objects
+    /// for module objects, `klp_add_object_nops`).
+    AddNops { name: &'a str, entries: Vec<u64> },
     /// The module at `range` goes: the patch's functions in it leave the
     /// patch and every stack.
     RemoveObject { name: &'a str, range: core::ops::Range<u64> },
@@ -141,6 +146,7 @@ impl<'a> Operation<'a> {
             | Operation::Remove(name)
             | Operation::DropReplaced(name)
             | Operation::AddObject { name, .. }
+            | Operation::AddNops { name, .. }
             | Operation::RemoveObject { name, .. } => name,
         }
     }
@@ -220,6 +226,7 @@ enum Edit {
     /// The atomic replace that stays enabled.
     DropReplaced(usize),
     AddObject(usize, Vec<Replaced>),
+    AddNops(usize, Vec<Replaced>),
     RemoveObject(usize, core::ops::Range<u64>),
 }
 
@@ -317,6 +324,7 @@ impl State {
             Operation::Remove(name) => self.plan_remove(name),
             Operation::DropReplaced(name) => self.plan_drop_replaced(name),
             Operation::AddObject { name, functions } => self.plan_add_object(name, functions),
+            Operation::AddNops { name, entries } => self.plan_add_nops(name, entries),
             Operation::RemoveObject { name, range } => self.plan_remove_object(name, range),
         }
     }
@@ -531,6 +539,34 @@ impl State {
         Ok(self.planned(Edit::AddObject(index, added), Some(functions), changes))
     }
 
+    fn plan_add_nops(&self, name: &str, entries: Vec<u64>) -> Result<Plan, PlanError> {
+        let index = self.index(name)?;
+        let patch = &self.patches[index];
+        if !patch.enabled || !patch.replace {
+            return Err(PlanError::NotReplacing(name.into()));
+        }
+        let mut functions = self.functions.clone();
+        let mut nops = Vec::new();
+        let mut changes = Vec::new();
+        for entry in entries {
+            let Ok(at) = stack_index(&functions, entry) else { continue };
+            let stack = &mut functions[at].1;
+            if stack.replacements.iter().any(|(id, _)| *id == patch.id) {
+                continue;
+            }
+            stack.replacements.push((patch.id, NOP));
+            changes.push(Change { entry, site: stack.site, target: None });
+            nops.push(Replaced {
+                name: self.function_name(entry),
+                entry,
+                site: stack.site,
+                new: NOP,
+                allow_inlined: false,
+            });
+        }
+        Ok(self.planned(Edit::AddNops(index, nops), Some(functions), changes))
+    }
+
     fn plan_remove_object(&self, name: &str, range: core::ops::Range<u64>) -> Result<Plan, PlanError> {
         let index = self.index(name)?;
         let patch = &self.patches[index];
@@ -648,6 +684,7 @@ impl State {
                 self.patches[index].nops = Vec::new();
             }
             Edit::AddObject(index, added) => self.patches[index].functions.extend(added),
+            Edit::AddNops(index, nops) => self.patches[index].nops.extend(nops),
             Edit::RemoveObject(index, range) => {
                 let patch = &mut self.patches[index];
                 patch.functions.retain(|function| !range.contains(&function.entry));
@@ -1062,5 +1099,26 @@ mod tests {
         assert!(state.patch("r").unwrap().nops.is_empty(), "the NOP record went with its stack");
         run(&mut state, Operation::DropReplaced("r")).unwrap();
         assert_eq!(state.functions().len(), 1);
+    }
+
+    #[test]
+    fn a_module_coming_during_an_atomic_replace_gets_its_nop_entries() {
+        let mut state = State::new();
+        add_with(&mut state, "a", &[replaced("f", 0x100, 0xa1)], false, &[]);
+        run(&mut state, Operation::Enable("a")).unwrap();
+        add_with(&mut state, "r", &[replaced("f", 0x100, 0xc1)], true, &[]);
+        run(&mut state, Operation::Enable("r")).unwrap();
+        // The module comes during r's transition: a patches m, r does not.
+        run(&mut state, Operation::AddObject { name: "a", functions: vec![replaced("m", 0x1100, 0xa9)] }).unwrap();
+        assert_eq!(state.topmost(0x1100), Some((1, 0xa9)));
+        let changes = run(&mut state, Operation::AddNops { name: "r", entries: vec![0x1100, 0x100] });
+        assert_eq!(changes, Ok(vec![change(0x1100, None)]), "only where r has no entry yet");
+        assert_eq!(state.topmost(0x1100), Some((2, NOP)));
+        run(&mut state, Operation::DropReplaced("r")).unwrap();
+        assert_eq!(state.stack(0x1100), None, "the original, once the replace completed");
+        assert_eq!(
+            state.plan(Operation::AddNops { name: "a", entries: vec![] }).unwrap_err(),
+            PlanError::NotReplacing("a".into())
+        );
     }
 }

@@ -1103,10 +1103,44 @@ pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
         }
         announce(core, &patch);
     }
+    if result.is_ok() {
+        result = add_replace_nops(core, name);
+    }
     if result.is_err() {
         leave_module(core, name);
     }
     result
+}
+
+/// During an atomic replace's enable transition, module `name` (just
+/// added to the patches it replaces) gets the replace patch's NOP entry on
+/// each of its functions the replace patch does not replace itself, as
+/// Linux adds NOP objects for module objects (`klp_add_object_nops`): a
+/// switched thread runs the original there, as for the kernel's functions.
+fn add_replace_nops(core: &mut Core, name: &str) -> Result<(), LivepatchError> {
+    let Some(transition) = core.transition.as_ref() else { return Ok(()) };
+    let (patch, id) = (transition.patch.clone(), transition.id);
+    if transition::target() != PATCHED || !core.state.patch(&patch).is_some_and(|state| state.replace) {
+        return Ok(());
+    }
+    let entries: Vec<u64> = core
+        .objects
+        .iter()
+        .flat_map(|objects| objects.objects.iter())
+        .filter(|object| object.loaded && object.module.as_deref() == Some(name))
+        .flat_map(|object| object.entries.iter().copied())
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let plan = core.state.plan(Operation::AddNops { name: &patch, entries })?;
+    if let Some(functions) = plan.functions() {
+        redirect::apply(functions, Some(id)).map_err(|error| ftrace_error(core.state.patch(&patch), error))?;
+        transition::add_code(changed_code(functions, id));
+    }
+    core.state.commit(plan);
+    announce(core, &patch);
+    Ok(())
 }
 
 /// Loadable target module `name` is going (Linux's `klp_module_going`):

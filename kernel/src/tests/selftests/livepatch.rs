@@ -111,14 +111,14 @@ pub fn replace_window_g() -> u64 {
 /// What the unswitched blocker saw of `f` after it was woken.
 static BLOCKER_SAW: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-fn first_g() -> u64 {
+pub(super) fn first_g() -> u64 {
     crate::thread::sleep_interruptible(60_000);
     // Still inside the first patch's code: not switched, it runs the old `f`.
     BLOCKER_SAW.store(replace_window_f(), core::sync::atomic::Ordering::SeqCst);
     black_box(2)
 }
 
-fn replace_g() -> u64 {
+pub(super) fn replace_g() -> u64 {
     black_box(3)
 }
 

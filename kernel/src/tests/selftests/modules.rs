@@ -472,3 +472,56 @@ fn a_patch_added_while_a_module_waits_to_unload_waits_for_its_next_load() {
     disable("late");
     retire(&["late"]);
 }
+
+/// A module loading during an atomic replace's transition gets the replace
+/// patch's NOP entries on the functions the replaced patches patch in it
+/// (Linux's NOP objects for module objects): a switched thread runs the
+/// module's original, as it does the kernel's.
+#[ktest]
+fn a_module_loading_during_an_atomic_replace_runs_its_original_for_switched_threads() {
+    use super::livepatch::{first_g, replace_g, replace_window_g};
+    let first = vec![
+        kernel_object(
+            vec![function("kernel::tests::selftests::livepatch::replace_window_g", first_g as *const ())],
+            Callbacks::default(),
+        ),
+        module_object(
+            "target-module",
+            vec![function("target_module_value", patched_value as *const ())],
+            Callbacks::default(),
+        ),
+    ];
+    klp::add(patch("first", first, false, &[])).expect("adds");
+    enable("first").expect("enables without its module");
+    let replacing = vec![kernel_object(
+        vec![function("kernel::tests::selftests::livepatch::replace_window_g", replace_g as *const ())],
+        Callbacks::default(),
+    )];
+    klp::add(patch("replacing", replacing, true, &[])).expect("adds");
+    let blocker = crate::thread::spawn_on(crate::arch::percpu::smp_processor_id(), "replace-blocker", || {
+        replace_window_g();
+    })
+    .expect("room for a thread");
+    while !crate::thread::snapshot()
+        .iter()
+        .any(|summary| summary.id == blocker.id && matches!(summary.state, crate::thread::State::Sleeping(_)))
+    {
+        crate::thread::sleep_milliseconds(1);
+    }
+    let Progress::Pending(_) = klp::enable("replacing").expect("enables") else {
+        panic!("the thread asleep in the first patch's g holds the transition open");
+    };
+    module::load(file("target-module")).expect("loads during the replace's transition");
+    assert_eq!(target_value(), TARGET_VALUE, "switched: the replace's NOP entry, the module's original");
+    assert!(crate::thread::wake_interruptible(blocker.id));
+    assert_eq!(blocker.join(), crate::thread::ExitStatus::Returned);
+    if let Progress::Pending(blocked) = klp::wait_for_transition(5_000) {
+        panic!("the transition stalled: {blocked:?}");
+    }
+    assert_eq!(target_value(), TARGET_VALUE, "completed: the original");
+    assert!(!super::enabled("first"));
+    module::unload("target-module").expect("unloads");
+    klp::remove("first").expect("replaced");
+    disable("replacing");
+    retire(&["replacing"]);
+}
