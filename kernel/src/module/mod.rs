@@ -55,6 +55,16 @@ pub struct LoadedModule {
 
 impl LoadedModule {
     /// Whether this is a loadable target module (not a patch).
+    /// A module being loaded: listed, not yet live (`loading`).
+    pub(crate) fn loading(
+        name: String,
+        memory: ModuleMemory,
+        linked: LinkedModule,
+        klp: Option<klp_symbols::KlpReferences>,
+    ) -> LoadedModule {
+        LoadedModule { klp, name, memory, linked, loading: true, exited: false, unloading: false }
+    }
+
     pub fn is_target(&self) -> bool {
         self.linked.description.module().is_some()
     }
@@ -213,15 +223,7 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     crate::debug::klp_debug_module_event();
     // Listed before its patch is enabled: the transition counts the module's
     // whole memory as the patch's code, and the stack walker knows it as text.
-    MODULES.lock().push(LoadedModule {
-        klp,
-        name: name.clone(),
-        memory,
-        linked,
-        loading: true,
-        exited: false,
-        unloading: false,
-    });
+    MODULES.lock().push(LoadedModule::loading(name.clone(), memory, linked, klp));
     let enabled = livepatch::enable(&name);
     if let Some(module) = MODULES.lock().iter_mut().find(|module| module.name == name) {
         module.loading = false;

@@ -101,15 +101,7 @@ pub(super) fn load(memory: ModuleMemory, linked: LinkedModule) -> Result<String,
     crate::debug::module_loaded(&name, base, memory.size() as u64, linked.toc, &sections);
     drop(sections);
     crate::debug::klp_debug_module_event();
-    MODULES.lock().push(LoadedModule {
-        klp: None,
-        name: name.clone(),
-        memory,
-        linked,
-        loading: true,
-        exited: false,
-        unloading: false,
-    });
+    MODULES.lock().push(LoadedModule::loading(name.clone(), memory, linked, None));
     // The klp references of patches loaded before it: resolved now, before
     // `module_coming` applies those patches to it.
     let symbols = MODULES.lock().iter().find(|module| module.name == name).map(|module| module.linked.symbols.clone());

@@ -102,21 +102,23 @@ fn old_function(line: usize, word: &str) -> Result<(String, Option<usize>), Modu
     Ok((name.to_string(), Some(number)))
 }
 
-/// Parses the text of a `.klp.patch` section (see the module documentation for the format).
-pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
+/// The lines after a description's header (`header`, e.g. "klp-patch 1",
+/// whose first word is `keyword`), each as (1-based line number, words):
+/// trailing NUL padding ignored, blank and `#` lines skipped. The errors
+/// every description shares: not UTF-8, a NUL inside, another first line,
+/// no header at all.
+pub(super) fn body_lines<'t>(
+    text: &'t [u8],
+    keyword: &str,
+    header: &str,
+) -> Result<Vec<(usize, Vec<&'t str>)>, ModuleError> {
     let end = text.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
     let text = core::str::from_utf8(&text[..end]).map_err(|_| error(0, "not UTF-8 text"))?;
     if text.contains('\0') {
         return Err(error(0, "NUL byte inside the text"));
     }
     let mut seen_header = false;
-    let mut name: Option<String> = None;
-    let mut functions: Vec<ReplacedFunction> = Vec::new();
-    let mut replaced: BTreeSet<(Option<String>, String, Option<usize>)> = BTreeSet::new();
-    let mut object: Option<String> = None;
-    let mut atomic_replace = false;
-    let mut states: Vec<(u64, u64)> = Vec::new();
-    let mut callbacks: Vec<CallbackLine> = Vec::new();
+    let mut lines = Vec::new();
     for (index, line) in text.split('\n').enumerate() {
         let number = index + 1;
         let line = line.trim();
@@ -125,15 +127,33 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
         }
         let words: Vec<&str> = line.split_ascii_whitespace().collect();
         if !seen_header {
-            if words.as_slice() != ["klp-patch", "1"] {
+            if words.join(" ") != header {
                 return Err(match words.as_slice() {
-                    ["klp-patch", version] => error(number, format!("unsupported version {version}")),
-                    _ => error(number, format!("expected {DESCRIPTION_HEADER:?} first, found {line:?}")),
+                    [first, version] if first == &keyword => error(number, format!("unsupported version {version}")),
+                    _ => error(number, format!("expected {header:?} first, found {line:?}")),
                 });
             }
             seen_header = true;
             continue;
         }
+        lines.push((number, words));
+    }
+    if !seen_header {
+        return Err(error(0, format!("empty, expected {header:?}")));
+    }
+    Ok(lines)
+}
+
+/// Parses the text of a `.klp.patch` section (see the module documentation for the format).
+pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
+    let mut name: Option<String> = None;
+    let mut functions: Vec<ReplacedFunction> = Vec::new();
+    let mut replaced: BTreeSet<(Option<String>, String, Option<usize>)> = BTreeSet::new();
+    let mut object: Option<String> = None;
+    let mut atomic_replace = false;
+    let mut states: Vec<(u64, u64)> = Vec::new();
+    let mut callbacks: Vec<CallbackLine> = Vec::new();
+    for (number, words) in body_lines(text, "klp-patch", DESCRIPTION_HEADER)? {
         match words.as_slice() {
             ["object", module] if is_name(module) => object = Some(module.to_string()),
             ["name", patch] if is_name(patch) => {
@@ -206,9 +226,6 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
             [keyword, ..] => return Err(error(number, format!("unknown keyword {keyword:?}"))),
             [] => {}
         }
-    }
-    if !seen_header {
-        return Err(error(0, format!("empty, expected {DESCRIPTION_HEADER:?}")));
     }
     let Some(name) = name else {
         return Err(error(0, "no name line"));

@@ -64,31 +64,9 @@ fn once(field: &mut Option<String>, keyword: &str, value: &str, line: usize) -> 
 
 /// Parses the text of a `.klp.module` section (see the module documentation for the format).
 pub fn parse_module_description(text: &[u8]) -> Result<ModuleDescription, ModuleError> {
-    let end = text.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
-    let text = core::str::from_utf8(&text[..end]).map_err(|_| error(0, "not UTF-8 text"))?;
-    if text.contains('\0') {
-        return Err(error(0, "NUL byte inside the text"));
-    }
-    let mut seen_header = false;
     let (mut name, mut init, mut exit) = (None, None, None);
     let mut livepatchable: Vec<String> = Vec::new();
-    for (index, line) in text.split('\n').enumerate() {
-        let number = index + 1;
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let words: Vec<&str> = line.split_ascii_whitespace().collect();
-        if !seen_header {
-            if words.as_slice() != ["klp-module", "1"] {
-                return Err(match words.as_slice() {
-                    ["klp-module", version] => error(number, format!("unsupported version {version}")),
-                    _ => error(number, format!("expected {MODULE_HEADER:?} first, found {line:?}")),
-                });
-            }
-            seen_header = true;
-            continue;
-        }
+    for (number, words) in super::description::body_lines(text, "klp-module", MODULE_HEADER)? {
         match words.as_slice() {
             ["name", value] if is_name(value) => once(&mut name, "name", value, number)?,
             ["init", value] if is_name(value) => once(&mut init, "init", value, number)?,
@@ -106,9 +84,6 @@ pub fn parse_module_description(text: &[u8]) -> Result<ModuleDescription, Module
             [keyword, ..] => return Err(error(number, format!("unknown keyword {keyword:?}"))),
             [] => {}
         }
-    }
-    if !seen_header {
-        return Err(error(0, format!("empty, expected {MODULE_HEADER:?}")));
     }
     let Some(name) = name else {
         return Err(error(0, "no name line"));
