@@ -470,9 +470,12 @@ fn trace(arguments: &str) {
             let glob = if rest.is_empty() { "*" } else { rest };
             for site in trace::site_summaries().iter().filter(|site| portable::ftrace::glob_match(glob, &site.name)) {
                 let stub = match site.caller {
-                    portable::ftrace::Caller::None => "",
-                    portable::ftrace::Caller::Light => " (ftrace_caller)",
-                    portable::ftrace::Caller::Regs => " (ftrace_regs_caller)",
+                    portable::ftrace::Caller::None => String::new(),
+                    portable::ftrace::Caller::Light => String::from(" (ftrace_caller)"),
+                    portable::ftrace::Caller::Regs => String::from(" (ftrace_regs_caller)"),
+                    portable::ftrace::Caller::Direct(target) => {
+                        alloc::format!(" (direct: {})", crate::symbols::Symbolized(target))
+                    }
                 };
                 let users = if site.ops.is_empty() { String::from("untraced") } else { site.ops.join(", ") };
                 println!("  {:#x} {}: {users}{stub}", site.address, site.name);

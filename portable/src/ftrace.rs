@@ -2,11 +2,15 @@
 //!
 //! A site is the two-word -mprofile-kernel sequence after a function's local
 //! entry: `mflr r0` (written once at boot) then either `nop` (not traced),
-//! `bl ftrace_caller` (light record) or `bl ftrace_regs_caller` (full
-//! pt_regs). Each registered ops that traces a site counts as one user; the
-//! stub is the full one when any user asked for SAVE_REGS; at most one user
-//! may modify the instruction pointer. The kernel's arch hooks (`ftrace_make_call`
-//! and its kin) write the words.
+//! `bl ftrace_caller` (light record), `bl ftrace_regs_caller` (full
+//! pt_regs) or `bl TARGET` (a direct call: Linux's `register_ftrace_direct`).
+//! Each registered ops that traces a site counts as one user; the stub is the
+//! full one when any user asked for SAVE_REGS; at most one user may modify
+//! the instruction pointer, and only that user may give the site a direct
+//! target. The site branches to the direct target while its owner is its only
+//! user; with others it calls a stub again, and the owner's handler sends
+//! the call on to the target from there. The kernel's arch hooks
+//! (`ftrace_prepare_change` and its kin) write the words.
 
 /// Which stub a site's second word calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +21,8 @@ pub enum Caller {
     Light,
     /// `bl ftrace_regs_caller`: a full pt_regs.
     Regs,
+    /// `bl TARGET`: a direct call of the owner's target, no stub.
+    Direct(u64),
 }
 
 /// What an ops asks of a site.
@@ -37,6 +43,9 @@ pub enum SiteError {
     AlreadyTraced,
     /// This ops does not trace the site.
     NotTraced,
+    /// Only the ops that modifies the instruction pointer here (`owner`, or
+    /// none) may give the site a direct target.
+    NotOwner { owner: Option<usize> },
 }
 
 /// The users of one site.
@@ -45,16 +54,31 @@ pub struct SiteState {
     pub users: u32,
     pub regs_users: u32,
     pub ipmodify_owner: Option<usize>,
+    /// The direct target the IPMODIFY owner gave the site, 0 for none (a
+    /// plain word: every site's state is copied on every registration).
+    pub direct: u64,
 }
 
 impl SiteState {
-    /// The stub the site must call now.
+    /// What the site must call now: a direct target while its owner is its
+    /// only user, else the stub its users need.
     pub fn caller(&self) -> Caller {
         match (self.users, self.regs_users) {
             (0, _) => Caller::None,
+            (1, _) if self.direct != 0 => Caller::Direct(self.direct),
             (_, 0) => Caller::Light,
             _ => Caller::Regs,
         }
+    }
+
+    /// Gives the site the direct target `target` (or takes it away, `None`)
+    /// on behalf of `ops`, which must be its IPMODIFY owner.
+    pub fn set_direct(&mut self, ops: usize, target: Option<u64>) -> Result<(), SiteError> {
+        if self.ipmodify_owner != Some(ops) {
+            return Err(SiteError::NotOwner { owner: self.ipmodify_owner });
+        }
+        self.direct = target.unwrap_or(0);
+        Ok(())
     }
 
     /// Checks that `demand` can be added without changing anything.
@@ -87,6 +111,8 @@ impl SiteState {
                 return Err(SiteError::NotTraced);
             }
             self.ipmodify_owner = None;
+            // The owner's direct target leaves with it.
+            self.direct = 0;
         }
         self.users -= 1;
         self.regs_users -= demand.save_regs as u32;
@@ -168,6 +194,34 @@ mod tests {
         site.remove(PATCH).unwrap();
         site.add(OTHER_PATCH).unwrap();
         assert_eq!(site.caller(), Caller::Regs);
+    }
+
+    #[test]
+    fn a_direct_site_calls_its_target_only_while_its_owner_is_alone() {
+        let mut site = SiteState::default();
+        assert_eq!(site.set_direct(PATCH.ops, Some(0x1000)), Err(SiteError::NotOwner { owner: None }));
+        site.add(PATCH).unwrap();
+        site.set_direct(PATCH.ops, Some(0x1000)).unwrap();
+        assert_eq!(site.caller(), Caller::Direct(0x1000));
+        // Another ops joins: the stub it needs, the target stays recorded.
+        site.add(LIGHT).unwrap();
+        assert_eq!(site.caller(), Caller::Light);
+        site.add(REGS).unwrap();
+        assert_eq!(site.caller(), Caller::Regs);
+        site.remove(REGS).unwrap();
+        site.remove(LIGHT).unwrap();
+        assert_eq!(site.caller(), Caller::Direct(0x1000), "back to direct when the others leave");
+        // Only the owner sets it, and the owner's leaving takes it along.
+        let before = site;
+        assert_eq!(site.set_direct(LIGHT.ops, None), Err(SiteError::NotOwner { owner: Some(PATCH.ops) }));
+        assert_eq!(site, before);
+        site.set_direct(PATCH.ops, Some(0x2000)).unwrap();
+        assert_eq!(site.caller(), Caller::Direct(0x2000));
+        site.remove(PATCH).unwrap();
+        assert_eq!(site, SiteState::default());
+        site.add(PATCH).unwrap();
+        site.set_direct(PATCH.ops, None).unwrap();
+        assert_eq!(site.caller(), Caller::Light);
     }
 
     #[test]

@@ -34,3 +34,4 @@ pub mod site_table;
 pub mod sorted;
 pub mod symbols;
 pub mod trace_ring;
+pub mod trampoline;

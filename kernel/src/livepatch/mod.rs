@@ -27,6 +27,7 @@ mod allowed;
 pub mod api;
 mod builtin;
 pub mod callbacks;
+pub mod direct;
 pub mod notes;
 mod redirect;
 pub mod shadow;
@@ -400,12 +401,8 @@ fn begin(core: &mut Core, name: &str, target: u64) -> Result<(), LivepatchError>
     let code = changed_code(functions, id);
     transition::begin(target);
     // A disable keeps the sites as they are: only the table changes.
-    let installed = if target == PATCHED {
-        redirect::apply(functions, Some(id))
-    } else {
-        redirect::publish(functions, Some(id));
-        Ok(())
-    };
+    let installed =
+        if target == PATCHED { redirect::apply(functions, Some(id)) } else { redirect::publish(functions, Some(id)) };
     if let Err(error) = installed {
         transition::end();
         // Cancelled (Linux's `klp_cancel_transition`): the objects whose
@@ -509,8 +506,7 @@ fn complete(core: &mut Core) {
         }
     } else if transition::target() == PATCHED {
         // The same functions: only the table loses its marks.
-        redirect::publish(core.state.functions(), None);
-        Ok(())
+        redirect::publish(core.state.functions(), None)
     } else {
         match core.state.plan(Operation::Disable(name)) {
             Ok(plan) => {
@@ -736,6 +732,19 @@ pub fn forget_forced(name: &str) {
 /// Whether any patch is enabled (ftrace cannot be turned off then).
 pub fn any_enabled() -> bool {
     REGISTRY.lock().state.patches().iter().any(|patch| patch.enabled)
+}
+
+/// Switches direct calls on or off (`direct::set_enabled`), under the
+/// livepatch lock so no transition starts or ends meanwhile.
+fn set_direct_calls(on: bool) -> Result<(), trace::FtraceError> {
+    let _core = REGISTRY.lock();
+    let before = direct::enabled();
+    direct::store_enabled(on);
+    let result = redirect::reconcile_direct();
+    if result.is_err() {
+        direct::store_enabled(before);
+    }
+    result
 }
 
 /// The name of the livepatch core's ftrace ops.

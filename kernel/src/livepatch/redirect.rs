@@ -23,6 +23,11 @@
 //! whether it was redirected). One shared ops keeps the traced call cheap
 //! however many functions are patched: a direct call and a binary search,
 //! not a walk over one ops per function.
+//!
+//! A function whose entry is not marked and that nothing else traces skips
+//! all of this: its site branches straight to a trampoline for its
+//! replacement (`direct`); its entry stays in the table for the calls that
+//! meet the site's stub (before the switch, or while another ops traces it).
 use super::Stack;
 use crate::arch::livepatch::klp_arch_set_pc;
 use crate::sync::{NonPreemptibleReaders, Published};
@@ -104,8 +109,15 @@ extern "C" fn livepatch_ftrace_handler(ip: u64, _parent_ip: u64, _ops: &FtraceOp
 /// belongs to patch `transition` run it only in threads whose `patch_state`
 /// is not unpatched (the others run the one below). Either all of it takes
 /// effect or, on error, nothing does. Call with preemption off.
+/// The functions whose answer is the same for every thread (no transition)
+/// and that nothing else traces are then called directly (`direct`).
 pub fn apply(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), FtraceError> {
-    let previous = TARGETS.replace_retaining(table(functions, transition));
+    let table = table(functions, transition);
+    let wanted = wanted(&table);
+    // Sites leaving direct calls go back to the stub while the table that
+    // agrees with their trampolines is still the one published.
+    super::direct::leave(&wanted)?;
+    let previous = TARGETS.replace_retaining(table);
     let entries: Vec<u64> =
         functions.iter().filter(|(_, stack)| !stack.replacements.is_empty()).map(|(entry, _)| *entry).collect();
     let result = if entries.is_empty() {
@@ -117,10 +129,13 @@ pub fn apply(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), 
         Ok(()) => {
             // Freed after the grace period.
             drop(previous);
+            super::direct::enter(&wanted);
             Ok(())
         }
         Err(error) => {
             previous.restore();
+            // The table as it was: its final functions go direct again.
+            reconcile_direct();
             Err(error)
         }
     }
@@ -129,9 +144,44 @@ pub fn apply(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), 
 /// Publishes the table for `functions` (as `apply`) when their ftrace
 /// registration stays as it is (the same functions as the table it
 /// replaces): a transition's marks come or go. Returns after the grace
-/// period of the table it replaced.
-pub fn publish(functions: &[(u64, Stack)], transition: Option<u64>) {
-    drop(TARGETS.replace_retaining(table(functions, transition)));
+/// period of the table it replaced. On error (a direct site could not go
+/// back to the stub) nothing changed.
+pub fn publish(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), FtraceError> {
+    let table = table(functions, transition);
+    let wanted = wanted(&table);
+    super::direct::leave(&wanted)?;
+    drop(TARGETS.replace_retaining(table));
+    super::direct::enter(&wanted);
+    Ok(())
+}
+
+/// Makes the direct calls match the published table and `direct::enabled`
+/// (after direct calls were switched on or off). Call with the livepatch
+/// lock held.
+pub fn reconcile_direct() -> Result<(), FtraceError> {
+    let wanted = {
+        let _preempt = crate::thread::preempt_disable();
+        // Safety: preemption is off while the table is read (`NonPreemptibleReaders`).
+        wanted(unsafe { TARGETS.read() })
+    };
+    super::direct::leave(&wanted)?;
+    super::direct::enter(&wanted);
+    Ok(())
+}
+
+/// (site, replacement) of the functions of `targets` that can be called
+/// directly: not in transition (one answer for every thread), not a NOP
+/// entry; none while direct calls are off.
+fn wanted(targets: &Targets) -> Vec<(u64, u64)> {
+    if !super::direct::enabled() {
+        return Vec::new();
+    }
+    targets
+        .pairs
+        .iter()
+        .filter(|redirect| redirect.transition == 0 && redirect.new != 0)
+        .map(|redirect| (redirect.site, redirect.new))
+        .collect()
 }
 
 /// The handler's table for `functions`, with the functions whose topmost

@@ -7,6 +7,7 @@ mod consistency;
 mod console;
 mod debugger;
 mod devicetree;
+mod direct;
 pub(crate) mod exceptions;
 mod ftrace;
 mod inlined;

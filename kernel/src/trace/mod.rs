@@ -4,7 +4,8 @@
 //! `SiteTable`, read without a lock) and keeps who traces each site,
 //! `module_sites` adds and removes the tables of loadable target modules; `ops`
 //! registers handlers (`FtraceOps`) and patches exactly the sites their
-//! filters name; `function` and `graph` are the two tracers built on it, and
+//! filters name, and points an IPMODIFY ops's sites straight at direct
+//! targets (`set_direct`, Linux's direct calls); `function` and `graph` are the two tracers built on it, and
 //! `probe` the function-entry probes (Linux's kprobes on ftrace).
 pub(crate) mod buffers;
 pub mod function;
@@ -19,7 +20,8 @@ pub use module_sites::SiteRefused;
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{
-    Filter, FtraceError, FtraceOps, OpsFlags, enabled, register, registered, set_enabled, unregister, update,
+    Filter, FtraceError, FtraceOps, OpsFlags, enabled, ftrace_direct_handler, register, registered, set_direct,
+    set_enabled, unregister, update,
 };
 pub use portable::site_table::NameError;
 pub use sites::{

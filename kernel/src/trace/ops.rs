@@ -55,15 +55,33 @@ pub struct FtraceOps {
     pub flags: OpsFlags,
     /// Sorted site addresses this ops traces, `NO_SITES` when unregistered.
     sites: Published<Vec<u64>>,
+    /// (site, direct target) of the sites it gave a direct target
+    /// (`set_direct`), sorted by site; `ftrace_direct_handler` reads it.
+    direct: Published<Vec<(u64, u64)>>,
 }
 
 /// The sites of an unregistered ops.
 static NO_SITES: Vec<u64> = Vec::new();
+/// The direct targets of an ops that has none.
+static NO_DIRECT: Vec<(u64, u64)> = Vec::new();
 
 impl FtraceOps {
     /// An unregistered ops.
     pub const fn new(name: &'static str, handler: Handler, flags: OpsFlags) -> Self {
-        FtraceOps { name, handler, flags, sites: Published::new(&NO_SITES, NonPreemptibleReaders) }
+        FtraceOps {
+            name,
+            handler,
+            flags,
+            sites: Published::new(&NO_SITES, NonPreemptibleReaders),
+            direct: Published::new(&NO_DIRECT, NonPreemptibleReaders),
+        }
+    }
+
+    /// (site, target) of every site it gave a direct target, sorted by site.
+    pub fn direct_targets(&self) -> Vec<(u64, u64)> {
+        let _preempt = thread::preempt_disable();
+        // Safety: preemption is off, a read-side section (`NonPreemptibleReaders`).
+        unsafe { self.direct.read() }.clone()
     }
 
     /// Number of sites it traces (0 when unregistered).
@@ -123,6 +141,12 @@ pub enum FtraceError {
     Disabled(&'static str),
     /// Ftrace cannot be turned off: this PERMANENT ops is registered.
     Permanent(&'static str),
+    /// A direct target was asked for by an ops that does not modify the
+    /// instruction pointer at this function (`set_direct`).
+    NotDirectOwner {
+        function: u64,
+        ops: &'static str,
+    },
     Text(TextError),
 }
 
@@ -147,6 +171,11 @@ impl fmt::Display for FtraceError {
             FtraceError::Permanent(name) => {
                 write!(formatter, "ftrace cannot be turned off: the PERMANENT ops '{name}' is registered (busy)")
             }
+            FtraceError::NotDirectOwner { function, ops } => write!(
+                formatter,
+                "ops '{ops}' cannot give {} a direct target: it does not trace it with IPMODIFY",
+                Symbolized(*function)
+            ),
             FtraceError::Text(error) => write!(formatter, "{error} ({})", Symbolized(error.address())),
         }
     }
@@ -227,7 +256,90 @@ pub fn update(ops: &'static FtraceOps, filter: Filter) -> Result<usize, FtraceEr
         return Err(apply_error(&registry, error));
     }
     ops.sites.replace(sites::addresses(&new));
+    // Sites that left took their direct targets along (`SiteState::remove`).
+    forget_direct(ops, |site| !current_sites(ops).contains(&site));
     Ok(new.len())
+}
+
+/// Drops the direct targets of the sites `gone` says left `ops`.
+#[notrace]
+fn forget_direct(ops: &FtraceOps, gone: impl Fn(u64) -> bool) {
+    // Safety: callers hold the registry lock (preemption off): a read-side section.
+    let current = unsafe { ops.direct.read() };
+    if current.iter().any(|&(site, _)| gone(site)) {
+        let kept = current.iter().copied().filter(|&(site, _)| !gone(site)).collect();
+        ops.direct.replace(kept);
+    }
+}
+
+/// Points the sites of `targets` (function address, then its new direct
+/// target, or `None` to take it away) straight at their targets, on behalf
+/// of `ops` (Linux's `register_ftrace_direct`, `modify_ftrace_direct` and
+/// `unregister_ftrace_direct`, per function). `ops` must be registered with
+/// IPMODIFY and trace each function, so a direct site is as exclusive as an
+/// IPMODIFY one. While `ops` is a site's only user the site's `bl` goes to
+/// the target itself, with no stub; when another ops traces it too, the
+/// site calls the stub its users need and `ops`'s handler is expected to
+/// send the call on to the target (`ftrace_direct_handler` does, from this
+/// table; the livepatch core's handler does from its own), and the site goes
+/// back to the target when the others leave (`SiteState::caller`).
+///
+/// A direct target is entered as a replacement of the traced function, not
+/// as a hook before it: r0 = the return address into the traced function's
+/// caller, r1 = that caller's stack pointer (no frame pushed), r2 = the
+/// TOC at the traced function's entry, r3-r10 the arguments; LR is the word
+/// after the site (or r0, when entered from a stub) and must not be used;
+/// the target returns to r0 (`arch::trampoline`'s template is one).
+/// All or nothing: every site is checked and every word encoded before
+/// the first is written. Returns when every CPU fetches the new words.
+#[notrace]
+pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Result<(), FtraceError> {
+    let _preempt = thread::preempt_disable();
+    let registry = REGISTRY.lock();
+    if !registry.iter().any(|other| core::ptr::eq(*other, ops)) {
+        return Err(FtraceError::NotRegistered(ops.name));
+    }
+    let mut changes = Vec::with_capacity(targets.len());
+    for &(function, target) in targets {
+        let index = sites::index_of(function).ok_or(FtraceError::NotTraceable(function))?;
+        changes.push((index, target));
+    }
+    let owner = ops as *const FtraceOps as usize;
+    sites::set_direct(&changes, owner).map_err(|error| match error {
+        ApplyError::Site(function, SiteError::NotOwner { .. } | SiteError::NotTraced) => {
+            FtraceError::NotDirectOwner { function, ops: ops.name }
+        }
+        other => apply_error(&registry, other),
+    })?;
+    // The handler's table: a shared site reached through the stub finds its target here.
+    // Safety: the registry lock is held (preemption off): a read-side section.
+    let mut table = unsafe { ops.direct.read() }.clone();
+    for &(function, target) in targets {
+        let Some(site) = sites::index_of(function).and_then(|index| sites::addresses(&[index]).first().copied()) else {
+            continue;
+        };
+        table.retain(|&(other, _)| other != site);
+        if let Some(target) = target {
+            table.push((site, target));
+        }
+    }
+    table.sort_unstable();
+    ops.direct.replace(table);
+    Ok(())
+}
+
+/// The handler of an ops whose only work is direct calls: a call that
+/// reached the stub (another ops traces the function too) is sent on to
+/// the site's direct target (`set_direct`), with the registers the target
+/// expects (the stub's exit leaves r0 = the return address into the caller).
+/// An ops with it needs IPMODIFY and RECURSION_SAFE (it calls nothing).
+#[notrace]
+pub extern "C" fn ftrace_direct_handler(ip: u64, _parent_ip: u64, ops: &FtraceOps, regs: &mut FtraceRegs) {
+    // Safety: a handler, which the timer does not preempt: a read-side section.
+    let table = unsafe { ops.direct.read() };
+    if let Ok(index) = table.binary_search_by_key(&ip, |&(site, _)| site) {
+        regs.regs.nip = table[index].1;
+    }
 }
 
 /// A copy of the site addresses `ops` traces.
@@ -263,6 +375,7 @@ pub fn unregister(ops: &'static FtraceOps) -> Result<(), FtraceError> {
     }
     registry.remove(position);
     ops.sites.clear();
+    ops.direct.clear();
     Ok(())
 }
 
@@ -290,6 +403,7 @@ pub(super) fn forget_range<T>(range: core::ops::Range<u64>, then: impl FnOnce() 
             report_failed_undo("the sites of a going module", &apply_error(&registry, error));
         }
         ops.sites.replace(kept);
+        forget_direct(ops, |site| range.contains(&site));
     }
     // Still under the registry's lock: no registration finds the range's
     // sites between their leaving every ops and what `then` does (the

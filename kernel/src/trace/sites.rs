@@ -187,6 +187,7 @@ fn stub(caller: Caller) -> Option<u64> {
         Caller::None => None,
         Caller::Light => Some(ftrace_caller as *const () as u64),
         Caller::Regs => Some(ftrace_regs_caller as *const () as u64),
+        Caller::Direct(target) => Some(target),
     }
 }
 
@@ -260,6 +261,41 @@ pub(super) fn apply(indices: &[usize], demand: Demand, adding: bool) -> Result<(
     // batch that writes nothing asks nothing of them.
     commit_all(&changes)?;
     for (&index, &state) in indices.iter().zip(&planned) {
+        if let Some(slot) = states.get_mut(index) {
+            *slot = state;
+        }
+    }
+    Ok(())
+}
+
+/// Gives each site in `changes` (index, direct target or `None`) its new
+/// direct target on behalf of `ops`, which must be its IPMODIFY owner
+/// (`SiteState::set_direct`), and writes the words that changes, all or
+/// nothing as `apply`: a site whose owner is its only user goes from the
+/// stub to the target, from one target to another, or back, in one word
+/// (a call before the write goes through the stub and the owner's handler,
+/// one after to the target); a shared site keeps its stub. Every word is
+/// flushed and the other CPUs synchronise once for the batch before this
+/// returns, so a target written before the call is what every CPU fetches.
+#[notrace]
+pub(super) fn set_direct(changes: &[(usize, Option<u64>)], ops: usize) -> Result<(), ApplyError> {
+    let mut states = STATES.lock();
+    let on = ENABLED.load(Ordering::Acquire);
+    let mut planned = Vec::with_capacity(changes.len());
+    let mut words = Vec::with_capacity(changes.len());
+    for &(index, target) in changes {
+        let (Some(site), Some(&mut current)) = (site(index), states.get_mut(index)) else {
+            return Err(ApplyError::Site(0, SiteError::NotTraced));
+        };
+        let mut state = current;
+        state.set_direct(ops, target).map_err(|error| ApplyError::Site(site.function, error))?;
+        if on && let Some(change) = prepare(&site, current, state).map_err(ApplyError::Text)? {
+            words.push(change);
+        }
+        planned.push(state);
+    }
+    commit_all(&words)?;
+    for (&(index, _), &state) in changes.iter().zip(&planned) {
         if let Some(slot) = states.get_mut(index) {
             *slot = state;
         }

@@ -62,7 +62,8 @@ macro_rules! bug {
 /// Assembler macro `bug_entry TRAP_LABEL, "FILE", LINE` for `global_asm!` code:
 /// records the trap instruction at TRAP_LABEL. Pass `bug_entry_macro!()`
 /// (`use super::bug::bug_entry_macro`) as the first template string of each
-/// `global_asm!` block that uses it.
+/// `global_asm!` block that uses it, and `bug_entry_end!()` as its last (the
+/// blocks may be assembled as one, where a macro can be defined only once).
 macro_rules! bug_entry_macro {
     () => {
         r#"
@@ -88,3 +89,11 @@ macro_rules! bug_entry_macro {
     };
 }
 pub(crate) use bug_entry_macro;
+
+/// Ends the use of `bug_entry` in a `global_asm!` block (see `bug_entry_macro`).
+macro_rules! bug_entry_end {
+    () => {
+        "\n    .purgem bug_entry\n"
+    };
+}
+pub(crate) use bug_entry_end;

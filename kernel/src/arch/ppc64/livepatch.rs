@@ -9,7 +9,7 @@
 //! r1 while C runs. The TOC and the return address therefore go on the
 //! per-thread livepatch stack, which grows up from just above
 //! `STACK_END_MAGIC` in `thread_info`.
-use super::bug::bug_entry_macro;
+use super::bug::{bug_entry_end, bug_entry_macro};
 use super::ftrace::FtraceRegs;
 use super::thread_info::ThreadInfo;
 use boot::{PerCpu, THREAD_SIZE};
@@ -69,13 +69,15 @@ pub struct LivepatchHandlerWindows {
 /// `ftrace_caller`'s handler chose C (and then chooses again when it
 /// resumes) or inside C (and then its saved NIP or a return address shows
 /// it), never in between. Unloading relies on it.
+/// The same holds for a direct-call trampoline before its `bl` of C
+/// (`trampoline::entering`), where freeing it relies on it.
 #[macros::notrace]
 #[inline(always)]
 pub fn entering(nip: u64) -> bool {
     let start = livepatch_handler as *const () as u64;
     // Safety: a table the assembler wrote, never changed.
     let returned = unsafe { livepatch_handler_windows.returned };
-    (start..start + returned).contains(&nip)
+    (start..start + returned).contains(&nip) || super::trampoline::entering(nip)
 }
 
 /// Makes the traced call continue in `replacement` (a global entry) instead
@@ -172,6 +174,7 @@ livepatch_handler_windows:
     .quad   .Llivepatch_handler_returned - livepatch_handler
     .size livepatch_handler_windows, . - livepatch_handler_windows
     "#,
+    bug_entry_end!(),
     thread_shift = const THREAD_SHIFT,
     livepatch_sp = const offset_of!(ThreadInfo, livepatch_sp),
     frame = const FRAME,

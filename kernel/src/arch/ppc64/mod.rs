@@ -17,6 +17,7 @@
 //! - `stacktrace`: the reliable stack walk of a thread: what each return address is, its livepatch stack.
 //! - `text`: the one way to change kernel text: check, write, flush.
 //! - `thread_info`: the block at the base of every thread stack, and the stack bounds.
+//! - `trampoline`: the direct-call livepatch trampolines: their template, their pool, writing and freeing them.
 //! - `vectors`: the exception vector slots written at boot, and the vector numbers.
 //! - `xics`: the XICS interrupt controller by hcall: priorities, IPIs, accept, end.
 pub mod bug;
@@ -36,5 +37,6 @@ pub mod smp;
 pub mod stacktrace;
 pub mod text;
 pub mod thread_info;
+pub mod trampoline;
 pub mod vectors;
 pub mod xics;

@@ -123,6 +123,35 @@ pub fn end_batch(address: u64) {
     }
 }
 
+/// `modify_code_local` for a block of consecutive words (a livepatch
+/// trampoline): every word at `address` checked against `old` first,
+/// nothing written on a mismatch; then every word of `new` stored and the
+/// block flushed once on this CPU (not word by word). The block's words are
+/// not being executed by anyone (a trampoline no site branches to, or the
+/// half of one no thread can be in), so their order does not matter; the
+/// caller ends the batch (`end_batch`) before anything branches to them.
+#[notrace]
+pub fn modify_block_local(address: u64, old: &[u32], new: &[u32]) -> Result<(), TextError> {
+    assert_eq!(old.len(), new.len(), "a block's old and new words");
+    if !address.is_multiple_of(4) {
+        return Err(TextError::Misaligned { address });
+    }
+    for (index, &expected) in old.iter().enumerate() {
+        validate(address + 4 * index as u64, expected)?;
+    }
+    // Safety: aligned kernel text, `new.len()` words; the caller owns the block.
+    unsafe { core::slice::from_raw_parts_mut(address as *mut u32, new.len()) }.copy_from_slice(new);
+    let recording = log::recording();
+    if recording {
+        log::record(log::Step::Written, address);
+    }
+    cache::synchronize_instructions(address, 4 * new.len() as u64);
+    if recording {
+        log::record(log::Step::Flushed, address);
+    }
+    Ok(())
+}
+
 /// Makes every change `(address, old, new)` or none: checks every old word
 /// first and writes only when all match, so a mismatch anywhere (the second
 /// of two stub call sites, say) leaves the first as it was. The caller keeps

@@ -1,0 +1,195 @@
+//! Direct calls for final patches: which patched functions branch straight to a trampoline, and the pool's slots.
+//!
+//! A function whose topmost replacement C belongs to a patch not in
+//! transition has one answer for every thread, so its site can branch to a
+//! trampoline made for C (`arch::trampoline`) instead of going through
+//! `ftrace_caller`, the handler's table and `livepatch_handler`. The
+//! livepatch ops owns the site (IPMODIFY) either way and its handler's table
+//! keeps the function's entry, so a call that meets the site's old word (the
+//! stub) ends in the same C as one that meets the new (the trampoline); and
+//! when another ops traces the function too, ftrace keeps the site on the
+//! stub (`trace::set_direct`) and the handler does the work, per thread.
+//!
+//! `redirect::apply` and `redirect::publish` call `leave` before they
+//! publish a new table (a site whose C changes, that goes into transition,
+//! or whose patch goes, is back on the stub while the old table, which
+//! agrees with its trampoline, is still the one the handler reads) and
+//! `enter` after (the new table already agrees with the new trampoline).
+//! Direct calls can be switched off (`set_enabled`; the boot argument
+//! `livepatch.direct=off`): every function then keeps the generic path.
+use super::redirect::LIVEPATCH_OPS;
+use crate::arch::text;
+use crate::arch::trampoline::{self, SLOTS};
+use crate::sync::Mutex;
+use crate::trace::{self, FtraceError};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use portable::trampoline::CALL_WORDS;
+
+/// Whether final patches use direct calls.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+/// Functions that wanted a direct call and could not have one (no free
+/// slot, or a replacement no trampoline can call): they keep the generic path.
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// What a slot of the pool holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Never written: every word `trap`.
+    Pristine,
+    /// Freed: the entry half `trap`, the return half the template's.
+    Free,
+    /// The trampoline for `replacement`, the site that branches to it, and its call words.
+    Live { site: u64, replacement: u64, call: [u32; CALL_WORDS] },
+    /// Its words are not what this table says (a failed write): never used again.
+    Lost,
+}
+
+struct Pool {
+    slots: [Slot; SLOTS],
+    /// Slot of each site that has a trampoline.
+    by_site: BTreeMap<u64, usize>,
+}
+
+/// The pool's bookkeeping; changed only under the livepatch lock (by
+/// `redirect`), this lock orders readers (`summary`, tests).
+static POOL: Mutex<Pool> = Mutex::new(Pool { slots: [Slot::Pristine; SLOTS], by_site: BTreeMap::new() });
+
+/// Whether final patches use direct calls.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Acquire)
+}
+
+/// Switches direct calls on or off for every patched function at once
+/// (`klp direct on|off`): off, every direct function goes back to the
+/// generic path and its trampoline is freed; on, every final function that
+/// nothing else traces gets one. Calls of the functions meanwhile, on any
+/// CPU, run the same replacement throughout.
+pub fn set_enabled(on: bool) -> Result<(), FtraceError> {
+    super::set_direct_calls(on)
+}
+
+/// Sets the flag (under the livepatch lock: `set_direct_calls`).
+pub(super) fn store_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Release);
+}
+
+/// Functions refused a direct call since boot (they kept the generic path).
+pub fn refused() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}
+
+/// (site, replacement, trampoline) of every direct function, by site.
+pub fn summary() -> Vec<(u64, u64, u64)> {
+    let pool = POOL.lock();
+    pool.by_site
+        .iter()
+        .filter_map(|(&site, &slot)| match pool.slots[slot] {
+            Slot::Live { replacement, .. } => Some((site, replacement, trampoline::slot_address(slot))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (live, free or pristine) slots of the pool.
+pub fn slots_in_use() -> (usize, usize) {
+    let pool = POOL.lock();
+    let live = pool.slots.iter().filter(|slot| matches!(slot, Slot::Live { .. })).count();
+    let available = pool.slots.iter().filter(|slot| matches!(slot, Slot::Free | Slot::Pristine)).count();
+    (live, available)
+}
+
+/// Takes every direct site whose (site, replacement) is not in `wanted`
+/// back to the generic path (one batch of site words, every CPU
+/// synchronised), waits a grace period (no CPU is then before a freed
+/// trampoline's `bl`: that stretch is not preemptible), and frees their
+/// trampolines. On error no site changed.
+pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
+    let mut pool = POOL.lock();
+    let leaving: Vec<(u64, usize)> = pool
+        .by_site
+        .iter()
+        .filter(|&(&site, &slot)| match pool.slots[slot] {
+            Slot::Live { replacement, .. } => !wanted.contains(&(site, replacement)),
+            _ => true,
+        })
+        .map(|(&site, &slot)| (site, slot))
+        .collect();
+    if leaving.is_empty() {
+        return Ok(());
+    }
+    let targets: Vec<(u64, Option<u64>)> = leaving.iter().map(|&(site, _)| (site, None)).collect();
+    trace::set_direct(&LIVEPATCH_OPS, &targets)?;
+    crate::sync::synchronize_sched();
+    for (site, slot) in leaving {
+        pool.by_site.remove(&site);
+        let Slot::Live { call, .. } = pool.slots[slot] else { continue };
+        pool.slots[slot] = match trampoline::free(slot, &call) {
+            Ok(()) => Slot::Free,
+            Err(error) => {
+                crate::println!("klp: freeing the trampoline at {:#x} failed: {error}", trampoline::slot_address(slot));
+                Slot::Lost
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Gives every (site, replacement) in `wanted` without a trampoline one:
+/// writes them into free slots, synchronises every CPU once, then points
+/// the sites at them (`trace::set_direct`, one batch). A function that
+/// cannot have one keeps the generic path (counted in `refused`); nothing
+/// here can make a call go wrong, so nothing is returned.
+pub(super) fn enter(wanted: &[(u64, u64)]) {
+    if !enabled() || wanted.is_empty() {
+        return;
+    }
+    let mut pool = POOL.lock();
+    let mut written: Vec<(u64, usize, u64)> = Vec::new();
+    let mut next = 0;
+    for &(site, replacement) in wanted {
+        if pool.by_site.contains_key(&site) {
+            continue;
+        }
+        let Some(slot) = (next..SLOTS).find(|&slot| matches!(pool.slots[slot], Slot::Free | Slot::Pristine)) else {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        next = slot + 1;
+        let Ok(call) = trampoline::call_for(slot, replacement) else {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match trampoline::write(slot, &call, pool.slots[slot] == Slot::Free) {
+            Ok(address) => {
+                pool.slots[slot] = Slot::Live { site, replacement, call };
+                written.push((site, slot, address));
+            }
+            Err(error) => {
+                crate::println!("klp: writing the trampoline at {:#x} failed: {error}", trampoline::slot_address(slot));
+                pool.slots[slot] = Slot::Lost;
+            }
+        }
+    }
+    let Some(&(_, _, last)) = written.last() else { return };
+    // Every CPU fetches the trampolines before any site branches to them.
+    text::end_batch(last);
+    let targets: Vec<(u64, Option<u64>)> = written.iter().map(|&(site, _, address)| (site, Some(address))).collect();
+    match trace::set_direct(&LIVEPATCH_OPS, &targets) {
+        Ok(()) => {
+            for (site, slot, _) in written {
+                pool.by_site.insert(site, slot);
+            }
+        }
+        Err(error) => {
+            // No site changed: the trampolines were never reachable.
+            crate::println!("klp: direct calls refused ({error}); the functions keep the generic path");
+            REFUSED.fetch_add(written.len() as u64, Ordering::Relaxed);
+            for (_, slot, _) in written {
+                let Slot::Live { call, .. } = pool.slots[slot] else { continue };
+                pool.slots[slot] = if trampoline::free(slot, &call).is_ok() { Slot::Free } else { Slot::Lost };
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The words that make a direct-call livepatch trampoline call one replacement: its TOC, then its local entry.
+//!
+//! Every trampoline is a copy of one template (the kernel's
+//! `livepatch_trampoline_template`) in which only three words differ: they
+//! set r2 to the replacement C's TOC and branch-and-link to C's local entry,
+//! so C skips its global entry's TOC set-up and no register or CTR has to
+//! carry C's address. This module computes those three words from C's
+//! address and its first two instructions; the kernel writes them.
+
+use crate::instruction::{self, BranchError, MFLR_R0, NOP};
+
+/// Words the template leaves to each trampoline, at its call offset.
+pub const CALL_WORDS: usize = 3;
+
+/// `addis r2,r12,HIGH` / `addi r2,r2,LOW`: the ELFv2 global entry's TOC set-up.
+const TOC_SETUP_HIGH: u32 = 0x3c4c_0000;
+const TOC_SETUP_LOW: u32 = 0x3842_0000;
+/// `lis r2,HIGH` (`addis r2,0,HIGH`) and `addi r2,r2,LOW`.
+const LOAD_TOC_HIGH: u32 = 0x3c40_0000;
+const LOAD_TOC_LOW: u32 = 0x3842_0000;
+
+/// Why no trampoline can call a replacement (the function then keeps the
+/// generic path through `ftrace_caller`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// C starts with neither the TOC set-up pair nor a patchable entry
+    /// (`nop` or `mflr r0`): its TOC, if it needs one, cannot be known
+    /// (another code model's set-up, say), so it must be entered at its
+    /// global entry with r12 set, which a trampoline does not do.
+    UnknownEntry { first: u32, second: u32 },
+    /// C's TOC does not fit the two-instruction load (`lis`/`addi`: within
+    /// 2 GiB of 0).
+    TocOutOfRange { toc: u64 },
+    /// C's local entry is beyond a `bl` from the trampoline (32 MiB).
+    OutOfReach { local_entry: u64 },
+}
+
+impl core::fmt::Display for CallError {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            CallError::UnknownEntry { first, second } => write!(
+                formatter,
+                "the replacement starts with {first:08x} {second:08x}: not a TOC set-up nor a patchable entry"
+            ),
+            CallError::TocOutOfRange { toc } => write!(formatter, "the replacement's TOC {toc:#x} is beyond lis/addi"),
+            CallError::OutOfReach { local_entry } => {
+                write!(formatter, "the replacement's local entry {local_entry:#x} is beyond a bl from the trampoline")
+            }
+        }
+    }
+}
+
+/// Sign-extends a 16-bit immediate.
+fn immediate(word: u32) -> i64 {
+    i64::from(word as u16 as i16)
+}
+
+/// C's local entry and the TOC it expects there (None: C does not use a TOC),
+/// from its global entry `replacement` and its first two words.
+pub fn entry(replacement: u64, first: u32, second: u32) -> Result<(u64, Option<u64>), CallError> {
+    if first & 0xffff_0000 == TOC_SETUP_HIGH && second & 0xffff_0000 == TOC_SETUP_LOW {
+        let toc = replacement.wrapping_add((immediate(first) << 16).wrapping_add(immediate(second)) as u64);
+        return Ok((replacement + 8, Some(toc)));
+    }
+    if first == NOP || first == MFLR_R0 {
+        // A function without a TOC set-up starts with its patchable entry:
+        // its global and local entries are one, and it does not read r2.
+        return Ok((replacement, None));
+    }
+    Err(CallError::UnknownEntry { first, second })
+}
+
+/// The three call words of a trampoline whose call words start at
+/// `call_address`, for the replacement whose global entry is `replacement`
+/// and whose first two words are `first` and `second`: `lis r2,TOC@ha;
+/// addi r2,r2,TOC@l; bl LOCAL` (two nops instead of the loads when C uses
+/// no TOC).
+pub fn call_words(
+    call_address: u64,
+    replacement: u64,
+    first: u32,
+    second: u32,
+) -> Result<[u32; CALL_WORDS], CallError> {
+    let (local_entry, toc) = entry(replacement, first, second)?;
+    let branch_address = call_address + 8;
+    let call = instruction::branch(branch_address, local_entry, true).map_err(|error| match error {
+        BranchError::Misaligned | BranchError::OutOfRange { .. } => CallError::OutOfReach { local_entry },
+    })?;
+    let Some(toc) = toc else { return Ok([NOP, NOP, call]) };
+    // lis sign-extends its immediate: the pair reaches [-2 GiB, 2 GiB - 32 KiB).
+    if toc >= 0x7fff_8000 {
+        return Err(CallError::TocOutOfRange { toc });
+    }
+    let low = toc as u16;
+    let high = ((toc + 0x8000) >> 16) as u16;
+    Ok([LOAD_TOC_HIGH | u32::from(high), LOAD_TOC_LOW | u32::from(low), call])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the words load into r2, as the CPU computes it.
+    fn loaded_toc(words: [u32; CALL_WORDS]) -> u64 {
+        let high = immediate(words[0]) << 16;
+        high.wrapping_add(immediate(words[1])) as u64
+    }
+
+    #[test]
+    fn the_toc_comes_from_the_global_entry_and_the_call_goes_to_the_local_entry() {
+        // C at 0x50_0000 with `addis r2,r12,2; addi r2,r2,-0x7f00`: TOC = C + 0x2_0000 - 0x7f00.
+        let (first, second) = (TOC_SETUP_HIGH | 2, TOC_SETUP_LOW | 0x8100);
+        let replacement = 0x50_0000;
+        let toc = replacement + 0x2_0000 - 0x7f00;
+        assert_eq!(entry(replacement, first, second), Ok((replacement + 8, Some(toc))));
+        let call_address = 0x48_0040;
+        let words = call_words(call_address, replacement, first, second).unwrap();
+        assert_eq!(loaded_toc(words), toc);
+        assert_eq!(instruction::branch_target(call_address + 8, words[2]), Some((replacement + 8, true)));
+        // The encodings the assembler gives `lis 2,0x52` and `addi 2,2,-0x7f00`.
+        assert_eq!(words[0], 0x3c40_0052);
+        assert_eq!(words[1], 0x3842_8100);
+    }
+
+    #[test]
+    fn a_toc_whose_low_half_is_negative_rounds_the_high_half_up() {
+        let replacement = 0x40_0000_u64;
+        for toc in [0x40_8000_u64, 0x40_7fff, 0x1234_ffff, 0x7fff_7fff, 0x8000] {
+            // The set-up pair C's compiler would emit for this TOC.
+            let offset = toc.wrapping_sub(replacement);
+            let high = (offset.wrapping_add(0x8000) >> 16) as u16;
+            let (first, second) = (TOC_SETUP_HIGH | u32::from(high), TOC_SETUP_LOW | u32::from(offset as u16));
+            assert_eq!(entry(replacement, first, second), Ok((replacement + 8, Some(toc))), "{toc:#x}");
+            let words = call_words(replacement - 0x100, replacement, first, second).unwrap();
+            assert_eq!(loaded_toc(words), toc, "{toc:#x}");
+        }
+    }
+
+    #[test]
+    fn a_function_without_a_toc_is_called_at_its_global_entry_with_r2_untouched() {
+        for first in [NOP, MFLR_R0] {
+            let words = call_words(0x40_0000, 0x40_1000, first, NOP).unwrap();
+            assert_eq!(words[..2], [NOP, NOP]);
+            assert_eq!(instruction::branch_target(0x40_0008, words[2]), Some((0x40_1000, true)));
+        }
+    }
+
+    #[test]
+    fn what_no_trampoline_can_call_is_refused() {
+        // The large code model's `ld r2,-8(r12); add r2,r2,r12`.
+        assert_eq!(
+            call_words(0x40_0000, 0x40_1000, 0xe84c_fff8, 0x7c42_6214),
+            Err(CallError::UnknownEntry { first: 0xe84c_fff8, second: 0x7c42_6214 })
+        );
+        let far = 0x40_0000 + (64 << 20);
+        assert_eq!(
+            call_words(0x40_0000, far, TOC_SETUP_HIGH, TOC_SETUP_LOW),
+            Err(CallError::OutOfReach { local_entry: far + 8 })
+        );
+        let high_toc = 0x7fff_8000;
+        assert_eq!(
+            call_words(high_toc - 0x100, high_toc, TOC_SETUP_HIGH, TOC_SETUP_LOW),
+            Err(CallError::TocOutOfRange { toc: high_toc })
+        );
+    }
+}
