@@ -1,10 +1,11 @@
 //! Back-chain stack walking: every ELFv2 frame starts with a pointer to its caller's frame.
 //!
-//! A replacement function C is called by `livepatch_handler`, which has no
-//! frame: the return address C saved points into the handler, and the real
-//! caller A is only on the thread's livepatch stack. The walk shows both
-//! sides: the handler, then A from the livepatch frame, newest first.
-use crate::arch::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end};
+//! A replacement function C is called by `livepatch_handler` or by a
+//! direct-call trampoline, neither of which has a frame: the return address
+//! C saved points into the handler or the trampoline, and the real caller A
+//! is only on the thread's livepatch stack. The walk shows both sides: the
+//! handler or trampoline, then A from the livepatch frame, newest first.
+use crate::arch::livepatch::{LivepatchFrame, in_livepatch_code};
 use crate::thread::{LIVEPATCH_STACK_OFFSET, ThreadInfo};
 use crate::{println, symbols, thread};
 use core::mem::size_of;
@@ -49,7 +50,7 @@ pub fn walk(stack_pointer: u64, mut visit: impl FnMut(u64, bool)) {
         let address = frame.saved_link;
         if address != 0 {
             visit(address, false);
-            if in_livepatch_handler(address) {
+            if in_livepatch_code(address) {
                 if let Some(link) = livepatch_link(bounds.0, livepatch_frames_used) {
                     visit(link, true);
                 }
@@ -57,11 +58,6 @@ pub fn walk(stack_pointer: u64, mut visit: impl FnMut(u64, bool)) {
             }
         }
     }
-}
-
-#[notrace]
-fn in_livepatch_handler(address: u64) -> bool {
-    (livepatch_handler as *const () as u64..&raw const livepatch_handler_end as u64).contains(&address)
 }
 
 /// The return address saved in the `index`th livepatch frame from the top of

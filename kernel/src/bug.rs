@@ -36,9 +36,12 @@ pub fn last() -> Option<&'static BugLocation> {
     unsafe { LAST.load(core::sync::atomic::Ordering::SeqCst).as_ref() }
 }
 
-/// The location recorded for a trap at `address`.
+/// The location recorded for a trap at `address`. A trap in a direct-call
+/// trampoline is its template's (the trampolines are copies of it, and
+/// only the template's traps are in the table).
 #[notrace]
 pub fn find(address: u64) -> Option<&'static BugLocation> {
+    let address = crate::arch::trampoline::template_address(address).unwrap_or(address);
     entries().iter().find(|entry| entry.trap_address == address).map(|entry| entry.location)
 }
 

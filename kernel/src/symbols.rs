@@ -22,6 +22,14 @@ pub struct Symbolized(pub u64);
 
 impl fmt::Display for Symbolized {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((slot, offset, replacement)) = crate::arch::trampoline::describe(self.0) {
+            // A direct-call trampoline: its slot, and the replacement its call words name now.
+            write!(formatter, "livepatch_trampoline[{slot}]+{offset:#x}")?;
+            return match replacement.and_then(|address| table().and_then(|table| table.lookup(address))) {
+                Some((symbol, _)) => write!(formatter, " (calls {})", symbol.name),
+                None => Ok(()),
+            };
+        }
         match table().and_then(|table| table.lookup(self.0)) {
             Some((symbol, offset)) => write!(formatter, "{}+{:#x}/{:#x}", symbol.name, offset, symbol.size),
             None => write!(formatter, "?"),

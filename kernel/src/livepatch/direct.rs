@@ -102,9 +102,13 @@ pub fn slots_in_use() -> (usize, usize) {
 
 /// Takes every direct site whose (site, replacement) is not in `wanted`
 /// back to the generic path (one batch of site words, every CPU
-/// synchronised), waits a grace period (no CPU is then before a freed
-/// trampoline's `bl`: that stretch is not preemptible), and frees their
-/// trampolines. On error no site changed.
+/// synchronised), waits a grace period (no CPU is then before a
+/// trampoline's `bl`: that stretch is not preemptible), stores the site
+/// words again and waits once more (`trace::restore_words`: what QEMU's
+/// threaded TCG needs), and frees their trampolines. A site that no longer
+/// exists (its target module went, taking its ftrace site along: the site
+/// was made a nop then) only has its trampoline freed. On error no site
+/// changed and nothing was freed.
 pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
     let mut pool = POOL.lock();
     let leaving: Vec<(u64, usize)> = pool
@@ -119,8 +123,11 @@ pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
     if leaving.is_empty() {
         return Ok(());
     }
-    let targets: Vec<(u64, Option<u64>)> = leaving.iter().map(|&(site, _)| (site, None)).collect();
+    let sites: Vec<u64> = leaving.iter().map(|&(site, _)| site).filter(|&site| trace::has_site(site)).collect();
+    let targets: Vec<(u64, Option<u64>)> = sites.iter().map(|&site| (site, None)).collect();
     trace::set_direct(&LIVEPATCH_OPS, &targets)?;
+    crate::sync::synchronize_sched();
+    trace::restore_words(&sites);
     crate::sync::synchronize_sched();
     for (site, slot) in leaving {
         pool.by_site.remove(&site);

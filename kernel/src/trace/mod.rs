@@ -20,8 +20,8 @@ pub use module_sites::SiteRefused;
 #[cfg(feature = "ktest")]
 pub use ops::registered_ops;
 pub use ops::{
-    Filter, FtraceError, FtraceOps, OpsFlags, enabled, ftrace_direct_handler, register, registered, set_direct,
-    set_enabled, unregister, update,
+    Filter, FtraceError, FtraceOps, OpsFlags, enabled, ftrace_direct_handler, has_site, register, registered,
+    restore_words, set_direct, set_enabled, unregister, update,
 };
 pub use portable::site_table::NameError;
 pub use sites::{

@@ -328,6 +328,35 @@ pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Re
     Ok(())
 }
 
+/// Stores the words of the sites of `functions` again, as they are: after
+/// a site stopped branching to a direct target and a grace period passed,
+/// before the target is freed. On the hardware the first store, its flush
+/// and every CPU's `isync` are enough. QEMU's multi-threaded TCG (7.2, this
+/// kernel's platform) can keep a translation of the old word: a CPU that
+/// translated the block holding the site while the store was being made
+/// links that block after the store's invalidation ran, and every CPU may
+/// run it until the page is written again (seen: a call through a freed
+/// trampoline 2 ms after its site changed, with the site's word already
+/// the new one; gone with `-accel tcg,thread=single`). The grace period
+/// ends every translation begun before it; this second store invalidates
+/// whatever block they linked. Functions without a site are left out.
+#[notrace]
+pub fn restore_words(functions: &[u64]) {
+    let _preempt = thread::preempt_disable();
+    let _registry = REGISTRY.lock();
+    let indices: Vec<usize> = functions.iter().filter_map(|&function| sites::index_of(function)).collect();
+    sites::restore_words(&indices);
+}
+
+/// Whether `function` (its global entry or site word) has an ftrace site
+/// (a target module's function has none once its module went).
+#[notrace]
+pub fn has_site(function: u64) -> bool {
+    let _preempt = thread::preempt_disable();
+    let _registry = REGISTRY.lock();
+    sites::exists(function)
+}
+
 /// The handler of an ops whose only work is direct calls: a call that
 /// reached the stub (another ops traces the function too) is sent on to
 /// the site's direct target (`set_direct`), with the registers the target

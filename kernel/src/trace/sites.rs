@@ -303,6 +303,35 @@ pub(super) fn set_direct(changes: &[(usize, Option<u64>)], ops: usize) -> Result
     Ok(())
 }
 
+/// Stores each site's current word again (checked, flushed; the other CPUs
+/// synchronise once), for `ops::restore_words`. A site of no table is
+/// left out (its module went: its memory is poisoned, and the poison's
+/// stores did the same).
+#[notrace]
+pub(super) fn restore_words(indices: &[usize]) {
+    let _states = STATES.lock();
+    let mut last = None;
+    for &index in indices {
+        let Some(site) = site(index) else { continue };
+        let word = crate::arch::text::read(site.address);
+        // The states' lock is held, so no registration changes the word
+        // between the read and the store.
+        if crate::arch::text::modify_code_local(site.address, word, word).is_ok() {
+            last = Some(site.address);
+        }
+    }
+    if let Some(address) = last {
+        crate::arch::text::end_batch(address);
+    }
+}
+
+/// Whether the site at `address` (global entry or site word) is in a table.
+#[notrace]
+pub(super) fn exists(address: u64) -> bool {
+    let _states = STATES.lock();
+    index_of(address).is_some()
+}
+
 /// Validates and publishes the sites of target module `module` (`module_sites`).
 /// On error nothing is published (a site already prepared by
 /// `ftrace_init_nop` stays as it is: the module's memory is freed).

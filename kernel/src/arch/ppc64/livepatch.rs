@@ -80,6 +80,28 @@ pub fn entering(nip: u64) -> bool {
     (start..start + returned).contains(&nip) || super::trampoline::entering(nip)
 }
 
+/// Whether `address` lies in code that calls a replacement without a stack
+/// frame of its own, keeping the caller's return address on the livepatch
+/// stack: `livepatch_handler` or a direct-call trampoline (any slot of the
+/// pool, whatever it holds now).
+#[macros::notrace]
+#[inline(always)]
+pub fn in_livepatch_code(address: u64) -> bool {
+    (livepatch_handler as *const () as u64..&raw const livepatch_handler_end as u64).contains(&address)
+        || super::trampoline::pool().contains(&address)
+}
+
+/// Whether `address` is where a replacement returns to in such code (after
+/// `livepatch_handler`'s `bctrl` or a trampoline's `bl`): the return that
+/// the newest unused livepatch frame's link stands for.
+#[macros::notrace]
+#[inline(always)]
+pub fn is_livepatch_return(address: u64) -> bool {
+    // Safety: a table the assembler wrote, never changed.
+    let returned = unsafe { livepatch_handler_windows.returned };
+    address == livepatch_handler as *const () as u64 + returned || super::trampoline::is_return_point(address)
+}
+
 /// Makes the traced call continue in `replacement` (a global entry) instead
 /// of the traced function (Linux: `klp_arch_set_pc`): through
 /// `livepatch_handler`, which keeps the caller's TOC and return address on

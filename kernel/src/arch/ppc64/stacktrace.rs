@@ -14,10 +14,12 @@
 //!   LR and its caller's frame the saved r1, and the walk goes on from there
 //!   (`interrupted_leaf`). The idle thread is switched out that way whenever
 //!   a tick wakes a sleeper on its CPU;
-//! - the return point into `livepatch_handler` (after its `bctrl`): the
-//!   real return is on the livepatch stack; any other address in the handler
-//!   is unreliable (before the push the replacement is only in r11 or CTR,
-//!   after the pop the caller's return only in LR);
+//! - the return point into `livepatch_handler` (after its `bctrl`) or into
+//!   a direct-call trampoline (after its `bl`): the real return is on the
+//!   livepatch stack; any other address in the handler or in the
+//!   trampolines' pool is unreliable (before the push the replacement is
+//!   only in r11 or CTR or the call words, after the pop the caller's return
+//!   only in LR);
 //! - `return_to_handler`: the real return is on the graph return stack; any
 //!   other address in the ftrace stubs is unreliable (a handler or the
 //!   graph's return path is running, with the caller's return in a stub frame);
@@ -41,7 +43,7 @@ use super::context::{SWITCH_FRAME_SIZE, SwitchFrame, thread_start_returns};
 use super::exceptions::{InterruptFrame, PtRegs, is_interrupt_frame};
 use super::ftrace::{ftrace_stubs_end, ftrace_stubs_start, return_to_handler};
 use super::interrupts::ceded_at;
-use super::livepatch::{LivepatchFrame, livepatch_handler, livepatch_handler_end, livepatch_handler_windows};
+use super::livepatch::{LivepatchFrame, in_livepatch_code, is_livepatch_return};
 use super::thread_info::{LIVEPATCH_STACK_OFFSET, STACK_END_MAGIC, ThreadInfo};
 use alloc::vec::Vec;
 use boot::{MINIMAL_FRAME, THREAD_SIZE, boot_entry_returns};
@@ -65,18 +67,16 @@ pub fn is_kernel_text(address: u64) -> bool {
 /// What the return address `address` is (see the module comment).
 #[notrace]
 pub fn classify(address: u64, module_text: &dyn Fn(u64) -> bool) -> Kind {
-    let handler = livepatch_handler as *const () as u64;
-    let handler_end = &raw const livepatch_handler_end as u64;
     // Safety: tables the assembler wrote, never changed.
-    let (returned, thread_entries, boot_entries) =
-        unsafe { (livepatch_handler_windows.returned, thread_start_returns, boot_entry_returns) };
+    let (thread_entries, boot_entries) = unsafe { (thread_start_returns, boot_entry_returns) };
     let stubs = &raw const ftrace_stubs_start as u64..&raw const ftrace_stubs_end as u64;
     let kernel_text = &raw const __kernel_start as u64..&raw const __text_end as u64;
     if is_interrupt_frame(address) {
         Kind::ExceptionReturn
-    } else if address == handler + returned {
+    } else if is_livepatch_return(address) {
         Kind::LivepatchReturn
-    } else if (handler..handler_end).contains(&address) {
+    } else if in_livepatch_code(address) {
+        // Before the trampolines' general kernel-text case: the pool is text.
         Kind::LivepatchWindow
     } else if address == return_to_handler as *const () as u64 {
         Kind::GraphReturn

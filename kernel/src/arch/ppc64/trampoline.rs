@@ -218,6 +218,18 @@ pub fn is_return_point(address: u64) -> bool {
     locate(address).is_some_and(|(_, offset)| offset == windows().returned)
 }
 
+/// (slot, offset, the replacement its call words call now, if any) of an
+/// address inside the pool: for reports and backtraces. Reads the slot's
+/// `bl` word without a lock (a word, read whole; a slot being rewritten
+/// may name the old or the new replacement).
+#[notrace]
+pub fn describe(address: u64) -> Option<(usize, u64, Option<u64>)> {
+    let (slot, offset) = locate(address)?;
+    let call = slot_address(slot) + windows().call + 8;
+    let replacement = portable::instruction::branch_target(call, text::read(call)).map(|(target, _)| target);
+    Some((slot, offset, replacement))
+}
+
 /// The template's address for an address in a trampoline (for BUG
 /// records: only the template's traps are in the table).
 #[notrace]
