@@ -4,6 +4,8 @@
 //! contains TEXT), `ktest.after=NAME` (only the selected cases after NAME, in a
 //! fresh boot after NAME hung or crashed), `ktest.deadline=SECONDS` (each case's
 //! watchdog), `ktest.only=NAME` (exactly one case, alone in this boot),
+//! `ktest.suite=livepatch` (only the livepatch suite: [`LIVEPATCH_SUITE`];
+//! xtask runs it once more with `livepatch.direct=off`),
 //! `bench` (the benchmarks instead of the tests), `shell` (the shell). Isolated cases are listed
 //! as `ktest: isolated NAME` for xtask to boot one by one. Cases whose name contains
 //! [`SELFTEST`] fail or hang on purpose and run only in a boot with the word
@@ -16,6 +18,28 @@ mod watchdog;
 
 pub use watchdog::DEFAULT_SECONDS as DEFAULT_DEADLINE_SECONDS;
 pub use watchdog::check as watchdog_check;
+
+/// The livepatch suite (`ktest.suite=livepatch`): every case that enables a
+/// live patch, loads a patch module or walks a patched call, by module.
+/// `cargo xtask test` runs it a second time with direct calls off, so that
+/// each of them passes on both paths a patched call can take.
+pub const LIVEPATCH_SUITE: &[&str] = &[
+    "kernel::tests::livepatch::",
+    "kernel::tests::livepatchable::",
+    "kernel::tests::inlined::",
+    "kernel::tests::consistency::",
+    "kernel::tests::selftests::",
+    "kernel::tests::shadow::",
+    "kernel::tests::coexistence::",
+    "kernel::tests::modules::",
+    "kernel::tests::target_modules::",
+    "kernel::tests::unload::",
+    "kernel::tests::reliable_stack::",
+    "kernel::tests::registers::",
+    "kernel::tests::debugger::",
+    "kernel::tests::direct::",
+    "kernel::tests::smp_stress::patching",
+];
 
 /// The word in the names of the runner's own self-test cases (tests/runner.rs).
 pub const SELFTEST: &str = "runner_selftest";
@@ -85,8 +109,17 @@ pub fn run(arguments: &str) {
     let selftest = arguments.split_whitespace().any(|word| word == "ktest.selftest");
     let skip_isolated = arguments.split_whitespace().any(|word| word == "ktest.skip_isolated");
     let several_cpus = crate::arch::percpu::online_cpus().len() > 1;
-    let runnable = |test: &&KernelTest| several_cpus || !needs_several_cpus(test.name);
-    let left_out = select(all(), filter, after, selftest).filter(|test| !runnable(test)).count();
+    let suite: &[&str] = match argument(arguments, "ktest.suite") {
+        Some("livepatch") => LIVEPATCH_SUITE,
+        Some(other) => {
+            println!("ktest: no suite named {other}");
+            &[]
+        }
+        None => &[""],
+    };
+    let in_suite = move |test: &&KernelTest| suite.iter().any(|prefix| test.name.starts_with(prefix));
+    let runnable = move |test: &&KernelTest| in_suite(test) && (several_cpus || !needs_several_cpus(test.name));
+    let left_out = select(all(), filter, after, selftest).filter(in_suite).filter(|test| !runnable(test)).count();
     if left_out != 0 {
         println!("ktest: {left_out} cases need more than one CPU online: left out");
     }

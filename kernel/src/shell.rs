@@ -41,7 +41,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "klp",
-        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log",
+        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log | direct [on|off]",
         run: klp,
     },
     Command {
@@ -263,6 +263,13 @@ fn klp(arguments: &str) {
             println!("woke {} threads asleep in a function the transition changes", livepatch::signal());
             Ok(())
         }
+        "direct" if name.is_empty() => {
+            klp_direct().iter().for_each(|line| println!("{line}"));
+            Ok(())
+        }
+        "direct" if name == "on" || name == "off" => livepatch::direct::set_enabled(name == "on")
+            .map(|()| klp_direct().iter().for_each(|line| println!("{line}")))
+            .map_err(livepatch::LivepatchError::Ftrace),
         "force" if !name.is_empty() => livepatch::force(name)
             .map(|()| println!("patch '{name}': transition forced; its module can no longer be unloaded")),
         "load" if !name.is_empty() => {
@@ -292,7 +299,7 @@ fn klp(arguments: &str) {
         }
         _ => {
             println!(
-                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log"
+                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log | direct [on|off]"
             );
             Ok(())
         }
@@ -320,6 +327,27 @@ pub fn transition_progress(name: &str) -> livepatch::Progress {
         Some(status) if status.patch == name => livepatch::Progress::Pending(status.blocked),
         _ => livepatch::Progress::Complete,
     }
+}
+
+/// What `klp direct` prints: whether final patches use direct calls, and
+/// each function called through a trampoline now.
+pub fn klp_direct() -> Vec<String> {
+    let direct = livepatch::direct::summary();
+    let (live, available) = livepatch::direct::slots_in_use();
+    let mut lines = alloc::vec![format!(
+        "direct calls {}: {} functions through trampolines, {live} slots live, {available} free; {} refused since boot",
+        if livepatch::direct::enabled() { "on" } else { "off" },
+        direct.len(),
+        livepatch::direct::refused()
+    )];
+    lines.extend(direct.iter().map(|&(site, replacement, trampoline)| {
+        format!(
+            "  {} -> {} via {trampoline:#x}",
+            crate::trace::name_of(site).unwrap_or_else(|| format!("{site:#x}")),
+            crate::symbols::Symbolized(replacement)
+        )
+    }));
+    lines
 }
 
 /// What `klp status` prints: the transition in progress and the threads

@@ -143,6 +143,21 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     let one = run_cases(&image, filter, "ktest.skip_isolated", 1, options, &mut print);
     tally.passed += one.passed.len();
     one.failed.iter().for_each(|(name, reason)| tally.failed.push(format!("{name} (one CPU): {reason}")));
+    // The livepatch suite once more with direct calls off (`livepatch.direct=off`):
+    // every patched call then takes the generic path (ftrace_caller, the
+    // handler, livepatch_handler), which the runs above use only during
+    // transitions and for traced functions.
+    println!("=== livepatch suite with direct calls off ===");
+    let generic = run_cases(
+        &image,
+        filter,
+        "livepatch.direct=off ktest.suite=livepatch ktest.skip_isolated",
+        qemu::DEFAULT_CPUS,
+        options,
+        &mut print,
+    );
+    tally.passed += generic.passed.len();
+    generic.failed.iter().for_each(|(name, reason)| tally.failed.push(format!("{name} (direct calls off): {reason}")));
     for (name, verdict) in parallel(&cases.isolated, |name| isolated(&image, name, options)) {
         tally.record(&name, &verdict);
     }

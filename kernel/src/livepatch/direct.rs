@@ -42,6 +42,9 @@ enum Slot {
     Free,
     /// The trampoline for `replacement`, the site that branches to it, and its call words.
     Live { site: u64, replacement: u64, call: [u32; CALL_WORDS] },
+    /// Its site no longer branches here, but a CPU may still be in its entry
+    /// half until a grace period passes (`reclaim`).
+    Retired { call: [u32; CALL_WORDS] },
     /// Its words are not what this table says (a failed write): never used again.
     Lost,
 }
@@ -68,6 +71,15 @@ pub fn enabled() -> bool {
 /// CPU, run the same replacement throughout.
 pub fn set_enabled(on: bool) -> Result<(), FtraceError> {
     super::set_direct_calls(on)
+}
+
+/// Reads the boot argument `livepatch.direct=off` (before any patch exists):
+/// every patch then keeps the generic path until `klp direct on`.
+pub fn configure(arguments: &str) {
+    if arguments.split_whitespace().any(|word| word == "livepatch.direct=off") {
+        store_enabled(false);
+        crate::println!("klp: direct calls off (livepatch.direct=off)");
+    }
 }
 
 /// Sets the flag (under the livepatch lock: `set_direct_calls`).
@@ -102,13 +114,13 @@ pub fn slots_in_use() -> (usize, usize) {
 
 /// Takes every direct site whose (site, replacement) is not in `wanted`
 /// back to the generic path (one batch of site words, every CPU
-/// synchronised), waits a grace period (no CPU is then before a
-/// trampoline's `bl`: that stretch is not preemptible), stores the site
-/// words again and waits once more (`trace::restore_words`: what QEMU's
-/// threaded TCG needs), and frees their trampolines. A site that no longer
+/// synchronised), stores the site words again (`trace::restore_words`:
+/// what QEMU's threaded TCG needs), and retires their trampolines: `reclaim`
+/// frees them after a grace period (a CPU may still be in a trampoline's
+/// entry half until then: it is not preemptible). A site that no longer
 /// exists (its target module went, taking its ftrace site along: the site
-/// was made a nop then) only has its trampoline freed. On error no site
-/// changed and nothing was freed.
+/// was made a nop then) only has its trampoline retired. On error no site
+/// changed and nothing was retired.
 pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
     let mut pool = POOL.lock();
     let leaving: Vec<(u64, usize)> = pool
@@ -126,12 +138,30 @@ pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
     let sites: Vec<u64> = leaving.iter().map(|&(site, _)| site).filter(|&site| trace::has_site(site)).collect();
     let targets: Vec<(u64, Option<u64>)> = sites.iter().map(|&site| (site, None)).collect();
     trace::set_direct(&LIVEPATCH_OPS, &targets)?;
-    crate::sync::synchronize_sched();
+    // Every CPU has run its `isync` in an IPI since the store: a block it
+    // was translating then is linked by now, and this store invalidates it.
     trace::restore_words(&sites);
-    crate::sync::synchronize_sched();
     for (site, slot) in leaving {
         pool.by_site.remove(&site);
-        let Slot::Live { call, .. } = pool.slots[slot] else { continue };
+        if let Slot::Live { call, .. } = pool.slots[slot] {
+            pool.slots[slot] = Slot::Retired { call };
+        }
+    }
+    Ok(())
+}
+
+/// Frees every retired trampoline (`leave`) after a grace period: no CPU
+/// is in one's entry half any more (a thread still in its replacement
+/// returns into the return half, which stays). Its entry half becomes
+/// `trap` again.
+pub(super) fn reclaim() {
+    let mut pool = POOL.lock();
+    if !pool.slots.iter().any(|slot| matches!(slot, Slot::Retired { .. })) {
+        return;
+    }
+    crate::sync::synchronize_sched();
+    for slot in 0..SLOTS {
+        let Slot::Retired { call } = pool.slots[slot] else { continue };
         pool.slots[slot] = match trampoline::free(slot, &call) {
             Ok(()) => Slot::Free,
             Err(error) => {
@@ -140,7 +170,6 @@ pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
             }
         };
     }
-    Ok(())
 }
 
 /// Gives every (site, replacement) in `wanted` without a trampoline one:

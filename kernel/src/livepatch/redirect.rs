@@ -129,13 +129,18 @@ pub fn apply(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<(), 
         Ok(()) => {
             // Freed after the grace period.
             drop(previous);
+            super::direct::reclaim();
             super::direct::enter(&wanted);
             Ok(())
         }
         Err(error) => {
             previous.restore();
-            // The table as it was: its final functions go direct again.
-            reconcile_direct();
+            super::direct::reclaim();
+            // The table as it was: its final functions go direct again (a
+            // failure leaves them on the generic path, which is correct).
+            if let Err(undo) = reconcile_direct() {
+                crate::println!("klp: direct calls not restored after a failed change ({undo})");
+            }
             Err(error)
         }
     }
@@ -151,6 +156,7 @@ pub fn publish(functions: &[(u64, Stack)], transition: Option<u64>) -> Result<()
     let wanted = wanted(&table);
     super::direct::leave(&wanted)?;
     drop(TARGETS.replace_retaining(table));
+    super::direct::reclaim();
     super::direct::enter(&wanted);
     Ok(())
 }
@@ -165,6 +171,7 @@ pub fn reconcile_direct() -> Result<(), FtraceError> {
         wanted(unsafe { TARGETS.read() })
     };
     super::direct::leave(&wanted)?;
+    super::direct::reclaim();
     super::direct::enter(&wanted);
     Ok(())
 }

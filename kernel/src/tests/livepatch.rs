@@ -378,16 +378,29 @@ fn handler_range() -> core::ops::Range<u64> {
         ..&raw const crate::arch::livepatch::livepatch_handler_end as u64
 }
 
-/// The lines of the two BUG sites whose traps lie inside `livepatch_handler`.
+/// The code a final patch's calls pass now: the trampolines' template with
+/// direct calls on (their BUGs are reported as its), `livepatch_handler`
+/// with them off (the livepatch suite runs both ways).
+fn patched_call_code() -> core::ops::Range<u64> {
+    if crate::livepatch::direct::enabled() {
+        let template = crate::arch::trampoline::livepatch_trampoline_template as *const () as u64;
+        template..template + crate::arch::trampoline::windows().end
+    } else {
+        handler_range()
+    }
+}
+
+/// The lines of the two BUG sites (overflow check, marker check) in the
+/// code a final patch's calls pass (`patched_call_code`).
 fn livepatch_bug_lines() -> (u32, u32) {
-    let handler = handler_range();
+    let code = patched_call_code();
     let mut lines: Vec<u32> = crate::bug::entries()
         .iter()
-        .filter(|entry| handler.contains(&entry.trap_address))
+        .filter(|entry| code.contains(&entry.trap_address))
         .map(|entry| entry.location.line)
         .collect();
     lines.sort_unstable();
-    assert_eq!(lines.len(), 2, "livepatch_handler records two BUG sites");
+    assert_eq!(lines.len(), 2, "livepatch_handler and the trampolines' template each record two BUG sites");
     (lines[0], lines[1])
 }
 
@@ -403,11 +416,15 @@ fn overwritten_marker_is_a_bug_that_kills_only_its_thread() {
     retire("marker");
     assert_eq!(status, ExitStatus::Killed("BUG"));
     let location = crate::bug::last().expect("a BUG was taken");
-    let handler_file = crate::bug::entries()
+    let code_file = crate::bug::entries()
         .iter()
-        .find(|entry| handler_range().contains(&entry.trap_address))
+        .find(|entry| patched_call_code().contains(&entry.trap_address))
         .map(|entry| entry.location.file());
-    assert_eq!(Some(location.file()), handler_file, "the BUG is livepatch_handler's");
+    assert_eq!(
+        Some(location.file()),
+        code_file,
+        "the BUG is the trampoline's (or, direct calls off, livepatch_handler's)"
+    );
     assert_eq!(location.line, livepatch_bug_lines().1, "the marker check's line");
     assert_eq!(marker_original(), 1, "the kernel goes on");
 }
@@ -760,9 +777,17 @@ fn backtrace_inside_a_replacement_shows_the_handler_and_the_real_caller() {
         .iter()
         .map(|slot| slot.load(Ordering::SeqCst))
         .take_while(|&address| address != 0)
-        .map(|address| table.lookup(address).map_or("?", |(symbol, _)| symbol.name))
+        .map(|address| {
+            if crate::arch::trampoline::pool().contains(&address) {
+                "livepatch_trampoline"
+            } else {
+                table.lookup(address).map_or("?", |(symbol, _)| symbol.name)
+            }
+        })
         .collect();
+    // The final patch's call passed a trampoline, or, direct calls off, the handler.
+    let expected = if crate::livepatch::direct::enabled() { "livepatch_trampoline" } else { "livepatch_handler" };
     let handler =
-        names.iter().position(|name| *name == "livepatch_handler").unwrap_or_else(|| panic!("no handler in {names:?}"));
+        names.iter().position(|name| *name == expected).unwrap_or_else(|| panic!("no {expected} in {names:?}"));
     assert_eq!(names.get(handler + 1).copied(), Some("kernel::tests::livepatch::backtrace_caller"), "{names:?}");
 }

@@ -56,7 +56,8 @@ pub struct FtraceOps {
     /// Sorted site addresses this ops traces, `NO_SITES` when unregistered.
     sites: Published<Vec<u64>>,
     /// (site, direct target) of the sites it gave a direct target
-    /// (`set_direct`), sorted by site; `ftrace_direct_handler` reads it.
+    /// (`set_direct`), sorted by site; `ftrace_direct_handler` reads it
+    /// (kept only when that is the ops's handler).
     direct: Published<Vec<(u64, u64)>>,
 }
 
@@ -311,7 +312,13 @@ pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Re
         }
         other => apply_error(&registry, other),
     })?;
-    // The handler's table: a shared site reached through the stub finds its target here.
+    // The table `ftrace_direct_handler` reads (a shared site reached through
+    // the stub finds its target there), kept only for an ops whose handler
+    // it is: an ops with its own handler (the livepatch core's) keeps its
+    // own, and replacing this one costs a grace period.
+    if ops.handler as *const () != ftrace_direct_handler as *const () {
+        return Ok(());
+    }
     // Safety: the registry lock is held (preemption off): a read-side section.
     let mut table = unsafe { ops.direct.read() }.clone();
     for &(function, target) in targets {
@@ -329,17 +336,19 @@ pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Re
 }
 
 /// Stores the words of the sites of `functions` again, as they are: after
-/// a site stopped branching to a direct target and a grace period passed,
-/// before the target is freed. On the hardware the first store, its flush
-/// and every CPU's `isync` are enough. QEMU's multi-threaded TCG (7.2, this
-/// kernel's platform) can keep a translation of the old word: a CPU that
-/// translated the block holding the site while the store was being made
-/// links that block after the store's invalidation ran, and every CPU may
-/// run it until the page is written again (seen: a call through a freed
-/// trampoline 2 ms after its site changed, with the site's word already
-/// the new one; gone with `-accel tcg,thread=single`). The grace period
-/// ends every translation begun before it; this second store invalidates
-/// whatever block they linked. Functions without a site are left out.
+/// a site stopped branching to a direct target (and every CPU synchronised
+/// for that store), before the target is freed. On the hardware the first
+/// store, its flush and every CPU's `isync` are enough. QEMU's
+/// multi-threaded TCG (7.2, this kernel's platform) can keep a translation
+/// of the old word: a CPU that translated the block holding the site while
+/// the store was being made links that block after the store's
+/// invalidation ran, and every CPU may run it until the page is written
+/// again (seen: a call through a freed trampoline 2 ms after its site
+/// changed, with the site's word already the new one; gone with `-accel
+/// tcg,thread=single`). A CPU takes the first store's IPI only between two
+/// blocks, so by the time every CPU ran it, every translation begun before
+/// is linked, and this second store invalidates it; one begun after reads
+/// the new word. Functions without a site are left out.
 #[notrace]
 pub fn restore_words(functions: &[u64]) {
     let _preempt = thread::preempt_disable();
