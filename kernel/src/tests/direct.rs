@@ -336,3 +336,35 @@ fn loading_and_unloading_a_patch_module_50_times_frees_its_trampolines_and_memor
         assert_eq!(memory::usage().0, heap, "every heap byte back");
     });
 }
+
+// ---- A target module's function called directly -----------------------------
+
+#[ktest]
+fn a_target_modules_function_is_called_directly_and_its_trampoline_goes_with_the_module() {
+    use crate::module::{commands, embedded};
+    const ORIGINAL: &str = "hello from the hello-module target module\n";
+    const FIXED: &str = "hello from the hello-module-fix live patch\n";
+    with_direct_calls(|| {
+        let file = |name| embedded::find(name).expect("the test kernel embeds the samples");
+        let (live, available) = direct::slots_in_use();
+        module::load(file("hello-module")).expect("loads");
+        module::load(file("hello-module-fix")).expect("the patch of a loaded module loads");
+        assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED));
+        let (site, _, trampoline) = *direct::summary().first().expect("the module's function is called directly");
+        let (entry, module_site) = module::resolve_function("hello-module", "hello_module_message", None)
+            .map(|(entry, _)| (entry, site_of(entry)))
+            .expect("resolves");
+        assert_eq!(site, module_site, "the direct site is the module function's");
+        assert_eq!(site_target(entry), Some(trampoline), "its site branches to the trampoline");
+        // The target module goes while the patch stays: its trampoline goes too.
+        module::unload("hello-module").expect("the patched module unloads");
+        assert_eq!(direct::slots_in_use(), (live, available), "the module's trampoline was freed");
+        module::load(file("hello-module")).expect("loads again");
+        assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED), "patched as it loads");
+        assert_eq!(direct::slots_in_use().0, live + 1, "and called directly again");
+        module::unload("hello-module-fix").expect("the patch unloads");
+        assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(ORIGINAL));
+        module::unload("hello-module").expect("unloads");
+        assert_eq!(direct::slots_in_use(), (live, available));
+    });
+}
