@@ -385,6 +385,7 @@ pub fn klp_list() -> Vec<String> {
         };
         lines.push(format!("module {module}: {size} bytes at {address:#x}, TOC {toc:#x}{kind}"));
     }
+    let direct = livepatch::direct::summary();
     for patch in livepatch::list() {
         let state = match patch.transition {
             Some(true) => "enabled, in transition to patched",
@@ -402,6 +403,13 @@ pub fn klp_list() -> Vec<String> {
                 None => module::symbolize(function.new).unwrap_or_else(|| String::from("?")),
             };
             let mut line = format!("  {} {:#x} -> {:#x} {new} ({state})", function.name, function.old, function.new);
+            // Called through a trampoline now (docs/livepatch.md, "Two paths").
+            let site = || crate::arch::text::local_entry(function.old) + 4;
+            if let Some(&(_, _, trampoline)) = direct.iter().find(|&&(direct_site, replacement, _)| {
+                replacement == function.new && function.active && direct_site == site()
+            }) {
+                line.push_str(&format!(" [direct: {}]", crate::symbols::Symbolized(trampoline)));
+            }
             if function.allow_inlined && !function.inlined_into.is_empty() {
                 let holders: Vec<&str> = function.inlined_into.iter().map(|holder| holder.name.as_str()).collect();
                 line.push_str(&format!(
