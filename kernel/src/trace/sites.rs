@@ -219,6 +219,7 @@ pub(super) fn init() -> (usize, usize) {
 /// needs, checked against the word there now; `None` if the stub it calls
 /// stays the same.
 #[notrace]
+#[inline(always)]
 fn prepare(site: &Site, state: SiteState, new_state: SiteState) -> Result<Option<SiteChange>, TextError> {
     let (old, new) = (state.caller(), new_state.caller());
     if old == new {
@@ -401,6 +402,13 @@ pub(super) fn named(name: &str) -> Vec<usize> {
 pub(super) fn index_of(address: u64) -> Option<usize> {
     // Safety: as above.
     unsafe { every_table() }.find_map(|(base, table)| table.index_of(address).map(|index| base + index))
+}
+
+/// The site address of index `index`, if it is a site's.
+#[notrace]
+pub(super) fn address_of(index: usize) -> Option<u64> {
+    // Safety: as above.
+    site(index).map(|site| site.address)
 }
 
 /// Indices of the sites of `addresses`; the first address without a site is the error.
