@@ -69,8 +69,7 @@ impl Pool {
 
 /// The pool's bookkeeping; changed only under the livepatch lock (by
 /// `redirect`), this lock orders readers (`summary`, tests).
-static POOL: Mutex<Pool> =
-    Mutex::new(Pool { slots: [Slot::Pristine; SLOTS], by_site: [(0, 0); SLOTS], live: 0 });
+static POOL: Mutex<Pool> = Mutex::new(Pool { slots: [Slot::Pristine; SLOTS], by_site: [(0, 0); SLOTS], live: 0 });
 
 /// Whether final patches use direct calls.
 pub fn enabled() -> bool {

@@ -5,6 +5,7 @@ use crate::arch::registers::timebase;
 use crate::arch::smp::confer;
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::thread;
+use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -94,6 +95,53 @@ pub fn measure(
     livepatch::disable("bench-hundred").expect("enabled");
     livepatch::remove("bench-hundred").expect("disabled");
     (per_call_difference(patched, direct), enable_one, enable_hundred)
+}
+
+#[macros::notrace]
+extern "C" fn do_nothing(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {}
+/// A do-nothing tracer on a patched function (`direct_costs`).
+static TRACER: FtraceOps = FtraceOps::new("bench-patched-tracer", do_nothing, OpsFlags::RECURSION_SAFE);
+
+/// With a one-function patch final: (the patched call on the generic path,
+/// direct calls off; the patched call while a do-nothing ops also traces
+/// the function, so its site calls the stub again), each minus a direct
+/// call of the replacement, and the instructions of one switch of its site
+/// between direct and generic (`direct::set_enabled` off then on, halved).
+pub fn direct_costs(
+    loop_ticks: fn(fn()) -> u64,
+    per_call_difference: fn(u64, u64) -> Tenths,
+    once: fn(&mut dyn FnMut()) -> u64,
+) -> (Tenths, Tenths, u64) {
+    fn call_original() {
+        black_box(target_000(black_box(1)));
+    }
+    fn call_replacement() {
+        black_box(replacement(black_box(1)));
+    }
+    livepatch::add(patch("bench-direct", &TARGETS[..1])).expect("unique name");
+    livepatch::enable("bench-direct").expect("patchable");
+    assert_eq!(livepatch::direct::summary().len(), 1, "the patched function is called directly");
+    let direct = loop_ticks(call_replacement);
+
+    livepatch::direct::set_enabled(false).expect("direct calls go off");
+    assert!(livepatch::direct::summary().is_empty(), "no direct function while they are off");
+    let generic = loop_ticks(call_original);
+    assert_eq!(target_000(1), 3, "the patch is in effect on the generic path");
+    livepatch::direct::set_enabled(true).expect("direct calls come back");
+
+    trace::register(&TRACER, Filter::Names(&[TARGETS[0]])).expect("the patched function is traceable");
+    let traced = loop_ticks(call_original);
+    assert_eq!(target_000(1), 3, "the patch is in effect while traced");
+    trace::unregister(&TRACER).expect("registered");
+
+    let switch = once(&mut || {
+        livepatch::direct::set_enabled(false).expect("direct calls go off");
+        livepatch::direct::set_enabled(true).expect("direct calls come back");
+    }) / 2;
+    assert_eq!(livepatch::direct::summary().len(), 1, "direct again");
+    livepatch::disable("bench-direct").expect("enabled");
+    livepatch::remove("bench-direct").expect("disabled");
+    (per_call_difference(generic, direct), per_call_difference(traced, direct), switch)
 }
 
 /// Enables and disables averaged by `enable_disable_under_load`.

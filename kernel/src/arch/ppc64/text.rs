@@ -143,7 +143,11 @@ pub fn modify_block_local(address: u64, old: &[u32], new: &[u32]) -> Result<(), 
     if !same_words(current, old) {
         // The first word that differs, for the error (the slow path).
         let index = current.iter().zip(old).position(|(found, expected)| found != expected).unwrap_or(0);
-        return Err(TextError::Mismatch { address: address + 4 * index as u64, expected: old[index], found: current[index] });
+        return Err(TextError::Mismatch {
+            address: address + 4 * index as u64,
+            expected: old[index],
+            found: current[index],
+        });
     }
     // Safety: as above; nothing else reads or writes the block meanwhile.
     let block = unsafe { core::slice::from_raw_parts_mut(address as *mut u32, new.len()) };
