@@ -213,6 +213,18 @@ mod tests {
     }
 
     #[test]
+    fn a_site_state_stays_three_words_and_an_ipmodify_ops_needs_an_identity() {
+        // Every registration copies every site's state: no tag word for the owner.
+        assert_eq!(core::mem::size_of::<SiteState>(), 24);
+        let mut site = SiteState::default();
+        let nameless = Demand { ops: 0, save_regs: false, ipmodify: true };
+        assert_eq!(site.add(nameless), Err(SiteError::NotOwner { owner: None }));
+        assert_eq!(site, SiteState::default(), "a refused demand changes nothing");
+        site.add(PATCH).unwrap();
+        assert!(site.owned_by(PATCH.ops) && !site.owned_by(LIGHT.ops));
+    }
+
+    #[test]
     fn a_direct_site_calls_its_target_only_while_its_owner_is_alone() {
         let mut site = SiteState::default();
         assert_eq!(site.set_direct(PATCH.ops, Some(0x1000)), Err(SiteError::NotOwner { owner: None }));
