@@ -130,28 +130,50 @@ pub fn end_batch(address: u64) {
 /// not being executed by anyone (a trampoline no site branches to, or the
 /// half of one no thread can be in), so their order does not matter; the
 /// caller ends the batch (`end_batch`) before anything branches to them.
-/// The check and the copy go eight bytes at a time when `address` allows
-/// (a trampoline's slot is a cache block): a 100-function patch writes 100.
+/// The check and the copy go eight bytes at a time when `address` and both
+/// slices are 8-byte aligned (a trampoline's slot and its patterns are), in
+/// volatile accesses of the text (never a library `memcmp`/`memcpy`, which
+/// go a byte at a time here): a 100-function patch writes 100 blocks.
 #[notrace]
 pub fn modify_block_local(address: u64, old: &[u32], new: &[u32]) -> Result<(), TextError> {
     assert_eq!(old.len(), new.len(), "a block's old and new words");
     if !address.is_multiple_of(4) {
         return Err(TextError::Misaligned { address });
     }
-    // Safety: aligned kernel text, `old.len()` words; the caller owns the block.
-    let current = unsafe { core::slice::from_raw_parts(address as *const u32, old.len()) };
-    if !same_words(current, old) {
+    let text = address as *mut u32;
+    // Safety: aligned kernel text, `old.len()` words; the caller owns the
+    // block (nothing else reads or writes it meanwhile). Volatile: text is
+    // read and written as it is, word for word, never by a library call.
+    let pairs = address.is_multiple_of(8)
+        && (old.as_ptr() as usize).is_multiple_of(8)
+        && (new.as_ptr() as usize).is_multiple_of(8)
+        && old.len().is_multiple_of(2);
+    let same = if pairs {
+        let (text, old) = (text as *const u64, old.as_ptr() as *const u64);
+        (0..new.len() / 2).all(|index| unsafe { text.add(index).read_volatile() == old.add(index).read() })
+    } else {
+        (0..old.len()).all(|index| unsafe { text.add(index).read_volatile() } == old[index])
+    };
+    if !same {
         // The first word that differs, for the error (the slow path).
-        let index = current.iter().zip(old).position(|(found, expected)| found != expected).unwrap_or(0);
-        return Err(TextError::Mismatch {
-            address: address + 4 * index as u64,
-            expected: old[index],
-            found: current[index],
-        });
+        let (index, found) = (0..old.len())
+            .map(|index| (index, unsafe { text.add(index).read_volatile() }))
+            .find(|&(index, found)| found != old[index])
+            .unwrap_or((0, old[0]));
+        return Err(TextError::Mismatch { address: address + 4 * index as u64, expected: old[index], found });
     }
-    // Safety: as above; nothing else reads or writes the block meanwhile.
-    let block = unsafe { core::slice::from_raw_parts_mut(address as *mut u32, new.len()) };
-    copy_words(block, new);
+    if pairs {
+        let (text, new) = (text as *mut u64, new.as_ptr() as *const u64);
+        for index in 0..old.len() / 2 {
+            // Safety: as above.
+            unsafe { text.add(index).write_volatile(new.add(index).read()) };
+        }
+    } else {
+        for (index, &word) in new.iter().enumerate() {
+            // Safety: as above.
+            unsafe { text.add(index).write_volatile(word) };
+        }
+    }
     let recording = log::recording();
     if recording {
         log::record(log::Step::Written, address);
@@ -161,47 +183,6 @@ pub fn modify_block_local(address: u64, old: &[u32], new: &[u32]) -> Result<(), 
         log::record(log::Step::Flushed, address);
     }
     Ok(())
-}
-
-/// Whether two word slices are equal, two words per load where both are
-/// 8-byte aligned (the linked `memcmp` compares one byte per iteration).
-#[notrace]
-fn same_words(left: &[u32], right: &[u32]) -> bool {
-    if left.len() != right.len() {
-        return false;
-    }
-    // Safety: u64 has no invalid bit patterns; `align_to` gives aligned middles.
-    let ((left_head, left_body, left_tail), (right_head, right_body, right_tail)) =
-        unsafe { (left.align_to::<u64>(), right.align_to::<u64>()) };
-    if left_head.len() != right_head.len() {
-        return left.iter().zip(right).all(|(a, b)| a == b);
-    }
-    left_head == right_head && left_tail == right_tail && left_body.iter().zip(right_body).all(|(a, b)| a == b)
-}
-
-/// Copies `source` into `destination` (same length), two words per store
-/// where both are 8-byte aligned.
-#[notrace]
-fn copy_words(destination: &mut [u32], source: &[u32]) {
-    // Safety: as in `same_words`.
-    let (destination_head, destination_body, destination_tail) = unsafe { destination.align_to_mut::<u64>() };
-    // Safety: as above.
-    let (source_head, source_body, source_tail) = unsafe { source.align_to::<u64>() };
-    if destination_head.len() != source_head.len() {
-        for (to, from) in destination.iter_mut().zip(source) {
-            *to = *from;
-        }
-        return;
-    }
-    for (to, from) in destination_head.iter_mut().zip(source_head) {
-        *to = *from;
-    }
-    for (to, from) in destination_body.iter_mut().zip(source_body) {
-        *to = *from;
-    }
-    for (to, from) in destination_tail.iter_mut().zip(source_tail) {
-        *to = *from;
-    }
 }
 
 /// Makes every change `(address, old, new)` or none: checks every old word

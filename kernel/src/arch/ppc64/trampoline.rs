@@ -278,6 +278,7 @@ fn patterns() -> &'static Patterns {
 /// The words of a trampoline with call words `call` (`call_for`): the
 /// template with its call words replaced.
 #[notrace]
+#[inline(always)]
 fn words(call: &[u32; CALL_WORDS]) -> Words {
     let call_index = (windows().call / 4) as usize;
     let mut words = patterns().live;
