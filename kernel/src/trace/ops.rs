@@ -309,10 +309,10 @@ pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Re
     // (index, target) for the sites, (site address, target) for the handler's table.
     let mut changes = Vec::with_capacity(targets.len());
     let mut entries = Vec::with_capacity(targets.len());
+    let mut hint = 0;
     for &(function, target) in targets {
-        let (index, site) = sites::index_of(function)
-            .and_then(|index| Some((index, sites::address_of(index)?)))
-            .ok_or(FtraceError::NotTraceable(function))?;
+        let (index, site) = sites::index_of_near(function, hint).ok_or(FtraceError::NotTraceable(function))?;
+        hint = index;
         changes.push((index, target));
         entries.push((site, target));
     }
