@@ -311,3 +311,71 @@ pub fn call_in_transition(
     livepatch::remove("bench-in-transition").expect("disabled");
     (per_call_difference(during, direct), per_call_difference(after, direct))
 }
+
+/// A second replacement, for a patch on top of `patch`'s.
+#[inline(never)]
+fn replacement_on_top(value: u64) -> u64 {
+    black_box(value + 4)
+}
+
+/// (site, replacement) of the direct functions whose replacement is one of the benchmarks'.
+fn direct_replacements() -> Vec<(u64, u64)> {
+    let ours = [replacement as *const () as u64, replacement_on_top as *const () as u64];
+    livepatch::direct::summary()
+        .into_iter()
+        .filter(|&(_, replacement, _)| ours.contains(&replacement))
+        .map(|(site, replacement, _)| (site, replacement))
+        .collect()
+}
+
+/// Enables `name` and waits for its transition.
+fn enable_final(name: &str) {
+    if let livepatch::Progress::Pending(_) = livepatch::enable(name).expect("patchable") {
+        assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    }
+}
+
+/// Disables `name`, waits for its transition and removes it.
+fn disable_and_remove(name: &str) {
+    if let livepatch::Progress::Pending(_) = livepatch::disable(name).expect("enabled") {
+        assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    }
+    livepatch::remove(name).expect("disabled");
+}
+
+#[macros::ktest]
+fn direct_batches_keep_the_sites_that_stay_and_move_the_ones_that_change() {
+    // The batches `enable_hundred` measures: a patch on four functions, then
+    // one on top of two of them. The two that change leave direct calls
+    // while the others stay, and come back with their new replacement.
+    let (first, on_top) = (replacement as *const () as u64, replacement_on_top as *const () as u64);
+    livepatch::add(patch("direct-batch-below", &TARGETS[10..14])).expect("unique name");
+    enable_final("direct-batch-below");
+    let below = direct_replacements();
+    assert_eq!(below.len(), 4, "every final function is called directly: {below:x?}");
+    assert!(below.iter().all(|&(_, replacement)| replacement == first));
+    assert!(below.is_sorted(), "summary is by site");
+
+    let mut top = patch("direct-batch-top", &[TARGETS[11], TARGETS[13]]);
+    for function in &mut top.objects[0].functions {
+        function.new_address = on_top;
+    }
+    livepatch::add(top).expect("unique name");
+    enable_final("direct-batch-top");
+    let both = direct_replacements();
+    let expected: Vec<(u64, u64)> = below
+        .iter()
+        .enumerate()
+        .map(|(index, &(site, _))| (site, if index % 2 == 1 { on_top } else { first }))
+        .collect();
+    assert_eq!(both, expected, "the two that stayed kept their trampolines, the two that changed have new ones");
+    let results: Vec<u64> = [target_010, target_011, target_012, target_013].iter().map(|target| target(1)).collect();
+    assert_eq!(results, [3, 5, 3, 5]);
+
+    disable_and_remove("direct-batch-top");
+    assert_eq!(direct_replacements(), below, "back to the patch below, every one direct");
+    assert_eq!(target_011(1), 3);
+    disable_and_remove("direct-batch-below");
+    assert!(direct_replacements().is_empty(), "no trampoline left for a patch that went");
+    assert_eq!(target_011(1), 2);
+}
