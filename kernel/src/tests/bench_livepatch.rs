@@ -349,6 +349,7 @@ fn direct_batches_keep_the_sites_that_stay_and_move_the_ones_that_change() {
     // one on top of two of them. The two that change leave direct calls
     // while the others stay, and come back with their new replacement.
     let (first, on_top) = (replacement as *const () as u64, replacement_on_top as *const () as u64);
+    let (live_before, _) = livepatch::direct::slots_in_use();
     livepatch::add(patch("direct-batch-below", &TARGETS[10..14])).expect("unique name");
     enable_final("direct-batch-below");
     let below = direct_replacements();
@@ -369,6 +370,7 @@ fn direct_batches_keep_the_sites_that_stay_and_move_the_ones_that_change() {
         .map(|(index, &(site, _))| (site, if index % 2 == 1 { on_top } else { first }))
         .collect();
     assert_eq!(both, expected, "the two that stayed kept their trampolines, the two that changed have new ones");
+    assert_eq!(livepatch::direct::slots_in_use().0, live_before + 4, "one live slot per direct function, none leaked");
     let results: Vec<u64> = [target_010, target_011, target_012, target_013].iter().map(|target| target(1)).collect();
     assert_eq!(results, [3, 5, 3, 5]);
 
@@ -377,5 +379,6 @@ fn direct_batches_keep_the_sites_that_stay_and_move_the_ones_that_change() {
     assert_eq!(target_011(1), 3);
     disable_and_remove("direct-batch-below");
     assert!(direct_replacements().is_empty(), "no trampoline left for a patch that went");
+    assert_eq!(livepatch::direct::slots_in_use().0, live_before, "every slot freed");
     assert_eq!(target_011(1), 2);
 }
