@@ -12,6 +12,8 @@
 //! the call on to the target from there. The kernel's arch hooks
 //! (`ftrace_prepare_change` and its kin) write the words.
 
+use core::num::NonZeroUsize;
+
 /// Which stub a site's second word calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
@@ -48,20 +50,23 @@ pub enum SiteError {
     NotOwner { owner: Option<usize> },
 }
 
-/// The users of one site.
+/// The users of one site. 24 bytes: every site's state is copied on every
+/// registration (a glob over every site copies them all), so each field is
+/// one plain word or less (a `None` owner is the niche of `NonZeroUsize`,
+/// not a tag word; ops identifiers are addresses, never 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SiteState {
     pub users: u32,
     pub regs_users: u32,
-    pub ipmodify_owner: Option<usize>,
-    /// The direct target the IPMODIFY owner gave the site, 0 for none (a
-    /// plain word: every site's state is copied on every registration).
+    pub ipmodify_owner: Option<NonZeroUsize>,
+    /// The direct target the IPMODIFY owner gave the site, 0 for none.
     pub direct: u64,
 }
 
 impl SiteState {
     /// What the site must call now: a direct target while its owner is its
     /// only user, else the stub its users need.
+    #[inline]
     pub fn caller(&self) -> Caller {
         match (self.users, self.regs_users) {
             (0, _) => Caller::None,
@@ -74,40 +79,51 @@ impl SiteState {
     /// Gives the site the direct target `target` (or takes it away, `None`)
     /// on behalf of `ops`, which must be its IPMODIFY owner.
     pub fn set_direct(&mut self, ops: usize, target: Option<u64>) -> Result<(), SiteError> {
-        if self.ipmodify_owner != Some(ops) {
-            return Err(SiteError::NotOwner { owner: self.ipmodify_owner });
+        if !self.owned_by(ops) {
+            return Err(SiteError::NotOwner { owner: self.ipmodify_owner.map(NonZeroUsize::get) });
         }
         self.direct = target.unwrap_or(0);
         Ok(())
     }
 
+    /// Whether `ops` modifies the instruction pointer here.
+    #[inline]
+    pub fn owned_by(&self, ops: usize) -> bool {
+        self.ipmodify_owner.is_some_and(|owner| owner.get() == ops)
+    }
+
     /// Checks that `demand` can be added without changing anything.
+    #[inline]
     pub fn check_add(&self, demand: Demand) -> Result<(), SiteError> {
-        match self.ipmodify_owner {
+        match self.ipmodify_owner.map(NonZeroUsize::get) {
             Some(owner) if demand.ipmodify && owner != demand.ops => Err(SiteError::IpModifyBusy { owner }),
             Some(owner) if demand.ipmodify && owner == demand.ops => Err(SiteError::AlreadyTraced),
+            // An IPMODIFY demand names its ops: 0 is no ops (it could not be recorded as the owner).
+            None if demand.ipmodify && demand.ops == 0 => Err(SiteError::NotOwner { owner: None }),
             _ => Ok(()),
         }
     }
 
     /// Adds a user (after `check_add`).
+    #[inline]
     pub fn add(&mut self, demand: Demand) -> Result<(), SiteError> {
         self.check_add(demand)?;
         self.users += 1;
         self.regs_users += demand.save_regs as u32;
         if demand.ipmodify {
-            self.ipmodify_owner = Some(demand.ops);
+            self.ipmodify_owner = NonZeroUsize::new(demand.ops);
         }
         Ok(())
     }
 
     /// Removes a user added with the same demand.
+    #[inline]
     pub fn remove(&mut self, demand: Demand) -> Result<(), SiteError> {
         if self.users == 0 || (demand.save_regs && self.regs_users == 0) {
             return Err(SiteError::NotTraced);
         }
         if demand.ipmodify {
-            if self.ipmodify_owner != Some(demand.ops) {
+            if !self.owned_by(demand.ops) {
                 return Err(SiteError::NotTraced);
             }
             self.ipmodify_owner = None;
@@ -194,6 +210,18 @@ mod tests {
         site.remove(PATCH).unwrap();
         site.add(OTHER_PATCH).unwrap();
         assert_eq!(site.caller(), Caller::Regs);
+    }
+
+    #[test]
+    fn a_site_state_stays_three_words_and_an_ipmodify_ops_needs_an_identity() {
+        // Every registration copies every site's state: no tag word for the owner.
+        assert_eq!(core::mem::size_of::<SiteState>(), 24);
+        let mut site = SiteState::default();
+        let nameless = Demand { ops: 0, save_regs: false, ipmodify: true };
+        assert_eq!(site.add(nameless), Err(SiteError::NotOwner { owner: None }));
+        assert_eq!(site, SiteState::default(), "a refused demand changes nothing");
+        site.add(PATCH).unwrap();
+        assert!(site.owned_by(PATCH.ops) && !site.owned_by(LIGHT.ops));
     }
 
     #[test]

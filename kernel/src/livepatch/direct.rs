@@ -22,7 +22,6 @@ use crate::arch::text;
 use crate::arch::trampoline::{self, SLOTS};
 use crate::sync::Mutex;
 use crate::trace::{self, FtraceError};
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use portable::trampoline::CALL_WORDS;
@@ -51,13 +50,32 @@ enum Slot {
 
 struct Pool {
     slots: [Slot; SLOTS],
-    /// Slot of each site that has a trampoline.
-    by_site: BTreeMap<u64, usize>,
+    /// (site, slot) of each site that has a trampoline, sorted by site, in
+    /// `by_site[..live]` (one entry per live slot at most: no heap, so
+    /// nothing here outlives the trampolines in the heap's figures).
+    by_site: [(u64, usize); SLOTS],
+    live: usize,
+    /// Slots in the Retired state (`reclaim` frees them).
+    retired: usize,
+}
+
+impl Pool {
+    /// (site, slot) of each site that has a trampoline, by site.
+    fn by_site(&self) -> &[(u64, usize)] {
+        &self.by_site[..self.live]
+    }
+
+    /// The slot of `site`'s trampoline.
+    fn slot_of(&self, site: u64) -> Option<usize> {
+        let by_site = self.by_site();
+        by_site.binary_search_by_key(&site, |&(site, _)| site).ok().map(|found| by_site[found].1)
+    }
 }
 
 /// The pool's bookkeeping; changed only under the livepatch lock (by
 /// `redirect`), this lock orders readers (`summary`, tests).
-static POOL: Mutex<Pool> = Mutex::new(Pool { slots: [Slot::Pristine; SLOTS], by_site: BTreeMap::new() });
+static POOL: Mutex<Pool> =
+    Mutex::new(Pool { slots: [Slot::Pristine; SLOTS], by_site: [(0, 0); SLOTS], live: 0, retired: 0 });
 
 /// Whether final patches use direct calls.
 pub fn enabled() -> bool {
@@ -95,9 +113,9 @@ pub fn refused() -> u64 {
 /// (site, replacement, trampoline) of every direct function, by site.
 pub fn summary() -> Vec<(u64, u64, u64)> {
     let pool = POOL.lock();
-    pool.by_site
+    pool.by_site()
         .iter()
-        .filter_map(|(&site, &slot)| match pool.slots[slot] {
+        .filter_map(|&(site, slot)| match pool.slots[slot] {
             Slot::Live { replacement, .. } => Some((site, replacement, trampoline::slot_address(slot))),
             _ => None,
         })
@@ -122,31 +140,45 @@ pub fn slots_in_use() -> (usize, usize) {
 /// was made a nop then) only has its trampoline retired. On error no site
 /// changed and nothing was retired.
 pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
+    debug_assert!(wanted.is_sorted(), "wanted is the handler's table's order: by site");
     let mut pool = POOL.lock();
-    let leaving: Vec<(u64, usize)> = pool
-        .by_site
+    let stays = |pool: &Pool, site: u64, slot: usize| match pool.slots[slot] {
+        Slot::Live { replacement, .. } => wanted.binary_search(&(site, replacement)).is_ok(),
+        _ => false,
+    };
+    // (site, None) of the sites that leave, by site; no allocation when none does.
+    let targets: Vec<(u64, Option<u64>)> = pool
+        .by_site()
         .iter()
-        .filter(|&(&site, &slot)| match pool.slots[slot] {
-            Slot::Live { replacement, .. } => !wanted.contains(&(site, replacement)),
-            _ => true,
-        })
-        .map(|(&site, &slot)| (site, slot))
+        .filter(|&&(site, slot)| !stays(&pool, site, slot))
+        .map(|&(site, _)| (site, None))
         .collect();
-    if leaving.is_empty() {
+    if targets.is_empty() {
         return Ok(());
     }
-    let sites: Vec<u64> = leaving.iter().map(|&(site, _)| site).filter(|&site| trace::has_site(site)).collect();
-    let targets: Vec<(u64, Option<u64>)> = sites.iter().map(|&site| (site, None)).collect();
-    trace::set_direct(&LIVEPATCH_OPS, &targets)?;
+    // The sites that still exist (a target module's went with its module).
+    let existing: Vec<(u64, Option<u64>)> =
+        targets.iter().copied().filter(|&(site, _)| trace::has_site(site)).collect();
+    trace::set_direct(&LIVEPATCH_OPS, &existing)?;
     // Every CPU has run its `isync` in an IPI since the store: a block it
     // was translating then is linked by now, and this store invalidates it.
+    let sites: Vec<u64> = existing.iter().map(|&(site, _)| site).collect();
     trace::restore_words(&sites);
-    for (site, slot) in leaving {
-        pool.by_site.remove(&site);
+    // Compacts `by_site` over the sites that left, retiring their slots.
+    let mut kept = 0;
+    for index in 0..pool.live {
+        let (site, slot) = pool.by_site[index];
+        if targets.binary_search(&(site, None)).is_err() {
+            pool.by_site[kept] = (site, slot);
+            kept += 1;
+            continue;
+        }
         if let Slot::Live { call, .. } = pool.slots[slot] {
             pool.slots[slot] = Slot::Retired { call };
+            pool.retired += 1;
         }
     }
+    pool.live = kept;
     Ok(())
 }
 
@@ -156,7 +188,7 @@ pub(super) fn leave(wanted: &[(u64, u64)]) -> Result<(), FtraceError> {
 /// `trap` again.
 pub(super) fn reclaim() {
     let mut pool = POOL.lock();
-    if !pool.slots.iter().any(|slot| matches!(slot, Slot::Retired { .. })) {
+    if pool.retired == 0 {
         return;
     }
     crate::sync::synchronize_sched();
@@ -170,6 +202,7 @@ pub(super) fn reclaim() {
             }
         };
     }
+    pool.retired = 0;
 }
 
 /// Gives every (site, replacement) in `wanted` without a trampoline one:
@@ -181,11 +214,15 @@ pub(super) fn enter(wanted: &[(u64, u64)]) {
     if !enabled() || wanted.is_empty() {
         return;
     }
+    debug_assert!(wanted.is_sorted(), "wanted is the handler's table's order: by site");
     let mut pool = POOL.lock();
-    let mut written: Vec<(u64, usize, u64)> = Vec::new();
+    // (site, slot) and (site, trampoline) of the trampolines written, by site.
+    let room = wanted.len().min(SLOTS);
+    let mut written: Vec<(u64, usize)> = Vec::with_capacity(room);
+    let mut targets: Vec<(u64, Option<u64>)> = Vec::with_capacity(room);
     let mut next = 0;
     for &(site, replacement) in wanted {
-        if pool.by_site.contains_key(&site) {
+        if pool.slot_of(site).is_some() {
             continue;
         }
         let Some(slot) = (next..SLOTS).find(|&slot| matches!(pool.slots[slot], Slot::Free | Slot::Pristine)) else {
@@ -200,7 +237,8 @@ pub(super) fn enter(wanted: &[(u64, u64)]) {
         match trampoline::write(slot, &call, pool.slots[slot] == Slot::Free) {
             Ok(address) => {
                 pool.slots[slot] = Slot::Live { site, replacement, call };
-                written.push((site, slot, address));
+                written.push((site, slot));
+                targets.push((site, Some(address)));
             }
             Err(error) => {
                 crate::println!("klp: writing the trampoline at {:#x} failed: {error}", trampoline::slot_address(slot));
@@ -208,21 +246,22 @@ pub(super) fn enter(wanted: &[(u64, u64)]) {
             }
         }
     }
-    let Some(&(_, _, last)) = written.last() else { return };
+    let Some(&(_, Some(last))) = targets.last() else { return };
     // Every CPU fetches the trampolines before any site branches to them.
     text::end_batch(last);
-    let targets: Vec<(u64, Option<u64>)> = written.iter().map(|&(site, _, address)| (site, Some(address))).collect();
     match trace::set_direct(&LIVEPATCH_OPS, &targets) {
         Ok(()) => {
-            for (site, slot, _) in written {
-                pool.by_site.insert(site, slot);
-            }
+            // One slot each: `live + written.len() <= SLOTS`.
+            let (start, end) = (pool.live, pool.live + written.len());
+            pool.by_site[start..end].copy_from_slice(&written);
+            pool.live = end;
+            pool.by_site[..end].sort_unstable_by_key(|&(site, _)| site);
         }
         Err(error) => {
             // No site changed: the trampolines were never reachable.
             crate::println!("klp: direct calls refused ({error}); the functions keep the generic path");
             REFUSED.fetch_add(written.len() as u64, Ordering::Relaxed);
-            for (_, slot, _) in written {
+            for (_, slot) in written {
                 let Slot::Live { call, .. } = pool.slots[slot] else { continue };
                 pool.slots[slot] = if trampoline::free(slot, &call).is_ok() { Slot::Free } else { Slot::Lost };
             }

@@ -203,7 +203,29 @@ pub fn run_all() {
         "livepatched_call",
         patched_call,
         "instructions",
-        "patched call minus a direct call of the replacement (target <= 80; Linux reference, measured elsewhere: 274)",
+        "patched call minus a direct call of the replacement: direct call through a trampoline (target <= 30; Linux reference, measured elsewhere: 274)",
+    );
+    let light = traced_light(untraced);
+    let (generic, traced, switch) = super::bench_livepatch::direct_costs(loop_ticks, per_call_difference, once);
+    report(
+        "livepatched_call_generic",
+        generic,
+        "instructions",
+        "the same call with direct calls off: ftrace_caller, the handler's table, livepatch_handler (was the only path: 94)",
+    );
+    report(
+        "livepatched_call_traced",
+        traced,
+        "instructions",
+        &alloc::format!(
+            "the same call while a do-nothing ops also traces the function (target: no worse than 94 + traced_light {light})"
+        ),
+    );
+    report(
+        "direct_switch",
+        switch,
+        "instructions",
+        "switch one patched function's site from direct to generic or back (direct::set_enabled, per switch)",
     );
     report(
         "livepatch_enable_one",

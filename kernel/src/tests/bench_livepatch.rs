@@ -5,6 +5,7 @@ use crate::arch::registers::timebase;
 use crate::arch::smp::confer;
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::thread;
+use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -94,6 +95,53 @@ pub fn measure(
     livepatch::disable("bench-hundred").expect("enabled");
     livepatch::remove("bench-hundred").expect("disabled");
     (per_call_difference(patched, direct), enable_one, enable_hundred)
+}
+
+#[macros::notrace]
+extern "C" fn do_nothing(_: u64, _: u64, _: &FtraceOps, _: &mut FtraceRegs) {}
+/// A do-nothing tracer on a patched function (`direct_costs`).
+static TRACER: FtraceOps = FtraceOps::new("bench-patched-tracer", do_nothing, OpsFlags::RECURSION_SAFE);
+
+/// With a one-function patch final: (the patched call on the generic path,
+/// direct calls off; the patched call while a do-nothing ops also traces
+/// the function, so its site calls the stub again), each minus a direct
+/// call of the replacement, and the instructions of one switch of its site
+/// between direct and generic (`direct::set_enabled` off then on, halved).
+pub fn direct_costs(
+    loop_ticks: fn(fn()) -> u64,
+    per_call_difference: fn(u64, u64) -> Tenths,
+    once: fn(&mut dyn FnMut()) -> u64,
+) -> (Tenths, Tenths, u64) {
+    fn call_original() {
+        black_box(target_000(black_box(1)));
+    }
+    fn call_replacement() {
+        black_box(replacement(black_box(1)));
+    }
+    livepatch::add(patch("bench-direct", &TARGETS[..1])).expect("unique name");
+    livepatch::enable("bench-direct").expect("patchable");
+    assert_eq!(livepatch::direct::summary().len(), 1, "the patched function is called directly");
+    let direct = loop_ticks(call_replacement);
+
+    livepatch::direct::set_enabled(false).expect("direct calls go off");
+    assert!(livepatch::direct::summary().is_empty(), "no direct function while they are off");
+    let generic = loop_ticks(call_original);
+    assert_eq!(target_000(1), 3, "the patch is in effect on the generic path");
+    livepatch::direct::set_enabled(true).expect("direct calls come back");
+
+    trace::register(&TRACER, Filter::Names(&[TARGETS[0]])).expect("the patched function is traceable");
+    let traced = loop_ticks(call_original);
+    assert_eq!(target_000(1), 3, "the patch is in effect while traced");
+    trace::unregister(&TRACER).expect("registered");
+
+    let switch = once(&mut || {
+        livepatch::direct::set_enabled(false).expect("direct calls go off");
+        livepatch::direct::set_enabled(true).expect("direct calls come back");
+    }) / 2;
+    assert_eq!(livepatch::direct::summary().len(), 1, "direct again");
+    livepatch::disable("bench-direct").expect("enabled");
+    livepatch::remove("bench-direct").expect("disabled");
+    (per_call_difference(generic, direct), per_call_difference(traced, direct), switch)
 }
 
 /// Enables and disables averaged by `enable_disable_under_load`.
@@ -262,4 +310,75 @@ pub fn call_in_transition(
     assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
     livepatch::remove("bench-in-transition").expect("disabled");
     (per_call_difference(during, direct), per_call_difference(after, direct))
+}
+
+/// A second replacement, for a patch on top of `patch`'s.
+#[inline(never)]
+fn replacement_on_top(value: u64) -> u64 {
+    black_box(value + 4)
+}
+
+/// (site, replacement) of the direct functions whose replacement is one of the benchmarks'.
+fn direct_replacements() -> Vec<(u64, u64)> {
+    let ours = [replacement as *const () as u64, replacement_on_top as *const () as u64];
+    livepatch::direct::summary()
+        .into_iter()
+        .filter(|&(_, replacement, _)| ours.contains(&replacement))
+        .map(|(site, replacement, _)| (site, replacement))
+        .collect()
+}
+
+/// Enables `name` and waits for its transition.
+fn enable_final(name: &str) {
+    if let livepatch::Progress::Pending(_) = livepatch::enable(name).expect("patchable") {
+        assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    }
+}
+
+/// Disables `name`, waits for its transition and removes it.
+fn disable_and_remove(name: &str) {
+    if let livepatch::Progress::Pending(_) = livepatch::disable(name).expect("enabled") {
+        assert!(matches!(livepatch::wait_for_transition(10_000), livepatch::Progress::Complete));
+    }
+    livepatch::remove(name).expect("disabled");
+}
+
+#[macros::ktest]
+fn direct_batches_keep_the_sites_that_stay_and_move_the_ones_that_change() {
+    // The batches `enable_hundred` measures: a patch on four functions, then
+    // one on top of two of them. The two that change leave direct calls
+    // while the others stay, and come back with their new replacement.
+    let (first, on_top) = (replacement as *const () as u64, replacement_on_top as *const () as u64);
+    let (live_before, _) = livepatch::direct::slots_in_use();
+    livepatch::add(patch("direct-batch-below", &TARGETS[10..14])).expect("unique name");
+    enable_final("direct-batch-below");
+    let below = direct_replacements();
+    assert_eq!(below.len(), 4, "every final function is called directly: {below:x?}");
+    assert!(below.iter().all(|&(_, replacement)| replacement == first));
+    assert!(below.is_sorted(), "summary is by site");
+
+    let mut top = patch("direct-batch-top", &[TARGETS[11], TARGETS[13]]);
+    for function in &mut top.objects[0].functions {
+        function.new_address = on_top;
+    }
+    livepatch::add(top).expect("unique name");
+    enable_final("direct-batch-top");
+    let both = direct_replacements();
+    let expected: Vec<(u64, u64)> = below
+        .iter()
+        .enumerate()
+        .map(|(index, &(site, _))| (site, if index % 2 == 1 { on_top } else { first }))
+        .collect();
+    assert_eq!(both, expected, "the two that stayed kept their trampolines, the two that changed have new ones");
+    assert_eq!(livepatch::direct::slots_in_use().0, live_before + 4, "one live slot per direct function, none leaked");
+    let results: Vec<u64> = [target_010, target_011, target_012, target_013].iter().map(|target| target(1)).collect();
+    assert_eq!(results, [3, 5, 3, 5]);
+
+    disable_and_remove("direct-batch-top");
+    assert_eq!(direct_replacements(), below, "back to the patch below, every one direct");
+    assert_eq!(target_011(1), 3);
+    disable_and_remove("direct-batch-below");
+    assert!(direct_replacements().is_empty(), "no trampoline left for a patch that went");
+    assert_eq!(livepatch::direct::slots_in_use().0, live_before, "every slot freed");
+    assert_eq!(target_011(1), 2);
 }

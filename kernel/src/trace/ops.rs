@@ -148,6 +148,8 @@ pub enum FtraceError {
         function: u64,
         ops: &'static str,
     },
+    /// One `set_direct` named this site twice.
+    DirectTwice(u64),
     Text(TextError),
 }
 
@@ -177,6 +179,9 @@ impl fmt::Display for FtraceError {
                 "ops '{ops}' cannot give {} a direct target: it does not trace it with IPMODIFY",
                 Symbolized(*function)
             ),
+            FtraceError::DirectTwice(site) => {
+                write!(formatter, "the site at {site:#x} ({}) was given two direct targets at once", Symbolized(*site))
+            }
             FtraceError::Text(error) => write!(formatter, "{error} ({})", Symbolized(error.address())),
         }
     }
@@ -292,7 +297,9 @@ fn forget_direct(ops: &FtraceOps, gone: impl Fn(u64) -> bool) {
 /// after the site (or r0, when entered from a stub) and must not be used;
 /// the target returns to r0 (`arch::trampoline`'s template is one).
 /// All or nothing: every site is checked and every word encoded before
-/// the first is written. Returns when every CPU fetches the new words.
+/// the first is written (a function named twice is refused: `DirectTwice`).
+/// Returns when every CPU fetches the new words. Cost: one look-up per
+/// function and one merge of the handler's table, whatever the batch's size.
 #[notrace]
 pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Result<(), FtraceError> {
     let _preempt = thread::preempt_disable();
@@ -300,10 +307,20 @@ pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Re
     if !registry.iter().any(|other| core::ptr::eq(*other, ops)) {
         return Err(FtraceError::NotRegistered(ops.name));
     }
+    // (index, target) for the sites, (site address, target) for the handler's table.
     let mut changes = Vec::with_capacity(targets.len());
+    let mut entries = Vec::with_capacity(targets.len());
+    let mut hint = 0;
     for &(function, target) in targets {
-        let index = sites::index_of(function).ok_or(FtraceError::NotTraceable(function))?;
+        let (index, site) = sites::index_of_near(function, hint).ok_or(FtraceError::NotTraceable(function))?;
+        hint = index;
         changes.push((index, target));
+        entries.push((site, target));
+    }
+    // Sorted by site (a livepatch batch is already), one function once.
+    entries.sort_unstable_by_key(|&(site, _)| site);
+    if let Some(pair) = entries.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(FtraceError::DirectTwice(pair[0].0));
     }
     let owner = ops as *const FtraceOps as usize;
     sites::set_direct(&changes, owner).map_err(|error| match error {
@@ -315,22 +332,30 @@ pub fn set_direct(ops: &'static FtraceOps, targets: &[(u64, Option<u64>)]) -> Re
     // The table `ftrace_direct_handler` reads (a shared site reached through
     // the stub finds its target there), kept only for an ops whose handler
     // it is: an ops with its own handler (the livepatch core's) keeps its
-    // own, and replacing this one costs a grace period.
+    // own, and replacing this one costs a grace period. The current table
+    // merged with `entries`, one pass, both sorted.
     if ops.handler as *const () != ftrace_direct_handler as *const () {
         return Ok(());
     }
     // Safety: the registry lock is held (preemption off): a read-side section.
-    let mut table = unsafe { ops.direct.read() }.clone();
-    for &(function, target) in targets {
-        let Some(site) = sites::index_of(function).and_then(|index| sites::addresses(&[index]).first().copied()) else {
-            continue;
-        };
-        table.retain(|&(other, _)| other != site);
+    let current = unsafe { ops.direct.read() };
+    let mut table = Vec::with_capacity(current.len() + entries.len());
+    let mut kept = current.iter().copied().peekable();
+    for (site, target) in entries {
+        while let Some(&(other, _)) = kept.peek()
+            && other <= site
+        {
+            let entry = kept.next().expect("peeked");
+            // A site being given a new target (or none) drops its old one.
+            if other < site {
+                table.push(entry);
+            }
+        }
         if let Some(target) = target {
             table.push((site, target));
         }
     }
-    table.sort_unstable();
+    table.extend(kept);
     ops.direct.replace(table);
     Ok(())
 }

@@ -219,6 +219,7 @@ pub(super) fn init() -> (usize, usize) {
 /// needs, checked against the word there now; `None` if the stub it calls
 /// stays the same.
 #[notrace]
+#[inline(always)]
 fn prepare(site: &Site, state: SiteState, new_state: SiteState) -> Result<Option<SiteChange>, TextError> {
     let (old, new) = (state.caller(), new_state.caller());
     if old == new {
@@ -430,6 +431,44 @@ pub(super) fn named(name: &str) -> Vec<usize> {
 pub(super) fn index_of(address: u64) -> Option<usize> {
     // Safety: as above.
     unsafe { every_table() }.find_map(|(base, table)| table.index_of(address).map(|index| base + index))
+}
+
+/// `index_of` for a batch in address order: (index, site address) of the
+/// function at `address` (global entry or site word), searched first in the
+/// kernel's table from `hint` (the previous find's index) onwards, doubling
+/// the step: a run of neighbouring functions (a patch's) costs a step or two
+/// each, not a whole binary search. Anything else (an address before `hint`,
+/// a module's) falls back to `index_of`.
+#[notrace]
+pub(super) fn index_of_near(address: u64, hint: usize) -> Option<(usize, u64)> {
+    let sites = table().sites();
+    if let Some(start) = sites.get(hint)
+        && start.address <= address.saturating_add(8)
+        && sites.last().is_some_and(|last| address <= last.address)
+    {
+        // The first site whose word is at or after `address` is its only candidate (`SiteTable::index_of`).
+        let (mut low, mut step) = (hint, 1);
+        while low + step < sites.len() && sites[low + step].address < address {
+            low += step;
+            step *= 2;
+        }
+        let high = (low + step + 1).min(sites.len());
+        let found = low + sites[low..high].partition_point(|site| site.address < address);
+        if let Some(site) = sites.get(found)
+            && (site.function == address || site.address == address)
+        {
+            return Some((found, site.address));
+        }
+    }
+    let index = index_of(address)?;
+    Some((index, address_of(index)?))
+}
+
+/// The site address of index `index`, if it is a site's.
+#[notrace]
+pub(super) fn address_of(index: usize) -> Option<u64> {
+    // Safety: as above.
+    site(index).map(|site| site.address)
 }
 
 /// Indices of the sites of `addresses`; the first address without a site is the error.

@@ -256,29 +256,45 @@ pub fn call_for(slot: usize, replacement: u64) -> Result<[u32; CALL_WORDS], Tram
     call_words(call_address, replacement, text::read(replacement), text::read(replacement + 4))
 }
 
-/// The words of a trampoline with call words `call`: the template with
-/// its call words replaced.
+/// A slot's words, 8-byte aligned (as the slots are), so they are checked
+/// and copied eight bytes at a time (`text::modify_block_local`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Words([u32; SLOT_WORDS]);
+
+/// The words of a pristine slot.
+const PRISTINE: Words = Words([TRAP; SLOT_WORDS]);
+
+/// The words of a live trampoline before its call words are set (the
+/// template, then `trap`), and of a free slot; built once from the
+/// template, which never changes.
+struct Patterns {
+    live: Words,
+    freed: Words,
+}
+
+static PATTERNS: spin::Once<Patterns> = spin::Once::new();
+
 #[notrace]
-fn words(call: &[u32; CALL_WORDS]) -> [u32; SLOT_WORDS] {
-    let template = template();
+fn patterns() -> &'static Patterns {
+    PATTERNS.call_once(|| {
+        let template = template();
+        let (returned, end) = ((windows().returned / 4) as usize, (windows().end / 4) as usize);
+        let (mut live, mut freed) = (PRISTINE, PRISTINE);
+        live.0[..template.len()].copy_from_slice(template);
+        freed.0[returned..end].copy_from_slice(&template[returned..end]);
+        Patterns { live, freed }
+    })
+}
+
+/// The words of a trampoline with call words `call` (`call_for`): the
+/// template with its call words replaced.
+#[notrace]
+#[inline(always)]
+fn words(call: &[u32; CALL_WORDS]) -> Words {
     let call_index = (windows().call / 4) as usize;
-    let mut words = [TRAP; SLOT_WORDS];
-    words[..template.len()].copy_from_slice(template);
-    words[call_index..call_index + CALL_WORDS].copy_from_slice(call);
-    words
-}
-
-/// The words of a pristine slot and of a free one.
-#[notrace]
-fn pristine() -> [u32; SLOT_WORDS] {
-    [TRAP; SLOT_WORDS]
-}
-
-#[notrace]
-fn freed() -> [u32; SLOT_WORDS] {
-    let mut words = [TRAP; SLOT_WORDS];
-    let (returned, end) = ((windows().returned / 4) as usize, (windows().end / 4) as usize);
-    words[returned..end].copy_from_slice(&template()[returned..end]);
+    let mut words = patterns().live;
+    words.0[call_index..call_index + CALL_WORDS].copy_from_slice(call);
     words
 }
 
@@ -289,8 +305,8 @@ fn freed() -> [u32; SLOT_WORDS] {
 #[notrace]
 pub fn write(slot: usize, call: &[u32; CALL_WORDS], used_before: bool) -> Result<u64, TextError> {
     let address = slot_address(slot);
-    let old = if used_before { freed() } else { pristine() };
-    text::modify_block_local(address, &old, &words(call))?;
+    let old = if used_before { &patterns().freed } else { &PRISTINE };
+    text::modify_block_local(address, &old.0, &words(call).0)?;
     Ok(address)
 }
 
@@ -301,5 +317,5 @@ pub fn write(slot: usize, call: &[u32; CALL_WORDS], used_before: bool) -> Result
 /// any more and a grace period has passed (no CPU is before the `bl`).
 #[notrace]
 pub fn free(slot: usize, call: &[u32; CALL_WORDS]) -> Result<(), TextError> {
-    text::modify_block_local(slot_address(slot), &words(call), &freed())
+    text::modify_block_local(slot_address(slot), &words(call).0, &patterns().freed.0)
 }
