@@ -448,7 +448,7 @@ class FrameId:
         self.pc = pc
 
 
-LINK_OFFSET = 8                       # LivepatchFrame: toc, link, marker
+LINK_OFFSET = 8                       # LivepatchFrame: toc, link, marker (as livepatch_frames reads it)
 
 
 def store_doubleword(source, base, displacement):
@@ -675,9 +675,12 @@ def install():
     try:
         global TRAMPOLINE_POOL
         TRAMPOLINE_POOL = trampoline_pool()
-        unwinder = LivepatchUnwinder()
         gdb.frame_filters["klp trampolines"] = TrampolineFrames()
-        register_unwinder(None, unwinder, replace=True)
+        try:
+            register_unwinder(None, LivepatchUnwinder(), replace=True)
+        except gdb.GdbError as error:
+            # The livepatch code no longer has the stores the unwinder looks for (LivepatchCode).
+            print("klp: no livepatch unwinder: %s" % error)
         ModuleEvent()
     except gdb.error as error:
         print("klp: kernel symbols not loaded yet (%s); load the kernel, then source this file" % error)
