@@ -1,5 +1,6 @@
 """gdb support for the klp kernel: threads, livepatch stacks, patches, ftrace sites,
-patch-module symbols, and backtraces through livepatch_handler.
+patch-module symbols, and backtraces through livepatch_handler and the direct-call
+trampolines.
 
 Loaded by `cargo xtask gdb` (or `source gdb/kernel.py`). It reads the kernel's
 fixed-layout debug anchor, `klp_debug_anchor` (kernel/src/debug.rs), as plain
@@ -18,6 +19,7 @@ import re
 import struct
 
 import gdb
+from gdb.FrameDecorator import FrameDecorator
 from gdb.unwinder import Unwinder, register_unwinder
 
 ANCHOR_VERSION = 6
@@ -318,6 +320,28 @@ class LivepatchList(gdb.Command):
                                                                         len(module["sections"])))
 
 
+def ftrace_sites(anchor):
+    """(site word address, function name) of every ftrace entry site."""
+    for index in range(anchor.site_count):
+        entry = read(anchor.sites + index * anchor.site_entry_size, 32)
+        function, address, name_pointer, name_length = struct.unpack("<QQQQ", entry)
+        yield address, read(name_pointer, min(name_length, 512)).decode("utf-8", "replace")
+
+
+def site_branch(name):
+    """Where the ftrace site of function `name` branches now (a trampoline
+    slot for a direct-called patched function), or None (off, or no such site)."""
+    for address, site_name in ftrace_sites(Anchor()):
+        if site_name == name:
+            return branch_target(address, struct.unpack("<I", read(address, 4))[0])
+    return None
+
+
+def frame_label(frame):
+    """A frame's function as `bt` shows it: a trampoline as `livepatch trampoline -> C`."""
+    return trampoline_label(int(frame.pc())) or frame.name() or "?"
+
+
 class FtraceSites(gdb.Command):
     """ftrace-sites [GLOB]: every ftrace entry site (or those whose function matches GLOB) and what it calls now."""
 
@@ -332,20 +356,16 @@ class FtraceSites(gdb.Command):
             return
         pattern = argument.strip() or "*"
         shown = 0
-        for index in range(anchor.site_count):
-            entry = read(anchor.sites + index * anchor.site_entry_size, 32)
-            function, address, name_pointer, name_length = struct.unpack("<QQQQ", entry)
-            name = read(name_pointer, min(name_length, 512)).decode("utf-8", "replace")
+        for address, name in ftrace_sites(anchor):
             if not fnmatch.fnmatchcase(name, pattern):
                 continue
             instruction = struct.unpack("<I", read(address, 4))[0]
             if instruction == NOP:
                 calls = "off"
             elif instruction >> 26 == 18 and instruction & 3 == 1:
-                displacement = instruction & 0x03FFFFFC
-                if displacement & 0x02000000:
-                    displacement -= 0x04000000
-                calls = "bl " + symbolize(address + displacement)
+                target = branch_target(address, instruction)
+                label = trampoline_label(target)
+                calls = "bl 0x%x %s" % (target, label) if label else "bl " + symbolize(target)
             else:
                 calls = "word 0x%08x (not a site state!)" % instruction
             print("  0x%x %-40s %s" % (address, name, calls))
@@ -428,62 +448,215 @@ class FrameId:
         self.pc = pc
 
 
+LINK_OFFSET = 8                       # LivepatchFrame: toc, link, marker (as livepatch_frames reads it)
+
+
+def store_doubleword(source, base, displacement):
+    """The word of `std source, displacement(base)`."""
+    return 62 << 26 | source << 21 | base << 16 | (displacement & 0xFFFC)
+
+
+class LivepatchCode:
+    """A stretch of frameless livepatch code that calls a replacement C for
+    the caller A: livepatch_handler, or a direct-call trampoline (a slot of
+    the pool `livepatch_trampolines`, all made from one template, so one set
+    of offsets serves every slot). Offsets are from the code's first byte:
+
+    - `occupied`: from here the call's livepatch frame is counted on the
+      thread's livepatch stack (the instruction after the store of the
+      raised livepatch_sp), so an outer call's frame is the next one down;
+    - `linked`: from here the frame holds A's return address (the
+      instruction after `std 0, link(11)`); before it the return address is
+      in `entry_register` (LR for livepatch_handler; r0 for a trampoline,
+      whose LR is the word after B's site);
+    - `pushed`, `popped`: the kernel's window labels; from `popped` on the
+      frame is gone and LR and r2 are A's again.
+
+    `pushed` and `popped` come from the kernel's window tables; `occupied`
+    and `linked` are found by reading the code before `pushed` for the two
+    stores, so no offset is typed here."""
+
+    def __init__(self, start, pushed, popped, end, entry_register, anchor):
+        self.pushed, self.popped, self.end, self.entry_register = pushed, popped, end, entry_register
+        words = struct.unpack("<%dI" % (pushed // 4), read(start, pushed))
+        frame = anchor.livepatch_frame_size
+
+        def after(word):
+            if word not in words:
+                raise gdb.GdbError("klp: no %08x before offset %d of the code at 0x%x" % (word, pushed, start))
+            return 4 * words.index(word) + 4
+
+        self.occupied = after(store_doubleword(11, 12, anchor.info_livepatch_sp))
+        self.linked = after(store_doubleword(0, 11, LINK_OFFSET - frame))
+
+    def consumes(self, offset):
+        """Whether the call's frame is on the livepatch stack at `offset`."""
+        return self.occupied <= offset < self.popped
+
+    def link_in_frame(self, offset):
+        return self.linked <= offset < self.popped
+
+
+def trampoline_pool():
+    """(start, end, windows, slot size) of the direct-call trampoline pool,
+    windows as the kernel's `livepatch_trampoline_windows` (pushed, call,
+    returned, popped, end: offsets from a slot's start), the slot size from
+    `klp_debug_trampoline_slot_size`; None for a kernel without a pool."""
+    try:
+        start, end = address_of("livepatch_trampolines"), address_of("livepatch_trampolines_end")
+        table = address_of("livepatch_trampoline_windows")
+        slot_size = word(address_of("klp_debug_trampoline_slot_size"))
+    except gdb.error:
+        return None
+    return start, end, struct.unpack("<5Q", read(table, 40)), slot_size
+
+
+TRAMPOLINE_POOL = None                 # (start, end, windows, slot size), set by install()
+
+
+def branch_target(address, instruction):
+    """Where `bl`/`b` at address goes, or None if the word is no relative branch."""
+    if instruction >> 26 != 18 or instruction & 2:
+        return None
+    displacement = instruction & 0x03FFFFFC
+    if displacement & 0x02000000:
+        displacement -= 0x04000000
+    return address + displacement
+
+
+def trampoline_slot(pc):
+    """(slot start, offset) of a pc in the trampoline pool, or None."""
+    if TRAMPOLINE_POOL is None:
+        return None
+    start, end, _, slot_size = TRAMPOLINE_POOL
+    if not start <= pc < end:
+        return None
+    return pc - (pc - start) % slot_size, (pc - start) % slot_size
+
+
+def trampoline_replacement(slot):
+    """The name of the replacement a trampoline calls, from its `bl` (the
+    last call word); None for a freed slot (its entry half is `trap`)."""
+    returned = TRAMPOLINE_POOL[2][2]
+    branch = slot + returned - 4
+    target = branch_target(branch, struct.unpack("<I", read(branch, 4))[0])
+    if target is None:
+        return None
+    name = symbol_name(target)
+    # The bl enters C's local entry (8 bytes in for a function with a TOC set-up).
+    return name.split(" + ")[0] if name else "0x%x" % target
+
+
+def trampoline_label(pc):
+    """`livepatch trampoline -> C` for a pc in a trampoline slot, else None."""
+    located = trampoline_slot(pc)
+    if located is None:
+        return None
+    replacement = trampoline_replacement(located[0])
+    return "livepatch trampoline -> %s" % (replacement or "? (freed slot)")
+
+
 class LivepatchUnwinder(Unwinder):
-    """Unwinds a frame stopped in livepatch_handler. Its caller is the original
-    caller A, with r1 unchanged; where A's return address and TOC are depends
-    on where in the handler the pc is:
+    """Unwinds a frame stopped in livepatch_handler or in a direct-call
+    trampoline. Its caller is the original caller A, with r1 unchanged;
+    where A's return address and TOC are depends on where in the code the
+    pc is (LivepatchCode):
 
-    - before the call's own livepatch frame is complete (pc < pushed) and once
-      it is popped (pc >= popped): in LR and r2 (the newest livepatch frame, if
-      any, belongs to an outer patched call);
-    - in between (the return address of a replacement C, or just before the
-      call of C): in this call's frame on the thread's livepatch stack.
-
-    `pushed` and `popped` come from the kernel's window table, not from offsets
-    typed here (see livepatch_handler_window)."""
+    - before the call's own livepatch frame holds A's return address: in the
+      entry register (LR, or r0 in a trampoline) and r2; the newest
+      livepatch frame, if any, belongs to an outer patched call (or, once
+      livepatch_sp is raised, to this one, not yet filled in);
+    - from then until the pop (the return address of a replacement C, or
+      just before the call of C): in this call's frame on the livepatch stack;
+    - once it is popped: in LR and r2 again."""
 
     def __init__(self):
         super().__init__("klp livepatch_handler")
+        anchor = Anchor()
+        self.anchor_address = anchor.address
         self.start = address_of("livepatch_handler")
         self.end = address_of("livepatch_handler_end")
-        self.pushed, self.popped = livepatch_handler_window()
-        self.consumes = {}      # level -> whether that livepatch_handler frame uses a livepatch frame
+        pushed, popped = livepatch_handler_window()
+        self.handler = LivepatchCode(self.start, pushed - self.start, popped - self.start, self.end - self.start,
+                                     "lr", anchor)
+        self.trampoline = None
+        if TRAMPOLINE_POOL is not None:
+            pushed, _, _, popped, end = TRAMPOLINE_POOL[2]
+            template = address_of("livepatch_trampoline_template")
+            self.trampoline = LivepatchCode(template, pushed, popped, end, "r0", anchor)
+        # level -> whether that frame has a frame on the livepatch stack (every
+        # real frame sniffed; inline frames are not, and never have one).
+        self.consumes = {}
+
+    def code_at(self, pc):
+        """(start, LivepatchCode) of the livepatch code holding pc, or None."""
+        if self.start <= pc < self.end:
+            return self.start, self.handler
+        located = trampoline_slot(pc)
+        if located is not None and self.trampoline is not None and located[1] < self.trampoline.end:
+            return located[0], self.trampoline
+        return None
 
     def __call__(self, pending):
-        pc = int(pending.read_register("pc"))
-        if not (self.start <= pc < self.end):
-            return None
-        pc_type = pending.read_register("pc").type
+        # gdb sniffs a stack's frames in order, innermost first, whenever it
+        # builds them afresh (a stop, a flushed frame cache): what was noted
+        # for this level and outer ones belongs to an older stack. (No reset
+        # on stop events: gdb may already have sniffed the first frames of
+        # the new stack then, e.g. for `stepi`, and would not do it again.)
         level = pending.level()
-        frame_id = FrameId(pending.read_register("r1"), gdb.Value(self.start).cast(pc_type))
-        if not (self.pushed <= pc < self.popped):
-            # The call's frame is not (or no longer) on the livepatch stack: A's
-            # return address is in LR and its TOC in r2; nothing to take.
+        for known in [known for known in self.consumes if known >= level]:
+            del self.consumes[known]
+        pc = int(pending.read_register("pc"))
+        found = self.code_at(pc)
+        if found is None:
             self.consumes[level] = False
-            unwind = pending.create_unwind_info(frame_id)
-            unwind.add_saved_register("pc", gdb.Value(int(pending.read_register("lr"))).cast(pc_type))
-            unwind.add_saved_register("r1", pending.read_register("r1"))
+            return None
+        start, code = found
+        offset = pc - start
+        pc_type = pending.read_register("pc").type
+        sp = int(pending.read_register("r1"))
+        frame_id = FrameId(pending.read_register("r1"), gdb.Value(start).cast(pc_type))
+        self.consumes[level] = code.consumes(offset)
+        unwind = pending.create_unwind_info(frame_id)
+        unwind.add_saved_register("r1", pending.read_register("r1"))
+        if not code.link_in_frame(offset):
+            # A's return address is in a register and its TOC in r2.
+            register = code.entry_register if offset < code.linked else "lr"
+            unwind.add_saved_register("pc", gdb.Value(int(pending.read_register(register))).cast(pc_type))
             unwind.add_saved_register("r2", pending.read_register("r2"))
             return unwind
         anchor = Anchor()
-        sp = int(pending.read_register("r1"))
         base = sp & ~(anchor.thread_size - 1)
         frames = anchor.livepatch_frames(base)
-        # Each inner livepatch_handler frame that used a livepatch frame took the
-        # newest one left: this one takes the next.
-        self.consumes[level] = True
+        # Each inner livepatch frame user took the newest one left: this one takes the next.
         index = len([known for known, took in self.consumes.items() if known < level and took])
         if index >= len(frames):
             return None
         _, toc, link, _ = frames[len(frames) - 1 - index]
-        unwind = pending.create_unwind_info(frame_id)
         unwind.add_saved_register("pc", gdb.Value(link).cast(pc_type))
-        unwind.add_saved_register("r1", gdb.Value(sp).cast(pending.read_register("r1").type))
         unwind.add_saved_register("r2", gdb.Value(toc).cast(pending.read_register("r2").type))
         return unwind
 
-    def reset(self, event=None):
-        self.consumes = {}
+
+class TrampolineFrame(FrameDecorator):
+    """Names a frame in a trampoline slot after the replacement it calls."""
+
+    def function(self):
+        label = trampoline_label(self.inferior_frame().pc())
+        return label or super().function()
+
+
+class TrampolineFrames:
+    """Frame filter: frames in the trampoline pool get TrampolineFrame's name in `bt`."""
+
+    def __init__(self):
+        self.name = "klp trampolines"
+        self.priority = 100
+        self.enabled = True
+
+    def filter(self, frames):
+        return (TrampolineFrame(frame) if trampoline_slot(frame.inferior_frame().pc()) else frame
+                for frame in frames)
 
 
 def install():
@@ -500,10 +673,14 @@ def install():
     LivepatchList()
     FtraceSites()
     try:
-        unwinder = LivepatchUnwinder()
-        register_unwinder(None, unwinder, replace=True)
-        gdb.events.stop.connect(unwinder.reset)
-        gdb.events.cont.connect(unwinder.reset)
+        global TRAMPOLINE_POOL
+        TRAMPOLINE_POOL = trampoline_pool()
+        gdb.frame_filters["klp trampolines"] = TrampolineFrames()
+        try:
+            register_unwinder(None, LivepatchUnwinder(), replace=True)
+        except gdb.GdbError as error:
+            # The livepatch code no longer has the stores the unwinder looks for (LivepatchCode).
+            print("klp: no livepatch unwinder: %s" % error)
         ModuleEvent()
     except gdb.error as error:
         print("klp: kernel symbols not loaded yet (%s); load the kernel, then source this file" % error)

@@ -171,6 +171,14 @@ static klp_debug_anchor: Anchor = Anchor(UnsafeCell::new(DebugAnchor {
     transition: [0; TRANSITION_TEXT],
 }));
 
+/// Bytes per slot of the direct-call trampoline pool: gdb/kernel.py finds
+/// a trampoline's start from it (the pool's bounds and the template's window
+/// table, `livepatch_trampolines`, `livepatch_trampolines_end` and
+/// `livepatch_trampoline_windows`, are symbols of their own).
+#[unsafe(no_mangle)]
+#[used]
+static klp_debug_trampoline_slot_size: u64 = crate::arch::trampoline::SLOT_SIZE as u64;
+
 /// Runs `change` on the anchor, interrupts off, under `ANCHOR_LOCK`.
 #[notrace]
 fn with_anchor<R>(change: impl FnOnce(&mut DebugAnchor) -> R) -> R {

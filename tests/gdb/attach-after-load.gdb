@@ -19,7 +19,8 @@
 # expect: #0 
 # expect: in greeting_replacement ()
 # expect: #1 
-# expect: in livepatch_handler ()
+# livepatch_handler during the transition, a direct-call trampoline once final.
+# expect: in livepatch
 # expect: === end ===
 # reject: pending
 set pagination off

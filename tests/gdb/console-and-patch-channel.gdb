@@ -16,7 +16,8 @@
 # expect: in greeting_replacement ()
 # expect: === bt ===
 # expect: greeting_replacement
-# expect: livepatch_handler
+# livepatch_handler during the transition, a direct-call trampoline once final.
+# expect: in livepatch
 # expect: kernel::shell::hello
 # expect: === end ===
 set pagination off

@@ -1,7 +1,7 @@
 # gdb attaches to the kernel of `cargo xtask run` while its shell waits:
 # a breakpoint in a module that is not loaded yet resolves when `cargo xtask
 # patch load` brings it over the channel, `hello` stops there with a
-# backtrace through livepatch_handler to the shell, names without crate
+# backtrace through livepatch_handler or a trampoline to the shell, names without crate
 # hashes; after `detach` the kernel goes on answering the shell.
 # Run by `cargo xtask test` (xtask/src/gdb_test.rs).
 # session: attach
@@ -26,7 +26,9 @@
 # expect: #0 
 # expect: in greeting_replacement ()
 # expect: #1 
-# expect: in livepatch_handler ()
+# The patched call goes through livepatch_handler during the transition and
+# through a direct-call trampoline once the patch is final: either path.
+# expect: in livepatch
 # expect: #2 
 # expect: kernel::shell::hello
 # expect: === klp-list ===

@@ -4,10 +4,12 @@
 # The module's symbols were added when it loaded, so the pending breakpoint resolved.
 # expect: symbols of module counter added
 # expect: in counter_greeting
-# The backtrace goes from C through livepatch_handler to the real caller A.
+# The patch is final and nothing else traces greeting, so its site calls C
+# through a direct-call trampoline; the backtrace goes from C through the
+# trampoline, named after C, to the real caller A.
 # expect: === bt ===
 # expect: counter_greeting
-# expect: livepatch_handler
+# expect: in livepatch trampoline -> counter_greeting ()
 # expect: greeting_caller
 # expect: module_replacement_runs_with_its_own_toc
 # expect: === lp-stack ===
@@ -28,9 +30,11 @@
 # expect: === ftrace-sites ===
 # expect: kernel::shell::greeting
 # expect: bl 0x
+# expect: livepatch trampoline -> counter_greeting
 # expect: === end ===
 # No crate hash (`kernel[325dce8376e66eba]::tests`) anywhere: names as the source spells them.
 # reject: ]::
+# reject: livepatch_handler
 set pagination off
 set confirm off
 set breakpoint pending on

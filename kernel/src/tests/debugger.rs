@@ -1,7 +1,8 @@
-//! Cases the debugger phase watches (tests/gdb/): nested livepatched calls, switches of ftrace_call's target.
+//! Cases the debugger phase watches (tests/gdb/): nested livepatched calls (generic and direct), switches of ftrace_call's target.
 use super::livepatch::{enable, retire};
 use crate::arch::livepatch::{livepatch_handler, livepatch_handler_end, livepatch_handler_windows};
 use crate::arch::text;
+use crate::livepatch;
 use crate::trace::{self, Filter, FtraceOps, FtraceRegs, OpsFlags};
 use core::hint::black_box;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -43,12 +44,11 @@ fn debugger_inner_replacement(value: u64) -> u64 {
     black_box(value + 100)
 }
 
-/// tests/gdb/livepatch-windows.gdb stops in the inner call's livepatch_handler
-/// before its frame is pushed, in C2, and after the frame is popped, and
-/// checks that `bt` names A2 as the caller each time (not A1, whose frame is
-/// the newest on the livepatch stack outside the middle stretch).
-#[ktest]
-fn nested_livepatched_calls_for_the_debugger() {
+/// Sets direct calls on or off (returning the setting before) and patches
+/// the outer and inner functions.
+fn patch_the_nest(direct: bool) -> bool {
+    let before = livepatch::direct::enabled();
+    livepatch::direct::set_enabled(direct).unwrap();
     enable(
         "debugger-nested",
         &[
@@ -57,8 +57,49 @@ fn nested_livepatched_calls_for_the_debugger() {
         ],
     )
     .unwrap();
-    let result = debugger_outer_caller(black_box(1));
+    before
+}
+
+/// How many of the two replacements a trampoline of the direct pool calls.
+fn nest_trampolines() -> usize {
+    let summary = livepatch::direct::summary();
+    [debugger_outer_replacement as *const () as u64, debugger_inner_replacement as *const () as u64]
+        .iter()
+        .filter(|replacement| summary.iter().any(|(_, called, _)| called == *replacement))
+        .count()
+}
+
+/// Removes the patch and restores the direct-call setting.
+fn unpatch_the_nest(before: bool) {
     retire("debugger-nested");
+    livepatch::direct::set_enabled(before).unwrap();
+}
+
+/// tests/gdb/livepatch-windows.gdb stops in the inner call's livepatch_handler
+/// before its frame is pushed, in C2, and after the frame is popped, and
+/// checks that `bt` names A2 as the caller each time (not A1, whose frame is
+/// the newest on the livepatch stack outside the middle stretch). Direct
+/// calls are off, so both calls go through ftrace_caller and livepatch_handler.
+#[ktest]
+fn nested_livepatched_calls_for_the_debugger() {
+    let before = patch_the_nest(false);
+    let trampolines = nest_trampolines();
+    let result = debugger_outer_caller(black_box(1));
+    unpatch_the_nest(before);
+    assert_eq!(trampolines, 0, "direct calls are off: no trampoline calls a replacement");
+    assert_eq!(result, ((1 + 100) + 1) * 10 + 1);
+}
+
+/// tests/gdb/trampoline-windows.gdb: the same nest with direct calls on, so
+/// both calls go through trampolines; it steps through the inner one
+/// instruction by instruction and checks the chain of callers at each.
+#[ktest]
+fn nested_direct_calls_for_the_debugger() {
+    let before = patch_the_nest(true);
+    let trampolines = nest_trampolines();
+    let result = debugger_outer_caller(black_box(1));
+    unpatch_the_nest(before);
+    assert_eq!(trampolines, 2, "both patched functions are called through a trampoline");
     assert_eq!(result, ((1 + 100) + 1) * 10 + 1);
 }
 
