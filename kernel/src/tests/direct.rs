@@ -368,3 +368,30 @@ fn a_target_modules_function_is_called_directly_and_its_trampoline_goes_with_the
         assert_eq!(direct::slots_in_use(), (live, available));
     });
 }
+
+// ---- The stretch of a trampoline the timer does not preempt -----------------
+
+/// `entering` (asked by `in_ftrace` before the timer preempts) covers every
+/// slot's entry half, from its first instruction up to and including the
+/// `bl` of C, and nothing from the return point on: a trampoline is freed
+/// after a grace period, which relies on no thread being switched out there.
+#[ktest]
+fn entering_covers_every_slots_entry_half_up_to_and_including_its_call() {
+    let windows = trampoline::windows();
+    assert_eq!(
+        windows.returned,
+        windows.call + 4 * portable::trampoline::CALL_WORDS as u64,
+        "the bl is the last call word"
+    );
+    for slot in [0, 1, trampoline::SLOTS / 2, trampoline::SLOTS - 1] {
+        let start = trampoline::slot_address(slot);
+        for offset in (0..windows.returned).step_by(4) {
+            assert!(crate::arch::livepatch::entering(start + offset), "slot {slot} +{offset:#x} is not preemptible");
+        }
+        for offset in (windows.returned..trampoline::SLOT_SIZE as u64).step_by(4) {
+            assert!(!crate::arch::livepatch::entering(start + offset), "slot {slot} +{offset:#x} is preemptible");
+        }
+    }
+    assert!(!crate::arch::livepatch::entering(trampoline::pool().start - 4));
+    assert!(!crate::arch::livepatch::entering(trampoline::pool().end));
+}
