@@ -38,6 +38,8 @@ pub const LIVEPATCH_SUITE: &[&str] = &[
     "kernel::tests::registers::",
     "kernel::tests::debugger::",
     "kernel::tests::direct::",
+    "kernel::tests::stack::",
+    "kernel::tests::quiescence::",
     "kernel::tests::smp_stress::patching",
 ];
 

@@ -41,7 +41,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "klp",
-        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log | direct [on|off]",
+        help: "livepatch: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log | direct [on/off]",
         run: klp,
     },
     Command {
@@ -299,7 +299,7 @@ fn klp(arguments: &str) {
         }
         _ => {
             println!(
-                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log | direct [on|off]"
+                "usage: klp list | patchable [GLOB] | enable NAME | disable NAME | status | signal | force NAME | load MODULE | unload MODULE | log | direct [on/off]"
             );
             Ok(())
         }

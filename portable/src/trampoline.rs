@@ -24,7 +24,7 @@ const LOAD_TOC_LOW: u32 = 0x3842_0000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallError {
     /// C starts with neither the TOC set-up pair nor a patchable entry
-    /// (`nop` or `mflr r0`): its TOC, if it needs one, cannot be known
+    /// (`nop` or `mflr r0`, then `nop` or a `bl`): its TOC, if it needs one, cannot be known
     /// (another code model's set-up, say), so it must be entered at its
     /// global entry with r12 set, which a trampoline does not do.
     UnknownEntry { first: u32, second: u32 },
@@ -62,9 +62,12 @@ pub fn entry(replacement: u64, first: u32, second: u32) -> Result<(u64, Option<u
         let toc = replacement.wrapping_add((immediate(first) << 16).wrapping_add(immediate(second)) as u64);
         return Ok((replacement + 8, Some(toc)));
     }
-    if first == NOP || first == MFLR_R0 {
-        // A function without a TOC set-up starts with its patchable entry:
-        // its global and local entries are one, and it does not read r2.
+    let second_is_site =
+        second == NOP || instruction::branch_target(replacement + 4, second).is_some_and(|(_, link)| link);
+    if (first == NOP || first == MFLR_R0) && second_is_site {
+        // A function without a TOC set-up starts with its patchable entry
+        // (`nop; nop`, or `mflr r0` then `nop` or `bl` a stub): its global
+        // and local entries are one, and it does not read r2 or r12 there.
         return Ok((replacement, None));
     }
     Err(CallError::UnknownEntry { first, second })
@@ -143,6 +146,22 @@ mod tests {
             assert_eq!(words[..2], [NOP, NOP]);
             assert_eq!(instruction::branch_target(0x40_0008, words[2]), Some((0x40_1000, true)));
         }
+    }
+
+    #[test]
+    fn a_patchable_entry_must_be_whole_to_count_as_no_toc() {
+        // `mflr r0; bl stub` (a traced site) and `nop; nop` are entries...
+        let site_call = instruction::branch(0x40_1004, 0x40_0100, true).unwrap();
+        assert_eq!(entry(0x40_1000, MFLR_R0, site_call), Ok((0x40_1000, None)));
+        assert_eq!(entry(0x40_1000, NOP, NOP), Ok((0x40_1000, None)));
+        // ...a `nop` followed by a TOC load from r12 is not.
+        assert_eq!(
+            entry(0x40_1000, NOP, 0xe84c_fff8),
+            Err(CallError::UnknownEntry { first: NOP, second: 0xe84c_fff8 })
+        );
+        // Nor is a plain branch (no link) after `mflr r0`.
+        let jump = instruction::branch(0x40_1004, 0x40_0100, false).unwrap();
+        assert_eq!(entry(0x40_1000, MFLR_R0, jump), Err(CallError::UnknownEntry { first: MFLR_R0, second: jump }));
     }
 
     #[test]

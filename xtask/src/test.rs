@@ -147,19 +147,28 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     // every patched call then takes the generic path (ftrace_caller, the
     // handler, livepatch_handler), which the runs above use only during
     // transitions and for traced functions.
+    // Each of its boots must say that direct calls are off: without that
+    // line this run would silently repeat the first.
     println!("=== livepatch suite with direct calls off ===");
-    let generic = run_cases(
-        &image,
-        filter,
-        "livepatch.direct=off ktest.suite=livepatch ktest.skip_isolated",
-        qemu::DEFAULT_CPUS,
-        options,
-        &mut print,
-    );
+    let mut said_off = 0;
+    let generic = run_cases(&image, filter, DIRECT_OFF_SUITE, qemu::DEFAULT_CPUS, options, &mut |line| {
+        said_off += usize::from(line.contains(DIRECT_OFF_LINE));
+        print(line);
+    });
     tally.passed += generic.passed.len();
     generic.failed.iter().for_each(|(name, reason)| tally.failed.push(format!("{name} (direct calls off): {reason}")));
-    for (name, verdict) in parallel(&cases.isolated, |name| isolated(&image, name, options)) {
+    if said_off != generic.boots {
+        tally.failed.push(format!(
+            "livepatch suite with direct calls off: {said_off} of its {} boots said `{DIRECT_OFF_LINE}`",
+            generic.boots
+        ));
+    }
+    for (name, verdict) in parallel(&cases.isolated, |name| isolated(&image, name, "", options)) {
         tally.record(&name, &verdict);
+    }
+    // The suite's isolated cases too (each alone in a boot), with direct calls off.
+    for (name, verdict) in parallel(&generic.isolated, |name| isolated(&image, name, DIRECT_OFF, options)) {
+        tally.record(&format!("{name} (direct calls off)"), &verdict);
     }
     if options.filter.as_ref().is_none_or(|filter| crate::function_notes::CHECK.contains(filter.as_str())) {
         let verdict = crate::function_notes::check_test_kernel(&image);
@@ -179,6 +188,13 @@ fn kernel_tests(options: &Options, tally: &mut Tally) -> Result<()> {
     }
     Ok(())
 }
+
+/// The boot arguments that switch direct calls off (docs/livepatch.md, "Two paths").
+const DIRECT_OFF: &str = "livepatch.direct=off";
+/// Those of the livepatch suite's run with direct calls off (its isolated cases boot alone, after).
+const DIRECT_OFF_SUITE: &str = "livepatch.direct=off ktest.suite=livepatch";
+/// What the kernel prints when booted with `DIRECT_OFF`.
+const DIRECT_OFF_LINE: &str = "klp: direct calls off (livepatch.direct=off)";
 
 /// What the boots of the test kernel reported, every selected case counted once.
 #[derive(Default)]
@@ -312,9 +328,9 @@ fn runner_selftest(image: &Path, options: &Options, output: &mut Vec<String>) ->
 }
 
 /// One boot running only `name`; prints its output and result as one block.
-fn isolated(image: &Path, name: &str, options: &Options) -> (String, Result<(), String>) {
+fn isolated(image: &Path, name: &str, extra: &str, options: &Options) -> (String, Result<(), String>) {
     let machine = Machine {
-        append: format!("ktest.only={name}"),
+        append: format!("ktest.only={name} {extra}"),
         cpus: qemu::DEFAULT_CPUS,
         ..Machine::new(image.to_path_buf(), options.firmware).with(&["-serial", "stdio"])
     };
@@ -330,7 +346,13 @@ fn isolated(image: &Path, name: &str, options: &Options) -> (String, Result<(), 
         })
         .map_err(|error| format!("{error:#}"))
         .and_then(|outcome| report.isolated_verdict(name, &outcome));
-    print_block(&format!("isolated boot of {name}"), &output, &format!("test {name} (isolated)"), &verdict);
+    let label = if extra.is_empty() { String::new() } else { format!(", {extra}") };
+    print_block(
+        &format!("isolated boot of {name}{label}"),
+        &output,
+        &format!("test {name} (isolated{label})"),
+        &verdict,
+    );
     (name.to_string(), verdict)
 }
 

@@ -57,12 +57,25 @@ struct Pool {
     live: usize,
     /// Slots in the Retired state (`reclaim` frees them).
     retired: usize,
+    /// Where the search for an available slot starts: one past the slot
+    /// taken last, so the pool is used round, and a slot freed is taken
+    /// again only after every other (a stray branch into a freed
+    /// trampoline meets `trap` rather than another function's replacement
+    /// for as long as possible).
+    cursor: usize,
 }
 
 impl Pool {
     /// (site, slot) of each site that has a trampoline, by site.
     fn by_site(&self) -> &[(u64, usize)] {
         &self.by_site[..self.live]
+    }
+
+    /// The first pristine or free slot from the cursor on, round the pool.
+    fn next_available(&self) -> Option<usize> {
+        (0..SLOTS)
+            .map(|step| (self.cursor + step) % SLOTS)
+            .find(|&slot| matches!(self.slots[slot], Slot::Free | Slot::Pristine))
     }
 
     /// The slot of `site`'s trampoline.
@@ -75,7 +88,7 @@ impl Pool {
 /// The pool's bookkeeping; changed only under the livepatch lock (by
 /// `redirect`), this lock orders readers (`summary`, tests).
 static POOL: Mutex<Pool> =
-    Mutex::new(Pool { slots: [Slot::Pristine; SLOTS], by_site: [(0, 0); SLOTS], live: 0, retired: 0 });
+    Mutex::new(Pool { slots: [Slot::Pristine; SLOTS], by_site: [(0, 0); SLOTS], live: 0, retired: 0, cursor: 0 });
 
 /// Whether final patches use direct calls.
 pub fn enabled() -> bool {
@@ -220,28 +233,31 @@ pub(super) fn enter(wanted: &[(u64, u64)]) {
     let room = wanted.len().min(SLOTS);
     let mut written: Vec<(u64, usize)> = Vec::with_capacity(room);
     let mut targets: Vec<(u64, Option<u64>)> = Vec::with_capacity(room);
-    let mut next = 0;
     for &(site, replacement) in wanted {
         if pool.slot_of(site).is_some() {
             continue;
         }
-        let Some(slot) = (next..SLOTS).find(|&slot| matches!(pool.slots[slot], Slot::Free | Slot::Pristine)) else {
+        let Some(slot) = pool.next_available() else {
             REFUSED.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        next = slot + 1;
-        let Ok(call) = trampoline::call_for(slot, replacement) else {
+        let address = trampoline::slot_address(slot);
+        // The site must reach the slot with its `bl` (a target module's far
+        // from the kernel may not): refused alone, the batch goes on.
+        let reaches = portable::instruction::branch(site, address, true).is_ok();
+        let Some(call) = trampoline::call_for(slot, replacement).ok().filter(|_| reaches) else {
             REFUSED.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         match trampoline::write(slot, &call, pool.slots[slot] == Slot::Free) {
             Ok(address) => {
                 pool.slots[slot] = Slot::Live { site, replacement, call };
+                pool.cursor = (slot + 1) % SLOTS;
                 written.push((site, slot));
                 targets.push((site, Some(address)));
             }
             Err(error) => {
-                crate::println!("klp: writing the trampoline at {:#x} failed: {error}", trampoline::slot_address(slot));
+                crate::println!("klp: writing the trampoline at {address:#x} failed: {error}");
                 pool.slots[slot] = Slot::Lost;
             }
         }
@@ -258,13 +274,23 @@ pub(super) fn enter(wanted: &[(u64, u64)]) {
             pool.by_site[..end].sort_unstable_by_key(|&(site, _)| site);
         }
         Err(error) => {
-            // No site changed: the trampolines were never reachable.
+            // Nothing changed, but a failed write was undone after the
+            // writes before it: another CPU may have taken one of those
+            // sites' `bl` into its trampoline meanwhile. So they are
+            // retired as `leave` retires them: the words stored again, then
+            // freed after a grace period (`reclaim`).
             crate::println!("klp: direct calls refused ({error}); the functions keep the generic path");
             REFUSED.fetch_add(written.len() as u64, Ordering::Relaxed);
+            let sites: Vec<u64> = written.iter().map(|&(site, _)| site).collect();
+            trace::restore_words(&sites);
             for (_, slot) in written {
-                let Slot::Live { call, .. } = pool.slots[slot] else { continue };
-                pool.slots[slot] = if trampoline::free(slot, &call).is_ok() { Slot::Free } else { Slot::Lost };
+                if let Slot::Live { call, .. } = pool.slots[slot] {
+                    pool.slots[slot] = Slot::Retired { call };
+                    pool.retired += 1;
+                }
             }
+            drop(pool);
+            reclaim();
         }
     }
 }

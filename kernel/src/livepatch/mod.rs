@@ -1190,8 +1190,11 @@ fn leave_module(core: &mut Core, name: &str) {
         if let Some(functions) = plan.functions()
             && let Err(error) = redirect::apply(functions, in_transition.as_ref().map(|(_, id)| *id))
         {
-            // Only a table allocation can fail here; the module's memory
-            // stays reachable from the old table, so it must not be freed.
+            // Only a table allocation, or a site word changed behind
+            // ftrace's back (`direct::leave` checks each word it changes),
+            // can fail here, and nothing in the kernel causes either; the
+            // module's memory stays reachable from the old table, so it
+            // must not be freed.
             panic!("klp: taking module '{name}' off patch '{patch}' failed: {error}");
         }
         core.state.commit(plan);

@@ -395,3 +395,70 @@ fn entering_covers_every_slots_entry_half_up_to_and_including_its_call() {
     assert!(!crate::arch::livepatch::entering(trampoline::pool().start - 4));
     assert!(!crate::arch::livepatch::entering(trampoline::pool().end));
 }
+
+// ---- A trampoline freed while a thread is inside its replacement ------------
+
+#[livepatchable]
+fn parked_original(value: u64) -> u64 {
+    black_box(value + 1)
+}
+
+static PARKED_INSIDE: AtomicBool = AtomicBool::new(false);
+static PARKED_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Waits (yielding) inside the replacement until released.
+#[inline(never)]
+fn parked_replacement(value: u64) -> u64 {
+    PARKED_INSIDE.store(true, Ordering::SeqCst);
+    while !PARKED_RELEASE.load(Ordering::SeqCst) {
+        thread::yield_now();
+    }
+    black_box(value + 100)
+}
+
+/// A thread inside a replacement it entered through a trampoline returns
+/// through that trampoline's return half after the trampoline was freed
+/// (direct calls switched off: no transition waits for the thread): the
+/// entry half is `trap` by then, the return half is as it was.
+#[ktest]
+fn a_thread_inside_a_replacement_returns_through_its_freed_trampoline() {
+    with_direct_calls(|| {
+        PARKED_INSIDE.store(false, Ordering::SeqCst);
+        PARKED_RELEASE.store(false, Ordering::SeqCst);
+        let original = parked_original as *const () as u64;
+        enable(
+            "direct-parked",
+            &[("kernel::tests::direct::parked_original", None, parked_replacement as *const () as u64)],
+        )
+        .expect("patchable");
+        let slot = site_target(original).expect("direct");
+        assert!(trampoline::pool().contains(&slot));
+        static PARKED_RESULT: AtomicU64 = AtomicU64::new(0);
+        static PARKED_DEPTH: AtomicU64 = AtomicU64::new(u64::MAX);
+        let parked = thread::spawn("direct-parked", || {
+            PARKED_RESULT.store(parked_original(1), Ordering::SeqCst);
+            // Back in the caller: the livepatch frame was popped.
+            PARKED_DEPTH.store(livepatch_depth(), Ordering::SeqCst);
+        })
+        .expect("room for a thread");
+        while !PARKED_INSIDE.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        direct::set_enabled(false).expect("off");
+        assert_eq!(text::read(slot), portable::instruction::TRAP, "the trampoline was freed: its entry half is trap");
+        PARKED_RELEASE.store(true, Ordering::SeqCst);
+        assert_eq!(parked.join(), thread::ExitStatus::Returned);
+        assert_eq!(PARKED_RESULT.load(Ordering::SeqCst), 101, "the replacement's result");
+        assert_eq!(PARKED_DEPTH.load(Ordering::SeqCst), 0, "the livepatch stack balanced");
+        direct::set_enabled(true).expect("on");
+        retire("direct-parked");
+    });
+}
+
+/// Bytes on the current thread's livepatch stack.
+#[notrace]
+fn livepatch_depth() -> u64 {
+    let info = crate::thread::current_thread_info();
+    // Safety: the current thread's own thread_info.
+    unsafe { (*info).livepatch_sp - info as u64 - crate::thread::LIVEPATCH_STACK_OFFSET as u64 }
+}

@@ -124,12 +124,13 @@ pub fn end_batch(address: u64) {
 }
 
 /// `modify_code_local` for a block of consecutive words (a livepatch
-/// trampoline): every word at `address` checked against `old` first,
-/// nothing written on a mismatch; then every word of `new` stored and the
-/// block flushed once on this CPU (not word by word). The block's words are
-/// not being executed by anyone (a trampoline no site branches to, or the
-/// half of one no thread can be in), so their order does not matter; the
-/// caller ends the batch (`end_batch`) before anything branches to them.
+/// trampoline's entry half, or a pristine slot whole): every word at
+/// `address` checked against `old` first, nothing written on a mismatch;
+/// then every word of `new` stored and the block flushed once on this CPU
+/// (not word by word). No one executes the block's words meanwhile (a
+/// trampoline no site branches to and no CPU is in: the callers' grace
+/// period), so their order does not matter; the caller ends the batch
+/// (`end_batch`) before anything branches to them.
 /// The check and the copy go eight bytes at a time when `address` and both
 /// slices are 8-byte aligned (a trampoline's slot and its patterns are), in
 /// volatile accesses of the text (never a library `memcmp`/`memcpy`, which

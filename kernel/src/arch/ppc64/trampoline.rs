@@ -305,8 +305,16 @@ fn words(call: &[u32; CALL_WORDS]) -> Words {
 #[notrace]
 pub fn write(slot: usize, call: &[u32; CALL_WORDS], used_before: bool) -> Result<u64, TextError> {
     let address = slot_address(slot);
-    let old = if used_before { &patterns().freed } else { &PRISTINE };
-    text::modify_block_local(address, &old.0, &words(call).0)?;
+    let new = words(call);
+    if used_before {
+        // The return half is there already, and threads may be running it
+        // (returning from a replacement the slot called before it was
+        // freed): only the entry half is written.
+        let returned = (windows().returned / 4) as usize;
+        text::modify_block_local(address, &patterns().freed.0[..returned], &new.0[..returned])?;
+    } else {
+        text::modify_block_local(address, &PRISTINE.0, &new.0)?;
+    }
     Ok(address)
 }
 
@@ -317,5 +325,7 @@ pub fn write(slot: usize, call: &[u32; CALL_WORDS], used_before: bool) -> Result
 /// any more and a grace period has passed (no CPU is before the `bl`).
 #[notrace]
 pub fn free(slot: usize, call: &[u32; CALL_WORDS]) -> Result<(), TextError> {
-    text::modify_block_local(slot_address(slot), &words(call).0, &patterns().freed.0)
+    // The entry half only: the return half is never written again.
+    let returned = (windows().returned / 4) as usize;
+    text::modify_block_local(slot_address(slot), &words(call).0[..returned], &patterns().freed.0[..returned])
 }
