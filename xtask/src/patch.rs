@@ -195,7 +195,7 @@ pub fn build(name: &str) -> Result<PathBuf> {
         }
         let signed = signing::sign(&object, &pair);
         let signed_path = signed_path(name);
-        fs::write(&signed_path, &signed).with_context(|| format!("writing {}", signed_path.display()))?;
+        write_if_changed(&signed_path, &signed)?;
         return Ok(signed_path);
     }
     let inspection = patch_object::inspect(&object).with_context(|| format!("patch {name}"))?;
@@ -211,13 +211,24 @@ pub fn build(name: &str) -> Result<PathBuf> {
     }
     let directory = workspace_root().join(TARGET_DIR);
     let object_path = directory.join(format!("{name}.o"));
-    fs::write(&object_path, &object).with_context(|| format!("writing {}", object_path.display()))?;
+    write_if_changed(&object_path, &object)?;
     let signed = signing::sign(&object, &pair);
     signing::verify(&signed, &pair.pk).context("the module just signed does not verify")?;
     let signed_path = signed_path(name);
-    fs::write(&signed_path, &signed).with_context(|| format!("writing {}", signed_path.display()))?;
+    write_if_changed(&signed_path, &signed)?;
     report(name, &inspection, &object_path, &signed_path, signed.len());
     Ok(signed_path)
+}
+
+/// Writes `bytes` to `path` unless it holds them already: the test kernel
+/// embeds the signed modules (kernel/build.rs watches them), and a rewrite
+/// of the same bytes made every later build, each gdb session's among
+/// them, compile the kernel again.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+    if fs::read(path).is_ok_and(|existing| existing == bytes) {
+        return Ok(());
+    }
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Compiles the patch crate of `manifest` for the kernel's target; returns its rlib.
