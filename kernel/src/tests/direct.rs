@@ -254,6 +254,8 @@ fn switching_between_direct_and_generic_while_every_cpu_calls_gives_only_the_rep
         // Disabling (and the next round's enabling) from either path.
         direct::set_enabled(round % 2 == 0).expect("switches");
         retire("direct-switch");
+        // The workers run the original a while (on one CPU they run only now).
+        thread::sleep_milliseconds(2);
     }
     time::set_jitter(0);
     SWITCH_DONE.store(true, Ordering::SeqCst);
