@@ -39,9 +39,9 @@ use alloc::vec::Vec;
 pub enum Kind {
     /// Kernel or module text: the function owning the frame above resumes there.
     Text,
-    /// The return point into `livepatch_handler` (after its call of the
-    /// replacement): the real return is the `link` of the newest livepatch
-    /// frame not used yet.
+    /// The return point into `livepatch_handler` or a direct-call
+    /// trampoline (after its call of the replacement): the real return is
+    /// the `link` of the newest livepatch frame not used yet.
     LivepatchReturn,
     /// `return_to_handler`: the real return is the newest graph return stack
     /// entry not used yet.
@@ -53,7 +53,7 @@ pub enum Kind {
     ExceptionReturn,
     /// Inside the ftrace stubs or `return_to_handler`'s own call.
     Ftrace,
-    /// Inside `livepatch_handler`, anywhere but its return point.
+    /// Inside `livepatch_handler` or a trampoline slot, anywhere but its return point.
     LivepatchWindow,
     /// None of the above.
     Unknown,

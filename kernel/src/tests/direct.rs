@@ -464,3 +464,23 @@ fn livepatch_depth() -> u64 {
     // Safety: the current thread's own thread_info.
     unsafe { (*info).livepatch_sp - info as u64 - crate::thread::LIVEPATCH_STACK_OFFSET as u64 }
 }
+
+/// What the reliable walker makes of an address in a trampoline slot: the
+/// return point stands for the newest livepatch frame's link, any other
+/// address (entry half, return half, a freed or pristine slot's words) is
+/// unreliable; a pool address is never taken for ordinary kernel text.
+#[ktest]
+fn the_reliable_walker_knows_every_slot_of_the_pool() {
+    use crate::arch::stacktrace::{Kind, classify};
+    let no_module = |_: u64| false;
+    let windows = trampoline::windows();
+    for slot in [0, trampoline::SLOTS / 3, trampoline::SLOTS - 1] {
+        let start = trampoline::slot_address(slot);
+        assert_eq!(classify(start + windows.returned, &no_module), Kind::LivepatchReturn, "slot {slot}'s return point");
+        for offset in (0..trampoline::SLOT_SIZE as u64).step_by(4).filter(|&offset| offset != windows.returned) {
+            assert_eq!(classify(start + offset, &no_module), Kind::LivepatchWindow, "slot {slot} +{offset:#x}");
+        }
+    }
+    let after = trampoline::pool().end;
+    assert_ne!(classify(after, &no_module), Kind::LivepatchWindow, "past the pool is not livepatch code");
+}

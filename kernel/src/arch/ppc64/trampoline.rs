@@ -265,26 +265,25 @@ struct Words([u32; SLOT_WORDS]);
 /// The words of a pristine slot.
 const PRISTINE: Words = Words([TRAP; SLOT_WORDS]);
 
-/// The words of a live trampoline before its call words are set (the
-/// template, then `trap`), and of a free slot; built once from the
-/// template, which never changes.
-struct Patterns {
-    live: Words,
-    freed: Words,
-}
-
-static PATTERNS: spin::Once<Patterns> = spin::Once::new();
+/// The words of a live trampoline before its call words are set: the
+/// template, then `trap`; built once from the template, which never changes.
+static LIVE: spin::Once<Words> = spin::Once::new();
 
 #[notrace]
-fn patterns() -> &'static Patterns {
-    PATTERNS.call_once(|| {
+fn live() -> &'static Words {
+    LIVE.call_once(|| {
         let template = template();
-        let (returned, end) = ((windows().returned / 4) as usize, (windows().end / 4) as usize);
-        let (mut live, mut freed) = (PRISTINE, PRISTINE);
+        let mut live = PRISTINE;
         live.0[..template.len()].copy_from_slice(template);
-        freed.0[returned..end].copy_from_slice(&template[returned..end]);
-        Patterns { live, freed }
+        live
     })
+}
+
+/// The words of a slot's entry half (up to the return point): the only
+/// words written after a slot's first use. Free, they are `trap`.
+#[notrace]
+fn entry_half(words: &Words) -> &[u32] {
+    &words.0[..(windows().returned / 4) as usize]
 }
 
 /// The words of a trampoline with call words `call` (`call_for`): the
@@ -293,7 +292,7 @@ fn patterns() -> &'static Patterns {
 #[inline(always)]
 fn words(call: &[u32; CALL_WORDS]) -> Words {
     let call_index = (windows().call / 4) as usize;
-    let mut words = patterns().live;
+    let mut words = *live();
     words.0[call_index..call_index + CALL_WORDS].copy_from_slice(call);
     words
 }
@@ -309,9 +308,8 @@ pub fn write(slot: usize, call: &[u32; CALL_WORDS], used_before: bool) -> Result
     if used_before {
         // The return half is there already, and threads may be running it
         // (returning from a replacement the slot called before it was
-        // freed): only the entry half is written.
-        let returned = (windows().returned / 4) as usize;
-        text::modify_block_local(address, &patterns().freed.0[..returned], &new.0[..returned])?;
+        // freed): only the entry half is written, over its `trap` words.
+        text::modify_block_local(address, entry_half(&PRISTINE), entry_half(&new))?;
     } else {
         text::modify_block_local(address, &PRISTINE.0, &new.0)?;
     }
@@ -326,6 +324,5 @@ pub fn write(slot: usize, call: &[u32; CALL_WORDS], used_before: bool) -> Result
 #[notrace]
 pub fn free(slot: usize, call: &[u32; CALL_WORDS]) -> Result<(), TextError> {
     // The entry half only: the return half is never written again.
-    let returned = (windows().returned / 4) as usize;
-    text::modify_block_local(slot_address(slot), &words(call).0[..returned], &patterns().freed.0[..returned])
+    text::modify_block_local(slot_address(slot), entry_half(&words(call)), entry_half(&PRISTINE))
 }
