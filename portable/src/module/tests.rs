@@ -303,7 +303,10 @@ fn description_names_the_build_id_it_was_made_for() {
     assert_eq!(description_line("klp-patch 1\nname x\nbuild-id 0123\nreplace a b\n"), 3);
     assert_eq!(description_line("klp-patch 1\nname x\nbuild-id\nreplace a b\n"), 3);
     assert_eq!(description_line(&alloc::format!("klp-patch 1\nname x\nbuild-id {hex} {hex}\nreplace a b\n")), 3);
-    assert_eq!(description_line(&alloc::format!("klp-patch 1\nname x\nbuild-id {hex}\nbuild-id {hex}\nreplace a b\n")), 4);
+    assert_eq!(
+        description_line(&alloc::format!("klp-patch 1\nname x\nbuild-id {hex}\nbuild-id {hex}\nreplace a b\n")),
+        4
+    );
     let message = parse_description(b"klp-patch 1\nname x\nbuild-id xyz\nreplace a b\n").unwrap_err().to_string();
     assert_eq!(message, "patch description line 3: build id \"xyz\" is not 40 hexadecimal digits");
 }
