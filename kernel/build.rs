@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 18] = [
+const TEST_MODULES: [&str; 19] = [
     "greeting.klp",
     "counter.klp",
     "ten.klp",
@@ -32,6 +32,7 @@ const TEST_MODULES: [&str; 18] = [
     "bad-module.klp",
     "failing-module.klp",
     "klp-sym-reader.klp",
+    "foreign-build.klp",
 ];
 
 fn main() {

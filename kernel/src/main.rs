@@ -19,6 +19,7 @@ extern crate alloc;
 mod arch;
 mod backtrace;
 mod bug;
+mod build_id;
 mod console;
 mod debug;
 mod devicetree;
@@ -53,6 +54,11 @@ static EMERGENCY_STACK: boot::ThreadStack = boot::ThreadStack(core::cell::Unsafe
 pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_size: u64) -> ! {
     println!();
     println!("klp: a ppc64le kernel for live patching, built in Rust (QEMU pseries)");
+    // Which image this is (no heap yet: printed without allocating).
+    match build_id::info() {
+        Some(info) => println!("klp: kernel {info}"),
+        None => println!("klp: kernel {}", build_id::NONE),
+    }
     // The firmware lives in low memory: read everything from it before the vectors go there.
     #[cfg(feature = "ktest")]
     tests::registers::check_openfirmware_call(client_interface);

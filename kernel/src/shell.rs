@@ -1,4 +1,4 @@
-//! The kernel shell on the console: `help`, `threads`, `cpus`, `mem`, `uptime`, `hello`, `klp`, `trace`, `probe`, `ftrace`, `poweroff` (README.md lists the same: xtask's shell_docs test).
+//! The kernel shell on the console: `help`, `threads`, `cpus`, `mem`, `uptime`, `hello`, `klp`, `trace`, `probe`, `ftrace`, `version`, `poweroff` (README.md lists the same: xtask's shell_docs test).
 use crate::{console, livepatch, memory, module, println, smp, thread, time, trace};
 use alloc::format;
 use alloc::string::String;
@@ -59,6 +59,7 @@ const COMMANDS: &[Command] = &[
         help: "all of ftrace: ftrace on | off | status (off is refused while a live patch is enabled)",
         run: ftrace,
     },
+    Command { name: "version", help: "this kernel's build id and the source commit it was built from", run: version },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
 ];
 
@@ -595,4 +596,9 @@ fn ftrace(arguments: &str) {
 
 fn poweroff(_: &str) {
     crate::power_off();
+}
+
+/// `version`: the build id a patch's `build-id` line must name, and the source commit.
+fn version(_: &str) {
+    println!("klp: kernel {}", crate::build_id::describe());
 }

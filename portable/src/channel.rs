@@ -15,6 +15,7 @@
 //! | [`Kind::Unload`] | name (UTF-8) |
 //! | [`Kind::Query`] | the id of an earlier request (u32 LE) |
 //! | [`Kind::Reply`] | status (u8: 0 ok, 1 error), message (UTF-8) |
+//! | [`Kind::Identify`] | none; the reply says `build-id HEX commit COMMIT[-dirty]` ([`crate::build_id`]) |
 //!
 //! **Ids.** The host numbers each request (any id but 0) and the kernel's
 //! REPLY carries the id of the request it answers, so a host that finds a
@@ -97,6 +98,8 @@ pub enum Kind {
     Reply = 3,
     /// Host to kernel: what became of an earlier request (by its id).
     Query = 4,
+    /// Host to kernel: which kernel is this (its build id and source commit).
+    Identify = 5,
 }
 
 impl Kind {
@@ -106,6 +109,7 @@ impl Kind {
             2 => Some(Kind::Unload),
             3 => Some(Kind::Reply),
             4 => Some(Kind::Query),
+            5 => Some(Kind::Identify),
             _ => None,
         }
     }
@@ -429,6 +433,8 @@ pub enum Message<'a> {
     Unload { name: &'a str },
     /// What became of the earlier request `request`.
     Query { request: u32 },
+    /// Which kernel this is.
+    Identify,
     /// The outcome of a request, with a message for the user.
     Reply { ok: bool, message: &'a str },
 }
@@ -490,6 +496,8 @@ impl<'a> Message<'a> {
                 }
                 Ok(Message::Query { request: u32::from_le_bytes(*request) })
             }
+            Kind::Identify if payload.is_empty() => Ok(Message::Identify),
+            Kind::Identify => Err(PayloadError::Long),
             Kind::Reply => {
                 let (status, message) = payload.split_first().ok_or(PayloadError::Short)?;
                 let ok = match status {
@@ -528,6 +536,7 @@ impl<'a> Message<'a> {
                 payload.extend_from_slice(&request.to_le_bytes());
                 Kind::Query
             }
+            Message::Identify => Kind::Identify,
             Message::Reply { ok, message } => {
                 payload.push(if ok { 0 } else { 1 });
                 payload.extend_from_slice(message.as_bytes());
@@ -587,8 +596,15 @@ impl Outcomes {
 /// A request the kernel carries out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    Load { name: &'a str, module: &'a [u8] },
-    Unload { name: &'a str },
+    Load {
+        name: &'a str,
+        module: &'a [u8],
+    },
+    Unload {
+        name: &'a str,
+    },
+    /// The handler answers with the kernel's `build-id HEX commit COMMIT[-dirty]`.
+    Identify,
 }
 
 /// The kernel's side of the protocol, without the terminal: bytes in, answers
@@ -650,6 +666,7 @@ impl Server {
         let (ok, message) = match Message::parse(&frame) {
             Ok(Message::Load { name, module }) => handle(Request::Load { name, module }),
             Ok(Message::Unload { name }) => handle(Request::Unload { name }),
+            Ok(Message::Identify) => handle(Request::Identify),
             Ok(Message::Query { request }) => {
                 let (ok, message) = match self.outcomes.find(request) {
                     Some(outcome) => (outcome.ok, outcome.message.clone()),
@@ -1158,7 +1175,32 @@ mod tests {
                 log.push(format!("unload {name}"));
                 (true, format!("unload {name}: done"))
             }
+            Request::Identify => {
+                log.push(String::from("identify"));
+                (true, String::from("build-id 0123456789abcdef0123456789abcdef01234567 commit abc"))
+            }
         }
+    }
+
+    #[test]
+    fn server_answers_identify_with_what_the_handler_says_of_the_kernel() {
+        let mut server = Server::new();
+        let mut log = Vec::new();
+        let request = Message::Identify.encode(41).unwrap();
+        assert_eq!(Message::parse(&frame(Kind::Identify, 41, b"")), Ok(Message::Identify));
+        assert_eq!(Message::parse(&frame(Kind::Identify, 41, b"x")), Err(PayloadError::Long));
+        let answers = server.receive(&request, &mut handler(&mut log));
+        assert_eq!(answers, [answer(41, true, "build-id 0123456789abcdef0123456789abcdef01234567 commit abc")]);
+        assert_eq!(log, ["identify"]);
+        // The reply carries the id the host reads back.
+        let mut frames = Vec::new();
+        FrameDecoder::new().push_bytes(&answers[0].frame(), |result| frames.push(result.unwrap()));
+        let reply = Message::parse(&frames[0]).unwrap();
+        let Message::Reply { message, .. } = reply else { panic!("not a reply: {reply:?}") };
+        assert_eq!(
+            crate::build_id::find_in(message),
+            crate::build_id::BuildId::parse("0123456789abcdef0123456789abcdef01234567")
+        );
     }
 
     #[test]

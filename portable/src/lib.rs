@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod backchain;
+pub mod build_id;
 pub mod bytes;
 pub mod channel;
 pub mod cpuset;

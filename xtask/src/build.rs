@@ -1,4 +1,4 @@
-//! `build`: compiles the kernel for its custom target and fills its symbol table and function notes.
+//! `build`: compiles the kernel for its custom target and fills its symbol table, function notes and build id.
 
 use std::fs;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use crate::symbols::{self, Filled};
-use crate::{command, function_notes, packages, patch, run_checked, signing, workspace_root};
+use crate::{build_id, command, function_notes, packages, patch, run_checked, signing, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -95,6 +95,12 @@ pub fn main(options: &Options) -> Result<PathBuf> {
         Filled::NoSection => {
             eprintln!("warning: the kernel has no {} section; function notes skipped", function_notes::SECTION)
         }
+    }
+    // Last: the build id covers everything loaded, the tables above included.
+    let (commit, dirty) = build_id::source_commit();
+    match build_id::fill(&mut data, &commit, dirty)? {
+        Some(id) => eprintln!("build id: {id} (commit {commit}{})", if dirty { ", dirty" } else { "" }),
+        None => eprintln!("warning: the kernel has no {} section; build id skipped", build_id::SECTION),
     }
     fs::write(&image, &data).with_context(|| format!("writing {}", image.display()))?;
     eprintln!("kernel: {}", image.display());

@@ -7,7 +7,8 @@
 //! channel carries a 64 KiB module at 100 KB/s or more; that the kernel
 //! refuses an altered module sent unchecked (`--no-verify`) and nothing
 //! changes; and that after a `patch load` that timed out, the next command
-//! reports what the kernel made of it.
+//! reports what the kernel made of it; and that the kernel reports the build
+//! id xtask computed for its image and refuses a patch made for another.
 //!
 //! The `run` and `patch` commands these tests start (and the gdb phase's
 //! `gdb` and `console`) use sockets, a pending file and lock files of their
@@ -364,13 +365,84 @@ fn timed_out_load_is_reported_by_the_next_command() -> Result<()> {
     session.finish()
 }
 
+/// The build id `patches/foreign-build` names (no kernel's).
+const FOREIGN_BUILD_ID: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// The id xtask computes for the image `cargo xtask run` boots is the one the
+/// kernel prints at boot, in `version` and over the patch channel; a patch
+/// naming another id is refused with both ids and nothing changes; the same
+/// object with the running kernel's id written over the other (and signed
+/// again) loads, and `hello` prints its greeting.
+fn a_patch_goes_only_into_the_kernel_it_names() -> Result<()> {
+    use portable::build_id::find_in;
+    patch_command(&["build", "foreign-build"])?;
+    let mut session = start_session()?;
+    let image = fs::read(crate::build::image(false))?;
+    let computed = crate::build_id::compute(&image)?;
+    let (stored, commit, _) = crate::build_id::read(&image)?.context("the image has no build id")?;
+    if stored != computed {
+        bail!("the image holds build id {stored} but its contents hash to {computed}");
+    }
+    let boot = session.transcript();
+    let boot_line =
+        boot.lines().find(|line| line.starts_with("klp: kernel build-id ")).context("no build id line at boot")?;
+    let version = session.shell("version")?;
+    let (success, identify) = patch_output(&["identify"])?;
+    for (what, text) in [("the boot line", boot_line), ("`version`", &version), ("`patch identify`", &identify)] {
+        if find_in(text) != Some(computed) {
+            bail!("{what} does not name build id {computed}: {text}");
+        }
+        if !text.contains(&format!(" commit {commit}")) {
+            bail!("{what} does not name commit {commit}: {text}");
+        }
+    }
+    if !success {
+        bail!("`patch identify` failed");
+    }
+    let before = session.shell("klp list")?;
+    let (success, output) = patch_output(&["load", "foreign-build"])?;
+    let refusal = format!(
+        "load foreign-build: module refused: patch 'foreign-build' was built for kernel {FOREIGN_BUILD_ID}; this kernel is {computed}"
+    );
+    if success || !output.contains(&format!("kernel: error: {refusal}")) {
+        bail!("the kernel did not refuse foreign-build with `{refusal}`");
+    }
+    session.wait_for(&format!("klp: {refusal}"))?;
+    if session.shell("klp list")? != before {
+        bail!("`klp list` changed after the refused load");
+    }
+    // The same object made for this kernel: the id's 40 digits replaced in place, signed again.
+    let signed = fs::read(crate::patch::signed_path("foreign-build"))?;
+    let (object, _) = portable::module::split_signed(&signed).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let mut object = object.to_vec();
+    let at = object
+        .windows(FOREIGN_BUILD_ID.len())
+        .position(|window| window == FOREIGN_BUILD_ID.as_bytes())
+        .context("foreign-build's object does not hold its build id")?;
+    object[at..at + FOREIGN_BUILD_ID.len()].copy_from_slice(computed.to_string().as_bytes());
+    let folder = workspace_root().join(channel_folder()).join("for-this-kernel");
+    fs::create_dir_all(&folder)?;
+    let module = folder.join("foreign-build.klp");
+    fs::write(&module, crate::signing::sign(&object, &crate::signing::ensure_key_pair()?))?;
+    patch_command(&["load", &module.display().to_string()])?;
+    session.wait_for("klp: module 'foreign-build' loaded")?;
+    let hello = session.shell("hello")?;
+    if !hello.contains("hello from foreign-build, made for this kernel image") {
+        bail!("`hello` does not print foreign-build's greeting: {hello}");
+    }
+    patch_command(&["unload", "foreign-build"])?;
+    session.wait_for("klp: module 'foreign-build' unloaded")?;
+    session.finish()
+}
+
 type EndToEndTest = fn() -> Result<()>;
 
-const TESTS: [(&str, EndToEndTest); 4] = [
+const TESTS: [(&str, EndToEndTest); 5] = [
     ("end_to_end::live_patch_over_the_channel", live_patch_round_trip),
     ("end_to_end::channel_rate_for_a_64_kib_module", channel_rate_for_a_64_kib_module),
     ("end_to_end::altered_module_sent_unchecked_is_refused", altered_module_sent_unchecked_is_refused),
     ("end_to_end::timed_out_load_is_reported_by_the_next_command", timed_out_load_is_reported_by_the_next_command),
+    ("end_to_end::a_patch_goes_only_into_the_kernel_it_names", a_patch_goes_only_into_the_kernel_it_names),
 ];
 
 /// What a user's `cargo xtask run` has in `target/kernel`: its patch channel

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod build_id;
 mod console;
 mod dwarf;
 mod end_to_end;

@@ -5,7 +5,8 @@
 //! takes its one relocatable object, checks it (`patch_object`) and signs it
 //! into `target/patches/NAME.klp` (`signing`). `patch load NAME` and `patch
 //! unload NAME` talk to a kernel booted by `cargo xtask run` over its patch
-//! channel (`patch_channel`). `patch targets [GLOB]` lists what a patch may
+//! channel (`patch_channel`), and `patch identify` asks that kernel for its
+//! build id and source commit (`build_id`). `patch targets [GLOB]` lists what a patch may
 //! replace safely (`function_notes`).
 
 use std::fs;
@@ -58,6 +59,12 @@ pub enum Command {
         #[arg(long)]
         test: bool,
     },
+    /// Asks the kernel that `cargo xtask run` (or `gdb`) booted for its build id and source commit.
+    Identify {
+        /// Seconds to wait for the kernel's reply.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Unloads the patch module NAME from the kernel that `cargo xtask run` (or `gdb`) booted.
     Unload {
         /// The module's name.
@@ -86,6 +93,9 @@ pub fn main(options: &Options) -> Result<ExitCode> {
             patch_channel::request(&request, &what, Duration::from_secs(*timeout))
         }
         Command::Targets { glob, test } => targets(glob, *test).map(|()| ExitCode::SUCCESS),
+        Command::Identify { timeout } => {
+            patch_channel::request(&portable::channel::Message::Identify, "IDENTIFY", Duration::from_secs(*timeout))
+        }
         Command::Unload { name, timeout } => {
             let request = portable::channel::Message::Unload { name };
             patch_channel::request(&request, &format!("UNLOAD {name}"), Duration::from_secs(*timeout))

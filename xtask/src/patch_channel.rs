@@ -485,6 +485,10 @@ mod tests {
                     log.push(format!("unload {name}"));
                     (true, format!("module '{name}' unloaded"))
                 }
+                Request::Identify => {
+                    log.push(String::from("identify"));
+                    (true, String::from("kernel build-id 0123456789abcdef0123456789abcdef01234567 commit abc"))
+                }
             };
             while let Ok(count @ 1..) = stream.read(&mut buffer) {
                 for reply in server.receive(&buffer[..count], &mut carry_out) {

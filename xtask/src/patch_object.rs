@@ -92,7 +92,7 @@ impl Description {
                     })
                 }
                 // Checked by the kernel's parser below.
-                ["atomic-replace"] | ["state", ..] | ["callback", ..] => {}
+                ["atomic-replace"] | ["state", ..] | ["callback", ..] | ["build-id", ..] => {}
                 _ => bail!(
                     "description line {number}: expected `name NAME` or `replace OLD NEW [allow_inlined]`, found {line:?}"
                 ),

@@ -134,6 +134,7 @@ fn carry_out(request: Request) -> (bool, String) {
             (false, Ok(())) => (true, format!("module '{name}' unloaded (its disable transition completed)")),
             (_, Err(error)) => (false, format!("unload {name}: {error}")),
         },
+        Request::Identify => (true, format!("kernel {}", crate::build_id::describe())),
     }
 }
 

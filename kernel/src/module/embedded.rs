@@ -4,7 +4,7 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 18] = [
+pub static EMBEDDED: [(&str, &[u8]); 19] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
@@ -30,6 +30,8 @@ pub static EMBEDDED: [(&str, &[u8]); 18] = [
     ("failing-module", include_bytes!(concat!(env!("OUT_DIR"), "/failing-module.klp"))),
     // A patch of `klp_demo_ten` that refers to target-module's symbols (klp relocations).
     ("klp-sym-reader", include_bytes!(concat!(env!("OUT_DIR"), "/klp-sym-reader.klp"))),
+    // Refused on purpose: made for a kernel image with another build id.
+    ("foreign-build", include_bytes!(concat!(env!("OUT_DIR"), "/foreign-build.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

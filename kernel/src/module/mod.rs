@@ -186,6 +186,11 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     let _one = one_at_a_time();
     let object = verify(file)?;
     let image = module::parse(object).map_err(LoadError::Format)?;
+    // A patch made for one kernel image (a `build-id` line) goes into that
+    // image only: refused here, before anything is allocated or linked.
+    if let Some(patch) = image.description().patch() {
+        patch.check_build_id(crate::build_id::id()).map_err(LoadError::Format)?;
+    }
     let mut memory = ModuleMemory::allocate(image.memory_size(), image.memory_alignment())
         .ok_or(LoadError::NoMemory(image.memory_size()))?;
     let base = memory.address();

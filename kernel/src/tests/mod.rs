@@ -2,6 +2,7 @@
 pub mod bench;
 mod bench_livepatch;
 pub mod bench_smp;
+mod build_id;
 mod coexistence;
 mod consistency;
 mod console;

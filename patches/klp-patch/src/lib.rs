@@ -47,6 +47,19 @@ pub const ALLOW_INLINED: &str = "allow_inlined";
 /// klp_patch::klp_patch!(name = "usage", replace = ["kernel::memory::usage" => usage_patched (allow_inlined)]);
 /// ```
 ///
+/// A patch made for one kernel image names its build id (`cargo xtask
+/// patch identify`, or the kernel's `version` command, tells a running
+/// kernel's); the loader of any other kernel refuses it. A patch without one
+/// loads into any kernel that has the symbols it uses:
+///
+/// ```ignore
+/// klp_patch::klp_patch!(
+///     name = "fix",
+///     build_id = "0123456789abcdef0123456789abcdef01234567",
+///     replace = ["kernel::shell::greeting" => greeting_fixed],
+/// );
+/// ```
+///
 /// An atomic replace (cumulative patch), system states and callbacks
 /// follow the replacements, in this order, each optional:
 ///
@@ -63,6 +76,7 @@ pub const ALLOW_INLINED: &str = "allow_inlined";
 macro_rules! klp_patch {
     (
         name = $name:literal,
+        $(build_id = $build_id:literal,)?
         $(object = $module:literal,)?
         replace = [$($old:literal => $new:ident $(($flag:ident))?),+ $(,)?]
         $(, atomic_replace = $atomic:ident)?
@@ -72,6 +86,7 @@ macro_rules! klp_patch {
     ) => {
         const _: () = {
             assert!($crate::is_word($name), "a patch name must be non-empty and free of whitespace");
+            $(assert!($crate::is_build_id($build_id), "a build id is 40 hexadecimal digits");)?
             $(assert!($crate::is_word($module), "an object name must be non-empty and free of whitespace");)?
             $(
                 assert!($crate::is_word($old), "an old function name must be non-empty and free of whitespace");
@@ -87,6 +102,7 @@ macro_rules! klp_patch {
         };
         const KLP_PATCH_TEXT: &str = concat!(
             "klp-patch 1\nname ", $name, "\n",
+            $("build-id ", $build_id, "\n",)?
             $("object ", $module, "\n",)?
             $("replace ", $old, " ", stringify!($new), $(" ", stringify!($flag),)? "\n",)+
             $($crate::atomic_replace_line!($atomic),)?
@@ -222,6 +238,22 @@ pub const fn same(left: &str, right: &str) -> bool {
     true
 }
 
+/// Whether `text` is a build id: 40 hexadecimal digits (at compile time).
+pub const fn is_build_id(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.len() != 40 {
+        return false;
+    }
+    let mut index = 0;
+    while index < bytes.len() {
+        if !bytes[index].is_ascii_hexdigit() {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
+
 /// Whether `text` is one non-empty word without whitespace (a description field).
 pub const fn is_word(text: &str) -> bool {
     let bytes = text.as_bytes();
@@ -264,6 +296,34 @@ mod tests {
              replace kernel::x third allow_inlined\n"
         );
         assert!(KLP_PATCH_TEXT.starts_with(crate::FORMAT_LINE));
+    }
+
+    mod built_for {
+        fn fixed() {}
+        crate::klp_patch!(
+            name = "fix",
+            build_id = "0123456789abcdef0123456789ABCDEF01234567",
+            object = "hello-module",
+            replace = ["message" => fixed],
+        );
+
+        #[test]
+        fn the_build_id_is_a_line_after_the_name() {
+            fixed();
+            assert_eq!(
+                core::str::from_utf8(&KLP_PATCH).unwrap(),
+                "klp-patch 1\nname fix\nbuild-id 0123456789abcdef0123456789ABCDEF01234567\nobject hello-module\n\
+                 replace message fixed\n"
+            );
+        }
+
+        #[test]
+        fn build_ids_are_40_hex_digits() {
+            assert!(crate::is_build_id("0123456789abcdef0123456789abcdef01234567"));
+            assert!(!crate::is_build_id("0123456789abcdef0123456789abcdef0123456"));
+            assert!(!crate::is_build_id("0123456789abcdef0123456789abcdef012345678"));
+            assert!(!crate::is_build_id("0123456789abcdef0123456789abcdef0123456g"));
+        }
     }
 
     mod full {

@@ -12,6 +12,8 @@
 //!                                               pre_patch post_patch pre_unpatch post_unpatch
 //! object hello-module                           the replace lines after it name functions of
 //!                                               that loadable target module, not the kernel's
+//! build-id 0123…(40 hex digits)                 the kernel it was made for, at most once: the
+//!                                               loader refuses it in a kernel with another id
 //! # a comment                                   blank lines and '#' lines are ignored
 //! ```
 //!
@@ -24,6 +26,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use super::ModuleError;
+use crate::build_id::BuildId;
 
 /// The version line every description starts with.
 pub const DESCRIPTION_HEADER: &str = "klp-patch 1";
@@ -41,6 +44,23 @@ pub struct PatchDescription {
     pub states: Vec<(u64, u64)>,
     /// Its callbacks, in the order of their lines.
     pub callbacks: Vec<CallbackLine>,
+    /// The build id of the kernel it was made for (the `build-id` line);
+    /// `None`: any kernel whose exports and symbols it finds.
+    pub build_id: Option<BuildId>,
+}
+
+impl PatchDescription {
+    /// Whether the patch may go into the kernel whose build id is `running`
+    /// (`None`: an image xtask did not fill): yes when it names no build id or
+    /// names that one; otherwise the error names both.
+    pub fn check_build_id(&self, running: Option<BuildId>) -> Result<(), ModuleError> {
+        match self.build_id {
+            Some(wanted) if Some(wanted) != running => {
+                Err(ModuleError::WrongBuild { patch: self.name.clone(), wanted, running })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One `callback` line.
@@ -153,6 +173,7 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     let mut atomic_replace = false;
     let mut states: Vec<(u64, u64)> = Vec::new();
     let mut callbacks: Vec<CallbackLine> = Vec::new();
+    let mut build_id: Option<BuildId> = None;
     for (number, words) in body_lines(text, "klp-patch", DESCRIPTION_HEADER)? {
         match words.as_slice() {
             ["object", module] if is_name(module) => object = Some(module.to_string()),
@@ -214,6 +235,16 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
                     symbol: symbol.to_string(),
                 });
             }
+            ["build-id", hex] => {
+                if build_id.is_some() {
+                    return Err(error(number, "a second build-id line"));
+                }
+                let Some(id) = BuildId::parse(hex) else {
+                    return Err(error(number, format!("build id {hex:?} is not 40 hexadecimal digits")));
+                };
+                build_id = Some(id);
+            }
+            ["build-id", ..] => return Err(error(number, "expected \"build-id HEX\"")),
             ["state", ..] => return Err(error(number, "expected \"state ID VERSION\"")),
             ["callback", ..] => return Err(error(number, "expected \"callback OBJECT KIND SYMBOL\"")),
             ["atomic-replace", ..] => return Err(error(number, "atomic-replace takes no argument")),
@@ -233,5 +264,5 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     if functions.is_empty() {
         return Err(error(0, "no replace line"));
     }
-    Ok(PatchDescription { name, functions, atomic_replace, states, callbacks })
+    Ok(PatchDescription { name, functions, atomic_replace, states, callbacks, build_id })
 }

@@ -220,6 +220,15 @@ pub enum ModuleError {
     },
     /// A `replace` line names a new symbol that is not a function defined in the module.
     ReplacementNotFunction(String),
+    /// The patch names the build id of another kernel than the running one.
+    WrongBuild {
+        /// The patch's name.
+        patch: String,
+        /// The build id its description names.
+        wanted: crate::build_id::BuildId,
+        /// The running kernel's build id (`None`: an image xtask did not fill).
+        running: Option<crate::build_id::BuildId>,
+    },
     /// The memory handed to `link` is shorter than `memory_size()`.
     MemoryTooSmall {
         /// Bytes needed (`memory_size()`).
@@ -342,6 +351,12 @@ impl fmt::Display for ModuleError {
             Description { line, reason } => write!(formatter, "patch description line {line}: {reason}"),
             ReplacementNotFunction(name) => {
                 write!(formatter, "replacement {name} is not a function defined in the module")
+            }
+            WrongBuild { patch, wanted, running: Some(running) } => {
+                write!(formatter, "patch '{patch}' was built for kernel {wanted}; this kernel is {running}")
+            }
+            WrongBuild { patch, wanted, running: None } => {
+                write!(formatter, "patch '{patch}' was built for kernel {wanted}; this kernel has no build id")
             }
             MemoryTooSmall { needed, given } => {
                 write!(formatter, "module memory of {given} bytes is smaller than the {needed} needed")

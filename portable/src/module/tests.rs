@@ -290,3 +290,47 @@ fn description_refuses_bad_states_and_callbacks_by_line() {
         assert_eq!(description_line(&format!("{head}{line}\n")), expected, "{line:?}");
     }
 }
+
+#[test]
+fn description_names_the_build_id_it_was_made_for() {
+    use crate::build_id::BuildId;
+    let hex = "0123456789abcdef0123456789abcdef01234567";
+    let text = alloc::format!("klp-patch 1\nname fix\nbuild-id {hex}\nreplace kernel::a new_a\n");
+    let description = parse_description(text.as_bytes()).unwrap();
+    assert_eq!(description.build_id, BuildId::parse(hex));
+    assert_eq!(parse_description(b"klp-patch 1\nname x\nreplace a b\n").unwrap().build_id, None);
+    // Malformed: not 40 hex digits, no id, two ids.
+    assert_eq!(description_line("klp-patch 1\nname x\nbuild-id 0123\nreplace a b\n"), 3);
+    assert_eq!(description_line("klp-patch 1\nname x\nbuild-id\nreplace a b\n"), 3);
+    assert_eq!(description_line(&alloc::format!("klp-patch 1\nname x\nbuild-id {hex} {hex}\nreplace a b\n")), 3);
+    assert_eq!(
+        description_line(&alloc::format!("klp-patch 1\nname x\nbuild-id {hex}\nbuild-id {hex}\nreplace a b\n")),
+        4
+    );
+    let message = parse_description(b"klp-patch 1\nname x\nbuild-id xyz\nreplace a b\n").unwrap_err().to_string();
+    assert_eq!(message, "patch description line 3: build id \"xyz\" is not 40 hexadecimal digits");
+}
+
+#[test]
+fn a_patch_goes_only_into_the_kernel_it_names() {
+    use crate::build_id::BuildId;
+    let made_for = BuildId([0xab; 20]);
+    let other = BuildId([0x01; 20]);
+    let text = alloc::format!("klp-patch 1\nname fix\nbuild-id {made_for}\nreplace kernel::a new_a\n");
+    let named = parse_description(text.as_bytes()).unwrap();
+    assert_eq!(named.check_build_id(Some(made_for)), Ok(()));
+    let refused = named.check_build_id(Some(other)).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "patch 'fix' was built for kernel abababababababababababababababababababab; \
+         this kernel is 0101010101010101010101010101010101010101"
+    );
+    assert_eq!(
+        named.check_build_id(None).unwrap_err().to_string(),
+        "patch 'fix' was built for kernel abababababababababababababababababababab; this kernel has no build id"
+    );
+    // A patch that names no build id goes into any kernel.
+    let any = parse_description(b"klp-patch 1\nname any\nreplace kernel::a new_a\n").unwrap();
+    assert_eq!(any.check_build_id(Some(other)), Ok(()));
+    assert_eq!(any.check_build_id(None), Ok(()));
+}
