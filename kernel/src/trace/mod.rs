@@ -17,12 +17,12 @@ mod sites;
 
 pub use crate::arch::ftrace::{FUNCTION_TRACE_OP, FtraceRegs};
 pub use module_sites::SiteRefused;
-#[cfg(feature = "ktest")]
-pub use ops::registered_ops;
 /// The handler for an ops whose only work is direct calls (`set_direct`):
 /// nothing in the kernel registers one but the tests.
 #[cfg(feature = "ktest")]
 pub use ops::ftrace_direct_handler;
+#[cfg(feature = "ktest")]
+pub use ops::registered_ops;
 pub use ops::{
     Filter, FtraceError, FtraceOps, OpsFlags, enabled, has_site, register, registered, restore_words, set_direct,
     set_enabled, unregister, update,
