@@ -33,7 +33,8 @@ pub struct LivepatchFrame {
 /// check (a BUG naming livepatch.rs) before a tick finds the stack overflowed.
 pub const LIVEPATCH_STACK_MARGIN: usize = super::exceptions::EXCEPTION_STACK_ROOM + 1024;
 
-const FRAME: usize = size_of::<LivepatchFrame>();
+/// Bytes of one livepatch frame.
+pub(super) const FRAME: usize = size_of::<LivepatchFrame>();
 
 unsafe extern "C" {
     /// The trampoline below; the livepatch core's ftrace handler sets nip to it.
@@ -115,7 +116,48 @@ pub fn klp_arch_set_pc(regs: &mut FtraceRegs, replacement: u64) {
     regs.target = replacement;
 }
 
-const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
+/// log2 of THREAD_SIZE: `clrrdi` by it turns r1 into its thread_info.
+pub(super) const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
+
+/// The return half that `livepatch_handler` and every direct-call
+/// trampoline share, as one assembler template string: checks the newest
+/// livepatch frame's marker (a BUG, recorded at the invoking line, if C
+/// overwrote it), gives LR and r2 back from it and pops it.
+///
+/// On entry (C has just returned): r3/r4 = C's results; r2 = C's TOC or
+/// anything; r0, r11, r12 free; r13 = the per-CPU area; the newest frame
+/// on the livepatch stack is this call's.
+/// On exit: LR = the frame's link (the return into A), r2 = A's TOC, the
+/// frame popped (`livepatch_sp` lowered); r0, r11, r12 clobbered; r3/r4,
+/// r1, CTR untouched. The invoking block must define the operands
+/// thread_shift, livepatch_sp, frame, toc, link, marker and magic (as
+/// `livepatch_handler`'s does) and `bug_entry` (`bug_entry_macro!`).
+macro_rules! livepatch_frame_pop {
+    () => {
+        concat!(
+            r#"
+    # Back from C: r3/r4 = results; r2 = C's TOC or anything; r0, r11, r12 free.
+    clrrdi  12, 1, {thread_shift}     # r12 = thread_info
+    ld      11, {livepatch_sp}(12)    # r11 = top of the livepatch stack
+    ld      0, {marker}-{frame}(11)   # r0 = frame.marker
+    ld      2, {magic}(13)            # r2 = STACK_END_MAGIC (r2 is restored below)
+2:  tdne    0, 2                      # BUG: the frame's marker was overwritten while C ran
+"#,
+            "    bug_entry 2b, \"",
+            file!(),
+            "\", ",
+            line!(),
+            r#"
+    ld      0, {link}-{frame}(11)     # r0 = frame.link
+    mtlr    0                         # LR = return address into A (an interrupt frame keeps it: still busy)
+    ld      2, {toc}-{frame}(11)      # r2 = A's TOC
+    addi    11, 11, -{frame}
+    std     11, {livepatch_sp}(12)    # livepatch_sp -= frame
+"#
+        )
+    };
+}
+pub(super) use livepatch_frame_pop;
 
 core::arch::global_asm!(
     bug_entry_macro!(),
@@ -164,20 +206,9 @@ livepatch_handler:
     bctrl                             # C(arguments); r1 untouched, A's frame intact; preemptible in C
 .Llivepatch_handler_returned:         # NIP before this label: not preemptible (see `entering`)
 
-    # Back from C: r3/r4 = results; r2 = C's TOC or anything; r0, r11, r12 free.
-    clrrdi  12, 1, {thread_shift}     # r12 = thread_info
-    ld      11, {livepatch_sp}(12)    # r11 = top of the livepatch stack
-    ld      0, {marker}-{frame}(11)   # r0 = frame.marker
-    ld      2, {magic}(13)            # r2 = STACK_END_MAGIC (r2 is restored below)
     "#,
-    // BUG: the frame's marker was overwritten while C ran.
-    "2: tdne 0, 2", concat!("bug_entry 2b, \"", file!(), "\", ", line!()),
+    livepatch_frame_pop!(),
     r#"
-    ld      0, {link}-{frame}(11)     # r0 = frame.link
-    mtlr    0                         # LR = return address into A (an interrupt frame keeps it: still busy)
-    ld      2, {toc}-{frame}(11)      # r2 = A's TOC
-    addi    11, 11, -{frame}
-    std     11, {livepatch_sp}(12)    # livepatch_sp -= frame
 .Llivepatch_handler_popped:           # from here the frame is gone; LR and r2 are A's again
     blr                               # back to A
     .size livepatch_handler, . - livepatch_handler

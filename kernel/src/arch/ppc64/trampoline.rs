@@ -21,11 +21,11 @@
 //! and is still in C, returns through the same code it left (see `free`).
 //! Every word is written through `text`.
 use super::bug::{bug_entry_end, bug_entry_macro};
-use super::livepatch::{LIVEPATCH_STACK_MARGIN, LivepatchFrame};
+use super::livepatch::{FRAME, LIVEPATCH_STACK_MARGIN, LivepatchFrame, THREAD_SHIFT, livepatch_frame_pop};
 use super::text::{self, TextError};
 use super::thread_info::ThreadInfo;
-use boot::{PerCpu, THREAD_SIZE};
-use core::mem::{offset_of, size_of};
+use boot::PerCpu;
+use core::mem::offset_of;
 use macros::notrace;
 use portable::instruction::TRAP;
 use portable::trampoline::{CALL_WORDS, CallError, call_words};
@@ -62,9 +62,6 @@ unsafe extern "C" {
     pub static livepatch_trampolines: u8;
     pub static livepatch_trampolines_end: u8;
 }
-
-const THREAD_SHIFT: u32 = THREAD_SIZE.trailing_zeros();
-const FRAME: usize = size_of::<LivepatchFrame>();
 
 core::arch::global_asm!(
     bug_entry_macro!(),
@@ -113,20 +110,9 @@ livepatch_trampoline_template:
     bl      livepatch_trampoline_template  # bl C's local entry; r1 untouched, A's frame intact
 .Ltrampoline_returned:                # C returns here; preemptible from here on
 
-    # Back from C: r3/r4 = results; r2 = C's TOC or anything; r0, r11, r12 free.
-    clrrdi  12, 1, {thread_shift}     # r12 = thread_info
-    ld      11, {livepatch_sp}(12)    # r11 = top of the livepatch stack
-    ld      0, {marker}-{frame}(11)   # r0 = frame.marker
-    ld      2, {magic}(13)            # r2 = STACK_END_MAGIC (r2 is restored below)
     "#,
-    // BUG: the frame's marker was overwritten while C ran.
-    "2: tdne 0, 2", concat!("bug_entry 2b, \"", file!(), "\", ", line!()),
+    livepatch_frame_pop!(),
     r#"
-    ld      0, {link}-{frame}(11)     # r0 = frame.link
-    mtlr    0                         # LR = return address into A
-    ld      2, {toc}-{frame}(11)      # r2 = A's TOC
-    addi    11, 11, -{frame}
-    std     11, {livepatch_sp}(12)    # livepatch_sp -= frame
 .Ltrampoline_popped:                  # the frame is gone; LR and r2 are A's again
     blr                               # back to A
 .Ltrampoline_end:
