@@ -22,6 +22,7 @@ mod bug;
 mod build_id;
 mod console;
 mod debug;
+mod demo;
 mod devicetree;
 mod exception;
 #[cfg(feature = "ktest")]

@@ -1,5 +1,5 @@
-//! The kernel shell on the console: `help`, `threads`, `cpus`, `mem`, `uptime`, `hello`, `klp`, `trace`, `probe`, `ftrace`, `version`, `poweroff` (README.md lists the same: xtask's shell_docs test).
-use crate::{console, livepatch, memory, module, println, smp, thread, time, trace};
+//! The kernel shell on the console: `help`, `threads`, `cpus`, `mem`, `uptime`, `hello`, `klp`, `trace`, `probe`, `ftrace`, `demo`, `version`, `poweroff` (README.md lists the same: xtask's shell_docs test).
+use crate::{console, demo, livepatch, memory, module, println, smp, thread, time, trace};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -58,6 +58,11 @@ const COMMANDS: &[Command] = &[
         name: "ftrace",
         help: "all of ftrace: ftrace on | off | status (off is refused while a live patch is enabled)",
         run: ftrace,
+    },
+    Command {
+        name: "demo",
+        help: "call a function the from-diff corpus patches (kernel/src/demo.rs): demo scaled N | ticket | tally N | hailstone N | sum N... | ten A B C D E F G H I J | encode N | decode N | roundtrip N | capped N | area W H | untraced N",
+        run: demo,
     },
     Command { name: "version", help: "this kernel's build id and the source commit it was built from", run: version },
     Command { name: "poweroff", help: "power the machine off", run: poweroff },
@@ -592,6 +597,58 @@ fn ftrace(arguments: &str) {
         Ok(()) => println!("ftrace {arguments}"),
         Err(error) => println!("ftrace {arguments}: {error}"),
     }
+}
+
+/// `demo FUNCTION NUMBERS...`: calls a function of kernel/src/demo.rs with
+/// numbers read from the line and prints `FUNCTION(ARGUMENTS) = RESULT`.
+fn demo(arguments: &str) {
+    let (function, rest) = arguments.split_once(' ').unwrap_or((arguments, ""));
+    let numbers: Option<Vec<u64>> = rest.split_whitespace().map(|word| word.parse().ok()).collect();
+    let line = numbers.and_then(|numbers| demo_line(function, &numbers));
+    match line {
+        Some(line) => println!("{line}"),
+        None => println!(
+            "usage: demo scaled N | ticket | tally N | hailstone N | sum N... | ten A B C D E F G H I J | encode N | decode N | roundtrip N | capped N | area W H | untraced N (N: a number; sum's fit in 32 bits)"
+        ),
+    }
+}
+
+/// What `demo FUNCTION NUMBERS` prints; None when the function or the count of numbers is wrong.
+fn demo_line(function: &str, numbers: &[u64]) -> Option<String> {
+    match function {
+        "scaled" => exactly(numbers).map(|[value]| format!("scaled({value}) = {}", demo::scaled(value))),
+        "ticket" => exactly(numbers).map(|[]| format!("ticket() = {}", demo::ticket())),
+        "tally" => exactly(numbers).map(|[amount]| format!("tally({amount}) = {}", demo::tally(amount))),
+        "hailstone" => exactly(numbers).map(|[value]| format!("hailstone({value}) = {}", demo::hailstone(value))),
+        "sum" => {
+            let items: Option<Vec<u32>> = numbers.iter().map(|&number| u32::try_from(number).ok()).collect();
+            items
+                .filter(|items| !items.is_empty())
+                .map(|items| format!("sum({items:?}) = {}", demo::sum::<u32>(&items)))
+        }
+        "ten" => exactly(numbers).map(|[a, b, c, d, e, f, g, h, i, j]| {
+            format!(
+                "ten({a}, {b}, {c}, {d}, {e}, {f}, {g}, {h}, {i}, {j}) = {}",
+                demo::ten(a, b, c, d, e, f, g, h, i, j)
+            )
+        }),
+        "encode" => exactly(numbers).map(|[value]| format!("encode({value}) = {}", demo::encode(value))),
+        "decode" => exactly(numbers).map(|[code]| format!("decode({code}) = {}", demo::decode(code))),
+        "roundtrip" => {
+            exactly(numbers).map(|[value]| format!("decode(encode({value})) = {}", demo::decode(demo::encode(value))))
+        }
+        "capped" => exactly(numbers).map(|[value]| format!("capped({value}) = {}", demo::capped(value))),
+        "area" => exactly(numbers).map(|[width, height]| {
+            format!("area({width} x {height}) = {}", demo::area(&demo::Rectangle::new(width, height)))
+        }),
+        "untraced" => exactly(numbers).map(|[value]| format!("untraced({value}) = {}", demo::untraced(value))),
+        _ => None,
+    }
+}
+
+/// `numbers` as an array of exactly `COUNT`, or None.
+fn exactly<const COUNT: usize>(numbers: &[u64]) -> Option<[u64; COUNT]> {
+    numbers.try_into().ok()
 }
 
 fn poweroff(_: &str) {

@@ -2,7 +2,7 @@
 //!
 //! Three places name the shell's commands: the `COMMANDS` table in
 //! kernel/src/shell.rs (with each command's help text, which `help` prints),
-//! the match arms that run the `klp`, `trace`, `probe` and `ftrace` subcommands, and the README's
+//! the match arms that run the `klp`, `trace`, `probe`, `ftrace` and `demo` subcommands, and the README's
 //! "In the shell" paragraph. The test reads all three as text and fails,
 //! naming the difference, when one of them gains or loses a command.
 
@@ -89,10 +89,13 @@ mod tests {
             .map(str::to_string)
             .collect();
         assert_eq!(readme_names, names, "README's shell commands vs shell.rs COMMANDS");
-        for command in ["klp", "trace", "probe", "ftrace"] {
+        // Each command with subcommands, and the function whose match arms run them.
+        let runners =
+            [("klp", "klp"), ("trace", "trace"), ("probe", "probe"), ("ftrace", "ftrace"), ("demo", "demo_line")];
+        for (command, runner) in runners {
             let help = &commands.iter().find(|(name, _)| name == command).expect("a command").1;
             let in_help = listed_subcommands(help, command);
-            let in_code = match_arms(&shell, command);
+            let in_code = match_arms(&shell, runner);
             assert_eq!(in_help, in_code, "`{command}`: the subcommands its help lists vs the ones it runs");
             let in_readme: BTreeSet<String> = items
                 .iter()
