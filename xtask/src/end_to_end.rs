@@ -9,6 +9,7 @@
 //! changes; and that after a `patch load` that timed out, the next command
 //! reports what the kernel made of it; and that the kernel reports the build
 //! id xtask computed for its image and refuses a patch made for another.
+//! The from-diff corpus runs here too (`from_diff_test.rs`), on the same channel.
 //!
 //! The `run` and `patch` commands these tests start (and the gdb phase's
 //! `gdb` and `console`) use sockets, a pending file and lock files of their
@@ -158,7 +159,7 @@ impl Session {
     }
 
     /// Types `command` and returns what the shell printed for it, up to the next prompt.
-    fn shell(&mut self, command: &str) -> Result<String> {
+    pub fn shell(&mut self, command: &str) -> Result<String> {
         self.type_line(command)?;
         // The shell echoes what is typed.
         self.wait_for(&format!("{command}\n"))?;
@@ -212,7 +213,7 @@ pub fn patch_command(arguments: &[&str]) -> Result<()> {
 
 /// `cargo xtask patch ARGUMENTS` as a separate process: whether it succeeded, and
 /// what it printed (standard output, then standard error), which is also shown.
-fn patch_output(arguments: &[&str]) -> Result<(bool, String)> {
+pub fn patch_output(arguments: &[&str]) -> Result<(bool, String)> {
     let output = xtask()?
         .arg("patch")
         .args(arguments)
@@ -509,7 +510,8 @@ pub fn end_to_end_tests(options: &Options, tally: &mut Tally) -> Result<()> {
         .into_iter()
         .filter(|(name, _)| options.filter.as_ref().is_none_or(|filter| name.contains(filter.as_str())))
         .collect();
-    if selected.is_empty() {
+    let corpus = crate::from_diff_test::selected(options)?;
+    if selected.is_empty() && corpus.is_empty() {
         return Ok(());
     }
     let folder = workspace_root().join(channel_folder());
@@ -520,6 +522,8 @@ pub fn end_to_end_tests(options: &Options, tally: &mut Tally) -> Result<()> {
         println!("\ntest {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });
         tally.record(name, &verdict);
     }
+    // The from-diff corpus (tests/from-diff/), one boot for all its cases.
+    crate::from_diff_test::run(&corpus, tally);
     let name = "end_to_end::a_running_user_kernel_is_left_alone";
     let verdict = user.check().map_err(|error| format!("{error:#}"));
     println!("\ntest {name} ... {}", if verdict.is_ok() { "ok" } else { "FAILED" });

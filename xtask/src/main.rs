@@ -8,6 +8,7 @@ mod dwarf;
 mod end_to_end;
 #[cfg(test)]
 mod export_wrappers;
+mod from_diff_test;
 mod function_notes;
 mod gdb;
 mod gdb_test;
