@@ -16,6 +16,21 @@ pub struct Options {
     pub test: bool,
 }
 
+/// The kernel crate's own compiler flags (`cargo rustc` passes them to that
+/// crate alone, so boot, portable, core and alloc stay untraced); `patch
+/// from-diff` compiles the kernel with these too, plus the large code model.
+/// - `-Zpatchable-function-entry=2`: ftrace entry sites (two nops after each
+///   function's local entry).
+/// - `-Zmerge-functions=disabled`: identical functions stay distinct, so that
+///   patching one never silently patches its twins (the livepatch hazard
+///   GCC's -flive-patching guards against).
+/// - `-enable-global-merge=false`: every static keeps a symbol of its own.
+///   LLVM would otherwise merge a crate's statics into anonymous blocks
+///   (`.L_MergedGlobals`), and a generated patch could not name the running
+///   kernel's instance of a static (docs/modules.md, "From a diff").
+pub const KERNEL_FLAGS: [&str; 3] =
+    ["-Zpatchable-function-entry=2", "-Zmerge-functions=disabled", "-Cllvm-args=-enable-global-merge=false"];
+
 /// Where cargo leaves the linked kernel (its own target dir, so that host builds never wait on it).
 const TARGET_DIR: &str = "target/kernel";
 const LINKED: &str = "target/kernel/ppc64le-kernel/release/kernel";
@@ -66,13 +81,7 @@ pub fn main(options: &Options) -> Result<PathBuf> {
         patch::build_all()?;
     }
     let mut cargo = kernel_cargo("rustc", options.test, TARGET_DIR);
-    // Only the kernel crate gets ftrace entry sites (two nops after each
-    // function's local entry); `cargo rustc` passes flags to that crate alone,
-    // so boot, portable, core and alloc stay untraced.
-    // -Zmerge-functions=disabled: identical functions stay distinct, so that
-    // patching one never silently patches its twins (the livepatch hazard
-    // GCC's -flive-patching guards against).
-    cargo.args(["--", "-Zpatchable-function-entry=2", "-Zmerge-functions=disabled"]);
+    cargo.arg("--").args(KERNEL_FLAGS);
     run_checked(&mut cargo)?;
 
     let linked = workspace_root().join(LINKED);

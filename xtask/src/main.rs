@@ -8,6 +8,7 @@ mod dwarf;
 mod end_to_end;
 #[cfg(test)]
 mod export_wrappers;
+mod from_diff;
 mod from_diff_test;
 mod function_notes;
 mod gdb;
@@ -16,11 +17,10 @@ mod gdb_test;
 mod hcall_contract;
 mod image;
 mod imports;
+mod klp_module;
 mod ktest;
 mod lint;
 mod objdump;
-// Used by its tests only until `cargo xtask patch from-diff` exists.
-#[cfg_attr(not(test), expect(dead_code, reason = "no command uses the object diff yet"))]
 mod object_diff;
 mod packages;
 mod patch;

@@ -31,8 +31,10 @@ pub struct ObjectDiff {
     pub added: Vec<String>,
     /// Functions only in the base object (mangled names).
     pub removed: Vec<String>,
-    /// Data sections (`.rodata.*`, `.data.*`, `.bss.*`, …) in both objects whose bytes or relocations differ.
+    /// Named statics in both objects whose initial bytes, size or relocations differ (mangled names).
     pub data_changed: Vec<String>,
+    /// Named statics only in the patched object (mangled names).
+    pub added_statics: Vec<String>,
 }
 
 /// A function whose code differs.
@@ -54,13 +56,12 @@ pub enum Reason {
     Relocations,
 }
 
-/// One relocation as compared: offset in its section, ELF type, target name, addend.
+/// One relocation as compared: offset in its section, ELF type, target (see [`Build::reference`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Relocation {
     offset: u64,
     kind: u32,
     target: String,
-    addend: i64,
 }
 
 /// A section's comparable contents: bytes with relocated fields zeroed, and its relocations.
@@ -70,22 +71,206 @@ struct Contents {
     relocations: Vec<Relocation>,
 }
 
-/// The functions (by symbol) and data sections (by name) of one object.
-struct Parsed {
-    functions: BTreeMap<String, Contents>,
-    data: BTreeMap<String, Contents>,
+/// How deep [`Build::reference`] follows constants that point at constants.
+const DEPTH: usize = 8;
+
+/// One parsed object with what comparing and extracting need: its functions by
+/// symbol, its named statics by symbol, and its `.toc` entries by offset.
+pub struct Build<'d> {
+    pub file: object::File<'d>,
+    /// Function symbol -> its section (one function per section).
+    pub functions: BTreeMap<String, object::SectionIndex>,
+    /// Named static (a data object symbol) -> its section.
+    pub statics: BTreeMap<String, object::SectionIndex>,
+    /// The `.toc` section and its entries: offset -> (target, addend) of the ADDR64 there.
+    pub toc: Option<(object::SectionIndex, BTreeMap<u64, (RelocationTarget, i64)>)>,
+}
+
+impl<'d> Build<'d> {
+    pub fn parse(data: &'d [u8]) -> Result<Build<'d>> {
+        let file = object::File::parse(data).context("not an ELF object")?;
+        if file.format() != object::BinaryFormat::Elf || file.kind() != object::ObjectKind::Relocatable {
+            bail!("not an ELF relocatable object");
+        }
+        let mut functions = BTreeMap::new();
+        let mut statics = BTreeMap::new();
+        for section in file.sections() {
+            let name = section.name().context("section name")?;
+            if section.kind() == SectionKind::Text && section.size() > 0 {
+                let symbol = function_symbol(&file, section.index()).unwrap_or_else(|| name.to_string());
+                insert_unique(&mut functions, symbol, section.index());
+            } else if is_data(&section) {
+                if let Some(symbol) = object_symbol(&file, section.index()) {
+                    insert_unique(&mut statics, symbol, section.index());
+                }
+            }
+        }
+        let mut toc = None;
+        if let Some(section) = file.section_by_name(".toc") {
+            let mut entries = BTreeMap::new();
+            for (offset, relocation) in section.relocations() {
+                entries.insert(offset, (relocation.target(), relocation.addend()));
+            }
+            toc = Some((section.index(), entries));
+        }
+        Ok(Build { file, functions, statics, toc })
+    }
+
+    /// The comparable contents of section `index`: bytes with relocated fields
+    /// zeroed (line and column too in a `core::panic::Location`, see
+    /// [`Build::is_location`]), relocations with their targets named.
+    fn contents(&self, index: object::SectionIndex, depth: usize) -> Result<Contents> {
+        let section = self.file.section_by_index(index)?;
+        let mut bytes = section.uncompressed_data().context("section data")?.into_owned();
+        if bytes.is_empty() {
+            // .bss: no file bytes; its size is what there is to compare.
+            bytes = section.size().to_le_bytes().to_vec();
+        }
+        let mut relocations = Vec::new();
+        for (offset, relocation) in section.relocations() {
+            let RelocationFlags::Elf { r_type } = relocation.flags() else {
+                bail!("relocation at {offset:#x} is not an ELF relocation");
+            };
+            mask_relocated(&mut bytes, offset, r_type, relocation.size())
+                .with_context(|| format!("relocation at {offset:#x} is outside the section"))?;
+            let target = self.reference(relocation.target(), relocation.addend(), depth)?;
+            relocations.push(Relocation { offset, kind: r_type, target });
+        }
+        relocations.sort();
+        if self.is_location(index)? {
+            bytes[16..24].fill(0);
+        }
+        Ok(Contents { bytes, relocations })
+    }
+
+    /// Whether section `index` is an anonymous `core::panic::Location`: 24
+    /// bytes (file pointer, file length, line, column) whose one relocation
+    /// points at a string ending in `.rs`. Its line and column are not
+    /// compared, so that a function is not changed only because lines above
+    /// it moved (kpatch's `__LINE__` rule); its copy in a patch has the new ones.
+    fn is_location(&self, index: object::SectionIndex) -> Result<bool> {
+        let section = self.file.section_by_index(index)?;
+        if section.size() != 24 || !is_data(&section) || object_symbol(&self.file, index).is_some() {
+            return Ok(false);
+        }
+        let relocations: Vec<_> = section.relocations().collect();
+        let [(0, relocation)] = relocations.as_slice() else { return Ok(false) };
+        let Some(file) = self.string_at(relocation.target(), relocation.addend())? else { return Ok(false) };
+        Ok(file.ends_with(b".rs"))
+    }
+
+    /// The NUL-terminated string (without its NUL) at `target + addend` when that is in a string section.
+    fn string_at(&self, target: RelocationTarget, addend: i64) -> Result<Option<Vec<u8>>> {
+        let Some(index) = self.target_section(target)? else { return Ok(None) };
+        let section = self.file.section_by_index(index)?;
+        let object::SectionFlags::Elf { sh_flags } = section.flags() else { return Ok(None) };
+        if sh_flags & u64::from(elf::SHF_STRINGS) == 0 {
+            return Ok(None);
+        }
+        let data = section.data()?;
+        let start =
+            usize::try_from(addend).ok().filter(|&start| start <= data.len()).context("string outside its section")?;
+        let end = data[start..].iter().position(|&byte| byte == 0).map_or(data.len(), |length| start + length);
+        Ok(Some(data[start..end].to_vec()))
+    }
+
+    /// The section a relocation target names when it is a section (symbol) rather than a named symbol.
+    pub fn target_section(&self, target: RelocationTarget) -> Result<Option<object::SectionIndex>> {
+        match target {
+            RelocationTarget::Section(index) => Ok(Some(index)),
+            RelocationTarget::Symbol(index) => {
+                let symbol =
+                    self.file.symbol_by_index(index).context("relocation names a symbol that does not exist")?;
+                let unnamed = symbol.name().map_or(true, str::is_empty);
+                Ok((symbol.kind() == SymbolKind::Section || unnamed).then(|| symbol.section_index()).flatten())
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A relocation target as compared: a named symbol by its name (+addend); a
+    /// `.toc` entry by what it holds (`toc[...]`); a function's section by
+    /// its function; a named static's section by the static; an anonymous
+    /// constant by its contents (`const HASH`), so that constants renumbered by
+    /// another change compare equal and a changed string literal does not.
+    pub fn reference(&self, target: RelocationTarget, addend: i64, depth: usize) -> Result<String> {
+        let section = match target {
+            RelocationTarget::Absolute => return Ok(format!("absolute{addend:+}")),
+            RelocationTarget::Symbol(index) => {
+                let symbol =
+                    self.file.symbol_by_index(index).context("relocation names a symbol that does not exist")?;
+                let name = symbol.name().unwrap_or("");
+                if symbol.kind() != SymbolKind::Section && !name.is_empty() {
+                    return Ok(format!("{name}{addend:+}"));
+                }
+                symbol.section_index().context("an unnamed symbol without a section")?
+            }
+            RelocationTarget::Section(index) => index,
+            _ => bail!("unknown relocation target"),
+        };
+        if let Some((toc, entries)) = &self.toc
+            && *toc == section
+        {
+            let offset = u64::try_from(addend).context("a negative .toc offset")?;
+            let &(inner, inner_addend) =
+                entries.get(&offset).with_context(|| format!("no .toc entry at {offset:#x}"))?;
+            return Ok(format!("toc[{}]", self.reference(inner, inner_addend, depth)?));
+        }
+        if let Some(symbol) = function_symbol(&self.file, section) {
+            return Ok(format!("{symbol}{addend:+}"));
+        }
+        if let Some(symbol) = object_symbol(&self.file, section) {
+            return Ok(format!("{symbol}{addend:+}"));
+        }
+        let data = self.file.section_by_index(section)?;
+        let name = data.name().unwrap_or("");
+        if depth == 0 {
+            return Ok(format!("section {name}{addend:+}"));
+        }
+        // A mergeable section holds many constants: the one at `addend`.
+        if let Some(string) = self.string_at(RelocationTarget::Section(section), addend)? {
+            return Ok(format!("string {:016x}", digest(&string)));
+        }
+        let object::SectionFlags::Elf { sh_flags } = data.flags() else { bail!("not an ELF section") };
+        if sh_flags & u64::from(elf::SHF_MERGE) != 0 {
+            let bytes = data.data()?;
+            let size = usize::try_from(data.align().max(1))?;
+            let start = usize::try_from(addend).ok().filter(|start| start + size <= bytes.len());
+            let start = start.with_context(|| format!("constant outside {name}"))?;
+            return Ok(format!("merged {:016x}", digest(&bytes[start..start + size])));
+        }
+        let contents = self.contents(section, depth - 1).with_context(|| format!("constant {name}"))?;
+        let mut key = contents.bytes.clone();
+        for relocation in &contents.relocations {
+            key.extend_from_slice(format!("{relocation:?}").as_bytes());
+        }
+        Ok(format!("const {:016x}{addend:+}", digest(&key)))
+    }
+}
+
+/// A 64-bit FNV-1a digest (stable across runs; collisions only make two constants look equal).
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Compares `base` and `patched`, two ELF relocatable objects, function by function.
+#[cfg(test)]
 pub fn diff(base: &[u8], patched: &[u8]) -> Result<ObjectDiff> {
-    let base = parse(base).context("base object")?;
-    let patched = parse(patched).context("patched object")?;
+    let base = Build::parse(base).context("base object")?;
+    let patched = Build::parse(patched).context("patched object")?;
+    diff_builds(&base, &patched)
+}
+
+/// [`diff`] on parsed objects.
+pub fn diff_builds(base: &Build, patched: &Build) -> Result<ObjectDiff> {
     let mut result = ObjectDiff::default();
-    for (symbol, old) in &base.functions {
-        let Some(new) = patched.functions.get(symbol) else {
+    for (symbol, &old_index) in &base.functions {
+        let Some(&new_index) = patched.functions.get(symbol) else {
             result.removed.push(symbol.clone());
             continue;
         };
+        let old = base.contents(old_index, DEPTH).with_context(|| format!("base {symbol}"))?;
+        let new = patched.contents(new_index, DEPTH).with_context(|| format!("patched {symbol}"))?;
         let mut reasons = Vec::new();
         if old.bytes != new.bytes {
             reasons.push(Reason::Bytes);
@@ -99,97 +284,69 @@ pub fn diff(base: &[u8], patched: &[u8]) -> Result<ObjectDiff> {
         }
     }
     result.added = patched.functions.keys().filter(|symbol| !base.functions.contains_key(*symbol)).cloned().collect();
-    result.data_changed = base
-        .data
-        .iter()
-        .filter(|(name, old)| patched.data.get(*name).is_some_and(|new| new != *old))
-        .map(|(name, _)| name.clone())
-        .collect();
+    for (symbol, &old_index) in &base.statics {
+        let Some(&new_index) = patched.statics.get(symbol) else { continue };
+        if base.contents(old_index, DEPTH)? != patched.contents(new_index, DEPTH)? {
+            result.data_changed.push(symbol.clone());
+        }
+    }
+    result.added_statics =
+        patched.statics.keys().filter(|symbol| !base.statics.contains_key(*symbol)).cloned().collect();
     Ok(result)
 }
 
-fn parse(data: &[u8]) -> Result<Parsed> {
-    let file = object::File::parse(data).context("not an ELF object")?;
-    if file.format() != object::BinaryFormat::Elf || file.kind() != object::ObjectKind::Relocatable {
-        bail!("not an ELF relocatable object");
-    }
-    let mut parsed = Parsed { functions: BTreeMap::new(), data: BTreeMap::new() };
-    for section in file.sections() {
-        let name = section.name().context("section name")?.to_string();
-        let is_function = section.kind() == SectionKind::Text;
-        let is_data = matches!(
-            section.kind(),
-            SectionKind::Data
-                | SectionKind::ReadOnlyData
-                | SectionKind::ReadOnlyString
-                | SectionKind::UninitializedData
-                | SectionKind::Tls
-                | SectionKind::UninitializedTls
-        ) && name != ".eh_frame"
-            && name != ".toc";
-        if !is_function && !is_data {
-            continue;
-        }
-        let contents = contents(&file, &section, is_function).with_context(|| format!("section {name}"))?;
-        if is_function {
-            if contents.bytes.is_empty() {
-                continue;
-            }
-            let symbol = function_symbol(&file, section.index()).unwrap_or_else(|| name.clone());
-            insert_unique(&mut parsed.functions, symbol, contents);
-        } else {
-            insert_unique(&mut parsed.data, name, contents);
-        }
-    }
-    Ok(parsed)
+/// Whether `section` holds data (not code, not a table of the toolchain's).
+fn is_data(section: &object::Section) -> bool {
+    let name = section.name().unwrap_or("");
+    matches!(
+        section.kind(),
+        SectionKind::Data
+            | SectionKind::ReadOnlyData
+            | SectionKind::ReadOnlyDataWithRel
+            | SectionKind::ReadOnlyString
+            | SectionKind::UninitializedData
+            | SectionKind::Tls
+            | SectionKind::UninitializedTls
+    ) && name != ".eh_frame"
+        && name != ".toc"
 }
 
-/// Keys repeated in one object (two local functions or sections of one name) get ` #2`, ` #3`, … in order.
-fn insert_unique(map: &mut BTreeMap<String, Contents>, key: String, contents: Contents) {
+/// Keys repeated in one object (two local symbols of one name) get ` #2`, ` #3`, … in order.
+fn insert_unique<T>(map: &mut BTreeMap<String, T>, key: String, value: T) {
     let mut unique = key.clone();
     let mut count = 1;
     while map.contains_key(&unique) {
         count += 1;
         unique = format!("{key} #{count}");
     }
-    map.insert(unique, contents);
+    map.insert(unique, value);
 }
 
-/// The defined function symbol at offset 0 of section `index`, a global one first.
-fn function_symbol(file: &object::File, index: object::SectionIndex) -> Option<String> {
+/// The defined function symbol of section `index` (at offset 0, or 8 after a
+/// large-code-model function's TOC offset word), a global one first.
+pub fn function_symbol(file: &object::File, index: object::SectionIndex) -> Option<String> {
+    defined_symbol(file, index, SymbolKind::Text)
+}
+
+/// The named data object defined at offset 0 of section `index` (a static).
+fn object_symbol(file: &object::File, index: object::SectionIndex) -> Option<String> {
+    defined_symbol(file, index, SymbolKind::Data)
+}
+
+fn defined_symbol(file: &object::File, index: object::SectionIndex, kind: SymbolKind) -> Option<String> {
     let mut candidates: Vec<_> = file
         .symbols()
         .filter(|symbol| {
             symbol.section_index() == Some(index)
-                && symbol.kind() == SymbolKind::Text
+                && symbol.kind() == kind
                 && symbol.is_definition()
-                && symbol.address() == 0
+                && (symbol.address() == 0 || (kind == SymbolKind::Text && symbol.address() == 8))
         })
-        .filter_map(|symbol| Some((!symbol.is_global(), symbol.name().ok()?.to_string())))
-        .filter(|(_, name)| !name.is_empty())
+        .filter_map(|symbol| Some((!symbol.is_global(), symbol.address(), symbol.name().ok()?.to_string())))
+        .filter(|(_, _, name)| !name.is_empty())
         .collect();
     candidates.sort();
-    candidates.into_iter().next().map(|(_, name)| name)
-}
-
-fn contents(file: &object::File, section: &object::Section, is_function: bool) -> Result<Contents> {
-    let mut bytes = section.uncompressed_data().context("section data")?.into_owned();
-    if bytes.is_empty() && !is_function {
-        // .bss: no file bytes; its size is what there is to compare.
-        bytes = section.size().to_le_bytes().to_vec();
-    }
-    let mut relocations = Vec::new();
-    for (offset, relocation) in section.relocations() {
-        let RelocationFlags::Elf { r_type } = relocation.flags() else {
-            bail!("relocation at {offset:#x} is not an ELF relocation");
-        };
-        mask_relocated(&mut bytes, offset, r_type, relocation.size())
-            .with_context(|| format!("relocation at {offset:#x} is outside the section"))?;
-        let target = target_name(file, relocation.target())?;
-        relocations.push(Relocation { offset, kind: r_type, target, addend: relocation.addend() });
-    }
-    relocations.sort();
-    Ok(Contents { bytes, relocations })
+    candidates.into_iter().next().map(|(_, _, name)| name)
 }
 
 /// Zeroes the field relocation `kind` writes at `offset` (the same in both copies, so only the rest is compared).
@@ -234,29 +391,6 @@ fn mask_relocated(bytes: &mut [u8], offset: u64, kind: u32, size: u8) -> Option<
             zero(bytes, offset, usize::from(size / 8))
         }
         _ => word(bytes, offset & !3, u32::MAX),
-    }
-}
-
-/// A relocation target by name: the symbol's name, or `section NAME` for a section symbol.
-fn target_name(file: &object::File, target: RelocationTarget) -> Result<String> {
-    let section_name = |index| -> Result<String> {
-        Ok(format!(
-            "section {}",
-            file.section_by_index(index).context("target section")?.name().context("section name")?
-        ))
-    };
-    match target {
-        RelocationTarget::Symbol(index) => {
-            let symbol = file.symbol_by_index(index).context("relocation names a symbol that does not exist")?;
-            if symbol.kind() == SymbolKind::Section {
-                section_name(symbol.section_index().context("section symbol without a section")?)
-            } else {
-                Ok(symbol.name().context("symbol name")?.to_string())
-            }
-        }
-        RelocationTarget::Section(index) => section_name(index),
-        RelocationTarget::Absolute => Ok("absolute".to_string()),
-        _ => bail!("unknown relocation target"),
     }
 }
 

@@ -65,6 +65,8 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Generates a signed patch module from a diff of the kernel's source (docs/modules.md, "From a diff").
+    FromDiff(crate::from_diff::Options),
     /// Unloads the patch module NAME from the kernel that `cargo xtask run` (or `gdb`) booted.
     Unload {
         /// The module's name.
@@ -96,6 +98,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
         Command::Identify { timeout } => {
             patch_channel::request(&portable::channel::Message::Identify, "IDENTIFY", Duration::from_secs(*timeout))
         }
+        Command::FromDiff(options) => crate::from_diff::main(options),
         Command::Unload { name, timeout } => {
             let request = portable::channel::Message::Unload { name };
             patch_channel::request(&request, &format!("UNLOAD {name}"), Duration::from_secs(*timeout))

@@ -1,0 +1,579 @@
+//! `patch from-diff`: turns a diff of the kernel's source into a signed patch module for the running kernel.
+//!
+//! Steps (docs/modules.md, "From a diff"): find the target kernel (the
+//! running one, matched by build id to an image built here, or an image);
+//! take its recorded source commit as the base; set the source tree
+//! `target/from-diff/tree` to it and check that the diff applies; compile
+//! the kernel crate there twice, base and patched, with the kernel's own
+//! flags plus `-C code-model=large`, to relocatable objects; compare them
+//! function by function (`object_diff`); check what may be replaced
+//! against the image (`ImageFacts`); write the module (`klp_module`), sign
+//! it, write the report; with `--load`, send it over the patch channel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use object::read::elf::{ElfFile64, Sym};
+use object::{Endianness, Object, ObjectSymbol, elf};
+
+use crate::klp_module;
+use crate::object_diff::{self, Build, Reason};
+use crate::{build, build_id, command, function_notes, patch, patch_channel, run_checked, signing};
+use crate::{symbols, workspace_root};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// The fix: a unified diff of the kernel's source (`git diff` output), paths relative to the workspace root.
+    pub diff: PathBuf,
+    /// The module's name (default: the diff's file name without `.diff`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The source the running kernel was built from (default: the commit recorded in its image).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Send the module to the kernel that `cargo xtask run` booted (whose build id picks the image).
+    #[arg(long)]
+    pub load: bool,
+    /// Without --load: generate for the test kernel (target/kernel/kernel-test.elf) instead of the kernel.
+    #[arg(long)]
+    pub test: bool,
+    /// Seconds to wait for the kernel's replies.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Where the source tree, the two objects and the build live.
+const FOLDER: &str = "target/from-diff";
+
+/// The kernel a patch is generated for.
+struct TargetKernel {
+    image: PathBuf,
+    data: Vec<u8>,
+    id: String,
+    commit: String,
+    dirty: bool,
+    test: bool,
+}
+
+pub fn main(options: &Options) -> Result<ExitCode> {
+    let started = Instant::now();
+    let name = match &options.name {
+        Some(name) => name.clone(),
+        None => options.diff.file_stem().context("the diff has no file name")?.to_string_lossy().into_owned(),
+    };
+    if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_') {
+        bail!("module name {name:?}: use letters, digits, '-' and '_' (or pass --name)");
+    }
+    let diff = fs::read_to_string(&options.diff).with_context(|| format!("reading {}", options.diff.display()))?;
+    let diff_path = fs::canonicalize(&options.diff)?;
+    let target = target_kernel(options)?;
+    eprintln!(
+        "from-diff: target kernel {} (build-id {} commit {}{})",
+        relative(&target.image),
+        target.id,
+        target.commit,
+        if target.dirty { "-dirty" } else { "" }
+    );
+    let base = base_commit(options.base.as_deref(), &target)?;
+    check_paths(&diff)?;
+    let folder = workspace_root().join(FOLDER);
+    fs::create_dir_all(&folder)?;
+    let tree = prepare_tree(&folder, &base, target.dirty)?;
+    let applied = command("git").current_dir(&tree).args(["apply", "--check"]).arg(&diff_path).output()?;
+    if !applied.status.success() {
+        bail!(
+            "{} does not apply to the base {} ({}): {}",
+            options.diff.display(),
+            short(&base),
+            if target.dirty { "the kernel's commit plus the work tree's changes" } else { "the kernel's source" },
+            String::from_utf8_lossy(&applied.stderr).trim()
+        );
+    }
+    let build_started = Instant::now();
+    let base_object = compile(&tree, target.test).context("compiling the base")?;
+    let base_seconds = build_started.elapsed().as_secs_f64();
+    run_checked(command("git").current_dir(&tree).arg("apply").arg(&diff_path))?;
+    let patched_started = Instant::now();
+    let patched_object = compile(&tree, target.test);
+    let patched_seconds = patched_started.elapsed().as_secs_f64();
+    reset_tree(&tree, &base, target.dirty)?;
+    let patched_object = patched_object.context("compiling the patched source")?;
+    fs::write(folder.join("base.o"), &base_object)?;
+    fs::write(folder.join("patched.o"), &patched_object)?;
+
+    let generated = generate(&name, &target, &base_object, &patched_object)?;
+    let pair = signing::ensure_key_pair()?;
+    let signed = signing::sign(&generated.object, &pair);
+    let directory = workspace_root().join(patch::TARGET_DIR);
+    fs::create_dir_all(&directory)?;
+    let module_path = patch::signed_path(&name);
+    fs::write(directory.join(format!("{name}.o")), &generated.object)?;
+    fs::write(&module_path, &signed)?;
+    let report_path = directory.join(format!("{name}.report"));
+    fs::write(&report_path, &generated.report)?;
+    print!("{}", generated.report);
+    eprintln!(
+        "from-diff: {} ({} bytes signed; report {}) in {:.1} s (base build {base_seconds:.1} s, patched build \
+         {patched_seconds:.1} s)",
+        relative(&module_path),
+        signed.len(),
+        relative(&report_path),
+        started.elapsed().as_secs_f64()
+    );
+    if !options.load {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let request = portable::channel::Message::Load { name: &name, module: &signed };
+    let what = format!("LOAD {name} ({} bytes, generated from {})", signed.len(), options.diff.display());
+    let status = patch_channel::request(&request, &what, Duration::from_secs(options.timeout))?;
+    eprintln!("from-diff: from the command to the kernel's reply: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(status)
+}
+
+/// The running kernel (with --load: asked over the channel, then found among
+/// the images built here by its build id), or the image --test chooses.
+fn target_kernel(options: &Options) -> Result<TargetKernel> {
+    let running = if options.load {
+        let (socket, pending) = (patch_channel::socket_path(), patch_channel::PendingFile::default_file());
+        let mut channel = patch_channel::Channel::connect(&socket)?;
+        let message = portable::channel::Message::Identify;
+        let exchanged = patch_channel::exchange(
+            &mut channel,
+            &pending,
+            &message,
+            "IDENTIFY",
+            Duration::from_secs(options.timeout),
+            &mut |line| eprintln!("{line}"),
+        )?;
+        let id = portable::build_id::find_in(&exchanged.reply.message)
+            .with_context(|| format!("the kernel's IDENTIFY reply names no build id: {}", exchanged.reply.message))?;
+        Some(id.to_string())
+    } else {
+        None
+    };
+    let candidates = match (&running, options.test) {
+        (Some(_), _) => vec![true, false],
+        (None, test) => vec![test],
+    };
+    let mut seen = Vec::new();
+    for test in candidates {
+        let image = build::image(test);
+        let Ok(data) = fs::read(&image) else { continue };
+        let Some((id, commit, dirty)) = build_id::read(&data)? else { continue };
+        let id = id.to_string();
+        if running.as_ref().is_none_or(|running| *running == id) {
+            return Ok(TargetKernel { image, data, id, commit, dirty, test });
+        }
+        seen.push(format!("{} is {id}", relative(&image)));
+    }
+    match running {
+        Some(running) => bail!(
+            "the running kernel (build-id {running}) is none of the images built here ({}): a patch can only be \
+             generated for a kernel whose image and source are at hand; rebuild it (`cargo xtask run`)",
+            if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+        ),
+        None => bail!(
+            "no kernel image with a build id at {}: build it first (`cargo xtask build{}`)",
+            relative(&build::image(options.test)),
+            if options.test { " --test" } else { "" }
+        ),
+    }
+}
+
+/// The commit to apply the diff to: the kernel's recorded one; `--base` must name the same.
+fn base_commit(base: Option<&str>, target: &TargetKernel) -> Result<String> {
+    let recorded = target.commit.as_str();
+    if recorded.is_empty() || recorded == "unknown" {
+        bail!("the kernel image {} records no source commit", relative(&target.image));
+    }
+    let resolve = |revision: &str| -> Result<String> {
+        let output =
+            command("git").args(["rev-parse", "--verify", "--quiet"]).arg(format!("{revision}^{{commit}}")).output()?;
+        if !output.status.success() {
+            bail!("--base {revision}: not a commit of this repository");
+        }
+        Ok(String::from_utf8(output.stdout)?.trim().to_string())
+    };
+    let kernel =
+        resolve(recorded).with_context(|| format!("the kernel's commit {recorded} is not in this repository"))?;
+    if let Some(base) = base {
+        let given = resolve(base)?;
+        if given != kernel {
+            bail!(
+                "--base {base} ({}) is not the source of the target kernel {} (build-id {}, commit {}): a patch \
+                 generated against other source would not match the code it replaces",
+                short(&given),
+                relative(&target.image),
+                target.id,
+                short(&kernel)
+            );
+        }
+    }
+    if target.dirty {
+        let head = resolve("HEAD")?;
+        if head != kernel {
+            bail!(
+                "the target kernel was built from uncommitted changes on {} but HEAD is now {}: its source is gone; \
+                 rebuild it",
+                short(&kernel),
+                short(&head)
+            );
+        }
+    }
+    Ok(kernel)
+}
+
+/// Refuses a diff that changes anything but the kernel crate's Rust source.
+fn check_paths(diff: &str) -> Result<()> {
+    let mut files = BTreeSet::new();
+    for line in diff.lines() {
+        if let Some(rest) = line.strip_prefix("diff --git ") {
+            for word in rest.split_whitespace() {
+                if let Some(path) = word.strip_prefix("a/").or_else(|| word.strip_prefix("b/")) {
+                    files.insert(path.to_string());
+                }
+            }
+        } else if let Some(path) = line.strip_prefix("+++ b/").or_else(|| line.strip_prefix("--- a/")) {
+            files.insert(path.trim().to_string());
+        }
+    }
+    if files.is_empty() {
+        bail!("the diff changes no file (expected `git diff` output)");
+    }
+    let outside: Vec<&String> =
+        files.iter().filter(|path| !(path.starts_with("kernel/src/") && path.ends_with(".rs"))).collect();
+    if outside.is_empty() {
+        return Ok(());
+    }
+    let boot = outside.iter().any(|path| path.starts_with("boot/"));
+    bail!(
+        "the diff changes {}: only the kernel crate's Rust source (kernel/src/**.rs) can be live patched{}",
+        outside.iter().map(|path| path.as_str()).collect::<Vec<_>>().join(", "),
+        if boot {
+            "; boot/ is boot code, which has run once and is gone by the time a patch could load"
+        } else {
+            " (boot code, other crates, the linker script and build files are fixed in the image)"
+        }
+    )
+}
+
+/// Sets `FOLDER/tree` (a git worktree) to `base` and, for a dirty kernel, the
+/// work tree's changes; files cargo would see change only where they differ,
+/// so the build stays warm.
+fn prepare_tree(folder: &Path, base: &str, dirty: bool) -> Result<PathBuf> {
+    let tree = folder.join("tree");
+    if !tree.join(".git").exists() {
+        let _ = fs::remove_dir_all(&tree);
+        run_checked(command("git").args(["worktree", "prune"]))?;
+        run_checked(command("git").args(["worktree", "add", "--detach", "--force"]).arg(&tree).arg(base))?;
+    }
+    reset_tree(&tree, base, dirty)?;
+    Ok(tree)
+}
+
+/// Puts the tree back to `base` (plus the work tree's changes when `dirty`).
+fn reset_tree(tree: &Path, base: &str, dirty: bool) -> Result<()> {
+    run_checked(command("git").current_dir(tree).args(["checkout", "--quiet", "--detach", "--force", base]))?;
+    run_checked(command("git").current_dir(tree).args(["clean", "-fdq"]))?;
+    if dirty {
+        let changes = command("git").args(["diff", "HEAD", "--binary"]).output()?;
+        if !changes.status.success() {
+            bail!("git diff HEAD failed: {}", String::from_utf8_lossy(&changes.stderr));
+        }
+        if !changes.stdout.is_empty() {
+            let path = tree.parent().context("tree folder")?.join("work-tree-changes.diff");
+            fs::write(&path, &changes.stdout)?;
+            run_checked(command("git").current_dir(tree).arg("apply").arg(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Compiles the kernel crate in `tree` with the kernel's flags plus the large
+/// code model, to one relocatable object; returns its bytes.
+fn compile(tree: &Path, test: bool) -> Result<Vec<u8>> {
+    let mut cargo = build::kernel_cargo("rustc", test, "target/kernel");
+    cargo.current_dir(tree);
+    cargo.arg("--").args(build::KERNEL_FLAGS).args(["-Ccode-model=large", "--emit=obj"]);
+    let deps = tree.join("target/kernel/ppc64le-kernel/release/deps");
+    // A failed build must not leave an older object looking current.
+    for entry in fs::read_dir(&deps).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("kernel-"))
+            && path.extension().is_some_and(|extension| extension == "o")
+        {
+            fs::remove_file(&path)?;
+        }
+    }
+    run_checked(&mut cargo)?;
+    let object = fs::read_dir(&deps)?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("kernel-"))
+                && path.extension().is_some_and(|extension| extension == "o")
+        })
+        .with_context(|| format!("no kernel-*.o in {}", deps.display()))?;
+    fs::read(&object).with_context(|| format!("reading {}", object.display()))
+}
+
+/// The module object and its report.
+pub struct Generated {
+    pub object: Vec<u8>,
+    pub report: String,
+}
+
+/// Compares the two builds, checks every change against the target kernel and writes the module.
+fn generate(name: &str, target: &TargetKernel, base: &[u8], patched: &[u8]) -> Result<Generated> {
+    let base = Build::parse(base).context("the base object")?;
+    let patched = Build::parse(patched).context("the patched object")?;
+    let diff = object_diff::diff_builds(&base, &patched)?;
+    if let Some(symbol) = diff.data_changed.first() {
+        bail!(
+            "static {} changed its initial value, size or type: a live patch cannot change data the running kernel \
+             initialised long ago (its code keeps using the old layout and value); keep the static as it is and \
+             keep new state in a shadow variable (klp_shadow_get_or_alloc, docs/livepatch.md \"Shadow variables\"){}",
+            symbols::demangle(symbol),
+            if diff.data_changed.len() > 1 {
+                format!(
+                    " (also changed: {})",
+                    diff.data_changed[1..].iter().map(|s| symbols::demangle(s)).collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    let image = ImageFacts::read(&target.data)?;
+    let mut replaced = BTreeSet::new();
+    let mut new_code: BTreeSet<String> = diff.added.iter().cloned().collect();
+    let mut lines = Vec::new();
+    for changed in &diff.changed {
+        let why = match changed.reasons.as_slice() {
+            [Reason::Bytes] => "its instructions differ",
+            [Reason::Relocations] => "what it calls or reads differs",
+            _ => "its instructions and what it calls or reads differ",
+        };
+        match image.function(&changed.symbol) {
+            Some(address) if !image.sites.contains(&address) => bail!(
+                "{} changed but has no ftrace site in the running kernel (a #[notrace] function, or assembly): \
+                 it cannot be live patched",
+                changed.name
+            ),
+            Some(address) => {
+                replaced.insert(changed.symbol.clone());
+                lines.push(format!("  replaced  {} ({why}) at {address:#x}", changed.name));
+            }
+            None if changed.symbol.starts_with('.') => {
+                bail!("{} changed, and it is not a Rust function (assembly?): it cannot be live patched", changed.name)
+            }
+            None => {
+                new_code.insert(changed.symbol.clone());
+                lines.push(format!(
+                    "  changed   {} ({why}); the running kernel has no copy of its own (inlined into its callers), \
+                     copied where the patch calls it",
+                    changed.name
+                ));
+            }
+        }
+    }
+    if replaced.is_empty() {
+        bail!(
+            "the diff changes no function the running kernel has a copy of{}",
+            if diff.changed.is_empty() && diff.added.is_empty() {
+                " (the compiled code is the same)".to_string()
+            } else {
+                format!(
+                    ": changed {:?}, added {:?}",
+                    diff.changed.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                    diff.added
+                )
+            }
+        );
+    }
+    // Every holder of an inlined copy of a replaced function must be replaced too.
+    let mut allow_inlined = BTreeSet::new();
+    for symbol in &replaced {
+        let address = image.function(symbol).expect("replaced functions are in the image");
+        let holders = image.holders(address);
+        if holders.is_empty() {
+            continue;
+        }
+        let stale: Vec<String> = holders
+            .iter()
+            .filter(|holder| !image.mangled(**holder).is_some_and(|mangled| replaced.contains(mangled)))
+            .map(|holder| image.demangled(*holder))
+            .collect();
+        if !stale.is_empty() {
+            bail!(
+                "{} is inlined into {} in the running kernel, whose code did not change in the compared builds: \
+                 they would keep running the old code",
+                symbols::demangle(symbol),
+                stale.join(", ")
+            );
+        }
+        allow_inlined.insert(symbol.clone());
+    }
+    let mut description = format!("klp-patch 1\nname {name}\nbuild-id {}\ntoc kernel\nabi-checked\n", target.id);
+    for symbol in &replaced {
+        let old = image.description_name(symbol)?;
+        let flag = if allow_inlined.contains(symbol) { " allow_inlined" } else { "" };
+        description.push_str(&format!("replace {old} {symbol}{flag}\n"));
+    }
+    let new_statics: BTreeSet<String> = diff.added_statics.iter().cloned().collect();
+    let rules = klp_module::Rules { replaced: &replaced, new_code: &new_code, new_statics: &new_statics };
+    let extracted = klp_module::extract(&patched, &rules, &image, &description)?;
+
+    let mut report = format!(
+        "patch {name} for kernel build-id {} (commit {}{})\n",
+        target.id,
+        target.commit,
+        if target.dirty { "-dirty" } else { "" }
+    );
+    report.push_str("functions:\n");
+    for line in lines {
+        report.push_str(&line);
+        report.push('\n');
+    }
+    for symbol in &diff.added {
+        let taken = extracted.copied_functions.contains(symbol);
+        report.push_str(&format!(
+            "  added     {}{}\n",
+            symbols::demangle(symbol),
+            if taken { "" } else { " (not reached from a replaced function: left out)" }
+        ));
+    }
+    for symbol in &extracted.copied_functions {
+        if !new_code.contains(symbol) {
+            report.push_str(&format!(
+                "  copied    {} (unchanged; the running kernel has no copy of its own)\n",
+                symbols::demangle(symbol)
+            ));
+        }
+    }
+    if !extracted.copied_statics.is_empty() {
+        report.push_str("statics in the module:\n");
+        for symbol in &extracted.copied_statics {
+            let why = if new_statics.contains(symbol) { "new in the fix" } else { "read-only, copied" };
+            report.push_str(&format!("  {} ({why})\n", symbols::demangle(symbol)));
+        }
+    }
+    report.push_str(&format!("references to the running kernel ({}):\n", extracted.kernel_references.len()));
+    for symbol in &extracted.kernel_references {
+        report.push_str(&format!("  {}\n", symbols::demangle(symbol)));
+    }
+    report.push_str(&format!(
+        "module: {} bytes of code and data, {} constants copied, object {} bytes\n",
+        extracted.loaded_bytes,
+        extracted.constants,
+        extracted.object.len()
+    ));
+    Ok(Generated { object: extracted.object, report })
+}
+
+/// What the generator reads from the target kernel's image.
+struct ImageFacts {
+    /// Sized function and data symbols by mangled name: their addresses, in symbol-table order.
+    symbols: BTreeMap<String, Vec<u64>>,
+    /// Function entries by mangled name (sized functions).
+    functions: BTreeMap<String, u64>,
+    /// Mangled name by function entry.
+    names: BTreeMap<u64, String>,
+    sites: BTreeSet<u64>,
+    /// Function entry -> the entries of the functions holding an inlined copy.
+    holders: BTreeMap<u64, Vec<u64>>,
+}
+
+impl ImageFacts {
+    fn read(data: &[u8]) -> Result<ImageFacts> {
+        let file = ElfFile64::<Endianness>::parse(data).context("the kernel image is not a 64-bit ELF file")?;
+        let endian = file.endian();
+        let mut symbols: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut functions = BTreeMap::new();
+        let mut names = BTreeMap::new();
+        for symbol in file.symbols() {
+            let raw = symbol.elf_symbol();
+            let kind = raw.st_type();
+            if (kind != elf::STT_FUNC && kind != elf::STT_OBJECT) || raw.st_size(endian) == 0 {
+                continue;
+            }
+            let name = symbol.name()?.to_string();
+            if kind == elf::STT_FUNC {
+                functions.insert(name.clone(), symbol.address());
+                names.entry(symbol.address()).or_insert_with(|| name.clone());
+            }
+            symbols.entry(name).or_default().push(symbol.address());
+        }
+        let notes = function_notes::Kernel::read(data)?;
+        let sites = notes.sites().clone();
+        let mut holders = BTreeMap::new();
+        for note in notes.notes() {
+            if let Some(function) = note.function {
+                holders.insert(function, note.callers.clone());
+            }
+        }
+        Ok(ImageFacts { symbols, functions, names, sites, holders })
+    }
+
+    fn function(&self, mangled: &str) -> Option<u64> {
+        self.functions.get(mangled).copied()
+    }
+
+    fn mangled(&self, address: u64) -> Option<&String> {
+        self.names.get(&address)
+    }
+
+    fn demangled(&self, address: u64) -> String {
+        self.names.get(&address).map_or_else(|| format!("{address:#x}"), |name| symbols::demangle(name))
+    }
+
+    fn holders(&self, address: u64) -> &[u64] {
+        self.holders.get(&address).map_or(&[], Vec::as_slice)
+    }
+
+    /// The name a `replace` line gives function `mangled`: as the kernel's
+    /// site table names it (demangled, no hash), `@N` when several functions
+    /// with a site share that name (the Nth by address).
+    fn description_name(&self, mangled: &str) -> Result<String> {
+        let name = symbols::demangle(mangled);
+        if name.chars().any(char::is_whitespace) {
+            bail!("{name}: a name with spaces (a trait method) cannot be written in a patch description");
+        }
+        let address = self.function(mangled).context("not in the image")?;
+        let same: Vec<u64> = self
+            .sites
+            .iter()
+            .copied()
+            .filter(|site| self.names.get(site).is_some_and(|other| symbols::demangle(other) == name))
+            .collect();
+        if same.len() <= 1 {
+            return Ok(name);
+        }
+        let position = same.iter().position(|&site| site == address).context("a replaced function without a site")?;
+        Ok(format!("{name}@{}", position + 1))
+    }
+}
+
+impl klp_module::Kernel for ImageFacts {
+    fn klp_symbol(&self, mangled: &str) -> Result<Option<String>> {
+        match self.symbols.get(mangled).map(Vec::len) {
+            None => Ok(None),
+            Some(1) => Ok(Some(format!("{}{mangled},0", klp_module::KERNEL_SYMBOL_PREFIX))),
+            Some(count) => {
+                bail!("{} names {count} symbols of the running kernel: ambiguous", symbols::demangle(mangled))
+            }
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(workspace_root()).unwrap_or(path).display().to_string()
+}

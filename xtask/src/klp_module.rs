@@ -1,0 +1,408 @@
+//! Writes a generated patch's module object: the patched build's replacement functions, what they need copied, klp relocations for the rest.
+//!
+//! Input: the patched build of the kernel crate (one relocatable object,
+//! large code model, see docs/modules.md "From a diff") and the functions to
+//! replace. Starting from those, every relocation of every section taken is
+//! followed, and its target becomes one of:
+//!
+//! - `.TOC.`: stays `.TOC.` (the module runs on the kernel's TOC base, `toc kernel`);
+//! - a `.toc` entry: a new entry in the module's own `.toc`, whose ADDR64 is
+//!   placed by these same rules (the module's code reaches data only through it);
+//! - a function or static the [`Kernel`] has (by its mangled name) that is not
+//!   itself taken: the undefined symbol `.klp.sym.vmlinux.NAME,POSITION`,
+//!   which the loader resolves to the running kernel's own copy, so a static is
+//!   always the running kernel's instance;
+//! - anything else defined in the object (a new function, a new static, an
+//!   anonymous constant, a function the running kernel has no copy of): copied
+//!   into the module, section by section; a string of a merged string section
+//!   (file names of panic locations) or a merged constant: only those bytes.
+//!
+//! A named writable static the running kernel lacks but the base build had
+//! is refused: a copy would be a second instance with other contents.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use anyhow::{Context, Result, bail};
+use object::elf;
+use object::write::{Object as Writer, Relocation, SectionId, Symbol, SymbolId, SymbolSection};
+use object::{
+    Architecture, BinaryFormat, Endianness, FileFlags, Object, ObjectSection, ObjectSymbol, RelocationFlags,
+    RelocationTarget, SectionIndex, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
+};
+
+use crate::object_diff::Build;
+
+/// The prefix of the undefined symbols naming the running kernel's own symbols.
+pub const KERNEL_SYMBOL_PREFIX: &str = ".klp.sym.vmlinux.";
+
+/// What the generator knows of the running kernel for placing references.
+pub trait Kernel {
+    /// `.klp.sym.vmlinux.NAME,POSITION` for the kernel's symbol `mangled`, `None` if it has none of that name.
+    fn klp_symbol(&self, mangled: &str) -> Result<Option<String>>;
+}
+
+/// The module object and what went into it.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub object: Vec<u8>,
+    /// Functions copied besides the replacements (mangled).
+    pub copied_functions: Vec<String>,
+    /// Named statics the module holds (mangled): new in the fix, or read-only copies.
+    pub copied_statics: Vec<String>,
+    /// Anonymous constants copied (sections, strings, merged constants).
+    pub constants: usize,
+    /// References resolved to the running kernel: the mangled names.
+    pub kernel_references: BTreeSet<String>,
+    /// Bytes of code and data the module carries (sections, `.toc` included, description excluded).
+    pub loaded_bytes: u64,
+}
+
+/// What the rules need to know of one name of the patched object.
+pub struct Rules<'r> {
+    /// Functions replaced (mangled): global in the module, named by the description.
+    pub replaced: &'r BTreeSet<String>,
+    /// Functions whose code changed or that the base build lacks (mangled): always copied, never the kernel's.
+    pub new_code: &'r BTreeSet<String>,
+    /// Statics the base build lacks (mangled): new in the fix, they live in the module.
+    pub new_statics: &'r BTreeSet<String>,
+}
+
+/// Builds the module object: `description` goes into `.klp.patch`.
+pub fn extract(patched: &Build, rules: &Rules, kernel: &dyn Kernel, description: &str) -> Result<Extracted> {
+    let mut writer = Writer::new(BinaryFormat::Elf, Architecture::PowerPc64, Endianness::Little);
+    // ELFv2 (e_flags 2), as rustc writes.
+    writer.flags = FileFlags::Elf { os_abi: 0, abi_version: 0, e_flags: 2 };
+    let mut state = State {
+        patched,
+        rules,
+        kernel,
+        writer,
+        sections: HashMap::new(),
+        queue: VecDeque::new(),
+        undefined: BTreeMap::new(),
+        defined: HashMap::new(),
+        toc: None,
+        toc_entries: HashMap::new(),
+        strings: None,
+        string_offsets: BTreeMap::new(),
+        constants: None,
+        constant_offsets: BTreeMap::new(),
+        extracted: Extracted::default(),
+    };
+    for symbol in rules.replaced {
+        let &index =
+            patched.functions.get(symbol).with_context(|| format!("no function {symbol} in the patched build"))?;
+        state.take(index)?;
+    }
+    while let Some(index) = state.queue.pop_front() {
+        state.relocate(index)?;
+    }
+    let section = state.writer.add_section(Vec::new(), b".klp.patch".to_vec(), SectionKind::ReadOnlyData);
+    state.writer.append_section_data(section, description.as_bytes(), 1);
+    let mut extracted = state.extracted;
+    extracted.object = state.writer.write().context("writing the module object")?;
+    Ok(extracted)
+}
+
+struct State<'s, 'd> {
+    patched: &'s Build<'d>,
+    rules: &'s Rules<'s>,
+    kernel: &'s dyn Kernel,
+    writer: Writer<'static>,
+    /// Sections of the patched object copied: their module section.
+    sections: HashMap<SectionIndex, SectionId>,
+    queue: VecDeque<SectionIndex>,
+    /// Undefined module symbols by name (`.TOC.`, `.klp.sym.vmlinux.*`).
+    undefined: BTreeMap<String, SymbolId>,
+    /// Symbols of the patched object defined in the module: by their index there.
+    defined: HashMap<object::SymbolIndex, SymbolId>,
+    toc: Option<SectionId>,
+    /// The module's `.toc` entries by what they hold.
+    toc_entries: HashMap<(SymbolId, i64), u64>,
+    strings: Option<SectionId>,
+    string_offsets: BTreeMap<Vec<u8>, u64>,
+    constants: Option<SectionId>,
+    constant_offsets: BTreeMap<(Vec<u8>, u64), u64>,
+    extracted: Extracted,
+}
+
+impl State<'_, '_> {
+    /// Copies section `index` (once) with the symbols it defines; queues its relocations.
+    fn take(&mut self, index: SectionIndex) -> Result<SectionId> {
+        if let Some(&id) = self.sections.get(&index) {
+            return Ok(id);
+        }
+        let file = &self.patched.file;
+        let section = file.section_by_index(index)?;
+        let name = section.name().context("section name")?;
+        let kind = section.kind();
+        let id = self.writer.add_section(Vec::new(), name.as_bytes().to_vec(), kind);
+        if kind == SectionKind::UninitializedData {
+            self.writer.append_section_bss(id, section.size(), section.align().max(1));
+        } else {
+            let data = section.uncompressed_data().context("section data")?;
+            self.writer.append_section_data(id, &data, section.align().max(1));
+        }
+        self.extracted.loaded_bytes += section.size();
+        self.sections.insert(index, id);
+        self.queue.push_back(index);
+        for symbol in file.symbols().filter(|symbol| symbol.section_index() == Some(index)) {
+            let name = symbol.name().unwrap_or("");
+            if name.is_empty() || symbol.kind() == SymbolKind::Section {
+                continue;
+            }
+            let global = self.rules.replaced.contains(name);
+            let object::SymbolFlags::Elf { st_other, .. } = symbol.flags() else { bail!("{name}: not an ELF symbol") };
+            let kind = match symbol.kind() {
+                SymbolKind::Text => elf::STT_FUNC,
+                SymbolKind::Data => elf::STT_OBJECT,
+                _ => elf::STT_NOTYPE,
+            };
+            let bind = if global { elf::STB_GLOBAL } else { elf::STB_LOCAL };
+            let defined = self.writer.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: symbol.address(),
+                size: symbol.size(),
+                kind: symbol.kind(),
+                scope: if global { SymbolScope::Linkage } else { SymbolScope::Compilation },
+                weak: false,
+                section: SymbolSection::Section(id),
+                flags: SymbolFlags::Elf { st_info: (bind << 4) | kind, st_other },
+            });
+            self.defined.insert(symbol.index(), defined);
+            match symbol.kind() {
+                SymbolKind::Text if !global => self.extracted.copied_functions.push(name.to_string()),
+                SymbolKind::Data => self.extracted.copied_statics.push(name.to_string()),
+                _ => {}
+            }
+        }
+        if self.patched.functions.values().all(|&function| function != index)
+            && self.patched.statics.values().all(|&named| named != index)
+        {
+            self.extracted.constants += 1;
+        }
+        Ok(id)
+    }
+
+    /// Writes the relocations of copied section `index`, each target placed by the rules.
+    fn relocate(&mut self, index: SectionIndex) -> Result<()> {
+        let section = self.patched.file.section_by_index(index)?;
+        let name = section.name().unwrap_or("?").to_string();
+        let id = self.sections[&index];
+        for (offset, relocation) in section.relocations() {
+            let RelocationFlags::Elf { r_type } = relocation.flags() else {
+                bail!("{name}+{offset:#x}: not an ELF relocation");
+            };
+            let (symbol, addend) = self
+                .place(relocation.target(), relocation.addend())
+                .with_context(|| format!("the reference at {name}+{offset:#x}"))?;
+            self.writer
+                .add_relocation(id, Relocation { offset, symbol, addend, flags: RelocationFlags::Elf { r_type } })
+                .with_context(|| format!("{name}+{offset:#x}"))?;
+        }
+        Ok(())
+    }
+
+    /// Where a reference to `target + addend` goes in the module (see the module's doc).
+    fn place(&mut self, target: RelocationTarget, addend: i64) -> Result<(SymbolId, i64)> {
+        let file = &self.patched.file;
+        let section = match target {
+            RelocationTarget::Symbol(index) => {
+                let symbol = file.symbol_by_index(index)?;
+                let name = symbol.name().unwrap_or("");
+                if symbol.kind() == SymbolKind::Section || name.is_empty() {
+                    symbol.section_index().context("an unnamed symbol without a section")?
+                } else {
+                    return self.place_named(index, name.to_string(), addend);
+                }
+            }
+            RelocationTarget::Section(index) => index,
+            _ => bail!("a reference to an absolute address"),
+        };
+        if let Some((toc, entries)) = &self.patched.toc
+            && *toc == section
+        {
+            let offset = u64::try_from(addend).context("a negative .toc offset")?;
+            let &(inner, inner_addend) =
+                entries.get(&offset).with_context(|| format!("no .toc entry at {offset:#x}"))?;
+            let entry = self.place(inner, inner_addend)?;
+            return Ok((self.toc_symbol()?, self.toc_entry(entry)? as i64));
+        }
+        let data = file.section_by_index(section)?;
+        let object::SectionFlags::Elf { sh_flags } = data.flags() else { bail!("not an ELF section") };
+        let bytes = data.data()?;
+        if sh_flags & u64::from(elf::SHF_MERGE) != 0 {
+            let start = usize::try_from(addend).ok().filter(|&start| start <= bytes.len());
+            let start = start.with_context(|| format!("a constant outside {}", data.name().unwrap_or("?")))?;
+            return if sh_flags & u64::from(elf::SHF_STRINGS) != 0 {
+                let end =
+                    bytes[start..].iter().position(|&byte| byte == 0).map_or(bytes.len(), |length| start + length + 1);
+                self.string(&bytes[start..end])
+            } else {
+                let size = usize::try_from(data.align().max(1))?;
+                let constant = bytes.get(start..start + size).context("a merged constant past its section's end")?;
+                self.constant(constant, data.align().max(1))
+            };
+        }
+        // A section of its own: an anonymous constant, a jump table, or a
+        // function or static reached through its section symbol.
+        if let Some(symbol) = crate::object_diff::function_symbol(file, section) {
+            if !self.must_copy_function(&symbol)? {
+                let entry = file.symbols().find(|candidate| candidate.name() == Ok(symbol.as_str()));
+                let entry = entry.map_or(0, |found| found.address());
+                if u64::try_from(addend).ok() != Some(entry) {
+                    bail!(
+                        "a reference into the middle of {} (+{addend:#x}), which stays the kernel's",
+                        crate::symbols::demangle(&symbol)
+                    );
+                }
+                return Ok((self.kernel_symbol(&symbol)?, 0));
+            }
+        }
+        let id = self.take(section)?;
+        Ok((self.writer.section_symbol(id), addend))
+    }
+
+    /// A reference to the named symbol `index` of the patched object.
+    fn place_named(&mut self, index: object::SymbolIndex, name: String, addend: i64) -> Result<(SymbolId, i64)> {
+        if name == ".TOC." {
+            return Ok((self.undefined_symbol(".TOC."), addend));
+        }
+        let symbol = self.patched.file.symbol_by_index(index)?;
+        let Some(section) = symbol.section_index() else {
+            // Defined in another crate (core, alloc, compiler_builtins): the kernel's copy.
+            return Ok((self.kernel_symbol(&name)?, addend));
+        };
+        let copy = match symbol.kind() {
+            SymbolKind::Text => self.must_copy_function(&name)?,
+            SymbolKind::Data => {
+                if self.rules.new_statics.contains(&name) {
+                    true
+                } else if self.kernel.klp_symbol(&name)?.is_some() {
+                    false
+                } else {
+                    let section = self.patched.file.section_by_index(section)?;
+                    let object::SectionFlags::Elf { sh_flags } = section.flags() else { bail!("not an ELF section") };
+                    if sh_flags & u64::from(elf::SHF_WRITE) != 0 {
+                        bail!(
+                            "static {} is in both builds but not in the running kernel's symbol table: a copy in the \
+                             patch would be a second instance, not the running kernel's",
+                            crate::symbols::demangle(&name)
+                        );
+                    }
+                    true
+                }
+            }
+            _ => true,
+        };
+        if !copy {
+            return Ok((self.kernel_symbol(&name)?, addend));
+        }
+        self.take(section)?;
+        let defined =
+            *self.defined.get(&index).with_context(|| format!("symbol {name} was not copied with its section"))?;
+        Ok((defined, addend))
+    }
+
+    /// Whether function `name` goes into the module: replaced or new code, or the running kernel has no copy of it.
+    fn must_copy_function(&self, name: &str) -> Result<bool> {
+        Ok(self.rules.replaced.contains(name)
+            || self.rules.new_code.contains(name)
+            || self.kernel.klp_symbol(name)?.is_none())
+    }
+
+    /// The undefined `.klp.sym.vmlinux.NAME,POSITION` symbol for the kernel's `name`.
+    fn kernel_symbol(&mut self, name: &str) -> Result<SymbolId> {
+        let Some(klp) = self.kernel.klp_symbol(name)? else {
+            bail!(
+                "{} is needed but the running kernel has no symbol of that name (the linker dropped it, \
+                 or it is new in another crate than the kernel's)",
+                crate::symbols::demangle(name)
+            );
+        };
+        self.extracted.kernel_references.insert(name.to_string());
+        Ok(self.undefined_symbol(&klp))
+    }
+
+    fn undefined_symbol(&mut self, name: &str) -> SymbolId {
+        if let Some(&id) = self.undefined.get(name) {
+            return id;
+        }
+        let id = self.writer.add_symbol(Symbol {
+            name: name.as_bytes().to_vec(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Unknown,
+            scope: SymbolScope::Linkage,
+            weak: false,
+            section: SymbolSection::Undefined,
+            flags: SymbolFlags::None,
+        });
+        self.undefined.insert(name.to_string(), id);
+        id
+    }
+
+    fn toc_symbol(&mut self) -> Result<SymbolId> {
+        let id =
+            *self.toc.get_or_insert_with(|| self.writer.add_section(Vec::new(), b".toc".to_vec(), SectionKind::Data));
+        Ok(self.writer.section_symbol(id))
+    }
+
+    /// The offset in the module's `.toc` of an entry holding `target` (made once).
+    fn toc_entry(&mut self, target: (SymbolId, i64)) -> Result<u64> {
+        if let Some(&offset) = self.toc_entries.get(&target) {
+            return Ok(offset);
+        }
+        let toc = self.toc.context("the module's .toc")?;
+        let offset = self.writer.append_section_data(toc, &[0; 8], 8);
+        self.writer.add_relocation(
+            toc,
+            Relocation {
+                offset,
+                symbol: target.0,
+                addend: target.1,
+                flags: RelocationFlags::Elf { r_type: elf::R_PPC64_ADDR64 },
+            },
+        )?;
+        self.extracted.loaded_bytes += 8;
+        self.toc_entries.insert(target, offset);
+        Ok(offset)
+    }
+
+    /// A NUL-terminated string of a merged string section, copied once.
+    fn string(&mut self, bytes: &[u8]) -> Result<(SymbolId, i64)> {
+        let section = *self.strings.get_or_insert_with(|| {
+            self.writer.add_section(Vec::new(), b".rodata.klp_strings".to_vec(), SectionKind::ReadOnlyData)
+        });
+        let offset = match self.string_offsets.get(bytes) {
+            Some(&offset) => offset,
+            None => {
+                let offset = self.writer.append_section_data(section, bytes, 1);
+                self.extracted.loaded_bytes += bytes.len() as u64;
+                self.extracted.constants += 1;
+                self.string_offsets.insert(bytes.to_vec(), offset);
+                offset
+            }
+        };
+        Ok((self.writer.section_symbol(section), offset as i64))
+    }
+
+    /// A constant of a merged constant section, copied once.
+    fn constant(&mut self, bytes: &[u8], alignment: u64) -> Result<(SymbolId, i64)> {
+        let section = *self.constants.get_or_insert_with(|| {
+            self.writer.add_section(Vec::new(), b".rodata.klp_constants".to_vec(), SectionKind::ReadOnlyData)
+        });
+        let key = (bytes.to_vec(), alignment);
+        let offset = match self.constant_offsets.get(&key) {
+            Some(&offset) => offset,
+            None => {
+                let offset = self.writer.append_section_data(section, bytes, alignment);
+                self.extracted.loaded_bytes += bytes.len() as u64;
+                self.extracted.constants += 1;
+                self.constant_offsets.insert(key, offset);
+                offset
+            }
+        };
+        Ok((self.writer.section_symbol(section), offset as i64))
+    }
+}
