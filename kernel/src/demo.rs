@@ -83,15 +83,17 @@ pub fn decode(code: u64) -> u64 {
     code.wrapping_sub(1) / 2
 }
 
-/// The most `capped` returns. The static-initialiser case changes it, which a
-/// patch cannot do (the running kernel's value stays): refused.
-static LIMIT: u64 = 100;
+/// The most `capped` returns. The static-initialiser case changes its
+/// initial value, which a patch cannot do (the running kernel's LIMIT was
+/// initialised at boot and may have changed since): refused. An atomic, as a
+/// kernel's tunable would be: a plain `static LIMIT: u64` is a constant to the
+/// compiler, copied into its readers with no symbol of its own.
+static LIMIT: AtomicU64 = AtomicU64::new(100);
 
-/// `value`, or `LIMIT` when it is larger. `LIMIT` is read through
-/// `black_box`, so it is loaded from the static, not folded into the code.
+/// `value`, or `LIMIT` when it is larger.
 #[inline(never)]
 pub fn capped(value: u64) -> u64 {
-    value.min(*core::hint::black_box(&LIMIT))
+    value.min(LIMIT.load(Ordering::Relaxed))
 }
 
 /// A rectangle, passed by reference to `area`. The struct-layout case adds
