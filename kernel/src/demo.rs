@@ -87,13 +87,14 @@ pub fn decode(code: u64) -> u64 {
 /// initial value, which a patch cannot do (the running kernel's LIMIT was
 /// initialised at boot and may have changed since): refused. An atomic, as a
 /// kernel's tunable would be: a plain `static LIMIT: u64` is a constant to the
-/// compiler, copied into its readers with no symbol of its own.
+/// compiler, with no symbol of its own in the object.
 static LIMIT: AtomicU64 = AtomicU64::new(100);
 
-/// `value`, or `LIMIT` when it is larger.
+/// `value`, or `LIMIT` when it is larger. (`black_box`: the compiler would
+/// otherwise see that nothing stores to `LIMIT` and fold its value in here.)
 #[inline(never)]
 pub fn capped(value: u64) -> u64 {
-    value.min(LIMIT.load(Ordering::Relaxed))
+    value.min(core::hint::black_box(&LIMIT).load(Ordering::Relaxed))
 }
 
 /// A rectangle, passed by reference to `area`. The struct-layout case adds
