@@ -263,29 +263,7 @@ fn target_name(file: &object::File, target: RelocationTarget) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-    use std::process::Command;
-
-    /// Compiles `source` (a `#![no_std]` lib) for the kernel's target and returns the object's bytes.
-    fn compile(test: &str, version: &str, source: &str) -> Vec<u8> {
-        let folder = std::env::temp_dir().join(format!("xtask-object-diff-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&folder).unwrap();
-        let source_path = folder.join(format!("{version}.rs"));
-        let object_path: PathBuf = folder.join(format!("{version}.o"));
-        std::fs::write(&source_path, source).unwrap();
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-        let output = Command::new(rustc)
-            .args(["--edition", "2024", "--crate-type", "lib", "--crate-name", "fixture", "--emit", "obj"])
-            .args(["-C", "opt-level=2", "-C", "panic=abort", "--target", "powerpc64le-unknown-linux-gnu", "-o"])
-            .arg(&object_path)
-            .arg(&source_path)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "rustc failed: {}", String::from_utf8_lossy(&output.stderr));
-        let bytes = std::fs::read(&object_path).unwrap();
-        std::fs::remove_dir_all(&folder).ok();
-        bytes
-    }
+    use crate::fixture_object::compile;
 
     fn diff_sources(test: &str, base: &str, patched: &str) -> ObjectDiff {
         diff(&compile(test, "base", base), &compile(test, "patched", patched)).unwrap()
