@@ -257,18 +257,18 @@ impl State<'_, '_> {
         }
         // A section of its own: an anonymous constant, a jump table, or a
         // function reached through its section symbol.
-        if let Some(symbol) = crate::object_diff::function_symbol(file, section) {
-            if !self.must_copy_function(&symbol)? {
-                let entry = file.symbols().find(|candidate| candidate.name() == Ok(symbol.as_str()));
-                let entry = entry.map_or(0, |found| found.address());
-                if u64::try_from(addend).ok() != Some(entry) {
-                    bail!(
-                        "a reference into the middle of {} (+{addend:#x}), which stays the kernel's",
-                        crate::symbols::demangle(&symbol)
-                    );
-                }
-                return Ok((self.kernel_symbol(&symbol)?, 0));
+        if let Some(symbol) = crate::object_diff::function_symbol(file, section)
+            && !self.must_copy_function(&symbol)?
+        {
+            let entry = file.symbols().find(|candidate| candidate.name() == Ok(symbol.as_str()));
+            let entry = entry.map_or(0, |found| found.address());
+            if u64::try_from(addend).ok() != Some(entry) {
+                bail!(
+                    "a reference into the middle of {} (+{addend:#x}), which stays the kernel's",
+                    crate::symbols::demangle(&symbol)
+                );
             }
+            return Ok((self.kernel_symbol(&symbol)?, 0));
         }
         let id = self.take(section)?;
         Ok((self.writer.section_symbol(id), addend))

@@ -5,7 +5,6 @@ mod build;
 mod build_id;
 mod console;
 // Used by its tests only until `cargo xtask patch from-diff` exists.
-#[cfg_attr(not(test), expect(dead_code, reason = "no command uses the DWARF comparison yet"))]
 mod diff_dwarf;
 mod dwarf;
 mod end_to_end;

@@ -74,6 +74,9 @@ struct Contents {
 /// How deep [`Build::reference`] follows constants that point at constants.
 const DEPTH: usize = 8;
 
+/// A `.toc` section's entries: offset -> (target, addend) of the ADDR64 there.
+pub type TocEntries = BTreeMap<u64, (RelocationTarget, i64)>;
+
 /// One parsed object with what comparing and extracting need: its functions by
 /// symbol, its named statics by symbol, and its `.toc` entries by offset.
 pub struct Build<'d> {
@@ -83,7 +86,7 @@ pub struct Build<'d> {
     /// Named static (a data object symbol) -> its section.
     pub statics: BTreeMap<String, object::SectionIndex>,
     /// The `.toc` section and its entries: offset -> (target, addend) of the ADDR64 there.
-    pub toc: Option<(object::SectionIndex, BTreeMap<u64, (RelocationTarget, i64)>)>,
+    pub toc: Option<(object::SectionIndex, TocEntries)>,
 }
 
 impl<'d> Build<'d> {
@@ -99,10 +102,10 @@ impl<'d> Build<'d> {
             if section.kind() == SectionKind::Text && section.size() > 0 {
                 let symbol = function_symbol(&file, section.index()).unwrap_or_else(|| name.to_string());
                 insert_unique(&mut functions, symbol, section.index());
-            } else if is_data(&section) {
-                if let Some(symbol) = object_symbol(&file, section.index()) {
-                    insert_unique(&mut statics, symbol, section.index());
-                }
+            } else if is_data(&section)
+                && let Some(symbol) = object_symbol(&file, section.index())
+            {
+                insert_unique(&mut statics, symbol, section.index());
             }
         }
         let mut toc = None;
