@@ -494,7 +494,7 @@ pub mod demo {
         let lines = decl_lines(&object).unwrap();
         let line_of = |part: &str| {
             let (path, line) = &lines[symbol(lines.keys(), part)];
-            assert!(path.ends_with("/base.rs"), "{path}");
+            assert!(path.ends_with("fixture/lib.rs"), "{path}");
             *line
         };
         let source_line = |text: &str| BASE.lines().position(|line| line.contains(text)).unwrap() as u64 + 1;
