@@ -88,7 +88,7 @@ fn abi_checked_waives_livepatchable_for_kernel_targets_only() {
             functions: vec![Function {
                 old_name: String::from("klp_vmlinux_target"),
                 old_position: None,
-                new_address: klp_vmlinux_helper as usize as u64,
+                new_address: klp_vmlinux_helper as *const () as u64,
                 allow_inlined: false,
             }],
             ..Default::default()
