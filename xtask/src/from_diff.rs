@@ -514,8 +514,9 @@ fn generate(
 
 /// What the generator reads from the target kernel's image.
 struct ImageFacts {
-    /// Sized function and data symbols by mangled name: their addresses, in symbol-table order.
-    symbols: BTreeMap<String, Vec<u64>>,
+    /// The kernel's klp table (`.kernel_klp_symbols`: functions and data objects by ELF name), as the
+    /// loader resolves `.klp.sym.vmlinux.NAME,POSITION` against it.
+    klp_table: Vec<u8>,
     /// Function entries by mangled name (sized functions).
     functions: BTreeMap<String, u64>,
     /// Mangled name by function entry.
@@ -529,7 +530,6 @@ impl ImageFacts {
     fn read(data: &[u8]) -> Result<ImageFacts> {
         let file = ElfFile64::<Endianness>::parse(data).context("the kernel image is not a 64-bit ELF file")?;
         let endian = file.endian();
-        let mut symbols: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut functions = BTreeMap::new();
         let mut names = BTreeMap::new();
         for symbol in file.symbols() {
@@ -543,7 +543,6 @@ impl ImageFacts {
                 functions.insert(name.clone(), symbol.address());
                 names.entry(symbol.address()).or_insert_with(|| name.clone());
             }
-            symbols.entry(name).or_default().push(symbol.address());
         }
         let notes = function_notes::Kernel::read(data)?;
         let sites = notes.sites().clone();
@@ -553,7 +552,8 @@ impl ImageFacts {
                 holders.insert(function, note.callers.clone());
             }
         }
-        Ok(ImageFacts { symbols, functions, names, sites, holders })
+        let klp_table = symbols::klp_table(data)?;
+        Ok(ImageFacts { klp_table, functions, names, sites, holders })
     }
 
     fn function(&self, mangled: &str) -> Option<u64> {
@@ -597,12 +597,11 @@ impl ImageFacts {
 
 impl klp_module::Kernel for ImageFacts {
     fn klp_symbol(&self, mangled: &str) -> Result<Option<String>> {
-        match self.symbols.get(mangled).map(Vec::len) {
-            None => Ok(None),
-            Some(1) => Ok(Some(format!("{}{mangled},0", klp_module::KERNEL_SYMBOL_PREFIX))),
-            Some(count) => {
-                bail!("{} names {count} symbols of the running kernel: ambiguous", symbols::demangle(mangled))
-            }
+        let table = portable::symbols::SymbolTable::parse(&self.klp_table).context("the kernel's klp table")?;
+        match table.klp_address(mangled, 0) {
+            Ok(_) => Ok(Some(format!("{}{mangled},0", klp_module::KERNEL_SYMBOL_PREFIX))),
+            Err(portable::symbols::KlpLookupError::Missing) => Ok(None),
+            Err(error) => bail!("{}: {error:?} in the running kernel's symbols", symbols::demangle(mangled)),
         }
     }
 }

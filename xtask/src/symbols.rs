@@ -39,7 +39,7 @@ fn sized_symbols(data: &[u8], kinds: &[u8]) -> Result<Vec<(String, u64, u32)>> {
 
 /// The klp table of kernel image `image` (a linked kernel ELF file), encoded
 /// as xtask writes it into the image and the kernel reads it.
-fn klp_table(image: &[u8]) -> Result<Vec<u8>> {
+pub fn klp_table(image: &[u8]) -> Result<Vec<u8>> {
     portable::symbols::encode(&klp_symbols(image)?, usize::MAX).context("encoding the klp table")
 }
 
