@@ -117,7 +117,9 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     let patched_object = patched_object.context("compiling the patched source")?;
     fs::write(folder.join("patched.o"), &patched_object)?;
 
+    let analysis_started = Instant::now();
     let generated = generate(&name, &target, &base_object, &patched_object, &changed_lines(&diff))?;
+    let analysis_seconds = analysis_started.elapsed().as_secs_f64();
     let pair = signing::ensure_key_pair()?;
     let signed = signing::sign(&generated.object, &pair);
     let directory = workspace_root().join(patch::TARGET_DIR);
@@ -130,7 +132,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     print!("{}", generated.report);
     eprintln!(
         "from-diff: {} ({} bytes signed; report {}) in {:.1} s (base build {base_seconds:.1} s, patched build \
-         {patched_seconds:.1} s)",
+         {patched_seconds:.1} s, analysis {analysis_seconds:.1} s)",
         relative(&module_path),
         signed.len(),
         relative(&report_path),
