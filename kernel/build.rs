@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The signed sample modules the in-kernel tests load.
-const TEST_MODULES: [&str; 19] = [
+const TEST_MODULES: [&str; 21] = [
     "greeting.klp",
     "counter.klp",
     "ten.klp",
@@ -33,6 +33,8 @@ const TEST_MODULES: [&str; 19] = [
     "failing-module.klp",
     "klp-sym-reader.klp",
     "foreign-build.klp",
+    "kernel-sym-reader.klp",
+    "kernel-sym-missing.klp",
 ];
 
 fn main() {

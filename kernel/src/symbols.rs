@@ -1,4 +1,4 @@
-//! The kernel's own symbol table, embedded in the image by xtask after linking.
+//! The kernel's own symbol tables, embedded in the image by xtask after linking: functions by readable name, and functions and data objects by ELF name for klp relocations.
 use crate::reserved::Reserved;
 use core::fmt;
 use macros::notrace;
@@ -15,6 +15,21 @@ static KERNEL_SYMBOLS: Reserved<CAPACITY> = Reserved::zeroed();
 #[notrace]
 pub fn table() -> Option<SymbolTable<'static>> {
     SymbolTable::parse(KERNEL_SYMBOLS.bytes())
+}
+
+/// Bytes reserved for the klp table (xtask fails if it does not fit; the
+/// test kernel's takes about 300 KB, the production kernel's about 110 KB).
+pub const KLP_CAPACITY: usize = 384 * 1024;
+
+#[used]
+#[unsafe(link_section = ".kernel_klp_symbols")]
+static KERNEL_KLP_SYMBOLS: Reserved<KLP_CAPACITY> = Reserved::zeroed();
+
+/// The klp table, if xtask filled it: every function (at its global entry)
+/// and data object with a size, by its ELF (mangled) name, as a patch's
+/// `.klp.sym.vmlinux.NAME,POSITION` names them (`SymbolTable::klp_address`).
+pub fn klp_table() -> Option<SymbolTable<'static>> {
+    SymbolTable::parse(KERNEL_KLP_SYMBOLS.bytes())
 }
 
 /// Formats an address as `name+0xoffset/0xsize`, or `?` when unknown.

@@ -7,7 +7,10 @@
 //! strings  the names, each preceded by its length as a u16
 //! ```
 //! The kernel reserves a fixed-size `.kernel_symbols` section; xtask fills it in
-//! the linked ELF file, so that adding the table moves no address.
+//! the linked ELF file, so that adding the table moves no address. The same
+//! encoding fills `.kernel_klp_symbols`: every function and data object with a
+//! size, by its ELF (mangled) name, for klp relocations to the kernel
+//! (`.klp.sym.vmlinux.NAME,POSITION`, resolved by [`SymbolTable::klp_address`]).
 
 use crate::bytes::{little_endian_u32, little_endian_u64};
 
@@ -16,7 +19,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"KSYM");
 const HEADER_SIZE: usize = 16;
 const ENTRY_SIZE: usize = 16;
 
-/// One function of the kernel.
+/// One function (or, in the klp table, data object) of the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Symbol<'a> {
     pub name: &'a str,
@@ -122,6 +125,48 @@ impl<'a> SymbolTable<'a> {
     pub fn find<'b>(&'b self, name: &'b str) -> impl Iterator<Item = Symbol<'a>> + 'b {
         self.iter().filter(move |symbol| symbol.name == name)
     }
+
+    /// The address a klp relocation `.klp.sym.vmlinux.NAME,POSITION` resolves
+    /// to in this table (the kernel's klp table, see [`KlpLookupError`]):
+    /// position 0 wants the only symbol named `name`, N >= 1 the Nth of that
+    /// name in table order (by address, then name). The kernel and xtask
+    /// (which picks the positions) both call this, so they agree.
+    pub fn klp_address(&self, name: &str, position: usize) -> Result<u64, KlpLookupError> {
+        let count = self.find(name).count();
+        match (count, position) {
+            (0, _) => Err(KlpLookupError::Missing),
+            (1, 0) => self.find(name).next().map(|symbol| symbol.address).ok_or(KlpLookupError::Missing),
+            (count, 0) => Err(KlpLookupError::Ambiguous { count }),
+            (count, position) => self
+                .find(name)
+                .nth(position - 1)
+                .map(|symbol| symbol.address)
+                .ok_or(KlpLookupError::BadPosition { count }),
+        }
+    }
+}
+
+/// Why a klp relocation to the kernel does not resolve ([`SymbolTable::klp_address`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KlpLookupError {
+    /// No function or data object has that name.
+    Missing,
+    /// Position 0, but `count` symbols have that name.
+    Ambiguous { count: usize },
+    /// The position is past the `count` symbols of that name.
+    BadPosition { count: usize },
+}
+
+impl core::fmt::Display for KlpLookupError {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            KlpLookupError::Missing => write!(formatter, "no kernel function or data object has that name"),
+            KlpLookupError::Ambiguous { count } => {
+                write!(formatter, "{count} kernel symbols have that name and position 0 wants the only one")
+            }
+            KlpLookupError::BadPosition { count } => write!(formatter, "only {count} kernel symbols have that name"),
+        }
+    }
 }
 
 /// Encodes `symbols` (any order) into a table; `None` if it exceeds `capacity`.
@@ -192,5 +237,19 @@ mod tests {
         let bytes = sample();
         assert!(SymbolTable::parse(&bytes[..bytes.len() - 1]).is_none());
         assert!(encode(&[("x".repeat(100), 0, 0)], 64).is_none());
+    }
+
+    #[test]
+    fn klp_positions_follow_address_order() {
+        let bytes = sample();
+        let table = SymbolTable::parse(&bytes).unwrap();
+        assert_eq!(table.klp_address("_start", 0), Ok(0x400000), "0: the only one");
+        assert_eq!(table.klp_address("_start", 1), Ok(0x400000), "1: the first of one");
+        assert_eq!(table.klp_address("_start", 2), Err(KlpLookupError::BadPosition { count: 1 }));
+        assert_eq!(table.klp_address("memcpy", 0), Err(KlpLookupError::Ambiguous { count: 2 }));
+        assert_eq!(table.klp_address("memcpy", 1), Ok(0x400200));
+        assert_eq!(table.klp_address("memcpy", 2), Ok(0x400300));
+        assert_eq!(table.klp_address("memcpy", 3), Err(KlpLookupError::BadPosition { count: 2 }));
+        assert_eq!(table.klp_address("memcp", 0), Err(KlpLookupError::Missing));
     }
 }

@@ -13,6 +13,8 @@ use portable::module::{
 };
 
 const BASE: u64 = 0x1000_0000;
+/// The kernel's TOC pointer handed to `link` (used by `toc kernel` modules only).
+const KERNEL_TOC: u64 = 0x0068_07d8;
 
 /// Links `image` at `base` into a fresh buffer with `resolve`.
 fn link_with(
@@ -21,7 +23,7 @@ fn link_with(
     resolve: &mut dyn FnMut(&str) -> Option<u64>,
 ) -> (Result<LinkedModule, ModuleError>, Vec<u8>) {
     let mut memory = vec![0xa5; image.memory_size()];
-    let linked = image.link(&mut memory, base, resolve);
+    let linked = image.link(&mut memory, base, KERNEL_TOC, resolve);
     (linked, memory)
 }
 
@@ -263,7 +265,7 @@ fn link_writes_nothing_beyond_memory_size() {
     let image = parse(FIXTURE).unwrap();
     let size = image.memory_size();
     let mut memory = vec![0xa5u8; size + 4096];
-    image.link(&mut memory, BASE, &mut kernel).unwrap();
+    image.link(&mut memory, BASE, KERNEL_TOC, &mut kernel).unwrap();
     assert!(memory[size..].iter().all(|&byte| byte == 0xa5));
 }
 
@@ -271,12 +273,12 @@ fn link_writes_nothing_beyond_memory_size() {
 fn memory_too_small_and_misaligned_base_are_refused() {
     let image = parse(FIXTURE).unwrap();
     let mut memory = vec![0; image.memory_size() - 1];
-    let error = image.link(&mut memory, BASE, &mut kernel).unwrap_err();
+    let error = image.link(&mut memory, BASE, KERNEL_TOC, &mut kernel).unwrap_err();
     assert_eq!(error, ModuleError::MemoryTooSmall { needed: image.memory_size(), given: memory.len() });
     let mut memory = vec![0; image.memory_size()];
-    let error = image.link(&mut memory, BASE + 8, &mut kernel).unwrap_err();
+    let error = image.link(&mut memory, BASE + 8, KERNEL_TOC, &mut kernel).unwrap_err();
     assert_eq!(error, ModuleError::MisalignedBase { base: BASE + 8, alignment: 16 });
-    let error = image.link(&mut memory, u64::MAX - 15, &mut kernel).unwrap_err();
+    let error = image.link(&mut memory, u64::MAX - 15, KERNEL_TOC, &mut kernel).unwrap_err();
     assert!(matches!(error, ModuleError::AddressOverflow { .. }), "{error}");
 }
 
@@ -575,21 +577,21 @@ fn relinking_chosen_symbols_equals_linking_with_their_new_addresses() {
         other => kernel(other),
     };
     let (linked, mut memory) = link_with(&image, BASE, &mut kernel);
-    linked.unwrap();
+    let linked_toc = linked.unwrap().toc;
     let (_, expected) = link_with(&image, BASE, &mut { moved });
     let select = |name: &str| name == "klp_test_kernel_static" || name == "klp_test_other";
-    let written = image.relink_symbols(&mut memory, BASE, &select, &mut { moved }).unwrap();
+    let written = image.relink_symbols(&mut memory, BASE, linked_toc, &select, &mut { moved }).unwrap();
     assert!(written >= 2, "a field and a stub at least ({written})");
     assert_eq!(memory, expected, "relinked = linked with the new addresses");
     // Nothing chosen, nothing written; an unresolvable choice is an error.
-    assert_eq!(image.relink_symbols(&mut memory, BASE, &|_| false, &mut kernel).unwrap(), 0);
+    assert_eq!(image.relink_symbols(&mut memory, BASE, linked_toc, &|_| false, &mut kernel).unwrap(), 0);
     assert!(matches!(
-        image.relink_symbols(&mut memory, BASE, &select, &mut |_| None),
+        image.relink_symbols(&mut memory, BASE, linked_toc, &select, &mut |_| None),
         Err(ModuleError::UndefinedSymbol(_))
     ));
     let mut short = memory[..10].to_vec();
     assert!(matches!(
-        image.relink_symbols(&mut short, BASE, &select, &mut kernel),
+        image.relink_symbols(&mut short, BASE, linked_toc, &select, &mut kernel),
         Err(ModuleError::MemoryTooSmall { .. })
     ));
 }

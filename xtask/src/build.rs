@@ -93,6 +93,15 @@ pub fn main(options: &Options) -> Result<PathBuf> {
         }
         Filled::NoSection => eprintln!("warning: the kernel has no {} section; symbol table skipped", symbols::SECTION),
     }
+    match symbols::fill_klp(&mut data)? {
+        Filled::Table { count, used, capacity } => eprintln!(
+            "klp symbols: {count} functions and data objects, {used} of {capacity} bytes used in {}",
+            symbols::KLP_SECTION
+        ),
+        Filled::NoSection => {
+            eprintln!("warning: the kernel has no {} section; klp symbol table skipped", symbols::KLP_SECTION)
+        }
+    }
     let kernel = function_notes::Kernel::read(&data).context("reading the kernel's DWARF")?;
     match function_notes::fill(&mut data, &kernel)? {
         Filled::Table { count, used, capacity } => {

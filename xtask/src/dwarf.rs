@@ -11,12 +11,49 @@
 //! references and tuples included, a `DW_AT_name`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use addr2line::gimli;
 use anyhow::{Context, Result};
-use object::{Object, ObjectSection};
+use object::{Object, ObjectSection, RelocationKind};
 
-type Reader<'a> = gimli::EndianSlice<'a, gimli::LittleEndian>;
+/// A `.debug_*` section's bytes, read with its relocations applied.
+pub(crate) type Reader<'a> = gimli::RelocateReader<gimli::EndianSlice<'a, gimli::LittleEndian>, Relocations>;
+
+/// The relocations of one `.debug_*` section, applied as its fields are read.
+///
+/// In a relocatable object (`--emit=obj`) every reference from one DWARF
+/// section into another (`DW_FORM_strp`, `DW_AT_stmt_list`, `DW_AT_ranges`,
+/// the unit's abbreviation offset) and every code address holds 0, the
+/// value being the relocation's addend (RELA); a linked ELF file has no
+/// such relocations, so this changes nothing there.
+#[derive(Debug, Clone)]
+pub(crate) struct Relocations(Rc<object::read::RelocationMap>);
+
+impl gimli::Relocate for Relocations {
+    fn relocate_address(&self, offset: usize, value: u64) -> gimli::Result<u64> {
+        Ok(self.0.relocate(offset as u64, value))
+    }
+
+    fn relocate_offset(&self, offset: usize, value: usize) -> gimli::Result<usize> {
+        <usize as gimli::ReaderOffset>::from_u64(self.0.relocate(offset as u64, value as u64))
+    }
+}
+
+/// The relocation map of `section`: its absolute (`R_PPC64_ADDR64`, `R_PPC64_ADDR32`) relocations.
+///
+/// Others (thread-local offsets inside location expressions) sit in blocks
+/// that are read as bytes, never as addresses or offsets: they are left out.
+fn relocations(file: &object::File, section: &object::Section) -> Result<Relocations> {
+    let mut map = object::read::RelocationMap::default();
+    for (offset, relocation) in section.relocations() {
+        if relocation.kind() == RelocationKind::Absolute {
+            map.add(file, offset, relocation)
+                .with_context(|| format!("relocation at {offset:#x} of {}", section.name().unwrap_or("?")))?;
+        }
+    }
+    Ok(Relocations(Rc::new(map)))
+}
 
 /// A function's parameters and result, as DWARF gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,19 +94,25 @@ pub struct Facts {
 }
 
 /// Every unit of the DWARF, parsed once, so that references across units resolve.
-struct Units<'a> {
-    dwarf: gimli::Dwarf<Reader<'a>>,
-    units: Vec<gimli::Unit<Reader<'a>>>,
+pub(crate) struct Units<'a> {
+    pub(crate) dwarf: gimli::Dwarf<Reader<'a>>,
+    pub(crate) units: Vec<gimli::Unit<Reader<'a>>>,
 }
 
 /// An entry: the index of its unit and its offset there.
-type Place = (usize, gimli::UnitOffset);
+pub(crate) type Place = (usize, gimli::UnitOffset);
 
 impl<'a> Units<'a> {
-    fn load(file: &object::File<'a>) -> Result<Units<'a>> {
-        let load = |id: gimli::SectionId| -> Result<Reader<'a>, gimli::Error> {
-            let data = file.section_by_name(id.name()).and_then(|section| section.data().ok()).unwrap_or(&[]);
-            Ok(gimli::EndianSlice::new(data, gimli::LittleEndian))
+    /// Parses the DWARF of `file`, an ELF executable or relocatable object.
+    pub(crate) fn load(file: &object::File<'a>) -> Result<Units<'a>> {
+        let load = |id: gimli::SectionId| -> Result<Reader<'a>> {
+            let Some(section) = file.section_by_name(id.name()) else {
+                let empty = Relocations(Rc::new(object::read::RelocationMap::default()));
+                return Ok(gimli::RelocateReader::new(gimli::EndianSlice::new(&[], gimli::LittleEndian), empty));
+            };
+            let data = section.data().with_context(|| format!("reading {}", id.name()))?;
+            let slice = gimli::EndianSlice::new(data, gimli::LittleEndian);
+            Ok(gimli::RelocateReader::new(slice, relocations(file, &section)?))
         };
         let dwarf = gimli::Dwarf::load(load)?;
         let mut units = Vec::new();
@@ -81,7 +124,7 @@ impl<'a> Units<'a> {
     }
 
     /// Where a reference attribute of an entry in unit `unit` points.
-    fn reference(&self, unit: usize, value: gimli::AttributeValue<Reader<'a>>) -> Option<Place> {
+    pub(crate) fn reference(&self, unit: usize, value: gimli::AttributeValue<Reader<'a>>) -> Option<Place> {
         match value {
             gimli::AttributeValue::UnitRef(offset) => Some((unit, offset)),
             gimli::AttributeValue::DebugInfoRef(offset) => self
@@ -93,15 +136,19 @@ impl<'a> Units<'a> {
         }
     }
 
-    fn string(&self, unit: usize, value: gimli::AttributeValue<Reader<'a>>) -> Option<String> {
+    pub(crate) fn string(&self, unit: usize, value: gimli::AttributeValue<Reader<'a>>) -> Option<String> {
         let text = self.dwarf.attr_string(&self.units[unit], value).ok()?;
-        Some(text.to_string_lossy().into_owned())
+        Some(gimli::Reader::to_string_lossy(&text).ok()?.into_owned())
     }
 
     /// The attribute `name` of the entry at `place`, or of the entries its
     /// `DW_AT_abstract_origin` and `DW_AT_specification` lead to, with the
     /// unit it was found in.
-    fn inherited(&self, place: Place, name: gimli::DwAt) -> Result<Option<(usize, gimli::AttributeValue<Reader<'a>>)>> {
+    pub(crate) fn inherited(
+        &self,
+        place: Place,
+        name: gimli::DwAt,
+    ) -> Result<Option<(usize, gimli::AttributeValue<Reader<'a>>)>> {
         let mut place = place;
         // Links go from a concrete entry to its abstract one to its declaration: a few steps.
         for _ in 0..8 {
@@ -131,7 +178,7 @@ impl<'a> Units<'a> {
     }
 
     /// The name of the type at `place` (`&str`, `u64`, `(usize, usize)`, ...).
-    fn type_name(&self, place: Place) -> Result<String> {
+    pub(crate) fn type_name(&self, place: Place) -> Result<String> {
         let entry = self.units[place.0].entry(place.1)?;
         if let Some(name) = entry.attr_value(gimli::DW_AT_name)?.and_then(|value| self.string(place.0, value)) {
             return Ok(name);

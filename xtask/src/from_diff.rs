@@ -22,7 +22,7 @@ use object::{Endianness, Object, ObjectSymbol, elf};
 
 use crate::klp_module;
 use crate::object_diff::{self, Build, Reason};
-use crate::{build, build_id, command, function_notes, patch, patch_channel, run_checked, signing};
+use crate::{build, build_id, command, diff_dwarf, function_notes, patch, patch_channel, run_checked, signing};
 use crate::{symbols, workspace_root};
 
 #[derive(clap::Args)]
@@ -48,6 +48,9 @@ pub struct Options {
 
 /// Where the source tree, the two objects and the build live.
 const FOLDER: &str = "target/from-diff";
+
+/// Names the cached base objects: change it when the flags of the compared builds change.
+const FORMAT: &str = "large1";
 
 /// The kernel a patch is generated for.
 struct TargetKernel {
@@ -93,8 +96,18 @@ pub fn main(options: &Options) -> Result<ExitCode> {
             String::from_utf8_lossy(&applied.stderr).trim()
         );
     }
+    // The base object depends only on the kernel's source and flags: kept
+    // per target kernel, so that the next fix for it builds once.
+    let cached = folder.join(format!("base-{}{}-{FORMAT}.o", target.id, if target.test { "-test" } else { "" }));
     let build_started = Instant::now();
-    let base_object = compile(&tree, target.test).context("compiling the base")?;
+    let base_object = match fs::read(&cached) {
+        Ok(object) => object,
+        Err(_) => {
+            let object = compile(&tree, target.test).context("compiling the base")?;
+            fs::write(&cached, &object)?;
+            object
+        }
+    };
     let base_seconds = build_started.elapsed().as_secs_f64();
     run_checked(command("git").current_dir(&tree).arg("apply").arg(&diff_path))?;
     let patched_started = Instant::now();
@@ -102,10 +115,11 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     let patched_seconds = patched_started.elapsed().as_secs_f64();
     reset_tree(&tree, &base, target.dirty)?;
     let patched_object = patched_object.context("compiling the patched source")?;
-    fs::write(folder.join("base.o"), &base_object)?;
     fs::write(folder.join("patched.o"), &patched_object)?;
 
-    let generated = generate(&name, &target, &base_object, &patched_object)?;
+    let analysis_started = Instant::now();
+    let generated = generate(&name, &target, &base_object, &patched_object, &changed_lines(&diff))?;
+    let analysis_seconds = analysis_started.elapsed().as_secs_f64();
     let pair = signing::ensure_key_pair()?;
     let signed = signing::sign(&generated.object, &pair);
     let directory = workspace_root().join(patch::TARGET_DIR);
@@ -118,7 +132,7 @@ pub fn main(options: &Options) -> Result<ExitCode> {
     print!("{}", generated.report);
     eprintln!(
         "from-diff: {} ({} bytes signed; report {}) in {:.1} s (base build {base_seconds:.1} s, patched build \
-         {patched_seconds:.1} s)",
+         {patched_seconds:.1} s, analysis {analysis_seconds:.1} s)",
         relative(&module_path),
         signed.len(),
         relative(&report_path),
@@ -328,9 +342,15 @@ pub struct Generated {
 }
 
 /// Compares the two builds, checks every change against the target kernel and writes the module.
-fn generate(name: &str, target: &TargetKernel, base: &[u8], patched: &[u8]) -> Result<Generated> {
-    let base = Build::parse(base).context("the base object")?;
-    let patched = Build::parse(patched).context("the patched object")?;
+fn generate(
+    name: &str,
+    target: &TargetKernel,
+    base_bytes: &[u8],
+    patched_bytes: &[u8],
+    edits: &BTreeMap<String, Vec<u64>>,
+) -> Result<Generated> {
+    let base = Build::parse(base_bytes).context("the base object")?;
+    let patched = Build::parse(patched_bytes).context("the patched object")?;
     let diff = object_diff::diff_builds(&base, &patched)?;
     if let Some(symbol) = diff.data_changed.first() {
         bail!(
@@ -348,16 +368,22 @@ fn generate(name: &str, target: &TargetKernel, base: &[u8], patched: &[u8]) -> R
             }
         );
     }
+    let layouts = diff_dwarf::layout_changes(base_bytes, patched_bytes)?;
+    if !layouts.is_empty() {
+        bail!(
+            "the diff changes the layout of {}: the running kernel's data of that type (statics, heap, stacks) keeps \
+             the old layout, which old and new code would then read differently; keep the type as it is and put new \
+             fields in a shadow variable (klp_shadow_get_or_alloc, docs/livepatch.md \"Shadow variables\")",
+            layouts.iter().map(|change| change.description.as_str()).collect::<Vec<_>>().join("; ")
+        );
+    }
     let image = ImageFacts::read(&target.data)?;
+    let why = Why::read(patched_bytes, edits)?;
     let mut replaced = BTreeSet::new();
     let mut new_code: BTreeSet<String> = diff.added.iter().cloned().collect();
     let mut lines = Vec::new();
     for changed in &diff.changed {
-        let why = match changed.reasons.as_slice() {
-            [Reason::Bytes] => "its instructions differ",
-            [Reason::Relocations] => "what it calls or reads differs",
-            _ => "its instructions and what it calls or reads differ",
-        };
+        let why = why.of(&changed.symbol, &changed.reasons);
         match image.function(&changed.symbol) {
             Some(address) if !image.sites.contains(&address) => bail!(
                 "{} changed but has no ftrace site in the running kernel (a #[notrace] function, or assembly): \
@@ -393,6 +419,19 @@ fn generate(name: &str, target: &TargetKernel, base: &[u8], patched: &[u8]) -> R
                     diff.added
                 )
             }
+        );
+    }
+    // The compiler changed how callers call these: their callers in the
+    // running kernel do not pass what the source says (hardening issue).
+    let mut abi = diff_dwarf::abi_changed(base_bytes)?;
+    abi.extend(diff_dwarf::abi_changed(patched_bytes)?);
+    if let Some(symbol) = replaced.iter().find(|symbol| abi.contains(*symbol)) {
+        bail!(
+            "{} changed, but the compiler changed its calling convention (DWARF DW_CC_nocall: an argument or its \
+             result dropped, or a constant argument folded in), so its callers do not call it as its source says \
+             and a replacement compiled from the source cannot be trusted to match them; change its callers \
+             instead, or mark it #[livepatchable] in the next kernel",
+            symbols::demangle(symbol)
         );
     }
     // Every holder of an inlined copy of a replaced function must be replaced too.
@@ -477,8 +516,9 @@ fn generate(name: &str, target: &TargetKernel, base: &[u8], patched: &[u8]) -> R
 
 /// What the generator reads from the target kernel's image.
 struct ImageFacts {
-    /// Sized function and data symbols by mangled name: their addresses, in symbol-table order.
-    symbols: BTreeMap<String, Vec<u64>>,
+    /// The kernel's klp table (`.kernel_klp_symbols`: functions and data objects by ELF name), as the
+    /// loader resolves `.klp.sym.vmlinux.NAME,POSITION` against it.
+    klp_table: Vec<u8>,
     /// Function entries by mangled name (sized functions).
     functions: BTreeMap<String, u64>,
     /// Mangled name by function entry.
@@ -492,7 +532,6 @@ impl ImageFacts {
     fn read(data: &[u8]) -> Result<ImageFacts> {
         let file = ElfFile64::<Endianness>::parse(data).context("the kernel image is not a 64-bit ELF file")?;
         let endian = file.endian();
-        let mut symbols: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut functions = BTreeMap::new();
         let mut names = BTreeMap::new();
         for symbol in file.symbols() {
@@ -506,7 +545,6 @@ impl ImageFacts {
                 functions.insert(name.clone(), symbol.address());
                 names.entry(symbol.address()).or_insert_with(|| name.clone());
             }
-            symbols.entry(name).or_default().push(symbol.address());
         }
         let notes = function_notes::Kernel::read(data)?;
         let sites = notes.sites().clone();
@@ -516,7 +554,8 @@ impl ImageFacts {
                 holders.insert(function, note.callers.clone());
             }
         }
-        Ok(ImageFacts { symbols, functions, names, sites, holders })
+        let klp_table = symbols::klp_table(data)?;
+        Ok(ImageFacts { klp_table, functions, names, sites, holders })
     }
 
     fn function(&self, mangled: &str) -> Option<u64> {
@@ -560,12 +599,11 @@ impl ImageFacts {
 
 impl klp_module::Kernel for ImageFacts {
     fn klp_symbol(&self, mangled: &str) -> Result<Option<String>> {
-        match self.symbols.get(mangled).map(Vec::len) {
-            None => Ok(None),
-            Some(1) => Ok(Some(format!("{}{mangled},0", klp_module::KERNEL_SYMBOL_PREFIX))),
-            Some(count) => {
-                bail!("{} names {count} symbols of the running kernel: ambiguous", symbols::demangle(mangled))
-            }
+        let table = portable::symbols::SymbolTable::parse(&self.klp_table).context("the kernel's klp table")?;
+        match table.klp_address(mangled, 0) {
+            Ok(_) => Ok(Some(format!("{}{mangled},0", klp_module::KERNEL_SYMBOL_PREFIX))),
+            Err(portable::symbols::KlpLookupError::Missing) => Ok(None),
+            Err(error) => bail!("{}: {error:?} in the running kernel's symbols", symbols::demangle(mangled)),
         }
     }
 }
@@ -576,4 +614,93 @@ fn short(commit: &str) -> &str {
 
 fn relative(path: &Path) -> String {
     path.strip_prefix(workspace_root()).unwrap_or(path).display().to_string()
+}
+
+/// The lines a diff adds or removes, per file (paths relative to the
+/// workspace root, line numbers in the patched file; a removal counts at the
+/// line that follows it).
+fn changed_lines(diff: &str) -> BTreeMap<String, Vec<u64>> {
+    let mut files: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut file = None;
+    let mut line = 0;
+    for text in diff.lines() {
+        if let Some(path) = text.strip_prefix("+++ b/") {
+            file = Some(path.trim().to_string());
+        } else if text.starts_with("+++ ") || text.starts_with("--- ") {
+            continue;
+        } else if let Some(header) = text.strip_prefix("@@ ") {
+            // @@ -a,b +c,d @@
+            let start = header.split_whitespace().find_map(|word| word.strip_prefix('+'));
+            line = start.and_then(|word| word.split(',').next()?.parse().ok()).unwrap_or(0);
+        } else if let Some(file) = &file {
+            match text.as_bytes().first() {
+                Some(b'+') => {
+                    files.entry(file.clone()).or_default().push(line);
+                    line += 1;
+                }
+                Some(b'-') => files.entry(file.clone()).or_default().push(line),
+                Some(b' ') | None => line += 1,
+                _ => {}
+            }
+        }
+    }
+    files
+}
+
+/// Why each changed function changed, for the report: its own source, or a changed function inlined into it.
+struct Why {
+    /// Demangled names of the functions whose source lines the diff touches.
+    edited: BTreeSet<String>,
+    /// Mangled name -> its declaration (path relative to the tree, line).
+    declarations: BTreeMap<String, (String, u64)>,
+    /// Mangled name -> demangled names of what is inlined into it.
+    inlined: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Why {
+    fn read(patched: &[u8], edits: &BTreeMap<String, Vec<u64>>) -> Result<Why> {
+        let tree = workspace_root().join(FOLDER).join("tree");
+        let mut declarations = BTreeMap::new();
+        for (symbol, (path, line)) in diff_dwarf::decl_lines(patched)? {
+            let path = Path::new(&path).strip_prefix(&tree).map_or(path.clone(), |path| path.display().to_string());
+            declarations.insert(symbol, (path, line));
+        }
+        // A function's lines: from its declaration to the next one in its file.
+        let mut by_file: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
+        for (symbol, (path, line)) in &declarations {
+            by_file.entry(path.as_str()).or_default().push((*line, symbol.as_str()));
+        }
+        let mut edited = BTreeSet::new();
+        for (path, functions) in &mut by_file {
+            let Some(lines) = edits.get(*path) else { continue };
+            functions.sort();
+            for (index, &(start, symbol)) in functions.iter().enumerate() {
+                let end =
+                    functions[index + 1..].iter().map(|&(line, _)| line).find(|&line| line > start).unwrap_or(u64::MAX);
+                if lines.iter().any(|&line| line >= start && line < end) {
+                    edited.insert(symbols::demangle(symbol));
+                }
+            }
+        }
+        Ok(Why { edited, declarations, inlined: diff_dwarf::inlined_callees(patched)? })
+    }
+
+    fn of(&self, symbol: &str, reasons: &[Reason]) -> String {
+        let code = match reasons {
+            [Reason::Bytes] => "its instructions differ",
+            [Reason::Relocations] => "what it calls or reads differs",
+            _ => "its instructions and what it calls or reads differ",
+        };
+        let place = self.declarations.get(symbol).map(|(path, line)| format!(", {path}:{line}")).unwrap_or_default();
+        if self.edited.contains(&symbols::demangle(symbol)) {
+            return format!("its source changed{place}; {code}");
+        }
+        let inlined: Vec<&String> =
+            self.inlined.get(symbol).into_iter().flatten().filter(|callee| self.edited.contains(*callee)).collect();
+        if !inlined.is_empty() {
+            let names = inlined.iter().map(|name| name.as_str()).collect::<Vec<_>>().join(", ");
+            return format!("the changed {names} is inlined into it; {code}");
+        }
+        format!("{code}{place}")
+    }
 }

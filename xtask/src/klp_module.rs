@@ -244,20 +244,31 @@ impl State<'_, '_> {
                 self.constant(constant, data.align().max(1))
             };
         }
+        // A named static reached through its section's symbol (how LLVM
+        // refers to local statics): placed as the static.
+        let named = file.symbols().find(|symbol| {
+            symbol.section_index() == Some(section)
+                && symbol.kind() == SymbolKind::Data
+                && symbol.address() == 0
+                && symbol.name().is_ok_and(|name| !name.is_empty())
+        });
+        if let Some(symbol) = named {
+            return self.place_named(symbol.index(), symbol.name()?.to_string(), addend);
+        }
         // A section of its own: an anonymous constant, a jump table, or a
-        // function or static reached through its section symbol.
-        if let Some(symbol) = crate::object_diff::function_symbol(file, section) {
-            if !self.must_copy_function(&symbol)? {
-                let entry = file.symbols().find(|candidate| candidate.name() == Ok(symbol.as_str()));
-                let entry = entry.map_or(0, |found| found.address());
-                if u64::try_from(addend).ok() != Some(entry) {
-                    bail!(
-                        "a reference into the middle of {} (+{addend:#x}), which stays the kernel's",
-                        crate::symbols::demangle(&symbol)
-                    );
-                }
-                return Ok((self.kernel_symbol(&symbol)?, 0));
+        // function reached through its section symbol.
+        if let Some(symbol) = crate::object_diff::function_symbol(file, section)
+            && !self.must_copy_function(&symbol)?
+        {
+            let entry = file.symbols().find(|candidate| candidate.name() == Ok(symbol.as_str()));
+            let entry = entry.map_or(0, |found| found.address());
+            if u64::try_from(addend).ok() != Some(entry) {
+                bail!(
+                    "a reference into the middle of {} (+{addend:#x}), which stays the kernel's",
+                    crate::symbols::demangle(&symbol)
+                );
             }
+            return Ok((self.kernel_symbol(&symbol)?, 0));
         }
         let id = self.take(section)?;
         Ok((self.writer.section_symbol(id), addend))

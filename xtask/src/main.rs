@@ -4,10 +4,14 @@ mod bench;
 mod build;
 mod build_id;
 mod console;
+// Used by its tests only until `cargo xtask patch from-diff` exists.
+mod diff_dwarf;
 mod dwarf;
 mod end_to_end;
 #[cfg(test)]
 mod export_wrappers;
+#[cfg(test)]
+mod fixture_object;
 mod from_diff;
 mod from_diff_test;
 mod function_notes;

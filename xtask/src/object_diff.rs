@@ -74,6 +74,9 @@ struct Contents {
 /// How deep [`Build::reference`] follows constants that point at constants.
 const DEPTH: usize = 8;
 
+/// A `.toc` section's entries: offset -> (target, addend) of the ADDR64 there.
+pub type TocEntries = BTreeMap<u64, (RelocationTarget, i64)>;
+
 /// One parsed object with what comparing and extracting need: its functions by
 /// symbol, its named statics by symbol, and its `.toc` entries by offset.
 pub struct Build<'d> {
@@ -83,7 +86,7 @@ pub struct Build<'d> {
     /// Named static (a data object symbol) -> its section.
     pub statics: BTreeMap<String, object::SectionIndex>,
     /// The `.toc` section and its entries: offset -> (target, addend) of the ADDR64 there.
-    pub toc: Option<(object::SectionIndex, BTreeMap<u64, (RelocationTarget, i64)>)>,
+    pub toc: Option<(object::SectionIndex, TocEntries)>,
 }
 
 impl<'d> Build<'d> {
@@ -99,10 +102,10 @@ impl<'d> Build<'d> {
             if section.kind() == SectionKind::Text && section.size() > 0 {
                 let symbol = function_symbol(&file, section.index()).unwrap_or_else(|| name.to_string());
                 insert_unique(&mut functions, symbol, section.index());
-            } else if is_data(&section) {
-                if let Some(symbol) = object_symbol(&file, section.index()) {
-                    insert_unique(&mut statics, symbol, section.index());
-                }
+            } else if is_data(&section)
+                && let Some(symbol) = object_symbol(&file, section.index())
+            {
+                insert_unique(&mut statics, symbol, section.index());
             }
         }
         let mut toc = None;
@@ -397,29 +400,7 @@ fn mask_relocated(bytes: &mut [u8], offset: u64, kind: u32, size: u8) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-    use std::process::Command;
-
-    /// Compiles `source` (a `#![no_std]` lib) for the kernel's target and returns the object's bytes.
-    fn compile(test: &str, version: &str, source: &str) -> Vec<u8> {
-        let folder = std::env::temp_dir().join(format!("xtask-object-diff-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&folder).unwrap();
-        let source_path = folder.join(format!("{version}.rs"));
-        let object_path: PathBuf = folder.join(format!("{version}.o"));
-        std::fs::write(&source_path, source).unwrap();
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-        let output = Command::new(rustc)
-            .args(["--edition", "2024", "--crate-type", "lib", "--crate-name", "fixture", "--emit", "obj"])
-            .args(["-C", "opt-level=2", "-C", "panic=abort", "--target", "powerpc64le-unknown-linux-gnu", "-o"])
-            .arg(&object_path)
-            .arg(&source_path)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "rustc failed: {}", String::from_utf8_lossy(&output.stderr));
-        let bytes = std::fs::read(&object_path).unwrap();
-        std::fs::remove_dir_all(&folder).ok();
-        bytes
-    }
+    use crate::fixture_object::compile;
 
     fn diff_sources(test: &str, base: &str, patched: &str) -> ObjectDiff {
         diff(&compile(test, "base", base), &compile(test, "patched", patched)).unwrap()
@@ -500,6 +481,55 @@ pub fn bystander(x: u32) -> u32 { x.wrapping_sub(3) }
         assert_eq!(diff.data_changed.len(), 1, "{diff:?}");
         assert!(diff.data_changed[0].contains("LIMITS"), "{diff:?}");
         assert!(diff.changed.is_empty(), "{diff:?}");
+    }
+
+    const PANICKING: &str = r#"#![no_std]
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn first(items: &[u32], i: usize) -> u32 { items[i] + 1 }
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn label(x: u32) -> &'static str { if x > 3 { "big" } else { "small" } }
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn second(items: &[u32], i: usize) -> u32 { items[i] * 3 }
+"#;
+
+    #[test]
+    fn object_diff_moved_lines_leave_panic_locations_unchanged() {
+        // Lines inserted above both: their bounds-check panics name other lines, nothing else differs.
+        let patched = PANICKING.replace("#![no_std]\n", "#![no_std]\n// one\n// two\n// three\n");
+        let diff = diff_sources("moved-lines", PANICKING, &patched);
+        assert_eq!(diff, ObjectDiff::default());
+        // A real change to one of them still shows, only there.
+        let diff = diff_sources("moved-lines-changed", PANICKING, &patched.replace("* 3", "* 5"));
+        assert_eq!(changed_names(&diff), ["second"]);
+    }
+
+    #[test]
+    fn object_diff_changed_string_literal_changes_its_user_only() {
+        let diff = diff_sources("string", PANICKING, &PANICKING.replace("\"small\"", "\"little\""));
+        assert_eq!(changed_names(&diff), ["label"]);
+        // Same length, other bytes: the constant's contents, not its name, decide.
+        let diff = diff_sources("string-same-length", PANICKING, &PANICKING.replace("\"big\"", "\"BIG\""));
+        assert_eq!(changed_names(&diff), ["label"]);
+        assert_eq!(diff.changed[0].reasons, [Reason::Relocations], "{diff:?}");
+    }
+
+    #[test]
+    fn object_diff_statics_are_compared_by_name_through_the_toc() {
+        let base = "#![no_std]\nuse core::sync::atomic::{AtomicU32, Ordering};\npub static HITS: AtomicU32 = AtomicU32::new(0);\npub static MISSES: AtomicU32 = AtomicU32::new(0);\n#[unsafe(no_mangle)]\npub fn hit() -> u32 { HITS.fetch_add(1, Ordering::Relaxed) }\n";
+        // Another static added before it: `hit` still reads HITS, unchanged.
+        let added =
+            base.replace("pub static HITS", "pub static EARLIER: AtomicU32 = AtomicU32::new(7);\npub static HITS");
+        let diff = diff_sources("static-added", base, &added);
+        assert!(diff.changed.is_empty(), "{diff:?}");
+        assert_eq!(diff.added_statics.len(), 1, "{diff:?}");
+        assert!(diff.added_statics[0].contains("EARLIER"), "{diff:?}");
+        // Reading another static is a change of what it reads.
+        let diff = diff_sources("static-switched", base, &base.replace("{ HITS.fetch_add", "{ MISSES.fetch_add"));
+        assert_eq!(changed_names(&diff), ["hit"]);
+        assert_eq!(diff.changed[0].reasons, [Reason::Relocations], "{diff:?}");
     }
 
     #[test]

@@ -92,7 +92,12 @@ impl Description {
                     })
                 }
                 // Checked by the kernel's parser below.
-                ["atomic-replace"] | ["state", ..] | ["callback", ..] | ["build-id", ..] => {}
+                ["atomic-replace"]
+                | ["state", ..]
+                | ["callback", ..]
+                | ["build-id", ..]
+                | ["toc", ..]
+                | ["abi-checked", ..] => {}
                 _ => bail!(
                     "description line {number}: expected `name NAME` or `replace OLD NEW [allow_inlined]`, found {line:?}"
                 ),
@@ -294,6 +299,9 @@ mod tests {
         assert!(Description::parse_module("klp-module 1\ninit start\n").is_err());
         let flagged = Description::parse("klp-patch 1\nname x\nreplace a b allow_inlined\n").unwrap();
         assert!(flagged.replacements[0].allow_inlined);
+        // The lines of a patch made from a diff, checked by the kernel's parser.
+        let generated = "klp-patch 1\nname g\ntoc kernel\nabi-checked\nreplace a b\n";
+        assert_eq!(Description::parse(generated).unwrap().name, "g");
         let error = |text: &str| Description::parse(text).unwrap_err().to_string();
         assert!(error("klp-patch 2\nname x\nreplace a b\n").contains("must start with"));
         assert!(error("klp-patch 1\nreplace a b\n").contains("no `name`"));
@@ -301,6 +309,8 @@ mod tests {
         assert!(error("klp-patch 1\nname x\nname y\nreplace a b\n").contains("second name"));
         assert!(error("klp-patch 1\nname x\nreplace a\n").contains("line 3"));
         assert!(error("klp-patch 1\nname x\nreplace a b force\n").contains("line 3"));
+        assert!(error("klp-patch 1\nname x\ntoc module\nreplace a b\n").contains("toc kernel"));
+        assert!(error("klp-patch 1\nname x\nabi-checked yes\nreplace a b\n").contains("no argument"));
     }
 
     /// A small PowerPC64 object: one global function, a call to `call`, a relocation of type `kind`.

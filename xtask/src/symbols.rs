@@ -1,4 +1,4 @@
-//! Fills the kernel's `.kernel_symbols` section with its function names after linking.
+//! Fills the kernel's `.kernel_symbols` section with its function names after linking, and `.kernel_klp_symbols` (functions and data objects by ELF name) for klp relocations.
 
 use anyhow::{Context, Result, anyhow, bail};
 use object::read::elf::{ElfFile64, Sym};
@@ -7,20 +7,72 @@ use object::{Endianness, Object, ObjectSection, ObjectSymbol, elf};
 /// The section that the linker script reserves for the table.
 pub const SECTION: &str = ".kernel_symbols";
 
+/// The section that the linker script reserves for the klp table.
+pub const KLP_SECTION: &str = ".kernel_klp_symbols";
+
 /// Every function symbol with a nonzero size: (mangled name, address, size).
 pub fn functions(data: &[u8]) -> Result<Vec<(String, u64, u32)>> {
+    sized_symbols(data, &[elf::STT_FUNC])
+}
+
+/// What the klp table holds: every function (its address is its global
+/// entry) and data object (a static) with a nonzero size, by ELF name.
+pub fn klp_symbols(data: &[u8]) -> Result<Vec<(String, u64, u32)>> {
+    sized_symbols(data, &[elf::STT_FUNC, elf::STT_OBJECT])
+}
+
+/// Every symbol of one of `kinds` with a nonzero size: (ELF name, address, size).
+fn sized_symbols(data: &[u8], kinds: &[u8]) -> Result<Vec<(String, u64, u32)>> {
     let file = ElfFile64::<Endianness>::parse(data).context("the kernel is not a 64-bit ELF file")?;
     let endian = file.endian();
-    let mut functions = Vec::new();
+    let mut found = Vec::new();
     for symbol in file.symbols() {
         let raw = symbol.elf_symbol();
-        if raw.st_type() != elf::STT_FUNC || raw.st_size(endian) == 0 {
+        if !kinds.contains(&raw.st_type()) || raw.st_size(endian) == 0 {
             continue;
         }
-        let size = u32::try_from(symbol.size()).context("a function larger than 4 GiB")?;
-        functions.push((symbol.name()?.to_string(), symbol.address(), size));
+        let size = u32::try_from(symbol.size()).context("a symbol larger than 4 GiB")?;
+        found.push((symbol.name()?.to_string(), symbol.address(), size));
     }
-    Ok(functions)
+    Ok(found)
+}
+
+/// The klp table of kernel image `image` (a linked kernel ELF file), encoded
+/// as xtask writes it into the image and the kernel reads it.
+pub fn klp_table(image: &[u8]) -> Result<Vec<u8>> {
+    portable::symbols::encode(&klp_symbols(image)?, usize::MAX).context("encoding the klp table")
+}
+
+/// The addresses of the kernel functions and data objects named `name`
+/// (ELF name), in the order positions count them: position N >= 1 of a
+/// `.klp.sym.vmlinux.NAME,N` is the Nth.
+#[allow(dead_code)] // for `patch from-diff` (xtask/src/from_diff.rs)
+pub fn klp_addresses(image: &[u8], name: &str) -> Result<Vec<u64>> {
+    let bytes = klp_table(image)?;
+    let table = portable::symbols::SymbolTable::parse(&bytes).context("reading the klp table back")?;
+    Ok(table.find(name).map(|symbol| symbol.address).collect())
+}
+
+/// The position to write in `.klp.sym.vmlinux.NAME,POSITION` for kernel
+/// symbol `name` (ELF name) of `image`: `None` if no function or data object
+/// has that name, `Some(0)` if exactly one has; several is an error naming
+/// how many ([`klp_addresses`] lists them, to pick one by address).
+#[allow(dead_code)] // for `patch from-diff` (xtask/src/from_diff.rs)
+pub fn klp_position(image: &[u8], name: &str) -> Result<Option<usize>> {
+    match klp_addresses(image, name)?.len() {
+        0 => Ok(None),
+        1 => Ok(Some(0)),
+        count => bail!("{count} kernel symbols are named {name}; a klp reference to it needs a position from 1"),
+    }
+}
+
+/// The address `.klp.sym.vmlinux.NAME,POSITION` resolves to in the kernel
+/// `image`, by the rule the kernel applies (`SymbolTable::klp_address`);
+/// `None` where the kernel refuses the patch.
+#[allow(dead_code)] // for `patch from-diff` (xtask/src/from_diff.rs)
+pub fn klp_symbol_at(image: &[u8], name: &str, position: usize) -> Option<u64> {
+    let bytes = klp_table(image).ok()?;
+    portable::symbols::SymbolTable::parse(&bytes)?.klp_address(name, position).ok()
 }
 
 /// A Rust symbol name without its hash, or the name itself when it is not Rust.
@@ -61,15 +113,26 @@ pub fn section_words(data: &[u8], section: &str) -> Result<Vec<u64>> {
 
 /// Writes the symbol table into `data` (a linked kernel) at the section's file offset.
 pub fn fill(data: &mut [u8]) -> Result<Filled> {
-    let Some((offset, capacity)) = reservation(data, SECTION)? else {
-        return Ok(Filled::NoSection);
-    };
     let symbols: Vec<(String, u64, u32)> =
         functions(data)?.into_iter().map(|(name, address, size)| (demangle(&name), address, size)).collect();
-    let Some(table) = portable::symbols::encode(&symbols, capacity) else {
-        let needed = portable::symbols::encode(&symbols, usize::MAX).map_or(0, |table| table.len());
+    fill_section(data, SECTION, &symbols)
+}
+
+/// Writes the klp table (functions and data objects by ELF name) into `data`.
+pub fn fill_klp(data: &mut [u8]) -> Result<Filled> {
+    let symbols = klp_symbols(data)?;
+    fill_section(data, KLP_SECTION, &symbols)
+}
+
+/// Encodes `symbols` into the reserved `section` of `data`.
+fn fill_section(data: &mut [u8], section: &str, symbols: &[(String, u64, u32)]) -> Result<Filled> {
+    let Some((offset, capacity)) = reservation(data, section)? else {
+        return Ok(Filled::NoSection);
+    };
+    let Some(table) = portable::symbols::encode(symbols, capacity) else {
+        let needed = portable::symbols::encode(symbols, usize::MAX).map_or(0, |table| table.len());
         bail!(
-            "the symbol table of {} functions needs {needed} bytes but section {SECTION} holds only {capacity}; \
+            "the symbol table of {} symbols needs {needed} bytes but section {section} holds only {capacity}; \
              enlarge the reservation in the kernel",
             symbols.len()
         );
@@ -104,9 +167,11 @@ mod tests {
         let text = writer.add_section(vec![], b".text".to_vec(), SectionKind::Text);
         writer.append_section_data(text, &[0x60; 0x30], 4);
         let data = writer.add_section(vec![], b".data".to_vec(), SectionKind::Data);
-        writer.append_section_data(data, &[0; 8], 8);
+        writer.append_section_data(data, &[0; 16], 8);
         let table = writer.add_section(vec![], SECTION.as_bytes().to_vec(), SectionKind::Data);
         writer.append_section_data(table, &vec![0; capacity], 8);
+        let klp_table = writer.add_section(vec![], KLP_SECTION.as_bytes().to_vec(), SectionKind::Data);
+        writer.append_section_data(klp_table, &vec![0; capacity], 8);
         let mut add = |name: &str, value, size, kind, section| {
             writer.add_symbol(Symbol {
                 name: name.as_bytes().to_vec(),
@@ -123,6 +188,10 @@ mod tests {
         add("_start", 0, 0x10, SymbolKind::Text, text);
         add("empty", 0x30, 0, SymbolKind::Text, text);
         add("COUNTER", 0, 8, SymbolKind::Data, data);
+        // Two statics of one name (as two crates' `static` of one path), a data symbol without size.
+        add("twin", 12, 4, SymbolKind::Data, data);
+        add("twin", 8, 4, SymbolKind::Data, data);
+        add("marker", 8, 0, SymbolKind::Data, data);
         writer.write().unwrap()
     }
 
@@ -137,6 +206,45 @@ mod tests {
         let names: Vec<_> = table.iter().map(|symbol| (symbol.name, symbol.address, symbol.size)).collect();
         assert_eq!(names, [("_start", 0, 0x10), ("kernel::boot_main", 0x10, 0x20)]);
         assert!(bytes[used..].iter().all(|byte| *byte == 0));
+    }
+
+    /// The address of section `name` in `image` plus `offset`.
+    fn address_in(image: &[u8], name: &str, offset: u64) -> u64 {
+        ElfFile64::<Endianness>::parse(image).unwrap().section_by_name(name).unwrap().address() + offset
+    }
+
+    #[test]
+    fn klp_table_holds_functions_and_data_objects_by_elf_name() {
+        let mut data = kernel_object(512);
+        let Filled::Table { count, capacity, .. } = fill_klp(&mut data).unwrap() else { panic!("no section") };
+        assert_eq!((count, capacity), (5, 512), "two functions, COUNTER and the two twins; no sizeless symbol");
+        let file = ElfFile64::<Endianness>::parse(&*data).unwrap();
+        let bytes = file.section_by_name(KLP_SECTION).unwrap().data().unwrap();
+        let table = portable::symbols::SymbolTable::parse(bytes).unwrap();
+        let boot_main = address_in(&data, ".text", 0x10);
+        assert_eq!(table.klp_address("_ZN6kernel9boot_main17h0123456789abcdefE", 0), Ok(boot_main), "the ELF name");
+        assert!(table.find("kernel::boot_main").next().is_none(), "not the demangled one");
+        assert_eq!(table.klp_address("COUNTER", 0), Ok(address_in(&data, ".data", 0)));
+        assert!(table.find("marker").next().is_none());
+        // The host functions give what the kernel's table gives.
+        assert_eq!(klp_position(&data, "COUNTER").unwrap(), Some(0));
+        assert_eq!(klp_symbol_at(&data, "COUNTER", 0), Some(address_in(&data, ".data", 0)));
+        assert_eq!(klp_position(&data, "nothing").unwrap(), None);
+        assert_eq!(klp_symbol_at(&data, "nothing", 0), None);
+        assert_eq!(klp_symbol_at(&data, "marker", 0), None, "a symbol without size is not in the table");
+    }
+
+    #[test]
+    fn klp_positions_count_a_shared_name_in_address_order() {
+        let data = kernel_object(512);
+        let error = klp_position(&data, "twin").unwrap_err().to_string();
+        assert!(error.contains("2 kernel symbols are named twin"), "{error}");
+        let (first, second) = (address_in(&data, ".data", 8), address_in(&data, ".data", 12));
+        assert_eq!(klp_addresses(&data, "twin").unwrap(), [first, second], "by address, not symbol-table order");
+        assert_eq!(klp_symbol_at(&data, "twin", 0), None, "ambiguous without a position");
+        assert_eq!(klp_symbol_at(&data, "twin", 1), Some(first));
+        assert_eq!(klp_symbol_at(&data, "twin", 2), Some(second));
+        assert_eq!(klp_symbol_at(&data, "twin", 3), None);
     }
 
     #[test]

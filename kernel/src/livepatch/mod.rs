@@ -87,6 +87,10 @@ pub struct Patch {
     pub replace: bool,
     /// The system states it handles (`klp_get_state`).
     pub states: Vec<SystemState>,
+    /// Its kernel targets need an ftrace site but not `#[livepatchable]`
+    /// (a module's `abi-checked` line: the tool that made the patch compared
+    /// the compiled ABI of both builds, which the marker otherwise vouches for).
+    pub abi_checked: bool,
 }
 
 /// The name of the kernel as an object (Linux's "vmlinux"), in callbacks and `klp list`.
@@ -238,6 +242,8 @@ struct Core {
     /// The patches whose transition `force` completed: their modules are
     /// never unloaded (a thread may still run their code, as in Linux).
     forced: Vec<String>,
+    /// The patches added with `abi_checked` (for `klp list`).
+    abi_checked: Vec<String>,
     /// Whether the thread that retries a stalled transition runs.
     worker: bool,
     /// Per patch, in the order they were added: its objects, their
@@ -249,8 +255,14 @@ struct Core {
 /// lock (`thread::set_patch_states`, `with_switched_out`,
 /// `wake_interruptible`, `spawn`); `REGISTRY` before `module`'s `MODULES`.
 /// Nothing takes `REGISTRY` while holding one of the others.
-static REGISTRY: Mutex<Core> =
-    Mutex::new(Core { state: State::new(), transition: None, forced: Vec::new(), worker: false, objects: Vec::new() });
+static REGISTRY: Mutex<Core> = Mutex::new(Core {
+    state: State::new(),
+    transition: None,
+    forced: Vec::new(),
+    abi_checked: Vec::new(),
+    worker: false,
+    objects: Vec::new(),
+});
 
 /// How long `enable` and `disable` wait for their transition (and for
 /// another patch's transition before they start) before they return.
@@ -788,7 +800,8 @@ pub fn status() -> Option<TransitionStatus> {
 /// Adds a patch (disabled), after resolving every function it names in the
 /// kernel and in the modules that are loaded (a module object whose module
 /// is not loaded waits for it: `module_coming`): an unknown, ambiguous,
-/// notrace or not `#[livepatchable]` target, one with inlined copies
+/// notrace or (unless the patch is `abi_checked`, for kernel targets) not
+/// `#[livepatchable]` target, one with inlined copies
 /// (unless the function allows them), or a function named twice, refuses
 /// the whole patch here, before anything could run. Names are unique.
 pub fn add(patch: Patch) -> Result<(), LivepatchError> {
@@ -796,7 +809,7 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
     let mut functions: Vec<Replaced> = Vec::new();
     let mut entries = Vec::with_capacity(patch.objects.len());
     for object in &patch.objects {
-        let resolved = match resolve_object(object) {
+        let resolved = match resolve_object(object, patch.abi_checked) {
             Ok(resolved) => Some(resolved),
             // A module that is not loaded: its object waits for it.
             Err(LivepatchError::UnknownObject(module)) if object.module.as_ref() == Some(&module) => None,
@@ -819,6 +832,9 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
         states: patch.states.clone(),
     })?;
     core.state.commit(plan);
+    if patch.abi_checked {
+        core.abi_checked.push(name.clone());
+    }
     callbacks::add_states(&name, &patch.states);
     let objects = patch
         .objects
@@ -836,8 +852,8 @@ pub fn add(patch: Patch) -> Result<(), LivepatchError> {
 
 /// Resolves the functions of `object` (the kernel's, or a loaded module's;
 /// `UnknownObject` when its module is not loaded, also for an object with
-/// callbacks only).
-fn resolve_object(object: &Object) -> Result<Vec<Replaced>, LivepatchError> {
+/// callbacks only); `abi_checked` waives `#[livepatchable]` for the kernel's.
+fn resolve_object(object: &Object, abi_checked: bool) -> Result<Vec<Replaced>, LivepatchError> {
     if let Some(module) = &object.module
         && !crate::module::is_target(module)
     {
@@ -848,7 +864,7 @@ fn resolve_object(object: &Object) -> Result<Vec<Replaced>, LivepatchError> {
         .iter()
         .map(|function| {
             let (entry, site) = match &object.module {
-                None => resolve(function)?,
+                None => resolve(function, abi_checked)?,
                 Some(module) => crate::module::resolve_function(module, &function.old_name, function.old_position)?,
             };
             Ok(Replaced {
@@ -873,6 +889,7 @@ pub fn remove(name: &str) -> Result<(), LivepatchError> {
     let plan = core.state.plan(Operation::Remove(name))?;
     core.state.commit(plan);
     core.objects.retain(|objects| objects.patch != name);
+    core.abi_checked.retain(|checked| checked != name);
     callbacks::remove_states(name);
     announce(&core, name);
     Ok(())
@@ -880,12 +897,15 @@ pub fn remove(name: &str) -> Result<(), LivepatchError> {
 
 /// The (global entry, ftrace site) of the function `function` names,
 /// checked to be patchable: it exists, has an ftrace site, is marked
-/// `#[livepatchable]` (see `allowed`) and no caller holds an inlined copy
-/// of it, unless `function.allow_inlined` (see `notes`).
-pub fn resolve(function: &Function) -> Result<(u64, u64), LivepatchError> {
+/// `#[livepatchable]` (see `allowed`; not required when `abi_checked`) and
+/// no caller holds an inlined copy of it, unless `function.allow_inlined`
+/// (see `notes`).
+pub fn resolve(function: &Function, abi_checked: bool) -> Result<(u64, u64), LivepatchError> {
     let name = &function.old_name;
     match trace::site_table().named_entry(name, function.old_position).map(|site| (site.function, site.address)) {
-        Ok((entry, _)) if !is_livepatchable(entry) => Err(LivepatchError::NotLivepatchable(name.clone())),
+        Ok((entry, _)) if !abi_checked && !is_livepatchable(entry) => {
+            Err(LivepatchError::NotLivepatchable(name.clone()))
+        }
         Ok((entry, site)) => match notes::note(entry) {
             Some(note) if note.is_inlined() && !function.allow_inlined => {
                 Err(LivepatchError::Inlined { name: name.clone(), holders: notes::holders(&note) })
@@ -958,11 +978,14 @@ pub struct PatchSummary {
     pub objects: Vec<(String, bool)>,
     /// Its system states, (id, version).
     pub states: Vec<(u64, u64)>,
+    /// Added `abi_checked`: its kernel targets need not be `#[livepatchable]`.
+    pub abi_checked: bool,
     pub functions: Vec<FunctionSummary>,
 }
 
 impl PatchSummary {
-    /// "stack_order N, replace yes|no; objects: vmlinux (patched), ...; states ID vVERSION, ..."
+    /// "stack_order N, replace yes|no; objects: vmlinux (patched), ...; states ID vVERSION, ...",
+    /// then " [abi-checked]" for a patch added `abi_checked`
     /// (`klp list`'s second line per patch, and the patch channel's replies).
     pub fn details(&self) -> String {
         let objects: Vec<String> = self
@@ -972,11 +995,12 @@ impl PatchSummary {
             .collect();
         let states: Vec<String> = self.states.iter().map(|(id, version)| alloc::format!("{id} v{version}")).collect();
         alloc::format!(
-            "stack_order {}, replace {}; objects: {}{}",
+            "stack_order {}, replace {}; objects: {}{}{}",
             self.stack_order,
             if self.replace { "yes" } else { "no" },
             objects.join(", "),
-            if states.is_empty() { String::new() } else { alloc::format!("; states {}", states.join(", ")) }
+            if states.is_empty() { String::new() } else { alloc::format!("; states {}", states.join(", ")) },
+            if self.abi_checked { " [abi-checked]" } else { "" }
         )
     }
 }
@@ -1017,6 +1041,7 @@ pub fn list() -> Vec<PatchSummary> {
                 .filter(|transition| transition.id == patch.id)
                 .map(|_| transition::target() == PATCHED),
             forced: core.forced.contains(&patch.name),
+            abi_checked: core.abi_checked.contains(&patch.name),
             functions: patch
                 .functions
                 .iter()
@@ -1063,11 +1088,10 @@ pub fn module_coming(name: &str) -> Result<(), LivepatchError> {
             continue;
         };
         let entry = &mut core.objects[index].objects[object];
-        let functions = match resolve_object(&Object {
-            module: entry.module.clone(),
-            functions: entry.functions.clone(),
-            callbacks: entry.callbacks,
-        }) {
+        // A module's object: `abi_checked` concerns kernel targets only.
+        let object =
+            Object { module: entry.module.clone(), functions: entry.functions.clone(), callbacks: entry.callbacks };
+        let functions = match resolve_object(&object, false) {
             Ok(functions) => functions,
             Err(error) => {
                 result = Err(error);

@@ -4,7 +4,7 @@
 //! (`KLP_TEST_MODULES_DIR`); a build without them embeds empty files.
 
 /// (name, signed module file) for each sample; an empty file was not built in.
-pub static EMBEDDED: [(&str, &[u8]); 19] = [
+pub static EMBEDDED: [(&str, &[u8]); 21] = [
     ("greeting", include_bytes!(concat!(env!("OUT_DIR"), "/greeting.klp"))),
     ("counter", include_bytes!(concat!(env!("OUT_DIR"), "/counter.klp"))),
     ("ten", include_bytes!(concat!(env!("OUT_DIR"), "/ten.klp"))),
@@ -32,6 +32,10 @@ pub static EMBEDDED: [(&str, &[u8]); 19] = [
     ("klp-sym-reader", include_bytes!(concat!(env!("OUT_DIR"), "/klp-sym-reader.klp"))),
     // Refused on purpose: made for a kernel image with another build id.
     ("foreign-build", include_bytes!(concat!(env!("OUT_DIR"), "/foreign-build.klp"))),
+    // Shaped like a patch made from a diff: `toc kernel`, `abi-checked`, klp relocations to the kernel.
+    ("kernel-sym-reader", include_bytes!(concat!(env!("OUT_DIR"), "/kernel-sym-reader.klp"))),
+    // Refused on purpose: a klp relocation to a kernel symbol that does not exist.
+    ("kernel-sym-missing", include_bytes!(concat!(env!("OUT_DIR"), "/kernel-sym-missing.klp"))),
 ];
 
 /// The signed file of the embedded module `name`, if built in.

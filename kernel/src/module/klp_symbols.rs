@@ -1,4 +1,12 @@
-//! Klp relocations: a patch's references to a target module's own symbols (`.klp.sym.MODULE.SYMBOL,N`), resolved when the module is there and cleared when it goes.
+//! Klp relocations: a patch's references to the kernel's (`.klp.sym.vmlinux.SYMBOL,N`) and a target module's own symbols (`.klp.sym.MODULE.SYMBOL,N`), the module's resolved when it is there and cleared when it goes.
+//!
+//! Module `vmlinux` is the kernel: SYMBOL is the ELF (mangled) name of one
+//! of its functions (resolving to its global entry) or data objects, found
+//! in the klp table xtask fills (`symbols::klp_table`) by the rule of
+//! `SymbolTable::klp_address`; a name it lacks, or one several symbols share
+//! with position 0, refuses the patch (`UndefinedSymbol`, before anything is
+//! listed). The kernel never goes, so these references are not recorded for
+//! a relink.
 //!
 //! When a patch module is linked, each `.klp.sym.MODULE.SYMBOL,N` it
 //! refers to resolves to that symbol of target module MODULE if MODULE is
@@ -68,6 +76,9 @@ pub fn resolve_at_link(name: &str, modules: &mut Vec<String>) -> Option<u64> {
     let Some(klp) = parse_klp_symbol(name) else {
         return crate::livepatch::api::lookup(name);
     };
+    if klp.module == crate::livepatch::KERNEL_OBJECT {
+        return crate::symbols::klp_table()?.klp_address(klp.symbol, klp.position).ok();
+    }
     if !modules.iter().any(|module| module == klp.module) {
         modules.push(String::from(klp.module));
     }
@@ -86,7 +97,7 @@ pub fn relink(module: &str, symbols: Option<&[ModuleSymbol]>) -> Result<(), Load
     let select = |name: &str| name.starts_with(prefix.as_str());
     let mut listed = MODULES.lock();
     for patch in listed.iter_mut() {
-        let LoadedModule { memory, klp: Some(klp), .. } = patch else { continue };
+        let LoadedModule { memory, linked, klp: Some(klp), .. } = patch else { continue };
         if !klp.modules.iter().any(|referred| referred == module) {
             continue;
         }
@@ -99,7 +110,7 @@ pub fn relink(module: &str, symbols: Option<&[ModuleSymbol]>) -> Result<(), Load
                 None => Some(unresolved()),
             }
         };
-        let written = image.relink_symbols(memory.bytes_mut(), base, &select, &mut resolve);
+        let written = image.relink_symbols(memory.bytes_mut(), base, linked.toc, &select, &mut resolve);
         crate::arch::cache::synchronize_instructions(base, memory.size() as u64);
         written.map_err(|error| {
             LoadError::Site(format!("patch '{}' refers to a symbol '{module}' lacks: {error}", patch.name))

@@ -198,7 +198,8 @@ pub fn load(file: &[u8]) -> Result<String, LoadError> {
     let is_patch = image.description().patch().is_some();
     let mut referred = Vec::new();
     let linked = image
-        .link(memory.bytes_mut(), base, &mut |name| match is_patch {
+        // A `toc kernel` patch runs on the kernel's TOC base: this r2.
+        .link(memory.bytes_mut(), base, crate::arch::registers::toc_pointer(), &mut |name| match is_patch {
             true => klp_symbols::resolve_at_link(name, &mut referred),
             false => livepatch::api::lookup(name),
         })
@@ -283,7 +284,7 @@ fn patch_of(linked: &LinkedModule) -> Result<Patch, LoadError> {
             }),
         }
     }
-    Ok(Patch { name: description.name.clone(), objects, ..Default::default() })
+    Ok(Patch { name: description.name.clone(), objects, abi_checked: description.abi_checked, ..Default::default() })
 }
 
 /// Adds what the description says beyond the replacements: atomic

@@ -12,6 +12,7 @@ mod direct;
 pub(crate) mod exceptions;
 mod ftrace;
 mod inlined;
+mod kernel_symbols;
 mod livepatch;
 mod livepatchable;
 mod memory;

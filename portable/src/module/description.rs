@@ -14,6 +14,10 @@
 //!                                               that loadable target module, not the kernel's
 //! build-id 0123…(40 hex digits)                 the kernel it was made for, at most once: the
 //!                                               loader refuses it in a kernel with another id
+//! toc kernel                                    the module's code runs on the kernel's TOC base
+//!                                               (`.TOC.` is the kernel's; calls out need no nop)
+//! abi-checked                                   the kernel targets need an ftrace site but not
+//!                                               `#[livepatchable]` (the generator compared the ABI)
 //! # a comment                                   blank lines and '#' lines are ignored
 //! ```
 //!
@@ -47,6 +51,12 @@ pub struct PatchDescription {
     /// The build id of the kernel it was made for (the `build-id` line);
     /// `None`: any kernel whose exports and symbols it finds.
     pub build_id: Option<BuildId>,
+    /// The module shares the kernel's TOC base (the `toc kernel` line): its
+    /// `.TOC.` is the kernel's TOC pointer, its calls out need no TOC restore.
+    pub kernel_toc: bool,
+    /// The patch's kernel targets need not be `#[livepatchable]` (the
+    /// `abi-checked` line): the tool that made it compared both builds' ABIs.
+    pub abi_checked: bool,
 }
 
 impl PatchDescription {
@@ -174,6 +184,8 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     let mut states: Vec<(u64, u64)> = Vec::new();
     let mut callbacks: Vec<CallbackLine> = Vec::new();
     let mut build_id: Option<BuildId> = None;
+    let mut kernel_toc = false;
+    let mut abi_checked = false;
     for (number, words) in body_lines(text, "klp-patch", DESCRIPTION_HEADER)? {
         match words.as_slice() {
             ["object", module] if is_name(module) => object = Some(module.to_string()),
@@ -244,6 +256,20 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
                 };
                 build_id = Some(id);
             }
+            ["toc", "kernel"] => {
+                if kernel_toc {
+                    return Err(error(number, "a second toc line"));
+                }
+                kernel_toc = true;
+            }
+            ["abi-checked"] => {
+                if abi_checked {
+                    return Err(error(number, "a second abi-checked line"));
+                }
+                abi_checked = true;
+            }
+            ["toc", ..] => return Err(error(number, "expected \"toc kernel\"")),
+            ["abi-checked", ..] => return Err(error(number, "abi-checked takes no argument")),
             ["build-id", ..] => return Err(error(number, "expected \"build-id HEX\"")),
             ["state", ..] => return Err(error(number, "expected \"state ID VERSION\"")),
             ["callback", ..] => return Err(error(number, "expected \"callback OBJECT KIND SYMBOL\"")),
@@ -264,5 +290,5 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     if functions.is_empty() {
         return Err(error(0, "no replace line"));
     }
-    Ok(PatchDescription { name, functions, atomic_replace, states, callbacks, build_id })
+    Ok(PatchDescription { name, functions, atomic_replace, states, callbacks, build_id, kernel_toc, abi_checked })
 }

@@ -156,6 +156,20 @@ pub enum ModuleError {
         /// Why.
         reason: &'static str,
     },
+    /// A module on the kernel's TOC base (`toc kernel`) lies too far from the
+    /// kernel's TOC pointer for a TOC-relative access (`value`, the distance).
+    KernelTocOutOfReach {
+        /// The relocation type (`R_PPC64_*` number).
+        kind: u32,
+        /// The patched section.
+        section: String,
+        /// The relocation's offset in that section.
+        offset: u64,
+        /// The symbol's name.
+        symbol: String,
+        /// The distance from the kernel's TOC pointer that does not fit.
+        value: u64,
+    },
     /// A relocation's value does not fit its field.
     RelocationOverflow {
         /// The relocation type (`R_PPC64_*` number).
@@ -312,6 +326,14 @@ impl fmt::Display for ModuleError {
             UnsupportedTarget { kind, section, offset, symbol, reason } => write!(
                 formatter,
                 "relocation {} at {} against {symbol}: {reason}",
+                Kind(*kind),
+                Place(section, *offset)
+            ),
+            KernelTocOutOfReach { kind, section, offset, symbol, value } => write!(
+                formatter,
+                "relocation {} at {} against {symbol}: the module runs on the kernel's TOC (toc kernel) but its \
+                 address is {value:#x} from the kernel's TOC pointer, beyond the +-2 GiB that TOC-relative \
+                 code reaches; load the module nearer the kernel",
                 Kind(*kind),
                 Place(section, *offset)
             ),

@@ -26,6 +26,8 @@ pub struct ModuleImage<'a> {
     pub(super) stubs: BTreeMap<StubKey<'a>, usize>,
     pub(super) layout: Layout,
     pub(super) description: Description,
+    /// The module runs on the kernel's TOC base (`toc kernel`): calls out need no nop.
+    pub(super) kernel_toc: bool,
 }
 
 /// Parses and validates a patch module: a ppc64le ELFv2 relocatable object with a
@@ -35,10 +37,13 @@ pub fn parse(bytes: &[u8]) -> Result<ModuleImage<'_>, ModuleError> {
     let sections = read_sections(bytes)?;
     let symbols = SymbolTable::read(&sections)?;
     let relocations = relocations::read(&sections, &symbols)?;
+    // Whether calls out need a nop depends on the description's `toc kernel`
+    // line; a description that does not parse is refused below, as before.
+    let kernel_toc = read_description(&sections).is_ok_and(|description| description.kernel_toc());
     let mut stubs = BTreeMap::new();
     for group in &relocations {
         for entry in group.entries {
-            let Some(relocation) = relocations::decode(group, entry, &sections, &symbols)? else {
+            let Some(relocation) = relocations::decode(group, entry, &sections, &symbols, kernel_toc)? else {
                 continue;
             };
             if relocation.branch == Branch::External {
@@ -49,7 +54,7 @@ pub fn parse(bytes: &[u8]) -> Result<ModuleImage<'_>, ModuleError> {
     }
     let layout = layout(&sections, stubs.len())?;
     let description = read_description(&sections)?;
-    let image = ModuleImage { sections, symbols, relocations, stubs, layout, description };
+    let image = ModuleImage { sections, symbols, relocations, stubs, layout, description, kernel_toc };
     let functions = image.functions();
     match &image.description {
         Description::Patch(patch) => {
@@ -113,7 +118,9 @@ impl<'a> ModuleImage<'a> {
     ) -> Result<(), ModuleError> {
         for group in &self.relocations {
             for entry in group.entries {
-                if let Some(relocation) = relocations::decode(group, entry, &self.sections, &self.symbols)? {
+                if let Some(relocation) =
+                    relocations::decode(group, entry, &self.sections, &self.symbols, self.kernel_toc)?
+                {
                     visit(relocation)?;
                 }
             }

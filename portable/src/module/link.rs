@@ -10,14 +10,16 @@ use super::Description;
 use super::ModuleError;
 use super::image::ModuleImage;
 use super::relocation::{Fault, compute, write};
+use super::relocation::{R_PPC64_REL16_HA, R_PPC64_TOC16_DS, R_PPC64_TOC16_HA};
 use super::relocations::{Branch, Relocation};
-use super::stub::{CALL_NOP, RESTORE_TOC, STUB_SIZE, stub_words};
+use super::stub::{CALL_NOP, RESTORE_TOC, STUB_SIZE, STUB_WORDS, kernel_toc_stub_words, stub_words};
 use super::symbols::{Definition, TOC_SYMBOL};
 
 /// A module placed in memory and relocated: what the kernel needs to use and debug it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkedModule {
-    /// The module's TOC pointer value (`.TOC.`): what its functions compute into r2.
+    /// The module's TOC pointer value (`.TOC.`): what its functions compute
+    /// into r2; the kernel's for a module that says `toc kernel`.
     pub toc: u64,
     /// The loaded sections (not empty ones) by address (for gdb's `add-symbol-file`).
     pub sections: Vec<LoadedSection>,
@@ -102,7 +104,9 @@ impl<'a> ModuleImage<'a> {
     /// Copies the sections into `memory` (at least [`memory_size`](Self::memory_size) bytes,
     /// which the kernel has placed at address `base`, a multiple of
     /// [`memory_alignment`](Self::memory_alignment)), writes the stubs, applies every relocation
-    /// and returns where everything went. `resolve` maps an undefined symbol name (as written
+    /// and returns where everything went. `kernel_toc` is the kernel's TOC pointer (the r2 of
+    /// kernel code): a patch whose description says `toc kernel` gets it as its `.TOC.`, and
+    /// stubs that leave r2 alone ([`stub`](super::stub)); other modules ignore it. `resolve` maps an undefined symbol name (as written
     /// in the object) to an absolute address in the kernel, or `None`; it is called once per
     /// name. Only `memory[..memory_size]` is written. The caller flushes the instruction cache
     /// over `base..base + memory_size` before running module code.
@@ -110,6 +114,7 @@ impl<'a> ModuleImage<'a> {
         &self,
         memory: &mut [u8],
         base: u64,
+        kernel_toc: u64,
         resolve: &mut dyn FnMut(&str) -> Option<u64>,
     ) -> Result<LinkedModule, ModuleError> {
         let size = self.memory_size();
@@ -121,9 +126,10 @@ impl<'a> ModuleImage<'a> {
         if !base.is_multiple_of(alignment as u64) {
             return Err(ModuleError::MisalignedBase { base, alignment });
         }
-        let Some(toc) = base.checked_add(self.layout.size).and_then(|_| base.checked_add(self.layout.toc)) else {
+        let Some(own_toc) = base.checked_add(self.layout.size).and_then(|_| base.checked_add(self.layout.toc)) else {
             return Err(ModuleError::AddressOverflow { base, size });
         };
+        let toc = if self.kernel_toc { kernel_toc } else { own_toc };
         let mut resolver = Resolver { resolve, known: BTreeMap::new(), toc };
 
         memory.fill(0);
@@ -136,7 +142,7 @@ impl<'a> ModuleImage<'a> {
         }
         for (&(name, addend), &slot) in &self.stubs {
             let target = resolver.address(name)?.wrapping_add(addend as u64);
-            put_words(memory, self.stub_offset(slot), &stub_words(target));
+            put_words(memory, self.stub_offset(slot), &self.stub_words(target));
         }
         self.each_relocation(|relocation| self.apply(&relocation, memory, base, &mut resolver))?;
 
@@ -182,11 +188,13 @@ impl<'a> ModuleImage<'a> {
     /// them: only the stub's target changes. Returns how many fields and
     /// stubs were written. The caller flushes the instruction cache and
     /// makes sure no thread runs a stub being rewritten (its words change
-    /// one at a time).
+    /// one at a time). `toc` is the module's `.TOC.` as `link` returned it
+    /// ([`LinkedModule::toc`]).
     pub fn relink_symbols(
         &self,
         memory: &mut [u8],
         base: u64,
+        toc: u64,
         select: &dyn Fn(&str) -> bool,
         resolve: &mut dyn FnMut(&str) -> Option<u64>,
     ) -> Result<usize, ModuleError> {
@@ -195,13 +203,12 @@ impl<'a> ModuleImage<'a> {
         let Some(memory) = memory.get_mut(..size) else {
             return Err(ModuleError::MemoryTooSmall { needed: size, given });
         };
-        let toc = base.wrapping_add(self.layout.toc);
         let mut resolver = Resolver { resolve, known: BTreeMap::new(), toc };
         let mut written = 0;
         for (&(name, addend), &slot) in &self.stubs {
             if select(name) {
                 let target = resolver.address(name)?.wrapping_add(addend as u64);
-                put_words(memory, self.stub_offset(slot), &stub_words(target));
+                put_words(memory, self.stub_offset(slot), &self.stub_words(target));
                 written += 1;
             }
         }
@@ -219,6 +226,11 @@ impl<'a> ModuleImage<'a> {
     /// The offset of loaded section `index` from the module base.
     fn offset(&self, index: usize) -> Option<u64> {
         self.layout.offsets.get(index).copied().flatten()
+    }
+
+    /// The words of this module's stub to `target`: without a TOC save for a `toc kernel` module.
+    fn stub_words(&self, target: u64) -> [u32; STUB_WORDS] {
+        if self.kernel_toc { kernel_toc_stub_words(target) } else { stub_words(target) }
     }
 
     /// The offset of stub `slot` from the module base.
@@ -265,23 +277,35 @@ impl<'a> ModuleImage<'a> {
                 let Some(&slot) = self.stubs.get(&(symbol.name, relocation.addend)) else {
                     return Err(unsupported("no stub was planned for this call"));
                 };
-                let nop_offset = field_offset + 4;
-                let found = memory.get(nop_offset as usize..).and_then(|rest| rest.get(..4));
-                if found != Some(&CALL_NOP.to_le_bytes()[..]) {
-                    return Err(ModuleError::MissingNop {
-                        symbol: String::from(symbol.name),
-                        section: section(),
-                        offset: relocation.offset,
-                        found: found.and_then(|bytes| Some(u32::from_le_bytes(bytes.try_into().ok()?))),
-                    });
+                // One TOC base (`toc kernel`): whatever follows the call (a nop, or not) stays.
+                if !self.kernel_toc {
+                    let nop_offset = field_offset + 4;
+                    let found = memory.get(nop_offset as usize..).and_then(|rest| rest.get(..4));
+                    if found != Some(&CALL_NOP.to_le_bytes()[..]) {
+                        return Err(ModuleError::MissingNop {
+                            symbol: String::from(symbol.name),
+                            section: section(),
+                            offset: relocation.offset,
+                            found: found.and_then(|bytes| Some(u32::from_le_bytes(bytes.try_into().ok()?))),
+                        });
+                    }
+                    put_words(memory, nop_offset, &[RESTORE_TOC]);
                 }
-                put_words(memory, nop_offset, &[RESTORE_TOC]);
                 (base + self.stub_offset(slot), 0)
             }
         };
         let field = compute(relocation.kind, address, addend, place, resolver.toc).map_err(|fault| {
             let (kind, offset, symbol) = (relocation.kind, relocation.offset, String::from(symbol.name));
             match fault {
+                // A module on the kernel's TOC base reaches its `.toc` (and
+                // computes `.TOC.`) relative to the kernel's TOC pointer.
+                Fault::Overflow(value)
+                    if self.kernel_toc
+                        && (matches!(kind, R_PPC64_TOC16_HA | R_PPC64_TOC16_DS)
+                            || (kind == R_PPC64_REL16_HA && symbol == TOC_SYMBOL)) =>
+                {
+                    ModuleError::KernelTocOutOfReach { kind, section: section(), offset, symbol, value }
+                }
                 Fault::Overflow(value) => {
                     ModuleError::RelocationOverflow { kind, section: section(), offset, symbol, value }
                 }

@@ -17,8 +17,10 @@
 //!    [`ModuleImage::memory_alignment`].
 //! 3. [`ModuleImage::link`] copies the sections there, writes one call stub
 //!    per external function ([`stub`] describes its register contract),
-//!    applies the relocations against the module's own TOC and the kernel
-//!    addresses the resolver returns, and reports sections, symbols and TOC.
+//!    applies the relocations against the module's own TOC (or, for a patch
+//!    whose description says `toc kernel`, the kernel's TOC pointer the
+//!    kernel passes in) and the kernel addresses the resolver returns, and
+//!    reports sections, symbols and TOC.
 //!
 //! Flushing the instruction cache over the module memory is the kernel's job.
 //! The supported relocations are in [`relocation::SUPPORTED`]; others are refused by name.
@@ -79,6 +81,11 @@ impl Description {
             Description::Patch(patch) => Some(patch),
             Description::Module(_) => None,
         }
+    }
+
+    /// Whether the module runs on the kernel's TOC base (a patch's `toc kernel` line).
+    pub fn kernel_toc(&self) -> bool {
+        self.patch().is_some_and(|patch| patch.kernel_toc)
     }
 
     /// The target module description, if this is one.

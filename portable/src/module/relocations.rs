@@ -33,7 +33,9 @@ pub(super) enum Branch {
     None,
     /// A module function: straight to its local entry point.
     Local,
-    /// A function outside the module: through a stub, and the `nop` after it restores r2.
+    /// A function outside the module: through a stub, and the `nop` after it
+    /// restores r2 (a module on the kernel's TOC base: a `bl` with or
+    /// without a `nop`, or a tail call `b`, and nothing to restore).
     External,
 }
 
@@ -117,12 +119,14 @@ fn word_at(bytes: &[u8], offset: u64) -> Option<u32> {
 
 /// Checks relocation `entry` of `group`: type supported, symbol in range and usable, field
 /// inside the patched section; for R_PPC64_REL24 a `b`/`bl` at a word offset, and for a call
-/// out of the module a `bl` followed by a `nop`. `None` for R_PPC64_NONE.
+/// out of the module a `bl` followed by a `nop`, unless the module runs on the kernel's TOC
+/// base (`kernel_toc`: any `b`/`bl`). `None` for R_PPC64_NONE.
 pub(super) fn decode<'a>(
     group: &RelocationSection<'a>,
     entry: &Rela64<LittleEndian>,
     sections: &[Section<'a>],
     symbols: &SymbolTable<'a>,
+    kernel_toc: bool,
 ) -> Result<Option<Relocation<'a>>, ModuleError> {
     let kind = entry.r_type(ENDIAN, false);
     let offset = entry.r_offset.get(ENDIAN);
@@ -169,6 +173,8 @@ pub(super) fn decode<'a>(
         }
         branch = match symbol.definition {
             Definition::Loaded(_) => Branch::Local,
+            // One TOC base: nothing to save or restore around the call.
+            Definition::Undefined if symbol.name != TOC_SYMBOL && kernel_toc => Branch::External,
             Definition::Undefined if symbol.name != TOC_SYMBOL => {
                 if word & 1 == 0 {
                     return Err(refuse("a tail call (b, not bl) out of the module cannot restore the TOC"));

@@ -1,4 +1,4 @@
-//! The call stub through which module code reaches a kernel function, and its register contract.
+//! The call stubs through which module code reaches a kernel function, and their register contracts.
 //!
 //! A module function calls a kernel function `F` with `bl stub; nop`. The
 //! module and the kernel have different TOCs (r2), so the call cannot go to
@@ -26,6 +26,30 @@
 //! LR, r1 and the caller's parameter save area (arguments 9 and up at 96(r1)
 //! onwards) reach `F` unchanged. The target is absolute, so a stub reaches
 //! any address, however far from the module.
+//!
+//! A module whose description says `toc kernel` runs on the kernel's TOC
+//! base: its functions compute the kernel's TOC pointer into r2, so a call
+//! out has no TOC to save or restore. Its calls are `bl F` with or without
+//! a `nop` after (a `nop` stays a `nop`) and tail calls `b F`, each pointed
+//! at a kernel-TOC stub ([`kernel_toc_stub_words`]): the same words with a
+//! `nop` in place of the TOC save.
+//!
+//! ```text
+//! module:  bl    stub            stub:  nop                     no TOC to save
+//!          (nop, or the next          lis   r12,F[63:48] ... ori r12,r12,F[15:0]
+//!           instruction)              mtctr r12
+//!                                      bctr  ──────────────────► F (global entry), returns with blr
+//! ```
+//!
+//! Register contract of a kernel-TOC stub: on entry r2 is the kernel's TOC
+//! pointer (what every function of the module and of the kernel computes
+//! from its own entry), LR the return address: after the `bl`, or for a
+//! tail call `b` the return address of the module function's caller. The
+//! stub clobbers r12 (then `F`, for `F`'s global entry) and CTR, both
+//! volatile, and writes no memory: after a tail call the module function's
+//! frame is gone and 24(r1) is its caller's, which must not be touched.
+//! r1, r2, r3-r10, LR and the parameter save area reach `F` unchanged; `F`'s
+//! global entry recomputes r2 to the value it already holds.
 
 use crate::instruction::NOP;
 
@@ -71,11 +95,19 @@ pub fn stub_words(target: u64) -> [u32; STUB_WORDS] {
     ]
 }
 
-/// The target a stub's words jump to, if `words` is a stub (for checks and debuggers).
+/// The eight instruction words of a kernel-TOC stub (a `toc kernel`
+/// module's, see above) that jumps to the global entry `target`: no TOC save.
+pub fn kernel_toc_stub_words(target: u64) -> [u32; STUB_WORDS] {
+    let mut words = stub_words(target);
+    words[0] = NOP;
+    words
+}
+
+/// The target a stub's words jump to, if `words` is a stub of either kind (for checks and debuggers).
 pub fn stub_target(words: &[u32; STUB_WORDS]) -> Option<u64> {
     let target = (u64::from(words[1] & 0xffff) << 48)
         | (u64::from(words[2] & 0xffff) << 32)
         | (u64::from(words[4] & 0xffff) << 16)
         | u64::from(words[5] & 0xffff);
-    (*words == stub_words(target)).then_some(target)
+    (*words == stub_words(target) || *words == kernel_toc_stub_words(target)).then_some(target)
 }

@@ -334,3 +334,18 @@ fn a_patch_goes_only_into_the_kernel_it_names() {
     assert_eq!(any.check_build_id(Some(other)), Ok(()));
     assert_eq!(any.check_build_id(None), Ok(()));
 }
+
+#[test]
+fn description_reads_toc_kernel_and_abi_checked() {
+    let text = b"klp-patch 1\nname generated\ntoc kernel\nabi-checked\nreplace kernel::a new_a\n";
+    let description = parse_description(text).unwrap();
+    assert!(description.kernel_toc && description.abi_checked);
+    let plain = parse_description(b"klp-patch 1\nname x\nreplace a b\n").unwrap();
+    assert!(!plain.kernel_toc && !plain.abi_checked, "without the lines: as before");
+    // Malformed: another TOC, an argument, twice.
+    assert_eq!(description_line("klp-patch 1\nname x\ntoc module\nreplace a b\n"), 3);
+    assert_eq!(description_line("klp-patch 1\nname x\ntoc\nreplace a b\n"), 3);
+    assert_eq!(description_line("klp-patch 1\nname x\nabi-checked yes\nreplace a b\n"), 3);
+    assert_eq!(description_line("klp-patch 1\nname x\ntoc kernel\ntoc kernel\nreplace a b\n"), 4);
+    assert_eq!(description_line("klp-patch 1\nname x\nabi-checked\nabi-checked\nreplace a b\n"), 4);
+}

@@ -239,7 +239,13 @@ pub type TrampolineError = CallError;
 #[notrace]
 pub fn call_for(slot: usize, replacement: u64) -> Result<[u32; CALL_WORDS], TrampolineError> {
     let call_address = slot_address(slot) + windows().call;
-    call_words(call_address, replacement, text::read(replacement), text::read(replacement + 4))
+    // The doubleword before C is read only for the large code model's entry,
+    // whose C (kernel or module text, compiled that way) has it there.
+    let toc_offset = || {
+        // Safety: the 8 aligned bytes before a large-model function's entry are its `.TOC. - C` word.
+        unsafe { ((replacement - 8) as *const i64).read_volatile() }
+    };
+    call_words(call_address, replacement, text::read(replacement), text::read(replacement + 4), toc_offset)
 }
 
 /// A slot's words, 8-byte aligned (as the slots are), so they are checked

@@ -110,6 +110,7 @@ pub fn patch(name: &str, objects: Vec<Object>, replace: bool, states: &[(u64, u6
         objects,
         replace,
         states: states.iter().map(|&(id, version)| SystemState { id, version }).collect(),
+        abi_checked: false,
     }
 }
 
