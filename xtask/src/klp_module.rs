@@ -417,3 +417,156 @@ impl State<'_, '_> {
         Ok((self.writer.section_symbol(section), offset as i64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture_object::compile_with;
+    use crate::object_diff::diff_builds;
+
+    const BASE: &str = r#"#![no_std]
+use core::sync::atomic::{AtomicU64, Ordering};
+pub static COUNT: AtomicU64 = AtomicU64::new(0);
+#[inline(never)]
+pub fn helper(x: u64) -> u64 { x.rotate_left(7) ^ 0x55 }
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn target(x: u64) -> &'static str {
+    COUNT.fetch_add(helper(x), Ordering::Relaxed);
+    if x > 3 { "many" } else { "few" }
+}
+"#;
+
+    /// The fix: `target` counts in a new static too, through a new function, and says "plenty".
+    const PATCHED: &str = r#"#![no_std]
+use core::sync::atomic::{AtomicU64, Ordering};
+pub static COUNT: AtomicU64 = AtomicU64::new(0);
+pub static FRESH: AtomicU64 = AtomicU64::new(5);
+#[inline(never)]
+pub fn helper(x: u64) -> u64 { x.rotate_left(7) ^ 0x55 }
+#[inline(never)]
+pub fn fresh_helper(x: u64) -> u64 { FRESH.fetch_add(x, Ordering::Relaxed) }
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn target(x: u64) -> &'static str {
+    COUNT.fetch_add(helper(x), Ordering::Relaxed);
+    fresh_helper(x);
+    if x > 3 { "plenty" } else { "few" }
+}
+"#;
+
+    /// A kernel that has the symbols named.
+    struct FakeKernel(BTreeSet<String>);
+
+    impl Kernel for FakeKernel {
+        fn klp_symbol(&self, mangled: &str) -> Result<Option<String>> {
+            Ok(self.0.contains(mangled).then(|| format!("{KERNEL_SYMBOL_PREFIX}{mangled},0")))
+        }
+    }
+
+    const DESCRIPTION: &str = "klp-patch 1\nname fixture\ntoc kernel\nabi-checked\nreplace fixture::target target\n";
+
+    fn named<'a>(names: impl IntoIterator<Item = &'a String>, part: &str) -> String {
+        names.into_iter().find(|name| name.contains(part)).cloned().unwrap_or_else(|| panic!("no {part}"))
+    }
+
+    /// Builds both fixtures and extracts `target` for a kernel holding the base's symbols but `missing`.
+    fn extracted(test: &str, missing: &str) -> (Result<Extracted>, Vec<u8>) {
+        let options = ["-C", "opt-level=2"];
+        let base_bytes = compile_with(test, "base", BASE, "fixture", &options);
+        let patched_bytes = compile_with(test, "patched", PATCHED, "fixture", &options);
+        let base = Build::parse(&base_bytes).unwrap();
+        let patched = Build::parse(&patched_bytes).unwrap();
+        let diff = diff_builds(&base, &patched).unwrap();
+        assert_eq!(diff.changed.iter().map(|changed| changed.name.as_str()).collect::<Vec<_>>(), ["target"]);
+        let kernel_names: BTreeSet<String> = base
+            .functions
+            .keys()
+            .chain(base.statics.keys())
+            .filter(|name| !missing.is_empty() && !name.contains(missing) || missing.is_empty())
+            .cloned()
+            .collect();
+        let replaced = BTreeSet::from(["target".to_string()]);
+        let new_code: BTreeSet<String> = diff.added.iter().cloned().collect();
+        let new_statics: BTreeSet<String> = diff.added_statics.iter().cloned().collect();
+        let rules = Rules { replaced: &replaced, new_code: &new_code, new_statics: &new_statics };
+        (extract(&patched, &rules, &FakeKernel(kernel_names), DESCRIPTION), patched_bytes)
+    }
+
+    #[test]
+    fn klp_module_places_each_reference_and_the_loader_links_it() {
+        let (extracted, patched_bytes) = extracted("klp-module-places", "");
+        let extracted = extracted.unwrap();
+        let count = named(&extracted.kernel_references, "5COUNT");
+        let helper = named(&extracted.kernel_references, "6helper");
+        assert_eq!(extracted.kernel_references.len(), 2, "{:?}", extracted.kernel_references);
+        assert_eq!(extracted.copied_statics.len(), 1);
+        assert!(extracted.copied_statics[0].contains("5FRESH"), "{extracted:?}");
+        assert!(extracted.copied_functions.iter().any(|name| name.contains("12fresh_helper")), "{extracted:?}");
+
+        let module = object::File::parse(&*extracted.object).unwrap();
+        let mut undefined: Vec<String> = module
+            .symbols()
+            .filter(|symbol| symbol.is_undefined() && !symbol.name().unwrap_or("").is_empty())
+            .map(|symbol| symbol.name().unwrap().to_string())
+            .collect();
+        undefined.sort();
+        let mut expected = vec![
+            ".TOC.".to_string(),
+            format!("{KERNEL_SYMBOL_PREFIX}{count},0"),
+            format!("{KERNEL_SYMBOL_PREFIX}{helper},0"),
+        ];
+        expected.sort();
+        assert_eq!(undefined, expected, "a static the kernel has is never copied; new code and statics are");
+        // The replacement is global, with its local entry as the compiler wrote it.
+        let original = object::File::parse(&*patched_bytes).unwrap();
+        let entry_flags = |file: &object::File| {
+            let symbol = file.symbols().find(|symbol| symbol.name() == Ok("target")).unwrap();
+            (symbol.is_global(), symbol.flags(), symbol.address(), symbol.size())
+        };
+        let (global, flags, address, size) = entry_flags(&module);
+        assert!(global);
+        assert_eq!((flags, address, size), {
+            let (_, f, a, s) = entry_flags(&original);
+            (f, a, s)
+        });
+        let loaded: Vec<u8> = module
+            .sections()
+            .filter(|section| section.name().is_ok_and(|name| name.starts_with(".rodata")))
+            .flat_map(|section| section.data().unwrap().to_vec())
+            .collect();
+        assert!(loaded.windows(6).any(|window| window == b"plenty"), "the changed literal is in the module");
+
+        // The kernel's loader links it on the kernel's TOC, the klp symbols to the kernel's addresses.
+        let image = portable::module::parse(&extracted.object).unwrap();
+        let (base, kernel_toc, count_address, helper_address) =
+            (0x2000_0000u64, 0x1000_8000u64, 0x1100_0000u64, 0x1000_4000u64);
+        let mut memory = vec![0u8; image.memory_size()];
+        let count_symbol = format!("{KERNEL_SYMBOL_PREFIX}{count},0");
+        let helper_symbol = format!("{KERNEL_SYMBOL_PREFIX}{helper},0");
+        let linked = image
+            .link(&mut memory, base, kernel_toc, &mut |name| {
+                (name == count_symbol).then_some(count_address).or((name == helper_symbol).then_some(helper_address))
+            })
+            .unwrap();
+        assert_eq!(linked.toc, kernel_toc, "toc kernel: the module's .TOC. is the kernel's");
+        let toc = linked.sections.iter().find(|section| section.name == ".toc").unwrap();
+        let start = (toc.address - base) as usize;
+        let entries: Vec<u64> = memory[start..start + toc.size as usize]
+            .chunks_exact(8)
+            .map(|entry| u64::from_le_bytes(entry.try_into().unwrap()))
+            .collect();
+        assert!(entries.contains(&count_address), "COUNT is the kernel's instance: {entries:x?}");
+        let fresh = linked.symbols.iter().find(|symbol| symbol.name.contains("5FRESH")).unwrap();
+        assert!(entries.contains(&fresh.address), "FRESH is the module's: {entries:x?}");
+        assert!(entries.iter().all(|&entry| entry != 0), "every entry filled: {entries:x?}");
+    }
+
+    #[test]
+    fn klp_module_refuses_a_second_instance_of_a_static() {
+        // The running kernel lacks COUNT (say, only the compared build has it): copying it would fork its state.
+        let (extracted, _) = extracted("klp-module-refuses", "5COUNT");
+        let error = format!("{:#}", extracted.unwrap_err());
+        assert!(error.contains("fixture::COUNT") && error.contains("second instance"), "{error}");
+    }
+}
