@@ -228,21 +228,9 @@ impl State<'_, '_> {
             let entry = self.place(inner, inner_addend)?;
             return Ok((self.toc_symbol()?, self.toc_entry(entry)? as i64));
         }
-        let data = file.section_by_index(section)?;
-        let object::SectionFlags::Elf { sh_flags } = data.flags() else { bail!("not an ELF section") };
-        let bytes = data.data()?;
-        if sh_flags & u64::from(elf::SHF_MERGE) != 0 {
-            let start = usize::try_from(addend).ok().filter(|&start| start <= bytes.len());
-            let start = start.with_context(|| format!("a constant outside {}", data.name().unwrap_or("?")))?;
-            return if sh_flags & u64::from(elf::SHF_STRINGS) != 0 {
-                let end =
-                    bytes[start..].iter().position(|&byte| byte == 0).map_or(bytes.len(), |length| start + length + 1);
-                self.string(&bytes[start..end])
-            } else {
-                let size = usize::try_from(data.align().max(1))?;
-                let constant = bytes.get(start..start + size).context("a merged constant past its section's end")?;
-                self.constant(constant, data.align().max(1))
-            };
+        if let Some(merged) = crate::object_diff::merged_constant(file, section, addend)? {
+            let alignment = file.section_by_index(section)?.align().max(1);
+            return if merged.string { self.string(&merged.bytes, alignment) } else { self.constant(&merged.bytes, alignment) };
         }
         // A named static reached through its section's symbol (how LLVM
         // refers to local statics): placed as the static.
@@ -381,14 +369,14 @@ impl State<'_, '_> {
     }
 
     /// A NUL-terminated string of a merged string section, copied once.
-    fn string(&mut self, bytes: &[u8]) -> Result<(SymbolId, i64)> {
+    fn string(&mut self, bytes: &[u8], alignment: u64) -> Result<(SymbolId, i64)> {
         let section = *self.strings.get_or_insert_with(|| {
             self.writer.add_section(Vec::new(), b".rodata.klp_strings".to_vec(), SectionKind::ReadOnlyData)
         });
         let offset = match self.string_offsets.get(bytes) {
             Some(&offset) => offset,
             None => {
-                let offset = self.writer.append_section_data(section, bytes, 1);
+                let offset = self.writer.append_section_data(section, bytes, alignment);
                 self.extracted.loaded_bytes += bytes.len() as u64;
                 self.extracted.constants += 1;
                 self.string_offsets.insert(bytes.to_vec(), offset);

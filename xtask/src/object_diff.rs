@@ -162,19 +162,13 @@ impl<'d> Build<'d> {
         Ok(file.ends_with(b".rs"))
     }
 
-    /// The NUL-terminated string (without its NUL) at `target + addend` when that is in a string section.
+    /// The NUL-terminated string (without its terminator) at `target + addend` when that is in a string section.
     fn string_at(&self, target: RelocationTarget, addend: i64) -> Result<Option<Vec<u8>>> {
         let Some(index) = self.target_section(target)? else { return Ok(None) };
-        let section = self.file.section_by_index(index)?;
-        let object::SectionFlags::Elf { sh_flags } = section.flags() else { return Ok(None) };
-        if sh_flags & u64::from(elf::SHF_STRINGS) == 0 {
-            return Ok(None);
-        }
-        let data = section.data()?;
-        let start =
-            usize::try_from(addend).ok().filter(|&start| start <= data.len()).context("string outside its section")?;
-        let end = data[start..].iter().position(|&byte| byte == 0).map_or(data.len(), |length| start + length);
-        Ok(Some(data[start..end].to_vec()))
+        Ok(match merged_constant(&self.file, index, addend)? {
+            Some(Merged { bytes, string: true, unit }) => Some(bytes[..bytes.len().saturating_sub(unit)].to_vec()),
+            _ => None,
+        })
     }
 
     /// The section a relocation target names when it is a section (symbol) rather than a named symbol.
@@ -234,13 +228,8 @@ impl<'d> Build<'d> {
         if let Some(string) = self.string_at(RelocationTarget::Section(section), addend)? {
             return Ok(format!("string {:016x}", digest(&string)));
         }
-        let object::SectionFlags::Elf { sh_flags } = data.flags() else { bail!("not an ELF section") };
-        if sh_flags & u64::from(elf::SHF_MERGE) != 0 {
-            let bytes = data.data()?;
-            let size = usize::try_from(data.align().max(1))?;
-            let start = usize::try_from(addend).ok().filter(|start| start + size <= bytes.len());
-            let start = start.with_context(|| format!("constant outside {name}"))?;
-            return Ok(format!("merged {:016x}", digest(&bytes[start..start + size])));
+        if let Some(merged) = merged_constant(&self.file, section, addend)? {
+            return Ok(format!("merged {:016x}", digest(&merged.bytes)));
         }
         let contents = self.contents(section, depth - 1).with_context(|| format!("constant {name}"))?;
         let mut key = contents.bytes.clone();
@@ -249,6 +238,51 @@ impl<'d> Build<'d> {
         }
         Ok(format!("const {:016x}{addend:+}", digest(&key)))
     }
+}
+
+/// One constant of a mergeable section (`SHF_MERGE`).
+pub struct Merged {
+    /// Its bytes: `sh_entsize` of them, or a string with its terminator.
+    pub bytes: Vec<u8>,
+    /// Whether the section holds strings (`SHF_STRINGS`), of `unit`-byte characters.
+    pub string: bool,
+    /// `sh_entsize`: the constant's size, or a string's character size.
+    pub unit: usize,
+}
+
+/// The constant at `addend` of section `index` when that is a mergeable
+/// section (`.rodata.cstN`, `.rodata.strN.A`), sized by its `sh_entsize`, not
+/// its alignment (a `[u64; 4]` is 32 bytes aligned to 8, a byte table 16
+/// aligned to 1); `None` for any other section.
+pub fn merged_constant(file: &object::File, index: object::SectionIndex, addend: i64) -> Result<Option<Merged>> {
+    use object::read::elf::SectionHeader as _;
+    let object::File::Elf64(elf_file) = file else { bail!("not a 64-bit ELF object") };
+    let section = elf_file.section_by_index(index)?;
+    let header = section.elf_section_header();
+    let flags = header.sh_flags(elf_file.endian());
+    if flags & u64::from(elf::SHF_MERGE) == 0 {
+        return Ok(None);
+    }
+    let name = section.name().unwrap_or("?");
+    let unit = usize::try_from(header.sh_entsize(elf_file.endian()))?.max(1);
+    let bytes = section.data()?;
+    let start = usize::try_from(addend).ok().filter(|&start| start <= bytes.len());
+    let start = start.with_context(|| format!("a constant outside {name}"))?;
+    let string = flags & u64::from(elf::SHF_STRINGS) != 0;
+    let end = if string {
+        // Characters of `unit` bytes up to and with the first zero one.
+        let mut end = start;
+        loop {
+            let character = bytes.get(end..end + unit).with_context(|| format!("an unterminated string in {name}"))?;
+            end += unit;
+            if character.iter().all(|&byte| byte == 0) {
+                break end;
+            }
+        }
+    } else {
+        start.checked_add(unit).filter(|&end| end <= bytes.len()).with_context(|| format!("a constant past the end of {name}"))?
+    };
+    Ok(Some(Merged { bytes: bytes[start..end].to_vec(), string, unit }))
 }
 
 /// A 64-bit FNV-1a digest (stable across runs; collisions only make two constants look equal).
@@ -514,6 +548,23 @@ pub fn second(items: &[u32], i: usize) -> u32 { items[i] * 3 }
         let diff = diff_sources("string-same-length", PANICKING, &PANICKING.replace("\"big\"", "\"BIG\""));
         assert_eq!(changed_names(&diff), ["label"]);
         assert_eq!(diff.changed[0].reasons, [Reason::Relocations], "{diff:?}");
+    }
+
+    #[test]
+    fn object_diff_merged_constants_are_compared_whole() {
+        // rustc puts these in `.rodata.cst32` (aligned to 8) and `.rodata.cst16` (aligned to 1).
+        let base = r#"#![no_std]
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn pick(i: usize) -> u64 { [11u64, 22, 33, 44][i & 3] }
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn digit(i: usize) -> u8 { b"0123456789abcdef"[i & 15] }
+"#;
+        let diff = diff_sources("cst-last", base, &base.replace("33, 44]", "33, 45]"));
+        assert_eq!(changed_names(&diff), ["pick"], "the last of four doublewords: {diff:?}");
+        let diff = diff_sources("cst-hex", base, &base.replace("abcdef", "ABCDEF"));
+        assert_eq!(changed_names(&diff), ["digit"], "the end of a 16-byte table: {diff:?}");
     }
 
     #[test]
