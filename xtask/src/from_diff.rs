@@ -377,6 +377,7 @@ fn generate(
             layouts.iter().map(|change| change.description.as_str()).collect::<Vec<_>>().join("; ")
         );
     }
+    check_renumbering(&base, &diff)?;
     let image = ImageFacts::read(&target.data)?;
     let why = Why::read(patched_bytes, edits)?;
     let mut replaced = BTreeSet::new();
@@ -702,5 +703,97 @@ impl Why {
             return format!("the changed {names} is inlined into it; {code}");
         }
         format!("{code}{place}")
+    }
+}
+
+/// An item's name as the source has it, without what tells same-named items
+/// apart: v0 symbols count same-named statics of one function (`s_`) and
+/// closures (`{closure#N}`) in definition order, and demangling shows the
+/// first as one name.
+fn source_name(symbol: &str) -> String {
+    let name = symbols::demangle(symbol);
+    let mut plain = String::with_capacity(name.len());
+    let mut rest = name.as_str();
+    while let Some(start) = rest.find("{closure#") {
+        plain.push_str(&rest[..start]);
+        plain.push_str("{closure}");
+        rest = rest[start..].split_once('}').map_or("", |(_, after)| after);
+    }
+    plain.push_str(rest);
+    plain
+}
+
+/// Refuses a fix that adds a static or closure beside a same-named one: the
+/// compiler tells such items apart by their order, so the new one can take
+/// the old one's symbol, and the generator would bind it to the running
+/// kernel's instance (and the old one to a fresh copy).
+fn check_renumbering(base: &Build, diff: &object_diff::ObjectDiff) -> Result<()> {
+    let existing: BTreeSet<String> = base.functions.keys().chain(base.statics.keys()).map(|symbol| source_name(symbol)).collect();
+    let added = diff.added.iter().chain(&diff.added_statics);
+    if let Some(symbol) = added.into_iter().find(|symbol| existing.contains(&source_name(symbol))) {
+        bail!(
+            "the fix adds {} beside another item of that name: the compiler numbers same-named statics and \
+             closures of one function in the order they are written, so the new one may take the symbol of the \
+             running kernel's (and be bound to its instance); give the new one a name of its own",
+            source_name(symbol)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture_object::compile_with;
+
+    /// Compiles both with v0 symbols (as the kernel is) and checks the renumbering rule.
+    fn renumbering(test: &str, base: &str, patched: &str) -> Result<()> {
+        let options = ["-C", "opt-level=2", "-C", "symbol-mangling-version=v0"];
+        let base_bytes = compile_with(test, "base", base, "fixture", &options);
+        let patched_bytes = compile_with(test, "patched", patched, "fixture", &options);
+        let (base, patched) = (Build::parse(&base_bytes)?, Build::parse(&patched_bytes)?);
+        check_renumbering(&base, &object_diff::diff_builds(&base, &patched)?)
+    }
+
+    const COUNT: &str = r#"#![no_std]
+use core::sync::atomic::{AtomicU64, Ordering};
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn count(x: u64) -> u64 {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    HITS.fetch_add(x, Ordering::Relaxed)
+}
+"#;
+
+    #[test]
+    fn from_diff_refuses_a_static_that_takes_a_same_named_ones_place() {
+        // A second `static HITS`, written first: it takes the old one's symbol.
+        let patched = COUNT.replace(
+            "    static HITS",
+            "    { static HITS: AtomicU64 = AtomicU64::new(7); HITS.fetch_add(1, Ordering::Relaxed); }\n    static HITS",
+        );
+        let error = format!("{:#}", renumbering("renumbered", COUNT, &patched).unwrap_err());
+        assert!(error.contains("fixture::count::HITS") && error.contains("name of its own"), "{error}");
+        // Named apart, it is simply new.
+        let renamed = patched.replacen("static HITS: AtomicU64 = AtomicU64::new(7); HITS", "static FIRST: AtomicU64 = AtomicU64::new(7); FIRST", 1);
+        renumbering("renamed", COUNT, &renamed).unwrap();
+    }
+
+    #[test]
+    fn from_diff_source_names_drop_closure_numbers() {
+        assert_eq!(source_name("plain"), "plain");
+        assert_eq!(
+            source_name("_RNCNvCs1234_7fixture5counts0_0B3_"),
+            source_name("_RNCNvCs1234_7fixture5count0B3_"),
+            "{} / {}",
+            symbols::demangle("_RNCNvCs1234_7fixture5counts0_0B3_"),
+            symbols::demangle("_RNCNvCs1234_7fixture5count0B3_")
+        );
+    }
+
+    #[test]
+    fn from_diff_changed_lines_are_those_added_and_removed() {
+        let diff = "--- a/kernel/src/x.rs\n+++ b/kernel/src/x.rs\n@@ -10,4 +10,4 @@\n a\n-b\n+c\n d\n@@ -30,2 +30,3 @@\n e\n+f\n g\n";
+        assert_eq!(changed_lines(diff), BTreeMap::from([("kernel/src/x.rs".to_string(), vec![11, 11, 31])]));
     }
 }
