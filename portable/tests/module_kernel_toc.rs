@@ -39,6 +39,11 @@ const TAIL_CALL: u64 = 32;
 /// loads a `.toc` entry holding `kernel_static`, and tail-calls `kernel_tail`;
 /// its description says `extra` after the name line.
 fn object(extra: &str) -> Vec<u8> {
+    object_calling(extra, "kernel_called")
+}
+
+/// [`object`] with the first call (`bl; nop`) to `called` instead.
+fn object_calling(extra: &str, called: &str) -> Vec<u8> {
     let mut writer = Writer::new(BinaryFormat::Elf, Architecture::PowerPc64, Endianness::Little);
     writer.flags = FileFlags::Elf { os_abi: 0, abi_version: 0, e_flags: 2 };
     let code = [ADDIS_R2_R12, ADDI_R2_R2, BL, NOP, BL, ADDI_R3, ADDIS_R3_R2, LD_R3, B];
@@ -74,7 +79,7 @@ fn object(extra: &str) -> Vec<u8> {
         })
     };
     let toc_symbol = undefined(".TOC.");
-    let called = undefined("kernel_called");
+    let called = undefined(called);
     let unnopped = undefined("kernel_unnopped");
     let tail = undefined("kernel_tail");
     let static_symbol = undefined("kernel_static");
@@ -191,4 +196,21 @@ fn a_kernel_toc_module_out_of_the_kernel_toc_reach_is_refused_clearly() {
     // Just inside the reach, it links.
     let near = (KERNEL_TOC + (1 << 30)) & !0xffff;
     image.link(&mut memory, near, KERNEL_TOC, &mut kernel).unwrap();
+}
+
+#[test]
+fn a_kernel_toc_module_may_not_call_a_target_modules_function() {
+    // That function's global entry sets r2 to its module's TOC, which no stub would restore.
+    let bytes = object_calling("toc kernel\n", ".klp.sym.hello-module.hello_module_message,0");
+    let error = parse(&bytes).err().map(|error| error.to_string()).unwrap_or_else(|| {
+        let image = parse(&bytes).unwrap();
+        let mut memory = vec![0; image.memory_size()];
+        image.link(&mut memory, BASE, KERNEL_TOC, &mut |_| Some(0x4000_0000)).unwrap_err().to_string()
+    });
+    assert!(error.contains("target module"), "{error}");
+    // The kernel's own symbols by klp name are fine, and so is the same call without `toc kernel`.
+    let kernel_bytes = object_calling("toc kernel\n", ".klp.sym.vmlinux.kernel_called,0");
+    let image = parse(&kernel_bytes).unwrap();
+    let mut memory = vec![0; image.memory_size()];
+    image.link(&mut memory, BASE, KERNEL_TOC, &mut |name| kernel(name).or(Some(KERNEL_CALLED))).unwrap();
 }

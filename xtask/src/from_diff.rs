@@ -728,7 +728,8 @@ fn source_name(symbol: &str) -> String {
 /// the old one's symbol, and the generator would bind it to the running
 /// kernel's instance (and the old one to a fresh copy).
 fn check_renumbering(base: &Build, diff: &object_diff::ObjectDiff) -> Result<()> {
-    let existing: BTreeSet<String> = base.functions.keys().chain(base.statics.keys()).map(|symbol| source_name(symbol)).collect();
+    let existing: BTreeSet<String> =
+        base.functions.keys().chain(base.statics.keys()).map(|symbol| source_name(symbol)).collect();
     let added = diff.added.iter().chain(&diff.added_statics);
     if let Some(symbol) = added.into_iter().find(|symbol| existing.contains(&source_name(symbol))) {
         bail!(
@@ -775,7 +776,11 @@ pub fn count(x: u64) -> u64 {
         let error = format!("{:#}", renumbering("renumbered", COUNT, &patched).unwrap_err());
         assert!(error.contains("fixture::count::HITS") && error.contains("name of its own"), "{error}");
         // Named apart, it is simply new.
-        let renamed = patched.replacen("static HITS: AtomicU64 = AtomicU64::new(7); HITS", "static FIRST: AtomicU64 = AtomicU64::new(7); FIRST", 1);
+        let renamed = patched.replacen(
+            "static HITS: AtomicU64 = AtomicU64::new(7); HITS",
+            "static FIRST: AtomicU64 = AtomicU64::new(7); FIRST",
+            1,
+        );
         renumbering("renamed", COUNT, &renamed).unwrap();
     }
 

@@ -193,8 +193,10 @@ impl State<'_, '_> {
             let RelocationFlags::Elf { r_type } = relocation.flags() else {
                 bail!("{name}+{offset:#x}: not an ELF relocation");
             };
+            // A branch calls; anything else takes an address.
+            let call = matches!(r_type, elf::R_PPC64_REL24 | elf::R_PPC64_REL14);
             let (symbol, addend) = self
-                .place(relocation.target(), relocation.addend())
+                .place(relocation.target(), relocation.addend(), call)
                 .with_context(|| format!("the reference at {name}+{offset:#x}"))?;
             self.writer
                 .add_relocation(id, Relocation { offset, symbol, addend, flags: RelocationFlags::Elf { r_type } })
@@ -204,7 +206,7 @@ impl State<'_, '_> {
     }
 
     /// Where a reference to `target + addend` goes in the module (see the module's doc).
-    fn place(&mut self, target: RelocationTarget, addend: i64) -> Result<(SymbolId, i64)> {
+    fn place(&mut self, target: RelocationTarget, addend: i64, call: bool) -> Result<(SymbolId, i64)> {
         let file = &self.patched.file;
         let section = match target {
             RelocationTarget::Symbol(index) => {
@@ -213,7 +215,7 @@ impl State<'_, '_> {
                 if symbol.kind() == SymbolKind::Section || name.is_empty() {
                     symbol.section_index().context("an unnamed symbol without a section")?
                 } else {
-                    return self.place_named(index, name.to_string(), addend);
+                    return self.place_named(index, name.to_string(), addend, call);
                 }
             }
             RelocationTarget::Section(index) => index,
@@ -225,12 +227,16 @@ impl State<'_, '_> {
             let offset = u64::try_from(addend).context("a negative .toc offset")?;
             let &(inner, inner_addend) =
                 entries.get(&offset).with_context(|| format!("no .toc entry at {offset:#x}"))?;
-            let entry = self.place(inner, inner_addend)?;
+            let entry = self.place(inner, inner_addend, false)?;
             return Ok((self.toc_symbol()?, self.toc_entry(entry)? as i64));
         }
         if let Some(merged) = crate::object_diff::merged_constant(file, section, addend)? {
             let alignment = file.section_by_index(section)?.align().max(1);
-            return if merged.string { self.string(&merged.bytes, alignment) } else { self.constant(&merged.bytes, alignment) };
+            return if merged.string {
+                self.string(&merged.bytes, alignment)
+            } else {
+                self.constant(&merged.bytes, alignment)
+            };
         }
         // A named static reached through its section's symbol (how LLVM
         // refers to local statics): placed as the static.
@@ -241,12 +247,12 @@ impl State<'_, '_> {
                 && symbol.name().is_ok_and(|name| !name.is_empty())
         });
         if let Some(symbol) = named {
-            return self.place_named(symbol.index(), symbol.name()?.to_string(), addend);
+            return self.place_named(symbol.index(), symbol.name()?.to_string(), addend, call);
         }
         // A section of its own: an anonymous constant, a jump table, or a
         // function reached through its section symbol.
         if let Some(symbol) = crate::object_diff::function_symbol(file, section)
-            && !self.must_copy_function(&symbol)?
+            && !self.must_copy_function(&symbol, call)?
         {
             let entry = file.symbols().find(|candidate| candidate.name() == Ok(symbol.as_str()));
             let entry = entry.map_or(0, |found| found.address());
@@ -263,7 +269,13 @@ impl State<'_, '_> {
     }
 
     /// A reference to the named symbol `index` of the patched object.
-    fn place_named(&mut self, index: object::SymbolIndex, name: String, addend: i64) -> Result<(SymbolId, i64)> {
+    fn place_named(
+        &mut self,
+        index: object::SymbolIndex,
+        name: String,
+        addend: i64,
+        call: bool,
+    ) -> Result<(SymbolId, i64)> {
         if name == ".TOC." {
             return Ok((self.undefined_symbol(".TOC."), addend));
         }
@@ -273,7 +285,7 @@ impl State<'_, '_> {
             return Ok((self.kernel_symbol(&name)?, addend));
         };
         let copy = match symbol.kind() {
-            SymbolKind::Text => self.must_copy_function(&name)?,
+            SymbolKind::Text => self.must_copy_function(&name, call)?,
             SymbolKind::Data => {
                 if self.rules.new_statics.contains(&name) {
                     true
@@ -303,11 +315,16 @@ impl State<'_, '_> {
         Ok((defined, addend))
     }
 
-    /// Whether function `name` goes into the module: replaced or new code, or the running kernel has no copy of it.
-    fn must_copy_function(&self, name: &str) -> Result<bool> {
-        Ok(self.rules.replaced.contains(name)
-            || self.rules.new_code.contains(name)
-            || self.kernel.klp_symbol(name)?.is_none())
+    /// Whether a reference to function `name` goes to a copy in the module.
+    /// A call: when the function is replaced or new code, or the running
+    /// kernel has no copy of it. An address taken (a function pointer): only
+    /// when the kernel has no copy, so that the patched code's pointer is the
+    /// one the rest of the kernel holds (a handler unregistered by address, a
+    /// pointer compared), and a call through it still reaches the
+    /// replacement through the original's ftrace site (kpatch does the same).
+    fn must_copy_function(&self, name: &str, call: bool) -> Result<bool> {
+        let in_kernel = self.kernel.klp_symbol(name)?.is_some();
+        Ok(!in_kernel || (call && (self.rules.replaced.contains(name) || self.rules.new_code.contains(name))))
     }
 
     /// The undefined `.klp.sym.vmlinux.NAME,POSITION` symbol for the kernel's `name`.

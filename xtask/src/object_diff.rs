@@ -280,7 +280,10 @@ pub fn merged_constant(file: &object::File, index: object::SectionIndex, addend:
             }
         }
     } else {
-        start.checked_add(unit).filter(|&end| end <= bytes.len()).with_context(|| format!("a constant past the end of {name}"))?
+        start
+            .checked_add(unit)
+            .filter(|&end| end <= bytes.len())
+            .with_context(|| format!("a constant past the end of {name}"))?
     };
     Ok(Some(Merged { bytes: bytes[start..end].to_vec(), string, unit }))
 }

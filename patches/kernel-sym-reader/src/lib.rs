@@ -4,9 +4,11 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Written by hand rather than by `klp_patch!`: the `toc kernel` and
-/// `abi-checked` lines are what `cargo xtask patch from-diff` writes.
-const KLP_PATCH_TEXT: &str = "klp-patch 1\nname kernel-sym-reader\ntoc kernel\nabi-checked\n\
+/// Written by hand rather than by `klp_patch!`: the `toc kernel` line is
+/// what `cargo xtask patch from-diff` writes (with `abi-checked`, which needs
+/// the `build-id` of the kernel whose builds were compared, so a fixture
+/// embedded in the test kernel cannot have it).
+const KLP_PATCH_TEXT: &str = "klp-patch 1\nname kernel-sym-reader\ntoc kernel\n\
                               replace klp_vmlinux_target kernel_sym_reader_target\n";
 
 /// The description the loader reads (`#[used]`: kept although nothing refers to it).

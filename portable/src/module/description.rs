@@ -290,5 +290,9 @@ pub fn parse_description(text: &[u8]) -> Result<PatchDescription, ModuleError> {
     if functions.is_empty() {
         return Err(error(0, "no replace line"));
     }
+    // The claim holds for the kernel whose builds were compared, and no other.
+    if abi_checked && build_id.is_none() {
+        return Err(error(0, "abi-checked without a build-id line: the claim holds for one kernel image only"));
+    }
     Ok(PatchDescription { name, functions, atomic_replace, states, callbacks, build_id, kernel_toc, abi_checked })
 }

@@ -10,6 +10,9 @@
 /// The prefix of every klp relocation symbol.
 pub const KLP_SYMBOL_PREFIX: &str = ".klp.sym.";
 
+/// The prefix of a klp relocation symbol naming the kernel's own symbol (module `vmlinux`).
+pub const KERNEL_KLP_PREFIX: &str = ".klp.sym.vmlinux.";
+
 /// A parsed `.klp.sym.MODULE.SYMBOL,POSITION`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KlpSymbol<'a> {

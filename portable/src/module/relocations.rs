@@ -8,6 +8,7 @@ use object::elf::{self, Rela64};
 use object::{LittleEndian, pod};
 
 use super::elf::{ENDIAN, Section};
+use super::klp_symbol::{KERNEL_KLP_PREFIX, KLP_SYMBOL_PREFIX};
 use super::relocation::{R_PPC64_NONE, R_PPC64_REL24, width};
 use super::stub::CALL_NOP;
 use super::symbols::{Definition, Symbol, SymbolTable, TOC_SYMBOL};
@@ -173,7 +174,18 @@ pub(super) fn decode<'a>(
         }
         branch = match symbol.definition {
             Definition::Loaded(_) => Branch::Local,
-            // One TOC base: nothing to save or restore around the call.
+            // One TOC base: nothing to save or restore around the call. A
+            // target module's function sets r2 to its own module's TOC, which
+            // nothing here would restore: refused.
+            Definition::Undefined
+                if kernel_toc
+                    && symbol.name.starts_with(KLP_SYMBOL_PREFIX)
+                    && !symbol.name.starts_with(KERNEL_KLP_PREFIX) =>
+            {
+                return Err(refuse(
+                    "a call from a toc kernel patch to a target module's function (its TOC is not the kernel's)",
+                ));
+            }
             Definition::Undefined if symbol.name != TOC_SYMBOL && kernel_toc => Branch::External,
             Definition::Undefined if symbol.name != TOC_SYMBOL => {
                 if word & 1 == 0 {

@@ -337,9 +337,17 @@ fn a_patch_goes_only_into_the_kernel_it_names() {
 
 #[test]
 fn description_reads_toc_kernel_and_abi_checked() {
-    let text = b"klp-patch 1\nname generated\ntoc kernel\nabi-checked\nreplace kernel::a new_a\n";
-    let description = parse_description(text).unwrap();
+    let id = "00112233445566778899aabbccddeeff00112233";
+    let text =
+        format!("klp-patch 1\nname generated\nbuild-id {id}\ntoc kernel\nabi-checked\nreplace kernel::a new_a\n");
+    let description = parse_description(text.as_bytes()).unwrap();
     assert!(description.kernel_toc && description.abi_checked);
+    // The claim is about one kernel's builds: without the build id, refused.
+    let unbound = "klp-patch 1\nname generated\ntoc kernel\nabi-checked\nreplace kernel::a new_a\n";
+    match parse_description(unbound.as_bytes()) {
+        Err(ModuleError::Description { reason, .. }) => assert!(reason.contains("build-id"), "{reason}"),
+        other => panic!("abi-checked without build-id: {other:?}"),
+    }
     let plain = parse_description(b"klp-patch 1\nname x\nreplace a b\n").unwrap();
     assert!(!plain.kernel_toc && !plain.abi_checked, "without the lines: as before");
     // Malformed: another TOC, an argument, twice.
