@@ -145,7 +145,8 @@ pub fn layout_changes(base: &[u8], patched: &[u8]) -> Result<Vec<LayoutChange>> 
     let mut changes = Vec::new();
     for (name, before) in &base {
         let Some(after) = patched.get(name) else { continue };
-        if name.contains('{') {
+        // Compiler-made types other than closures' captures: their functions change with them.
+        if name.contains('{') && !name.contains("{closure_env#") {
             continue;
         }
         let differences = describe(before, after);

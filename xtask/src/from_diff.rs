@@ -368,7 +368,8 @@ fn generate(
             }
         );
     }
-    let layouts = diff_dwarf::layout_changes(base_bytes, patched_bytes)?;
+    let mut layouts = diff_dwarf::layout_changes(base_bytes, patched_bytes)?;
+    check_closures(&base, &mut layouts)?;
     if !layouts.is_empty() {
         bail!(
             "the diff changes the layout of {}: the running kernel's data of that type (statics, heap, stacks) keeps \
@@ -706,6 +707,75 @@ impl Why {
     }
 }
 
+/// Refuses a change to the captures of a closure that may outlive the
+/// function making it, and takes every closure's captures out of `layouts`.
+///
+/// A closure whose captures changed is safe while every such closure lives
+/// and dies inside the function that makes it (a thread running that function
+/// is not switched to the patch, so it never runs the new body on old
+/// captures); not when it escapes as a trait object (a boxed callback, a
+/// spawned thread's body), which the base build shows as a vtable (data)
+/// pointing at the closure's code.
+fn check_closures(base: &Build, layouts: &mut Vec<diff_dwarf::LayoutChange>) -> Result<()> {
+    let escaping = escaping_closures(base)?;
+    if let Some(change) = layouts
+        .iter()
+        .find(|change| change.name.contains("{closure_env#") && escaping.contains(&closure_path(&change.name)))
+    {
+        bail!(
+            "{}: the captures of a closure that may outlive its caller changed (data points at its code: a \
+             trait object, e.g. a boxed callback or a thread body); one made before the patch would run the new \
+             body on the old captures; keep its captures as they are, or make the new behaviour a new function",
+            change.description
+        );
+    }
+    layouts.retain(|change| !change.name.contains("{closure_env#"));
+    Ok(())
+}
+
+/// `PATH::{closure#N}` for a closure's captures type `PATH::{closure_env#N}`.
+fn closure_path(environment: &str) -> String {
+    environment.replace("{closure_env#", "{closure#")
+}
+
+/// The closures (`PATH::{closure#N}`, demangled) whose code a data section of
+/// `build` points at: a vtable's call shims, so they may outlive their caller.
+fn escaping_closures(build: &Build) -> Result<BTreeSet<String>> {
+    use object::{ObjectSection, RelocationTarget, SectionKind};
+    let mut closures = BTreeSet::new();
+    for section in build.file.sections() {
+        if matches!(section.kind(), SectionKind::Text | SectionKind::Debug | SectionKind::Other | SectionKind::Metadata)
+            || section.name().is_ok_and(|name| name.starts_with(".debug") || name == ".toc")
+        {
+            continue;
+        }
+        for (_, relocation) in section.relocations() {
+            // Functions are mostly named through their section's symbol here.
+            let name = match build.target_section(relocation.target())? {
+                Some(section) => object_diff::function_symbol(&build.file, section).unwrap_or_default(),
+                None => match relocation.target() {
+                    RelocationTarget::Symbol(index) => build
+                        .file
+                        .symbol_by_index(index)
+                        .ok()
+                        .and_then(|symbol| symbol.name().ok())
+                        .unwrap_or("")
+                        .to_string(),
+                    _ => continue,
+                },
+            };
+            let name = symbols::demangle(&name);
+            // `<PATH::{closure#N} as core::ops::FnOnce<..>>::call_once`, or the closure itself.
+            for (start, _) in name.match_indices("{closure#") {
+                let Some(end) = name[start..].find('}').map(|close| start + close + 1) else { continue };
+                let path_start = name[..start].rfind(['<', ' ']).map_or(0, |at| at + 1);
+                closures.insert(name[path_start..end].to_string());
+            }
+        }
+    }
+    Ok(closures)
+}
+
 /// An item's name as the source has it, without what tells same-named items
 /// apart: v0 symbols count same-named statics of one function (`s_`) and
 /// closures (`{closure#N}`) in definition order, and demangling shows the
@@ -782,6 +852,43 @@ pub fn count(x: u64) -> u64 {
             1,
         );
         renumbering("renamed", COUNT, &renamed).unwrap();
+    }
+
+    const CLOSURES: &str = r#"#![no_std]
+#[inline(never)]
+fn run(f: &dyn Fn(u64) -> u64) -> u64 { f(3) }
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn escaping(k: u64) -> u64 { run(core::hint::black_box(&|y| y + k)) }
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub fn transient(k: u64, n: u64) -> u64 { (0..n).map(|y| y ^ k).fold(0, |a, b| a.wrapping_add(b)) }
+"#;
+
+    /// The closure rule on two builds: `Ok` or the refusal.
+    fn closures(test: &str, patched: &str) -> Result<()> {
+        let options = ["-C", "opt-level=2", "-C", "symbol-mangling-version=v0", "-C", "debuginfo=2"];
+        let base_bytes = compile_with(test, "base", CLOSURES, "kernel", &options);
+        let patched_bytes = compile_with(test, "patched", patched, "kernel", &options);
+        let mut layouts = diff_dwarf::layout_changes(&base_bytes, &patched_bytes)?;
+        assert!(layouts.iter().any(|change| change.name.contains("{closure_env#")), "captures changed: {layouts:?}");
+        check_closures(&Build::parse(&base_bytes)?, &mut layouts)?;
+        assert!(layouts.is_empty(), "{layouts:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn from_diff_refuses_new_captures_only_for_closures_that_escape() {
+        // Behind `&dyn Fn`: a vtable points at it, so it may outlive `escaping`.
+        let escaping = CLOSURES.replace(
+            "run(core::hint::black_box(&|y| y + k))",
+            "let j = k.rotate_left(3); run(core::hint::black_box(&|y| y + k + j))",
+        );
+        let error = format!("{:#}", closures("closure-escaping", &escaping).unwrap_err());
+        assert!(error.contains("kernel::escaping::{closure_env#0}") && error.contains("outlive"), "{error}");
+        // A closure made and used inside `transient`: its captures may change.
+        let transient = CLOSURES.replace("map(|y| y ^ k)", "map(|y| y ^ k ^ n)");
+        closures("closure-transient", &transient).unwrap();
     }
 
     #[test]
