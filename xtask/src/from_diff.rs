@@ -423,10 +423,13 @@ fn generate(
             }
         );
     }
+    check_inlined_everywhere(&diff, &image, &replaced)?;
     // The compiler changed how callers call these: their callers in the
     // running kernel do not pass what the source says (hardening issue).
+    // Read from the compared builds and from the running kernel itself.
     let mut abi = diff_dwarf::abi_changed(base_bytes)?;
     abi.extend(diff_dwarf::abi_changed(patched_bytes)?);
+    abi.extend(diff_dwarf::abi_changed(&target.data)?);
     if let Some(symbol) = replaced.iter().find(|symbol| abi.contains(*symbol)) {
         bail!(
             "{} changed, but the compiler changed its calling convention (DWARF DW_CC_nocall: an argument or its \
@@ -528,6 +531,8 @@ struct ImageFacts {
     sites: BTreeSet<u64>,
     /// Function entry -> the entries of the functions holding an inlined copy.
     holders: BTreeMap<u64, Vec<u64>>,
+    /// Functions with no copy of their own (demangled) -> the entries of the functions holding theirs.
+    inlined_everywhere: BTreeMap<String, Vec<u64>>,
 }
 
 impl ImageFacts {
@@ -551,13 +556,17 @@ impl ImageFacts {
         let notes = function_notes::Kernel::read(data)?;
         let sites = notes.sites().clone();
         let mut holders = BTreeMap::new();
+        let mut inlined_everywhere: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for note in notes.notes() {
-            if let Some(function) = note.function {
-                holders.insert(function, note.callers.clone());
+            match note.function {
+                Some(function) => {
+                    holders.insert(function, note.callers.clone());
+                }
+                None => inlined_everywhere.entry(note.name.clone()).or_default().extend(&note.callers),
             }
         }
         let klp_table = symbols::klp_table(data)?;
-        Ok(ImageFacts { klp_table, functions, names, sites, holders })
+        Ok(ImageFacts { klp_table, functions, names, sites, holders, inlined_everywhere })
     }
 
     fn function(&self, mangled: &str) -> Option<u64> {
@@ -733,6 +742,32 @@ fn check_closures(base: &Build, layouts: &mut Vec<diff_dwarf::LayoutChange>) -> 
     Ok(())
 }
 
+/// A changed function the running kernel inlined everywhere lives on in the
+/// functions holding its copies: each must be replaced too.
+fn check_inlined_everywhere(
+    diff: &object_diff::ObjectDiff,
+    image: &ImageFacts,
+    replaced: &BTreeSet<String>,
+) -> Result<()> {
+    for changed in diff.changed.iter().filter(|changed| image.function(&changed.symbol).is_none()) {
+        let holders = image.inlined_everywhere.get(&changed.name).map_or(&[][..], Vec::as_slice);
+        let stale: Vec<String> = holders
+            .iter()
+            .filter(|holder| !image.mangled(**holder).is_some_and(|mangled| replaced.contains(mangled)))
+            .map(|holder| image.demangled(*holder))
+            .collect();
+        if !stale.is_empty() {
+            bail!(
+                "{} changed; the running kernel has no copy of its own but inlined it into {}, whose code did not \
+                 change in the compared builds: they would keep running the old code",
+                changed.name,
+                stale.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `PATH::{closure#N}` for a closure's captures type `PATH::{closure_env#N}`.
 fn closure_path(environment: &str) -> String {
     environment.replace("{closure_env#", "{closure#")
@@ -889,6 +924,31 @@ pub fn transient(k: u64, n: u64) -> u64 { (0..n).map(|y| y ^ k).fold(0, |a, b| a
         // A closure made and used inside `transient`: its captures may change.
         let transient = CLOSURES.replace("map(|y| y ^ k)", "map(|y| y ^ k ^ n)");
         closures("closure-transient", &transient).unwrap();
+    }
+
+    #[test]
+    fn from_diff_refuses_a_change_inlined_into_a_caller_it_does_not_replace() {
+        let image = ImageFacts {
+            klp_table: Vec::new(),
+            functions: BTreeMap::from([("_Rcaller".to_string(), 0x100), ("_Rother".to_string(), 0x200)]),
+            names: BTreeMap::from([(0x100, "_Rcaller".to_string()), (0x200, "_Rother".to_string())]),
+            sites: BTreeSet::from([0x100, 0x200]),
+            holders: BTreeMap::new(),
+            inlined_everywhere: BTreeMap::from([("kernel::scale".to_string(), vec![0x100, 0x200])]),
+        };
+        let changed = object_diff::Changed {
+            name: "kernel::scale".to_string(),
+            symbol: "_Rscale".to_string(),
+            reasons: vec![Reason::Bytes],
+        };
+        let diff = object_diff::ObjectDiff { changed: vec![changed], ..Default::default() };
+        // Both holders replaced: fine.
+        let both = BTreeSet::from(["_Rcaller".to_string(), "_Rother".to_string()]);
+        check_inlined_everywhere(&diff, &image, &both).unwrap();
+        // One left running its copy of the old code: refused, naming it.
+        let one = BTreeSet::from(["_Rcaller".to_string()]);
+        let error = check_inlined_everywhere(&diff, &image, &one).unwrap_err().to_string();
+        assert!(error.contains("kernel::scale") && error.contains("_Rother") && !error.contains("_Rcaller"), "{error}");
     }
 
     #[test]
