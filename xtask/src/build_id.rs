@@ -22,8 +22,33 @@ use crate::workspace_root;
 pub use portable::build_id::SECTION;
 
 /// The source commit and whether the work tree differs from it (tracked files
-/// only); ("unknown", false) outside a git work tree.
+/// only); ("unknown", false) outside a git work tree. For a dirty tree the
+/// commit reads `COMMIT+DIGEST` ([`work_tree_digest`]), so that a tool that
+/// rebuilds the kernel's source (`patch from-diff`) can tell whether the work
+/// tree still holds what the kernel was built from.
 pub fn source_commit() -> (String, bool) {
+    let (commit, dirty) = clean_commit();
+    match (dirty, work_tree_digest()) {
+        (true, Some(digest)) => (format!("{commit}+{digest}"), true),
+        _ => (commit, dirty),
+    }
+}
+
+/// 12 hex digits of SHA-256 over `git diff HEAD --binary`: the work tree's
+/// changes to tracked files; `None` outside a git work tree.
+pub fn work_tree_digest() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["diff", "HEAD", "--binary"])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())?;
+    let digest = Sha256::digest(&output.stdout);
+    Some(digest[..6].iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// The commit and the dirty flag, without the digest.
+fn clean_commit() -> (String, bool) {
     let git = |arguments: &[&str]| {
         std::process::Command::new("git")
             .args(arguments)
@@ -192,8 +217,15 @@ mod tests {
 
     #[test]
     fn the_commit_is_this_repository_s_head() {
-        let (commit, _) = source_commit();
-        assert_eq!(commit.len(), 40, "{commit}");
+        let (recorded, dirty) = source_commit();
+        let (commit, digest) = recorded.split_once('+').map_or((recorded.as_str(), None), |(c, d)| (c, Some(d)));
+        assert_eq!(commit.len(), 40, "{recorded}");
         assert!(commit.bytes().all(|byte| byte.is_ascii_hexdigit()));
+        // A dirty tree adds the digest of its changes, and only a dirty tree.
+        assert_eq!(digest.is_some(), dirty, "{recorded}");
+        if let Some(digest) = digest {
+            assert_eq!(Some(digest.to_string()), work_tree_digest());
+            assert_eq!(digest.len(), 12);
+        }
     }
 }

@@ -200,7 +200,11 @@ fn target_kernel(options: &Options) -> Result<TargetKernel> {
 
 /// The commit to apply the diff to: the kernel's recorded one; `--base` must name the same.
 fn base_commit(base: Option<&str>, target: &TargetKernel) -> Result<String> {
-    let recorded = target.commit.as_str();
+    // A dirty build records `COMMIT+DIGEST` of the work tree's changes.
+    let (recorded, changes) = match target.commit.split_once('+') {
+        Some((commit, digest)) => (commit, Some(digest)),
+        None => (target.commit.as_str(), None),
+    };
     if recorded.is_empty() || recorded == "unknown" {
         bail!("the kernel image {} records no source commit", relative(&target.image));
     }
@@ -235,6 +239,15 @@ fn base_commit(base: Option<&str>, target: &TargetKernel) -> Result<String> {
                  rebuild it",
                 short(&kernel),
                 short(&head)
+            );
+        }
+        let now = build_id::work_tree_digest();
+        if changes.is_none() || changes != now.as_deref() {
+            bail!(
+                "the target kernel was built from uncommitted changes (digest {}) and the work tree now holds others \
+                 (digest {}): its source is gone; rebuild it (`cargo xtask build`) or commit and rebuild",
+                changes.unwrap_or("not recorded"),
+                now.as_deref().unwrap_or("none")
             );
         }
     }
