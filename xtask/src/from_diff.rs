@@ -460,11 +460,7 @@ fn generate(
         if holders.is_empty() {
             continue;
         }
-        let stale: Vec<String> = holders
-            .iter()
-            .filter(|holder| !image.mangled(**holder).is_some_and(|mangled| replaced.contains(mangled)))
-            .map(|holder| image.demangled(*holder))
-            .collect();
+        let stale = image.not_replaced(holders, &replaced);
         if !stale.is_empty() {
             bail!(
                 "{} is inlined into {} in the running kernel, whose code did not change in the compared builds: \
@@ -592,6 +588,15 @@ impl ImageFacts {
 
     fn demangled(&self, address: u64) -> String {
         self.names.get(&address).map_or_else(|| format!("{address:#x}"), |name| symbols::demangle(name))
+    }
+
+    /// The names of the functions at `entries` that `replaced` (mangled) lacks.
+    fn not_replaced(&self, entries: &[u64], replaced: &BTreeSet<String>) -> Vec<String> {
+        entries
+            .iter()
+            .filter(|entry| !self.mangled(**entry).is_some_and(|mangled| replaced.contains(mangled)))
+            .map(|entry| self.demangled(*entry))
+            .collect()
     }
 
     fn holders(&self, address: u64) -> &[u64] {
@@ -764,11 +769,7 @@ fn check_inlined_everywhere(
 ) -> Result<()> {
     for changed in diff.changed.iter().filter(|changed| image.function(&changed.symbol).is_none()) {
         let holders = image.inlined_everywhere.get(&changed.name).map_or(&[][..], Vec::as_slice);
-        let stale: Vec<String> = holders
-            .iter()
-            .filter(|holder| !image.mangled(**holder).is_some_and(|mangled| replaced.contains(mangled)))
-            .map(|holder| image.demangled(*holder))
-            .collect();
+        let stale = image.not_replaced(holders, replaced);
         if !stale.is_empty() {
             bail!(
                 "{} changed; the running kernel has no copy of its own but inlined it into {}, whose code did not \
