@@ -469,7 +469,8 @@ pub fn target(x: u64) -> &'static str {
         }
     }
 
-    const DESCRIPTION: &str = "klp-patch 1\nname fixture\ntoc kernel\nabi-checked\nreplace fixture::target target\n";
+    const DESCRIPTION: &str = "klp-patch 1\nname fixture\nbuild-id 00112233445566778899aabbccddeeff00112233\n\
+                               toc kernel\nabi-checked\nreplace fixture::target target\n";
 
     fn named<'a>(names: impl IntoIterator<Item = &'a String>, part: &str) -> String {
         names.into_iter().find(|name| name.contains(part)).cloned().unwrap_or_else(|| panic!("no {part}"))

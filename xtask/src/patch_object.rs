@@ -300,7 +300,7 @@ mod tests {
         let flagged = Description::parse("klp-patch 1\nname x\nreplace a b allow_inlined\n").unwrap();
         assert!(flagged.replacements[0].allow_inlined);
         // The lines of a patch made from a diff, checked by the kernel's parser.
-        let generated = "klp-patch 1\nname g\ntoc kernel\nabi-checked\nreplace a b\n";
+        let generated = "klp-patch 1\nname g\nbuild-id 00112233445566778899aabbccddeeff00112233\ntoc kernel\nabi-checked\nreplace a b\n";
         assert_eq!(Description::parse(generated).unwrap().name, "g");
         let error = |text: &str| Description::parse(text).unwrap_err().to_string();
         assert!(error("klp-patch 2\nname x\nreplace a b\n").contains("must start with"));
