@@ -34,6 +34,14 @@ pub fn klp_vmlinux_target(value: u64) -> u64 {
     black_box(value) + 1
 }
 
+/// Replaced by `abi_checked_waives_livepatchable_for_kernel_targets_only`'s
+/// patch: an ftrace site, not `#[livepatchable]`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub fn klp_vmlinux_unmarked(value: u64) -> u64 {
+    black_box(value) + 2
+}
+
 /// Calls `klp_vmlinux_target` through a pointer the compiler cannot see through.
 fn target(value: u64) -> u64 {
     black_box(klp_vmlinux_target as fn(u64) -> u64)(black_box(value))
@@ -89,7 +97,7 @@ fn abi_checked_waives_livepatchable_for_kernel_targets_only() {
         objects: vec![Object {
             module: None,
             functions: vec![Function {
-                old_name: String::from("klp_vmlinux_target"),
+                old_name: String::from("klp_vmlinux_unmarked"),
                 old_position: None,
                 new_address: klp_vmlinux_helper as *const () as u64,
                 allow_inlined: false,
@@ -99,8 +107,13 @@ fn abi_checked_waives_livepatchable_for_kernel_targets_only() {
         abi_checked,
         ..Default::default()
     };
+    // Called once, through a pointer: the linker keeps it, with its site.
+    assert_eq!(black_box(klp_vmlinux_unmarked as fn(u64) -> u64)(1), 3);
     let refused = livepatch::add(patch(false));
-    assert!(matches!(&refused, Err(LivepatchError::NotLivepatchable(name)) if name == "klp_vmlinux_target"));
+    assert!(
+        matches!(&refused, Err(LivepatchError::NotLivepatchable(name)) if name == "klp_vmlinux_unmarked"),
+        "{refused:?}"
+    );
     livepatch::add(patch(true)).expect("an abi-checked patch may replace a function that is not #[livepatchable]");
     let listed =
         livepatch::list().into_iter().find(|patch| patch.name == "abi-checked-test").map(|patch| patch.details());
