@@ -22,7 +22,9 @@ use object::{Endianness, Object, ObjectSymbol, elf};
 
 use crate::klp_module;
 use crate::object_diff::{self, Build, Reason};
-use crate::{build, build_id, command, diff_dwarf, function_notes, patch, patch_channel, run_checked, signing};
+use crate::{
+    build, build_id, command, diff_dwarf, function_notes, packages, patch, patch_channel, run_checked, signing,
+};
 use crate::{symbols, workspace_root};
 
 #[derive(clap::Args)]
@@ -64,6 +66,8 @@ struct TargetKernel {
 
 pub fn main(options: &Options) -> Result<ExitCode> {
     let started = Instant::now();
+    // The two builds need what `cargo xtask build` needs (rust-src for build-std).
+    packages::require_toolchain()?;
     let name = match &options.name {
         Some(name) => name.clone(),
         None => options.diff.file_stem().context("the diff has no file name")?.to_string_lossy().into_owned(),
@@ -212,14 +216,22 @@ fn base_commit(base: Option<&str>, target: &TargetKernel) -> Result<String> {
         let output =
             command("git").args(["rev-parse", "--verify", "--quiet"]).arg(format!("{revision}^{{commit}}")).output()?;
         if !output.status.success() {
-            bail!("--base {revision}: not a commit of this repository");
+            bail!("{revision} is not a commit of this repository");
         }
         Ok(String::from_utf8(output.stdout)?.trim().to_string())
     };
     let kernel =
         resolve(recorded).with_context(|| format!("the kernel's commit {recorded} is not in this repository"))?;
     if let Some(base) = base {
-        let given = resolve(base)?;
+        let given = resolve(base).map_err(|_| {
+            anyhow::anyhow!(
+                "--base {base} is not the source of the target kernel {} (build-id {}, commit {}): it is not a \
+                 commit of this repository (a shallow clone has only its own commits)",
+                relative(&target.image),
+                target.id,
+                short(&kernel)
+            )
+        })?;
         if given != kernel {
             bail!(
                 "--base {base} ({}) is not the source of the target kernel {} (build-id {}, commit {}): a patch \
