@@ -124,3 +124,28 @@ pub fn area(rectangle: &Rectangle) -> u64 {
 pub fn untraced(value: u64) -> u64 {
     value.wrapping_add(1)
 }
+
+/// Something with corners, asked through a trait object: the trait-method
+/// case changes `Triangle`'s answer, a function named
+/// `<kernel::demo::Triangle as kernel::demo::Corners>::corners` (spaces: a
+/// patch names it by its ELF name).
+pub trait Corners {
+    fn corners(&self, scale: u64) -> u64;
+}
+
+/// The shape the trait-method case patches.
+pub struct Triangle;
+
+impl Corners for Triangle {
+    #[inline(never)]
+    fn corners(&self, scale: u64) -> u64 {
+        scale.wrapping_mul(3)
+    }
+}
+
+/// `shape.corners(scale)`, through the trait object's vtable (its method's
+/// address is taken, so the compiler keeps its calling convention).
+#[inline(never)]
+pub fn corners(shape: &dyn Corners, scale: u64) -> u64 {
+    core::hint::black_box(shape).corners(scale)
+}

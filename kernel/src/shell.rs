@@ -608,7 +608,7 @@ fn demo(arguments: &str) {
     match line {
         Some(line) => println!("{line}"),
         None => println!(
-            "usage: demo scaled N | ticket | tally N | hailstone N | sum N... | ten A B C D E F G H I J | encode N | decode N | roundtrip N | capped N | area W H | untraced N (N: a number; sum's fit in 32 bits)"
+            "usage: demo scaled N | ticket | tally N | hailstone N | sum N... | ten A B C D E F G H I J | encode N | decode N | roundtrip N | capped N | area W H | untraced N | corners N (N: a number; sum's fit in 32 bits)"
         ),
     }
 }
@@ -642,6 +642,9 @@ fn demo_line(function: &str, numbers: &[u64]) -> Option<String> {
             format!("area({width} x {height}) = {}", demo::area(&demo::Rectangle::new(width, height)))
         }),
         "untraced" => exactly(numbers).map(|[value]| format!("untraced({value}) = {}", demo::untraced(value))),
+        "corners" => {
+            exactly(numbers).map(|[scale]| format!("corners({scale}) = {}", demo::corners(&demo::Triangle, scale)))
+        }
         _ => None,
     }
 }

@@ -617,11 +617,16 @@ impl ImageFacts {
 
     /// The name a `replace` line gives function `mangled`: as the kernel's
     /// site table names it (demangled, no hash), `@N` when several functions
-    /// with a site share that name (the Nth by address).
+    /// with a site share that name (the Nth by address); its ELF name when
+    /// the readable one has spaces (a trait method, `<T as Trait>::method`),
+    /// which the kernel then finds through its klp table.
     fn description_name(&self, mangled: &str) -> Result<String> {
         let name = symbols::demangle(mangled);
         if name.chars().any(char::is_whitespace) {
-            bail!("{name}: a name with spaces (a trait method) cannot be written in a patch description");
+            if !mangled.starts_with("_R") {
+                bail!("{name}: a name with spaces and no Rust ELF name cannot be written in a patch description");
+            }
+            return Ok(mangled.to_string());
         }
         let address = self.function(mangled).context("not in the image")?;
         let same: Vec<u64> = self

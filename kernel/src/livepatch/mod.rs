@@ -902,7 +902,11 @@ pub fn remove(name: &str) -> Result<(), LivepatchError> {
 /// (see `notes`).
 pub fn resolve(function: &Function, abi_checked: bool) -> Result<(u64, u64), LivepatchError> {
     let name = &function.old_name;
-    match trace::site_table().named_entry(name, function.old_position).map(|site| (site.function, site.address)) {
+    let found = match is_elf_name(name) {
+        true => by_elf_name(name, function.old_position)?,
+        false => trace::site_table().named_entry(name, function.old_position).map(|site| (site.function, site.address)),
+    };
+    match found {
         Ok((entry, _)) if !abi_checked && !is_livepatchable(entry) => {
             Err(LivepatchError::NotLivepatchable(name.clone()))
         }
@@ -927,6 +931,33 @@ pub fn resolve(function: &Function, abi_checked: bool) -> Result<(u64, u64), Liv
         Err(NameError::BadPosition { count }) => {
             Err(LivepatchError::BadPosition { name: name.clone(), position: function.old_position.unwrap_or(0), count })
         }
+    }
+}
+
+/// Whether `name` is a Rust symbol as the ELF symbol table writes it (v0
+/// mangling, `_R...`) rather than a readable name (`kernel::a::b`): a
+/// `replace` line names a function so when its readable name has spaces (a
+/// trait method, `<T as Trait>::method`), which a description cannot hold.
+fn is_elf_name(name: &str) -> bool {
+    name.starts_with("_R") && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$')
+}
+
+/// The (global entry, site) of the function whose ELF name is `name`, the
+/// `position`th of that name (from 1; none: the only one), through the
+/// kernel's klp table; `Err(NameError::Missing)` when it has no site.
+fn by_elf_name(name: &str, position: Option<usize>) -> Result<Result<(u64, u64), NameError>, LivepatchError> {
+    use portable::symbols::KlpLookupError;
+    let table = symbols::klp_table().ok_or_else(|| LivepatchError::UnknownFunction(String::from(name)))?;
+    let entry = match table.klp_address(name, position.unwrap_or(0)) {
+        Ok(entry) => entry,
+        Err(KlpLookupError::Missing) => return Err(LivepatchError::UnknownFunction(String::from(name))),
+        Err(KlpLookupError::Ambiguous { count }) => return Ok(Err(NameError::Ambiguous { count })),
+        Err(KlpLookupError::BadPosition { count }) => return Ok(Err(NameError::BadPosition { count })),
+    };
+    let sites = trace::site_table();
+    match sites.index_of(entry).map(|index| &sites.sites()[index]) {
+        Some(site) if site.function == entry => Ok(Ok((entry, site.address))),
+        _ => Err(LivepatchError::NotTraceable(String::from(name))),
     }
 }
 
