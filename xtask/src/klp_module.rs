@@ -250,19 +250,16 @@ impl State<'_, '_> {
             return self.place_named(symbol.index(), symbol.name()?.to_string(), addend, call);
         }
         // A section of its own: an anonymous constant, a jump table, or a
-        // function reached through its section symbol.
-        if let Some(symbol) = crate::object_diff::function_symbol(file, section)
-            && !self.must_copy_function(&symbol, call)?
-        {
+        // function reached through its section symbol. A reference to a
+        // function's entry follows the rules for functions; one into its
+        // middle (a jump table's entry, REL32 to a label) is to code the
+        // module holds: the function making it is copied.
+        if let Some(symbol) = crate::object_diff::function_symbol(file, section) {
             let entry = file.symbols().find(|candidate| candidate.name() == Ok(symbol.as_str()));
             let entry = entry.map_or(0, |found| found.address());
-            if u64::try_from(addend).ok() != Some(entry) {
-                bail!(
-                    "a reference into the middle of {} (+{addend:#x}), which stays the kernel's",
-                    crate::symbols::demangle(&symbol)
-                );
+            if u64::try_from(addend).ok() == Some(entry) && !self.must_copy_function(&symbol, call)? {
+                return Ok((self.kernel_symbol(&symbol)?, 0));
             }
-            return Ok((self.kernel_symbol(&symbol)?, 0));
         }
         let id = self.take(section)?;
         Ok((self.writer.section_symbol(id), addend))
@@ -566,6 +563,51 @@ pub fn target(x: u64) -> &'static str {
         let fresh = linked.symbols.iter().find(|symbol| symbol.name.contains("5FRESH")).unwrap();
         assert!(entries.contains(&fresh.address), "FRESH is the module's: {entries:x?}");
         assert!(entries.iter().all(|&entry| entry != 0), "every entry filled: {entries:x?}");
+    }
+
+    #[test]
+    fn klp_module_copies_a_replaced_function_s_jump_table() {
+        // 70 arms: a jump table (LLVM's PowerPC minimum is 64 entries), in
+        // `.rodata.dispatch`, reached through a `.toc` entry; its entries are
+        // offsets from a label inside `dispatch` (no relocations), so the
+        // module must carry the table with the function.
+        let source = |first: u64| {
+            let helpers: String = (0..6)
+                .map(|n| format!("#[inline(never)] pub fn f{n}(y: u64) -> u64 {{ y.rotate_left({n}) ^ {n} }}\n"))
+                .collect();
+            let arms: String = (0..70u64)
+                .map(|arm| {
+                    format!("{arm} => f{}(y).wrapping_add({}), ", arm % 6, if arm == 0 { first } else { arm * 7919 })
+                })
+                .collect();
+            format!(
+                "#![no_std]\n{helpers}#[inline(never)]\n#[unsafe(no_mangle)]\npub fn dispatch(x: u64, y: u64) -> u64 {{ match x {{ {arms}_ => 0 }} }}\n"
+            )
+        };
+        let options = ["-C", "opt-level=2"];
+        let base_bytes = compile_with("klp-module-jump", "base", &source(11), "fixture", &options);
+        let patched_bytes = compile_with("klp-module-jump", "patched", &source(13), "fixture", &options);
+        let (base, patched) = (Build::parse(&base_bytes).unwrap(), Build::parse(&patched_bytes).unwrap());
+        let diff = diff_builds(&base, &patched).unwrap();
+        assert_eq!(diff.changed.iter().map(|changed| changed.name.as_str()).collect::<Vec<_>>(), ["dispatch"]);
+        let table = |file: &object::File| {
+            file.section_by_name(".rodata.dispatch").map(|section| section.data().unwrap().to_vec())
+        };
+        let original = table(&patched.file).expect("the fixture compiles to a jump table");
+        let replaced = BTreeSet::from(["dispatch".to_string()]);
+        let none = BTreeSet::new();
+        let rules = Rules { replaced: &replaced, new_code: &none, new_statics: &none };
+        let helpers: BTreeSet<String> = patched.functions.keys().filter(|name| *name != "dispatch").cloned().collect();
+        let kernel = FakeKernel(helpers.iter().cloned().chain(["dispatch".to_string()]).collect());
+        let description = DESCRIPTION.replace("fixture::target target", "dispatch dispatch");
+        let extracted = extract(&patched, &rules, &kernel, &description).unwrap();
+        let module = object::File::parse(&*extracted.object).unwrap();
+        assert_eq!(table(&module), Some(original), "the table travels with its function, unchanged");
+        let kernel_references = &extracted.kernel_references;
+        assert!(kernel_references.len() >= 5 && kernel_references.is_subset(&helpers), "the helpers stay the kernel's");
+        let image = portable::module::parse(&extracted.object).unwrap();
+        let mut memory = vec![0u8; image.memory_size()];
+        image.link(&mut memory, 0x2000_0000, 0x1000_8000, &mut |_| Some(0x1000_4000)).unwrap();
     }
 
     #[test]
