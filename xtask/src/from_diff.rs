@@ -762,9 +762,8 @@ impl Why {
 /// pointing at the closure's code.
 fn check_closures(base: &Build, layouts: &mut Vec<diff_dwarf::LayoutChange>) -> Result<()> {
     let escaping = escaping_closures(base)?;
-    if let Some(change) = layouts
-        .iter()
-        .find(|change| change.name.contains("{closure_env#") && escaping.contains(&closure_path(&change.name)))
+    if let Some(change) =
+        layouts.iter().find(|change| closure_keys(&change.name).iter().any(|key| escaping.contains(key)))
     {
         bail!(
             "{}: the captures of a closure that may outlive its caller changed (data points at its code: a \
@@ -799,12 +798,71 @@ fn check_inlined_everywhere(
     Ok(())
 }
 
-/// `PATH::{closure#N}` for a closure's captures type `PATH::{closure_env#N}`.
-fn closure_path(environment: &str) -> String {
-    environment.replace("{closure_env#", "{closure#")
+/// What identifies a closure in both naming schemes: `PARENT::{closure#N}`,
+/// PARENT the last path segment before it without generic arguments. The
+/// DWARF names a captures type `kernel::m::{impl#0}::method::{closure_env#0}`
+/// (or `...{closure_env#0}<u32>` in a generic function), a symbol names the
+/// closure `<kernel::m::Foo>::method::{closure#0}`; both give
+/// `method::{closure#0}`. Two methods of one name in different impls share a
+/// key: a change is then refused if either escapes (the safe side).
+fn closure_key(name: &str, position: usize) -> Option<String> {
+    let rest = &name[position..];
+    let marker = if rest.starts_with("{closure_env#") { "{closure_env#" } else { "{closure#" };
+    let number: String = rest[marker.len()..].chars().take_while(char::is_ascii_digit).collect();
+    let mut before = name[..position].strip_suffix("::")?;
+    // A generic parent's arguments as their own segment (`generic::<u32>`): dropped.
+    if before.ends_with('>') {
+        let mut depth = 0;
+        for (index, byte) in before.bytes().enumerate().rev() {
+            match byte {
+                b'>' => depth += 1,
+                b'<' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        if let Some(parent) = before[..index].strip_suffix("::") {
+                            before = parent;
+                        }
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // The parent segment: after the last `::` outside generic arguments, without its own `<...>`.
+    let mut depth = 0;
+    let mut start = 0;
+    let bytes = before.as_bytes();
+    for index in (0..bytes.len()).rev() {
+        match bytes[index] {
+            b'>' => depth += 1,
+            b'<' if depth > 0 => depth -= 1,
+            b':' if depth == 0 && index > 0 && bytes[index - 1] == b':' => {
+                start = index + 1;
+                break;
+            }
+            b'<' | b' ' if depth == 0 => {
+                start = index + 1;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let parent = &before[start..];
+    let parent = parent.split('<').next().unwrap_or(parent);
+    Some(format!("{parent}::{{closure#{number}}}"))
 }
 
-/// The closures (`PATH::{closure#N}`, demangled) whose code a data section of
+/// The closure keys ([`closure_key`]) of every closure `name` mentions.
+fn closure_keys(name: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for marker in ["{closure#", "{closure_env#"] {
+        keys.extend(name.match_indices(marker).filter_map(|(position, _)| closure_key(name, position)));
+    }
+    keys
+}
+
+/// The closures (their [`closure_key`]s) whose code a data section of
 /// `build` points at: a vtable's call shims, so they may outlive their caller.
 fn escaping_closures(build: &Build) -> Result<BTreeSet<String>> {
     use object::{ObjectSection, RelocationTarget, SectionKind};
@@ -832,11 +890,7 @@ fn escaping_closures(build: &Build) -> Result<BTreeSet<String>> {
             };
             let name = symbols::demangle(&name);
             // `<PATH::{closure#N} as core::ops::FnOnce<..>>::call_once`, or the closure itself.
-            for (start, _) in name.match_indices("{closure#") {
-                let Some(end) = name[start..].find('}').map(|close| start + close + 1) else { continue };
-                let path_start = name[..start].rfind(['<', ' ']).map_or(0, |at| at + 1);
-                closures.insert(name[path_start..end].to_string());
-            }
+            closures.extend(closure_keys(&name));
         }
     }
     Ok(closures)
@@ -929,6 +983,11 @@ pub fn escaping(k: u64) -> u64 { run(core::hint::black_box(&|y| y + k)) }
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub fn transient(k: u64, n: u64) -> u64 { (0..n).map(|y| y ^ k).fold(0, |a, b| a.wrapping_add(b)) }
+pub struct Holder(pub u64);
+impl Holder {
+    #[inline(never)]
+    pub fn method_escaping(&self, k: u64) -> u64 { run(core::hint::black_box(&|y| y * k + 1)) }
+}
 "#;
 
     /// The closure rule on two builds: `Ok` or the refusal.
@@ -952,6 +1011,13 @@ pub fn transient(k: u64, n: u64) -> u64 { (0..n).map(|y| y ^ k).fold(0, |a, b| a
         );
         let error = format!("{:#}", closures("closure-escaping", &escaping).unwrap_err());
         assert!(error.contains("kernel::escaping::{closure_env#0}") && error.contains("outlive"), "{error}");
+        // The same in a method: DWARF and symbols name it differently, the rule must still see it.
+        let method = CLOSURES.replace(
+            "pub fn method_escaping(&self, k: u64) -> u64 { run(core::hint::black_box(&|y| y * k + 1)) }",
+            "pub fn method_escaping(&self, k: u64) -> u64 { let j = self.0; run(core::hint::black_box(&|y| y * k + j)) }",
+        );
+        let error = format!("{:#}", closures("closure-method", &method).unwrap_err());
+        assert!(error.contains("method_escaping::{closure_env#0}") && error.contains("outlive"), "{error}");
         // A closure made and used inside `transient`: its captures may change.
         let transient = CLOSURES.replace("map(|y| y ^ k)", "map(|y| y ^ k ^ n)");
         closures("closure-transient", &transient).unwrap();
@@ -980,6 +1046,24 @@ pub fn transient(k: u64, n: u64) -> u64 { (0..n).map(|y| y ^ k).fold(0, |a, b| a
         let one = BTreeSet::from(["_Rcaller".to_string()]);
         let error = check_inlined_everywhere(&diff, &image, &one).unwrap_err().to_string();
         assert!(error.contains("kernel::scale") && error.contains("_Rother") && !error.contains("_Rcaller"), "{error}");
+    }
+
+    #[test]
+    fn from_diff_closure_keys_match_across_dwarf_and_symbol_names() {
+        let same =
+            |dwarf: &str, symbol: &str| assert_eq!(closure_keys(dwarf), closure_keys(symbol), "{dwarf} / {symbol}");
+        same(
+            "kernel::m::{impl#0}::method::{closure_env#0}",
+            "<kernel::m::Foo as core::ops::FnOnce<()>>::method::{closure#0}",
+        );
+        same("kernel::m::{impl#0}::method::{closure_env#0}", "<kernel::m::Foo>::method::{closure#0}");
+        same("kernel::m::generic::{closure_env#2}<u32>", "kernel::m::generic::<u32>::{closure#2}");
+        same(
+            "kernel::f::{closure_env#1}",
+            "<kernel::f::{closure#1} as core::ops::function::FnOnce<(u64,)>>::call_once",
+        );
+        assert_ne!(closure_keys("kernel::f::{closure_env#1}"), closure_keys("kernel::f::{closure#0}"));
+        assert_ne!(closure_keys("kernel::f::{closure_env#0}"), closure_keys("kernel::g::{closure#0}"));
     }
 
     #[test]
