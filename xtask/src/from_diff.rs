@@ -22,9 +22,7 @@ use object::{Endianness, Object, ObjectSymbol, elf};
 
 use crate::klp_module;
 use crate::object_diff::{self, Build, Reason};
-use crate::{
-    build, build_id, command, diff_dwarf, function_notes, packages, patch, patch_channel, run_checked, signing,
-};
+use crate::{build, build_id, command, diff_dwarf, packages, patch, patch_channel, run_checked, signing};
 use crate::{symbols, workspace_root};
 
 #[derive(clap::Args)]
@@ -552,7 +550,7 @@ struct ImageFacts {
     sites: BTreeSet<u64>,
     /// Function entry -> the entries of the functions holding an inlined copy.
     holders: BTreeMap<u64, Vec<u64>>,
-    /// Functions with no copy of their own (demangled) -> the entries of the functions holding theirs.
+    /// Functions with no copy of their own (ELF name) -> the entries of the functions holding theirs.
     inlined_everywhere: BTreeMap<String, Vec<u64>>,
 }
 
@@ -574,16 +572,25 @@ impl ImageFacts {
                 names.entry(symbol.address()).or_insert_with(|| name.clone());
             }
         }
-        let notes = function_notes::Kernel::read(data)?;
-        let sites = notes.sites().clone();
+        let sites: BTreeSet<u64> = symbols::section_words(data, "__patchable_function_entries")?.into_iter().collect();
+        // Every inlined copy the kernel's DWARF records, by the inlined
+        // function's ELF name, held in functions the image has (copies in
+        // functions the linker dropped do not run): all of them, not only
+        // the plain functions the embedded notes keep.
         let mut holders = BTreeMap::new();
         let mut inlined_everywhere: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for note in notes.notes() {
-            match note.function {
-                Some(function) => {
-                    holders.insert(function, note.callers.clone());
+        for (symbol, callers) in crate::dwarf::read(data, &BTreeSet::new())?.inlined {
+            let callers: Vec<u64> = callers.into_iter().filter(|caller| names.contains_key(caller)).collect();
+            if callers.is_empty() {
+                continue;
+            }
+            match functions.get(&symbol) {
+                Some(&function) => {
+                    holders.insert(function, callers);
                 }
-                None => inlined_everywhere.entry(note.name.clone()).or_default().extend(&note.callers),
+                None => {
+                    inlined_everywhere.insert(symbol, callers);
+                }
             }
         }
         let klp_table = symbols::klp_table(data)?;
@@ -784,7 +791,7 @@ fn check_inlined_everywhere(
     replaced: &BTreeSet<String>,
 ) -> Result<()> {
     for changed in diff.changed.iter().filter(|changed| image.function(&changed.symbol).is_none()) {
-        let holders = image.inlined_everywhere.get(&changed.name).map_or(&[][..], Vec::as_slice);
+        let holders = image.inlined_everywhere.get(&changed.symbol).map_or(&[][..], Vec::as_slice);
         let stale = image.not_replaced(holders, replaced);
         if !stale.is_empty() {
             bail!(
@@ -1031,7 +1038,7 @@ impl Holder {
             names: BTreeMap::from([(0x100, "_Rcaller".to_string()), (0x200, "_Rother".to_string())]),
             sites: BTreeSet::from([0x100, 0x200]),
             holders: BTreeMap::new(),
-            inlined_everywhere: BTreeMap::from([("kernel::scale".to_string(), vec![0x100, 0x200])]),
+            inlined_everywhere: BTreeMap::from([("_Rscale".to_string(), vec![0x100, 0x200])]),
         };
         let changed = object_diff::Changed {
             name: "kernel::scale".to_string(),

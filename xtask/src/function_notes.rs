@@ -105,11 +105,6 @@ impl Kernel {
         Ok(Kernel { names, sites, livepatchable, notes })
     }
 
-    /// The global entries of the functions with an ftrace site.
-    pub fn sites(&self) -> &BTreeSet<u64> {
-        &self.sites
-    }
-
     /// The notes to embed.
     pub fn notes(&self) -> &[NoteInput] {
         &self.notes
