@@ -401,7 +401,7 @@ fn generate(
             layouts.iter().map(|change| change.description.as_str()).collect::<Vec<_>>().join("; ")
         );
     }
-    check_renumbering(&base, &diff)?;
+    check_renumbering(&base, &patched, &diff)?;
     let image = ImageFacts::read(&target.data)?;
     let why = Why::read(patched_bytes, edits)?;
     let mut replaced = BTreeSet::new();
@@ -920,19 +920,33 @@ fn source_name(symbol: &str) -> String {
     plain
 }
 
-/// Refuses a fix that adds a static or closure beside a same-named one: the
-/// compiler tells such items apart by their order, so the new one can take
-/// the old one's symbol, and the generator would bind it to the running
-/// kernel's instance (and the old one to a fresh copy).
-fn check_renumbering(base: &Build, diff: &object_diff::ObjectDiff) -> Result<()> {
-    let existing: BTreeSet<String> =
-        base.functions.keys().chain(base.statics.keys()).map(|symbol| source_name(symbol)).collect();
+/// Refuses a fix that adds or removes a static or closure beside a
+/// same-named one: the compiler tells such items apart by their order, so
+/// an added one can take the old one's symbol, or a removal shift the ones
+/// after it onto their predecessors' symbols, and the generator would bind
+/// them to the wrong running instance (and put the right one in a copy).
+fn check_renumbering(base: &Build, patched: &Build, diff: &object_diff::ObjectDiff) -> Result<()> {
+    let names = |build: &Build| -> BTreeSet<String> {
+        build.functions.keys().chain(build.statics.keys()).map(|symbol| source_name(symbol)).collect()
+    };
+    let (existing, remaining) = (names(base), names(patched));
     let added = diff.added.iter().chain(&diff.added_statics);
     if let Some(symbol) = added.into_iter().find(|symbol| existing.contains(&source_name(symbol))) {
         bail!(
             "the fix adds {} beside another item of that name: the compiler numbers same-named statics and \
              closures of one function in the order they are written, so the new one may take the symbol of the \
              running kernel's (and be bound to its instance); give the new one a name of its own",
+            source_name(symbol)
+        );
+    }
+    let removed_statics = base.statics.keys().filter(|symbol| !patched.statics.contains_key(*symbol));
+    if let Some(symbol) =
+        diff.removed.iter().chain(removed_statics).find(|symbol| remaining.contains(&source_name(symbol)))
+    {
+        bail!(
+            "the fix removes one of several items named {}: the compiler numbers same-named statics and closures \
+             of one function in the order they are written, so the ones after it would take its symbol (and be \
+             bound to its running instance); keep it, or rename the others",
             source_name(symbol)
         );
     }
@@ -950,7 +964,7 @@ mod tests {
         let base_bytes = compile_with(test, "base", base, "fixture", &options);
         let patched_bytes = compile_with(test, "patched", patched, "fixture", &options);
         let (base, patched) = (Build::parse(&base_bytes)?, Build::parse(&patched_bytes)?);
-        check_renumbering(&base, &object_diff::diff_builds(&base, &patched)?)
+        check_renumbering(&base, &patched, &object_diff::diff_builds(&base, &patched)?)
     }
 
     const COUNT: &str = r#"#![no_std]
@@ -972,6 +986,9 @@ pub fn count(x: u64) -> u64 {
         );
         let error = format!("{:#}", renumbering("renumbered", COUNT, &patched).unwrap_err());
         assert!(error.contains("fixture::count::HITS") && error.contains("name of its own"), "{error}");
+        // Taken away again: the one written second would move onto the first one's symbol.
+        let error = format!("{:#}", renumbering("renumbered-removed", &patched, COUNT).unwrap_err());
+        assert!(error.contains("removes one of several items named fixture::count::HITS"), "{error}");
         // Named apart, it is simply new.
         let renamed = patched.replacen(
             "static HITS: AtomicU64 = AtomicU64::new(7); HITS",
