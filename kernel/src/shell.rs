@@ -61,7 +61,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "demo",
-        help: "call a function the from-diff corpus patches (kernel/src/demo.rs): demo scaled N | ticket | tally N | hailstone N | sum N... | ten A B C D E F G H I J | encode N | decode N | roundtrip N | capped N | area W H | untraced N",
+        help: "call a function the from-diff corpus patches (kernel/src/demo.rs): demo scaled N | ticket | tally N | hailstone N | sum N... | ten A B C D E F G H I J | encode N | decode N | roundtrip N | capped N | area W H | untraced N | corners N",
         run: demo,
     },
     Command { name: "version", help: "this kernel's build id and the source commit it was built from", run: version },

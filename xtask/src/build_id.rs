@@ -34,17 +34,28 @@ pub fn source_commit() -> (String, bool) {
     }
 }
 
-/// 12 hex digits of SHA-256 over `git diff HEAD --binary`: the work tree's
-/// changes to tracked files; `None` outside a git work tree.
+/// 12 hex digits of SHA-256 over `git diff HEAD --binary` (git's own diff:
+/// no external diff or text conversion from the user's configuration), then
+/// each untracked, not ignored file's path and contents: the work tree's
+/// changes; `None` outside a git work tree.
 pub fn work_tree_digest() -> Option<String> {
-    let output = std::process::Command::new("git")
-        .args(["diff", "HEAD", "--binary"])
-        .current_dir(workspace_root())
-        .output()
-        .ok()
-        .filter(|output| output.status.success())?;
-    let digest = Sha256::digest(&output.stdout);
-    Some(digest[..6].iter().map(|byte| format!("{byte:02x}")).collect())
+    let git = |arguments: &[&str]| {
+        std::process::Command::new("git")
+            .args(arguments)
+            .current_dir(workspace_root())
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| output.stdout)
+    };
+    let mut hash = Sha256::new();
+    hash.update(git(&["diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv"])?);
+    let untracked = git(&["ls-files", "--others", "--exclude-standard", "-z"])?;
+    for path in untracked.split(|&byte| byte == 0).filter(|path| !path.is_empty()) {
+        hash.update(path);
+        hash.update(std::fs::read(workspace_root().join(String::from_utf8_lossy(path).as_ref())).unwrap_or_default());
+    }
+    Some(hash.finalize()[..6].iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// The commit and the dirty flag, without the digest.

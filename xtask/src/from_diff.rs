@@ -317,7 +317,7 @@ fn reset_tree(tree: &Path, base: &str, dirty: bool) -> Result<()> {
     run_checked(command("git").current_dir(tree).args(["checkout", "--quiet", "--detach", "--force", base]))?;
     run_checked(command("git").current_dir(tree).args(["clean", "-fdq"]))?;
     if dirty {
-        let changes = command("git").args(["diff", "HEAD", "--binary"]).output()?;
+        let changes = command("git").args(["diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv"]).output()?;
         if !changes.status.success() {
             bail!("git diff HEAD failed: {}", String::from_utf8_lossy(&changes.stderr));
         }
@@ -325,6 +325,16 @@ fn reset_tree(tree: &Path, base: &str, dirty: bool) -> Result<()> {
             let path = tree.parent().context("tree folder")?.join("work-tree-changes.diff");
             fs::write(&path, &changes.stdout)?;
             run_checked(command("git").current_dir(tree).arg("apply").arg(&path))?;
+        }
+        // Untracked files are part of the work tree the kernel was built from (the digest covers them).
+        let untracked = command("git").args(["ls-files", "--others", "--exclude-standard", "-z"]).output()?;
+        for path in untracked.stdout.split(|&byte| byte == 0).filter(|path| !path.is_empty()) {
+            let path = String::from_utf8_lossy(path).into_owned();
+            let target = tree.join(&path);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::copy(workspace_root().join(&path), &target).with_context(|| format!("copying untracked {path}"))?;
         }
     }
     Ok(())

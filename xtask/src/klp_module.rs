@@ -232,11 +232,12 @@ impl State<'_, '_> {
         }
         if let Some(merged) = crate::object_diff::merged_constant(file, section, addend)? {
             let alignment = file.section_by_index(section)?.align().max(1);
-            return if merged.string {
-                self.string(&merged.bytes, alignment)
+            let (symbol, offset) = if merged.string {
+                self.string(&merged.bytes, alignment)?
             } else {
-                self.constant(&merged.bytes, alignment)
+                self.constant(&merged.bytes, alignment)?
             };
+            return Ok((symbol, offset + merged.within as i64));
         }
         // A named static reached through its section's symbol (how LLVM
         // refers to local statics): placed as the static.

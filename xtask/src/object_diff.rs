@@ -166,7 +166,9 @@ impl<'d> Build<'d> {
     fn string_at(&self, target: RelocationTarget, addend: i64) -> Result<Option<Vec<u8>>> {
         let Some(index) = self.target_section(target)? else { return Ok(None) };
         Ok(match merged_constant(&self.file, index, addend)? {
-            Some(Merged { bytes, string: true, unit }) => Some(bytes[..bytes.len().saturating_sub(unit)].to_vec()),
+            Some(Merged { bytes, within, string: true, unit }) => {
+                Some(bytes[within as usize..bytes.len().saturating_sub(unit)].to_vec())
+            }
             _ => None,
         })
     }
@@ -229,7 +231,7 @@ impl<'d> Build<'d> {
             return Ok(format!("string {:016x}", digest(&string)));
         }
         if let Some(merged) = merged_constant(&self.file, section, addend)? {
-            return Ok(format!("merged {:016x}", digest(&merged.bytes)));
+            return Ok(format!("merged {:016x}+{}", digest(&merged.bytes), merged.within));
         }
         let contents = self.contents(section, depth - 1).with_context(|| format!("constant {name}"))?;
         let mut key = contents.bytes.clone();
@@ -244,6 +246,8 @@ impl<'d> Build<'d> {
 pub struct Merged {
     /// Its bytes: `sh_entsize` of them, or a string with its terminator.
     pub bytes: Vec<u8>,
+    /// Where in them the reference points (a pointer into or at the end of a string).
+    pub within: u64,
     /// Whether the section holds strings (`SHF_STRINGS`), of `unit`-byte characters.
     pub string: bool,
     /// `sh_entsize`: the constant's size, or a string's character size.
@@ -269,6 +273,18 @@ pub fn merged_constant(file: &object::File, index: object::SectionIndex, addend:
     let start = usize::try_from(addend).ok().filter(|&start| start <= bytes.len());
     let start = start.with_context(|| format!("a constant outside {name}"))?;
     let string = flags & u64::from(elf::SHF_STRINGS) != 0;
+    // The whole piece holding `addend`: a reference may point into a string
+    // or a constant (a start/end pair), and both ends must reach one copy.
+    let reference = start;
+    let start = if string {
+        let mut piece = reference - reference % unit;
+        while piece >= unit && bytes[piece - unit..piece].iter().any(|&byte| byte != 0) {
+            piece -= unit;
+        }
+        piece
+    } else {
+        reference - reference % unit
+    };
     let end = if string {
         // Characters of `unit` bytes up to and with the first zero one.
         let mut end = start;
@@ -285,7 +301,7 @@ pub fn merged_constant(file: &object::File, index: object::SectionIndex, addend:
             .filter(|&end| end <= bytes.len())
             .with_context(|| format!("a constant past the end of {name}"))?
     };
-    Ok(Some(Merged { bytes: bytes[start..end].to_vec(), string, unit }))
+    Ok(Some(Merged { bytes: bytes[start..end].to_vec(), within: (reference - start) as u64, string, unit }))
 }
 
 /// A 64-bit FNV-1a digest (stable across runs; collisions only make two constants look equal).
@@ -568,6 +584,24 @@ pub fn digit(i: usize) -> u8 { b"0123456789abcdef"[i & 15] }
         assert_eq!(changed_names(&diff), ["pick"], "the last of four doublewords: {diff:?}");
         let diff = diff_sources("cst-hex", base, &base.replace("abcdef", "ABCDEF"));
         assert_eq!(changed_names(&diff), ["digit"], "the end of a 16-byte table: {diff:?}");
+    }
+
+    #[test]
+    fn object_diff_a_reference_into_a_merged_string_takes_the_whole_string() {
+        use object::write::Object as Writer;
+        let mut writer =
+            Writer::new(object::BinaryFormat::Elf, object::Architecture::PowerPc64, object::Endianness::Little);
+        let strings = writer.add_section(Vec::new(), b".rodata.str1.1".to_vec(), SectionKind::ReadOnlyString);
+        writer.append_section_data(strings, b"abc\0defg\0", 1);
+        let bytes = writer.write().unwrap();
+        let file = object::File::parse(&*bytes).unwrap();
+        let index = file.section_by_name(".rodata.str1.1").unwrap().index();
+        let piece = |addend| merged_constant(&file, index, addend).unwrap().map(|merged| (merged.bytes, merged.within));
+        assert_eq!(piece(4), Some((b"defg\0".to_vec(), 0)), "a string's start");
+        assert_eq!(piece(6), Some((b"defg\0".to_vec(), 2)), "inside it: the same string, 2 bytes in");
+        assert_eq!(piece(8), Some((b"defg\0".to_vec(), 4)), "at its terminator (an end pointer)");
+        assert_eq!(piece(1), Some((b"abc\0".to_vec(), 1)));
+        assert!(merged_constant(&file, index, 11).is_err(), "past the end");
     }
 
     #[test]

@@ -944,7 +944,9 @@ fn is_elf_name(name: &str) -> bool {
 
 /// The (global entry, site) of the function whose ELF name is `name`, the
 /// `position`th of that name (from 1; none: the only one), through the
-/// kernel's klp table; `Err(NameError::Missing)` when it has no site.
+/// kernel's klp table. An unknown name is `UnknownFunction`, a function
+/// without a site `NotTraceable`; an ambiguous name or a bad position comes
+/// back as the `NameError` the readable names give.
 fn by_elf_name(name: &str, position: Option<usize>) -> Result<Result<(u64, u64), NameError>, LivepatchError> {
     use portable::symbols::KlpLookupError;
     let table = symbols::klp_table().ok_or_else(|| LivepatchError::UnknownFunction(String::from(name)))?;
