@@ -39,15 +39,6 @@ pub fn source_commit() -> (String, bool) {
 /// each untracked, not ignored file's path and contents: the work tree's
 /// changes; `None` outside a git work tree.
 pub fn work_tree_digest() -> Option<String> {
-    let git = |arguments: &[&str]| {
-        std::process::Command::new("git")
-            .args(arguments)
-            .current_dir(workspace_root())
-            .output()
-            .ok()
-            .filter(|output| output.status.success())
-            .map(|output| output.stdout)
-    };
     let mut hash = Sha256::new();
     hash.update(git(&["diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv"])?);
     let untracked = git(&["ls-files", "--others", "--exclude-standard", "-z"])?;
@@ -58,17 +49,15 @@ pub fn work_tree_digest() -> Option<String> {
     Some(hash.finalize()[..6].iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
+/// What `git ARGUMENTS` printed in the workspace root; `None` if it failed.
+fn git(arguments: &[&str]) -> Option<Vec<u8>> {
+    let output = std::process::Command::new("git").args(arguments).current_dir(workspace_root()).output().ok()?;
+    output.status.success().then_some(output.stdout)
+}
+
 /// The commit and the dirty flag, without the digest.
 fn clean_commit() -> (String, bool) {
-    let git = |arguments: &[&str]| {
-        std::process::Command::new("git")
-            .args(arguments)
-            .current_dir(workspace_root())
-            .output()
-            .ok()
-            .filter(|output| output.status.success())
-            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
-    };
+    let git = |arguments: &[&str]| git(arguments).map(|output| String::from_utf8_lossy(&output).trim().to_string());
     match git(&["rev-parse", "HEAD"]) {
         Some(commit) if !commit.is_empty() => {
             let dirty =

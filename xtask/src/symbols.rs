@@ -43,38 +43,6 @@ pub fn klp_table(image: &[u8]) -> Result<Vec<u8>> {
     portable::symbols::encode(&klp_symbols(image)?, usize::MAX).context("encoding the klp table")
 }
 
-/// The addresses of the kernel functions and data objects named `name`
-/// (ELF name), in the order positions count them: position N >= 1 of a
-/// `.klp.sym.vmlinux.NAME,N` is the Nth.
-#[allow(dead_code)] // for `patch from-diff` (xtask/src/from_diff.rs)
-pub fn klp_addresses(image: &[u8], name: &str) -> Result<Vec<u64>> {
-    let bytes = klp_table(image)?;
-    let table = portable::symbols::SymbolTable::parse(&bytes).context("reading the klp table back")?;
-    Ok(table.find(name).map(|symbol| symbol.address).collect())
-}
-
-/// The position to write in `.klp.sym.vmlinux.NAME,POSITION` for kernel
-/// symbol `name` (ELF name) of `image`: `None` if no function or data object
-/// has that name, `Some(0)` if exactly one has; several is an error naming
-/// how many ([`klp_addresses`] lists them, to pick one by address).
-#[allow(dead_code)] // for `patch from-diff` (xtask/src/from_diff.rs)
-pub fn klp_position(image: &[u8], name: &str) -> Result<Option<usize>> {
-    match klp_addresses(image, name)?.len() {
-        0 => Ok(None),
-        1 => Ok(Some(0)),
-        count => bail!("{count} kernel symbols are named {name}; a klp reference to it needs a position from 1"),
-    }
-}
-
-/// The address `.klp.sym.vmlinux.NAME,POSITION` resolves to in the kernel
-/// `image`, by the rule the kernel applies (`SymbolTable::klp_address`);
-/// `None` where the kernel refuses the patch.
-#[allow(dead_code)] // for `patch from-diff` (xtask/src/from_diff.rs)
-pub fn klp_symbol_at(image: &[u8], name: &str, position: usize) -> Option<u64> {
-    let bytes = klp_table(image).ok()?;
-    portable::symbols::SymbolTable::parse(&bytes)?.klp_address(name, position).ok()
-}
-
 /// A Rust symbol name without its hash, or the name itself when it is not Rust.
 pub fn demangle(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(name))
@@ -146,6 +114,36 @@ fn fill_section(data: &mut [u8], section: &str, symbols: &[(String, u64, u32)]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The lookups `patch from-diff` makes through `klp_table` and `SymbolTable::klp_address`.
+    /// The addresses of the kernel functions and data objects named `name`
+    /// (ELF name), in the order positions count them: position N >= 1 of a
+    /// `.klp.sym.vmlinux.NAME,N` is the Nth.
+    fn klp_addresses(image: &[u8], name: &str) -> Result<Vec<u64>> {
+        let bytes = klp_table(image)?;
+        let table = portable::symbols::SymbolTable::parse(&bytes).context("reading the klp table back")?;
+        Ok(table.find(name).map(|symbol| symbol.address).collect())
+    }
+
+    /// The position to write in `.klp.sym.vmlinux.NAME,POSITION` for kernel
+    /// symbol `name` (ELF name) of `image`: `None` if no function or data object
+    /// has that name, `Some(0)` if exactly one has; several is an error naming
+    /// how many ([`klp_addresses`] lists them, to pick one by address).
+    fn klp_position(image: &[u8], name: &str) -> Result<Option<usize>> {
+        match klp_addresses(image, name)?.len() {
+            0 => Ok(None),
+            1 => Ok(Some(0)),
+            count => bail!("{count} kernel symbols are named {name}; a klp reference to it needs a position from 1"),
+        }
+    }
+
+    /// The address `.klp.sym.vmlinux.NAME,POSITION` resolves to in the kernel
+    /// `image`, by the rule the kernel applies (`SymbolTable::klp_address`);
+    /// `None` where the kernel refuses the patch.
+    fn klp_symbol_at(image: &[u8], name: &str, position: usize) -> Option<u64> {
+        let bytes = klp_table(image).ok()?;
+        portable::symbols::SymbolTable::parse(&bytes)?.klp_address(name, position).ok()
+    }
 
     #[test]
     fn demangles_without_hash_and_keeps_other_names() {
