@@ -97,7 +97,7 @@ pub extern "C" fn boot_main(client_interface: u64, _initrd_start: u64, _initrd_s
         symbols::table().map_or(0, |table| table.len())
     );
     let arguments = machine.bootargs;
-    livepatch::direct::configure(arguments);
+    livepatch::configure(arguments);
     #[cfg(feature = "ktest")]
     ktest::run(arguments);
     #[cfg(not(feature = "ktest"))]

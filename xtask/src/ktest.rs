@@ -29,7 +29,14 @@ pub struct Report {
     pub announced: Vec<String>,
     /// Why a case that printed `ok` failed all the same: (case, reason).
     pub reasons: Vec<(String, String)>,
+    /// The panic message of a case that panicked: (case, message).
+    pub panics: Vec<(String, String)>,
+    /// Taking the running case's panic message into `panics` (until its `Call Trace:`).
+    panic_message: bool,
 }
+
+/// The most lines of a panic message a failure's reason quotes.
+const PANIC_MESSAGE_LINES: usize = 6;
 
 impl Report {
     /// Takes one console line.
@@ -60,8 +67,26 @@ impl Report {
         if trimmed.starts_with("ktest: expected panic") {
             self.expected_panic = true;
         }
-        if line.contains("panicked at") {
+        if let Some(at) = line.find("panicked at") {
             self.panicked = true;
+            self.panic_message = false;
+            // The running case's panic message becomes its reason: the
+            // summary at the end of `cargo xtask test`, all CI's log may keep, says why.
+            if let Some(case) = self.running.clone() {
+                self.panics.push((case, line[at..].trim().to_string()));
+                self.panic_message = true;
+            }
+        } else if self.panic_message && self.running.is_none() {
+            // The case printed its result: the message ended.
+            self.panic_message = false;
+        } else if self.panic_message {
+            let reason = &mut self.panics.last_mut().expect("a panic message has its case").1;
+            if trimmed.starts_with("Call Trace:") || reason.matches(" / ").count() + 1 >= PANIC_MESSAGE_LINES {
+                self.panic_message = false;
+            } else if !trimmed.is_empty() {
+                reason.push_str(" / ");
+                reason.push_str(trimmed);
+            }
         }
     }
 
@@ -90,7 +115,7 @@ impl Report {
 
     /// Why `name` failed, as far as this report knows.
     pub fn reason(&self, name: &str) -> &str {
-        self.reasons.iter().find(|(case, _)| case == name).map_or("FAILED", |(_, reason)| reason)
+        self.reasons.iter().chain(&self.panics).find(|(case, _)| case == name).map_or("FAILED", |(_, reason)| reason)
     }
 
     /// Why the boot that ran every case failed, if it did.
@@ -207,6 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_case_is_reported_with_its_panic_message() {
+        let failed = report(
+            "test a ... ok\ntest b ... \nkernel panicked at t.rs:9:5: assertion `left == right` failed: no site changed\n  \
+             left: [1]\n right: [2]\nCall Trace:\n  [0x10] f+0x0/0x4\nFAILED\ntest c ... ok\n",
+        );
+        assert_eq!(failed.failed, ["b"]);
+        assert_eq!(
+            failed.reason("b"),
+            "panicked at t.rs:9:5: assertion `left == right` failed: no site changed / left: [1] / right: [2]"
+        );
+        assert_eq!(failed.reason("a"), "FAILED", "a case that passed has no reason");
+        let long = report(&format!("test d ... \npanicked at t.rs:1:1: x\n{}", "more\n".repeat(20)));
+        assert_eq!(long.reason("d").matches(" / ").count() + 1, PANIC_MESSAGE_LINES);
+    }
+
+    #[test]
     fn a_case_without_result_fails_when_the_next_starts() {
         let report = report("test a ... \ntest b ... ok\n");
         assert_eq!(report.failed, ["a"]);
@@ -239,6 +280,8 @@ mod tests {
         // The kernel's own words: the panic message interrupts the case line.
         let named = report("test solo ... kernel panicked at t.rs:2:3: boom\nok\nktest: expected panic in solo\n");
         assert!(named.isolated_verdict("solo", &exited(1)).is_ok());
+        assert_eq!(named.reason("solo"), "panicked at t.rs:2:3: boom");
+        assert!(named.reasons.is_empty(), "a panic is no reason to fail a case that printed ok");
         assert!(report("test solo ... FAILED\n").isolated_verdict("solo", &exited(0)).is_err());
         assert!(report("").isolated_verdict("solo", &exited(0)).unwrap_err().contains("was not printed"));
     }

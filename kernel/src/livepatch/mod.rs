@@ -127,7 +127,7 @@ pub enum LivepatchError {
     /// Text patching or ftrace registration failed; nothing was changed.
     Ftrace(FtraceError),
     /// `enable`/`disable`: another patch's transition is still in progress
-    /// (after waiting `TRANSITION_WAIT_MILLISECONDS`); `blocked` says why.
+    /// (after waiting `transition_wait(TRANSITION_WAIT_MILLISECONDS)`); `blocked` says why.
     TransitionInProgress { patch: String, blocked: Vec<Blocked> },
     /// `enable`/`disable` of the patch in transition, in the direction it already goes.
     AlreadyInTransition { patch: String, enabling: bool },
@@ -265,8 +265,52 @@ static REGISTRY: Mutex<Core> = Mutex::new(Core {
 });
 
 /// How long `enable` and `disable` wait for their transition (and for
-/// another patch's transition before they start) before they return.
+/// another patch's transition before they start) before they return,
+/// unless the boot argument `livepatch.transition_wait` says otherwise.
 pub const TRANSITION_WAIT_MILLISECONDS: u64 = 100;
+/// The most `livepatch.transition_wait` may ask for.
+pub const TRANSITION_WAIT_LIMIT_MILLISECONDS: u64 = 60_000;
+/// `livepatch.transition_wait=MILLISECONDS`, or `u64::MAX` when not given.
+static TRANSITION_WAIT_OVERRIDE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// How long a call that starts or needs a transition waits for it before
+/// returning it pending: `default` (`TRANSITION_WAIT_MILLISECONDS` for
+/// `enable` and `disable`, `module::UNLOAD_WAIT_MILLISECONDS` for `unload`),
+/// or what the boot argument `livepatch.transition_wait` set for them all.
+/// With 0, each makes one attempt and leaves the rest to the worker: the
+/// path every call takes on a machine too slow or too busy to finish the
+/// transition at once (`cargo xtask test` runs the livepatch suite so).
+pub fn transition_wait(default: u64) -> u64 {
+    match TRANSITION_WAIT_OVERRIDE.load(core::sync::atomic::Ordering::Relaxed) {
+        u64::MAX => default,
+        milliseconds => milliseconds,
+    }
+}
+
+/// Reads the boot arguments `livepatch.direct=off` (see `direct::configure`)
+/// and `livepatch.transition_wait=MILLISECONDS` (see `transition_wait`;
+/// at most `TRANSITION_WAIT_LIMIT_MILLISECONDS`), before any patch exists.
+pub fn configure(arguments: &str) {
+    direct::configure(arguments);
+    let Some(value) = arguments.split_whitespace().find_map(|word| word.strip_prefix("livepatch.transition_wait="))
+    else {
+        return;
+    };
+    match value.parse::<u64>() {
+        Ok(milliseconds) if milliseconds <= TRANSITION_WAIT_LIMIT_MILLISECONDS => {
+            TRANSITION_WAIT_OVERRIDE.store(milliseconds, core::sync::atomic::Ordering::Relaxed);
+            // Said from the setting: `cargo xtask test` requires this line
+            // in every boot of the run that sets it.
+            crate::println!("klp: transitions wait {milliseconds} ms (livepatch.transition_wait={milliseconds})");
+        }
+        _ => crate::println!(
+            "klp: livepatch.transition_wait={value} ignored: not a number of milliseconds up to \
+             {TRANSITION_WAIT_LIMIT_MILLISECONDS}; transitions wait {TRANSITION_WAIT_MILLISECONDS} ms"
+        ),
+    }
+}
+/// The name of the worker thread that finishes a transition left pending.
+pub const WORKER_NAME: &str = "klp-transition";
 /// How often the worker retries a stalled transition.
 pub const RETRY_MILLISECONDS: u64 = 10;
 /// How long a transition stalls before the worker sends its blockers the
@@ -351,11 +395,11 @@ fn changed_code(functions: &[(u64, Stack)], id: u64) -> Vec<transition::Code> {
 }
 
 /// Starts the transition of `name` to `target`, or reverses the one in
-/// progress, waiting up to `TRANSITION_WAIT_MILLISECONDS` for another
-/// patch's transition to complete first.
+/// progress, waiting up to `transition_wait(TRANSITION_WAIT_MILLISECONDS)`
+/// for another patch's transition to complete first.
 fn start(name: &str, target: u64) -> Result<(), LivepatchError> {
     let started = crate::arch::registers::timebase();
-    let deadline = started + crate::time::milliseconds_to_timebase(TRANSITION_WAIT_MILLISECONDS);
+    let deadline = started + crate::time::milliseconds_to_timebase(transition_wait(TRANSITION_WAIT_MILLISECONDS));
     loop {
         {
             let mut core = REGISTRY.lock();
@@ -606,7 +650,7 @@ pub fn wait_for_transition(milliseconds: u64) -> Progress {
                     let blocked = transition.blocked.clone();
                     if !core.worker {
                         core.worker = true;
-                        if crate::thread::spawn("klp-transition", retry_transition).is_none() {
+                        if crate::thread::spawn(WORKER_NAME, retry_transition).is_none() {
                             core.worker = false;
                         }
                     }
@@ -978,11 +1022,11 @@ fn ftrace_error(patch: Option<&PatchState>, error: FtraceError) -> LivepatchErro
 
 /// Enables a patch: starts its transition (the calling thread switches at
 /// once unless the patch's code is on its own stack) and waits up to
-/// `TRANSITION_WAIT_MILLISECONDS` for it to complete. Enabling a patch that
+/// `transition_wait(TRANSITION_WAIT_MILLISECONDS)` for it to complete. Enabling a patch that
 /// is being disabled reverses that transition.
 pub fn enable(name: &str) -> Result<Progress, LivepatchError> {
     start(name, PATCHED)?;
-    Ok(wait_for_transition(TRANSITION_WAIT_MILLISECONDS))
+    Ok(wait_for_transition(transition_wait(TRANSITION_WAIT_MILLISECONDS)))
 }
 
 /// Disables a patch (it must be the topmost on each of its functions):
@@ -991,7 +1035,7 @@ pub fn enable(name: &str) -> Result<Progress, LivepatchError> {
 /// is being enabled reverses that transition.
 pub fn disable(name: &str) -> Result<Progress, LivepatchError> {
     start(name, UNPATCHED)?;
-    Ok(wait_for_transition(TRANSITION_WAIT_MILLISECONDS))
+    Ok(wait_for_transition(transition_wait(TRANSITION_WAIT_MILLISECONDS)))
 }
 
 /// One patch in `klp list`.

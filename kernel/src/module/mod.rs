@@ -332,7 +332,8 @@ fn symbol_in(linked: &LinkedModule, address: u64) -> Option<String> {
     Some(alloc::format!("{}+{:#x}", symbol.name, address - symbol.address))
 }
 
-/// How long `unload` waits for the patch's disable transition.
+/// How long `unload` waits for the patch's disable transition (unless
+/// `livepatch.transition_wait` says otherwise: `livepatch::transition_wait`).
 pub const UNLOAD_WAIT_MILLISECONDS: u64 = 200;
 /// How long it then retries the final scan while it finds a thread inside
 /// the module: a thread that entered it through a pointer the module handed
@@ -383,7 +384,8 @@ pub fn unload(name: &str) -> Result<(), LoadError> {
         Err(error) => return Err(LoadError::Livepatch(error)),
     }
     if livepatch::in_transition(name)
-        && let livepatch::Progress::Pending(blocked) = livepatch::wait_for_transition(UNLOAD_WAIT_MILLISECONDS)
+        && let livepatch::Progress::Pending(blocked) =
+            livepatch::wait_for_transition(livepatch::transition_wait(UNLOAD_WAIT_MILLISECONDS))
     {
         return Err(LoadError::InTransition(String::from(name), blocked));
     }

@@ -2,6 +2,7 @@
 //!
 //! Names follow Linux's selftests where one exists (test-callbacks.sh
 //! "busy target"); docs/livepatch.md maps them.
+use super::settle;
 use crate::livepatch::transition::{PATCHED, UNDEFINED, UNPATCHED};
 use crate::livepatch::{self, Blocker, Function, LivepatchError, Object, Patch, Progress};
 use crate::module::{self, LoadError};
@@ -30,14 +31,6 @@ fn add_patch(name: &str, functions: &[(&str, u64)]) {
         ..Default::default()
     })
     .expect("the patch is valid");
-}
-
-/// Waits for the transition in progress, which must complete within 5 s.
-fn complete_within_five_seconds() {
-    match livepatch::wait_for_transition(5_000) {
-        Progress::Complete => {}
-        Progress::Pending(blocked) => panic!("the transition stalled: {blocked:?}"),
-    }
 }
 
 /// The patch state of thread `id` (`thread::snapshot`).
@@ -132,10 +125,10 @@ fn run_contract_rounds(rounds: u64, immediate: bool) -> u64 {
     for _ in 0..rounds {
         thread::sleep_milliseconds(5);
         livepatch::enable("contract").expect("enables");
-        complete_within_five_seconds();
+        settle::wait();
         thread::sleep_milliseconds(5);
         livepatch::disable("contract").expect("disables");
-        complete_within_five_seconds();
+        settle::wait();
         if immediate && CONTRACT_BROKEN.load(Ordering::SeqCst) > 0 {
             break;
         }
@@ -196,7 +189,7 @@ fn a_patch_stacked_on_another_waits_for_threads_inside_the_one_below() {
         &[(CONTRACT_A, contract_a_new as *const () as u64), (CONTRACT_B, contract_b_new as *const () as u64)],
     );
     livepatch::enable("contract-lower").expect("enables");
-    complete_within_five_seconds();
+    settle::wait();
     add_patch(
         "contract-upper",
         &[(CONTRACT_A, contract_a_third as *const () as u64), (CONTRACT_B, contract_b_third as *const () as u64)],
@@ -217,10 +210,10 @@ fn a_patch_stacked_on_another_waits_for_threads_inside_the_one_below() {
     for _ in 0..8 {
         thread::sleep_milliseconds(5);
         livepatch::enable("contract-upper").expect("enables");
-        complete_within_five_seconds();
+        settle::wait();
         thread::sleep_milliseconds(5);
         livepatch::disable("contract-upper").expect("disables");
-        complete_within_five_seconds();
+        settle::wait();
     }
     CONTRACT_STOP.store(true, Ordering::SeqCst);
     for caller in callers {
@@ -228,7 +221,7 @@ fn a_patch_stacked_on_another_waits_for_threads_inside_the_one_below() {
     }
     livepatch::remove("contract-upper").expect("disabled");
     livepatch::disable("contract-lower").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
     livepatch::remove("contract-lower").expect("disabled");
     let third = CONTRACT_THIRD_PAIRS.load(Ordering::SeqCst);
     assert_eq!(CONTRACT_BROKEN.load(Ordering::SeqCst), 0, "no thread mixed the lower pair with the upper one");
@@ -332,13 +325,54 @@ fn busy_target_stalls_the_transition_names_the_thread_and_completes_when_it_leav
     // Woken, the thread leaves the old function, switches at its safe point
     // and its second call runs the replacement.
     BUSY_RELEASE.store(true, Ordering::SeqCst);
-    complete_within_five_seconds();
+    settle::wait();
     assert_eq!(caller.join(), ExitStatus::Returned);
     assert_eq!(RESULTS.load(Ordering::SeqCst), 12, "old, then new");
     assert!(livepatch::status().is_none());
     assert_eq!(patch_state_of(thread::current_id()), UNDEFINED, "states are cleared after the transition");
     livepatch::disable("busy").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
+    livepatch::remove("busy").expect("disabled");
+}
+
+/// `enable` waits `livepatch::transition_wait` for a transition that a
+/// thread holds open (100 ms, or what the boot argument
+/// `livepatch.transition_wait` says: 0 in the livepatch suite's run on its
+/// slow paths), returns it pending, and the worker alone finishes it once
+/// the thread has left: nobody waits for it here.
+#[ktest]
+fn enable_waits_as_the_boot_arguments_say_then_the_worker_finishes_the_transition() {
+    let tree = portable::devicetree::DeviceTree::parse(crate::devicetree::blob()).expect("the boot-time tree parses");
+    let expected = tree
+        .bootargs()
+        .unwrap_or("")
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("livepatch.transition_wait="))
+        .map_or(livepatch::TRANSITION_WAIT_MILLISECONDS, |value| value.parse().expect("xtask passes a number"));
+    assert_eq!(livepatch::transition_wait(livepatch::TRANSITION_WAIT_MILLISECONDS), expected);
+    reset_busy();
+    add_patch("busy", &[(BUSY_TARGET, busy_target_new as *const () as u64)]);
+    let caller = spawn_busy_caller();
+    let started = crate::arch::registers::timebase();
+    let Progress::Pending(_) = livepatch::enable("busy").expect("enables") else {
+        panic!("a thread asleep in the old function holds the transition open");
+    };
+    let waited = crate::arch::registers::timebase() - started;
+    assert!(
+        waited >= crate::time::milliseconds_to_timebase(expected),
+        "enable returned after {waited} timebase ticks, before its {expected} ms"
+    );
+    BUSY_RELEASE.store(true, Ordering::SeqCst);
+    assert_eq!(caller.join(), ExitStatus::Returned);
+    // `in_transition` only looks: it runs no round of checks itself.
+    let deadline =
+        crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(settle::SETTLE_MILLISECONDS);
+    while livepatch::in_transition("busy") {
+        assert!(crate::arch::registers::timebase() < deadline, "the worker never finished the transition");
+        thread::sleep_milliseconds(1);
+    }
+    assert_eq!(RESULTS.load(Ordering::SeqCst), 12, "old, then new");
+    settle::disable("busy").expect("enabled");
     livepatch::remove("busy").expect("disabled");
 }
 
@@ -350,7 +384,12 @@ fn busy_target_enable_reversed_midway_completes_at_once_and_the_thread_keeps_the
     assert!(matches!(livepatch::enable("busy"), Ok(Progress::Pending(_))));
     // Reversed: the blocked thread is unpatched already, the others switch back.
     let reversed = livepatch::disable("busy").expect("reverses");
-    assert!(matches!(reversed, Progress::Complete), "{reversed:?}");
+    // It completes without the blocked thread, still asleep in the target:
+    // at once, or, when the reversal is left to the worker
+    // (`livepatch.transition_wait=0`), once the other CPUs' idle threads have
+    // switched back. A reversal that waited for the sleeper would stall.
+    settle::settle(reversed);
+    assert_eq!(BUSY_INSIDE.load(Ordering::SeqCst), 1, "the blocked thread is still inside");
     assert!(livepatch::list().iter().any(|patch| patch.name == "busy" && !patch.enabled && patch.transition.is_none()));
     BUSY_RELEASE.store(true, Ordering::SeqCst);
     assert_eq!(caller.join(), ExitStatus::Returned);
@@ -363,7 +402,7 @@ fn busy_target_disable_reversed_midway_keeps_the_patch() {
     reset_busy();
     add_patch("busy", &[(BUSY_TARGET, busy_target_new as *const () as u64)]);
     livepatch::enable("busy").expect("enables");
-    complete_within_five_seconds();
+    settle::wait();
     // Now asleep in the replacement: the disable waits for it.
     let caller = spawn_busy_caller();
     let Progress::Pending(blocked) = livepatch::disable("busy").expect("disables") else {
@@ -371,12 +410,17 @@ fn busy_target_disable_reversed_midway_keeps_the_patch() {
     };
     assert!(blocked.iter().any(|blocked| blocked.thread == caller.id), "{blocked:?}");
     let reversed = livepatch::enable("busy").expect("reverses");
-    assert!(matches!(reversed, Progress::Complete), "{reversed:?}");
+    // It completes without the blocked thread, still asleep in the target:
+    // at once, or, when the reversal is left to the worker
+    // (`livepatch.transition_wait=0`), once the other CPUs' idle threads have
+    // switched back. A reversal that waited for the sleeper would stall.
+    settle::settle(reversed);
+    assert_eq!(BUSY_INSIDE.load(Ordering::SeqCst), 1, "the blocked thread is still inside");
     BUSY_RELEASE.store(true, Ordering::SeqCst);
     assert_eq!(caller.join(), ExitStatus::Returned);
     assert_eq!(RESULTS.load(Ordering::SeqCst), 22, "new both times");
     livepatch::disable("busy").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
     livepatch::remove("busy").expect("disabled");
 }
 
@@ -398,10 +442,10 @@ fn busy_target_forced_completes_and_its_module_is_never_unloaded() {
     reset_busy();
     let counter = module::embedded::find("counter").expect("the test kernel embeds the samples");
     module::load(counter).expect("loads");
-    complete_within_five_seconds();
+    settle::wait();
     add_patch("park", &[("klp_uptime_ticks", parked_uptime_ticks as *const () as u64)]);
     livepatch::enable("park").expect("enables");
-    complete_within_five_seconds();
+    settle::wait();
     // greeting -> the counter module's replacement -> klp_uptime_ticks -> parked.
     // On this CPU, as `spawn_busy_caller`.
     let caller = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "in-counter", || {
@@ -429,9 +473,9 @@ fn busy_target_forced_completes_and_its_module_is_never_unloaded() {
     assert!(matches!(module::unload("counter"), Err(LoadError::Forced(_))), "for good, even with no thread inside");
     // Test cleanup only (the kernel has no such way out): forget the force.
     livepatch::forget_forced("counter");
-    module::unload("counter").expect("unloads once the force is forgotten");
+    settle::unload("counter").expect("unloads once the force is forgotten");
     livepatch::disable("park").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
     livepatch::remove("park").expect("disabled");
 }
 
@@ -482,22 +526,22 @@ fn a_thread_asleep_in_the_target_is_woken_by_the_fake_signal_and_switches() {
     };
     assert!(blocked.iter().any(|blocked| blocked.thread == caller.id), "{blocked:?}");
     assert_eq!(livepatch::signal(), 1, "the one blocker asleep interruptibly is woken");
-    complete_within_five_seconds();
+    settle::wait();
     assert_eq!(caller.join(), ExitStatus::Returned);
     assert_eq!(RESULTS.load(Ordering::SeqCst), 12, "old, woken early, then new");
     assert_eq!(SLOW_WOKEN.load(Ordering::SeqCst), 1);
     livepatch::disable("slow").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
     // Sent by the worker after `SIGNAL_MILLISECONDS` of stall, unasked.
     RESULTS.store(0, Ordering::SeqCst);
     let caller = spawn_slow_caller();
     livepatch::enable("slow").expect("enables");
-    complete_within_five_seconds();
+    settle::wait();
     assert_eq!(caller.join(), ExitStatus::Returned);
     assert_eq!(RESULTS.load(Ordering::SeqCst), 12);
     assert_eq!(SLOW_WOKEN.load(Ordering::SeqCst), 2, "the worker's signal woke it");
     livepatch::disable("slow").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
     livepatch::remove("slow").expect("disabled");
 }
 
@@ -532,11 +576,11 @@ fn a_thread_preempted_in_a_loop_is_unreliable_and_switches_only_at_its_safe_poin
     );
     assert_eq!(patch_state_of(spinner.id), UNPATCHED, "never switched while unreliable");
     SPIN_SAFE.store(true, Ordering::SeqCst);
-    complete_within_five_seconds();
+    settle::wait();
     SPIN_STOP.store(true, Ordering::SeqCst);
     assert_eq!(spinner.join(), ExitStatus::Returned);
     livepatch::disable("spin").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
     livepatch::remove("spin").expect("disabled");
 }
 
@@ -598,7 +642,7 @@ fn fifty_threads_busy_sleeping_and_in_long_calls_all_switch_and_end_undefined() 
             || summary.patch_state == UNPATCHED
             || matches!(summary.state, thread::State::Dead(_))));
     }
-    complete_within_five_seconds();
+    settle::wait();
     assert!(thread::snapshot().iter().all(|summary| summary.patch_state == UNDEFINED), "cleared after it");
     // Every thread now runs the replacement.
     FIFTY_SEEN.iter().for_each(|seen| seen.store(0, Ordering::SeqCst));
@@ -607,7 +651,7 @@ fn fifty_threads_busy_sleeping_and_in_long_calls_all_switch_and_end_undefined() 
     }
     assert!(FIFTY_SEEN.iter().all(|seen| seen.load(Ordering::SeqCst) == 2), "all fifty run the replacement");
     livepatch::disable("fifty").expect("enabled");
-    complete_within_five_seconds();
+    settle::wait();
     FIFTY_SEEN.iter().for_each(|seen| seen.store(0, Ordering::SeqCst));
     while FIFTY_SEEN.iter().any(|seen| seen.load(Ordering::SeqCst) == 0) {
         thread::sleep_milliseconds(1);

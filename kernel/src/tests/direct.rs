@@ -1,5 +1,6 @@
 //! Tests of direct calls: final patches reached through a trampoline, ftrace's direct API, switching paths.
 use super::livepatch::{enable, retire};
+use super::settle;
 use crate::arch::percpu::online_cpus;
 use crate::arch::text;
 use crate::arch::trampoline;
@@ -325,16 +326,18 @@ fn loading_and_unloading_a_patch_module_50_times_frees_its_trampolines_and_memor
         let greeting = module::embedded::find("greeting").expect("the test kernel embeds the samples");
         let round = || {
             let before = direct::summary().len();
-            module::load(greeting).expect("the greeting module loads");
+            settle::load(greeting).expect("the greeting module loads");
             assert_eq!(direct::summary().len(), before + 1, "its function is called directly");
-            module::unload("greeting").expect("unloads");
+            settle::unload("greeting").expect("unloads");
         };
         // First-use allocations (tables that grow once) before the baseline.
         (0..3).for_each(|_| round());
         let slots = direct::slots_in_use();
+        settle::worker_gone();
         let (heap, _) = memory::usage();
         (0..50).for_each(|_| round());
         assert_eq!(direct::slots_in_use(), slots, "every trampoline freed");
+        settle::worker_gone();
         assert_eq!(memory::usage().0, heap, "every heap byte back");
     });
 }
@@ -349,8 +352,8 @@ fn a_target_modules_function_is_called_directly_and_its_trampoline_goes_with_the
     with_direct_calls(|| {
         let file = |name| embedded::find(name).expect("the test kernel embeds the samples");
         let (live, available) = direct::slots_in_use();
-        module::load(file("hello-module")).expect("loads");
-        module::load(file("hello-module-fix")).expect("the patch of a loaded module loads");
+        settle::load(file("hello-module")).expect("loads");
+        settle::load(file("hello-module-fix")).expect("the patch of a loaded module loads");
         assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED));
         let (site, _, trampoline) = *direct::summary().first().expect("the module's function is called directly");
         let (entry, module_site) = module::resolve_function("hello-module", "hello_module_message", None)
@@ -359,14 +362,14 @@ fn a_target_modules_function_is_called_directly_and_its_trampoline_goes_with_the
         assert_eq!(site, module_site, "the direct site is the module function's");
         assert_eq!(site_target(entry), Some(trampoline), "its site branches to the trampoline");
         // The target module goes while the patch stays: its trampoline goes too.
-        module::unload("hello-module").expect("the patched module unloads");
+        settle::unload("hello-module").expect("the patched module unloads");
         assert_eq!(direct::slots_in_use(), (live, available), "the module's trampoline was freed");
-        module::load(file("hello-module")).expect("loads again");
+        settle::load(file("hello-module")).expect("loads again");
         assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED), "patched as it loads");
         assert_eq!(direct::slots_in_use().0, live + 1, "and called directly again");
-        module::unload("hello-module-fix").expect("the patch unloads");
+        settle::unload("hello-module-fix").expect("the patch unloads");
         assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(ORIGINAL));
-        module::unload("hello-module").expect("unloads");
+        settle::unload("hello-module").expect("unloads");
         assert_eq!(direct::slots_in_use(), (live, available));
     });
 }

@@ -7,6 +7,7 @@
 //! address taken also keeps an out-of-line copy, with an ftrace site). The
 //! notes xtask wrote from the DWARF (`livepatch::notes`) must know where the
 //! copies are, and the livepatch core must act on them.
+use super::settle;
 use crate::livepatch::{self, Anchor, Function, LivepatchError, Object, Patch};
 use crate::{module, shell};
 use alloc::string::String;
@@ -111,19 +112,19 @@ fn a_function_with_inlined_copies_is_refused_naming_them_and_the_patchable_ones(
     assert_eq!(out_of_line(black_box(2)), 15, "the original runs");
     // The holder that is patchable instead is accepted.
     livepatch::add(patch("holder", PATCHABLE, false)).expect("a holder that is #[livepatchable] and not inlined");
-    livepatch::enable("holder").expect("enables");
+    settle::enable("holder").expect("enables");
     assert_eq!(livepatchable_holder(black_box(2)), 1002);
-    livepatch::disable("holder").expect("disables");
+    settle::disable("holder").expect("disables");
     livepatch::remove("holder").expect("removes");
 }
 
 #[ktest]
 fn allow_inlined_replaces_the_function_and_klp_list_says_where_the_copies_run_the_original() {
     livepatch::add(patch("inlined", TARGET, true)).expect("allowed per function");
-    livepatch::enable("inlined").expect("enables");
+    settle::enable("inlined").expect("enables");
     let (through_the_entry, in_a_copy) = (out_of_line(black_box(2)), plain_holder(black_box(2)));
     let lines = shell::klp_list();
-    livepatch::disable("inlined").expect("disables");
+    settle::disable("inlined").expect("disables");
     livepatch::remove("inlined").expect("removes");
     assert_eq!(through_the_entry, 1002, "a call through the entry reaches the replacement");
     assert_eq!(in_a_copy, 16, "the inlined copy runs the original: what the flag accepts");
@@ -184,10 +185,10 @@ fn klp_patchable_lists_the_safe_targets_with_signatures_and_says_why_not_the_oth
 #[ktest]
 fn a_module_that_allows_inlined_copies_loads_and_klp_list_names_its_function() {
     let file = module::embedded::find("inlined-target").expect("xtask builds the sample modules into the test kernel");
-    module::load(file).expect("the module's replace line says allow_inlined");
+    settle::load(file).expect("the module's replace line says allow_inlined");
     let result = out_of_line(black_box(5));
     let lines = shell::klp_list();
-    module::unload("inlined-target").expect("unloads");
+    settle::unload("inlined-target").expect("unloads");
     assert_eq!(result, 1005, "the module's replacement ran");
     let line = lines.iter().find(|line| line.contains(TARGET)).expect("klp list shows the function");
     assert!(line.contains(" inlined_target_replacement+0x0 [inlined-target] (active)"), "{line}");

@@ -1,4 +1,5 @@
 //! Tests of what a patch made from a diff relies on: klp relocations to the kernel's own symbols, the kernel's TOC base (`toc kernel`), `abi-checked`.
+use super::settle;
 use crate::livepatch::{self, Function, LivepatchError, Object, Patch};
 use crate::memory;
 use crate::module::{self, LoadError};
@@ -60,7 +61,7 @@ fn a_kernel_toc_patch_reaches_kernel_statics_and_functions_through_klp_relocatio
     let first = target(5);
     let second = target(7);
     let listed = crate::shell::klp_list();
-    module::unload("kernel-sym-reader").expect("unloads");
+    settle::unload("kernel-sym-reader").expect("unloads");
     assert_eq!(toc, Some(crate::arch::registers::toc_pointer()), "its .TOC. is the kernel's TOC pointer");
     assert_eq!(first, MARK + 15, "the kernel's static plus the kernel's helper(5)");
     assert_eq!(second, MARK + 1 + 21, "the patch counted its first call in the kernel's own static");
@@ -73,8 +74,8 @@ fn a_kernel_toc_patch_reaches_kernel_statics_and_functions_through_klp_relocatio
 #[ktest]
 fn a_klp_reference_to_a_missing_kernel_symbol_refuses_the_patch_with_nothing_left() {
     // Warm up: first-use allocations that stay are not leaks.
-    module::load(embedded("kernel-sym-reader")).expect("loads");
-    module::unload("kernel-sym-reader").expect("unloads");
+    settle::load(embedded("kernel-sym-reader")).expect("loads");
+    settle::unload("kernel-sym-reader").expect("unloads");
     let (before, _) = memory::usage();
     let refused = module::load(embedded("kernel-sym-missing"));
     let named = matches!(

@@ -1,4 +1,5 @@
 //! Tests of the livepatch core and `livepatch_handler`, on exactly the cases the seed names.
+use super::settle;
 use crate::arch::livepatch::LivepatchFrame;
 use crate::arch::registers::toc_pointer;
 use crate::arch::text;
@@ -30,14 +31,14 @@ pub(super) fn enable(name: &str, functions: &[(&str, Option<usize>, u64)]) -> Re
         objects: vec![Object { module: None, functions, ..Default::default() }],
         ..Default::default()
     })?;
-    livepatch::enable(name).map(drop).inspect_err(|_| {
+    super::settle::enable(name).inspect_err(|_| {
         livepatch::remove(name).expect("just added");
     })
 }
 
 /// Disables and removes a patch.
 pub(super) fn retire(name: &str) {
-    livepatch::disable(name).expect("patch enabled");
+    super::settle::disable(name).expect("patch enabled");
     livepatch::remove(name).expect("patch disabled");
 }
 
@@ -544,14 +545,14 @@ fn patching_500_times_under_random_preemption_gives_old_or_new_results_only() {
     let toggler = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "toggler", move || {
         crate::time::set_jitter(0x9e37_79b9_7f4a_7c15);
         for round in 0..500 {
-            livepatch::enable("contended").unwrap();
+            settle::enable("contended").unwrap();
             if round % 10 == 0 {
                 crate::module::load(greeting).expect("the greeting module loads");
             }
             thread::yield_now();
-            livepatch::disable("contended").unwrap();
+            settle::disable("contended").unwrap();
             if round % 10 == 0 {
-                crate::module::unload("greeting").expect("the greeting module unloads");
+                settle::unload("greeting").expect("the greeting module unloads");
             }
             thread::yield_now();
         }

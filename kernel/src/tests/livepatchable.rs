@@ -6,6 +6,7 @@
 //! code is read (every source-level call is a branch to the original) and the
 //! original is replaced (every call reaches the replacement, with the
 //! arguments in the registers the source signature gives them).
+use super::settle;
 use crate::arch::text;
 use crate::livepatch::{self, Function, Object, Patch, PlanError};
 use alloc::string::String;
@@ -47,10 +48,10 @@ fn replaced<T>(old_name: &str, new: u64, body: impl FnOnce() -> T) -> T {
         ..Default::default()
     })
     .expect("a livepatchable target");
-    livepatch::enable(&name).expect("enables");
+    settle::enable(&name).expect("enables");
     REPLACEMENT_CALLS.store(0, Ordering::SeqCst);
     let result = body();
-    livepatch::disable(&name).expect("disables");
+    settle::disable(&name).expect("disables");
     livepatch::remove(&name).expect("removes");
     result
 }

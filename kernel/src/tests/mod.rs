@@ -23,6 +23,7 @@ mod reliable_stack;
 mod runner;
 mod scheduling;
 mod selftests;
+mod settle;
 mod shadow;
 mod smp;
 mod smp_stress;

@@ -1,4 +1,5 @@
 //! Tests of patch modules: the seed's case with a real separately built module, signatures, unloading.
+use super::settle;
 use crate::arch::registers::toc_pointer;
 use crate::livepatch::api::REPORTED_TOC;
 use crate::memory;
@@ -25,7 +26,7 @@ fn greeting_caller() -> (usize, u64) {
 fn module_replacement_runs_with_its_own_toc_and_the_caller_gets_its_toc_back() {
     CALLER_GLOBAL.store(black_box(0x5eed), Ordering::Relaxed);
     let before = crate::shell::greeting();
-    let name = module::load(embedded("counter")).expect("the counter module loads");
+    let name = settle::load(embedded("counter")).expect("the counter module loads");
     assert_eq!(name, "counter");
     REPORTED_TOC.store(0, Ordering::SeqCst);
     let (length, global) = greeting_caller();
@@ -35,7 +36,7 @@ fn module_replacement_runs_with_its_own_toc_and_the_caller_gets_its_toc_back() {
     // Compared while the module is loaded; what it returned is a kernel-owned copy anyway.
     assert_ne!(text, before, "the module's replacement ran");
     assert!(!module::contains(text.as_ptr() as u64), "the replacement returned a copy, not a pointer into the module");
-    module::unload("counter").expect("unloads");
+    settle::unload("counter").expect("unloads");
     assert_eq!(global, 0x5eed, "A read its global through the kernel TOC after the call");
     assert_eq!(seen, module_toc, "inside C, r2 was the module's TOC");
     assert_ne!(seen, toc_pointer(), "not the kernel's");
@@ -51,12 +52,12 @@ fn ten_caller() -> u64 {
 #[ktest]
 fn module_replacement_of_a_ten_argument_function_gets_all_ten() {
     assert_eq!(ten_caller(), 55);
-    module::load(embedded("ten")).expect("the ten module loads");
+    settle::load(embedded("ten")).expect("the ten module loads");
     REPORTED_TOC.store(0, Ordering::SeqCst);
     let patched = ten_caller();
     let module_toc = module::toc_of("ten").expect("loaded");
     let seen = REPORTED_TOC.load(Ordering::SeqCst);
-    module::unload("ten").expect("unloads");
+    settle::unload("ten").expect("unloads");
     // The sample computes the sum of i * argument_i: 1*1 + 2*2 + ... + 10*10.
     assert_eq!(patched, (1..=10).map(|i| i * i).sum::<u64>(), "arguments 9 and 10 arrived unchanged");
     assert_eq!(seen, module_toc);
@@ -69,23 +70,25 @@ fn load_enable_disable_unload_100_times_returns_all_memory() {
     let original = crate::shell::greeting();
     // Warm up once: first-use allocations (tables that stay, the kernel's
     // copy of the greeting) are not leaks.
-    module::load(file).expect("loads");
+    settle::load(file).expect("loads");
     assert_eq!(crate::shell::greeting(), "hello from the greeting patch module");
-    module::unload("greeting").expect("unloads");
+    settle::unload("greeting").expect("unloads");
+    settle::worker_gone();
     let (before, _) = memory::usage();
     for round in 0..100 {
         module::load(file).expect("loads");
         // On the consistency model, load starts the enable transition and
-        // waits for it; no other thread runs the greeting, so it completes
-        // there, and this thread (switched at its own check) runs the module.
-        assert!(crate::livepatch::status().is_none(), "round {round}: the enable transition completed");
-        assert_eq!(crate::shell::greeting(), "hello from the greeting patch module");
-        module::unload("greeting").expect("unloads");
+        // this thread switches at its own check: it runs the module at once,
+        // whether the transition completed within the load's wait or was
+        // left to the worker (`livepatch.transition_wait=0`).
+        assert_eq!(crate::shell::greeting(), "hello from the greeting patch module", "round {round}");
+        settle::unload("greeting").expect("unloads");
         assert!(crate::livepatch::status().is_none(), "round {round}: the disable transition completed");
         assert_eq!(crate::shell::greeting(), original, "round {round}: unloading restored the original");
     }
     // Nothing of a transition stays allocated either (its blocked list, a
-    // retry worker's thread): none was left pending.
+    // retry worker's thread).
+    settle::worker_gone();
     assert_eq!(memory::usage().0, before, "heap usage back to where it started");
 }
 
@@ -104,9 +107,9 @@ fn altered_or_unsigned_modules_are_refused_and_nothing_changes() {
     assert_eq!(crate::shell::greeting(), before);
     assert!(module::summaries().is_empty());
     // A second load of the same patch is refused while the first is loaded.
-    module::load(file).expect("loads");
+    settle::load(file).expect("loads");
     assert!(matches!(module::load(file), Err(LoadError::AlreadyLoaded(_))));
-    module::unload("greeting").expect("unloads");
+    settle::unload("greeting").expect("unloads");
     assert!(matches!(module::unload("greeting"), Err(LoadError::NotLoaded(_))));
 }
 

@@ -1,4 +1,5 @@
 //! Tests that changes wait for the other CPUs: `unregister` for a handler running elsewhere, a stub op's change for the stubs in flight.
+use super::settle;
 use crate::arch::percpu::{BOOT_CPU, online_cpus};
 use crate::arch::registers::timebase;
 use crate::arch::text::{self, log::Step};
@@ -92,7 +93,7 @@ fn a_stub_op_is_stored_a_grace_period_before_the_branch_that_uses_it() {
 #[ktest]
 fn a_module_run_on_another_cpu_unloads_while_that_cpu_idles() {
     let image = crate::module::embedded::find("greeting").expect("the test kernel embeds greeting");
-    crate::module::load(image).expect("greeting loads");
+    settle::load(image).expect("greeting loads");
     let caller = thread::spawn_on(secondary(), "greeted", || {
         for _ in 0..10 {
             black_box(crate::shell::greeting());
@@ -101,7 +102,9 @@ fn a_module_run_on_another_cpu_unloads_while_that_cpu_idles() {
     .expect("room for a thread");
     assert_eq!(caller.join(), ExitStatus::Returned);
     thread::sleep_milliseconds(5);
-    let unloaded = crate::module::unload("greeting");
+    // The disable transition may be left to the worker (`livepatch.transition_wait=0`):
+    // waited for; a thread found inside (`Busy`) is not.
+    let unloaded = settle::unload("greeting");
     assert!(unloaded.is_ok(), "{unloaded:?}");
 }
 

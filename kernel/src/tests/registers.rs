@@ -5,6 +5,7 @@
 //! from assembly, and compares what comes back. They exist to kill the
 //! mutants of docs/testing.md: a save or a restore removed from a stub, the
 //! exception entry or exit, or `switch_context`.
+use super::settle;
 use crate::arch::registers::toc_pointer;
 use crate::arch::text;
 use crate::livepatch::{self, Function, Object, Patch};
@@ -468,7 +469,7 @@ fn livepatch_handler_gives_back_a_poisoned_r2_and_every_nonvolatile() {
         ..Default::default()
     })
     .unwrap();
-    livepatch::enable("registers").unwrap();
+    settle::enable("registers").unwrap();
     let address = livepatched_target as *const () as u64;
     assert_eq!(text::local_entry(address), address, "the patched function needs no TOC");
     let input = traced_call_input(6);
@@ -477,7 +478,7 @@ fn livepatch_handler_gives_back_a_poisoned_r2_and_every_nonvolatile() {
     trace::register(&CLOBBERING_REGS, Filter::Addresses(&[address])).unwrap();
     let full = call_with(address, &input);
     trace::unregister(&CLOBBERING_REGS).unwrap();
-    livepatch::disable("registers").unwrap();
+    settle::disable("registers").unwrap();
     livepatch::remove("registers").unwrap();
     assert_call_kept(&input, &light, "livepatch through ftrace_caller");
     assert_call_kept(&input, &full, "livepatch through ftrace_regs_caller");

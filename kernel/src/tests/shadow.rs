@@ -1,4 +1,5 @@
 //! Tests of shadow variables: Linux's test-shadow-vars.sh case, refusals, contention from every CPU, the heap, and the `shadow` sample patch.
+use super::settle;
 use crate::arch::percpu::{online_cpus, smp_processor_id};
 use crate::arch::registers::timebase;
 use crate::livepatch::api::klp_kernel_version;
@@ -325,7 +326,7 @@ fn shadow_sample_patch_counts_greetings_in_a_shadow_variable_that_outlives_it() 
     let original = crate::shell::greeting();
     klp_shadow_free_all(GREETING_COUNT, None);
     let loaded_at = crate::livepatch::api::klp_uptime_ticks();
-    module::load(file).expect("the shadow sample loads");
+    settle::load(file).expect("the shadow sample loads");
     assert!(greeting_count().is_none(), "no variable before the first call");
     for _ in 0..3 {
         assert_eq!(crate::shell::greeting(), "hello from the shadow patch module");
@@ -334,10 +335,10 @@ fn shadow_sample_patch_counts_greetings_in_a_shadow_variable_that_outlives_it() 
     assert_eq!(count.calls, 3, "three greetings counted");
     let first_tick = count.first_tick;
     assert!(first_tick >= loaded_at, "the constructor recorded the tick of the first call");
-    module::unload("shadow").expect("unloads");
+    settle::unload("shadow").expect("unloads");
     assert_eq!(crate::shell::greeting(), original);
     assert_eq!(greeting_count().map(|count| count.calls), Some(3), "the variable outlived the module");
-    module::load(file).expect("loads again");
+    settle::load(file).expect("loads again");
     crate::shell::greeting();
     let count = greeting_count().expect("still there");
     assert_eq!(
@@ -345,7 +346,7 @@ fn shadow_sample_patch_counts_greetings_in_a_shadow_variable_that_outlives_it() 
         (4, first_tick),
         "the module loaded again counts on, not constructed again"
     );
-    module::unload("shadow").expect("unloads");
+    settle::unload("shadow").expect("unloads");
     klp_shadow_free_all(GREETING_COUNT, None);
     assert!(greeting_count().is_none(), "freed");
 }

@@ -5,6 +5,7 @@
 //! other CPUs may be inside the old code, a stub, `livepatch_handler` or a
 //! handler. The test thread runs on the boot CPU (the ktest runner pins it);
 //! the workers are pinned, `WORKERS_PER_CPU` to each CPU, with `spawn_on`.
+use super::settle;
 use crate::arch::percpu::{online_cpus, smp_processor_id};
 use crate::livepatch::{self, Function, Object, Patch};
 use crate::module::{self, LoadError};
@@ -93,7 +94,10 @@ fn unload_when_idle(name: &str) -> u64 {
     for busy in 0..1_000 {
         match module::unload(name) {
             Ok(()) => return busy,
-            Err(LoadError::Busy(..) | LoadError::InTransition(..)) => thread::yield_now(),
+            Err(LoadError::Busy(..)) => thread::yield_now(),
+            // Its disable transition is left to the worker (a worker thread
+            // was preempted, or `livepatch.transition_wait=0`): wait for it.
+            Err(LoadError::InTransition(..)) => settle::wait(),
             Err(other) => panic!("unload {name}: {other}"),
         }
     }
@@ -183,12 +187,12 @@ fn patching_500_times_and_loading_100_modules_while_every_cpu_calls_them() {
     // Enables `smp-stress`, and loads the greeting module every fifth round,
     // then undoes both; returns how often the module was busy.
     let round = |round: u64| {
-        livepatch::enable("smp-stress").expect("enables");
+        settle::enable("smp-stress").expect("enables");
         if round.is_multiple_of(5) {
-            module::load(greeting).expect("the greeting module loads");
+            settle::load(greeting).expect("the greeting module loads");
         }
         thread::yield_now();
-        livepatch::disable("smp-stress").expect("disables");
+        settle::disable("smp-stress").expect("disables");
         let busy = if round.is_multiple_of(5) { unload_when_idle("greeting") } else { 0 };
         thread::yield_now();
         busy
@@ -198,9 +202,13 @@ fn patching_500_times_and_loading_100_modules_while_every_cpu_calls_them() {
     (0..50).for_each(|number| {
         round(number);
     });
+    // A transition worker (started when a round's transition was left
+    // pending) has a stack until it ends: measured without one.
+    settle::worker_gone();
     let (heap_before, _) = memory::usage();
     let busy: u64 = (0..500).map(round).sum();
     time::set_jitter(0);
+    settle::worker_gone();
     let heap_after = memory::usage().0;
     STRESS_DONE.store(true, Ordering::SeqCst);
     join_all(workers);

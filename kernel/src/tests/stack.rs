@@ -6,6 +6,7 @@
 //! own stack (`livepatch_sp + EXCEPTION_STACK_ROOM`), take exceptions there and
 //! then check every word below the guard: `thread_info`, `STACK_END_MAGIC` and
 //! the canary frames.
+use super::settle;
 use crate::arch::emergency;
 use crate::arch::exceptions::{EXCEPTION_STACK_ROOM, FRAME_SIZE, RED_ZONE, STACK_GUARD};
 use crate::arch::registers::timebase;
@@ -413,13 +414,13 @@ fn patched_call_on_the_emergency_stack_uses_its_livepatch_stack() {
         ..Default::default()
     })
     .unwrap();
-    livepatch::enable("emergency").unwrap();
+    settle::enable("emergency").unwrap();
     let status = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "emergency", || {
         emergency::run(call_patched_on_the_emergency_stack, 4)
     })
     .unwrap()
     .join();
-    livepatch::disable("emergency").unwrap();
+    settle::disable("emergency").unwrap();
     livepatch::remove("emergency").unwrap();
     assert_eq!(status, ExitStatus::Returned);
     assert_eq!(EMERGENCY_RESULT.load(Ordering::SeqCst), 40, "the replacement ran");

@@ -1,4 +1,5 @@
 //! Tests of loadable target modules: init and exit, their ftrace sites, `resolve_function`, shell commands, refusals, busy unloads.
+use super::settle;
 use crate::livepatch::LivepatchError;
 use crate::memory;
 use crate::module::{self, LoadError, commands};
@@ -61,7 +62,7 @@ fn target_module_loads_runs_init_and_exit_and_its_function_resolves() {
             .iter()
             .any(|line| line.starts_with("module target-module:") && line.ends_with("[target module]"))
     );
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     assert_eq!(logged("target-module: exit"), 1, "its exit ran once");
     assert!(!module::contains(entry), "its memory is gone");
     assert!(site_named("target_module_value").is_none(), "its sites are released");
@@ -75,15 +76,15 @@ fn target_module_loads_runs_init_and_exit_and_its_function_resolves() {
 
 #[ktest]
 fn resolve_function_refuses_functions_the_module_does_not_declare_livepatchable() {
-    module::load(embedded("hello-module")).expect("loads");
+    settle::load(embedded("hello-module")).expect("loads");
     let resolved = module::resolve_function("hello-module", "hello_module_message", None);
     let refused_init = module::resolve_function("hello-module", "hello_module_init", None);
     let unknown = module::resolve_function("hello-module", "no_such_function", None);
     let other = module::resolve_function("no-such-module", "hello_module_message", None);
-    module::load(embedded("greeting")).expect("the greeting patch loads");
+    settle::load(embedded("greeting")).expect("the greeting patch loads");
     let patch = module::resolve_function("greeting", "greeting_replacement", None);
-    module::unload("greeting").expect("unloads");
-    module::unload("hello-module").expect("unloads");
+    settle::unload("greeting").expect("unloads");
+    settle::unload("hello-module").expect("unloads");
     module::log::clear();
     assert!(resolved.is_ok(), "{resolved:?}");
     assert!(matches!(refused_init, Err(LivepatchError::NotLivepatchable(name)) if name == "hello_module_init"));
@@ -95,10 +96,10 @@ fn resolve_function_refuses_functions_the_module_does_not_declare_livepatchable(
 #[ktest]
 fn hello_module_adds_a_shell_command_that_goes_with_it() {
     assert_eq!(commands::output_of("hello-module", ""), None, "no such command before the load");
-    module::load(embedded("hello-module")).expect("loads");
+    settle::load(embedded("hello-module")).expect("loads");
     let output = commands::output_of("hello-module", "");
     let listed = commands::list().iter().any(|(name, _)| name == "hello-module");
-    module::unload("hello-module").expect("unloads");
+    settle::unload("hello-module").expect("unloads");
     module::log::clear();
     assert_eq!(output.as_deref(), Some("hello from the hello-module target module\n"));
     assert!(listed, "help lists it");
@@ -109,7 +110,7 @@ fn hello_module_adds_a_shell_command_that_goes_with_it() {
 #[ktest]
 fn module_functions_are_traceable_with_the_function_tracer() {
     assert!(matches!(function::start("hello_module_*"), Err(trace::FtraceError::NoMatch(_))), "not loaded yet");
-    module::load(embedded("hello-module")).expect("loads");
+    settle::load(embedded("hello-module")).expect("loads");
     let (_, site) = module::resolve_function("hello-module", "hello_module_message", None).expect("resolves");
     let count = function::start("hello_module_*").expect("the module's functions match");
     let output = commands::output_of("hello-module", "");
@@ -120,7 +121,7 @@ fn module_functions_are_traceable_with_the_function_tracer() {
     // with the tracer still on (the ops keeps its other sites: none here).
     trace::register(&TEST_OPS, trace::Filter::Names(&["hello_module_message"])).expect("by name");
     let users = site_named("hello_module_message").map(|(_, _, users)| users);
-    module::unload("hello-module").expect("unloads with an ops on its site");
+    settle::unload("hello-module").expect("unloads with an ops on its site");
     let left = TEST_OPS.site_count();
     trace::unregister(&TEST_OPS).expect("still registered");
     module::log::clear();
@@ -141,8 +142,8 @@ static TEST_OPS: trace::FtraceOps =
 fn a_bad_description_or_a_failing_init_is_refused_with_nothing_left() {
     // Warm up: first-use allocations that stay (the site states' map, the
     // command and thread lists) are not leaks.
-    module::load(embedded("hello-module")).expect("loads");
-    module::unload("hello-module").expect("unloads");
+    settle::load(embedded("hello-module")).expect("loads");
+    settle::unload("hello-module").expect("unloads");
     module::log::clear();
     let (before, _) = memory::usage();
     let bad = module::load(embedded("bad-module"));
@@ -171,17 +172,17 @@ fn a_bad_description_or_a_failing_init_is_refused_with_nothing_left() {
 #[ktest]
 fn load_unload_100_times_returns_all_memory() {
     let file = embedded("hello-module");
-    module::load(file).expect("loads");
+    settle::load(file).expect("loads");
     assert!(commands::output_of("hello-module", "").is_some());
-    module::unload("hello-module").expect("unloads");
+    settle::unload("hello-module").expect("unloads");
     module::log::clear();
     let (before, _) = memory::usage();
     for round in 0..100 {
-        module::load(file).expect("loads");
+        settle::load(file).expect("loads");
         let output = commands::output_of("hello-module", "");
         assert_eq!(output.as_deref(), Some("hello from the hello-module target module\n"), "round {round}");
         drop(output);
-        module::unload("hello-module").expect("unloads");
+        settle::unload("hello-module").expect("unloads");
         module::log::clear();
     }
     assert_eq!(memory::usage().0, before, "heap usage back to where it started");
@@ -192,7 +193,7 @@ static TEST_STOP: AtomicBool = AtomicBool::new(false);
 #[ktest]
 fn unload_is_refused_while_a_thread_is_inside_and_goes_through_once_it_left() {
     module::log::clear();
-    module::load(embedded("busy-module")).expect("loads");
+    settle::load(embedded("busy-module")).expect("loads");
     let busy_thread = crate::thread::snapshot().iter().any(|thread| thread.name == "busy-module");
     let (entry, _) = module::resolve_function("busy-module", "busy_module_work", None).expect("resolves");
     // Safety: the global entry of `fn(&AtomicBool) -> u64` in the loaded module.
@@ -241,23 +242,23 @@ fn klp_relocations_resolve_at_load_or_when_the_module_comes_and_clear_when_it_go
     let target = embedded("target-module");
     assert_eq!(ten(), 55);
     // The module first: resolved when the patch is linked.
-    module::load(target).expect("the module loads");
-    module::load(reader).expect("the patch loads");
+    settle::load(target).expect("the module loads");
+    settle::load(reader).expect("the patch loads");
     let module_first = ten();
-    module::unload("klp-sym-reader").expect("the patch unloads");
-    module::unload("target-module").expect("the module unloads");
+    settle::unload("klp-sym-reader").expect("the patch unloads");
+    settle::unload("target-module").expect("the module unloads");
     // The patch first: the placeholder, then the module's symbols when it
     // comes, the placeholder again when it goes, and again when it comes back.
-    module::load(reader).expect("the patch loads without its module");
+    settle::load(reader).expect("the patch loads without its module");
     let absent = ten();
-    module::load(target).expect("the module loads under the patch");
+    settle::load(target).expect("the module loads under the patch");
     let came = ten();
-    module::unload("target-module").expect("the module unloads under the patch");
+    settle::unload("target-module").expect("the module unloads under the patch");
     let went = ten();
-    module::load(target).expect("the module loads again");
+    settle::load(target).expect("the module loads again");
     let came_again = ten();
-    module::unload("target-module").expect("unloads");
-    module::unload("klp-sym-reader").expect("unloads");
+    settle::unload("target-module").expect("unloads");
+    settle::unload("klp-sym-reader").expect("unloads");
     module::log::clear();
     assert_eq!(module_first, TARGET_MARK + TARGET_VALUE, "resolved at the patch's load");
     assert_eq!(absent, 0, "the module's static read as the zeroed placeholder");

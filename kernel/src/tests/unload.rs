@@ -1,4 +1,5 @@
 //! Tests of module unloading under concurrency: the window at `livepatch_handler`'s entry, per-module busy checks, the grace period.
+use super::settle;
 use crate::arch::livepatch::livepatch_handler;
 use crate::arch::registers::Msr;
 use crate::livepatch::{self, Blocker, Function, Object, Patch};
@@ -32,12 +33,12 @@ fn enable_kernel_patch(name: &str, old_name: &str, new_address: u64) {
         ..Default::default()
     })
     .expect("adds");
-    livepatch::enable(name).expect("enables");
+    settle::enable(name).expect("enables");
 }
 
 /// Disables and removes a kernel patch.
 fn retire(name: &str) {
-    livepatch::disable(name).expect("enabled");
+    settle::disable(name).expect("enabled");
     livepatch::remove(name).expect("disabled");
 }
 
@@ -51,6 +52,8 @@ fn unload_when_idle(name: &str) -> u64 {
                 busy += 1;
                 thread::yield_now();
             }
+            // Its disable transition left to the worker: wait for it.
+            Err(LoadError::InTransition(..)) => settle::wait(),
             Err(other) => panic!("unload {name}: {other}"),
         }
     }
@@ -199,7 +202,7 @@ fn unloading_while_callers_are_preempted_entering_the_replacement_never_runs_fre
     crate::time::set_jitter(0x2545_f491_4f6c_dd1d);
     let mut busy = 0;
     for _ in 0..30 {
-        module::load(embedded("counter")).expect("the counter module loads");
+        settle::load(embedded("counter")).expect("the counter module loads");
         thread::sleep_milliseconds(1);
         busy += unload_when_idle("counter");
     }
@@ -305,8 +308,8 @@ fn assert_unpoisoned(memory: core::ops::Range<u64>) {
 fn a_thread_inside_one_module_stalls_only_that_modules_unload_until_it_leaves() {
     PARKED.store(0, Ordering::SeqCst);
     RELEASE.store(0, Ordering::SeqCst);
-    module::load(embedded("counter")).expect("counter loads");
-    module::load(embedded("ten")).expect("ten loads");
+    settle::load(embedded("counter")).expect("counter loads");
+    settle::load(embedded("ten")).expect("ten loads");
     enable_kernel_patch("park", "klp_uptime_ticks", parked_uptime_ticks as *const () as u64);
     // Inside the counter module: greeting -> counter_greeting -> klp_uptime_ticks -> parked.
     let in_module = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "in-counter", || {
@@ -352,7 +355,7 @@ fn a_thread_that_entered_a_module_by_pointer_after_its_patch_was_disabled_makes_
     static HOLDER: AtomicU64 = AtomicU64::new(0);
     PARKED.store(0, Ordering::SeqCst);
     RELEASE.store(0, Ordering::SeqCst);
-    module::load(embedded("counter")).expect("counter loads");
+    settle::load(embedded("counter")).expect("counter loads");
     enable_kernel_patch("park", "klp_uptime_ticks", parked_uptime_ticks as *const () as u64);
     let replacement = livepatch::list()
         .into_iter()
@@ -405,7 +408,7 @@ extern "C" fn dying_uptime_ticks() -> u64 {
 #[ktest]
 fn a_thread_killed_inside_a_module_does_not_keep_it_loaded() {
     PARKED.store(0, Ordering::SeqCst);
-    module::load(embedded("counter")).expect("counter loads");
+    settle::load(embedded("counter")).expect("counter loads");
     enable_kernel_patch("die", "klp_uptime_ticks", dying_uptime_ticks as *const () as u64);
     let victim = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "killed-in-counter", || {
         black_box(crate::shell::greeting());
@@ -452,9 +455,9 @@ fn module_memory_outlives_a_reader_that_holds_a_pointer_across_one_switch() {
     })
     .expect("room for a thread");
     for _ in 0..50 {
-        module::load(embedded("greeting")).expect("greeting loads");
+        settle::load(embedded("greeting")).expect("greeting loads");
         thread::yield_now();
-        module::unload("greeting").expect("nobody runs the greeting module's code");
+        settle::unload("greeting").expect("nobody runs the greeting module's code");
         thread::yield_now();
     }
     DONE.store(1, Ordering::SeqCst);
@@ -544,7 +547,7 @@ fn a_thread_switched_out_in_module_code_or_below_it_stalls_the_unload_until_it_l
         DIVERSION.store(diversion, Ordering::SeqCst);
         DIVERTED.store(0, Ordering::SeqCst);
         RELEASE.store(0, Ordering::SeqCst);
-        module::load(embedded("counter")).expect("counter loads");
+        settle::load(embedded("counter")).expect("counter loads");
         // The counter module calls these one after the other: with diversion 1
         // its thread is switched out in the module three times, so a grace
         // period alone (one more time slice) would not see it out of the module.
@@ -558,7 +561,13 @@ fn a_thread_switched_out_in_module_code_or_below_it_stalls_the_unload_until_it_l
         while DIVERTED.load(Ordering::SeqCst) == 0 {
             thread::yield_now();
         }
-        let first = module::unload("counter");
+        // Diversion 1 leaves the victim nowhere to stall the unload for
+        // long: its disable transition may still be left to the worker
+        // (`livepatch.transition_wait=0`), which `settle::unload` waits for.
+        let first = match diversion {
+            1 => settle::unload("counter"),
+            _ => module::unload("counter"),
+        };
         if diversion == 2 {
             // Checked while the victim is still asleep below the module.
             assert_stalled_by(&first, "counter", "in-counter", "kernel::shell::greeting");
@@ -680,9 +689,9 @@ fn a_tick_in_a_callees_epilogue_still_shows_the_caller_is_inside() {
 
 #[ktest]
 fn unloaded_module_memory_is_filled_with_trap_instructions() {
-    module::load(embedded("greeting")).expect("greeting loads");
+    settle::load(embedded("greeting")).expect("greeting loads");
     let (_, address, size, _) = module::summaries().into_iter().next().expect("loaded");
-    module::unload("greeting").expect("unloads");
+    settle::unload("greeting").expect("unloads");
     // Nothing else allocates in this test; the allocator keeps its own
     // bookkeeping at the start of a free block, so look at the second half.
     let _preempt = thread::preempt_disable();

@@ -11,7 +11,7 @@ mod samples;
 mod state;
 mod sysfs;
 
-use crate::livepatch::{self as klp, Callbacks, Function, LivepatchError, Object, Patch, Progress, SystemState};
+use crate::livepatch::{self as klp, Callbacks, Function, Object, Patch, SystemState};
 use crate::sync::Mutex;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -115,24 +115,13 @@ pub fn patch(name: &str, objects: Vec<Object>, replace: bool, states: &[(u64, u6
 }
 
 /// Enables a patch and waits for its transition (none of these tests sits
-/// in a patched function, so it completes at once).
-pub fn enable(name: &str) -> Result<(), LivepatchError> {
-    settle(klp::enable(name)?);
-    Ok(())
-}
+/// in a patched function, so nothing holds it open).
+pub use super::settle::enable;
 
 /// Disables a patch and waits for its transition.
+#[track_caller]
 pub fn disable(name: &str) {
-    settle(klp::disable(name).expect("disables"));
-}
-
-/// Waits up to 5 s for a pending transition.
-fn settle(progress: Progress) {
-    if let Progress::Pending(_) = progress
-        && let Progress::Pending(blocked) = klp::wait_for_transition(5_000)
-    {
-        panic!("the transition stalled: {blocked:?}");
-    }
+    super::settle::disable(name).expect("disables");
 }
 
 /// Disables (if enabled) and removes patches, newest first.

@@ -1,4 +1,5 @@
 //! test-livepatch.sh and test-callbacks.sh cases with loadable target modules: patched when loaded first or later, callbacks as modules come and go, errors, a busy target.
+use super::super::settle;
 use super::{
     clear_events, disable, enable, function, kernel_object, module_object, patch, recording_callbacks, retire,
     take_events,
@@ -72,7 +73,7 @@ fn object_patched(name: &str, object: &str) -> bool {
 /// "module function patching, target module loaded first" (test_klp_mod_target, test_klp_mod_patch).
 #[ktest]
 fn test_livepatch_module_function_patching_target_module_loaded_first() {
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     assert_eq!(target_value(), TARGET_VALUE);
     add_demo("test_klp_mod_patch", Callbacks::default());
     enable("test_klp_mod_patch").expect("enables");
@@ -80,7 +81,7 @@ fn test_livepatch_module_function_patching_target_module_loaded_first() {
     disable("test_klp_mod_patch");
     assert_eq!(target_value(), TARGET_VALUE);
     retire(&["test_klp_mod_patch"]);
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
 }
 
 /// "module function patching, livepatch loaded first": the module is
@@ -90,15 +91,15 @@ fn test_livepatch_module_function_patching_livepatch_loaded_first() {
     add_demo("test_klp_mod_patch", Callbacks::default());
     enable("test_klp_mod_patch").expect("enables without its module");
     assert!(!object_patched("test_klp_mod_patch", "target-module"));
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     assert_eq!(target_value(), 0x1111, "patched on its load");
     assert!(object_patched("test_klp_mod_patch", "target-module"));
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     assert!(!object_patched("test_klp_mod_patch", "target-module"));
     // Loaded again: patched again.
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     assert_eq!(target_value(), 0x1111);
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     disable("test_klp_mod_patch");
     retire(&["test_klp_mod_patch"]);
 }
@@ -109,11 +110,11 @@ fn test_livepatch_module_function_patching_livepatch_loaded_first() {
 #[ktest]
 fn test_callbacks_target_module_before_livepatch() {
     clear_events();
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     add_demo("test_klp_callbacks_demo", demo_module::CALLBACKS);
     enable("test_klp_callbacks_demo").expect("enables");
     disable("test_klp_callbacks_demo");
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     assert_eq!(
         take_events(),
         events(&[
@@ -139,10 +140,10 @@ fn test_callbacks_module_coming() {
     clear_events();
     add_demo("test_klp_callbacks_demo", demo_module::CALLBACKS);
     enable("test_klp_callbacks_demo").expect("enables");
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     assert_eq!(target_value(), 0x1111);
     disable("test_klp_callbacks_demo");
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     assert_eq!(
         take_events(),
         events(&[
@@ -165,10 +166,10 @@ fn test_callbacks_module_coming() {
 #[ktest]
 fn test_callbacks_module_going() {
     clear_events();
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     add_demo("test_klp_callbacks_demo", demo_module::CALLBACKS);
     enable("test_klp_callbacks_demo").expect("enables");
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     disable("test_klp_callbacks_demo");
     assert_eq!(
         take_events(),
@@ -194,8 +195,8 @@ fn test_callbacks_module_coming_and_module_going() {
     clear_events();
     add_demo("test_klp_callbacks_demo", demo_module::CALLBACKS);
     enable("test_klp_callbacks_demo").expect("enables");
-    module::load(file("target-module")).expect("loads");
-    module::unload("target-module").expect("unloads");
+    settle::load(file("target-module")).expect("loads");
+    settle::unload("target-module").expect("unloads");
     disable("test_klp_callbacks_demo");
     assert_eq!(
         take_events(),
@@ -255,8 +256,8 @@ fn test_callbacks_module_coming_pre_patch_callback_error() {
         ])
     );
     // It loads once the callback succeeds.
-    module::load(file("target-module")).expect("loads");
-    module::unload("target-module").expect("unloads");
+    settle::load(file("target-module")).expect("loads");
+    settle::unload("target-module").expect("unloads");
     retire(&["test_klp_callbacks_demo"]);
 }
 
@@ -266,14 +267,14 @@ fn test_callbacks_module_coming_pre_patch_callback_error() {
 #[ktest]
 fn test_callbacks_pre_patch_callback_error_on_the_module_object() {
     clear_events();
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     add_demo("test_klp_callbacks_demo", demo_module::CALLBACKS);
     demo_module::PRE_PATCH_RESULT.store(-19, Ordering::SeqCst);
     let refused = super::enable("test_klp_callbacks_demo");
     demo_module::PRE_PATCH_RESULT.store(0, Ordering::SeqCst);
     assert!(matches!(refused, Err(LivepatchError::PrePatch { code: -19, .. })), "{refused:?}");
     assert_eq!(target_value(), TARGET_VALUE, "nothing patched");
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     assert_eq!(
         take_events(),
         events(&[
@@ -293,7 +294,7 @@ fn test_callbacks_pre_patch_callback_error_on_the_module_object() {
 #[ktest]
 fn test_callbacks_multiple_target_modules() {
     clear_events();
-    module::load(file("busy-module")).expect("loads");
+    settle::load(file("busy-module")).expect("loads");
     let kernel = vec![function(
         "kernel::tests::selftests::callbacks::callbacks_target",
         super::callbacks::replacement as *const (),
@@ -306,10 +307,10 @@ fn test_callbacks_multiple_target_modules() {
     ];
     klp::add(patch("test_klp_callbacks_demo", objects, false, &[])).expect("adds");
     enable("test_klp_callbacks_demo").expect("enables");
-    module::load(file("target-module")).expect("loads");
-    module::unload("target-module").expect("unloads");
+    settle::load(file("target-module")).expect("loads");
+    settle::unload("target-module").expect("unloads");
     disable("test_klp_callbacks_demo");
-    module::unload("busy-module").expect("unloads");
+    settle::unload("busy-module").expect("unloads");
     let all = take_events();
     let callbacks: Vec<&str> = all.iter().map(String::as_str).filter(|line| line.contains("patch")).collect();
     assert_eq!(
@@ -340,7 +341,7 @@ fn test_callbacks_multiple_target_modules() {
 #[ktest]
 fn test_callbacks_busy_target_module() {
     clear_events();
-    module::load(file("busy-module")).expect("loads");
+    settle::load(file("busy-module")).expect("loads");
     let busy = vec![function("busy_module_work", patched_work as *const ())];
     let target = vec![function("target_module_value", patched_value as *const ())];
     let objects = vec![
@@ -376,7 +377,7 @@ fn test_callbacks_busy_target_module() {
         "busy-module went in transition (no pre-unpatch); the rest completes"
     );
     disable("test_klp_callbacks_demo");
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     retire(&["test_klp_callbacks_demo"]);
 }
 
@@ -390,9 +391,9 @@ fn test_sysfs_object_patched() {
     enable("test_klp_callbacks_demo").expect("enables");
     assert!(object_patched("test_klp_callbacks_demo", "vmlinux"));
     assert!(!object_patched("test_klp_callbacks_demo", "target-module"), "not loaded");
-    module::load(file("target-module")).expect("loads");
+    settle::load(file("target-module")).expect("loads");
     assert!(object_patched("test_klp_callbacks_demo", "target-module"));
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     assert!(!object_patched("test_klp_callbacks_demo", "target-module"));
     disable("test_klp_callbacks_demo");
     assert!(!object_patched("test_klp_callbacks_demo", "vmlinux"));
@@ -409,18 +410,18 @@ fn sample_hello_module_fix_patches_the_module_loaded_before_or_after_it() {
     use crate::module::commands;
     const ORIGINAL: &str = "hello from the hello-module target module\n";
     const FIXED: &str = "hello from the hello-module-fix live patch\n";
-    module::load(file("hello-module")).expect("loads");
+    settle::load(file("hello-module")).expect("loads");
     assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(ORIGINAL));
-    module::load(file("hello-module-fix")).expect("the patch of a loaded module loads");
+    settle::load(file("hello-module-fix")).expect("the patch of a loaded module loads");
     assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED));
     assert!(object_patched("hello-module-fix", "hello-module"));
-    module::unload("hello-module").expect("the patched module unloads");
+    settle::unload("hello-module").expect("the patched module unloads");
     assert!(!object_patched("hello-module-fix", "hello-module"), "its object waits for the module again");
-    module::load(file("hello-module")).expect("loads again");
+    settle::load(file("hello-module")).expect("loads again");
     assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(FIXED), "patched as it loads");
-    module::unload("hello-module-fix").expect("the patch unloads");
+    settle::unload("hello-module-fix").expect("the patch unloads");
     assert_eq!(commands::output_of("hello-module", "").as_deref(), Some(ORIGINAL));
-    module::unload("hello-module").expect("unloads");
+    settle::unload("hello-module").expect("unloads");
 }
 
 /// Set by the test below: the thread it sends into busy-module leaves.
@@ -431,7 +432,7 @@ static INSIDE_STOP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicB
 /// patched object behind (its object waits for the module's next load).
 #[ktest]
 fn a_patch_added_while_a_module_waits_to_unload_waits_for_its_next_load() {
-    module::load(file("busy-module")).expect("loads");
+    settle::load(file("busy-module")).expect("loads");
     let (entry, _) = module::resolve_function("busy-module", "busy_module_work", None).expect("resolves");
     // Safety: the global entry of `fn(&AtomicBool) -> u64` in the loaded module.
     let work: fn(&core::sync::atomic::AtomicBool) -> u64 = unsafe { core::mem::transmute(entry as usize) };
@@ -467,7 +468,7 @@ fn a_patch_added_while_a_module_waits_to_unload_waits_for_its_next_load() {
     INSIDE_STOP.store(true, Ordering::SeqCst);
     crate::thread::wake_interruptible(inside.id);
     inside.join();
-    module::unload("busy-module").expect("unloads once the thread left");
+    settle::unload("busy-module").expect("unloads once the thread left");
     assert!(!object_patched("late", "busy-module"));
     disable("late");
     retire(&["late"]);
@@ -520,7 +521,7 @@ fn a_module_loading_during_an_atomic_replace_runs_its_original_for_switched_thre
     }
     assert_eq!(target_value(), TARGET_VALUE, "completed: the original");
     assert!(!super::enabled("first"));
-    module::unload("target-module").expect("unloads");
+    settle::unload("target-module").expect("unloads");
     klp::remove("first").expect("replaced");
     disable("replacing");
     retire(&["replacing"]);

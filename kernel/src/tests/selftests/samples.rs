@@ -1,6 +1,7 @@
 //! The sample patch modules of callbacks, system states and atomic replace, loaded and unloaded as a user would.
+use super::super::settle;
 use crate::livepatch;
-use crate::module::{self, embedded};
+use crate::module::embedded;
 use crate::shell;
 use macros::ktest;
 
@@ -14,20 +15,20 @@ fn file(name: &str) -> &'static [u8] {
 #[ktest]
 fn sample_cumulative_module_replaces_the_patches_loaded_before_it() {
     let original_ten = crate::livepatch::api::klp_demo_ten(1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
-    module::load(file("greeting")).expect("loads");
-    module::load(file("ten")).expect("loads");
+    settle::load(file("greeting")).expect("loads");
+    settle::load(file("ten")).expect("loads");
     assert_ne!(crate::livepatch::api::klp_demo_ten(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), original_ten, "ten is patched");
-    module::load(file("cumulative")).expect("loads");
+    settle::load(file("cumulative")).expect("loads");
     assert_eq!(shell::greeting(), "hello from the cumulative patch module");
     assert_eq!(crate::livepatch::api::klp_demo_ten(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), original_ten, "NOP: original");
     let list = livepatch::list();
     let enabled = |name: &str| list.iter().find(|patch| patch.name == name).map(|patch| patch.enabled);
     assert_eq!((enabled("greeting"), enabled("ten"), enabled("cumulative")), (Some(false), Some(false), Some(true)));
     assert!(list.iter().any(|patch| patch.name == "cumulative" && patch.replace));
-    module::unload("greeting").expect("a replaced patch's module unloads");
-    module::unload("ten").expect("a replaced patch's module unloads");
+    settle::unload("greeting").expect("a replaced patch's module unloads");
+    settle::unload("ten").expect("a replaced patch's module unloads");
     assert_eq!(shell::greeting(), "hello from the cumulative patch module", "unloading them changed nothing");
-    module::unload("cumulative").expect("unloads");
+    settle::unload("cumulative").expect("unloads");
     assert_ne!(shell::greeting(), "hello from the cumulative patch module");
 }
 
@@ -36,22 +37,22 @@ fn sample_cumulative_module_replaces_the_patches_loaded_before_it() {
 /// the state is there, versioned, and its data was set by the callback).
 #[ktest]
 fn sample_states_module_keeps_its_data_in_its_system_state() {
-    module::load(file("states")).expect("loads");
+    settle::load(file("states")).expect("loads");
     let state = livepatch::callbacks::get_state("states", 1).expect("the patch declares state 1");
     assert_eq!(state.version, 1);
     let since = livepatch::callbacks::data(state);
     assert!(since > 0, "the pre-patch callback (a module function) stored the tick");
     assert_eq!(shell::greeting(), alloc::format!("hello, state 1 installed at tick {since}"));
-    module::unload("states").expect("unloads");
+    settle::unload("states").expect("unloads");
     assert!(livepatch::callbacks::get_state("states", 1).is_none(), "the state goes with the patch");
 }
 
 /// `callbacks` loads with its four module callbacks resolved, and unloads.
 #[ktest]
 fn sample_callbacks_module_loads_and_unloads() {
-    module::load(file("callbacks")).expect("loads");
+    settle::load(file("callbacks")).expect("loads");
     assert_eq!(shell::greeting(), "hello from the callbacks patch module");
-    module::unload("callbacks").expect("unloads");
+    settle::unload("callbacks").expect("unloads");
 }
 
 /// Plus (issue 14): the callbacks and states of patch modules through 100
@@ -61,15 +62,15 @@ fn sample_callbacks_module_loads_and_unloads() {
 #[ktest]
 fn callback_and_state_modules_loaded_and_unloaded_100_times_return_all_memory() {
     let round = || {
-        module::load(file("callbacks")).expect("loads");
-        module::load(file("states")).expect("loads");
+        settle::load(file("callbacks")).expect("loads");
+        settle::load(file("states")).expect("loads");
         // Not `hello`: each round's text (its tick) would be a new interned copy, kept for good.
         assert!(
             livepatch::callbacks::get_state("states", 1).is_some_and(|state| livepatch::callbacks::data(state) > 0)
         );
         assert!(livepatch::list().iter().any(|patch| patch.name == "callbacks" && !patch.enabled), "replaced");
-        module::unload("callbacks").expect("a replaced patch's module unloads");
-        module::unload("states").expect("unloads");
+        settle::unload("callbacks").expect("a replaced patch's module unloads");
+        settle::unload("states").expect("unloads");
     };
     // Warm up: lasting first-use allocations (interned texts, list buffers) are not leaks.
     round();
@@ -79,9 +80,11 @@ fn callback_and_state_modules_loaded_and_unloaded_100_times_return_all_memory() 
     for _ in 0..5 {
         crate::thread::sleep_milliseconds(10);
     }
+    settle::worker_gone();
     let (before, _) = crate::memory::usage();
     for _ in 0..100 {
         round();
     }
+    settle::worker_gone();
     assert_eq!(crate::memory::usage().0, before, "heap usage back to where it started");
 }

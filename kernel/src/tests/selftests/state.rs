@@ -208,9 +208,11 @@ fn callbacks_and_states_survive_100_rounds_with_the_heap_back_to_baseline() {
     for _ in 0..5 {
         crate::thread::sleep_milliseconds(10);
     }
+    super::super::settle::worker_gone();
     let (heap, _) = memory::usage();
     for _ in 0..100 {
         round();
     }
+    super::super::settle::worker_gone();
     assert_eq!(memory::usage().0, heap, "heap usage back to where it started");
 }
