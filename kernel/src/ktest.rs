@@ -5,7 +5,8 @@
 //! fresh boot after NAME hung or crashed), `ktest.deadline=SECONDS` (each case's
 //! watchdog), `ktest.only=NAME` (exactly one case, alone in this boot),
 //! `ktest.suite=livepatch` (only the livepatch suite: [`LIVEPATCH_SUITE`];
-//! xtask runs it once more with `livepatch.direct=off`),
+//! xtask runs it once more on its slow paths, `livepatch.direct=off
+//! livepatch.transition_wait=0`),
 //! `bench` (the benchmarks instead of the tests), `shell` (the shell). Isolated cases are listed
 //! as `ktest: isolated NAME` for xtask to boot one by one. Cases whose name contains
 //! [`SELFTEST`] fail or hang on purpose and run only in a boot with the word
@@ -21,8 +22,9 @@ pub use watchdog::check as watchdog_check;
 
 /// The livepatch suite (`ktest.suite=livepatch`): every case that enables a
 /// live patch, loads a patch module or walks a patched call, by module.
-/// `cargo xtask test` runs it a second time with direct calls off, so that
-/// each of them passes on both paths a patched call can take.
+/// `cargo xtask test` runs it a second time with direct calls off and no
+/// wait for transitions, so that each of them passes on both paths a
+/// patched call can take and with every transition left to the worker.
 pub const LIVEPATCH_SUITE: &[&str] = &[
     "kernel::tests::livepatch::",
     "kernel::tests::livepatchable::",

@@ -118,6 +118,11 @@ impl Report {
         self.reasons.iter().chain(&self.panics).find(|(case, _)| case == name).map_or("FAILED", |(_, reason)| reason)
     }
 
+    /// The panic message of `name`, if it panicked (its first lines).
+    pub fn panic_message(&self, name: &str) -> Option<&str> {
+        self.panics.iter().find(|(case, _)| case == name).map(|(_, message)| message.as_str())
+    }
+
     /// Why the boot that ran every case failed, if it did.
     pub fn boot_failure(&self, outcome: &Outcome) -> Option<String> {
         if outcome.timed_out() || outcome.code() != Some(0) {
@@ -243,6 +248,8 @@ mod tests {
             "panicked at t.rs:9:5: assertion `left == right` failed: no site changed / left: [1] / right: [2]"
         );
         assert_eq!(failed.reason("a"), "FAILED", "a case that passed has no reason");
+        assert_eq!(failed.panic_message("b"), Some(failed.reason("b")));
+        assert_eq!(failed.panic_message("a"), None);
         let long = report(&format!("test d ... \npanicked at t.rs:1:1: x\n{}", "more\n".repeat(20)));
         assert_eq!(long.reason("d").matches(" / ").count() + 1, PANIC_MESSAGE_LINES);
     }

@@ -278,7 +278,8 @@ fn run_cases(
         }
         if let Some(name) = report.running.take() {
             on_line(&format!("test {name} ... FAILED (the boot failed: {reason})"));
-            cases.failed.push((name, format!("the boot failed while it ran: {reason}")));
+            let panic = report.panic_message(&name).map(|message| format!(" ({message})")).unwrap_or_default();
+            cases.failed.push((name, format!("the boot failed while it ran: {reason}{panic}")));
         }
         match report.continue_after(after.as_deref()) {
             Some(name) => {

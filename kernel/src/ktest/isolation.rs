@@ -92,7 +92,20 @@ pub fn restore(before: &Registrations) -> Vec<String> {
             outcome(result.map_err(|error| format!("{error:?}")))
         ));
     }
+    worker_gone();
     undone
+}
+
+/// Waits (up to 1 s) until the transition worker a test's last transition
+/// may have started has ended and its stack is freed: the next test's heap
+/// baseline must not count it.
+fn worker_gone() {
+    let deadline = crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(1000);
+    while crate::thread::snapshot().iter().any(|thread| thread.name == livepatch::WORKER_NAME)
+        && crate::arch::registers::timebase() < deadline
+    {
+        crate::thread::sleep_milliseconds(1);
+    }
 }
 
 /// Waits for a transition in progress, forcing it after 500 ms (and then

@@ -289,10 +289,13 @@ pub fn transition_wait(default: u64) -> u64 {
 
 /// Reads the boot arguments `livepatch.direct=off` (see `direct::configure`)
 /// and `livepatch.transition_wait=MILLISECONDS` (see `transition_wait`;
-/// at most `TRANSITION_WAIT_LIMIT_MILLISECONDS`), before any patch exists.
+/// at most `TRANSITION_WAIT_LIMIT_MILLISECONDS`), before any patch exists:
+/// written once here, read without a lock from then on.
 pub fn configure(arguments: &str) {
     direct::configure(arguments);
-    let Some(value) = arguments.split_whitespace().find_map(|word| word.strip_prefix("livepatch.transition_wait="))
+    // The last one given counts, as on Linux's command line.
+    let Some(value) =
+        arguments.split_whitespace().filter_map(|word| word.strip_prefix("livepatch.transition_wait=")).last()
     else {
         return;
     };
@@ -305,7 +308,7 @@ pub fn configure(arguments: &str) {
         }
         _ => crate::println!(
             "klp: livepatch.transition_wait={value} ignored: not a number of milliseconds up to \
-             {TRANSITION_WAIT_LIMIT_MILLISECONDS}; transitions wait {TRANSITION_WAIT_MILLISECONDS} ms"
+             {TRANSITION_WAIT_LIMIT_MILLISECONDS}; the waits keep their defaults"
         ),
     }
 }
@@ -415,13 +418,19 @@ fn start(name: &str, target: u64) -> Result<(), LivepatchError> {
                     try_complete(&mut core);
                     return Ok(());
                 }
-                Some(transition) if crate::arch::registers::timebase() >= deadline => {
-                    return Err(LivepatchError::TransitionInProgress {
-                        patch: transition.patch.clone(),
-                        blocked: transition.blocked.clone(),
-                    });
+                // Another patch's: one more round first (with a wait of 0
+                // too, so the refusal names blockers checked just now).
+                Some(_) => {
+                    try_complete(&mut core);
+                    if let Some(transition) = &core.transition
+                        && crate::arch::registers::timebase() >= deadline
+                    {
+                        return Err(LivepatchError::TransitionInProgress {
+                            patch: transition.patch.clone(),
+                            blocked: transition.blocked.clone(),
+                        });
+                    }
                 }
-                Some(_) => try_complete(&mut core),
                 None => return begin(&mut core, name, target),
             }
             if core.transition.is_none() {

@@ -350,7 +350,8 @@ pub const BUSY_WAIT_MILLISECONDS: u64 = 50;
 /// whole memory is code the transition checks), and from then on no call
 /// reaches the module (the handler's table no longer names it, after a
 /// grace period). If the transition does not complete within
-/// `UNLOAD_WAIT_MILLISECONDS`, `InTransition` names the threads blocking it;
+/// `UNLOAD_WAIT_MILLISECONDS` (or what `livepatch.transition_wait` says),
+/// `InTransition` names the threads blocking it;
 /// the patch stays in transition and the module loaded (unloading again
 /// waits again). A final scan (`busy::inside`, every thread's stack and
 /// registers with the other CPUs stopped) catches a thread that entered the

@@ -343,12 +343,16 @@ fn busy_target_stalls_the_transition_names_the_thread_and_completes_when_it_leav
 #[ktest]
 fn enable_waits_as_the_boot_arguments_say_then_the_worker_finishes_the_transition() {
     let tree = portable::devicetree::DeviceTree::parse(crate::devicetree::blob()).expect("the boot-time tree parses");
+    // As `livepatch::configure` reads it: the last one given, if a number in range.
     let expected = tree
         .bootargs()
         .unwrap_or("")
         .split_whitespace()
-        .find_map(|word| word.strip_prefix("livepatch.transition_wait="))
-        .map_or(livepatch::TRANSITION_WAIT_MILLISECONDS, |value| value.parse().expect("xtask passes a number"));
+        .filter_map(|word| word.strip_prefix("livepatch.transition_wait="))
+        .last()
+        .and_then(|value| value.parse::<u64>().ok())
+        .filter(|milliseconds| *milliseconds <= livepatch::TRANSITION_WAIT_LIMIT_MILLISECONDS)
+        .unwrap_or(livepatch::TRANSITION_WAIT_MILLISECONDS);
     assert_eq!(livepatch::transition_wait(livepatch::TRANSITION_WAIT_MILLISECONDS), expected);
     reset_busy();
     add_patch("busy", &[(BUSY_TARGET, busy_target_new as *const () as u64)]);
@@ -362,6 +366,14 @@ fn enable_waits_as_the_boot_arguments_say_then_the_worker_finishes_the_transitio
         waited >= crate::time::milliseconds_to_timebase(expected),
         "enable returned after {waited} timebase ticks, before its {expected} ms"
     );
+    if expected < livepatch::TRANSITION_WAIT_MILLISECONDS {
+        // One round of checks takes microseconds: an enable that still
+        // waited the default 100 ms ignored the boot argument.
+        assert!(
+            waited < crate::time::milliseconds_to_timebase(livepatch::TRANSITION_WAIT_MILLISECONDS),
+            "enable waited {waited} timebase ticks, not the {expected} ms the boot arguments say"
+        );
+    }
     BUSY_RELEASE.store(true, Ordering::SeqCst);
     assert_eq!(caller.join(), ExitStatus::Returned);
     // `in_transition` only looks: it runs no round of checks itself.

@@ -322,7 +322,9 @@ fn a_thread_inside_one_module_stalls_only_that_modules_unload_until_it_leaves() 
     })
     .expect("room for a thread");
     wait_for_parked(2);
-    let ten = module::unload("ten");
+    // Ten's disable transition is blocked by neither thread; it may still be
+    // left to the worker (`livepatch.transition_wait=0`), hence `settle`.
+    let ten = settle::unload("ten");
     let counter = module::unload("counter");
     // Checked while the thread is still inside: the module must be intact now.
     assert_stalled_by(&counter, "counter", "in-counter", "kernel::shell::greeting");
@@ -335,9 +337,9 @@ fn a_thread_inside_one_module_stalls_only_that_modules_unload_until_it_leaves() 
     RELEASE.store(1, Ordering::SeqCst);
     assert_eq!(in_module.join(), ExitStatus::Returned);
     assert_eq!(in_kernel_patch.join(), ExitStatus::Returned);
-    let counter_after = module::unload("counter");
+    let counter_after = settle::unload("counter");
     retire("park");
-    let _ = module::unload("ten");
+    let _ = settle::unload("ten");
     assert!(ten.is_ok(), "a thread inside another module and one inside a built-in patch do not block 'ten': {ten:?}");
     assert!(counter_after.is_ok(), "once that thread left: {counter_after:?}");
     assert!(module::summaries().is_empty());
@@ -363,7 +365,7 @@ fn a_thread_that_entered_a_module_by_pointer_after_its_patch_was_disabled_makes_
         .and_then(|patch| patch.functions.into_iter().next())
         .map(|function| function.new)
         .expect("the counter patch replaces kernel::shell::greeting");
-    assert!(matches!(livepatch::disable("counter"), Ok(livepatch::Progress::Complete)), "nobody is inside yet");
+    settle::disable("counter").expect("nobody is inside yet");
     // Safety: `counter_greeting`, a `fn() -> &'static str` of the loaded
     // module (its global entry sets up the module's TOC from r12).
     let by_pointer: fn() -> &'static str = unsafe { core::mem::transmute(replacement as usize) };
@@ -391,7 +393,7 @@ fn a_thread_that_entered_a_module_by_pointer_after_its_patch_was_disabled_makes_
     assert_unpoisoned(memory);
     RELEASE.store(1, Ordering::SeqCst);
     assert_eq!(holder.join(), ExitStatus::Returned);
-    let after = module::unload("counter");
+    let after = settle::unload("counter");
     retire("park");
     assert!(after.is_ok(), "once the thread left: {after:?}");
     assert!(module::summaries().is_empty());
@@ -417,7 +419,7 @@ fn a_thread_killed_inside_a_module_does_not_keep_it_loaded() {
     wait_for_parked(1);
     thread::sleep_milliseconds(5);
     // Dead but not joined: its stack, livepatch frames included, is still there.
-    let unloaded = module::unload("counter");
+    let unloaded = settle::unload("counter");
     retire("die");
     assert_eq!(victim.join(), ExitStatus::Killed("killed inside a replacement on purpose"));
     assert!(unloaded.is_ok(), "a dead thread's frames do not count: {unloaded:?}");
@@ -575,7 +577,7 @@ fn a_thread_switched_out_in_module_code_or_below_it_stalls_the_unload_until_it_l
         RELEASE.store(1, Ordering::SeqCst);
         let status = victim.join();
         trace::unregister(&UPTIME_PROBE).expect("registered");
-        let after = module::unload("counter");
+        let after = settle::unload("counter");
         assert_eq!(status, ExitStatus::Returned, "diversion {diversion}: the victim came back from the module");
         match diversion {
             // Preempted with NIP in the module: its stack has an exception
