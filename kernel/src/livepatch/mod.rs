@@ -295,7 +295,7 @@ pub fn configure(arguments: &str) {
     direct::configure(arguments);
     // The last one given counts, as on Linux's command line.
     let Some(value) =
-        arguments.split_whitespace().filter_map(|word| word.strip_prefix("livepatch.transition_wait=")).last()
+        arguments.split_whitespace().filter_map(|word| word.strip_prefix("livepatch.transition_wait=")).next_back()
     else {
         return;
     };

@@ -349,7 +349,7 @@ fn enable_waits_as_the_boot_arguments_say_then_the_worker_finishes_the_transitio
         .unwrap_or("")
         .split_whitespace()
         .filter_map(|word| word.strip_prefix("livepatch.transition_wait="))
-        .last()
+        .next_back()
         .and_then(|value| value.parse::<u64>().ok())
         .filter(|milliseconds| *milliseconds <= livepatch::TRANSITION_WAIT_LIMIT_MILLISECONDS)
         .unwrap_or(livepatch::TRANSITION_WAIT_MILLISECONDS);
