@@ -114,11 +114,6 @@ pub fn jittered() -> bool {
     JITTER.load(Ordering::Relaxed) != 0
 }
 
-/// The tick counter itself, for tests that wait for ticks in assembly.
-pub fn ticks_counter() -> &'static AtomicU64 {
-    &TICKS
-}
-
 /// Timebase ticks per second.
 #[notrace]
 pub fn frequency() -> u64 {

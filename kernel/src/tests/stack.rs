@@ -140,7 +140,10 @@ fn guard_used(base: u64) -> u64 {
 /// been taken there, then returns with r1 as before.
 #[notrace]
 fn wait_for_ticks_at(stack_pointer: u64, count: u64) {
-    let ticks = time::ticks_counter().as_ptr();
+    // This CPU's own ticks (the caller is pinned to it): the global count
+    // (`time::ticks`) takes the other CPUs' too, and on a busy host they
+    // could make up the whole count while this CPU took none at the guard.
+    let ticks = crate::arch::registers::per_cpu().statistics.ticks.as_ptr();
     // Safety: the borrowed r1 lies in this thread's own free stack; the loop
     // stores nothing below it (interrupts save and restore every register).
     unsafe {
