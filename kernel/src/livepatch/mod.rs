@@ -692,20 +692,20 @@ fn retry_transition() {
     }
 }
 
-/// Wakes every thread in `blocked` that sleeps in `thread::sleep_interruptible`
-/// with a function the patch changes on its stack; returns how many.
+/// Wakes every thread in `blocked` that sleeps in `thread::sleep_interruptible`,
+/// whatever blocks it (see `signal`); returns how many.
 fn wake_blockers(blocked: &[Blocked]) -> usize {
-    blocked
-        .iter()
-        .filter(|blocked| matches!(blocked.blocker, Blocker::Function { .. }))
-        .filter(|blocked| crate::thread::wake_interruptible(blocked.thread))
-        .count()
+    blocked.iter().filter(|blocked| crate::thread::wake_interruptible(blocked.thread)).count()
 }
 
 /// The fake signal (Linux's `klp_send_signals`): wakes the threads that
 /// block the transition in progress while asleep in
-/// `thread::sleep_interruptible` inside a function it changes, so that they
-/// can leave it and switch; returns how many it woke. The worker sends it
+/// `thread::sleep_interruptible`, so that they can leave the function it
+/// changes and switch; returns how many it woke. Whatever blocks them: a
+/// changed function on the stack, or a stack that cannot be walked
+/// reliably, which a thread asleep can have too (a tick taken as it went to
+/// sleep switched it away below an exception frame), as Linux wakes every
+/// task not yet switched. The worker sends it
 /// by itself every `SIGNAL_MILLISECONDS` a transition stalls.
 pub fn signal() -> usize {
     let mut core = REGISTRY.lock();

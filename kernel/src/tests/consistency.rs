@@ -557,6 +557,59 @@ fn a_thread_asleep_in_the_target_is_woken_by_the_fake_signal_and_switches() {
     livepatch::remove("slow").expect("disabled");
 }
 
+/// Sleeps a minute, interruptibly, switched away by a tick as it went to
+/// sleep (below an exception frame); 1 from the original.
+#[livepatchable]
+fn ticked_asleep_target() -> u64 {
+    if thread::sleep_interruptible_switched_out_by_a_tick(60_000) {
+        SLOW_WOKEN.fetch_add(1, Ordering::SeqCst);
+    }
+    black_box(1)
+}
+
+/// A thread asleep whose stack cannot be walked reliably (a tick switched it
+/// away as it went to sleep: its sleep and the tick's exception frame on
+/// its stack) blocks the transition as `Unreliable`, not by the function;
+/// the fake signal wakes it all the same, as Linux's wakes every task not
+/// yet switched: it leaves the function, switches and runs the new code.
+/// (Found on a busy host: such a thread held a transition for its whole
+/// minute, and every case after it.)
+#[ktest]
+fn a_thread_a_tick_switched_out_as_it_went_to_sleep_is_woken_by_the_fake_signal() {
+    RESULTS.store(0, Ordering::SeqCst);
+    SLOW_WOKEN.store(0, Ordering::SeqCst);
+    add_patch("ticked", &[("kernel::tests::consistency::ticked_asleep_target", slow_target_new as *const () as u64)]);
+    let caller = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "ticked-asleep", || {
+        let first = ticked_asleep_target();
+        livepatch::safe_point();
+        RESULTS.store(first * 10 + ticked_asleep_target(), Ordering::SeqCst);
+    })
+    .expect("room for a thread");
+    while !thread::snapshot()
+        .iter()
+        .any(|summary| summary.id == caller.id && matches!(summary.state, thread::State::Sleeping(_)))
+    {
+        thread::sleep_milliseconds(1);
+    }
+    let Progress::Pending(blocked) = livepatch::enable("ticked").expect("enables") else {
+        panic!("a thread asleep in the old function holds the transition open");
+    };
+    assert!(
+        blocked.iter().any(|blocked| blocked.thread == caller.id
+            && matches!(&blocked.blocker, Blocker::Unreliable(unreliable)
+                if unreliable.reason == portable::reliable_stack::Reason::ExceptionFrame)),
+        "the sleeper's stack holds the tick's exception frame: {blocked:?}"
+    );
+    assert_eq!(livepatch::signal(), 1, "the sleeper is woken, though its blocker is its unreliable stack");
+    // Its second call sleeps again (the new code runs instead: it returns at once).
+    settle::wait();
+    assert_eq!(caller.join(), ExitStatus::Returned);
+    assert_eq!(RESULTS.load(Ordering::SeqCst), 12, "old, woken early, then new");
+    assert_eq!(SLOW_WOKEN.load(Ordering::SeqCst), 1);
+    settle::disable("ticked").expect("enabled");
+    livepatch::remove("ticked").expect("disabled");
+}
+
 // ---- 3. An unreliable stack is never switched -------------------------------------
 
 static SPIN_STOP: AtomicBool = AtomicBool::new(false);
@@ -583,7 +636,7 @@ fn a_thread_preempted_in_a_loop_is_unreliable_and_switches_only_at_its_safe_poin
     let mine: Vec<_> = blocked.iter().filter(|blocked| blocked.thread == spinner.id).collect();
     assert!(
         matches!(mine.as_slice(), [blocked] if matches!(&blocked.blocker, Blocker::Unreliable(unreliable)
-            if unreliable.reason == crate::arch::stacktrace::Reason::ExceptionFrame)),
+            if unreliable.reason == portable::reliable_stack::Reason::ExceptionFrame)),
         "{blocked:?}"
     );
     assert_eq!(patch_state_of(spinner.id), UNPATCHED, "never switched while unreliable");

@@ -13,7 +13,7 @@ pub use scheduler::{
 };
 // Used by the in-kernel tests.
 #[cfg(feature = "ktest")]
-pub use scheduler::with_scheduler_locked;
+pub use scheduler::{sleep_interruptible_switched_out_by_a_tick, with_scheduler_locked};
 pub use stack::stack_bounds;
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use {

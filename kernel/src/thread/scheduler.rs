@@ -598,6 +598,30 @@ pub fn sleep_interruptible(milliseconds: u64) -> bool {
     timebase() < until
 }
 
+/// `sleep_interruptible` as a tick can leave it: taken after the thread
+/// marked itself asleep and before its `schedule`, the tick's `schedule`
+/// finds it Sleeping and switches it away below an exception frame (its
+/// stack then cannot be walked reliably). Here the tick is waited for, so
+/// that the window is certain: tests of the fake signal (tests/consistency.rs).
+#[cfg(feature = "ktest")]
+pub fn sleep_interruptible_switched_out_by_a_tick(milliseconds: u64) -> bool {
+    crate::livepatch::safe_point();
+    let until = timebase() + time::milliseconds_to_timebase(milliseconds);
+    let ticks = time::ticks_here();
+    with_scheduler(|scheduler| {
+        let thread = scheduler.current_thread();
+        thread.set_state(State::Sleeping(until));
+        thread.interruptible = true;
+    });
+    // A tick on this CPU switches it away (preemptible here: no lock held,
+    // no preempt_disable); it comes back here when woken or when its time is up.
+    while time::ticks_here() == ticks {
+        core::hint::spin_loop();
+    }
+    with_scheduler(|scheduler| scheduler.current_thread().interruptible = false);
+    timebase() < until
+}
+
 /// Ends the sleep of thread `id` if it sleeps in `sleep_interruptible`;
 /// returns whether it did.
 pub fn wake_interruptible(id: u64) -> bool {
