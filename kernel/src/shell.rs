@@ -266,7 +266,7 @@ fn klp(arguments: &str) {
             Ok(())
         }
         "signal" => {
-            println!("woke {} threads asleep in a function the transition changes", livepatch::signal());
+            println!("woke {} threads that block the transition, asleep interruptibly", livepatch::signal());
             Ok(())
         }
         "direct" if name.is_empty() => {

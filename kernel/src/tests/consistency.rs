@@ -533,11 +533,13 @@ fn a_thread_asleep_in_the_target_is_woken_by_the_fake_signal_and_switches() {
     add_patch("slow", &[("kernel::tests::consistency::slow_target", slow_target_new as *const () as u64)]);
     // Asked for: `klp signal`.
     let caller = spawn_slow_caller();
+    let started = crate::arch::registers::timebase();
     let Progress::Pending(blocked) = livepatch::enable("slow").expect("enables") else {
         panic!("a thread asleep in the old function holds the transition open");
     };
     assert!(blocked.iter().any(|blocked| blocked.thread == caller.id), "{blocked:?}");
-    assert_eq!(livepatch::signal(), 1, "the one blocker asleep interruptibly is woken");
+    let woken = livepatch::signal();
+    assert_woken_by_the_signal(woken, started, "the one blocker asleep interruptibly is woken");
     settle::wait();
     assert_eq!(caller.join(), ExitStatus::Returned);
     assert_eq!(RESULTS.load(Ordering::SeqCst), 12, "old, woken early, then new");
@@ -555,6 +557,20 @@ fn a_thread_asleep_in_the_target_is_woken_by_the_fake_signal_and_switches() {
     livepatch::disable("slow").expect("enabled");
     settle::wait();
     livepatch::remove("slow").expect("disabled");
+}
+
+/// `signal()` woke the one sleeper (`woken`), or the worker had sent the
+/// signal itself first: it does once the transition started `started` has
+/// stalled for `SIGNAL_MILLISECONDS`, which a busy host can make happen
+/// before the test's own call. Either way the sleeper must wake: a signal
+/// that skipped it would leave the test's `settle::wait` to time out.
+#[track_caller]
+fn assert_woken_by_the_signal(woken: usize, started: u64, what: &str) {
+    let waited = crate::arch::registers::timebase() - started;
+    assert!(
+        woken == 1 || waited >= crate::time::milliseconds_to_timebase(livepatch::SIGNAL_MILLISECONDS),
+        "{what}: signal() woke {woken} threads {waited} timebase ticks after the enable"
+    );
 }
 
 /// Sleeps a minute, interruptibly, switched away by a tick as it went to
@@ -579,7 +595,9 @@ fn a_thread_a_tick_switched_out_as_it_went_to_sleep_is_woken_by_the_fake_signal(
     RESULTS.store(0, Ordering::SeqCst);
     SLOW_WOKEN.store(0, Ordering::SeqCst);
     add_patch("ticked", &[("kernel::tests::consistency::ticked_asleep_target", slow_target_new as *const () as u64)]);
-    let caller = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "ticked-asleep", || {
+    // On this test's CPU (the runner pins cases to the boot CPU): seen
+    // Sleeping here, it was switched out by a tick, never still Running.
+    let caller = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "ticked-asleep", || {
         let first = ticked_asleep_target();
         livepatch::safe_point();
         RESULTS.store(first * 10 + ticked_asleep_target(), Ordering::SeqCst);
@@ -591,6 +609,7 @@ fn a_thread_a_tick_switched_out_as_it_went_to_sleep_is_woken_by_the_fake_signal(
     {
         thread::sleep_milliseconds(1);
     }
+    let started = crate::arch::registers::timebase();
     let Progress::Pending(blocked) = livepatch::enable("ticked").expect("enables") else {
         panic!("a thread asleep in the old function holds the transition open");
     };
@@ -600,7 +619,8 @@ fn a_thread_a_tick_switched_out_as_it_went_to_sleep_is_woken_by_the_fake_signal(
                 if unreliable.reason == portable::reliable_stack::Reason::ExceptionFrame)),
         "the sleeper's stack holds the tick's exception frame: {blocked:?}"
     );
-    assert_eq!(livepatch::signal(), 1, "the sleeper is woken, though its blocker is its unreliable stack");
+    let woken = livepatch::signal();
+    assert_woken_by_the_signal(woken, started, "the sleeper is woken, though its blocker is its unreliable stack");
     // Its second call sleeps again (the new code runs instead: it returns at once).
     settle::wait();
     assert_eq!(caller.join(), ExitStatus::Returned);

@@ -585,9 +585,10 @@ fn yield_from_a_deep_frame() {
 /// here from the deep frame above, overwritten since), and resumed it with
 /// what lay there: wrong r2 and non-volatiles, a return into data. The first
 /// sleep fails that way through `sleep_milliseconds`' own `schedule`; the
-/// jittered ticks also land between its marking the thread Sleeping and
-/// `schedule` (tens of times a run), where the timer's `schedule` did the
-/// same: the way the shell thread crashed.
+/// jittered ticks used to land between its marking the thread Sleeping and
+/// `schedule` too, where the timer's `schedule` did the same (the way the
+/// shell thread crashed), until `asleep_until_switched` kept interrupts off
+/// there: they now wait for the switch.
 #[ktest]
 fn a_thread_whose_sleep_is_over_before_it_switches_away_keeps_running_with_its_registers() {
     let _jitter = Jitter::on(0x51ee_7e11);

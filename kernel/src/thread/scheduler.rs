@@ -333,6 +333,8 @@ impl JoinHandle {
         core::mem::forget(self);
         crate::livepatch::safe_point();
         loop {
+            // Interrupts stay off from the marking (Joining) to the switch.
+            let _asleep = asleep_until_switched();
             let done = with_scheduler(|scheduler| {
                 let current = scheduler.current_id();
                 let thread = scheduler.threads.get_mut(&id).expect("joined thread exists");
@@ -575,47 +577,66 @@ pub fn yield_now() {
 pub fn sleep_milliseconds(milliseconds: u64) {
     crate::livepatch::safe_point();
     let until = timebase() + time::milliseconds_to_timebase(milliseconds);
+    // Interrupts stay off from the marking to the switch (see `asleep_until_switched`).
+    let _asleep = asleep_until_switched();
     with_scheduler(|scheduler| {
         scheduler.current_thread().set_state(State::Sleeping(until));
     });
     schedule();
 }
 
+/// Keeps interrupts off from a thread's marking itself asleep (sleeping,
+/// joining) until its own `schedule` has switched it away and back. A tick
+/// taken in between would switch it away from the timer path instead, its
+/// state saying asleep: it would then sleep below the tick's exception
+/// frame, and no livepatch transition could walk its stack for its whole
+/// sleep or join (Linux keeps a preempted task runnable instead, and it goes
+/// to sleep through its own `schedule`). The tick waits until this thread
+/// runs again.
+fn asleep_until_switched() -> interrupts::InterruptGuard {
+    interrupts::disable()
+}
+
 /// Sleeps at least `milliseconds`, unless `wake_interruptible` ends the
 /// sleep early; returns whether it did. For code that can cope with an early
-/// return: a livepatch transition wakes the threads asleep this way inside
-/// a function it changes (Linux's fake signal), so that they leave it.
+/// return: a livepatch transition wakes the threads asleep this way that
+/// block it (Linux's fake signal), so that they leave the function it changes.
 pub fn sleep_interruptible(milliseconds: u64) -> bool {
     crate::livepatch::safe_point();
     let until = timebase() + time::milliseconds_to_timebase(milliseconds);
+    let asleep = asleep_until_switched();
     with_scheduler(|scheduler| {
         let thread = scheduler.current_thread();
         thread.set_state(State::Sleeping(until));
         thread.interruptible = true;
     });
     schedule();
+    drop(asleep);
     with_scheduler(|scheduler| scheduler.current_thread().interruptible = false);
     timebase() < until
 }
 
-/// `sleep_interruptible` as a tick can leave it: taken after the thread
-/// marked itself asleep and before its `schedule`, the tick's `schedule`
-/// finds it Sleeping and switches it away below an exception frame (its
-/// stack then cannot be walked reliably). Here the tick is waited for, so
-/// that the window is certain: tests of the fake signal (tests/consistency.rs).
+/// `sleep_interruptible` as a tick left it before `asleep_until_switched`
+/// closed the window: taken after the thread marked itself asleep and
+/// before its `schedule`, the tick's `schedule` found it Sleeping and
+/// switched it away below an exception frame (its stack then cannot be
+/// walked reliably). Here interrupts stay on and the tick is waited for:
+/// tests of the fake signal (tests/consistency.rs), which wakes such a
+/// sleeper too.
 #[cfg(feature = "ktest")]
 pub fn sleep_interruptible_switched_out_by_a_tick(milliseconds: u64) -> bool {
     crate::livepatch::safe_point();
     let until = timebase() + time::milliseconds_to_timebase(milliseconds);
-    let ticks = time::ticks_here();
     with_scheduler(|scheduler| {
         let thread = scheduler.current_thread();
         thread.set_state(State::Sleeping(until));
         thread.interruptible = true;
     });
-    // A tick on this CPU switches it away (preemptible here: no lock held,
-    // no preempt_disable); it comes back here when woken or when its time is up.
-    while time::ticks_here() == ticks {
+    // The next tick on this CPU that may preempt switches it away (nothing
+    // here holds a lock, disables preemption or runs inside ftrace; a tick
+    // that must defer its preemption leaves it spinning for the next one);
+    // it comes back here when woken, or when its time is up (Running again).
+    while with_scheduler(|scheduler| matches!(scheduler.current_thread().state, State::Sleeping(_))) {
         core::hint::spin_loop();
     }
     with_scheduler(|scheduler| scheduler.current_thread().interruptible = false);
@@ -704,6 +725,13 @@ pub fn schedule() {
             current_thread.set_state(State::Running);
             true
         }
+        // A thread marks itself asleep with interrupts off until its own
+        // `schedule` (`asleep_until_switched`), so a tick's `schedule` never
+        // finds one asleep: it would take it off the CPU below the tick's
+        // exception frame, where Linux's preemption keeps a task runnable
+        // (`__schedule(SM_PREEMPT)`). Keeping it runnable here would need an
+        // on-queue flag apart from `state`: `wake_sleepers`, `make_ready` and
+        // `wake_interruptible` would otherwise queue it a second time.
         _ => false,
     };
     crate::sync::note_quiescent_state();
