@@ -199,6 +199,10 @@ static SWITCH_FINAL: AtomicBool = AtomicBool::new(false);
 static SWITCH_OLD: AtomicU64 = AtomicU64::new(0);
 static SWITCH_NEW: AtomicU64 = AtomicU64::new(0);
 static SWITCH_WRONG: AtomicU64 = AtomicU64::new(0);
+/// For a failure's report: the round and switch the test is at (round * 100 + switch),
+/// and of the first wrong call, that position, its CPU and the site's word in memory then.
+static SWITCH_AT: AtomicU64 = AtomicU64::new(0);
+static SWITCH_FIRST_WRONG: spin::Mutex<Option<(u64, usize, u32, u64)>> = spin::Mutex::new(None);
 
 /// Calls the switched function until told to stop, sorting each result.
 fn call_switched() {
@@ -213,7 +217,15 @@ fn call_switched() {
         } else if result == value * 2 && !(final_before && final_after) {
             SWITCH_OLD.fetch_add(1, Ordering::Relaxed);
         } else {
-            SWITCH_WRONG.fetch_add(1, Ordering::SeqCst);
+            if SWITCH_WRONG.fetch_add(1, Ordering::SeqCst) == 0 {
+                let site = site_of(switched_original as *const () as u64);
+                *SWITCH_FIRST_WRONG.lock() = Some((
+                    SWITCH_AT.load(Ordering::SeqCst),
+                    crate::arch::percpu::smp_processor_id(),
+                    text::read(site),
+                    result,
+                ));
+            }
         }
         value = value % 1000 + 1;
         // Outside the patched function: a transition may switch this thread here.
@@ -226,6 +238,7 @@ fn switching_between_direct_and_generic_while_every_cpu_calls_gives_only_the_rep
     for counter in [&SWITCH_OLD, &SWITCH_NEW, &SWITCH_WRONG] {
         counter.store(0, Ordering::SeqCst);
     }
+    *SWITCH_FIRST_WRONG.lock() = None;
     SWITCH_DONE.store(false, Ordering::SeqCst);
     let before = direct::enabled();
     let function = switched_original as *const () as u64;
@@ -242,6 +255,7 @@ fn switching_between_direct_and_generic_while_every_cpu_calls_gives_only_the_rep
         SWITCH_FINAL.store(true, Ordering::SeqCst);
         // The patch is final: each switch, either way, keeps every call in the replacement.
         for switch in 0..20 {
+            SWITCH_AT.store(round * 100 + switch, Ordering::SeqCst);
             direct::set_enabled(switch % 2 == 1).expect("switches");
             let target = site_target(function).expect("patched: the site calls something");
             if trampoline::pool().contains(&target) {
@@ -267,7 +281,13 @@ fn switching_between_direct_and_generic_while_every_cpu_calls_gives_only_the_rep
     let (old, new, wrong) =
         (SWITCH_OLD.load(Ordering::SeqCst), SWITCH_NEW.load(Ordering::SeqCst), SWITCH_WRONG.load(Ordering::SeqCst));
     crate::println!("direct switch: {old} old, {new} new, {wrong} wrong; {direct_seen} direct, {generic_seen} generic");
-    assert_eq!(wrong, 0, "while the patch was final every call ran the replacement, whichever path it took");
+    assert_eq!(
+        wrong,
+        0,
+        "while the patch was final every call ran the replacement, whichever path it took; the first wrong one \
+         (round * 100 + switch, CPU, the site's word then, its result): {:x?}",
+        *SWITCH_FIRST_WRONG.lock()
+    );
     assert!(new > 0 && old > 0, "both results were seen: {old} old, {new} new");
     assert_eq!((direct_seen, generic_seen), (100, 100), "each switch took effect at the site");
 }

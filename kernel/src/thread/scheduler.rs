@@ -591,8 +591,12 @@ pub fn sleep_milliseconds(milliseconds: u64) {
 /// state saying asleep: it would then sleep below the tick's exception
 /// frame, and no livepatch transition could walk its stack for its whole
 /// sleep or join (Linux keeps a preempted task runnable instead, and it goes
-/// to sleep through its own `schedule`). The tick waits until this thread
-/// runs again.
+/// to sleep through its own `schedule`). A tick due meanwhile stays pending
+/// on this CPU and is taken as soon as interrupts are on again there: by the
+/// next thread to run, as its own `schedule` returns (it may lose the rest
+/// of a time slice it has not begun; the window is a few hundred
+/// instructions). `exit` needs no such care: a dead thread never resumes,
+/// and transitions do not look at it.
 fn asleep_until_switched() -> interrupts::InterruptGuard {
     interrupts::disable()
 }
@@ -706,8 +710,9 @@ pub fn schedule() {
         State::Running => true,
         // The running thread is never queued, not even when its own sleep
         // is over. `sleep_milliseconds` marks it Sleeping before it calls
-        // `schedule`, and its time can be up by the time this one (or a
-        // tick's, taken in between) looks: a 0 ms sleep, a preemption
+        // `schedule`, and its time can be up by the time this one looks (a
+        // tick's can no longer come in between: `asleep_until_switched`):
+        // a 0 ms sleep, a preemption
         // between reading the clock and the marking, a guest stalled by
         // the host for longer than the sleep. Woken like any sleeper and
         // queued, it could be picked as the next thread, and a switch from
