@@ -464,7 +464,17 @@ fn busy_target_forced_completes_and_its_module_is_never_unloaded() {
         black_box(crate::shell::greeting());
     })
     .expect("room for a thread");
+    // Bounded, and saying where the caller is: a caller that never parks
+    // (seen once, not understood) would otherwise end as a watchdog hang.
+    let deadline =
+        crate::arch::registers::timebase() + crate::time::milliseconds_to_timebase(settle::SETTLE_MILLISECONDS);
     while BUSY_INSIDE.load(Ordering::SeqCst) == 0 {
+        assert!(
+            crate::arch::registers::timebase() < deadline,
+            "the caller never reached the parked replacement: {:?}; {:?}",
+            thread::snapshot().iter().find(|summary| summary.id == caller.id).map(|summary| summary.state),
+            crate::shell::klp_list()
+        );
         thread::sleep_milliseconds(1);
     }
     let busy = module::unload("counter");

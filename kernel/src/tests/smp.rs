@@ -290,8 +290,7 @@ static BATCH_OPS: crate::trace::FtraceOps =
     crate::trace::FtraceOps::new("smp-batch", ignore_call, crate::trace::OpsFlags::RECURSION_SAFE);
 
 /// Enabling several sites at once (`trace::register`) synchronises the other
-/// CPUs once per batch (the sites, twice: their words are stored again for
-/// QEMU, `sites::commit_all`; the stubs' call), not once per site.
+/// CPUs once per batch (the sites; the stubs' call), not once per site.
 #[ktest]
 fn enabling_many_sites_synchronizes_the_other_cpus_once_per_batch() {
     let glob = "*tests::ftrace::traced_*";
@@ -306,7 +305,7 @@ fn enabling_many_sites_synchronizes_the_other_cpus_once_per_batch() {
     let synchronized = steps.iter().filter(|&&(step, _)| step == Step::Synchronized).count();
     assert!(written >= sites, "every site written: {steps:?}");
     assert!(
-        synchronized <= 3 * others().iter().count(),
-        "{synchronized} synchronisations for {written} words (at most one per other CPU per batch, two for the sites'): {steps:?}"
+        synchronized <= 2 * others().iter().count(),
+        "{synchronized} synchronisations for {written} words (at most one per other CPU per batch): {steps:?}"
     );
 }

@@ -135,17 +135,7 @@ pub(super) fn set_enabled(on: bool) -> Result<(), ApplyError> {
 
 /// Writes every change in `planned`, then has the other CPUs synchronise
 /// once for the batch; a failed write undoes the ones before it (an undo that
-/// fails too is reported, as text and states then disagree). Then every new
-/// word is stored once more and the other CPUs synchronise again: QEMU's
-/// multi-threaded TCG can keep a translation of a site's old word that a
-/// CPU was making while the first store ran and linked after its
-/// invalidation (`ops::restore_words` says how), and run it until the page
-/// is written again. Seen for a site's `nop` becoming a call when a patch
-/// was enabled: CPU 1 ran the original for a quarter of a second with the
-/// call in memory (`switching_between_direct_and_generic_while_every_cpu_
-/// calls_gives_only_the_replacement`, about one run in thirty). On the
-/// hardware the first store, its flush and every CPU's `isync` suffice; the
-/// second costs one more IPI round trip per batch.
+/// fails too is reported, as text and states then disagree).
 #[notrace]
 fn commit_all(planned: &[SiteChange]) -> Result<(), ApplyError> {
     for (done, change) in planned.iter().enumerate() {
@@ -160,11 +150,6 @@ fn commit_all(planned: &[SiteChange]) -> Result<(), ApplyError> {
         }
     }
     if let Some(last) = planned.last() {
-        SiteChange::end_batch(last);
-        for change in planned {
-            // Cannot fail: the states' lock is held, nothing wrote the site since.
-            let _ = change.store_again();
-        }
         SiteChange::end_batch(last);
     }
     Ok(())

@@ -457,13 +457,6 @@ impl SiteChange {
         text::modify_code_local(self.address, self.old, self.new)
     }
 
-    /// Stores the new word again, if it is there (inlined, as `commit`):
-    /// after the batch's `end_batch`, for QEMU (`sites::commit_all`).
-    #[inline(always)]
-    pub fn store_again(&self) -> Result<(), TextError> {
-        text::modify_code_local(self.address, self.new, self.new)
-    }
-
     /// Puts the old word back, if the new one is there (inlined, as `commit`).
     #[inline(always)]
     pub fn revert(&self) -> Result<(), TextError> {
