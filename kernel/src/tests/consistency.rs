@@ -520,13 +520,20 @@ fn slow_target_new() -> u64 {
 /// A thread on this CPU that calls `slow_target` twice with a safe point
 /// in between; `RESULTS` gets first * 10 + second.
 fn spawn_slow_caller() -> thread::JoinHandle {
-    let handle = thread::spawn_on(crate::arch::percpu::smp_processor_id(), "slow-caller", || {
-        let first = slow_target();
+    spawn_sleeping_caller("slow-caller", slow_target)
+}
+
+/// A thread on this CPU (the runner pins cases to the boot CPU) that calls
+/// `target` twice with a safe point in between (`RESULTS` gets first * 10 +
+/// second), returned once it sleeps in the first call.
+fn spawn_sleeping_caller(name: &str, target: fn() -> u64) -> thread::JoinHandle {
+    let handle = thread::spawn_on(crate::arch::percpu::BOOT_CPU, name, move || {
+        let first = target();
         livepatch::safe_point();
-        RESULTS.store(first * 10 + slow_target(), Ordering::SeqCst);
+        RESULTS.store(first * 10 + target(), Ordering::SeqCst);
     })
     .expect("room for a thread");
-    // Until it sleeps in `slow_target`.
+    // Until it sleeps in `target`.
     while !thread::snapshot()
         .iter()
         .any(|summary| summary.id == handle.id && matches!(summary.state, thread::State::Sleeping(_)))
@@ -605,20 +612,8 @@ fn a_thread_a_tick_switched_out_as_it_went_to_sleep_is_woken_by_the_fake_signal(
     RESULTS.store(0, Ordering::SeqCst);
     SLOW_WOKEN.store(0, Ordering::SeqCst);
     add_patch("ticked", &[("kernel::tests::consistency::ticked_asleep_target", slow_target_new as *const () as u64)]);
-    // On this test's CPU (the runner pins cases to the boot CPU): seen
-    // Sleeping here, it was switched out by a tick, never still Running.
-    let caller = thread::spawn_on(crate::arch::percpu::BOOT_CPU, "ticked-asleep", || {
-        let first = ticked_asleep_target();
-        livepatch::safe_point();
-        RESULTS.store(first * 10 + ticked_asleep_target(), Ordering::SeqCst);
-    })
-    .expect("room for a thread");
-    while !thread::snapshot()
-        .iter()
-        .any(|summary| summary.id == caller.id && matches!(summary.state, thread::State::Sleeping(_)))
-    {
-        thread::sleep_milliseconds(1);
-    }
+    // Seen Sleeping on this test's CPU, it was switched out by a tick, never still Running.
+    let caller = spawn_sleeping_caller("ticked-asleep", ticked_asleep_target);
     let started = crate::arch::registers::timebase();
     let Progress::Pending(blocked) = livepatch::enable("ticked").expect("enables") else {
         panic!("a thread asleep in the old function holds the transition open");
